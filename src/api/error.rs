@@ -1,0 +1,127 @@
+//! The one error shape of the API:
+//! `{"error":{"code":"snake_case","message":"…","wechat_errcode":N}}`.
+//!
+//! Each endpoint has its own `thiserror` enum whose `ResponseError` picks the
+//! status; this module renders them all the same way.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+/// What every endpoint error tells besides its status.
+pub trait ApiErrorCode: ResponseError {
+    /// Machine-readable code.
+    fn code(&self) -> &'static str;
+    /// WeChat's errcode, when WeChat gave one.
+    fn wechat_errcode(&self) -> Option<i64> {
+        None
+    }
+    /// For people; never carries secrets.
+    fn public_message(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// Renders an endpoint error in the API's shape.
+pub fn render<E: ApiErrorCode>(error: &E) -> HttpResponse {
+    let status = error.status_code();
+    let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
+        // The Debug form carries the anyhow context chain for operators; the
+        // caller learns only that it was ours.
+        tracing::error!(error = ?error, "request failed");
+        "internal error".to_owned()
+    } else {
+        error.public_message()
+    };
+    let mut response = HttpResponse::build(status);
+    if status == StatusCode::UNAUTHORIZED {
+        response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"));
+    }
+    response.json(body(error.code(), &message, error.wechat_errcode()))
+}
+
+/// The JSON body of an error.
+pub fn body(code: &str, message: &str, wechat_errcode: Option<i64>) -> serde_json::Value {
+    let mut error = json!({"code": code, "message": message});
+    if let Some(errcode) = wechat_errcode {
+        error["wechat_errcode"] = errcode.into();
+    }
+    json!({ "error": error })
+}
+
+/// A plain error response for the few places outside an endpoint enum.
+pub fn plain(status: StatusCode, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(body(code, message, None))
+}
+
+/// Errors every app-scoped endpoint can give before its own work starts.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("missing API key: send Authorization: Bearer <key>")]
+    MissingKey,
+    #[error("invalid API key")]
+    InvalidKey,
+    #[error("unknown app")]
+    UnknownApp,
+    #[error("this API key is not allowed to do that for this app")]
+    Forbidden,
+}
+
+impl ResponseError for AccessError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            AccessError::MissingKey | AccessError::InvalidKey => StatusCode::UNAUTHORIZED,
+            AccessError::UnknownApp => StatusCode::NOT_FOUND,
+            AccessError::Forbidden => StatusCode::FORBIDDEN,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        render(self)
+    }
+}
+
+impl ApiErrorCode for AccessError {
+    fn code(&self) -> &'static str {
+        match self {
+            AccessError::MissingKey => "missing_api_key",
+            AccessError::InvalidKey => "invalid_api_key",
+            AccessError::UnknownApp => "unknown_app",
+            AccessError::Forbidden => "forbidden",
+        }
+    }
+}
+
+/// Errors of reading a request body.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("the body could not be read")]
+    Unreadable,
+}
+
+impl ResponseError for BodyError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::InvalidJson(_) | BodyError::Unreadable => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        render(self)
+    }
+}
+
+impl ApiErrorCode for BodyError {
+    fn code(&self) -> &'static str {
+        match self {
+            BodyError::TooLarge(_) => "body_too_large",
+            BodyError::InvalidJson(_) => "invalid_json",
+            BodyError::Unreadable => "unreadable_body",
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! `formid-gateway demo`: the gateway on its embedded default (SQLite) with
+//! the fake WeChat beside it, and the curl lines of a full round trip.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde_json::json;
+
+use crate::clock::SystemClock;
+use crate::config::Settings;
+use crate::fake_wechat::{FakeWeChat, FakeWeChatServer};
+use crate::startup::Application;
+
+/// Arguments of the demo.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Address of the gateway.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Address of the fake WeChat.
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    pub fake_listen: String,
+    /// The SQLite ledger.
+    #[arg(long, default_value = "sqlite://data/demo.db")]
+    pub database_url: String,
+}
+
+const APPID: &str = "wxdemo0000000001";
+const TEMPLATE_ID: &str = "order-shipped-demo-template";
+const OPENID: &str = "o-demo-user-0001";
+
+/// Runs the demo until Ctrl-C.
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let secret = random_hex(16);
+    let api_key = format!("demo-{}", random_hex(16));
+    let fake = FakeWeChat::new(Arc::new(SystemClock));
+    fake.register_app(APPID, &secret);
+    fake.register_template(APPID, TEMPLATE_ID);
+    let fake_server = FakeWeChatServer::start(fake, &args.fake_listen)
+        .await
+        .context("starting the fake WeChat")?;
+    let settings: Settings = serde_json::from_value(json!({
+        "listen": args.listen,
+        "database_url": args.database_url,
+        "wechat": {"base_url": fake_server.base_url},
+        "apps": {APPID: {"secret": secret}},
+        "api_keys": {"demo": {"key": api_key, "apps": ["*"], "scopes": ["admin"]}},
+    }))
+    .context("building the demo settings")?;
+    let application = Application::build(settings, Arc::new(SystemClock)).await?;
+    let gateway = format!(
+        "http://{}",
+        args.listen
+            .replace(":0", &format!(":{}", application.port()))
+    );
+    println!(
+        "{}",
+        instructions(&gateway, &fake_server.base_url, &api_key)
+    );
+    let served = application.run_until_stopped().await;
+    fake_server.stop().await;
+    served
+}
+
+fn instructions(gateway: &str, fake: &str, key: &str) -> String {
+    let auth = format!("-H 'Authorization: Bearer {key}'");
+    let app = format!("{gateway}/v1/apps/{APPID}");
+    format!(
+        r#"
+formid-gateway demo: the gateway on SQLite, WeChat faked beside it.
+  gateway     {gateway}
+  fake WeChat {fake}
+  API key     {key}   (admin scope, every app)
+  app         {APPID}
+
+# 1. A user submits a <form report-submit> in the mini-program; WeChat (the fake) gives the frontend a formId:
+FORM_ID=$(curl -s -X POST {fake}/fake/apps/{APPID}/users/{OPENID}/form_id | sed -E 's/.*"form_id":"([^"]+)".*/\1/'); echo $FORM_ID
+
+# 2. The frontend posts it to the gateway:
+curl -s -X POST {app}/credentials {auth} -H 'Content-Type: application/json' \
+  -d '{{"openid":"{OPENID}","kind":"form_id","value":"'$FORM_ID'"}}'; echo
+
+# 3. What the user can receive now:
+curl -s {app}/users/{OPENID}/quota {auth}; echo
+
+# 4. A business service notifies the user; the gateway spends the formId:
+curl -s -X POST {app}/messages {auth} -H 'Content-Type: application/json' \
+  -d '{{"touser":"{OPENID}","template_id":"{TEMPLATE_ID}","page":"pages/order/detail?id=1024","data":{{"keyword1":{{"value":"Order 1024"}},"keyword2":{{"value":"Shipped"}}}}}}'; echo
+
+# 5. Again: the formId is spent, so the answer is 409 no_credential:
+curl -s -X POST {app}/messages {auth} -H 'Content-Type: application/json' \
+  -d '{{"touser":"{OPENID}","template_id":"{TEMPLATE_ID}"}}'; echo
+
+# The token other servers of the app use:
+curl -s {app}/access_token {auth}; echo
+
+Ctrl-C stops the demo.
+"#
+    )
+}
+
+fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut buffer = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut buffer);
+    hex::encode(buffer)
+}

@@ -1,0 +1,265 @@
+//! A fake WeChat server, faithful to the wire behaviour documented in
+//! `/work/shared/reference/wechat-api.md` (cited below as "ref §N").
+//!
+//! It serves the three APIs the gateway talks to:
+//!
+//! * `GET  /cgi-bin/token` (ref §1),
+//! * `POST /cgi-bin/stable_token` (ref §2),
+//! * `POST /cgi-bin/message/wxopen/template/send` (ref §4, with the formId
+//!   rules of ref §7),
+//!
+//! plus a few unauthenticated helpers under `/fake/` that tests and the demo
+//! use to mint credentials and read what was sent.
+//!
+//! Every error is answered the WeChat way: HTTP 200 with
+//! `{"errcode":N,"errmsg":"<doc stem> rid: <hex>"}` (ref §0). Every notion of
+//! time (token expiry and overlap, credential expiry, payment sync lag, daily
+//! quotas) comes from the injected [`SharedClock`], so a test holding a
+//! [`ManualClock`](crate::clock::ManualClock) can jump seven days ahead
+//! without sleeping. Only injected latency and [`Fault::Hang`] use real
+//! (tokio) sleeps.
+//!
+//! The whole state sits behind one `std::sync::Mutex` that is never held
+//! across an `.await`.
+
+mod cli;
+mod codes;
+mod server;
+mod state;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::clock::SharedClock;
+
+pub use cli::{run_cli, FakeWeChatArgs};
+pub use server::FakeWeChatServer;
+
+use state::{CredentialKind, State};
+
+/// The fake's state and configuration. Cheap to clone: clones share state.
+#[derive(Clone)]
+pub struct FakeWeChat {
+    state: Arc<Mutex<State>>,
+    clock: SharedClock,
+}
+
+impl std::fmt::Debug for FakeWeChat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The state holds secrets and tokens: never print it.
+        f.debug_struct("FakeWeChat").finish_non_exhaustive()
+    }
+}
+
+/// A fault injected into the next call of an API.
+///
+/// Send faults are consumed one per template-send call, *after* the retired
+/// switch and the access_token check: a call rejected for its token never
+/// reached the message backend, so it does not eat a fault (and tests can
+/// queue a fault for "the send after the token refresh"). Token faults are
+/// consumed one per call to either token endpoint, first thing after the
+/// injected latency.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Answer `{"errcode":N,"errmsg":"<doc stem> rid: …"}` with HTTP 200;
+    /// nothing else happens (credential untouched, no token issued).
+    /// `Errcode(-1)` gives `system error`; `Errcode(0)` is a lying
+    /// `{"errcode":0,"errmsg":"ok"}` for a message that was not delivered.
+    Errcode(i64),
+    /// Answer this HTTP status with an HTML body; nothing else happens.
+    HttpStatus(u16),
+    /// HTTP 200 with a body that is not JSON; nothing else happens.
+    Garbage,
+    /// Process the call normally, then sleep this long before answering (for
+    /// client timeouts). The outcome is fixed when the request arrives, so a
+    /// client that gives up faces a genuinely ambiguous result, and the fake's
+    /// state does not depend on whether the server noticed the hang-up.
+    Hang(Duration),
+    /// Process the call normally (a send consumes its credential and is
+    /// recorded as delivered; a token fetch issues a token) but answer this
+    /// HTTP status with a non-JSON body: an ambiguous outcome.
+    DeliverThenFail(u16),
+}
+
+/// One template-send call as the fake received it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SendRecord {
+    /// When the call was processed, in Unix milliseconds (per the clock).
+    pub at_ms: i64,
+    /// The app owning the access_token, if the token was one of ours.
+    pub appid: Option<String>,
+    /// `touser` from the body, empty when absent or unreadable.
+    pub touser: String,
+    /// `template_id` from the body, empty when absent or unreadable.
+    pub template_id: String,
+    /// `form_id` exactly as sent (a `prepay_id=` prefix is kept), empty when absent.
+    pub form_id: String,
+    /// The errcode answered; `-2` when an injected fault answered a non-JSON
+    /// body without processing the call.
+    pub errcode: i64,
+    /// Whether the message reached the user (credential consumed).
+    pub delivered: bool,
+}
+
+impl FakeWeChat {
+    /// An empty fake (no apps) on `clock`.
+    pub fn new(clock: SharedClock) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(State::default())),
+            clock,
+        }
+    }
+
+    /// Locks the state. A panic while holding the lock (only possible in a
+    /// test assertion) must not wedge the server, so poisoning is ignored.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Registers an app (or changes its secret). Only registered apps can
+    /// fetch tokens.
+    pub fn register_app(&self, appid: &str, secret: &str) {
+        self.lock().app_mut(appid).secret = Some(secret.to_owned());
+    }
+
+    /// Registers a template id for the app.
+    pub fn register_template(&self, appid: &str, template_id: &str) {
+        self.lock()
+            .app_mut(appid)
+            .templates
+            .insert(template_id.to_owned());
+    }
+
+    /// Restricts valid pages for the app (default: any page not starting with
+    /// '/'). Pages are compared without their `?query`.
+    pub fn register_page(&self, appid: &str, page: &str) {
+        self.lock().app_mut(appid).pages.insert(page.to_owned());
+    }
+
+    /// Makes the openid known to the app (minting a credential does this too).
+    pub fn register_user(&self, appid: &str, openid: &str) {
+        self.lock().app_mut(appid).users.insert(openid.to_owned());
+    }
+
+    /// A user submitted a `<form report-submit>`: returns 32 lowercase hex
+    /// chars, good for 1 send within 7 days from now (ref §7).
+    pub fn mint_form_id(&self, appid: &str, openid: &str) -> String {
+        let now = self.now_ms();
+        self.lock()
+            .mint_credential(appid, openid, CredentialKind::FormId, now)
+    }
+
+    /// A user paid: returns `"wx"` + 14-digit `yyyymmddHHMMSS` (China time) +
+    /// 20 hex chars (36 chars), good for 3 sends within 7 days (ref §7).
+    /// Sends are answered 41028 until the prepay sync lag (as set when
+    /// minting) has passed, because payment data syncs late (ref §7).
+    pub fn mint_prepay_id(&self, appid: &str, openid: &str) -> String {
+        let now = self.now_ms();
+        self.lock()
+            .mint_credential(appid, openid, CredentialKind::PrepayId, now)
+    }
+
+    /// How long a new prepay_id answers 41028 after minting. Default 0.
+    pub fn set_prepay_sync_lag(&self, lag: Duration) {
+        self.lock().prepay_sync_lag_ms = duration_ms(lag);
+    }
+
+    /// `expires_in` of tokens issued from now on. Default 7200.
+    pub fn set_token_expires_in(&self, secs: i64) {
+        self.lock().token_expires_in = secs;
+    }
+
+    /// Length of tokens issued from now on. Default 600: real tokens may
+    /// exceed 512 chars (ref §1, "reserve at least 512 characters").
+    pub fn set_token_len(&self, len: usize) {
+        self.lock().token_len = len.max(1);
+    }
+
+    /// Real delay before every answer of the `/cgi-bin/` APIs (the `/fake/`
+    /// helpers answer at once). Default 0.
+    pub fn set_latency(&self, latency: Duration) {
+        self.lock().latency = latency;
+    }
+
+    pub(crate) fn latency(&self) -> Duration {
+        self.lock().latency
+    }
+
+    /// Daily template-send quota of the app. Default 1,000,000 (ref §4,
+    /// 45009); beyond it sends answer 45009 until midnight China time.
+    pub fn set_daily_send_quota(&self, appid: &str, quota: u64) {
+        self.lock().app_mut(appid).send_quota = quota;
+    }
+
+    /// When on, every template send answers 45103 `This API has been
+    /// unsupported`, as the real, retired API does today (ref §4).
+    pub fn set_retired(&self, retired: bool) {
+        self.lock().retired = retired;
+    }
+
+    /// Faults applied to the next template-send calls, one per call, in order.
+    /// See [`Fault`] for where in the call they are consumed.
+    pub fn push_send_faults(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.lock().send_faults.extend(faults);
+    }
+
+    /// Faults for the next token fetches (both `/cgi-bin/token` and
+    /// `/cgi-bin/stable_token`), one per call, in order.
+    pub fn push_token_faults(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.lock().token_faults.extend(faults);
+    }
+
+    /// That form_id/prepay_id (with or without `prepay_id=`) now answers
+    /// `errcode` (41031/41032/41034/41035). Unknown values are ignored.
+    pub fn block_credential(&self, value: &str, errcode: i64) {
+        if let Some(c) = self.lock().credential_mut(value) {
+            c.blocked = Some(errcode);
+        }
+    }
+
+    /// Invalidates every token of the app (both endpoints) at once, as if
+    /// another server had fetched tokens long ago, so the next send with any
+    /// of them answers 40001 (ref §3).
+    pub fn invalidate_tokens(&self, appid: &str) {
+        let now = self.now_ms();
+        self.lock().invalidate_tokens(appid, now);
+    }
+
+    /// Every template-send call received, in order.
+    pub fn sends(&self) -> Vec<SendRecord> {
+        self.lock().sends.clone()
+    }
+
+    /// Successful answers carrying a token for the app, from either endpoint
+    /// (a stable_token answer that repeats the current token counts too, as
+    /// does a [`Fault::DeliverThenFail`] issue).
+    pub fn token_fetches(&self, appid: &str) -> usize {
+        self.lock().apps.get(appid).map_or(0, |a| a.token_fetches)
+    }
+
+    /// The token most recently handed out for the app (either endpoint), if it
+    /// is still accepted by the send API.
+    pub fn current_token(&self, appid: &str) -> Option<String> {
+        let now = self.now_ms();
+        self.lock().current_token(appid, now)
+    }
+
+    /// Sends left on a form_id/prepay_id (with or without `prepay_id=`),
+    /// `None` if unknown. Expiry is not considered.
+    pub fn uses_left(&self, value: &str) -> Option<u32> {
+        self.lock().credential_mut(value).map(|c| c.uses_left)
+    }
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

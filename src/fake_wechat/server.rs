@@ -1,0 +1,218 @@
+//! The HTTP face of the fake: actix routes and the running server.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+
+use actix_web::dev::ServerHandle;
+use actix_web::http::{header::ContentType, Method, StatusCode};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use super::codes;
+use super::state::{Answer, CredentialKind, Reply, State};
+use super::FakeWeChat;
+
+/// A running fake on a bound listener.
+pub struct FakeWeChatServer {
+    /// `http://127.0.0.1:PORT`, without a trailing slash.
+    pub base_url: String,
+    /// The fake behind the server, for configuring and inspecting it.
+    pub fake: FakeWeChat,
+    handle: ServerHandle,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl std::fmt::Debug for FakeWeChatServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeWeChatServer")
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FakeWeChatServer {
+    /// Binds `addr` (use `"127.0.0.1:0"` in tests) and spawns the actix server
+    /// on the current tokio runtime. Works from `#[tokio::test]`.
+    pub async fn start(fake: FakeWeChat, addr: &str) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr)?;
+        let local = listener.local_addr()?;
+        let data = web::Data::new(fake.clone());
+        let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(routes))
+            .workers(2)
+            // The owner decides when to stop (tests, or run_cli on Ctrl-C).
+            .disable_signals()
+            .shutdown_timeout(1)
+            .listen(listener)?
+            .run();
+        let handle = server.handle();
+        let task = tokio::spawn(server);
+        tracing::info!(%local, "fake wechat listening");
+        Ok(Self {
+            base_url: format!("http://{local}"),
+            fake,
+            handle,
+            task,
+        })
+    }
+
+    /// Stops the server (in-flight answers get up to 1 s) and waits for it.
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        if let Err(e) = self.task.await {
+            tracing::warn!(error = %e, "fake wechat server task failed");
+        }
+    }
+}
+
+fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        // GET only; any other method gets actix's 405.
+        web::resource("/cgi-bin/token").route(web::get().to(token)),
+    )
+    // Any method: a GET must reach the handler to be answered 43002 (ref §2, §4).
+    .route("/cgi-bin/stable_token", web::route().to(stable_token))
+    .route(
+        "/cgi-bin/message/wxopen/template/send",
+        web::route().to(template_send),
+    )
+    .route(
+        "/fake/apps/{appid}/users/{openid}/form_id",
+        web::post().to(mint_form_id),
+    )
+    .route(
+        "/fake/apps/{appid}/users/{openid}/prepay_id",
+        web::post().to(mint_prepay_id),
+    )
+    .route(
+        "/fake/apps/{appid}/templates/{template_id}",
+        web::post().to(add_template),
+    )
+    .route("/fake/sends", web::get().to(sends));
+}
+
+impl FakeWeChat {
+    /// Runs `f` on the locked state with the current time; the lock is
+    /// released before returning, so never across an await.
+    fn call<R>(&self, f: impl FnOnce(&mut State, i64) -> R) -> R {
+        let now = self.now_ms();
+        f(&mut self.lock(), now)
+    }
+
+    async fn apply_latency(&self) {
+        let latency = self.latency();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+    }
+
+    fn is_registered(&self, appid: &str) -> bool {
+        self.lock()
+            .apps
+            .get(appid)
+            .is_some_and(|a| a.secret.is_some())
+    }
+}
+
+async fn render(reply: Reply) -> HttpResponse {
+    if let Some(d) = reply.hang {
+        tokio::time::sleep(d).await;
+    }
+    match reply.answer {
+        // ref §0: a captured error came back as `application/json; encoding=utf-8`.
+        Answer::Json(body) => HttpResponse::Ok()
+            .insert_header(("content-type", "application/json; encoding=utf-8"))
+            .body(body.to_string()),
+        Answer::Status(status) => {
+            HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY))
+                .content_type(ContentType::html())
+                .body(codes::html_status_page(status))
+        }
+        Answer::Garbage => HttpResponse::Ok()
+            .insert_header(("content-type", "application/json; encoding=utf-8"))
+            .body(codes::GARBAGE_BODY),
+    }
+}
+
+fn query_map(req: &HttpRequest) -> HashMap<String, String> {
+    web::Query::<HashMap<String, String>>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .unwrap_or_default()
+}
+
+async fn token(req: HttpRequest, fake: web::Data<FakeWeChat>) -> HttpResponse {
+    fake.apply_latency().await;
+    let query = query_map(&req);
+    let reply = fake.call(|s, now| s.plain_token(&query, now));
+    render(reply).await
+}
+
+async fn stable_token(
+    req: HttpRequest,
+    body: web::Bytes,
+    fake: web::Data<FakeWeChat>,
+) -> HttpResponse {
+    fake.apply_latency().await;
+    let is_post = req.method() == Method::POST;
+    let reply = fake.call(|s, now| s.stable_token(is_post, &body, now));
+    render(reply).await
+}
+
+async fn template_send(
+    req: HttpRequest,
+    body: web::Bytes,
+    fake: web::Data<FakeWeChat>,
+) -> HttpResponse {
+    fake.apply_latency().await;
+    let query = query_map(&req);
+    let token = query.get("access_token").map(String::as_str);
+    let is_post = req.method() == Method::POST;
+    let reply = fake.call(|s, now| s.template_send(token, is_post, &body, now));
+    render(reply).await
+}
+
+fn unknown_app(appid: &str) -> HttpResponse {
+    HttpResponse::NotFound().json(json!({"error": format!("unknown app {appid}")}))
+}
+
+async fn mint_form_id(
+    path: web::Path<(String, String)>,
+    fake: web::Data<FakeWeChat>,
+) -> HttpResponse {
+    let (appid, openid) = path.into_inner();
+    if !fake.is_registered(&appid) {
+        return unknown_app(&appid);
+    }
+    let form_id =
+        fake.call(|s, now| s.mint_credential(&appid, &openid, CredentialKind::FormId, now));
+    HttpResponse::Ok().json(json!({ "form_id": form_id }))
+}
+
+async fn mint_prepay_id(
+    path: web::Path<(String, String)>,
+    fake: web::Data<FakeWeChat>,
+) -> HttpResponse {
+    let (appid, openid) = path.into_inner();
+    if !fake.is_registered(&appid) {
+        return unknown_app(&appid);
+    }
+    let prepay_id =
+        fake.call(|s, now| s.mint_credential(&appid, &openid, CredentialKind::PrepayId, now));
+    HttpResponse::Ok().json(json!({ "prepay_id": prepay_id }))
+}
+
+async fn add_template(
+    path: web::Path<(String, String)>,
+    fake: web::Data<FakeWeChat>,
+) -> HttpResponse {
+    let (appid, template_id) = path.into_inner();
+    if !fake.is_registered(&appid) {
+        return unknown_app(&appid);
+    }
+    fake.register_template(&appid, &template_id);
+    HttpResponse::Ok().json(json!({ "appid": appid, "template_id": template_id }))
+}
+
+async fn sends(fake: web::Data<FakeWeChat>) -> HttpResponse {
+    HttpResponse::Ok().json(fake.sends())
+}

@@ -1,0 +1,261 @@
+//! Validation of credentials posted by frontends.
+//!
+//! Each item is judged on its own, so one bad item in a batch of 500 rejects
+//! that item with its reason and keeps the other 499.
+
+use chrono::DateTime;
+use serde_json::Value;
+
+use super::kinds::CredentialKind;
+use crate::storage::NewCredential;
+
+/// What WeChat's developer tools hand out instead of a real formId (reference §7).
+pub const MOCK_FORM_ID: &str = "the formId is a mock one";
+
+/// A formId the client failed to obtain with `report-submit-timeout` starts with this.
+const CLIENT_FAILURE_PREFIX: &str = "requestFormId:fail";
+
+/// The prefix a prepay_id carries in WeChat Pay's `package` field.
+const PREPAY_PREFIX: &str = "prepay_id=";
+
+/// WeChat's own field is String(64); nothing longer is a credential.
+pub const MAX_VALUE_LEN: usize = 64;
+
+/// Openids are 28 characters today; leave room without accepting junk.
+pub const MAX_OPENID_LEN: usize = 128;
+
+/// Why an item was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Machine-readable reason.
+    pub code: &'static str,
+    /// For people.
+    pub message: String,
+}
+
+impl Rejection {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The clock and tolerance a collection is judged by.
+#[derive(Debug, Clone, Copy)]
+pub struct CollectContext {
+    pub now_ms: i64,
+    pub skew_ms: i64,
+}
+
+/// Turns one posted item into a credential ready for the ledger.
+pub fn parse_item(item: &Value, context: CollectContext) -> Result<NewCredential, Rejection> {
+    let Some(object) = item.as_object() else {
+        return Err(Rejection::new(
+            "invalid_item",
+            "each credential must be a JSON object",
+        ));
+    };
+    let openid = required_str(item, "openid")?;
+    if !is_plain_identifier(openid, MAX_OPENID_LEN) {
+        return Err(Rejection::new(
+            "invalid_openid",
+            format!("openid must be 1 to {MAX_OPENID_LEN} printable characters without spaces"),
+        ));
+    }
+    let kind_name = required_str(item, "kind")?;
+    let Some(kind) = CredentialKind::parse(kind_name) else {
+        return Err(Rejection::new(
+            "unknown_kind",
+            "kind must be \"form_id\" or \"prepay_id\"",
+        ));
+    };
+    let value = normalize_value(kind, required_str(item, "value")?)?;
+    let collected_at = match object.get("collected_at") {
+        None | Some(Value::Null) => context.now_ms,
+        Some(raw) => parse_timestamp(raw)?,
+    };
+    if collected_at > context.now_ms + context.skew_ms {
+        return Err(Rejection::new(
+            "collected_in_future",
+            "collected_at is later than now",
+        ));
+    }
+    let expires_at = kind.expires_at_ms(collected_at);
+    if expires_at <= context.now_ms {
+        return Err(Rejection::new(
+            "already_expired",
+            format!("a {} expires 7 days after collection", kind.as_str()),
+        ));
+    }
+    Ok(NewCredential {
+        openid: openid.to_owned(),
+        kind,
+        value,
+        uses: i64::from(kind.rules().sends),
+        collected_at,
+        expires_at,
+    })
+}
+
+fn required_str<'a>(item: &'a Value, field: &'static str) -> Result<&'a str, Rejection> {
+    match item.get(field) {
+        Some(Value::String(text)) => Ok(text),
+        None | Some(Value::Null) => Err(Rejection::new(
+            "missing_field",
+            format!("{field} is required"),
+        )),
+        Some(_) => Err(Rejection::new(
+            "invalid_type",
+            format!("{field} must be a string"),
+        )),
+    }
+}
+
+/// Strips what is not part of the credential and rejects what cannot be one.
+fn normalize_value(kind: CredentialKind, raw: &str) -> Result<String, Rejection> {
+    let value = match kind {
+        // Accepted with or without the `prepay_id=` of the Pay `package`, stored without.
+        CredentialKind::PrepayId => raw.strip_prefix(PREPAY_PREFIX).unwrap_or(raw),
+        CredentialKind::FormId => raw,
+    };
+    if value == MOCK_FORM_ID {
+        return Err(Rejection::new(
+            "mock_form_id",
+            "this formId comes from WeChat's developer tools; only a real device gives a usable one",
+        ));
+    }
+    if value.starts_with(CLIENT_FAILURE_PREFIX) {
+        return Err(Rejection::new(
+            "client_failure",
+            "the client failed to obtain a formId",
+        ));
+    }
+    if value.is_empty() {
+        return Err(Rejection::new("empty_value", "value is empty"));
+    }
+    if value.chars().count() > MAX_VALUE_LEN {
+        return Err(Rejection::new(
+            "value_too_long",
+            format!("value is longer than {MAX_VALUE_LEN} characters"),
+        ));
+    }
+    if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(Rejection::new(
+            "invalid_characters",
+            "value contains control characters or spaces",
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// `collected_at` is RFC 3339 text or Unix milliseconds (what `Date.now()` gives).
+fn parse_timestamp(raw: &Value) -> Result<i64, Rejection> {
+    let parsed = match raw {
+        Value::String(text) => DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|at| at.timestamp_millis()),
+        Value::Number(number) => number.as_i64(),
+        _ => None,
+    };
+    parsed.ok_or_else(|| {
+        Rejection::new(
+            "invalid_collected_at",
+            "collected_at must be RFC 3339 text or Unix milliseconds",
+        )
+    })
+}
+
+/// True for 1..=max_len printable characters without whitespace: openids,
+/// AppIDs and other identifiers that end up in paths and SQL binds.
+pub fn is_plain_identifier(text: &str, max_len: usize) -> bool {
+    !text.is_empty()
+        && text.chars().count() <= max_len
+        && text.chars().all(|c| !c.is_control() && !c.is_whitespace())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000_000;
+    const CONTEXT: CollectContext = CollectContext {
+        now_ms: NOW,
+        skew_ms: 60_000,
+    };
+
+    fn rejection(item: Value) -> &'static str {
+        parse_item(&item, CONTEXT).unwrap_err().code
+    }
+
+    #[test]
+    fn accepts_a_form_id_with_seven_days_and_one_send() {
+        let credential = parse_item(
+            &json!({"openid": "o1", "kind": "form_id", "value": "22d907226dcd4542afb8829fa5e20768"}),
+            CONTEXT,
+        )
+        .unwrap();
+        assert_eq!(credential.uses, 1);
+        assert_eq!(credential.collected_at, NOW);
+        assert_eq!(credential.expires_at, NOW + 7 * 86_400_000);
+    }
+
+    #[test]
+    fn strips_the_prepay_prefix() {
+        let credential = parse_item(
+            &json!({"openid": "o1", "kind": "prepay_id", "value": "prepay_id=wx20180126161440ba00614c4d0245522131"}),
+            CONTEXT,
+        )
+        .unwrap();
+        assert_eq!(credential.value, "wx20180126161440ba00614c4d0245522131");
+        assert_eq!(credential.uses, 3);
+    }
+
+    #[test]
+    fn rejects_what_cannot_be_a_credential() {
+        let base = |value: &str| json!({"openid": "o1", "kind": "form_id", "value": value});
+        assert_eq!(rejection(base(MOCK_FORM_ID)), "mock_form_id");
+        assert_eq!(rejection(base("")), "empty_value");
+        assert_eq!(rejection(base(&"a".repeat(65))), "value_too_long");
+        assert_eq!(rejection(base("abc\u{0}def")), "invalid_characters");
+        assert_eq!(
+            rejection(base("requestFormId:fail timeout")),
+            "client_failure"
+        );
+        assert_eq!(
+            rejection(json!({"openid": "o1", "kind": "prepay_id", "value": "prepay_id="})),
+            "empty_value"
+        );
+        assert_eq!(
+            rejection(json!({"openid": "o1", "kind": "subscribe", "value": "x"})),
+            "unknown_kind"
+        );
+        assert_eq!(
+            rejection(json!({"kind": "form_id", "value": "x"})),
+            "missing_field"
+        );
+        assert_eq!(
+            rejection(json!({"openid": 5, "kind": "form_id", "value": "x"})),
+            "invalid_type"
+        );
+        assert_eq!(rejection(json!("form_id")), "invalid_item");
+    }
+
+    #[test]
+    fn judges_collected_at_against_the_lifetime() {
+        let at = |collected_at: Value| json!({"openid": "o1", "kind": "form_id", "value": "abc", "collected_at": collected_at});
+        assert_eq!(rejection(at(json!(NOW + 3_600_000))), "collected_in_future");
+        assert_eq!(
+            rejection(at(json!(NOW - 8 * 86_400_000))),
+            "already_expired"
+        );
+        assert_eq!(rejection(at(json!("yesterday"))), "invalid_collected_at");
+        let credential = parse_item(&at(json!("2027-01-15T08:00:00+08:00")), CONTEXT);
+        assert!(credential.is_ok());
+        let credential = parse_item(&at(json!(NOW - 86_400_000)), CONTEXT).unwrap();
+        assert_eq!(credential.expires_at, NOW + 6 * 86_400_000);
+    }
+}

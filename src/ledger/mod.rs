@@ -1,0 +1,7 @@
+//! The rules of the ledger: what a credential is, what a posted one must look
+//! like, what each WeChat errcode means, and the send path that applies them.
+
+pub mod collect;
+pub mod kinds;
+pub mod send;
+pub mod settle;

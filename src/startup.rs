@@ -1,0 +1,220 @@
+//! Builds the whole service from settings: storage, WeChat client, token
+//! keeper, send path, HTTP server and workers, all under one shutdown signal.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{middleware, web, App, HttpServer};
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::auth::ApiKeys;
+use crate::api::{self, ApiContext};
+use crate::clock::SharedClock;
+use crate::config::Settings;
+use crate::ledger::send::{SendSettings, Sender};
+use crate::storage::{self, Storage};
+use crate::tokens::TokenKeeper;
+use crate::wechat::WeChatClient;
+use crate::workers::{run_every, Sweeper, TokenRefresher};
+
+/// A built, not yet running, gateway.
+pub struct Application {
+    port: u16,
+    server: Server,
+    shutdown: CancellationToken,
+    storage: Arc<dyn Storage>,
+    token_refresher: TokenRefresher,
+    sweeper: Sweeper,
+    token_interval: Duration,
+    sweep_interval: Duration,
+}
+
+impl Application {
+    /// Connects, migrates and binds. `listen` with port 0 picks a free port
+    /// (tests); [`Application::port`] tells which.
+    pub async fn build(settings: Settings, clock: SharedClock) -> anyhow::Result<Self> {
+        settings.validate()?;
+        let storage =
+            storage::connect(&settings.database_url, settings.database_max_connections).await?;
+        for appid in settings.apps.keys() {
+            storage.ensure_app(appid).await?;
+        }
+        let wechat = WeChatClient::new(
+            &settings.wechat.base_url,
+            Duration::from_millis(settings.wechat.connect_timeout_ms),
+            Duration::from_millis(settings.wechat.request_timeout_ms),
+        )?;
+        let apps = Arc::new(settings.apps.clone());
+        let holder = settings
+            .instance_id
+            .clone()
+            .unwrap_or_else(|| format!("gateway-{}", uuid::Uuid::new_v4()));
+        let tokens = TokenKeeper::new(
+            storage.clone(),
+            wechat.clone(),
+            apps.clone(),
+            clock.clone(),
+            holder,
+            settings.tokens.clone(),
+        );
+        let ledger = settings.ledger.clone();
+        let sender = Sender::new(
+            storage.clone(),
+            tokens.clone(),
+            wechat,
+            clock.clone(),
+            SendSettings {
+                safety_margin_ms: ledger.safety_margin_secs * 1000,
+                fresh_prepay_grace_ms: ledger.fresh_prepay_grace_secs * 1000,
+                lease_ms: ledger.lease_secs * 1000,
+                max_attempts: ledger.max_attempts_per_send,
+                busy_retries: ledger.busy_retries,
+                busy_backoff: Duration::from_millis(200),
+            },
+        );
+        let context = web::Data::new(ApiContext {
+            storage: storage.clone(),
+            sender,
+            tokens: tokens.clone(),
+            keys: ApiKeys::from_settings(settings.api_keys.values())?,
+            apps,
+            clock: clock.clone(),
+            ledger: ledger.clone(),
+        });
+        let listener = TcpListener::bind(&settings.listen)
+            .with_context(|| format!("binding {}", settings.listen))?;
+        let port = listener.local_addr()?.port();
+        let server = HttpServer::new(move || {
+            App::new()
+                // %U is the path without its query string: nothing a caller
+                // puts in a query ever reaches the log.
+                .wrap(
+                    middleware::Logger::new("%{r}a \"%{METHOD}xi %U\" %s %Dms")
+                        .custom_request_replace("METHOD", |request| request.method().to_string()),
+                )
+                .app_data(context.clone())
+                .configure(api::routes)
+        })
+        // One shutdown signal for API and workers: ours, not actix's.
+        .disable_signals()
+        .shutdown_timeout(30)
+        .listen(listener)?
+        .run();
+        Ok(Self {
+            port,
+            server,
+            shutdown: CancellationToken::new(),
+            storage: storage.clone(),
+            token_refresher: TokenRefresher::new(tokens),
+            sweeper: Sweeper::new(
+                storage,
+                clock,
+                ledger.credential_retention_days,
+                ledger.message_retention_days,
+            ),
+            token_interval: Duration::from_secs(settings.tokens.check_interval_secs),
+            sweep_interval: Duration::from_secs(ledger.sweep_interval_secs),
+        })
+    }
+
+    /// The port the API listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Cancelling this stops the API and the workers.
+    pub fn shutdown_signal(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// The ledger, for tests that inspect it.
+    pub fn storage(&self) -> Arc<dyn Storage> {
+        self.storage.clone()
+    }
+
+    /// The token worker, for tests that drive its `run_once`.
+    pub fn token_refresher(&self) -> TokenRefresher {
+        self.token_refresher.clone()
+    }
+
+    /// The sweep worker, for tests that drive its `run_once`.
+    pub fn sweeper(&self) -> Sweeper {
+        self.sweeper.clone()
+    }
+
+    /// Serves the API without background workers (tests drive them).
+    pub async fn run_api_until_stopped(self) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            // Graceful: stop accepting, let in-flight requests finish.
+            handle.stop(true).await;
+        });
+        self.server.await.context("running the HTTP server")
+    }
+
+    /// Serves the API and runs the workers until SIGTERM, Ctrl-C or the
+    /// shutdown signal; then stops taking requests, lets in-flight ones finish
+    /// and stops the workers.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        let refresher = self.token_refresher.clone();
+        let sweeper = self.sweeper.clone();
+        let workers = [
+            tokio::spawn(run_every(
+                "token_refresher",
+                self.token_interval,
+                shutdown.clone(),
+                move || {
+                    let refresher = refresher.clone();
+                    async move { refresher.run_once().await.map(drop) }
+                },
+            )),
+            tokio::spawn(run_every(
+                "sweeper",
+                self.sweep_interval,
+                shutdown.clone(),
+                move || {
+                    let sweeper = sweeper.clone();
+                    async move { sweeper.run_once().await.map(drop) }
+                },
+            )),
+        ];
+        let served = self.run_api_until_stopped().await;
+        shutdown.cancel();
+        for worker in workers {
+            worker.await.context("joining a worker")?;
+        }
+        tracing::info!("stopped");
+        served
+    }
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("Ctrl-C: shutting down"),
+        _ = terminate => tracing::info!("SIGTERM: shutting down"),
+        _ = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,277 @@
+//! The ledger's storage: one trait, a SQLite and a PostgreSQL implementation.
+//!
+//! Both run the same migrations (`migrations/sqlite`, `migrations/postgres`,
+//! same versions) and the same contract, which the integration suite checks on
+//! each. Every time is Unix milliseconds handed in by the caller's clock.
+
+mod postgres;
+mod sql;
+mod sqlite;
+
+use anyhow::Context;
+use async_trait::async_trait;
+
+pub use postgres::PostgresStorage;
+pub use sqlite::SqliteStorage;
+
+use crate::ledger::kinds::CredentialKind;
+
+/// A credential about to enter the ledger, already validated.
+#[derive(Debug, Clone)]
+pub struct NewCredential {
+    pub openid: String,
+    pub kind: CredentialKind,
+    pub value: String,
+    pub uses: i64,
+    pub collected_at: i64,
+    pub expires_at: i64,
+}
+
+/// What became of one credential handed to [`Storage::insert_credentials`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// Stored as a new credential.
+    Inserted,
+    /// The same value for the same user was already known.
+    Duplicate,
+    /// The value is already stored for another openid.
+    OwnedByAnotherUser,
+}
+
+/// A credential leased to one send.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedCredential {
+    pub id: i64,
+    pub kind: String,
+    pub value: String,
+    pub uses_left: i64,
+    pub collected_at: i64,
+    pub expires_at: i64,
+}
+
+/// How a leased credential leaves its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// WeChat accepted a send: one use fewer, exhausted at zero.
+    Spent,
+    /// WeChat said the credential is dead.
+    Retired { errcode: i64 },
+    /// Not used after all: back to the pool untouched.
+    Released,
+    /// Stays leased (for example while its token is refreshed).
+    Kept,
+}
+
+/// One call to WeChat (or the decision not to make one) for a message.
+#[derive(Debug, Clone)]
+pub struct NewAttempt {
+    pub credential_id: Option<i64>,
+    pub credential_kind: Option<CredentialKind>,
+    pub errcode: Option<i64>,
+    pub outcome: &'static str,
+    pub detail: Option<String>,
+}
+
+/// The final state of a message.
+#[derive(Debug, Clone)]
+pub struct MessageOutcome {
+    pub status: &'static str,
+    pub error_code: Option<&'static str>,
+    pub wechat_errcode: Option<i64>,
+}
+
+/// A message as first recorded.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: String,
+    pub appid: String,
+    pub touser: String,
+    pub template_id: String,
+    pub payload: String,
+    pub status: &'static str,
+}
+
+/// A stored message.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MessageRow {
+    pub id: String,
+    pub appid: String,
+    pub touser: String,
+    pub template_id: String,
+    pub status: String,
+    pub error_code: Option<String>,
+    pub wechat_errcode: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A stored attempt.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AttemptRow {
+    pub credential_id: Option<i64>,
+    pub credential_kind: Option<String>,
+    pub errcode: Option<i64>,
+    pub outcome: String,
+    pub detail: Option<String>,
+    pub at: i64,
+}
+
+/// A user's usable credentials of one kind.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct KindQuota {
+    pub kind: String,
+    pub credentials: i64,
+    pub sends: i64,
+    pub next_expiry: Option<i64>,
+}
+
+/// The per-app row: token and send block.
+#[derive(Debug, Clone, Default, sqlx::FromRow)]
+pub struct AppState {
+    pub access_token: Option<String>,
+    pub token_expires_at: Option<i64>,
+    pub token_fetched_at: Option<i64>,
+    pub send_blocked_until: Option<i64>,
+}
+
+/// What one sweep removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub expired: u64,
+    pub deleted_credentials: u64,
+    pub deleted_messages: u64,
+}
+
+/// The ledger's storage contract.
+#[async_trait]
+pub trait Storage: Send + Sync + std::fmt::Debug {
+    /// Checks that the database answers.
+    async fn ping(&self) -> anyhow::Result<()>;
+
+    /// Makes sure the per-app row exists.
+    async fn ensure_app(&self, appid: &str) -> anyhow::Result<()>;
+
+    /// Stores credentials of one app, one outcome per item in order.
+    async fn insert_credentials(
+        &self,
+        appid: &str,
+        items: &[NewCredential],
+        now: i64,
+    ) -> anyhow::Result<Vec<InsertOutcome>>;
+
+    /// Usable credentials of a user by kind: available and expiring after `valid_after`.
+    async fn quota(
+        &self,
+        appid: &str,
+        openid: &str,
+        valid_after: i64,
+    ) -> anyhow::Result<Vec<KindQuota>>;
+
+    /// Atomically leases the available credential of the user that expires
+    /// soonest after `valid_after`, until `lease_until`.
+    async fn claim_credential(
+        &self,
+        appid: &str,
+        openid: &str,
+        valid_after: i64,
+        lease_until: i64,
+        now: i64,
+    ) -> anyhow::Result<Option<ClaimedCredential>>;
+
+    /// Records a new message.
+    async fn create_message(&self, message: &NewMessage, now: i64) -> anyhow::Result<()>;
+
+    /// In one transaction: settles a leased credential, records the attempt
+    /// and, when given, the message's final state.
+    async fn record_attempt(
+        &self,
+        message_id: &str,
+        attempt: &NewAttempt,
+        settlement: Option<(i64, Settlement)>,
+        outcome: Option<&MessageOutcome>,
+        now: i64,
+    ) -> anyhow::Result<()>;
+
+    /// Records the final state of a message.
+    async fn finish_message(
+        &self,
+        message_id: &str,
+        outcome: &MessageOutcome,
+        now: i64,
+    ) -> anyhow::Result<()>;
+
+    /// Returns leased credentials to the pool untouched.
+    async fn release_credentials(&self, ids: &[i64], now: i64) -> anyhow::Result<()>;
+
+    /// A message of the app with its attempts in order.
+    async fn message(
+        &self,
+        appid: &str,
+        id: &str,
+    ) -> anyhow::Result<Option<(MessageRow, Vec<AttemptRow>)>>;
+
+    /// The per-app row.
+    async fn app_state(&self, appid: &str) -> anyhow::Result<AppState>;
+
+    /// Takes (or renews) the app's token-refresh lease for `holder`.
+    async fn try_lease_token_refresh(
+        &self,
+        appid: &str,
+        holder: &str,
+        now: i64,
+        until: i64,
+    ) -> anyhow::Result<bool>;
+
+    /// Gives the lease back if `holder` still has it.
+    async fn release_token_refresh(&self, appid: &str, holder: &str) -> anyhow::Result<()>;
+
+    /// Stores a token unless a fetch that started later already stored one.
+    async fn store_token(
+        &self,
+        appid: &str,
+        token: &str,
+        expires_at: i64,
+        fetched_at: i64,
+    ) -> anyhow::Result<bool>;
+
+    /// Stops sends of the app until `until` (errcode 45009).
+    async fn block_sends(&self, appid: &str, until: i64) -> anyhow::Result<()>;
+
+    /// Marks expired credentials and deletes rows older than the retention.
+    async fn sweep(
+        &self,
+        now: i64,
+        credential_retention_ms: i64,
+        message_retention_ms: i64,
+    ) -> anyhow::Result<SweepReport>;
+}
+
+/// Connects to the database the URL names and applies its migrations.
+pub async fn connect(
+    database_url: &str,
+    max_connections: u32,
+) -> anyhow::Result<std::sync::Arc<dyn Storage>> {
+    if database_url.starts_with("sqlite:") {
+        let storage = SqliteStorage::connect(database_url, max_connections)
+            .await
+            .context("opening the SQLite ledger")?;
+        Ok(std::sync::Arc::new(storage))
+    } else if database_url.starts_with("postgres:") || database_url.starts_with("postgresql:") {
+        let storage = PostgresStorage::connect(database_url, max_connections)
+            .await
+            .context("connecting to the PostgreSQL ledger")?;
+        Ok(std::sync::Arc::new(storage))
+    } else {
+        anyhow::bail!("database_url must start with sqlite: or postgres:")
+    }
+}
+
+/// Tells a repeated post of the user's own credential from a value that
+/// already belongs to someone else.
+fn owner_outcome(owner: &str, item: &NewCredential) -> InsertOutcome {
+    if owner == item.openid {
+        InsertOutcome::Duplicate
+    } else {
+        InsertOutcome::OwnedByAnotherUser
+    }
+}

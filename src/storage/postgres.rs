@@ -1,0 +1,422 @@
+//! The shared ledger: PostgreSQL, for several gateway instances on one database.
+//!
+//! Claims use `FOR UPDATE SKIP LOCKED`, so concurrent sends for one user each
+//! lock a different credential instead of queueing on the same row, and a
+//! transaction never stays open across the call to WeChat: the lease column,
+//! not a row lock, is what marks a credential in flight.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Postgres, QueryBuilder};
+
+use super::sql;
+use super::*;
+
+/// The PostgreSQL implementation of [`Storage`].
+#[derive(Debug, Clone)]
+pub struct PostgresStorage {
+    pool: PgPool,
+}
+
+impl PostgresStorage {
+    /// Connects and migrates. Several instances may start at once: sqlx takes
+    /// an advisory lock around the migrations.
+    pub async fn connect(database_url: &str, max_connections: u32) -> anyhow::Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(database_url)
+            .await
+            .context("connecting to PostgreSQL")?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .context("applying the PostgreSQL migrations")?;
+        Ok(Self { pool })
+    }
+
+    /// The pool, for tests and tools that inspect the ledger directly.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn begin_write(&self) -> anyhow::Result<sqlx::Transaction<'static, Postgres>> {
+        self.pool
+            .begin()
+            .await
+            .context("beginning a PostgreSQL transaction")
+    }
+}
+
+#[async_trait]
+impl Storage for PostgresStorage {
+    async fn ping(&self) -> anyhow::Result<()> {
+        sqlx::query(sql::PING)
+            .execute(&self.pool)
+            .await
+            .context("pinging PostgreSQL")?;
+        Ok(())
+    }
+
+    async fn ensure_app(&self, appid: &str) -> anyhow::Result<()> {
+        sqlx::query(sql::ENSURE_APP)
+            .bind(appid)
+            .execute(&self.pool)
+            .await
+            .context("inserting the app row")?;
+        Ok(())
+    }
+
+    async fn insert_credentials(
+        &self,
+        appid: &str,
+        items: &[NewCredential],
+        now: i64,
+    ) -> anyhow::Result<Vec<InsertOutcome>> {
+        let mut tx = self.begin_write().await?;
+        let mut inserted = HashSet::new();
+        for chunk in items.chunks(super::sqlite::INSERT_CHUNK) {
+            let mut builder = QueryBuilder::<Postgres>::new(sql::INSERT_CREDENTIALS_HEAD);
+            push_credential_values(&mut builder, appid, chunk, now);
+            builder.push(sql::INSERT_CREDENTIALS_TAIL);
+            let rows: Vec<(String, String)> = builder
+                .build_query_as()
+                .fetch_all(&mut *tx)
+                .await
+                .context("inserting credentials")?;
+            inserted.extend(rows);
+        }
+        let mut outcomes = Vec::with_capacity(items.len());
+        for item in items {
+            let key = (item.kind.as_str().to_owned(), item.value.clone());
+            let outcome = if inserted.remove(&key) {
+                InsertOutcome::Inserted
+            } else {
+                let owner: String = sqlx::query_scalar(sql::CREDENTIAL_OWNER)
+                    .bind(appid)
+                    .bind(item.kind.as_str())
+                    .bind(&item.value)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .context("looking up the owner of a known credential")?;
+                owner_outcome(&owner, item)
+            };
+            outcomes.push(outcome);
+        }
+        tx.commit().await.context("committing credentials")?;
+        Ok(outcomes)
+    }
+
+    async fn quota(
+        &self,
+        appid: &str,
+        openid: &str,
+        valid_after: i64,
+    ) -> anyhow::Result<Vec<KindQuota>> {
+        sqlx::query_as(sql::QUOTA)
+            .bind(appid)
+            .bind(openid)
+            .bind(valid_after)
+            .fetch_all(&self.pool)
+            .await
+            .context("reading the user's quota")
+    }
+
+    async fn claim_credential(
+        &self,
+        appid: &str,
+        openid: &str,
+        valid_after: i64,
+        lease_until: i64,
+        now: i64,
+    ) -> anyhow::Result<Option<ClaimedCredential>> {
+        // SKIP LOCKED: a concurrent claim passes over the row another claim
+        // is leasing and takes the next one, instead of waiting and then
+        // finding it gone.
+        let statement = format!(
+            "{}{} FOR UPDATE SKIP LOCKED{}",
+            sql::CLAIM_UPDATE_HEAD,
+            sql::CLAIM_CANDIDATE,
+            sql::CLAIM_UPDATE_TAIL
+        );
+        sqlx::query_as(&statement)
+            .bind(lease_until)
+            .bind(now)
+            .bind(appid)
+            .bind(openid)
+            .bind(valid_after)
+            .fetch_optional(&self.pool)
+            .await
+            .context("claiming a credential")
+    }
+
+    async fn create_message(&self, message: &NewMessage, now: i64) -> anyhow::Result<()> {
+        sqlx::query(sql::CREATE_MESSAGE)
+            .bind(&message.id)
+            .bind(&message.appid)
+            .bind(&message.touser)
+            .bind(&message.template_id)
+            .bind(&message.payload)
+            .bind(message.status)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .context("recording the message")?;
+        Ok(())
+    }
+
+    async fn record_attempt(
+        &self,
+        message_id: &str,
+        attempt: &NewAttempt,
+        settlement: Option<(i64, Settlement)>,
+        outcome: Option<&MessageOutcome>,
+        now: i64,
+    ) -> anyhow::Result<()> {
+        let mut tx = self.begin_write().await?;
+        if let Some((credential_id, settlement)) = settlement {
+            if let Some(query) = settle_query(credential_id, settlement, now) {
+                query
+                    .execute(&mut *tx)
+                    .await
+                    .context("settling the credential")?;
+            }
+        }
+        attempt_query(message_id, attempt, now)
+            .execute(&mut *tx)
+            .await
+            .context("recording the attempt")?;
+        if let Some(outcome) = outcome {
+            finish_query(message_id, outcome, now)
+                .execute(&mut *tx)
+                .await
+                .context("finishing the message")?;
+        }
+        tx.commit().await.context("committing the attempt")?;
+        Ok(())
+    }
+
+    async fn finish_message(
+        &self,
+        message_id: &str,
+        outcome: &MessageOutcome,
+        now: i64,
+    ) -> anyhow::Result<()> {
+        finish_query(message_id, outcome, now)
+            .execute(&self.pool)
+            .await
+            .context("finishing the message")?;
+        Ok(())
+    }
+
+    async fn release_credentials(&self, ids: &[i64], now: i64) -> anyhow::Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for id in ids {
+            sqlx::query(sql::SETTLE_RELEASED)
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .context("releasing a credential")?;
+        }
+        tx.commit().await.context("committing the release")?;
+        Ok(())
+    }
+
+    async fn message(
+        &self,
+        appid: &str,
+        id: &str,
+    ) -> anyhow::Result<Option<(MessageRow, Vec<AttemptRow>)>> {
+        let Some(message) = sqlx::query_as::<_, MessageRow>(sql::MESSAGE)
+            .bind(appid)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .context("reading the message")?
+        else {
+            return Ok(None);
+        };
+        let attempts = sqlx::query_as(sql::ATTEMPTS)
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await
+            .context("reading the message's attempts")?;
+        Ok(Some((message, attempts)))
+    }
+
+    async fn app_state(&self, appid: &str) -> anyhow::Result<AppState> {
+        let state = sqlx::query_as(sql::APP_STATE)
+            .bind(appid)
+            .fetch_optional(&self.pool)
+            .await
+            .context("reading the app row")?;
+        Ok(state.unwrap_or_default())
+    }
+
+    async fn try_lease_token_refresh(
+        &self,
+        appid: &str,
+        holder: &str,
+        now: i64,
+        until: i64,
+    ) -> anyhow::Result<bool> {
+        let done = sqlx::query(sql::LEASE_TOKEN_REFRESH)
+            .bind(appid)
+            .bind(holder)
+            .bind(now)
+            .bind(until)
+            .execute(&self.pool)
+            .await
+            .context("taking the token-refresh lease")?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_token_refresh(&self, appid: &str, holder: &str) -> anyhow::Result<()> {
+        sqlx::query(sql::RELEASE_TOKEN_REFRESH)
+            .bind(appid)
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .context("releasing the token-refresh lease")?;
+        Ok(())
+    }
+
+    async fn store_token(
+        &self,
+        appid: &str,
+        token: &str,
+        expires_at: i64,
+        fetched_at: i64,
+    ) -> anyhow::Result<bool> {
+        let done = sqlx::query(sql::STORE_TOKEN)
+            .bind(appid)
+            .bind(token)
+            .bind(expires_at)
+            .bind(fetched_at)
+            .execute(&self.pool)
+            .await
+            .context("storing the access token")?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn block_sends(&self, appid: &str, until: i64) -> anyhow::Result<()> {
+        sqlx::query(sql::BLOCK_SENDS)
+            .bind(appid)
+            .bind(until)
+            .execute(&self.pool)
+            .await
+            .context("blocking the app's sends")?;
+        Ok(())
+    }
+
+    async fn sweep(
+        &self,
+        now: i64,
+        credential_retention_ms: i64,
+        message_retention_ms: i64,
+    ) -> anyhow::Result<SweepReport> {
+        let mut report = SweepReport {
+            expired: sqlx::query(sql::MARK_EXPIRED)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .context("marking expired credentials")?
+                .rows_affected(),
+            ..SweepReport::default()
+        };
+        for (statement, cutoff, counter) in [
+            (
+                sql::DELETE_OLD_CREDENTIALS,
+                now - credential_retention_ms,
+                &mut report.deleted_credentials,
+            ),
+            (
+                sql::DELETE_OLD_MESSAGES,
+                now - message_retention_ms,
+                &mut report.deleted_messages,
+            ),
+        ] {
+            loop {
+                let deleted = sqlx::query(statement)
+                    .bind(cutoff)
+                    .bind(sql::SWEEP_BATCH)
+                    .execute(&self.pool)
+                    .await
+                    .context("deleting old rows")?
+                    .rows_affected();
+                *counter += deleted;
+                if deleted < sql::SWEEP_BATCH as u64 {
+                    break;
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn push_credential_values<'a>(
+    builder: &mut QueryBuilder<'a, Postgres>,
+    appid: &'a str,
+    items: &'a [NewCredential],
+    now: i64,
+) {
+    builder.push_values(items, |mut row, item| {
+        row.push_bind(appid)
+            .push_bind(&item.openid)
+            .push_bind(item.kind.as_str())
+            .push_bind(&item.value)
+            .push_bind(item.uses)
+            .push_bind("available")
+            .push_bind(item.collected_at)
+            .push_bind(item.expires_at)
+            .push_bind(now)
+            .push_bind(now);
+    });
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
+fn settle_query(credential_id: i64, settlement: Settlement, now: i64) -> Option<PgQuery<'static>> {
+    let query = match settlement {
+        Settlement::Spent => sqlx::query(sql::SETTLE_SPENT),
+        Settlement::Released => sqlx::query(sql::SETTLE_RELEASED),
+        Settlement::Retired { errcode } => {
+            return Some(
+                sqlx::query(sql::SETTLE_RETIRED)
+                    .bind(credential_id)
+                    .bind(now)
+                    .bind(errcode),
+            )
+        }
+        Settlement::Kept => return None,
+    };
+    Some(query.bind(credential_id).bind(now))
+}
+
+fn attempt_query<'q>(message_id: &'q str, attempt: &'q NewAttempt, now: i64) -> PgQuery<'q> {
+    sqlx::query(sql::INSERT_ATTEMPT)
+        .bind(message_id)
+        .bind(attempt.credential_id)
+        .bind(attempt.credential_kind.map(CredentialKind::as_str))
+        .bind(attempt.errcode)
+        .bind(attempt.outcome)
+        .bind(attempt.detail.as_deref())
+        .bind(now)
+}
+
+fn finish_query<'q>(message_id: &'q str, outcome: &'q MessageOutcome, now: i64) -> PgQuery<'q> {
+    sqlx::query(sql::FINISH_MESSAGE)
+        .bind(message_id)
+        .bind(outcome.status)
+        .bind(outcome.error_code)
+        .bind(outcome.wechat_errcode)
+        .bind(now)
+}

@@ -1,0 +1,219 @@
+//! The access_token keeper: the one central server WeChat's docs ask for.
+//!
+//! The token lives in the `apps` row, so every instance on one ledger serves
+//! the same token, and a fetch happens under a lease in that row: exactly one
+//! instance asks WeChat at a time (each fetch from `/cgi-bin/token` invalidates
+//! the previous token five minutes later, so concurrent fetches would make
+//! instances invalidate each other's tokens).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::clock::SharedClock;
+use crate::config::{AppSettings, TokenMode, TokenSettings};
+use crate::storage::{AppState, Storage};
+use crate::wechat::{CallError, TokenReply, WeChatClient};
+
+/// A token with its expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentToken {
+    pub token: String,
+    pub expires_at_ms: i64,
+}
+
+/// Why no token could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("unknown app")]
+    UnknownApp,
+    #[error("WeChat refused to issue a token (errcode {errcode})")]
+    Refused { errcode: i64, errmsg: String },
+    #[error(transparent)]
+    Unreachable(#[from] CallError),
+    #[error("another instance is refreshing the token and did not finish in time")]
+    LeaseTimeout,
+    #[error(transparent)]
+    Storage(#[from] anyhow::Error),
+}
+
+/// A token this close to expiry is not handed out: a caller may hold it a while.
+const MIN_REMAINING_MS: i64 = 60_000;
+
+/// In stable_token mode WeChat keeps answering the same token until five
+/// minutes before its expiry (reference §2); asking earlier changes nothing.
+const STABLE_ROTATION_MS: i64 = 240_000;
+
+/// Keeps each app's token fresh; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct TokenKeeper {
+    storage: Arc<dyn Storage>,
+    wechat: WeChatClient,
+    apps: Arc<BTreeMap<String, AppSettings>>,
+    clock: SharedClock,
+    holder: String,
+    settings: TokenSettings,
+}
+
+impl TokenKeeper {
+    /// A keeper that names itself `holder` in leases.
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        wechat: WeChatClient,
+        apps: Arc<BTreeMap<String, AppSettings>>,
+        clock: SharedClock,
+        holder: String,
+        settings: TokenSettings,
+    ) -> Self {
+        Self {
+            storage,
+            wechat,
+            apps,
+            clock,
+            holder,
+            settings,
+        }
+    }
+
+    /// The app's current token, fetching one when there is none usable.
+    pub async fn current(&self, appid: &str) -> Result<CurrentToken, TokenError> {
+        self.obtain(appid, None).await
+    }
+
+    /// Compare-and-refresh: fetches a new token only while `stale` is still
+    /// the current one; otherwise answers the current token. Many callers
+    /// failing with the same token cause one fetch, not many.
+    pub async fn refresh(&self, appid: &str, stale: &str) -> Result<CurrentToken, TokenError> {
+        self.obtain(appid, Some(stale)).await
+    }
+
+    /// One pass of the background task: refreshes every app whose token is
+    /// missing or within the refresh-ahead window. Returns how many it refreshed.
+    pub async fn refresh_due(&self) -> anyhow::Result<usize> {
+        let mut refreshed = 0;
+        for (appid, app) in self.apps.iter() {
+            let state = self.storage.app_state(appid).await?;
+            let ahead_ms = match app.token_mode {
+                TokenMode::Token => self.settings.refresh_ahead_secs * 1000,
+                TokenMode::StableToken => {
+                    STABLE_ROTATION_MS.min(self.settings.refresh_ahead_secs * 1000)
+                }
+            };
+            let due = match (&state.access_token, state.token_expires_at) {
+                (Some(_), Some(expires_at)) => expires_at - self.clock.now_ms() <= ahead_ms,
+                _ => true,
+            };
+            if !due {
+                continue;
+            }
+            let stale = state.access_token.as_deref().unwrap_or("");
+            match self.obtain(appid, Some(stale)).await {
+                Ok(_) => refreshed += 1,
+                Err(error) => {
+                    tracing::warn!(appid, %error, "refreshing the access token ahead of expiry failed")
+                }
+            }
+        }
+        Ok(refreshed)
+    }
+
+    async fn obtain(&self, appid: &str, stale: Option<&str>) -> Result<CurrentToken, TokenError> {
+        let app = self.apps.get(appid).ok_or(TokenError::UnknownApp)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.settings.wait_ms);
+        loop {
+            let state = self.storage.app_state(appid).await?;
+            if let Some(token) = self.settled(&state, stale) {
+                return Ok(token);
+            }
+            let now = self.clock.now_ms();
+            let lease_until = now + self.settings.lease_secs * 1000;
+            if self
+                .storage
+                .try_lease_token_refresh(appid, &self.holder, now, lease_until)
+                .await?
+            {
+                let fetched = self.fetch_under_lease(appid, app, stale).await;
+                self.storage
+                    .release_token_refresh(appid, &self.holder)
+                    .await
+                    .context("releasing the token-refresh lease")?;
+                return fetched;
+            }
+            // Another instance is fetching: wait for its token instead of
+            // fetching one that would invalidate it.
+            if tokio::time::Instant::now() >= deadline {
+                return Err(TokenError::LeaseTimeout);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The stored token when it answers the request: usable, and not the
+    /// stale one the caller wants replaced.
+    fn settled(&self, state: &AppState, stale: Option<&str>) -> Option<CurrentToken> {
+        let token = state.access_token.as_ref()?;
+        let expires_at_ms = state.token_expires_at?;
+        let usable = expires_at_ms - self.clock.now_ms() > MIN_REMAINING_MS;
+        (usable && stale != Some(token.as_str())).then(|| CurrentToken {
+            token: token.clone(),
+            expires_at_ms,
+        })
+    }
+
+    async fn fetch_under_lease(
+        &self,
+        appid: &str,
+        app: &AppSettings,
+        stale: Option<&str>,
+    ) -> Result<CurrentToken, TokenError> {
+        // Someone may have stored a token between our read and our lease.
+        let state = self.storage.app_state(appid).await?;
+        if let Some(token) = self.settled(&state, stale) {
+            return Ok(token);
+        }
+        let fetched_at = self.clock.now_ms();
+        match self
+            .wechat
+            .fetch_token(appid, &app.secret, app.token_mode)
+            .await?
+        {
+            TokenReply::Issued(issued) => {
+                let expires_at_ms = fetched_at + issued.expires_in_secs * 1000;
+                let stored = self
+                    .storage
+                    .store_token(appid, &issued.token, expires_at_ms, fetched_at)
+                    .await?;
+                tracing::info!(
+                    appid,
+                    stored,
+                    expires_in = issued.expires_in_secs,
+                    "fetched an access token"
+                );
+                if stored {
+                    Ok(CurrentToken {
+                        token: issued.token,
+                        expires_at_ms,
+                    })
+                } else {
+                    // A fetch that started later won (possible only after a
+                    // lease expired mid-fetch): its token is the current one.
+                    let state = self.storage.app_state(appid).await?;
+                    self.settled(&state, None).ok_or(TokenError::LeaseTimeout)
+                }
+            }
+            TokenReply::Refused(reply) => {
+                tracing::error!(
+                    appid,
+                    errcode = reply.errcode,
+                    "WeChat refused to issue an access token"
+                );
+                Err(TokenError::Refused {
+                    errcode: reply.errcode,
+                    errmsg: reply.errmsg,
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! The client for WeChat's server API: token issue and the template send.
+//!
+//! Every error WeChat reports comes back as HTTP 200 with
+//! `{"errcode","errmsg"}` (reference §0); a missing errcode means 0, and the
+//! body is parsed as JSON whatever its Content-Type says. URLs carry the
+//! access_token or the AppSecret, so no URL ever reaches a log or an error
+//! message: reqwest errors are stripped of theirs.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::TokenMode;
+
+/// What went wrong on the wire, sorted by what it tells about delivery.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The request never left: nothing can have been delivered.
+    #[error("WeChat could not be reached: {0}")]
+    NotSent(String),
+    /// The request may have been processed: a timeout after sending, a 5xx,
+    /// a body that is not JSON.
+    #[error("WeChat's answer is unknown: {0}")]
+    Ambiguous(String),
+}
+
+/// WeChat's answer to a business call.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Reply {
+    #[serde(default)]
+    pub errcode: i64,
+    #[serde(default)]
+    pub errmsg: String,
+}
+
+/// A freshly issued token.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub token: String,
+    pub expires_in_secs: i64,
+}
+
+/// WeChat's answer to a token request.
+#[derive(Debug, Clone)]
+pub enum TokenReply {
+    Issued(IssuedToken),
+    Refused(Reply),
+}
+
+/// A thin, cloneable client; one per process.
+#[derive(Debug, Clone)]
+pub struct WeChatClient {
+    http: reqwest::Client,
+    base_url: String,
+}
+
+impl WeChatClient {
+    /// A client for `base_url` with separate connect and total timeouts.
+    pub fn new(
+        base_url: &str,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .timeout(request_timeout)
+            .pool_max_idle_per_host(64)
+            .build()
+            .context("building the WeChat HTTP client")?;
+        Ok(Self {
+            http,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// Asks WeChat for a token for the app.
+    pub async fn fetch_token(
+        &self,
+        appid: &str,
+        secret: &SecretString,
+        mode: TokenMode,
+    ) -> Result<TokenReply, CallError> {
+        let request = match mode {
+            TokenMode::Token => self
+                .http
+                .get(format!("{}/cgi-bin/token", self.base_url))
+                .query(&[
+                    ("grant_type", "client_credential"),
+                    ("appid", appid),
+                    ("secret", secret.expose_secret()),
+                ]),
+            // Normal mode only: force_refresh is limited to 20 a day and is
+            // meant for a leaked token, never for routine refreshes (reference §3).
+            TokenMode::StableToken => self
+                .http
+                .post(format!("{}/cgi-bin/stable_token", self.base_url))
+                .json(&serde_json::json!({
+                    "grant_type": "client_credential",
+                    "appid": appid,
+                    "secret": secret.expose_secret(),
+                    "force_refresh": false,
+                })),
+        };
+        let body = send(request).await?;
+        #[derive(Deserialize)]
+        struct Answer {
+            access_token: Option<String>,
+            expires_in: Option<i64>,
+            #[serde(default)]
+            errcode: i64,
+            #[serde(default)]
+            errmsg: String,
+        }
+        let answer: Answer = serde_json::from_value(body)
+            .map_err(|_| CallError::Ambiguous("token answer of an unexpected shape".into()))?;
+        match (answer.errcode, answer.access_token, answer.expires_in) {
+            (0, Some(token), Some(expires_in)) if !token.is_empty() && expires_in > 0 => {
+                Ok(TokenReply::Issued(IssuedToken {
+                    token,
+                    expires_in_secs: expires_in,
+                }))
+            }
+            (0, _, _) => Err(CallError::Ambiguous("token answer without a token".into())),
+            (errcode, _, _) => Ok(TokenReply::Refused(Reply {
+                errcode,
+                errmsg: answer.errmsg,
+            })),
+        }
+    }
+
+    /// `POST /cgi-bin/message/wxopen/template/send` with the given body.
+    pub async fn send_template(
+        &self,
+        access_token: &str,
+        body: &Value,
+    ) -> Result<Reply, CallError> {
+        let request = self
+            .http
+            .post(format!(
+                "{}/cgi-bin/message/wxopen/template/send",
+                self.base_url
+            ))
+            .query(&[("access_token", access_token)])
+            .json(body);
+        let body = send(request).await?;
+        serde_json::from_value(body)
+            .map_err(|_| CallError::Ambiguous("answer of an unexpected shape".into()))
+    }
+}
+
+/// Sends and reads a JSON answer, sorting failures by what they say about delivery.
+async fn send(request: reqwest::RequestBuilder) -> Result<Value, CallError> {
+    let response = request.send().await.map_err(|error| {
+        let error = error.without_url();
+        if error.is_connect() || error.is_builder() {
+            CallError::NotSent(error.to_string())
+        } else {
+            CallError::Ambiguous(error.to_string())
+        }
+    })?;
+    let status = response.status();
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|error| CallError::Ambiguous(error.without_url().to_string()))?;
+    // A 4xx means the request was refused before it was handled; a 5xx may
+    // come after WeChat acted on it.
+    if status.is_client_error() {
+        return Err(CallError::NotSent(format!("HTTP {status}")));
+    }
+    if !status.is_success() {
+        return Err(CallError::Ambiguous(format!("HTTP {status}")));
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|_| CallError::Ambiguous(format!("HTTP {status} with a body that is not JSON")))
+}

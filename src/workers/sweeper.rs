@@ -1,0 +1,53 @@
+//! Retires expired credentials and deletes rows past their retention.
+
+use std::sync::Arc;
+
+use crate::clock::SharedClock;
+use crate::storage::{Storage, SweepReport};
+
+/// The sweep worker.
+#[derive(Debug, Clone)]
+pub struct Sweeper {
+    storage: Arc<dyn Storage>,
+    clock: SharedClock,
+    credential_retention_ms: i64,
+    message_retention_ms: i64,
+}
+
+impl Sweeper {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        clock: SharedClock,
+        credential_retention_days: i64,
+        message_retention_days: i64,
+    ) -> Self {
+        const DAY_MS: i64 = 86_400_000;
+        Self {
+            storage,
+            clock,
+            credential_retention_ms: credential_retention_days * DAY_MS,
+            message_retention_ms: message_retention_days * DAY_MS,
+        }
+    }
+
+    /// One sweep at the clock's current time.
+    pub async fn run_once(&self) -> anyhow::Result<SweepReport> {
+        let report = self
+            .storage
+            .sweep(
+                self.clock.now_ms(),
+                self.credential_retention_ms,
+                self.message_retention_ms,
+            )
+            .await?;
+        if report != SweepReport::default() {
+            tracing::info!(
+                expired = report.expired,
+                deleted_credentials = report.deleted_credentials,
+                deleted_messages = report.deleted_messages,
+                "swept the ledger"
+            );
+        }
+        Ok(report)
+    }
+}
