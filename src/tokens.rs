@@ -55,6 +55,10 @@ pub struct TokenKeeper {
     clock: SharedClock,
     holder: String,
     settings: TokenSettings,
+    /// One fetch at a time per app inside this process; the database lease
+    /// does the same across processes. Without it, every request of this
+    /// instance would hold "its" lease at once.
+    single_flight: Arc<BTreeMap<String, tokio::sync::Mutex<()>>>,
 }
 
 impl TokenKeeper {
@@ -67,6 +71,11 @@ impl TokenKeeper {
         holder: String,
         settings: TokenSettings,
     ) -> Self {
+        let single_flight = Arc::new(
+            apps.keys()
+                .map(|appid| (appid.clone(), tokio::sync::Mutex::new(())))
+                .collect(),
+        );
         Self {
             storage,
             wechat,
@@ -74,6 +83,7 @@ impl TokenKeeper {
             clock,
             holder,
             settings,
+            single_flight,
         }
     }
 
@@ -121,7 +131,16 @@ impl TokenKeeper {
 
     async fn obtain(&self, appid: &str, stale: Option<&str>) -> Result<CurrentToken, TokenError> {
         let app = self.apps.get(appid).ok_or(TokenError::UnknownApp)?;
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.settings.wait_ms);
+        // The common case needs no lock: a usable token in the ledger.
+        let state = self.storage.app_state(appid).await?;
+        if let Some(token) = self.settled(&state, stale) {
+            return Ok(token);
+        }
+        let wait = Duration::from_millis(self.settings.wait_ms);
+        let deadline = tokio::time::Instant::now() + wait;
+        let _flight = tokio::time::timeout(wait, self.single_flight[appid].lock())
+            .await
+            .map_err(|_| TokenError::LeaseTimeout)?;
         loop {
             let state = self.storage.app_state(appid).await?;
             if let Some(token) = self.settled(&state, stale) {

@@ -244,14 +244,9 @@ impl Sender {
         if let Some(until_ms) = blocked_until.filter(|until| *until > self.clock.now_ms()) {
             return run.finish(SendFailure::QuotaExhausted { until_ms }).await;
         }
-        let mut token = match self.tokens.current(appid).await {
-            Ok(token) => token.token,
-            Err(error) => {
-                tracing::warn!(appid, %error, "no access token for a send");
-                let failure = token_failure(&error);
-                return run.finish(failure).await;
-            }
-        };
+        // Fetched after the first claim: a user without credentials gets
+        // their 409 even while WeChat's token endpoint is down.
+        let mut token: Option<String> = None;
         let payload = request.payload();
         // Fresh prepay_ids answered 41028 stay leased until the message ends so
         // that this send does not pick them again, then go back untouched.
@@ -277,8 +272,21 @@ impl Sender {
                     };
                     return run.finish(failure).await;
                 };
+                let token = match &mut token {
+                    Some(token) => token,
+                    None => match self.tokens.current(appid).await {
+                        Ok(current) => token.insert(current.token),
+                        Err(error) => {
+                            tracing::warn!(appid, %error, "no access token for a send");
+                            self.storage
+                                .release_credentials(&[credential.id], self.clock.now_ms())
+                                .await?;
+                            return run.finish(token_failure(&error)).await;
+                        }
+                    },
+                };
                 match run
-                    .spend(&credential, &payload, &mut token, &mut not_ready)
+                    .spend(&credential, &payload, token, &mut not_ready)
                     .await?
                 {
                     CredentialEnd::Done(status, failure) => {

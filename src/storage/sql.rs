@@ -16,7 +16,8 @@ pub const INSERT_CREDENTIALS_TAIL: &str =
 pub const CREDENTIAL_OWNER: &str =
     "SELECT openid FROM credentials WHERE appid = $1 AND kind = $2 AND value = $3";
 
-pub const QUOTA: &str = "SELECT kind, COUNT(*) AS credentials, SUM(uses_left) AS sends, \
+pub const QUOTA: &str =
+    "SELECT kind, COUNT(*) AS credentials, CAST(SUM(uses_left) AS BIGINT) AS sends, \
     MIN(expires_at) AS next_expiry \
     FROM credentials \
     WHERE appid = $1 AND openid = $2 AND state = 'available' AND expires_at > $3 \
@@ -78,10 +79,12 @@ pub const RELEASE_TOKEN_REFRESH: &str = "UPDATE apps \
     SET refresh_holder = NULL, refresh_lease_until = NULL \
     WHERE appid = $1 AND refresh_holder = $2";
 
-/// An older answer never overwrites a newer token: the fetch start time orders them.
+/// An older answer never overwrites a newer token: the fetch start time orders
+/// them. Equal times tie in favour of the later write, which under the lease
+/// is the later fetch.
 pub const STORE_TOKEN: &str = "UPDATE apps \
     SET access_token = $2, token_expires_at = $3, token_fetched_at = $4 \
-    WHERE appid = $1 AND (token_fetched_at IS NULL OR token_fetched_at < $4)";
+    WHERE appid = $1 AND (token_fetched_at IS NULL OR token_fetched_at <= $4)";
 
 pub const BLOCK_SENDS: &str = "UPDATE apps SET send_blocked_until = $2 WHERE appid = $1";
 

@@ -1,0 +1,411 @@
+//! `spawn_app`: a gateway on a fresh database (SQLite file or PostgreSQL
+//! database), a fake WeChat on loopback, and one manual clock both share.
+
+use std::sync::Arc;
+
+use chrono::Duration;
+use formid_gateway::clock::{Clock, ManualClock};
+use formid_gateway::config::Settings;
+use formid_gateway::fake_wechat::{FakeWeChat, FakeWeChatServer};
+use formid_gateway::startup::Application;
+use formid_gateway::storage::Storage;
+use formid_gateway::workers::{Sweeper, TokenRefresher};
+use serde_json::{json, Value};
+use sqlx::{Connection, Executor, PgConnection};
+use tokio_util::sync::CancellationToken;
+
+pub const APPID: &str = "wxtest0000000001";
+pub const OTHER_APPID: &str = "wxtest0000000002";
+pub const TEMPLATE: &str = "tmpl-order-shipped";
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789";
+pub const COLLECT_KEY: &str = "test-collect-key-0123456789";
+pub const SEND_KEY: &str = "test-send-key-0123456789";
+pub const TOKEN_KEY: &str = "test-token-key-0123456789";
+pub const OTHER_APP_KEY: &str = "test-other-app-key-0123456789";
+
+/// Which ledger a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL server tests create their databases on.
+pub fn postgres_admin_url() -> String {
+    std::env::var("FORMID_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A running gateway and everything a test needs to drive and inspect it.
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub fake: FakeWeChat,
+    pub clock: Arc<ManualClock>,
+    pub storage: Arc<dyn Storage>,
+    pub token_refresher: TokenRefresher,
+    pub sweeper: Sweeper,
+    pub database_url: String,
+    pub wechat_base_url: String,
+    shutdown: CancellationToken,
+    _fake_server: FakeWeChatServer,
+    sqlite_dir: Option<std::path::PathBuf>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(dir) = &self.sqlite_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A fresh, empty database URL for one test.
+pub async fn fresh_database(backend: Backend) -> (String, Option<std::path::PathBuf>) {
+    let name = format!("formid_test_{}", uuid::Uuid::new_v4().simple());
+    match backend {
+        Backend::Sqlite => {
+            let dir = std::env::temp_dir().join(&name);
+            std::fs::create_dir_all(&dir).expect("creating the test directory");
+            (format!("sqlite://{}/ledger.db", dir.display()), Some(dir))
+        }
+        Backend::Postgres => {
+            let admin_url = postgres_admin_url();
+            let mut connection = PgConnection::connect(&admin_url)
+                .await
+                .unwrap_or_else(|error| {
+                    panic!(
+                        "PostgreSQL must be reachable at {admin_url} for the test suite: {error}"
+                    )
+                });
+            connection
+                .execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
+                .await
+                .expect("creating the test database");
+            let base = admin_url.rsplit_once('/').expect("a database URL").0;
+            (format!("{base}/{name}"), None)
+        }
+    }
+}
+
+/// The settings every test starts from.
+pub fn test_settings(database_url: &str, wechat_base_url: &str) -> Value {
+    json!({
+        "listen": "127.0.0.1:0",
+        "database_url": database_url,
+        "database_max_connections": 8,
+        "wechat": {"base_url": wechat_base_url, "connect_timeout_ms": 1000, "request_timeout_ms": 3000},
+        "ledger": {"busy_retries": 2},
+        "tokens": {"wait_ms": 5000},
+        "apps": {
+            APPID: {"secret": "secret-of-app-one"},
+            OTHER_APPID: {"secret": "secret-of-app-two"},
+        },
+        "api_keys": {
+            "admin": {"key": ADMIN_KEY, "apps": ["*"], "scopes": ["admin"]},
+            "collect": {"key": COLLECT_KEY, "apps": [APPID], "scopes": ["collect"]},
+            "send": {"key": SEND_KEY, "apps": [APPID], "scopes": ["send"]},
+            "token": {"key": TOKEN_KEY, "apps": [APPID], "scopes": ["token"]},
+            "other": {"key": OTHER_APP_KEY, "apps": [OTHER_APPID], "scopes": ["collect", "send", "token"]},
+        },
+    })
+}
+
+/// A gateway with the default test settings.
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// Logs go to the test output only when `TEST_LOG` is set.
+static TRACING: std::sync::Once = std::sync::Once::new();
+
+fn init_tracing() {
+    TRACING.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new("info,sqlx=warn"))
+                .with_test_writer()
+                .init();
+        }
+    });
+}
+
+/// A gateway whose settings `adjust` may change first.
+pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Value)) -> TestApp {
+    init_tracing();
+    let clock = Arc::new(ManualClock::starting_now());
+    let fake = FakeWeChat::new(clock.clone());
+    fake.register_app(APPID, "secret-of-app-one");
+    fake.register_app(OTHER_APPID, "secret-of-app-two");
+    fake.register_template(APPID, TEMPLATE);
+    fake.register_template(OTHER_APPID, TEMPLATE);
+    let fake_server = FakeWeChatServer::start(fake.clone(), "127.0.0.1:0")
+        .await
+        .expect("starting the fake WeChat");
+    let (database_url, sqlite_dir) = fresh_database(backend).await;
+    let mut settings = test_settings(&database_url, &fake_server.base_url);
+    adjust(&mut settings);
+    let parts = start_instance(settings, clock.clone()).await;
+    TestApp {
+        address: parts.address,
+        client: parts.client,
+        fake,
+        clock: parts.clock,
+        storage: parts.storage,
+        token_refresher: parts.token_refresher,
+        sweeper: parts.sweeper,
+        database_url: parts.database_url,
+        wechat_base_url: fake_server.base_url.clone(),
+        shutdown: parts.shutdown,
+        _fake_server: fake_server,
+        sqlite_dir,
+    }
+}
+
+/// A second gateway instance on the same ledger and fake as `app`.
+pub async fn spawn_sibling(app: &TestApp) -> Instance {
+    let settings = test_settings(&app.database_url, &app.wechat_base_url);
+    let settings: Settings = serde_json::from_value(settings).expect("valid test settings");
+    let application = Application::build(settings, app.clock.clone())
+        .await
+        .expect("building a sibling gateway");
+    let address = format!("http://127.0.0.1:{}", application.port());
+    let shutdown = application.shutdown_signal();
+    tokio::spawn(application.run_api_until_stopped());
+    Instance { address, shutdown }
+}
+
+/// Another instance on a shared ledger.
+pub struct Instance {
+    pub address: String,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn start_instance(settings: Value, clock: Arc<ManualClock>) -> TestAppParts {
+    let database_url = settings["database_url"].as_str().unwrap().to_owned();
+    let settings: Settings = serde_json::from_value(settings).expect("valid test settings");
+    let application = Application::build(settings, clock.clone())
+        .await
+        .expect("building the gateway");
+    let parts = TestAppParts {
+        address: format!("http://127.0.0.1:{}", application.port()),
+        client: reqwest::Client::new(),
+        clock,
+        storage: application.storage(),
+        token_refresher: application.token_refresher(),
+        sweeper: application.sweeper(),
+        database_url,
+        shutdown: application.shutdown_signal(),
+    };
+    tokio::spawn(application.run_api_until_stopped());
+    parts
+}
+
+/// A [`TestApp`] before its fake is attached.
+struct TestAppParts {
+    address: String,
+    client: reqwest::Client,
+    clock: Arc<ManualClock>,
+    storage: Arc<dyn Storage>,
+    token_refresher: TokenRefresher,
+    sweeper: Sweeper,
+    database_url: String,
+    shutdown: CancellationToken,
+}
+
+/// A JSON answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    /// A request with a key (or none).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        call(&self.client, &self.url(path), method, key, body).await
+    }
+
+    pub async fn post_credentials(&self, body: Value) -> Answer {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/v1/apps/{APPID}/credentials"),
+            Some(COLLECT_KEY),
+            Some(body),
+        )
+        .await
+    }
+
+    /// A user submits a form: the fake mints a formId and the frontend posts it.
+    pub async fn collect_form_id(&self, openid: &str) -> String {
+        let value = self.fake.mint_form_id(APPID, openid);
+        self.post_one(openid, "form_id", &value, None).await;
+        value
+    }
+
+    /// A user pays: the fake mints a prepay_id and the frontend posts it.
+    pub async fn collect_prepay_id(&self, openid: &str) -> String {
+        let value = self.fake.mint_prepay_id(APPID, openid);
+        self.post_one(openid, "prepay_id", &value, None).await;
+        value
+    }
+
+    /// Posts one credential and insists it was accepted.
+    pub async fn post_one(&self, openid: &str, kind: &str, value: &str, collected_at: Option<i64>) {
+        let mut item = json!({"openid": openid, "kind": kind, "value": value});
+        if let Some(at) = collected_at {
+            item["collected_at"] = at.into();
+        }
+        let answer = self.post_credentials(item).await;
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        assert_eq!(answer.body["accepted"], 1, "{:?}", answer.body);
+    }
+
+    pub async fn quota(&self, openid: &str) -> Value {
+        let answer = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/apps/{APPID}/users/{openid}/quota"),
+                Some(SEND_KEY),
+                None,
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        answer.body
+    }
+
+    pub async fn sends_available(&self, openid: &str) -> i64 {
+        self.quota(openid).await["sends_available"]
+            .as_i64()
+            .unwrap()
+    }
+
+    pub async fn send(&self, body: Value) -> Answer {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/v1/apps/{APPID}/messages"),
+            Some(SEND_KEY),
+            Some(body),
+        )
+        .await
+    }
+
+    /// Sends the standard test template to `openid`.
+    pub async fn notify(&self, openid: &str) -> Answer {
+        self.send(json!({
+            "touser": openid,
+            "template_id": TEMPLATE,
+            "page": "pages/order/detail?id=1",
+            "data": {"keyword1": {"value": "Order 1"}, "keyword2": {"value": "Shipped"}},
+        }))
+        .await
+    }
+
+    pub async fn message(&self, id: &str) -> Answer {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/v1/apps/{APPID}/messages/{id}"),
+            Some(SEND_KEY),
+            None,
+        )
+        .await
+    }
+
+    pub async fn access_token(&self) -> Answer {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/v1/apps/{APPID}/access_token"),
+            Some(TOKEN_KEY),
+            None,
+        )
+        .await
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// The form_ids the fake delivered messages with, in order.
+    pub fn delivered_form_ids(&self) -> Vec<String> {
+        self.fake
+            .sends()
+            .into_iter()
+            .filter(|send| send.delivered)
+            .map(|send| send.form_id)
+            .collect()
+    }
+}
+
+/// One HTTP call, its body read as JSON (`Null` when empty or not JSON).
+pub async fn call(
+    client: &reqwest::Client,
+    url: &str,
+    method: reqwest::Method,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> Answer {
+    let mut request = client.request(method, url);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("calling the gateway");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.expect("reading the answer");
+    Answer {
+        status,
+        headers,
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    }
+}
+
+/// Declares each scenario once and runs it on both ledgers: `name::sqlite`
+/// and `name::postgres`.
+macro_rules! on_both_backends {
+    ($(async fn $name:ident($backend:ident: Backend) $body:block)*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+
+                async fn scenario($backend: Backend) $body
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    scenario(Backend::Sqlite).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    scenario(Backend::Postgres).await
+                }
+            }
+        )*
+    };
+}
+pub(crate) use on_both_backends;

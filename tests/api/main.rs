@@ -1,0 +1,11 @@
+//! The integration suite: every scenario runs through HTTP on SQLite and on
+//! PostgreSQL, against the fake WeChat.
+
+mod helpers;
+
+mod access;
+mod collect;
+mod concurrency;
+mod send;
+mod settle;
+mod tokens;
