@@ -314,3 +314,78 @@ impl Settings {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(text: &str) -> anyhow::Result<Settings> {
+        let settings: Settings = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    const VALID: &str = r#"
+        [apps.wx0123456789abcdef]
+        secret = "s3cret"
+        [api_keys.a]
+        key = "0123456789abcdef0123"
+        apps = "wx0123456789abcdef"
+        scopes = "collect, send"
+    "#;
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let text = std::fs::read_to_string("formid-gateway.example.toml").unwrap();
+        let settings = from_toml(&text).unwrap();
+        assert_eq!(settings.apps.len(), 1);
+        assert_eq!(settings.api_keys.len(), 3);
+    }
+
+    #[test]
+    fn defaults_fill_what_is_left_out_and_csv_lists_parse() {
+        let settings = from_toml(VALID).unwrap();
+        assert_eq!(settings.database_url, "sqlite://data/formid-gateway.db");
+        assert_eq!(settings.wechat.base_url, "https://api.weixin.qq.com");
+        assert_eq!(
+            settings.api_keys["a"].parsed_scopes().unwrap(),
+            vec![Scope::Collect, Scope::Send]
+        );
+    }
+
+    #[test]
+    fn invalid_settings_say_what_is_wrong() {
+        let cases = [
+            ("", "no mini-program"),
+            (r#"listen = "nowhere""#, "listen"),
+            (r#"database_url = "mysql://x""#, "database_url"),
+            ("[wechat]\nbase_url = \"ftp://x\"", "base_url"),
+        ];
+        for (prefix, expected) in cases {
+            let text = if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}\n{VALID}")
+            };
+            let error = format!("{:#}", from_toml(&text).unwrap_err());
+            assert!(error.contains(expected), "{expected}: {error}");
+        }
+        let short_key = VALID.replace("0123456789abcdef0123", "short");
+        assert!(format!("{:#}", from_toml(&short_key).unwrap_err()).contains("16"));
+        let bad_scope = VALID.replace("collect, send", "collect, root");
+        assert!(format!("{:#}", from_toml(&bad_scope).unwrap_err()).contains("root"));
+        let foreign = VALID.replace("apps = \"wx0123456789abcdef\"", "apps = \"wxother\"");
+        assert!(format!("{:#}", from_toml(&foreign).unwrap_err()).contains("wxother"));
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let settings = from_toml(VALID).unwrap();
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("s3cret"));
+        assert!(!printed.contains("0123456789abcdef0123"));
+    }
+}

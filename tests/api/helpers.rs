@@ -58,6 +58,32 @@ impl Drop for TestApp {
         if let Some(dir) = &self.sqlite_dir {
             let _ = std::fs::remove_dir_all(dir);
         }
+        if self.database_url.starts_with("postgres") {
+            drop_postgres_database(&self.database_url);
+        }
+    }
+}
+
+/// Drops a test's PostgreSQL database so that runs do not pile them up. Runs
+/// on its own thread and runtime: `Drop` cannot await.
+fn drop_postgres_database(database_url: &str) {
+    let Some((_, name)) = database_url.rsplit_once('/') else {
+        return;
+    };
+    let statement = format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#);
+    let dropped = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let mut connection = PgConnection::connect(&postgres_admin_url()).await?;
+            connection.execute(statement.as_str()).await?;
+            anyhow::Ok(())
+        })
+    })
+    .join();
+    if !matches!(dropped, Ok(Ok(()))) {
+        eprintln!("could not drop the test database {database_url}");
     }
 }
 

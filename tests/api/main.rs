@@ -8,4 +8,5 @@ mod collect;
 mod concurrency;
 mod send;
 mod settle;
+mod storage;
 mod tokens;

@@ -1,0 +1,95 @@
+//! The storage contract, straight on the trait: the same checks on both ledgers.
+
+use std::collections::HashSet;
+
+use formid_gateway::ledger::kinds::CredentialKind;
+use formid_gateway::storage::{InsertOutcome, NewAttempt, NewCredential, NewMessage, Settlement};
+
+use crate::helpers::*;
+
+fn credential(openid: &str, value: &str, collected_at: i64) -> NewCredential {
+    NewCredential {
+        openid: openid.into(),
+        kind: CredentialKind::FormId,
+        value: value.into(),
+        uses: 1,
+        collected_at,
+        expires_at: CredentialKind::FormId.expires_at_ms(collected_at),
+    }
+}
+
+on_both_backends! {
+    async fn concurrent_claims_never_lease_one_credential_twice(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let now = app.now_ms();
+        let items: Vec<_> = (0..5).map(|i| credential("o-race", &format!("v{i}"), now - i)).collect();
+        let outcomes = app.storage.insert_credentials(APPID, &items, now).await.unwrap();
+        assert!(outcomes.iter().all(|outcome| *outcome == InsertOutcome::Inserted));
+        let claims = (0..20).map(|_| {
+            let storage = app.storage.clone();
+            tokio::spawn(async move { storage.claim_credential(APPID, "o-race", now, now + 60_000, now).await.unwrap() })
+        });
+        let claimed: Vec<_> = futures::future::join_all(claims)
+            .await
+            .into_iter()
+            .filter_map(|claim| claim.unwrap())
+            .collect();
+        assert_eq!(claimed.len(), 5);
+        let ids: HashSet<i64> = claimed.iter().map(|credential| credential.id).collect();
+        assert_eq!(ids.len(), 5, "each credential leased once");
+    }
+
+    async fn claims_follow_expiry_and_settlements_only_touch_leased_rows(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let now = app.now_ms();
+        let items = vec![credential("o-order", "late", now), credential("o-order", "early", now - 1000)];
+        app.storage.insert_credentials(APPID, &items, now).await.unwrap();
+        let first = app.storage.claim_credential(APPID, "o-order", now, now + 1, now).await.unwrap().unwrap();
+        assert_eq!(first.value, "early");
+        let message = NewMessage {
+            id: uuid::Uuid::new_v4().to_string(),
+            appid: APPID.into(),
+            touser: "o-order".into(),
+            template_id: TEMPLATE.into(),
+            payload: "{}".into(),
+            status: "pending",
+        };
+        app.storage.create_message(&message, now).await.unwrap();
+        let attempt = NewAttempt {
+            credential_id: Some(first.id),
+            credential_kind: Some(CredentialKind::FormId),
+            errcode: Some(0),
+            outcome: "sent",
+            detail: None,
+        };
+        app.storage.record_attempt(&message.id, &attempt, Some((first.id, Settlement::Spent)), None, now).await.unwrap();
+        // A second settlement of a row no longer leased changes nothing.
+        app.storage.record_attempt(&message.id, &attempt, Some((first.id, Settlement::Released)), None, now).await.unwrap();
+        let second = app.storage.claim_credential(APPID, "o-order", now, now + 1, now).await.unwrap().unwrap();
+        assert_eq!(second.value, "late");
+        assert!(app.storage.claim_credential(APPID, "o-order", now, now + 1, now).await.unwrap().is_none());
+        let (_, attempts) = app.storage.message(APPID, &message.id).await.unwrap().unwrap();
+        assert_eq!(attempts.len(), 2);
+    }
+
+    async fn an_older_token_never_overwrites_a_newer_one(backend: Backend) {
+        let app = spawn_app(backend).await;
+        assert!(app.storage.store_token(APPID, "newer", 2_000_000, 200).await.unwrap());
+        assert!(!app.storage.store_token(APPID, "older", 3_000_000, 100).await.unwrap());
+        let state = app.storage.app_state(APPID).await.unwrap();
+        assert_eq!(state.access_token.as_deref(), Some("newer"));
+    }
+
+    async fn the_refresh_lease_has_one_holder_until_it_expires(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let storage = &app.storage;
+        assert!(storage.try_lease_token_refresh(APPID, "a", 1_000, 31_000).await.unwrap());
+        assert!(!storage.try_lease_token_refresh(APPID, "b", 2_000, 32_000).await.unwrap());
+        // Its holder died: the lease can be taken over once it has run out.
+        assert!(storage.try_lease_token_refresh(APPID, "b", 31_000, 61_000).await.unwrap());
+        storage.release_token_refresh(APPID, "a").await.unwrap();
+        assert!(!storage.try_lease_token_refresh(APPID, "c", 32_000, 62_000).await.unwrap(), "a stale holder cannot release");
+        storage.release_token_refresh(APPID, "b").await.unwrap();
+        assert!(storage.try_lease_token_refresh(APPID, "c", 32_000, 62_000).await.unwrap());
+    }
+}
