@@ -2,35 +2,14 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::error::{self, render, AccessError, ApiErrorCode, BodyError};
-use super::{read_json, ApiContext};
+use super::{read_body, ApiContext};
 use crate::clock::from_ms;
 use crate::config::Scope;
-use crate::ledger::collect::{is_plain_identifier, MAX_OPENID_LEN};
-use crate::ledger::send::{SendFailure, SendRequest, SendResult};
-
-/// The body of a send. Business services never name a credential: the
-/// gateway picks it, so `form_id` is refused as an unknown field.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SendBody {
-    touser: String,
-    template_id: String,
-    page: Option<String>,
-    data: Option<Map<String, Value>>,
-    emphasis_keyword: Option<String>,
-    color: Option<String>,
-}
-
-/// Bounds on what is forwarded, well above WeChat's own so that WeChat, not
-/// this gateway, judges the content, yet small enough to keep rows bounded.
-const MAX_TEMPLATE_ID_LEN: usize = 128;
-const MAX_PAGE_LEN: usize = 1024;
-const MAX_DATA_FIELDS: usize = 64;
-const MAX_DATA_VALUE_LEN: usize = 1024;
+use crate::ledger::message::parse_send_request;
+use crate::ledger::send::{SendFailure, SendResult};
 
 /// Errors of the send endpoint before the send starts.
 #[derive(Debug, thiserror::Error)]
@@ -69,50 +48,6 @@ impl ApiErrorCode for SendError {
             SendError::Unexpected(_) => "internal",
         }
     }
-}
-
-fn validate(body: SendBody) -> Result<SendRequest, SendError> {
-    let invalid = |message: &str| Err(SendError::InvalidField(message.to_owned()));
-    if !is_plain_identifier(&body.touser, MAX_OPENID_LEN) {
-        return invalid("touser must be the user's openid");
-    }
-    if !is_plain_identifier(&body.template_id, MAX_TEMPLATE_ID_LEN) {
-        return invalid("template_id must be 1 to 128 printable characters");
-    }
-    if body
-        .page
-        .as_ref()
-        .is_some_and(|page| page.len() > MAX_PAGE_LEN)
-    {
-        return invalid("page is longer than 1024 bytes");
-    }
-    if let Some(data) = &body.data {
-        if data.len() > MAX_DATA_FIELDS {
-            return invalid("data has more than 64 fields");
-        }
-        for (key, field) in data {
-            let value = field.get("value");
-            let ok = field.is_object()
-                && value.is_some_and(|value| match value {
-                    Value::String(text) => text.chars().count() <= MAX_DATA_VALUE_LEN,
-                    Value::Number(_) => true,
-                    _ => false,
-                });
-            if !ok {
-                return Err(SendError::InvalidField(format!(
-                    "data.{key} must be {{\"value\": text of at most {MAX_DATA_VALUE_LEN} characters}}"
-                )));
-            }
-        }
-    }
-    Ok(SendRequest {
-        touser: body.touser,
-        template_id: body.template_id,
-        page: body.page,
-        data: body.data,
-        emphasis_keyword: body.emphasis_keyword,
-        color: body.color,
-    })
 }
 
 /// The status an unsent message answers with.
@@ -174,8 +109,11 @@ pub async fn send(
 ) -> Result<HttpResponse, SendError> {
     let appid = path.into_inner();
     context.authorize(&request, &appid, &[Scope::Send])?;
-    let body: SendBody = read_json(payload, context.ledger.max_body_bytes).await?;
-    let send_request = validate(body)?;
+    let body = read_body(payload, context.ledger.max_body_bytes).await?;
+    let send_request = parse_send_request(&body).map_err(|rejection| match rejection.code {
+        "invalid_json" => SendError::Body(BodyError::InvalidJson(rejection.message)),
+        _ => SendError::InvalidField(rejection.message),
+    })?;
     let result = context.sender.send(&appid, &send_request).await?;
     Ok(answer(result, context.clock.now_ms()))
 }

@@ -73,9 +73,15 @@ async fn not_found() -> actix_web::HttpResponse {
 /// learns nothing about the body's shape, and with our own size limit and
 /// error shape.
 pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
-    mut payload: web::Payload,
+    payload: web::Payload,
     limit: usize,
 ) -> Result<T, BodyError> {
+    let body = read_body(payload, limit).await?;
+    serde_json::from_slice(&body).map_err(|error| BodyError::InvalidJson(error.to_string()))
+}
+
+/// Reads a body up to `limit` bytes, answering 413 past it.
+pub(crate) async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes, BodyError> {
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk: Bytes = chunk.map_err(|_| BodyError::Unreadable)?;
@@ -84,5 +90,5 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
         }
         body.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&body).map_err(|error| BodyError::InvalidJson(error.to_string()))
+    Ok(body.freeze())
 }

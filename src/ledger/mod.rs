@@ -3,5 +3,6 @@
 
 pub mod collect;
 pub mod kinds;
+pub mod message;
 pub mod send;
 pub mod settle;

@@ -32,6 +32,8 @@ pub struct SendRequest {
     pub data: Option<Map<String, Value>>,
     pub emphasis_keyword: Option<String>,
     pub color: Option<String>,
+    /// Seconds to wait for a credential when the user holds none.
+    pub wait_seconds: Option<u64>,
 }
 
 impl SendRequest {

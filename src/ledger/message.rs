@@ -1,0 +1,93 @@
+//! What a send request must look like before the gateway spends anything on it.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::collect::{is_plain_identifier, Rejection, MAX_OPENID_LEN};
+use super::send::SendRequest;
+
+/// The body of a send. Business services never name a credential: the
+/// gateway picks it, so `form_id` is refused as an unknown field.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendBody {
+    pub touser: String,
+    pub template_id: String,
+    pub page: Option<String>,
+    pub data: Option<Map<String, Value>>,
+    pub emphasis_keyword: Option<String>,
+    pub color: Option<String>,
+    /// When the user holds no credential, keep the message this long and
+    /// send it as soon as one arrives (answer 202).
+    pub wait_seconds: Option<u64>,
+}
+
+/// Bounds on what is forwarded, well above WeChat's own so that WeChat, not
+/// this gateway, judges the content, yet small enough to keep rows bounded.
+const MAX_TEMPLATE_ID_LEN: usize = 128;
+const MAX_PAGE_LEN: usize = 1024;
+const MAX_DATA_FIELDS: usize = 64;
+const MAX_DATA_VALUE_LEN: usize = 1024;
+/// A credential lives 7 days: waiting longer than that for one is never useful.
+pub const MAX_WAIT_SECONDS: u64 = 7 * 86_400;
+
+/// Parses and bounds the body of `POST …/messages`.
+pub fn parse_send_request(body: &[u8]) -> Result<SendRequest, Rejection> {
+    let body: SendBody = serde_json::from_slice(body).map_err(|error| Rejection {
+        code: "invalid_json",
+        message: format!("the body is not a valid send request: {error}"),
+    })?;
+    let invalid = |message: &str| {
+        Err(Rejection {
+            code: "invalid_field",
+            message: message.to_owned(),
+        })
+    };
+    if !is_plain_identifier(&body.touser, MAX_OPENID_LEN) {
+        return invalid("touser must be the user's openid");
+    }
+    if !is_plain_identifier(&body.template_id, MAX_TEMPLATE_ID_LEN) {
+        return invalid("template_id must be 1 to 128 printable characters");
+    }
+    if body
+        .page
+        .as_ref()
+        .is_some_and(|page| page.len() > MAX_PAGE_LEN)
+    {
+        return invalid("page is longer than 1024 bytes");
+    }
+    if let Some(data) = &body.data {
+        if data.len() > MAX_DATA_FIELDS {
+            return invalid("data has more than 64 fields");
+        }
+        for (key, field) in data {
+            let value = field.get("value");
+            let ok = field.is_object()
+                && value.is_some_and(|value| match value {
+                    Value::String(text) => text.chars().count() <= MAX_DATA_VALUE_LEN,
+                    Value::Number(_) => true,
+                    _ => false,
+                });
+            if !ok {
+                return Err(Rejection {
+                    code: "invalid_field",
+                    message: format!(
+                        "data.{key} must be {{\"value\": text of at most {MAX_DATA_VALUE_LEN} characters}}"
+                    ),
+                });
+            }
+        }
+    }
+    if body.wait_seconds.is_some_and(|wait| wait > MAX_WAIT_SECONDS) {
+        return invalid("wait_seconds is longer than 7 days");
+    }
+    Ok(SendRequest {
+        touser: body.touser,
+        template_id: body.template_id,
+        page: body.page,
+        data: body.data,
+        emphasis_keyword: body.emphasis_keyword,
+        color: body.color,
+        wait_seconds: body.wait_seconds.filter(|wait| *wait > 0),
+    })
+}
