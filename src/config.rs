@@ -49,6 +49,12 @@ pub struct WeChatSettings {
     pub base_url: String,
     pub connect_timeout_ms: u64,
     pub request_timeout_ms: u64,
+    /// Calls in flight to WeChat per app, per process.
+    pub max_concurrent_calls_per_app: usize,
+    /// Failures in a row that open an app's circuit.
+    pub breaker_failure_threshold: u32,
+    /// How long an open circuit fails sends fast before one probe call.
+    pub breaker_cooldown_secs: i64,
 }
 
 impl Default for WeChatSettings {
@@ -57,6 +63,9 @@ impl Default for WeChatSettings {
             base_url: "https://api.weixin.qq.com".into(),
             connect_timeout_ms: 2_000,
             request_timeout_ms: 10_000,
+            max_concurrent_calls_per_app: 64,
+            breaker_failure_threshold: 5,
+            breaker_cooldown_secs: 10,
         }
     }
 }
@@ -83,6 +92,16 @@ pub struct LedgerSettings {
     pub max_body_bytes: usize,
     /// Tolerated clock skew of a frontend's `collected_at`.
     pub collected_at_skew_secs: i64,
+    /// How soon a message whose only credential is a syncing prepay_id retries.
+    pub not_ready_retry_secs: i64,
+    /// Probe calls for one credential whose first outcome was unknown.
+    pub probe_limit: u32,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_retention_hours: i64,
+    /// How often waiting messages are looked at.
+    pub waiting_poll_ms: u64,
+    /// How often expired leases and abandoned messages are looked for.
+    pub recovery_interval_secs: u64,
     pub sweep_interval_secs: u64,
     /// How long spent, retired and expired credentials stay after expiry.
     pub credential_retention_days: i64,
@@ -100,6 +119,11 @@ impl Default for LedgerSettings {
             max_batch: 1_000,
             max_body_bytes: 1024 * 1024,
             collected_at_skew_secs: 60,
+            not_ready_retry_secs: 5,
+            probe_limit: 2,
+            idempotency_retention_hours: 24,
+            waiting_poll_ms: 500,
+            recovery_interval_secs: 15,
             sweep_interval_secs: 300,
             credential_retention_days: 7,
             message_retention_days: 30,
@@ -272,9 +296,20 @@ impl Settings {
         if self.wechat.connect_timeout_ms == 0 || self.wechat.request_timeout_ms == 0 {
             bail!("wechat: timeouts must be positive");
         }
+        if self.wechat.max_concurrent_calls_per_app == 0 || self.wechat.breaker_cooldown_secs <= 0 {
+            bail!(
+                "wechat: max_concurrent_calls_per_app and breaker_cooldown_secs must be positive"
+            );
+        }
         let ledger = &self.ledger;
         if ledger.max_batch == 0 || ledger.max_attempts_per_send == 0 || ledger.lease_secs <= 0 {
             bail!("ledger: max_batch, max_attempts_per_send and lease_secs must be positive");
+        }
+        if ledger.idempotency_retention_hours < 24 {
+            bail!("ledger.idempotency_retention_hours: keys are kept at least 24 hours");
+        }
+        if ledger.lease_secs * 1000 <= self.wechat.request_timeout_ms as i64 {
+            bail!("ledger.lease_secs must be longer than wechat.request_timeout_ms: a lease may not run out during a call");
         }
         if ledger.safety_margin_secs < 0 || ledger.fresh_prepay_grace_secs < 0 {
             bail!("ledger: safety_margin_secs and fresh_prepay_grace_secs cannot be negative");

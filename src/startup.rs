@@ -17,8 +17,9 @@ use crate::config::Settings;
 use crate::ledger::send::{SendSettings, Sender};
 use crate::storage::{self, Storage};
 use crate::tokens::TokenKeeper;
+use crate::wechat::breaker::Breakers;
 use crate::wechat::WeChatClient;
-use crate::workers::{run_every, Sweeper, TokenRefresher};
+use crate::workers::{run_every, Recovery, Sweeper, TokenRefresher, WaitingSender};
 
 /// A built, not yet running, gateway.
 pub struct Application {
@@ -28,8 +29,12 @@ pub struct Application {
     storage: Arc<dyn Storage>,
     token_refresher: TokenRefresher,
     sweeper: Sweeper,
+    waiting: WaitingSender,
+    recovery: Recovery,
     token_interval: Duration,
     sweep_interval: Duration,
+    waiting_interval: Duration,
+    recovery_interval: Duration,
 }
 
 impl Application {
@@ -73,7 +78,27 @@ impl Application {
                 max_attempts: ledger.max_attempts_per_send,
                 busy_retries: ledger.busy_retries,
                 busy_backoff: Duration::from_millis(200),
+                not_ready_retry_ms: ledger.not_ready_retry_secs * 1000,
+                probe_limit: ledger.probe_limit,
+                max_concurrent_calls: settings.wechat.max_concurrent_calls_per_app,
             },
+            Arc::new(Breakers::new(
+                clock.clone(),
+                settings.wechat.breaker_failure_threshold,
+                settings.wechat.breaker_cooldown_secs * 1000,
+            )),
+        );
+        let waiting = WaitingSender::new(
+            storage.clone(),
+            sender.clone(),
+            clock.clone(),
+            ledger.lease_secs * 1000,
+        );
+        let recovery = Recovery::new(
+            storage.clone(),
+            sender.clone(),
+            clock.clone(),
+            ledger.lease_secs * 1000,
         );
         let context = web::Data::new(ApiContext {
             storage: storage.clone(),
@@ -115,8 +140,12 @@ impl Application {
                 ledger.credential_retention_days,
                 ledger.message_retention_days,
             ),
+            waiting,
+            recovery,
             token_interval: Duration::from_secs(settings.tokens.check_interval_secs),
             sweep_interval: Duration::from_secs(ledger.sweep_interval_secs),
+            waiting_interval: Duration::from_millis(ledger.waiting_poll_ms),
+            recovery_interval: Duration::from_secs(ledger.recovery_interval_secs),
         })
     }
 
@@ -145,6 +174,16 @@ impl Application {
         self.sweeper.clone()
     }
 
+    /// The waiting-message worker, for tests that drive its `run_once`.
+    pub fn waiting_sender(&self) -> WaitingSender {
+        self.waiting.clone()
+    }
+
+    /// The recovery worker, for tests that drive its `run_once`.
+    pub fn recovery(&self) -> Recovery {
+        self.recovery.clone()
+    }
+
     /// Serves the API without background workers (tests drive them).
     pub async fn run_api_until_stopped(self) -> anyhow::Result<()> {
         let handle = self.server.handle();
@@ -165,7 +204,29 @@ impl Application {
         tokio::spawn(cancel_on_signal(shutdown.clone()));
         let refresher = self.token_refresher.clone();
         let sweeper = self.sweeper.clone();
+        let waiting = self.waiting.clone();
+        let recovery = self.recovery.clone();
         let workers = [
+            tokio::spawn(run_every(
+                "waiting",
+                self.waiting_interval,
+                shutdown.clone(),
+                move || {
+                    let waiting = waiting.clone();
+                    async move { waiting.run_once().await.map(drop) }
+                },
+            )),
+            // Runs first thing at start: whatever a crash left behind is
+            // resolved before the leases of the living could expire.
+            tokio::spawn(run_every(
+                "recovery",
+                self.recovery_interval,
+                shutdown.clone(),
+                move || {
+                    let recovery = recovery.clone();
+                    async move { recovery.run_once().await.map(drop) }
+                },
+            )),
             tokio::spawn(run_every(
                 "token_refresher",
                 self.token_interval,

@@ -3,13 +3,16 @@
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 use super::error::{self, render, AccessError, ApiErrorCode, BodyError};
 use super::{read_body, ApiContext};
 use crate::clock::from_ms;
 use crate::config::Scope;
+use crate::ledger::failure::SendFailure;
 use crate::ledger::message::parse_send_request;
-use crate::ledger::send::{SendFailure, SendResult};
+use crate::ledger::send::SendResult;
+use crate::storage::{IdempotencyBegin, IdempotencyRecord};
 
 /// Errors of the send endpoint before the send starts.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +23,12 @@ pub enum SendError {
     Body(#[from] BodyError),
     #[error("{0}")]
     InvalidField(String),
+    #[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
+    InvalidIdempotencyKey,
+    #[error("this Idempotency-Key was used with another request body")]
+    IdempotencyKeyReused,
+    #[error("a request with this Idempotency-Key is still in flight (message {message_id})")]
+    IdempotencyKeyInFlight { message_id: String },
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
 }
@@ -29,7 +38,11 @@ impl ResponseError for SendError {
         match self {
             SendError::Access(error) => error.status_code(),
             SendError::Body(error) => error.status_code(),
-            SendError::InvalidField(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            SendError::InvalidField(_) | SendError::IdempotencyKeyReused => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            SendError::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
+            SendError::IdempotencyKeyInFlight { .. } => StatusCode::CONFLICT,
             SendError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -45,6 +58,9 @@ impl ApiErrorCode for SendError {
             SendError::Access(error) => error.code(),
             SendError::Body(error) => error.code(),
             SendError::InvalidField(_) => "invalid_field",
+            SendError::InvalidIdempotencyKey => "invalid_idempotency_key",
+            SendError::IdempotencyKeyReused => "idempotency_key_reused",
+            SendError::IdempotencyKeyInFlight { .. } => "idempotency_key_in_flight",
             SendError::Unexpected(_) => "internal",
         }
     }
@@ -61,6 +77,7 @@ fn failure_status(failure: &SendFailure) -> StatusCode {
         SendFailure::UpstreamBusy
         | SendFailure::UpstreamUnreachable
         | SendFailure::TokenUnavailable { .. }
+        | SendFailure::CircuitOpen { .. }
         | SendFailure::AttemptLimit => StatusCode::SERVICE_UNAVAILABLE,
         SendFailure::ApiRetired { .. }
         | SendFailure::TokenRejected { .. }
@@ -75,6 +92,7 @@ fn retry_after_secs(failure: &SendFailure, now_ms: i64) -> Option<i64> {
         SendFailure::QuotaExhausted { until_ms } => Some(((until_ms - now_ms) / 1000).max(1)),
         SendFailure::RateLimited => Some(60),
         SendFailure::CredentialNotReady => Some(10),
+        SendFailure::CircuitOpen { retry_after_ms } => Some((retry_after_ms / 1000).max(1)),
         SendFailure::UpstreamBusy
         | SendFailure::UpstreamUnreachable
         | SendFailure::AttemptLimit => Some(1),
@@ -82,25 +100,59 @@ fn retry_after_secs(failure: &SendFailure, now_ms: i64) -> Option<i64> {
     }
 }
 
-fn answer(result: SendResult, now_ms: i64) -> HttpResponse {
+/// The answer to a send: its status, a Retry-After where waiting helps, and the body.
+fn answer(result: SendResult, now_ms: i64) -> (StatusCode, Option<i64>, Value) {
     let mut body = json!({
         "id": result.message_id,
         "status": result.status,
         "attempts": result.attempts,
     });
     let Some(failure) = result.failure else {
-        return HttpResponse::Ok().json(body);
+        let status = if result.status == "waiting" {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::OK
+        };
+        return (status, None, body);
     };
     let error = error::body(failure.code(), &failure.message(), failure.wechat_errcode());
     body["error"] = error["error"].clone();
-    let mut response = HttpResponse::build(failure_status(&failure));
-    if let Some(seconds) = retry_after_secs(&failure, now_ms) {
-        response.insert_header((actix_web::http::header::RETRY_AFTER, seconds.to_string()));
+    (
+        failure_status(&failure),
+        retry_after_secs(&failure, now_ms),
+        body,
+    )
+}
+
+/// Keys are opaque to us, but bounded: they are stored and compared.
+fn idempotency_key(request: &HttpRequest) -> Result<Option<String>, SendError> {
+    let Some(value) = request.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| SendError::InvalidIdempotencyKey)?;
+    let valid = (1..=255).contains(&key.len()) && key.bytes().all(|byte| byte.is_ascii_graphic());
+    if valid {
+        Ok(Some(key.to_owned()))
+    } else {
+        Err(SendError::InvalidIdempotencyKey)
     }
-    response.json(body)
+}
+
+/// The same request, whatever its whitespace: the hash of its parsed JSON.
+fn request_hash(body: &[u8]) -> String {
+    let canonical = serde_json::from_slice::<Value>(body)
+        .map(|value| value.to_string().into_bytes())
+        .unwrap_or_else(|_| body.to_vec());
+    hex::encode(Sha256::digest(canonical))
 }
 
 /// Sends a template message to a user with the credential that expires soonest.
+///
+/// With an `Idempotency-Key`, the first answer is stored and replayed for the
+/// same key and body (also a 5xx: the send may have gone out, so it is never
+/// run twice), refused for another body, and answered 409 while in flight.
 pub async fn send(
     request: HttpRequest,
     path: web::Path<String>,
@@ -109,13 +161,74 @@ pub async fn send(
 ) -> Result<HttpResponse, SendError> {
     let appid = path.into_inner();
     context.authorize(&request, &appid, &[Scope::Send])?;
+    let key = idempotency_key(&request)?;
     let body = read_body(payload, context.ledger.max_body_bytes).await?;
     let send_request = parse_send_request(&body).map_err(|rejection| match rejection.code {
         "invalid_json" => SendError::Body(BodyError::InvalidJson(rejection.message)),
         _ => SendError::InvalidField(rejection.message),
     })?;
-    let result = context.sender.send(&appid, &send_request).await?;
-    Ok(answer(result, context.clock.now_ms()))
+    let message_id = uuid::Uuid::new_v4().to_string();
+    if let Some(key) = &key {
+        let now = context.clock.now_ms();
+        let expires_at = now + context.ledger.idempotency_retention_hours * 3_600_000;
+        let hash = request_hash(&body);
+        let begin = context
+            .storage
+            .begin_idempotent(&appid, key, &hash, &message_id, now, expires_at)
+            .await?;
+        if let IdempotencyBegin::Existing(record) = begin {
+            return replay(record, &hash);
+        }
+    }
+    let (status, retry_after, body) = match context
+        .sender
+        .send(&appid, &send_request, &message_id)
+        .await
+    {
+        Ok(result) => answer(result, context.clock.now_ms()),
+        Err(error) => {
+            tracing::error!(error = ?error, message = %message_id, "send failed");
+            let body = error::body("internal", "internal error", None);
+            (StatusCode::INTERNAL_SERVER_ERROR, None, body)
+        }
+    };
+    if let Some(key) = &key {
+        context
+            .storage
+            .complete_idempotent(&appid, key, &message_id, status.as_u16(), &body.to_string())
+            .await?;
+    }
+    let mut response = HttpResponse::build(status);
+    if let Some(seconds) = retry_after {
+        response.insert_header((actix_web::http::header::RETRY_AFTER, seconds.to_string()));
+    }
+    Ok(response.json(body))
+}
+
+/// Answers a request whose key was seen before.
+fn replay(record: IdempotencyRecord, hash: &str) -> Result<HttpResponse, SendError> {
+    if record.request_hash != hash {
+        return Err(SendError::IdempotencyKeyReused);
+    }
+    match (
+        record.state.as_str(),
+        record.response_status,
+        record.response_body,
+    ) {
+        ("done", Some(status), Some(body)) => {
+            let status = u16::try_from(status)
+                .ok()
+                .and_then(|status| StatusCode::from_u16(status).ok())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            Ok(HttpResponse::build(status)
+                .insert_header(("Idempotent-Replayed", "true"))
+                .content_type("application/json")
+                .body(body))
+        }
+        _ => Err(SendError::IdempotencyKeyInFlight {
+            message_id: record.message_id,
+        }),
+    }
 }
 
 /// Errors of the message lookup.

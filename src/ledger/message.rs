@@ -20,6 +20,9 @@ pub struct SendBody {
     /// When the user holds no credential, keep the message this long and
     /// send it as soon as one arrives (answer 202).
     pub wait_seconds: Option<u64>,
+    /// `at_most_once` (the default): an unknown outcome is never retried with
+    /// another credential. `at_least_once`: it is, at the risk of a duplicate.
+    pub delivery: Option<String>,
 }
 
 /// Bounds on what is forwarded, well above WeChat's own so that WeChat, not
@@ -78,9 +81,17 @@ pub fn parse_send_request(body: &[u8]) -> Result<SendRequest, Rejection> {
             }
         }
     }
-    if body.wait_seconds.is_some_and(|wait| wait > MAX_WAIT_SECONDS) {
+    if body
+        .wait_seconds
+        .is_some_and(|wait| wait > MAX_WAIT_SECONDS)
+    {
         return invalid("wait_seconds is longer than 7 days");
     }
+    let at_least_once = match body.delivery.as_deref() {
+        None | Some("at_most_once") => false,
+        Some("at_least_once") => true,
+        Some(_) => return invalid("delivery must be \"at_most_once\" or \"at_least_once\""),
+    };
     Ok(SendRequest {
         touser: body.touser,
         template_id: body.template_id,
@@ -89,5 +100,6 @@ pub fn parse_send_request(body: &[u8]) -> Result<SendRequest, Rejection> {
         emphasis_keyword: body.emphasis_keyword,
         color: body.color,
         wait_seconds: body.wait_seconds.filter(|wait| *wait > 0),
+        at_least_once,
     })
 }

@@ -2,6 +2,7 @@
 //! like, what each WeChat errcode means, and the send path that applies them.
 
 pub mod collect;
+pub mod failure;
 pub mod kinds;
 pub mod message;
 pub mod send;

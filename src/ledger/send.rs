@@ -1,26 +1,39 @@
 //! The send path: claim the credential that expires soonest, call WeChat, and
 //! settle by its errcode.
 //!
-//! Each step is its own short write: the claim leases a row, the call to
-//! WeChat happens with no transaction open, and the settlement, the attempt
-//! row and (at the end) the message's state commit together. A crash between
-//! two steps leaves a leased credential and a pending message, never a
-//! half-counted one; lease recovery picks those up.
+//! Each step is its own short write: the claim leases a credential to the
+//! message, the call to WeChat happens with no transaction open, and the
+//! settlement, the attempt row and (at the end) the message's state commit
+//! together. A crash between two steps leaves a leased credential naming its
+//! message, or a pending message with nothing leased; recovery
+//! (`workers::recovery`) resolves both by the rules in RELIABILITY.md.
+//!
+//! Whether a notification reached the user is sometimes unknown: a timeout,
+//! a reset connection, a 5xx, a body that is not JSON, or our own crash. A
+//! credential with exactly one send left can be probed: sending with it again
+//! answers 41029 if the first call delivered, or delivers now (0). A prepay_id
+//! with more sends left cannot, so its unknown send counts as spent and the
+//! message is marked `unknown`, never sent again (unless the caller asked for
+//! at-least-once delivery).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
 use serde::Serialize;
 use serde_json::{Map, Value};
+use tokio::sync::Semaphore;
 
+use super::failure::SendFailure;
 use super::kinds::CredentialKind;
-use super::settle::{classify, next_china_midnight_ms, request_error_code, Verdict};
+use super::settle::{classify, next_china_midnight_ms, Verdict};
 use crate::clock::SharedClock;
 use crate::storage::{
-    ClaimedCredential, MessageOutcome, NewAttempt, NewMessage, Settlement, Storage,
+    ClaimedCredential, MessageOutcome, NewAttempt, NewMessage, Settlement, Storage, StoredMessage,
 };
 use crate::tokens::{TokenError, TokenKeeper};
+use crate::wechat::breaker::Breakers;
 use crate::wechat::{CallError, WeChatClient};
 
 /// What a business service asks to send.
@@ -34,11 +47,14 @@ pub struct SendRequest {
     pub color: Option<String>,
     /// Seconds to wait for a credential when the user holds none.
     pub wait_seconds: Option<u64>,
+    /// Whether an unknown outcome may be retried with another credential at
+    /// the risk of a second notification.
+    pub at_least_once: bool,
 }
 
 impl SendRequest {
     /// The body WeChat will get, without the credential.
-    fn payload(&self) -> Map<String, Value> {
+    pub fn payload(&self) -> Map<String, Value> {
         let mut body = Map::new();
         body.insert("touser".into(), self.touser.clone().into());
         body.insert("template_id".into(), self.template_id.clone().into());
@@ -69,6 +85,12 @@ pub struct SendSettings {
     pub max_attempts: u32,
     pub busy_retries: u32,
     pub busy_backoff: Duration,
+    /// How soon a message whose only credential is a syncing prepay_id tries again.
+    pub not_ready_retry_ms: i64,
+    /// Probes of one credential whose first outcome was unknown.
+    pub probe_limit: u32,
+    /// Calls in flight to WeChat per app, per process.
+    pub max_concurrent_calls: usize,
 }
 
 /// One attempt as the caller sees it.
@@ -79,114 +101,48 @@ pub struct AttemptSummary {
     pub outcome: &'static str,
 }
 
-/// Why a message was not sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SendFailure {
-    /// The user holds no valid credential.
-    NoCredential,
-    /// The only credentials left are prepay_ids whose payment data has not reached WeChat's template backend yet.
-    CredentialNotReady,
-    /// 45009, now or earlier today: sends resume at `until_ms`.
-    QuotaExhausted { until_ms: i64 },
-    /// 45011: the per-minute limit.
-    RateLimited,
-    /// WeChat refused the request itself.
-    RequestInvalid { errcode: i64 },
-    /// 45103 / 45109.
-    ApiRetired { errcode: i64 },
-    /// No token could be had.
-    TokenUnavailable { errcode: Option<i64> },
-    /// A fresh token was refused too.
-    TokenRejected { errcode: i64 },
-    /// errcode -1 after every retry.
-    UpstreamBusy,
-    /// WeChat could not be reached; nothing was sent.
-    UpstreamUnreachable,
-    /// The call may or may not have delivered: the credential counts as spent.
-    OutcomeUnknown,
-    /// An errcode without a rule.
-    Unexpected { errcode: i64 },
-    /// Too many dead credentials in a row.
-    AttemptLimit,
-}
-
-impl SendFailure {
-    /// The machine-readable code of the failure.
-    pub fn code(&self) -> &'static str {
-        match self {
-            SendFailure::NoCredential => "no_credential",
-            SendFailure::CredentialNotReady => "credential_not_ready",
-            SendFailure::QuotaExhausted { .. } => "daily_quota_exhausted",
-            SendFailure::RateLimited => "rate_limited",
-            SendFailure::RequestInvalid { errcode } => request_error_code(*errcode),
-            SendFailure::ApiRetired { .. } => "api_retired",
-            SendFailure::TokenUnavailable { .. } => "token_unavailable",
-            SendFailure::TokenRejected { .. } => "token_rejected",
-            SendFailure::UpstreamBusy => "upstream_busy",
-            SendFailure::UpstreamUnreachable => "upstream_unreachable",
-            SendFailure::OutcomeUnknown => "outcome_unknown",
-            SendFailure::Unexpected { .. } => "upstream_error",
-            SendFailure::AttemptLimit => "attempt_limit_reached",
-        }
-    }
-
-    /// WeChat's errcode behind the failure, when there is one.
-    pub fn wechat_errcode(&self) -> Option<i64> {
-        match self {
-            SendFailure::QuotaExhausted { .. } => Some(45009),
-            SendFailure::RateLimited => Some(45011),
-            SendFailure::UpstreamBusy => Some(-1),
-            SendFailure::RequestInvalid { errcode }
-            | SendFailure::ApiRetired { errcode }
-            | SendFailure::TokenRejected { errcode }
-            | SendFailure::Unexpected { errcode } => Some(*errcode),
-            SendFailure::TokenUnavailable { errcode } => *errcode,
-            _ => None,
-        }
-    }
-
-    /// For people.
-    pub fn message(&self) -> String {
-        match self {
-            SendFailure::NoCredential => "the user holds no valid credential; nothing was sent".into(),
-            SendFailure::CredentialNotReady => {
-                "the user's only credentials are prepay_ids WeChat has not synced yet; retry in a few seconds".into()
-            }
-            SendFailure::QuotaExhausted { .. } => {
-                "the app's daily template-message quota is spent until midnight China time".into()
-            }
-            SendFailure::RateLimited => "WeChat's per-minute limit was reached; retry next minute".into(),
-            SendFailure::RequestInvalid { errcode } => {
-                format!("WeChat rejected the request (errcode {errcode}); the credential was kept")
-            }
-            SendFailure::ApiRetired { .. } => {
-                "WeChat has retired the template-message API (shut down 2020-01-10; use subscribe messages)".into()
-            }
-            SendFailure::TokenUnavailable { .. } => "no access_token could be obtained from WeChat".into(),
-            SendFailure::TokenRejected { .. } => "WeChat rejected a freshly refreshed access_token".into(),
-            SendFailure::UpstreamBusy => "WeChat stayed busy (errcode -1); nothing was sent".into(),
-            SendFailure::UpstreamUnreachable => "WeChat could not be reached; nothing was sent".into(),
-            SendFailure::OutcomeUnknown => {
-                "WeChat's answer was lost; the message may have been delivered and the credential counts as spent".into()
-            }
-            SendFailure::Unexpected { errcode } => format!("WeChat answered errcode {errcode}"),
-            SendFailure::AttemptLimit => {
-                "too many of the user's credentials were dead; the rest are kept for a later send".into()
-            }
-        }
-    }
-}
-
-/// The end of one send.
+/// Where one send ended (for now).
 #[derive(Debug, Clone)]
 pub struct SendResult {
     pub message_id: String,
+    /// `sent`, `failed`, `unknown`, or `waiting` for a credential.
     pub status: &'static str,
     pub failure: Option<SendFailure>,
     pub attempts: Vec<AttemptSummary>,
 }
 
-/// Applies the ledger rules to one message at a time; cheap to clone.
+/// A message the send path works on.
+#[derive(Debug, Clone)]
+struct Job {
+    id: String,
+    appid: String,
+    touser: String,
+    payload: Map<String, Value>,
+    at_least_once: bool,
+    wait_until: Option<i64>,
+}
+
+impl Job {
+    fn from_stored(message: &StoredMessage) -> anyhow::Result<Self> {
+        let payload = match serde_json::from_str(&message.payload)? {
+            Value::Object(payload) => payload,
+            _ => anyhow::bail!("message {} has a payload that is not an object", message.id),
+        };
+        Ok(Self {
+            id: message.id.clone(),
+            appid: message.appid.clone(),
+            touser: message.touser.clone(),
+            payload,
+            at_least_once: message.delivery == AT_LEAST_ONCE,
+            wait_until: message.wait_until,
+        })
+    }
+}
+
+const AT_LEAST_ONCE: &str = "at_least_once";
+const AT_MOST_ONCE: &str = "at_most_once";
+
+/// Applies the ledger rules to messages; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Sender {
     storage: Arc<dyn Storage>,
@@ -194,6 +150,8 @@ pub struct Sender {
     wechat: WeChatClient,
     clock: SharedClock,
     settings: SendSettings,
+    breakers: Arc<Breakers>,
+    call_slots: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
 }
 
 /// How one claimed credential ended.
@@ -204,6 +162,15 @@ enum CredentialEnd {
     Next,
 }
 
+/// How the send path first meets a credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// Just claimed: nothing was sent with it for this message.
+    Fresh,
+    /// Found leased to this message after a crash: it may have been sent.
+    Recovered,
+}
+
 impl Sender {
     pub fn new(
         storage: Arc<dyn Storage>,
@@ -211,6 +178,7 @@ impl Sender {
         wechat: WeChatClient,
         clock: SharedClock,
         settings: SendSettings,
+        breakers: Arc<Breakers>,
     ) -> Self {
         Self {
             storage,
@@ -218,192 +186,334 @@ impl Sender {
             wechat,
             clock,
             settings,
+            breakers,
+            call_slots: Arc::default(),
         }
     }
 
-    /// Sends one message to `appid`'s user, recording it and every attempt.
-    pub async fn send(&self, appid: &str, request: &SendRequest) -> anyhow::Result<SendResult> {
+    /// Records a new message with the given id and sends it.
+    pub async fn send(
+        &self,
+        appid: &str,
+        request: &SendRequest,
+        message_id: &str,
+    ) -> anyhow::Result<SendResult> {
+        let now = self.clock.now_ms();
+        let wait_until = request
+            .wait_seconds
+            .map(|seconds| now + (seconds as i64) * 1000);
         let message = NewMessage {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: message_id.to_owned(),
             appid: appid.to_owned(),
             touser: request.touser.clone(),
             template_id: request.template_id.clone(),
             payload: Value::Object(request.payload()).to_string(),
             status: "pending",
+            delivery: if request.at_least_once {
+                AT_LEAST_ONCE
+            } else {
+                AT_MOST_ONCE
+            },
+            wait_until,
+            lease_until: now + self.settings.lease_ms,
         };
+        self.storage.create_message(&message, now).await?;
+        let job = Job {
+            id: message.id,
+            appid: appid.to_owned(),
+            touser: request.touser.clone(),
+            payload: request.payload(),
+            at_least_once: request.at_least_once,
+            wait_until,
+        };
+        self.process(&job, None).await
+    }
+
+    /// Carries on with a stored message this process has leased (a waiting
+    /// message that came due, or one whose worker died).
+    pub async fn resume(&self, message: &StoredMessage) -> anyhow::Result<SendResult> {
+        self.process(&Job::from_stored(message)?, None).await
+    }
+
+    /// Resolves a credential found leased after its holder died, by the rules
+    /// of its message; returns `None` when it belonged to no unfinished message.
+    pub async fn recover(
+        &self,
+        credential: ClaimedCredential,
+    ) -> anyhow::Result<Option<SendResult>> {
+        let now = self.clock.now_ms();
+        let message = match &credential.lease_message_id {
+            Some(id) => self.storage.stored_message(id).await?,
+            None => None,
+        };
+        let Some(message) = message.filter(|message| message.status == "pending") else {
+            // Parked, or its message already ended (its settlement committed
+            // with the message's end): nothing of it can be in flight.
+            self.storage
+                .release_credentials(&[credential.id], now)
+                .await?;
+            return Ok(None);
+        };
+        self.storage
+            .lease_message(&message.id, now + self.settings.lease_ms)
+            .await?;
+        let job = Job::from_stored(&message)?;
+        self.process(&job, Some(credential)).await.map(Some)
+    }
+
+    async fn process(
+        &self,
+        job: &Job,
+        recovered: Option<ClaimedCredential>,
+    ) -> anyhow::Result<SendResult> {
         let mut run = Run {
             sender: self,
-            appid,
-            message_id: message.id.clone(),
+            job,
             attempts: Vec::new(),
+            token: None,
+            parked: Vec::new(),
         };
+        let result = run.drive(recovered).await;
+        // Fresh prepay_ids parked during this run go back now; a crash leaves
+        // them to recovery, which finds them owned by no message.
+        let parked = std::mem::take(&mut run.parked);
         self.storage
-            .create_message(&message, self.clock.now_ms())
-            .await?;
-
-        // 45009 earlier today: answer at once, without calling WeChat.
-        let blocked_until = self.storage.app_state(appid).await?.send_blocked_until;
-        if let Some(until_ms) = blocked_until.filter(|until| *until > self.clock.now_ms()) {
-            return run.finish(SendFailure::QuotaExhausted { until_ms }).await;
-        }
-        // Fetched after the first claim: a user without credentials gets
-        // their 409 even while WeChat's token endpoint is down.
-        let mut token: Option<String> = None;
-        let payload = request.payload();
-        // Fresh prepay_ids answered 41028 stay leased until the message ends so
-        // that this send does not pick them again, then go back untouched.
-        let mut not_ready = Vec::new();
-        let result = async {
-            for _ in 0..self.settings.max_attempts {
-                let now = self.clock.now_ms();
-                let claimed = self
-                    .storage
-                    .claim_credential(
-                        appid,
-                        &request.touser,
-                        now + self.settings.safety_margin_ms,
-                        now + self.settings.lease_ms,
-                        now,
-                    )
-                    .await?;
-                let Some(credential) = claimed else {
-                    let failure = if not_ready.is_empty() {
-                        SendFailure::NoCredential
-                    } else {
-                        SendFailure::CredentialNotReady
-                    };
-                    return run.finish(failure).await;
-                };
-                let token = match &mut token {
-                    Some(token) => token,
-                    None => match self.tokens.current(appid).await {
-                        Ok(current) => token.insert(current.token),
-                        Err(error) => {
-                            tracing::warn!(appid, %error, "no access token for a send");
-                            self.storage
-                                .release_credentials(&[credential.id], self.clock.now_ms())
-                                .await?;
-                            return run.finish(token_failure(&error)).await;
-                        }
-                    },
-                };
-                match run
-                    .spend(&credential, &payload, token, &mut not_ready)
-                    .await?
-                {
-                    CredentialEnd::Done(status, failure) => {
-                        return Ok(run.result(status, failure));
-                    }
-                    CredentialEnd::Next => continue,
-                }
-            }
-            run.finish(SendFailure::AttemptLimit).await
-        }
-        .await;
-        self.storage
-            .release_credentials(&not_ready, self.clock.now_ms())
+            .release_credentials(&parked, self.clock.now_ms())
             .await?;
         result
     }
+
+    /// A semaphore bounding this process's concurrent calls for the app.
+    fn call_slot(&self, appid: &str) -> Arc<Semaphore> {
+        let mut slots = self.call_slots.lock().expect("call slots lock");
+        slots
+            .entry(appid.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.settings.max_concurrent_calls.max(1))))
+            .clone()
+    }
 }
 
-/// One message on its way: collects the attempts for the answer.
+/// One message on its way through the rules.
 struct Run<'a> {
     sender: &'a Sender,
-    appid: &'a str,
-    message_id: String,
+    job: &'a Job,
     attempts: Vec<AttemptSummary>,
+    /// Fetched after the first claim: a user without credentials gets their
+    /// 409 even while WeChat's token endpoint is down.
+    token: Option<String>,
+    parked: Vec<i64>,
 }
 
 impl Run<'_> {
-    /// Calls WeChat with one claimed credential until it is settled.
+    async fn drive(&mut self, recovered: Option<ClaimedCredential>) -> anyhow::Result<SendResult> {
+        let sender = self.sender;
+        let appid = self.job.appid.as_str();
+        // 45009 earlier today: answer at once, without calling WeChat. A
+        // recovered credential is resolved regardless: it may be in WeChat's hands.
+        if recovered.is_none() {
+            let blocked_until = sender.storage.app_state(appid).await?.send_blocked_until;
+            if let Some(until_ms) = blocked_until.filter(|until| *until > sender.clock.now_ms()) {
+                return self.finish(SendFailure::QuotaExhausted { until_ms }).await;
+            }
+        }
+        let mut next = recovered.map(|credential| (credential, Start::Recovered));
+        for _ in 0..sender.settings.max_attempts {
+            let (credential, start) = match next.take() {
+                Some(recovered) => recovered,
+                None => {
+                    let now = sender.clock.now_ms();
+                    let claimed = sender
+                        .storage
+                        .claim_credential(
+                            appid,
+                            &self.job.touser,
+                            &self.job.id,
+                            now + sender.settings.safety_margin_ms,
+                            now + sender.settings.lease_ms,
+                            now,
+                        )
+                        .await?;
+                    match claimed {
+                        Some(credential) => (credential, Start::Fresh),
+                        None => return self.no_credential().await,
+                    }
+                }
+            };
+            if self.token.is_none() {
+                match sender.tokens.current(appid).await {
+                    Ok(current) => self.token = Some(current.token),
+                    Err(error) => {
+                        tracing::warn!(appid, %error, "no access token for a send");
+                        if start == Start::Fresh {
+                            self.release(credential.id).await?;
+                        }
+                        // A recovered credential stays leased: recovery
+                        // tries again when its lease runs out.
+                        return self.finish(token_failure(&error)).await;
+                    }
+                }
+            }
+            match self.spend(&credential, start).await? {
+                CredentialEnd::Done(status, failure) => return Ok(self.result(status, failure)),
+                CredentialEnd::Next => continue,
+            }
+        }
+        self.finish(SendFailure::AttemptLimit).await
+    }
+
+    /// No credential to claim: wait for one, or fail.
+    async fn no_credential(&mut self) -> anyhow::Result<SendResult> {
+        let sender = self.sender;
+        let now = sender.clock.now_ms();
+        let waits = self.job.wait_until.is_some_and(|until| until > now);
+        if waits {
+            let next_attempt_at = if self.parked.is_empty() {
+                self.job.wait_until.unwrap_or(now)
+            } else {
+                now + sender.settings.not_ready_retry_ms
+            };
+            sender
+                .storage
+                .wait_message(&self.job.id, next_attempt_at, now)
+                .await?;
+            return Ok(self.result("waiting", None));
+        }
+        let failure = if self.parked.is_empty() {
+            SendFailure::NoCredential
+        } else {
+            SendFailure::CredentialNotReady
+        };
+        self.finish(failure).await
+    }
+
+    /// Calls WeChat with one leased credential until it is settled.
     async fn spend(
         &mut self,
         credential: &ClaimedCredential,
-        payload: &Map<String, Value>,
-        token: &mut String,
-        not_ready: &mut Vec<i64>,
+        start: Start,
     ) -> anyhow::Result<CredentialEnd> {
-        let settings = &self.sender.settings;
+        let sender = self.sender;
+        let settings = &sender.settings;
+        let appid = self.job.appid.as_str();
         let kind = CredentialKind::parse(&credential.kind);
-        let mut body = payload.clone();
+        let mut body = self.job.payload.clone();
         body.insert("form_id".into(), credential.value.clone().into());
         let body = Value::Object(body);
+        let reference = (credential.id, kind);
+        // Probing: the credential may already have delivered this message.
+        let mut probing = start == Start::Recovered;
+        if probing && !self.can_probe(credential) {
+            return self.unresolved(reference, "recovered").await;
+        }
+        let mut probes = 0;
         let mut token_retried = false;
         let mut busy_retries = 0;
         loop {
-            let reply = self.sender.wechat.send_template(token, &body).await;
-            let credential_ref = (credential.id, kind);
+            // Probes bypass the breaker: they are how an unknown outcome ends.
+            if !probing {
+                if let Err(retry_after_ms) = sender.breakers.admit(appid) {
+                    self.release(credential.id).await?;
+                    return self
+                        .done("failed", SendFailure::CircuitOpen { retry_after_ms })
+                        .await;
+                }
+            }
+            let token = self.token.clone().unwrap_or_default();
+            let reply = {
+                let slot = sender.call_slot(appid);
+                let _permit = slot.acquire().await.expect("call slots are never closed");
+                sender.wechat.send_template(&token, &body).await
+            };
             let errcode = match reply {
                 Ok(reply) => reply.errcode,
-                Err(CallError::NotSent(detail)) => {
-                    tracing::warn!(appid = self.appid, %detail, "WeChat unreachable");
-                    self.record(
-                        credential_ref,
-                        None,
-                        "not_sent",
-                        Some(detail),
-                        Settlement::Released,
-                        None,
-                    )
-                    .await?;
-                    return self.done("failed", SendFailure::UpstreamUnreachable).await;
-                }
-                Err(CallError::Ambiguous(detail)) => {
-                    // Whether WeChat delivered is unknown. Counting the
-                    // credential as spent can waste one send but never sends
-                    // a notification twice.
-                    tracing::warn!(appid = self.appid, %detail, "WeChat's answer was lost");
-                    self.record(
-                        credential_ref,
-                        None,
-                        "ambiguous",
-                        Some(detail),
-                        Settlement::Spent,
-                        None,
-                    )
-                    .await?;
-                    return self.done("unknown", SendFailure::OutcomeUnknown).await;
+                Err(error) => {
+                    sender.breakers.failure(appid);
+                    let (outcome, detail) = match &error {
+                        CallError::NotSent(detail) => ("not_sent", detail.clone()),
+                        CallError::Ambiguous(detail) => ("ambiguous", detail.clone()),
+                    };
+                    tracing::warn!(appid, message = %self.job.id, %detail, "WeChat call failed");
+                    match (error, probing) {
+                        // Nothing left: if this was the first call, nothing was sent.
+                        (CallError::NotSent(_), false) => {
+                            self.record(
+                                reference,
+                                None,
+                                outcome,
+                                Some(detail),
+                                Settlement::Released,
+                                None,
+                            )
+                            .await?;
+                            return self.done("failed", SendFailure::UpstreamUnreachable).await;
+                        }
+                        _ if probes < settings.probe_limit && self.can_probe(credential) => {
+                            probes += 1;
+                            probing = true;
+                            self.record(
+                                reference,
+                                None,
+                                outcome,
+                                Some(detail),
+                                Settlement::Kept,
+                                None,
+                            )
+                            .await?;
+                            tokio::time::sleep(backoff_with_jitter(settings.busy_backoff, probes))
+                                .await;
+                            continue;
+                        }
+                        _ => return self.unresolved(reference, outcome).await,
+                    }
                 }
             };
             let code = Some(errcode);
-            match classify(errcode) {
+            let verdict = classify(errcode);
+            if verdict == Verdict::SystemBusy {
+                sender.breakers.failure(appid);
+            } else {
+                sender.breakers.success(appid);
+            }
+            match verdict {
                 Verdict::Sent => {
-                    let outcome = MessageOutcome {
-                        status: "sent",
-                        error_code: None,
-                        wechat_errcode: None,
-                    };
-                    self.record(
-                        credential_ref,
-                        code,
-                        "sent",
-                        None,
-                        Settlement::Spent,
-                        Some(&outcome),
-                    )
-                    .await?;
-                    return Ok(CredentialEnd::Done("sent", None));
+                    let outcome = if probing { "sent_on_probe" } else { "sent" };
+                    return self
+                        .record_final(reference, code, outcome, Settlement::Spent, "sent", None)
+                        .await;
+                }
+                // The probe's answer: the first call had delivered.
+                Verdict::CredentialDead if probing && errcode == 41029 => {
+                    return self
+                        .record_final(
+                            reference,
+                            code,
+                            "confirmed_sent",
+                            Settlement::Spent,
+                            "sent",
+                            None,
+                        )
+                        .await;
                 }
                 Verdict::CredentialDead => {
-                    let now = self.sender.clock.now_ms();
+                    let now = sender.clock.now_ms();
                     let syncing = errcode == 41028
                         && kind.is_some_and(|kind| kind.rules().syncs_late)
                         && now - credential.collected_at < settings.fresh_prepay_grace_ms;
                     if syncing {
+                        let until = now + settings.lease_ms;
                         self.record(
-                            credential_ref,
+                            reference,
                             code,
                             "not_ready",
                             None,
-                            Settlement::Kept,
+                            Settlement::Parked { until },
                             None,
                         )
                         .await?;
-                        not_ready.push(credential.id);
+                        self.parked.push(credential.id);
                     } else {
                         let settlement = Settlement::Retired { errcode };
-                        self.record(credential_ref, code, "retired", None, settlement, None)
+                        self.record(reference, code, "retired", None, settlement, None)
                             .await?;
                     }
                     return Ok(CredentialEnd::Next);
@@ -411,7 +521,7 @@ impl Run<'_> {
                 Verdict::TokenRejected if !token_retried => {
                     token_retried = true;
                     self.record(
-                        credential_ref,
+                        reference,
                         code,
                         "token_rejected",
                         None,
@@ -419,10 +529,13 @@ impl Run<'_> {
                         None,
                     )
                     .await?;
-                    match self.sender.tokens.refresh(self.appid, token).await {
-                        Ok(fresh) => *token = fresh.token,
+                    match sender.tokens.refresh(appid, &token).await {
+                        Ok(fresh) => self.token = Some(fresh.token),
                         Err(error) => {
-                            tracing::warn!(appid = self.appid, %error, "token refresh after a rejection failed");
+                            tracing::warn!(appid, %error, "token refresh after a rejection failed");
+                            if probing {
+                                return self.unresolved(reference, "token_unavailable").await;
+                            }
                             self.release(credential.id).await?;
                             return self.done("failed", token_failure(&error)).await;
                         }
@@ -430,10 +543,22 @@ impl Run<'_> {
                 }
                 Verdict::SystemBusy if busy_retries < settings.busy_retries => {
                     busy_retries += 1;
-                    self.record(credential_ref, code, "busy", None, Settlement::Kept, None)
+                    self.record(reference, code, "busy", None, Settlement::Kept, None)
                         .await?;
                     tokio::time::sleep(backoff_with_jitter(settings.busy_backoff, busy_retries))
                         .await;
+                }
+                // A probe refused for its token, quota or the like proves
+                // nothing about the first call.
+                Verdict::TokenRejected
+                | Verdict::SystemBusy
+                | Verdict::DailyQuotaExhausted
+                | Verdict::RateLimited
+                | Verdict::ApiRetired
+                | Verdict::Unexpected
+                    if probing =>
+                {
+                    return self.unresolved(reference, "probe_inconclusive").await;
                 }
                 verdict => {
                     let failure = match verdict {
@@ -443,28 +568,58 @@ impl Run<'_> {
                         Verdict::RateLimited => SendFailure::RateLimited,
                         Verdict::ApiRetired => SendFailure::ApiRetired { errcode },
                         Verdict::DailyQuotaExhausted => {
-                            let until_ms = next_china_midnight_ms(self.sender.clock.now_ms());
-                            self.sender
-                                .storage
-                                .block_sends(self.appid, until_ms)
-                                .await?;
+                            let until_ms = next_china_midnight_ms(sender.clock.now_ms());
+                            sender.storage.block_sends(appid, until_ms).await?;
                             SendFailure::QuotaExhausted { until_ms }
                         }
                         _ => SendFailure::Unexpected { errcode },
                     };
+                    let message = failed_outcome("failed", &failure);
                     self.record(
-                        credential_ref,
+                        reference,
                         code,
                         "kept",
                         None,
                         Settlement::Released,
-                        None,
+                        Some(&message),
                     )
                     .await?;
-                    return self.done("failed", failure).await;
+                    return Ok(CredentialEnd::Done("failed", Some(failure)));
                 }
             }
         }
+    }
+
+    /// A probe is conclusive only for the last send of a credential that is
+    /// not about to expire (an expired one answers 41028 either way).
+    fn can_probe(&self, credential: &ClaimedCredential) -> bool {
+        let now = self.sender.clock.now_ms();
+        credential.uses_left == 1
+            && credential.expires_at > now + self.sender.settings.safety_margin_ms
+    }
+
+    /// The outcome stays unknown: the credential counts as spent, and the
+    /// message is `unknown`, or tries its next credential when the caller
+    /// accepted at-least-once delivery.
+    async fn unresolved(
+        &mut self,
+        reference: (i64, Option<CredentialKind>),
+        outcome: &'static str,
+    ) -> anyhow::Result<CredentialEnd> {
+        if self.job.at_least_once {
+            self.record(reference, None, outcome, None, Settlement::Spent, None)
+                .await?;
+            return Ok(CredentialEnd::Next);
+        }
+        self.record_final(
+            reference,
+            None,
+            outcome,
+            Settlement::Spent,
+            "unknown",
+            Some(SendFailure::OutcomeUnknown),
+        )
+        .await
     }
 
     async fn release(&self, credential_id: i64) -> anyhow::Result<()> {
@@ -491,15 +646,46 @@ impl Run<'_> {
     }
 
     async fn mark(&self, status: &'static str, failure: &SendFailure) -> anyhow::Result<()> {
-        let outcome = MessageOutcome {
-            status,
-            error_code: Some(failure.code()),
-            wechat_errcode: failure.wechat_errcode(),
-        };
         self.sender
             .storage
-            .finish_message(&self.message_id, &outcome, self.sender.clock.now_ms())
+            .finish_message(
+                &self.job.id,
+                &failed_outcome(status, failure),
+                self.sender.clock.now_ms(),
+            )
             .await
+    }
+
+    /// Records the attempt that ends the message, in the same transaction as
+    /// its settlement: a crash can never leave a delivered message pending
+    /// with its credential already settled.
+    async fn record_final(
+        &mut self,
+        reference: (i64, Option<CredentialKind>),
+        errcode: Option<i64>,
+        outcome: &'static str,
+        settlement: Settlement,
+        status: &'static str,
+        failure: Option<SendFailure>,
+    ) -> anyhow::Result<CredentialEnd> {
+        let message = match &failure {
+            Some(failure) => failed_outcome(status, failure),
+            None => MessageOutcome {
+                status,
+                error_code: None,
+                wechat_errcode: None,
+            },
+        };
+        self.record(
+            reference,
+            errcode,
+            outcome,
+            None,
+            settlement,
+            Some(&message),
+        )
+        .await?;
+        Ok(CredentialEnd::Done(status, failure))
     }
 
     /// Records an attempt, settling its credential in the same transaction.
@@ -522,7 +708,7 @@ impl Run<'_> {
         self.sender
             .storage
             .record_attempt(
-                &self.message_id,
+                &self.job.id,
                 &attempt,
                 Some((credential_id, settlement)),
                 message,
@@ -539,11 +725,19 @@ impl Run<'_> {
 
     fn result(&self, status: &'static str, failure: Option<SendFailure>) -> SendResult {
         SendResult {
-            message_id: self.message_id.clone(),
+            message_id: self.job.id.clone(),
             status,
             failure,
             attempts: self.attempts.clone(),
         }
+    }
+}
+
+fn failed_outcome(status: &'static str, failure: &SendFailure) -> MessageOutcome {
+    MessageOutcome {
+        status,
+        error_code: Some(failure.code()),
+        wechat_errcode: failure.wechat_errcode(),
     }
 }
 

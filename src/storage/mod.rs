@@ -47,6 +47,8 @@ pub struct ClaimedCredential {
     pub uses_left: i64,
     pub collected_at: i64,
     pub expires_at: i64,
+    /// The message the lease serves; `None` for a parked credential.
+    pub lease_message_id: Option<String>,
 }
 
 /// How a leased credential leaves its lease.
@@ -60,6 +62,9 @@ pub enum Settlement {
     Released,
     /// Stays leased (for example while its token is refreshed).
     Kept,
+    /// Stays leased until the given time, but by no message: a fresh prepay_id
+    /// whose payment data has not reached WeChat yet.
+    Parked { until: i64 },
 }
 
 /// One call to WeChat (or the decision not to make one) for a message.
@@ -89,6 +94,43 @@ pub struct NewMessage {
     pub template_id: String,
     pub payload: String,
     pub status: &'static str,
+    /// `at_most_once` or `at_least_once`.
+    pub delivery: &'static str,
+    pub wait_until: Option<i64>,
+    pub lease_until: i64,
+}
+
+/// A message as the send path needs it to carry on with it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredMessage {
+    pub id: String,
+    pub appid: String,
+    pub touser: String,
+    pub template_id: String,
+    /// The WeChat body without the credential, as JSON text.
+    pub payload: String,
+    pub status: String,
+    pub delivery: String,
+    pub wait_until: Option<i64>,
+}
+
+/// An idempotency key as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct IdempotencyRecord {
+    pub request_hash: String,
+    pub message_id: String,
+    pub state: String,
+    pub response_status: Option<i64>,
+    pub response_body: Option<String>,
+}
+
+/// What [`Storage::begin_idempotent`] found.
+#[derive(Debug, Clone)]
+pub enum IdempotencyBegin {
+    /// This request owns the key: go ahead.
+    Started,
+    /// The key is taken.
+    Existing(IdempotencyRecord),
 }
 
 /// A stored message.
@@ -140,6 +182,7 @@ pub struct SweepReport {
     pub expired: u64,
     pub deleted_credentials: u64,
     pub deleted_messages: u64,
+    pub deleted_idempotency_keys: u64,
 }
 
 /// The ledger's storage contract.
@@ -168,11 +211,13 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     ) -> anyhow::Result<Vec<KindQuota>>;
 
     /// Atomically leases the available credential of the user that expires
-    /// soonest after `valid_after`, until `lease_until`.
+    /// soonest after `valid_after` to `message_id`, until `lease_until`, and
+    /// renews the message's own lease to the same time.
     async fn claim_credential(
         &self,
         appid: &str,
         openid: &str,
+        message_id: &str,
         valid_after: i64,
         lease_until: i64,
         now: i64,
@@ -198,6 +243,72 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         message_id: &str,
         outcome: &MessageOutcome,
         now: i64,
+    ) -> anyhow::Result<()>;
+
+    /// Keeps a message without a credential until one arrives: due again at
+    /// `next_attempt_at`.
+    async fn wait_message(
+        &self,
+        message_id: &str,
+        next_attempt_at: i64,
+        now: i64,
+    ) -> anyhow::Result<()>;
+
+    /// Makes the waiting messages of these users due now.
+    async fn nudge_waiting(&self, appid: &str, openids: &[String], now: i64) -> anyhow::Result<()>;
+
+    /// Takes up to `limit` due waiting messages, leasing them until `lease_until`.
+    async fn claim_due_waiting(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<StoredMessage>>;
+
+    /// Takes up to `limit` leased credentials whose lease ran out, re-leasing
+    /// them to the caller until `lease_until`.
+    async fn claim_expired_leases(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<ClaimedCredential>>;
+
+    /// Takes up to `limit` pending messages whose lease ran out and that hold
+    /// no credential.
+    async fn claim_stale_messages(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<StoredMessage>>;
+
+    /// A message for the send path, whatever its app.
+    async fn stored_message(&self, id: &str) -> anyhow::Result<Option<StoredMessage>>;
+
+    /// Leases a message until `lease_until`.
+    async fn lease_message(&self, id: &str, lease_until: i64) -> anyhow::Result<()>;
+
+    /// Takes an idempotency key for a request, unless it is already taken.
+    #[allow(clippy::too_many_arguments)]
+    async fn begin_idempotent(
+        &self,
+        appid: &str,
+        key: &str,
+        request_hash: &str,
+        message_id: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> anyhow::Result<IdempotencyBegin>;
+
+    /// Stores the answer of the request that owns the key.
+    async fn complete_idempotent(
+        &self,
+        appid: &str,
+        key: &str,
+        message_id: &str,
+        status: u16,
+        body: &str,
     ) -> anyhow::Result<()>;
 
     /// Returns leased credentials to the pool untouched.

@@ -23,33 +23,42 @@ pub const QUOTA: &str =
     WHERE appid = $1 AND openid = $2 AND state = 'available' AND expires_at > $3 \
     GROUP BY kind ORDER BY kind";
 
-/// The candidate of a claim: soonest expiry first, ties broken by age so the
-/// order is total. Served by the partial index `credentials_claimable`.
-pub const CLAIM_CANDIDATE: &str = "SELECT id FROM credentials \
-    WHERE appid = $3 AND openid = $4 AND state = 'available' AND expires_at > $5 \
-    ORDER BY expires_at, id LIMIT 1";
+/// `{lock}` is `FOR UPDATE SKIP LOCKED` on PostgreSQL: a concurrent claim
+/// passes over the row another claim is leasing and takes the next one. On
+/// SQLite the single writer connection already makes the statement atomic.
+pub const CLAIM: &str = "UPDATE credentials \
+    SET state = 'leased', lease_expires_at = $1, updated_at = $2, lease_message_id = $6 \
+    WHERE id = (SELECT id FROM credentials \
+        WHERE appid = $3 AND openid = $4 AND state = 'available' AND expires_at > $5 \
+        ORDER BY expires_at, id LIMIT 1 {lock}) \
+    RETURNING id, kind, value, uses_left, collected_at, expires_at, lease_message_id";
 
-pub const CLAIM_UPDATE_HEAD: &str = "UPDATE credentials \
-    SET state = 'leased', lease_expires_at = $1, updated_at = $2 WHERE id = (";
-pub const CLAIM_UPDATE_TAIL: &str =
-    ") RETURNING id, kind, value, uses_left, collected_at, expires_at";
+/// The claim renews the lease of the message it serves, in the same transaction.
+pub const LEASE_MESSAGE: &str = "UPDATE messages SET lease_until = $2 WHERE id = $1";
 
 pub const CREATE_MESSAGE: &str = "INSERT INTO messages \
-    (id, appid, touser, template_id, payload, status, created_at, updated_at) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $7)";
+    (id, appid, touser, template_id, payload, status, delivery, wait_until, lease_until, \
+     created_at, updated_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)";
 
 /// Every settlement only touches a row still leased, so a late settle after
 /// lease recovery cannot resurrect or double-count a credential.
 pub const SETTLE_SPENT: &str = "UPDATE credentials \
-    SET uses_left = uses_left - 1, \
+    SET uses_left = uses_left - 1, lease_message_id = NULL, \
         state = CASE WHEN uses_left <= 1 THEN 'exhausted' ELSE 'available' END, \
         lease_expires_at = NULL, updated_at = $2 \
     WHERE id = $1 AND state = 'leased'";
 pub const SETTLE_RETIRED: &str = "UPDATE credentials \
-    SET state = 'retired', retired_errcode = $3, lease_expires_at = NULL, updated_at = $2 \
+    SET state = 'retired', retired_errcode = $3, lease_expires_at = NULL, lease_message_id = NULL, \
+        updated_at = $2 \
     WHERE id = $1 AND state = 'leased'";
 pub const SETTLE_RELEASED: &str = "UPDATE credentials \
-    SET state = 'available', lease_expires_at = NULL, updated_at = $2 \
+    SET state = 'available', lease_expires_at = NULL, lease_message_id = NULL, updated_at = $2 \
+    WHERE id = $1 AND state = 'leased'";
+/// Parked: still leased, but by no message, until `$3`. A crash then finds
+/// it unowned and simply returns it.
+pub const SETTLE_PARKED: &str = "UPDATE credentials \
+    SET lease_message_id = NULL, lease_expires_at = $3, updated_at = $2 \
     WHERE id = $1 AND state = 'leased'";
 
 pub const INSERT_ATTEMPT: &str = "INSERT INTO attempts \
@@ -57,7 +66,69 @@ pub const INSERT_ATTEMPT: &str = "INSERT INTO attempts \
     VALUES ($1, $2, $3, $4, $5, $6, $7)";
 
 pub const FINISH_MESSAGE: &str = "UPDATE messages \
-    SET status = $2, error_code = $3, wechat_errcode = $4, updated_at = $5 WHERE id = $1";
+    SET status = $2, error_code = $3, wechat_errcode = $4, updated_at = $5, \
+        lease_until = NULL, next_attempt_at = NULL WHERE id = $1";
+
+/// A message with no credential yet, kept until `wait_until`.
+pub const WAIT_MESSAGE: &str = "UPDATE messages \
+    SET status = 'waiting', next_attempt_at = $2, lease_until = NULL, updated_at = $3 WHERE id = $1";
+
+/// Waiting messages whose time has come, taken by one worker each.
+pub const CLAIM_DUE_WAITING: &str = "UPDATE messages \
+    SET status = 'pending', lease_until = $1, updated_at = $2 \
+    WHERE id IN (SELECT id FROM messages \
+        WHERE status = 'waiting' AND next_attempt_at <= $2 \
+        ORDER BY next_attempt_at LIMIT $3 {lock}) \
+    RETURNING id, appid, touser, template_id, payload, status, delivery, wait_until";
+
+/// A new credential for a user makes their waiting messages due now.
+pub const NUDGE_WAITING: &str = "UPDATE messages SET next_attempt_at = $3 \
+    WHERE appid = $1 AND touser = $2 AND status = 'waiting' AND next_attempt_at > $3";
+
+/// Leased credentials whose holder died: re-leased to the recovering instance.
+pub const CLAIM_EXPIRED_LEASES: &str = "UPDATE credentials \
+    SET lease_expires_at = $1, updated_at = $2 \
+    WHERE id IN (SELECT id FROM credentials \
+        WHERE state = 'leased' AND lease_expires_at <= $2 \
+        ORDER BY lease_expires_at LIMIT $3 {lock}) \
+    RETURNING id, kind, value, uses_left, collected_at, expires_at, lease_message_id";
+
+/// Pending messages whose worker died and that hold no credential: nothing
+/// of theirs can be in flight, so another worker may carry them on.
+pub const CLAIM_STALE_MESSAGES: &str = "UPDATE messages \
+    SET lease_until = $1, updated_at = $2 \
+    WHERE id IN (SELECT m.id FROM messages m \
+        WHERE m.status = 'pending' AND m.lease_until <= $2 \
+          AND NOT EXISTS (SELECT 1 FROM credentials c \
+                          WHERE c.state = 'leased' AND c.lease_message_id = m.id) \
+        ORDER BY m.lease_until LIMIT $3 {lock}) \
+    RETURNING id, appid, touser, template_id, payload, status, delivery, wait_until";
+
+pub const STORED_MESSAGE: &str = "SELECT id, appid, touser, template_id, payload, status, \
+    delivery, wait_until FROM messages WHERE id = $1";
+
+/// Takes a key, or takes over one past its retention. Returns a row only
+/// when this request owns the key now.
+pub const BEGIN_IDEMPOTENT: &str = "INSERT INTO idempotency_keys \
+    (appid, key, request_hash, message_id, state, created_at, expires_at) \
+    VALUES ($1, $2, $3, $4, 'in_flight', $5, $6) \
+    ON CONFLICT (appid, key) DO UPDATE \
+    SET request_hash = excluded.request_hash, message_id = excluded.message_id, \
+        state = 'in_flight', response_status = NULL, response_body = NULL, \
+        created_at = excluded.created_at, expires_at = excluded.expires_at \
+    WHERE idempotency_keys.expires_at <= $5 \
+    RETURNING message_id";
+
+pub const IDEMPOTENCY_RECORD: &str = "SELECT request_hash, message_id, state, response_status, \
+    response_body FROM idempotency_keys WHERE appid = $1 AND key = $2";
+
+pub const COMPLETE_IDEMPOTENT: &str = "UPDATE idempotency_keys \
+    SET state = 'done', response_status = $4, response_body = $5 \
+    WHERE appid = $1 AND key = $2 AND message_id = $3";
+
+pub const DELETE_OLD_IDEMPOTENCY_KEYS: &str =
+    "DELETE FROM idempotency_keys WHERE (appid, key) IN ( \
+    SELECT appid, key FROM idempotency_keys WHERE expires_at <= $1 LIMIT $2)";
 
 pub const MESSAGE: &str = "SELECT id, appid, touser, template_id, status, error_code, \
     wechat_errcode, created_at, updated_at FROM messages WHERE appid = $1 AND id = $2";
@@ -102,3 +173,8 @@ pub const DELETE_OLD_MESSAGES: &str = "DELETE FROM messages WHERE id IN ( \
 
 /// Rows deleted per sweep statement.
 pub const SWEEP_BATCH: i64 = 5_000;
+
+/// Fills the `{lock}` slot of a statement.
+pub fn with_lock(statement: &str, lock: &str) -> String {
+    statement.replace("{lock}", lock)
+}

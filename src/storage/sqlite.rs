@@ -69,6 +69,9 @@ impl SqliteStorage {
     }
 }
 
+/// What a claim adds to lock its row (see `sql::CLAIM`).
+const LOCK: &str = "";
+
 #[async_trait]
 impl Storage for SqliteStorage {
     async fn ping(&self) -> anyhow::Result<()> {
@@ -147,27 +150,32 @@ impl Storage for SqliteStorage {
         &self,
         appid: &str,
         openid: &str,
+        message_id: &str,
         valid_after: i64,
         lease_until: i64,
         now: i64,
     ) -> anyhow::Result<Option<ClaimedCredential>> {
-        // One statement on the single writer connection: the pick and the lease
-        // are atomic without an explicit transaction.
-        let statement = format!(
-            "{}{}{}",
-            sql::CLAIM_UPDATE_HEAD,
-            sql::CLAIM_CANDIDATE,
-            sql::CLAIM_UPDATE_TAIL
-        );
-        sqlx::query_as(&statement)
+        let mut tx = self.begin_write().await?;
+        let claimed: Option<ClaimedCredential> = sqlx::query_as(&sql::with_lock(sql::CLAIM, LOCK))
             .bind(lease_until)
             .bind(now)
             .bind(appid)
             .bind(openid)
             .bind(valid_after)
-            .fetch_optional(&self.writer)
+            .bind(message_id)
+            .fetch_optional(&mut *tx)
             .await
-            .context("claiming a credential")
+            .context("claiming a credential")?;
+        if claimed.is_some() {
+            sqlx::query(sql::LEASE_MESSAGE)
+                .bind(message_id)
+                .bind(lease_until)
+                .execute(&mut *tx)
+                .await
+                .context("renewing the message lease")?;
+        }
+        tx.commit().await.context("committing the claim")?;
+        Ok(claimed)
     }
 
     async fn create_message(&self, message: &NewMessage, now: i64) -> anyhow::Result<()> {
@@ -178,6 +186,9 @@ impl Storage for SqliteStorage {
             .bind(&message.template_id)
             .bind(&message.payload)
             .bind(message.status)
+            .bind(message.delivery)
+            .bind(message.wait_until)
+            .bind(message.lease_until)
             .bind(now)
             .execute(&self.writer)
             .await
@@ -226,6 +237,160 @@ impl Storage for SqliteStorage {
             .execute(&self.writer)
             .await
             .context("finishing the message")?;
+        Ok(())
+    }
+
+    async fn wait_message(
+        &self,
+        message_id: &str,
+        next_attempt_at: i64,
+        now: i64,
+    ) -> anyhow::Result<()> {
+        sqlx::query(sql::WAIT_MESSAGE)
+            .bind(message_id)
+            .bind(next_attempt_at)
+            .bind(now)
+            .execute(&self.writer)
+            .await
+            .context("keeping the message waiting")?;
+        Ok(())
+    }
+
+    async fn nudge_waiting(&self, appid: &str, openids: &[String], now: i64) -> anyhow::Result<()> {
+        if openids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for openid in openids {
+            sqlx::query(sql::NUDGE_WAITING)
+                .bind(appid)
+                .bind(openid)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .context("waking waiting messages")?;
+        }
+        tx.commit().await.context("committing the wake-up")?;
+        Ok(())
+    }
+
+    async fn claim_due_waiting(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<StoredMessage>> {
+        sqlx::query_as(&sql::with_lock(sql::CLAIM_DUE_WAITING, LOCK))
+            .bind(lease_until)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.writer)
+            .await
+            .context("taking due waiting messages")
+    }
+
+    async fn claim_expired_leases(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<ClaimedCredential>> {
+        sqlx::query_as(&sql::with_lock(sql::CLAIM_EXPIRED_LEASES, LOCK))
+            .bind(lease_until)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.writer)
+            .await
+            .context("taking credentials with expired leases")
+    }
+
+    async fn claim_stale_messages(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<StoredMessage>> {
+        sqlx::query_as(&sql::with_lock(sql::CLAIM_STALE_MESSAGES, LOCK))
+            .bind(lease_until)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.writer)
+            .await
+            .context("taking unfinished messages")
+    }
+
+    async fn stored_message(&self, id: &str) -> anyhow::Result<Option<StoredMessage>> {
+        sqlx::query_as(sql::STORED_MESSAGE)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .context("reading a stored message")
+    }
+
+    async fn lease_message(&self, id: &str, lease_until: i64) -> anyhow::Result<()> {
+        sqlx::query(sql::LEASE_MESSAGE)
+            .bind(id)
+            .bind(lease_until)
+            .execute(&self.writer)
+            .await
+            .context("leasing a message")?;
+        Ok(())
+    }
+
+    async fn begin_idempotent(
+        &self,
+        appid: &str,
+        key: &str,
+        request_hash: &str,
+        message_id: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> anyhow::Result<IdempotencyBegin> {
+        let mut tx = self.begin_write().await?;
+        let taken: Option<String> = sqlx::query_scalar(sql::BEGIN_IDEMPOTENT)
+            .bind(appid)
+            .bind(key)
+            .bind(request_hash)
+            .bind(message_id)
+            .bind(now)
+            .bind(expires_at)
+            .fetch_optional(&mut *tx)
+            .await
+            .context("taking the idempotency key")?;
+        let begin = match taken {
+            Some(_) => IdempotencyBegin::Started,
+            None => IdempotencyBegin::Existing(
+                sqlx::query_as(sql::IDEMPOTENCY_RECORD)
+                    .bind(appid)
+                    .bind(key)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .context("reading the idempotency key")?,
+            ),
+        };
+        tx.commit()
+            .await
+            .context("committing the idempotency key")?;
+        Ok(begin)
+    }
+
+    async fn complete_idempotent(
+        &self,
+        appid: &str,
+        key: &str,
+        message_id: &str,
+        status: u16,
+        body: &str,
+    ) -> anyhow::Result<()> {
+        sqlx::query(sql::COMPLETE_IDEMPOTENT)
+            .bind(appid)
+            .bind(key)
+            .bind(message_id)
+            .bind(i64::from(status))
+            .bind(body)
+            .execute(&self.writer)
+            .await
+            .context("storing the idempotent answer")?;
         Ok(())
     }
 
@@ -359,6 +524,11 @@ impl Storage for SqliteStorage {
                 now - message_retention_ms,
                 &mut report.deleted_messages,
             ),
+            (
+                sql::DELETE_OLD_IDEMPOTENCY_KEYS,
+                now,
+                &mut report.deleted_idempotency_keys,
+            ),
         ] {
             loop {
                 let deleted = sqlx::query(statement)
@@ -417,6 +587,14 @@ fn settle_query(
                     .bind(credential_id)
                     .bind(now)
                     .bind(errcode),
+            )
+        }
+        Settlement::Parked { until } => {
+            return Some(
+                sqlx::query(sql::SETTLE_PARKED)
+                    .bind(credential_id)
+                    .bind(now)
+                    .bind(until),
             )
         }
         Settlement::Kept => return None,

@@ -6,6 +6,8 @@
 //! access_token or the AppSecret, so no URL ever reaches a log or an error
 //! message: reqwest errors are stripped of theirs.
 
+pub mod breaker;
+
 use std::time::Duration;
 
 use anyhow::Context;

@@ -2,16 +2,20 @@
 //! directly; [`run_every`] is the loop production runs it in, until the one
 //! shutdown signal the API shares fires.
 
+mod recovery;
 mod sweeper;
 mod token_refresher;
+mod waiting;
 
 use std::future::Future;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+pub use recovery::{Recovery, RecoveryReport};
 pub use sweeper::Sweeper;
 pub use token_refresher::TokenRefresher;
+pub use waiting::WaitingSender;
 
 /// Runs `step` every `interval` until `shutdown` is cancelled. A failing step
 /// is logged and tried again next time: a worker never dies of one error.

@@ -225,17 +225,64 @@ on_both_backends! {
         assert_eq!(app.sends_available("o-quin").await, 1);
     }
 
-    async fn a_lost_answer_counts_the_credential_spent_and_the_message_unknown(backend: Backend) {
+    async fn a_lost_answer_on_a_form_id_is_resolved_by_probing(backend: Backend) {
         let app = spawn_app(backend).await;
-        app.collect_form_id("o-rex").await;
+        // Delivered, but the answer was lost: the probe gets 41029, which proves delivery.
+        let first = app.collect_form_id("o-rex").await;
         app.fake.push_send_faults([Fault::DeliverThenFail(502)]);
         let answer = app.notify("o-rex").await;
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        assert_eq!(answer.body["status"], "sent");
+        assert_eq!(outcomes(&answer), vec![(None, "ambiguous".to_owned()), attempt(41029, "confirmed_sent")]);
+        // Not delivered and the answer garbled: the probe delivers it now.
+        let second = app.collect_form_id("o-rex").await;
+        app.fake.push_send_faults([Fault::Garbage]);
+        let answer = app.notify("o-rex").await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(outcomes(&answer), vec![(None, "ambiguous".to_owned()), attempt(0, "sent_on_probe")]);
+        // Exactly once each.
+        assert_eq!(app.delivered_form_ids(), vec![first, second]);
+    }
+
+    async fn a_lost_answer_on_a_prepay_id_with_sends_left_is_unknown_and_never_resent(backend: Backend) {
+        let app = spawn_app(backend).await;
+        app.collect_prepay_id("o-sam").await;
+        app.fake.push_send_faults([Fault::HttpStatus(503)]);
+        let answer = app.notify("o-sam").await;
         assert_eq!(answer.status, 502);
         assert_eq!(answer.body["status"], "unknown");
         assert_eq!(answer.body["error"]["code"], "outcome_unknown");
-        assert_eq!(app.sends_available("o-rex").await, 0);
-        app.collect_form_id("o-rex").await;
-        app.fake.push_send_faults([Fault::Garbage]);
-        assert_eq!(app.notify("o-rex").await.body["status"], "unknown");
+        assert_eq!(outcomes(&answer), vec![(None, "ambiguous".to_owned())]);
+        assert_eq!(app.sends_available("o-sam").await, 2, "the unknown send counts as spent");
+        let message = app.message(answer.body["id"].as_str().unwrap()).await;
+        assert_eq!(message.body["status"], "unknown");
+        assert!(app.delivered_form_ids().is_empty());
+    }
+
+    async fn at_least_once_delivery_retries_an_unknown_outcome_with_the_next_credential(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let prepay = app.collect_prepay_id("o-tia").await;
+        app.fake.push_send_faults([Fault::DeliverThenFail(500)]);
+        let answer = app
+            .send(json!({"touser": "o-tia", "template_id": TEMPLATE, "delivery": "at_least_once"}))
+            .await;
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        assert_eq!(outcomes(&answer), vec![(None, "ambiguous".to_owned()), attempt(0, "sent")]);
+        // Delivered twice: what the caller accepted by asking for at-least-once.
+        assert_eq!(app.delivered_form_ids(), vec![prepay.clone(), prepay]);
+        assert_eq!(app.sends_available("o-tia").await, 1);
+    }
+
+    async fn an_unreachable_wechat_sends_nothing_and_keeps_the_credential(backend: Backend) {
+        let app = spawn_app_with(backend, |settings| {
+            settings["wechat"]["base_url"] = json!("http://127.0.0.1:9");
+        })
+        .await;
+        app.fake.register_user(APPID, "o-uma");
+        app.post_one("o-uma", "form_id", "abcdef0123456789abcdef0123456789", None).await;
+        let answer = app.notify("o-uma").await;
+        assert_eq!(answer.status, 503);
+        assert_eq!(answer.body["error"]["code"], "token_unavailable");
+        assert_eq!(app.sends_available("o-uma").await, 1);
     }
 }

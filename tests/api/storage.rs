@@ -27,7 +27,7 @@ on_both_backends! {
         assert!(outcomes.iter().all(|outcome| *outcome == InsertOutcome::Inserted));
         let claims = (0..20).map(|_| {
             let storage = app.storage.clone();
-            tokio::spawn(async move { storage.claim_credential(APPID, "o-race", now, now + 60_000, now).await.unwrap() })
+            tokio::spawn(async move { storage.claim_credential(APPID, "o-race", "m-race", now, now + 60_000, now).await.unwrap() })
         });
         let claimed: Vec<_> = futures::future::join_all(claims)
             .await
@@ -44,8 +44,6 @@ on_both_backends! {
         let now = app.now_ms();
         let items = vec![credential("o-order", "late", now), credential("o-order", "early", now - 1000)];
         app.storage.insert_credentials(APPID, &items, now).await.unwrap();
-        let first = app.storage.claim_credential(APPID, "o-order", now, now + 1, now).await.unwrap().unwrap();
-        assert_eq!(first.value, "early");
         let message = NewMessage {
             id: uuid::Uuid::new_v4().to_string(),
             appid: APPID.into(),
@@ -53,8 +51,14 @@ on_both_backends! {
             template_id: TEMPLATE.into(),
             payload: "{}".into(),
             status: "pending",
+            delivery: "at_most_once",
+            wait_until: None,
+            lease_until: now + 1,
         };
         app.storage.create_message(&message, now).await.unwrap();
+        let first = app.storage.claim_credential(APPID, "o-order", &message.id, now, now + 1, now).await.unwrap().unwrap();
+        assert_eq!(first.value, "early");
+        assert_eq!(first.lease_message_id.as_deref(), Some(message.id.as_str()));
         let attempt = NewAttempt {
             credential_id: Some(first.id),
             credential_kind: Some(CredentialKind::FormId),
@@ -65,9 +69,9 @@ on_both_backends! {
         app.storage.record_attempt(&message.id, &attempt, Some((first.id, Settlement::Spent)), None, now).await.unwrap();
         // A second settlement of a row no longer leased changes nothing.
         app.storage.record_attempt(&message.id, &attempt, Some((first.id, Settlement::Released)), None, now).await.unwrap();
-        let second = app.storage.claim_credential(APPID, "o-order", now, now + 1, now).await.unwrap().unwrap();
+        let second = app.storage.claim_credential(APPID, "o-order", &message.id, now, now + 1, now).await.unwrap().unwrap();
         assert_eq!(second.value, "late");
-        assert!(app.storage.claim_credential(APPID, "o-order", now, now + 1, now).await.unwrap().is_none());
+        assert!(app.storage.claim_credential(APPID, "o-order", &message.id, now, now + 1, now).await.unwrap().is_none());
         let (_, attempts) = app.storage.message(APPID, &message.id).await.unwrap().unwrap();
         assert_eq!(attempts.len(), 2);
     }
