@@ -30,6 +30,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -47,6 +48,10 @@ use state::{CredentialKind, State};
 pub struct FakeWeChat {
     state: Arc<Mutex<State>>,
     clock: SharedClock,
+    /// Template sends being handled right now, and the most ever at once:
+    /// how tests see the gateway's bound on concurrent calls.
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for FakeWeChat {
@@ -106,13 +111,36 @@ pub struct SendRecord {
     pub delivered: bool,
 }
 
+/// A template send being handled; see [`FakeWeChat::max_concurrent_sends`].
+pub(crate) struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl FakeWeChat {
     /// An empty fake (no apps) on `clock`.
     pub fn new(clock: SharedClock) -> Self {
         Self {
             state: Arc::new(Mutex::new(State::default())),
             clock,
+            in_flight: Arc::default(),
+            max_in_flight: Arc::default(),
         }
+    }
+
+    /// The most template sends that were ever being handled at once.
+    pub fn max_concurrent_sends(&self) -> usize {
+        self.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Counts a template send as in flight until the guard drops.
+    pub(crate) fn enter_send(&self) -> InFlight {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(self.in_flight.clone())
     }
 
     /// Locks the state. A panic while holding the lock (only possible in a

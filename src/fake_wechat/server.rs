@@ -163,6 +163,7 @@ async fn template_send(
     body: web::Bytes,
     fake: web::Data<FakeWeChat>,
 ) -> HttpResponse {
+    let _in_flight = fake.enter_send();
     fake.apply_latency().await;
     let query = query_map(&req);
     let token = query.get("access_token").map(String::as_str);

@@ -9,7 +9,7 @@ use formid_gateway::config::Settings;
 use formid_gateway::fake_wechat::{FakeWeChat, FakeWeChatServer};
 use formid_gateway::startup::Application;
 use formid_gateway::storage::Storage;
-use formid_gateway::workers::{Sweeper, TokenRefresher};
+use formid_gateway::workers::{Recovery, Sweeper, TokenRefresher, WaitingSender};
 use serde_json::{json, Value};
 use sqlx::{Connection, Executor, PgConnection};
 use tokio_util::sync::CancellationToken;
@@ -45,6 +45,8 @@ pub struct TestApp {
     pub storage: Arc<dyn Storage>,
     pub token_refresher: TokenRefresher,
     pub sweeper: Sweeper,
+    pub waiting: WaitingSender,
+    pub recovery: Recovery,
     pub database_url: String,
     pub wechat_base_url: String,
     shutdown: CancellationToken,
@@ -181,6 +183,8 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Value)) -
         storage: parts.storage,
         token_refresher: parts.token_refresher,
         sweeper: parts.sweeper,
+        waiting: parts.waiting,
+        recovery: parts.recovery,
         database_url: parts.database_url,
         wechat_base_url: fake_server.base_url.clone(),
         shutdown: parts.shutdown,
@@ -191,20 +195,32 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Value)) -
 
 /// A second gateway instance on the same ledger and fake as `app`.
 pub async fn spawn_sibling(app: &TestApp) -> Instance {
-    let settings = test_settings(&app.database_url, &app.wechat_base_url);
+    spawn_sibling_with(app, |_| {}).await
+}
+
+/// A sibling whose settings `adjust` may change first.
+pub async fn spawn_sibling_with(app: &TestApp, adjust: impl FnOnce(&mut Value)) -> Instance {
+    let mut settings = test_settings(&app.database_url, &app.wechat_base_url);
+    adjust(&mut settings);
     let settings: Settings = serde_json::from_value(settings).expect("valid test settings");
     let application = Application::build(settings, app.clock.clone())
         .await
         .expect("building a sibling gateway");
     let address = format!("http://127.0.0.1:{}", application.port());
     let shutdown = application.shutdown_signal();
+    let token_refresher = application.token_refresher();
     tokio::spawn(application.run_api_until_stopped());
-    Instance { address, shutdown }
+    Instance {
+        address,
+        token_refresher,
+        shutdown,
+    }
 }
 
 /// Another instance on a shared ledger.
 pub struct Instance {
     pub address: String,
+    pub token_refresher: TokenRefresher,
     shutdown: CancellationToken,
 }
 
@@ -227,6 +243,8 @@ async fn start_instance(settings: Value, clock: Arc<ManualClock>) -> TestAppPart
         storage: application.storage(),
         token_refresher: application.token_refresher(),
         sweeper: application.sweeper(),
+        waiting: application.waiting_sender(),
+        recovery: application.recovery(),
         database_url,
         shutdown: application.shutdown_signal(),
     };
@@ -242,6 +260,8 @@ struct TestAppParts {
     storage: Arc<dyn Storage>,
     token_refresher: TokenRefresher,
     sweeper: Sweeper,
+    waiting: WaitingSender,
+    recovery: Recovery,
     database_url: String,
     shutdown: CancellationToken,
 }

@@ -4,9 +4,11 @@
 mod helpers;
 
 mod access;
+mod bad_input;
 mod collect;
 mod concurrency;
 mod send;
+mod reliability;
 mod settle;
 mod storage;
 mod tokens;
