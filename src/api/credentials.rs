@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::error::{render, AccessError, ApiErrorCode, BodyError};
-use super::{read_json, ApiContext};
+use super::{read_body, ApiContext};
 use crate::clock::from_ms;
 use crate::config::Scope;
 use crate::ledger::collect::{
@@ -78,7 +78,9 @@ pub async fn collect(
 ) -> Result<HttpResponse, CollectError> {
     let appid = path.into_inner();
     context.authorize(&request, &appid, &[Scope::Collect])?;
-    let body: Value = read_json(payload, context.ledger.max_body_bytes).await?;
+    let body = read_body(payload, context.ledger.max_body_bytes).await?;
+    let body: Value =
+        serde_json::from_slice(&body).map_err(|error| BodyError::InvalidJson(error.to_string()))?;
     let (items, single) = match body {
         Value::Object(mut object) if object.contains_key("credentials") => {
             match object.remove("credentials") {

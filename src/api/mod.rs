@@ -69,7 +69,7 @@ async fn not_found() -> actix_web::HttpResponse {
     error::plain(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
 
-/// Reads a JSON body after authorization, so that a caller without a key
+/// Reads a JSON object body after authorization, so that a caller without a key
 /// learns nothing about the body's shape, and with our own size limit and
 /// error shape.
 pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
@@ -77,7 +77,15 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
     limit: usize,
 ) -> Result<T, BodyError> {
     let body = read_body(payload, limit).await?;
-    serde_json::from_slice(&body).map_err(|error| BodyError::InvalidJson(error.to_string()))
+    let value: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|error| BodyError::InvalidJson(error.to_string()))?;
+    // serde reads a struct from a JSON array of its fields too: refuse that.
+    if !value.is_object() {
+        return Err(BodyError::InvalidJson(
+            "the body must be a JSON object".into(),
+        ));
+    }
+    serde_json::from_value(value).map_err(|error| BodyError::InvalidJson(error.to_string()))
 }
 
 /// Reads a body up to `limit` bytes, answering 413 past it.

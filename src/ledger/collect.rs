@@ -120,6 +120,12 @@ fn normalize_value(kind: CredentialKind, raw: &str) -> Result<String, Rejection>
         CredentialKind::PrepayId => raw.strip_prefix(PREPAY_PREFIX).unwrap_or(raw),
         CredentialKind::FormId => raw,
     };
+    if value.starts_with(PREPAY_PREFIX) {
+        return Err(Rejection::new(
+            "invalid_characters",
+            "value carries the prepay_id= prefix more than once",
+        ));
+    }
     if value == MOCK_FORM_ID {
         return Err(Rejection::new(
             "mock_form_id",

@@ -31,15 +31,23 @@ const MAX_TEMPLATE_ID_LEN: usize = 128;
 const MAX_PAGE_LEN: usize = 1024;
 const MAX_DATA_FIELDS: usize = 64;
 const MAX_DATA_VALUE_LEN: usize = 1024;
+const MAX_KEYWORD_LEN: usize = 64;
 /// A credential lives 7 days: waiting longer than that for one is never useful.
 pub const MAX_WAIT_SECONDS: u64 = 7 * 86_400;
 
 /// Parses and bounds the body of `POST …/messages`.
 pub fn parse_send_request(body: &[u8]) -> Result<SendRequest, Rejection> {
-    let body: SendBody = serde_json::from_slice(body).map_err(|error| Rejection {
+    let not_a_request = |error: String| Rejection {
         code: "invalid_json",
         message: format!("the body is not a valid send request: {error}"),
-    })?;
+    };
+    // serde would also read a struct from a JSON array of its fields in
+    // order, which no caller means: only an object is a request.
+    if !is_json_object(body) {
+        return Err(not_a_request("it must be a JSON object".into()));
+    }
+    let body: SendBody =
+        serde_json::from_slice(body).map_err(|error| not_a_request(error.to_string()))?;
     let invalid = |message: &str| {
         Err(Rejection {
             code: "invalid_field",
@@ -81,6 +89,14 @@ pub fn parse_send_request(body: &[u8]) -> Result<SendRequest, Rejection> {
             }
         }
     }
+    let too_long = |field: &Option<String>| {
+        field
+            .as_ref()
+            .is_some_and(|text| text.chars().count() > MAX_KEYWORD_LEN)
+    };
+    if too_long(&body.emphasis_keyword) || too_long(&body.color) {
+        return invalid("emphasis_keyword and color are at most 64 characters");
+    }
     if body
         .wait_seconds
         .is_some_and(|wait| wait > MAX_WAIT_SECONDS)
@@ -102,4 +118,9 @@ pub fn parse_send_request(body: &[u8]) -> Result<SendRequest, Rejection> {
         wait_seconds: body.wait_seconds.filter(|wait| *wait > 0),
         at_least_once,
     })
+}
+
+/// Whether a body is a JSON object, judged by its first significant byte.
+pub fn is_json_object(body: &[u8]) -> bool {
+    body.trim_ascii_start().first() == Some(&b'{')
 }

@@ -2,13 +2,14 @@
 //! PostgreSQL, against the fake WeChat.
 
 mod helpers;
+mod instances;
 
 mod access;
 mod bad_input;
 mod collect;
 mod concurrency;
-mod send;
 mod reliability;
+mod send;
 mod settle;
 mod storage;
 mod tokens;

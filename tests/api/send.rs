@@ -108,6 +108,11 @@ on_both_backends! {
         assert_eq!(huge.body["error"]["code"], "invalid_field");
         let shape = app.send(json!({"touser": "o-fox", "template_id": TEMPLATE, "data": {"k": "flat"}})).await;
         assert_eq!(shape.status, 422);
+        let keyword = app.send(json!({"touser": "o-fox", "template_id": TEMPLATE, "emphasis_keyword": "k".repeat(65)})).await;
+        assert_eq!(keyword.status, 422);
+        let array = app.send(json!(["o-fox", TEMPLATE, null, null, null, null, null, null, null])).await;
+        assert_eq!(array.status, 400);
+        assert_eq!(array.body["error"]["code"], "invalid_json");
         assert!(app.fake.sends().is_empty());
         assert_eq!(app.sends_available("o-fox").await, 1);
     }

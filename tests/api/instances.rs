@@ -1,0 +1,219 @@
+//! Several gateway instances on one PostgreSQL ledger, each with its own
+//! pools, driven concurrently: nothing spent twice, nothing lost, one token
+//! fetch per expiry.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use chrono::Duration;
+use formid_gateway::fake_wechat::Fault;
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::helpers::*;
+
+const USERS: usize = 100;
+const SENDS: usize = 2_000;
+const CLIENTS: usize = 64;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_one_ledger_never_spend_a_credential_twice() {
+    let app = spawn_app(Backend::Postgres).await;
+    let siblings = [spawn_sibling(&app).await, spawn_sibling(&app).await];
+    let addresses: Vec<String> = std::iter::once(app.address.clone())
+        .chain(siblings.iter().map(|sibling| sibling.address.clone()))
+        .collect();
+
+    // 600 credentials: 4 form_ids and 2 prepay_ids for each of 100 users.
+    let mut batch = Vec::new();
+    for user in 0..USERS {
+        let openid = format!("o-many-{user}");
+        for _ in 0..4 {
+            batch.push(json!({"openid": openid, "kind": "form_id", "value": app.fake.mint_form_id(APPID, &openid)}));
+        }
+        for _ in 0..2 {
+            batch.push(json!({"openid": openid, "kind": "prepay_id", "value": app.fake.mint_prepay_id(APPID, &openid)}));
+        }
+    }
+    for chunk in batch.chunks(500) {
+        let answer = app.post_credentials(json!({"credentials": chunk})).await;
+        assert_eq!(answer.body["accepted"], chunk.len(), "{:?}", answer.body);
+    }
+    app.access_token().await;
+    // Answers lost after delivery, scattered through the run: form_ids are
+    // resolved by probing, prepay_ids count as spent and end unknown.
+    let mut faults = Vec::new();
+    for i in 0..60 {
+        faults.push(if i % 3 == 0 {
+            Fault::DeliverThenFail(502)
+        } else {
+            Fault::Errcode(-1)
+        });
+    }
+    app.fake.push_send_faults(faults);
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let statuses = Arc::new(std::sync::Mutex::new(HashMap::<u16, usize>::new()));
+    let clients = (0..CLIENTS).map(|client| {
+        let next = next.clone();
+        let statuses = statuses.clone();
+        let addresses = addresses.clone();
+        let http = app.client.clone();
+        tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= SENDS {
+                    break;
+                }
+                let address = &addresses[(client + i) % addresses.len()];
+                let openid = format!("o-many-{}", (i * 37) % USERS);
+                let answer = call(
+                    &http,
+                    &format!("{address}/v1/apps/{APPID}/messages"),
+                    reqwest::Method::POST,
+                    Some(SEND_KEY),
+                    Some(json!({"touser": openid, "template_id": TEMPLATE})),
+                )
+                .await;
+                assert!(
+                    matches!(answer.status, 200 | 409 | 502 | 503),
+                    "{}: {:?}",
+                    answer.status,
+                    answer.body
+                );
+                *statuses.lock().unwrap().entry(answer.status).or_default() += 1;
+            }
+        })
+    });
+    for client in futures::future::join_all(clients).await {
+        client.unwrap();
+    }
+    let statuses = statuses.lock().unwrap().clone();
+    assert_eq!(statuses.values().sum::<usize>(), SENDS);
+
+    // What WeChat (the fake) saw.
+    let mut delivered: HashMap<String, usize> = HashMap::new();
+    let mut delivered_per_user: HashMap<String, usize> = HashMap::new();
+    for send in app.fake.sends().into_iter().filter(|send| send.delivered) {
+        *delivered.entry(send.form_id).or_default() += 1;
+        *delivered_per_user.entry(send.touser).or_default() += 1;
+    }
+    // What the ledger says.
+    let pool = PgPool::connect(&app.database_url).await.unwrap();
+    let credentials: Vec<(String, String, i64, String)> =
+        sqlx::query_as("SELECT kind, value, uses_left, state FROM credentials")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(credentials.len(), 600);
+    for (kind, value, uses_left, state) in &credentials {
+        let allowed = if kind == "form_id" { 1 } else { 3 };
+        let spent = (allowed - uses_left) as usize;
+        let seen = delivered.get(value).copied().unwrap_or(0);
+        assert!(
+            seen <= allowed as usize,
+            "{kind} {value} delivered {seen} times"
+        );
+        assert_eq!(
+            spent, seen,
+            "{kind} {value} ({state}): the ledger's spent count is what WeChat delivered"
+        );
+        assert_ne!(state, "leased", "no lease outlives the run");
+    }
+    let by_status: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT touser, status, COUNT(*) FROM messages GROUP BY touser, status")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let mut recorded_per_user: HashMap<String, usize> = HashMap::new();
+    let mut sent_total = 0;
+    for (touser, status, count) in &by_status {
+        assert_ne!(status, "pending", "every message ended");
+        if status == "sent" || status == "unknown" {
+            *recorded_per_user.entry(touser.clone()).or_default() += *count as usize;
+        }
+        if status == "sent" {
+            sent_total += *count as usize;
+        }
+    }
+    // Only faults that deliver were injected, so every unknown was delivered:
+    // per user, what WeChat delivered is exactly what the ledger recorded.
+    assert_eq!(delivered_per_user, recorded_per_user);
+    assert_eq!(statuses.get(&200).copied().unwrap_or(0), sent_total);
+    assert_eq!(
+        delivered.values().sum::<usize>(),
+        1_000,
+        "every credential's every send was used"
+    );
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_fetch_one_token_per_expiry_and_serve_only_live_tokens() {
+    let app = spawn_app(Backend::Postgres).await;
+    let siblings = [spawn_sibling(&app).await, spawn_sibling(&app).await];
+    let refreshers = [
+        app.token_refresher.clone(),
+        siblings[0].token_refresher.clone(),
+        siblings[1].token_refresher.clone(),
+    ];
+    let addresses = [
+        app.address.clone(),
+        siblings[0].address.clone(),
+        siblings[1].address.clone(),
+    ];
+    for user in 0..3 {
+        for _ in 0..4 {
+            app.collect_form_id(&format!("o-tok-{user}")).await;
+        }
+    }
+    for expiry in 0..4 {
+        // Every instance's worker runs at once.
+        let runs = refreshers.iter().map(|refresher| refresher.run_once());
+        for run in futures::future::join_all(runs).await {
+            run.unwrap();
+        }
+        assert_eq!(
+            app.fake.token_fetches(APPID),
+            expiry + 1,
+            "one fetch per expiry"
+        );
+        let live = app.fake.current_token(APPID).expect("a live token");
+        for address in &addresses {
+            let answer = call(
+                &app.client,
+                &format!("{address}/v1/apps/{APPID}/access_token"),
+                reqwest::Method::GET,
+                Some(TOKEN_KEY),
+                None,
+            )
+            .await;
+            assert_eq!(
+                answer.body["access_token"],
+                live.as_str(),
+                "every instance serves the live token"
+            );
+        }
+        for (user, address) in addresses.iter().enumerate() {
+            let answer = call(
+                &app.client,
+                &format!("{address}/v1/apps/{APPID}/messages"),
+                reqwest::Method::POST,
+                Some(SEND_KEY),
+                Some(json!({"touser": format!("o-tok-{user}"), "template_id": TEMPLATE})),
+            )
+            .await;
+            assert_eq!(answer.status, 200, "{:?}", answer.body);
+        }
+        // Into the next refresh window: 14 minutes before this token expires.
+        app.advance(Duration::seconds(7200 - 840));
+    }
+    let rejected = app
+        .fake
+        .sends()
+        .iter()
+        .filter(|send| matches!(send.errcode, 40001 | 40014 | 42001))
+        .count();
+    assert_eq!(rejected, 0, "no call ever carried a dead token");
+}

@@ -1,0 +1,364 @@
+//! A real gateway process killed with SIGKILL in the middle of sends, and a
+//! second one that resolves what it left behind; and a clean SIGTERM.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use formid_gateway::clock::SystemClock;
+use formid_gateway::fake_wechat::{FakeWeChat, FakeWeChatServer, Fault};
+use serde_json::json;
+use sqlx::{Connection, Executor, PgConnection};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_formid-gateway");
+const APPID: &str = "wxcrash000000001";
+const TEMPLATE: &str = "tmpl-crash";
+const KEY: &str = "crash-test-key-0123456789";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn postgres_admin_url() -> String {
+    std::env::var("FORMID_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A fresh database URL and the directory of the test's files.
+async fn fresh_database(postgres: bool, dir: &std::path::Path) -> String {
+    if !postgres {
+        return format!("sqlite://{}/ledger.db", dir.display());
+    }
+    let name = format!("formid_test_{}", uuid::Uuid::new_v4().simple());
+    let mut connection = PgConnection::connect(&postgres_admin_url())
+        .await
+        .expect("PostgreSQL must be reachable for the test suite");
+    connection
+        .execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
+        .await
+        .unwrap();
+    format!(
+        "{}/{name}",
+        postgres_admin_url().rsplit_once('/').unwrap().0
+    )
+}
+
+struct Gateway {
+    child: Child,
+    address: String,
+}
+
+impl Gateway {
+    async fn start(config: &std::path::Path) -> Self {
+        let port = free_port();
+        let child = Command::new(BINARY)
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("FORMID__LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the gateway");
+        let address = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(response) = reqwest::get(format!("{address}/readyz")).await {
+                if response.status() == 200 {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self { child, address }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the gateway did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &std::path::Path, database_url: &str, wechat: &str) -> std::path::PathBuf {
+    let path = dir.join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+database_url = "{database_url}"
+[wechat]
+base_url = "{wechat}"
+connect_timeout_ms = 1000
+request_timeout_ms = 2500
+[ledger]
+lease_secs = 4
+recovery_interval_secs = 1
+[apps.{APPID}]
+secret = "crash-secret"
+[api_keys.all]
+key = "{KEY}"
+apps = ["*"]
+scopes = ["admin"]
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Counts of what the ledger holds, read straight from its database.
+async fn ledger_counts(database_url: &str) -> (i64, i64) {
+    let query = "SELECT (SELECT COUNT(*) FROM credentials WHERE state = 'leased'), \
+                        (SELECT COUNT(*) FROM messages WHERE status = 'pending')";
+    if database_url.starts_with("sqlite") {
+        let mut connection = sqlx::SqliteConnection::connect(database_url).await.unwrap();
+        sqlx::query_as(query)
+            .fetch_one(&mut connection)
+            .await
+            .unwrap()
+    } else {
+        let mut connection = PgConnection::connect(database_url).await.unwrap();
+        sqlx::query_as(query)
+            .fetch_one(&mut connection)
+            .await
+            .unwrap()
+    }
+}
+
+async fn messages_by_user(database_url: &str) -> Vec<(String, String)> {
+    let query = "SELECT touser, status FROM messages";
+    if database_url.starts_with("sqlite") {
+        let mut connection = sqlx::SqliteConnection::connect(database_url).await.unwrap();
+        sqlx::query_as(query)
+            .fetch_all(&mut connection)
+            .await
+            .unwrap()
+    } else {
+        let mut connection = PgConnection::connect(database_url).await.unwrap();
+        sqlx::query_as(query)
+            .fetch_all(&mut connection)
+            .await
+            .unwrap()
+    }
+}
+
+async fn kill_mid_send_then_recover(postgres: bool) {
+    let dir = std::env::temp_dir().join(format!("formid-crash-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fake = FakeWeChat::new(Arc::new(SystemClock));
+    fake.register_app(APPID, "crash-secret");
+    fake.register_template(APPID, TEMPLATE);
+    let fake_server = FakeWeChatServer::start(fake.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let database_url = fresh_database(postgres, &dir).await;
+    let config = write_config(&dir, &database_url, &fake_server.base_url);
+
+    let first = Gateway::start(&config).await;
+    let client = reqwest::Client::new();
+    // 15 users with one form_id each, 5 with one prepay_id (3 sends) each.
+    let mut credentials = Vec::new();
+    for user in 0..20 {
+        let openid = format!("o-crash-{user}");
+        let (kind, value) = if user < 15 {
+            ("form_id", fake.mint_form_id(APPID, &openid))
+        } else {
+            ("prepay_id", fake.mint_prepay_id(APPID, &openid))
+        };
+        credentials.push(json!({"openid": openid, "kind": kind, "value": value}));
+    }
+    let collected = client
+        .post(format!("{}/v1/apps/{APPID}/credentials", first.address))
+        .bearer_auth(KEY)
+        .json(&json!({"credentials": credentials}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(collected.status(), 200);
+    client
+        .get(format!("{}/v1/apps/{APPID}/access_token", first.address))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    // Some calls deliver at once and then hang (the answer never comes back
+    // before the kill); the rest wait in the fake's latency, undelivered.
+    fake.push_send_faults(vec![Fault::Hang(Duration::from_secs(5)); 6]);
+    fake.set_latency(Duration::from_millis(1500));
+    let sends: Vec<_> = (0..20)
+        .map(|user| {
+            let request = client
+                .post(format!("{}/v1/apps/{APPID}/messages", first.address))
+                .bearer_auth(KEY)
+                .json(&json!({"touser": format!("o-crash-{user}"), "template_id": TEMPLATE}));
+            tokio::spawn(async move { request.send().await.map(|response| response.status()) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut first = first;
+    first.signal("KILL");
+    first.wait_exit(Duration::from_secs(5));
+    for send in sends {
+        assert!(
+            send.await.unwrap().is_err(),
+            "no answer came back from a killed process"
+        );
+    }
+    let (leased, pending) = ledger_counts(&database_url).await;
+    assert!(
+        leased > 0 && pending > 0,
+        "the kill left sends in flight ({leased} leased, {pending} pending)"
+    );
+
+    // A new process on the same ledger resolves all of it.
+    fake.set_latency(Duration::ZERO);
+    let mut second = Gateway::start(&config).await;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        if ledger_counts(&database_url).await == (0, 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "recovery did not finish: {:?}",
+            ledger_counts(&database_url).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let mut delivered_per_user: HashMap<String, usize> = HashMap::new();
+    let mut delivered_per_value: HashMap<String, usize> = HashMap::new();
+    for send in fake.sends().into_iter().filter(|send| send.delivered) {
+        *delivered_per_user.entry(send.touser).or_default() += 1;
+        *delivered_per_value.entry(send.form_id).or_default() += 1;
+    }
+    assert!(
+        delivered_per_user.values().all(|count| *count == 1),
+        "no notification twice: {delivered_per_user:?}"
+    );
+    let messages = messages_by_user(&database_url).await;
+    assert_eq!(messages.len(), 20);
+    for (touser, status) in &messages {
+        let delivered = delivered_per_user.get(touser).copied().unwrap_or(0);
+        match status.as_str() {
+            "sent" => assert_eq!(delivered, 1, "{touser} is recorded sent"),
+            "unknown" => assert!(delivered <= 1, "{touser}"),
+            other => {
+                panic!("{touser} ended {other}: a message with a credential must not fail here")
+            }
+        }
+    }
+    // Every form_id message ends known: probing resolves each of them.
+    for user in 0..15 {
+        let touser = format!("o-crash-{user}");
+        let status = &messages.iter().find(|(t, _)| *t == touser).unwrap().1;
+        assert_eq!(status, "sent", "{touser}");
+    }
+
+    second.signal("TERM");
+    assert!(second.wait_exit(Duration::from_secs(30)).success());
+    fake_server.stop().await;
+    if postgres {
+        let name = database_url.rsplit_once('/').unwrap().1;
+        let mut connection = PgConnection::connect(&postgres_admin_url()).await.unwrap();
+        connection
+            .execute(format!(r#"DROP DATABASE "{name}" WITH (FORCE)"#).as_str())
+            .await
+            .unwrap();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_mid_send_is_resolved_by_the_next_process_on_sqlite() {
+    kill_mid_send_then_recover(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_mid_send_is_resolved_by_the_next_process_on_postgres() {
+    kill_mid_send_then_recover(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_sends_in_flight_and_exits_cleanly() {
+    let dir = std::env::temp_dir().join(format!("formid-term-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fake = FakeWeChat::new(Arc::new(SystemClock));
+    fake.register_app(APPID, "crash-secret");
+    fake.register_template(APPID, TEMPLATE);
+    let fake_server = FakeWeChatServer::start(fake.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let database_url = fresh_database(false, &dir).await;
+    let config = write_config(&dir, &database_url, &fake_server.base_url);
+    let mut gateway = Gateway::start(&config).await;
+    let client = reqwest::Client::new();
+    let credentials: Vec<_> = (0..3)
+        .map(|user| {
+            let openid = format!("o-term-{user}");
+            json!({"openid": openid, "kind": "form_id", "value": fake.mint_form_id(APPID, &openid)})
+        })
+        .collect();
+    client
+        .post(format!("{}/v1/apps/{APPID}/credentials", gateway.address))
+        .bearer_auth(KEY)
+        .json(&json!({"credentials": credentials}))
+        .send()
+        .await
+        .unwrap();
+    fake.set_latency(Duration::from_millis(1000));
+    let sends: Vec<_> = (0..3)
+        .map(|user| {
+            let request = client
+                .post(format!("{}/v1/apps/{APPID}/messages", gateway.address))
+                .bearer_auth(KEY)
+                .json(&json!({"touser": format!("o-term-{user}"), "template_id": TEMPLATE}));
+            tokio::spawn(async move {
+                request
+                    .send()
+                    .await
+                    .map(|response| response.status().as_u16())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    gateway.signal("TERM");
+    for send in sends {
+        assert_eq!(send.await.unwrap().unwrap(), 200, "in-flight sends finish");
+    }
+    assert!(gateway.wait_exit(Duration::from_secs(30)).success());
+    assert_eq!(ledger_counts(&database_url).await, (0, 0));
+    fake_server.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
