@@ -5,7 +5,7 @@
 //! each. Every time is Unix milliseconds handed in by the caller's clock.
 
 mod postgres;
-mod sql;
+pub mod sql;
 mod sqlite;
 
 use anyhow::Context;

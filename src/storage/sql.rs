@@ -1,4 +1,4 @@
-//! SQL shared by both backends. sqlx binds `$N` positionally on SQLite too, so
+//! SQL shared by both backends (public so that the benchmark runs the very same statements).
 //! one text serves both wherever the dialects agree; the few statements that
 //! differ live beside their backend.
 
