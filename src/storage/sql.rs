@@ -1,6 +1,7 @@
-//! SQL shared by both backends (public so that the benchmark runs the very same statements).
+//! SQL shared by both backends. sqlx binds `$N` positionally on SQLite too, so
 //! one text serves both wherever the dialects agree; the few statements that
-//! differ live beside their backend.
+//! differ live beside their backend. Public so that the benchmark runs the
+//! very same statements.
 
 pub const PING: &str = "SELECT 1";
 
