@@ -236,6 +236,7 @@ async fn kill_mid_send_then_recover(postgres: bool) {
         );
     }
     let (leased, pending) = ledger_counts(&database_url).await;
+    let delivered_before_restart = fake.sends().iter().filter(|send| send.delivered).count();
     assert!(
         leased > 0 && pending > 0,
         "the kill left sends in flight ({leased} leased, {pending} pending)"
@@ -279,6 +280,17 @@ async fn kill_mid_send_then_recover(postgres: bool) {
             }
         }
     }
+    let mut by_status: HashMap<&str, usize> = HashMap::new();
+    for (_, status) in &messages {
+        *by_status.entry(status.as_str()).or_default() += 1;
+    }
+    eprintln!(
+        "{}: at the kill {leased} credentials leased and {pending} messages pending, \
+         {delivered_before_restart} already delivered; after recovery {by_status:?}, \
+         {} users notified once, none twice",
+        if postgres { "postgres" } else { "sqlite" },
+        delivered_per_user.len()
+    );
     // Every form_id message ends known: probing resolves each of them.
     for user in 0..15 {
         let touser = format!("o-crash-{user}");

@@ -33,7 +33,14 @@ async fn three_instances_on_one_ledger_never_spend_a_credential_twice() {
             batch.push(json!({"openid": openid, "kind": "form_id", "value": app.fake.mint_form_id(APPID, &openid)}));
         }
         for _ in 0..2 {
-            batch.push(json!({"openid": openid, "kind": "prepay_id", "value": app.fake.mint_prepay_id(APPID, &openid)}));
+            // Collected a day earlier: they expire first, so the run spends them
+            // first and the lost answers land on prepay_ids with sends left.
+            batch.push(json!({
+                "openid": openid,
+                "kind": "prepay_id",
+                "value": app.fake.mint_prepay_id(APPID, &openid),
+                "collected_at": app.now_ms() - 86_400_000,
+            }));
         }
     }
     for chunk in batch.chunks(500) {
@@ -41,15 +48,20 @@ async fn three_instances_on_one_ledger_never_spend_a_credential_twice() {
         assert_eq!(answer.body["accepted"], chunk.len(), "{:?}", answer.body);
     }
     app.access_token().await;
-    // Answers lost after delivery, scattered through the run: form_ids are
-    // resolved by probing, prepay_ids count as spent and end unknown.
+    // Answers lost after delivery and busy answers, scattered through the
+    // run between normal calls (a zero hang is a normal answer), never five
+    // failures in a row, which would open the circuit on a clock that stands still.
+    let normal = || Fault::Hang(std::time::Duration::ZERO);
     let mut faults = Vec::new();
-    for i in 0..60 {
-        faults.push(if i % 3 == 0 {
-            Fault::DeliverThenFail(502)
-        } else {
-            Fault::Errcode(-1)
-        });
+    for _ in 0..30 {
+        faults.extend([
+            Fault::DeliverThenFail(502),
+            normal(),
+            normal(),
+            Fault::Errcode(-1),
+            normal(),
+            normal(),
+        ]);
     }
     app.fake.push_send_faults(faults);
 
@@ -145,6 +157,17 @@ async fn three_instances_on_one_ledger_never_spend_a_credential_twice() {
         delivered.values().sum::<usize>(),
         1_000,
         "every credential's every send was used"
+    );
+    let unknown: usize = by_status
+        .iter()
+        .filter(|(_, status, _)| status == "unknown")
+        .map(|(_, _, count)| *count as usize)
+        .sum();
+    eprintln!(
+        "three instances: answers by status {statuses:?}; ledger: {sent_total} sent, {unknown} unknown; \
+         WeChat delivered {} sends with {} distinct credentials",
+        delivered.values().sum::<usize>(),
+        delivered.len()
     );
     pool.close().await;
 }
