@@ -143,6 +143,8 @@ pub struct TokenSettings {
     pub lease_secs: i64,
     /// How long a caller waits for another instance's refresh.
     pub wait_ms: u64,
+    /// How long a process answers the token and quota block from memory.
+    pub cache_ms: i64,
 }
 
 impl Default for TokenSettings {
@@ -152,6 +154,7 @@ impl Default for TokenSettings {
             check_interval_secs: 30,
             lease_secs: 30,
             wait_ms: 15_000,
+            cache_ms: 1_000,
         }
     }
 }

@@ -6,7 +6,7 @@
 //! the previous token five minutes later, so concurrent fetches would make
 //! instances invalidate each other's tokens).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,6 +59,12 @@ pub struct TokenKeeper {
     /// does the same across processes. Without it, every request of this
     /// instance would hold "its" lease at once.
     single_flight: Arc<BTreeMap<String, tokio::sync::Mutex<()>>>,
+    /// The apps rows as last read, and when (clock ms). Every send reads its
+    /// app's token and quota block; for `tokens.cache_ms` this process
+    /// answers from memory. Safe because a replaced token keeps working for
+    /// five minutes, a rejected one is refreshed from the database, and a
+    /// 45009 seen here is written to the cache at once.
+    cache: Arc<std::sync::Mutex<HashMap<String, (i64, AppState)>>>,
 }
 
 impl TokenKeeper {
@@ -84,6 +90,35 @@ impl TokenKeeper {
             holder,
             settings,
             single_flight,
+            cache: Arc::default(),
+        }
+    }
+
+    /// The app's row, from memory when read less than `tokens.cache_ms` ago.
+    pub async fn app_state(&self, appid: &str) -> anyhow::Result<AppState> {
+        let now = self.clock.now_ms();
+        if let Some((read_at, state)) = self.cache.lock().expect("app cache").get(appid) {
+            if now - read_at < self.settings.cache_ms && now >= *read_at {
+                return Ok(state.clone());
+            }
+        }
+        self.read_state(appid).await
+    }
+
+    /// The app's row from the database, remembered.
+    async fn read_state(&self, appid: &str) -> anyhow::Result<AppState> {
+        let state = self.storage.app_state(appid).await?;
+        self.cache
+            .lock()
+            .expect("app cache")
+            .insert(appid.to_owned(), (self.clock.now_ms(), state.clone()));
+        Ok(state)
+    }
+
+    /// Records a 45009 block (already stored) in this process's cache.
+    pub fn note_blocked(&self, appid: &str, until_ms: i64) {
+        if let Some((_, state)) = self.cache.lock().expect("app cache").get_mut(appid) {
+            state.send_blocked_until = Some(until_ms);
         }
     }
 
@@ -131,8 +166,12 @@ impl TokenKeeper {
 
     async fn obtain(&self, appid: &str, stale: Option<&str>) -> Result<CurrentToken, TokenError> {
         let app = self.apps.get(appid).ok_or(TokenError::UnknownApp)?;
-        // The common case needs no lock: a usable token in the ledger.
-        let state = self.storage.app_state(appid).await?;
+        // The common case needs no lock: a usable token. A refresh compares
+        // against the database, never against what this process remembers.
+        let state = match stale {
+            None => self.app_state(appid).await?,
+            Some(_) => self.read_state(appid).await?,
+        };
         if let Some(token) = self.settled(&state, stale) {
             return Ok(token);
         }
@@ -142,7 +181,7 @@ impl TokenKeeper {
             .await
             .map_err(|_| TokenError::LeaseTimeout)?;
         loop {
-            let state = self.storage.app_state(appid).await?;
+            let state = self.read_state(appid).await?;
             if let Some(token) = self.settled(&state, stale) {
                 return Ok(token);
             }
@@ -188,7 +227,7 @@ impl TokenKeeper {
         stale: Option<&str>,
     ) -> Result<CurrentToken, TokenError> {
         // Someone may have stored a token between our read and our lease.
-        let state = self.storage.app_state(appid).await?;
+        let state = self.read_state(appid).await?;
         if let Some(token) = self.settled(&state, stale) {
             return Ok(token);
         }
@@ -210,6 +249,8 @@ impl TokenKeeper {
                     expires_in = issued.expires_in_secs,
                     "fetched an access token"
                 );
+                // What is in the database now, stored by us or by a later fetch.
+                let state = self.read_state(appid).await?;
                 if stored {
                     Ok(CurrentToken {
                         token: issued.token,
@@ -218,7 +259,6 @@ impl TokenKeeper {
                 } else {
                     // A fetch that started later won (possible only after a
                     // lease expired mid-fetch): its token is the current one.
-                    let state = self.storage.app_state(appid).await?;
                     self.settled(&state, None).ok_or(TokenError::LeaseTimeout)
                 }
             }

@@ -162,6 +162,18 @@ enum CredentialEnd {
     Next,
 }
 
+/// Where a run of the send path starts.
+enum Initial {
+    /// Claim the first credential (a message taken up again).
+    Claim,
+    /// The first claim was made with the message's creation.
+    Claimed(Option<ClaimedCredential>),
+    /// The app's daily quota is spent until then.
+    Blocked(i64),
+    /// A credential found leased to the message after a crash.
+    Recovered(ClaimedCredential),
+}
+
 /// How the send path first meets a credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Start {
@@ -217,7 +229,13 @@ impl Sender {
             wait_until,
             lease_until: now + self.settings.lease_ms,
         };
-        self.storage.create_message(&message, now).await?;
+        // 45009 earlier today: answer at once, without calling WeChat.
+        let blocked_until = self.tokens.app_state(appid).await?.send_blocked_until;
+        let blocked_until = blocked_until.filter(|until| *until > now);
+        let claim = blocked_until
+            .is_none()
+            .then_some(now + self.settings.safety_margin_ms);
+        let first = self.storage.create_message(&message, claim, now).await?;
         let job = Job {
             id: message.id,
             appid: appid.to_owned(),
@@ -226,13 +244,17 @@ impl Sender {
             at_least_once: request.at_least_once,
             wait_until,
         };
-        self.process(&job, None).await
+        match blocked_until {
+            Some(until_ms) => self.process(&job, Initial::Blocked(until_ms)).await,
+            None => self.process(&job, Initial::Claimed(first)).await,
+        }
     }
 
     /// Carries on with a stored message this process has leased (a waiting
     /// message that came due, or one whose worker died).
     pub async fn resume(&self, message: &StoredMessage) -> anyhow::Result<SendResult> {
-        self.process(&Job::from_stored(message)?, None).await
+        self.process(&Job::from_stored(message)?, Initial::Claim)
+            .await
     }
 
     /// Resolves a credential found leased after its holder died, by the rules
@@ -258,14 +280,12 @@ impl Sender {
             .lease_message(&message.id, now + self.settings.lease_ms)
             .await?;
         let job = Job::from_stored(&message)?;
-        self.process(&job, Some(credential)).await.map(Some)
+        self.process(&job, Initial::Recovered(credential))
+            .await
+            .map(Some)
     }
 
-    async fn process(
-        &self,
-        job: &Job,
-        recovered: Option<ClaimedCredential>,
-    ) -> anyhow::Result<SendResult> {
+    async fn process(&self, job: &Job, initial: Initial) -> anyhow::Result<SendResult> {
         let mut run = Run {
             sender: self,
             job,
@@ -273,7 +293,7 @@ impl Sender {
             token: None,
             parked: Vec::new(),
         };
-        let result = run.drive(recovered).await;
+        let result = run.drive(initial).await;
         // Fresh prepay_ids parked during this run go back now; a crash leaves
         // them to recovery, which finds them owned by no message.
         let parked = std::mem::take(&mut run.parked);
@@ -305,18 +325,27 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    async fn drive(&mut self, recovered: Option<ClaimedCredential>) -> anyhow::Result<SendResult> {
+    async fn drive(&mut self, initial: Initial) -> anyhow::Result<SendResult> {
         let sender = self.sender;
         let appid = self.job.appid.as_str();
-        // 45009 earlier today: answer at once, without calling WeChat. A
-        // recovered credential is resolved regardless: it may be in WeChat's hands.
-        if recovered.is_none() {
-            let blocked_until = sender.storage.app_state(appid).await?.send_blocked_until;
-            if let Some(until_ms) = blocked_until.filter(|until| *until > sender.clock.now_ms()) {
-                return self.finish(SendFailure::QuotaExhausted { until_ms }).await;
+        let mut next = match initial {
+            Initial::Blocked(until_ms) => {
+                return self.finish(SendFailure::QuotaExhausted { until_ms }).await
             }
-        }
-        let mut next = recovered.map(|credential| (credential, Start::Recovered));
+            Initial::Claimed(None) => return self.no_credential().await,
+            Initial::Claimed(Some(credential)) => Some((credential, Start::Fresh)),
+            // A recovered credential is resolved whatever the quota says: it
+            // may already be in WeChat's hands.
+            Initial::Recovered(credential) => Some((credential, Start::Recovered)),
+            Initial::Claim => {
+                let blocked_until = sender.tokens.app_state(appid).await?.send_blocked_until;
+                if let Some(until_ms) = blocked_until.filter(|until| *until > sender.clock.now_ms())
+                {
+                    return self.finish(SendFailure::QuotaExhausted { until_ms }).await;
+                }
+                None
+            }
+        };
         for _ in 0..sender.settings.max_attempts {
             let (credential, start) = match next.take() {
                 Some(recovered) => recovered,
@@ -570,6 +599,7 @@ impl Run<'_> {
                         Verdict::DailyQuotaExhausted => {
                             let until_ms = next_china_midnight_ms(sender.clock.now_ms());
                             sender.storage.block_sends(appid, until_ms).await?;
+                            sender.tokens.note_blocked(appid, until_ms);
                             SendFailure::QuotaExhausted { until_ms }
                         }
                         _ => SendFailure::Unexpected { errcode },

@@ -224,7 +224,15 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     ) -> anyhow::Result<Option<ClaimedCredential>>;
 
     /// Records a new message.
-    async fn create_message(&self, message: &NewMessage, now: i64) -> anyhow::Result<()>;
+    /// Records a new message and, when `claim_valid_after` is given, claims
+    /// its first credential (leased until the message's own lease) in the
+    /// same transaction: one write for the common start of a send.
+    async fn create_message(
+        &self,
+        message: &NewMessage,
+        claim_valid_after: Option<i64>,
+        now: i64,
+    ) -> anyhow::Result<Option<ClaimedCredential>>;
 
     /// In one transaction: settles a leased credential, records the attempt
     /// and, when given, the message's final state.

@@ -161,7 +161,13 @@ impl Storage for PostgresStorage {
         Ok(claimed)
     }
 
-    async fn create_message(&self, message: &NewMessage, now: i64) -> anyhow::Result<()> {
+    async fn create_message(
+        &self,
+        message: &NewMessage,
+        claim_valid_after: Option<i64>,
+        now: i64,
+    ) -> anyhow::Result<Option<ClaimedCredential>> {
+        let mut tx = self.begin_write().await?;
         sqlx::query(sql::CREATE_MESSAGE)
             .bind(&message.id)
             .bind(&message.appid)
@@ -173,10 +179,24 @@ impl Storage for PostgresStorage {
             .bind(message.wait_until)
             .bind(message.lease_until)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .context("recording the message")?;
-        Ok(())
+        let claimed = match claim_valid_after {
+            Some(valid_after) => sqlx::query_as(&sql::with_lock(sql::CLAIM, LOCK))
+                .bind(message.lease_until)
+                .bind(now)
+                .bind(&message.appid)
+                .bind(&message.touser)
+                .bind(valid_after)
+                .bind(&message.id)
+                .fetch_optional(&mut *tx)
+                .await
+                .context("claiming the message's first credential")?,
+            None => None,
+        };
+        tx.commit().await.context("committing the message")?;
+        Ok(claimed)
     }
 
     async fn record_attempt(

@@ -50,7 +50,10 @@ impl TestApp {
             wait_until: None,
             lease_until: now + 120_000,
         };
-        self.storage.create_message(&message, now).await.unwrap();
+        self.storage
+            .create_message(&message, None, now)
+            .await
+            .unwrap();
         let claimed = self
             .storage
             .claim_credential(APPID, openid, &id, now + 60_000, now + 120_000, now)
@@ -248,7 +251,7 @@ on_both_backends! {
             wait_until: None,
             lease_until: now + 120_000,
         };
-        app.storage.create_message(&message, now).await.unwrap();
+        app.storage.create_message(&message, None, now).await.unwrap();
         app.advance(Duration::seconds(121));
         let report = app.recovery.run_once().await.unwrap();
         assert_eq!((report.credentials, report.messages), (0, 1));

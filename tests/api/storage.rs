@@ -55,7 +55,7 @@ on_both_backends! {
             wait_until: None,
             lease_until: now + 1,
         };
-        app.storage.create_message(&message, now).await.unwrap();
+        app.storage.create_message(&message, None, now).await.unwrap();
         let first = app.storage.claim_credential(APPID, "o-order", &message.id, now, now + 1, now).await.unwrap().unwrap();
         assert_eq!(first.value, "early");
         assert_eq!(first.lease_message_id.as_deref(), Some(message.id.as_str()));
