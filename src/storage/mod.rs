@@ -5,6 +5,7 @@
 //! each. Every time is Unix milliseconds handed in by the caller's clock.
 
 mod postgres;
+mod shared;
 pub mod sql;
 mod sqlite;
 

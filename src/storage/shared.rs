@@ -1,0 +1,587 @@
+//! The body of [`Storage`] shared by both backends, as a macro.
+//!
+//! The SQLite and PostgreSQL implementations differ only in how they connect,
+//! how a write transaction begins (`BEGIN IMMEDIATE` on SQLite) and whether a
+//! claim adds `FOR UPDATE SKIP LOCKED`; every statement and every binding is
+//! the same. sqlx's `Any` driver would blur the dialects and generic code
+//! over `sqlx::Database` drowns in trait bounds, so the one body is written
+//! once here and stamped out for each backend type, which must have `writer`
+//! and `reader` pools and a `begin_write` method.
+
+/// Implements [`Storage`](crate::storage::Storage) for `$storage` on database `$db`,
+/// with `$lock` filling the `{lock}` slot of claim statements.
+macro_rules! impl_storage {
+    ($storage:ty, $db:ty, $lock:expr) => {
+        #[async_trait::async_trait]
+        impl $crate::storage::Storage for $storage {
+            async fn ping(&self) -> anyhow::Result<()> {
+                sqlx::query(sql::PING)
+                    .execute(&self.reader)
+                    .await
+                    .context("pinging the database")?;
+                Ok(())
+            }
+
+            async fn ensure_app(&self, appid: &str) -> anyhow::Result<()> {
+                sqlx::query(sql::ENSURE_APP)
+                    .bind(appid)
+                    .execute(&self.writer)
+                    .await
+                    .context("inserting the app row")?;
+                Ok(())
+            }
+
+            async fn insert_credentials(
+                &self,
+                appid: &str,
+                items: &[NewCredential],
+                now: i64,
+            ) -> anyhow::Result<Vec<InsertOutcome>> {
+                let mut tx = self.begin_write().await?;
+                let mut inserted = HashSet::new();
+                for chunk in items.chunks(INSERT_CHUNK) {
+                    let mut builder = sqlx::QueryBuilder::<$db>::new(sql::INSERT_CREDENTIALS_HEAD);
+                    Self::push_credential_values(&mut builder, appid, chunk, now);
+                    builder.push(sql::INSERT_CREDENTIALS_TAIL);
+                    let rows: Vec<(String, String)> = builder
+                        .build_query_as()
+                        .fetch_all(&mut *tx)
+                        .await
+                        .context("inserting credentials")?;
+                    inserted.extend(rows);
+                }
+                let mut outcomes = Vec::with_capacity(items.len());
+                for item in items {
+                    let key = (item.kind.as_str().to_owned(), item.value.clone());
+                    let outcome = if inserted.remove(&key) {
+                        InsertOutcome::Inserted
+                    } else {
+                        let owner: String = sqlx::query_scalar(sql::CREDENTIAL_OWNER)
+                            .bind(appid)
+                            .bind(item.kind.as_str())
+                            .bind(&item.value)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .context("looking up the owner of a known credential")?;
+                        owner_outcome(&owner, item)
+                    };
+                    outcomes.push(outcome);
+                }
+                tx.commit().await.context("committing credentials")?;
+                Ok(outcomes)
+            }
+
+            async fn quota(
+                &self,
+                appid: &str,
+                openid: &str,
+                valid_after: i64,
+            ) -> anyhow::Result<Vec<KindQuota>> {
+                sqlx::query_as(sql::QUOTA)
+                    .bind(appid)
+                    .bind(openid)
+                    .bind(valid_after)
+                    .fetch_all(&self.reader)
+                    .await
+                    .context("reading the user's quota")
+            }
+
+            async fn claim_credential(
+                &self,
+                appid: &str,
+                openid: &str,
+                message_id: &str,
+                valid_after: i64,
+                lease_until: i64,
+                now: i64,
+            ) -> anyhow::Result<Option<ClaimedCredential>> {
+                let mut tx = self.begin_write().await?;
+                let claimed: Option<ClaimedCredential> = sqlx::query_as(&sql::with_lock(sql::CLAIM, $lock))
+                    .bind(lease_until)
+                    .bind(now)
+                    .bind(appid)
+                    .bind(openid)
+                    .bind(valid_after)
+                    .bind(message_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .context("claiming a credential")?;
+                if claimed.is_some() {
+                    sqlx::query(sql::LEASE_MESSAGE)
+                        .bind(message_id)
+                        .bind(lease_until)
+                        .execute(&mut *tx)
+                        .await
+                        .context("renewing the message lease")?;
+                }
+                tx.commit().await.context("committing the claim")?;
+                Ok(claimed)
+            }
+
+            async fn create_message(
+                &self,
+                message: &NewMessage,
+                claim_valid_after: Option<i64>,
+                now: i64,
+            ) -> anyhow::Result<Option<ClaimedCredential>> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query(sql::CREATE_MESSAGE)
+                    .bind(&message.id)
+                    .bind(&message.appid)
+                    .bind(&message.touser)
+                    .bind(&message.template_id)
+                    .bind(&message.payload)
+                    .bind(message.status)
+                    .bind(message.delivery)
+                    .bind(message.wait_until)
+                    .bind(message.lease_until)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .context("recording the message")?;
+                let claimed = match claim_valid_after {
+                    Some(valid_after) => sqlx::query_as(&sql::with_lock(sql::CLAIM, $lock))
+                        .bind(message.lease_until)
+                        .bind(now)
+                        .bind(&message.appid)
+                        .bind(&message.touser)
+                        .bind(valid_after)
+                        .bind(&message.id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .context("claiming the message's first credential")?,
+                    None => None,
+                };
+                tx.commit().await.context("committing the message")?;
+                Ok(claimed)
+            }
+
+            async fn record_attempt(
+                &self,
+                message_id: &str,
+                attempt: &NewAttempt,
+                settlement: Option<(i64, Settlement)>,
+                outcome: Option<&MessageOutcome>,
+                now: i64,
+            ) -> anyhow::Result<()> {
+                let mut tx = self.begin_write().await?;
+                if let Some((credential_id, settlement)) = settlement {
+                    if let Some(query) = Self::settle_query(credential_id, settlement, now) {
+                        query
+                            .execute(&mut *tx)
+                            .await
+                            .context("settling the credential")?;
+                    }
+                }
+                Self::attempt_query(message_id, attempt, now)
+                    .execute(&mut *tx)
+                    .await
+                    .context("recording the attempt")?;
+                if let Some(outcome) = outcome {
+                    Self::finish_query(message_id, outcome, now)
+                        .execute(&mut *tx)
+                        .await
+                        .context("finishing the message")?;
+                }
+                tx.commit().await.context("committing the attempt")?;
+                Ok(())
+            }
+
+            async fn finish_message(
+                &self,
+                message_id: &str,
+                outcome: &MessageOutcome,
+                now: i64,
+            ) -> anyhow::Result<()> {
+                Self::finish_query(message_id, outcome, now)
+                    .execute(&self.writer)
+                    .await
+                    .context("finishing the message")?;
+                Ok(())
+            }
+
+            async fn wait_message(
+                &self,
+                message_id: &str,
+                next_attempt_at: i64,
+                now: i64,
+            ) -> anyhow::Result<()> {
+                sqlx::query(sql::WAIT_MESSAGE)
+                    .bind(message_id)
+                    .bind(next_attempt_at)
+                    .bind(now)
+                    .execute(&self.writer)
+                    .await
+                    .context("keeping the message waiting")?;
+                Ok(())
+            }
+
+            async fn nudge_waiting(&self, appid: &str, openids: &[String], now: i64) -> anyhow::Result<()> {
+                if openids.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.begin_write().await?;
+                for openid in openids {
+                    sqlx::query(sql::NUDGE_WAITING)
+                        .bind(appid)
+                        .bind(openid)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .context("waking waiting messages")?;
+                }
+                tx.commit().await.context("committing the wake-up")?;
+                Ok(())
+            }
+
+            async fn claim_due_waiting(
+                &self,
+                now: i64,
+                lease_until: i64,
+                limit: i64,
+            ) -> anyhow::Result<Vec<StoredMessage>> {
+                sqlx::query_as(&sql::with_lock(sql::CLAIM_DUE_WAITING, $lock))
+                    .bind(lease_until)
+                    .bind(now)
+                    .bind(limit)
+                    .fetch_all(&self.writer)
+                    .await
+                    .context("taking due waiting messages")
+            }
+
+            async fn claim_expired_leases(
+                &self,
+                now: i64,
+                lease_until: i64,
+                limit: i64,
+            ) -> anyhow::Result<Vec<ClaimedCredential>> {
+                sqlx::query_as(&sql::with_lock(sql::CLAIM_EXPIRED_LEASES, $lock))
+                    .bind(lease_until)
+                    .bind(now)
+                    .bind(limit)
+                    .fetch_all(&self.writer)
+                    .await
+                    .context("taking credentials with expired leases")
+            }
+
+            async fn claim_stale_messages(
+                &self,
+                now: i64,
+                lease_until: i64,
+                limit: i64,
+            ) -> anyhow::Result<Vec<StoredMessage>> {
+                sqlx::query_as(&sql::with_lock(sql::CLAIM_STALE_MESSAGES, $lock))
+                    .bind(lease_until)
+                    .bind(now)
+                    .bind(limit)
+                    .fetch_all(&self.writer)
+                    .await
+                    .context("taking unfinished messages")
+            }
+
+            async fn stored_message(&self, id: &str) -> anyhow::Result<Option<StoredMessage>> {
+                sqlx::query_as(sql::STORED_MESSAGE)
+                    .bind(id)
+                    .fetch_optional(&self.reader)
+                    .await
+                    .context("reading a stored message")
+            }
+
+            async fn lease_message(&self, id: &str, lease_until: i64) -> anyhow::Result<()> {
+                sqlx::query(sql::LEASE_MESSAGE)
+                    .bind(id)
+                    .bind(lease_until)
+                    .execute(&self.writer)
+                    .await
+                    .context("leasing a message")?;
+                Ok(())
+            }
+
+            async fn begin_idempotent(
+                &self,
+                appid: &str,
+                key: &str,
+                request_hash: &str,
+                message_id: &str,
+                now: i64,
+                expires_at: i64,
+            ) -> anyhow::Result<IdempotencyBegin> {
+                let mut tx = self.begin_write().await?;
+                let taken: Option<String> = sqlx::query_scalar(sql::BEGIN_IDEMPOTENT)
+                    .bind(appid)
+                    .bind(key)
+                    .bind(request_hash)
+                    .bind(message_id)
+                    .bind(now)
+                    .bind(expires_at)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .context("taking the idempotency key")?;
+                let begin = match taken {
+                    Some(_) => IdempotencyBegin::Started,
+                    None => IdempotencyBegin::Existing(
+                        sqlx::query_as(sql::IDEMPOTENCY_RECORD)
+                            .bind(appid)
+                            .bind(key)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .context("reading the idempotency key")?,
+                    ),
+                };
+                tx.commit()
+                    .await
+                    .context("committing the idempotency key")?;
+                Ok(begin)
+            }
+
+            async fn complete_idempotent(
+                &self,
+                appid: &str,
+                key: &str,
+                message_id: &str,
+                status: u16,
+                body: &str,
+            ) -> anyhow::Result<()> {
+                sqlx::query(sql::COMPLETE_IDEMPOTENT)
+                    .bind(appid)
+                    .bind(key)
+                    .bind(message_id)
+                    .bind(i64::from(status))
+                    .bind(body)
+                    .execute(&self.writer)
+                    .await
+                    .context("storing the idempotent answer")?;
+                Ok(())
+            }
+
+            async fn release_credentials(&self, ids: &[i64], now: i64) -> anyhow::Result<()> {
+                if ids.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.begin_write().await?;
+                for id in ids {
+                    sqlx::query(sql::SETTLE_RELEASED)
+                        .bind(id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await
+                        .context("releasing a credential")?;
+                }
+                tx.commit().await.context("committing the release")?;
+                Ok(())
+            }
+
+            async fn message(
+                &self,
+                appid: &str,
+                id: &str,
+            ) -> anyhow::Result<Option<(MessageRow, Vec<AttemptRow>)>> {
+                let Some(message) = sqlx::query_as::<_, MessageRow>(sql::MESSAGE)
+                    .bind(appid)
+                    .bind(id)
+                    .fetch_optional(&self.reader)
+                    .await
+                    .context("reading the message")?
+                else {
+                    return Ok(None);
+                };
+                let attempts = sqlx::query_as(sql::ATTEMPTS)
+                    .bind(id)
+                    .fetch_all(&self.reader)
+                    .await
+                    .context("reading the message's attempts")?;
+                Ok(Some((message, attempts)))
+            }
+
+            async fn app_state(&self, appid: &str) -> anyhow::Result<AppState> {
+                let state = sqlx::query_as(sql::APP_STATE)
+                    .bind(appid)
+                    .fetch_optional(&self.reader)
+                    .await
+                    .context("reading the app row")?;
+                Ok(state.unwrap_or_default())
+            }
+
+            async fn try_lease_token_refresh(
+                &self,
+                appid: &str,
+                holder: &str,
+                now: i64,
+                until: i64,
+            ) -> anyhow::Result<bool> {
+                let done = sqlx::query(sql::LEASE_TOKEN_REFRESH)
+                    .bind(appid)
+                    .bind(holder)
+                    .bind(now)
+                    .bind(until)
+                    .execute(&self.writer)
+                    .await
+                    .context("taking the token-refresh lease")?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn release_token_refresh(&self, appid: &str, holder: &str) -> anyhow::Result<()> {
+                sqlx::query(sql::RELEASE_TOKEN_REFRESH)
+                    .bind(appid)
+                    .bind(holder)
+                    .execute(&self.writer)
+                    .await
+                    .context("releasing the token-refresh lease")?;
+                Ok(())
+            }
+
+            async fn store_token(
+                &self,
+                appid: &str,
+                token: &str,
+                expires_at: i64,
+                fetched_at: i64,
+            ) -> anyhow::Result<bool> {
+                let done = sqlx::query(sql::STORE_TOKEN)
+                    .bind(appid)
+                    .bind(token)
+                    .bind(expires_at)
+                    .bind(fetched_at)
+                    .execute(&self.writer)
+                    .await
+                    .context("storing the access token")?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn block_sends(&self, appid: &str, until: i64) -> anyhow::Result<()> {
+                sqlx::query(sql::BLOCK_SENDS)
+                    .bind(appid)
+                    .bind(until)
+                    .execute(&self.writer)
+                    .await
+                    .context("blocking the app's sends")?;
+                Ok(())
+            }
+
+            async fn sweep(
+                &self,
+                now: i64,
+                credential_retention_ms: i64,
+                message_retention_ms: i64,
+            ) -> anyhow::Result<SweepReport> {
+                let mut report = SweepReport {
+                    expired: sqlx::query(sql::MARK_EXPIRED)
+                        .bind(now)
+                        .execute(&self.writer)
+                        .await
+                        .context("marking expired credentials")?
+                        .rows_affected(),
+                    ..SweepReport::default()
+                };
+                for (statement, cutoff, counter) in [
+                    (
+                        sql::DELETE_OLD_CREDENTIALS,
+                        now - credential_retention_ms,
+                        &mut report.deleted_credentials,
+                    ),
+                    (
+                        sql::DELETE_OLD_MESSAGES,
+                        now - message_retention_ms,
+                        &mut report.deleted_messages,
+                    ),
+                    (
+                        sql::DELETE_OLD_IDEMPOTENCY_KEYS,
+                        now,
+                        &mut report.deleted_idempotency_keys,
+                    ),
+                ] {
+                    loop {
+                        let deleted = sqlx::query(statement)
+                            .bind(cutoff)
+                            .bind(sql::SWEEP_BATCH)
+                            .execute(&self.writer)
+                            .await
+                            .context("deleting old rows")?
+                            .rows_affected();
+                        *counter += deleted;
+                        if deleted < sql::SWEEP_BATCH as u64 {
+                            break;
+                        }
+                    }
+                }
+                Ok(report)
+            }
+        }
+
+        impl $storage {
+            fn push_credential_values<'a>(
+                builder: &mut sqlx::QueryBuilder<'a, $db>,
+                appid: &'a str,
+                items: &'a [NewCredential],
+                now: i64,
+            ) {
+                builder.push_values(items, |mut row, item| {
+                    row.push_bind(appid)
+                        .push_bind(&item.openid)
+                        .push_bind(item.kind.as_str())
+                        .push_bind(&item.value)
+                        .push_bind(item.uses)
+                        .push_bind("available")
+                        .push_bind(item.collected_at)
+                        .push_bind(item.expires_at)
+                        .push_bind(now)
+                        .push_bind(now);
+                });
+            }
+
+            fn settle_query(
+                credential_id: i64,
+                settlement: Settlement,
+                now: i64,
+            ) -> Option<sqlx::query::Query<'static, $db, <$db as sqlx::Database>::Arguments<'static>>> {
+                let query = match settlement {
+                    Settlement::Spent => sqlx::query(sql::SETTLE_SPENT),
+                    Settlement::Released => sqlx::query(sql::SETTLE_RELEASED),
+                    Settlement::Retired { errcode } => {
+                        return Some(
+                            sqlx::query(sql::SETTLE_RETIRED)
+                                .bind(credential_id)
+                                .bind(now)
+                                .bind(errcode),
+                        )
+                    }
+                    Settlement::Parked { until } => {
+                        return Some(
+                            sqlx::query(sql::SETTLE_PARKED)
+                                .bind(credential_id)
+                                .bind(now)
+                                .bind(until),
+                        )
+                    }
+                    Settlement::Kept => return None,
+                };
+                Some(query.bind(credential_id).bind(now))
+            }
+
+            fn attempt_query<'q>(message_id: &'q str, attempt: &'q NewAttempt, now: i64) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>> {
+                sqlx::query(sql::INSERT_ATTEMPT)
+                    .bind(message_id)
+                    .bind(attempt.credential_id)
+                    .bind(attempt.credential_kind.map(CredentialKind::as_str))
+                    .bind(attempt.errcode)
+                    .bind(attempt.outcome)
+                    .bind(attempt.detail.as_deref())
+                    .bind(now)
+            }
+
+            fn finish_query<'q>(message_id: &'q str, outcome: &'q MessageOutcome, now: i64) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>> {
+                sqlx::query(sql::FINISH_MESSAGE)
+                    .bind(message_id)
+                    .bind(outcome.status)
+                    .bind(outcome.error_code)
+                    .bind(outcome.wechat_errcode)
+                    .bind(now)
+            }
+        }
+    };
+}
+
+pub(crate) use impl_storage;
+
+/// Rows per multi-row INSERT, well inside both databases' bind limits.
+pub(crate) const INSERT_CHUNK: usize = 500;
