@@ -126,15 +126,9 @@ pub async fn collect(
     };
     let mut accepted = 0;
     let mut duplicates = 0;
-    let mut credited = Vec::new();
-    for ((credential, index), outcome) in valid.iter().zip(valid_indexes).zip(outcomes) {
+    for (index, outcome) in valid_indexes.into_iter().zip(outcomes) {
         match outcome {
-            InsertOutcome::Inserted => {
-                accepted += 1;
-                if !credited.contains(&credential.openid) {
-                    credited.push(credential.openid.clone());
-                }
-            }
+            InsertOutcome::Inserted => accepted += 1,
             InsertOutcome::Duplicate => duplicates += 1,
             InsertOutcome::OwnedByAnotherUser => {
                 let rejection = ItemRejection {
@@ -152,11 +146,6 @@ pub async fn collect(
             }
         }
     }
-    // Messages waiting for these users are due now.
-    context
-        .storage
-        .nudge_waiting(&appid, &credited, now_ms)
-        .await?;
     rejected.sort_by_key(|rejection| rejection.index);
     Ok(HttpResponse::Ok().json(json!({
         "accepted": accepted,

@@ -195,7 +195,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// Makes sure the per-app row exists.
     async fn ensure_app(&self, appid: &str) -> anyhow::Result<()>;
 
-    /// Stores credentials of one app, one outcome per item in order.
+    /// Stores credentials of one app, one outcome per item in order, and
+    /// makes the waiting messages of the users who got one due now.
     async fn insert_credentials(
         &self,
         appid: &str,
@@ -262,9 +263,6 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         next_attempt_at: i64,
         now: i64,
     ) -> anyhow::Result<()>;
-
-    /// Makes the waiting messages of these users due now.
-    async fn nudge_waiting(&self, appid: &str, openids: &[String], now: i64) -> anyhow::Result<()>;
 
     /// Takes up to `limit` due waiting messages, leasing them until `lease_until`.
     async fn claim_due_waiting(

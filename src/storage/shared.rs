@@ -67,6 +67,36 @@ macro_rules! impl_storage {
                     };
                     outcomes.push(outcome);
                 }
+                // Messages waiting for these users are due now: one statement,
+                // in the same transaction, served by the partial index on
+                // waiting messages (nothing to scan when none wait).
+                let mut credited: Vec<&str> = items
+                    .iter()
+                    .zip(&outcomes)
+                    .filter(|(_, outcome)| **outcome == InsertOutcome::Inserted)
+                    .map(|(item, _)| item.openid.as_str())
+                    .collect();
+                credited.sort_unstable();
+                credited.dedup();
+                for users in credited.chunks(INSERT_CHUNK) {
+                    let mut builder = sqlx::QueryBuilder::<$db>::new(sql::NUDGE_WAITING_HEAD);
+                    builder.push_bind(now);
+                    builder.push(" WHERE status = 'waiting' AND next_attempt_at > ");
+                    builder.push_bind(now);
+                    builder.push(" AND appid = ");
+                    builder.push_bind(appid);
+                    builder.push(" AND touser IN (");
+                    let mut list = builder.separated(", ");
+                    for user in users {
+                        list.push_bind(*user);
+                    }
+                    builder.push(")");
+                    builder
+                        .build()
+                        .execute(&mut *tx)
+                        .await
+                        .context("waking waiting messages")?;
+                }
                 tx.commit().await.context("committing credentials")?;
                 Ok(outcomes)
             }
@@ -213,24 +243,6 @@ macro_rules! impl_storage {
                     .execute(&self.writer)
                     .await
                     .context("keeping the message waiting")?;
-                Ok(())
-            }
-
-            async fn nudge_waiting(&self, appid: &str, openids: &[String], now: i64) -> anyhow::Result<()> {
-                if openids.is_empty() {
-                    return Ok(());
-                }
-                let mut tx = self.begin_write().await?;
-                for openid in openids {
-                    sqlx::query(sql::NUDGE_WAITING)
-                        .bind(appid)
-                        .bind(openid)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await
-                        .context("waking waiting messages")?;
-                }
-                tx.commit().await.context("committing the wake-up")?;
                 Ok(())
             }
 

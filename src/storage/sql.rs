@@ -82,9 +82,9 @@ pub const CLAIM_DUE_WAITING: &str = "UPDATE messages \
         ORDER BY next_attempt_at LIMIT $3 {lock}) \
     RETURNING id, appid, touser, template_id, payload, status, delivery, wait_until";
 
-/// A new credential for a user makes their waiting messages due now.
-pub const NUDGE_WAITING: &str = "UPDATE messages SET next_attempt_at = $3 \
-    WHERE appid = $1 AND touser = $2 AND status = 'waiting' AND next_attempt_at > $3";
+/// A new credential for a user makes their waiting messages due now; the
+/// conditions and the list of users follow.
+pub const NUDGE_WAITING_HEAD: &str = "UPDATE messages SET next_attempt_at = ";
 
 /// Leased credentials whose holder died: re-leased to the recovering instance.
 pub const CLAIM_EXPIRED_LEASES: &str = "UPDATE credentials \
