@@ -55,4 +55,4 @@ impl PostgresStorage {
 
 // SKIP LOCKED: a concurrent claim passes over the row another claim is
 // leasing and takes the next one, instead of waiting and then finding it gone.
-impl_storage!(PostgresStorage, sqlx::Postgres, "FOR UPDATE SKIP LOCKED");
+impl_storage!(PostgresStorage, sqlx::Postgres, "FOR UPDATE SKIP LOCKED", cte_writes: true);

@@ -1,0 +1,257 @@
+//! HTTP work: minting credentials on the fake, posting them to the gateway,
+//! and the request bodies of each measured operation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rand::Rng;
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+use crate::load::Outcome;
+
+/// The bench's API key (collect and send on every app).
+pub const API_KEY: &str = "bench-key-0123456789abcdef";
+pub const SECRET: &str = "benchsecret";
+pub const TEMPLATE: &str = "BENCH_TEMPLATE";
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()
+        .expect("building the HTTP client")
+}
+
+/// Mints `per_user` prepay_ids for each user on the fake, concurrently.
+/// Returns (openid, prepay_id) pairs, user-major.
+pub async fn mint_prepay_ids(
+    http: &reqwest::Client,
+    fake: &str,
+    appid: &str,
+    users: &[String],
+    per_user: usize,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let slots = Arc::new(Semaphore::new(64));
+    let mut tasks = Vec::with_capacity(users.len());
+    for user in users {
+        let (http, slots) = (http.clone(), slots.clone());
+        let url = format!("{fake}/fake/apps/{appid}/users/{user}/prepay_id");
+        let user = user.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = slots.acquire_owned().await?;
+            let mut minted = Vec::with_capacity(per_user);
+            for _ in 0..per_user {
+                let reply: Value = http.post(&url).send().await?.json().await?;
+                let value = reply["prepay_id"]
+                    .as_str()
+                    .context("the fake did not mint a prepay_id")?;
+                minted.push((user.clone(), value.to_owned()));
+            }
+            anyhow::Ok(minted)
+        }));
+    }
+    let mut all = Vec::with_capacity(users.len() * per_user);
+    for task in tasks {
+        all.extend(task.await??);
+    }
+    Ok(all)
+}
+
+/// Posts credentials to the gateway in batches of 500, a few batches at once.
+pub async fn post_credentials(
+    http: &reqwest::Client,
+    gateway: &str,
+    appid: &str,
+    kind: &str,
+    items: &[(String, String)],
+) -> anyhow::Result<()> {
+    let slots = Arc::new(Semaphore::new(4));
+    let mut tasks = Vec::new();
+    for chunk in items.chunks(500) {
+        let body = json!({
+            "credentials": chunk
+                .iter()
+                .map(|(openid, value)| json!({"openid": openid, "kind": kind, "value": value}))
+                .collect::<Vec<_>>()
+        });
+        let (http, slots) = (http.clone(), slots.clone());
+        let url = format!("{gateway}/v1/apps/{appid}/credentials");
+        let expected = chunk.len() as u64;
+        tasks.push(tokio::spawn(async move {
+            let _permit = slots.acquire_owned().await?;
+            let reply = http
+                .post(&url)
+                .bearer_auth(API_KEY)
+                .json(&body)
+                .send()
+                .await?;
+            let status = reply.status();
+            let reply: Value = reply.json().await?;
+            if !status.is_success() || reply["accepted"].as_u64() != Some(expected) {
+                bail!("collection answered {status}: {reply}");
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+/// Mints and collects enough prepay_ids for `sends` sends spread over at most
+/// `max_users` users named `{prefix}{n}`; returns the users.
+pub async fn seed_users(
+    http: &reqwest::Client,
+    fake: &str,
+    gateway: &str,
+    appid: &str,
+    prefix: &str,
+    sends: u64,
+    max_users: usize,
+) -> anyhow::Result<Vec<String>> {
+    let prepay_ids = sends.div_ceil(3) as usize;
+    let users_n = max_users.min(prepay_ids).max(1);
+    let per_user = prepay_ids.div_ceil(users_n);
+    let users: Vec<String> = (0..users_n).map(|n| format!("{prefix}{n}")).collect();
+    let minted = mint_prepay_ids(http, fake, appid, &users, per_user).await?;
+    post_credentials(http, gateway, appid, "prepay_id", &minted).await?;
+    Ok(users)
+}
+
+/// A request body for a template message to `touser`.
+pub fn message(touser: &str, form_id: Option<&str>) -> Value {
+    let mut body = json!({
+        "touser": touser,
+        "template_id": TEMPLATE,
+        "page": "pages/order/detail?id=1",
+        "data": {"keyword1": {"value": "Order 1024"}, "keyword2": {"value": "shipped"}},
+    });
+    if let Some(form_id) = form_id {
+        body["form_id"] = form_id.into();
+    }
+    body
+}
+
+/// One gateway send, round-robin over the users.
+pub async fn gateway_send(
+    http: reqwest::Client,
+    url: Arc<String>,
+    users: Arc<Vec<String>>,
+    n: u64,
+) -> Outcome {
+    let user = &users[(n % users.len() as u64) as usize];
+    let reply = match http
+        .post(url.as_str())
+        .bearer_auth(API_KEY)
+        .json(&message(user, None))
+        .send()
+        .await
+    {
+        Ok(reply) => reply,
+        Err(error) => return Outcome::Fail(format!("transport: {error}")),
+    };
+    let status = reply.status().as_u16();
+    let body = reply.bytes().await.unwrap_or_default();
+    match status {
+        200 => Outcome::Ok(1),
+        409 if String::from_utf8_lossy(&body).contains("no_credential") => Outcome::Exhausted,
+        _ => Outcome::Fail(format!(
+            "{status} {}",
+            String::from_utf8_lossy(&body)
+                .chars()
+                .take(160)
+                .collect::<String>()
+        )),
+    }
+}
+
+/// One template send straight to the fake, with the next credential of the pool.
+pub async fn fake_send(
+    http: reqwest::Client,
+    url: Arc<String>,
+    pool: Arc<Vec<(String, String)>>,
+    n: u64,
+) -> Outcome {
+    // A prepay_id gives three sends.
+    let Some((user, value)) = pool.get((n / 3) as usize) else {
+        return Outcome::Exhausted;
+    };
+    let reply = match http
+        .post(url.as_str())
+        .json(&message(user, Some(value)))
+        .send()
+        .await
+    {
+        Ok(reply) => reply,
+        Err(error) => return Outcome::Fail(format!("transport: {error}")),
+    };
+    match reply.json::<Value>().await {
+        Ok(body) if body["errcode"].as_i64() == Some(0) => Outcome::Ok(1),
+        Ok(body) => Outcome::Fail(format!("errcode {}", body["errcode"])),
+        Err(error) => Outcome::Fail(format!("body: {error}")),
+    }
+}
+
+/// The fake's access token for an app.
+pub async fn fake_token(http: &reqwest::Client, fake: &str, appid: &str) -> anyhow::Result<String> {
+    let reply: Value = http
+        .get(format!("{fake}/cgi-bin/token"))
+        .query(&[
+            ("grant_type", "client_credential"),
+            ("appid", appid),
+            ("secret", SECRET),
+        ])
+        .send()
+        .await?
+        .json()
+        .await?;
+    reply["access_token"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("no token from the fake: {reply}"))
+}
+
+/// One collection request of `batch` fresh form_ids for users `{prefix}{n}`.
+pub async fn collect(
+    http: reqwest::Client,
+    url: Arc<String>,
+    prefix: Arc<String>,
+    batch: usize,
+    n: u64,
+) -> Outcome {
+    let item = |i: u64| {
+        let value: String = {
+            let mut rng = rand::thread_rng();
+            (0..32)
+                .map(|_| char::from(b"0123456789abcdef"[rng.gen_range(0..16)]))
+                .collect()
+        };
+        json!({"openid": format!("{prefix}{}", i % 5_000), "kind": "form_id", "value": value})
+    };
+    let body = if batch == 1 {
+        item(n)
+    } else {
+        json!({"credentials": (0..batch as u64).map(|i| item(n * batch as u64 + i)).collect::<Vec<_>>()})
+    };
+    let reply = match http
+        .post(url.as_str())
+        .bearer_auth(API_KEY)
+        .json(&body)
+        .send()
+        .await
+    {
+        Ok(reply) => reply,
+        Err(error) => return Outcome::Fail(format!("transport: {error}")),
+    };
+    let status = reply.status().as_u16();
+    match reply.json::<Value>().await {
+        Ok(body) if status == 200 || status == 201 => {
+            Outcome::Ok(body["accepted"].as_u64().unwrap_or(0))
+        }
+        Ok(body) => Outcome::Fail(format!("{status} {body}")),
+        Err(error) => Outcome::Fail(format!("{status} body: {error}")),
+    }
+}

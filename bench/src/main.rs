@@ -1,0 +1,643 @@
+//! `formid-bench`: the benchmark of formid-gateway (see BENCHMARKS.md).
+//!
+//! `formid-bench run` drives everything: for each backend and each upstream
+//! latency it starts the fake WeChat and the gateway as separate processes
+//! (the release binary), seeds credentials over HTTP, and measures with
+//! closed-loop clients in this process. The limits (the fake hit directly,
+//! the bare claim and the bare batched insert on the same database) are
+//! measured in the same run. `formid-bench report FILE` prints the tables.
+
+mod db;
+mod http;
+mod load;
+mod procs;
+mod report;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+
+use crate::db::LimitDb;
+use crate::load::{closed_loop, Stats};
+use crate::procs::{wait_until_up, Proc};
+
+#[derive(Parser)]
+#[command(about = "Benchmark of formid-gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs the whole benchmark and writes bench/results/.
+    Run(RunArgs),
+    /// Prints the tables of a results file as Markdown.
+    Report { file: PathBuf },
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    /// The release binary of the gateway.
+    #[arg(long, default_value = "target/release/formid-gateway")]
+    gateway_bin: PathBuf,
+    #[arg(long, default_value = "bench/results")]
+    out_dir: PathBuf,
+    #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
+    backends: Vec<String>,
+    /// Latencies of the fake WeChat, in milliseconds.
+    #[arg(long, value_delimiter = ',', default_value = "0,100")]
+    latencies: Vec<u64>,
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    clients: Vec<usize>,
+    /// Stored (dead) credentials of the ledger-growth runs.
+    #[arg(long, value_delimiter = ',', default_value = "10000,1000000,10000000")]
+    growth: Vec<i64>,
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    growth_clients: Vec<usize>,
+    /// Concurrent clients of the collection runs.
+    #[arg(long, default_value_t = 8)]
+    collect_clients: usize,
+    #[arg(long, default_value_t = 2)]
+    warmup_s: u64,
+    #[arg(long, default_value_t = 10)]
+    duration_s: u64,
+    /// Any database on the PostgreSQL server; the bench creates its own.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pg_admin: String,
+    /// The gateway's `database_max_connections` (PG pool / SQLite readers).
+    #[arg(long, default_value_t = 32)]
+    pool: u32,
+    #[arg(long, default_value_t = 18080)]
+    gateway_port: u16,
+    #[arg(long, default_value_t = 19100)]
+    fake_port: u16,
+}
+
+/// One measured figure.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub backend: String,
+    pub upstream_latency_ms: u64,
+    /// send, fake_direct, collect, bare_claim, bare_insert, growth_send, rss
+    pub measure: String,
+    pub clients: usize,
+    #[serde(default)]
+    pub batch: usize,
+    #[serde(default)]
+    pub stored: i64,
+    pub stats: Stats,
+    #[serde(default)]
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Results {
+    pub started: String,
+    pub machine: BTreeMap<String, String>,
+    pub settings: BTreeMap<String, String>,
+    pub records: Vec<Record>,
+    pub total_s: f64,
+}
+
+const SEND_APP: &str = "wxbenchsend00000001";
+const GROWTH_APP: &str = "wxbenchgrowth000001";
+const LIMIT_APP: &str = "wxbenchlimit0000001";
+const MAX_USERS: usize = 10_000;
+/// Users of the growth runs: the dead rows are spread over the same users.
+const GROWTH_USERS: i64 = 10_000;
+
+fn fake_app(clients: usize) -> String {
+    format!("wxbenchfake{clients:08}")
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Run(args) => run(args).await,
+        Cmd::Report { file } => {
+            let results: Results = serde_json::from_slice(&std::fs::read(&file)?)?;
+            print!("{}", report::markdown(&results));
+            Ok(())
+        }
+    }
+}
+
+struct Bench {
+    args: RunArgs,
+    http: reqwest::Client,
+    results: Results,
+    file: PathBuf,
+    tmp: PathBuf,
+    warmup: Duration,
+    duration: Duration,
+}
+
+impl Bench {
+    fn save(&self) -> anyhow::Result<()> {
+        std::fs::write(&self.file, serde_json::to_vec_pretty(&self.results)?)?;
+        Ok(())
+    }
+
+    fn record(&mut self, record: Record) -> anyhow::Result<()> {
+        let s = &record.stats;
+        let failures: u64 = s.failures.values().sum();
+        println!(
+            "  {:<8} {:>3}ms {:<12} c={:<3} batch={:<3} stored={:<9} rate={:>9.1}/s p50={:>8.2}ms p99={:>8.2}ms n={} fail={}{}{}",
+            record.backend,
+            record.upstream_latency_ms,
+            record.measure,
+            record.clients,
+            record.batch,
+            record.stored,
+            s.rate,
+            s.p50_ms,
+            s.p99_ms,
+            s.requests,
+            failures,
+            if s.exhausted { " (work ran out)" } else { "" },
+            if record.note.is_empty() { String::new() } else { format!(" [{}]", record.note) },
+        );
+        if failures > 0 {
+            println!("    failures: {:?}", s.failures);
+        }
+        self.results.records.push(record);
+        self.save()
+    }
+
+    fn window(&self) -> f64 {
+        (self.warmup + self.duration).as_secs_f64()
+    }
+
+    fn fake_command(&self, latency: u64) -> Command {
+        let mut command = Command::new(&self.args.gateway_bin);
+        command.args([
+            "fake-wechat",
+            "--listen",
+            &format!("127.0.0.1:{}", self.args.fake_port),
+            "--latency-ms",
+            &latency.to_string(),
+        ]);
+        let mut apps = vec![SEND_APP.to_owned(), GROWTH_APP.to_owned()];
+        apps.extend(self.args.clients.iter().map(|c| fake_app(*c)));
+        for app in apps {
+            command
+                .arg("--app")
+                .arg(format!("{app}:{}", http::SECRET))
+                .arg("--template")
+                .arg(format!("{app}:{}", http::TEMPLATE));
+        }
+        command
+    }
+
+    fn gateway_config(&self, database_url: &str) -> anyhow::Result<PathBuf> {
+        let path = self.tmp.join("gateway.toml");
+        let text = format!(
+            r#"listen = "127.0.0.1:{gateway_port}"
+database_url = "{database_url}"
+database_max_connections = {pool}
+
+[wechat]
+base_url = "http://127.0.0.1:{fake_port}"
+max_concurrent_calls_per_app = 512
+
+[ledger]
+# The sweeper runs at start; not again during the measurements.
+sweep_interval_secs = 3600
+
+[apps.{SEND_APP}]
+secret = "{secret}"
+
+[apps.{GROWTH_APP}]
+secret = "{secret}"
+
+[api_keys.bench]
+key = "{key}"
+apps = ["*"]
+scopes = ["collect", "send"]
+"#,
+            gateway_port = self.args.gateway_port,
+            pool = self.args.pool,
+            fake_port = self.args.fake_port,
+            secret = http::SECRET,
+            key = http::API_KEY,
+        );
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    async fn start_gateway(&self, database_url: &str, label: &str) -> anyhow::Result<Proc> {
+        let config = self.gateway_config(database_url)?;
+        let mut command = Command::new(&self.args.gateway_bin);
+        command.arg("serve").arg("--config").arg(&config);
+        let mut gateway = Proc::spawn(
+            "gateway",
+            command,
+            &self.tmp.join(format!("gateway-{label}.log")),
+        )?;
+        let url = format!("http://127.0.0.1:{}/readyz", self.args.gateway_port);
+        wait_until_up(&self.http, &url, &mut gateway).await?;
+        Ok(gateway)
+    }
+
+    fn gateway_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.args.gateway_port)
+    }
+
+    fn fake_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.args.fake_port)
+    }
+
+    fn rss(
+        &mut self,
+        backend: &str,
+        latency: u64,
+        gateway: &Proc,
+        note: &str,
+    ) -> anyhow::Result<()> {
+        let kib = gateway.peak_rss_kib()?;
+        let stats = Stats {
+            rate: kib as f64 / 1024.0,
+            ..Stats::default()
+        };
+        self.record(Record {
+            backend: backend.into(),
+            upstream_latency_ms: latency,
+            measure: "rss".into(),
+            clients: 0,
+            batch: 0,
+            stored: 0,
+            stats,
+            note: note.into(),
+        })
+    }
+
+    /// Gateway sends at `clients`, with credentials for `budget` sends
+    /// seeded first; retried with more when the work runs out early.
+    async fn gateway_sends(
+        &self,
+        appid: &str,
+        prefix: &str,
+        clients: usize,
+        mut budget: u64,
+    ) -> anyhow::Result<Stats> {
+        let mut attempt = 0;
+        loop {
+            let seeding = Instant::now();
+            let users = http::seed_users(
+                &self.http,
+                &self.fake_url(),
+                &self.gateway_url(),
+                appid,
+                &format!("{prefix}a{attempt}u"),
+                budget,
+                MAX_USERS,
+            )
+            .await
+            .context("seeding credentials")?;
+            println!(
+                "    seeded {} sends over {} users in {:.1}s",
+                budget,
+                users.len(),
+                seeding.elapsed().as_secs_f64()
+            );
+            let users = Arc::new(users);
+            let url = Arc::new(format!("{}/v1/apps/{appid}/messages", self.gateway_url()));
+            let http = self.http.clone();
+            let stats = closed_loop(clients, self.warmup, self.duration, move |n| {
+                http::gateway_send(http.clone(), url.clone(), users.clone(), n)
+            })
+            .await;
+            if stats.exhausted && stats.window_s < self.duration.as_secs_f64() * 0.5 && attempt < 2
+            {
+                attempt += 1;
+                budget *= 3;
+                println!("    credentials ran out early; again with {budget}");
+                continue;
+            }
+            return Ok(stats);
+        }
+    }
+
+    async fn fake_direct(&self, clients: usize, mut budget: u64) -> anyhow::Result<Stats> {
+        let appid = fake_app(clients);
+        let token = http::fake_token(&self.http, &self.fake_url(), &appid).await?;
+        let url = Arc::new(format!(
+            "{}/cgi-bin/message/wxopen/template/send?access_token={token}",
+            self.fake_url()
+        ));
+        let mut attempt = 0;
+        loop {
+            let prepay_ids = budget.div_ceil(3) as usize;
+            let users_n = MAX_USERS.min(prepay_ids);
+            let users: Vec<String> = (0..users_n).map(|n| format!("f{attempt}u{n}")).collect();
+            let mut pool = http::mint_prepay_ids(
+                &self.http,
+                &self.fake_url(),
+                &appid,
+                &users,
+                prepay_ids.div_ceil(users_n),
+            )
+            .await?;
+            // Spread consecutive sends over users, as the gateway runs do.
+            pool.sort_by_key(|(user, _)| user.clone());
+            let mut spread = Vec::with_capacity(pool.len());
+            let per_user = pool.len() / users_n;
+            for k in 0..per_user {
+                for u in 0..users_n {
+                    spread.push(pool[u * per_user + k].clone());
+                }
+            }
+            let pool = Arc::new(spread);
+            let (http, url) = (self.http.clone(), url.clone());
+            let stats = closed_loop(clients, self.warmup, self.duration, move |n| {
+                http::fake_send(http.clone(), url.clone(), pool.clone(), n)
+            })
+            .await;
+            if stats.exhausted && stats.window_s < self.duration.as_secs_f64() * 0.5 && attempt < 2
+            {
+                attempt += 1;
+                budget *= 3;
+                continue;
+            }
+            return Ok(stats);
+        }
+    }
+
+    /// Credentials for a send run: from the last comparable rate, bounded by
+    /// what the upstream latency allows.
+    fn budget(&self, latency: u64, clients: usize, previous_rate: f64) -> u64 {
+        let window = self.window();
+        let by_rate = (previous_rate * 1.5 * window) as u64;
+        let budget = by_rate.max(30_000);
+        if latency > 0 {
+            let ceiling = (clients as f64 * 1000.0 / latency as f64 * window * 1.2) as u64 + 1_000;
+            budget.min(ceiling)
+        } else {
+            budget.min(900_000)
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let stamp = chrono_like_stamp();
+    std::fs::create_dir_all(&args.out_dir)?;
+    let tmp = args.out_dir.join("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let tmp = std::fs::canonicalize(&tmp)?;
+    let file = args.out_dir.join(format!("results-{stamp}.json"));
+    let mut settings = BTreeMap::new();
+    settings.insert("warmup_s".into(), args.warmup_s.to_string());
+    settings.insert("duration_s".into(), args.duration_s.to_string());
+    settings.insert("database_max_connections".into(), args.pool.to_string());
+    settings.insert("collect_clients".into(), args.collect_clients.to_string());
+    settings.insert("max_concurrent_calls_per_app".into(), "512".into());
+    let mut bench = Bench {
+        warmup: Duration::from_secs(args.warmup_s),
+        duration: Duration::from_secs(args.duration_s),
+        http: http::client(),
+        results: Results {
+            started: stamp.clone(),
+            machine: machine(&args.pg_admin),
+            settings,
+            records: Vec::new(),
+            total_s: 0.0,
+        },
+        file: file.clone(),
+        tmp: tmp.clone(),
+        args: args.clone(),
+    };
+    println!("results: {}", file.display());
+    for (key, value) in &bench.results.machine {
+        println!("  {key}: {value}");
+    }
+    for backend in &args.backends {
+        run_backend(&mut bench, backend).await?;
+    }
+    bench.results.total_s = started.elapsed().as_secs_f64();
+    bench.save()?;
+    let markdown = report::markdown(&bench.results);
+    std::fs::write(args.out_dir.join(format!("results-{stamp}.md")), &markdown)?;
+    std::fs::copy(&file, args.out_dir.join("latest.json"))?;
+    std::fs::write(args.out_dir.join("latest.md"), &markdown)?;
+    println!("\n{markdown}");
+    println!("total: {:.0} s", bench.results.total_s);
+    Ok(())
+}
+
+async fn run_backend(bench: &mut Bench, backend: &str) -> anyhow::Result<()> {
+    let args = bench.args.clone();
+    let tmp = bench.tmp.to_string_lossy().to_string();
+    let (warmup, duration) = (bench.warmup, bench.duration);
+    let record =
+        |measure: &str, latency: u64, clients: usize, batch: usize, stored: i64, stats: Stats| {
+            Record {
+                backend: backend.into(),
+                upstream_latency_ms: latency,
+                measure: measure.into(),
+                clients,
+                batch,
+                stored,
+                stats,
+                note: String::new(),
+            }
+        };
+
+    // The limits of the database, alone on the machine.
+    println!("== {backend}: limits of the database");
+    let limit = LimitDb::create(backend, &tmp, &args.pg_admin).await?;
+    limit.seed_live(LIMIT_APP, "lu", 10_000, 100).await?;
+    if backend == "sqlite" {
+        let stats = limit
+            .bare_claim_sqlite(LIMIT_APP, "lu", 10_000, warmup, duration)
+            .await?;
+        bench.record(record("bare_claim", 0, 1, 0, 0, stats))?;
+    } else {
+        let mut levels: Vec<usize> = args
+            .clients
+            .iter()
+            .map(|c| (*c).min(args.pool as usize))
+            .collect();
+        levels.dedup();
+        for clients in levels {
+            let stats =
+                limit.bare_claim_pgbench(&tmp, LIMIT_APP, "lu", 10_000, clients, duration)?;
+            bench.record(record("bare_claim", 0, clients, 0, 0, stats))?;
+        }
+    }
+    let insert_clients = if backend == "sqlite" {
+        1
+    } else {
+        args.collect_clients
+    };
+    for batch in [1, 500] {
+        let stats = limit
+            .bare_insert(LIMIT_APP, batch, insert_clients, warmup, duration)
+            .await?;
+        bench.record(record("bare_insert", 0, insert_clients, batch, 0, stats))?;
+    }
+    limit.close().await;
+
+    let mut previous: BTreeMap<(u64, usize), f64> = BTreeMap::new();
+    for &latency in &args.latencies {
+        println!("== {backend}: fake WeChat latency {latency} ms");
+        let database_url = if backend == "sqlite" {
+            let path = format!("{tmp}/gateway-{latency}.db");
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{path}{suffix}"));
+            }
+            format!("sqlite://{path}")
+        } else {
+            let name = format!("formid_bench_{latency}");
+            db::recreate_pg_database(&args.pg_admin, &name).await?;
+            db::pg_url(&args.pg_admin, &name)
+        };
+        let mut fake = Proc::spawn(
+            "fake",
+            bench.fake_command(latency),
+            &bench.tmp.join(format!("fake-{backend}-{latency}.log")),
+        )?;
+        wait_until_up(
+            &bench.http,
+            &format!("{}/cgi-bin/token", bench.fake_url()),
+            &mut fake,
+        )
+        .await?;
+        let label = format!("{backend}-{latency}");
+        let mut gateway = bench.start_gateway(&database_url, &label).await?;
+
+        if latency == 0 {
+            for batch in [1usize, 500] {
+                let url = Arc::new(format!(
+                    "{}/v1/apps/{SEND_APP}/credentials",
+                    bench.gateway_url()
+                ));
+                let prefix = Arc::new(format!("c{batch}u"));
+                let http = bench.http.clone();
+                let stats = closed_loop(args.collect_clients, warmup, duration, move |n| {
+                    http::collect(http.clone(), url.clone(), prefix.clone(), batch, n)
+                })
+                .await;
+                bench.record(record("collect", 0, args.collect_clients, batch, 0, stats))?;
+            }
+        }
+
+        let mut last_rate = 0.0;
+        for &clients in &args.clients {
+            let budget = bench.budget(latency, clients, last_rate);
+            let stats = bench
+                .gateway_sends(SEND_APP, &format!("s{clients}"), clients, budget)
+                .await?;
+            last_rate = stats.rate;
+            previous.insert((latency, clients), stats.rate);
+            bench.record(record("send", latency, clients, 0, 0, stats))?;
+        }
+        bench.rss(backend, latency, &gateway, "after collect and send runs")?;
+
+        let mut last_rate = 0.0;
+        for &clients in &args.clients {
+            let budget = bench.budget(latency, clients, last_rate);
+            let stats = bench.fake_direct(clients, budget).await?;
+            last_rate = stats.rate;
+            bench.record(record("fake_direct", latency, clients, 0, 0, stats))?;
+        }
+
+        if latency == 0 {
+            let mut stored = 0;
+            for &size in &args.growth {
+                // Dead rows go in with the gateway stopped, as a seed, not a measurement.
+                gateway.stop();
+                let seeding = Instant::now();
+                db::insert_dead_rows(&database_url, GROWTH_APP, "g", GROWTH_USERS, stored, size)
+                    .await?;
+                println!(
+                    "    stored {size} dead credentials (+{} in {:.1}s)",
+                    size - stored,
+                    seeding.elapsed().as_secs_f64()
+                );
+                stored = size;
+                gateway = bench
+                    .start_gateway(&database_url, &format!("{label}-{size}"))
+                    .await?;
+                for &clients in &args.growth_clients {
+                    let rate = previous.get(&(0, clients)).copied().unwrap_or(0.0);
+                    let budget = bench.budget(0, clients, rate);
+                    let stats = bench
+                        .gateway_sends(GROWTH_APP, &format!("g{size}c{clients}"), clients, budget)
+                        .await?;
+                    bench.record(record("growth_send", 0, clients, 0, size, stats))?;
+                }
+                bench.rss(
+                    backend,
+                    latency,
+                    &gateway,
+                    &format!("growth gateway, {size} stored"),
+                )?;
+            }
+        }
+        gateway.stop();
+        fake.stop();
+    }
+    Ok(())
+}
+
+/// UTC time as YYYYMMDD-HHMMSS, without a date crate.
+fn chrono_like_stamp() -> String {
+    let output = Command::new("date").args(["-u", "+%Y%m%d-%H%M%S"]).output();
+    output
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| db::now_ms().to_string())
+}
+
+fn command_line(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn machine(pg_admin: &str) -> BTreeMap<String, String> {
+    let mut machine = BTreeMap::new();
+    machine.insert("nproc".into(), command_line("nproc", &[]));
+    let cpu = command_line("lscpu", &[]);
+    let model = cpu
+        .lines()
+        .find_map(|line| line.strip_prefix("Model name:"))
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    machine.insert("cpu".into(), model);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:").map(|v| v.trim().to_owned()))
+        .unwrap_or_default();
+    machine.insert("memory".into(), memory);
+    machine.insert("kernel".into(), command_line("uname", &["-sr"]));
+    machine.insert(
+        "postgres".into(),
+        command_line("psql", &[pg_admin, "-Atc", "SHOW server_version"]),
+    );
+    machine.insert(
+        "sqlite".into(),
+        "bundled with sqlx (libsqlite3-sys)".to_owned(),
+    );
+    machine.insert("rustc".into(), command_line("rustc", &["--version"]));
+    machine.insert(
+        "date".into(),
+        command_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+    );
+    machine
+}

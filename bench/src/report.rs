@@ -1,0 +1,294 @@
+//! Markdown tables of a results file, with each target met or missed.
+
+use std::fmt::Write;
+
+use crate::{Record, Results};
+
+fn find(results: &Results, pick: impl Fn(&Record) -> bool) -> Option<&Record> {
+    results.records.iter().rev().find(|record| pick(record))
+}
+
+fn ratio(value: f64, limit: Option<f64>) -> String {
+    match limit {
+        Some(limit) if limit > 0.0 => format!("{:.2}", value / limit),
+        _ => "–".into(),
+    }
+}
+
+fn opt(value: Option<f64>) -> String {
+    value.map_or("–".into(), |v| format!("{v:.0}"))
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "**missed**"
+    }
+}
+
+/// The bare claim comparable to a gateway run at `clients`: SQLite has one
+/// writer; PostgreSQL is measured at the gateway's pool size at most.
+fn bare_claim<'a>(results: &'a Results, backend: &str, clients: usize) -> Option<&'a Record> {
+    let candidates: Vec<&Record> = results
+        .records
+        .iter()
+        .filter(|r| r.backend == backend && r.measure == "bare_claim")
+        .collect();
+    candidates
+        .iter()
+        .filter(|r| r.clients <= clients)
+        .max_by_key(|r| r.clients)
+        .or_else(|| candidates.first())
+        .copied()
+}
+
+pub fn markdown(results: &Results) -> String {
+    let mut out = String::new();
+    let backends: Vec<String> = {
+        let mut seen = Vec::new();
+        for record in &results.records {
+            if !seen.contains(&record.backend) {
+                seen.push(record.backend.clone());
+            }
+        }
+        seen
+    };
+
+    let _ = writeln!(out, "### 1. Sends (`POST /v1/apps/{{appid}}/messages`)\n");
+    let _ = writeln!(
+        out,
+        "| backend | WeChat latency | clients | sends/s | p50 ms | p99 ms | fake direct/s | ratio to fake | bare claim/s (conns) | ratio to bare claim |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    for record in results.records.iter().filter(|r| r.measure == "send") {
+        let fake = find(results, |r| {
+            r.measure == "fake_direct"
+                && r.backend == record.backend
+                && r.upstream_latency_ms == record.upstream_latency_ms
+                && r.clients == record.clients
+        })
+        .map(|r| r.stats.rate);
+        let claim = bare_claim(results, &record.backend, record.clients);
+        let _ = writeln!(
+            out,
+            "| {} | {} ms | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} |",
+            record.backend,
+            record.upstream_latency_ms,
+            record.clients,
+            record.stats.rate,
+            record.stats.p50_ms,
+            record.stats.p99_ms,
+            opt(fake),
+            ratio(record.stats.rate, fake),
+            claim.map_or("–".into(), |c| format!(
+                "{:.0} ({})",
+                c.stats.rate, c.clients
+            )),
+            ratio(record.stats.rate, claim.map(|c| c.stats.rate)),
+        );
+    }
+
+    let _ = writeln!(
+        out,
+        "\n### 2. Collection (`POST /v1/apps/{{appid}}/credentials`)\n"
+    );
+    let _ = writeln!(
+        out,
+        "| backend | batch | clients | credentials/s | p50 ms | p99 ms | bare insert/s (conns) | ratio |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    for record in results.records.iter().filter(|r| r.measure == "collect") {
+        let bare = find(results, |r| {
+            r.measure == "bare_insert" && r.backend == record.backend && r.batch == record.batch
+        });
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {} |",
+            record.backend,
+            record.batch,
+            record.clients,
+            record.stats.rate,
+            record.stats.p50_ms,
+            record.stats.p99_ms,
+            bare.map_or("–".into(), |b| format!(
+                "{:.0} ({})",
+                b.stats.rate, b.clients
+            )),
+            ratio(record.stats.rate, bare.map(|b| b.stats.rate)),
+        );
+    }
+
+    let _ = writeln!(
+        out,
+        "\n### 3. Claim cost as the ledger grows (WeChat latency 0)\n"
+    );
+    let _ = writeln!(
+        out,
+        "| backend | stored credentials | clients | sends/s | p50 ms | p99 ms | p50 / p50 at smallest | p99 / p99 at smallest |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    for record in results
+        .records
+        .iter()
+        .filter(|r| r.measure == "growth_send")
+    {
+        let base = results
+            .records
+            .iter()
+            .filter(|r| {
+                r.measure == "growth_send"
+                    && r.backend == record.backend
+                    && r.clients == record.clients
+            })
+            .min_by_key(|r| r.stored);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {} |",
+            record.backend,
+            record.stored,
+            record.clients,
+            record.stats.rate,
+            record.stats.p50_ms,
+            record.stats.p99_ms,
+            ratio(record.stats.p50_ms, base.map(|b| b.stats.p50_ms)),
+            ratio(record.stats.p99_ms, base.map(|b| b.stats.p99_ms)),
+        );
+    }
+
+    let _ = writeln!(out, "\n### 4. Peak memory of the gateway (VmHWM)\n");
+    let _ = writeln!(
+        out,
+        "| backend | WeChat latency | gateway process | VmHWM MB |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|");
+    for record in results.records.iter().filter(|r| r.measure == "rss") {
+        let _ = writeln!(
+            out,
+            "| {} | {} ms | {} | {:.1} |",
+            record.backend, record.upstream_latency_ms, record.note, record.stats.rate
+        );
+    }
+
+    let _ = writeln!(out, "\n### 5. Limits measured in the same run\n");
+    let _ = writeln!(
+        out,
+        "| backend | limit | WeChat latency | clients/conns | batch | rate/s | p50 ms | p99 ms |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    for record in results.records.iter().filter(|r| {
+        matches!(
+            r.measure.as_str(),
+            "fake_direct" | "bare_claim" | "bare_insert"
+        )
+    }) {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} ms | {} | {} | {:.0} | {:.2} | {:.2} |",
+            record.backend,
+            record.measure,
+            record.upstream_latency_ms,
+            record.clients,
+            record.batch,
+            record.stats.rate,
+            record.stats.p50_ms,
+            record.stats.p99_ms,
+        );
+    }
+
+    let _ = writeln!(out, "\n### Targets\n");
+    let _ = writeln!(out, "| target | backend | figure | result |");
+    let _ = writeln!(out, "|---|---|---|---|");
+    for backend in &backends {
+        // Sends: the best gateway rate with an instant WeChat, against the
+        // bare claim at the same database concurrency.
+        if let Some(best) = results
+            .records
+            .iter()
+            .filter(|r| r.measure == "send" && &r.backend == backend && r.upstream_latency_ms == 0)
+            .max_by(|a, b| a.stats.rate.total_cmp(&b.stats.rate))
+        {
+            if let Some(claim) = bare_claim(results, backend, best.clients) {
+                let r = best.stats.rate / claim.stats.rate;
+                let _ = writeln!(
+                    out,
+                    "| sends/s ≥ 0.5 × bare claim | {backend} | {:.0} sends/s ({} clients) / {:.0} claims/s ({} conns) = {r:.2} | {} |",
+                    best.stats.rate, best.clients, claim.stats.rate, claim.clients, met(r >= 0.5)
+                );
+            }
+        }
+        let collect = find(results, |r| {
+            r.measure == "collect" && &r.backend == backend && r.batch == 500
+        });
+        let bare = find(results, |r| {
+            r.measure == "bare_insert" && &r.backend == backend && r.batch == 500
+        });
+        if let (Some(collect), Some(bare)) = (collect, bare) {
+            let r = collect.stats.rate / bare.stats.rate;
+            let _ = writeln!(
+                out,
+                "| batched collection ≥ 0.8 × bare insert | {backend} | {:.0} / {:.0} = {r:.2} | {} |",
+                collect.stats.rate, bare.stats.rate, met(r >= 0.8)
+            );
+        }
+        let growth: Vec<&Record> = results
+            .records
+            .iter()
+            .filter(|r| r.measure == "growth_send" && &r.backend == backend)
+            .collect();
+        let mut clients: Vec<usize> = growth.iter().map(|r| r.clients).collect();
+        clients.sort_unstable();
+        clients.dedup();
+        for c in clients {
+            let rows: Vec<&&Record> = growth.iter().filter(|r| r.clients == c).collect();
+            let small = rows.iter().min_by_key(|r| r.stored);
+            let large = rows.iter().max_by_key(|r| r.stored);
+            if let (Some(small), Some(large)) = (small, large) {
+                if small.stored == large.stored {
+                    continue;
+                }
+                let r = large.stats.p50_ms / small.stats.p50_ms;
+                let _ = writeln!(
+                    out,
+                    "| p50 at {} stored ≤ 1.5 × at {} | {backend}, {c} clients | {:.2} ms / {:.2} ms = {r:.2} (p99 {:.2} / {:.2}) | {} |",
+                    large.stored, small.stored, large.stats.p50_ms, small.stats.p50_ms,
+                    large.stats.p99_ms, small.stats.p99_ms, met(r <= 1.5)
+                );
+            }
+        }
+        if let Some(slow) = results
+            .records
+            .iter()
+            .filter(|r| {
+                r.measure == "send" && &r.backend == backend && r.upstream_latency_ms >= 100
+            })
+            .max_by_key(|r| r.clients)
+        {
+            let _ = writeln!(
+                out,
+                "| ≥ 2,000 sends/s at {} ms WeChat, {} clients | {backend} | {:.0} sends/s | {} |",
+                slow.upstream_latency_ms,
+                slow.clients,
+                slow.stats.rate,
+                met(slow.stats.rate >= 2000.0)
+            );
+        }
+    }
+    if let Some(peak) = results
+        .records
+        .iter()
+        .filter(|r| r.measure == "rss")
+        .max_by(|a, b| a.stats.rate.total_cmp(&b.stats.rate))
+    {
+        let _ = writeln!(
+            out,
+            "| RSS < 64 MB | all | peak {:.1} MB ({}, {} ms, {}) | {} |",
+            peak.stats.rate,
+            peak.backend,
+            peak.upstream_latency_ms,
+            peak.note,
+            met(peak.stats.rate < 64.0)
+        );
+    }
+    out
+}
