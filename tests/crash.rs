@@ -137,40 +137,38 @@ scopes = ["admin"]
     path
 }
 
-/// Counts of what the ledger holds, read straight from its database.
-async fn ledger_counts(database_url: &str) -> (i64, i64) {
-    let query = "SELECT (SELECT COUNT(*) FROM credentials WHERE state = 'leased'), \
-                        (SELECT COUNT(*) FROM messages WHERE status = 'pending')";
+/// Rows of a query run straight on the ledger's database, either kind.
+async fn ledger_rows<T>(database_url: &str, query: &str) -> Vec<T>
+where
+    T: Send
+        + Unpin
+        + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+{
     if database_url.starts_with("sqlite") {
         let mut connection = sqlx::SqliteConnection::connect(database_url).await.unwrap();
         sqlx::query_as(query)
-            .fetch_one(&mut connection)
+            .fetch_all(&mut connection)
             .await
             .unwrap()
     } else {
         let mut connection = PgConnection::connect(database_url).await.unwrap();
         sqlx::query_as(query)
-            .fetch_one(&mut connection)
+            .fetch_all(&mut connection)
             .await
             .unwrap()
     }
 }
 
+/// Leased credentials and pending messages: what a crash leaves in flight.
+async fn ledger_counts(database_url: &str) -> (i64, i64) {
+    let query = "SELECT (SELECT COUNT(*) FROM credentials WHERE state = 'leased'), \
+                        (SELECT COUNT(*) FROM messages WHERE status = 'pending')";
+    ledger_rows(database_url, query).await[0]
+}
+
 async fn messages_by_user(database_url: &str) -> Vec<(String, String)> {
-    let query = "SELECT touser, status FROM messages";
-    if database_url.starts_with("sqlite") {
-        let mut connection = sqlx::SqliteConnection::connect(database_url).await.unwrap();
-        sqlx::query_as(query)
-            .fetch_all(&mut connection)
-            .await
-            .unwrap()
-    } else {
-        let mut connection = PgConnection::connect(database_url).await.unwrap();
-        sqlx::query_as(query)
-            .fetch_all(&mut connection)
-            .await
-            .unwrap()
-    }
+    ledger_rows(database_url, "SELECT touser, status FROM messages").await
 }
 
 async fn kill_mid_send_then_recover(postgres: bool) {

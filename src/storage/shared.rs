@@ -292,11 +292,7 @@ macro_rules! impl_storage {
                 lease_until: i64,
                 limit: i64,
             ) -> anyhow::Result<Vec<StoredMessage>> {
-                sqlx::query_as(&sql::with_lock(sql::CLAIM_DUE_WAITING, $lock))
-                    .bind(lease_until)
-                    .bind(now)
-                    .bind(limit)
-                    .fetch_all(&self.writer)
+                self.take_rows(sql::CLAIM_DUE_WAITING, now, lease_until, limit)
                     .await
                     .context("taking due waiting messages")
             }
@@ -307,11 +303,7 @@ macro_rules! impl_storage {
                 lease_until: i64,
                 limit: i64,
             ) -> anyhow::Result<Vec<ClaimedCredential>> {
-                sqlx::query_as(&sql::with_lock(sql::CLAIM_EXPIRED_LEASES, $lock))
-                    .bind(lease_until)
-                    .bind(now)
-                    .bind(limit)
-                    .fetch_all(&self.writer)
+                self.take_rows(sql::CLAIM_EXPIRED_LEASES, now, lease_until, limit)
                     .await
                     .context("taking credentials with expired leases")
             }
@@ -322,11 +314,7 @@ macro_rules! impl_storage {
                 lease_until: i64,
                 limit: i64,
             ) -> anyhow::Result<Vec<StoredMessage>> {
-                sqlx::query_as(&sql::with_lock(sql::CLAIM_STALE_MESSAGES, $lock))
-                    .bind(lease_until)
-                    .bind(now)
-                    .bind(limit)
-                    .fetch_all(&self.writer)
+                self.take_rows(sql::CLAIM_STALE_MESSAGES, now, lease_until, limit)
                     .await
                     .context("taking unfinished messages")
             }
@@ -561,6 +549,26 @@ macro_rules! impl_storage {
         }
 
         impl $storage {
+            /// Runs one of the statements that take up to `$3` rows for a
+            /// worker, leasing them until `$1` (`now` is `$2`).
+            async fn take_rows<T>(
+                &self,
+                statement: &str,
+                now: i64,
+                lease_until: i64,
+                limit: i64,
+            ) -> Result<Vec<T>, sqlx::Error>
+            where
+                T: for<'r> sqlx::FromRow<'r, <$db as sqlx::Database>::Row> + Send + Unpin,
+            {
+                sqlx::query_as(&sql::with_lock(statement, $lock))
+                    .bind(lease_until)
+                    .bind(now)
+                    .bind(limit)
+                    .fetch_all(&self.writer)
+                    .await
+            }
+
             fn push_credential_values<'a>(
                 builder: &mut sqlx::QueryBuilder<'a, $db>,
                 appid: &'a str,
