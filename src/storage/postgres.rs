@@ -55,4 +55,10 @@ impl PostgresStorage {
 
 // SKIP LOCKED: a concurrent claim passes over the row another claim is
 // leasing and takes the next one, instead of waiting and then finding it gone.
-impl_storage!(PostgresStorage, sqlx::Postgres, "FOR UPDATE SKIP LOCKED", cte_writes: true);
+impl_storage!(
+    PostgresStorage,
+    sqlx::Postgres,
+    "FOR UPDATE SKIP LOCKED",
+    sql::chain_with_ctes,
+    false
+);

@@ -9,13 +9,13 @@
 //! and `reader` pools and a `begin_write` method.
 
 /// Implements [`Storage`](crate::storage::Storage) for `$storage` on database `$db`,
-/// with `$lock` filling the `{lock}` slot of claim statements. `$cte_writes`
-/// says whether the database takes data-modifying CTEs (PostgreSQL): then the
-/// two writes of every successful send go in one statement each, one round
-/// trip instead of four or five. SQLite runs in process, where round trips
-/// cost nothing, and keeps the transactions.
+/// with `$lock` filling the `{lock}` slot of claim statements. `$chain`
+/// joins the statements of one write into one call (`sql::chain_with_ctes`
+/// or `sql::chain_as_script`); `$chain_needs_transaction` says whether that
+/// call must run inside `begin_write` (a script) or is atomic on its own (a
+/// single statement).
 macro_rules! impl_storage {
-    ($storage:ty, $db:ty, $lock:expr, cte_writes: $cte_writes:expr) => {
+    ($storage:ty, $db:ty, $lock:expr, $chain:path, $chain_needs_transaction:expr) => {
         #[async_trait::async_trait]
         impl $crate::storage::Storage for $storage {
             async fn ping(&self) -> anyhow::Result<()> {
@@ -158,8 +158,11 @@ macro_rules! impl_storage {
                 claim_valid_after: Option<i64>,
                 now: i64,
             ) -> anyhow::Result<Option<ClaimedCredential>> {
-                if let (true, Some(valid_after)) = ($cte_writes, claim_valid_after) {
-                    return sqlx::query_as(sql::CREATE_MESSAGE_AND_CLAIM)
+                if let Some(valid_after) = claim_valid_after {
+                    let statements = sql::START.map(|statement| sql::with_lock(statement, $lock));
+                    let statements: Vec<&str> = statements.iter().map(String::as_str).collect();
+                    let start = $chain(&statements);
+                    let query = sqlx::query_as::<_, ClaimedCredential>(&start)
                         .bind(&message.id)
                         .bind(&message.appid)
                         .bind(&message.touser)
@@ -170,10 +173,17 @@ macro_rules! impl_storage {
                         .bind(message.wait_until)
                         .bind(message.lease_until)
                         .bind(now)
-                        .bind(valid_after)
-                        .fetch_optional(&self.writer)
-                        .await
-                        .context("recording the message and claiming its first credential");
+                        .bind(valid_after);
+                    let context = "recording the message and claiming its first credential";
+                    let claimed = if $chain_needs_transaction {
+                        let mut tx = self.begin_write().await?;
+                        let claimed = query.fetch_all(&mut *tx).await.context(context)?;
+                        tx.commit().await.context("committing the message")?;
+                        claimed
+                    } else {
+                        query.fetch_all(&self.writer).await.context(context)?
+                    };
+                    return Ok(claimed.into_iter().next());
                 }
                 let mut tx = self.begin_write().await?;
                 sqlx::query(sql::CREATE_MESSAGE)
@@ -190,21 +200,8 @@ macro_rules! impl_storage {
                     .execute(&mut *tx)
                     .await
                     .context("recording the message")?;
-                let claimed = match claim_valid_after {
-                    Some(valid_after) => sqlx::query_as(&sql::with_lock(sql::CLAIM, $lock))
-                        .bind(message.lease_until)
-                        .bind(now)
-                        .bind(&message.appid)
-                        .bind(&message.touser)
-                        .bind(valid_after)
-                        .bind(&message.id)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .context("claiming the message's first credential")?,
-                    None => None,
-                };
                 tx.commit().await.context("committing the message")?;
-                Ok(claimed)
+                Ok(None)
             }
 
             async fn record_attempt(
@@ -215,10 +212,9 @@ macro_rules! impl_storage {
                 outcome: Option<&MessageOutcome>,
                 now: i64,
             ) -> anyhow::Result<()> {
-                if let (true, Some((credential_id, Settlement::Spent)), Some(outcome)) =
-                    ($cte_writes, settlement, outcome)
-                {
-                    sqlx::query(sql::SPEND_AND_FINISH)
+                if let (Some((credential_id, Settlement::Spent)), Some(outcome)) = (settlement, outcome) {
+                    let end = $chain(&sql::SPEND_AND_FINISH);
+                    let query = sqlx::query(&end)
                         .bind(credential_id)
                         .bind(now)
                         .bind(message_id)
@@ -228,10 +224,15 @@ macro_rules! impl_storage {
                         .bind(attempt.detail.as_deref())
                         .bind(outcome.status)
                         .bind(outcome.error_code)
-                        .bind(outcome.wechat_errcode)
-                        .execute(&self.writer)
-                        .await
-                        .context("settling the attempt that ends the message")?;
+                        .bind(outcome.wechat_errcode);
+                    let context = "settling the attempt that ends the message";
+                    if $chain_needs_transaction {
+                        let mut tx = self.begin_write().await?;
+                        query.execute(&mut *tx).await.context(context)?;
+                        tx.commit().await.context("committing the attempt")?;
+                    } else {
+                        query.execute(&self.writer).await.context(context)?;
+                    }
                     return Ok(());
                 }
                 let mut tx = self.begin_write().await?;

@@ -71,4 +71,4 @@ impl SqliteStorage {
 
 // A claim needs no row lock on SQLite: the single writer connection
 // already makes it atomic.
-impl_storage!(SqliteStorage, sqlx::Sqlite, "", cte_writes: false);
+impl_storage!(SqliteStorage, sqlx::Sqlite, "", sql::chain_as_script, true);
