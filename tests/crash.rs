@@ -171,17 +171,46 @@ async fn messages_by_user(database_url: &str) -> Vec<(String, String)> {
     ledger_rows(database_url, "SELECT touser, status FROM messages").await
 }
 
+/// A fake WeChat on loopback, a fresh ledger and a configuration pointing at both.
+struct Setup {
+    dir: std::path::PathBuf,
+    fake: FakeWeChat,
+    fake_server: FakeWeChatServer,
+    database_url: String,
+    config: std::path::PathBuf,
+}
+
+impl Setup {
+    async fn new(postgres: bool) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("formid-crash-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fake = FakeWeChat::new(Arc::new(SystemClock));
+        fake.register_app(APPID, "crash-secret");
+        fake.register_template(APPID, TEMPLATE);
+        let fake_server = FakeWeChatServer::start(fake.clone(), "127.0.0.1:0")
+            .await
+            .unwrap();
+        let database_url = fresh_database(postgres, &dir).await;
+        let config = write_config(&dir, &database_url, &fake_server.base_url);
+        Self {
+            dir,
+            fake,
+            fake_server,
+            database_url,
+            config,
+        }
+    }
+}
+
 async fn kill_mid_send_then_recover(postgres: bool) {
-    let dir = std::env::temp_dir().join(format!("formid-crash-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let fake = FakeWeChat::new(Arc::new(SystemClock));
-    fake.register_app(APPID, "crash-secret");
-    fake.register_template(APPID, TEMPLATE);
-    let fake_server = FakeWeChatServer::start(fake.clone(), "127.0.0.1:0")
-        .await
-        .unwrap();
-    let database_url = fresh_database(postgres, &dir).await;
-    let config = write_config(&dir, &database_url, &fake_server.base_url);
+    let Setup {
+        dir,
+        fake,
+        fake_server,
+        database_url,
+        config,
+    } = Setup::new(postgres).await;
 
     let first = Gateway::start(&config).await;
     let client = reqwest::Client::new();
@@ -322,16 +351,13 @@ async fn a_sigkill_mid_send_is_resolved_by_the_next_process_on_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_the_sends_in_flight_and_exits_cleanly() {
-    let dir = std::env::temp_dir().join(format!("formid-term-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let fake = FakeWeChat::new(Arc::new(SystemClock));
-    fake.register_app(APPID, "crash-secret");
-    fake.register_template(APPID, TEMPLATE);
-    let fake_server = FakeWeChatServer::start(fake.clone(), "127.0.0.1:0")
-        .await
-        .unwrap();
-    let database_url = fresh_database(false, &dir).await;
-    let config = write_config(&dir, &database_url, &fake_server.base_url);
+    let Setup {
+        dir,
+        fake,
+        fake_server,
+        database_url,
+        config,
+    } = Setup::new(false).await;
     let mut gateway = Gateway::start(&config).await;
     let client = reqwest::Client::new();
     let credentials: Vec<_> = (0..3)

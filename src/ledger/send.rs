@@ -214,12 +214,13 @@ impl Sender {
         let wait_until = request
             .wait_seconds
             .map(|seconds| now + (seconds as i64) * 1000);
+        let payload = request.payload();
         let message = NewMessage {
             id: message_id.to_owned(),
             appid: appid.to_owned(),
             touser: request.touser.clone(),
             template_id: request.template_id.clone(),
-            payload: Value::Object(request.payload()).to_string(),
+            payload: serde_json::to_string(&payload)?,
             status: "pending",
             delivery: if request.at_least_once {
                 AT_LEAST_ONCE
@@ -240,7 +241,7 @@ impl Sender {
             id: message.id,
             appid: appid.to_owned(),
             touser: request.touser.clone(),
-            payload: request.payload(),
+            payload,
             at_least_once: request.at_least_once,
             wait_until,
         };
