@@ -4,6 +4,7 @@
 //! same versions) and the same contract, which the integration suite checks on
 //! each. Every time is Unix milliseconds handed in by the caller's clock.
 
+mod group_commit;
 mod postgres;
 mod shared;
 pub mod sql;

@@ -12,6 +12,7 @@ use anyhow::Context;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres};
 
+use super::group_commit::{BatchWriter, EndWrite, GroupCommit, StartWrite};
 use super::shared::{impl_storage, INSERT_CHUNK};
 use super::sql;
 use super::*;
@@ -23,6 +24,8 @@ pub struct PostgresStorage {
     /// `reader` and `writer`; PostgreSQL needs no split.
     writer: PgPool,
     reader: PgPool,
+    /// Starts and ends of sends, batched.
+    group: GroupCommit,
 }
 
 impl PostgresStorage {
@@ -39,9 +42,11 @@ impl PostgresStorage {
             .run(&pool)
             .await
             .context("applying the PostgreSQL migrations")?;
+        let group = GroupCommit::spawn(PostgresBatches(pool.clone()), BATCH_RUNNERS);
         Ok(Self {
             writer: pool.clone(),
             reader: pool,
+            group,
         })
     }
 
@@ -55,10 +60,181 @@ impl PostgresStorage {
 
 // SKIP LOCKED: a concurrent claim passes over the row another claim is
 // leasing and takes the next one, instead of waiting and then finding it gone.
-impl_storage!(
-    PostgresStorage,
-    sqlx::Postgres,
-    "FOR UPDATE SKIP LOCKED",
-    sql::chain_with_ctes,
-    false
-);
+impl_storage!(PostgresStorage, sqlx::Postgres, "FOR UPDATE SKIP LOCKED");
+
+/// Batches run at once: while one commits, the next collects the writes
+/// that arrive meanwhile. Each holds one connection while it runs.
+const BATCH_RUNNERS: usize = 4;
+
+/// The starts of a batch as one statement: the messages inserted, then for
+/// each the soonest-expiring available credential of its user leased to it.
+/// The batch arrives as parallel arrays (`unnest` turns them into rows), so
+/// the statement is the same whatever the batch size and is prepared once.
+/// Its claims see one snapshot, which is why a batch never holds two starts
+/// for one user; `SKIP LOCKED` keeps concurrent batches off each other's rows.
+pub const START_BATCH: &str = "WITH batch AS ( \
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+            $6::text[], $7::text[], $8::int8[], $9::int8[], $10::int8[], $11::int8[]) \
+        AS b(id, appid, touser, template_id, payload, status, delivery, wait_until, lease_until, \
+             at, valid_after)), \
+    message AS ( \
+        INSERT INTO messages (id, appid, touser, template_id, payload, status, delivery, \
+            wait_until, lease_until, created_at, updated_at) \
+        SELECT id, appid, touser, template_id, payload, status, delivery, wait_until, \
+            lease_until, at, at FROM batch), \
+    pick AS ( \
+        SELECT b.id AS message_id, b.lease_until, b.at, c.id FROM batch b \
+        CROSS JOIN LATERAL (SELECT id FROM credentials \
+            WHERE appid = b.appid AND openid = b.touser AND state = 'available' \
+              AND expires_at > b.valid_after \
+            ORDER BY expires_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) c) \
+    UPDATE credentials \
+    SET state = 'leased', lease_expires_at = pick.lease_until, updated_at = pick.at, \
+        lease_message_id = pick.message_id \
+    FROM pick WHERE credentials.id = pick.id \
+    RETURNING credentials.id, kind, value, uses_left, collected_at, expires_at, lease_message_id";
+
+/// The ends of a batch as one statement: the credentials spent (only rows
+/// still leased, as for every settlement), the attempts recorded, the
+/// messages finished.
+pub const END_BATCH: &str = "WITH batch AS ( \
+        SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::int8[], $5::text[], \
+            $6::text[], $7::text[], $8::text[], $9::int8[], $10::int8[]) \
+        AS b(credential_id, message_id, credential_kind, errcode, outcome, detail, status, \
+             error_code, wechat_errcode, at)), \
+    spent AS ( \
+        UPDATE credentials \
+        SET uses_left = uses_left - 1, lease_message_id = NULL, \
+            state = CASE WHEN uses_left <= 1 THEN 'exhausted' ELSE 'available' END, \
+            lease_expires_at = NULL, updated_at = batch.at \
+        FROM batch WHERE credentials.id = batch.credential_id AND credentials.state = 'leased'), \
+    attempt AS ( \
+        INSERT INTO attempts (message_id, credential_id, credential_kind, errcode, outcome, \
+            detail, at) \
+        SELECT message_id, credential_id, credential_kind, errcode, outcome, detail, at \
+        FROM batch) \
+    UPDATE messages \
+    SET status = batch.status, error_code = batch.error_code, \
+        wechat_errcode = batch.wechat_errcode, updated_at = batch.at, lease_until = NULL, \
+        next_attempt_at = NULL \
+    FROM batch WHERE messages.id = batch.message_id";
+
+/// Runs a batch as at most two statements: each is atomic on its own, and
+/// when both are needed they share a transaction.
+#[derive(Debug)]
+struct PostgresBatches(PgPool);
+
+impl PostgresBatches {
+    fn ends(ends: &[EndWrite]) -> sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments> {
+        sqlx::query(END_BATCH)
+            .bind(ends.iter().map(|end| end.credential_id).collect::<Vec<_>>())
+            .bind(
+                ends.iter()
+                    .map(|end| end.message_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                ends.iter()
+                    .map(|end| end.attempt.credential_kind.map(CredentialKind::as_str))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                ends.iter()
+                    .map(|end| end.attempt.errcode)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                ends.iter()
+                    .map(|end| end.attempt.outcome)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                ends.iter()
+                    .map(|end| end.attempt.detail.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                ends.iter()
+                    .map(|end| end.outcome.status)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                ends.iter()
+                    .map(|end| end.outcome.error_code)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                ends.iter()
+                    .map(|end| end.outcome.wechat_errcode)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(ends.iter().map(|end| end.now).collect::<Vec<_>>())
+    }
+
+    fn starts(
+        starts: &[StartWrite],
+    ) -> sqlx::query::QueryAs<'_, Postgres, ClaimedCredential, sqlx::postgres::PgArguments> {
+        let column = |field: fn(&StartWrite) -> &str| starts.iter().map(field).collect::<Vec<_>>();
+        sqlx::query_as(START_BATCH)
+            .bind(column(|start| &start.message.id))
+            .bind(column(|start| &start.message.appid))
+            .bind(column(|start| &start.message.touser))
+            .bind(column(|start| &start.message.template_id))
+            .bind(column(|start| &start.message.payload))
+            .bind(column(|start| start.message.status))
+            .bind(column(|start| start.message.delivery))
+            .bind(
+                starts
+                    .iter()
+                    .map(|start| start.message.wait_until)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                starts
+                    .iter()
+                    .map(|start| start.message.lease_until)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(starts.iter().map(|start| start.now).collect::<Vec<_>>())
+            .bind(
+                starts
+                    .iter()
+                    .map(|start| start.valid_after)
+                    .collect::<Vec<_>>(),
+            )
+    }
+}
+
+#[async_trait::async_trait]
+impl BatchWriter for PostgresBatches {
+    async fn write_batch(
+        &self,
+        ends: &[EndWrite],
+        starts: &[StartWrite],
+    ) -> anyhow::Result<Vec<ClaimedCredential>> {
+        const ENDS: &str = "settling the attempts that end messages";
+        const STARTS: &str = "recording messages and claiming their first credentials";
+        if starts.is_empty() {
+            Self::ends(ends).execute(&self.0).await.context(ENDS)?;
+            return Ok(Vec::new());
+        }
+        if ends.is_empty() {
+            return Self::starts(starts)
+                .fetch_all(&self.0)
+                .await
+                .context(STARTS);
+        }
+        let mut tx = self
+            .0
+            .begin()
+            .await
+            .context("beginning a PostgreSQL transaction")?;
+        Self::ends(ends).execute(&mut *tx).await.context(ENDS)?;
+        let claimed = Self::starts(starts)
+            .fetch_all(&mut *tx)
+            .await
+            .context(STARTS)?;
+        tx.commit().await.context("committing a batch of writes")?;
+        Ok(claimed)
+    }
+}

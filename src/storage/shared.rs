@@ -6,16 +6,16 @@
 //! the same. sqlx's `Any` driver would blur the dialects and generic code
 //! over `sqlx::Database` drowns in trait bounds, so the one body is written
 //! once here and stamped out for each backend type, which must have `writer`
-//! and `reader` pools and a `begin_write` method.
+//! and `reader` pools, a `group` (`GroupCommit`) and a `begin_write` method.
+//! The batched start and end of a send are the one part written per backend
+//! (`BatchWriter` in `sqlite.rs` and `postgres.rs`).
 
 /// Implements [`Storage`](crate::storage::Storage) for `$storage` on database `$db`,
-/// with `$lock` filling the `{lock}` slot of claim statements. `$chain`
-/// joins the statements of one write into one call (`sql::chain_with_ctes`
-/// or `sql::chain_as_script`); `$chain_needs_transaction` says whether that
-/// call must run inside `begin_write` (a script) or is atomic on its own (a
-/// single statement).
+/// with `$lock` filling the `{lock}` slot of claim statements. The type's
+/// `group` field runs the common start and end of a send (see
+/// `group_commit`), in batches its backend writes.
 macro_rules! impl_storage {
-    ($storage:ty, $db:ty, $lock:expr, $chain:path, $chain_needs_transaction:expr) => {
+    ($storage:ty, $db:ty, $lock:expr) => {
         #[async_trait::async_trait]
         impl $crate::storage::Storage for $storage {
             async fn ping(&self) -> anyhow::Result<()> {
@@ -159,31 +159,14 @@ macro_rules! impl_storage {
                 now: i64,
             ) -> anyhow::Result<Option<ClaimedCredential>> {
                 if let Some(valid_after) = claim_valid_after {
-                    let statements = sql::START.map(|statement| sql::with_lock(statement, $lock));
-                    let statements: Vec<&str> = statements.iter().map(String::as_str).collect();
-                    let start = $chain(&statements);
-                    let query = sqlx::query_as::<_, ClaimedCredential>(&start)
-                        .bind(&message.id)
-                        .bind(&message.appid)
-                        .bind(&message.touser)
-                        .bind(&message.template_id)
-                        .bind(&message.payload)
-                        .bind(message.status)
-                        .bind(message.delivery)
-                        .bind(message.wait_until)
-                        .bind(message.lease_until)
-                        .bind(now)
-                        .bind(valid_after);
-                    let context = "recording the message and claiming its first credential";
-                    let claimed = if $chain_needs_transaction {
-                        let mut tx = self.begin_write().await?;
-                        let claimed = query.fetch_all(&mut *tx).await.context(context)?;
-                        tx.commit().await.context("committing the message")?;
-                        claimed
-                    } else {
-                        query.fetch_all(&self.writer).await.context(context)?
-                    };
-                    return Ok(claimed.into_iter().next());
+                    return self
+                        .group
+                        .start(StartWrite {
+                            message: message.clone(),
+                            valid_after,
+                            now,
+                        })
+                        .await;
                 }
                 let mut tx = self.begin_write().await?;
                 sqlx::query(sql::CREATE_MESSAGE)
@@ -212,28 +195,18 @@ macro_rules! impl_storage {
                 outcome: Option<&MessageOutcome>,
                 now: i64,
             ) -> anyhow::Result<()> {
+                // The common end of a send shares a commit with others.
                 if let (Some((credential_id, Settlement::Spent)), Some(outcome)) = (settlement, outcome) {
-                    let end = $chain(&sql::SPEND_AND_FINISH);
-                    let query = sqlx::query(&end)
-                        .bind(credential_id)
-                        .bind(now)
-                        .bind(message_id)
-                        .bind(attempt.credential_kind.map(CredentialKind::as_str))
-                        .bind(attempt.errcode)
-                        .bind(attempt.outcome)
-                        .bind(attempt.detail.as_deref())
-                        .bind(outcome.status)
-                        .bind(outcome.error_code)
-                        .bind(outcome.wechat_errcode);
-                    let context = "settling the attempt that ends the message";
-                    if $chain_needs_transaction {
-                        let mut tx = self.begin_write().await?;
-                        query.execute(&mut *tx).await.context(context)?;
-                        tx.commit().await.context("committing the attempt")?;
-                    } else {
-                        query.execute(&self.writer).await.context(context)?;
-                    }
-                    return Ok(());
+                    return self
+                        .group
+                        .end(EndWrite {
+                            message_id: message_id.to_owned(),
+                            credential_id,
+                            attempt: attempt.clone(),
+                            outcome: outcome.clone(),
+                            now,
+                        })
+                        .await;
                 }
                 let mut tx = self.begin_write().await?;
                 if let Some((credential_id, settlement)) = settlement {

@@ -175,64 +175,6 @@ pub const DELETE_OLD_MESSAGES: &str = "DELETE FROM messages WHERE id IN ( \
 /// Rows deleted per sweep statement.
 pub const SWEEP_BATCH: i64 = 5_000;
 
-/// The two writes of a successful send, each as statements numbered to share
-/// one argument list, so that each write is one call to the database:
-/// chained as data-modifying CTEs on PostgreSQL (one atomic statement, one
-/// round trip instead of four or five), and as one `;`-separated script
-/// inside a transaction on SQLite (sqlx binds `$N` by name in every
-/// statement of a script; three handoffs to the writer thread instead of
-/// four or five). See `chain_with_ctes` and `chain_as_script`.
-///
-/// The start: the message, then the claim of its first credential (leased
-/// until the message's own lease, `$9`).
-pub const START: [&str; 2] = [
-    "INSERT INTO messages \
-        (id, appid, touser, template_id, payload, status, delivery, wait_until, lease_until, \
-         created_at, updated_at) \
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
-    "UPDATE credentials \
-        SET state = 'leased', lease_expires_at = $9, updated_at = $10, lease_message_id = $1 \
-        WHERE id = (SELECT id FROM credentials \
-            WHERE appid = $2 AND openid = $3 AND state = 'available' AND expires_at > $11 \
-            ORDER BY expires_at, id LIMIT 1 {lock}) \
-        RETURNING id, kind, value, uses_left, collected_at, expires_at, lease_message_id",
-];
-
-/// The end: the credential spent, the attempt recorded, the message finished.
-pub const SPEND_AND_FINISH: [&str; 3] = [
-    "UPDATE credentials \
-        SET uses_left = uses_left - 1, lease_message_id = NULL, \
-            state = CASE WHEN uses_left <= 1 THEN 'exhausted' ELSE 'available' END, \
-            lease_expires_at = NULL, updated_at = $2 \
-        WHERE id = $1 AND state = 'leased'",
-    "INSERT INTO attempts (message_id, credential_id, credential_kind, errcode, outcome, detail, at) \
-        VALUES ($3, $1, $4, $5, $6, $7, $2)",
-    "UPDATE messages \
-        SET status = $8, error_code = $9, wechat_errcode = $10, updated_at = $2, \
-            lease_until = NULL, next_attempt_at = NULL WHERE id = $3",
-];
-
-/// PostgreSQL: all but the last statement become CTEs of the last one; a
-/// single statement is atomic without `BEGIN`/`COMMIT`.
-pub fn chain_with_ctes(statements: &[&str]) -> String {
-    let (last, first) = statements.split_last().expect("at least one statement");
-    let ctes: Vec<String> = first
-        .iter()
-        .enumerate()
-        .map(|(i, statement)| format!("step{i} AS ({statement})"))
-        .collect();
-    if ctes.is_empty() {
-        last.to_string()
-    } else {
-        format!("WITH {} {last}", ctes.join(", "))
-    }
-}
-
-/// SQLite: one script, run inside a write transaction by the caller.
-pub fn chain_as_script(statements: &[&str]) -> String {
-    statements.join("; ")
-}
-
 /// Fills the `{lock}` slot of a statement.
 pub fn with_lock(statement: &str, lock: &str) -> String {
     statement.replace("{lock}", lock)
@@ -243,17 +185,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chains_join_statements_for_each_database() {
-        assert_eq!(
-            chain_with_ctes(&["INSERT a", "UPDATE b", "UPDATE c"]),
-            "WITH step0 AS (INSERT a), step1 AS (UPDATE b) UPDATE c"
+    fn the_lock_slot_is_filled() {
+        assert!(
+            with_lock(CLAIM, "FOR UPDATE SKIP LOCKED").contains("LIMIT 1 FOR UPDATE SKIP LOCKED)")
         );
-        assert_eq!(chain_with_ctes(&["SELECT 1"]), "SELECT 1");
-        assert_eq!(
-            chain_as_script(&["INSERT a", "UPDATE b"]),
-            "INSERT a; UPDATE b"
-        );
-        assert!(with_lock(START[1], "FOR UPDATE SKIP LOCKED")
-            .contains("LIMIT 1 FOR UPDATE SKIP LOCKED)"));
+        assert!(!with_lock(CLAIM, "").contains("{lock}"));
     }
 }

@@ -3,7 +3,9 @@
 use std::collections::HashSet;
 
 use formid_gateway::ledger::kinds::CredentialKind;
-use formid_gateway::storage::{InsertOutcome, NewAttempt, NewCredential, NewMessage, Settlement};
+use formid_gateway::storage::{
+    InsertOutcome, MessageOutcome, NewAttempt, NewCredential, NewMessage, Settlement,
+};
 
 use crate::helpers::*;
 
@@ -18,7 +20,95 @@ fn credential(openid: &str, value: &str, collected_at: i64) -> NewCredential {
     }
 }
 
+fn message(id: &str, touser: &str, now: i64) -> NewMessage {
+    NewMessage {
+        id: id.into(),
+        appid: APPID.into(),
+        touser: touser.into(),
+        template_id: TEMPLATE.into(),
+        payload: "{}".into(),
+        status: "pending",
+        delivery: "at_most_once",
+        wait_until: None,
+        lease_until: now + 60_000,
+    }
+}
+
 on_both_backends! {
+    // Starts and ends of sends are batched (group commit): under concurrency
+    // each caller must still get its own claim, and a write that fails must
+    // fail alone.
+    async fn batched_starts_and_ends_keep_each_callers_result(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let now = app.now_ms();
+        let users: Vec<String> = (0..30).map(|i| format!("o-batch-{i}")).collect();
+        let items: Vec<_> = users
+            .iter()
+            .flat_map(|user| [credential(user, &format!("{user}-a"), now - 2), credential(user, &format!("{user}-b"), now - 1)])
+            .collect();
+        app.storage.insert_credentials(APPID, &items, now).await.unwrap();
+        app.storage.create_message(&message("m-taken", "o-nobody", now), None, now).await.unwrap();
+        // Three starts per user (two can claim), five for a user with nothing,
+        // and one whose message id is taken, all at once.
+        let mut starts: Vec<(String, String)> = users
+            .iter()
+            .flat_map(|user| (0..3).map(move |n| (format!("m-{user}-{n}"), user.clone())))
+            .collect();
+        starts.extend((0..5).map(|n| (format!("m-nobody-{n}"), "o-nobody".to_owned())));
+        starts.push(("m-taken".to_owned(), users[0].clone()));
+        let tasks = starts.iter().cloned().map(|(id, user)| {
+            let storage = app.storage.clone();
+            tokio::spawn(async move { storage.create_message(&message(&id, &user, now), Some(now), now).await })
+        });
+        let results = futures::future::join_all(tasks).await;
+        let mut claimed = Vec::new();
+        for ((id, user), result) in starts.iter().zip(results) {
+            match result.unwrap() {
+                Ok(Some(credential)) => {
+                    assert_eq!(credential.lease_message_id.as_deref(), Some(id.as_str()));
+                    assert!(credential.value.starts_with(&format!("{user}-")), "{user} got {}", credential.value);
+                    claimed.push((id.clone(), credential));
+                }
+                Ok(None) => {}
+                Err(_) => assert_eq!(id, "m-taken", "only the write that broke a rule fails"),
+            }
+        }
+        for user in &users {
+            let theirs = claimed.iter().filter(|(_, credential)| credential.value.starts_with(&format!("{user}-"))).count();
+            assert_eq!(theirs, 2, "{user}: two of three starts claim");
+        }
+        assert_eq!(claimed.len(), 60, "every credential claimed, none twice");
+        let values: HashSet<&str> = claimed.iter().map(|(_, credential)| credential.value.as_str()).collect();
+        assert_eq!(values.len(), 60);
+
+        let ends = claimed.iter().cloned().map(|(id, credential)| {
+            let storage = app.storage.clone();
+            tokio::spawn(async move {
+                let attempt = NewAttempt {
+                    credential_id: Some(credential.id),
+                    credential_kind: Some(CredentialKind::FormId),
+                    errcode: Some(0),
+                    outcome: "sent",
+                    detail: None,
+                };
+                let outcome = MessageOutcome { status: "sent", error_code: None, wechat_errcode: Some(0) };
+                storage.record_attempt(&id, &attempt, Some((credential.id, Settlement::Spent)), Some(&outcome), now).await
+            })
+        });
+        for result in futures::future::join_all(ends).await {
+            result.unwrap().unwrap();
+        }
+        for (id, _) in &claimed {
+            let (row, attempts) = app.storage.message(APPID, id).await.unwrap().unwrap();
+            assert_eq!(row.status, "sent");
+            assert_eq!(attempts.len(), 1);
+        }
+        for user in &users {
+            assert!(app.storage.quota(APPID, user, now).await.unwrap().is_empty(), "{user} spent both");
+        }
+    }
+
+
     async fn concurrent_claims_never_lease_one_credential_twice(backend: Backend) {
         let app = spawn_app(backend).await;
         let now = app.now_ms();
