@@ -51,6 +51,11 @@ impl Application {
             &settings.wechat.base_url,
             Duration::from_millis(settings.wechat.connect_timeout_ms),
             Duration::from_millis(settings.wechat.request_timeout_ms),
+            // Why: as many idle connections as calls may be in flight, so
+            // that a steady load reuses its connections instead of closing
+            // the ones above the idle limit and connecting anew (WeChat is
+            // one host for every app).
+            settings.wechat.max_concurrent_calls_per_app * settings.apps.len().max(1),
         )?;
         let apps = Arc::new(settings.apps.clone());
         let holder = settings

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use rand::Rng;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
@@ -223,12 +222,7 @@ pub async fn collect(
     n: u64,
 ) -> Outcome {
     let item = |i: u64| {
-        let value: String = {
-            let mut rng = rand::thread_rng();
-            (0..32)
-                .map(|_| char::from(b"0123456789abcdef"[rng.gen_range(0..16)]))
-                .collect()
-        };
+        let value = crate::db::random_form_id();
         json!({"openid": format!("{prefix}{}", i % 5_000), "kind": "form_id", "value": value})
     };
     let body = if batch == 1 {

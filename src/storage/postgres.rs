@@ -64,7 +64,7 @@ impl_storage!(PostgresStorage, sqlx::Postgres, "FOR UPDATE SKIP LOCKED");
 
 /// Batches run at once: while one commits, the next collects the writes
 /// that arrive meanwhile. Each holds one connection while it runs.
-const BATCH_RUNNERS: usize = 4;
+const BATCH_RUNNERS: usize = 2;
 
 /// The starts of a batch as one statement: the messages inserted, then for
 /// each the soonest-expiring available credential of its user leased to it.

@@ -60,16 +60,18 @@ pub struct WeChatClient {
 }
 
 impl WeChatClient {
-    /// A client for `base_url` with separate connect and total timeouts.
+    /// A client for `base_url` with separate connect and total timeouts,
+    /// keeping up to `max_idle_connections` connections open between calls.
     pub fn new(
         base_url: &str,
         connect_timeout: Duration,
         request_timeout: Duration,
+        max_idle_connections: usize,
     ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .timeout(request_timeout)
-            .pool_max_idle_per_host(64)
+            .pool_max_idle_per_host(max_idle_connections)
             .build()
             .context("building the WeChat HTTP client")?;
         Ok(Self {
