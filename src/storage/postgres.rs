@@ -13,7 +13,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres};
 
 use super::group_commit::{BatchWriter, EndWrite, GroupCommit, StartWrite};
-use super::shared::{impl_storage, INSERT_CHUNK};
+use super::shared::{bind_message, impl_storage, INSERT_CHUNK};
 use super::sql;
 use super::*;
 
@@ -124,84 +124,43 @@ pub const END_BATCH: &str = "WITH batch AS ( \
 #[derive(Debug)]
 struct PostgresBatches(PgPool);
 
+/// One field of every row of a batch, as the array bound for its column.
+fn column<'a, T, U>(rows: &'a [T], field: impl Fn(&'a T) -> U) -> Vec<U> {
+    rows.iter().map(field).collect()
+}
+
 impl PostgresBatches {
     fn ends(ends: &[EndWrite]) -> sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments> {
         sqlx::query(END_BATCH)
-            .bind(ends.iter().map(|end| end.credential_id).collect::<Vec<_>>())
-            .bind(
-                ends.iter()
-                    .map(|end| end.message_id.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                ends.iter()
-                    .map(|end| end.attempt.credential_kind.map(CredentialKind::as_str))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                ends.iter()
-                    .map(|end| end.attempt.errcode)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                ends.iter()
-                    .map(|end| end.attempt.outcome)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                ends.iter()
-                    .map(|end| end.attempt.detail.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                ends.iter()
-                    .map(|end| end.outcome.status)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                ends.iter()
-                    .map(|end| end.outcome.error_code)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                ends.iter()
-                    .map(|end| end.outcome.wechat_errcode)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(ends.iter().map(|end| end.now).collect::<Vec<_>>())
+            .bind(column(ends, |end| end.credential_id))
+            .bind(column(ends, |end| end.message_id.as_str()))
+            .bind(column(ends, |end| {
+                end.attempt.credential_kind.map(CredentialKind::as_str)
+            }))
+            .bind(column(ends, |end| end.attempt.errcode))
+            .bind(column(ends, |end| end.attempt.outcome))
+            .bind(column(ends, |end| end.attempt.detail.as_deref()))
+            .bind(column(ends, |end| end.outcome.status))
+            .bind(column(ends, |end| end.outcome.error_code))
+            .bind(column(ends, |end| end.outcome.wechat_errcode))
+            .bind(column(ends, |end| end.now))
     }
 
     fn starts(
         starts: &[StartWrite],
     ) -> sqlx::query::QueryAs<'_, Postgres, ClaimedCredential, sqlx::postgres::PgArguments> {
-        let column = |field: fn(&StartWrite) -> &str| starts.iter().map(field).collect::<Vec<_>>();
         sqlx::query_as(START_BATCH)
-            .bind(column(|start| &start.message.id))
-            .bind(column(|start| &start.message.appid))
-            .bind(column(|start| &start.message.touser))
-            .bind(column(|start| &start.message.template_id))
-            .bind(column(|start| &start.message.payload))
-            .bind(column(|start| start.message.status))
-            .bind(column(|start| start.message.delivery))
-            .bind(
-                starts
-                    .iter()
-                    .map(|start| start.message.wait_until)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                starts
-                    .iter()
-                    .map(|start| start.message.lease_until)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(starts.iter().map(|start| start.now).collect::<Vec<_>>())
-            .bind(
-                starts
-                    .iter()
-                    .map(|start| start.valid_after)
-                    .collect::<Vec<_>>(),
-            )
+            .bind(column(starts, |start| start.message.id.as_str()))
+            .bind(column(starts, |start| start.message.appid.as_str()))
+            .bind(column(starts, |start| start.message.touser.as_str()))
+            .bind(column(starts, |start| start.message.template_id.as_str()))
+            .bind(column(starts, |start| start.message.payload.as_str()))
+            .bind(column(starts, |start| start.message.status))
+            .bind(column(starts, |start| start.message.delivery))
+            .bind(column(starts, |start| start.message.wait_until))
+            .bind(column(starts, |start| start.message.lease_until))
+            .bind(column(starts, |start| start.now))
+            .bind(column(starts, |start| start.valid_after))
     }
 }
 

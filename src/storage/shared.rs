@@ -169,16 +169,7 @@ macro_rules! impl_storage {
                         .await;
                 }
                 let mut tx = self.begin_write().await?;
-                sqlx::query(sql::CREATE_MESSAGE)
-                    .bind(&message.id)
-                    .bind(&message.appid)
-                    .bind(&message.touser)
-                    .bind(&message.template_id)
-                    .bind(&message.payload)
-                    .bind(message.status)
-                    .bind(message.delivery)
-                    .bind(message.wait_until)
-                    .bind(message.lease_until)
+                bind_message!(sqlx::query(sql::CREATE_MESSAGE), message)
                     .bind(now)
                     .execute(&mut *tx)
                     .await
@@ -616,6 +607,26 @@ macro_rules! impl_storage {
 }
 
 pub(crate) use impl_storage;
+
+/// Binds a [`NewMessage`](crate::storage::NewMessage)'s columns as `$1`–`$9`
+/// of the message inserts (`sql::CREATE_MESSAGE`, SQLite's `START`).
+macro_rules! bind_message {
+    ($query:expr, $message:expr) => {{
+        let message = $message;
+        $query
+            .bind(&message.id)
+            .bind(&message.appid)
+            .bind(&message.touser)
+            .bind(&message.template_id)
+            .bind(&message.payload)
+            .bind(message.status)
+            .bind(message.delivery)
+            .bind(message.wait_until)
+            .bind(message.lease_until)
+    }};
+}
+
+pub(crate) use bind_message;
 
 /// Rows per multi-row INSERT, well inside both databases' bind limits.
 pub(crate) const INSERT_CHUNK: usize = 500;

@@ -16,7 +16,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool};
 
 use super::group_commit::{power_of_two_runs, BatchWriter, EndWrite, GroupCommit, StartWrite};
-use super::shared::{impl_storage, INSERT_CHUNK};
+use super::shared::{bind_message, impl_storage, INSERT_CHUNK};
 use super::sql;
 use super::*;
 
@@ -189,17 +189,7 @@ impl BatchWriter for SqliteBatches {
             let script = numbered_script(&START, START_PARAMS, run.len());
             let mut query = sqlx::query_as::<_, ClaimedCredential>(&script);
             for start in run {
-                let message = &start.message;
-                query = query
-                    .bind(&message.id)
-                    .bind(&message.appid)
-                    .bind(&message.touser)
-                    .bind(&message.template_id)
-                    .bind(&message.payload)
-                    .bind(message.status)
-                    .bind(message.delivery)
-                    .bind(message.wait_until)
-                    .bind(message.lease_until)
+                query = bind_message!(query, &start.message)
                     .bind(start.now)
                     .bind(start.valid_after);
             }
