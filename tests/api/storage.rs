@@ -62,6 +62,7 @@ on_both_backends! {
         });
         let results = futures::future::join_all(tasks).await;
         let mut claimed = Vec::new();
+        let mut failed = 0;
         for ((id, user), result) in starts.iter().zip(results) {
             match result.unwrap() {
                 Ok(Some(credential)) => {
@@ -70,9 +71,13 @@ on_both_backends! {
                     claimed.push((id.clone(), credential));
                 }
                 Ok(None) => {}
-                Err(_) => assert_eq!(id, "m-taken", "only the write that broke a rule fails"),
+                Err(_) => {
+                    assert_eq!(id, "m-taken", "only the write that broke a rule fails");
+                    failed += 1;
+                }
             }
         }
+        assert_eq!(failed, 1, "a message id used twice is refused");
         for user in &users {
             let theirs = claimed.iter().filter(|(_, credential)| credential.value.starts_with(&format!("{user}-"))).count();
             assert_eq!(theirs, 2, "{user}: two of three starts claim");
