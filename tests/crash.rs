@@ -82,6 +82,40 @@ impl Gateway {
         Self { child, address }
     }
 
+    /// Posts credentials, as a frontend does.
+    async fn post_credentials(
+        &self,
+        client: &reqwest::Client,
+        credentials: Vec<serde_json::Value>,
+    ) -> reqwest::Response {
+        client
+            .post(format!("{}/v1/apps/{APPID}/credentials", self.address))
+            .bearer_auth(KEY)
+            .json(&json!({"credentials": credentials}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Starts one send to each of users `{prefix}0` … `{prefix}{users - 1}`,
+    /// each in its own task: the status it answers, or the error if none.
+    fn spawn_sends(
+        &self,
+        client: &reqwest::Client,
+        prefix: &str,
+        users: usize,
+    ) -> Vec<tokio::task::JoinHandle<reqwest::Result<reqwest::StatusCode>>> {
+        (0..users)
+            .map(|user| {
+                let request = client
+                    .post(format!("{}/v1/apps/{APPID}/messages", self.address))
+                    .bearer_auth(KEY)
+                    .json(&json!({"touser": format!("{prefix}{user}"), "template_id": TEMPLATE}));
+                tokio::spawn(async move { request.send().await.map(|response| response.status()) })
+            })
+            .collect()
+    }
+
     fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .arg(format!("-{signal}"))
@@ -225,13 +259,7 @@ async fn kill_mid_send_then_recover(postgres: bool) {
         };
         credentials.push(json!({"openid": openid, "kind": kind, "value": value}));
     }
-    let collected = client
-        .post(format!("{}/v1/apps/{APPID}/credentials", first.address))
-        .bearer_auth(KEY)
-        .json(&json!({"credentials": credentials}))
-        .send()
-        .await
-        .unwrap();
+    let collected = first.post_credentials(&client, credentials).await;
     assert_eq!(collected.status(), 200);
     client
         .get(format!("{}/v1/apps/{APPID}/access_token", first.address))
@@ -243,15 +271,7 @@ async fn kill_mid_send_then_recover(postgres: bool) {
     // before the kill); the rest wait in the fake's latency, undelivered.
     fake.push_send_faults(vec![Fault::Hang(Duration::from_secs(5)); 6]);
     fake.set_latency(Duration::from_millis(1500));
-    let sends: Vec<_> = (0..20)
-        .map(|user| {
-            let request = client
-                .post(format!("{}/v1/apps/{APPID}/messages", first.address))
-                .bearer_auth(KEY)
-                .json(&json!({"touser": format!("o-crash-{user}"), "template_id": TEMPLATE}));
-            tokio::spawn(async move { request.send().await.map(|response| response.status()) })
-        })
-        .collect();
+    let sends = first.spawn_sends(&client, "o-crash-", 20);
     tokio::time::sleep(Duration::from_millis(700)).await;
     let mut first = first;
     first.signal("KILL");
@@ -366,28 +386,9 @@ async fn sigterm_finishes_the_sends_in_flight_and_exits_cleanly() {
             json!({"openid": openid, "kind": "form_id", "value": fake.mint_form_id(APPID, &openid)})
         })
         .collect();
-    client
-        .post(format!("{}/v1/apps/{APPID}/credentials", gateway.address))
-        .bearer_auth(KEY)
-        .json(&json!({"credentials": credentials}))
-        .send()
-        .await
-        .unwrap();
+    gateway.post_credentials(&client, credentials).await;
     fake.set_latency(Duration::from_millis(1000));
-    let sends: Vec<_> = (0..3)
-        .map(|user| {
-            let request = client
-                .post(format!("{}/v1/apps/{APPID}/messages", gateway.address))
-                .bearer_auth(KEY)
-                .json(&json!({"touser": format!("o-term-{user}"), "template_id": TEMPLATE}));
-            tokio::spawn(async move {
-                request
-                    .send()
-                    .await
-                    .map(|response| response.status().as_u16())
-            })
-        })
-        .collect();
+    let sends = gateway.spawn_sends(&client, "o-term-", 3);
     tokio::time::sleep(Duration::from_millis(400)).await;
     gateway.signal("TERM");
     for send in sends {

@@ -8,6 +8,13 @@ fn find(results: &Results, pick: impl Fn(&Record) -> bool) -> Option<&Record> {
     results.records.iter().rev().find(|record| pick(record))
 }
 
+/// A limit's rate with the connections it ran on, or a dash when it was not measured.
+fn limit_cell(limit: Option<&Record>) -> String {
+    limit.map_or("–".into(), |l| {
+        format!("{:.0} ({})", l.stats.rate, l.clients)
+    })
+}
+
 fn ratio(value: f64, limit: Option<f64>) -> String {
     match limit {
         Some(limit) if limit > 0.0 => format!("{:.2}", value / limit),
@@ -81,10 +88,7 @@ pub fn markdown(results: &Results) -> String {
             record.stats.p99_ms,
             opt(fake),
             ratio(record.stats.rate, fake),
-            claim.map_or("–".into(), |c| format!(
-                "{:.0} ({})",
-                c.stats.rate, c.clients
-            )),
+            limit_cell(claim),
             ratio(record.stats.rate, claim.map(|c| c.stats.rate)),
         );
     }
@@ -111,10 +115,7 @@ pub fn markdown(results: &Results) -> String {
             record.stats.rate,
             record.stats.p50_ms,
             record.stats.p99_ms,
-            bare.map_or("–".into(), |b| format!(
-                "{:.0} ({})",
-                b.stats.rate, b.clients
-            )),
+            limit_cell(bare),
             ratio(record.stats.rate, bare.map(|b| b.stats.rate)),
         );
     }
