@@ -237,15 +237,19 @@ impl Batch {
     }
 }
 
-/// Splits `items` into runs whose lengths are powers of two up to 32,
-/// longest first: SQLite prepares one script per length, so the writer's
-/// statement cache holds six scripts per write instead of one per batch size.
+/// The longest run [`power_of_two_runs`] makes.
+pub(crate) const MAX_RUN: usize = 32;
+
+/// Splits `items` into runs whose lengths are powers of two up to
+/// [`MAX_RUN`], longest first: SQLite prepares one script per length, so the
+/// writer's statement cache holds six scripts per write instead of one per
+/// batch size.
 pub(crate) fn power_of_two_runs<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
     std::iter::from_fn(move || {
         if items.is_empty() {
             return None;
         }
-        let length = 1usize << items.len().min(32).ilog2();
+        let length = 1usize << items.len().min(MAX_RUN).ilog2();
         let (run, rest) = items.split_at(length);
         items = rest;
         Some(run)

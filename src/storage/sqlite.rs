@@ -9,13 +9,16 @@
 
 use std::collections::HashSet;
 use std::str::FromStr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool};
 
-use super::group_commit::{power_of_two_runs, BatchWriter, EndWrite, GroupCommit, StartWrite};
+use super::group_commit::{
+    power_of_two_runs, BatchWriter, EndWrite, GroupCommit, StartWrite, MAX_RUN,
+};
 use super::shared::{bind_message, impl_storage, INSERT_CHUNK};
 use super::sql;
 use super::*;
@@ -148,6 +151,26 @@ pub fn numbered_script(statements: &[&str], params: usize, copies: usize) -> Str
     script
 }
 
+/// The script for a run of `copies` writes (a power of two up to
+/// [`MAX_RUN`]), built the first time it is needed: every batch reuses the
+/// same few texts, which are also the writer's statement-cache keys.
+fn run_script(
+    cache: &'static OnceLock<Vec<String>>,
+    statements: &[&str],
+    params: usize,
+    copies: usize,
+) -> &'static str {
+    let scripts = cache.get_or_init(|| {
+        (0..=MAX_RUN.ilog2())
+            .map(|log| numbered_script(statements, params, 1 << log))
+            .collect()
+    });
+    &scripts[copies.ilog2() as usize]
+}
+
+static END_SCRIPTS: OnceLock<Vec<String>> = OnceLock::new();
+static START_SCRIPTS: OnceLock<Vec<String>> = OnceLock::new();
+
 /// Runs a batch on the single writer: one `BEGIN IMMEDIATE … COMMIT` and one
 /// script per run of writes (see `power_of_two_runs`), where each write on
 /// its own took three handoffs to the writer's thread. The statements run in
@@ -164,8 +187,8 @@ impl BatchWriter for SqliteBatches {
     ) -> anyhow::Result<Vec<ClaimedCredential>> {
         let mut tx = begin_immediate(&self.0).await?;
         for run in power_of_two_runs(ends) {
-            let script = numbered_script(&END, END_PARAMS, run.len());
-            let mut query = sqlx::query(&script);
+            let script = run_script(&END_SCRIPTS, &END, END_PARAMS, run.len());
+            let mut query = sqlx::query(script);
             for end in run {
                 query = query
                     .bind(end.credential_id)
@@ -186,8 +209,8 @@ impl BatchWriter for SqliteBatches {
         }
         let mut claimed = Vec::new();
         for run in power_of_two_runs(starts) {
-            let script = numbered_script(&START, START_PARAMS, run.len());
-            let mut query = sqlx::query_as::<_, ClaimedCredential>(&script);
+            let script = run_script(&START_SCRIPTS, &START, START_PARAMS, run.len());
+            let mut query = sqlx::query_as::<_, ClaimedCredential>(script);
             for start in run {
                 query = bind_message!(query, &start.message)
                     .bind(start.now)
@@ -218,5 +241,10 @@ mod tests {
         assert_eq!(numbered_script(&START, START_PARAMS, 1), START.join("; "));
         let script = numbered_script(&END, END_PARAMS, 32);
         assert!(script.contains("$320") && !script.contains("$321"));
+        assert_eq!(run_script(&END_SCRIPTS, &END, END_PARAMS, 32), script);
+        assert_eq!(
+            run_script(&START_SCRIPTS, &START, START_PARAMS, 4),
+            numbered_script(&START, START_PARAMS, 4)
+        );
     }
 }
