@@ -2,86 +2,163 @@
 
 use serde_json::json;
 
+use rstest::rstest;
+
 use crate::helpers::*;
 
-on_both_backends! {
-    async fn health_and_readiness_need_no_key(backend: Backend) {
-        let app = spawn_app(backend).await;
-        let health = app.call(reqwest::Method::GET, "/healthz", None, None).await;
-        assert_eq!(health.status, 200);
-        let ready = app.call(reqwest::Method::GET, "/readyz", None, None).await;
-        assert_eq!(ready.status, 200);
-        assert_eq!(ready.body["status"], "ready");
-    }
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness_need_no_key(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    let health = app.call(reqwest::Method::GET, "/healthz", None, None).await;
+    assert_eq!(health.status, 200);
+    let ready = app.call(reqwest::Method::GET, "/readyz", None, None).await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.body["status"], "ready");
+}
 
-    async fn keys_are_checked_for_app_and_scope(backend: Backend) {
-        let app = spawn_app(backend).await;
-        let credentials = format!("/v1/apps/{APPID}/credentials");
-        let item = json!({"openid": "o-a", "kind": "form_id", "value": "v-1"});
-        let cases: Vec<(Option<&str>, u16, &str)> = vec![
-            (None, 401, "missing_api_key"),
-            (Some("not-a-key-at-all-000000"), 401, "invalid_api_key"),
-            (Some(SEND_KEY), 403, "forbidden"),
-            (Some(TOKEN_KEY), 403, "forbidden"),
-            (Some(OTHER_APP_KEY), 403, "forbidden"),
-        ];
-        for (key, status, code) in cases {
-            let answer = app.call(reqwest::Method::POST, &credentials, key, Some(item.clone())).await;
-            assert_eq!(answer.status, status, "{key:?}");
-            assert_eq!(answer.body["error"]["code"], code, "{key:?}");
-        }
-        let unauthorized = app.call(reqwest::Method::POST, &credentials, None, Some(item.clone())).await;
-        assert_eq!(unauthorized.headers["www-authenticate"], "Bearer");
-        assert_eq!(app.call(reqwest::Method::POST, &credentials, Some(COLLECT_KEY), Some(item.clone())).await.status, 200);
-        assert_eq!(app.call(reqwest::Method::POST, &credentials, Some(ADMIN_KEY), Some(json!({"openid": "o-a", "kind": "form_id", "value": "v-2"}))).await.status, 200);
-        let token = format!("/v1/apps/{APPID}/access_token");
-        assert_eq!(app.call(reqwest::Method::GET, &token, Some(SEND_KEY), None).await.status, 403);
-        assert_eq!(app.call(reqwest::Method::GET, &token, Some(COLLECT_KEY), None).await.status, 403);
-        let messages = format!("/v1/apps/{APPID}/messages");
-        let send = json!({"touser": "o-a", "template_id": TEMPLATE});
-        assert_eq!(app.call(reqwest::Method::POST, &messages, Some(COLLECT_KEY), Some(send)).await.status, 403);
-        assert!(app.fake.sends().is_empty());
-    }
-
-    async fn an_unknown_app_is_404(backend: Backend) {
-        let app = spawn_app(backend).await;
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_checked_for_app_and_scope(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    let credentials = format!("/v1/apps/{APPID}/credentials");
+    let item = json!({"openid": "o-a", "kind": "form_id", "value": "v-1"});
+    let cases: Vec<(Option<&str>, u16, &str)> = vec![
+        (None, 401, "missing_api_key"),
+        (Some("not-a-key-at-all-000000"), 401, "invalid_api_key"),
+        (Some(SEND_KEY), 403, "forbidden"),
+        (Some(TOKEN_KEY), 403, "forbidden"),
+        (Some(OTHER_APP_KEY), 403, "forbidden"),
+    ];
+    for (key, status, code) in cases {
         let answer = app
-            .call(reqwest::Method::POST, "/v1/apps/wxnotconfigured0001/credentials", Some(ADMIN_KEY), Some(json!({"openid": "o", "kind": "form_id", "value": "v"})))
+            .call(reqwest::Method::POST, &credentials, key, Some(item.clone()))
             .await;
-        assert_eq!(answer.status, 404);
-        assert_eq!(answer.body["error"]["code"], "unknown_app");
-        let route = app.call(reqwest::Method::GET, "/v2/anything", Some(ADMIN_KEY), None).await;
-        assert_eq!(route.status, 404);
-        assert_eq!(route.body["error"]["code"], "not_found");
+        assert_eq!(answer.status, status, "{key:?}");
+        assert_eq!(answer.body["error"]["code"], code, "{key:?}");
     }
+    let unauthorized = app
+        .call(
+            reqwest::Method::POST,
+            &credentials,
+            None,
+            Some(item.clone()),
+        )
+        .await;
+    assert_eq!(unauthorized.headers["www-authenticate"], "Bearer");
+    assert_eq!(
+        app.call(
+            reqwest::Method::POST,
+            &credentials,
+            Some(COLLECT_KEY),
+            Some(item.clone())
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        app.call(
+            reqwest::Method::POST,
+            &credentials,
+            Some(ADMIN_KEY),
+            Some(json!({"openid": "o-a", "kind": "form_id", "value": "v-2"}))
+        )
+        .await
+        .status,
+        200
+    );
+    let token = format!("/v1/apps/{APPID}/access_token");
+    assert_eq!(
+        app.call(reqwest::Method::GET, &token, Some(SEND_KEY), None)
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        app.call(reqwest::Method::GET, &token, Some(COLLECT_KEY), None)
+            .await
+            .status,
+        403
+    );
+    let messages = format!("/v1/apps/{APPID}/messages");
+    let send = json!({"touser": "o-a", "template_id": TEMPLATE});
+    assert_eq!(
+        app.call(
+            reqwest::Method::POST,
+            &messages,
+            Some(COLLECT_KEY),
+            Some(send)
+        )
+        .await
+        .status,
+        403
+    );
+    assert!(app.fake.sends().is_empty());
+}
 
-    async fn broken_bodies_are_400_and_oversized_ones_413(backend: Backend) {
-        let app = spawn_app(backend).await;
-        let response = app
-            .client
-            .post(app.url(&format!("/v1/apps/{APPID}/credentials")))
-            .bearer_auth(COLLECT_KEY)
-            .header("content-type", "application/json")
-            .body("{\"openid\": ")
-            .send()
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_app_is_404(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    let answer = app
+        .call(
+            reqwest::Method::POST,
+            "/v1/apps/wxnotconfigured0001/credentials",
+            Some(ADMIN_KEY),
+            Some(json!({"openid": "o", "kind": "form_id", "value": "v"})),
+        )
+        .await;
+    assert_eq!(answer.status, 404);
+    assert_eq!(answer.body["error"]["code"], "unknown_app");
+    let route = app
+        .call(reqwest::Method::GET, "/v2/anything", Some(ADMIN_KEY), None)
+        .await;
+    assert_eq!(route.status, 404);
+    assert_eq!(route.body["error"]["code"], "not_found");
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_bodies_are_400_and_oversized_ones_413(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    let response = app
+        .client
+        .post(app.url(&format!("/v1/apps/{APPID}/credentials")))
+        .bearer_auth(COLLECT_KEY)
+        .header("content-type", "application/json")
+        .body("{\"openid\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_json");
+    let huge = "x".repeat(2 * 1024 * 1024);
+    let response = app
+        .client
+        .post(app.url(&format!("/v1/apps/{APPID}/credentials")))
+        .bearer_auth(COLLECT_KEY)
+        .body(format!("{{\"openid\": \"{huge}\"}}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "body_too_large");
+    assert_eq!(app.sends_available("o-a").await, 0);
+    assert_eq!(
+        app.call(reqwest::Method::GET, "/healthz", None, None)
             .await
-            .unwrap();
-        assert_eq!(response.status(), 400);
-        let body: serde_json::Value = response.json().await.unwrap();
-        assert_eq!(body["error"]["code"], "invalid_json");
-        let huge = "x".repeat(2 * 1024 * 1024);
-        let response = app
-            .client
-            .post(app.url(&format!("/v1/apps/{APPID}/credentials")))
-            .bearer_auth(COLLECT_KEY)
-            .body(format!("{{\"openid\": \"{huge}\"}}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 413);
-        let body: serde_json::Value = response.json().await.unwrap();
-        assert_eq!(body["error"]["code"], "body_too_large");
-        assert_eq!(app.sends_available("o-a").await, 0);
-        assert_eq!(app.call(reqwest::Method::GET, "/healthz", None, None).await.status, 200);
-    }
+            .status,
+        200
+    );
 }

@@ -6,6 +6,8 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use rstest::rstest;
+
 use crate::helpers::*;
 
 /// The openid the ledger is seeded for.
@@ -455,100 +457,120 @@ fn table(now_ms: i64, seeded_message: &str, seeded_prepay: &str) -> Vec<Case> {
     t.cases
 }
 
-on_both_backends! {
-    async fn malformed_requests_get_exact_errors_and_change_nothing(backend: Backend) {
-        let app = spawn_app(backend).await;
-        app.collect_form_id(SEEDED).await;
-        app.collect_form_id(SEEDED).await;
-        let seeded_prepay = app.collect_prepay_id(SEEDED).await;
-        let sent = app.notify(SEEDED).await;
-        assert_eq!(sent.status, 200, "{:?}", sent.body);
-        let seeded_message = sent.body["id"].as_str().unwrap().to_owned();
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_exact_errors_and_change_nothing(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.collect_form_id(SEEDED).await;
+    app.collect_form_id(SEEDED).await;
+    let seeded_prepay = app.collect_prepay_id(SEEDED).await;
+    let sent = app.notify(SEEDED).await;
+    assert_eq!(sent.status, 200, "{:?}", sent.body);
+    let seeded_message = sent.body["id"].as_str().unwrap().to_owned();
 
-        let watched = [SEEDED, ATTACKER, "o-nobody", "o-seeded'--", "o-seeded\"--"];
-        let mut quotas_before = Vec::new();
-        for openid in watched {
-            quotas_before.push(app.quota(openid).await);
-        }
-        assert_eq!(quotas_before[0]["sends_available"], 4);
-        let sends_before = app.fake.sends().len();
-        let message_before = app.message(&seeded_message).await;
-        assert_eq!(message_before.status, 200);
-
-        let cases = table(app.now_ms(), &seeded_message, &seeded_prepay);
-        assert!(cases.len() >= 40);
-        let mut failures = Vec::new();
-        for case in &cases {
-            let answer = send_case(&app, case).await;
-            let text = String::from_utf8_lossy(&answer.body);
-            let shown = format!(
-                "{} {} -> {} [{}] {}",
-                case.method,
-                case.path,
-                answer.status,
-                answer.content_type,
-                text.chars().take(300).collect::<String>()
-            );
-            let body: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
-            let mut problems = Vec::new();
-            if answer.status != case.status {
-                problems.push(format!("status {} instead of {}", answer.status, case.status));
-            }
-            if !answer.content_type.starts_with("application/json") {
-                problems.push("not application/json".to_owned());
-            }
-            if case.status == BATCH_REJECTS {
-                let rejected = body["rejected"].as_array().cloned().unwrap_or_default();
-                if body["accepted"] != 0 || body["duplicates"] != 0 || rejected.is_empty() {
-                    problems.push("a batch that stored something or rejected nothing".to_owned());
-                }
-                if rejected.iter().any(|rejection| rejection["code"] != case.code) {
-                    problems.push(format!("a rejection other than {}", case.code));
-                }
-            } else {
-                if body["error"]["code"] != case.code {
-                    problems.push(format!("code {} instead of {}", body["error"]["code"], case.code));
-                }
-                if let Some(problem) = error_shape_problem(&body) {
-                    problems.push(problem);
-                }
-            }
-            if !problems.is_empty() {
-                failures.push(format!("{}: {}\n    {shown}", case.name, problems.join("; ")));
-            }
-        }
-        let wrong_answers = failures.len();
-
-        // Nothing changed: reported together with the wrong answers.
-        for (openid, before) in watched.iter().zip(&quotas_before) {
-            let after = app.quota(openid).await;
-            if &after != before {
-                failures.push(format!("the quota of {openid} changed:\n    {before}\n -> {after}"));
-            }
-        }
-        let sends_after = app.fake.sends().len();
-        if sends_after != sends_before {
-            failures.push(format!("WeChat got {} sends", sends_after - sends_before));
-        }
-        let message_after = app.message(&seeded_message).await;
-        if (message_after.status, &message_after.body) != (200, &message_before.body) {
-            failures.push(format!("the seeded message changed: {:?}", message_after.body));
-        }
-        assert!(
-            failures.is_empty(),
-            "{wrong_answers} of {} cases got the wrong answer; {} ledger changes:\n{}",
-            cases.len(),
-            failures.len() - wrong_answers,
-            failures.join("\n")
-        );
-
-        // And the service still works.
-        let health = app.call(Method::GET, "/healthz", None, None).await;
-        assert_eq!(health.status, 200);
-        let again = app.notify(SEEDED).await;
-        assert_eq!(again.status, 200, "{:?}", again.body);
-        assert_eq!(again.body["status"], "sent");
-        assert_eq!(app.sends_available(SEEDED).await, 3);
-        assert_eq!(app.fake.sends().len(), sends_before + 1);
+    let watched = [SEEDED, ATTACKER, "o-nobody", "o-seeded'--", "o-seeded\"--"];
+    let mut quotas_before = Vec::new();
+    for openid in watched {
+        quotas_before.push(app.quota(openid).await);
     }
+    assert_eq!(quotas_before[0]["sends_available"], 4);
+    let sends_before = app.fake.sends().len();
+    let message_before = app.message(&seeded_message).await;
+    assert_eq!(message_before.status, 200);
+
+    let cases = table(app.now_ms(), &seeded_message, &seeded_prepay);
+    assert!(cases.len() >= 40);
+    let mut failures = Vec::new();
+    for case in &cases {
+        let answer = send_case(&app, case).await;
+        let text = String::from_utf8_lossy(&answer.body);
+        let shown = format!(
+            "{} {} -> {} [{}] {}",
+            case.method,
+            case.path,
+            answer.status,
+            answer.content_type,
+            text.chars().take(300).collect::<String>()
+        );
+        let body: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+        let mut problems = Vec::new();
+        if answer.status != case.status {
+            problems.push(format!(
+                "status {} instead of {}",
+                answer.status, case.status
+            ));
+        }
+        if !answer.content_type.starts_with("application/json") {
+            problems.push("not application/json".to_owned());
+        }
+        if case.status == BATCH_REJECTS {
+            let rejected = body["rejected"].as_array().cloned().unwrap_or_default();
+            if body["accepted"] != 0 || body["duplicates"] != 0 || rejected.is_empty() {
+                problems.push("a batch that stored something or rejected nothing".to_owned());
+            }
+            if rejected
+                .iter()
+                .any(|rejection| rejection["code"] != case.code)
+            {
+                problems.push(format!("a rejection other than {}", case.code));
+            }
+        } else {
+            if body["error"]["code"] != case.code {
+                problems.push(format!(
+                    "code {} instead of {}",
+                    body["error"]["code"], case.code
+                ));
+            }
+            if let Some(problem) = error_shape_problem(&body) {
+                problems.push(problem);
+            }
+        }
+        if !problems.is_empty() {
+            failures.push(format!(
+                "{}: {}\n    {shown}",
+                case.name,
+                problems.join("; ")
+            ));
+        }
+    }
+    let wrong_answers = failures.len();
+
+    // Nothing changed: reported together with the wrong answers.
+    for (openid, before) in watched.iter().zip(&quotas_before) {
+        let after = app.quota(openid).await;
+        if &after != before {
+            failures.push(format!(
+                "the quota of {openid} changed:\n    {before}\n -> {after}"
+            ));
+        }
+    }
+    let sends_after = app.fake.sends().len();
+    if sends_after != sends_before {
+        failures.push(format!("WeChat got {} sends", sends_after - sends_before));
+    }
+    let message_after = app.message(&seeded_message).await;
+    if (message_after.status, &message_after.body) != (200, &message_before.body) {
+        failures.push(format!(
+            "the seeded message changed: {:?}",
+            message_after.body
+        ));
+    }
+    assert!(
+        failures.is_empty(),
+        "{wrong_answers} of {} cases got the wrong answer; {} ledger changes:\n{}",
+        cases.len(),
+        failures.len() - wrong_answers,
+        failures.join("\n")
+    );
+
+    // And the service still works.
+    let health = app.call(Method::GET, "/healthz", None, None).await;
+    assert_eq!(health.status, 200);
+    let again = app.notify(SEEDED).await;
+    assert_eq!(again.status, 200, "{:?}", again.body);
+    assert_eq!(again.body["status"], "sent");
+    assert_eq!(app.sends_available(SEEDED).await, 3);
+    assert_eq!(app.fake.sends().len(), sends_before + 1);
 }

@@ -68,7 +68,7 @@ impl Drop for TestApp {
 
 /// Drops a test's PostgreSQL database so that runs do not pile them up. Runs
 /// on its own thread and runtime: `Drop` cannot await.
-fn drop_postgres_database(database_url: &str) {
+pub fn drop_postgres_database(database_url: &str) {
     let Some((_, name)) = database_url.rsplit_once('/') else {
         return;
     };
@@ -87,6 +87,15 @@ fn drop_postgres_database(database_url: &str) {
     if !matches!(dropped, Ok(Ok(()))) {
         eprintln!("could not drop the test database {database_url}");
     }
+}
+
+/// A port nobody listens on (for a gateway process the test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("binding a free port")
+        .local_addr()
+        .expect("a bound port")
+        .port()
 }
 
 /// A fresh, empty database URL for one test.
@@ -429,29 +438,3 @@ pub async fn call(
         body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     }
 }
-
-/// Declares each scenario once and runs it on both ledgers: `name::sqlite`
-/// and `name::postgres`.
-macro_rules! on_both_backends {
-    ($(async fn $name:ident($backend:ident: Backend) $body:block)*) => {
-        $(
-            mod $name {
-                #[allow(unused_imports)]
-                use super::*;
-
-                async fn scenario($backend: Backend) $body
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    scenario(Backend::Sqlite).await
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    scenario(Backend::Postgres).await
-                }
-            }
-        )*
-    };
-}
-pub(crate) use on_both_backends;

@@ -1,13 +1,17 @@
 //! The integration suite: every scenario runs through HTTP on SQLite and on
-//! PostgreSQL, against the fake WeChat.
+//! PostgreSQL, against the fake WeChat; real gateway processes (`cli`, `crash`);
+//! property tests of the parsers.
 
 mod helpers;
 mod instances;
 
 mod access;
 mod bad_input;
+mod cli;
 mod collect;
 mod concurrency;
+mod crash;
+mod parsers;
 mod reliability;
 mod send;
 mod settle;

@@ -7,6 +7,8 @@ use formid_gateway::storage::{
     InsertOutcome, MessageOutcome, NewAttempt, NewCredential, NewMessage, Settlement,
 };
 
+use rstest::rstest;
+
 use crate::helpers::*;
 
 fn credential(openid: &str, value: &str, collected_at: i64) -> NewCredential {
@@ -34,161 +36,308 @@ fn message(id: &str, touser: &str, now: i64) -> NewMessage {
     }
 }
 
-on_both_backends! {
-    // Starts and ends of sends are batched (group commit): under concurrency
-    // each caller must still get its own claim, and a write that fails must
-    // fail alone.
-    async fn batched_starts_and_ends_keep_each_callers_result(backend: Backend) {
-        let app = spawn_app(backend).await;
-        let now = app.now_ms();
-        let users: Vec<String> = (0..30).map(|i| format!("o-batch-{i}")).collect();
-        let items: Vec<_> = users
-            .iter()
-            .flat_map(|user| [credential(user, &format!("{user}-a"), now - 2), credential(user, &format!("{user}-b"), now - 1)])
-            .collect();
-        app.storage.insert_credentials(APPID, &items, now).await.unwrap();
-        app.storage.create_message(&message("m-taken", "o-nobody", now), None, now).await.unwrap();
-        // Three starts per user (two can claim), five for a user with nothing,
-        // and one whose message id is taken, all at once.
-        let mut starts: Vec<(String, String)> = users
-            .iter()
-            .flat_map(|user| (0..3).map(move |n| (format!("m-{user}-{n}"), user.clone())))
-            .collect();
-        starts.extend((0..5).map(|n| (format!("m-nobody-{n}"), "o-nobody".to_owned())));
-        starts.push(("m-taken".to_owned(), users[0].clone()));
-        let tasks = starts.iter().cloned().map(|(id, user)| {
-            let storage = app.storage.clone();
-            tokio::spawn(async move { storage.create_message(&message(&id, &user, now), Some(now), now).await })
-        });
-        let results = futures::future::join_all(tasks).await;
-        let mut claimed = Vec::new();
-        let mut failed = 0;
-        for ((id, user), result) in starts.iter().zip(results) {
-            match result.unwrap() {
-                Ok(Some(credential)) => {
-                    assert_eq!(credential.lease_message_id.as_deref(), Some(id.as_str()));
-                    assert!(credential.value.starts_with(&format!("{user}-")), "{user} got {}", credential.value);
-                    claimed.push((id.clone(), credential));
-                }
-                Ok(None) => {}
-                Err(_) => {
-                    assert_eq!(id, "m-taken", "only the write that broke a rule fails");
-                    failed += 1;
-                }
+// Starts and ends of sends are batched (group commit): under concurrency
+// each caller must still get its own claim, and a write that fails must
+// fail alone.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_starts_and_ends_keep_each_callers_result(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    let now = app.now_ms();
+    let users: Vec<String> = (0..30).map(|i| format!("o-batch-{i}")).collect();
+    let items: Vec<_> = users
+        .iter()
+        .flat_map(|user| {
+            [
+                credential(user, &format!("{user}-a"), now - 2),
+                credential(user, &format!("{user}-b"), now - 1),
+            ]
+        })
+        .collect();
+    app.storage
+        .insert_credentials(APPID, &items, now)
+        .await
+        .unwrap();
+    app.storage
+        .create_message(&message("m-taken", "o-nobody", now), None, now)
+        .await
+        .unwrap();
+    // Three starts per user (two can claim), five for a user with nothing,
+    // and one whose message id is taken, all at once.
+    let mut starts: Vec<(String, String)> = users
+        .iter()
+        .flat_map(|user| (0..3).map(move |n| (format!("m-{user}-{n}"), user.clone())))
+        .collect();
+    starts.extend((0..5).map(|n| (format!("m-nobody-{n}"), "o-nobody".to_owned())));
+    starts.push(("m-taken".to_owned(), users[0].clone()));
+    let tasks = starts.iter().cloned().map(|(id, user)| {
+        let storage = app.storage.clone();
+        tokio::spawn(async move {
+            storage
+                .create_message(&message(&id, &user, now), Some(now), now)
+                .await
+        })
+    });
+    let results = futures::future::join_all(tasks).await;
+    let mut claimed = Vec::new();
+    let mut failed = 0;
+    for ((id, user), result) in starts.iter().zip(results) {
+        match result.unwrap() {
+            Ok(Some(credential)) => {
+                assert_eq!(credential.lease_message_id.as_deref(), Some(id.as_str()));
+                assert!(
+                    credential.value.starts_with(&format!("{user}-")),
+                    "{user} got {}",
+                    credential.value
+                );
+                claimed.push((id.clone(), credential));
+            }
+            Ok(None) => {}
+            Err(_) => {
+                assert_eq!(id, "m-taken", "only the write that broke a rule fails");
+                failed += 1;
             }
         }
-        assert_eq!(failed, 1, "a message id used twice is refused");
-        for user in &users {
-            let theirs = claimed.iter().filter(|(_, credential)| credential.value.starts_with(&format!("{user}-"))).count();
-            assert_eq!(theirs, 2, "{user}: two of three starts claim");
-        }
-        assert_eq!(claimed.len(), 60, "every credential claimed, none twice");
-        let values: HashSet<&str> = claimed.iter().map(|(_, credential)| credential.value.as_str()).collect();
-        assert_eq!(values.len(), 60);
-
-        let ends = claimed.iter().cloned().map(|(id, credential)| {
-            let storage = app.storage.clone();
-            tokio::spawn(async move {
-                let attempt = NewAttempt {
-                    credential_id: Some(credential.id),
-                    credential_kind: Some(CredentialKind::FormId),
-                    errcode: Some(0),
-                    outcome: "sent",
-                    detail: None,
-                };
-                let outcome = MessageOutcome { status: "sent", error_code: None, wechat_errcode: Some(0) };
-                storage.record_attempt(&id, &attempt, Some((credential.id, Settlement::Spent)), Some(&outcome), now).await
-            })
-        });
-        for result in futures::future::join_all(ends).await {
-            result.unwrap().unwrap();
-        }
-        for (id, _) in &claimed {
-            let (row, attempts) = app.storage.message(APPID, id).await.unwrap().unwrap();
-            assert_eq!(row.status, "sent");
-            assert_eq!(attempts.len(), 1);
-        }
-        for user in &users {
-            assert!(app.storage.quota(APPID, user, now).await.unwrap().is_empty(), "{user} spent both");
-        }
     }
+    assert_eq!(failed, 1, "a message id used twice is refused");
+    for user in &users {
+        let theirs = claimed
+            .iter()
+            .filter(|(_, credential)| credential.value.starts_with(&format!("{user}-")))
+            .count();
+        assert_eq!(theirs, 2, "{user}: two of three starts claim");
+    }
+    assert_eq!(claimed.len(), 60, "every credential claimed, none twice");
+    let values: HashSet<&str> = claimed
+        .iter()
+        .map(|(_, credential)| credential.value.as_str())
+        .collect();
+    assert_eq!(values.len(), 60);
 
+    let ends = claimed.iter().cloned().map(|(id, credential)| {
+        let storage = app.storage.clone();
+        tokio::spawn(async move {
+            let attempt = NewAttempt {
+                credential_id: Some(credential.id),
+                credential_kind: Some(CredentialKind::FormId),
+                errcode: Some(0),
+                outcome: "sent",
+                detail: None,
+            };
+            let outcome = MessageOutcome {
+                status: "sent",
+                error_code: None,
+                wechat_errcode: Some(0),
+            };
+            storage
+                .record_attempt(
+                    &id,
+                    &attempt,
+                    Some((credential.id, Settlement::Spent)),
+                    Some(&outcome),
+                    now,
+                )
+                .await
+        })
+    });
+    for result in futures::future::join_all(ends).await {
+        result.unwrap().unwrap();
+    }
+    for (id, _) in &claimed {
+        let (row, attempts) = app.storage.message(APPID, id).await.unwrap().unwrap();
+        assert_eq!(row.status, "sent");
+        assert_eq!(attempts.len(), 1);
+    }
+    for user in &users {
+        assert!(
+            app.storage
+                .quota(APPID, user, now)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{user} spent both"
+        );
+    }
+}
 
-    async fn concurrent_claims_never_lease_one_credential_twice(backend: Backend) {
-        let app = spawn_app(backend).await;
-        let now = app.now_ms();
-        let items: Vec<_> = (0..5).map(|i| credential("o-race", &format!("v{i}"), now - i)).collect();
-        let outcomes = app.storage.insert_credentials(APPID, &items, now).await.unwrap();
-        assert!(outcomes.iter().all(|outcome| *outcome == InsertOutcome::Inserted));
-        let claims = (0..20).map(|_| {
-            let storage = app.storage.clone();
-            tokio::spawn(async move { storage.claim_credential(APPID, "o-race", "m-race", now, now + 60_000, now).await.unwrap() })
-        });
-        let claimed: Vec<_> = futures::future::join_all(claims)
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_never_lease_one_credential_twice(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    let now = app.now_ms();
+    let items: Vec<_> = (0..5)
+        .map(|i| credential("o-race", &format!("v{i}"), now - i))
+        .collect();
+    let outcomes = app
+        .storage
+        .insert_credentials(APPID, &items, now)
+        .await
+        .unwrap();
+    assert!(outcomes
+        .iter()
+        .all(|outcome| *outcome == InsertOutcome::Inserted));
+    let claims = (0..20).map(|_| {
+        let storage = app.storage.clone();
+        tokio::spawn(async move {
+            storage
+                .claim_credential(APPID, "o-race", "m-race", now, now + 60_000, now)
+                .await
+                .unwrap()
+        })
+    });
+    let claimed: Vec<_> = futures::future::join_all(claims)
+        .await
+        .into_iter()
+        .filter_map(|claim| claim.unwrap())
+        .collect();
+    assert_eq!(claimed.len(), 5);
+    let ids: HashSet<i64> = claimed.iter().map(|credential| credential.id).collect();
+    assert_eq!(ids.len(), 5, "each credential leased once");
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_follow_expiry_and_settlements_only_touch_leased_rows(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    let now = app.now_ms();
+    let items = vec![
+        credential("o-order", "late", now),
+        credential("o-order", "early", now - 1000),
+    ];
+    app.storage
+        .insert_credentials(APPID, &items, now)
+        .await
+        .unwrap();
+    let message = NewMessage {
+        id: uuid::Uuid::new_v4().to_string(),
+        appid: APPID.into(),
+        touser: "o-order".into(),
+        template_id: TEMPLATE.into(),
+        payload: "{}".into(),
+        status: "pending",
+        delivery: "at_most_once",
+        wait_until: None,
+        lease_until: now + 1,
+    };
+    app.storage
+        .create_message(&message, None, now)
+        .await
+        .unwrap();
+    let first = app
+        .storage
+        .claim_credential(APPID, "o-order", &message.id, now, now + 1, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.value, "early");
+    assert_eq!(first.lease_message_id.as_deref(), Some(message.id.as_str()));
+    let attempt = NewAttempt {
+        credential_id: Some(first.id),
+        credential_kind: Some(CredentialKind::FormId),
+        errcode: Some(0),
+        outcome: "sent",
+        detail: None,
+    };
+    app.storage
+        .record_attempt(
+            &message.id,
+            &attempt,
+            Some((first.id, Settlement::Spent)),
+            None,
+            now,
+        )
+        .await
+        .unwrap();
+    // A second settlement of a row no longer leased changes nothing.
+    app.storage
+        .record_attempt(
+            &message.id,
+            &attempt,
+            Some((first.id, Settlement::Released)),
+            None,
+            now,
+        )
+        .await
+        .unwrap();
+    let second = app
+        .storage
+        .claim_credential(APPID, "o-order", &message.id, now, now + 1, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.value, "late");
+    assert!(app
+        .storage
+        .claim_credential(APPID, "o-order", &message.id, now, now + 1, now)
+        .await
+        .unwrap()
+        .is_none());
+    let (_, attempts) = app
+        .storage
+        .message(APPID, &message.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(attempts.len(), 2);
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_token_never_overwrites_a_newer_one(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    assert!(app
+        .storage
+        .store_token(APPID, "newer", 2_000_000, 200)
+        .await
+        .unwrap());
+    assert!(!app
+        .storage
+        .store_token(APPID, "older", 3_000_000, 100)
+        .await
+        .unwrap());
+    let state = app.storage.app_state(APPID).await.unwrap();
+    assert_eq!(state.access_token.as_deref(), Some("newer"));
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refresh_lease_has_one_holder_until_it_expires(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    let storage = &app.storage;
+    assert!(storage
+        .try_lease_token_refresh(APPID, "a", 1_000, 31_000)
+        .await
+        .unwrap());
+    assert!(!storage
+        .try_lease_token_refresh(APPID, "b", 2_000, 32_000)
+        .await
+        .unwrap());
+    // Its holder died: the lease can be taken over once it has run out.
+    assert!(storage
+        .try_lease_token_refresh(APPID, "b", 31_000, 61_000)
+        .await
+        .unwrap());
+    storage.release_token_refresh(APPID, "a").await.unwrap();
+    assert!(
+        !storage
+            .try_lease_token_refresh(APPID, "c", 32_000, 62_000)
             .await
-            .into_iter()
-            .filter_map(|claim| claim.unwrap())
-            .collect();
-        assert_eq!(claimed.len(), 5);
-        let ids: HashSet<i64> = claimed.iter().map(|credential| credential.id).collect();
-        assert_eq!(ids.len(), 5, "each credential leased once");
-    }
-
-    async fn claims_follow_expiry_and_settlements_only_touch_leased_rows(backend: Backend) {
-        let app = spawn_app(backend).await;
-        let now = app.now_ms();
-        let items = vec![credential("o-order", "late", now), credential("o-order", "early", now - 1000)];
-        app.storage.insert_credentials(APPID, &items, now).await.unwrap();
-        let message = NewMessage {
-            id: uuid::Uuid::new_v4().to_string(),
-            appid: APPID.into(),
-            touser: "o-order".into(),
-            template_id: TEMPLATE.into(),
-            payload: "{}".into(),
-            status: "pending",
-            delivery: "at_most_once",
-            wait_until: None,
-            lease_until: now + 1,
-        };
-        app.storage.create_message(&message, None, now).await.unwrap();
-        let first = app.storage.claim_credential(APPID, "o-order", &message.id, now, now + 1, now).await.unwrap().unwrap();
-        assert_eq!(first.value, "early");
-        assert_eq!(first.lease_message_id.as_deref(), Some(message.id.as_str()));
-        let attempt = NewAttempt {
-            credential_id: Some(first.id),
-            credential_kind: Some(CredentialKind::FormId),
-            errcode: Some(0),
-            outcome: "sent",
-            detail: None,
-        };
-        app.storage.record_attempt(&message.id, &attempt, Some((first.id, Settlement::Spent)), None, now).await.unwrap();
-        // A second settlement of a row no longer leased changes nothing.
-        app.storage.record_attempt(&message.id, &attempt, Some((first.id, Settlement::Released)), None, now).await.unwrap();
-        let second = app.storage.claim_credential(APPID, "o-order", &message.id, now, now + 1, now).await.unwrap().unwrap();
-        assert_eq!(second.value, "late");
-        assert!(app.storage.claim_credential(APPID, "o-order", &message.id, now, now + 1, now).await.unwrap().is_none());
-        let (_, attempts) = app.storage.message(APPID, &message.id).await.unwrap().unwrap();
-        assert_eq!(attempts.len(), 2);
-    }
-
-    async fn an_older_token_never_overwrites_a_newer_one(backend: Backend) {
-        let app = spawn_app(backend).await;
-        assert!(app.storage.store_token(APPID, "newer", 2_000_000, 200).await.unwrap());
-        assert!(!app.storage.store_token(APPID, "older", 3_000_000, 100).await.unwrap());
-        let state = app.storage.app_state(APPID).await.unwrap();
-        assert_eq!(state.access_token.as_deref(), Some("newer"));
-    }
-
-    async fn the_refresh_lease_has_one_holder_until_it_expires(backend: Backend) {
-        let app = spawn_app(backend).await;
-        let storage = &app.storage;
-        assert!(storage.try_lease_token_refresh(APPID, "a", 1_000, 31_000).await.unwrap());
-        assert!(!storage.try_lease_token_refresh(APPID, "b", 2_000, 32_000).await.unwrap());
-        // Its holder died: the lease can be taken over once it has run out.
-        assert!(storage.try_lease_token_refresh(APPID, "b", 31_000, 61_000).await.unwrap());
-        storage.release_token_refresh(APPID, "a").await.unwrap();
-        assert!(!storage.try_lease_token_refresh(APPID, "c", 32_000, 62_000).await.unwrap(), "a stale holder cannot release");
-        storage.release_token_refresh(APPID, "b").await.unwrap();
-        assert!(storage.try_lease_token_refresh(APPID, "c", 32_000, 62_000).await.unwrap());
-    }
+            .unwrap(),
+        "a stale holder cannot release"
+    );
+    storage.release_token_refresh(APPID, "b").await.unwrap();
+    assert!(storage
+        .try_lease_token_refresh(APPID, "c", 32_000, 62_000)
+        .await
+        .unwrap());
 }

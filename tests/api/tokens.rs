@@ -3,117 +3,175 @@
 use chrono::Duration;
 use serde_json::json;
 
+use rstest::rstest;
+
 use crate::helpers::*;
 
-on_both_backends! {
-    async fn the_token_endpoint_serves_what_wechat_issued(backend: Backend) {
-        let app = spawn_app(backend).await;
-        let answer = app.access_token().await;
-        assert_eq!(answer.status, 200, "{:?}", answer.body);
-        let token = answer.body["access_token"].as_str().unwrap();
-        assert_eq!(Some(token.to_owned()), app.fake.current_token(APPID));
-        assert!(token.len() > 512, "tokens longer than 512 characters are kept whole");
-        assert_eq!(answer.body["expires_in"], 7200);
-        assert_eq!(answer.headers["cache-control"], "no-store");
-        // Served from the ledger afterwards: no second fetch.
-        app.access_token().await;
-        assert_eq!(app.fake.token_fetches(APPID), 1);
-    }
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_endpoint_serves_what_wechat_issued(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    let answer = app.access_token().await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let token = answer.body["access_token"].as_str().unwrap();
+    assert_eq!(Some(token.to_owned()), app.fake.current_token(APPID));
+    assert!(
+        token.len() > 512,
+        "tokens longer than 512 characters are kept whole"
+    );
+    assert_eq!(answer.body["expires_in"], 7200);
+    assert_eq!(answer.headers["cache-control"], "no-store");
+    // Served from the ledger afterwards: no second fetch.
+    app.access_token().await;
+    assert_eq!(app.fake.token_fetches(APPID), 1);
+}
 
-    async fn the_worker_refreshes_ahead_of_expiry_and_not_before(backend: Backend) {
-        let app = spawn_app(backend).await;
-        assert_eq!(app.token_refresher.run_once().await.unwrap(), 2, "both apps fetched at start");
-        assert_eq!(app.token_refresher.run_once().await.unwrap(), 0, "nothing due");
-        let first = app.access_token().await.body["access_token"].clone();
-        // 16 minutes left: outside the default 15-minute window.
-        app.advance(Duration::seconds(7200 - 960));
-        assert_eq!(app.token_refresher.run_once().await.unwrap(), 0);
-        app.advance(Duration::seconds(120));
-        assert_eq!(app.token_refresher.run_once().await.unwrap(), 2);
-        let second = app.access_token().await;
-        assert_ne!(second.body["access_token"], first);
-        assert_eq!(second.body["expires_in"], 7200);
-        assert_eq!(app.fake.token_fetches(APPID), 2);
-    }
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_refreshes_ahead_of_expiry_and_not_before(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    assert_eq!(
+        app.token_refresher.run_once().await.unwrap(),
+        2,
+        "both apps fetched at start"
+    );
+    assert_eq!(
+        app.token_refresher.run_once().await.unwrap(),
+        0,
+        "nothing due"
+    );
+    let first = app.access_token().await.body["access_token"].clone();
+    // 16 minutes left: outside the default 15-minute window.
+    app.advance(Duration::seconds(7200 - 960));
+    assert_eq!(app.token_refresher.run_once().await.unwrap(), 0);
+    app.advance(Duration::seconds(120));
+    assert_eq!(app.token_refresher.run_once().await.unwrap(), 2);
+    let second = app.access_token().await;
+    assert_ne!(second.body["access_token"], first);
+    assert_eq!(second.body["expires_in"], 7200);
+    assert_eq!(app.fake.token_fetches(APPID), 2);
+}
 
-    async fn an_expired_token_is_replaced_on_demand(backend: Backend) {
-        let app = spawn_app(backend).await;
-        let first = app.access_token().await.body["access_token"].clone();
-        app.advance(Duration::hours(3));
-        let second = app.access_token().await.body["access_token"].clone();
-        assert_ne!(first, second);
-        assert_eq!(app.fake.token_fetches(APPID), 2);
-    }
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_is_replaced_on_demand(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    let first = app.access_token().await.body["access_token"].clone();
+    app.advance(Duration::hours(3));
+    let second = app.access_token().await.body["access_token"].clone();
+    assert_ne!(first, second);
+    assert_eq!(app.fake.token_fetches(APPID), 2);
+}
 
-    async fn compare_and_refresh_fetches_only_for_the_current_token(backend: Backend) {
-        let app = spawn_app(backend).await;
-        let refresh = |stale: serde_json::Value| {
-            let app = &app;
-            async move {
-                app.call(reqwest::Method::POST, &format!("/v1/apps/{APPID}/access_token/refresh"), Some(TOKEN_KEY), Some(json!({"stale_token": stale})))
-                    .await
-            }
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_and_refresh_fetches_only_for_the_current_token(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    let refresh = |stale: serde_json::Value| {
+        let app = &app;
+        async move {
+            app.call(
+                reqwest::Method::POST,
+                &format!("/v1/apps/{APPID}/access_token/refresh"),
+                Some(TOKEN_KEY),
+                Some(json!({"stale_token": stale})),
+            )
+            .await
+        }
+    };
+    let current = app.access_token().await.body["access_token"].clone();
+    let not_current = refresh(json!("some-other-token")).await;
+    assert_eq!(not_current.status, 200);
+    assert_eq!(not_current.body["access_token"], current);
+    assert_eq!(app.fake.token_fetches(APPID), 1);
+    let refreshed = refresh(current.clone()).await;
+    assert_ne!(refreshed.body["access_token"], current);
+    assert_eq!(app.fake.token_fetches(APPID), 2);
+    let empty = refresh(json!("")).await;
+    assert_eq!(empty.status, 422);
+    assert_eq!(empty.body["error"]["code"], "invalid_stale_token");
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stable_token_mode_uses_the_stable_endpoint(#[case] backend: Backend) {
+    let app = spawn_app_with(backend, |settings| {
+        settings["apps"][APPID]["token_mode"] = json!("stable_token");
+    })
+    .await;
+    let first = app.access_token().await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    assert_eq!(
+        app.fake.current_token(APPID).as_deref(),
+        first.body["access_token"].as_str()
+    );
+    app.collect_form_id("o-stable").await;
+    assert_eq!(app.notify("o-stable").await.status, 200);
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_is_a_clear_error_without_the_secret(#[case] backend: Backend) {
+    let app = spawn_app_with(backend, |settings| {
+        settings["apps"][APPID]["secret"] = json!("not-the-right-secret");
+    })
+    .await;
+    let answer = app.access_token().await;
+    assert_eq!(answer.status, 502);
+    assert_eq!(answer.body["error"]["code"], "token_refused");
+    assert_eq!(answer.body["error"]["wechat_errcode"], 40125);
+    assert!(!answer.body.to_string().contains("not-the-right-secret"));
+    app.collect_form_id("o-sec").await;
+    let send = app.notify("o-sec").await;
+    assert_eq!(send.status, 503);
+    assert_eq!(send.body["error"]["code"], "token_unavailable");
+    assert_eq!(app.sends_available("o-sec").await, 1);
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_sharing_a_ledger_fetch_one_token_between_them(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    let sibling = spawn_sibling(&app).await;
+    let mut calls = Vec::new();
+    for i in 0..16 {
+        let address = if i % 2 == 0 {
+            app.address.clone()
+        } else {
+            sibling.address.clone()
         };
-        let current = app.access_token().await.body["access_token"].clone();
-        let not_current = refresh(json!("some-other-token")).await;
-        assert_eq!(not_current.status, 200);
-        assert_eq!(not_current.body["access_token"], current);
-        assert_eq!(app.fake.token_fetches(APPID), 1);
-        let refreshed = refresh(current.clone()).await;
-        assert_ne!(refreshed.body["access_token"], current);
-        assert_eq!(app.fake.token_fetches(APPID), 2);
-        let empty = refresh(json!("")).await;
-        assert_eq!(empty.status, 422);
-        assert_eq!(empty.body["error"]["code"], "invalid_stale_token");
+        let client = app.client.clone();
+        calls.push(tokio::spawn(async move {
+            call(
+                &client,
+                &format!("{address}/v1/apps/{APPID}/access_token"),
+                reqwest::Method::GET,
+                Some(TOKEN_KEY),
+                None,
+            )
+            .await
+        }));
     }
-
-    async fn stable_token_mode_uses_the_stable_endpoint(backend: Backend) {
-        let app = spawn_app_with(backend, |settings| {
-            settings["apps"][APPID]["token_mode"] = json!("stable_token");
-        })
-        .await;
-        let first = app.access_token().await;
-        assert_eq!(first.status, 200, "{:?}", first.body);
-        assert_eq!(app.fake.current_token(APPID).as_deref(), first.body["access_token"].as_str());
-        app.collect_form_id("o-stable").await;
-        assert_eq!(app.notify("o-stable").await.status, 200);
+    let mut tokens = std::collections::HashSet::new();
+    for answer in futures::future::join_all(calls).await {
+        let answer = answer.unwrap();
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        tokens.insert(answer.body["access_token"].as_str().unwrap().to_owned());
     }
-
-    async fn a_wrong_secret_is_a_clear_error_without_the_secret(backend: Backend) {
-        let app = spawn_app_with(backend, |settings| {
-            settings["apps"][APPID]["secret"] = json!("not-the-right-secret");
-        })
-        .await;
-        let answer = app.access_token().await;
-        assert_eq!(answer.status, 502);
-        assert_eq!(answer.body["error"]["code"], "token_refused");
-        assert_eq!(answer.body["error"]["wechat_errcode"], 40125);
-        assert!(!answer.body.to_string().contains("not-the-right-secret"));
-        app.collect_form_id("o-sec").await;
-        let send = app.notify("o-sec").await;
-        assert_eq!(send.status, 503);
-        assert_eq!(send.body["error"]["code"], "token_unavailable");
-        assert_eq!(app.sends_available("o-sec").await, 1);
-    }
-
-    async fn instances_sharing_a_ledger_fetch_one_token_between_them(backend: Backend) {
-        let app = spawn_app(backend).await;
-        let sibling = spawn_sibling(&app).await;
-        let mut calls = Vec::new();
-        for i in 0..16 {
-            let address = if i % 2 == 0 { app.address.clone() } else { sibling.address.clone() };
-            let client = app.client.clone();
-            calls.push(tokio::spawn(async move {
-                call(&client, &format!("{address}/v1/apps/{APPID}/access_token"), reqwest::Method::GET, Some(TOKEN_KEY), None).await
-            }));
-        }
-        let mut tokens = std::collections::HashSet::new();
-        for answer in futures::future::join_all(calls).await {
-            let answer = answer.unwrap();
-            assert_eq!(answer.status, 200, "{:?}", answer.body);
-            tokens.insert(answer.body["access_token"].as_str().unwrap().to_owned());
-        }
-        assert_eq!(tokens.len(), 1, "every instance serves the one token");
-        assert_eq!(app.fake.token_fetches(APPID), 1, "exactly one fetch");
-    }
+    assert_eq!(tokens.len(), 1, "every instance serves the one token");
+    assert_eq!(app.fake.token_fetches(APPID), 1, "exactly one fetch");
 }

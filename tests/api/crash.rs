@@ -8,45 +8,16 @@ use std::time::{Duration, Instant};
 
 use formid_gateway::clock::SystemClock;
 use formid_gateway::fake_wechat::{FakeWeChat, FakeWeChatServer, Fault};
+use rstest::rstest;
 use serde_json::json;
-use sqlx::{Connection, Executor, PgConnection};
+
+use crate::helpers::{drop_postgres_database, free_port, fresh_database, Backend};
+use sqlx::{Connection, PgConnection};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_formid-gateway");
 const APPID: &str = "wxcrash000000001";
 const TEMPLATE: &str = "tmpl-crash";
 const KEY: &str = "crash-test-key-0123456789";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn postgres_admin_url() -> String {
-    std::env::var("FORMID_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// A fresh database URL and the directory of the test's files.
-async fn fresh_database(postgres: bool, dir: &std::path::Path) -> String {
-    if !postgres {
-        return format!("sqlite://{}/ledger.db", dir.display());
-    }
-    let name = format!("formid_test_{}", uuid::Uuid::new_v4().simple());
-    let mut connection = PgConnection::connect(&postgres_admin_url())
-        .await
-        .expect("PostgreSQL must be reachable for the test suite");
-    connection
-        .execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
-        .await
-        .unwrap();
-    format!(
-        "{}/{name}",
-        postgres_admin_url().rsplit_once('/').unwrap().0
-    )
-}
 
 struct Gateway {
     child: Child,
@@ -215,7 +186,7 @@ struct Setup {
 }
 
 impl Setup {
-    async fn new(postgres: bool) -> Self {
+    async fn new(backend: Backend) -> Self {
         let dir =
             std::env::temp_dir().join(format!("formid-crash-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -225,7 +196,10 @@ impl Setup {
         let fake_server = FakeWeChatServer::start(fake.clone(), "127.0.0.1:0")
             .await
             .unwrap();
-        let database_url = fresh_database(postgres, &dir).await;
+        let database_url = match backend {
+            Backend::Sqlite => format!("sqlite://{}/ledger.db", dir.display()),
+            Backend::Postgres => fresh_database(backend).await.0,
+        };
         let config = write_config(&dir, &database_url, &fake_server.base_url);
         Self {
             dir,
@@ -237,14 +211,18 @@ impl Setup {
     }
 }
 
-async fn kill_mid_send_then_recover(postgres: bool) {
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_mid_send_is_resolved_by_the_next_process(#[case] backend: Backend) {
     let Setup {
         dir,
         fake,
         fake_server,
         database_url,
         config,
-    } = Setup::new(postgres).await;
+    } = Setup::new(backend).await;
 
     let first = Gateway::start(&config).await;
     let client = reqwest::Client::new();
@@ -335,7 +313,11 @@ async fn kill_mid_send_then_recover(postgres: bool) {
         "{}: at the kill {leased} credentials leased and {pending} messages pending, \
          {delivered_before_restart} already delivered; after recovery {by_status:?}, \
          {} users notified once, none twice",
-        if postgres { "postgres" } else { "sqlite" },
+        if backend == Backend::Postgres {
+            "postgres"
+        } else {
+            "sqlite"
+        },
         delivered_per_user.len()
     );
     // Every form_id message ends known: probing resolves each of them.
@@ -348,25 +330,10 @@ async fn kill_mid_send_then_recover(postgres: bool) {
     second.signal("TERM");
     assert!(second.wait_exit(Duration::from_secs(30)).success());
     fake_server.stop().await;
-    if postgres {
-        let name = database_url.rsplit_once('/').unwrap().1;
-        let mut connection = PgConnection::connect(&postgres_admin_url()).await.unwrap();
-        connection
-            .execute(format!(r#"DROP DATABASE "{name}" WITH (FORCE)"#).as_str())
-            .await
-            .unwrap();
+    if backend == Backend::Postgres {
+        drop_postgres_database(&database_url);
     }
     let _ = std::fs::remove_dir_all(dir);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sigkill_mid_send_is_resolved_by_the_next_process_on_sqlite() {
-    kill_mid_send_then_recover(false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sigkill_mid_send_is_resolved_by_the_next_process_on_postgres() {
-    kill_mid_send_then_recover(true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -377,7 +344,7 @@ async fn sigterm_finishes_the_sends_in_flight_and_exits_cleanly() {
         fake_server,
         database_url,
         config,
-    } = Setup::new(false).await;
+    } = Setup::new(Backend::Sqlite).await;
     let mut gateway = Gateway::start(&config).await;
     let client = reqwest::Client::new();
     let credentials: Vec<_> = (0..3)
