@@ -86,6 +86,8 @@ impl Application {
                 not_ready_retry_ms: ledger.not_ready_retry_secs * 1000,
                 probe_limit: ledger.probe_limit,
                 max_concurrent_calls: settings.wechat.max_concurrent_calls_per_app,
+                // The total timeout bounds a call; the connect timeout is part of it.
+                call_budget_ms: settings.wechat.request_timeout_ms as i64 + 1_000,
             },
             Arc::new(Breakers::new(
                 clock.clone(),
@@ -104,6 +106,7 @@ impl Application {
             sender.clone(),
             clock.clone(),
             ledger.lease_secs * 1000,
+            ledger.safety_margin_secs * 1000,
         );
         let context = web::Data::new(ApiContext {
             storage: storage.clone(),

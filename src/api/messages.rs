@@ -12,6 +12,7 @@ use crate::config::Scope;
 use crate::ledger::failure::SendFailure;
 use crate::ledger::message::parse_send_request;
 use crate::ledger::send::SendResult;
+use crate::ledger::states::{IdempotencyState, MessageStatus};
 use crate::storage::{IdempotencyBegin, IdempotencyRecord};
 
 /// Errors of the send endpoint before the send starts.
@@ -83,6 +84,7 @@ fn failure_status(failure: &SendFailure) -> StatusCode {
         | SendFailure::TokenRejected { .. }
         | SendFailure::OutcomeUnknown
         | SendFailure::Unexpected { .. } => StatusCode::BAD_GATEWAY,
+        SendFailure::OutcomePending => StatusCode::ACCEPTED,
     }
 }
 
@@ -108,7 +110,7 @@ fn answer(result: SendResult, now_ms: i64) -> (StatusCode, Option<i64>, Value) {
         "attempts": result.attempts,
     });
     let Some(failure) = result.failure else {
-        let status = if result.status == "waiting" {
+        let status = if result.status == MessageStatus::Waiting {
             StatusCode::ACCEPTED
         } else {
             StatusCode::OK
@@ -212,12 +214,8 @@ fn replay(record: IdempotencyRecord, hash: &str) -> Result<HttpResponse, SendErr
     if record.request_hash != hash {
         return Err(SendError::IdempotencyKeyReused);
     }
-    match (
-        record.state.as_str(),
-        record.response_status,
-        record.response_body,
-    ) {
-        ("done", Some(status), Some(body)) => {
+    match (record.state, record.response_status, record.response_body) {
+        (IdempotencyState::Done, Some(status), Some(body)) => {
             let status = u16::try_from(status)
                 .ok()
                 .and_then(|status| StatusCode::from_u16(status).ok())

@@ -33,6 +33,10 @@ pub enum SendFailure {
     AttemptLimit,
     /// WeChat failed repeatedly: calls are held back for a while.
     CircuitOpen { retry_after_ms: i64 },
+    /// WeChat was called but its outcome is not settled in the ledger yet
+    /// (the database failed, or another process took the message over):
+    /// poll the message.
+    OutcomePending,
 }
 
 impl SendFailure {
@@ -53,6 +57,7 @@ impl SendFailure {
             SendFailure::Unexpected { .. } => "upstream_error",
             SendFailure::AttemptLimit => "attempt_limit_reached",
             SendFailure::CircuitOpen { .. } => "upstream_circuit_open",
+            SendFailure::OutcomePending => "outcome_pending",
         }
     }
 
@@ -101,6 +106,9 @@ impl SendFailure {
             }
             SendFailure::CircuitOpen { .. } => {
                 "WeChat failed repeatedly; calls are paused for a moment, nothing was sent".into()
+            }
+            SendFailure::OutcomePending => {
+                "WeChat was called but the outcome is not settled yet; poll the message, never resend it without its Idempotency-Key".into()
             }
         }
     }

@@ -7,3 +7,4 @@ pub mod kinds;
 pub mod message;
 pub mod send;
 pub mod settle;
+pub mod states;

@@ -30,9 +30,9 @@ const MAX_BATCH: usize = 64;
 const QUEUE: usize = 1024;
 
 /// A new message and the claim of its first credential, leased until the
-/// message's own lease.
+/// message's own lease under the message's token.
 #[derive(Debug, Clone)]
-pub struct StartWrite {
+pub struct StartSend {
     pub message: NewMessage,
     /// Only credentials expiring after this are claimed.
     pub valid_after: i64,
@@ -42,34 +42,46 @@ pub struct StartWrite {
 /// The end of a message whose credential WeChat accepted: the credential
 /// spent, the attempt recorded, the message finished.
 #[derive(Debug, Clone)]
-pub struct EndWrite {
+pub struct EndSend {
     pub message_id: String,
+    /// The token of the run that made the call: the credential and the
+    /// message change only while they still carry it.
+    pub lease_token: i64,
     pub credential_id: i64,
     pub attempt: NewAttempt,
     pub outcome: MessageOutcome,
     pub now: i64,
 }
 
+/// What one batch did.
+#[derive(Debug, Default)]
+pub(crate) struct BatchDone {
+    /// The credentials the starts claimed (each names its message in
+    /// `lease_message_id`; a start that found none has no row).
+    pub claimed: Vec<ClaimedCredential>,
+    /// The messages the ends finished: an end whose message is missing here
+    /// had lost its lease.
+    pub ended: Vec<String>,
+}
+
 /// How a backend runs one batch.
 #[async_trait]
 pub(crate) trait BatchWriter: Send + Sync + 'static {
-    /// Runs every end, then every start, atomically, and returns the
-    /// credentials the starts claimed (each names its message in
-    /// `lease_message_id`; a start that found none has no row). The starts
-    /// of one batch never name the same user twice.
+    /// Runs every end, then every start, atomically. The starts of one batch
+    /// never name the same user twice.
     async fn write_batch(
         &self,
-        ends: &[EndWrite],
-        starts: &[StartWrite],
-    ) -> anyhow::Result<Vec<ClaimedCredential>>;
+        ends: &[EndSend],
+        starts: &[StartSend],
+    ) -> anyhow::Result<BatchDone>;
 }
 
 type StartReply = oneshot::Sender<anyhow::Result<Option<ClaimedCredential>>>;
-type EndReply = oneshot::Sender<anyhow::Result<()>>;
+type EndReply = oneshot::Sender<anyhow::Result<bool>>;
 
 enum Job {
-    Start(StartWrite, StartReply),
-    End(EndWrite, EndReply),
+    Start(StartSend, StartReply),
+    End(EndSend, EndReply),
 }
 
 /// The handle senders queue their writes on; `workers` tasks run the batches.
@@ -94,15 +106,15 @@ impl GroupCommit {
     /// Queues a start and waits for its batch.
     pub(crate) async fn start(
         &self,
-        write: StartWrite,
+        write: StartSend,
     ) -> anyhow::Result<Option<ClaimedCredential>> {
         let (reply, answer) = oneshot::channel();
         self.queue(Job::Start(write, reply)).await?;
         answer.await.context(STOPPED)?
     }
 
-    /// Queues an end and waits for its batch.
-    pub(crate) async fn end(&self, write: EndWrite) -> anyhow::Result<()> {
+    /// Queues an end and waits for its batch; `false` when its lease was lost.
+    pub(crate) async fn end(&self, write: EndSend) -> anyhow::Result<bool> {
         let (reply, answer) = oneshot::channel();
         self.queue(Job::End(write, reply)).await?;
         answer.await.context(STOPPED)?
@@ -155,9 +167,9 @@ async fn run_batches(writer: Arc<dyn BatchWriter>, queue: Arc<Mutex<mpsc::Receiv
 
 #[derive(Default)]
 struct Batch {
-    ends: Vec<EndWrite>,
+    ends: Vec<EndSend>,
     end_replies: Vec<EndReply>,
-    starts: Vec<StartWrite>,
+    starts: Vec<StartSend>,
     start_replies: Vec<StartReply>,
     users: HashSet<(String, String)>,
 }
@@ -195,7 +207,7 @@ impl Batch {
     async fn run(self, writer: &dyn BatchWriter) {
         let single = self.len() == 1;
         match writer.write_batch(&self.ends, &self.starts).await {
-            Ok(claimed) => self.answer(claimed),
+            Ok(done) => self.answer(done),
             Err(error) if single => {
                 if let Some(reply) = self.end_replies.into_iter().next() {
                     let _ = reply.send(Err(error));
@@ -210,13 +222,15 @@ impl Batch {
         }
     }
 
-    fn answer(self, claimed: Vec<ClaimedCredential>) {
-        for reply in self.end_replies {
+    fn answer(self, done: BatchDone) {
+        let ended: HashSet<String> = done.ended.into_iter().collect();
+        for (write, reply) in self.ends.iter().zip(self.end_replies) {
             // A caller that went away has nothing to hear: its write stands,
             // and lease recovery finishes its message.
-            let _ = reply.send(Ok(()));
+            let _ = reply.send(Ok(ended.contains(&write.message_id)));
         }
-        let mut by_message: HashMap<String, ClaimedCredential> = claimed
+        let mut by_message: HashMap<String, ClaimedCredential> = done
+            .claimed
             .into_iter()
             .filter_map(|credential| Some((credential.lease_message_id.clone()?, credential)))
             .collect();
@@ -228,45 +242,11 @@ impl Batch {
     async fn run_one_by_one(self, writer: &dyn BatchWriter) {
         for (write, reply) in self.ends.iter().zip(self.end_replies) {
             let result = writer.write_batch(std::slice::from_ref(write), &[]).await;
-            let _ = reply.send(result.map(|_| ()));
+            let _ = reply.send(result.map(|done| !done.ended.is_empty()));
         }
         for (write, reply) in self.starts.iter().zip(self.start_replies) {
             let result = writer.write_batch(&[], std::slice::from_ref(write)).await;
-            let _ = reply.send(result.map(|claimed| claimed.into_iter().next()));
+            let _ = reply.send(result.map(|done| done.claimed.into_iter().next()));
         }
-    }
-}
-
-/// The longest run [`power_of_two_runs`] makes.
-pub(crate) const MAX_RUN: usize = 32;
-
-/// Splits `items` into runs whose lengths are powers of two up to
-/// [`MAX_RUN`], longest first: SQLite prepares one script per length, so the
-/// writer's statement cache holds six scripts per write instead of one per
-/// batch size.
-pub(crate) fn power_of_two_runs<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
-    std::iter::from_fn(move || {
-        if items.is_empty() {
-            return None;
-        }
-        let length = 1usize << items.len().min(MAX_RUN).ilog2();
-        let (run, rest) = items.split_at(length);
-        items = rest;
-        Some(run)
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn runs_are_powers_of_two_longest_first() {
-        let items: Vec<u32> = (0..77).collect();
-        let lengths: Vec<usize> = power_of_two_runs(&items).map(<[u32]>::len).collect();
-        assert_eq!(lengths, [32, 32, 8, 4, 1]);
-        let joined: Vec<u32> = power_of_two_runs(&items).flatten().copied().collect();
-        assert_eq!(joined, items);
-        assert_eq!(power_of_two_runs::<u32>(&[]).count(), 0);
     }
 }

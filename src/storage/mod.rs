@@ -17,6 +17,11 @@ pub use postgres::PostgresStorage;
 pub use sqlite::SqliteStorage;
 
 use crate::ledger::kinds::CredentialKind;
+use crate::ledger::states::{
+    AttemptOutcome, CredentialState, Delivery, IdempotencyState, MessageStatus,
+};
+
+pub use group_commit::{EndSend, StartSend};
 
 /// A credential about to enter the ledger, already validated.
 #[derive(Debug, Clone)]
@@ -47,10 +52,48 @@ pub struct ClaimedCredential {
     pub kind: String,
     pub value: String,
     pub uses_left: i64,
+    /// Uses counted as spent whose delivery was never proven.
+    pub unproven_uses: i64,
     pub collected_at: i64,
     pub expires_at: i64,
     /// The message the lease serves; `None` for a parked credential.
     pub lease_message_id: Option<String>,
+}
+
+/// A run's hold on a message: the message and the fencing token the run
+/// wrote when it took it. Every write of the run names it, and does nothing
+/// once another run has taken the message (recovery writes a new token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub message_id: String,
+    pub token: i64,
+}
+
+impl Lease {
+    /// A new hold on a message, with a fresh random token.
+    pub fn new(message_id: impl Into<String>) -> Self {
+        Self {
+            message_id: message_id.into(),
+            token: new_lease_token(),
+        }
+    }
+}
+
+/// A random fencing token (positive, so it is never confused with a NULL
+/// turned into 0 by a careless read).
+pub fn new_lease_token() -> i64 {
+    rand::random::<i64>() & i64::MAX
+}
+
+/// What a claim for a message found.
+#[derive(Debug, Clone)]
+pub enum Claim {
+    /// The credential now leased to the message.
+    Claimed(ClaimedCredential),
+    /// The user holds no usable credential.
+    NoneLeft,
+    /// The message is no longer this run's: nothing was claimed.
+    LeaseLost,
 }
 
 /// How a leased credential leaves its lease.
@@ -58,6 +101,9 @@ pub struct ClaimedCredential {
 pub enum Settlement {
     /// WeChat accepted a send: one use fewer, exhausted at zero.
     Spent,
+    /// The send's answer was lost: one use fewer, and the use is recorded as
+    /// unproven (WeChat may still hold it).
+    SpentUnproven,
     /// WeChat said the credential is dead.
     Retired { errcode: i64 },
     /// Not used after all: back to the pool untouched.
@@ -75,14 +121,14 @@ pub struct NewAttempt {
     pub credential_id: Option<i64>,
     pub credential_kind: Option<CredentialKind>,
     pub errcode: Option<i64>,
-    pub outcome: &'static str,
+    pub outcome: AttemptOutcome,
     pub detail: Option<String>,
 }
 
 /// The final state of a message.
 #[derive(Debug, Clone)]
 pub struct MessageOutcome {
-    pub status: &'static str,
+    pub status: MessageStatus,
     pub error_code: Option<&'static str>,
     pub wechat_errcode: Option<i64>,
 }
@@ -95,11 +141,12 @@ pub struct NewMessage {
     pub touser: String,
     pub template_id: String,
     pub payload: String,
-    pub status: &'static str,
-    /// `at_most_once` or `at_least_once`.
-    pub delivery: &'static str,
+    pub status: MessageStatus,
+    pub delivery: Delivery,
     pub wait_until: Option<i64>,
     pub lease_until: i64,
+    /// The token of the run that creates it.
+    pub lease_token: i64,
 }
 
 /// A message as the send path needs it to carry on with it.
@@ -111,8 +158,10 @@ pub struct StoredMessage {
     pub template_id: String,
     /// The WeChat body without the credential, as JSON text.
     pub payload: String,
-    pub status: String,
-    pub delivery: String,
+    #[sqlx(try_from = "String")]
+    pub status: MessageStatus,
+    #[sqlx(try_from = "String")]
+    pub delivery: Delivery,
     pub wait_until: Option<i64>,
 }
 
@@ -121,7 +170,8 @@ pub struct StoredMessage {
 pub struct IdempotencyRecord {
     pub request_hash: String,
     pub message_id: String,
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: IdempotencyState,
     pub response_status: Option<i64>,
     pub response_body: Option<String>,
 }
@@ -142,7 +192,8 @@ pub struct MessageRow {
     pub appid: String,
     pub touser: String,
     pub template_id: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: MessageStatus,
     pub error_code: Option<String>,
     pub wechat_errcode: Option<i64>,
     pub created_at: i64,
@@ -155,7 +206,8 @@ pub struct AttemptRow {
     pub credential_id: Option<i64>,
     pub credential_kind: Option<String>,
     pub errcode: Option<i64>,
-    pub outcome: String,
+    #[sqlx(try_from = "String")]
+    pub outcome: AttemptOutcome,
     pub detail: Option<String>,
     pub at: i64,
 }
@@ -214,88 +266,113 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     ) -> anyhow::Result<Vec<KindQuota>>;
 
     /// Atomically leases the available credential of the user that expires
-    /// soonest after `valid_after` to `message_id`, until `lease_until`, and
-    /// renews the message's own lease to the same time.
+    /// soonest after `valid_after` to the lease's message, until
+    /// `lease_until`, and renews the message's own lease to the same time —
+    /// only while the message is still the lease's (its token unchanged).
     async fn claim_credential(
         &self,
         appid: &str,
         openid: &str,
-        message_id: &str,
+        lease: &Lease,
         valid_after: i64,
         lease_until: i64,
         now: i64,
-    ) -> anyhow::Result<Option<ClaimedCredential>>;
+    ) -> anyhow::Result<Claim>;
 
-    /// Records a new message.
-    /// Records a new message and, when `claim_valid_after` is given, claims
-    /// its first credential (leased until the message's own lease) in the
-    /// same transaction: one write for the common start of a send.
-    async fn create_message(
-        &self,
-        message: &NewMessage,
-        claim_valid_after: Option<i64>,
-        now: i64,
-    ) -> anyhow::Result<Option<ClaimedCredential>>;
+    /// The common start of a send, batched with concurrent ones (group
+    /// commit): records the message and claims its first credential (leased
+    /// until the message's own lease) in one transaction.
+    async fn start_send(&self, start: &StartSend) -> anyhow::Result<Option<ClaimedCredential>>;
+
+    /// Records a new message without claiming anything.
+    async fn create_message(&self, message: &NewMessage, now: i64) -> anyhow::Result<()>;
+
+    /// The common end of a send, batched with concurrent ones (group
+    /// commit): the credential spent, the attempt recorded, the message
+    /// finished, in one transaction. `false` when the lease was lost: the
+    /// attempt is recorded, nothing else changes.
+    async fn end_send(&self, end: &EndSend) -> anyhow::Result<bool>;
 
     /// In one transaction: settles a leased credential, records the attempt
-    /// and, when given, the message's final state.
+    /// and, when given, the message's final state. The attempt is always
+    /// recorded (it is a fact about a call); the rest only while the lease
+    /// holds, which the answer tells.
     async fn record_attempt(
         &self,
-        message_id: &str,
+        lease: &Lease,
         attempt: &NewAttempt,
         settlement: Option<(i64, Settlement)>,
         outcome: Option<&MessageOutcome>,
         now: i64,
-    ) -> anyhow::Result<()>;
+    ) -> anyhow::Result<bool>;
 
-    /// Records the final state of a message.
+    /// Records the final state of a message; `false` when the lease was lost.
     async fn finish_message(
         &self,
-        message_id: &str,
+        lease: &Lease,
         outcome: &MessageOutcome,
         now: i64,
-    ) -> anyhow::Result<()>;
+    ) -> anyhow::Result<bool>;
 
     /// Keeps a message without a credential until one arrives: due again at
-    /// `next_attempt_at`.
+    /// `next_attempt_at`, or at once when a credential expiring after
+    /// `valid_after` arrived meanwhile. `false` when the lease was lost.
     async fn wait_message(
         &self,
-        message_id: &str,
+        lease: &Lease,
         next_attempt_at: i64,
+        valid_after: i64,
         now: i64,
-    ) -> anyhow::Result<()>;
+    ) -> anyhow::Result<bool>;
 
-    /// Takes up to `limit` due waiting messages, leasing them until `lease_until`.
+    /// Makes waiting messages whose user holds a credential expiring after
+    /// `valid_after` due now; returns how many.
+    async fn wake_waiting_with_credentials(
+        &self,
+        now: i64,
+        valid_after: i64,
+    ) -> anyhow::Result<u64>;
+
+    /// Renews a run's lease on its message and the credentials it holds;
+    /// `false` when the lease was lost.
+    async fn renew_lease(&self, lease: &Lease, lease_until: i64) -> anyhow::Result<bool>;
+
+    /// Takes up to `limit` due waiting messages, leasing them until
+    /// `lease_until` under `token`.
     async fn claim_due_waiting(
         &self,
         now: i64,
         lease_until: i64,
+        token: i64,
         limit: i64,
     ) -> anyhow::Result<Vec<StoredMessage>>;
 
     /// Takes up to `limit` leased credentials whose lease ran out, re-leasing
-    /// them to the caller until `lease_until`.
+    /// them to the caller until `lease_until` under `token`.
     async fn claim_expired_leases(
         &self,
         now: i64,
         lease_until: i64,
+        token: i64,
         limit: i64,
     ) -> anyhow::Result<Vec<ClaimedCredential>>;
 
     /// Takes up to `limit` pending messages whose lease ran out and that hold
-    /// no credential.
+    /// no credential, under `token`.
     async fn claim_stale_messages(
         &self,
         now: i64,
         lease_until: i64,
+        token: i64,
         limit: i64,
     ) -> anyhow::Result<Vec<StoredMessage>>;
 
     /// A message for the send path, whatever its app.
     async fn stored_message(&self, id: &str) -> anyhow::Result<Option<StoredMessage>>;
 
-    /// Leases a message until `lease_until`.
-    async fn lease_message(&self, id: &str, lease_until: i64) -> anyhow::Result<()>;
+    /// Takes over a pending message for the lease's run (recovery), until
+    /// `lease_until`; `false` when it is no longer pending.
+    async fn take_message(&self, lease: &Lease, lease_until: i64) -> anyhow::Result<bool>;
 
     /// Takes an idempotency key for a request, unless it is already taken.
     #[allow(clippy::too_many_arguments)]
@@ -319,8 +396,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         body: &str,
     ) -> anyhow::Result<()>;
 
-    /// Returns leased credentials to the pool untouched.
-    async fn release_credentials(&self, ids: &[i64], now: i64) -> anyhow::Result<()>;
+    /// Returns credentials leased under `token` to the pool untouched.
+    async fn release_credentials(&self, ids: &[i64], token: i64, now: i64) -> anyhow::Result<()>;
 
     /// A message of the app with its attempts in order.
     async fn message(

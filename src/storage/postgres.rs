@@ -12,7 +12,7 @@ use anyhow::Context;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres};
 
-use super::group_commit::{BatchWriter, EndWrite, GroupCommit, StartWrite};
+use super::group_commit::{BatchDone, BatchWriter, GroupCommit};
 use super::shared::{bind_message, impl_storage, INSERT_CHUNK};
 use super::sql;
 use super::*;
@@ -74,40 +74,44 @@ const BATCH_RUNNERS: usize = 2;
 /// for one user; `SKIP LOCKED` keeps concurrent batches off each other's rows.
 pub const START_BATCH: &str = "WITH batch AS ( \
         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-            $6::text[], $7::text[], $8::int8[], $9::int8[], $10::int8[], $11::int8[]) \
+            $6::text[], $7::text[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], \
+            $12::int8[]) \
         AS b(id, appid, touser, template_id, payload, status, delivery, wait_until, lease_until, \
-             at, valid_after)), \
+             lease_token, at, valid_after)), \
     message AS ( \
         INSERT INTO messages (id, appid, touser, template_id, payload, status, delivery, \
-            wait_until, lease_until, created_at, updated_at) \
+            wait_until, lease_until, lease_token, created_at, updated_at) \
         SELECT id, appid, touser, template_id, payload, status, delivery, wait_until, \
-            lease_until, at, at FROM batch), \
+            lease_until, lease_token, at, at FROM batch), \
     pick AS ( \
-        SELECT b.id AS message_id, b.lease_until, b.at, c.id FROM batch b \
+        SELECT b.id AS message_id, b.lease_until, b.lease_token, b.at, c.id FROM batch b \
         CROSS JOIN LATERAL (SELECT id FROM credentials \
             WHERE appid = b.appid AND openid = b.touser AND state = 'available' \
               AND expires_at > b.valid_after \
             ORDER BY expires_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) c) \
     UPDATE credentials \
     SET state = 'leased', lease_expires_at = pick.lease_until, updated_at = pick.at, \
-        lease_message_id = pick.message_id \
+        lease_message_id = pick.message_id, lease_token = pick.lease_token \
     FROM pick WHERE credentials.id = pick.id \
-    RETURNING credentials.id, kind, value, uses_left, collected_at, expires_at, lease_message_id";
+    RETURNING credentials.id, kind, value, uses_left, unproven_uses, collected_at, expires_at, \
+        lease_message_id";
 
 /// The ends of a batch as one statement: the credentials spent (only rows
-/// still leased, as for every settlement), the attempts recorded, the
-/// messages finished.
+/// still leased under the run's token, as for every settlement), the
+/// attempts recorded, the messages finished (likewise fenced; `RETURNING`
+/// names the ones whose lease held).
 pub const END_BATCH: &str = "WITH batch AS ( \
         SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::int8[], $5::text[], \
-            $6::text[], $7::text[], $8::text[], $9::int8[], $10::int8[]) \
+            $6::text[], $7::text[], $8::text[], $9::int8[], $10::int8[], $11::int8[]) \
         AS b(credential_id, message_id, credential_kind, errcode, outcome, detail, status, \
-             error_code, wechat_errcode, at)), \
+             error_code, wechat_errcode, at, lease_token)), \
     spent AS ( \
         UPDATE credentials \
-        SET uses_left = uses_left - 1, lease_message_id = NULL, \
+        SET uses_left = uses_left - 1, lease_message_id = NULL, lease_token = NULL, \
             state = CASE WHEN uses_left <= 1 THEN 'exhausted' ELSE 'available' END, \
             lease_expires_at = NULL, updated_at = batch.at \
-        FROM batch WHERE credentials.id = batch.credential_id AND credentials.state = 'leased'), \
+        FROM batch WHERE credentials.id = batch.credential_id AND credentials.state = 'leased' \
+          AND credentials.lease_token = batch.lease_token), \
     attempt AS ( \
         INSERT INTO attempts (message_id, credential_id, credential_kind, errcode, outcome, \
             detail, at) \
@@ -116,8 +120,9 @@ pub const END_BATCH: &str = "WITH batch AS ( \
     UPDATE messages \
     SET status = batch.status, error_code = batch.error_code, \
         wechat_errcode = batch.wechat_errcode, updated_at = batch.at, lease_until = NULL, \
-        next_attempt_at = NULL \
-    FROM batch WHERE messages.id = batch.message_id";
+        lease_token = NULL, next_attempt_at = NULL \
+    FROM batch WHERE messages.id = batch.message_id AND messages.lease_token = batch.lease_token \
+    RETURNING messages.id";
 
 /// Runs a batch as at most two statements: each is atomic on its own, and
 /// when both are needed they share a transaction.
@@ -130,24 +135,27 @@ fn column<'a, T, U>(rows: &'a [T], field: impl Fn(&'a T) -> U) -> Vec<U> {
 }
 
 impl PostgresBatches {
-    fn ends(ends: &[EndWrite]) -> sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments> {
-        sqlx::query(END_BATCH)
+    fn ends(
+        ends: &[EndSend],
+    ) -> sqlx::query::QueryScalar<'_, Postgres, String, sqlx::postgres::PgArguments> {
+        sqlx::query_scalar(END_BATCH)
             .bind(column(ends, |end| end.credential_id))
             .bind(column(ends, |end| end.message_id.as_str()))
             .bind(column(ends, |end| {
                 end.attempt.credential_kind.map(CredentialKind::as_str)
             }))
             .bind(column(ends, |end| end.attempt.errcode))
-            .bind(column(ends, |end| end.attempt.outcome))
+            .bind(column(ends, |end| end.attempt.outcome.as_str()))
             .bind(column(ends, |end| end.attempt.detail.as_deref()))
-            .bind(column(ends, |end| end.outcome.status))
+            .bind(column(ends, |end| end.outcome.status.as_str()))
             .bind(column(ends, |end| end.outcome.error_code))
             .bind(column(ends, |end| end.outcome.wechat_errcode))
             .bind(column(ends, |end| end.now))
+            .bind(column(ends, |end| end.lease_token))
     }
 
     fn starts(
-        starts: &[StartWrite],
+        starts: &[StartSend],
     ) -> sqlx::query::QueryAs<'_, Postgres, ClaimedCredential, sqlx::postgres::PgArguments> {
         sqlx::query_as(START_BATCH)
             .bind(column(starts, |start| start.message.id.as_str()))
@@ -155,10 +163,11 @@ impl PostgresBatches {
             .bind(column(starts, |start| start.message.touser.as_str()))
             .bind(column(starts, |start| start.message.template_id.as_str()))
             .bind(column(starts, |start| start.message.payload.as_str()))
-            .bind(column(starts, |start| start.message.status))
-            .bind(column(starts, |start| start.message.delivery))
+            .bind(column(starts, |start| start.message.status.as_str()))
+            .bind(column(starts, |start| start.message.delivery.as_str()))
             .bind(column(starts, |start| start.message.wait_until))
             .bind(column(starts, |start| start.message.lease_until))
+            .bind(column(starts, |start| start.message.lease_token))
             .bind(column(starts, |start| start.now))
             .bind(column(starts, |start| start.valid_after))
     }
@@ -168,32 +177,39 @@ impl PostgresBatches {
 impl BatchWriter for PostgresBatches {
     async fn write_batch(
         &self,
-        ends: &[EndWrite],
-        starts: &[StartWrite],
-    ) -> anyhow::Result<Vec<ClaimedCredential>> {
+        ends: &[EndSend],
+        starts: &[StartSend],
+    ) -> anyhow::Result<BatchDone> {
         const ENDS: &str = "settling the attempts that end messages";
         const STARTS: &str = "recording messages and claiming their first credentials";
         if starts.is_empty() {
-            Self::ends(ends).execute(&self.0).await.context(ENDS)?;
-            return Ok(Vec::new());
+            let ended = Self::ends(ends).fetch_all(&self.0).await.context(ENDS)?;
+            return Ok(BatchDone {
+                ended,
+                ..BatchDone::default()
+            });
         }
         if ends.is_empty() {
-            return Self::starts(starts)
+            let claimed = Self::starts(starts)
                 .fetch_all(&self.0)
                 .await
-                .context(STARTS);
+                .context(STARTS)?;
+            return Ok(BatchDone {
+                claimed,
+                ..BatchDone::default()
+            });
         }
         let mut tx = self
             .0
             .begin()
             .await
             .context("beginning a PostgreSQL transaction")?;
-        Self::ends(ends).execute(&mut *tx).await.context(ENDS)?;
+        let ended = Self::ends(ends).fetch_all(&mut *tx).await.context(ENDS)?;
         let claimed = Self::starts(starts)
             .fetch_all(&mut *tx)
             .await
             .context(STARTS)?;
         tx.commit().await.context("committing a batch of writes")?;
-        Ok(claimed)
+        Ok(BatchDone { claimed, ended })
     }
 }

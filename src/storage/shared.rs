@@ -71,9 +71,12 @@ macro_rules! impl_storage {
                     };
                     outcomes.push(outcome);
                 }
+                tx.commit().await.context("committing credentials")?;
                 // Messages waiting for these users are due now: one statement,
-                // in the same transaction, served by the partial index on
-                // waiting messages (nothing to scan when none wait).
+                // served by the partial index on waiting messages (nothing to
+                // scan when none wait). Why after the commit, in a snapshot of
+                // its own: see `sql::WAKE_IF_CREDENTIAL` (a wait that commits
+                // meanwhile either sees these rows or is seen by this).
                 let mut credited: Vec<&str> = items
                     .iter()
                     .zip(&outcomes)
@@ -97,11 +100,10 @@ macro_rules! impl_storage {
                     builder.push(")");
                     builder
                         .build()
-                        .execute(&mut *tx)
+                        .execute(&self.writer)
                         .await
                         .context("waking waiting messages")?;
                 }
-                tx.commit().await.context("committing credentials")?;
                 Ok(outcomes)
             }
 
@@ -124,140 +126,160 @@ macro_rules! impl_storage {
                 &self,
                 appid: &str,
                 openid: &str,
-                message_id: &str,
+                lease: &Lease,
                 valid_after: i64,
                 lease_until: i64,
                 now: i64,
-            ) -> anyhow::Result<Option<ClaimedCredential>> {
+            ) -> anyhow::Result<Claim> {
                 let mut tx = self.begin_write().await?;
+                if !Self::fence(&mut tx, lease, lease_until).await? {
+                    return Ok(Claim::LeaseLost);
+                }
                 let claimed: Option<ClaimedCredential> = sqlx::query_as(&sql::with_lock(sql::CLAIM, $lock))
                     .bind(lease_until)
                     .bind(now)
                     .bind(appid)
                     .bind(openid)
                     .bind(valid_after)
-                    .bind(message_id)
+                    .bind(&lease.message_id)
+                    .bind(lease.token)
                     .fetch_optional(&mut *tx)
                     .await
                     .context("claiming a credential")?;
-                if claimed.is_some() {
-                    sqlx::query(sql::LEASE_MESSAGE)
-                        .bind(message_id)
-                        .bind(lease_until)
-                        .execute(&mut *tx)
-                        .await
-                        .context("renewing the message lease")?;
-                }
                 tx.commit().await.context("committing the claim")?;
-                Ok(claimed)
+                Ok(claimed.map_or(Claim::NoneLeft, Claim::Claimed))
             }
 
-            async fn create_message(
-                &self,
-                message: &NewMessage,
-                claim_valid_after: Option<i64>,
-                now: i64,
-            ) -> anyhow::Result<Option<ClaimedCredential>> {
-                if let Some(valid_after) = claim_valid_after {
-                    return self
-                        .group
-                        .start(StartWrite {
-                            message: message.clone(),
-                            valid_after,
-                            now,
-                        })
-                        .await;
-                }
-                let mut tx = self.begin_write().await?;
+            async fn start_send(&self, start: &StartSend) -> anyhow::Result<Option<ClaimedCredential>> {
+                self.group.start(start.clone()).await
+            }
+
+            async fn create_message(&self, message: &NewMessage, now: i64) -> anyhow::Result<()> {
                 bind_message!(sqlx::query(sql::CREATE_MESSAGE), message)
                     .bind(now)
-                    .execute(&mut *tx)
+                    .execute(&self.writer)
                     .await
                     .context("recording the message")?;
-                tx.commit().await.context("committing the message")?;
-                Ok(None)
+                Ok(())
+            }
+
+            async fn end_send(&self, end: &EndSend) -> anyhow::Result<bool> {
+                self.group.end(end.clone()).await
             }
 
             async fn record_attempt(
                 &self,
-                message_id: &str,
+                lease: &Lease,
                 attempt: &NewAttempt,
                 settlement: Option<(i64, Settlement)>,
                 outcome: Option<&MessageOutcome>,
                 now: i64,
-            ) -> anyhow::Result<()> {
-                // The common end of a send shares a commit with others.
-                if let (Some((credential_id, Settlement::Spent)), Some(outcome)) = (settlement, outcome) {
-                    return self
-                        .group
-                        .end(EndWrite {
-                            message_id: message_id.to_owned(),
-                            credential_id,
-                            attempt: attempt.clone(),
-                            outcome: outcome.clone(),
-                            now,
-                        })
-                        .await;
-                }
+            ) -> anyhow::Result<bool> {
                 let mut tx = self.begin_write().await?;
-                if let Some((credential_id, settlement)) = settlement {
-                    if let Some(query) = Self::settle_query(credential_id, settlement, now) {
-                        query
-                            .execute(&mut *tx)
-                            .await
-                            .context("settling the credential")?;
-                    }
-                }
-                Self::attempt_query(message_id, attempt, now)
+                Self::attempt_query(&lease.message_id, attempt, now)
                     .execute(&mut *tx)
                     .await
                     .context("recording the attempt")?;
-                if let Some(outcome) = outcome {
-                    Self::finish_query(message_id, outcome, now)
-                        .execute(&mut *tx)
-                        .await
-                        .context("finishing the message")?;
+                // The fence keeps the message's lease as it is: a settlement
+                // that goes on renews nothing, one that ends clears it.
+                let held = Self::fence_keeping(&mut tx, lease).await?;
+                if held {
+                    if let Some((credential_id, settlement)) = settlement {
+                        if let Some(query) = Self::settle_query(credential_id, lease.token, settlement, now) {
+                            query
+                                .execute(&mut *tx)
+                                .await
+                                .context("settling the credential")?;
+                        }
+                    }
+                    if let Some(outcome) = outcome {
+                        Self::finish_query(lease, outcome, now)
+                            .execute(&mut *tx)
+                            .await
+                            .context("finishing the message")?;
+                    }
                 }
                 tx.commit().await.context("committing the attempt")?;
-                Ok(())
+                Ok(held)
             }
 
             async fn finish_message(
                 &self,
-                message_id: &str,
+                lease: &Lease,
                 outcome: &MessageOutcome,
                 now: i64,
-            ) -> anyhow::Result<()> {
-                Self::finish_query(message_id, outcome, now)
+            ) -> anyhow::Result<bool> {
+                let finished = Self::finish_query(lease, outcome, now)
                     .execute(&self.writer)
                     .await
                     .context("finishing the message")?;
-                Ok(())
+                Ok(finished.rows_affected() == 1)
             }
 
             async fn wait_message(
                 &self,
-                message_id: &str,
+                lease: &Lease,
                 next_attempt_at: i64,
+                valid_after: i64,
                 now: i64,
-            ) -> anyhow::Result<()> {
-                sqlx::query(sql::WAIT_MESSAGE)
-                    .bind(message_id)
+            ) -> anyhow::Result<bool> {
+                let waiting = sqlx::query(sql::WAIT_MESSAGE)
+                    .bind(&lease.message_id)
                     .bind(next_attempt_at)
+                    .bind(valid_after)
                     .bind(now)
+                    .bind(lease.token)
                     .execute(&self.writer)
                     .await
                     .context("keeping the message waiting")?;
-                Ok(())
+                if waiting.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                sqlx::query(sql::WAKE_IF_CREDENTIAL)
+                    .bind(Some(lease.message_id.as_str()))
+                    .bind(now)
+                    .bind(valid_after)
+                    .execute(&self.writer)
+                    .await
+                    .context("looking again for a credential for a waiting message")?;
+                Ok(true)
+            }
+
+            async fn wake_waiting_with_credentials(&self, now: i64, valid_after: i64) -> anyhow::Result<u64> {
+                let woken = sqlx::query(sql::WAKE_IF_CREDENTIAL)
+                    .bind(None::<&str>)
+                    .bind(now)
+                    .bind(valid_after)
+                    .execute(&self.writer)
+                    .await
+                    .context("waking waiting messages whose user holds a credential")?;
+                Ok(woken.rows_affected())
+            }
+
+            async fn renew_lease(&self, lease: &Lease, lease_until: i64) -> anyhow::Result<bool> {
+                let mut tx = self.begin_write().await?;
+                if !Self::fence(&mut tx, lease, lease_until).await? {
+                    return Ok(false);
+                }
+                sqlx::query(sql::RENEW_CREDENTIAL_LEASES)
+                    .bind(&lease.message_id)
+                    .bind(lease.token)
+                    .bind(lease_until)
+                    .execute(&mut *tx)
+                    .await
+                    .context("renewing the credential leases")?;
+                tx.commit().await.context("committing the renewal")?;
+                Ok(true)
             }
 
             async fn claim_due_waiting(
                 &self,
                 now: i64,
                 lease_until: i64,
+                token: i64,
                 limit: i64,
             ) -> anyhow::Result<Vec<StoredMessage>> {
-                self.take_rows(sql::CLAIM_DUE_WAITING, now, lease_until, limit)
+                self.take_rows(sql::CLAIM_DUE_WAITING, now, lease_until, token, limit)
                     .await
                     .context("taking due waiting messages")
             }
@@ -266,9 +288,10 @@ macro_rules! impl_storage {
                 &self,
                 now: i64,
                 lease_until: i64,
+                token: i64,
                 limit: i64,
             ) -> anyhow::Result<Vec<ClaimedCredential>> {
-                self.take_rows(sql::CLAIM_EXPIRED_LEASES, now, lease_until, limit)
+                self.take_rows(sql::CLAIM_EXPIRED_LEASES, now, lease_until, token, limit)
                     .await
                     .context("taking credentials with expired leases")
             }
@@ -277,9 +300,10 @@ macro_rules! impl_storage {
                 &self,
                 now: i64,
                 lease_until: i64,
+                token: i64,
                 limit: i64,
             ) -> anyhow::Result<Vec<StoredMessage>> {
-                self.take_rows(sql::CLAIM_STALE_MESSAGES, now, lease_until, limit)
+                self.take_rows(sql::CLAIM_STALE_MESSAGES, now, lease_until, token, limit)
                     .await
                     .context("taking unfinished messages")
             }
@@ -292,14 +316,15 @@ macro_rules! impl_storage {
                     .context("reading a stored message")
             }
 
-            async fn lease_message(&self, id: &str, lease_until: i64) -> anyhow::Result<()> {
-                sqlx::query(sql::LEASE_MESSAGE)
-                    .bind(id)
+            async fn take_message(&self, lease: &Lease, lease_until: i64) -> anyhow::Result<bool> {
+                let taken = sqlx::query(sql::TAKE_MESSAGE)
+                    .bind(&lease.message_id)
+                    .bind(lease.token)
                     .bind(lease_until)
                     .execute(&self.writer)
                     .await
-                    .context("leasing a message")?;
-                Ok(())
+                    .context("taking over a message")?;
+                Ok(taken.rows_affected() == 1)
             }
 
             async fn begin_idempotent(
@@ -359,7 +384,7 @@ macro_rules! impl_storage {
                 Ok(())
             }
 
-            async fn release_credentials(&self, ids: &[i64], now: i64) -> anyhow::Result<()> {
+            async fn release_credentials(&self, ids: &[i64], token: i64, now: i64) -> anyhow::Result<()> {
                 if ids.is_empty() {
                     return Ok(());
                 }
@@ -368,6 +393,7 @@ macro_rules! impl_storage {
                     sqlx::query(sql::SETTLE_RELEASED)
                         .bind(id)
                         .bind(now)
+                        .bind(token)
                         .execute(&mut *tx)
                         .await
                         .context("releasing a credential")?;
@@ -515,12 +541,13 @@ macro_rules! impl_storage {
 
         impl $storage {
             /// Runs one of the statements that take up to `$3` rows for a
-            /// worker, leasing them until `$1` (`now` is `$2`).
+            /// worker, leasing them until `$1` under token `$4` (`now` is `$2`).
             async fn take_rows<T>(
                 &self,
                 statement: &str,
                 now: i64,
                 lease_until: i64,
+                token: i64,
                 limit: i64,
             ) -> Result<Vec<T>, sqlx::Error>
             where
@@ -530,8 +557,41 @@ macro_rules! impl_storage {
                     .bind(lease_until)
                     .bind(now)
                     .bind(limit)
+                    .bind(token)
                     .fetch_all(&self.writer)
                     .await
+            }
+
+            /// The fence of a run's write: renews the message's lease to
+            /// `lease_until` if the message is still the lease's; `false`
+            /// otherwise (the transaction then commits nothing).
+            async fn fence(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                lease: &Lease,
+                lease_until: i64,
+            ) -> anyhow::Result<bool> {
+                let fenced = sqlx::query(sql::FENCE_MESSAGE)
+                    .bind(&lease.message_id)
+                    .bind(lease.token)
+                    .bind(lease_until)
+                    .execute(&mut **tx)
+                    .await
+                    .context("checking the message's lease")?;
+                Ok(fenced.rows_affected() == 1)
+            }
+
+            /// [`fence`](Self::fence) that leaves the lease's time as it is.
+            async fn fence_keeping(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                lease: &Lease,
+            ) -> anyhow::Result<bool> {
+                let fenced = sqlx::query(sql::FENCE_MESSAGE_KEEPING)
+                    .bind(&lease.message_id)
+                    .bind(lease.token)
+                    .execute(&mut **tx)
+                    .await
+                    .context("checking the message's lease")?;
+                Ok(fenced.rows_affected() == 1)
             }
 
             fn push_credential_values<'a>(
@@ -546,7 +606,7 @@ macro_rules! impl_storage {
                         .push_bind(item.kind.as_str())
                         .push_bind(&item.value)
                         .push_bind(item.uses)
-                        .push_bind("available")
+                        .push_bind(CredentialState::Available.as_str())
                         .push_bind(item.collected_at)
                         .push_bind(item.expires_at)
                         .push_bind(now)
@@ -556,31 +616,21 @@ macro_rules! impl_storage {
 
             fn settle_query(
                 credential_id: i64,
+                token: i64,
                 settlement: Settlement,
                 now: i64,
             ) -> Option<sqlx::query::Query<'static, $db, <$db as sqlx::Database>::Arguments<'static>>> {
-                let query = match settlement {
-                    Settlement::Spent => sqlx::query(sql::SETTLE_SPENT),
-                    Settlement::Released => sqlx::query(sql::SETTLE_RELEASED),
-                    Settlement::Retired { errcode } => {
-                        return Some(
-                            sqlx::query(sql::SETTLE_RETIRED)
-                                .bind(credential_id)
-                                .bind(now)
-                                .bind(errcode),
-                        )
-                    }
-                    Settlement::Parked { until } => {
-                        return Some(
-                            sqlx::query(sql::SETTLE_PARKED)
-                                .bind(credential_id)
-                                .bind(now)
-                                .bind(until),
-                        )
+                let (statement, fourth) = match settlement {
+                    Settlement::Spent => (sql::SETTLE_SPENT, 0),
+                    Settlement::SpentUnproven => (sql::SETTLE_SPENT, 1),
+                    Settlement::Retired { errcode } => (sql::SETTLE_RETIRED, errcode),
+                    Settlement::Parked { until } => (sql::SETTLE_PARKED, until),
+                    Settlement::Released => {
+                        return Some(sqlx::query(sql::SETTLE_RELEASED).bind(credential_id).bind(now).bind(token))
                     }
                     Settlement::Kept => return None,
                 };
-                Some(query.bind(credential_id).bind(now))
+                Some(sqlx::query(statement).bind(credential_id).bind(now).bind(token).bind(fourth))
             }
 
             fn attempt_query<'q>(message_id: &'q str, attempt: &'q NewAttempt, now: i64) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>> {
@@ -589,18 +639,19 @@ macro_rules! impl_storage {
                     .bind(attempt.credential_id)
                     .bind(attempt.credential_kind.map(CredentialKind::as_str))
                     .bind(attempt.errcode)
-                    .bind(attempt.outcome)
+                    .bind(attempt.outcome.as_str())
                     .bind(attempt.detail.as_deref())
                     .bind(now)
             }
 
-            fn finish_query<'q>(message_id: &'q str, outcome: &'q MessageOutcome, now: i64) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>> {
+            fn finish_query<'q>(lease: &'q Lease, outcome: &'q MessageOutcome, now: i64) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>> {
                 sqlx::query(sql::FINISH_MESSAGE)
-                    .bind(message_id)
-                    .bind(outcome.status)
+                    .bind(&lease.message_id)
+                    .bind(outcome.status.as_str())
                     .bind(outcome.error_code)
                     .bind(outcome.wechat_errcode)
                     .bind(now)
+                    .bind(lease.token)
             }
         }
     };
@@ -608,7 +659,7 @@ macro_rules! impl_storage {
 
 pub(crate) use impl_storage;
 
-/// Binds a [`NewMessage`](crate::storage::NewMessage)'s columns as `$1`–`$9`
+/// Binds a [`NewMessage`](crate::storage::NewMessage)'s columns as `$1`–`$10`
 /// of the message inserts (`sql::CREATE_MESSAGE`, SQLite's `START`).
 macro_rules! bind_message {
     ($query:expr, $message:expr) => {{
@@ -619,10 +670,11 @@ macro_rules! bind_message {
             .bind(&message.touser)
             .bind(&message.template_id)
             .bind(&message.payload)
-            .bind(message.status)
-            .bind(message.delivery)
+            .bind(message.status.as_str())
+            .bind(message.delivery.as_str())
             .bind(message.wait_until)
             .bind(message.lease_until)
+            .bind(message.lease_token)
     }};
 }
 

@@ -28,55 +28,103 @@ pub const QUOTA: &str =
 /// passes over the row another claim is leasing and takes the next one. On
 /// SQLite the single writer connection already makes the statement atomic.
 pub const CLAIM: &str = "UPDATE credentials \
-    SET state = 'leased', lease_expires_at = $1, updated_at = $2, lease_message_id = $6 \
+    SET state = 'leased', lease_expires_at = $1, updated_at = $2, lease_message_id = $6, \
+        lease_token = $7 \
     WHERE id = (SELECT id FROM credentials \
         WHERE appid = $3 AND openid = $4 AND state = 'available' AND expires_at > $5 \
         ORDER BY expires_at, id LIMIT 1 {lock}) \
-    RETURNING id, kind, value, uses_left, collected_at, expires_at, lease_message_id";
+    RETURNING id, kind, value, uses_left, unproven_uses, collected_at, expires_at, \
+        lease_message_id";
 
-/// The claim renews the lease of the message it serves, in the same transaction.
-pub const LEASE_MESSAGE: &str = "UPDATE messages SET lease_until = $2 WHERE id = $1";
+/// The fence: every write of a run first renews its message's lease, which
+/// only works while the message still carries the run's token. Why an
+/// UPDATE and not a SELECT: on PostgreSQL it locks the message row until the
+/// transaction ends, so a takeover (which writes a new token to the same
+/// row) cannot slip in between this check and the writes it guards.
+pub const FENCE_MESSAGE: &str = "UPDATE messages SET lease_until = $3 \
+    WHERE id = $1 AND lease_token = $2 AND status = 'pending'";
+
+/// [`FENCE_MESSAGE`] that leaves the lease's time as it is.
+pub const FENCE_MESSAGE_KEEPING: &str = "UPDATE messages SET lease_until = lease_until \
+    WHERE id = $1 AND lease_token = $2 AND status = 'pending'";
+
+/// A run's lease renewed: the message and the credentials it holds.
+pub const RENEW_CREDENTIAL_LEASES: &str = "UPDATE credentials SET lease_expires_at = $3 \
+    WHERE lease_message_id = $1 AND lease_token = $2 AND state = 'leased'";
+
+/// Takes over a pending message for a new run (recovery): a new token, so
+/// that every later write of the previous run is fenced off.
+pub const TAKE_MESSAGE: &str = "UPDATE messages SET lease_until = $3, lease_token = $2 \
+    WHERE id = $1 AND status = 'pending'";
 
 pub const CREATE_MESSAGE: &str = "INSERT INTO messages \
     (id, appid, touser, template_id, payload, status, delivery, wait_until, lease_until, \
-     created_at, updated_at) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)";
+     lease_token, created_at, updated_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)";
 
-/// Every settlement only touches a row still leased, so a late settle after
-/// lease recovery cannot resurrect or double-count a credential.
+/// Every settlement only touches a row still leased under the settling run's
+/// token (`$3`), so a late settle after lease recovery cannot resurrect or
+/// double-count a credential. `$4` is 1 when the send's delivery is
+/// unproven (its answer was lost): such a use may still be unused at WeChat,
+/// so the credential is never probed afterwards.
 pub const SETTLE_SPENT: &str = "UPDATE credentials \
-    SET uses_left = uses_left - 1, lease_message_id = NULL, \
+    SET uses_left = uses_left - 1, unproven_uses = unproven_uses + $4, lease_message_id = NULL, \
         state = CASE WHEN uses_left <= 1 THEN 'exhausted' ELSE 'available' END, \
-        lease_expires_at = NULL, updated_at = $2 \
-    WHERE id = $1 AND state = 'leased'";
+        lease_expires_at = NULL, lease_token = NULL, updated_at = $2 \
+    WHERE id = $1 AND state = 'leased' AND lease_token = $3";
 pub const SETTLE_RETIRED: &str = "UPDATE credentials \
-    SET state = 'retired', retired_errcode = $3, lease_expires_at = NULL, lease_message_id = NULL, \
-        updated_at = $2 \
-    WHERE id = $1 AND state = 'leased'";
+    SET state = 'retired', retired_errcode = $4, lease_expires_at = NULL, lease_message_id = NULL, \
+        lease_token = NULL, updated_at = $2 \
+    WHERE id = $1 AND state = 'leased' AND lease_token = $3";
 pub const SETTLE_RELEASED: &str = "UPDATE credentials \
-    SET state = 'available', lease_expires_at = NULL, lease_message_id = NULL, updated_at = $2 \
-    WHERE id = $1 AND state = 'leased'";
-/// Parked: still leased, but by no message, until `$3`. A crash then finds
+    SET state = 'available', lease_expires_at = NULL, lease_message_id = NULL, \
+        lease_token = NULL, updated_at = $2 \
+    WHERE id = $1 AND state = 'leased' AND lease_token = $3";
+/// Parked: still leased, but by no message, until `$4`. A crash then finds
 /// it unowned and simply returns it.
 pub const SETTLE_PARKED: &str = "UPDATE credentials \
-    SET lease_message_id = NULL, lease_expires_at = $3, updated_at = $2 \
-    WHERE id = $1 AND state = 'leased'";
+    SET lease_message_id = NULL, lease_expires_at = $4, updated_at = $2 \
+    WHERE id = $1 AND state = 'leased' AND lease_token = $3";
 
 pub const INSERT_ATTEMPT: &str = "INSERT INTO attempts \
     (message_id, credential_id, credential_kind, errcode, outcome, detail, at) \
     VALUES ($1, $2, $3, $4, $5, $6, $7)";
 
+/// Run inside a fenced transaction (after [`FENCE_MESSAGE`]).
 pub const FINISH_MESSAGE: &str = "UPDATE messages \
     SET status = $2, error_code = $3, wechat_errcode = $4, updated_at = $5, \
-        lease_until = NULL, next_attempt_at = NULL WHERE id = $1";
+        lease_until = NULL, lease_token = NULL, next_attempt_at = NULL \
+    WHERE id = $1 AND lease_token = $6 \
+    RETURNING id";
 
-/// A message with no credential yet, kept until `wait_until`.
+/// A message with no credential yet, kept until `wait_until` and due at
+/// `$2` — or at once (`$4`) when a usable credential (expiring after `$3`)
+/// arrived since the claim that found none. Fenced by the run's token (`$5`).
 pub const WAIT_MESSAGE: &str = "UPDATE messages \
-    SET status = 'waiting', next_attempt_at = $2, lease_until = NULL, updated_at = $3 WHERE id = $1";
+    SET status = 'waiting', lease_until = NULL, lease_token = NULL, updated_at = $4, \
+        next_attempt_at = CASE WHEN EXISTS (SELECT 1 FROM credentials c \
+            WHERE c.appid = messages.appid AND c.openid = messages.touser \
+              AND c.state = 'available' AND c.expires_at > $3) THEN $4 ELSE $2 END \
+    WHERE id = $1 AND lease_token = $5 AND status = 'pending'";
 
-/// Waiting messages whose time has come, taken by one worker each.
+/// Run after the wait commits, in a fresh snapshot. Why: on PostgreSQL a
+/// credential committed while the wait's statement ran is invisible to it,
+/// and the collection's nudge (which also runs after its own commit) may
+/// have read the message as still pending. Whichever of the two commits
+/// last sees the other's row, so one of them makes the message due. `$1`
+/// narrows it to one message, or is NULL for every waiting message: the
+/// recovery worker's net for a nudge lost to a crash between a collection's
+/// commit and its nudge.
+pub const WAKE_IF_CREDENTIAL: &str = "UPDATE messages SET next_attempt_at = $2 \
+    WHERE status = 'waiting' AND next_attempt_at > $2 AND ($1 IS NULL OR id = $1) \
+      AND EXISTS (SELECT 1 FROM credentials c \
+          WHERE c.appid = messages.appid AND c.openid = messages.touser \
+            AND c.state = 'available' AND c.expires_at > $3)";
+
+/// Waiting messages whose time has come, taken by one worker each under the
+/// taking run's token (`$4`).
 pub const CLAIM_DUE_WAITING: &str = "UPDATE messages \
-    SET status = 'pending', lease_until = $1, updated_at = $2 \
+    SET status = 'pending', lease_until = $1, updated_at = $2, lease_token = $4 \
     WHERE id IN (SELECT id FROM messages \
         WHERE status = 'waiting' AND next_attempt_at <= $2 \
         ORDER BY next_attempt_at LIMIT $3 {lock}) \
@@ -86,18 +134,21 @@ pub const CLAIM_DUE_WAITING: &str = "UPDATE messages \
 /// conditions and the list of users follow.
 pub const NUDGE_WAITING_HEAD: &str = "UPDATE messages SET next_attempt_at = ";
 
-/// Leased credentials whose holder died: re-leased to the recovering instance.
+/// Leased credentials whose holder died: re-leased to the recovering
+/// instance under its token (`$4`), which fences the dead holder off.
 pub const CLAIM_EXPIRED_LEASES: &str = "UPDATE credentials \
-    SET lease_expires_at = $1, updated_at = $2 \
+    SET lease_expires_at = $1, updated_at = $2, lease_token = $4 \
     WHERE id IN (SELECT id FROM credentials \
         WHERE state = 'leased' AND lease_expires_at <= $2 \
         ORDER BY lease_expires_at LIMIT $3 {lock}) \
-    RETURNING id, kind, value, uses_left, collected_at, expires_at, lease_message_id";
+    RETURNING id, kind, value, uses_left, unproven_uses, collected_at, expires_at, \
+        lease_message_id";
 
 /// Pending messages whose worker died and that hold no credential: nothing
-/// of theirs can be in flight, so another worker may carry them on.
+/// of theirs can be in flight, so another worker may carry them on, under
+/// its token (`$4`).
 pub const CLAIM_STALE_MESSAGES: &str = "UPDATE messages \
-    SET lease_until = $1, updated_at = $2 \
+    SET lease_until = $1, updated_at = $2, lease_token = $4 \
     WHERE id IN (SELECT m.id FROM messages m \
         WHERE m.status = 'pending' AND m.lease_until <= $2 \
           AND NOT EXISTS (SELECT 1 FROM credentials c \

@@ -16,9 +16,7 @@ use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool};
 
-use super::group_commit::{
-    power_of_two_runs, BatchWriter, EndWrite, GroupCommit, StartWrite, MAX_RUN,
-};
+use super::group_commit::{BatchDone, BatchWriter, GroupCommit};
 use super::shared::{bind_message, impl_storage, INSERT_CHUNK};
 use super::sql;
 use super::*;
@@ -91,64 +89,98 @@ async fn begin_immediate(
 // already makes it atomic.
 impl_storage!(SqliteStorage, sqlx::Sqlite, "");
 
-/// The start of a send: the message, then the claim of its first credential,
-/// leased until the message's own lease (`$9`). Numbered to share one
-/// argument list (sqlx binds `$N` by number in every statement of a script).
-pub const START: [&str; 2] = [
-    "INSERT INTO messages \
-        (id, appid, touser, template_id, payload, status, delivery, wait_until, lease_until, \
-         created_at, updated_at) \
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
-    "UPDATE credentials \
-        SET state = 'leased', lease_expires_at = $9, updated_at = $10, lease_message_id = $1 \
-        WHERE id = (SELECT id FROM credentials \
-            WHERE appid = $2 AND openid = $3 AND state = 'available' AND expires_at > $11 \
-            ORDER BY expires_at, id LIMIT 1) \
-        RETURNING id, kind, value, uses_left, collected_at, expires_at, lease_message_id",
-];
-const START_PARAMS: usize = 11;
+/// One statement of a batch script: shared SQL from `sql.rs`, and for each
+/// of its placeholders `$k` the script argument it binds (`map[k - 1]`).
+struct Renumbered {
+    statement: &'static str,
+    map: &'static [usize],
+}
 
-/// The end of a send: the credential spent, the attempt recorded, the
-/// message finished.
-pub const END: [&str; 3] = [
-    "UPDATE credentials \
-        SET uses_left = uses_left - 1, lease_message_id = NULL, \
-            state = CASE WHEN uses_left <= 1 THEN 'exhausted' ELSE 'available' END, \
-            lease_expires_at = NULL, updated_at = $2 \
-        WHERE id = $1 AND state = 'leased'",
-    "INSERT INTO attempts (message_id, credential_id, credential_kind, errcode, outcome, detail, at) \
-        VALUES ($3, $1, $4, $5, $6, $7, $2)",
-    "UPDATE messages \
-        SET status = $8, error_code = $9, wechat_errcode = $10, updated_at = $2, \
-            lease_until = NULL, next_attempt_at = NULL WHERE id = $3",
+/// The start of a send: the message (`sql::CREATE_MESSAGE`), then the claim
+/// of its first credential (`sql::CLAIM`), leased until the message's own
+/// lease under its token. Script arguments: 1–10 the message's columns as
+/// [`bind_message!`] binds them, 11 now, 12 `valid_after`.
+const START: [Renumbered; 2] = [
+    Renumbered {
+        statement: sql::CREATE_MESSAGE,
+        map: &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+    },
+    Renumbered {
+        // lease_until, now, appid, openid, valid_after, message id, token.
+        statement: sql::CLAIM,
+        map: &[9, 11, 2, 3, 12, 1, 10],
+    },
 ];
-const END_PARAMS: usize = 10;
+const START_PARAMS: usize = 12;
 
-/// `copies` copies of a write's statements as one `;`-separated script, the
-/// placeholders of copy `k` moved up by `k * params` so that each copy binds
-/// its own arguments.
-pub fn numbered_script(statements: &[&str], params: usize, copies: usize) -> String {
+/// The end of a send: the credential spent (`sql::SETTLE_SPENT`), the
+/// attempt recorded (`sql::INSERT_ATTEMPT`), the message finished
+/// (`sql::FINISH_MESSAGE`, whose `RETURNING` names the messages whose lease
+/// held). Script arguments: 1 credential id, 2 now, 3 token, 4 unproven (0),
+/// 5 message id, 6 kind, 7 errcode, 8 outcome, 9 detail, 10 status,
+/// 11 error code, 12 WeChat errcode.
+const END: [Renumbered; 3] = [
+    Renumbered {
+        statement: sql::SETTLE_SPENT,
+        map: &[1, 2, 3, 4],
+    },
+    Renumbered {
+        statement: sql::INSERT_ATTEMPT,
+        map: &[5, 1, 6, 7, 8, 9, 2],
+    },
+    Renumbered {
+        statement: sql::FINISH_MESSAGE,
+        map: &[5, 10, 11, 12, 2, 3],
+    },
+];
+const END_PARAMS: usize = 12;
+
+/// `copies` copies of a write's statements as one `;`-separated script: each
+/// placeholder `$k` of a statement becomes its script argument `map[k - 1]`,
+/// moved up by `copy * params` so that each copy binds its own arguments.
+fn numbered_script(statements: &[Renumbered], params: usize, copies: usize) -> String {
     let mut script = String::new();
     for copy in 0..copies {
-        for statement in statements {
+        for Renumbered { statement, map } in statements {
             if !script.is_empty() {
                 script.push_str("; ");
             }
-            let mut rest = *statement;
-            while let Some(at) = rest.find('$') {
-                script.push_str(&rest[..=at]);
-                rest = &rest[at + 1..];
-                let digits = rest
+            // SQLite's claim needs no row lock: the single writer makes it atomic.
+            let statement = sql::with_lock(statement, "");
+            let mut text = statement.as_str();
+            while let Some(at) = text.find('$') {
+                script.push_str(&text[..=at]);
+                text = &text[at + 1..];
+                let digits = text
                     .find(|c: char| !c.is_ascii_digit())
-                    .unwrap_or(rest.len());
-                let number: usize = rest[..digits].parse().expect("a numbered placeholder");
-                script.push_str(&(number + copy * params).to_string());
-                rest = &rest[digits..];
+                    .unwrap_or(text.len());
+                let number: usize = text[..digits].parse().expect("a numbered placeholder");
+                script.push_str(&(map[number - 1] + copy * params).to_string());
+                text = &text[digits..];
             }
-            script.push_str(rest);
+            script.push_str(text);
         }
     }
     script
+}
+
+/// The longest run [`power_of_two_runs`] makes.
+const MAX_RUN: usize = 32;
+
+/// Splits `items` into runs whose lengths are powers of two up to
+/// [`MAX_RUN`], longest first: SQLite prepares one script per length, so the
+/// writer's statement cache holds six scripts per write instead of one per
+/// batch size.
+fn power_of_two_runs<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        if items.is_empty() {
+            return None;
+        }
+        let length = 1usize << items.len().min(MAX_RUN).ilog2();
+        let (run, rest) = items.split_at(length);
+        items = rest;
+        Some(run)
+    })
 }
 
 /// The script for a run of `copies` writes (a power of two up to
@@ -156,7 +188,7 @@ pub fn numbered_script(statements: &[&str], params: usize, copies: usize) -> Str
 /// same few texts, which are also the writer's statement-cache keys.
 fn run_script(
     cache: &'static OnceLock<Vec<String>>,
-    statements: &[&str],
+    statements: &[Renumbered],
     params: usize,
     copies: usize,
 ) -> &'static str {
@@ -182,32 +214,36 @@ struct SqliteBatches(SqlitePool);
 impl BatchWriter for SqliteBatches {
     async fn write_batch(
         &self,
-        ends: &[EndWrite],
-        starts: &[StartWrite],
-    ) -> anyhow::Result<Vec<ClaimedCredential>> {
+        ends: &[EndSend],
+        starts: &[StartSend],
+    ) -> anyhow::Result<BatchDone> {
         let mut tx = begin_immediate(&self.0).await?;
+        let mut done = BatchDone::default();
         for run in power_of_two_runs(ends) {
             let script = run_script(&END_SCRIPTS, &END, END_PARAMS, run.len());
-            let mut query = sqlx::query(script);
+            let mut query = sqlx::query_scalar::<_, String>(script);
             for end in run {
                 query = query
                     .bind(end.credential_id)
                     .bind(end.now)
+                    .bind(end.lease_token)
+                    .bind(0_i64)
                     .bind(&end.message_id)
                     .bind(end.attempt.credential_kind.map(CredentialKind::as_str))
                     .bind(end.attempt.errcode)
-                    .bind(end.attempt.outcome)
+                    .bind(end.attempt.outcome.as_str())
                     .bind(end.attempt.detail.as_deref())
-                    .bind(end.outcome.status)
+                    .bind(end.outcome.status.as_str())
                     .bind(end.outcome.error_code)
                     .bind(end.outcome.wechat_errcode);
             }
-            query
-                .execute(&mut *tx)
-                .await
-                .context("settling the attempts that end messages")?;
+            done.ended.extend(
+                query
+                    .fetch_all(&mut *tx)
+                    .await
+                    .context("settling the attempts that end messages")?,
+            );
         }
-        let mut claimed = Vec::new();
         for run in power_of_two_runs(starts) {
             let script = run_script(&START_SCRIPTS, &START, START_PARAMS, run.len());
             let mut query = sqlx::query_as::<_, ClaimedCredential>(script);
@@ -216,7 +252,7 @@ impl BatchWriter for SqliteBatches {
                     .bind(start.now)
                     .bind(start.valid_after);
             }
-            claimed.extend(
+            done.claimed.extend(
                 query
                     .fetch_all(&mut *tx)
                     .await
@@ -224,7 +260,7 @@ impl BatchWriter for SqliteBatches {
             );
         }
         tx.commit().await.context("committing a batch of writes")?;
-        Ok(claimed)
+        Ok(done)
     }
 }
 
@@ -234,17 +270,56 @@ mod tests {
 
     #[test]
     fn each_copy_of_a_script_binds_its_own_arguments() {
+        const TWO: [Renumbered; 2] = [
+            Renumbered {
+                statement: "INSERT $1, $2",
+                map: &[1, 2],
+            },
+            Renumbered {
+                statement: "UPDATE $2 WHERE $1",
+                map: &[2, 10],
+            },
+        ];
         assert_eq!(
-            numbered_script(&["INSERT $1, $2", "UPDATE $2 WHERE $10"], 10, 2),
-            "INSERT $1, $2; UPDATE $2 WHERE $10; INSERT $11, $12; UPDATE $12 WHERE $20"
+            numbered_script(&TWO, 10, 2),
+            "INSERT $1, $2; UPDATE $10 WHERE $2; INSERT $11, $12; UPDATE $20 WHERE $12"
         );
-        assert_eq!(numbered_script(&START, START_PARAMS, 1), START.join("; "));
         let script = numbered_script(&END, END_PARAMS, 32);
-        assert!(script.contains("$320") && !script.contains("$321"));
+        assert!(script.contains("$384") && !script.contains("$385"));
         assert_eq!(run_script(&END_SCRIPTS, &END, END_PARAMS, 32), script);
         assert_eq!(
             run_script(&START_SCRIPTS, &START, START_PARAMS, 4),
             numbered_script(&START, START_PARAMS, 4)
         );
+    }
+
+    /// Every placeholder of a shared statement has a script argument, and
+    /// every script argument is used.
+    #[test]
+    fn the_batch_scripts_bind_every_argument_of_the_shared_statements() {
+        for (statements, params) in [(&START[..], START_PARAMS), (&END[..], END_PARAMS)] {
+            let mut used = vec![false; params];
+            for Renumbered { statement, map } in statements {
+                let highest = (1..=20)
+                    .filter(|k| statement.contains(&format!("${k}")))
+                    .max()
+                    .unwrap();
+                assert_eq!(map.len(), highest, "{statement}");
+                for argument in *map {
+                    used[argument - 1] = true;
+                }
+            }
+            assert!(used.iter().all(|used| *used));
+        }
+    }
+
+    #[test]
+    fn runs_are_powers_of_two_longest_first() {
+        let items: Vec<u32> = (0..77).collect();
+        let lengths: Vec<usize> = power_of_two_runs(&items).map(<[u32]>::len).collect();
+        assert_eq!(lengths, [32, 32, 8, 4, 1]);
+        let joined: Vec<u32> = power_of_two_runs(&items).flatten().copied().collect();
+        assert_eq!(joined, items);
+        assert_eq!(power_of_two_runs::<u32>(&[]).count(), 0);
     }
 }

@@ -11,12 +11,18 @@
 
 use std::sync::Arc;
 
+use futures_util::stream::{self, StreamExt};
+
 use crate::clock::SharedClock;
 use crate::ledger::send::Sender;
-use crate::storage::Storage;
+use crate::storage::{new_lease_token, Storage};
 
 /// Rows taken per step.
 const BATCH: i64 = 32;
+
+/// Credentials and messages resolved at once: after a crash with many sends
+/// in flight, their probes run side by side instead of one after another.
+const CONCURRENCY: usize = 16;
 
 /// What one recovery step resolved.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -25,6 +31,8 @@ pub struct RecoveryReport {
     pub credentials: usize,
     /// Pending messages carried on without a credential in hand.
     pub messages: usize,
+    /// Waiting messages made due because their user holds a credential.
+    pub woken: u64,
 }
 
 /// The recovery worker.
@@ -34,6 +42,7 @@ pub struct Recovery {
     sender: Sender,
     clock: SharedClock,
     lease_ms: i64,
+    safety_margin_ms: i64,
 }
 
 impl Recovery {
@@ -42,54 +51,72 @@ impl Recovery {
         sender: Sender,
         clock: SharedClock,
         lease_ms: i64,
+        safety_margin_ms: i64,
     ) -> Self {
         Self {
             storage,
             sender,
             clock,
             lease_ms,
+            safety_margin_ms,
         }
     }
 
     /// One pass; call until it reports nothing to drain a backlog.
+    #[tracing::instrument(name = "recovery", skip_all)]
     pub async fn run_once(&self) -> anyhow::Result<RecoveryReport> {
         let now = self.clock.now_ms();
+        // One token for the rows of this pass: each differs from the token
+        // of the run it fences off, which is all a token must do.
+        let token = new_lease_token();
         let credentials = self
             .storage
-            .claim_expired_leases(now, now + self.lease_ms, BATCH)
+            .claim_expired_leases(now, now + self.lease_ms, token, BATCH)
             .await?;
         let mut report = RecoveryReport {
             credentials: credentials.len(),
             ..RecoveryReport::default()
         };
-        for credential in credentials {
-            let id = credential.id;
-            match self.sender.recover(credential).await {
-                Ok(Some(result)) => {
-                    tracing::info!(credential = id, message = %result.message_id, status = result.status, "recovered an in-flight credential")
+        stream::iter(credentials)
+            .for_each_concurrent(CONCURRENCY, |credential| async move {
+                let id = credential.id;
+                match self.sender.recover(credential, token).await {
+                    Ok(Some(result)) => {
+                        tracing::info!(credential = id, message = %result.message_id, status = %result.status, "recovered an in-flight credential")
+                    }
+                    Ok(None) => tracing::info!(credential = id, "returned an abandoned lease"),
+                    Err(error) => {
+                        tracing::error!(credential = id, error = ?error, "recovering a credential failed")
+                    }
                 }
-                Ok(None) => tracing::info!(credential = id, "returned an abandoned lease"),
-                Err(error) => {
-                    tracing::error!(credential = id, error = ?error, "recovering a credential failed")
-                }
-            }
-        }
+            })
+            .await;
         let now = self.clock.now_ms();
+        let token = new_lease_token();
         let messages = self
             .storage
-            .claim_stale_messages(now, now + self.lease_ms, BATCH)
+            .claim_stale_messages(now, now + self.lease_ms, token, BATCH)
             .await?;
         report.messages = messages.len();
-        for message in messages {
-            match self.sender.resume(&message).await {
-                Ok(result) => {
-                    tracing::info!(message = %message.id, status = result.status, "carried on an abandoned message")
+        stream::iter(messages)
+            .for_each_concurrent(CONCURRENCY, |message| async move {
+                match self.sender.resume(&message, token).await {
+                    Ok(result) => {
+                        tracing::info!(message = %message.id, status = %result.status, "carried on an abandoned message")
+                    }
+                    Err(error) => {
+                        tracing::error!(message = %message.id, error = ?error, "carrying on a message failed")
+                    }
                 }
-                Err(error) => {
-                    tracing::error!(message = %message.id, error = ?error, "carrying on a message failed")
-                }
-            }
-        }
+            })
+            .await;
+        // The net under a collection that crashed between its commit and
+        // its nudge of the waiting messages.
+        let now = self.clock.now_ms();
+        report.woken = self
+            .storage
+            .wake_waiting_with_credentials(now, now + self.safety_margin_ms)
+            .await?;
         Ok(report)
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::clock::SharedClock;
 use crate::ledger::send::Sender;
-use crate::storage::Storage;
+use crate::storage::{new_lease_token, Storage};
 
 /// Messages taken per step.
 const BATCH: i64 = 32;
@@ -38,17 +38,19 @@ impl WaitingSender {
     /// Takes the due waiting messages and carries each on; returns how many.
     pub async fn run_once(&self) -> anyhow::Result<usize> {
         let now = self.clock.now_ms();
+        let token = new_lease_token();
         let due = self
             .storage
-            .claim_due_waiting(now, now + self.lease_ms, BATCH)
+            .claim_due_waiting(now, now + self.lease_ms, token, BATCH)
             .await?;
-        let results =
-            futures_util::future::join_all(due.iter().map(|message| self.sender.resume(message)))
-                .await;
+        let results = futures_util::future::join_all(
+            due.iter().map(|message| self.sender.resume(message, token)),
+        )
+        .await;
         for (message, result) in due.iter().zip(results) {
             match result {
                 Ok(result) => {
-                    tracing::info!(message = %message.id, status = result.status, "waiting message")
+                    tracing::info!(message = %message.id, status = %result.status, "waiting message")
                 }
                 // Left pending: recovery takes it up once its lease runs out.
                 Err(error) => {

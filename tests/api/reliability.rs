@@ -4,7 +4,8 @@
 use chrono::Duration;
 use formid_gateway::fake_wechat::Fault;
 use formid_gateway::ledger::kinds::CredentialKind;
-use formid_gateway::storage::{NewAttempt, NewMessage, Settlement};
+use formid_gateway::ledger::states::{AttemptOutcome, Delivery, MessageStatus};
+use formid_gateway::storage::{Claim, Lease, NewAttempt, NewMessage, Settlement};
 use serde_json::{json, Value};
 
 use rstest::rstest;
@@ -37,7 +38,7 @@ impl TestApp {
     }
 
     /// A pending message whose process "died" right after claiming a credential.
-    async fn crashed_mid_send(&self, openid: &str) -> (String, i64) {
+    async fn crashed_mid_send(&self, openid: &str) -> (Lease, i64) {
         let now = self.now_ms();
         let id = uuid::Uuid::new_v4().to_string();
         let payload = json!({"touser": openid, "template_id": TEMPLATE});
@@ -47,22 +48,26 @@ impl TestApp {
             touser: openid.into(),
             template_id: TEMPLATE.into(),
             payload: payload.to_string(),
-            status: "pending",
-            delivery: "at_most_once",
+            status: MessageStatus::Pending,
+            delivery: Delivery::AtMostOnce,
             wait_until: None,
             lease_until: now + 120_000,
+            lease_token: 1,
         };
-        self.storage
-            .create_message(&message, None, now)
-            .await
-            .unwrap();
-        let claimed = self
+        self.storage.create_message(&message, now).await.unwrap();
+        let lease = Lease {
+            message_id: id,
+            token: 1,
+        };
+        let Claim::Claimed(claimed) = self
             .storage
-            .claim_credential(APPID, openid, &id, now + 60_000, now + 120_000, now)
+            .claim_credential(APPID, openid, &lease, now + 60_000, now + 120_000, now)
             .await
             .unwrap()
-            .expect("a credential to claim");
-        (id, claimed.id)
+        else {
+            panic!("a credential to claim")
+        };
+        (lease, claimed.id)
     }
 }
 
@@ -291,7 +296,7 @@ async fn a_syncing_prepay_id_is_retried_by_the_waiting_worker(#[case] backend: B
 async fn recovery_probes_a_form_id_whose_send_never_happened(#[case] backend: Backend) {
     let app = spawn_app(backend).await;
     let value = app.collect_form_id("o-oli").await;
-    let (id, _) = app.crashed_mid_send("o-oli").await;
+    let (Lease { message_id: id, .. }, _) = app.crashed_mid_send("o-oli").await;
     assert_eq!(
         app.recovery.run_once().await.unwrap().credentials,
         0,
@@ -314,7 +319,7 @@ async fn recovery_proves_an_earlier_delivery_with_41029_and_does_not_resend(
 ) {
     let app = spawn_app(backend).await;
     let value = app.collect_form_id("o-pat").await;
-    let (id, _) = app.crashed_mid_send("o-pat").await;
+    let (Lease { message_id: id, .. }, _) = app.crashed_mid_send("o-pat").await;
     // The dead process's call did reach WeChat.
     let token = app.access_token().await.body["access_token"]
         .as_str()
@@ -357,7 +362,7 @@ async fn recovery_counts_an_unprobeable_prepay_id_spent_and_the_message_unknown(
 ) {
     let app = spawn_app(backend).await;
     app.collect_prepay_id("o-quy").await;
-    let (id, _) = app.crashed_mid_send("o-quy").await;
+    let (Lease { message_id: id, .. }, _) = app.crashed_mid_send("o-quy").await;
     app.advance(Duration::seconds(121));
     app.recovery.run_once().await.unwrap();
     let message = app.message(&id).await;
@@ -382,15 +387,13 @@ async fn recovery_carries_on_a_message_that_held_no_credential(#[case] backend: 
         touser: "o-ray".into(),
         template_id: TEMPLATE.into(),
         payload: json!({"touser": "o-ray", "template_id": TEMPLATE}).to_string(),
-        status: "pending",
-        delivery: "at_most_once",
+        status: MessageStatus::Pending,
+        delivery: Delivery::AtMostOnce,
         wait_until: None,
         lease_until: now + 120_000,
+        lease_token: 1,
     };
-    app.storage
-        .create_message(&message, None, now)
-        .await
-        .unwrap();
+    app.storage.create_message(&message, now).await.unwrap();
     app.advance(Duration::seconds(121));
     let report = app.recovery.run_once().await.unwrap();
     assert_eq!((report.credentials, report.messages), (0, 1));
@@ -404,19 +407,19 @@ async fn recovery_carries_on_a_message_that_held_no_credential(#[case] backend: 
 async fn a_parked_credential_left_by_a_crash_goes_back_untouched(#[case] backend: Backend) {
     let app = spawn_app(backend).await;
     app.collect_prepay_id("o-sol").await;
-    let (message_id, credential) = app.crashed_mid_send("o-sol").await;
+    let (lease, credential) = app.crashed_mid_send("o-sol").await;
     // Parked, as the send path does with a syncing prepay_id, then the process died.
     let now = app.now_ms();
     let attempt = NewAttempt {
         credential_id: Some(credential),
         credential_kind: Some(CredentialKind::PrepayId),
         errcode: Some(41028),
-        outcome: "not_ready",
+        outcome: AttemptOutcome::NotReady,
         detail: None,
     };
     let parked = Settlement::Parked { until: now + 1000 };
     app.storage
-        .record_attempt(&message_id, &attempt, Some((credential, parked)), None, now)
+        .record_attempt(&lease, &attempt, Some((credential, parked)), None, now)
         .await
         .unwrap();
     app.advance(Duration::seconds(2));

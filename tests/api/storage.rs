@@ -3,8 +3,10 @@
 use std::collections::HashSet;
 
 use formid_gateway::ledger::kinds::CredentialKind;
+use formid_gateway::ledger::states::{AttemptOutcome, Delivery, MessageStatus};
 use formid_gateway::storage::{
-    InsertOutcome, MessageOutcome, NewAttempt, NewCredential, NewMessage, Settlement,
+    Claim, EndSend, InsertOutcome, Lease, MessageOutcome, NewAttempt, NewCredential, NewMessage,
+    Settlement, StartSend,
 };
 
 use rstest::rstest;
@@ -22,6 +24,9 @@ fn credential(openid: &str, value: &str, collected_at: i64) -> NewCredential {
     }
 }
 
+/// The fencing token of every message these tests create.
+const TOKEN: i64 = 7;
+
 fn message(id: &str, touser: &str, now: i64) -> NewMessage {
     NewMessage {
         id: id.into(),
@@ -29,10 +34,11 @@ fn message(id: &str, touser: &str, now: i64) -> NewMessage {
         touser: touser.into(),
         template_id: TEMPLATE.into(),
         payload: "{}".into(),
-        status: "pending",
-        delivery: "at_most_once",
+        status: MessageStatus::Pending,
+        delivery: Delivery::AtMostOnce,
         wait_until: None,
         lease_until: now + 60_000,
+        lease_token: TOKEN,
     }
 }
 
@@ -61,7 +67,7 @@ async fn batched_starts_and_ends_keep_each_callers_result(#[case] backend: Backe
         .await
         .unwrap();
     app.storage
-        .create_message(&message("m-taken", "o-nobody", now), None, now)
+        .create_message(&message("m-taken", "o-nobody", now), now)
         .await
         .unwrap();
     // Three starts per user (two can claim), five for a user with nothing,
@@ -76,7 +82,11 @@ async fn batched_starts_and_ends_keep_each_callers_result(#[case] backend: Backe
         let storage = app.storage.clone();
         tokio::spawn(async move {
             storage
-                .create_message(&message(&id, &user, now), Some(now), now)
+                .start_send(&StartSend {
+                    message: message(&id, &user, now),
+                    valid_after: now,
+                    now,
+                })
                 .await
         })
     });
@@ -123,31 +133,32 @@ async fn batched_starts_and_ends_keep_each_callers_result(#[case] backend: Backe
                 credential_id: Some(credential.id),
                 credential_kind: Some(CredentialKind::FormId),
                 errcode: Some(0),
-                outcome: "sent",
+                outcome: AttemptOutcome::Sent,
                 detail: None,
             };
             let outcome = MessageOutcome {
-                status: "sent",
+                status: MessageStatus::Sent,
                 error_code: None,
                 wechat_errcode: Some(0),
             };
             storage
-                .record_attempt(
-                    &id,
-                    &attempt,
-                    Some((credential.id, Settlement::Spent)),
-                    Some(&outcome),
+                .end_send(&EndSend {
+                    message_id: id,
+                    lease_token: TOKEN,
+                    credential_id: credential.id,
+                    attempt,
+                    outcome,
                     now,
-                )
+                })
                 .await
         })
     });
     for result in futures::future::join_all(ends).await {
-        result.unwrap().unwrap();
+        assert!(result.unwrap().unwrap(), "every end holds its lease");
     }
     for (id, _) in &claimed {
         let (row, attempts) = app.storage.message(APPID, id).await.unwrap().unwrap();
-        assert_eq!(row.status, "sent");
+        assert_eq!(row.status, MessageStatus::Sent);
         assert_eq!(attempts.len(), 1);
     }
     for user in &users {
@@ -180,11 +191,19 @@ async fn concurrent_claims_never_lease_one_credential_twice(#[case] backend: Bac
     assert!(outcomes
         .iter()
         .all(|outcome| *outcome == InsertOutcome::Inserted));
+    app.storage
+        .create_message(&message("m-race", "o-race", now), now)
+        .await
+        .unwrap();
     let claims = (0..20).map(|_| {
         let storage = app.storage.clone();
         tokio::spawn(async move {
+            let lease = Lease {
+                message_id: "m-race".into(),
+                token: TOKEN,
+            };
             storage
-                .claim_credential(APPID, "o-race", "m-race", now, now + 60_000, now)
+                .claim_credential(APPID, "o-race", &lease, now, now + 60_000, now)
                 .await
                 .unwrap()
         })
@@ -192,7 +211,11 @@ async fn concurrent_claims_never_lease_one_credential_twice(#[case] backend: Bac
     let claimed: Vec<_> = futures::future::join_all(claims)
         .await
         .into_iter()
-        .filter_map(|claim| claim.unwrap())
+        .filter_map(|claim| match claim.unwrap() {
+            Claim::Claimed(credential) => Some(credential),
+            Claim::NoneLeft => None,
+            Claim::LeaseLost => panic!("the message's own token holds its lease"),
+        })
         .collect();
     assert_eq!(claimed.len(), 5);
     let ids: HashSet<i64> = claimed.iter().map(|credential| credential.id).collect();
@@ -214,77 +237,180 @@ async fn claims_follow_expiry_and_settlements_only_touch_leased_rows(#[case] bac
         .insert_credentials(APPID, &items, now)
         .await
         .unwrap();
-    let message = NewMessage {
-        id: uuid::Uuid::new_v4().to_string(),
-        appid: APPID.into(),
-        touser: "o-order".into(),
-        template_id: TEMPLATE.into(),
-        payload: "{}".into(),
-        status: "pending",
-        delivery: "at_most_once",
-        wait_until: None,
-        lease_until: now + 1,
-    };
+    let id = uuid::Uuid::new_v4().to_string();
     app.storage
-        .create_message(&message, None, now)
+        .create_message(&message(&id, "o-order", now), now)
         .await
         .unwrap();
-    let first = app
-        .storage
-        .claim_credential(APPID, "o-order", &message.id, now, now + 1, now)
-        .await
-        .unwrap()
-        .unwrap();
+    let lease = Lease {
+        message_id: id.clone(),
+        token: TOKEN,
+    };
+    let claim = |lease: Lease| {
+        let storage = app.storage.clone();
+        async move {
+            storage
+                .claim_credential(APPID, "o-order", &lease, now, now + 1, now)
+                .await
+                .unwrap()
+        }
+    };
+    let Claim::Claimed(first) = claim(lease.clone()).await else {
+        panic!("the soonest-expiring credential is claimed")
+    };
     assert_eq!(first.value, "early");
-    assert_eq!(first.lease_message_id.as_deref(), Some(message.id.as_str()));
+    assert_eq!(first.lease_message_id.as_deref(), Some(id.as_str()));
     let attempt = NewAttempt {
         credential_id: Some(first.id),
         credential_kind: Some(CredentialKind::FormId),
         errcode: Some(0),
-        outcome: "sent",
+        outcome: AttemptOutcome::Sent,
         detail: None,
     };
-    app.storage
-        .record_attempt(
-            &message.id,
-            &attempt,
-            Some((first.id, Settlement::Spent)),
-            None,
-            now,
-        )
-        .await
-        .unwrap();
+    let settle = |settlement| {
+        let storage = app.storage.clone();
+        let (lease, attempt) = (lease.clone(), attempt.clone());
+        async move {
+            storage
+                .record_attempt(&lease, &attempt, Some((first.id, settlement)), None, now)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(settle(Settlement::Spent).await);
     // A second settlement of a row no longer leased changes nothing.
+    assert!(settle(Settlement::Released).await);
+    let Claim::Claimed(second) = claim(lease.clone()).await else {
+        panic!("the next credential is claimed")
+    };
+    assert_eq!(second.value, "late");
+    assert!(matches!(claim(lease.clone()).await, Claim::NoneLeft));
+    let (_, attempts) = app.storage.message(APPID, &id).await.unwrap().unwrap();
+    assert_eq!(attempts.len(), 2);
+}
+
+/// Issue 10, #2: once another run took a message over (recovery writes a
+/// new token), every write of the run that lost it does nothing but record
+/// its attempt: it cannot settle, finish, wait, renew or claim.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_lease_was_taken_over_can_no_longer_write(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    let now = app.now_ms();
+    let items = vec![
+        credential("o-fence", "first", now - 1000),
+        credential("o-fence", "second", now),
+    ];
     app.storage
-        .record_attempt(
-            &message.id,
-            &attempt,
-            Some((first.id, Settlement::Released)),
-            None,
-            now,
-        )
+        .insert_credentials(APPID, &items, now)
         .await
         .unwrap();
-    let second = app
+    let id = uuid::Uuid::new_v4().to_string();
+    let claimed = app
         .storage
-        .claim_credential(APPID, "o-order", &message.id, now, now + 1, now)
+        .start_send(&StartSend {
+            message: message(&id, "o-fence", now),
+            valid_after: now,
+            now,
+        })
         .await
         .unwrap()
+        .expect("a credential");
+    let old = Lease {
+        message_id: id.clone(),
+        token: TOKEN,
+    };
+    // The old run stalls past its lease; recovery takes the credential and
+    // the message under its own token.
+    let later = now + 61_000;
+    let recovered = app
+        .storage
+        .claim_expired_leases(later, later + 60_000, 99, 10)
+        .await
         .unwrap();
-    assert_eq!(second.value, "late");
+    assert_eq!(recovered.len(), 1);
+    let new = Lease {
+        message_id: id.clone(),
+        token: 99,
+    };
     assert!(app
         .storage
-        .claim_credential(APPID, "o-order", &message.id, now, now + 1, now)
+        .take_message(&new, later + 60_000)
         .await
-        .unwrap()
-        .is_none());
-    let (_, attempts) = app
+        .unwrap());
+
+    let attempt = NewAttempt {
+        credential_id: Some(claimed.id),
+        credential_kind: Some(CredentialKind::FormId),
+        errcode: Some(41029),
+        outcome: AttemptOutcome::Retired,
+        detail: None,
+    };
+    let retired = Settlement::Retired { errcode: 41029 };
+    assert!(!app
         .storage
-        .message(APPID, &message.id)
+        .record_attempt(&old, &attempt, Some((claimed.id, retired)), None, later)
         .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(attempts.len(), 2);
+        .unwrap());
+    assert!(matches!(
+        app.storage
+            .claim_credential(APPID, "o-fence", &old, later, later + 60_000, later)
+            .await
+            .unwrap(),
+        Claim::LeaseLost
+    ));
+    let sent = MessageOutcome {
+        status: MessageStatus::Sent,
+        error_code: None,
+        wechat_errcode: None,
+    };
+    assert!(!app
+        .storage
+        .finish_message(&old, &sent, later)
+        .await
+        .unwrap());
+    assert!(!app.storage.renew_lease(&old, later + 60_000).await.unwrap());
+    assert!(!app
+        .storage
+        .wait_message(&old, later + 60_000, later, later)
+        .await
+        .unwrap());
+    let end = EndSend {
+        message_id: id.clone(),
+        lease_token: TOKEN,
+        credential_id: claimed.id,
+        attempt: attempt.clone(),
+        outcome: sent.clone(),
+        now: later,
+    };
+    assert!(!app.storage.end_send(&end).await.unwrap());
+    // Nothing changed but the attempts: the credential is still leased to
+    // the new run, the other one untouched, the message pending.
+    let quota = app.storage.quota(APPID, "o-fence", later).await.unwrap();
+    assert_eq!(quota.iter().map(|kind| kind.credentials).sum::<i64>(), 1);
+    let (row, attempts) = app.storage.message(APPID, &id).await.unwrap().unwrap();
+    assert_eq!(row.status, MessageStatus::Pending);
+    assert_eq!(
+        attempts.len(),
+        2,
+        "the calls themselves are facts, recorded"
+    );
+    // The new run's writes go through.
+    assert!(app
+        .storage
+        .record_attempt(
+            &new,
+            &attempt,
+            Some((claimed.id, Settlement::Spent)),
+            Some(&sent),
+            later
+        )
+        .await
+        .unwrap());
+    let (row, _) = app.storage.message(APPID, &id).await.unwrap().unwrap();
+    assert_eq!(row.status, MessageStatus::Sent);
 }
 
 #[rstest]

@@ -1,0 +1,244 @@
+//! The send path: claim the credential that expires soonest, call WeChat, and
+//! settle by its errcode.
+//!
+//! Split along its concerns:
+//! - [`request`]: what a business service asks to send;
+//! - [`decide`]: the errcode rules as one pure function (no database, no HTTP);
+//! - `execute`: the short executor that claims, calls, and applies each step;
+//! - `guard`: what stands before every call (the per-app call bound, the
+//!   circuit breaker, a lease with room for the whole call).
+//!
+//! Each step is its own short write: the claim leases a credential to the
+//! message under the run's fencing token, the call to WeChat happens with no
+//! transaction open, and the settlement, the attempt row and (at the end) the
+//! message's state commit together — only while the run still holds the
+//! message. A crash between two steps leaves a leased credential naming its
+//! message, or a pending message with nothing leased; recovery
+//! (`workers::recovery`) takes them over under a new token and resolves them
+//! by the rules in RELIABILITY.md.
+
+pub mod decide;
+mod execute;
+mod guard;
+pub mod request;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use request::SendRequest;
+
+use super::failure::SendFailure;
+use super::states::{AttemptOutcome, Delivery, MessageStatus};
+use crate::clock::SharedClock;
+use crate::storage::{ClaimedCredential, Lease, NewMessage, StartSend, Storage, StoredMessage};
+use crate::tokens::TokenKeeper;
+use crate::wechat::breaker::Breakers;
+use crate::wechat::WeChatClient;
+use execute::{Initial, Job, Run};
+use guard::CallGuard;
+
+/// Policy of the send path.
+#[derive(Debug, Clone)]
+pub struct SendSettings {
+    pub safety_margin_ms: i64,
+    pub fresh_prepay_grace_ms: i64,
+    pub lease_ms: i64,
+    pub max_attempts: u32,
+    pub busy_retries: u32,
+    pub busy_backoff: Duration,
+    /// How soon a message whose only credential is a syncing prepay_id tries again.
+    pub not_ready_retry_ms: i64,
+    /// Probes of one credential whose first outcome was unknown.
+    pub probe_limit: u32,
+    /// Calls in flight to WeChat per app, per process.
+    pub max_concurrent_calls: usize,
+    /// The longest one call to WeChat can take: a call starts only on a lease
+    /// with at least this much (and a margin) left.
+    pub call_budget_ms: i64,
+}
+
+/// One attempt as the caller sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptSummary {
+    pub credential_kind: Option<&'static str>,
+    pub errcode: Option<i64>,
+    pub outcome: AttemptOutcome,
+}
+
+/// Where one send ended (for now).
+#[derive(Debug, Clone)]
+pub struct SendResult {
+    pub message_id: String,
+    /// `sent`, `failed`, `unknown`, `waiting` for a credential, or `pending`
+    /// when the outcome is still being settled (poll the message).
+    pub status: MessageStatus,
+    pub failure: Option<SendFailure>,
+    pub attempts: Vec<AttemptSummary>,
+}
+
+/// Applies the ledger rules to messages; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Sender {
+    storage: Arc<dyn Storage>,
+    tokens: TokenKeeper,
+    wechat: WeChatClient,
+    clock: SharedClock,
+    settings: SendSettings,
+    guard: CallGuard,
+}
+
+impl Sender {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        tokens: TokenKeeper,
+        wechat: WeChatClient,
+        clock: SharedClock,
+        settings: SendSettings,
+        breakers: Arc<Breakers>,
+    ) -> Self {
+        let guard = CallGuard::new(breakers, settings.max_concurrent_calls);
+        Self {
+            storage,
+            tokens,
+            wechat,
+            clock,
+            settings,
+            guard,
+        }
+    }
+
+    /// Records a new message with the given id and sends it.
+    #[tracing::instrument(name = "send", skip_all, fields(appid, message_id))]
+    pub async fn send(
+        &self,
+        appid: &str,
+        request: &SendRequest,
+        message_id: &str,
+    ) -> anyhow::Result<SendResult> {
+        // Why the slot comes first: a wait for a call slot must not eat into
+        // a lease, so nothing is claimed until this send may call.
+        let permit = self.guard.slot(appid).await;
+        let now = self.clock.now_ms();
+        let wait_until = request
+            .wait_seconds
+            .map(|seconds| now + (seconds as i64) * 1000);
+        let payload = request.payload();
+        let lease = Lease::new(message_id);
+        let message = NewMessage {
+            id: message_id.to_owned(),
+            appid: appid.to_owned(),
+            touser: request.touser.clone(),
+            template_id: request.template_id.clone(),
+            payload: serde_json::to_string(&payload)?,
+            status: MessageStatus::Pending,
+            delivery: request.delivery(),
+            wait_until,
+            lease_until: now + self.settings.lease_ms,
+            lease_token: lease.token,
+        };
+        let job = Job {
+            appid: appid.to_owned(),
+            touser: request.touser.clone(),
+            payload,
+            delivery: request.delivery(),
+            wait_until,
+        };
+        // 45009 earlier today: answer at once, without calling WeChat.
+        let blocked_until = self.tokens.app_state(appid).await?.send_blocked_until;
+        let initial = match blocked_until.filter(|until| *until > now) {
+            Some(until_ms) => {
+                self.storage.create_message(&message, now).await?;
+                Initial::Blocked(until_ms)
+            }
+            None => Initial::Claimed(
+                self.storage
+                    .start_send(&StartSend {
+                        message,
+                        valid_after: now + self.settings.safety_margin_ms,
+                        now,
+                    })
+                    .await?,
+            ),
+        };
+        let lease_until = now + self.settings.lease_ms;
+        Run::new(self, &job, lease, lease_until, permit)
+            .process(initial)
+            .await
+    }
+
+    /// Carries on with a stored message this process has taken under
+    /// `token` (a waiting message that came due, or one whose worker died).
+    #[tracing::instrument(name = "resume", skip_all, fields(appid = %message.appid, message_id = %message.id))]
+    pub async fn resume(&self, message: &StoredMessage, token: i64) -> anyhow::Result<SendResult> {
+        let permit = self.guard.slot(&message.appid).await;
+        let job = Job::from_stored(message)?;
+        let lease = Lease {
+            message_id: message.id.clone(),
+            token,
+        };
+        // The lease may have aged while the slot was awaited: the first
+        // claim renews it.
+        let lease_until = self.clock.now_ms();
+        Run::new(self, &job, lease, lease_until, permit)
+            .process(Initial::Claim)
+            .await
+    }
+
+    /// Resolves a credential found leased after its holder died (re-leased
+    /// under `token`), by the rules of its message; returns `None` when it
+    /// belonged to no unfinished message.
+    #[tracing::instrument(name = "recover", skip_all, fields(credential = credential.id, message_id))]
+    pub async fn recover(
+        &self,
+        credential: ClaimedCredential,
+        token: i64,
+    ) -> anyhow::Result<Option<SendResult>> {
+        let now = self.clock.now_ms();
+        let message = match &credential.lease_message_id {
+            Some(id) => self.storage.stored_message(id).await?,
+            None => None,
+        };
+        let Some(message) = message.filter(|message| message.status == MessageStatus::Pending)
+        else {
+            // Parked, or its message already ended (its settlement committed
+            // with the message's end): nothing of it can be in flight.
+            self.storage
+                .release_credentials(&[credential.id], token, now)
+                .await?;
+            return Ok(None);
+        };
+        tracing::Span::current().record("message_id", message.id.as_str());
+        let permit = self.guard.slot(&message.appid).await;
+        let lease = Lease {
+            message_id: message.id.clone(),
+            token,
+        };
+        let lease_until = self.clock.now_ms() + self.settings.lease_ms;
+        // A new token on the message fences off every later write of the
+        // run that died (or stalled).
+        if !self.storage.take_message(&lease, lease_until).await? {
+            self.storage
+                .release_credentials(&[credential.id], token, now)
+                .await?;
+            return Ok(None);
+        }
+        let job = Job::from_stored(&message)?;
+        Run::new(self, &job, lease, lease_until, permit)
+            .process(Initial::Recovered(credential))
+            .await
+            .map(Some)
+    }
+}
+
+impl SendRequest {
+    /// How an unknown outcome may be handled.
+    pub fn delivery(&self) -> Delivery {
+        if self.at_least_once {
+            Delivery::AtLeastOnce
+        } else {
+            Delivery::AtMostOnce
+        }
+    }
+}

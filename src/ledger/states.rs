@@ -1,0 +1,229 @@
+//! Every state the ledger stores, as enums: the names on the wire and in the
+//! database come from `as_str`, and the schema's `CHECK` constraints allow
+//! exactly these names (migration 0004 on both databases).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Serialize, Serializer};
+
+/// Declares a stored state: its variants with their stored names, `as_str`,
+/// `FromStr`, `Display`, `Serialize`, and conversion from a stored `String`
+/// (for `#[sqlx(try_from = "String")]`).
+macro_rules! stored_state {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The stored and wire name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownState;
+
+            fn from_str(text: &str) -> Result<Self, Self::Err> {
+                match text {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(UnknownState {
+                        of: stringify!($name),
+                        text: text.to_owned(),
+                    }),
+                }
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = UnknownState;
+
+            fn try_from(text: String) -> Result<Self, Self::Error> {
+                text.parse()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+    };
+}
+
+/// A stored name no variant has: the database holds something the schema's
+/// `CHECK` constraint should have refused.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{text:?} is not a {of}")]
+pub struct UnknownState {
+    of: &'static str,
+    text: String,
+}
+
+stored_state! {
+    /// Where a message is (`messages.status`).
+    MessageStatus {
+        /// Something may be in flight: a process holds its lease.
+        Pending = "pending",
+        /// No credential yet: kept until one arrives or the wait ends.
+        Waiting = "waiting",
+        /// WeChat delivered it.
+        Sent = "sent",
+        /// It was not sent.
+        Failed = "failed",
+        /// WeChat may or may not have delivered it; it is never sent again.
+        Unknown = "unknown",
+    }
+}
+
+impl MessageStatus {
+    /// Whether the message has ended.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Sent | Self::Failed | Self::Unknown)
+    }
+}
+
+stored_state! {
+    /// What one call to WeChat (or the decision not to make one) came to
+    /// (`attempts.outcome`).
+    AttemptOutcome {
+        /// Delivered (errcode 0).
+        Sent = "sent",
+        /// A probe of an unknown outcome delivered (errcode 0).
+        SentOnProbe = "sent_on_probe",
+        /// A probe answered 41029: the earlier call had delivered.
+        ConfirmedSent = "confirmed_sent",
+        /// A fresh prepay_id answered 41028: parked until its payment data syncs.
+        NotReady = "not_ready",
+        /// The credential is dead; retired with the errcode.
+        Retired = "retired",
+        /// The access_token was refused; it is refreshed and the call made again.
+        TokenRejected = "token_rejected",
+        /// errcode -1; retried after a backoff.
+        Busy = "busy",
+        /// WeChat refused the request; the credential went back untouched.
+        Kept = "kept",
+        /// The request never left: nothing was delivered.
+        NotSent = "not_sent",
+        /// The answer was lost: delivery unknown.
+        Ambiguous = "ambiguous",
+        /// Found leased after its holder died, and it could not be probed.
+        Recovered = "recovered",
+        /// A probe's answer proved nothing about the earlier call.
+        ProbeInconclusive = "probe_inconclusive",
+        /// No token could be had to probe with.
+        TokenUnavailable = "token_unavailable",
+    }
+}
+
+stored_state! {
+    /// Whether an unknown outcome may be retried with another credential
+    /// (`messages.delivery`).
+    Delivery {
+        /// Never risk a second notification (the default).
+        AtMostOnce = "at_most_once",
+        /// Retry an unknown outcome with the next credential, at the risk of a duplicate.
+        AtLeastOnce = "at_least_once",
+    }
+}
+
+stored_state! {
+    /// Where a credential is (`credentials.state`).
+    CredentialState {
+        /// In the pool.
+        Available = "available",
+        /// Leased to a send (or parked).
+        Leased = "leased",
+        /// Every send used.
+        Exhausted = "exhausted",
+        /// WeChat said it is dead.
+        Retired = "retired",
+        /// Past its expiry.
+        Expired = "expired",
+    }
+}
+
+stored_state! {
+    /// Where an idempotency key is (`idempotency_keys.state`).
+    IdempotencyState {
+        /// The first request with the key is still being answered.
+        InFlight = "in_flight",
+        /// Its answer is stored.
+        Done = "done",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_round_trips_through_its_name() {
+        fn check<T: FromStr + Copy + PartialEq + fmt::Debug + fmt::Display>(all: &[T]) {
+            for state in all {
+                assert_eq!(state.to_string().parse::<T>().ok(), Some(*state));
+            }
+        }
+        check(MessageStatus::ALL);
+        check(AttemptOutcome::ALL);
+        check(Delivery::ALL);
+        check(CredentialState::ALL);
+        check(IdempotencyState::ALL);
+        assert!("Pending".parse::<MessageStatus>().is_err());
+    }
+
+    /// The schema's CHECK constraints list exactly these names.
+    #[test]
+    fn the_check_constraints_allow_exactly_the_enum_names() {
+        for backend in ["sqlite", "postgres"] {
+            let path = format!("migrations/{backend}/0004_typed_states_and_fencing.sql");
+            let schema = std::fs::read_to_string(&path).expect(&path);
+            let names = |all: Vec<&'static str>| {
+                all.iter()
+                    .map(|name| format!("'{name}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            for (column, all) in [
+                (
+                    "status",
+                    names(MessageStatus::ALL.iter().map(|s| s.as_str()).collect()),
+                ),
+                (
+                    "outcome",
+                    names(AttemptOutcome::ALL.iter().map(|s| s.as_str()).collect()),
+                ),
+                (
+                    "delivery",
+                    names(Delivery::ALL.iter().map(|s| s.as_str()).collect()),
+                ),
+                (
+                    "state",
+                    names(CredentialState::ALL.iter().map(|s| s.as_str()).collect()),
+                ),
+                (
+                    "state",
+                    names(IdempotencyState::ALL.iter().map(|s| s.as_str()).collect()),
+                ),
+            ] {
+                let check = format!("CHECK ({column} IN ({all}))");
+                assert!(schema.contains(&check), "{path} lacks {check}");
+            }
+        }
+    }
+}
