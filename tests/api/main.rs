@@ -11,6 +11,7 @@ mod cli;
 mod collect;
 mod concurrency;
 mod crash;
+mod packaging;
 mod parsers;
 mod reliability;
 mod send;

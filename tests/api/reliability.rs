@@ -2,7 +2,7 @@
 //! circuit breaker and the bound on concurrent calls.
 
 use chrono::Duration;
-use formid_gateway::fake_wechat::Fault;
+use fake_wechat::Fault;
 use formid_gateway::ledger::kinds::CredentialKind;
 use formid_gateway::storage::{NewAttempt, NewMessage, Settlement};
 use serde_json::{json, Value};
