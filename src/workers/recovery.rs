@@ -11,6 +11,8 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use crate::clock::SharedClock;
 use crate::ledger::send::Sender;
 use crate::storage::Storage;
@@ -52,6 +54,7 @@ impl Recovery {
     }
 
     /// One pass; call until it reports nothing to drain a backlog.
+    #[tracing::instrument(name = "recovery", skip_all)]
     pub async fn run_once(&self) -> anyhow::Result<RecoveryReport> {
         let now = self.clock.now_ms();
         let credentials = self
@@ -64,15 +67,21 @@ impl Recovery {
         };
         for credential in credentials {
             let id = credential.id;
-            match self.sender.recover(credential).await {
-                Ok(Some(result)) => {
-                    tracing::info!(credential = id, message = %result.message_id, status = result.status, "recovered an in-flight credential")
-                }
-                Ok(None) => tracing::info!(credential = id, "returned an abandoned lease"),
-                Err(error) => {
-                    tracing::error!(credential = id, error = ?error, "recovering a credential failed")
+            // The credential's id, never its value.
+            let span = tracing::info_span!("recover", credential = id);
+            async {
+                match self.sender.recover(credential).await {
+                    Ok(Some(result)) => {
+                        tracing::info!(credential = id, message = %result.message_id, status = result.status, "recovered an in-flight credential")
+                    }
+                    Ok(None) => tracing::info!(credential = id, "returned an abandoned lease"),
+                    Err(error) => {
+                        tracing::error!(credential = id, error = ?error, "recovering a credential failed")
+                    }
                 }
             }
+            .instrument(span)
+            .await;
         }
         let now = self.clock.now_ms();
         let messages = self
@@ -81,14 +90,20 @@ impl Recovery {
             .await?;
         report.messages = messages.len();
         for message in messages {
-            match self.sender.resume(&message).await {
-                Ok(result) => {
-                    tracing::info!(message = %message.id, status = result.status, "carried on an abandoned message")
-                }
-                Err(error) => {
-                    tracing::error!(message = %message.id, error = ?error, "carrying on a message failed")
+            let span =
+                tracing::info_span!("resume", appid = %message.appid, message_id = %message.id);
+            async {
+                match self.sender.resume(&message).await {
+                    Ok(result) => {
+                        tracing::info!(message = %message.id, status = result.status, "carried on an abandoned message")
+                    }
+                    Err(error) => {
+                        tracing::error!(message = %message.id, error = ?error, "carrying on a message failed")
+                    }
                 }
             }
+            .instrument(span)
+            .await;
         }
         Ok(report)
     }

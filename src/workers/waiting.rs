@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use crate::clock::SharedClock;
 use crate::ledger::send::Sender;
 use crate::storage::Storage;
@@ -36,26 +38,32 @@ impl WaitingSender {
     }
 
     /// Takes the due waiting messages and carries each on; returns how many.
+    #[tracing::instrument(name = "waiting", skip_all, fields(due = tracing::field::Empty))]
     pub async fn run_once(&self) -> anyhow::Result<usize> {
         let now = self.clock.now_ms();
         let due = self
             .storage
             .claim_due_waiting(now, now + self.lease_ms, BATCH)
             .await?;
-        let results =
-            futures_util::future::join_all(due.iter().map(|message| self.sender.resume(message)))
-                .await;
-        for (message, result) in due.iter().zip(results) {
-            match result {
-                Ok(result) => {
-                    tracing::info!(message = %message.id, status = result.status, "waiting message")
-                }
-                // Left pending: recovery takes it up once its lease runs out.
-                Err(error) => {
-                    tracing::error!(message = %message.id, error = ?error, "resuming a waiting message failed")
+        tracing::Span::current().record("due", due.len());
+        // Each message is resumed, and its outcome logged, inside its own span.
+        futures_util::future::join_all(due.iter().map(|message| {
+            let span =
+                tracing::info_span!("resume", appid = %message.appid, message_id = %message.id);
+            async move {
+                match self.sender.resume(message).await {
+                    Ok(result) => {
+                        tracing::info!(message = %message.id, status = result.status, "waiting message")
+                    }
+                    // Left pending: recovery takes it up once its lease runs out.
+                    Err(error) => {
+                        tracing::error!(message = %message.id, error = ?error, "resuming a waiting message failed")
+                    }
                 }
             }
-        }
+            .instrument(span)
+        }))
+        .await;
         Ok(due.len())
     }
 }
