@@ -11,8 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 command -v pgbench >/dev/null || { echo "pgbench is not on the PATH" >&2; exit 1; }
-# Two builds, so that the gateway binary is exactly what `cargo build --release` makes
-# (built together, the bench's dependency features would be unified into it).
+# Separate builds, so that the gateway binary is exactly what `cargo build --release` makes
+# (built together, the bench's and the fake's dependency features would be unified into it).
 cargo build --release --locked
+cargo build --release --locked -p fake-wechat
 cargo build --release --locked -p formid-bench
 exec env RUST_LOG=warn target/release/formid-bench run "$@"

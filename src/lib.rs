@@ -7,14 +7,14 @@
 //! - [`storage`]: the storage trait and its SQLite and PostgreSQL implementations.
 //! - [`wechat`]: the client for WeChat's server API; [`tokens`]: the access_token keeper.
 //! - [`workers`]: background work (token refresh, sweeping).
-//! - [`fake_wechat`]: a fake WeChat server for tests and the demo.
-//! - [`config`], [`startup`], [`clock`], [`demo`]: wiring.
+//! - [`config`], [`startup`], [`clock`]: wiring.
+//!
+//! The fake WeChat (`crates/fake-wechat`) and the demo (`crates/demo`) are
+//! crates of their own: the production binary does not contain them.
 
 pub mod api;
 pub mod clock;
 pub mod config;
-pub mod demo;
-pub mod fake_wechat;
 pub mod ledger;
 pub mod startup;
 pub mod storage;

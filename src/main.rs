@@ -1,4 +1,5 @@
-//! The `formid-gateway` command: `serve` (the default), `demo` and `fake-wechat`.
+//! The `formid-gateway` command: `serve` (the default). The demo and the fake
+//! WeChat are binaries of their own (`formid-demo`, `fake-wechat`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,7 +10,6 @@ use tracing_subscriber::EnvFilter;
 use formid_gateway::clock::SystemClock;
 use formid_gateway::config::Settings;
 use formid_gateway::startup::Application;
-use formid_gateway::{demo, fake_wechat};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -29,10 +29,6 @@ enum Command {
         #[arg(long, env = "FORMID_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Runs the gateway on SQLite with a fake WeChat and prints a round trip to try.
-    Demo(demo::DemoArgs),
-    /// Runs only the fake WeChat server.
-    FakeWechat(fake_wechat::FakeWeChatArgs),
 }
 
 #[tokio::main]
@@ -54,7 +50,5 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(port = application.port(), "formid-gateway listening");
             application.run_until_stopped().await
         }
-        Command::Demo(args) => demo::run(args).await,
-        Command::FakeWechat(args) => fake_wechat::run_cli(args).await,
     }
 }

@@ -11,7 +11,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::ApiKeys;
-use crate::api::{self, ApiContext};
+use crate::api::{self, request_id, ApiContext};
 use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::ledger::send::{SendSettings, Sender};
@@ -122,12 +122,9 @@ impl Application {
         let port = listener.local_addr()?.port();
         let server = HttpServer::new(move || {
             App::new()
-                // %U is the path without its query string: nothing a caller
-                // puts in a query ever reaches the log.
-                .wrap(
-                    middleware::Logger::new("%{r}a \"%{METHOD}xi %U\" %s %Dms")
-                        .custom_request_replace("METHOD", |request| request.method().to_string()),
-                )
+                .wrap(access_log())
+                // Outside the access log, so that its line carries the id too.
+                .wrap(middleware::from_fn(request_id::middleware))
                 .app_data(context.clone())
                 .configure(api::routes)
         })
@@ -262,6 +259,13 @@ impl Application {
         tracing::info!("stopped");
         served
     }
+}
+
+/// One line per request once its answer is sent. %U is the path without its
+/// query string: nothing a caller puts in a query ever reaches the log.
+pub(crate) fn access_log() -> middleware::Logger {
+    middleware::Logger::new("%{r}a \"%{METHOD}xi %U\" %s %Dms")
+        .custom_request_replace("METHOD", |request| request.method().to_string())
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {

@@ -136,6 +136,7 @@ impl TokenKeeper {
 
     /// One pass of the background task: refreshes every app whose token is
     /// missing or within the refresh-ahead window. Returns how many it refreshed.
+    #[tracing::instrument(skip_all, fields(apps = self.apps.len()))]
     pub async fn refresh_due(&self) -> anyhow::Result<usize> {
         let mut refreshed = 0;
         for (appid, app) in self.apps.iter() {
@@ -164,6 +165,9 @@ impl TokenKeeper {
         Ok(refreshed)
     }
 
+    // Debug level: every send passes here, and a span per send would cost the
+    // hot path at the default `info` filter. Never the stale token as a field.
+    #[tracing::instrument(level = "debug", skip_all, fields(appid = %appid, refresh = stale.is_some()))]
     async fn obtain(&self, appid: &str, stale: Option<&str>) -> Result<CurrentToken, TokenError> {
         let app = self.apps.get(appid).ok_or(TokenError::UnknownApp)?;
         // The common case needs no lock: a usable token. A refresh compares
@@ -220,6 +224,7 @@ impl TokenKeeper {
         })
     }
 
+    #[tracing::instrument(skip_all, fields(appid = %appid, mode = ?app.token_mode))]
     async fn fetch_under_lease(
         &self,
         appid: &str,

@@ -37,7 +37,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Runs the whole benchmark and writes bench/results/.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Prints the tables of a results file as Markdown.
     Report { file: PathBuf },
 }
@@ -47,6 +47,9 @@ struct RunArgs {
     /// The release binary of the gateway.
     #[arg(long, default_value = "target/release/formid-gateway")]
     gateway_bin: PathBuf,
+    /// The release binary of the fake WeChat (package fake-wechat).
+    #[arg(long, default_value = "target/release/fake-wechat")]
+    fake_bin: PathBuf,
     #[arg(long, default_value = "bench/results")]
     out_dir: PathBuf,
     #[arg(long, value_delimiter = ',', default_value = "sqlite,postgres")]
@@ -120,7 +123,7 @@ fn fake_app(clients: usize) -> String {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Run(args) => run(args).await,
+        Cmd::Run(args) => run(*args).await,
         Cmd::Report { file } => {
             let results: Results = serde_json::from_slice(&std::fs::read(&file)?)?;
             print!("{}", report::markdown(&results));
@@ -176,9 +179,8 @@ impl Bench {
     }
 
     fn fake_command(&self, latency: u64) -> Command {
-        let mut command = Command::new(&self.args.gateway_bin);
+        let mut command = Command::new(&self.args.fake_bin);
         command.args([
-            "fake-wechat",
             "--listen",
             &format!("127.0.0.1:{}", self.args.fake_port),
             "--latency-ms",

@@ -5,6 +5,7 @@ mod credentials;
 pub mod error;
 mod health;
 mod messages;
+pub mod request_id;
 mod tokens;
 
 use std::collections::BTreeMap;

@@ -12,6 +12,9 @@
 use std::sync::Arc;
 
 use futures_util::stream::{self, StreamExt};
+use tracing::Instrument;
+
+use super::waiting::resume_span;
 
 use crate::clock::SharedClock;
 use crate::ledger::send::Sender;
@@ -78,17 +81,25 @@ impl Recovery {
             ..RecoveryReport::default()
         };
         stream::iter(credentials)
-            .for_each_concurrent(CONCURRENCY, |credential| async move {
-                let id = credential.id;
-                match self.sender.recover(credential, token).await {
-                    Ok(Some(result)) => {
-                        tracing::info!(credential = id, message = %result.message_id, status = %result.status, "recovered an in-flight credential")
-                    }
-                    Ok(None) => tracing::info!(credential = id, "returned an abandoned lease"),
-                    Err(error) => {
-                        tracing::error!(credential = id, error = ?error, "recovering a credential failed")
+            .for_each_concurrent(CONCURRENCY, |credential| {
+                // The credential's id, never its value.
+                let span = tracing::info_span!(
+                    "recover",
+                    credential = credential.id,
+                    message_id = tracing::field::Empty
+                );
+                async move {
+                    match self.sender.recover(credential, token).await {
+                        Ok(Some(result)) => {
+                            tracing::info!(status = %result.status, "recovered an in-flight credential")
+                        }
+                        Ok(None) => tracing::info!("returned an abandoned lease"),
+                        Err(error) => {
+                            tracing::error!(error = ?error, "recovering a credential failed")
+                        }
                     }
                 }
+                .instrument(span)
             })
             .await;
         let now = self.clock.now_ms();
@@ -99,15 +110,17 @@ impl Recovery {
             .await?;
         report.messages = messages.len();
         stream::iter(messages)
-            .for_each_concurrent(CONCURRENCY, |message| async move {
-                match self.sender.resume(&message, token).await {
-                    Ok(result) => {
-                        tracing::info!(message = %message.id, status = %result.status, "carried on an abandoned message")
-                    }
-                    Err(error) => {
-                        tracing::error!(message = %message.id, error = ?error, "carrying on a message failed")
+            .for_each_concurrent(CONCURRENCY, |message| {
+                let span = resume_span(&message);
+                async move {
+                    match self.sender.resume(&message, token).await {
+                        Ok(result) => {
+                            tracing::info!(status = %result.status, "carried on an abandoned message")
+                        }
+                        Err(error) => tracing::error!(error = ?error, "carrying on a message failed"),
                     }
                 }
+                .instrument(span)
             })
             .await;
         // The net under a collection that crashed between its commit and

@@ -31,6 +31,7 @@ impl Sweeper {
     }
 
     /// One sweep at the clock's current time.
+    #[tracing::instrument(name = "sweeper", skip_all)]
     pub async fn run_once(&self) -> anyhow::Result<SweepReport> {
         let report = self
             .storage

@@ -16,6 +16,7 @@ impl TokenRefresher {
 
     /// Refreshes every token that is missing or inside the refresh-ahead
     /// window; returns how many were refreshed.
+    #[tracing::instrument(name = "token_refresher", skip_all)]
     pub async fn run_once(&self) -> anyhow::Result<usize> {
         self.keeper.refresh_due().await
     }

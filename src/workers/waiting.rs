@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use crate::clock::SharedClock;
 use crate::ledger::send::Sender;
-use crate::storage::{new_lease_token, Storage};
+use tracing::Instrument;
+
+use crate::storage::{new_lease_token, Storage, StoredMessage};
 
 /// Messages taken per step.
 const BATCH: i64 = 32;
@@ -35,7 +37,9 @@ impl WaitingSender {
         }
     }
 
-    /// Takes the due waiting messages and carries each on; returns how many.
+    /// Takes the due waiting messages and carries each on (each in the
+    /// `resume` span of the send path); returns how many.
+    #[tracing::instrument(name = "waiting", skip_all, fields(due = tracing::field::Empty))]
     pub async fn run_once(&self) -> anyhow::Result<usize> {
         let now = self.clock.now_ms();
         let token = new_lease_token();
@@ -43,21 +47,27 @@ impl WaitingSender {
             .storage
             .claim_due_waiting(now, now + self.lease_ms, token, BATCH)
             .await?;
-        let results = futures_util::future::join_all(
-            due.iter().map(|message| self.sender.resume(message, token)),
-        )
-        .await;
-        for (message, result) in due.iter().zip(results) {
-            match result {
-                Ok(result) => {
-                    tracing::info!(message = %message.id, status = %result.status, "waiting message")
-                }
-                // Left pending: recovery takes it up once its lease runs out.
-                Err(error) => {
-                    tracing::error!(message = %message.id, error = ?error, "resuming a waiting message failed")
+        tracing::Span::current().record("due", due.len());
+        // Each message is resumed, and its outcome logged, inside its own span.
+        futures_util::future::join_all(due.iter().map(|message| {
+            let span = resume_span(message);
+            async move {
+                match self.sender.resume(message, token).await {
+                    Ok(result) => tracing::info!(status = %result.status, "waiting message"),
+                    // Left pending: recovery takes it up once its lease runs out.
+                    Err(error) => {
+                        tracing::error!(error = ?error, "resuming a waiting message failed")
+                    }
                 }
             }
-        }
+            .instrument(span)
+        }))
+        .await;
         Ok(due.len())
     }
+}
+
+/// The span a message is carried on in: its app and id, never its content.
+pub(crate) fn resume_span(message: &StoredMessage) -> tracing::Span {
+    tracing::info_span!("resume", appid = %message.appid, message_id = %message.id)
 }

@@ -3,11 +3,9 @@
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use formid_gateway::clock::SystemClock;
-use formid_gateway::fake_wechat::{FakeWeChat, FakeWeChatServer, Fault};
+use fake_wechat::{FakeWeChat, FakeWeChatServer, Fault, SystemClock};
 use rstest::rstest;
 use serde_json::json;
 
@@ -190,7 +188,7 @@ impl Setup {
         let dir =
             std::env::temp_dir().join(format!("formid-crash-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
-        let fake = FakeWeChat::new(Arc::new(SystemClock));
+        let fake = FakeWeChat::new(SystemClock);
         fake.register_app(APPID, "crash-secret");
         fake.register_template(APPID, TEMPLATE);
         let fake_server = FakeWeChatServer::start(fake.clone(), "127.0.0.1:0")

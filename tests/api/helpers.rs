@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use chrono::Duration;
+use fake_wechat::{FakeWeChat, FakeWeChatServer};
 use formid_gateway::clock::{Clock, ManualClock};
 use formid_gateway::config::Settings;
-use formid_gateway::fake_wechat::{FakeWeChat, FakeWeChatServer};
 use formid_gateway::startup::Application;
 use formid_gateway::storage::Storage;
 use formid_gateway::workers::{Recovery, Sweeper, TokenRefresher, WaitingSender};
@@ -172,7 +172,9 @@ fn init_tracing() {
 pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Value)) -> TestApp {
     init_tracing();
     let clock = Arc::new(ManualClock::starting_now());
-    let fake = FakeWeChat::new(clock.clone());
+    // The fake reads the gateway's manual clock: both see the same "later".
+    let shared = clock.clone();
+    let fake = FakeWeChat::new(move || shared.now_ms());
     fake.register_app(APPID, "secret-of-app-one");
     fake.register_app(OTHER_APPID, "secret-of-app-two");
     fake.register_template(APPID, TEMPLATE);

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use chrono::Duration;
-use formid_gateway::fake_wechat::Fault;
+use fake_wechat::Fault;
 use serde_json::json;
 use sqlx::PgPool;
 

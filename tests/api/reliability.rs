@@ -2,7 +2,7 @@
 //! circuit breaker and the bound on concurrent calls.
 
 use chrono::Duration;
-use formid_gateway::fake_wechat::Fault;
+use fake_wechat::Fault;
 use formid_gateway::ledger::kinds::CredentialKind;
 use formid_gateway::ledger::states::{AttemptOutcome, Delivery, MessageStatus};
 use formid_gateway::storage::{Claim, Lease, NewAttempt, NewMessage, Settlement};

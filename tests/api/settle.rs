@@ -1,7 +1,7 @@
 //! Every errcode rule of the send path, checked against the fake WeChat.
 
 use chrono::Duration;
-use formid_gateway::fake_wechat::Fault;
+use fake_wechat::Fault;
 use serde_json::json;
 
 use rstest::rstest;

@@ -110,7 +110,7 @@ impl Sender {
     }
 
     /// Records a new message with the given id and sends it.
-    #[tracing::instrument(name = "send", skip_all, fields(appid, message_id))]
+    #[tracing::instrument(name = "send", skip_all, fields(appid = %appid, message_id = %message_id))]
     pub async fn send(
         &self,
         appid: &str,
@@ -170,7 +170,7 @@ impl Sender {
 
     /// Carries on with a stored message this process has taken under
     /// `token` (a waiting message that came due, or one whose worker died).
-    #[tracing::instrument(name = "resume", skip_all, fields(appid = %message.appid, message_id = %message.id))]
+    /// The caller (a worker) runs it inside a `resume{appid, message_id}` span.
     pub async fn resume(&self, message: &StoredMessage, token: i64) -> anyhow::Result<SendResult> {
         let permit = self.guard.slot(&message.appid).await;
         let job = Job::from_stored(message)?;
@@ -189,7 +189,8 @@ impl Sender {
     /// Resolves a credential found leased after its holder died (re-leased
     /// under `token`), by the rules of its message; returns `None` when it
     /// belonged to no unfinished message.
-    #[tracing::instrument(name = "recover", skip_all, fields(credential = credential.id, message_id))]
+    /// The caller (recovery) runs it inside a `recover{credential, message_id}`
+    /// span; the message id is recorded once known.
     pub async fn recover(
         &self,
         credential: ClaimedCredential,

@@ -1,18 +1,25 @@
-//! `formid-gateway demo`: the gateway on its embedded default (SQLite) with
-//! the fake WeChat beside it, and the curl lines of a full round trip.
+//! `formid-demo` (`cargo run -p formid-demo`): the gateway on its embedded
+//! default (SQLite) with the fake WeChat beside it, and the curl lines of a
+//! full round trip.
+//!
+//! A binary of its own, so that the production `formid-gateway` binary never
+//! links the fake.
 
 use std::sync::Arc;
 
 use anyhow::Context;
+use clap::Parser;
 use serde_json::json;
+use tracing_subscriber::EnvFilter;
 
-use crate::clock::SystemClock;
-use crate::config::Settings;
-use crate::fake_wechat::{FakeWeChat, FakeWeChatServer};
-use crate::startup::Application;
+use fake_wechat::{FakeWeChat, FakeWeChatServer};
+use formid_gateway::clock::SystemClock;
+use formid_gateway::config::Settings;
+use formid_gateway::startup::Application;
 
-/// Arguments of the demo.
-#[derive(clap::Args, Debug, Clone)]
+/// Runs the gateway on SQLite with a fake WeChat and prints a round trip to try.
+#[derive(Parser, Debug, Clone)]
+#[command(version, about)]
 pub struct DemoArgs {
     /// Address of the gateway.
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -29,11 +36,23 @@ const APPID: &str = "wxdemo0000000001";
 const TEMPLATE_ID: &str = "order-shipped-demo-template";
 const OPENID: &str = "o-demo-user-0001";
 
-/// Runs the demo until Ctrl-C.
-pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,actix_server=warn")),
+        )
+        .init();
+    run(DemoArgs::parse()).await
+}
+
+/// Runs the demo until Ctrl-C or SIGTERM.
+async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let secret = random_hex(16);
     let api_key = format!("demo-{}", random_hex(16));
-    let fake = FakeWeChat::new(Arc::new(SystemClock));
+    let fake = FakeWeChat::new(fake_wechat::SystemClock);
     fake.register_app(APPID, &secret);
     fake.register_template(APPID, TEMPLATE_ID);
     let fake_server = FakeWeChatServer::start(fake, &args.fake_listen)

@@ -1,14 +1,12 @@
-//! The `formid-gateway fake-wechat` subcommand: a standalone fake for demos.
+//! The `fake-wechat` command line: a standalone fake for demos and the benchmark.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{FakeWeChat, FakeWeChatServer};
-use crate::clock::SystemClock;
+use crate::{FakeWeChat, FakeWeChatServer, SystemClock};
 
-/// Arguments of the `fake-wechat` subcommand.
+/// Arguments of the `fake-wechat` command.
 #[derive(clap::Args, Debug, Clone)]
 pub struct FakeWeChatArgs {
     /// Address to listen on.
@@ -48,7 +46,7 @@ fn parse_pair(s: &str) -> Result<(String, String), String> {
 
 /// Runs the fake on the wall clock until Ctrl-C.
 pub async fn run_cli(args: FakeWeChatArgs) -> anyhow::Result<()> {
-    let fake = FakeWeChat::new(Arc::new(SystemClock));
+    let fake = FakeWeChat::new(SystemClock);
     for (appid, secret) in &args.apps {
         fake.register_app(appid, secret);
     }

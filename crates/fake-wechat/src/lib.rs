@@ -14,8 +14,8 @@
 //! Every error is answered the WeChat way: HTTP 200 with
 //! `{"errcode":N,"errmsg":"<doc stem> rid: <hex>"}` (ref §0). Every notion of
 //! time (token expiry and overlap, credential expiry, payment sync lag, daily
-//! quotas) comes from the injected [`SharedClock`], so a test holding a
-//! [`ManualClock`](crate::clock::ManualClock) can jump seven days ahead
+//! quotas) comes from the injected [`Clock`], so a test holding a manual
+//! clock (shared with the gateway as a closure) can jump seven days ahead
 //! without sleeping. Only injected latency and [`Fault::Hang`] use real
 //! (tokio) sleeps.
 //!
@@ -23,12 +23,10 @@
 //! across an `.await`.
 
 mod cli;
+pub mod clock;
 mod codes;
 mod server;
 mod state;
-
-#[cfg(test)]
-mod tests;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,9 +34,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::clock::SharedClock;
-
 pub use cli::{run_cli, FakeWeChatArgs};
+pub use clock::{Clock, SystemClock};
 pub use server::FakeWeChatServer;
 
 use state::{CredentialKind, State};
@@ -47,7 +44,7 @@ use state::{CredentialKind, State};
 #[derive(Clone)]
 pub struct FakeWeChat {
     state: Arc<Mutex<State>>,
-    clock: SharedClock,
+    clock: Arc<dyn Clock>,
     /// Template sends being handled right now, and the most ever at once:
     /// how tests see the gateway's bound on concurrent calls.
     in_flight: Arc<AtomicUsize>,
@@ -121,11 +118,12 @@ impl Drop for InFlight {
 }
 
 impl FakeWeChat {
-    /// An empty fake (no apps) on `clock`.
-    pub fn new(clock: SharedClock) -> Self {
+    /// An empty fake (no apps) on `clock`: [`SystemClock`], or any
+    /// `Fn() -> i64` giving Unix milliseconds (see [`clock`]).
+    pub fn new(clock: impl Clock + 'static) -> Self {
         Self {
             state: Arc::new(Mutex::new(State::default())),
-            clock,
+            clock: Arc::new(clock),
             in_flight: Arc::default(),
             max_in_flight: Arc::default(),
         }

@@ -1,13 +1,34 @@
 //! Drives a real `FakeWeChatServer` over HTTP with a manual clock.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Value};
 
-use super::{FakeWeChat, FakeWeChatServer, Fault};
-use crate::clock::ManualClock;
+use fake_wechat::{FakeWeChat, FakeWeChatServer, Fault};
+
+/// A clock that only moves when told to; the fake reads it through a closure.
+struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    fn new(start: DateTime<Utc>) -> Self {
+        Self(AtomicI64::new(start.timestamp_millis()))
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.num_milliseconds(), Ordering::SeqCst);
+    }
+
+    fn set(&self, at: DateTime<Utc>) {
+        self.0.store(at.timestamp_millis(), Ordering::SeqCst);
+    }
+}
 
 const APP: &str = "wxapp000000000001";
 const SECRET: &str = "secret-1";
@@ -31,7 +52,8 @@ fn start_time() -> DateTime<Utc> {
 
 async fn harness() -> Harness {
     let clock = Arc::new(ManualClock::new(start_time()));
-    let fake = FakeWeChat::new(clock.clone());
+    let shared = clock.clone();
+    let fake = FakeWeChat::new(move || shared.now_ms());
     fake.register_app(APP, SECRET);
     fake.register_template(APP, TPL);
     fake.register_user(APP, USER);
@@ -947,7 +969,7 @@ fn cli_args_parse() {
     #[derive(Parser, Debug)]
     struct Cli {
         #[command(flatten)]
-        args: super::FakeWeChatArgs,
+        args: fake_wechat::FakeWeChatArgs,
     }
 
     let cli = Cli::try_parse_from([
