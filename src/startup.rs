@@ -18,7 +18,7 @@ use crate::ledger::send::{SendSettings, Sender};
 use crate::storage::{self, Storage};
 use crate::tokens::TokenKeeper;
 use crate::wechat::breaker::Breakers;
-use crate::wechat::WeChatClient;
+use crate::wechat::{SharedWeChat, WeChatClient};
 use crate::workers::{run_every, Recovery, Sweeper, TokenRefresher, WaitingSender};
 
 /// A built, not yet running, gateway.
@@ -47,7 +47,7 @@ impl Application {
         for appid in settings.apps.keys() {
             storage.ensure_app(appid).await?;
         }
-        let wechat = WeChatClient::new(
+        let wechat: SharedWeChat = Arc::new(WeChatClient::new(
             &settings.wechat.base_url,
             Duration::from_millis(settings.wechat.connect_timeout_ms),
             Duration::from_millis(settings.wechat.request_timeout_ms),
@@ -56,7 +56,7 @@ impl Application {
             // the ones above the idle limit and connecting anew (WeChat is
             // one host for every app).
             settings.wechat.max_concurrent_calls_per_app * settings.apps.len().max(1),
-        )?;
+        )?);
         let apps = Arc::new(settings.apps.clone());
         let holder = settings
             .instance_id

@@ -15,7 +15,7 @@ use anyhow::Context;
 use crate::clock::SharedClock;
 use crate::config::{AppSettings, TokenMode, TokenSettings};
 use crate::storage::{AppState, Storage};
-use crate::wechat::{CallError, TokenReply, WeChatClient};
+use crate::wechat::{CallError, SharedWeChat, TokenReply};
 
 /// A token with its expiry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +50,7 @@ const STABLE_ROTATION_MS: i64 = 240_000;
 #[derive(Debug, Clone)]
 pub struct TokenKeeper {
     storage: Arc<dyn Storage>,
-    wechat: WeChatClient,
+    wechat: SharedWeChat,
     apps: Arc<BTreeMap<String, AppSettings>>,
     clock: SharedClock,
     holder: String,
@@ -71,7 +71,7 @@ impl TokenKeeper {
     /// A keeper that names itself `holder` in leases.
     pub fn new(
         storage: Arc<dyn Storage>,
-        wechat: WeChatClient,
+        wechat: SharedWeChat,
         apps: Arc<BTreeMap<String, AppSettings>>,
         clock: SharedClock,
         holder: String,

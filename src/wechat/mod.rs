@@ -52,6 +52,26 @@ pub enum TokenReply {
     Refused(Reply),
 }
 
+/// The two calls the gateway makes to WeChat. [`WeChatClient`] makes them
+/// over HTTP; the deterministic simulation answers them from a model of
+/// WeChat, so that the send path and the token keeper run unchanged there.
+#[async_trait::async_trait]
+pub trait WeChatApi: Send + Sync + std::fmt::Debug {
+    /// Asks WeChat for a token for the app.
+    async fn fetch_token(
+        &self,
+        appid: &str,
+        secret: &SecretString,
+        mode: TokenMode,
+    ) -> Result<TokenReply, CallError>;
+
+    /// `POST /cgi-bin/message/wxopen/template/send` with the given body.
+    async fn send_template(&self, access_token: &str, body: &Value) -> Result<Reply, CallError>;
+}
+
+/// A shareable handle on WeChat.
+pub type SharedWeChat = std::sync::Arc<dyn WeChatApi>;
+
 /// A thin, cloneable client; one per process.
 #[derive(Debug, Clone)]
 pub struct WeChatClient {
@@ -79,9 +99,11 @@ impl WeChatClient {
             base_url: base_url.trim_end_matches('/').to_owned(),
         })
     }
+}
 
-    /// Asks WeChat for a token for the app.
-    pub async fn fetch_token(
+#[async_trait::async_trait]
+impl WeChatApi for WeChatClient {
+    async fn fetch_token(
         &self,
         appid: &str,
         secret: &SecretString,
@@ -135,12 +157,7 @@ impl WeChatClient {
         }
     }
 
-    /// `POST /cgi-bin/message/wxopen/template/send` with the given body.
-    pub async fn send_template(
-        &self,
-        access_token: &str,
-        body: &Value,
-    ) -> Result<Reply, CallError> {
+    async fn send_template(&self, access_token: &str, body: &Value) -> Result<Reply, CallError> {
         let request = self
             .http
             .post(format!(

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use rand::Rng;
 use serde_json::{Map, Value};
+use std::hash::{Hash, Hasher};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::decide::{self, CallOutcome, MessageEnd, Policy, Spending, Step};
@@ -298,8 +298,12 @@ impl<'a> Run<'a> {
                         step.outcome(),
                     )
                     .await?;
-                    tokio::time::sleep(backoff_with_jitter(sender.settings.busy_backoff, retry))
-                        .await;
+                    tokio::time::sleep(backoff_with_jitter(
+                        sender.settings.busy_backoff,
+                        retry,
+                        &self.lease.message_id,
+                    ))
+                    .await;
                     state = state.after(&step);
                 }
                 Step::RefreshToken { outcome } => {
@@ -524,8 +528,12 @@ impl<'a> Run<'a> {
                     }
                     retry += 1;
                     tracing::warn!(error = %format!("{error:#}"), retry, "a ledger write failed; retrying");
-                    tokio::time::sleep(backoff_with_jitter(sender.settings.busy_backoff, retry))
-                        .await;
+                    tokio::time::sleep(backoff_with_jitter(
+                        sender.settings.busy_backoff,
+                        retry,
+                        &self.lease.message_id,
+                    ))
+                    .await;
                 }
             }
         }
@@ -609,10 +617,15 @@ fn token_failure(error: &TokenError) -> SendFailure {
     }
 }
 
-/// Exponential backoff with full jitter, so that instances retrying the same
-/// busy WeChat do not retry in step.
-fn backoff_with_jitter(base: Duration, retry: u32) -> Duration {
+/// Exponential backoff with jitter, so that messages retrying the same busy
+/// WeChat do not retry in step. The jitter is a hash of the message and the
+/// retry rather than a random draw, so that a simulated run is the same
+/// every time its seed is.
+fn backoff_with_jitter(base: Duration, retry: u32, message_id: &str) -> Duration {
     let ceiling = base.saturating_mul(1 << retry.min(6));
     let millis = ceiling.as_millis().max(1) as u64;
-    Duration::from_millis(rand::thread_rng().gen_range(millis / 2..=millis))
+    let mut hasher = std::hash::DefaultHasher::new();
+    (message_id, retry).hash(&mut hasher);
+    let half = millis / 2;
+    Duration::from_millis(half + hasher.finish() % (millis - half + 1))
 }

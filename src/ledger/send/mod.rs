@@ -35,7 +35,7 @@ use crate::clock::SharedClock;
 use crate::storage::{ClaimedCredential, Lease, NewMessage, StartSend, Storage, StoredMessage};
 use crate::tokens::TokenKeeper;
 use crate::wechat::breaker::Breakers;
-use crate::wechat::WeChatClient;
+use crate::wechat::SharedWeChat;
 use execute::{Initial, Job, Run};
 use guard::CallGuard;
 
@@ -83,7 +83,7 @@ pub struct SendResult {
 pub struct Sender {
     storage: Arc<dyn Storage>,
     tokens: TokenKeeper,
-    wechat: WeChatClient,
+    wechat: SharedWeChat,
     clock: SharedClock,
     settings: SendSettings,
     guard: CallGuard,
@@ -93,7 +93,7 @@ impl Sender {
     pub fn new(
         storage: Arc<dyn Storage>,
         tokens: TokenKeeper,
-        wechat: WeChatClient,
+        wechat: SharedWeChat,
         clock: SharedClock,
         settings: SendSettings,
         breakers: Arc<Breakers>,
