@@ -8,7 +8,7 @@
 //! - [`wechat`]: the client for WeChat's server API; [`tokens`]: the access_token keeper.
 //! - [`workers`]: background work (token refresh, sweeping).
 //! - [`fake_wechat`]: a fake WeChat server for tests and the demo.
-//! - [`config`], [`startup`], [`clock`], [`demo`]: wiring.
+//! - [`config`], [`startup`], [`clock`], [`telemetry`], [`demo`]: wiring.
 
 pub mod api;
 pub mod clock;
@@ -18,6 +18,7 @@ pub mod fake_wechat;
 pub mod ledger;
 pub mod startup;
 pub mod storage;
+pub mod telemetry;
 pub mod tokens;
 pub mod wechat;
 pub mod workers;
