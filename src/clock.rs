@@ -21,6 +21,11 @@ pub trait Clock: Send + Sync + Debug {
     }
 }
 
+/// A setting's duration in the milliseconds the clock and every table use.
+pub fn ms(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// A shareable clock handle.
 pub type SharedClock = Arc<dyn Clock>;
 

@@ -7,7 +7,7 @@
 //! - [`storage`]: the storage trait and its SQLite and PostgreSQL implementations.
 //! - [`wechat`]: the client for WeChat's server API; [`tokens`]: the access_token keeper.
 //! - [`workers`]: background work (token refresh, sweeping).
-//! - [`config`], [`startup`], [`clock`]: wiring.
+//! - [`config`], [`startup`], [`clock`], [`telemetry`]: wiring.
 //!
 //! The fake WeChat (`crates/fake-wechat`) and the demo (`crates/demo`) are
 //! crates of their own: the production binary does not contain them.
@@ -18,6 +18,7 @@ pub mod config;
 pub mod ledger;
 pub mod startup;
 pub mod storage;
+pub mod telemetry;
 pub mod tokens;
 pub mod wechat;
 pub mod workers;

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 use formid_gateway::clock::SystemClock;
 use formid_gateway::config::Settings;
@@ -33,13 +32,11 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,actix_server=warn")),
-        )
-        .init();
+    formid_gateway::telemetry::init("info,sqlx=warn,actix_server=warn");
+    // At most one line a minute about clients that send garbage.
+    tokio::spawn(formid_gateway::telemetry::report_connection_errors(
+        std::time::Duration::from_secs(60),
+    ));
     match Cli::parse()
         .command
         .unwrap_or(Command::Serve { config: None })

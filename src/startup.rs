@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::ApiKeys;
 use crate::api::{self, request_id, ApiContext};
-use crate::clock::SharedClock;
+use crate::clock::{ms, SharedClock};
 use crate::config::Settings;
 use crate::ledger::send::{SendSettings, Sender};
 use crate::storage::{self, Storage};
@@ -49,8 +49,8 @@ impl Application {
         }
         let wechat: SharedWeChat = Arc::new(WeChatClient::new(
             &settings.wechat.base_url,
-            Duration::from_millis(settings.wechat.connect_timeout_ms),
-            Duration::from_millis(settings.wechat.request_timeout_ms),
+            settings.wechat.connect_timeout,
+            settings.wechat.request_timeout,
             // Why: as many idle connections as calls may be in flight, so
             // that a steady load reuses its connections instead of closing
             // the ones above the idle limit and connecting anew (WeChat is
@@ -77,36 +77,32 @@ impl Application {
             wechat,
             clock.clone(),
             SendSettings {
-                safety_margin_ms: ledger.safety_margin_secs * 1000,
-                fresh_prepay_grace_ms: ledger.fresh_prepay_grace_secs * 1000,
-                lease_ms: ledger.lease_secs * 1000,
+                safety_margin_ms: ms(ledger.safety_margin),
+                fresh_prepay_grace_ms: ms(ledger.fresh_prepay_grace),
+                lease_ms: ms(ledger.lease),
                 max_attempts: ledger.max_attempts_per_send,
                 busy_retries: ledger.busy_retries,
                 busy_backoff: Duration::from_millis(200),
-                not_ready_retry_ms: ledger.not_ready_retry_secs * 1000,
+                not_ready_retry_ms: ms(ledger.not_ready_retry),
                 probe_limit: ledger.probe_limit,
                 max_concurrent_calls: settings.wechat.max_concurrent_calls_per_app,
                 // The total timeout bounds a call; the connect timeout is part of it.
-                call_budget_ms: settings.wechat.request_timeout_ms as i64 + 1_000,
+                call_budget_ms: ms(settings.wechat.request_timeout) + 1_000,
             },
             Arc::new(Breakers::new(
                 clock.clone(),
                 settings.wechat.breaker_failure_threshold,
-                settings.wechat.breaker_cooldown_secs * 1000,
+                settings.wechat.breaker_cooldown,
             )),
         );
-        let waiting = WaitingSender::new(
-            storage.clone(),
-            sender.clone(),
-            clock.clone(),
-            ledger.lease_secs * 1000,
-        );
+        let waiting =
+            WaitingSender::new(storage.clone(), sender.clone(), clock.clone(), ledger.lease);
         let recovery = Recovery::new(
             storage.clone(),
             sender.clone(),
             clock.clone(),
-            ledger.lease_secs * 1000,
-            ledger.safety_margin_secs * 1000,
+            ledger.lease,
+            ledger.safety_margin,
         );
         let context = web::Data::new(ApiContext {
             storage: storage.clone(),
@@ -116,6 +112,7 @@ impl Application {
             apps,
             clock: clock.clone(),
             ledger: ledger.clone(),
+            http: settings.http.clone(),
         });
         let listener = TcpListener::bind(&settings.listen)
             .with_context(|| format!("binding {}", settings.listen))?;
@@ -125,9 +122,13 @@ impl Application {
                 .wrap(access_log())
                 // Outside the access log, so that its line carries the id too.
                 .wrap(middleware::from_fn(request_id::middleware))
+                .wrap(middleware::from_fn(api::error::shape_errors))
                 .app_data(context.clone())
                 .configure(api::routes)
         })
+        // A request's head must arrive within this; its body within
+        // `http.body_timeout_ms` (read by the API's JSON reader).
+        .client_request_timeout(settings.http.head_timeout)
         // One shutdown signal for API and workers: ours, not actix's.
         .disable_signals()
         .shutdown_timeout(30)
@@ -142,15 +143,15 @@ impl Application {
             sweeper: Sweeper::new(
                 storage,
                 clock,
-                ledger.credential_retention_days,
-                ledger.message_retention_days,
+                ledger.credential_retention,
+                ledger.message_retention,
             ),
             waiting,
             recovery,
-            token_interval: Duration::from_secs(settings.tokens.check_interval_secs),
-            sweep_interval: Duration::from_secs(ledger.sweep_interval_secs),
-            waiting_interval: Duration::from_millis(ledger.waiting_poll_ms),
-            recovery_interval: Duration::from_secs(ledger.recovery_interval_secs),
+            token_interval: settings.tokens.check_interval,
+            sweep_interval: ledger.sweep_interval,
+            waiting_interval: ledger.waiting_poll,
+            recovery_interval: ledger.recovery_interval,
         })
     }
 

@@ -7,12 +7,13 @@
 //! instances invalidate each other's tokens).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::clock::SharedClock;
+use crate::clock::{ms, SharedClock};
 use crate::config::{AppSettings, TokenMode, TokenSettings};
 use crate::storage::{AppState, Storage};
 use crate::wechat::{CallError, SharedWeChat, TokenReply};
@@ -65,6 +66,14 @@ pub struct TokenKeeper {
     /// five minutes, a rejected one is refreshed from the database, and a
     /// 45009 seen here is written to the cache at once.
     cache: Arc<std::sync::Mutex<HashMap<String, (i64, AppState)>>>,
+    /// Compare-and-refresh calls answered without a fetch (too soon).
+    refused_refreshes: Arc<AtomicU64>,
+}
+
+/// The China day (UTC+8) of a Unix-ms instant, as days since the epoch:
+/// WeChat's daily limits reset at midnight China time.
+fn china_day(now_ms: i64) -> i64 {
+    (now_ms + 8 * 3_600_000).div_euclid(86_400_000)
 }
 
 impl TokenKeeper {
@@ -91,6 +100,7 @@ impl TokenKeeper {
             settings,
             single_flight,
             cache: Arc::default(),
+            refused_refreshes: Arc::default(),
         }
     }
 
@@ -98,7 +108,7 @@ impl TokenKeeper {
     pub async fn app_state(&self, appid: &str) -> anyhow::Result<AppState> {
         let now = self.clock.now_ms();
         if let Some((read_at, state)) = self.cache.lock().expect("app cache").get(appid) {
-            if now - read_at < self.settings.cache_ms && now >= *read_at {
+            if now - read_at < ms(self.settings.cache) && now >= *read_at {
                 return Ok(state.clone());
             }
         }
@@ -134,6 +144,45 @@ impl TokenKeeper {
         self.obtain(appid, Some(stale)).await
     }
 
+    /// Compare-and-refresh on behalf of an outside caller (the token
+    /// endpoint). Like [`TokenKeeper::refresh`], but within
+    /// `tokens.min_refresh_interval_secs` of the current token's fetch it
+    /// answers the current token without fetching: reading the token and
+    /// posting it back as stale must not make a fetch per call, since each
+    /// fetch starts retiring the token the app's other servers hold.
+    pub async fn refresh_on_request(
+        &self,
+        appid: &str,
+        stale: &str,
+    ) -> Result<CurrentToken, TokenError> {
+        if !self.apps.contains_key(appid) {
+            return Err(TokenError::UnknownApp);
+        }
+        let state = self.read_state(appid).await?;
+        if let (Some(token), Some(fetched_at)) = (&state.access_token, state.token_fetched_at) {
+            let since = self.clock.now_ms() - fetched_at;
+            if token == stale && since < ms(self.settings.min_refresh_interval) {
+                if let Some(current) = self.settled(&state, None) {
+                    let refused = self.refused_refreshes.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::warn!(
+                        appid,
+                        since_fetch_ms = since,
+                        refused_total = refused,
+                        "compare-and-refresh refused: the token was fetched too recently"
+                    );
+                    return Ok(current);
+                }
+            }
+        }
+        self.obtain(appid, Some(stale)).await
+    }
+
+    /// Compare-and-refresh calls [`TokenKeeper::refresh_on_request`] refused
+    /// since start, in this process.
+    pub fn refused_refreshes(&self) -> u64 {
+        self.refused_refreshes.load(Ordering::Relaxed)
+    }
+
     /// One pass of the background task: refreshes every app whose token is
     /// missing or within the refresh-ahead window. Returns how many it refreshed.
     #[tracing::instrument(skip_all, fields(apps = self.apps.len()))]
@@ -142,10 +191,8 @@ impl TokenKeeper {
         for (appid, app) in self.apps.iter() {
             let state = self.storage.app_state(appid).await?;
             let ahead_ms = match app.token_mode {
-                TokenMode::Token => self.settings.refresh_ahead_secs * 1000,
-                TokenMode::StableToken => {
-                    STABLE_ROTATION_MS.min(self.settings.refresh_ahead_secs * 1000)
-                }
+                TokenMode::Token => ms(self.settings.refresh_ahead),
+                TokenMode::StableToken => STABLE_ROTATION_MS.min(ms(self.settings.refresh_ahead)),
             };
             let due = match (&state.access_token, state.token_expires_at) {
                 (Some(_), Some(expires_at)) => expires_at - self.clock.now_ms() <= ahead_ms,
@@ -179,7 +226,7 @@ impl TokenKeeper {
         if let Some(token) = self.settled(&state, stale) {
             return Ok(token);
         }
-        let wait = Duration::from_millis(self.settings.wait_ms);
+        let wait = self.settings.wait;
         let deadline = tokio::time::Instant::now() + wait;
         let _flight = tokio::time::timeout(wait, self.single_flight[appid].lock())
             .await
@@ -190,7 +237,7 @@ impl TokenKeeper {
                 return Ok(token);
             }
             let now = self.clock.now_ms();
-            let lease_until = now + self.settings.lease_secs * 1000;
+            let lease_until = now + ms(self.settings.lease);
             if self
                 .storage
                 .try_lease_token_refresh(appid, &self.holder, now, lease_until)
@@ -224,6 +271,30 @@ impl TokenKeeper {
         })
     }
 
+    /// Takes one forced refresh from the app's shared budget
+    /// (`tokens.force_refreshes_per_day`, 30 s apart); false when none is left.
+    async fn take_force_refresh(&self, appid: &str) -> Result<bool, TokenError> {
+        let per_day = self.settings.force_refreshes_per_day;
+        if per_day == 0 {
+            return Ok(false);
+        }
+        let now = self.clock.now_ms();
+        let taken = self
+            .storage
+            .take_force_refresh(appid, china_day(now), now, per_day)
+            .await?;
+        if taken {
+            tracing::warn!(appid, "forcing a stable_token refresh");
+        } else {
+            tracing::warn!(
+                appid,
+                per_day,
+                "no forced stable_token refresh left (WeChat allows 20 a day, 30 s apart)"
+            );
+        }
+        Ok(taken)
+    }
+
     #[tracing::instrument(skip_all, fields(appid = %appid, mode = ?app.token_mode))]
     async fn fetch_under_lease(
         &self,
@@ -236,12 +307,27 @@ impl TokenKeeper {
         if let Some(token) = self.settled(&state, stale) {
             return Ok(token);
         }
-        let fetched_at = self.clock.now_ms();
-        match self
+        let mut fetched_at = self.clock.now_ms();
+        let mut reply = self
             .wechat
-            .fetch_token(appid, &app.secret, app.token_mode)
-            .await?
-        {
+            .fetch_token(appid, &app.secret, app.token_mode, false)
+            .await?;
+        // stable_token in normal mode answers the token it considers
+        // current; when that is the very token a caller reports stale, only
+        // a forced refresh replaces it, inside WeChat's budget.
+        if let TokenReply::Issued(issued) = &reply {
+            if app.token_mode == TokenMode::StableToken
+                && stale == Some(issued.token.as_str())
+                && self.take_force_refresh(appid).await?
+            {
+                fetched_at = self.clock.now_ms();
+                reply = self
+                    .wechat
+                    .fetch_token(appid, &app.secret, app.token_mode, true)
+                    .await?;
+            }
+        }
+        match reply {
             TokenReply::Issued(issued) => {
                 let expires_at_ms = fetched_at + issued.expires_in_secs * 1000;
                 let stored = self

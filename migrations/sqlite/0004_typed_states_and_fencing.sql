@@ -29,8 +29,7 @@ CREATE TABLE credentials_new (
     lease_token      INTEGER,
     -- Uses counted as spent whose delivery was never proven: WeChat may still
     -- hold them, so the credential is never probed again.
-    unproven_uses    INTEGER NOT NULL DEFAULT 0 CHECK (unproven_uses >= 0),
-    UNIQUE (appid, kind, value)
+    unproven_uses    INTEGER NOT NULL DEFAULT 0 CHECK (unproven_uses >= 0)
 );
 INSERT INTO credentials_new (id, appid, openid, kind, value, uses_left, state, collected_at,
     expires_at, lease_expires_at, retired_errcode, created_at, updated_at, lease_message_id)
@@ -39,6 +38,9 @@ SELECT id, appid, openid, kind, value, uses_left, state, collected_at, expires_a
 FROM credentials;
 DROP TABLE credentials;
 ALTER TABLE credentials_new RENAME TO credentials;
+-- One value is one credential per app, whatever its kind (migration 0003);
+-- the rebuild drops the old (appid, kind, value) constraint this index implies.
+CREATE UNIQUE INDEX credentials_one_value_per_app ON credentials (appid, value);
 CREATE INDEX credentials_claimable
     ON credentials (appid, openid, expires_at, id)
     WHERE state = 'available';

@@ -59,21 +59,25 @@ impl ApiKeys {
         let key = header
             .to_str()
             .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|key| !key.is_empty())
+            .and_then(bearer_token)
             .ok_or(AccessError::InvalidKey)?;
         let grant = self
             .by_digest
             .get(&digest(key))
             .ok_or(AccessError::InvalidKey)?;
+        // A key limited to some apps gets 403 for every other appid, whether
+        // it is configured or not: 404 against 403 would tell it which
+        // appids this gateway serves.
+        let app_allowed = grant.apps.as_ref().is_none_or(|apps| apps.contains(appid));
+        if !app_allowed {
+            return Err(AccessError::Forbidden);
+        }
         if !app_exists {
             return Err(AccessError::UnknownApp);
         }
-        let app_allowed = grant.apps.as_ref().is_none_or(|apps| apps.contains(appid));
         let scope_allowed = grant.scopes.contains(&Scope::Admin)
             || scopes.iter().any(|scope| grant.scopes.contains(scope));
-        if app_allowed && scope_allowed {
+        if scope_allowed {
             Ok(())
         } else {
             Err(AccessError::Forbidden)
@@ -81,6 +85,29 @@ impl ApiKeys {
     }
 }
 
+/// The token of `Bearer <token>`: the scheme is case-insensitive (RFC 7235
+/// §2.1), spaces around the token are not part of it.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for header in ["Bearer k", "bearer k", "BEARER k", "bEaReR  k "] {
+            assert_eq!(bearer_token(header), Some("k"), "{header}");
+        }
+        for header in ["Basic k", "Bearer", "Bearer ", "Bearerk", "Token k"] {
+            assert_eq!(bearer_token(header), None, "{header}");
+        }
+    }
 }

@@ -6,8 +6,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::error::{render, AccessError, ApiErrorCode, BodyError};
-use super::{read_body, ApiContext};
-use crate::clock::from_ms;
+use super::ApiContext;
+use crate::clock::{from_ms, ms};
 use crate::config::Scope;
 use crate::ledger::collect::{
     is_plain_identifier, parse_item, CollectContext, Rejection, MAX_OPENID_LEN,
@@ -78,9 +78,7 @@ pub async fn collect(
 ) -> Result<HttpResponse, CollectError> {
     let appid = path.into_inner();
     context.authorize(&request, &appid, &[Scope::Collect])?;
-    let body = read_body(payload, context.ledger.max_body_bytes).await?;
-    let body: Value =
-        serde_json::from_slice(&body).map_err(|error| BodyError::InvalidJson(error.to_string()))?;
+    let body = context.read_json(&request, payload).await?.value;
     let (items, single) = match body {
         Value::Object(mut object) if object.contains_key("credentials") => {
             match object.remove("credentials") {
@@ -97,7 +95,7 @@ pub async fn collect(
     let now_ms = context.clock.now_ms();
     let judged = CollectContext {
         now_ms,
-        skew_ms: context.ledger.collected_at_skew_secs * 1000,
+        skew_ms: ms(context.ledger.collected_at_skew),
     };
     let mut valid = Vec::with_capacity(items.len());
     let mut valid_indexes = Vec::with_capacity(items.len());
@@ -130,11 +128,18 @@ pub async fn collect(
         match outcome {
             InsertOutcome::Inserted => accepted += 1,
             InsertOutcome::Duplicate => duplicates += 1,
-            InsertOutcome::OwnedByAnotherUser => {
-                let rejection = ItemRejection {
-                    index,
-                    code: "owned_by_another_user",
-                    message: "this value is already stored for another openid".into(),
+            InsertOutcome::OwnedByAnotherUser | InsertOutcome::KindConflict => {
+                let rejection = match outcome {
+                    InsertOutcome::KindConflict => ItemRejection {
+                        index,
+                        code: "kind_conflict",
+                        message: "this value is already stored as another kind; one value is one credential".into(),
+                    },
+                    _ => ItemRejection {
+                        index,
+                        code: "owned_by_another_user",
+                        message: "this value is already stored for another openid".into(),
+                    },
                 };
                 if single {
                     return Err(CollectError::Rejected(Rejection {
@@ -202,7 +207,7 @@ pub async fn quota(
     if !is_plain_identifier(&openid, MAX_OPENID_LEN) {
         return Err(QuotaError::InvalidOpenid);
     }
-    let valid_after = context.clock.now_ms() + context.ledger.safety_margin_secs * 1000;
+    let valid_after = context.clock.now_ms() + ms(context.ledger.safety_margin);
     let rows = context.storage.quota(&appid, &openid, valid_after).await?;
     let mut by_kind = serde_json::Map::new();
     for kind in crate::ledger::kinds::CredentialKind::ALL {

@@ -61,6 +61,8 @@ pub enum AccessError {
     MissingKey,
     #[error("invalid API key")]
     InvalidKey,
+    /// Only for a key allowed every app: a key limited to some apps gets
+    /// [`AccessError::Forbidden`] for any other, configured or not.
     #[error("unknown app")]
     UnknownApp,
     #[error("this API key is not allowed to do that for this app")]
@@ -101,6 +103,10 @@ pub enum BodyError {
     InvalidJson(String),
     #[error("the body could not be read")]
     Unreadable,
+    #[error("the body must be sent as Content-Type: application/json (charset utf-8, if any)")]
+    UnsupportedMediaType,
+    #[error("the body did not arrive within {} ms", .0.as_millis())]
+    Timeout(std::time::Duration),
 }
 
 impl ResponseError for BodyError {
@@ -108,6 +114,8 @@ impl ResponseError for BodyError {
         match self {
             BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             BodyError::InvalidJson(_) | BodyError::Unreadable => StatusCode::BAD_REQUEST,
+            BodyError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            BodyError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -122,6 +130,59 @@ impl ApiErrorCode for BodyError {
             BodyError::TooLarge(_) => "body_too_large",
             BodyError::InvalidJson(_) => "invalid_json",
             BodyError::Unreadable => "unreadable_body",
+            BodyError::UnsupportedMediaType => "unsupported_media_type",
+            BodyError::Timeout(_) => "body_timeout",
         }
     }
+}
+
+/// The code of a response that left its handler without one of ours
+/// (actix's own 404, 405 and payload errors), by status.
+fn code_for_status(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::REQUEST_TIMEOUT => "body_timeout",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        status if status.is_server_error() => "internal",
+        _ => "bad_request",
+    }
+}
+
+/// The one place where an error response that is not yet in the API's shape
+/// gets it: actix answers a known route's unsupported method with a bare 405
+/// (and its `Allow` header), an unknown route or a failed extractor with
+/// plain text. Headers such as `Allow` and `WWW-Authenticate` are kept.
+pub async fn shape_errors(
+    request: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    use actix_web::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+    let response = next.call(request).await?.map_into_boxed_body();
+    let status = response.status();
+    let shaped = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || shaped {
+        return Ok(response);
+    }
+    let (request, old) = response.into_parts();
+    let message = match old
+        .headers()
+        .get(ALLOW)
+        .and_then(|allow| allow.to_str().ok())
+    {
+        Some(allowed) => format!("this endpoint allows {allowed}"),
+        None => status.canonical_reason().unwrap_or("error").to_lowercase(),
+    };
+    let mut new = HttpResponse::build(status);
+    for (name, value) in old.headers() {
+        if name != CONTENT_TYPE && name != CONTENT_LENGTH {
+            new.append_header((name.clone(), value.clone()));
+        }
+    }
+    let new = new.json(body(code_for_status(status), &message, None));
+    Ok(actix_web::dev::ServiceResponse::new(request, new))
 }

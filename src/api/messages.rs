@@ -6,8 +6,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::error::{self, render, AccessError, ApiErrorCode, BodyError};
-use super::{read_body, ApiContext};
-use crate::clock::from_ms;
+use super::ApiContext;
+use crate::clock::{from_ms, ms};
 use crate::config::Scope;
 use crate::ledger::failure::SendFailure;
 use crate::ledger::message::parse_send_request;
@@ -164,7 +164,9 @@ pub async fn send(
     let appid = path.into_inner();
     context.authorize(&request, &appid, &[Scope::Send])?;
     let key = idempotency_key(&request)?;
-    let body = read_body(payload, context.ledger.max_body_bytes).await?;
+    // The strict reader refuses duplicate keys at any depth (also in
+    // `data`); the request rules then read the same bytes.
+    let body = context.read_json(&request, payload).await?.bytes;
     let send_request = parse_send_request(&body).map_err(|rejection| match rejection.code {
         "invalid_json" => SendError::Body(BodyError::InvalidJson(rejection.message)),
         _ => SendError::InvalidField(rejection.message),
@@ -174,7 +176,7 @@ pub async fn send(
     let message_id = uuid::Uuid::now_v7().to_string();
     if let Some(key) = &key {
         let now = context.clock.now_ms();
-        let expires_at = now + context.ledger.idempotency_retention_hours * 3_600_000;
+        let expires_at = now + ms(context.ledger.idempotency_retention);
         let hash = request_hash(&body);
         let begin = context
             .storage

@@ -4,6 +4,7 @@ pub mod auth;
 mod credentials;
 pub mod error;
 mod health;
+pub mod json;
 mod messages;
 pub mod request_id;
 mod tokens;
@@ -12,17 +13,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use actix_web::http::StatusCode;
-use actix_web::web::{self, Bytes};
+use actix_web::web;
 use actix_web::HttpRequest;
-use futures_util::StreamExt;
 
 use crate::clock::SharedClock;
-use crate::config::{AppSettings, LedgerSettings, Scope};
+use crate::config::{AppSettings, HttpSettings, LedgerSettings, Scope};
 use crate::ledger::send::Sender;
 use crate::storage::Storage;
 use crate::tokens::TokenKeeper;
 use auth::ApiKeys;
-use error::{AccessError, BodyError};
+use error::AccessError;
+use json::{BodyLimits, JsonBody};
 
 /// What every handler shares.
 #[derive(Debug, Clone)]
@@ -34,6 +35,7 @@ pub struct ApiContext {
     pub apps: Arc<BTreeMap<String, AppSettings>>,
     pub clock: SharedClock,
     pub ledger: LedgerSettings,
+    pub http: HttpSettings,
 }
 
 impl ApiContext {
@@ -47,57 +49,55 @@ impl ApiContext {
         self.keys
             .authorize(request, appid, self.apps.contains_key(appid), scopes)
     }
+
+    /// Reads a JSON route's body: the one strict path every JSON route takes
+    /// (`Content-Type`, size, time, duplicate keys), after authorization.
+    pub async fn read_json(
+        &self,
+        request: &HttpRequest,
+        payload: web::Payload,
+    ) -> Result<JsonBody, error::BodyError> {
+        let limits = BodyLimits {
+            max_bytes: self.ledger.max_body_bytes,
+            timeout: self.http.body_timeout,
+        };
+        json::read_json(request, payload, limits).await
+    }
 }
 
-/// Registers every route.
+/// Registers every route. Each path is one resource, so that a method it
+/// does not serve answers 405 with `Allow` (shaped by [`error::shape_errors`]),
+/// and every GET route answers HEAD too.
 pub fn routes(config: &mut web::ServiceConfig) {
     config
-        .route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz))
+        .service(get_and_head("/healthz", health::healthz))
+        .service(get_and_head("/readyz", health::readyz))
         .service(
             web::scope("/v1/apps/{appid}")
-                .route("/credentials", web::post().to(credentials::collect))
-                .route("/users/{openid}/quota", web::get().to(credentials::quota))
-                .route("/messages", web::post().to(messages::send))
-                .route("/messages/{id}", web::get().to(messages::lookup))
-                .route("/access_token", web::get().to(tokens::current))
-                .route("/access_token/refresh", web::post().to(tokens::refresh)),
+                .service(web::resource("/credentials").route(web::post().to(credentials::collect)))
+                .service(get_and_head("/users/{openid}/quota", credentials::quota))
+                .service(web::resource("/messages").route(web::post().to(messages::send)))
+                .service(get_and_head("/messages/{id}", messages::lookup))
+                .service(get_and_head("/access_token", tokens::current))
+                .service(
+                    web::resource("/access_token/refresh").route(web::post().to(tokens::refresh)),
+                ),
         )
         .default_service(web::to(not_found));
 }
 
+/// A resource that serves `handler` on GET and on HEAD (whose body actix drops).
+fn get_and_head<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args> + Clone,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler.clone()))
+        .route(web::head().to(handler))
+}
+
 async fn not_found() -> actix_web::HttpResponse {
     error::plain(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
-}
-
-/// Reads a JSON object body after authorization, so that a caller without a key
-/// learns nothing about the body's shape, and with our own size limit and
-/// error shape.
-pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
-    payload: web::Payload,
-    limit: usize,
-) -> Result<T, BodyError> {
-    let body = read_body(payload, limit).await?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|error| BodyError::InvalidJson(error.to_string()))?;
-    // serde reads a struct from a JSON array of its fields too: refuse that.
-    if !value.is_object() {
-        return Err(BodyError::InvalidJson(
-            "the body must be a JSON object".into(),
-        ));
-    }
-    serde_json::from_value(value).map_err(|error| BodyError::InvalidJson(error.to_string()))
-}
-
-/// Reads a body up to `limit` bytes, answering 413 past it.
-pub(crate) async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes, BodyError> {
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk: Bytes = chunk.map_err(|_| BodyError::Unreadable)?;
-        if body.len() + chunk.len() > limit {
-            return Err(BodyError::TooLarge(limit));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
 }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::{render, AccessError, ApiErrorCode, BodyError};
-use super::{read_json, ApiContext};
+use super::ApiContext;
 use crate::clock::from_ms;
 use crate::config::Scope;
 use crate::tokens::{CurrentToken, TokenError};
@@ -113,10 +113,19 @@ pub async fn refresh(
 ) -> Result<HttpResponse, TokenEndpointError> {
     let appid = path.into_inner();
     context.authorize(&request, &appid, &[Scope::Token])?;
-    let body: RefreshBody = read_json(payload, context.ledger.max_body_bytes).await?;
+    let body = context.read_json(&request, payload).await?.value;
+    // serde reads a struct from a JSON array of its fields too: refuse that.
+    if !body.is_object() {
+        return Err(BodyError::InvalidJson("the body must be a JSON object".into()).into());
+    }
+    let body: RefreshBody =
+        serde_json::from_value(body).map_err(|error| BodyError::InvalidJson(error.to_string()))?;
     if body.stale_token.trim().is_empty() {
         return Err(TokenEndpointError::InvalidStaleToken);
     }
-    let token = context.tokens.refresh(&appid, &body.stale_token).await?;
+    let token = context
+        .tokens
+        .refresh_on_request(&appid, &body.stale_token)
+        .await?;
     Ok(token_response(token, context.clock.now_ms()))
 }

@@ -24,6 +24,11 @@ pub const MAX_VALUE_LEN: usize = 64;
 /// Openids are 28 characters today; leave room without accepting junk.
 pub const MAX_OPENID_LEN: usize = 128;
 
+/// The fewest bytes one item of a batch takes, with its separating comma:
+/// `{"openid":"o","kind":"form_id","value":"v"},`. No body of
+/// `ledger.max_body_bytes` can carry more items than that many bytes allow.
+pub const MIN_ITEM_BYTES: usize = 44;
+
 /// Why an item was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -61,7 +66,9 @@ pub fn parse_item(item: &Value, context: CollectContext) -> Result<NewCredential
     if !is_plain_identifier(openid, MAX_OPENID_LEN) {
         return Err(Rejection::new(
             "invalid_openid",
-            format!("openid must be 1 to {MAX_OPENID_LEN} printable characters without spaces"),
+            format!(
+                "openid must be 1 to {MAX_OPENID_LEN} printable ASCII characters without spaces"
+            ),
         ));
     }
     let kind_name = required_str(item, "kind")?;
@@ -113,29 +120,78 @@ fn required_str<'a>(item: &'a Value, field: &'static str) -> Result<&'a str, Rej
     }
 }
 
-/// Strips what is not part of the credential and rejects what cannot be one.
+/// The forms of the `prepay_id=` prefix of WeChat Pay's `package` field
+/// that a frontend may pass on: as is, or URL-encoded (`%3D`), in any case.
+const PREPAY_PREFIXES: [&str; 2] = [PREPAY_PREFIX, "prepay_id%3d"];
+
+/// The value without one leading prepay prefix, if it has one.
+fn strip_prepay_prefix(raw: &str) -> Option<&str> {
+    PREPAY_PREFIXES.iter().find_map(|prefix| {
+        raw.get(..prefix.len())
+            .filter(|head| head.eq_ignore_ascii_case(prefix))
+            .map(|_| &raw[prefix.len()..])
+    })
+}
+
+/// Characters that do not show: zero-width spaces and joiners, the BOM,
+/// bidirectional overrides and isolates, the soft hyphen. A copy-and-paste
+/// carries them along unseen.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// The text as a person reads it: lower case, without spaces and invisible
+/// characters. Used only to recognise the mock and failure markers in
+/// whatever spelling they arrive.
+fn folded(raw: &str) -> String {
+    raw.chars()
+        .filter(|c| !c.is_whitespace() && !c.is_control() && !is_invisible(*c))
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// True for a character WeChat puts in formIds, prepay_ids and openids:
+/// printable ASCII, no space.
+fn is_wechat_char(c: char) -> bool {
+    c.is_ascii_graphic()
+}
+
+/// The normal form of a credential value: a prepay_id without any prefix,
+/// and for every kind 1 to 64 printable ASCII characters. The devtools mock
+/// and the `report-submit-timeout` failure marker are refused in any case,
+/// spacing or with invisible characters; anything else that is not printable
+/// ASCII cannot be a WeChat value and is refused, never cleaned up.
 fn normalize_value(kind: CredentialKind, raw: &str) -> Result<String, Rejection> {
-    let value = match kind {
-        // Accepted with or without the `prepay_id=` of the Pay `package`, stored without.
-        CredentialKind::PrepayId => raw.strip_prefix(PREPAY_PREFIX).unwrap_or(raw),
-        CredentialKind::FormId => raw,
-    };
-    if value.starts_with(PREPAY_PREFIX) {
-        return Err(Rejection::new(
-            "invalid_characters",
-            "value carries the prepay_id= prefix more than once",
-        ));
-    }
-    if value == MOCK_FORM_ID {
+    let folded = folded(raw);
+    if folded == folded_mock() {
         return Err(Rejection::new(
             "mock_form_id",
             "this formId comes from WeChat's developer tools; only a real device gives a usable one",
         ));
     }
-    if value.starts_with(CLIENT_FAILURE_PREFIX) {
+    if folded.starts_with(&CLIENT_FAILURE_PREFIX.to_ascii_lowercase()) {
         return Err(Rejection::new(
             "client_failure",
             "the client failed to obtain a formId",
+        ));
+    }
+    let value = match (kind, strip_prepay_prefix(raw)) {
+        // Accepted with or without the `prepay_id=` of the Pay `package`, stored without.
+        (CredentialKind::PrepayId, stripped) => stripped.unwrap_or(raw),
+        (CredentialKind::FormId, Some(_)) => {
+            return Err(Rejection::new(
+                "kind_mismatch",
+                "this value carries prepay_id=: post it with kind \"prepay_id\"",
+            ))
+        }
+        (CredentialKind::FormId, None) => raw,
+    };
+    if strip_prepay_prefix(value).is_some() {
+        return Err(Rejection::new(
+            "invalid_characters",
+            "value carries the prepay_id= prefix more than once",
         ));
     }
     if value.is_empty() {
@@ -147,13 +203,18 @@ fn normalize_value(kind: CredentialKind, raw: &str) -> Result<String, Rejection>
             format!("value is longer than {MAX_VALUE_LEN} characters"),
         ));
     }
-    if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    if !value.chars().all(is_wechat_char) {
         return Err(Rejection::new(
             "invalid_characters",
-            "value contains control characters or spaces",
+            "value must be printable ASCII without spaces, as WeChat's formIds and prepay_ids are",
         ));
     }
     Ok(value.to_owned())
+}
+
+/// [`MOCK_FORM_ID`] folded.
+fn folded_mock() -> String {
+    folded(MOCK_FORM_ID)
 }
 
 /// `collected_at` is RFC 3339 text or Unix milliseconds (what `Date.now()` gives).
@@ -173,12 +234,12 @@ fn parse_timestamp(raw: &Value) -> Result<i64, Rejection> {
     })
 }
 
-/// True for 1..=max_len printable characters without whitespace: openids,
-/// AppIDs and other identifiers that end up in paths and SQL binds.
+/// True for 1..=max_len printable ASCII characters without spaces: openids,
+/// AppIDs, template ids and other identifiers that end up in paths and SQL
+/// binds. WeChat's own are ASCII; a zero-width space, a BOM or a
+/// right-to-left override in one is a forgery or a copy-and-paste accident.
 pub fn is_plain_identifier(text: &str, max_len: usize) -> bool {
-    !text.is_empty()
-        && text.chars().count() <= max_len
-        && text.chars().all(|c| !c.is_control() && !c.is_whitespace())
+    !text.is_empty() && text.len() <= max_len && text.chars().all(is_wechat_char)
 }
 
 #[cfg(test)]
@@ -195,6 +256,13 @@ mod tests {
 
     fn rejection(item: Value) -> &'static str {
         parse_item(&item, CONTEXT).unwrap_err().code
+    }
+
+    #[test]
+    fn the_smallest_item_takes_min_item_bytes() {
+        let smallest = json!({"openid": "o", "kind": "form_id", "value": "v"}).to_string();
+        assert!(parse_item(&serde_json::from_str(&smallest).unwrap(), CONTEXT).is_ok());
+        assert_eq!(smallest.len() + ",".len(), MIN_ITEM_BYTES);
     }
 
     #[test]
@@ -248,6 +316,89 @@ mod tests {
             "invalid_type"
         );
         assert_eq!(rejection(json!("form_id")), "invalid_item");
+    }
+
+    #[test]
+    fn prepay_prefixes_are_stripped_in_every_spelling() {
+        for posted in [
+            "prepay_id=wx2018",
+            "PREPAY_ID=wx2018",
+            "prepay_id%3Dwx2018",
+            "Prepay_Id%3dwx2018",
+            "wx2018",
+        ] {
+            let item = json!({"openid": "o1", "kind": "prepay_id", "value": posted});
+            assert_eq!(
+                parse_item(&item, CONTEXT).unwrap().value,
+                "wx2018",
+                "{posted}"
+            );
+        }
+        let prepay = |value: &str| json!({"openid": "o1", "kind": "prepay_id", "value": value});
+        assert_eq!(
+            rejection(prepay("prepay_id=prepay_id%3Dwx1")),
+            "invalid_characters"
+        );
+        assert_eq!(rejection(prepay("prepay_id%3D")), "empty_value");
+        let form = |value: &str| json!({"openid": "o1", "kind": "form_id", "value": value});
+        assert_eq!(rejection(form("prepay_id=wx2018")), "kind_mismatch");
+        assert_eq!(rejection(form("PREPAY_ID%3Dwx2018")), "kind_mismatch");
+    }
+
+    #[test]
+    fn mock_and_failure_markers_are_refused_in_any_spelling() {
+        let form = |value: &str| json!({"openid": "o1", "kind": "form_id", "value": value});
+        for mock in [
+            "the formId is a mock one",
+            "The FormId Is A Mock One",
+            "the  formId is a mock one ",
+            "theformIdisamockone",
+            "the formId\u{200B} is a mock one",
+            "\u{FEFF}the formId is a mock one",
+            "the formId is a mock one\u{202E}",
+            "the\tformId is a mock one",
+        ] {
+            assert_eq!(rejection(form(mock)), "mock_form_id", "{mock:?}");
+        }
+        for failure in [
+            "requestFormId:fail timeout",
+            "requestFormId:fail",
+            "REQUESTFORMID:FAIL",
+            " requestFormId:fail report-submit-timeout",
+            "\u{200B}requestFormId:fail",
+        ] {
+            assert_eq!(rejection(form(failure)), "client_failure", "{failure:?}");
+        }
+    }
+
+    #[test]
+    fn values_and_openids_are_printable_ascii() {
+        let form = |value: &str| json!({"openid": "o1", "kind": "form_id", "value": value});
+        for value in [
+            "abc\u{200B}def",
+            "\u{FEFF}abcdef",
+            "abc\u{202E}fed",
+            "abc\u{2066}def",
+            "abc\u{00AD}def",
+            "abc\u{00A0}def",
+            "ab\u{0441}def",
+            "\u{FF41}bcdef",
+            "abc\u{7F}def",
+        ] {
+            assert_eq!(rejection(form(value)), "invalid_characters", "{value:?}");
+        }
+        for openid in [
+            "o1\u{200B}",
+            "\u{FEFF}o1",
+            "o\u{202E}1",
+            "o\u{0441}1",
+            "o 1",
+        ] {
+            let item = json!({"openid": openid, "kind": "form_id", "value": "abcdef"});
+            assert_eq!(rejection(item), "invalid_openid", "{openid:?}");
+        }
+        let item = json!({"openid": "oAbC-_09", "kind": "form_id", "value": "22d907226dcd4542afb8829fa5e20768"});
+        assert!(parse_item(&item, CONTEXT).is_ok());
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub enum InsertOutcome {
     Duplicate,
     /// The value is already stored for another openid.
     OwnedByAnotherUser,
+    /// The value is already stored for this openid, as another kind.
+    KindConflict,
 }
 
 /// A credential leased to one send.
@@ -430,6 +432,17 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         fetched_at: i64,
     ) -> anyhow::Result<bool>;
 
+    /// Takes one forced stable_token refresh from the app's budget of
+    /// `per_day` a China day (`china_day`, days since the epoch in UTC+8),
+    /// 30 s apart; false when none is left.
+    async fn take_force_refresh(
+        &self,
+        appid: &str,
+        china_day: i64,
+        now: i64,
+        per_day: u32,
+    ) -> anyhow::Result<bool>;
+
     /// Stops sends of the app until `until` (errcode 45009).
     async fn block_sends(&self, appid: &str, until: i64) -> anyhow::Result<()>;
 
@@ -463,11 +476,15 @@ pub async fn connect(
 }
 
 /// Tells a repeated post of the user's own credential from a value that
-/// already belongs to someone else.
-fn owner_outcome(owner: &str, item: &NewCredential) -> InsertOutcome {
-    if owner == item.openid {
-        InsertOutcome::Duplicate
-    } else {
+/// already belongs to someone else, or to this user as another kind. The
+/// owner is judged first: another user's value says nothing about its kind
+/// to the caller.
+fn owner_outcome(owner: &str, kind: &str, item: &NewCredential) -> InsertOutcome {
+    if owner != item.openid {
         InsertOutcome::OwnedByAnotherUser
+    } else if kind != item.kind.as_str() {
+        InsertOutcome::KindConflict
+    } else {
+        InsertOutcome::Duplicate
     }
 }

@@ -60,14 +60,13 @@ macro_rules! impl_storage {
                     let outcome = if inserted.remove(&key) {
                         InsertOutcome::Inserted
                     } else {
-                        let owner: String = sqlx::query_scalar(sql::CREDENTIAL_OWNER)
+                        let (owner, kind): (String, String) = sqlx::query_as(sql::CREDENTIAL_OWNER)
                             .bind(appid)
-                            .bind(item.kind.as_str())
                             .bind(&item.value)
                             .fetch_one(&mut *tx)
                             .await
                             .context("looking up the owner of a known credential")?;
-                        owner_outcome(&owner, item)
+                        owner_outcome(&owner, &kind, item)
                     };
                     outcomes.push(outcome);
                 }
@@ -459,6 +458,24 @@ macro_rules! impl_storage {
                     .await
                     .context("releasing the token-refresh lease")?;
                 Ok(())
+            }
+
+            async fn take_force_refresh(
+                &self,
+                appid: &str,
+                china_day: i64,
+                now: i64,
+                per_day: u32,
+            ) -> anyhow::Result<bool> {
+                let taken = sqlx::query(sql::TAKE_FORCE_REFRESH)
+                    .bind(appid)
+                    .bind(china_day)
+                    .bind(now)
+                    .bind(i64::from(per_day))
+                    .execute(&self.writer)
+                    .await
+                    .context("taking a forced token refresh")?;
+                Ok(taken.rows_affected() == 1)
             }
 
             async fn store_token(

@@ -8,14 +8,16 @@ pub const PING: &str = "SELECT 1";
 pub const ENSURE_APP: &str = "INSERT INTO apps (appid) VALUES ($1) ON CONFLICT (appid) DO NOTHING";
 
 /// `ON CONFLICT DO NOTHING` makes a repeated post a no-op; the rows that were
-/// not inserted are then looked up to tell a duplicate from a foreign owner.
+/// not inserted are then looked up to tell a duplicate from a foreign owner
+/// or another kind. The conflict target is the value alone: one value is one
+/// credential per app, whatever kind it was posted as (migration 0003).
 pub const INSERT_CREDENTIALS_HEAD: &str = "INSERT INTO credentials \
     (appid, openid, kind, value, uses_left, state, collected_at, expires_at, created_at, updated_at) ";
 pub const INSERT_CREDENTIALS_TAIL: &str =
-    " ON CONFLICT (appid, kind, value) DO NOTHING RETURNING kind, value";
+    " ON CONFLICT (appid, value) DO NOTHING RETURNING kind, value";
 
 pub const CREDENTIAL_OWNER: &str =
-    "SELECT openid FROM credentials WHERE appid = $1 AND kind = $2 AND value = $3";
+    "SELECT openid, kind FROM credentials WHERE appid = $1 AND value = $2";
 
 pub const QUOTA: &str =
     "SELECT kind, COUNT(*) AS credentials, CAST(SUM(uses_left) AS BIGINT) AS sends, \
@@ -208,6 +210,17 @@ pub const RELEASE_TOKEN_REFRESH: &str = "UPDATE apps \
 pub const STORE_TOKEN: &str = "UPDATE apps \
     SET access_token = $2, token_expires_at = $3, token_fetched_at = $4 \
     WHERE appid = $1 AND (token_fetched_at IS NULL OR token_fetched_at <= $4)";
+
+/// Takes one forced stable_token refresh from the app's budget: at most
+/// `$4` a China day (`$2`), and never within 30 s of the last one (`$3` is
+/// now). One statement, so two instances cannot both take the last one.
+/// Right-hand sides of SET read the row as it was, on both databases.
+pub const TAKE_FORCE_REFRESH: &str = "UPDATE apps \
+    SET force_refresh_count = CASE WHEN force_refresh_day = $2 THEN force_refresh_count + 1 ELSE 1 END, \
+        force_refresh_day = $2, force_refreshed_at = $3 \
+    WHERE appid = $1 \
+      AND (force_refreshed_at IS NULL OR force_refreshed_at <= $3 - 30000) \
+      AND (force_refresh_day IS NULL OR force_refresh_day <> $2 OR force_refresh_count < $4)";
 
 pub const BLOCK_SENDS: &str = "UPDATE apps SET send_blocked_until = $2 WHERE appid = $1";
 

@@ -33,12 +33,12 @@ pub struct Breakers {
 
 impl Breakers {
     /// Opens after `threshold` failures in a row, for `cooldown_ms`.
-    pub fn new(clock: SharedClock, threshold: u32, cooldown_ms: i64) -> Self {
+    pub fn new(clock: SharedClock, threshold: u32, cooldown: std::time::Duration) -> Self {
         Self {
             states: Mutex::new(HashMap::new()),
             clock,
             threshold: threshold.max(1),
-            cooldown_ms,
+            cooldown_ms: crate::clock::ms(cooldown),
         }
     }
 
@@ -104,7 +104,7 @@ mod tests {
     #[test]
     fn opens_after_repeated_failures_then_probes_once() {
         let clock = Arc::new(ManualClock::starting_now());
-        let breakers = Breakers::new(clock.clone(), 3, 10_000);
+        let breakers = Breakers::new(clock.clone(), 3, std::time::Duration::from_secs(10));
         for _ in 0..2 {
             assert!(breakers.admit("wx1").is_ok());
             breakers.failure("wx1");

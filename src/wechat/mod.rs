@@ -57,12 +57,14 @@ pub enum TokenReply {
 /// WeChat, so that the send path and the token keeper run unchanged there.
 #[async_trait::async_trait]
 pub trait WeChatApi: Send + Sync + std::fmt::Debug {
-    /// Asks WeChat for a token for the app.
+    /// Asks WeChat for a token for the app. `force_refresh` applies to
+    /// stable_token mode only; the caller keeps it inside WeChat's budget.
     async fn fetch_token(
         &self,
         appid: &str,
         secret: &SecretString,
         mode: TokenMode,
+        force_refresh: bool,
     ) -> Result<TokenReply, CallError>;
 
     /// `POST /cgi-bin/message/wxopen/template/send` with the given body.
@@ -108,6 +110,7 @@ impl WeChatApi for WeChatClient {
         appid: &str,
         secret: &SecretString,
         mode: TokenMode,
+        force_refresh: bool,
     ) -> Result<TokenReply, CallError> {
         let request = match mode {
             TokenMode::Token => self
@@ -118,8 +121,8 @@ impl WeChatApi for WeChatClient {
                     ("appid", appid),
                     ("secret", secret.expose_secret()),
                 ]),
-            // Normal mode only: force_refresh is limited to 20 a day and is
-            // meant for a leaked token, never for routine refreshes (reference §3).
+            // force_refresh is limited to 20 a day, 30 s apart (reference §2):
+            // only the token keeper's budgeted escalation sets it.
             TokenMode::StableToken => self
                 .http
                 .post(format!("{}/cgi-bin/stable_token", self.base_url))
@@ -127,7 +130,7 @@ impl WeChatApi for WeChatClient {
                     "grant_type": "client_credential",
                     "appid": appid,
                     "secret": secret.expose_secret(),
-                    "force_refresh": false,
+                    "force_refresh": force_refresh,
                 })),
         };
         let body = send(request).await?;

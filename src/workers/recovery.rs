@@ -53,15 +53,15 @@ impl Recovery {
         storage: Arc<dyn Storage>,
         sender: Sender,
         clock: SharedClock,
-        lease_ms: i64,
-        safety_margin_ms: i64,
+        lease: std::time::Duration,
+        safety_margin: std::time::Duration,
     ) -> Self {
         Self {
             storage,
             sender,
             clock,
-            lease_ms,
-            safety_margin_ms,
+            lease_ms: crate::clock::ms(lease),
+            safety_margin_ms: crate::clock::ms(safety_margin),
         }
     }
 

@@ -18,15 +18,14 @@ impl Sweeper {
     pub fn new(
         storage: Arc<dyn Storage>,
         clock: SharedClock,
-        credential_retention_days: i64,
-        message_retention_days: i64,
+        credential_retention: std::time::Duration,
+        message_retention: std::time::Duration,
     ) -> Self {
-        const DAY_MS: i64 = 86_400_000;
         Self {
             storage,
             clock,
-            credential_retention_ms: credential_retention_days * DAY_MS,
-            message_retention_ms: message_retention_days * DAY_MS,
+            credential_retention_ms: crate::clock::ms(credential_retention),
+            message_retention_ms: crate::clock::ms(message_retention),
         }
     }
 

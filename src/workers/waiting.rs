@@ -27,13 +27,13 @@ impl WaitingSender {
         storage: Arc<dyn Storage>,
         sender: Sender,
         clock: SharedClock,
-        lease_ms: i64,
+        lease: std::time::Duration,
     ) -> Self {
         Self {
             storage,
             sender,
             clock,
-            lease_ms,
+            lease_ms: crate::clock::ms(lease),
         }
     }
 

@@ -147,6 +147,7 @@ async fn broken_bodies_are_400_and_oversized_ones_413(#[case] backend: Backend) 
         .client
         .post(app.url(&format!("/v1/apps/{APPID}/credentials")))
         .bearer_auth(COLLECT_KEY)
+        .header("content-type", "application/json")
         .body(format!("{{\"openid\": \"{huge}\"}}"))
         .send()
         .await
@@ -161,4 +162,80 @@ async fn broken_bodies_are_400_and_oversized_ones_413(#[case] backend: Backend) 
             .status,
         200
     );
+}
+
+// RFC 7235: the auth scheme is case-insensitive. RFC 9110: a GET route
+// answers HEAD, and a method a known route does not serve is 405 with Allow.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_schemes_and_content_types_follow_http(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    let quota = app.url(&format!("/v1/apps/{APPID}/users/o-h/quota"));
+    for scheme in ["bearer", "BEARER", "bEaReR"] {
+        let response = app
+            .client
+            .get(&quota)
+            .header("authorization", format!("{scheme} {SEND_KEY}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{scheme}");
+    }
+    for path in [
+        "/healthz".to_owned(),
+        "/readyz".to_owned(),
+        format!("/v1/apps/{APPID}/users/o-h/quota"),
+        format!("/v1/apps/{APPID}/access_token"),
+    ] {
+        let response = app
+            .client
+            .head(app.url(&path))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "HEAD {path}");
+        assert!(response.bytes().await.unwrap().is_empty());
+    }
+    let cases = [
+        (
+            reqwest::Method::GET,
+            format!("/v1/apps/{APPID}/credentials"),
+            "POST",
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("/v1/apps/{APPID}/messages"),
+            "POST",
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("/v1/apps/{APPID}/access_token"),
+            "GET, HEAD",
+        ),
+        (reqwest::Method::POST, "/healthz".to_owned(), "GET, HEAD"),
+    ];
+    for (method, path, allowed) in cases {
+        let answer = app.call(method.clone(), &path, Some(ADMIN_KEY), None).await;
+        assert_eq!(answer.status, 405, "{method} {path}");
+        assert_eq!(answer.body["error"]["code"], "method_not_allowed");
+        let allow = answer.headers["allow"].to_str().unwrap();
+        let mut allow: Vec<&str> = allow.split(',').map(str::trim).collect();
+        allow.sort_unstable();
+        assert_eq!(allow.join(", "), allowed, "{method} {path}");
+    }
+    // application/json with a charset is JSON.
+    let response = app
+        .client
+        .post(app.url(&format!("/v1/apps/{APPID}/credentials")))
+        .bearer_auth(COLLECT_KEY)
+        .header("content-type", "application/json; charset=UTF-8")
+        .body(r#"{"openid":"o-h","kind":"form_id","value":"charset-ok-1"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(app.sends_available("o-h").await, 1);
 }

@@ -124,10 +124,9 @@ fn rfc3339(ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// Openids, values and other identifiers are printable ASCII without spaces.
 fn is_plain(text: &str, max: usize) -> bool {
-    !text.is_empty()
-        && text.chars().count() <= max
-        && !text.chars().any(|c| c.is_control() || c.is_whitespace())
+    !text.is_empty() && text.len() <= max && text.chars().all(|c| c.is_ascii_graphic())
 }
 
 /// Everything an accepted credential must satisfy, whatever was posted.
@@ -139,8 +138,8 @@ fn check_credential(credential: &NewCredential) -> Result<(), TestCaseError> {
         "value too long: {value:?}"
     );
     prop_assert!(
-        !value.chars().any(|c| c.is_control() || c.is_whitespace()),
-        "control or space in {value:?}"
+        value.chars().all(|c| c.is_ascii_graphic()),
+        "not printable ASCII: {value:?}"
     );
     prop_assert_ne!(value.as_str(), MOCK_FORM_ID);
     prop_assert!(is_plain(&credential.openid, MAX_OPENID_LEN));
@@ -405,13 +404,15 @@ proptest! {
     #[test]
     fn any_valid_value_round_trips(
         openid in "[A-Za-z0-9_-]{1,128}",
-        value in prop_oneof!["[A-Za-z0-9_-]{1,64}", "[\\p{L}\\p{N}]{1,64}"],
+        value in prop_oneof!["[A-Za-z0-9_-]{1,64}", "[!-~]{1,64}"],
         prepay in any::<bool>(),
         prefixed in any::<bool>(),
         collected_at in prop::option::of(NOW - LIFETIME + 1..=NOW + SKEW),
         as_text in any::<bool>(),
     ) {
-        prop_assume!(value != MOCK_FORM_ID && !value.starts_with("requestFormId:fail"));
+        let lower = value.to_ascii_lowercase();
+        prop_assume!(lower != "theformidisamockone" && !lower.starts_with("requestformid:fail"));
+        prop_assume!(!lower.starts_with("prepay_id=") && !lower.starts_with("prepay_id%3d"));
         let (kind, posted) = if prepay && prefixed {
             (CredentialKind::PrepayId, format!("{PREPAY_PREFIX}{value}"))
         } else if prepay {

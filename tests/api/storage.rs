@@ -467,3 +467,160 @@ async fn the_refresh_lease_has_one_holder_until_it_expires(#[case] backend: Back
         .await
         .unwrap());
 }
+
+/// Runs `statements` on a fresh database of `backend` migrated only up to
+/// 0002, then opens it as the gateway does (which applies the rest).
+async fn ledger_from_before_0003(
+    backend: Backend,
+    statements: &[&str],
+) -> (
+    std::sync::Arc<dyn formid_gateway::storage::Storage>,
+    String,
+    Option<std::path::PathBuf>,
+) {
+    let (url, dir) = fresh_database(backend).await;
+    let folder = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    let old = std::env::temp_dir().join(format!("formid-migrations-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&old).unwrap();
+    for name in ["0001_ledger.sql", "0002_reliability.sql"] {
+        let from = std::path::Path::new("migrations").join(folder).join(name);
+        std::fs::copy(from, old.join(name)).unwrap();
+    }
+    let migrator = sqlx::migrate::Migrator::new(old.as_path()).await.unwrap();
+    match backend {
+        Backend::Sqlite => {
+            use std::str::FromStr;
+            let options = sqlx::sqlite::SqliteConnectOptions::from_str(&url)
+                .unwrap()
+                .create_if_missing(true);
+            let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+            migrator.run(&pool).await.unwrap();
+            for statement in statements {
+                sqlx::query(statement).execute(&pool).await.unwrap();
+            }
+            pool.close().await;
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&url).await.unwrap();
+            migrator.run(&pool).await.unwrap();
+            for statement in statements {
+                sqlx::query(statement).execute(&pool).await.unwrap();
+            }
+            pool.close().await;
+        }
+    }
+    std::fs::remove_dir_all(old).unwrap();
+    let storage = formid_gateway::storage::connect(&url, 2).await.unwrap();
+    (storage, url, dir)
+}
+
+// Migration 0003 makes a value one credential per app whatever its kind.
+// Rows that already broke that rule are kept: one row of each group keeps
+// the value (a leased one first, else the oldest); the others are renamed
+// out of the way and, when available, retired, so the one WeChat
+// credential is counted once.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_0003_keeps_every_row_and_counts_a_value_once(#[case] backend: Backend) {
+    let far = 4_000_000_000_000_i64;
+    // Rows get ids 1, 2, … in this order on a fresh database.
+    let row = |_id: i64, openid: &str, kind: &str, value: &str, state: &str| {
+        format!(
+            "INSERT INTO credentials (appid, openid, kind, value, uses_left, state, \
+             collected_at, expires_at, created_at, updated_at) VALUES \
+             ('{APPID}', '{openid}', '{kind}', '{value}', 1, '{state}', 1, {far}, 1, 1)"
+        )
+    };
+    let statements = [
+        format!("INSERT INTO apps (appid) VALUES ('{APPID}')"),
+        row(1, "o-a", "form_id", "v-shared", "available"),
+        row(2, "o-b", "prepay_id", "v-shared", "available"),
+        row(3, "o-a", "form_id", "v-spent", "exhausted"),
+        row(4, "o-a", "prepay_id", "v-spent", "available"),
+        row(5, "o-c", "form_id", "v-leased", "available"),
+        row(6, "o-c", "prepay_id", "v-leased", "leased"),
+        row(7, "o-d", "form_id", "v-alone", "available"),
+    ];
+    let statements: Vec<&str> = statements.iter().map(String::as_str).collect();
+    let (storage, url, dir) = ledger_from_before_0003(backend, &statements).await;
+
+    let rows: Vec<(i64, String, String)> = match backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            sqlx::query_as("SELECT id, value, state FROM credentials ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&url).await.unwrap();
+            let rows = sqlx::query_as("SELECT id, value, state FROM credentials ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            rows
+        }
+    };
+    let expected = [
+        (1, "v-shared", "available"),
+        (2, "v-shared duplicate 2", "retired"),
+        (3, "v-spent", "exhausted"),
+        (4, "v-spent duplicate 4", "retired"),
+        (5, "v-leased duplicate 5", "retired"),
+        (6, "v-leased", "leased"),
+        (7, "v-alone", "available"),
+    ];
+    let expected: Vec<(i64, String, String)> = expected
+        .iter()
+        .map(|(id, value, state)| (*id, value.to_string(), state.to_string()))
+        .collect();
+    assert_eq!(rows, expected);
+
+    // And from now on a value is one credential, whatever kind it is posted as.
+    let now = 1_000;
+    let post = |openid: &str, kind: CredentialKind, value: &str| NewCredential {
+        openid: openid.into(),
+        kind,
+        value: value.into(),
+        uses: 1,
+        collected_at: now,
+        expires_at: far,
+    };
+    let outcomes = storage
+        .insert_credentials(
+            APPID,
+            &[
+                post("o-a", CredentialKind::FormId, "v-shared"),
+                post("o-a", CredentialKind::PrepayId, "v-shared"),
+                post("o-b", CredentialKind::PrepayId, "v-shared"),
+                post("o-e", CredentialKind::FormId, "v-new"),
+                post("o-e", CredentialKind::PrepayId, "v-new"),
+            ],
+            now,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            InsertOutcome::Duplicate,
+            InsertOutcome::KindConflict,
+            InsertOutcome::OwnedByAnotherUser,
+            InsertOutcome::Inserted,
+            InsertOutcome::KindConflict,
+        ]
+    );
+    drop(storage);
+    if let Some(dir) = dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    if backend == Backend::Postgres {
+        drop_postgres_database(&url);
+    }
+}

@@ -92,6 +92,8 @@ async fn compare_and_refresh_fetches_only_for_the_current_token(#[case] backend:
     assert_eq!(not_current.status, 200);
     assert_eq!(not_current.body["access_token"], current);
     assert_eq!(app.fake.token_fetches(APPID), 1);
+    // Past the minimum interval since the fetch, the current token is replaced.
+    app.advance(Duration::seconds(30));
     let refreshed = refresh(current.clone()).await;
     assert_ne!(refreshed.body["access_token"], current);
     assert_eq!(app.fake.token_fetches(APPID), 2);
@@ -174,4 +176,130 @@ async fn instances_sharing_a_ledger_fetch_one_token_between_them(#[case] backend
     }
     assert_eq!(tokens.len(), 1, "every instance serves the one token");
     assert_eq!(app.fake.token_fetches(APPID), 1, "exactly one fetch");
+}
+
+async fn refresh_call(app: &TestApp, stale: &serde_json::Value) -> Answer {
+    app.call(
+        reqwest::Method::POST,
+        &format!("/v1/apps/{APPID}/access_token/refresh"),
+        Some(TOKEN_KEY),
+        Some(json!({"stale_token": stale})),
+    )
+    .await
+}
+
+// Reading the token and posting it back as stale, in a loop, must not make
+// the gateway fetch a token per call: within the minimum interval after a
+// fetch, compare-and-refresh answers the current token.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_and_refresh_cannot_be_spun_into_a_fetch_per_call(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    let first = app.access_token().await.body["access_token"].clone();
+    for _ in 0..20 {
+        let current = app.access_token().await.body["access_token"].clone();
+        let answer = refresh_call(&app, &current).await;
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        assert_eq!(
+            answer.body["access_token"], first,
+            "answered without a fetch"
+        );
+        app.advance(Duration::seconds(1));
+    }
+    assert_eq!(app.fake.token_fetches(APPID), 1, "one fetch, not twenty");
+    // 30 s after the fetch a passive refresh works again, once.
+    app.advance(Duration::seconds(10));
+    let second = refresh_call(&app, &first).await.body["access_token"].clone();
+    assert_ne!(second, first);
+    let again = refresh_call(&app, &second).await;
+    assert_eq!(again.body["access_token"], second);
+    assert_eq!(app.fake.token_fetches(APPID), 2);
+}
+
+// The interval is a setting.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_minimum_refresh_interval_is_configurable(#[case] backend: Backend) {
+    let app = spawn_app_with(backend, |settings| {
+        settings["tokens"]["min_refresh_interval_secs"] = json!(120);
+    })
+    .await;
+    let first = app.access_token().await.body["access_token"].clone();
+    app.advance(Duration::seconds(119));
+    assert_eq!(refresh_call(&app, &first).await.body["access_token"], first);
+    app.advance(Duration::seconds(1));
+    assert_ne!(refresh_call(&app, &first).await.body["access_token"], first);
+    assert_eq!(app.fake.token_fetches(APPID), 2);
+}
+
+// In stable_token mode a passive refresh of the token WeChat still calls
+// current needs force_refresh, which WeChat allows 20 times a day, 30 s
+// apart: the gateway never asks more often, whatever callers do, and the
+// fake answers 45009 past 20 as WeChat does.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stable_token_forced_refreshes_stay_inside_wechats_budget(#[case] backend: Backend) {
+    let app = spawn_app_with(backend, |settings| {
+        settings["apps"][APPID]["token_mode"] = json!("stable_token");
+        settings["tokens"]["force_refreshes_per_day"] = json!(20);
+    })
+    .await;
+    let mut current = app.access_token().await.body["access_token"].clone();
+    let mut tokens = std::collections::HashSet::from([current.clone()]);
+    for _ in 0..25 {
+        app.advance(Duration::seconds(31));
+        let answer = refresh_call(&app, &current).await;
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        current = answer.body["access_token"].clone();
+        tokens.insert(current.clone());
+        assert_eq!(app.fake.current_token(APPID).as_deref(), current.as_str());
+    }
+    assert_eq!(tokens.len(), 21, "the first token and 20 forced ones");
+    // Calls inside 30 s of a forced refresh never reach force_refresh.
+    let app = spawn_app_with(Backend::Sqlite, |settings| {
+        settings["apps"][APPID]["token_mode"] = json!("stable_token");
+        settings["tokens"]["force_refreshes_per_day"] = json!(20);
+        settings["tokens"]["min_refresh_interval_secs"] = json!(1);
+    })
+    .await;
+    let first = app.access_token().await.body["access_token"].clone();
+    app.advance(Duration::seconds(1));
+    let forced = refresh_call(&app, &first).await.body["access_token"].clone();
+    assert_ne!(forced, first);
+    for _ in 0..5 {
+        app.advance(Duration::seconds(5));
+        let answer = refresh_call(&app, &forced).await;
+        assert_eq!(
+            answer.body["access_token"], forced,
+            "not forced within 30 s"
+        );
+    }
+    app.advance(Duration::seconds(5));
+    assert_ne!(
+        refresh_call(&app, &forced).await.body["access_token"],
+        forced
+    );
+}
+
+// Without a budget (the default) stable_token mode never forces a refresh.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stable_token_mode_never_forces_by_default(#[case] backend: Backend) {
+    let app = spawn_app_with(backend, |settings| {
+        settings["apps"][APPID]["token_mode"] = json!("stable_token");
+    })
+    .await;
+    let first = app.access_token().await.body["access_token"].clone();
+    for _ in 0..3 {
+        app.advance(Duration::seconds(31));
+        assert_eq!(refresh_call(&app, &first).await.body["access_token"], first);
+    }
 }
