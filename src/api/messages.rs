@@ -10,8 +10,9 @@ use super::ApiContext;
 use crate::clock::{from_ms, ms};
 use crate::config::Scope;
 use crate::ledger::failure::SendFailure;
+use crate::ledger::kinds::CredentialKind;
 use crate::ledger::message::parse_send_request;
-use crate::ledger::send::SendResult;
+use crate::ledger::send::{AttemptSummary, SendResult};
 use crate::ledger::states::{IdempotencyState, MessageStatus};
 use crate::storage::{IdempotencyBegin, IdempotencyRecord};
 
@@ -183,38 +184,78 @@ pub async fn send(
             .begin_idempotent(&appid, key, &hash, &message_id, now, expires_at)
             .await?;
         if let IdempotencyBegin::Existing(record) = begin {
-            return replay(record, &hash);
+            return replay(&context, &appid, key, record, &hash).await;
         }
     }
+    let mut settled = true;
     let (status, retry_after, body) = match context
         .sender
         .send(&appid, &send_request, &message_id)
         .await
     {
-        Ok(result) => answer(result, context.clock.now_ms()),
+        Ok(result) => {
+            // Still being settled: the key stays in flight, and a retry is
+            // answered from the message once it has ended.
+            settled = result.status != MessageStatus::Pending;
+            answer(result, context.clock.now_ms())
+        }
         Err(error) => {
             tracing::error!(error = ?error, message = %message_id, "send failed");
             let body = error::body("internal", "internal error", None);
             (StatusCode::INTERNAL_SERVER_ERROR, None, body)
         }
     };
-    if let Some(key) = &key {
+    if let Some(key) = key.as_ref().filter(|_| settled) {
         context
             .storage
             .complete_idempotent(&appid, key, &message_id, status.as_u16(), &body.to_string())
             .await?;
     }
+    Ok(respond(status, retry_after, body))
+}
+
+fn respond(status: StatusCode, retry_after: Option<i64>, body: Value) -> HttpResponse {
     let mut response = HttpResponse::build(status);
     if let Some(seconds) = retry_after {
         response.insert_header((actix_web::http::header::RETRY_AFTER, seconds.to_string()));
     }
-    Ok(response.json(body))
+    response.json(body)
 }
 
-/// Answers a request whose key was seen before.
-fn replay(record: IdempotencyRecord, hash: &str) -> Result<HttpResponse, SendError> {
+/// Answers a request whose key was seen before: its stored answer; or, when
+/// the request that took the key never stored one (its process died, or its
+/// outcome was still being settled) but its message has ended since, the
+/// answer rebuilt from the message, which then becomes the key's answer.
+async fn replay(
+    context: &ApiContext,
+    appid: &str,
+    key: &str,
+    record: IdempotencyRecord,
+    hash: &str,
+) -> Result<HttpResponse, SendError> {
     if record.request_hash != hash {
         return Err(SendError::IdempotencyKeyReused);
+    }
+    if record.state == IdempotencyState::InFlight {
+        if let Some(result) = ended_message(context, appid, &record.message_id).await? {
+            let (status, retry_after, body) = answer(result, context.clock.now_ms());
+            context
+                .storage
+                .complete_idempotent(
+                    appid,
+                    key,
+                    &record.message_id,
+                    status.as_u16(),
+                    &body.to_string(),
+                )
+                .await?;
+            let mut response = respond(status, retry_after, body);
+            response.headers_mut().insert(
+                actix_web::http::header::HeaderName::from_static("idempotent-replayed"),
+                actix_web::http::header::HeaderValue::from_static("true"),
+            );
+            return Ok(response);
+        }
     }
     match (record.state, record.response_status, record.response_body) {
         (IdempotencyState::Done, Some(status), Some(body)) => {
@@ -231,6 +272,42 @@ fn replay(record: IdempotencyRecord, hash: &str) -> Result<HttpResponse, SendErr
             message_id: record.message_id,
         }),
     }
+}
+
+/// A message that has ended (or waits for a credential), as the send that
+/// made it would have answered; `None` while it is still pending or unknown
+/// to the ledger.
+async fn ended_message(
+    context: &ApiContext,
+    appid: &str,
+    message_id: &str,
+) -> anyhow::Result<Option<SendResult>> {
+    let Some((message, attempts)) = context.storage.message(appid, message_id).await? else {
+        return Ok(None);
+    };
+    if message.status == MessageStatus::Pending {
+        return Ok(None);
+    }
+    let failure = message.error_code.as_deref().and_then(|code| {
+        SendFailure::from_stored(code, message.wechat_errcode, message.updated_at)
+    });
+    Ok(Some(SendResult {
+        message_id: message.id,
+        status: message.status,
+        failure,
+        attempts: attempts
+            .into_iter()
+            .map(|attempt| AttemptSummary {
+                credential_kind: attempt
+                    .credential_kind
+                    .as_deref()
+                    .and_then(CredentialKind::parse)
+                    .map(CredentialKind::as_str),
+                errcode: attempt.errcode,
+                outcome: attempt.outcome,
+            })
+            .collect(),
+    }))
 }
 
 /// Errors of the message lookup.

@@ -61,6 +61,42 @@ impl SendFailure {
         }
     }
 
+    /// The failure a stored message names (its `error_code` and
+    /// `wechat_errcode`), for answering from the ledger after the process
+    /// that sent it died. Details the row does not keep are taken from
+    /// `updated_at` (the quota's reset) or set to the shortest sensible wait.
+    pub fn from_stored(code: &str, wechat_errcode: Option<i64>, updated_at: i64) -> Option<Self> {
+        let errcode = wechat_errcode.unwrap_or_default();
+        Some(match code {
+            "no_credential" => SendFailure::NoCredential,
+            "credential_not_ready" => SendFailure::CredentialNotReady,
+            "daily_quota_exhausted" => SendFailure::QuotaExhausted {
+                until_ms: super::settle::next_china_midnight_ms(updated_at),
+            },
+            "rate_limited" => SendFailure::RateLimited,
+            "invalid_template_id"
+            | "invalid_page"
+            | "invalid_data"
+            | "invalid_openid"
+            | "request_rejected" => SendFailure::RequestInvalid { errcode },
+            "api_retired" => SendFailure::ApiRetired { errcode },
+            "token_unavailable" => SendFailure::TokenUnavailable {
+                errcode: wechat_errcode,
+            },
+            "token_rejected" => SendFailure::TokenRejected { errcode },
+            "upstream_busy" => SendFailure::UpstreamBusy,
+            "upstream_unreachable" => SendFailure::UpstreamUnreachable,
+            "outcome_unknown" => SendFailure::OutcomeUnknown,
+            "upstream_error" => SendFailure::Unexpected { errcode },
+            "attempt_limit_reached" => SendFailure::AttemptLimit,
+            "upstream_circuit_open" => SendFailure::CircuitOpen {
+                retry_after_ms: 1_000,
+            },
+            "outcome_pending" => SendFailure::OutcomePending,
+            _ => return None,
+        })
+    }
+
     /// WeChat's errcode behind the failure, when there is one.
     pub fn wechat_errcode(&self) -> Option<i64> {
         match self {
@@ -111,5 +147,51 @@ impl SendFailure {
                 "WeChat was called but the outcome is not settled yet; poll the message, never resend it without its Idempotency-Key".into()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every failure survives the trip through a message row, so that an
+    /// answer rebuilt from the ledger is the answer the caller would have had.
+    #[test]
+    fn every_failure_is_read_back_from_its_stored_code() {
+        let updated_at = 1_800_000_000_000;
+        let failures = [
+            SendFailure::NoCredential,
+            SendFailure::CredentialNotReady,
+            SendFailure::QuotaExhausted {
+                until_ms: super::super::settle::next_china_midnight_ms(updated_at),
+            },
+            SendFailure::RateLimited,
+            SendFailure::RequestInvalid { errcode: 40037 },
+            SendFailure::RequestInvalid { errcode: 41030 },
+            SendFailure::RequestInvalid { errcode: 47003 },
+            SendFailure::RequestInvalid { errcode: 40003 },
+            SendFailure::RequestInvalid { errcode: 44444 },
+            SendFailure::ApiRetired { errcode: 45103 },
+            SendFailure::TokenUnavailable { errcode: None },
+            SendFailure::TokenUnavailable {
+                errcode: Some(40013),
+            },
+            SendFailure::TokenRejected { errcode: 40001 },
+            SendFailure::UpstreamBusy,
+            SendFailure::UpstreamUnreachable,
+            SendFailure::OutcomeUnknown,
+            SendFailure::Unexpected { errcode: 12345 },
+            SendFailure::AttemptLimit,
+            SendFailure::CircuitOpen {
+                retry_after_ms: 1_000,
+            },
+            SendFailure::OutcomePending,
+        ];
+        for failure in failures {
+            let read =
+                SendFailure::from_stored(failure.code(), failure.wechat_errcode(), updated_at);
+            assert_eq!(read.as_ref(), Some(&failure), "{}", failure.code());
+        }
+        assert_eq!(SendFailure::from_stored("nonsense", None, updated_at), None);
     }
 }

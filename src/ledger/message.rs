@@ -1,29 +1,10 @@
 //! What a send request must look like before the gateway spends anything on it.
 
-use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::collect::{is_plain_identifier, Rejection, MAX_OPENID_LEN};
 use super::send::SendRequest;
-
-/// The body of a send. Business services never name a credential: the
-/// gateway picks it, so `form_id` is refused as an unknown field.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SendBody {
-    pub touser: String,
-    pub template_id: String,
-    pub page: Option<String>,
-    pub data: Option<Map<String, Value>>,
-    pub emphasis_keyword: Option<String>,
-    pub color: Option<String>,
-    /// When the user holds no credential, keep the message this long and
-    /// send it as soon as one arrives (answer 202).
-    pub wait_seconds: Option<u64>,
-    /// `at_most_once` (the default): an unknown outcome is never retried with
-    /// another credential. `at_least_once`: it is, at the risk of a duplicate.
-    pub delivery: Option<String>,
-}
+use super::states::UnknownState;
 
 /// Bounds on what is forwarded, well above WeChat's own so that WeChat, not
 /// this gateway, judges the content, yet small enough to keep rows bounded.
@@ -46,8 +27,18 @@ pub fn parse_send_request(body: &[u8]) -> Result<SendRequest, Rejection> {
     if !is_json_object(body) {
         return Err(not_a_request("it must be a JSON object".into()));
     }
-    let body: SendBody =
-        serde_json::from_slice(body).map_err(|error| not_a_request(error.to_string()))?;
+    let body: SendRequest = serde_json::from_slice(body).map_err(|error| {
+        // A well-formed string that names no delivery mode is a wrong field
+        // value, not a broken body.
+        if error.to_string().starts_with(UnknownState::PREFIX) {
+            Rejection {
+                code: "invalid_field",
+                message: "delivery must be \"at_most_once\" or \"at_least_once\"".into(),
+            }
+        } else {
+            not_a_request(error.to_string())
+        }
+    })?;
     let invalid = |message: &str| {
         Err(Rejection {
             code: "invalid_field",
@@ -103,20 +94,9 @@ pub fn parse_send_request(body: &[u8]) -> Result<SendRequest, Rejection> {
     {
         return invalid("wait_seconds is longer than 7 days");
     }
-    let at_least_once = match body.delivery.as_deref() {
-        None | Some("at_most_once") => false,
-        Some("at_least_once") => true,
-        Some(_) => return invalid("delivery must be \"at_most_once\" or \"at_least_once\""),
-    };
     Ok(SendRequest {
-        touser: body.touser,
-        template_id: body.template_id,
-        page: body.page,
-        data: body.data,
-        emphasis_keyword: body.emphasis_keyword,
-        color: body.color,
         wait_seconds: body.wait_seconds.filter(|wait| *wait > 0),
-        at_least_once,
+        ..body
     })
 }
 

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Declares a stored state: its variants with their stored names, `as_str`,
 /// `FromStr`, `Display`, `Serialize`, and conversion from a stored `String`
@@ -39,6 +39,7 @@ macro_rules! stored_state {
                     _ => Err(UnknownState {
                         of: stringify!($name),
                         text: text.to_owned(),
+                        expected: [$($text),+].join(", "),
                     }),
                 }
             }
@@ -63,16 +64,31 @@ macro_rules! stored_state {
                 serializer.serialize_str(self.as_str())
             }
         }
+
+        /// Reads the stored name; anything else is an error whose text
+        /// starts with [`UnknownState::PREFIX`].
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
     };
 }
 
-/// A stored name no variant has: the database holds something the schema's
-/// `CHECK` constraint should have refused.
+/// A name no variant has: in the database, something the schema's `CHECK`
+/// constraint should have refused; in a request, a value the caller got wrong.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{text:?} is not a {of}")]
+#[error("not a known {of}: {text:?} (expected one of {expected})")]
 pub struct UnknownState {
     of: &'static str,
     text: String,
+    expected: String,
+}
+
+impl UnknownState {
+    /// How the text of every such error starts.
+    pub const PREFIX: &'static str = "not a known ";
 }
 
 stored_state! {
@@ -133,7 +149,7 @@ stored_state! {
 
 stored_state! {
     /// Whether an unknown outcome may be retried with another credential
-    /// (`messages.delivery`).
+    /// (`messages.delivery`; `delivery` of a send request).
     Delivery {
         /// Never risk a second notification (the default).
         AtMostOnce = "at_most_once",
@@ -165,6 +181,12 @@ stored_state! {
         InFlight = "in_flight",
         /// Its answer is stored.
         Done = "done",
+    }
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Delivery::AtMostOnce
     }
 }
 

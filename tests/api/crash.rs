@@ -67,7 +67,8 @@ impl Gateway {
     }
 
     /// Starts one send to each of users `{prefix}0` … `{prefix}{users - 1}`,
-    /// each in its own task: the status it answers, or the error if none.
+    /// each in its own task, with the user's name as its Idempotency-Key:
+    /// the status it answers, or the error if none.
     fn spawn_sends(
         &self,
         client: &reqwest::Client,
@@ -79,6 +80,7 @@ impl Gateway {
                 let request = client
                     .post(format!("{}/v1/apps/{APPID}/messages", self.address))
                     .bearer_auth(KEY)
+                    .header("Idempotency-Key", format!("{prefix}{user}"))
                     .json(&json!({"touser": format!("{prefix}{user}"), "template_id": TEMPLATE}));
                 tokio::spawn(async move { request.send().await.map(|response| response.status()) })
             })
@@ -303,6 +305,26 @@ async fn a_sigkill_mid_send_is_resolved_by_the_next_process(#[case] backend: Bac
             }
         }
     }
+    // Issue 9, #6: the killed process never stored its answers, so the keys
+    // stayed in flight. A retry with the same key is answered from the
+    // ended message (not 409 for a day) and sends nothing.
+    let deliveries = fake.sends().iter().filter(|send| send.delivered).count();
+    let retries = second.spawn_sends(&client, "o-crash-", 20);
+    for (user, retry) in retries.into_iter().enumerate() {
+        let status = retry.await.unwrap().unwrap();
+        let ended = &messages
+            .iter()
+            .find(|(touser, _)| *touser == format!("o-crash-{user}"))
+            .unwrap()
+            .1;
+        let expected = if ended == "sent" { 200 } else { 502 };
+        assert_eq!(status.as_u16(), expected, "o-crash-{user} ended {ended}");
+    }
+    assert_eq!(
+        fake.sends().iter().filter(|send| send.delivered).count(),
+        deliveries,
+        "a retried key sends nothing"
+    );
     let mut by_status: HashMap<&str, usize> = HashMap::new();
     for (_, status) in &messages {
         *by_status.entry(status.as_str()).or_default() += 1;

@@ -7,6 +7,7 @@ use formid_gateway::ledger::collect::{
 };
 use formid_gateway::ledger::kinds::CredentialKind;
 use formid_gateway::ledger::message::{parse_send_request, MAX_WAIT_SECONDS};
+use formid_gateway::ledger::states::Delivery;
 use formid_gateway::storage::NewCredential;
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
@@ -213,7 +214,7 @@ fn fields(request: &formid_gateway::ledger::send::SendRequest) -> SendFields {
         request.emphasis_keyword.clone(),
         request.color.clone(),
         request.wait_seconds,
-        request.at_least_once,
+        request.delivery == Delivery::AtLeastOnce,
     )
 }
 
@@ -233,7 +234,7 @@ fn reserialise(request: &formid_gateway::ledger::send::SendRequest) -> Vec<u8> {
         ("wait_seconds", request.wait_seconds.map(Value::from)),
         (
             "delivery",
-            Some(Value::from(if request.at_least_once {
+            Some(Value::from(if request.delivery == Delivery::AtLeastOnce {
                 "at_least_once"
             } else {
                 "at_most_once"
@@ -477,7 +478,10 @@ proptest! {
         prop_assert_eq!(&json!(request.color), &body["color"]);
         let wait = body["wait_seconds"].as_u64().filter(|wait| *wait > 0);
         prop_assert_eq!(request.wait_seconds, wait);
-        prop_assert_eq!(request.at_least_once, body["delivery"] == "at_least_once");
+        prop_assert_eq!(
+            request.delivery == Delivery::AtLeastOnce,
+            body["delivery"] == "at_least_once"
+        );
         let again = parse_send_request(&reserialise(&request));
         prop_assert!(again.is_ok(), "the re-serialised body was refused: {:?}", again.err());
         prop_assert_eq!(fields(&again.unwrap()), fields(&request));

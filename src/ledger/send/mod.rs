@@ -30,7 +30,7 @@ use serde::Serialize;
 pub use request::SendRequest;
 
 use super::failure::SendFailure;
-use super::states::{AttemptOutcome, Delivery, MessageStatus};
+use super::states::{AttemptOutcome, MessageStatus};
 use crate::clock::SharedClock;
 use crate::storage::{ClaimedCredential, Lease, NewMessage, StartSend, Storage, StoredMessage};
 use crate::tokens::TokenKeeper;
@@ -133,7 +133,7 @@ impl Sender {
             template_id: request.template_id.clone(),
             payload: serde_json::to_string(&payload)?,
             status: MessageStatus::Pending,
-            delivery: request.delivery(),
+            delivery: request.delivery,
             wait_until,
             lease_until: now + self.settings.lease_ms,
             lease_token: lease.token,
@@ -142,7 +142,7 @@ impl Sender {
             appid: appid.to_owned(),
             touser: request.touser.clone(),
             payload,
-            delivery: request.delivery(),
+            delivery: request.delivery,
             wait_until,
         };
         // 45009 earlier today: answer at once, without calling WeChat.
@@ -230,16 +230,5 @@ impl Sender {
             .process(Initial::Recovered(credential))
             .await
             .map(Some)
-    }
-}
-
-impl SendRequest {
-    /// How an unknown outcome may be handled.
-    pub fn delivery(&self) -> Delivery {
-        if self.at_least_once {
-            Delivery::AtLeastOnce
-        } else {
-            Delivery::AtMostOnce
-        }
     }
 }

@@ -1,9 +1,16 @@
 //! What a business service asks to send, and the body WeChat gets.
 
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
-/// What a business service asks to send.
-#[derive(Debug, Clone)]
+use crate::ledger::states::Delivery;
+
+/// What a business service asks to send: the body of `POST …/messages`,
+/// bounded by `ledger::message::parse_send_request`. Business services
+/// never name a credential: the gateway picks it, so `form_id` is refused as
+/// an unknown field.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SendRequest {
     pub touser: String,
     pub template_id: String,
@@ -11,11 +18,13 @@ pub struct SendRequest {
     pub data: Option<Map<String, Value>>,
     pub emphasis_keyword: Option<String>,
     pub color: Option<String>,
-    /// Seconds to wait for a credential when the user holds none.
+    /// When the user holds no credential, keep the message this long and
+    /// send it as soon as one arrives (answer 202).
     pub wait_seconds: Option<u64>,
-    /// Whether an unknown outcome may be retried with another credential at
-    /// the risk of a second notification.
-    pub at_least_once: bool,
+    /// `at_most_once` (the default): an unknown outcome is never retried with
+    /// another credential. `at_least_once`: it is, at the risk of a duplicate.
+    #[serde(default)]
+    pub delivery: Delivery,
 }
 
 impl SendRequest {
