@@ -36,12 +36,11 @@ pub enum TokenError {
     Unreachable(#[from] CallError),
     #[error("another instance is refreshing the token and did not finish in time")]
     LeaseTimeout,
+    #[error("the app's token expired and the last fetch was too recent to fetch again")]
+    FetchTooSoon,
     #[error(transparent)]
     Storage(#[from] anyhow::Error),
 }
-
-/// A token this close to expiry is not handed out: a caller may hold it a while.
-const MIN_REMAINING_MS: i64 = 60_000;
 
 /// In stable_token mode WeChat keeps answering the same token until five
 /// minutes before its expiry (reference §2); asking earlier changes nothing.
@@ -145,11 +144,11 @@ impl TokenKeeper {
     }
 
     /// Compare-and-refresh on behalf of an outside caller (the token
-    /// endpoint). Like [`TokenKeeper::refresh`], but within
-    /// `tokens.min_refresh_interval_secs` of the current token's fetch it
-    /// answers the current token without fetching: reading the token and
-    /// posting it back as stale must not make a fetch per call, since each
-    /// fetch starts retiring the token the app's other servers hold.
+    /// endpoint). Like [`TokenKeeper::refresh`], and like every fetch held to
+    /// `tokens.min_fetch_interval_secs` after the current token's fetch —
+    /// reading the token and posting it back as stale must not make a fetch
+    /// per call, since each fetch starts retiring the token the app's other
+    /// servers hold — but a refusal here is also logged and counted.
     pub async fn refresh_on_request(
         &self,
         appid: &str,
@@ -161,7 +160,7 @@ impl TokenKeeper {
         let state = self.read_state(appid).await?;
         if let (Some(token), Some(fetched_at)) = (&state.access_token, state.token_fetched_at) {
             let since = self.clock.now_ms() - fetched_at;
-            if token == stale && since < ms(self.settings.min_refresh_interval) {
+            if token == stale && since < ms(self.settings.min_fetch_interval) {
                 if let Some(current) = self.settled(&state, None) {
                     let refused = self.refused_refreshes.fetch_add(1, Ordering::Relaxed) + 1;
                     tracing::warn!(
@@ -260,11 +259,14 @@ impl TokenKeeper {
     }
 
     /// The stored token when it answers the request: usable, and not the
-    /// stale one the caller wants replaced.
+    /// stale one the caller wants replaced. Usable means until its real
+    /// expiry: a send that meets an expired token gets 42001 and refreshes,
+    /// whereas treating the last minute as unusable made every send fetch
+    /// once WeChat's lifetime was a minute or less (issue 10, #4).
     fn settled(&self, state: &AppState, stale: Option<&str>) -> Option<CurrentToken> {
         let token = state.access_token.as_ref()?;
         let expires_at_ms = state.token_expires_at?;
-        let usable = expires_at_ms - self.clock.now_ms() > MIN_REMAINING_MS;
+        let usable = expires_at_ms > self.clock.now_ms();
         (usable && stale != Some(token.as_str())).then(|| CurrentToken {
             token: token.clone(),
             expires_at_ms,
@@ -306,6 +308,15 @@ impl TokenKeeper {
         let state = self.read_state(appid).await?;
         if let Some(token) = self.settled(&state, stale) {
             return Ok(token);
+        }
+        // The floor between fetches, shared by every instance through the
+        // stored fetch time: within it the current token is the answer
+        // (even to a caller that reports it stale), or none if it expired.
+        if let Some(fetched_at) = state.token_fetched_at {
+            if self.clock.now_ms() - fetched_at < ms(self.settings.min_fetch_interval) {
+                tracing::warn!(appid, "token fetch refused: the last one is too recent");
+                return self.settled(&state, None).ok_or(TokenError::FetchTooSoon);
+            }
         }
         let mut fetched_at = self.clock.now_ms();
         let mut reply = self

@@ -69,10 +69,7 @@ fn integer_keys_become_durations_once() {
     );
     assert_eq!(settings.tokens.cache, Duration::ZERO);
     let defaults = from_toml(VALID).unwrap();
-    assert_eq!(
-        defaults.tokens.min_refresh_interval,
-        Duration::from_secs(30)
-    );
+    assert_eq!(defaults.tokens.min_fetch_interval, Duration::from_secs(30));
     assert_eq!(defaults.ledger.sweep_interval, Duration::from_secs(300));
     // The same keys from the environment, as digit strings.
     let settings = with_env(
@@ -290,8 +287,8 @@ fn invalid_settings_say_what_is_wrong() {
         ),
         ("[tokens]\nforce_refreshes_per_day = 21", "WeChat allows 20"),
         (
-            "[tokens]\nmin_refresh_interval_secs = 0",
-            "tokens.min_refresh_interval_secs: 0",
+            "[tokens]\nmin_fetch_interval_secs = 0",
+            "tokens.min_fetch_interval_secs: 0",
         ),
         ("[http]\nbody_timeout_ms = 0", "http.body_timeout_ms: 0"),
         ("instance_id = \"two words\"", "instance_id"),

@@ -184,6 +184,9 @@ stored_state! {
     }
 }
 
+// Why by hand: the enum is declared by `stored_state!`, which derives no
+// `Default` (most states have none).
+#[allow(clippy::derivable_impls)]
 impl Default for Delivery {
     fn default() -> Self {
         Delivery::AtMostOnce

@@ -497,3 +497,104 @@ async fn calls_to_wechat_are_bounded_per_app(#[case] backend: Backend) {
     }
     assert_eq!(app.fake.max_concurrent_sends(), 3);
 }
+
+/// Issue 10, #5: a credential posted between the claim that found nothing
+/// and the moment the message is marked waiting makes it due at once,
+/// instead of leaving it to wait out its whole wait.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_posted_just_before_the_wait_wakes_the_message(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    let now = app.now_ms();
+    let id = uuid::Uuid::new_v4().to_string();
+    let message = NewMessage {
+        id: id.clone(),
+        appid: APPID.into(),
+        touser: "o-wake".into(),
+        template_id: TEMPLATE.into(),
+        payload: json!({"touser": "o-wake", "template_id": TEMPLATE}).to_string(),
+        status: MessageStatus::Pending,
+        delivery: Delivery::AtMostOnce,
+        wait_until: Some(now + 86_400_000),
+        lease_until: now + 120_000,
+        lease_token: 5,
+    };
+    app.storage.create_message(&message, now).await.unwrap();
+    // The claim found nothing; now the credential lands; then the wait.
+    app.collect_form_id("o-wake").await;
+    let lease = Lease {
+        message_id: id.clone(),
+        token: 5,
+    };
+    assert!(app
+        .storage
+        .wait_message(&lease, now + 86_400_000, now + 60_000, now)
+        .await
+        .unwrap());
+    assert_eq!(app.waiting.run_once().await.unwrap(), 1, "due at once");
+    assert_eq!(app.message(&id).await.body["status"], "sent");
+}
+
+/// Issue 10, #6: when the ledger fails after WeChat delivered, the caller
+/// gets the message id and `pending` (202, poll it), never a 500 without
+/// an id; the settlement is retried while the lease lasts, and recovery
+/// settles the message from WeChat's side afterwards (41029: delivered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_failure_after_delivery_answers_pending_and_recovery_settles_it() {
+    use sqlx::Connection;
+    let app = spawn_app(Backend::Sqlite).await;
+    app.collect_form_id("o-dbf").await;
+    assert_eq!(app.access_token().await.status, 200);
+    app.fake.set_latency(std::time::Duration::from_millis(1000));
+    let send = {
+        let (client, url) = (
+            app.client.clone(),
+            app.url(&format!("/v1/apps/{APPID}/messages")),
+        );
+        tokio::spawn(async move {
+            call(
+                &client,
+                &url,
+                reqwest::Method::POST,
+                Some(SEND_KEY),
+                Some(notification("o-dbf")),
+            )
+            .await
+        })
+    };
+    // While the call is in flight, another process takes SQLite's write
+    // lock and keeps it: every write of the settlement fails (busy).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut blocker = sqlx::SqliteConnection::connect(&app.database_url)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    // The retries go on while the lease leaves room for them.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    app.advance(Duration::seconds(119));
+    let answer = send.await.unwrap();
+    assert_eq!(answer.status, 202, "{:?}", answer.body);
+    assert_eq!(answer.body["status"], "pending");
+    assert_eq!(answer.body["error"]["code"], "outcome_pending");
+    let id = answer.body["id"].as_str().unwrap().to_owned();
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    assert_eq!(app.message(&id).await.body["status"], "pending");
+    app.fake.set_latency(std::time::Duration::ZERO);
+    app.advance(Duration::seconds(2));
+    let report = app.recovery.run_once().await.unwrap();
+    assert_eq!(report.credentials, 1);
+    let message = app.message(&id).await;
+    assert_eq!(message.body["status"], "sent", "{:?}", message.body);
+    let delivered = app
+        .fake
+        .sends()
+        .iter()
+        .filter(|send| send.delivered)
+        .count();
+    assert_eq!(delivered, 1, "delivered once, proven by the probe's 41029");
+}

@@ -193,6 +193,8 @@ async fn a_rejected_token_is_refreshed_once_and_the_send_retried(#[case] backend
         app.collect_form_id(&user).await;
         assert_eq!(app.access_token().await.status, 200);
         let fetches = app.fake.token_fetches(APPID);
+        // Past the floor between fetches (tokens.min_fetch_interval_secs).
+        app.advance(Duration::seconds(30));
         app.fake.push_send_faults([Fault::Errcode(errcode)]);
         let answer = app.notify(&user).await;
         assert_eq!(answer.status, 200, "{errcode}: {:?}", answer.body);
@@ -216,6 +218,7 @@ async fn a_token_invalidated_upstream_is_replaced(#[case] backend: Backend) {
     let app = spawn_app(backend).await;
     app.collect_form_id("o-lee").await;
     let before = app.access_token().await.body["access_token"].clone();
+    app.advance(Duration::seconds(30));
     app.fake.invalidate_tokens(APPID);
     let answer = app.notify("o-lee").await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
@@ -452,4 +455,89 @@ async fn an_unreachable_wechat_sends_nothing_and_keeps_the_credential(#[case] ba
     assert_eq!(answer.status, 503);
     assert_eq!(answer.body["error"]["code"], "token_unavailable");
     assert_eq!(app.sends_available("o-uma").await, 1);
+}
+
+/// Issue 10, #1: an answer lost *before* WeChat processed it still counts a
+/// use in the ledger, so WeChat may hold one more use than the ledger says.
+/// Such a credential is never probed again: a probe would simply deliver a
+/// second time. Reproduction from the issue: one prepay_id, three sends.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_with_an_unproven_use_is_never_probed(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.collect_prepay_id("o-una").await;
+    let first = app.notify("o-una").await;
+    assert_eq!(first.body["status"], "sent", "{:?}", first.body);
+    // A 500 that WeChat never processed: unknown, counted spent.
+    app.fake.push_send_faults([Fault::HttpStatus(500)]);
+    let second = app.notify("o-una").await;
+    assert_eq!(second.body["status"], "unknown", "{:?}", second.body);
+    // Delivered, answer lost: the ledger shows one use left, WeChat holds two.
+    app.fake.push_send_faults([Fault::DeliverThenFail(502)]);
+    let third = app.notify("o-una").await;
+    assert_eq!(third.status, 502, "{:?}", third.body);
+    assert_eq!(third.body["status"], "unknown");
+    assert_eq!(
+        outcomes(&third),
+        vec![(None, "ambiguous".to_owned())],
+        "no probe: it would deliver the third message twice"
+    );
+    let delivered = app
+        .fake
+        .sends()
+        .iter()
+        .filter(|send| send.delivered)
+        .count();
+    assert_eq!(delivered, 2, "first and third, once each");
+    assert_eq!(app.sends_available("o-una").await, 0);
+}
+
+/// Issue 10, #3: the ledger's expiry is an estimate (a formId posted late,
+/// a fast phone clock, no `collected_at`). A probe that meets a credential
+/// WeChat already considers expired gets 41028, which proves nothing about
+/// the first call: the message ends unknown and nothing else is sent.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_answered_41028_proves_nothing(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    // WeChat issued it 7 days ago minus 5 minutes; the frontend posted it
+    // without collected_at, so the ledger thinks it has 7 days.
+    let value = app.fake.mint_form_id(APPID, "o-exp");
+    app.advance(Duration::days(7) - Duration::minutes(5));
+    app.post_one("o-exp", "form_id", &value, None).await;
+    app.collect_form_id("o-exp").await;
+    // The first call delivers, its answer hangs past the client's timeout;
+    // by the probe WeChat's real expiry has passed.
+    app.fake
+        .push_send_faults([Fault::Hang(std::time::Duration::from_millis(3500))]);
+    let clock = app.clock.clone();
+    let advance = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        clock.advance(Duration::minutes(10));
+    });
+    let answer = app.notify("o-exp").await;
+    advance.await.unwrap();
+    assert_eq!(answer.body["status"], "unknown", "{:?}", answer.body);
+    assert_eq!(
+        outcomes(&answer),
+        vec![
+            (None, "ambiguous".to_owned()),
+            attempt(41028, "probe_inconclusive")
+        ]
+    );
+    let delivered = app
+        .fake
+        .sends()
+        .iter()
+        .filter(|send| send.delivered)
+        .count();
+    assert_eq!(
+        delivered, 1,
+        "the user's next form_id was not spent on a second copy"
+    );
+    assert_eq!(app.sends_available("o-exp").await, 1);
 }

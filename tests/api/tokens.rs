@@ -225,7 +225,7 @@ async fn compare_and_refresh_cannot_be_spun_into_a_fetch_per_call(#[case] backen
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_minimum_refresh_interval_is_configurable(#[case] backend: Backend) {
     let app = spawn_app_with(backend, |settings| {
-        settings["tokens"]["min_refresh_interval_secs"] = json!(120);
+        settings["tokens"]["min_fetch_interval_secs"] = json!(120);
     })
     .await;
     let first = app.access_token().await.body["access_token"].clone();
@@ -265,7 +265,7 @@ async fn stable_token_forced_refreshes_stay_inside_wechats_budget(#[case] backen
     let app = spawn_app_with(Backend::Sqlite, |settings| {
         settings["apps"][APPID]["token_mode"] = json!("stable_token");
         settings["tokens"]["force_refreshes_per_day"] = json!(20);
-        settings["tokens"]["min_refresh_interval_secs"] = json!(1);
+        settings["tokens"]["min_fetch_interval_secs"] = json!(1);
     })
     .await;
     let first = app.access_token().await.body["access_token"].clone();
@@ -302,4 +302,59 @@ async fn stable_token_mode_never_forces_by_default(#[case] backend: Backend) {
         app.advance(Duration::seconds(31));
         assert_eq!(refresh_call(&app, &first).await.body["access_token"], first);
     }
+}
+
+/// Issue 10, #4: a token is used until its real expiry, and an app's token
+/// is never fetched more often than the floor, whatever its lifetime. With
+/// a lifetime of 30 s, the old rule (a token with a minute or less left is
+/// unusable) made every send fetch.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_token_lifetime_does_not_make_every_send_fetch(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.fake.set_token_expires_in(30);
+    let mut sent = 0;
+    for second in (0..120).step_by(5) {
+        let user = format!("o-short-{second}");
+        app.collect_form_id(&user).await;
+        let answer = app.notify(&user).await;
+        if answer.status == 200 {
+            sent += 1;
+        }
+        app.advance(Duration::seconds(5));
+    }
+    let fetches = app.fake.token_fetches(APPID);
+    assert!(
+        fetches <= 120 / 30 + 1,
+        "{fetches} fetches in 120 s with a 30 s floor"
+    );
+    assert!(
+        sent >= 20,
+        "{sent} of 24 sent: only sends meeting an expired token in the floor fail"
+    );
+}
+
+/// A `refresh_ahead_secs` below a minute is taken as given, no longer
+/// silently raised to 60.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_refresh_ahead_is_honoured(#[case] backend: Backend) {
+    let app = spawn_app_with(backend, |settings| {
+        settings["tokens"]["refresh_ahead_secs"] = json!(10);
+    })
+    .await;
+    app.fake.set_token_expires_in(120);
+    // Whatever was fetched at start has expired: the next token lives 120 s.
+    app.advance(Duration::seconds(7200));
+    app.token_refresher.run_once().await.unwrap();
+    let fetched = app.fake.token_fetches(APPID);
+    app.advance(Duration::seconds(100));
+    app.token_refresher.run_once().await.unwrap();
+    assert_eq!(app.fake.token_fetches(APPID), fetched, "20 s left: not due");
+    app.advance(Duration::seconds(11));
+    app.token_refresher.run_once().await.unwrap();
+    assert_eq!(app.fake.token_fetches(APPID), fetched + 1, "9 s left: due");
 }
