@@ -240,3 +240,98 @@ async fn three_instances_fetch_one_token_per_expiry_and_serve_only_live_tokens()
         .count();
     assert_eq!(rejected, 0, "no call ever carried a dead token");
 }
+
+/// Issue 10, #2: sends queued for a call slot longer than a lease. Before,
+/// the claim started the lease and the wait for a slot came after it, so
+/// another instance's recovery took the credential and probed (delivering),
+/// and the first instance then called anyway, met 41029, retired it and
+/// sent again with the user's next form_id. Now a send waits for its slot
+/// before it claims, renews a lease that lacks room for the call, and a run
+/// whose lease was taken writes nothing and moves on to nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_queued_longer_than_a_lease_are_never_sent_twice() {
+    let tight = |settings: &mut serde_json::Value| {
+        settings["ledger"]["lease_secs"] = json!(4);
+        settings["wechat"]["max_concurrent_calls_per_app"] = json!(4);
+    };
+    let app = spawn_app_with(Backend::Postgres, tight).await;
+    let sender = spawn_sibling_with(&app, tight).await;
+    const QUEUED: usize = 60;
+    let mut batch = Vec::new();
+    for user in 0..QUEUED {
+        let openid = format!("o-queue-{user}");
+        for _ in 0..2 {
+            batch.push(json!({"openid": openid, "kind": "form_id", "value": app.fake.mint_form_id(APPID, &openid)}));
+        }
+    }
+    let answer = app.post_credentials(json!({"credentials": batch})).await;
+    assert_eq!(answer.body["accepted"], QUEUED * 2, "{:?}", answer.body);
+    app.access_token().await;
+    app.fake.set_latency(std::time::Duration::from_millis(500));
+    // The ledger's clock runs at twice real time, and the other instance's
+    // recovery runs all along: a lease outlives a call, not the queue.
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let background = {
+        let (clock, recovery, running) = (app.clock.clone(), app.recovery.clone(), running.clone());
+        tokio::spawn(async move {
+            while running.load(Ordering::SeqCst) {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                clock.advance(Duration::milliseconds(200));
+                recovery.run_once().await.unwrap();
+            }
+        })
+    };
+    let sends: Vec<_> = (0..QUEUED)
+        .map(|user| {
+            let (client, url) = (
+                app.client.clone(),
+                format!("{}/v1/apps/{APPID}/messages", sender.address),
+            );
+            tokio::spawn(async move {
+                let body = json!({"touser": format!("o-queue-{user}"), "template_id": TEMPLATE});
+                call(
+                    &client,
+                    &url,
+                    reqwest::Method::POST,
+                    Some(SEND_KEY),
+                    Some(body),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut answered: HashMap<String, usize> = HashMap::new();
+    for send in sends {
+        let answer = send.await.unwrap();
+        *answered
+            .entry(answer.body["status"].as_str().unwrap_or("?").to_owned())
+            .or_default() += 1;
+    }
+    // Let recovery settle whatever was handed over, then stop it.
+    for _ in 0..50 {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE status = 'pending'")
+                .fetch_one(&PgPool::connect(&app.database_url).await.unwrap())
+                .await
+                .unwrap();
+        if pending == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    running.store(false, Ordering::SeqCst);
+    background.await.unwrap();
+    let mut per_user: HashMap<String, usize> = HashMap::new();
+    for send in app.fake.sends().into_iter().filter(|send| send.delivered) {
+        *per_user.entry(send.touser).or_default() += 1;
+    }
+    eprintln!(
+        "queued sends: answered {answered:?}; {} users notified",
+        per_user.len()
+    );
+    assert!(
+        per_user.values().all(|count| *count == 1),
+        "a user notified twice: {per_user:?}"
+    );
+    assert_eq!(per_user.len(), QUEUED, "every queued send delivered once");
+}
