@@ -373,8 +373,15 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     async fn stored_message(&self, id: &str) -> anyhow::Result<Option<StoredMessage>>;
 
     /// Takes over a pending message for the lease's run (recovery), until
-    /// `lease_until`; `false` when it is no longer pending.
-    async fn take_message(&self, lease: &Lease, lease_until: i64) -> anyhow::Result<bool>;
+    /// `lease_until`, while the run still holds the credential it recovered;
+    /// `false` when the message is no longer pending or the credential was
+    /// taken by another run meanwhile.
+    async fn take_message(
+        &self,
+        lease: &Lease,
+        credential_id: i64,
+        lease_until: i64,
+    ) -> anyhow::Result<bool>;
 
     /// Takes an idempotency key for a request, unless it is already taken.
     #[allow(clippy::too_many_arguments)]

@@ -315,11 +315,12 @@ macro_rules! impl_storage {
                     .context("reading a stored message")
             }
 
-            async fn take_message(&self, lease: &Lease, lease_until: i64) -> anyhow::Result<bool> {
+            async fn take_message(&self, lease: &Lease, credential_id: i64, lease_until: i64) -> anyhow::Result<bool> {
                 let taken = sqlx::query(sql::TAKE_MESSAGE)
                     .bind(&lease.message_id)
                     .bind(lease.token)
                     .bind(lease_until)
+                    .bind(credential_id)
                     .execute(&self.writer)
                     .await
                     .context("taking over a message")?;

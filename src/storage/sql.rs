@@ -55,9 +55,14 @@ pub const RENEW_CREDENTIAL_LEASES: &str = "UPDATE credentials SET lease_expires_
     WHERE lease_message_id = $1 AND lease_token = $2 AND state = 'leased'";
 
 /// Takes over a pending message for a new run (recovery): a new token, so
-/// that every later write of the previous run is fenced off.
+/// that every later write of the previous run is fenced off — but only while
+/// the taker still holds the credential it recovered (`$4`) under that
+/// token: a recovery that waited too long for a call slot may have lost the
+/// credential to another recovery, and must not take the message from it.
 pub const TAKE_MESSAGE: &str = "UPDATE messages SET lease_until = $3, lease_token = $2 \
-    WHERE id = $1 AND status = 'pending'";
+    WHERE id = $1 AND status = 'pending' \
+      AND EXISTS (SELECT 1 FROM credentials \
+                  WHERE id = $4 AND state = 'leased' AND lease_token = $2)";
 
 pub const CREATE_MESSAGE: &str = "INSERT INTO messages \
     (id, appid, touser, template_id, payload, status, delivery, wait_until, lease_until, \

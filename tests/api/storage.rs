@@ -337,7 +337,17 @@ async fn a_run_whose_lease_was_taken_over_can_no_longer_write(#[case] backend: B
     };
     assert!(app
         .storage
-        .take_message(&new, later + 60_000)
+        .take_message(&new, claimed.id, later + 60_000)
+        .await
+        .unwrap());
+    // A recovery that lost the credential to this one cannot take the message.
+    let stranger = Lease {
+        message_id: id.clone(),
+        token: 123,
+    };
+    assert!(!app
+        .storage
+        .take_message(&stranger, claimed.id, later + 60_000)
         .await
         .unwrap());
 

@@ -219,7 +219,11 @@ impl Sender {
         let lease_until = self.clock.now_ms() + self.settings.lease_ms;
         // A new token on the message fences off every later write of the
         // run that died (or stalled).
-        if !self.storage.take_message(&lease, lease_until).await? {
+        if !self
+            .storage
+            .take_message(&lease, credential.id, lease_until)
+            .await?
+        {
             self.storage
                 .release_credentials(&[credential.id], token, now)
                 .await?;
