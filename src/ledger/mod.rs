@@ -8,3 +8,4 @@ pub mod message;
 pub mod send;
 pub mod settle;
 pub mod states;
+pub mod template_lint;

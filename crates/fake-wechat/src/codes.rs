@@ -19,18 +19,36 @@ pub const INVALID_FORM_ID: i64 = 41028;
 pub const FORM_ID_USED_UP: i64 = 41029;
 pub const INVALID_PAGE: i64 = 41030;
 pub const ACCESS_TOKEN_EXPIRED: i64 = 42001;
+pub const REQUIRE_GET: i64 = 43001;
 pub const REQUIRE_POST: i64 = 43002;
+pub const USER_REFUSED: i64 = 43101;
 pub const EMPTY_POST_DATA: i64 = 44002;
 pub const DAILY_QUOTA: i64 = 45009;
+pub const TEMPLATE_LIMIT: i64 = 45026;
+pub const INVALID_KEYWORD_ID: i64 = 45075;
+pub const INVALID_COUNT: i64 = 45076;
+pub const INVALID_KEYWORD_LIST_SIZE: i64 = 45100;
 pub const API_RETIRED: i64 = 45103;
 pub const DATA_FORMAT_ERROR: i64 = 47001;
 pub const ARGUMENT_INVALID: i64 = 47003;
+pub const PRIVATE_TEMPLATE_LIMIT: i64 = 200012;
+pub const INVALID_TID: i64 = 200014;
+pub const INVALID_START: i64 = 200016;
+pub const INVALID_LIMIT: i64 = 200017;
+pub const IDS_MISSING: i64 = 200018;
+pub const INVALID_IDS: i64 = 200019;
+pub const INVALID_KID_LIST: i64 = 200020;
+pub const INVALID_SCENE_DESC: i64 = 200021;
+pub const TEMPLATE_ADDED_ALREADY: i64 = 200022;
 
 /// Record code for an injected fault answered without JSON.
 pub const NO_JSON: i64 = -2;
 
-/// The documented errmsg stem (ref §0 common table, §1, §4; 41034/41035 from
-/// WxJava's `WxOpenErrorMsgEnum`).
+/// The documented errmsg stem (ref §0 common table, §1, §4, §5; 41034/41035
+/// from WxJava's `WxOpenErrorMsgEnum`; 45026/45075/45076/45100 from the global
+/// table quoted in subscribe-and-push.md §5). Where only a description was
+/// documented and no wire text observed (200012–200021 except 200014), the
+/// stem is the doc's description.
 pub fn stem(code: i64) -> &'static str {
     match code {
         SYSTEM_ERROR => "system error",
@@ -56,16 +74,30 @@ pub fn stem(code: i64) -> &'static str {
         41032 | 41034 => "not allow to send message with submitted form id, for punishment",
         41035 => "not allow to send message with prepay id, for punishment",
         ACCESS_TOKEN_EXPIRED => "access_token expired",
+        REQUIRE_GET => "require GET method",
         REQUIRE_POST => "require POST method",
-        43101 => "user refuse to accept the msg",
+        USER_REFUSED => "user refuse to accept the msg",
         EMPTY_POST_DATA => "empty post data",
         DAILY_QUOTA => "reach max api daily quota limit",
         45011 => "api minute-quota reach limit must slower retry next minute",
+        TEMPLATE_LIMIT => "template num exceeds limit",
+        INVALID_KEYWORD_ID => "invalid keyword id",
+        INVALID_COUNT => "invalid count",
+        INVALID_KEYWORD_LIST_SIZE => "invalid size of keyword_id_list",
         API_RETIRED => "This API has been unsupported",
         DATA_FORMAT_ERROR => "data format error",
         ARGUMENT_INVALID => "argument invalid!",
         48001 => "api unauthorized",
         48004 => "api forbidden for irregularities",
+        PRIVATE_TEMPLATE_LIMIT => "私有模板数已达上限，上限 25 个",
+        INVALID_TID => "tid does not exist",
+        INVALID_START => "start 参数错误",
+        INVALID_LIMIT => "limit 参数错误",
+        IDS_MISSING => "类目 ids 缺失",
+        INVALID_IDS => "类目 ids 不合法",
+        INVALID_KID_LIST => "关键词列表 kidList 参数错误",
+        INVALID_SCENE_DESC => "场景描述 sceneDesc 参数错误",
+        TEMPLATE_ADDED_ALREADY => "template has added already",
         _ => "unknown error",
     }
 }

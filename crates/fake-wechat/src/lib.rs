@@ -1,12 +1,20 @@
 //! A fake WeChat server, faithful to the wire behaviour documented in
 //! `/work/shared/reference/wechat-api.md` (cited below as "ref §N").
 //!
-//! It serves the three APIs the gateway talks to:
+//! It serves the APIs the gateway talks to:
 //!
 //! * `GET  /cgi-bin/token` (ref §1),
 //! * `POST /cgi-bin/stable_token` (ref §2),
 //! * `POST /cgi-bin/message/wxopen/template/send` (ref §4, with the formId
 //!   rules of ref §7),
+//! * `POST /cgi-bin/message/subscribe/send` (ref §5: one-time grants,
+//!   long-term subscriptions, the value rules of each placeholder type),
+//! * the subscribe templates, `wxaapi/newtmpl/getcategory`,
+//!   `getpubtemplatetitles`, `getpubtemplatekeywords`, `addtemplate`,
+//!   `gettemplate`, `deltemplate` (ref §5 "Template management"),
+//! * the classic template library, `cgi-bin/wxopen/template/library/list`,
+//!   `library/get`, `add`, `list`, `del` (template-message-docs/004 and
+//!   subscribe-and-push.md §5),
 //!
 //! plus a few unauthenticated helpers under `/fake/` that tests and the demo
 //! use to mint credentials and read what was sent.
@@ -25,8 +33,12 @@
 mod cli;
 pub mod clock;
 mod codes;
+mod library;
+mod rules;
 mod server;
 mod state;
+mod subscribe;
+mod templates;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -45,8 +57,9 @@ use state::{CredentialKind, State};
 pub struct FakeWeChat {
     state: Arc<Mutex<State>>,
     clock: Arc<dyn Clock>,
-    /// Template sends being handled right now, and the most ever at once:
-    /// how tests see the gateway's bound on concurrent calls.
+    /// Message sends (template and subscribe) being handled right now, and
+    /// the most ever at once: how tests see the gateway's bound on concurrent
+    /// calls.
     in_flight: Arc<AtomicUsize>,
     max_in_flight: Arc<AtomicUsize>,
 }
@@ -108,7 +121,64 @@ pub struct SendRecord {
     pub delivered: bool,
 }
 
-/// A template send being handled; see [`FakeWeChat::max_concurrent_sends`].
+/// Which permission a delivered subscribe send used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantUse {
+    /// One one-time grant, now spent.
+    OneTime,
+    /// A long-term subscription, not consumed.
+    LongTerm,
+}
+
+/// What a user holds for one subscribe template of one app.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SubscribeGrants {
+    /// One-time grants left (each accept adds one, each delivered send spends one).
+    pub one_time: u32,
+    /// Whether a long-term subscription is on.
+    pub long_term: bool,
+}
+
+/// One subscribe-send call as the fake received it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscribeSendRecord {
+    /// When the call was processed, in Unix milliseconds (per the clock).
+    pub at_ms: i64,
+    /// The app owning the access_token, if the token was one of ours.
+    pub appid: Option<String>,
+    /// `touser`, empty when absent or not a string.
+    pub touser: String,
+    /// `template_id`, empty when absent or not a string.
+    pub template_id: String,
+    /// `page`, empty when absent or not a string.
+    pub page: String,
+    /// `miniprogram_state`, empty when absent (WeChat then uses `formal`).
+    pub miniprogram_state: String,
+    /// `lang`, empty when absent (WeChat then uses `zh_CN`).
+    pub lang: String,
+    /// `data` exactly as sent (`null` when absent).
+    pub data: serde_json::Value,
+    /// The errcode answered; `-2` when an injected fault answered a non-JSON
+    /// body without processing the call.
+    pub errcode: i64,
+    /// The errmsg of an error answer (with its rid), empty otherwise.
+    pub errmsg: String,
+    /// The `msgid` of a delivered message. Above 2^53: keep it as an integer
+    /// or a string, never a float.
+    pub msgid: Option<u64>,
+    /// The permission a delivered message used; `None` when not delivered.
+    pub grant_used: Option<GrantUse>,
+}
+
+impl SubscribeSendRecord {
+    /// Whether the message reached the user.
+    pub fn delivered(&self) -> bool {
+        self.grant_used.is_some()
+    }
+}
+
+/// A message send being handled; see [`FakeWeChat::max_concurrent_sends`].
 pub(crate) struct InFlight(Arc<AtomicUsize>);
 
 impl Drop for InFlight {
@@ -129,12 +199,13 @@ impl FakeWeChat {
         }
     }
 
-    /// The most template sends that were ever being handled at once.
+    /// The most message sends (template and subscribe together) that were
+    /// ever being handled at once.
     pub fn max_concurrent_sends(&self) -> usize {
         self.max_in_flight.load(Ordering::SeqCst)
     }
 
-    /// Counts a template send as in flight until the guard drops.
+    /// Counts a message send as in flight until the guard drops.
     pub(crate) fn enter_send(&self) -> InFlight {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
@@ -223,11 +294,13 @@ impl FakeWeChat {
     /// Daily template-send quota of the app. Default 1,000,000 (ref §4,
     /// 45009); beyond it sends answer 45009 until midnight China time.
     pub fn set_daily_send_quota(&self, appid: &str, quota: u64) {
-        self.lock().app_mut(appid).send_quota = quota;
+        self.lock().app_mut(appid).send_quota.limit = quota;
     }
 
     /// When on, every template send answers 45103 `This API has been
-    /// unsupported`, as the real, retired API does today (ref §4).
+    /// unsupported`, as the real, retired API does today (ref §4), and the
+    /// classic `library/list` answers -1, as reported since the retirement
+    /// (subscribe-and-push.md §5). Subscribe messages are not affected.
     pub fn set_retired(&self, retired: bool) {
         self.lock().retired = retired;
     }
@@ -277,6 +350,79 @@ impl FakeWeChat {
     pub fn current_token(&self, appid: &str) -> Option<String> {
         let now = self.now_ms();
         self.lock().current_token(appid, now)
+    }
+
+    // ------------------------------------------------------------ subscribe
+
+    /// The user accepted `template_id` once in `wx.requestSubscribeMessage`
+    /// (ref §5: each accept grants one send, grants accumulate and never
+    /// expire). For a long-term template of the app (type 3) the accept
+    /// switches the subscription on instead. The user becomes known to the app.
+    pub fn grant(&self, appid: &str, openid: &str, template_id: &str) {
+        self.lock().grant(appid, openid, template_id);
+    }
+
+    /// The user switched on a long-term subscription to `template_id`
+    /// (subscribe-and-push.md §3): sends are not counted against it.
+    pub fn grant_long_term(&self, appid: &str, openid: &str, template_id: &str) {
+        self.lock().grant_long_term(appid, openid, template_id);
+    }
+
+    /// The user turned `template_id` off in the service-notification settings
+    /// (subscribe-and-push.md §2.1, §2.3): remaining one-time grants and the
+    /// long-term subscription are gone; sends answer 43101 until a new accept.
+    pub fn revoke(&self, appid: &str, openid: &str, template_id: &str) {
+        self.lock().revoke(appid, openid, template_id);
+    }
+
+    /// What the user holds for the template.
+    pub fn subscribe_grants(
+        &self,
+        appid: &str,
+        openid: &str,
+        template_id: &str,
+    ) -> SubscribeGrants {
+        self.lock().grants_of(appid, openid, template_id)
+    }
+
+    /// Every subscribe-send call received, in order.
+    pub fn subscribe_sends(&self) -> Vec<SubscribeSendRecord> {
+        self.lock().subscribe_sends.clone()
+    }
+
+    /// Faults applied to the next subscribe-send calls, one per call, in
+    /// order, with the same semantics as [`FakeWeChat::push_send_faults`]
+    /// (a separate queue: template-send faults are not spent by subscribe
+    /// sends, nor the reverse).
+    pub fn push_subscribe_faults(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.lock().subscribe_faults.extend(faults);
+    }
+
+    /// Daily subscribe-send quota of the app. Default 10,000,000 (ref §5,
+    /// without payment capability); beyond it sends answer 45009 until
+    /// midnight China time.
+    pub fn set_daily_subscribe_quota(&self, appid: &str, quota: u64) {
+        self.lock().app_mut(appid).subscribe_quota.limit = quota;
+    }
+
+    /// Adds a subscribe template to the app from the public library, as the
+    /// console or `wxaapi/newtmpl/addtemplate` does (same rules), and returns
+    /// its `priTmplId` (also on 200022, the latest identical one). `Err`
+    /// carries the errcode. The seeded library: `getpubtemplatetitles` with
+    /// ids `2,8,616`; title 401 has one keyword of every value type.
+    pub fn add_subscribe_template(
+        &self,
+        appid: &str,
+        tid: u32,
+        kids: &[u32],
+    ) -> Result<String, i64> {
+        match self
+            .lock()
+            .add_subscribe_template(appid, Some(tid), Some(kids.to_vec()), "")
+        {
+            Ok(id) | Err(templates::AddRefusal::AddedAlready(id)) => Ok(id),
+            Err(templates::AddRefusal::Code(code)) => Err(code),
+        }
     }
 
     /// Sends left on a form_id/prepay_id (with or without `prepay_id=`),

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use super::codes;
 use super::state::{Answer, CredentialKind, Reply, State};
+use super::templates::{ManageApi, ManageCall};
 use super::FakeWeChat;
 
 /// A running fake on a bound listener.
@@ -66,6 +67,17 @@ impl FakeWeChatServer {
 }
 
 fn routes(cfg: &mut web::ServiceConfig) {
+    for api in ManageApi::ALL {
+        // Any method: the wrong one is answered 43001/43002 the WeChat way.
+        cfg.route(
+            api.path(),
+            web::route().to(
+                move |req: HttpRequest, body: web::Bytes, fake: web::Data<FakeWeChat>| {
+                    manage(api, req, body, fake)
+                },
+            ),
+        );
+    }
     cfg.service(
         // GET only; any other method gets actix's 405.
         web::resource("/cgi-bin/token").route(web::get().to(token)),
@@ -76,6 +88,19 @@ fn routes(cfg: &mut web::ServiceConfig) {
         "/cgi-bin/message/wxopen/template/send",
         web::route().to(template_send),
     )
+    .route(
+        "/cgi-bin/message/subscribe/send",
+        web::route().to(subscribe_send),
+    )
+    .route(
+        "/fake/apps/{appid}/users/{openid}/grants/{template_id}",
+        web::get().to(grants),
+    )
+    .route(
+        "/fake/apps/{appid}/users/{openid}/grants/{template_id}/{action}",
+        web::post().to(user_acts),
+    )
+    .route("/fake/subscribe_sends", web::get().to(subscribe_sends))
     .route(
         "/fake/apps/{appid}/users/{openid}/form_id",
         web::post().to(mint_form_id),
@@ -170,6 +195,78 @@ async fn template_send(
     let is_post = req.method() == Method::POST;
     let reply = fake.call(|s, now| s.template_send(token, is_post, &body, now));
     render(reply).await
+}
+
+async fn subscribe_send(
+    req: HttpRequest,
+    body: web::Bytes,
+    fake: web::Data<FakeWeChat>,
+) -> HttpResponse {
+    let _in_flight = fake.enter_send();
+    fake.apply_latency().await;
+    let query = query_map(&req);
+    let token = query.get("access_token").map(String::as_str);
+    let is_post = req.method() == Method::POST;
+    let reply = fake.call(|s, now| s.subscribe_send(token, is_post, &body, now));
+    render(reply).await
+}
+
+async fn manage(
+    api: ManageApi,
+    req: HttpRequest,
+    body: web::Bytes,
+    fake: web::Data<FakeWeChat>,
+) -> HttpResponse {
+    fake.apply_latency().await;
+    let query = query_map(&req);
+    let call = ManageCall {
+        api,
+        is_get: req.method() == Method::GET,
+        is_post: req.method() == Method::POST,
+        query: &query,
+        body: &body,
+    };
+    let token = query.get("access_token").map(String::as_str);
+    let reply = fake.call(|s, now| s.manage(token, &call, now));
+    render(reply).await
+}
+
+/// `GET /fake/apps/{appid}/users/{openid}/grants/{template_id}`:
+/// `{"one_time":N,"long_term":bool}`.
+async fn grants(
+    path: web::Path<(String, String, String)>,
+    fake: web::Data<FakeWeChat>,
+) -> HttpResponse {
+    let (appid, openid, template_id) = path.into_inner();
+    HttpResponse::Ok().json(fake.subscribe_grants(&appid, &openid, &template_id))
+}
+
+/// `POST /fake/apps/{appid}/users/{openid}/grants/{template_id}/{accept|long_term|revoke}`:
+/// the user accepts once, switches a long-term subscription on, or turns
+/// the template off. Answers what the user holds after it.
+async fn user_acts(
+    path: web::Path<(String, String, String, String)>,
+    fake: web::Data<FakeWeChat>,
+) -> HttpResponse {
+    let (appid, openid, template_id, action) = path.into_inner();
+    if !fake.is_registered(&appid) {
+        return unknown_app(&appid);
+    }
+    match action.as_str() {
+        "accept" => fake.grant(&appid, &openid, &template_id),
+        "long_term" => fake.grant_long_term(&appid, &openid, &template_id),
+        "revoke" => fake.revoke(&appid, &openid, &template_id),
+        other => {
+            return HttpResponse::NotFound().json(
+                json!({"error": format!("unknown action {other}: accept, long_term or revoke")}),
+            )
+        }
+    }
+    HttpResponse::Ok().json(fake.subscribe_grants(&appid, &openid, &template_id))
+}
+
+async fn subscribe_sends(fake: web::Data<FakeWeChat>) -> HttpResponse {
+    HttpResponse::Ok().json(fake.subscribe_sends())
 }
 
 fn unknown_app(appid: &str) -> HttpResponse {

@@ -9,7 +9,9 @@ use rand::Rng;
 use serde_json::{json, Map, Value};
 
 use super::codes::{self, error_body, error_body_msg};
-use super::{Fault, SendRecord};
+use super::{Fault, SendRecord, SubscribeGrants, SubscribeSendRecord};
+use crate::subscribe::FIRST_MSGID;
+use crate::templates::{ClassicTemplate, SubscribeTemplate};
 
 const SECOND_MS: i64 = 1_000;
 const MINUTE_MS: i64 = 60 * SECOND_MS;
@@ -29,6 +31,9 @@ const FORM_ID_USES: u32 = 1;
 const PREPAY_ID_USES: u32 = 3;
 /// Default daily template-send quota: 1,000,000 per account (ref §4, 45009).
 const DEFAULT_SEND_QUOTA: u64 = 1_000_000;
+/// Default daily subscribe-send quota: 10,000,000 for a mini program without
+/// payment capability (ref §5, "没开通的是1kw/日").
+const DEFAULT_SUBSCRIBE_QUOTA: u64 = 10_000_000;
 const PREPAY_PREFIX: &str = "prepay_id=";
 
 /// Which kind of push credential.
@@ -77,9 +82,14 @@ pub(crate) struct App {
     pub(crate) templates: HashSet<String>,
     pub(crate) pages: HashSet<String>,
     pub(crate) users: HashSet<String>,
-    pub(crate) send_quota: u64,
-    quota_day: Option<NaiveDate>,
-    quota_used: u64,
+    pub(crate) send_quota: DailyQuota,
+    pub(crate) subscribe_quota: DailyQuota,
+    /// Subscribe templates of the account, in the order they were added
+    /// (`wxaapi/newtmpl/addtemplate`).
+    pub(crate) subscribe_templates: Vec<SubscribeTemplate>,
+    /// Templates of the classic personal library, in the order they were
+    /// added (`cgi-bin/wxopen/template/add`).
+    pub(crate) classic_templates: Vec<ClassicTemplate>,
     pub(crate) token_fetches: usize,
     /// cgi-bin/token tokens that may still be usable, oldest first; the last
     /// is the current one.
@@ -92,6 +102,23 @@ pub(crate) struct App {
     last_force_ms: Option<i64>,
 }
 
+impl App {
+    /// Whether a send's `page` is acceptable: absent, empty, or an in-app path
+    /// without a leading '/' ("use pages/x/x, not /pages/x/x", ref §4 41030
+    /// pitfall), among the registered pages if any; a `?query` is ignored.
+    pub(crate) fn page_ok(&self, page: Option<&Value>) -> bool {
+        match page {
+            None | Some(Value::Null) => true,
+            Some(Value::String(p)) if p.is_empty() => true,
+            Some(Value::String(p)) => {
+                let path = p.split('?').next().unwrap_or("");
+                !p.starts_with('/') && (self.pages.is_empty() || self.pages.contains(path))
+            }
+            Some(_) => false,
+        }
+    }
+}
+
 impl Default for App {
     fn default() -> Self {
         Self {
@@ -99,9 +126,10 @@ impl Default for App {
             templates: HashSet::new(),
             pages: HashSet::new(),
             users: HashSet::new(),
-            send_quota: DEFAULT_SEND_QUOTA,
-            quota_day: None,
-            quota_used: 0,
+            send_quota: DailyQuota::new(DEFAULT_SEND_QUOTA),
+            subscribe_quota: DailyQuota::new(DEFAULT_SUBSCRIBE_QUOTA),
+            subscribe_templates: Vec::new(),
+            classic_templates: Vec::new(),
             token_fetches: 0,
             plain_tokens: Vec::new(),
             stable_tokens: Vec::new(),
@@ -113,6 +141,38 @@ impl Default for App {
     }
 }
 
+/// A daily call quota that resets at midnight China time.
+#[derive(Debug)]
+pub(crate) struct DailyQuota {
+    pub(crate) limit: u64,
+    day: Option<NaiveDate>,
+    used: u64,
+}
+
+impl DailyQuota {
+    fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            day: None,
+            used: 0,
+        }
+    }
+
+    /// Counts one call; `false` when today's quota is already spent.
+    pub(crate) fn take(&mut self, now: i64) -> bool {
+        let today = china_day(now);
+        if self.day != Some(today) {
+            self.day = Some(today);
+            self.used = 0;
+        }
+        if self.used >= self.limit {
+            return false;
+        }
+        self.used += 1;
+        true
+    }
+}
+
 /// Everything the fake knows.
 #[derive(Debug)]
 pub(crate) struct State {
@@ -121,6 +181,12 @@ pub(crate) struct State {
     credentials: HashMap<String, Credential>,
     pub(crate) sends: Vec<SendRecord>,
     pub(crate) send_faults: VecDeque<Fault>,
+    /// One-time grants and long-term subscriptions per (appid, openid, template_id).
+    pub(crate) grants: HashMap<(String, String, String), SubscribeGrants>,
+    pub(crate) subscribe_sends: Vec<SubscribeSendRecord>,
+    pub(crate) subscribe_faults: VecDeque<Fault>,
+    /// The next subscribe-send `msgid`.
+    pub(crate) next_msgid: u64,
     pub(crate) token_faults: VecDeque<Fault>,
     pub(crate) retired: bool,
     pub(crate) latency: Duration,
@@ -137,6 +203,10 @@ impl Default for State {
             credentials: HashMap::new(),
             sends: Vec::new(),
             send_faults: VecDeque::new(),
+            grants: HashMap::new(),
+            subscribe_sends: Vec::new(),
+            subscribe_faults: VecDeque::new(),
+            next_msgid: FIRST_MSGID,
             token_faults: VecDeque::new(),
             retired: false,
             latency: Duration::ZERO,
@@ -171,13 +241,13 @@ impl From<Answer> for Reply {
     }
 }
 
-fn err(code: i64) -> Reply {
+pub(crate) fn err(code: i64) -> Reply {
     Answer::Json(error_body(code)).into()
 }
 
 /// The calendar day in China (UTC+8), which is when WeChat's daily quotas
 /// reset (ref §1, §4: "daily" limits).
-fn china_day(now_ms: i64) -> NaiveDate {
+pub(crate) fn china_day(now_ms: i64) -> NaiveDate {
     china_time(now_ms).date_naive()
 }
 
@@ -196,7 +266,7 @@ fn random_hex(len: usize) -> String {
 }
 
 /// A token of URL-safe characters (letters, digits, '_' and '-').
-fn random_token(len: usize) -> String {
+pub(crate) fn random_token(len: usize) -> String {
     const CHARSET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-";
     let mut rng = rand::thread_rng();
     (0..len)
@@ -204,12 +274,12 @@ fn random_token(len: usize) -> String {
         .collect()
 }
 
-fn non_empty(v: Option<&str>) -> Option<&str> {
+pub(crate) fn non_empty(v: Option<&str>) -> Option<&str> {
     v.filter(|s| !s.is_empty())
 }
 
 /// A string field of a JSON object; empty when absent or not a string.
-fn str_field<'a>(body: Option<&'a Map<String, Value>>, key: &str) -> &'a str {
+pub(crate) fn str_field<'a>(body: Option<&'a Map<String, Value>>, key: &str) -> &'a str {
     body.and_then(|b| b.get(key))
         .and_then(Value::as_str)
         .unwrap_or("")
@@ -515,9 +585,7 @@ impl State {
         let obj = parsed.as_ref().and_then(Value::as_object);
         let mut record = SendRecord {
             at_ms: now,
-            appid: access_token
-                .and_then(|t| self.tokens.get(t))
-                .map(|t| t.appid.clone()),
+            appid: access_token.and_then(|t| self.token_appid(t)),
             touser: str_field(obj, "touser").to_owned(),
             template_id: str_field(obj, "template_id").to_owned(),
             form_id: str_field(obj, "form_id").to_owned(),
@@ -560,18 +628,10 @@ impl State {
         };
 
         // Faults are consumed only by calls that got past the token check.
-        let mut hang = None;
-        let mut fail_status = None;
-        match self.send_faults.pop_front() {
-            None => {}
-            Some(Fault::Errcode(code)) => return fail(code),
-            Some(Fault::HttpStatus(status)) => {
-                return (Answer::Status(status).into(), codes::NO_JSON, false)
-            }
-            Some(Fault::Garbage) => return (Answer::Garbage.into(), codes::NO_JSON, false),
-            Some(Fault::Hang(d)) => hang = Some(d),
-            Some(Fault::DeliverThenFail(status)) => fail_status = Some(status),
-        }
+        let (hang, fail_status) = match FaultPlan::of(self.send_faults.pop_front()) {
+            FaultPlan::Answer(reply, code) => return (reply, code, false),
+            FaultPlan::Process { hang, fail_status } => (hang, fail_status),
+        };
 
         let outcome = self.send_checks(&appid, is_post, body, obj, now);
         let errcode = outcome.as_ref().map_or_else(|(c, _)| *c, |()| codes::OK);
@@ -584,9 +644,43 @@ impl State {
         };
         (Reply { answer, hang }, errcode, delivered)
     }
+}
 
+/// What a send fault does to one send call.
+pub(crate) enum FaultPlan {
+    /// Answer this without processing the call; record this errcode.
+    Answer(Reply, i64),
+    /// Process the call, then answer late and/or with a bare HTTP status.
+    Process {
+        hang: Option<Duration>,
+        fail_status: Option<u16>,
+    },
+}
+
+impl FaultPlan {
+    pub(crate) fn of(fault: Option<Fault>) -> Self {
+        let process = |hang, fail_status| Self::Process { hang, fail_status };
+        match fault {
+            None => process(None, None),
+            Some(Fault::Errcode(code)) => Self::Answer(err(code), code),
+            Some(Fault::HttpStatus(status)) => {
+                Self::Answer(Answer::Status(status).into(), codes::NO_JSON)
+            }
+            Some(Fault::Garbage) => Self::Answer(Answer::Garbage.into(), codes::NO_JSON),
+            Some(Fault::Hang(d)) => process(Some(d), None),
+            Some(Fault::DeliverThenFail(status)) => process(None, Some(status)),
+        }
+    }
+}
+
+impl State {
     /// 41001 / 40014 / 40001 / 42001 (ref §3); the token determines the app.
-    fn check_token(&self, access_token: Option<&str>, now: i64) -> Result<String, i64> {
+    /// The app a token was issued to, whether or not it still works.
+    pub(crate) fn token_appid(&self, token: &str) -> Option<String> {
+        self.tokens.get(token).map(|t| t.appid.clone())
+    }
+
+    pub(crate) fn check_token(&self, access_token: Option<&str>, now: i64) -> Result<String, i64> {
         let Some(t) = non_empty(access_token) else {
             return Err(codes::ACCESS_TOKEN_MISSING);
         };
@@ -625,16 +719,10 @@ impl State {
 
         // Daily quota: only calls that got this far count; it resets at
         // midnight China time.
-        let today = china_day(now);
         let app = self.app_mut(appid);
-        if app.quota_day != Some(today) {
-            app.quota_day = Some(today);
-            app.quota_used = 0;
-        }
-        if app.quota_used >= app.send_quota {
+        if !app.send_quota.take(now) {
             return Err(code(codes::DAILY_QUOTA));
         }
-        app.quota_used += 1;
 
         // An openid belongs to one app: a foreign one is 40003 (ref §5 table).
         let touser = obj.get("touser").and_then(Value::as_str).unwrap_or("");
@@ -648,18 +736,8 @@ impl State {
         if !template_ok {
             return Err(code(codes::INVALID_TEMPLATE_ID));
         }
-        match obj.get("page") {
-            None | Some(Value::Null) => {}
-            Some(Value::String(p)) if p.is_empty() => {}
-            Some(Value::String(p)) => {
-                // "use pages/x/x, not /pages/x/x" (ref §4, 41030 pitfall);
-                // the page may carry a ?query.
-                let path = p.split('?').next().unwrap_or("");
-                if p.starts_with('/') || (!app.pages.is_empty() && !app.pages.contains(path)) {
-                    return Err(code(codes::INVALID_PAGE));
-                }
-            }
-            Some(_) => return Err(code(codes::INVALID_PAGE)),
+        if !app.page_ok(obj.get("page")) {
+            return Err(code(codes::INVALID_PAGE));
         }
         if let Some(msg) = obj.get("data").and_then(data_error) {
             return Err((codes::ARGUMENT_INVALID, Some(msg)));
