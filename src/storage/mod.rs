@@ -350,7 +350,9 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     ) -> anyhow::Result<Vec<StoredMessage>>;
 
     /// Takes up to `limit` leased credentials whose lease ran out, re-leasing
-    /// them to the caller until `lease_until` under `token`.
+    /// them to the caller until `lease_until` under `token` — and, in the same
+    /// transaction, their pending messages under the same token, so that the
+    /// run that held them is fenced off from both.
     async fn claim_expired_leases(
         &self,
         now: i64,

@@ -146,6 +146,22 @@ pub const CLAIM_EXPIRED_LEASES: &str = "UPDATE credentials \
     RETURNING id, kind, value, uses_left, unproven_uses, collected_at, expires_at, \
         lease_message_id";
 
+/// Run right after [`CLAIM_EXPIRED_LEASES`], in its transaction: the pending
+/// messages of the credentials it just re-leased under token `$2` are taken
+/// under the same token, until `$1`. Why: a message and the credential leased
+/// to it must change hands together. When only the credential moved, the run
+/// that stalled past its lease (waiting for a token, a slot, a backoff) still
+/// passed its message's fence: it renewed, called WeChat, and finished the
+/// message while its settlement was fenced off, so the credential went back
+/// to the pool with a use WeChat had spent; and a run holding the credential
+/// but not the message settled it as spent while the message stayed pending
+/// with nothing leased, which let stale-message recovery send it again with
+/// the next credential (a duplicate, found by the simulation, seed 827).
+pub const TAKE_MESSAGES_OF_CLAIMED: &str = "UPDATE messages \
+    SET lease_until = $1, lease_token = $2 \
+    WHERE status = 'pending' AND id IN (SELECT lease_message_id FROM credentials \
+        WHERE state = 'leased' AND lease_token = $2)";
+
 /// Pending messages whose worker died and that hold no credential: nothing
 /// of theirs can be in flight, so another worker may carry them on, under
 /// its token (`$4`).

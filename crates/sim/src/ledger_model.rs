@@ -825,7 +825,7 @@ impl Storage for LedgerModel {
                 })
                 .map(|c| ((c.lease_expires_at, c.id), c.id))
                 .collect();
-            Ok(first(expired, limit)
+            let claimed: Vec<ClaimedCredential> = first(expired, limit)
                 .into_iter()
                 .filter_map(|id| {
                     let row = t.credentials.get_mut(&id)?;
@@ -834,7 +834,23 @@ impl Storage for LedgerModel {
                     row.lease_token = Some(token);
                     Some(row.claimed())
                 })
-                .collect())
+                .collect();
+            // `TAKE_MESSAGES_OF_CLAIMED`, in the same transaction.
+            let messages: BTreeSet<String> = t
+                .credentials
+                .values()
+                .filter(|c| c.leased_under(token))
+                .filter_map(|c| c.lease_message_id.clone())
+                .collect();
+            for id in messages {
+                if let Some(m) = t.messages.get_mut(&id) {
+                    if m.status == MessageStatus::Pending {
+                        m.lease_until = Some(lease_until);
+                        m.lease_token = Some(token);
+                    }
+                }
+            }
+            Ok(claimed)
         })
         .await
     }

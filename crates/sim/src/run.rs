@@ -229,6 +229,27 @@ impl Plan {
                 ));
             }
         }
+        // A quarter of the seeds are "twilight" runs: what the users hold
+        // dies at WeChat while the sends go on, and the frontend posted it
+        // late without `collected_at` (or from a fast phone), so the ledger
+        // believes it has days left. Drawn from a stream of its own, so
+        // that the rest of the plan is the same as without it.
+        let mut twilight = StdRng::seed_from_u64(seed ^ 0x5457_494c_4947_4854);
+        if twilight.gen_bool(0.25) {
+            for credential in &mut initial {
+                let dies_at = EPOCH_MS + twilight.gen_range(0..=window_ms + 5_000);
+                credential.issued_at = dies_at - CREDENTIAL_LIFETIME_MS;
+                credential.usable_from = credential.issued_at;
+                if twilight.gen_bool(0.8) {
+                    credential.collected_at = None;
+                    credential.label = "missing";
+                } else {
+                    credential.collected_at =
+                        Some(credential.issued_at + twilight.gen_range(1_000..=50_000));
+                    credential.label = "fast phone";
+                }
+            }
+        }
         posts.push(PostPlan {
             at_ms: 0,
             instance: 0,
