@@ -278,8 +278,7 @@ impl Tables {
         &mut self,
         appid: &str,
         openid: &str,
-        message_id: &str,
-        token: i64,
+        lease: &Lease,
         valid_after: i64,
         lease_until: i64,
         now: i64,
@@ -299,8 +298,8 @@ impl Tables {
         row.state = CredentialState::Leased;
         row.lease_expires_at = Some(lease_until);
         row.updated_at = now;
-        row.lease_message_id = Some(message_id.to_owned());
-        row.lease_token = Some(token);
+        row.lease_message_id = Some(lease.message_id.clone());
+        row.lease_token = Some(lease.token);
         Some(row.claimed())
     }
 
@@ -635,16 +634,8 @@ impl Storage for LedgerModel {
             if !t.fence(lease, Some(lease_until)) {
                 return Ok(Claim::LeaseLost);
             }
-            Ok(t.claim(
-                appid,
-                openid,
-                &lease.message_id,
-                lease.token,
-                valid_after,
-                lease_until,
-                now,
-            )
-            .map_or(Claim::NoneLeft, Claim::Claimed))
+            Ok(t.claim(appid, openid, lease, valid_after, lease_until, now)
+                .map_or(Claim::NoneLeft, Claim::Claimed))
         })
         .await
     }
@@ -653,11 +644,14 @@ impl Storage for LedgerModel {
         self.write(|t| {
             let message = &start.message;
             t.create_message(message, start.now)?;
+            let lease = Lease {
+                message_id: message.id.clone(),
+                token: message.lease_token,
+            };
             Ok(t.claim(
                 &message.appid,
                 &message.touser,
-                &message.id,
-                message.lease_token,
+                &lease,
                 start.valid_after,
                 message.lease_until,
                 start.now,
