@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use crate::invariants::{check, LedgerView, Snapshot, Violation, WeChatSide};
 use crate::ledger_model::LedgerModel;
 use crate::wechat_model::{
-    Fault, FaultRates, TrueCredential, WeChatModel, WeChatSetup, CREDENTIAL_LIFETIME_MS, DAY_MS,
+    Fault, FaultRates, TrueCredential, WeChatModel, WeChatSetup, CREDENTIAL_LIFETIME_MS,
 };
 use crate::{add_counts, Counts, SimClock, TimeBase, Trace, EPOCH_MS};
 
@@ -1158,9 +1158,4 @@ pub fn sweep(start: u64, seeds: u64, sends: usize, threads: usize) -> SweepRepor
         sweep.add(report);
     }
     sweep
-}
-
-/// Days, for readers of plans.
-pub const fn days(n: i64) -> i64 {
-    n * DAY_MS
 }
