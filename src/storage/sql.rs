@@ -157,10 +157,12 @@ pub const CLAIM_EXPIRED_LEASES: &str = "UPDATE credentials \
 /// but not the message settled it as spent while the message stayed pending
 /// with nothing leased, which let stale-message recovery send it again with
 /// the next credential (a duplicate, found by the simulation, seed 827).
+/// (The rows just re-leased all carry `lease_expires_at = $1`: that
+/// condition lets the subquery use the partial index `credentials_leased`.)
 pub const TAKE_MESSAGES_OF_CLAIMED: &str = "UPDATE messages \
     SET lease_until = $1, lease_token = $2 \
     WHERE status = 'pending' AND id IN (SELECT lease_message_id FROM credentials \
-        WHERE state = 'leased' AND lease_token = $2)";
+        WHERE state = 'leased' AND lease_expires_at = $1 AND lease_token = $2)";
 
 /// Pending messages whose worker died and that hold no credential: nothing
 /// of theirs can be in flight, so another worker may carry them on, under
