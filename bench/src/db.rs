@@ -292,6 +292,7 @@ impl LimitDb {
                     .bind(user)
                     .bind(now + 60_000)
                     .bind("bench-claim")
+                    .bind(7_i64)
                     .fetch_optional(&pool)
                     .await;
                 match claimed {
@@ -323,7 +324,8 @@ impl LimitDb {
             .replace("$3", &format!("'{appid}'"))
             .replace("$4", &format!("('{prefix}' || :u)"))
             .replace("$5", ":valid")
-            .replace("$6", "'bench-claim'");
+            .replace("$6", "'bench-claim'")
+            .replace("$7", "7");
         let script = format!("\\set u random(0, {})\n{claim};\n", users - 1);
         let path = format!("{dir}/claim.sql");
         std::fs::write(&path, script)?;

@@ -350,7 +350,9 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     ) -> anyhow::Result<Vec<StoredMessage>>;
 
     /// Takes up to `limit` leased credentials whose lease ran out, re-leasing
-    /// them to the caller until `lease_until` under `token`.
+    /// them to the caller until `lease_until` under `token` — and, in the same
+    /// transaction, their pending messages under the same token, so that the
+    /// run that held them is fenced off from both.
     async fn claim_expired_leases(
         &self,
         now: i64,
@@ -371,17 +373,6 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 
     /// A message for the send path, whatever its app.
     async fn stored_message(&self, id: &str) -> anyhow::Result<Option<StoredMessage>>;
-
-    /// Takes over a pending message for the lease's run (recovery), until
-    /// `lease_until`, while the run still holds the credential it recovered;
-    /// `false` when the message is no longer pending or the credential was
-    /// taken by another run meanwhile.
-    async fn take_message(
-        &self,
-        lease: &Lease,
-        credential_id: i64,
-        lease_until: i64,
-    ) -> anyhow::Result<bool>;
 
     /// Takes an idempotency key for a request, unless it is already taken.
     #[allow(clippy::too_many_arguments)]

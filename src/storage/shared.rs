@@ -290,9 +290,30 @@ macro_rules! impl_storage {
                 token: i64,
                 limit: i64,
             ) -> anyhow::Result<Vec<ClaimedCredential>> {
-                self.take_rows(sql::CLAIM_EXPIRED_LEASES, now, lease_until, token, limit)
+                // One transaction: the credentials and their pending messages
+                // change hands together (see `sql::TAKE_MESSAGES_OF_CLAIMED`).
+                let mut tx = self.begin_write().await?;
+                let claimed: Vec<ClaimedCredential> =
+                    sqlx::query_as(&sql::with_lock(sql::CLAIM_EXPIRED_LEASES, $lock))
+                        .bind(lease_until)
+                        .bind(now)
+                        .bind(limit)
+                        .bind(token)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .context("taking credentials with expired leases")?;
+                if !claimed.is_empty() {
+                    sqlx::query(sql::TAKE_MESSAGES_OF_CLAIMED)
+                        .bind(lease_until)
+                        .bind(token)
+                        .execute(&mut *tx)
+                        .await
+                        .context("taking the messages of credentials with expired leases")?;
+                }
+                tx.commit()
                     .await
-                    .context("taking credentials with expired leases")
+                    .context("committing the takeover of expired leases")?;
+                Ok(claimed)
             }
 
             async fn claim_stale_messages(
@@ -313,18 +334,6 @@ macro_rules! impl_storage {
                     .fetch_optional(&self.reader)
                     .await
                     .context("reading a stored message")
-            }
-
-            async fn take_message(&self, lease: &Lease, credential_id: i64, lease_until: i64) -> anyhow::Result<bool> {
-                let taken = sqlx::query(sql::TAKE_MESSAGE)
-                    .bind(&lease.message_id)
-                    .bind(lease.token)
-                    .bind(lease_until)
-                    .bind(credential_id)
-                    .execute(&self.writer)
-                    .await
-                    .context("taking over a message")?;
-                Ok(taken.rows_affected() == 1)
             }
 
             async fn begin_idempotent(

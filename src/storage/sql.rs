@@ -54,16 +54,6 @@ pub const FENCE_MESSAGE_KEEPING: &str = "UPDATE messages SET lease_until = lease
 pub const RENEW_CREDENTIAL_LEASES: &str = "UPDATE credentials SET lease_expires_at = $3 \
     WHERE lease_message_id = $1 AND lease_token = $2 AND state = 'leased'";
 
-/// Takes over a pending message for a new run (recovery): a new token, so
-/// that every later write of the previous run is fenced off — but only while
-/// the taker still holds the credential it recovered (`$4`) under that
-/// token: a recovery that waited too long for a call slot may have lost the
-/// credential to another recovery, and must not take the message from it.
-pub const TAKE_MESSAGE: &str = "UPDATE messages SET lease_until = $3, lease_token = $2 \
-    WHERE id = $1 AND status = 'pending' \
-      AND EXISTS (SELECT 1 FROM credentials \
-                  WHERE id = $4 AND state = 'leased' AND lease_token = $2)";
-
 pub const CREATE_MESSAGE: &str = "INSERT INTO messages \
     (id, appid, touser, template_id, payload, status, delivery, wait_until, lease_until, \
      lease_token, created_at, updated_at) \
@@ -150,6 +140,24 @@ pub const CLAIM_EXPIRED_LEASES: &str = "UPDATE credentials \
         ORDER BY lease_expires_at LIMIT $3 {lock}) \
     RETURNING id, kind, value, uses_left, unproven_uses, collected_at, expires_at, \
         lease_message_id";
+
+/// Run right after [`CLAIM_EXPIRED_LEASES`], in its transaction: the pending
+/// messages of the credentials it just re-leased under token `$2` are taken
+/// under the same token, until `$1`. Why: a message and the credential leased
+/// to it must change hands together. When only the credential moved, the run
+/// that stalled past its lease (waiting for a token, a slot, a backoff) still
+/// passed its message's fence: it renewed, called WeChat, and finished the
+/// message while its settlement was fenced off, so the credential went back
+/// to the pool with a use WeChat had spent; and a run holding the credential
+/// but not the message settled it as spent while the message stayed pending
+/// with nothing leased, which let stale-message recovery send it again with
+/// the next credential (a duplicate, found by the simulation, seed 827).
+/// (The rows just re-leased all carry `lease_expires_at = $1`: that
+/// condition lets the subquery use the partial index `credentials_leased`.)
+pub const TAKE_MESSAGES_OF_CLAIMED: &str = "UPDATE messages \
+    SET lease_until = $1, lease_token = $2 \
+    WHERE status = 'pending' AND id IN (SELECT lease_message_id FROM credentials \
+        WHERE state = 'leased' AND lease_expires_at = $1 AND lease_token = $2)";
 
 /// Pending messages whose worker died and that hold no credential: nothing
 /// of theirs can be in flight, so another worker may carry them on, under

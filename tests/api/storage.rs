@@ -322,8 +322,8 @@ async fn a_run_whose_lease_was_taken_over_can_no_longer_write(#[case] backend: B
         message_id: id.clone(),
         token: TOKEN,
     };
-    // The old run stalls past its lease; recovery takes the credential and
-    // the message under its own token.
+    // The old run stalls past its lease; recovery takes the credential and,
+    // in the same transaction, its message under its own token.
     let later = now + 61_000;
     let recovered = app
         .storage
@@ -335,19 +335,15 @@ async fn a_run_whose_lease_was_taken_over_can_no_longer_write(#[case] backend: B
         message_id: id.clone(),
         token: 99,
     };
-    assert!(app
-        .storage
-        .take_message(&new, claimed.id, later + 60_000)
-        .await
-        .unwrap());
-    // A recovery that lost the credential to this one cannot take the message.
+    // A recovery that lost the credential and the message to this one can
+    // no longer renew (so never calls).
     let stranger = Lease {
         message_id: id.clone(),
         token: 123,
     };
     assert!(!app
         .storage
-        .take_message(&stranger, claimed.id, later + 60_000)
+        .renew_lease(&stranger, later + 60_000)
         .await
         .unwrap());
 
@@ -421,6 +417,90 @@ async fn a_run_whose_lease_was_taken_over_can_no_longer_write(#[case] backend: B
         .unwrap());
     let (row, _) = app.storage.message(APPID, &id).await.unwrap().unwrap();
     assert_eq!(row.status, MessageStatus::Sent);
+}
+
+/// Found by the simulation (crates/sim, seeds 525 and 2563): recovery that
+/// re-leases a credential whose lease ran out takes its pending message in
+/// the same transaction, under the same token. Before, only the credential
+/// changed hands: the run that had stalled past its lease (waiting for a
+/// token) still passed its message's fence, renewed, called WeChat and
+/// finished the message, while its settlement was fenced off; the
+/// credential then went back to the pool with a use WeChat had spent.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_takes_the_message_with_its_credential(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    let now = app.now_ms();
+    app.storage
+        .insert_credentials(APPID, &[credential("o-stall", "stalled", now)], now)
+        .await
+        .unwrap();
+    let id = uuid::Uuid::new_v4().to_string();
+    let claimed = app
+        .storage
+        .start_send(&StartSend {
+            message: message(&id, "o-stall", now),
+            valid_after: now,
+            now,
+        })
+        .await
+        .unwrap()
+        .expect("a credential");
+    let stalled = Lease {
+        message_id: id.clone(),
+        token: TOKEN,
+    };
+    let later = now + 61_000;
+    let recovered = app
+        .storage
+        .claim_expired_leases(later, later + 60_000, 99, 10)
+        .await
+        .unwrap();
+    assert_eq!(recovered.len(), 1);
+    // The stalled run can neither renew (and so never calls) nor finish.
+    assert!(!app
+        .storage
+        .renew_lease(&stalled, later + 60_000)
+        .await
+        .unwrap());
+    let attempt = NewAttempt {
+        credential_id: Some(claimed.id),
+        credential_kind: Some(CredentialKind::FormId),
+        errcode: Some(0),
+        outcome: AttemptOutcome::Sent,
+        detail: None,
+    };
+    let sent = MessageOutcome {
+        status: MessageStatus::Sent,
+        error_code: None,
+        wechat_errcode: None,
+    };
+    assert!(!app
+        .storage
+        .end_send(&EndSend {
+            message_id: id.clone(),
+            lease_token: TOKEN,
+            credential_id: claimed.id,
+            attempt,
+            outcome: sent,
+            now: later,
+        })
+        .await
+        .unwrap());
+    let (row, _) = app.storage.message(APPID, &id).await.unwrap().unwrap();
+    assert_eq!(row.status, MessageStatus::Pending);
+    // The recovering run holds both.
+    let recovering = Lease {
+        message_id: id.clone(),
+        token: 99,
+    };
+    assert!(app
+        .storage
+        .renew_lease(&recovering, later + 60_000)
+        .await
+        .unwrap());
 }
 
 #[rstest]

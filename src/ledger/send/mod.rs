@@ -217,13 +217,11 @@ impl Sender {
             token,
         };
         let lease_until = self.clock.now_ms() + self.settings.lease_ms;
-        // A new token on the message fences off every later write of the
-        // run that died (or stalled).
-        if !self
-            .storage
-            .take_message(&lease, credential.id, lease_until)
-            .await?
-        {
+        // The message was taken with its credential, under `token`, which
+        // fences off every later write of the run that died (or stalled).
+        // The wait for a slot may have eaten that lease: renew both, or find
+        // that another recovery took them meanwhile.
+        if !self.storage.renew_lease(&lease, lease_until).await? {
             self.storage
                 .release_credentials(&[credential.id], token, now)
                 .await?;

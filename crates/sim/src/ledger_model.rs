@@ -1,0 +1,1154 @@
+//! The ledger in memory: the tables of `migrations/` as `BTreeMap`s, and
+//! each method of [`Storage`] doing what its SQL in
+//! `src/storage/sql.rs` (and the batch scripts of `sqlite.rs` and
+//! `postgres.rs`) does, statement by statement: the same `WHERE` clauses,
+//! the same fences by `lease_token`, the same claim order
+//! (`ORDER BY expires_at, id`).
+//!
+//! One mutex makes each statement atomic (each transaction, where the SQL
+//! runs several in one). Before each method the caller waits a seeded 0–2
+//! ms, so that instances interleave between any two ledger steps and a crash
+//! can fall between them; a seeded few of the writes fail, before or after
+//! they commit, as a database whose connection drops does.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::bail;
+use async_trait::async_trait;
+use formid_gateway::ledger::kinds::CredentialKind;
+use formid_gateway::ledger::states::{
+    AttemptOutcome, CredentialState, Delivery, IdempotencyState, MessageStatus,
+};
+use formid_gateway::storage::{
+    AppState, AttemptRow, Claim, ClaimedCredential, EndSend, IdempotencyBegin, IdempotencyRecord,
+    InsertOutcome, KindQuota, Lease, MessageOutcome, MessageRow, NewAttempt, NewCredential,
+    NewMessage, Settlement, StartSend, Storage, StoredMessage, SweepReport,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::Counts;
+
+/// A row of `credentials`.
+#[derive(Debug, Clone)]
+pub struct CredentialRow {
+    pub id: i64,
+    pub appid: String,
+    pub openid: String,
+    pub kind: String,
+    pub value: String,
+    pub uses_left: i64,
+    pub unproven_uses: i64,
+    pub state: CredentialState,
+    pub collected_at: i64,
+    pub expires_at: i64,
+    pub lease_expires_at: Option<i64>,
+    pub lease_message_id: Option<String>,
+    pub lease_token: Option<i64>,
+    pub retired_errcode: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl CredentialRow {
+    fn claimed(&self) -> ClaimedCredential {
+        ClaimedCredential {
+            id: self.id,
+            kind: self.kind.clone(),
+            value: self.value.clone(),
+            uses_left: self.uses_left,
+            unproven_uses: self.unproven_uses,
+            collected_at: self.collected_at,
+            expires_at: self.expires_at,
+            lease_message_id: self.lease_message_id.clone(),
+        }
+    }
+
+    fn leased_under(&self, token: i64) -> bool {
+        self.state == CredentialState::Leased && self.lease_token == Some(token)
+    }
+}
+
+/// A row of `messages`.
+#[derive(Debug, Clone)]
+pub struct MessageRowModel {
+    pub id: String,
+    pub appid: String,
+    pub touser: String,
+    pub template_id: String,
+    pub payload: String,
+    pub status: MessageStatus,
+    pub delivery: Delivery,
+    pub wait_until: Option<i64>,
+    pub lease_until: Option<i64>,
+    pub lease_token: Option<i64>,
+    pub next_attempt_at: Option<i64>,
+    pub error_code: Option<String>,
+    pub wechat_errcode: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl MessageRowModel {
+    fn stored(&self) -> StoredMessage {
+        StoredMessage {
+            id: self.id.clone(),
+            appid: self.appid.clone(),
+            touser: self.touser.clone(),
+            template_id: self.template_id.clone(),
+            payload: self.payload.clone(),
+            status: self.status,
+            delivery: self.delivery,
+            wait_until: self.wait_until,
+        }
+    }
+
+    /// `FENCE_MESSAGE`'s condition.
+    fn held_by(&self, lease: &Lease) -> bool {
+        self.lease_token == Some(lease.token) && self.status == MessageStatus::Pending
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct AppRow {
+    access_token: Option<String>,
+    token_expires_at: Option<i64>,
+    token_fetched_at: Option<i64>,
+    send_blocked_until: Option<i64>,
+    refresh_holder: Option<String>,
+    refresh_lease_until: Option<i64>,
+    force_refresh_day: Option<i64>,
+    force_refresh_count: i64,
+    force_refreshed_at: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+struct IdempotencyRow {
+    record: IdempotencyRecord,
+    expires_at: i64,
+}
+
+/// The tables.
+#[derive(Debug, Default)]
+pub struct Tables {
+    pub credentials: BTreeMap<i64, CredentialRow>,
+    /// `UNIQUE (appid, value)`.
+    by_value: BTreeMap<(String, String), i64>,
+    next_credential_id: i64,
+    pub messages: BTreeMap<String, MessageRowModel>,
+    /// Attempts by message, in insertion order (`ORDER BY id`).
+    pub attempts: BTreeMap<String, Vec<AttemptRow>>,
+    apps: BTreeMap<String, AppRow>,
+    idempotency: BTreeMap<(String, String), IdempotencyRow>,
+}
+
+/// Where a write fails, when it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// Nothing committed.
+    Before,
+    /// Committed, but the answer was lost.
+    After,
+}
+
+#[derive(Debug)]
+struct Inner {
+    tables: Tables,
+    rng: StdRng,
+    /// Per-mille of writes that fail, before or after commit; 0 at quiescence.
+    write_failures: u32,
+    counts: Counts,
+}
+
+/// The in-memory ledger.
+#[derive(Debug)]
+pub struct LedgerModel {
+    inner: Mutex<Inner>,
+}
+
+impl LedgerModel {
+    /// An empty ledger whose waits and write failures come from `seed`;
+    /// `write_failures` per-mille of writes fail.
+    pub fn new(seed: u64, write_failures: u32) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                tables: Tables {
+                    next_credential_id: 1,
+                    ..Tables::default()
+                },
+                rng: StdRng::seed_from_u64(seed ^ 0x4c45_4447_4552),
+                write_failures,
+                counts: Counts::new(),
+            }),
+        }
+    }
+
+    /// Stops (or changes) injected write failures.
+    pub fn set_write_failures(&self, per_mille: u32) {
+        self.lock().write_failures = per_mille;
+    }
+
+    /// Write failures injected, by kind.
+    pub fn counts(&self) -> Counts {
+        self.lock().counts.clone()
+    }
+
+    /// Reads the tables.
+    pub fn with_tables<T>(&self, read: impl FnOnce(&Tables) -> T) -> T {
+        read(&self.lock().tables)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("ledger model lock")
+    }
+
+    /// The wait before a statement reaches the database: 0–2 ms, so that
+    /// other tasks may run (and a crash may strike) between any two steps.
+    async fn arrive(&self) {
+        let wait = self.lock().rng.gen_range(0..=2u64);
+        if wait == 0 {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+    }
+
+    /// A write: waits, draws whether it fails, and runs `apply` atomically
+    /// unless it fails before committing.
+    async fn write<T>(
+        &self,
+        apply: impl FnOnce(&mut Tables) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        self.arrive().await;
+        let mut inner = self.lock();
+        let failure =
+            if inner.write_failures > 0 && inner.rng.gen_range(0..1000) < inner.write_failures {
+                if inner.rng.gen_bool(0.5) {
+                    *inner
+                        .counts
+                        .entry("ledger: write failed before commit")
+                        .or_default() += 1;
+                    Some(Failure::Before)
+                } else {
+                    *inner
+                        .counts
+                        .entry("ledger: write committed, answer lost")
+                        .or_default() += 1;
+                    Some(Failure::After)
+                }
+            } else {
+                None
+            };
+        if failure == Some(Failure::Before) {
+            bail!("simulated database failure before commit");
+        }
+        let result = apply(&mut inner.tables)?;
+        if failure == Some(Failure::After) {
+            bail!("simulated database failure after commit");
+        }
+        Ok(result)
+    }
+
+    /// A read: waits, then reads atomically; reads never fail.
+    async fn read<T>(&self, read: impl FnOnce(&Tables) -> T) -> anyhow::Result<T> {
+        self.arrive().await;
+        Ok(read(&self.lock().tables))
+    }
+}
+
+impl Tables {
+    /// `FENCE_MESSAGE` (`lease_until` given) or `FENCE_MESSAGE_KEEPING`.
+    fn fence(&mut self, lease: &Lease, lease_until: Option<i64>) -> bool {
+        match self.messages.get_mut(&lease.message_id) {
+            Some(message) if message.held_by(lease) => {
+                if let Some(until) = lease_until {
+                    message.lease_until = Some(until);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// `CLAIM` (without its fence): the user's available credential expiring
+    /// soonest after `valid_after`, by `(expires_at, id)`.
+    fn claim(
+        &mut self,
+        appid: &str,
+        openid: &str,
+        lease: &Lease,
+        valid_after: i64,
+        lease_until: i64,
+        now: i64,
+    ) -> Option<ClaimedCredential> {
+        let id = self
+            .credentials
+            .values()
+            .filter(|c| {
+                c.appid == appid
+                    && c.openid == openid
+                    && c.state == CredentialState::Available
+                    && c.expires_at > valid_after
+            })
+            .min_by_key(|c| (c.expires_at, c.id))?
+            .id;
+        let row = self.credentials.get_mut(&id).expect("the row just found");
+        row.state = CredentialState::Leased;
+        row.lease_expires_at = Some(lease_until);
+        row.updated_at = now;
+        row.lease_message_id = Some(lease.message_id.clone());
+        row.lease_token = Some(lease.token);
+        Some(row.claimed())
+    }
+
+    /// `CREATE_MESSAGE`; the primary key refuses a second row with one id.
+    fn create_message(&mut self, message: &NewMessage, now: i64) -> anyhow::Result<()> {
+        if self.messages.contains_key(&message.id) {
+            bail!("duplicate key value violates unique constraint \"messages_pkey\"");
+        }
+        self.messages.insert(
+            message.id.clone(),
+            MessageRowModel {
+                id: message.id.clone(),
+                appid: message.appid.clone(),
+                touser: message.touser.clone(),
+                template_id: message.template_id.clone(),
+                payload: message.payload.clone(),
+                status: message.status,
+                delivery: message.delivery,
+                wait_until: message.wait_until,
+                lease_until: Some(message.lease_until),
+                lease_token: Some(message.lease_token),
+                next_attempt_at: None,
+                error_code: None,
+                wechat_errcode: None,
+                created_at: now,
+                updated_at: now,
+            },
+        );
+        Ok(())
+    }
+
+    /// `INSERT_ATTEMPT` (its message must exist: a foreign key).
+    fn insert_attempt(
+        &mut self,
+        message_id: &str,
+        attempt: &NewAttempt,
+        now: i64,
+    ) -> anyhow::Result<()> {
+        if !self.messages.contains_key(message_id) {
+            bail!("insert or update on table \"attempts\" violates foreign key constraint");
+        }
+        self.attempts
+            .entry(message_id.to_owned())
+            .or_default()
+            .push(AttemptRow {
+                credential_id: attempt.credential_id,
+                credential_kind: attempt.credential_kind.map(|k| k.as_str().to_owned()),
+                errcode: attempt.errcode,
+                outcome: attempt.outcome,
+                detail: attempt.detail.clone(),
+                at: now,
+            });
+        Ok(())
+    }
+
+    /// The `SETTLE_*` statements: only a row leased under `token` changes.
+    fn settle(
+        &mut self,
+        credential_id: i64,
+        token: i64,
+        settlement: Settlement,
+        now: i64,
+    ) -> anyhow::Result<()> {
+        let Some(row) = self.credentials.get_mut(&credential_id) else {
+            return Ok(());
+        };
+        if !row.leased_under(token) {
+            return Ok(());
+        }
+        match settlement {
+            Settlement::Spent | Settlement::SpentUnproven => {
+                // SET right-hand sides read the row as it was.
+                let before = row.uses_left;
+                if before < 1 {
+                    bail!("new row for relation \"credentials\" violates check constraint \"credentials_uses_left_check\"");
+                }
+                row.uses_left = before - 1;
+                if settlement == Settlement::SpentUnproven {
+                    row.unproven_uses += 1;
+                }
+                row.lease_message_id = None;
+                row.state = if before <= 1 {
+                    CredentialState::Exhausted
+                } else {
+                    CredentialState::Available
+                };
+                row.lease_expires_at = None;
+                row.lease_token = None;
+            }
+            Settlement::Retired { errcode } => {
+                row.state = CredentialState::Retired;
+                row.retired_errcode = Some(errcode);
+                row.lease_expires_at = None;
+                row.lease_message_id = None;
+                row.lease_token = None;
+            }
+            Settlement::Released => {
+                row.state = CredentialState::Available;
+                row.lease_expires_at = None;
+                row.lease_message_id = None;
+                row.lease_token = None;
+            }
+            Settlement::Parked { until } => {
+                row.lease_message_id = None;
+                row.lease_expires_at = Some(until);
+            }
+            Settlement::Kept => return Ok(()),
+        }
+        row.updated_at = now;
+        Ok(())
+    }
+
+    /// `FINISH_MESSAGE`: `WHERE id = $1 AND lease_token = $6`.
+    fn finish(&mut self, lease: &Lease, outcome: &MessageOutcome, now: i64) -> bool {
+        match self.messages.get_mut(&lease.message_id) {
+            Some(message) if message.lease_token == Some(lease.token) => {
+                message.status = outcome.status;
+                message.error_code = outcome.error_code.map(str::to_owned);
+                message.wechat_errcode = outcome.wechat_errcode;
+                message.updated_at = now;
+                message.lease_until = None;
+                message.lease_token = None;
+                message.next_attempt_at = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the user holds an available credential expiring after `valid_after`.
+    fn holds_credential(&self, appid: &str, openid: &str, valid_after: i64) -> bool {
+        self.credentials.values().any(|c| {
+            c.appid == appid
+                && c.openid == openid
+                && c.state == CredentialState::Available
+                && c.expires_at > valid_after
+        })
+    }
+
+    /// `WAKE_IF_CREDENTIAL`, for one message or (`None`) every one.
+    fn wake_if_credential(&mut self, only: Option<&str>, now: i64, valid_after: i64) -> u64 {
+        let due: Vec<String> = self
+            .messages
+            .values()
+            .filter(|m| {
+                m.status == MessageStatus::Waiting
+                    && m.next_attempt_at.is_some_and(|at| at > now)
+                    && only.is_none_or(|id| m.id == id)
+                    && self.holds_credential(&m.appid, &m.touser, valid_after)
+            })
+            .map(|m| m.id.clone())
+            .collect();
+        for id in &due {
+            if let Some(message) = self.messages.get_mut(id) {
+                message.next_attempt_at = Some(now);
+            }
+        }
+        due.len() as u64
+    }
+
+    /// `CLAIM_DUE_WAITING`, `CLAIM_STALE_MESSAGES`: the chosen messages
+    /// leased under `token`, in the statement's order.
+    fn take_messages(
+        &mut self,
+        ids: Vec<String>,
+        to_pending: bool,
+        now: i64,
+        lease_until: i64,
+        token: i64,
+    ) -> Vec<StoredMessage> {
+        ids.iter()
+            .filter_map(|id| {
+                let message = self.messages.get_mut(id)?;
+                if to_pending {
+                    message.status = MessageStatus::Pending;
+                }
+                message.lease_until = Some(lease_until);
+                message.updated_at = now;
+                message.lease_token = Some(token);
+                Some(message.stored())
+            })
+            .collect()
+    }
+}
+
+/// The first `limit` of `rows` ordered by `key`.
+fn first<T, K: Ord>(mut rows: Vec<(K, T)>, limit: i64) -> Vec<T> {
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    rows.into_iter()
+        .take(usize::try_from(limit).unwrap_or(0))
+        .map(|(_, row)| row)
+        .collect()
+}
+
+#[async_trait]
+impl Storage for LedgerModel {
+    async fn ping(&self) -> anyhow::Result<()> {
+        self.read(|_| ()).await
+    }
+
+    async fn ensure_app(&self, appid: &str) -> anyhow::Result<()> {
+        self.write(|t| {
+            t.apps.entry(appid.to_owned()).or_default();
+            Ok(())
+        })
+        .await
+    }
+
+    async fn insert_credentials(
+        &self,
+        appid: &str,
+        items: &[NewCredential],
+        now: i64,
+    ) -> anyhow::Result<Vec<InsertOutcome>> {
+        let outcomes = self
+            .write(|t| {
+                let mut outcomes = Vec::with_capacity(items.len());
+                for item in items {
+                    let key = (appid.to_owned(), item.value.clone());
+                    let outcome = match t.by_value.get(&key) {
+                        Some(id) => {
+                            let owner = &t.credentials[id];
+                            if owner.openid != item.openid {
+                                InsertOutcome::OwnedByAnotherUser
+                            } else if owner.kind != item.kind.as_str() {
+                                InsertOutcome::KindConflict
+                            } else {
+                                InsertOutcome::Duplicate
+                            }
+                        }
+                        None => {
+                            let id = t.next_credential_id;
+                            t.next_credential_id += 1;
+                            t.by_value.insert(key, id);
+                            t.credentials.insert(
+                                id,
+                                CredentialRow {
+                                    id,
+                                    appid: appid.to_owned(),
+                                    openid: item.openid.clone(),
+                                    kind: item.kind.as_str().to_owned(),
+                                    value: item.value.clone(),
+                                    uses_left: item.uses,
+                                    unproven_uses: 0,
+                                    state: CredentialState::Available,
+                                    collected_at: item.collected_at,
+                                    expires_at: item.expires_at,
+                                    lease_expires_at: None,
+                                    lease_message_id: None,
+                                    lease_token: None,
+                                    retired_errcode: None,
+                                    created_at: now,
+                                    updated_at: now,
+                                },
+                            );
+                            InsertOutcome::Inserted
+                        }
+                    };
+                    outcomes.push(outcome);
+                }
+                Ok(outcomes)
+            })
+            .await?;
+        // The nudge runs after the commit, as a statement of its own.
+        let credited: BTreeSet<&str> = items
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| **outcome == InsertOutcome::Inserted)
+            .map(|(item, _)| item.openid.as_str())
+            .collect();
+        if !credited.is_empty() {
+            self.write(|t| {
+                for message in t.messages.values_mut() {
+                    if message.status == MessageStatus::Waiting
+                        && message.next_attempt_at.is_some_and(|at| at > now)
+                        && message.appid == appid
+                        && credited.contains(message.touser.as_str())
+                    {
+                        message.next_attempt_at = Some(now);
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(outcomes)
+    }
+
+    async fn quota(
+        &self,
+        appid: &str,
+        openid: &str,
+        valid_after: i64,
+    ) -> anyhow::Result<Vec<KindQuota>> {
+        self.read(|t| {
+            let mut by_kind: BTreeMap<String, KindQuota> = BTreeMap::new();
+            for c in t.credentials.values().filter(|c| {
+                c.appid == appid
+                    && c.openid == openid
+                    && c.state == CredentialState::Available
+                    && c.expires_at > valid_after
+            }) {
+                let quota = by_kind.entry(c.kind.clone()).or_insert_with(|| KindQuota {
+                    kind: c.kind.clone(),
+                    credentials: 0,
+                    sends: 0,
+                    next_expiry: None,
+                });
+                quota.credentials += 1;
+                quota.sends += c.uses_left;
+                quota.next_expiry = Some(
+                    quota
+                        .next_expiry
+                        .map_or(c.expires_at, |e| e.min(c.expires_at)),
+                );
+            }
+            by_kind.into_values().collect()
+        })
+        .await
+    }
+
+    async fn claim_credential(
+        &self,
+        appid: &str,
+        openid: &str,
+        lease: &Lease,
+        valid_after: i64,
+        lease_until: i64,
+        now: i64,
+    ) -> anyhow::Result<Claim> {
+        self.write(|t| {
+            if !t.fence(lease, Some(lease_until)) {
+                return Ok(Claim::LeaseLost);
+            }
+            Ok(t.claim(appid, openid, lease, valid_after, lease_until, now)
+                .map_or(Claim::NoneLeft, Claim::Claimed))
+        })
+        .await
+    }
+
+    async fn start_send(&self, start: &StartSend) -> anyhow::Result<Option<ClaimedCredential>> {
+        self.write(|t| {
+            let message = &start.message;
+            t.create_message(message, start.now)?;
+            let lease = Lease {
+                message_id: message.id.clone(),
+                token: message.lease_token,
+            };
+            Ok(t.claim(
+                &message.appid,
+                &message.touser,
+                &lease,
+                start.valid_after,
+                message.lease_until,
+                start.now,
+            ))
+        })
+        .await
+    }
+
+    async fn create_message(&self, message: &NewMessage, now: i64) -> anyhow::Result<()> {
+        self.write(|t| t.create_message(message, now)).await
+    }
+
+    async fn end_send(&self, end: &EndSend) -> anyhow::Result<bool> {
+        // The batch script: the settlement (fenced by the credential's
+        // token), the attempt, the message finished (fenced by its token).
+        self.write(|t| {
+            t.settle(
+                end.credential_id,
+                end.lease_token,
+                Settlement::Spent,
+                end.now,
+            )?;
+            t.insert_attempt(&end.message_id, &end.attempt, end.now)?;
+            let lease = Lease {
+                message_id: end.message_id.clone(),
+                token: end.lease_token,
+            };
+            Ok(t.finish(&lease, &end.outcome, end.now))
+        })
+        .await
+    }
+
+    async fn record_attempt(
+        &self,
+        lease: &Lease,
+        attempt: &NewAttempt,
+        settlement: Option<(i64, Settlement)>,
+        outcome: Option<&MessageOutcome>,
+        now: i64,
+    ) -> anyhow::Result<bool> {
+        self.write(|t| {
+            t.insert_attempt(&lease.message_id, attempt, now)?;
+            let held = t.fence(lease, None);
+            if held {
+                if let Some((credential_id, settlement)) = settlement {
+                    t.settle(credential_id, lease.token, settlement, now)?;
+                }
+                if let Some(outcome) = outcome {
+                    t.finish(lease, outcome, now);
+                }
+            }
+            Ok(held)
+        })
+        .await
+    }
+
+    async fn finish_message(
+        &self,
+        lease: &Lease,
+        outcome: &MessageOutcome,
+        now: i64,
+    ) -> anyhow::Result<bool> {
+        self.write(|t| Ok(t.finish(lease, outcome, now))).await
+    }
+
+    async fn wait_message(
+        &self,
+        lease: &Lease,
+        next_attempt_at: i64,
+        valid_after: i64,
+        now: i64,
+    ) -> anyhow::Result<bool> {
+        let waiting = self
+            .write(|t| {
+                let holds = match t.messages.get(&lease.message_id) {
+                    Some(m) => t.holds_credential(&m.appid, &m.touser, valid_after),
+                    None => false,
+                };
+                match t.messages.get_mut(&lease.message_id) {
+                    Some(m) if m.held_by(lease) => {
+                        m.status = MessageStatus::Waiting;
+                        m.lease_until = None;
+                        m.lease_token = None;
+                        m.updated_at = now;
+                        m.next_attempt_at = Some(if holds { now } else { next_attempt_at });
+                        Ok(true)
+                    }
+                    _ => Ok(false),
+                }
+            })
+            .await?;
+        if !waiting {
+            return Ok(false);
+        }
+        self.write(|t| {
+            t.wake_if_credential(Some(&lease.message_id), now, valid_after);
+            Ok(())
+        })
+        .await?;
+        Ok(true)
+    }
+
+    async fn wake_waiting_with_credentials(
+        &self,
+        now: i64,
+        valid_after: i64,
+    ) -> anyhow::Result<u64> {
+        self.write(|t| Ok(t.wake_if_credential(None, now, valid_after)))
+            .await
+    }
+
+    async fn renew_lease(&self, lease: &Lease, lease_until: i64) -> anyhow::Result<bool> {
+        self.write(|t| {
+            if !t.fence(lease, Some(lease_until)) {
+                return Ok(false);
+            }
+            for c in t.credentials.values_mut() {
+                if c.lease_message_id.as_deref() == Some(lease.message_id.as_str())
+                    && c.leased_under(lease.token)
+                {
+                    c.lease_expires_at = Some(lease_until);
+                }
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn claim_due_waiting(
+        &self,
+        now: i64,
+        lease_until: i64,
+        token: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<StoredMessage>> {
+        self.write(|t| {
+            let due = t
+                .messages
+                .values()
+                .filter(|m| {
+                    m.status == MessageStatus::Waiting
+                        && m.next_attempt_at.is_some_and(|at| at <= now)
+                })
+                .map(|m| ((m.next_attempt_at, m.id.clone()), m.id.clone()))
+                .collect();
+            Ok(t.take_messages(first(due, limit), true, now, lease_until, token))
+        })
+        .await
+    }
+
+    async fn claim_expired_leases(
+        &self,
+        now: i64,
+        lease_until: i64,
+        token: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<ClaimedCredential>> {
+        self.write(|t| {
+            let expired = t
+                .credentials
+                .values()
+                .filter(|c| {
+                    c.state == CredentialState::Leased
+                        && c.lease_expires_at.is_some_and(|at| at <= now)
+                })
+                .map(|c| ((c.lease_expires_at, c.id), c.id))
+                .collect();
+            let claimed: Vec<ClaimedCredential> = first(expired, limit)
+                .into_iter()
+                .filter_map(|id| {
+                    let row = t.credentials.get_mut(&id)?;
+                    row.lease_expires_at = Some(lease_until);
+                    row.updated_at = now;
+                    row.lease_token = Some(token);
+                    Some(row.claimed())
+                })
+                .collect();
+            // `TAKE_MESSAGES_OF_CLAIMED`, in the same transaction.
+            let messages: BTreeSet<String> = t
+                .credentials
+                .values()
+                .filter(|c| c.leased_under(token))
+                .filter_map(|c| c.lease_message_id.clone())
+                .collect();
+            for id in messages {
+                if let Some(m) = t.messages.get_mut(&id) {
+                    if m.status == MessageStatus::Pending {
+                        m.lease_until = Some(lease_until);
+                        m.lease_token = Some(token);
+                    }
+                }
+            }
+            Ok(claimed)
+        })
+        .await
+    }
+
+    async fn claim_stale_messages(
+        &self,
+        now: i64,
+        lease_until: i64,
+        token: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<StoredMessage>> {
+        self.write(|t| {
+            let holding: BTreeSet<&str> = t
+                .credentials
+                .values()
+                .filter(|c| c.state == CredentialState::Leased)
+                .filter_map(|c| c.lease_message_id.as_deref())
+                .collect();
+            let stale = t
+                .messages
+                .values()
+                .filter(|m| {
+                    m.status == MessageStatus::Pending
+                        && m.lease_until.is_some_and(|at| at <= now)
+                        && !holding.contains(m.id.as_str())
+                })
+                .map(|m| ((m.lease_until, m.id.clone()), m.id.clone()))
+                .collect();
+            let chosen = first(stale, limit);
+            Ok(t.take_messages(chosen, false, now, lease_until, token))
+        })
+        .await
+    }
+
+    async fn stored_message(&self, id: &str) -> anyhow::Result<Option<StoredMessage>> {
+        self.read(|t| t.messages.get(id).map(MessageRowModel::stored))
+            .await
+    }
+
+    async fn begin_idempotent(
+        &self,
+        appid: &str,
+        key: &str,
+        request_hash: &str,
+        message_id: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> anyhow::Result<IdempotencyBegin> {
+        self.write(|t| {
+            let slot = (appid.to_owned(), key.to_owned());
+            match t.idempotency.get(&slot) {
+                Some(existing) if existing.expires_at > now => {
+                    Ok(IdempotencyBegin::Existing(existing.record.clone()))
+                }
+                _ => {
+                    t.idempotency.insert(
+                        slot,
+                        IdempotencyRow {
+                            record: IdempotencyRecord {
+                                request_hash: request_hash.to_owned(),
+                                message_id: message_id.to_owned(),
+                                state: IdempotencyState::InFlight,
+                                response_status: None,
+                                response_body: None,
+                            },
+                            expires_at,
+                        },
+                    );
+                    Ok(IdempotencyBegin::Started)
+                }
+            }
+        })
+        .await
+    }
+
+    async fn complete_idempotent(
+        &self,
+        appid: &str,
+        key: &str,
+        message_id: &str,
+        status: u16,
+        body: &str,
+    ) -> anyhow::Result<()> {
+        self.write(|t| {
+            if let Some(row) = t.idempotency.get_mut(&(appid.to_owned(), key.to_owned())) {
+                if row.record.message_id == message_id {
+                    row.record.state = IdempotencyState::Done;
+                    row.record.response_status = Some(i64::from(status));
+                    row.record.response_body = Some(body.to_owned());
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn release_credentials(&self, ids: &[i64], token: i64, now: i64) -> anyhow::Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.write(|t| {
+            for id in ids {
+                t.settle(*id, token, Settlement::Released, now)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn message(
+        &self,
+        appid: &str,
+        id: &str,
+    ) -> anyhow::Result<Option<(MessageRow, Vec<AttemptRow>)>> {
+        self.read(|t| {
+            let m = t.messages.get(id).filter(|m| m.appid == appid)?;
+            let row = MessageRow {
+                id: m.id.clone(),
+                appid: m.appid.clone(),
+                touser: m.touser.clone(),
+                template_id: m.template_id.clone(),
+                status: m.status,
+                error_code: m.error_code.clone(),
+                wechat_errcode: m.wechat_errcode,
+                created_at: m.created_at,
+                updated_at: m.updated_at,
+            };
+            Some((row, t.attempts.get(id).cloned().unwrap_or_default()))
+        })
+        .await
+    }
+
+    async fn app_state(&self, appid: &str) -> anyhow::Result<AppState> {
+        self.read(|t| {
+            t.apps
+                .get(appid)
+                .map(|a| AppState {
+                    access_token: a.access_token.clone(),
+                    token_expires_at: a.token_expires_at,
+                    token_fetched_at: a.token_fetched_at,
+                    send_blocked_until: a.send_blocked_until,
+                })
+                .unwrap_or_default()
+        })
+        .await
+    }
+
+    async fn try_lease_token_refresh(
+        &self,
+        appid: &str,
+        holder: &str,
+        now: i64,
+        until: i64,
+    ) -> anyhow::Result<bool> {
+        self.write(|t| match t.apps.get_mut(appid) {
+            Some(app)
+                if app.refresh_holder.is_none()
+                    || app.refresh_holder.as_deref() == Some(holder)
+                    || app.refresh_lease_until.is_some_and(|at| at <= now) =>
+            {
+                app.refresh_holder = Some(holder.to_owned());
+                app.refresh_lease_until = Some(until);
+                Ok(true)
+            }
+            _ => Ok(false),
+        })
+        .await
+    }
+
+    async fn release_token_refresh(&self, appid: &str, holder: &str) -> anyhow::Result<()> {
+        self.write(|t| {
+            if let Some(app) = t.apps.get_mut(appid) {
+                if app.refresh_holder.as_deref() == Some(holder) {
+                    app.refresh_holder = None;
+                    app.refresh_lease_until = None;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn store_token(
+        &self,
+        appid: &str,
+        token: &str,
+        expires_at: i64,
+        fetched_at: i64,
+    ) -> anyhow::Result<bool> {
+        self.write(|t| match t.apps.get_mut(appid) {
+            Some(app) if app.token_fetched_at.is_none_or(|at| at <= fetched_at) => {
+                app.access_token = Some(token.to_owned());
+                app.token_expires_at = Some(expires_at);
+                app.token_fetched_at = Some(fetched_at);
+                Ok(true)
+            }
+            _ => Ok(false),
+        })
+        .await
+    }
+
+    async fn take_force_refresh(
+        &self,
+        appid: &str,
+        china_day: i64,
+        now: i64,
+        per_day: u32,
+    ) -> anyhow::Result<bool> {
+        self.write(|t| match t.apps.get_mut(appid) {
+            Some(app)
+                if app.force_refreshed_at.is_none_or(|at| at <= now - 30_000)
+                    && (app.force_refresh_day.is_none()
+                        || app.force_refresh_day != Some(china_day)
+                        || app.force_refresh_count < i64::from(per_day)) =>
+            {
+                app.force_refresh_count = if app.force_refresh_day == Some(china_day) {
+                    app.force_refresh_count + 1
+                } else {
+                    1
+                };
+                app.force_refresh_day = Some(china_day);
+                app.force_refreshed_at = Some(now);
+                Ok(true)
+            }
+            _ => Ok(false),
+        })
+        .await
+    }
+
+    async fn block_sends(&self, appid: &str, until: i64) -> anyhow::Result<()> {
+        self.write(|t| {
+            if let Some(app) = t.apps.get_mut(appid) {
+                app.send_blocked_until = Some(until);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn sweep(
+        &self,
+        now: i64,
+        credential_retention_ms: i64,
+        message_retention_ms: i64,
+    ) -> anyhow::Result<SweepReport> {
+        self.write(|t| {
+            let mut report = SweepReport::default();
+            for c in t.credentials.values_mut() {
+                if c.state == CredentialState::Available && c.expires_at <= now {
+                    c.state = CredentialState::Expired;
+                    c.updated_at = now;
+                    report.expired += 1;
+                }
+            }
+            let cutoff = now - credential_retention_ms;
+            let old: Vec<i64> = t
+                .credentials
+                .values()
+                .filter(|c| {
+                    matches!(
+                        c.state,
+                        CredentialState::Exhausted
+                            | CredentialState::Retired
+                            | CredentialState::Expired
+                    ) && c.expires_at <= cutoff
+                })
+                .map(|c| c.id)
+                .collect();
+            for id in old {
+                if let Some(row) = t.credentials.remove(&id) {
+                    t.by_value.remove(&(row.appid, row.value));
+                    report.deleted_credentials += 1;
+                }
+            }
+            let cutoff = now - message_retention_ms;
+            let old: Vec<String> = t
+                .messages
+                .values()
+                .filter(|m| m.updated_at <= cutoff && m.status != MessageStatus::Pending)
+                .map(|m| m.id.clone())
+                .collect();
+            for id in old {
+                t.messages.remove(&id);
+                t.attempts.remove(&id);
+                report.deleted_messages += 1;
+            }
+            let before = t.idempotency.len();
+            t.idempotency.retain(|_, row| row.expires_at > now);
+            report.deleted_idempotency_keys = (before - t.idempotency.len()) as u64;
+            Ok(report)
+        })
+        .await
+    }
+}
+
+/// Kinds by their stored name (`credentials.kind`).
+pub fn kind_of(name: &str) -> Option<CredentialKind> {
+    CredentialKind::parse(name)
+}
+
+/// Whether an attempt outcome proves a delivery.
+pub fn proves_delivery(outcome: AttemptOutcome) -> bool {
+    matches!(
+        outcome,
+        AttemptOutcome::Sent | AttemptOutcome::SentOnProbe | AttemptOutcome::ConfirmedSent
+    )
+}

@@ -1,0 +1,1166 @@
+//! The seeded scheduler: a plan drawn from the seed (instances, clock skews,
+//! users and their credentials with true and claimed issue times, sends,
+//! crashes, fault rates), then its run against real gateway instances, then
+//! quiescence and the invariants.
+//!
+//! Each instance is what `startup.rs` wires, minus HTTP: a [`TokenKeeper`],
+//! a [`Sender`], a [`Recovery`], a [`WaitingSender`], a [`TokenRefresher`]
+//! and a [`Sweeper`], with its own clock and breakers. A crash aborts every
+//! task of the instance (its sends in flight and its workers) at a seeded
+//! instant; a new instance then starts on the same ledger, and its recovery
+//! resolves what the dead one left.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use formid_gateway::clock::SharedClock;
+use formid_gateway::config::{AppSettings, TokenMode, TokenSettings};
+use formid_gateway::ledger::collect::{parse_item, CollectContext};
+use formid_gateway::ledger::kinds::CredentialKind;
+use formid_gateway::ledger::send::{SendRequest, SendSettings, Sender};
+use formid_gateway::ledger::states::Delivery;
+use formid_gateway::storage::Storage;
+use formid_gateway::tokens::TokenKeeper;
+use formid_gateway::wechat::breaker::Breakers;
+use formid_gateway::workers::{Recovery, Sweeper, TokenRefresher, WaitingSender};
+use futures_util::future::BoxFuture;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use crate::invariants::{check, LedgerView, Snapshot, Violation, WeChatSide};
+use crate::ledger_model::LedgerModel;
+use crate::wechat_model::{
+    Fault, FaultRates, TrueCredential, WeChatModel, WeChatSetup, CREDENTIAL_LIFETIME_MS,
+};
+use crate::{add_counts, Counts, SimClock, TimeBase, Trace, EPOCH_MS};
+
+/// The one app of every run.
+pub const APPID: &str = "wxsimapp";
+const TEMPLATE: &str = "tmpl-sim";
+const HOUR_MS: i64 = 3_600_000;
+
+/// How time runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// Paused tokio time, production-like durations: a run is a function of
+    /// its seed.
+    Simulated,
+    /// Real time with compressed durations (leases of a second or two), for
+    /// real databases, whose own timeouts cannot run under paused time.
+    RealTime,
+}
+
+/// The durations and bounds of one run.
+#[derive(Debug, Clone)]
+pub struct Knobs {
+    pub request_timeout_ms: u64,
+    pub latency_ms: (u64, u64),
+    pub call_budget_ms: i64,
+    pub lease_ms: i64,
+    pub max_concurrent_calls: usize,
+    pub recovery_interval_ms: u64,
+    pub waiting_poll_ms: u64,
+    pub token_check_ms: u64,
+    pub sweep_ms: u64,
+    pub busy_backoff_ms: u64,
+    pub breaker_cooldown_ms: u64,
+    pub not_ready_retry_ms: i64,
+    pub token: TokenSettings,
+    pub token_expires_in: i64,
+    /// How often quiescence looks at the ledger, and for how long at most.
+    pub poll_ms: u64,
+    pub horizon_ms: i64,
+}
+
+/// A credential WeChat issues, and how the frontend reports it.
+#[derive(Debug, Clone)]
+pub struct CredentialPlan {
+    pub value: String,
+    pub openid: String,
+    pub kind: CredentialKind,
+    /// True issue time (WeChat's clock), absolute ms.
+    pub issued_at: i64,
+    /// A payment syncs late: WeChat answers 41028 before this.
+    pub usable_from: i64,
+    /// What the frontend posts as `collected_at`; `None` leaves it out (the
+    /// gateway then takes its own now).
+    pub collected_at: Option<i64>,
+    /// How `collected_at` relates to the truth.
+    pub label: &'static str,
+}
+
+/// A frontend posting credentials through one instance.
+#[derive(Debug, Clone)]
+pub struct PostPlan {
+    /// ms after the run starts.
+    pub at_ms: i64,
+    pub instance: usize,
+    pub credentials: Vec<CredentialPlan>,
+}
+
+/// A business service's send.
+#[derive(Debug, Clone)]
+pub struct SendPlan {
+    pub at_ms: i64,
+    pub instance: usize,
+    pub id: String,
+    pub touser: String,
+    pub wait_seconds: Option<u64>,
+    pub at_least_once: bool,
+}
+
+/// An instance's crash, and its restart.
+#[derive(Debug, Clone)]
+pub struct CrashPlan {
+    pub at_ms: i64,
+    pub slot: usize,
+    pub restart_after_ms: i64,
+}
+
+/// Everything a seed decides.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub seed: u64,
+    pub profile: Profile,
+    pub knobs: Knobs,
+    pub instances: usize,
+    pub skews_ms: Vec<i64>,
+    pub posts: Vec<PostPlan>,
+    pub sends: Vec<SendPlan>,
+    pub crashes: Vec<CrashPlan>,
+    pub rates: FaultRates,
+    /// Per-mille of ledger writes that fail (in-memory ledger only).
+    pub write_failures: u32,
+}
+
+fn pick<T: Copy>(rng: &mut StdRng, choices: &[T]) -> T {
+    choices[rng.gen_range(0..choices.len())]
+}
+
+impl Plan {
+    /// The plan of `seed` with `sends` sends.
+    pub fn new(seed: u64, sends: usize, profile: Profile) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let real = profile == Profile::RealTime;
+        let request_timeout_ms = if real {
+            rng.gen_range(200..=400)
+        } else {
+            rng.gen_range(1_000..=5_000)
+        };
+        let latency_ms = if real {
+            (1, rng.gen_range(2..=20))
+        } else {
+            (5, rng.gen_range(10..=200))
+        };
+        let call_budget_ms = request_timeout_ms as i64 + if real { 100 } else { 1_000 };
+        // Short leases: a hang and a backoff or two eat most of one.
+        let lease_ms = call_budget_ms + rng.gen_range(call_budget_ms / 4..=2 * call_budget_ms);
+        let knobs = Knobs {
+            request_timeout_ms,
+            latency_ms,
+            call_budget_ms,
+            lease_ms,
+            max_concurrent_calls: rng.gen_range(1..=4),
+            recovery_interval_ms: if real {
+                rng.gen_range(200..=500)
+            } else {
+                rng.gen_range(1_000..=5_000)
+            },
+            waiting_poll_ms: if real { 100 } else { 500 },
+            token_check_ms: if real { 1_000 } else { 30_000 },
+            sweep_ms: if real { 1_000 } else { 60_000 },
+            busy_backoff_ms: if real { 20 } else { 200 },
+            breaker_cooldown_ms: if real { 500 } else { 10_000 },
+            not_ready_retry_ms: if real { 300 } else { 5_000 },
+            token: TokenSettings {
+                refresh_ahead: Duration::from_secs(900),
+                check_interval: Duration::from_millis(if real { 1_000 } else { 30_000 }),
+                lease: Duration::from_millis(if real { 1_000 } else { 30_000 }),
+                wait: Duration::from_millis(if real { 2_000 } else { 15_000 }),
+                cache: Duration::from_millis(if real { 100 } else { 1_000 }),
+                min_fetch_interval: Duration::from_millis(if real { 1_000 } else { 30_000 }),
+                force_refreshes_per_day: 0,
+            },
+            token_expires_in: if real {
+                7_200
+            } else {
+                pick(&mut rng, &[7_200, 1_200, 400])
+            },
+            poll_ms: if real { 200 } else { 1_000 },
+            horizon_ms: if real { 30_000 } else { 2 * HOUR_MS },
+        };
+        let instances = rng.gen_range(2..=3);
+        let max_skew: i64 = if real {
+            pick(&mut rng, &[0, 20, 100])
+        } else {
+            pick(&mut rng, &[0, 200, 2_000, 15_000])
+        };
+        let skews_ms = (0..instances)
+            .map(|_| {
+                if max_skew == 0 {
+                    0
+                } else {
+                    rng.gen_range(-max_skew..=max_skew)
+                }
+            })
+            .collect();
+        let spacing_ms: i64 = if real {
+            rng.gen_range(20..=80)
+        } else {
+            rng.gen_range(100..=600)
+        };
+        let window_ms = spacing_ms * sends as i64;
+        let users: Vec<String> = (0..rng.gen_range(3..=8)).map(|n| format!("u{n}")).collect();
+        let mut next_credential = 0;
+        let mut posts = Vec::new();
+        // What the users already hold when the run starts.
+        let mut initial = Vec::new();
+        for user in &users {
+            for _ in 0..rng.gen_range(1..=4) {
+                initial.push(credential_plan(
+                    &mut rng,
+                    &mut next_credential,
+                    user,
+                    EPOCH_MS,
+                    true,
+                    window_ms,
+                ));
+            }
+        }
+        // A quarter of the seeds are "twilight" runs: what the users hold
+        // dies at WeChat while the sends go on, and the frontend posted it
+        // late without `collected_at` (or from a fast phone), so the ledger
+        // believes it has days left. Drawn from a stream of its own, so
+        // that the rest of the plan is the same as without it.
+        let mut twilight = StdRng::seed_from_u64(seed ^ 0x5457_494c_4947_4854);
+        if twilight.gen_bool(0.25) {
+            for credential in &mut initial {
+                let dies_at = EPOCH_MS + twilight.gen_range(0..=window_ms + 5_000);
+                credential.issued_at = dies_at - CREDENTIAL_LIFETIME_MS;
+                credential.usable_from = credential.issued_at;
+                if twilight.gen_bool(0.8) {
+                    credential.collected_at = None;
+                    credential.label = "missing";
+                } else {
+                    credential.collected_at =
+                        Some(credential.issued_at + twilight.gen_range(1_000..=50_000));
+                    credential.label = "fast phone";
+                }
+            }
+        }
+        posts.push(PostPlan {
+            at_ms: 0,
+            instance: 0,
+            credentials: initial,
+        });
+        // Users posting credentials mid-run, some of them buffered for hours.
+        for _ in 0..(sends / 2).max(1) {
+            let at_ms = rng.gen_range(0..=window_ms);
+            let user = users[rng.gen_range(0..users.len())].clone();
+            let credentials = (0..rng.gen_range(1..=2))
+                .map(|_| {
+                    credential_plan(
+                        &mut rng,
+                        &mut next_credential,
+                        &user,
+                        EPOCH_MS + at_ms,
+                        false,
+                        window_ms,
+                    )
+                })
+                .collect();
+            posts.push(PostPlan {
+                at_ms,
+                instance: rng.gen_range(0..instances),
+                credentials,
+            });
+        }
+        posts.sort_by_key(|post| post.at_ms);
+        let mut sends: Vec<SendPlan> = (0..sends)
+            .map(|_| {
+                let wait_seconds = rng.gen_bool(0.15).then(|| {
+                    if real {
+                        rng.gen_range(1..=2)
+                    } else {
+                        rng.gen_range(5..=90)
+                    }
+                });
+                SendPlan {
+                    at_ms: rng.gen_range(0..=window_ms),
+                    instance: rng.gen_range(0..instances),
+                    id: String::new(),
+                    touser: users[rng.gen_range(0..users.len())].clone(),
+                    wait_seconds,
+                    at_least_once: rng.gen_bool(0.05),
+                }
+            })
+            .collect();
+        sends.sort_by_key(|send| send.at_ms);
+        for (n, send) in sends.iter_mut().enumerate() {
+            send.id = format!("m{n:04}");
+        }
+        let crashes = (0..rng.gen_range(0..=3))
+            .map(|_| CrashPlan {
+                at_ms: rng.gen_range(0..=window_ms),
+                slot: rng.gen_range(0..instances),
+                restart_after_ms: if real {
+                    rng.gen_range(50..=300)
+                } else {
+                    rng.gen_range(100..=5_000)
+                },
+            })
+            .collect();
+        let mut rates = FaultRates::default();
+        for fault in Fault::ALL {
+            rates
+                .send
+                .insert(fault, pick(&mut rng, &[0, 5, 10, 20, 40]));
+        }
+        rates.token_lost_before = pick(&mut rng, &[0, 20, 50]);
+        rates.token_lost_after = pick(&mut rng, &[0, 20, 50]);
+        rates.token_busy = pick(&mut rng, &[0, 20, 50]);
+        let write_failures = pick(&mut rng, &[0, 0, 2, 5, 10]);
+        Self {
+            seed,
+            profile,
+            knobs,
+            instances,
+            skews_ms,
+            posts,
+            sends,
+            crashes,
+            rates,
+            write_failures,
+        }
+    }
+}
+
+/// A credential for `user`, posted at `post_at` (absolute ms).
+fn credential_plan(
+    rng: &mut StdRng,
+    next: &mut usize,
+    user: &str,
+    post_at: i64,
+    initial: bool,
+    window_ms: i64,
+) -> CredentialPlan {
+    let kind = if rng.gen_bool(0.6) {
+        CredentialKind::FormId
+    } else {
+        CredentialKind::PrepayId
+    };
+    let value = match kind {
+        CredentialKind::FormId => format!("f{:04}", *next),
+        CredentialKind::PrepayId => format!("p{:04}", *next),
+    };
+    *next += 1;
+    // How long before its post WeChat issued it.
+    let age = if initial {
+        if rng.gen_bool(0.15) {
+            // Dies at WeChat during the run, or a little after.
+            CREDENTIAL_LIFETIME_MS - rng.gen_range(0..=window_ms + 10 * 60_000)
+        } else {
+            rng.gen_range(0..=CREDENTIAL_LIFETIME_MS - HOUR_MS)
+        }
+    } else if rng.gen_bool(0.2) {
+        // A post buffered on the phone for hours.
+        rng.gen_range(HOUR_MS..=30 * HOUR_MS)
+    } else {
+        rng.gen_range(0..=5_000)
+    };
+    let issued_at = post_at - age;
+    let usable_from = match kind {
+        CredentialKind::PrepayId => issued_at + rng.gen_range(0..=8_000),
+        CredentialKind::FormId => issued_at,
+    };
+    let roll = rng.gen_range(0..100);
+    let (collected_at, label) = if roll < 55 {
+        (Some(issued_at), "accurate")
+    } else if roll < 75 {
+        (None, "missing")
+    } else if roll < 88 {
+        (
+            Some(issued_at + rng.gen_range(1_000..=50_000)),
+            "fast phone",
+        )
+    } else {
+        (
+            Some(issued_at - rng.gen_range(60_000..=3 * HOUR_MS)),
+            "slow phone",
+        )
+    };
+    CredentialPlan {
+        value,
+        openid: user.to_owned(),
+        kind,
+        issued_at,
+        usable_from,
+        collected_at,
+        label,
+    }
+}
+
+/// Connects one instance to the ledger (the in-memory model hands out
+/// itself; a real database a new pool, as a new process would open).
+pub type Connect =
+    Arc<dyn Fn() -> BoxFuture<'static, anyhow::Result<Arc<dyn Storage>>> + Send + Sync>;
+
+/// The ledger a run uses.
+#[derive(Clone)]
+pub struct Backend {
+    pub connect: Connect,
+    pub view: Arc<dyn LedgerView>,
+    /// The in-memory model, whose write failures stop at quiescence.
+    pub model: Option<Arc<LedgerModel>>,
+}
+
+impl Backend {
+    /// The in-memory ledger of `seed`.
+    pub fn in_memory(seed: u64, write_failures: u32) -> Self {
+        let model = Arc::new(LedgerModel::new(seed, write_failures));
+        let shared = model.clone();
+        Self {
+            connect: Arc::new(move || {
+                let storage: Arc<dyn Storage> = shared.clone();
+                Box::pin(async move { Ok(storage) })
+            }),
+            view: model.clone(),
+            model: Some(model),
+        }
+    }
+}
+
+/// What one run did and found.
+#[derive(Debug, Clone, Default)]
+pub struct SeedReport {
+    pub seed: u64,
+    pub sends: u64,
+    pub deliveries: u64,
+    /// Faults injected, by kind (WeChat, ledger, crashes, credentials).
+    pub faults: Counts,
+    /// Messages by final status.
+    pub outcomes: Counts,
+    /// Attempts by outcome.
+    pub attempts: Counts,
+    pub violations: Vec<String>,
+    pub trace_hash: u64,
+    /// The trace, rendered when a violation was found.
+    pub story: Option<String>,
+    /// Simulated time the run took, ms.
+    pub simulated_ms: i64,
+}
+
+/// One gateway process.
+struct Instance {
+    name: String,
+    storage: Arc<dyn Storage>,
+    clock: SimClock,
+    sender: Sender,
+    tasks: Vec<JoinHandle<()>>,
+    sends: Vec<JoinHandle<()>>,
+}
+
+/// What every instance shares.
+struct World {
+    plan: Plan,
+    base: TimeBase,
+    backend: Backend,
+    wechat: Arc<WeChatModel>,
+    trace: Arc<Trace>,
+    apps: Arc<BTreeMap<String, AppSettings>>,
+}
+
+impl World {
+    async fn start(&self, slot: usize, generation: u32) -> anyhow::Result<Instance> {
+        let knobs = &self.plan.knobs;
+        let name = format!("gw{slot}.{generation}");
+        let storage = (self.backend.connect)().await?;
+        // A process whose start fails is started again by its supervisor.
+        let mut tries = 0;
+        while let Err(error) = storage.ensure_app(APPID).await {
+            tries += 1;
+            if tries == 10 {
+                return Err(error);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let clock = SimClock {
+            base: self.base,
+            skew_ms: self.plan.skews_ms[slot],
+        };
+        let shared_clock: SharedClock = Arc::new(clock);
+        let wechat = self.wechat.handle(&name);
+        let tokens = TokenKeeper::new(
+            storage.clone(),
+            wechat.clone(),
+            self.apps.clone(),
+            shared_clock.clone(),
+            name.clone(),
+            knobs.token.clone(),
+        );
+        let lease = Duration::from_millis(knobs.lease_ms as u64);
+        let safety_margin = Duration::from_secs(60);
+        let sender = Sender::new(
+            storage.clone(),
+            tokens.clone(),
+            wechat,
+            shared_clock.clone(),
+            SendSettings {
+                safety_margin_ms: 60_000,
+                fresh_prepay_grace_ms: 30_000,
+                lease_ms: knobs.lease_ms,
+                max_attempts: 10,
+                busy_retries: 2,
+                busy_backoff: Duration::from_millis(knobs.busy_backoff_ms),
+                not_ready_retry_ms: knobs.not_ready_retry_ms,
+                probe_limit: 2,
+                max_concurrent_calls: knobs.max_concurrent_calls,
+                call_budget_ms: knobs.call_budget_ms,
+            },
+            Arc::new(Breakers::new(
+                shared_clock.clone(),
+                5,
+                Duration::from_millis(knobs.breaker_cooldown_ms),
+            )),
+        );
+        let recovery = Recovery::new(
+            storage.clone(),
+            sender.clone(),
+            shared_clock.clone(),
+            lease,
+            safety_margin,
+        );
+        let waiting =
+            WaitingSender::new(storage.clone(), sender.clone(), shared_clock.clone(), lease);
+        let refresher = TokenRefresher::new(tokens);
+        let sweeper = Sweeper::new(
+            storage.clone(),
+            shared_clock,
+            Duration::from_secs(7 * 86_400),
+            Duration::from_secs(30 * 86_400),
+        );
+        self.trace
+            .record(&name, format!("started (clock skew {} ms)", clock.skew_ms));
+        // The workers, as `Application::run_until_stopped` runs them (without
+        // its `select!`, whose branch order is random).
+        let every = |interval_ms: u64| Duration::from_millis(interval_ms);
+        let tasks = vec![
+            tokio::spawn(worker(every(knobs.recovery_interval_ms), move || {
+                let recovery = recovery.clone();
+                async move { recovery.run_once().await.map(drop) }
+            })),
+            tokio::spawn(worker(every(knobs.waiting_poll_ms), move || {
+                let waiting = waiting.clone();
+                async move { waiting.run_once().await.map(drop) }
+            })),
+            tokio::spawn(worker(every(knobs.token_check_ms), move || {
+                let refresher = refresher.clone();
+                async move { refresher.run_once().await.map(drop) }
+            })),
+            tokio::spawn(worker(every(knobs.sweep_ms), move || {
+                let sweeper = sweeper.clone();
+                async move { sweeper.run_once().await.map(drop) }
+            })),
+        ];
+        Ok(Instance {
+            name,
+            storage,
+            clock,
+            sender,
+            tasks,
+            sends: Vec::new(),
+        })
+    }
+}
+
+/// Runs `step` every `interval`, forever (until aborted); a failed step is
+/// tried again next time, as `workers::run_every` does.
+async fn worker<F, Fut>(interval: Duration, mut step: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    loop {
+        let _ = step().await;
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Runs a seed on the in-memory ledger under paused time: a pure function
+/// of `(seed, sends)`.
+pub fn run_seed(seed: u64, sends: usize) -> SeedReport {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime");
+    runtime.block_on(async {
+        let plan = Plan::new(seed, sends, Profile::Simulated);
+        let backend = Backend::in_memory(seed, plan.write_failures);
+        run_plan(plan, backend).await
+    })
+}
+
+/// What happens, when, in the driver's order.
+enum Action {
+    Post(usize),
+    Send(usize),
+    Crash(usize),
+    Restart(usize),
+}
+
+/// Runs a plan against a ledger, quiesces, and checks the invariants.
+pub async fn run_plan(plan: Plan, backend: Backend) -> SeedReport {
+    let base = TimeBase::now();
+    let trace = Arc::new(Trace::new(base));
+    let knobs = plan.knobs.clone();
+    let wechat = Arc::new(WeChatModel::new(
+        base,
+        WeChatSetup {
+            seed: plan.seed,
+            rates: plan.rates.clone(),
+            request_timeout: Duration::from_millis(knobs.request_timeout_ms),
+            latency_ms: knobs.latency_ms,
+            token_expires_in: knobs.token_expires_in,
+        },
+        trace.clone(),
+    ));
+    let apps = Arc::new(BTreeMap::from([(
+        APPID.to_owned(),
+        AppSettings {
+            secret: "sim-secret".to_owned().into(),
+            token_mode: TokenMode::Token,
+        },
+    )]));
+    let world = World {
+        plan: plan.clone(),
+        base,
+        backend: backend.clone(),
+        wechat: wechat.clone(),
+        trace: trace.clone(),
+        apps,
+    };
+    let mut report = SeedReport {
+        seed: plan.seed,
+        ..SeedReport::default()
+    };
+    let mut driver_faults = Counts::new();
+    let mut instances: Vec<Option<Instance>> = Vec::new();
+    let mut generations = vec![0u32; plan.instances];
+    for slot in 0..plan.instances {
+        match world.start(slot, 0).await {
+            Ok(instance) => instances.push(Some(instance)),
+            Err(error) => {
+                report
+                    .violations
+                    .push(format!("instance {slot} could not start: {error:#}"));
+                return report;
+            }
+        }
+    }
+    let mut actions: Vec<(i64, u8, usize, Action)> = Vec::new();
+    for (n, post) in plan.posts.iter().enumerate() {
+        actions.push((post.at_ms, 0, n, Action::Post(n)));
+    }
+    for (n, send) in plan.sends.iter().enumerate() {
+        actions.push((send.at_ms, 1, n, Action::Send(n)));
+    }
+    for (n, crash) in plan.crashes.iter().enumerate() {
+        actions.push((crash.at_ms, 2, n, Action::Crash(n)));
+    }
+    actions.sort_by_key(|(at, order, n, _)| (*at, *order, *n));
+    // Restarts are queued as crashes happen.
+    let mut restarts: Vec<(i64, usize)> = Vec::new();
+    let mut queue: std::collections::VecDeque<(i64, Action)> = actions
+        .into_iter()
+        .map(|(at, _, _, action)| (at, action))
+        .collect();
+    loop {
+        // The next restart due before the next planned action goes first.
+        restarts.sort();
+        let next_restart = restarts.first().copied();
+        let action = match (queue.front(), next_restart) {
+            (Some((at, _)), Some((restart_at, slot))) if restart_at <= *at => {
+                restarts.remove(0);
+                (restart_at, Action::Restart(slot))
+            }
+            (Some(_), _) => queue.pop_front().expect("a queued action"),
+            (None, Some((restart_at, slot))) => {
+                restarts.remove(0);
+                (restart_at, Action::Restart(slot))
+            }
+            (None, None) => break,
+        };
+        let (at_ms, action) = action;
+        tokio::time::sleep_until(base.instant_at(EPOCH_MS + at_ms)).await;
+        match action {
+            Action::Post(n) => {
+                let post = &plan.posts[n];
+                let slot = live_slot(&instances, post.instance);
+                post_credentials(
+                    &world,
+                    instances[slot].as_ref().expect("a live instance"),
+                    post,
+                    &mut driver_faults,
+                )
+                .await;
+            }
+            Action::Send(n) => {
+                let send = &plan.sends[n];
+                let slot = live_slot(&instances, send.instance);
+                let instance = instances[slot].as_mut().expect("a live instance");
+                let task = spawn_send(instance, send, trace.clone());
+                instance.sends.push(task);
+                report.sends += 1;
+            }
+            Action::Crash(n) => {
+                let crash = &plan.crashes[n];
+                let alive = instances.iter().filter(|i| i.is_some()).count();
+                if alive < 2 || instances[crash.slot].is_none() {
+                    continue;
+                }
+                if let Some(instance) = instances[crash.slot].take() {
+                    for task in instance.tasks.iter().chain(&instance.sends) {
+                        task.abort();
+                    }
+                    let in_flight = instance.sends.iter().filter(|t| !t.is_finished()).count();
+                    trace.record(
+                        &instance.name,
+                        format!("CRASH with {in_flight} send(s) in flight"),
+                    );
+                    *driver_faults.entry("instance crashes").or_default() += 1;
+                    restarts.push((at_ms + crash.restart_after_ms, crash.slot));
+                }
+            }
+            Action::Restart(slot) => {
+                if instances[slot].is_some() {
+                    continue;
+                }
+                generations[slot] += 1;
+                match world.start(slot, generations[slot]).await {
+                    Ok(instance) => instances[slot] = Some(instance),
+                    Err(error) => {
+                        report
+                            .violations
+                            .push(format!("instance {slot} could not restart: {error:#}"));
+                        return report;
+                    }
+                }
+            }
+        }
+    }
+    // Quiescence: no more faults; every lease runs out, recovery and the
+    // waiting worker finish what is left.
+    wechat.set_faults(false);
+    if let Some(model) = &backend.model {
+        model.set_write_failures(0);
+    }
+    trace.record("driver", "faults stop: quiescing".to_owned());
+    let deadline = base.now_ms() + knobs.horizon_ms;
+    let mut snapshot = Snapshot::default();
+    loop {
+        tokio::time::sleep(Duration::from_millis(knobs.poll_ms)).await;
+        let sends_done = instances
+            .iter()
+            .flatten()
+            .all(|i| i.sends.iter().all(JoinHandle::is_finished));
+        match backend.view.snapshot().await {
+            Ok(read) => snapshot = read,
+            Err(error) => {
+                report
+                    .violations
+                    .push(format!("reading the ledger failed: {error:#}"));
+                break;
+            }
+        }
+        if sends_done && snapshot.busy() == 0 {
+            break;
+        }
+        if base.now_ms() > deadline {
+            report.violations.push(format!(
+                "the run did not quiesce within {} s: {} pending/waiting/leased row(s)",
+                knobs.horizon_ms / 1000,
+                snapshot.busy()
+            ));
+            break;
+        }
+    }
+    for instance in instances.iter().flatten() {
+        for task in instance.tasks.iter().chain(&instance.sends) {
+            task.abort();
+        }
+    }
+    trace.record("driver", "quiesced".to_owned());
+    let side = WeChatSide {
+        credentials: wechat.credentials(),
+        deliveries: wechat.deliveries(),
+        answers: wechat.answers(),
+    };
+    let violations = check(&snapshot, &side);
+    report.deliveries = side.deliveries.len() as u64;
+    for message in &snapshot.messages {
+        *report.outcomes.entry(message.status.as_str()).or_default() += 1;
+        for attempt in &message.attempts {
+            *report.attempts.entry(attempt.outcome.as_str()).or_default() += 1;
+        }
+    }
+    add_counts(&mut report.faults, &wechat.counts());
+    if let Some(model) = &backend.model {
+        add_counts(&mut report.faults, &model.counts());
+    }
+    add_counts(&mut report.faults, &driver_faults);
+    report.simulated_ms = base.now_ms() - base.epoch_ms;
+    report.trace_hash = trace.hash();
+    if !violations.is_empty() || !report.violations.is_empty() {
+        report.story = Some(story(&plan, &trace, &snapshot, &side, &violations));
+        report
+            .violations
+            .extend(violations.into_iter().map(|v| v.text));
+    }
+    report
+}
+
+/// The slot that takes work meant for `wanted`: it, or the next one alive.
+fn live_slot(instances: &[Option<Instance>], wanted: usize) -> usize {
+    (0..instances.len())
+        .map(|offset| (wanted + offset) % instances.len())
+        .find(|slot| instances[*slot].is_some())
+        .expect("at least one instance is alive: a crash never takes the last one")
+}
+
+/// WeChat issues the credentials of a post, and the frontend posts them
+/// through an instance (its collection rules, its clock).
+async fn post_credentials(
+    world: &World,
+    instance: &Instance,
+    post: &PostPlan,
+    faults: &mut Counts,
+) {
+    let now = formid_gateway::clock::Clock::now_ms(&instance.clock);
+    let mut items = Vec::new();
+    for credential in &post.credentials {
+        let max_uses = credential.kind.rules().sends;
+        world.wechat.issue(
+            &credential.value,
+            TrueCredential {
+                appid: APPID.to_owned(),
+                openid: credential.openid.clone(),
+                kind: credential.kind,
+                issued_at: credential.issued_at,
+                usable_from: credential.usable_from,
+                uses_left: max_uses,
+                max_uses,
+            },
+        );
+        let mut item = json!({
+            "openid": credential.openid,
+            "kind": credential.kind.as_str(),
+            "value": credential.value,
+        });
+        if let Some(collected_at) = credential.collected_at {
+            item["collected_at"] = json!(collected_at);
+        }
+        let posted_late = (now - credential.issued_at) / 1000;
+        match parse_item(
+            &item,
+            CollectContext {
+                now_ms: now,
+                skew_ms: 60_000,
+            },
+        ) {
+            Ok(parsed) => {
+                if credential.label != "accurate" {
+                    *faults
+                        .entry(match credential.label {
+                            "missing" => "credentials: collected_at missing",
+                            "fast phone" => "credentials: collected_at from a fast phone",
+                            _ => "credentials: collected_at from a slow phone",
+                        })
+                        .or_default() += 1;
+                }
+                if post.at_ms > 0 && posted_late > 3_600 {
+                    *faults
+                        .entry("credentials: posted hours after issue (buffered)")
+                        .or_default() += 1;
+                }
+                world.trace.record(
+                    &instance.name,
+                    format!(
+                        "collect {} for {} ({}; issued {} s before the post; ledger expiry {:+} s vs WeChat's)",
+                        credential.value,
+                        credential.openid,
+                        credential.label,
+                        posted_late,
+                        (parsed.expires_at - (credential.issued_at + CREDENTIAL_LIFETIME_MS)) / 1000
+                    ),
+                );
+                items.push(parsed);
+            }
+            Err(rejection) => world.trace.record(
+                &instance.name,
+                format!("collect {} refused: {rejection:?}", credential.value),
+            ),
+        }
+    }
+    if items.is_empty() {
+        return;
+    }
+    if let Err(error) = instance
+        .storage
+        .insert_credentials(APPID, &items, now)
+        .await
+    {
+        world
+            .trace
+            .record(&instance.name, format!("collect failed: {error:#}"));
+    }
+}
+
+/// Starts a send on an instance, as its HTTP handler would.
+fn spawn_send(instance: &Instance, send: &SendPlan, trace: Arc<Trace>) -> JoinHandle<()> {
+    let sender = instance.sender.clone();
+    let name = instance.name.clone();
+    let id = send.id.clone();
+    let request = SendRequest {
+        touser: send.touser.clone(),
+        template_id: TEMPLATE.to_owned(),
+        page: None,
+        data: Some(
+            json!({"message": {"value": send.id}})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        ),
+        emphasis_keyword: None,
+        color: None,
+        wait_seconds: send.wait_seconds,
+        delivery: if send.at_least_once {
+            Delivery::AtLeastOnce
+        } else {
+            Delivery::AtMostOnce
+        },
+    };
+    trace.record(
+        &name,
+        format!(
+            "send {id} to {}{}{}",
+            send.touser,
+            send.wait_seconds
+                .map_or(String::new(), |s| format!(", waiting up to {s} s")),
+            if send.at_least_once {
+                ", at_least_once"
+            } else {
+                ""
+            }
+        ),
+    );
+    tokio::spawn(async move {
+        let line = match sender.send(APPID, &request, &id).await {
+            Ok(result) => format!(
+                "send {id} answered {}{} [{}]",
+                result.status,
+                result
+                    .failure
+                    .as_ref()
+                    .map_or(String::new(), |f| format!(" ({})", f.code())),
+                result
+                    .attempts
+                    .iter()
+                    .map(|a| a.outcome.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Err(error) => format!("send {id} failed: {error:#}"),
+        };
+        trace.record(&name, line);
+    })
+}
+
+/// The story of a failing run: the plan's settings, the violations with the
+/// ledger's attempts and WeChat's deliveries of what they are about, and the
+/// whole trace.
+fn story(
+    plan: &Plan,
+    trace: &Trace,
+    snapshot: &Snapshot,
+    side: &WeChatSide,
+    violations: &[Violation],
+) -> String {
+    let mut text = format!(
+        "seed {} ({:?}): {} instances, skews {:?} ms, lease {} ms, call budget {} ms, {} call slot(s), send faults {:?} per mille\n",
+        plan.seed,
+        plan.profile,
+        plan.instances,
+        plan.skews_ms,
+        plan.knobs.lease_ms,
+        plan.knobs.call_budget_ms,
+        plan.knobs.max_concurrent_calls,
+        plan.rates.send.iter().map(|(f, r)| (f.name(), *r)).collect::<Vec<_>>(),
+    );
+    let credential_values: BTreeMap<i64, &str> = snapshot
+        .credentials
+        .iter()
+        .map(|c| (c.id, c.value.as_str()))
+        .collect();
+    for violation in violations {
+        text.push_str(&format!("VIOLATION: {}\n", violation.text));
+        for id in &violation.messages {
+            if let Some(message) = snapshot.messages.iter().find(|m| &m.id == id) {
+                let attempts: Vec<String> = message
+                    .attempts
+                    .iter()
+                    .map(|a| {
+                        format!(
+                            "{} {}{}",
+                            a.outcome,
+                            a.credential_id
+                                .and_then(|c| credential_values.get(&c).copied())
+                                .unwrap_or("-"),
+                            a.errcode.map_or(String::new(), |e| format!(" {e}"))
+                        )
+                    })
+                    .collect();
+                text.push_str(&format!(
+                    "  {id} to {} ({}): {} [{}]\n",
+                    message.touser,
+                    message.delivery,
+                    message.status,
+                    attempts.join(", ")
+                ));
+            }
+            for delivery in side.deliveries.iter().filter(|d| &d.message_id == id) {
+                text.push_str(&format!(
+                    "  delivered {id} with {} at +{:.3}s (call from {})\n",
+                    delivery.credential,
+                    (delivery.at - EPOCH_MS) as f64 / 1000.0,
+                    delivery.caller
+                ));
+            }
+        }
+        for value in &violation.credentials {
+            if let Some(truth) = side.credentials.get(value) {
+                text.push_str(&format!(
+                    "  {value}: {} of {}, issued at +{:.3}s, dies at WeChat at +{:.3}s, {} use(s) left at WeChat\n",
+                    truth.kind.as_str(),
+                    truth.openid,
+                    (truth.issued_at - EPOCH_MS) as f64 / 1000.0,
+                    (truth.expires_at() - EPOCH_MS) as f64 / 1000.0,
+                    truth.uses_left
+                ));
+            }
+            if let Some(row) = snapshot.credentials.iter().find(|c| &c.value == value) {
+                text.push_str(&format!(
+                    "  {value} in the ledger: {} uses_left {} unproven {} retired {:?}\n",
+                    row.state, row.uses_left, row.unproven_uses, row.retired_errcode
+                ));
+            }
+        }
+    }
+    let about: Vec<String> = violations
+        .iter()
+        .flat_map(|v| v.messages.iter().chain(&v.credentials).cloned())
+        .collect();
+    if !about.is_empty() {
+        text.push_str("events about them:\n");
+        text.push_str(&trace.render(|e| about.iter().any(|a| e.what.contains(a.as_str()))));
+    }
+    text.push_str("the whole run (true time, actor, event):\n");
+    text.push_str(&trace.render(|_| true));
+    text
+}
+
+/// A sweep's totals.
+#[derive(Debug, Clone, Default)]
+pub struct SweepReport {
+    pub seeds: u64,
+    pub sends: u64,
+    pub deliveries: u64,
+    pub faults: Counts,
+    pub outcomes: Counts,
+    pub attempts: Counts,
+    pub simulated_ms: i64,
+    /// Failing seeds, each with its violations and story.
+    pub failures: Vec<SeedReport>,
+}
+
+impl SweepReport {
+    /// Adds one seed's report.
+    pub fn add(&mut self, seed: SeedReport) {
+        self.seeds += 1;
+        self.sends += seed.sends;
+        self.deliveries += seed.deliveries;
+        add_counts(&mut self.faults, &seed.faults);
+        add_counts(&mut self.outcomes, &seed.outcomes);
+        add_counts(&mut self.attempts, &seed.attempts);
+        self.simulated_ms += seed.simulated_ms;
+        if !seed.violations.is_empty() {
+            self.failures.push(seed);
+        }
+    }
+
+    /// The figures, as printed by the binary and the CI test.
+    pub fn figures(&self) -> String {
+        let mut text = format!(
+            "seeds {}, sends {}, deliveries {}, simulated time {:.1} h, violations {} (in {} seed(s))\n",
+            self.seeds,
+            self.sends,
+            self.deliveries,
+            self.simulated_ms as f64 / 3_600_000.0,
+            self.failures.iter().map(|f| f.violations.len()).sum::<usize>(),
+            self.failures.len()
+        );
+        // WeChat's own answers are counted beside the faults; printed apart.
+        let answer = |name: &&str| name.starts_with("answer:") || *name == "token: issued";
+        text.push_str("faults injected:\n");
+        for (name, count) in self.faults.iter().filter(|(name, _)| !answer(name)) {
+            text.push_str(&format!("  {name:<58} {count:>10}\n"));
+        }
+        text.push_str("WeChat's answers to processed calls:\n");
+        for (name, count) in self.faults.iter().filter(|(name, _)| answer(name)) {
+            text.push_str(&format!("  {name:<58} {count:>10}\n"));
+        }
+        text.push_str("messages by final status:\n");
+        for (name, count) in &self.outcomes {
+            text.push_str(&format!("  {name:<58} {count:>10}\n"));
+        }
+        text.push_str("attempts by outcome:\n");
+        for (name, count) in &self.attempts {
+            text.push_str(&format!("  {name:<58} {count:>10}\n"));
+        }
+        text
+    }
+}
+
+/// Runs seeds `start..start + seeds` with `sends` sends each on `threads`
+/// threads (each seed on its own current-thread runtime); the totals do not
+/// depend on the number of threads.
+pub fn sweep(start: u64, seeds: u64, sends: usize, threads: usize) -> SweepReport {
+    let next = Mutex::new(start);
+    let reports = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| loop {
+                let seed = {
+                    let mut next = next.lock().expect("seed counter");
+                    if *next >= start + seeds {
+                        return;
+                    }
+                    *next += 1;
+                    *next - 1
+                };
+                let report = run_seed(seed, sends);
+                reports.lock().expect("reports").push(report);
+            });
+        }
+    });
+    let mut reports = reports.into_inner().expect("reports");
+    reports.sort_by_key(|r| r.seed);
+    let mut sweep = SweepReport::default();
+    for report in reports {
+        sweep.add(report);
+    }
+    sweep
+}
