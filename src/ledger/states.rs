@@ -107,13 +107,6 @@ stored_state! {
     }
 }
 
-impl MessageStatus {
-    /// Whether the message has ended.
-    pub fn is_final(self) -> bool {
-        matches!(self, Self::Sent | Self::Failed | Self::Unknown)
-    }
-}
-
 stored_state! {
     /// What one call to WeChat (or the decision not to make one) came to
     /// (`attempts.outcome`).

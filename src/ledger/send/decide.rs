@@ -21,6 +21,16 @@ pub enum CallOutcome {
     Ambiguous,
 }
 
+impl CallOutcome {
+    /// WeChat's errcode, when it answered.
+    pub fn errcode(self) -> Option<i64> {
+        match self {
+            CallOutcome::Answered(errcode) => Some(errcode),
+            CallOutcome::NotSent | CallOutcome::Ambiguous => None,
+        }
+    }
+}
+
 /// The policy `decide` applies.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {

@@ -342,10 +342,7 @@ impl<'a> Run<'a> {
         detail: Option<String>,
         step: Step,
     ) -> Result<CredentialEnd, LeaseLostOr> {
-        let errcode = match answer {
-            Some(CallOutcome::Answered(errcode)) => Some(errcode),
-            _ => None,
-        };
+        let errcode = answer.and_then(CallOutcome::errcode);
         match step {
             Step::NextCredential {
                 outcome,
@@ -446,11 +443,7 @@ impl<'a> Run<'a> {
         message: Option<&MessageOutcome>,
         outcome: AttemptOutcome,
     ) -> Result<(), LeaseLostOr> {
-        let errcode = match answer {
-            CallOutcome::Answered(errcode) => Some(errcode),
-            _ => None,
-        };
-        let attempt = self.attempt(credential, errcode, outcome, detail);
+        let attempt = self.attempt(credential, answer.errcode(), outcome, detail);
         self.persist(&attempt, Some((credential.id, settlement)), message)
             .await
     }
@@ -476,12 +469,7 @@ impl<'a> Run<'a> {
                 )
             })
             .await?;
-        self.note(attempt);
-        if held {
-            Ok(())
-        } else {
-            Err(LeaseLostOr::LeaseLost)
-        }
+        self.note(attempt, held)
     }
 
     /// The batched end of a delivered message.
@@ -501,12 +489,7 @@ impl<'a> Run<'a> {
             now: sender.clock.now_ms(),
         };
         let held = self.retrying(|| sender.storage.end_send(&end)).await?;
-        self.note(attempt);
-        if held {
-            Ok(())
-        } else {
-            Err(LeaseLostOr::LeaseLost)
-        }
+        self.note(attempt, held)
     }
 
     /// Runs a write until it commits, with backoff, for as long as the lease
@@ -539,12 +522,19 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn note(&mut self, attempt: &NewAttempt) {
+    /// Adds a recorded attempt to the caller's answer; `LeaseLost` when the
+    /// write that recorded it found the message held by another run.
+    fn note(&mut self, attempt: &NewAttempt, held: bool) -> Result<(), LeaseLostOr> {
         self.attempts.push(AttemptSummary {
             credential_kind: attempt.credential_kind.map(CredentialKind::as_str),
             errcode: attempt.errcode,
             outcome: attempt.outcome,
         });
+        if held {
+            Ok(())
+        } else {
+            Err(LeaseLostOr::LeaseLost)
+        }
     }
 
     async fn release(&self, credential_id: i64) -> anyhow::Result<()> {
