@@ -210,7 +210,10 @@ pub async fn quota(
     let valid_after = context.clock.now_ms() + ms(context.ledger.safety_margin);
     let rows = context.storage.quota(&appid, &openid, valid_after).await?;
     let mut by_kind = serde_json::Map::new();
-    for kind in crate::ledger::kinds::CredentialKind::ALL {
+    for kind in crate::ledger::kinds::CredentialKind::ALL
+        .into_iter()
+        .filter(|kind| kind.rules().channel == crate::ledger::states::Channel::Template)
+    {
         let row = rows.iter().find(|row| row.kind == kind.as_str());
         by_kind.insert(
             kind.as_str().into(),

@@ -72,10 +72,13 @@ pub fn parse_item(item: &Value, context: CollectContext) -> Result<NewCredential
         ));
     }
     let kind_name = required_str(item, "kind")?;
-    let Some(kind) = CredentialKind::parse(kind_name) else {
+    // Subscribe grants are posted as prompt results (`/subscriptions`), not here.
+    let Some(kind) = CredentialKind::parse(kind_name)
+        .filter(|kind| kind.rules().channel == crate::ledger::states::Channel::Template)
+    else {
         return Err(Rejection::new(
             "unknown_kind",
-            "kind must be \"form_id\" or \"prepay_id\"",
+            "kind must be \"form_id\" or \"prepay_id\" (subscribe grants are posted to /subscriptions)",
         ));
     };
     let value = normalize_value(kind, required_str(item, "value")?)?;
@@ -187,6 +190,8 @@ fn normalize_value(kind: CredentialKind, raw: &str) -> Result<String, Rejection>
             ))
         }
         (CredentialKind::FormId, None) => raw,
+        // Refused before their value is read.
+        (CredentialKind::Subscribe | CredentialKind::LongTerm, _) => raw,
     };
     if strip_prepay_prefix(value).is_some() {
         return Err(Rejection::new(

@@ -3,6 +3,8 @@
 use chrono::Duration;
 use serde::{Deserialize, Serialize};
 
+use super::states::Channel;
+
 /// A kind of per-user push credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -11,6 +13,15 @@ pub enum CredentialKind {
     FormId,
     /// From a completed WeChat Pay payment.
     PrepayId,
+    /// One accept of a one-time subscribe template (type 2) in
+    /// `wx.requestSubscribeMessage`: one send of exactly that template.
+    Subscribe,
+    /// One send under a long-term subscription (type 3). The subscription is
+    /// a standing flag, not a counter; each send takes a ticket of this kind,
+    /// made for it and leased to it like any credential, so that a crash or
+    /// a lost answer is resolved by the same machinery, and concurrent sends
+    /// never queue behind one row.
+    LongTerm,
 }
 
 /// What WeChat allows for one credential of a kind.
@@ -19,23 +30,28 @@ pub struct KindRules {
     /// Sends one credential allows.
     pub sends: u32,
     /// How long after collection it stays valid; `None` never expires
-    /// (the subscribe-message grant, which comes next).
+    /// (subscribe grants).
     pub lifetime: Option<Duration>,
-    /// Whether the credential only works for one template (subscribe grants).
-    pub template_scoped: bool,
+    /// The API it pays for: the legacy template send, or the subscribe send
+    /// (whose credentials pay for one template only).
+    pub channel: Channel,
+    /// Whether it lies in a pool that claims take from. A long-term ticket
+    /// is made for one send and never returns to a pool.
+    pub pooled: bool,
     /// Whether WeChat may still answer 41028 for a freshly collected credential
     /// because its data syncs late (payments do; reference §7).
     pub syncs_late: bool,
 }
 
 /// Kept as a table rather than `if` chains so that a new kind is one more row.
-const RULES: [(CredentialKind, KindRules); 2] = [
+const RULES: [(CredentialKind, KindRules); 4] = [
     (
         CredentialKind::FormId,
         KindRules {
             sends: 1,
             lifetime: Some(Duration::days(7)),
-            template_scoped: false,
+            channel: Channel::Template,
+            pooled: true,
             syncs_late: false,
         },
     ),
@@ -44,8 +60,29 @@ const RULES: [(CredentialKind, KindRules); 2] = [
         KindRules {
             sends: 3,
             lifetime: Some(Duration::days(7)),
-            template_scoped: false,
+            channel: Channel::Template,
+            pooled: true,
             syncs_late: true,
+        },
+    ),
+    (
+        CredentialKind::Subscribe,
+        KindRules {
+            sends: 1,
+            lifetime: None,
+            channel: Channel::Subscribe,
+            pooled: true,
+            syncs_late: false,
+        },
+    ),
+    (
+        CredentialKind::LongTerm,
+        KindRules {
+            sends: 1,
+            lifetime: None,
+            channel: Channel::Subscribe,
+            pooled: false,
+            syncs_late: false,
         },
     ),
 ];
@@ -56,7 +93,12 @@ pub const NEVER_EXPIRES_MS: i64 = i64::MAX;
 
 impl CredentialKind {
     /// Every kind, in a stable order.
-    pub const ALL: [CredentialKind; 2] = [CredentialKind::FormId, CredentialKind::PrepayId];
+    pub const ALL: [CredentialKind; 4] = [
+        CredentialKind::FormId,
+        CredentialKind::PrepayId,
+        CredentialKind::Subscribe,
+        CredentialKind::LongTerm,
+    ];
 
     /// The rules of this kind.
     pub fn rules(self) -> &'static KindRules {
@@ -72,6 +114,8 @@ impl CredentialKind {
         match self {
             CredentialKind::FormId => "form_id",
             CredentialKind::PrepayId => "prepay_id",
+            CredentialKind::Subscribe => "subscribe",
+            CredentialKind::LongTerm => "long_term",
         }
     }
 
@@ -101,7 +145,12 @@ mod tests {
         }
         assert_eq!(CredentialKind::FormId.rules().sends, 1);
         assert_eq!(CredentialKind::PrepayId.rules().sends, 3);
-        assert_eq!(CredentialKind::parse("subscribe"), None);
+        assert_eq!(
+            CredentialKind::parse("subscribe"),
+            Some(CredentialKind::Subscribe)
+        );
+        assert_eq!(CredentialKind::Subscribe.expires_at_ms(1), NEVER_EXPIRES_MS);
+        assert!(!CredentialKind::LongTerm.rules().pooled);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Every state the ledger stores, as enums: the names on the wire and in the
 //! database come from `as_str`, and the schema's `CHECK` constraints allow
-//! exactly these names (migration 0004 on both databases).
+//! exactly these names (migrations 0004 and 0005 on both databases).
 
 use std::fmt;
 use std::str::FromStr;
@@ -177,6 +177,72 @@ stored_state! {
     }
 }
 
+stored_state! {
+    /// Which WeChat API carries a message (`messages.channel`, `templates.channel`).
+    Channel {
+        /// The legacy template message (`wxopen/template/send`), paid with a form_id or prepay_id.
+        Template = "template",
+        /// The subscribe message (`message/subscribe/send`), paid with a grant of its template.
+        Subscribe = "subscribe",
+    }
+}
+
+stored_state! {
+    /// A user's latest decision on a subscribe template (`subscriptions.decision`):
+    /// the answers of `wx.requestSubscribeMessage`, and a revocation WeChat told.
+    Decision {
+        /// `accept`: one send (or a long-term subscription switched on).
+        Accept = "accept",
+        /// `acceptWithAudio`: accepted, with a voice reminder.
+        AcceptWithAudio = "accept_with_audio",
+        /// `acceptWithAlert`: accepted, with an alert.
+        AcceptWithAlert = "accept_with_alert",
+        /// `reject`: the user said no this time.
+        Reject = "reject",
+        /// `ban`: the template was banned by WeChat.
+        Ban = "ban",
+        /// `filter`: filtered out (a duplicate title in one prompt).
+        Filter = "filter",
+        /// WeChat said the user has no grant left or turned the template off
+        /// (errcode 43101, or a change event).
+        Revoked = "revoked",
+    }
+}
+
+impl Decision {
+    /// Whether the decision grants a send.
+    pub fn grants(self) -> bool {
+        matches!(
+            self,
+            Decision::Accept | Decision::AcceptWithAudio | Decision::AcceptWithAlert
+        )
+    }
+
+    /// The decision a `wx.requestSubscribeMessage` result names, by WeChat's spelling.
+    pub fn from_wechat(status: &str) -> Option<Self> {
+        Some(match status {
+            "accept" => Decision::Accept,
+            "acceptWithAudio" => Decision::AcceptWithAudio,
+            "acceptWithAlert" => Decision::AcceptWithAlert,
+            "reject" => Decision::Reject,
+            "ban" => Decision::Ban,
+            "filter" => Decision::Filter,
+            _ => return None,
+        })
+    }
+}
+
+stored_state! {
+    /// What a subscribe template allows (`templates.subscription`): WeChat's
+    /// `type` 2 and 3. Legacy templates are stored as one-time.
+    SubscriptionType {
+        /// Type 2: each accept grants one send.
+        OneTime = "one_time",
+        /// Type 3: one accept allows sends until the user turns it off.
+        LongTerm = "long_term",
+    }
+}
+
 // Why by hand: the enum is declared by `stored_state!`, which derives no
 // `Default` (most states have none).
 #[allow(clippy::derivable_impls)]
@@ -202,6 +268,9 @@ mod tests {
         check(Delivery::ALL);
         check(CredentialState::ALL);
         check(IdempotencyState::ALL);
+        check(Channel::ALL);
+        check(Decision::ALL);
+        check(SubscriptionType::ALL);
         assert!("Pending".parse::<MessageStatus>().is_err());
     }
 
@@ -209,8 +278,17 @@ mod tests {
     #[test]
     fn the_check_constraints_allow_exactly_the_enum_names() {
         for backend in ["sqlite", "postgres"] {
-            let path = format!("migrations/{backend}/0004_typed_states_and_fencing.sql");
-            let schema = std::fs::read_to_string(&path).expect(&path);
+            let schema: String = [
+                "0004_typed_states_and_fencing.sql",
+                "0005_subscribe_messages.sql",
+            ]
+            .iter()
+            .map(|file| {
+                let path = format!("migrations/{backend}/{file}");
+                std::fs::read_to_string(&path).expect(&path)
+            })
+            .collect();
+            let path = format!("migrations/{backend}");
             let names = |all: Vec<&'static str>| {
                 all.iter()
                     .map(|name| format!("'{name}'"))
@@ -237,6 +315,18 @@ mod tests {
                 (
                     "state",
                     names(IdempotencyState::ALL.iter().map(|s| s.as_str()).collect()),
+                ),
+                (
+                    "channel",
+                    names(Channel::ALL.iter().map(|s| s.as_str()).collect()),
+                ),
+                (
+                    "decision",
+                    names(Decision::ALL.iter().map(|s| s.as_str()).collect()),
+                ),
+                (
+                    "subscription",
+                    names(SubscriptionType::ALL.iter().map(|s| s.as_str()).collect()),
                 ),
             ] {
                 let check = format!("CHECK ({column} IN ({all}))");

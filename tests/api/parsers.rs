@@ -153,6 +153,9 @@ fn check_credential(credential: &NewCredential) -> Result<(), TestCaseError> {
                 "a prepay_id stored with its prefix: {value:?}"
             );
         }
+        kind @ (CredentialKind::Subscribe | CredentialKind::LongTerm) => {
+            prop_assert!(false, "a {kind:?} accepted from a credential post")
+        }
     }
     prop_assert!(credential.collected_at <= NOW + SKEW);
     prop_assert_eq!(
