@@ -263,6 +263,32 @@ pub enum TokenMode {
     StableToken,
 }
 
+/// Which version of the mini-program a subscribe message opens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MiniprogramState {
+    Developer,
+    Trial,
+    /// WeChat's own default.
+    #[default]
+    Formal,
+}
+
+/// The language of a subscribe message's card.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum Lang {
+    /// WeChat's own default.
+    #[default]
+    #[serde(rename = "zh_CN")]
+    ZhCn,
+    #[serde(rename = "en_US")]
+    EnUs,
+    #[serde(rename = "zh_HK")]
+    ZhHk,
+    #[serde(rename = "zh_TW")]
+    ZhTw,
+}
+
 /// One mini-program.
 #[derive(Debug, Clone, Deserialize)]
 pub struct AppSettings {
@@ -271,6 +297,12 @@ pub struct AppSettings {
     /// Which endpoint issues its tokens.
     #[serde(default)]
     pub token_mode: TokenMode,
+    /// `miniprogram_state` of its subscribe sends unless a request names one.
+    #[serde(default)]
+    pub miniprogram_state: MiniprogramState,
+    /// `lang` of its subscribe sends unless a request names one.
+    #[serde(default)]
+    pub lang: Lang,
 }
 
 /// What an API key may do.

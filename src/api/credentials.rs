@@ -194,7 +194,9 @@ impl ApiErrorCode for QuotaError {
     }
 }
 
-/// Sends a user's credentials allow now, by kind, and the next expiry.
+/// Sends a user's credentials allow now, by kind, and the next expiry; and
+/// per subscribe template, the one-time grants left, whether a long-term
+/// subscription is on, and the user's latest decision.
 /// Counts what a send could claim: credentials inside the safety margin of
 /// their expiry are already left out.
 pub async fn quota(
@@ -224,10 +226,12 @@ pub async fn quota(
         );
     }
     let next_expiry = rows.iter().filter_map(|row| row.next_expiry).min();
+    let subscriptions = context.storage.subscription_quota(&appid, &openid).await?;
     Ok(HttpResponse::Ok().json(json!({
         "openid": openid,
         "sends_available": rows.iter().map(|row| row.sends).sum::<i64>(),
         "by_kind": by_kind,
         "next_expiry": next_expiry.map(from_ms),
+        "subscriptions": super::subscriptions::subscriptions_json(&subscriptions),
     })))
 }

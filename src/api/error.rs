@@ -20,6 +20,11 @@ pub trait ApiErrorCode: ResponseError {
     fn public_message(&self) -> String {
         self.to_string()
     }
+    /// Further machine-readable fields of the error object (the field and
+    /// rule a request broke, say).
+    fn details(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        None
+    }
 }
 
 /// Renders an endpoint error in the API's shape.
@@ -37,7 +42,13 @@ pub fn render<E: ApiErrorCode>(error: &E) -> HttpResponse {
     if status == StatusCode::UNAUTHORIZED {
         response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"));
     }
-    response.json(body(error.code(), &message, error.wechat_errcode()))
+    let mut body = body(error.code(), &message, error.wechat_errcode());
+    if status != StatusCode::INTERNAL_SERVER_ERROR {
+        for (name, value) in error.details().into_iter().flatten() {
+            body["error"][name] = value;
+        }
+    }
+    response.json(body)
 }
 
 /// The JSON body of an error.

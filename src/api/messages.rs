@@ -12,7 +12,7 @@ use crate::config::Scope;
 use crate::ledger::failure::SendFailure;
 use crate::ledger::kinds::CredentialKind;
 use crate::ledger::message::parse_send_request;
-use crate::ledger::send::{AttemptSummary, SendResult};
+use crate::ledger::send::{AttemptSummary, InvalidTemplateData, SendResult, SubscribeDefaults};
 use crate::ledger::states::{IdempotencyState, MessageStatus};
 use crate::storage::{IdempotencyBegin, IdempotencyRecord};
 
@@ -25,6 +25,9 @@ pub enum SendError {
     Body(#[from] BodyError),
     #[error("{0}")]
     InvalidField(String),
+    /// The request breaks a rule of its channel or its template.
+    #[error("{0}")]
+    InvalidTemplateData(#[from] InvalidTemplateData),
     #[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
     InvalidIdempotencyKey,
     #[error("this Idempotency-Key was used with another request body")]
@@ -40,9 +43,9 @@ impl ResponseError for SendError {
         match self {
             SendError::Access(error) => error.status_code(),
             SendError::Body(error) => error.status_code(),
-            SendError::InvalidField(_) | SendError::IdempotencyKeyReused => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            SendError::InvalidField(_)
+            | SendError::InvalidTemplateData(_)
+            | SendError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             SendError::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
             SendError::IdempotencyKeyInFlight { .. } => StatusCode::CONFLICT,
             SendError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -60,18 +63,31 @@ impl ApiErrorCode for SendError {
             SendError::Access(error) => error.code(),
             SendError::Body(error) => error.code(),
             SendError::InvalidField(_) => "invalid_field",
+            SendError::InvalidTemplateData(_) => "invalid_template_data",
             SendError::InvalidIdempotencyKey => "invalid_idempotency_key",
             SendError::IdempotencyKeyReused => "idempotency_key_reused",
             SendError::IdempotencyKeyInFlight { .. } => "idempotency_key_in_flight",
             SendError::Unexpected(_) => "internal",
         }
     }
+
+    fn details(&self) -> Option<serde_json::Map<String, Value>> {
+        let SendError::InvalidTemplateData(invalid) = self else {
+            return None;
+        };
+        let mut details = serde_json::Map::new();
+        details.insert("field".into(), invalid.field.clone().into());
+        details.insert("rule".into(), invalid.rule.into());
+        Some(details)
+    }
 }
 
 /// The status an unsent message answers with.
 fn failure_status(failure: &SendFailure) -> StatusCode {
     match failure {
-        SendFailure::NoCredential | SendFailure::CredentialNotReady => StatusCode::CONFLICT,
+        SendFailure::NoCredential
+        | SendFailure::GrantsRevoked { .. }
+        | SendFailure::CredentialNotReady => StatusCode::CONFLICT,
         SendFailure::QuotaExhausted { .. } | SendFailure::RateLimited => {
             StatusCode::TOO_MANY_REQUESTS
         }
@@ -118,7 +134,18 @@ fn answer(result: SendResult, now_ms: i64) -> (StatusCode, Option<i64>, Value) {
         };
         return (status, None, body);
     };
-    let error = error::body(failure.code(), &failure.message(), failure.wechat_errcode());
+    let mut error = error::body(failure.code(), &failure.message(), failure.wechat_errcode());
+    // WeChat's own words on a refused request: a 47003's errmsg names the field.
+    if let SendFailure::RequestInvalid { .. } = failure {
+        if let Some(errmsg) = result
+            .attempts
+            .iter()
+            .rev()
+            .find_map(|attempt| attempt.errmsg.clone())
+        {
+            error["error"]["wechat_errmsg"] = errmsg.into();
+        }
+    }
     body["error"] = error["error"].clone();
     (
         failure_status(&failure),
@@ -172,6 +199,21 @@ pub async fn send(
         "invalid_json" => SendError::Body(BodyError::InvalidJson(rejection.message)),
         _ => SendError::InvalidField(rejection.message),
     })?;
+    // The channel and the body WeChat will get, checked before anything is
+    // claimed or an idempotency key is taken.
+    let known = context
+        .storage
+        .known_channel(&appid, &send_request.template_id, &send_request.touser)
+        .await?;
+    let defaults = context
+        .apps
+        .get(&appid)
+        .map(|app| SubscribeDefaults {
+            miniprogram_state: app.miniprogram_state,
+            lang: app.lang,
+        })
+        .unwrap_or_default();
+    let prepared = send_request.prepare(send_request.channel(known), defaults)?;
     // Time-ordered (v7): new messages land at one end of the primary key
     // index instead of all over it.
     let message_id = uuid::Uuid::now_v7().to_string();
@@ -188,23 +230,20 @@ pub async fn send(
         }
     }
     let mut settled = true;
-    let (status, retry_after, body) = match context
-        .sender
-        .send(&appid, &send_request, &message_id)
-        .await
-    {
-        Ok(result) => {
-            // Still being settled: the key stays in flight, and a retry is
-            // answered from the message once it has ended.
-            settled = result.status != MessageStatus::Pending;
-            answer(result, context.clock.now_ms())
-        }
-        Err(error) => {
-            tracing::error!(error = ?error, message = %message_id, "send failed");
-            let body = error::body("internal", "internal error", None);
-            (StatusCode::INTERNAL_SERVER_ERROR, None, body)
-        }
-    };
+    let (status, retry_after, body) =
+        match context.sender.send(&appid, &prepared, &message_id).await {
+            Ok(result) => {
+                // Still being settled: the key stays in flight, and a retry is
+                // answered from the message once it has ended.
+                settled = result.status != MessageStatus::Pending;
+                answer(result, context.clock.now_ms())
+            }
+            Err(error) => {
+                tracing::error!(error = ?error, message = %message_id, "send failed");
+                let body = error::body("internal", "internal error", None);
+                (StatusCode::INTERNAL_SERVER_ERROR, None, body)
+            }
+        };
     if let Some(key) = key.as_ref().filter(|_| settled) {
         context
             .storage
@@ -305,6 +344,8 @@ async fn ended_message(
                     .map(CredentialKind::as_str),
                 errcode: attempt.errcode,
                 outcome: attempt.outcome,
+                errmsg: attempt.errcode.and(attempt.detail),
+                msgid: attempt.msgid,
             })
             .collect(),
     }))
@@ -364,12 +405,16 @@ pub async fn lookup(
     let attempts: Vec<Value> = attempts
         .into_iter()
         .map(|attempt| {
-            json!({
+            let mut row = json!({
                 "credential_kind": attempt.credential_kind,
                 "errcode": attempt.errcode,
                 "outcome": attempt.outcome,
                 "at": from_ms(attempt.at),
-            })
+            });
+            if let Some(msgid) = attempt.msgid {
+                row["msgid"] = msgid.into();
+            }
+            row
         })
         .collect();
     let mut body = json!({
@@ -377,6 +422,7 @@ pub async fn lookup(
         "status": message.status,
         "touser": message.touser,
         "template_id": message.template_id,
+        "channel": message.channel,
         "created_at": from_ms(message.created_at),
         "updated_at": from_ms(message.updated_at),
         "attempts": attempts,

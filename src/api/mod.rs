@@ -7,6 +7,7 @@ mod health;
 pub mod json;
 mod messages;
 pub mod request_id;
+mod subscriptions;
 mod tokens;
 
 use std::collections::BTreeMap;
@@ -75,6 +76,9 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .service(
             web::scope("/v1/apps/{appid}")
                 .service(web::resource("/credentials").route(web::post().to(credentials::collect)))
+                .service(
+                    web::resource("/subscriptions").route(web::post().to(subscriptions::record)),
+                )
                 .service(get_and_head("/users/{openid}/quota", credentials::quota))
                 .service(web::resource("/messages").route(web::post().to(messages::send)))
                 .service(get_and_head("/messages/{id}", messages::lookup))

@@ -7,6 +7,10 @@ use super::settle::request_error_code;
 pub enum SendFailure {
     /// The user holds no valid credential.
     NoCredential,
+    /// A subscribe send answered 43101: WeChat holds no grant of the
+    /// template for the user (used up, or turned off), so the ledger's were
+    /// retired and none is left.
+    GrantsRevoked { errcode: i64 },
     /// The only credentials left are prepay_ids whose payment data has not reached WeChat's template backend yet.
     CredentialNotReady,
     /// 45009, now or earlier today: sends resume at `until_ms`.
@@ -43,7 +47,7 @@ impl SendFailure {
     /// The machine-readable code of the failure.
     pub fn code(&self) -> &'static str {
         match self {
-            SendFailure::NoCredential => "no_credential",
+            SendFailure::NoCredential | SendFailure::GrantsRevoked { .. } => "no_credential",
             SendFailure::CredentialNotReady => "credential_not_ready",
             SendFailure::QuotaExhausted { .. } => "daily_quota_exhausted",
             SendFailure::RateLimited => "rate_limited",
@@ -68,7 +72,10 @@ impl SendFailure {
     pub fn from_stored(code: &str, wechat_errcode: Option<i64>, updated_at: i64) -> Option<Self> {
         let errcode = wechat_errcode.unwrap_or_default();
         Some(match code {
-            "no_credential" => SendFailure::NoCredential,
+            "no_credential" => match wechat_errcode {
+                Some(errcode) => SendFailure::GrantsRevoked { errcode },
+                None => SendFailure::NoCredential,
+            },
             "credential_not_ready" => SendFailure::CredentialNotReady,
             "daily_quota_exhausted" => SendFailure::QuotaExhausted {
                 until_ms: super::settle::next_china_midnight_ms(updated_at),
@@ -78,6 +85,7 @@ impl SendFailure {
             | "invalid_page"
             | "invalid_data"
             | "invalid_openid"
+            | "content_blacklisted"
             | "request_rejected" => SendFailure::RequestInvalid { errcode },
             "api_retired" => SendFailure::ApiRetired { errcode },
             "token_unavailable" => SendFailure::TokenUnavailable {
@@ -106,6 +114,7 @@ impl SendFailure {
             SendFailure::RequestInvalid { errcode }
             | SendFailure::ApiRetired { errcode }
             | SendFailure::TokenRejected { errcode }
+            | SendFailure::GrantsRevoked { errcode }
             | SendFailure::Unexpected { errcode } => Some(*errcode),
             SendFailure::TokenUnavailable { errcode } => *errcode,
             _ => None,
@@ -116,6 +125,11 @@ impl SendFailure {
     pub fn message(&self) -> String {
         match self {
             SendFailure::NoCredential => "the user holds no valid credential; nothing was sent".into(),
+            SendFailure::GrantsRevoked { errcode } => format!(
+                "WeChat holds no grant of this template for the user (errcode {errcode}): \
+                 they were used up or the user turned the template off; the ledger's were retired, \
+                 nothing was sent"
+            ),
             SendFailure::CredentialNotReady => {
                 "the user's only credentials are prepay_ids WeChat has not synced yet; retry in a few seconds".into()
             }
@@ -161,6 +175,7 @@ mod tests {
         let updated_at = 1_800_000_000_000;
         let failures = [
             SendFailure::NoCredential,
+            SendFailure::GrantsRevoked { errcode: 43101 },
             SendFailure::CredentialNotReady,
             SendFailure::QuotaExhausted {
                 until_ms: super::super::settle::next_china_midnight_ms(updated_at),
@@ -170,6 +185,7 @@ mod tests {
             SendFailure::RequestInvalid { errcode: 41030 },
             SendFailure::RequestInvalid { errcode: 47003 },
             SendFailure::RequestInvalid { errcode: 40003 },
+            SendFailure::RequestInvalid { errcode: 45168 },
             SendFailure::RequestInvalid { errcode: 44444 },
             SendFailure::ApiRetired { errcode: 45103 },
             SendFailure::TokenUnavailable { errcode: None },

@@ -30,10 +30,14 @@ pub fn parse_send_request(body: &[u8]) -> Result<SendRequest, Rejection> {
     let body: SendRequest = serde_json::from_slice(body).map_err(|error| {
         // A well-formed string that names no delivery mode is a wrong field
         // value, not a broken body.
-        if error.to_string().starts_with(UnknownState::PREFIX) {
+        let text = error.to_string();
+        if text.starts_with(UnknownState::PREFIX) || text.starts_with("unknown variant") {
             Rejection {
                 code: "invalid_field",
-                message: "delivery must be \"at_most_once\" or \"at_least_once\"".into(),
+                message: format!(
+                    "a field names no value it can take ({text}); delivery is \"at_most_once\" \
+                     or \"at_least_once\", channel \"template\" or \"subscribe\""
+                ),
             }
         } else {
             not_a_request(error.to_string())

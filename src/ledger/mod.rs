@@ -8,4 +8,5 @@ pub mod message;
 pub mod send;
 pub mod settle;
 pub mod states;
+pub mod subscriptions;
 pub mod template_lint;

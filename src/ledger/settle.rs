@@ -20,6 +20,9 @@ pub enum Verdict {
     ApiRetired,
     /// -1: system busy, nothing was sent; retry with backoff.
     SystemBusy,
+    /// 43101 on a subscribe send: WeChat holds no grant of the template for
+    /// the user (used up, or turned off).
+    GrantRevoked,
     /// A code this gateway has no rule for: the credential goes back.
     Unexpected,
 }
@@ -41,6 +44,20 @@ pub fn classify(errcode: i64) -> Verdict {
     }
 }
 
+/// Classifies a subscribe-send errcode (reference §5): the token, quota,
+/// busy and retirement codes mean what they mean for a template send;
+/// 43101 speaks of the user's grants; 45168 (a keyword on WeChat's
+/// blacklist) is the content's fault, not the grant's.
+pub fn classify_subscribe(errcode: i64) -> Verdict {
+    match errcode {
+        43101 => Verdict::GrantRevoked,
+        40037 | 41030 | 47001 | 47003 | 40003 | 45168 => Verdict::RequestInvalid,
+        // Form_id codes have no meaning here.
+        41028 | 41029 | 41031 | 41032 | 41034 | 41035 => Verdict::Unexpected,
+        errcode => classify(errcode),
+    }
+}
+
 /// The API error code for a request WeChat refused as wrong.
 pub fn request_error_code(errcode: i64) -> &'static str {
     match errcode {
@@ -48,6 +65,7 @@ pub fn request_error_code(errcode: i64) -> &'static str {
         41030 => "invalid_page",
         47001 | 47003 => "invalid_data",
         40003 => "invalid_openid",
+        45168 => "content_blacklisted",
         _ => "request_rejected",
     }
 }

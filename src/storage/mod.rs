@@ -18,7 +18,7 @@ pub use sqlite::SqliteStorage;
 
 use crate::ledger::kinds::CredentialKind;
 use crate::ledger::states::{
-    AttemptOutcome, CredentialState, Delivery, IdempotencyState, MessageStatus,
+    AttemptOutcome, Channel, CredentialState, Decision, Delivery, IdempotencyState, MessageStatus,
 };
 
 pub use group_commit::{EndSend, StartSend};
@@ -108,6 +108,10 @@ pub enum Settlement {
     SpentUnproven,
     /// WeChat said the credential is dead.
     Retired { errcode: i64 },
+    /// 43101 on a subscribe send: WeChat holds no grant of the template for
+    /// the user. The grant is retired with every other one of its template
+    /// in the pool, and the user's long-term subscription to it is off.
+    Revoked { errcode: i64 },
     /// Not used after all: back to the pool untouched.
     Released,
     /// Stays leased (for example while its token is refreshed).
@@ -125,6 +129,8 @@ pub struct NewAttempt {
     pub errcode: Option<i64>,
     pub outcome: AttemptOutcome,
     pub detail: Option<String>,
+    /// WeChat's id of a delivered subscribe message (a string: it exceeds 2^53).
+    pub msgid: Option<String>,
 }
 
 /// The final state of a message.
@@ -149,6 +155,23 @@ pub struct NewMessage {
     pub lease_until: i64,
     /// The token of the run that creates it.
     pub lease_token: i64,
+    pub channel: Channel,
+}
+
+impl NewMessage {
+    /// The template whose grants pay for the message: its own on the
+    /// subscribe channel, none on the template channel.
+    pub fn grant_of(&self) -> Option<&str> {
+        grant_of(self.channel, &self.template_id)
+    }
+}
+
+/// The template whose grants pay for a message of `channel`.
+pub fn grant_of(channel: Channel, template_id: &str) -> Option<&str> {
+    match channel {
+        Channel::Subscribe => Some(template_id),
+        Channel::Template => None,
+    }
 }
 
 /// A message as the send path needs it to carry on with it.
@@ -165,6 +188,8 @@ pub struct StoredMessage {
     #[sqlx(try_from = "String")]
     pub delivery: Delivery,
     pub wait_until: Option<i64>,
+    #[sqlx(try_from = "String")]
+    pub channel: Channel,
 }
 
 /// An idempotency key as stored.
@@ -200,6 +225,8 @@ pub struct MessageRow {
     pub wechat_errcode: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    #[sqlx(try_from = "String")]
+    pub channel: Channel,
 }
 
 /// A stored attempt.
@@ -212,6 +239,7 @@ pub struct AttemptRow {
     pub outcome: AttemptOutcome,
     pub detail: Option<String>,
     pub at: i64,
+    pub msgid: Option<String>,
 }
 
 /// A user's usable credentials of one kind.
@@ -221,6 +249,63 @@ pub struct KindQuota {
     pub credentials: i64,
     pub sends: i64,
     pub next_expiry: Option<i64>,
+}
+
+/// A user's standing with one subscribe template.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TemplateQuota {
+    pub template_id: String,
+    #[sqlx(try_from = "String")]
+    pub decision: Decision,
+    pub decided_at: i64,
+    pub long_term: bool,
+    /// One-time grants left.
+    pub grants: i64,
+}
+
+/// One template's answer in a prompt result, as the ledger records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptDecision {
+    pub template_id: String,
+    pub decision: Decision,
+}
+
+/// A prompt result to record once.
+#[derive(Debug, Clone)]
+pub struct NewPrompt {
+    pub appid: String,
+    pub openid: String,
+    pub request_id: String,
+    /// SHA-256 of the canonical result.
+    pub request_hash: String,
+    pub decisions: Vec<PromptDecision>,
+    /// Whether the decisions grant (false: recorded only, when another
+    /// source is trusted to grant).
+    pub grants: bool,
+}
+
+/// What one template of a recorded prompt got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptEffect {
+    /// One one-time grant added.
+    Granted,
+    /// The long-term subscription is on.
+    LongTermOn,
+    /// The decision was recorded; nothing was granted.
+    Recorded,
+}
+
+/// What [`Storage::record_prompt`] did.
+#[derive(Debug, Clone)]
+pub enum PromptRecord {
+    /// Recorded now, with the effect on each template in order.
+    Recorded(Vec<PromptEffect>),
+    /// The request_id was posted before: its hash and what it did then.
+    Repeated {
+        request_hash: String,
+        effects: Vec<PromptEffect>,
+    },
 }
 
 /// The per-app row: token and send block.
@@ -239,6 +324,7 @@ pub struct SweepReport {
     pub deleted_credentials: u64,
     pub deleted_messages: u64,
     pub deleted_idempotency_keys: u64,
+    pub deleted_prompts: u64,
 }
 
 /// The ledger's storage contract.
@@ -271,10 +357,15 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// soonest after `valid_after` to the lease's message, until
     /// `lease_until`, and renews the message's own lease to the same time —
     /// only while the message is still the lease's (its token unchanged).
+    /// `grant_of` names the template whose grants (or long-term
+    /// subscription) pay for a subscribe message; `None` claims a form_id or
+    /// prepay_id.
+    #[allow(clippy::too_many_arguments)]
     async fn claim_credential(
         &self,
         appid: &str,
         openid: &str,
+        grant_of: Option<&str>,
         lease: &Lease,
         valid_after: i64,
         lease_until: i64,
@@ -395,6 +486,35 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         status: u16,
         body: &str,
     ) -> anyhow::Result<()>;
+
+    /// The channel the app's catalogue gives the template, or else
+    /// `subscribe` when the user has decided on it; `None` if neither knows it.
+    async fn known_channel(
+        &self,
+        appid: &str,
+        template_id: &str,
+        openid: &str,
+    ) -> anyhow::Result<Option<Channel>>;
+
+    /// Records a prompt result once per (app, user, request_id), in one
+    /// transaction: each decision as the user's latest, and (when the
+    /// prompt grants) one grant per accepted one-time template or the
+    /// long-term subscription on for a template the catalogue knows as
+    /// long-term. Then the user's waiting messages that can now be paid
+    /// for are made due.
+    async fn record_prompt(&self, prompt: &NewPrompt, now: i64) -> anyhow::Result<PromptRecord>;
+
+    /// The user's standing with every subscribe template they decided on.
+    async fn subscription_quota(
+        &self,
+        appid: &str,
+        openid: &str,
+    ) -> anyhow::Result<Vec<TemplateQuota>>;
+
+    /// Grants of the same app, user and template as the given one, other
+    /// than it, in the pool or leased: a lost answer can only be probed when
+    /// there are none (WeChat counts grants per template, not per grant).
+    async fn other_grants(&self, credential_id: i64) -> anyhow::Result<i64>;
 
     /// Returns credentials leased under `token` to the pool untouched.
     async fn release_credentials(&self, ids: &[i64], token: i64, now: i64) -> anyhow::Result<()>;

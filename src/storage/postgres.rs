@@ -75,19 +75,21 @@ const BATCH_RUNNERS: usize = 2;
 pub const START_BATCH: &str = "WITH batch AS ( \
         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
             $6::text[], $7::text[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], \
-            $12::int8[]) \
+            $12::int8[], $13::text[]) \
         AS b(id, appid, touser, template_id, payload, status, delivery, wait_until, lease_until, \
-             lease_token, at, valid_after)), \
+             lease_token, at, valid_after, channel)), \
     message AS ( \
         INSERT INTO messages (id, appid, touser, template_id, payload, status, delivery, \
-            wait_until, lease_until, lease_token, created_at, updated_at) \
+            wait_until, lease_until, lease_token, channel, created_at, updated_at) \
         SELECT id, appid, touser, template_id, payload, status, delivery, wait_until, \
-            lease_until, lease_token, at, at FROM batch), \
+            lease_until, lease_token, channel, at, at FROM batch), \
     pick AS ( \
         SELECT b.id AS message_id, b.lease_until, b.lease_token, b.at, c.id FROM batch b \
         CROSS JOIN LATERAL (SELECT id FROM credentials \
             WHERE appid = b.appid AND openid = b.touser AND state = 'available' \
               AND expires_at > b.valid_after \
+              AND template_id IS NOT DISTINCT FROM \
+                  (CASE WHEN b.channel = 'subscribe' THEN b.template_id END) \
             ORDER BY expires_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) c) \
     UPDATE credentials \
     SET state = 'leased', lease_expires_at = pick.lease_until, updated_at = pick.at, \
@@ -102,9 +104,10 @@ pub const START_BATCH: &str = "WITH batch AS ( \
 /// names the ones whose lease held).
 pub const END_BATCH: &str = "WITH batch AS ( \
         SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::int8[], $5::text[], \
-            $6::text[], $7::text[], $8::text[], $9::int8[], $10::int8[], $11::int8[]) \
+            $6::text[], $7::text[], $8::text[], $9::int8[], $10::int8[], $11::int8[], \
+            $12::text[]) \
         AS b(credential_id, message_id, credential_kind, errcode, outcome, detail, status, \
-             error_code, wechat_errcode, at, lease_token)), \
+             error_code, wechat_errcode, at, lease_token, msgid)), \
     spent AS ( \
         UPDATE credentials \
         SET uses_left = uses_left - 1, lease_message_id = NULL, lease_token = NULL, \
@@ -114,8 +117,8 @@ pub const END_BATCH: &str = "WITH batch AS ( \
           AND credentials.lease_token = batch.lease_token), \
     attempt AS ( \
         INSERT INTO attempts (message_id, credential_id, credential_kind, errcode, outcome, \
-            detail, at) \
-        SELECT message_id, credential_id, credential_kind, errcode, outcome, detail, at \
+            detail, at, msgid) \
+        SELECT message_id, credential_id, credential_kind, errcode, outcome, detail, at, msgid \
         FROM batch) \
     UPDATE messages \
     SET status = batch.status, error_code = batch.error_code, \
@@ -152,6 +155,7 @@ impl PostgresBatches {
             .bind(column(ends, |end| end.outcome.wechat_errcode))
             .bind(column(ends, |end| end.now))
             .bind(column(ends, |end| end.lease_token))
+            .bind(column(ends, |end| end.attempt.msgid.as_deref()))
     }
 
     fn starts(
@@ -170,6 +174,7 @@ impl PostgresBatches {
             .bind(column(starts, |start| start.message.lease_token))
             .bind(column(starts, |start| start.now))
             .bind(column(starts, |start| start.valid_after))
+            .bind(column(starts, |start| start.message.channel.as_str()))
     }
 }
 

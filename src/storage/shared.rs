@@ -125,6 +125,7 @@ macro_rules! impl_storage {
                 &self,
                 appid: &str,
                 openid: &str,
+                grant_of: Option<&str>,
                 lease: &Lease,
                 valid_after: i64,
                 lease_until: i64,
@@ -142,9 +143,26 @@ macro_rules! impl_storage {
                     .bind(valid_after)
                     .bind(&lease.message_id)
                     .bind(lease.token)
+                    .bind(grant_of)
                     .fetch_optional(&mut *tx)
                     .await
                     .context("claiming a credential")?;
+                let claimed = match (claimed, grant_of) {
+                    (None, Some(template_id)) => sqlx::query_as(sql::CLAIM_LONG_TERM)
+                        .bind(lease_until)
+                        .bind(now)
+                        .bind(appid)
+                        .bind(openid)
+                        .bind(format!("long_term:{}", uuid::Uuid::new_v4()))
+                        .bind($crate::ledger::kinds::NEVER_EXPIRES_MS)
+                        .bind(&lease.message_id)
+                        .bind(lease.token)
+                        .bind(template_id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .context("taking a ticket of a long-term subscription")?,
+                    (claimed, _) => claimed,
+                };
                 tx.commit().await.context("committing the claim")?;
                 Ok(claimed.map_or(Claim::NoneLeft, Claim::Claimed))
             }
@@ -189,6 +207,17 @@ macro_rules! impl_storage {
                                 .execute(&mut *tx)
                                 .await
                                 .context("settling the credential")?;
+                        }
+                        if let Settlement::Revoked { errcode } = settlement {
+                            for statement in [sql::REVOKE_TEMPLATE_GRANTS, sql::REVOKE_SUBSCRIPTION] {
+                                sqlx::query(statement)
+                                    .bind(credential_id)
+                                    .bind(now)
+                                    .bind(errcode)
+                                    .execute(&mut *tx)
+                                    .await
+                                    .context("revoking the user's grants of a template")?;
+                            }
                         }
                     }
                     if let Some(outcome) = outcome {
@@ -393,6 +422,123 @@ macro_rules! impl_storage {
                 Ok(())
             }
 
+            async fn known_channel(
+                &self,
+                appid: &str,
+                template_id: &str,
+                openid: &str,
+            ) -> anyhow::Result<Option<Channel>> {
+                let channel: Option<String> = sqlx::query_scalar(sql::KNOWN_CHANNEL)
+                    .bind(appid)
+                    .bind(template_id)
+                    .bind(openid)
+                    .fetch_optional(&self.reader)
+                    .await
+                    .context("looking up the template's channel")?;
+                Ok(channel.map(|name| name.parse()).transpose()?)
+            }
+
+            async fn record_prompt(&self, prompt: &NewPrompt, now: i64) -> anyhow::Result<PromptRecord> {
+                let mut tx = self.begin_write().await?;
+                let mut effects = Vec::with_capacity(prompt.decisions.len());
+                for decision in &prompt.decisions {
+                    let long_term = decision.decision.grants()
+                        && sqlx::query(sql::TEMPLATE_IS_LONG_TERM)
+                            .bind(&prompt.appid)
+                            .bind(&decision.template_id)
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .context("reading the template's type")?
+                            .is_some();
+                    effects.push(match (prompt.grants && decision.decision.grants(), long_term) {
+                        (false, _) => PromptEffect::Recorded,
+                        (true, true) => PromptEffect::LongTermOn,
+                        (true, false) => PromptEffect::Granted,
+                    });
+                }
+                let inserted = sqlx::query(sql::INSERT_PROMPT)
+                    .bind(&prompt.appid)
+                    .bind(&prompt.openid)
+                    .bind(&prompt.request_id)
+                    .bind(&prompt.request_hash)
+                    .bind(serde_json::to_string(&effects)?)
+                    .bind(now)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .context("recording the prompt")?;
+                if inserted.is_none() {
+                    let (request_hash, stored): (String, String) = sqlx::query_as(sql::PROMPT)
+                        .bind(&prompt.appid)
+                        .bind(&prompt.openid)
+                        .bind(&prompt.request_id)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .context("reading the earlier prompt")?;
+                    return Ok(PromptRecord::Repeated {
+                        request_hash,
+                        effects: serde_json::from_str(&stored)?,
+                    });
+                }
+                for (decision, effect) in prompt.decisions.iter().zip(&effects) {
+                    sqlx::query(sql::RECORD_DECISION)
+                        .bind(&prompt.appid)
+                        .bind(&prompt.openid)
+                        .bind(&decision.template_id)
+                        .bind(decision.decision.as_str())
+                        .bind(now)
+                        .bind(*effect == PromptEffect::LongTermOn)
+                        .execute(&mut *tx)
+                        .await
+                        .context("recording the user's decision")?;
+                    if *effect == PromptEffect::Granted {
+                        sqlx::query(sql::INSERT_GRANT)
+                            .bind(&prompt.appid)
+                            .bind(&prompt.openid)
+                            .bind(format!("grant:{}", uuid::Uuid::new_v4()))
+                            .bind(&decision.template_id)
+                            .bind(now)
+                            .bind($crate::ledger::kinds::NEVER_EXPIRES_MS)
+                            .execute(&mut *tx)
+                            .await
+                            .context("recording a grant")?;
+                    }
+                }
+                tx.commit().await.context("committing the prompt")?;
+                if effects.iter().any(|effect| *effect != PromptEffect::Recorded) {
+                    // After the commit, for the reason `sql::WAKE_IF_CREDENTIAL` gives.
+                    sqlx::query(sql::WAKE_USER)
+                        .bind(&prompt.appid)
+                        .bind(now)
+                        .bind(now)
+                        .bind(&prompt.openid)
+                        .execute(&self.writer)
+                        .await
+                        .context("waking the user's waiting messages")?;
+                }
+                Ok(PromptRecord::Recorded(effects))
+            }
+
+            async fn subscription_quota(
+                &self,
+                appid: &str,
+                openid: &str,
+            ) -> anyhow::Result<Vec<TemplateQuota>> {
+                sqlx::query_as(sql::SUBSCRIPTION_QUOTA)
+                    .bind(appid)
+                    .bind(openid)
+                    .fetch_all(&self.reader)
+                    .await
+                    .context("reading the user's subscriptions")
+            }
+
+            async fn other_grants(&self, credential_id: i64) -> anyhow::Result<i64> {
+                sqlx::query_scalar(sql::OTHER_GRANTS)
+                    .bind(credential_id)
+                    .fetch_one(&self.writer)
+                    .await
+                    .context("counting the user's other grants of the template")
+            }
+
             async fn release_credentials(&self, ids: &[i64], token: i64, now: i64) -> anyhow::Result<()> {
                 if ids.is_empty() {
                     return Ok(());
@@ -547,6 +693,11 @@ macro_rules! impl_storage {
                         now,
                         &mut report.deleted_idempotency_keys,
                     ),
+                    (
+                        sql::DELETE_OLD_PROMPTS,
+                        now - message_retention_ms,
+                        &mut report.deleted_prompts,
+                    ),
                 ] {
                     loop {
                         let deleted = sqlx::query(statement)
@@ -650,7 +801,9 @@ macro_rules! impl_storage {
                 let (statement, fourth) = match settlement {
                     Settlement::Spent => (sql::SETTLE_SPENT, 0),
                     Settlement::SpentUnproven => (sql::SETTLE_SPENT, 1),
-                    Settlement::Retired { errcode } => (sql::SETTLE_RETIRED, errcode),
+                    Settlement::Retired { errcode } | Settlement::Revoked { errcode } => {
+                        (sql::SETTLE_RETIRED, errcode)
+                    }
                     Settlement::Parked { until } => (sql::SETTLE_PARKED, until),
                     Settlement::Released => {
                         return Some(sqlx::query(sql::SETTLE_RELEASED).bind(credential_id).bind(now).bind(token))
@@ -669,6 +822,7 @@ macro_rules! impl_storage {
                     .bind(attempt.outcome.as_str())
                     .bind(attempt.detail.as_deref())
                     .bind(now)
+                    .bind(attempt.msgid.as_deref())
             }
 
             fn finish_query<'q>(lease: &'q Lease, outcome: &'q MessageOutcome, now: i64) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>> {
@@ -702,6 +856,7 @@ macro_rules! bind_message {
             .bind(message.wait_until)
             .bind(message.lease_until)
             .bind(message.lease_token)
+            .bind(message.channel.as_str())
     }};
 }
 

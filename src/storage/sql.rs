@@ -19,22 +19,55 @@ pub const INSERT_CREDENTIALS_TAIL: &str =
 pub const CREDENTIAL_OWNER: &str =
     "SELECT openid, kind FROM credentials WHERE appid = $1 AND value = $2";
 
+/// The user's form_ids and prepay_ids (subscribe grants: [`SUBSCRIPTION_QUOTA`]).
 pub const QUOTA: &str =
     "SELECT kind, COUNT(*) AS credentials, CAST(SUM(uses_left) AS BIGINT) AS sends, \
     MIN(expires_at) AS next_expiry \
     FROM credentials \
     WHERE appid = $1 AND openid = $2 AND state = 'available' AND expires_at > $3 \
+      AND template_id IS NULL \
     GROUP BY kind ORDER BY kind";
+
+/// Per template the user decided on: the one-time grants left, the
+/// long-term flag, and the latest decision. Every grant is recorded with a
+/// decision, so the decisions list every template with grants.
+pub const SUBSCRIPTION_QUOTA: &str = "SELECT s.template_id, s.decision, s.decided_at, \
+    s.long_term, (SELECT COUNT(*) FROM credentials c \
+        WHERE c.appid = s.appid AND c.openid = s.openid AND c.template_id = s.template_id \
+          AND c.kind = 'subscribe' AND c.state = 'available') AS grants \
+    FROM subscriptions s WHERE s.appid = $1 AND s.openid = $2 ORDER BY s.template_id";
 
 /// `{lock}` is `FOR UPDATE SKIP LOCKED` on PostgreSQL: a concurrent claim
 /// passes over the row another claim is leasing and takes the next one. On
 /// SQLite the single writer connection already makes the statement atomic.
+/// `$8` is the template a subscribe message needs a grant of, NULL for a
+/// template message: matched null-safely, so a grant never pays for a
+/// legacy send, a form_id never for a subscribe send, and a grant of one
+/// template never for another. Grants never expire, so among them the
+/// order is the oldest first.
 pub const CLAIM: &str = "UPDATE credentials \
     SET state = 'leased', lease_expires_at = $1, updated_at = $2, lease_message_id = $6, \
         lease_token = $7 \
     WHERE id = (SELECT id FROM credentials \
         WHERE appid = $3 AND openid = $4 AND state = 'available' AND expires_at > $5 \
+          AND template_id IS NOT DISTINCT FROM $8 \
         ORDER BY expires_at, id LIMIT 1 {lock}) \
+    RETURNING id, kind, value, uses_left, unproven_uses, collected_at, expires_at, \
+        lease_message_id";
+
+/// A long-term subscription pays by a ticket: a credential of kind
+/// `long_term` made for this send (value `$5`, never expiring: `$6`) and
+/// leased to its message like any other, so that a lost answer or a crash
+/// is resolved by the same rules. Made only while the user's subscription
+/// to the template (`$9`) is on. Why a row per send and not the flag
+/// itself leased: concurrent sends under one subscription must not queue
+/// behind one lease.
+pub const CLAIM_LONG_TERM: &str = "INSERT INTO credentials \
+    (appid, openid, kind, value, template_id, uses_left, state, collected_at, expires_at, \
+     lease_expires_at, lease_message_id, lease_token, created_at, updated_at) \
+    SELECT appid, openid, 'long_term', $5, template_id, 1, 'leased', $2, $6, $1, $7, $8, $2, $2 \
+    FROM subscriptions \
+    WHERE appid = $3 AND openid = $4 AND template_id = $9 AND long_term = TRUE \
     RETURNING id, kind, value, uses_left, unproven_uses, collected_at, expires_at, \
         lease_message_id";
 
@@ -56,8 +89,8 @@ pub const RENEW_CREDENTIAL_LEASES: &str = "UPDATE credentials SET lease_expires_
 
 pub const CREATE_MESSAGE: &str = "INSERT INTO messages \
     (id, appid, touser, template_id, payload, status, delivery, wait_until, lease_until, \
-     lease_token, created_at, updated_at) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)";
+     lease_token, channel, created_at, updated_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)";
 
 /// Every settlement only touches a row still leased under the settling run's
 /// token (`$3`), so a late settle after lease recovery cannot resurrect or
@@ -73,10 +106,27 @@ pub const SETTLE_RETIRED: &str = "UPDATE credentials \
     SET state = 'retired', retired_errcode = $4, lease_expires_at = NULL, lease_message_id = NULL, \
         lease_token = NULL, updated_at = $2 \
     WHERE id = $1 AND state = 'leased' AND lease_token = $3";
+/// A long-term ticket was made for one send: released, it is used up
+/// rather than put in a pool (the subscription it came from is untouched).
 pub const SETTLE_RELEASED: &str = "UPDATE credentials \
-    SET state = 'available', lease_expires_at = NULL, lease_message_id = NULL, \
-        lease_token = NULL, updated_at = $2 \
+    SET state = CASE WHEN kind = 'long_term' THEN 'exhausted' ELSE 'available' END, \
+        lease_expires_at = NULL, lease_message_id = NULL, lease_token = NULL, updated_at = $2 \
     WHERE id = $1 AND state = 'leased' AND lease_token = $3";
+/// 43101 on a subscribe send: WeChat holds no grant of the template for
+/// the user, or the user turned it off. Run with [`SETTLE_RETIRED`] on the
+/// credential `$1`: every other grant of its (app, user, template) still in
+/// the pool is retired with errcode `$3`...
+pub const REVOKE_TEMPLATE_GRANTS: &str = "UPDATE credentials \
+    SET state = 'retired', retired_errcode = $3, updated_at = $2 \
+    WHERE state = 'available' AND kind = 'subscribe' \
+      AND (appid, openid, template_id) = \
+          (SELECT appid, openid, template_id FROM credentials WHERE id = $1)";
+/// ...and the long-term subscription is switched off, with WeChat's word
+/// recorded as the user's latest decision.
+pub const REVOKE_SUBSCRIPTION: &str = "UPDATE subscriptions \
+    SET long_term = FALSE, decision = 'revoked', decided_at = $2, updated_at = $2 \
+    WHERE (appid, openid, template_id) = \
+          (SELECT appid, openid, template_id FROM credentials WHERE id = $1)";
 /// Parked: still leased, but by no message, until `$4`. A crash then finds
 /// it unowned and simply returns it.
 pub const SETTLE_PARKED: &str = "UPDATE credentials \
@@ -84,8 +134,8 @@ pub const SETTLE_PARKED: &str = "UPDATE credentials \
     WHERE id = $1 AND state = 'leased' AND lease_token = $3";
 
 pub const INSERT_ATTEMPT: &str = "INSERT INTO attempts \
-    (message_id, credential_id, credential_kind, errcode, outcome, detail, at) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7)";
+    (message_id, credential_id, credential_kind, errcode, outcome, detail, at, msgid) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 
 /// Run inside a fenced transaction (after [`FENCE_MESSAGE`]).
 pub const FINISH_MESSAGE: &str = "UPDATE messages \
@@ -94,15 +144,37 @@ pub const FINISH_MESSAGE: &str = "UPDATE messages \
     WHERE id = $1 AND lease_token = $6 \
     RETURNING id";
 
+/// Whether the user of `messages` holds what can pay for the message,
+/// expiring after the given placeholder: for a template message a form_id
+/// or prepay_id, for a subscribe message a grant of its template or a
+/// long-term subscription to it. A literal, for `concat!`.
+macro_rules! usable_credential {
+    ($valid_after:literal) => {
+        concat!(
+            "(EXISTS (SELECT 1 FROM credentials c \
+                WHERE c.appid = messages.appid AND c.openid = messages.touser \
+                  AND c.state = 'available' AND c.expires_at > ",
+            $valid_after,
+            " AND c.template_id IS NOT DISTINCT FROM \
+                      (CASE WHEN messages.channel = 'subscribe' THEN messages.template_id END)) \
+              OR (messages.channel = 'subscribe' AND EXISTS (SELECT 1 FROM subscriptions s \
+                WHERE s.appid = messages.appid AND s.openid = messages.touser \
+                  AND s.template_id = messages.template_id AND s.long_term = TRUE)))"
+        )
+    };
+}
+
 /// A message with no credential yet, kept until `wait_until` and due at
 /// `$2` — or at once (`$4`) when a usable credential (expiring after `$3`)
 /// arrived since the claim that found none. Fenced by the run's token (`$5`).
-pub const WAIT_MESSAGE: &str = "UPDATE messages \
+pub const WAIT_MESSAGE: &str = concat!(
+    "UPDATE messages \
     SET status = 'waiting', lease_until = NULL, lease_token = NULL, updated_at = $4, \
-        next_attempt_at = CASE WHEN EXISTS (SELECT 1 FROM credentials c \
-            WHERE c.appid = messages.appid AND c.openid = messages.touser \
-              AND c.state = 'available' AND c.expires_at > $3) THEN $4 ELSE $2 END \
-    WHERE id = $1 AND lease_token = $5 AND status = 'pending'";
+        next_attempt_at = CASE WHEN ",
+    usable_credential!("$3"),
+    " THEN $4 ELSE $2 END \
+    WHERE id = $1 AND lease_token = $5 AND status = 'pending'"
+);
 
 /// Run after the wait commits, in a fresh snapshot. Why: on PostgreSQL a
 /// credential committed while the wait's statement ran is invisible to it,
@@ -112,11 +184,20 @@ pub const WAIT_MESSAGE: &str = "UPDATE messages \
 /// narrows it to one message, or is NULL for every waiting message: the
 /// recovery worker's net for a nudge lost to a crash between a collection's
 /// commit and its nudge.
-pub const WAKE_IF_CREDENTIAL: &str = "UPDATE messages SET next_attempt_at = $2 \
-    WHERE status = 'waiting' AND next_attempt_at > $2 AND ($1 IS NULL OR id = $1) \
-      AND EXISTS (SELECT 1 FROM credentials c \
-          WHERE c.appid = messages.appid AND c.openid = messages.touser \
-            AND c.state = 'available' AND c.expires_at > $3)";
+pub const WAKE_IF_CREDENTIAL: &str = concat!(
+    "UPDATE messages SET next_attempt_at = $2 \
+    WHERE status = 'waiting' AND next_attempt_at > $2 AND ($1 IS NULL OR id = $1) AND ",
+    usable_credential!("$3")
+);
+
+/// A user's waiting messages that their new grants or subscriptions can pay
+/// for, made due now. Run after the grants commit, for the reason given at
+/// [`WAKE_IF_CREDENTIAL`].
+pub const WAKE_USER: &str = concat!(
+    "UPDATE messages SET next_attempt_at = $2 \
+    WHERE status = 'waiting' AND next_attempt_at > $2 AND appid = $1 AND touser = $4 AND ",
+    usable_credential!("$3")
+);
 
 /// Waiting messages whose time has come, taken by one worker each under the
 /// taking run's token (`$4`).
@@ -125,7 +206,7 @@ pub const CLAIM_DUE_WAITING: &str = "UPDATE messages \
     WHERE id IN (SELECT id FROM messages \
         WHERE status = 'waiting' AND next_attempt_at <= $2 \
         ORDER BY next_attempt_at LIMIT $3 {lock}) \
-    RETURNING id, appid, touser, template_id, payload, status, delivery, wait_until";
+    RETURNING id, appid, touser, template_id, payload, status, delivery, wait_until, channel";
 
 /// A new credential for a user makes their waiting messages due now; the
 /// conditions and the list of users follow.
@@ -169,10 +250,10 @@ pub const CLAIM_STALE_MESSAGES: &str = "UPDATE messages \
           AND NOT EXISTS (SELECT 1 FROM credentials c \
                           WHERE c.state = 'leased' AND c.lease_message_id = m.id) \
         ORDER BY m.lease_until LIMIT $3 {lock}) \
-    RETURNING id, appid, touser, template_id, payload, status, delivery, wait_until";
+    RETURNING id, appid, touser, template_id, payload, status, delivery, wait_until, channel";
 
 pub const STORED_MESSAGE: &str = "SELECT id, appid, touser, template_id, payload, status, \
-    delivery, wait_until FROM messages WHERE id = $1";
+    delivery, wait_until, channel FROM messages WHERE id = $1";
 
 /// Takes a key, or takes over one past its retention. Returns a row only
 /// when this request owns the key now.
@@ -198,10 +279,58 @@ pub const DELETE_OLD_IDEMPOTENCY_KEYS: &str =
     SELECT appid, key FROM idempotency_keys WHERE expires_at <= $1 LIMIT $2)";
 
 pub const MESSAGE: &str = "SELECT id, appid, touser, template_id, status, error_code, \
-    wechat_errcode, created_at, updated_at FROM messages WHERE appid = $1 AND id = $2";
+    wechat_errcode, created_at, updated_at, channel FROM messages WHERE appid = $1 AND id = $2";
 
-pub const ATTEMPTS: &str = "SELECT credential_id, credential_kind, errcode, outcome, detail, at \
-    FROM attempts WHERE message_id = $1 ORDER BY id";
+pub const ATTEMPTS: &str = "SELECT credential_id, credential_kind, errcode, outcome, detail, at, \
+    msgid FROM attempts WHERE message_id = $1 ORDER BY id";
+
+/// Which channel a template is known to go through: the app's catalogue,
+/// or else a grant or subscription the user holds for it.
+pub const KNOWN_CHANNEL: &str = "SELECT channel FROM templates \
+    WHERE appid = $1 AND template_id = $2 \
+    UNION ALL SELECT 'subscribe' FROM subscriptions \
+    WHERE appid = $1 AND template_id = $2 AND openid = $3 \
+    LIMIT 1";
+
+/// The other grants of a grant's (app, user, template), in the pool or
+/// leased to another send. Read on the writer: a grant that just arrived
+/// must be seen.
+pub const OTHER_GRANTS: &str = "SELECT COUNT(*) FROM credentials o \
+    WHERE o.kind = 'subscribe' AND o.state IN ('available', 'leased') AND o.id <> $1 \
+      AND (o.appid, o.openid, o.template_id) = \
+          (SELECT appid, openid, template_id FROM credentials WHERE id = $1)";
+
+/// Records a prompt result once: a row comes back only for the first post
+/// of its request_id.
+pub const INSERT_PROMPT: &str = "INSERT INTO subscription_prompts \
+    (appid, openid, request_id, request_hash, outcome, created_at) \
+    VALUES ($1, $2, $3, $4, $5, $6) \
+    ON CONFLICT (appid, openid, request_id) DO NOTHING RETURNING request_id";
+
+pub const PROMPT: &str = "SELECT request_hash, outcome FROM subscription_prompts \
+    WHERE appid = $1 AND openid = $2 AND request_id = $3";
+
+/// Whether the catalogue knows the template as long-term (type 3).
+pub const TEMPLATE_IS_LONG_TERM: &str = "SELECT 1 FROM templates \
+    WHERE appid = $1 AND template_id = $2 AND subscription = 'long_term'";
+
+/// The user's latest decision on a template. A long-term subscription is
+/// switched on by an accept (`$6`) and stays as it was otherwise: a later
+/// `reject` in a prompt does not turn off what the user keeps on (only
+/// WeChat's 43101 or change event does).
+pub const RECORD_DECISION: &str = "INSERT INTO subscriptions \
+    (appid, openid, template_id, decision, decided_at, long_term, updated_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $5) \
+    ON CONFLICT (appid, openid, template_id) DO UPDATE \
+    SET decision = excluded.decision, decided_at = excluded.decided_at, \
+        long_term = (subscriptions.long_term OR excluded.long_term), \
+        updated_at = excluded.updated_at";
+
+/// One one-time grant: a credential of kind `subscribe` for one template.
+pub const INSERT_GRANT: &str = "INSERT INTO credentials \
+    (appid, openid, kind, value, template_id, uses_left, state, collected_at, expires_at, \
+     created_at, updated_at) \
+    VALUES ($1, $2, 'subscribe', $3, $4, 1, 'available', $5, $6, $5, $5)";
 
 pub const APP_STATE: &str = "SELECT access_token, token_expires_at, token_fetched_at, \
     send_blocked_until FROM apps WHERE appid = $1";
@@ -244,6 +373,12 @@ pub const MARK_EXPIRED: &str = "UPDATE credentials SET state = 'expired', update
 pub const DELETE_OLD_CREDENTIALS: &str = "DELETE FROM credentials WHERE id IN ( \
     SELECT id FROM credentials \
     WHERE state IN ('exhausted', 'retired', 'expired') AND expires_at <= $1 LIMIT $2)";
+
+/// Prompt results are kept as long as messages: a frontend retries within
+/// minutes, not months.
+pub const DELETE_OLD_PROMPTS: &str =
+    "DELETE FROM subscription_prompts WHERE (appid, openid, request_id) IN ( \
+    SELECT appid, openid, request_id FROM subscription_prompts WHERE created_at <= $1 LIMIT $2)";
 
 /// Attempts go with their message (`ON DELETE CASCADE`).
 pub const DELETE_OLD_MESSAGES: &str = "DELETE FROM messages WHERE id IN ( \

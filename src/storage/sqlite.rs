@@ -98,27 +98,28 @@ struct Renumbered {
 
 /// The start of a send: the message (`sql::CREATE_MESSAGE`), then the claim
 /// of its first credential (`sql::CLAIM`), leased until the message's own
-/// lease under its token. Script arguments: 1–10 the message's columns as
-/// [`bind_message!`] binds them, 11 now, 12 `valid_after`.
+/// lease under its token. Script arguments: 1–11 the message's columns as
+/// [`bind_message!`] binds them, 12 now, 13 `valid_after`, 14 the template
+/// whose grants pay for it (NULL on the template channel).
 const START: [Renumbered; 2] = [
     Renumbered {
         statement: sql::CREATE_MESSAGE,
-        map: &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+        map: &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
     },
     Renumbered {
-        // lease_until, now, appid, openid, valid_after, message id, token.
+        // lease_until, now, appid, openid, valid_after, message id, token, grant_of.
         statement: sql::CLAIM,
-        map: &[9, 11, 2, 3, 12, 1, 10],
+        map: &[9, 12, 2, 3, 13, 1, 10, 14],
     },
 ];
-const START_PARAMS: usize = 12;
+const START_PARAMS: usize = 14;
 
 /// The end of a send: the credential spent (`sql::SETTLE_SPENT`), the
 /// attempt recorded (`sql::INSERT_ATTEMPT`), the message finished
 /// (`sql::FINISH_MESSAGE`, whose `RETURNING` names the messages whose lease
 /// held). Script arguments: 1 credential id, 2 now, 3 token, 4 unproven (0),
 /// 5 message id, 6 kind, 7 errcode, 8 outcome, 9 detail, 10 status,
-/// 11 error code, 12 WeChat errcode.
+/// 11 error code, 12 WeChat errcode, 13 msgid.
 const END: [Renumbered; 3] = [
     Renumbered {
         statement: sql::SETTLE_SPENT,
@@ -126,14 +127,14 @@ const END: [Renumbered; 3] = [
     },
     Renumbered {
         statement: sql::INSERT_ATTEMPT,
-        map: &[5, 1, 6, 7, 8, 9, 2],
+        map: &[5, 1, 6, 7, 8, 9, 2, 13],
     },
     Renumbered {
         statement: sql::FINISH_MESSAGE,
         map: &[5, 10, 11, 12, 2, 3],
     },
 ];
-const END_PARAMS: usize = 12;
+const END_PARAMS: usize = 13;
 
 /// `copies` copies of a write's statements as one `;`-separated script: each
 /// placeholder `$k` of a statement becomes its script argument `map[k - 1]`,
@@ -235,7 +236,8 @@ impl BatchWriter for SqliteBatches {
                     .bind(end.attempt.detail.as_deref())
                     .bind(end.outcome.status.as_str())
                     .bind(end.outcome.error_code)
-                    .bind(end.outcome.wechat_errcode);
+                    .bind(end.outcome.wechat_errcode)
+                    .bind(end.attempt.msgid.as_deref());
             }
             done.ended.extend(
                 query
@@ -250,7 +252,8 @@ impl BatchWriter for SqliteBatches {
             for start in run {
                 query = bind_message!(query, &start.message)
                     .bind(start.now)
-                    .bind(start.valid_after);
+                    .bind(start.valid_after)
+                    .bind(start.message.grant_of());
             }
             done.claimed.extend(
                 query
@@ -285,7 +288,7 @@ mod tests {
             "INSERT $1, $2; UPDATE $10 WHERE $2; INSERT $11, $12; UPDATE $20 WHERE $12"
         );
         let script = numbered_script(&END, END_PARAMS, 32);
-        assert!(script.contains("$384") && !script.contains("$385"));
+        assert!(script.contains("$416") && !script.contains("$417"));
         assert_eq!(run_script(&END_SCRIPTS, &END, END_PARAMS, 32), script);
         assert_eq!(
             run_script(&START_SCRIPTS, &START, START_PARAMS, 4),

@@ -30,12 +30,27 @@ pub enum CallError {
 }
 
 /// WeChat's answer to a business call.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct Reply {
     #[serde(default)]
     pub errcode: i64,
     #[serde(default)]
     pub errmsg: String,
+    /// The id of a delivered subscribe message. Read as text whatever its
+    /// JSON type: it exceeds 2^53, past which a double loses digits.
+    #[serde(default, deserialize_with = "id_as_text")]
+    pub msgid: Option<String>,
+}
+
+/// An id WeChat sends as a JSON number or a string, kept as its digits.
+fn id_as_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    Ok(match Value::deserialize(deserializer)? {
+        Value::Number(number) => Some(number.to_string()),
+        Value::String(text) if !text.is_empty() => Some(text),
+        _ => None,
+    })
 }
 
 /// A freshly issued token.
@@ -69,6 +84,9 @@ pub trait WeChatApi: Send + Sync + std::fmt::Debug {
 
     /// `POST /cgi-bin/message/wxopen/template/send` with the given body.
     async fn send_template(&self, access_token: &str, body: &Value) -> Result<Reply, CallError>;
+
+    /// `POST /cgi-bin/message/subscribe/send` with the given body.
+    async fn send_subscribe(&self, access_token: &str, body: &Value) -> Result<Reply, CallError>;
 }
 
 /// A shareable handle on WeChat.
@@ -156,22 +174,57 @@ impl WeChatApi for WeChatClient {
             (errcode, _, _) => Ok(TokenReply::Refused(Reply {
                 errcode,
                 errmsg: answer.errmsg,
+                msgid: None,
             })),
         }
     }
 
     async fn send_template(&self, access_token: &str, body: &Value) -> Result<Reply, CallError> {
+        self.business_call("cgi-bin/message/wxopen/template/send", access_token, body)
+            .await
+    }
+
+    async fn send_subscribe(&self, access_token: &str, body: &Value) -> Result<Reply, CallError> {
+        self.business_call("cgi-bin/message/subscribe/send", access_token, body)
+            .await
+    }
+}
+
+impl WeChatClient {
+    /// A POST of a JSON body to a business API under the token.
+    async fn business_call(
+        &self,
+        path: &str,
+        access_token: &str,
+        body: &Value,
+    ) -> Result<Reply, CallError> {
         let request = self
             .http
-            .post(format!(
-                "{}/cgi-bin/message/wxopen/template/send",
-                self.base_url
-            ))
+            .post(format!("{}/{path}", self.base_url))
             .query(&[("access_token", access_token)])
             .json(body);
         let body = send(request).await?;
         serde_json::from_value(body)
             .map_err(|_| CallError::Ambiguous("answer of an unexpected shape".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_msgid_past_two_to_the_53_keeps_every_digit() {
+        let reply: Reply =
+            serde_json::from_str(r#"{"errcode":0,"errmsg":"ok","msgid":1988810812324364291}"#)
+                .unwrap();
+        assert_eq!(reply.msgid.as_deref(), Some("1988810812324364291"));
+        let reply: Reply =
+            serde_json::from_str(r#"{"errcode":0,"msgid":"1700827132819554304"}"#).unwrap();
+        assert_eq!(reply.msgid.as_deref(), Some("1700827132819554304"));
+        let reply: Reply =
+            serde_json::from_str(r#"{"errcode":43101,"errmsg":"user refuse"}"#).unwrap();
+        assert_eq!(reply.msgid, None);
     }
 }
 

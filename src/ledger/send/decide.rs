@@ -6,8 +6,8 @@
 
 use crate::ledger::failure::SendFailure;
 use crate::ledger::kinds::CredentialKind;
-use crate::ledger::settle::{classify, next_china_midnight_ms, Verdict};
-use crate::ledger::states::{AttemptOutcome, Delivery};
+use crate::ledger::settle::{classify, classify_subscribe, next_china_midnight_ms, Verdict};
+use crate::ledger::states::{AttemptOutcome, Channel, Delivery};
 use crate::storage::{ClaimedCredential, Settlement};
 
 /// What came back from one call to WeChat, sorted by what it tells about delivery.
@@ -60,6 +60,10 @@ pub struct Spending {
     pub token_retried: bool,
     /// Calls answered -1 so far.
     pub busy_retries: u32,
+    /// For a one-time subscribe grant, whether it is the user's only grant
+    /// of its template (the ledger's count, read when an outcome turned
+    /// unknown); `None` until read.
+    pub sole_grant: Option<bool>,
 }
 
 /// How the message ends.
@@ -114,16 +118,38 @@ impl Step {
 /// one use left in the ledger and no earlier use of it ended unproven (an
 /// unproven use may still be unused at WeChat) — and it is not about to
 /// expire (an expired credential answers 41028 either way).
-pub fn can_probe(credential: &ClaimedCredential, now: i64, policy: &Policy) -> bool {
-    credential.uses_left == 1
+///
+/// A subscribe grant is counted by WeChat per (user, template), not per
+/// grant: a second call is a probe only when the ledger holds no other
+/// grant of the template for the user (`sole_grant`), so that 43101 can
+/// only mean the first call used the last one. A long-term subscription is
+/// never probed: it is not consumed, so a second call would deliver again.
+pub fn can_probe(
+    credential: &ClaimedCredential,
+    state: &Spending,
+    now: i64,
+    policy: &Policy,
+) -> bool {
+    let one_use_at_wechat = match CredentialKind::parse(&credential.kind) {
+        Some(CredentialKind::LongTerm) => false,
+        Some(CredentialKind::Subscribe) => state.sole_grant == Some(true),
+        _ => true,
+    };
+    one_use_at_wechat
+        && credential.uses_left == 1
         && credential.unproven_uses == 0
         && credential.expires_at > now + policy.safety_margin_ms
 }
 
 /// The first step for a credential found leased to a pending message after
 /// its holder died: `None` to probe it, or the step that ends it unproven.
-pub fn on_recovered(credential: &ClaimedCredential, now: i64, policy: &Policy) -> Option<Step> {
-    if can_probe(credential, now, policy) {
+pub fn on_recovered(
+    credential: &ClaimedCredential,
+    state: &Spending,
+    now: i64,
+    policy: &Policy,
+) -> Option<Step> {
+    if can_probe(credential, state, now, policy) {
         None
     } else {
         Some(unresolved(
@@ -176,7 +202,7 @@ pub fn decide(
             };
             // A probe that never left leaves the question as it was; an
             // ambiguous first call becomes one.
-            if state.probes < policy.probe_limit && can_probe(credential, now, policy) {
+            if state.probes < policy.probe_limit && can_probe(credential, state, now, policy) {
                 return Step::CallAgain {
                     outcome,
                     retry: state.probes + 1,
@@ -187,7 +213,12 @@ pub fn decide(
         }
         CallOutcome::Answered(errcode) => errcode,
     };
-    let verdict = classify(errcode);
+    let channel = CredentialKind::parse(&credential.kind)
+        .map_or(Channel::Template, |kind| kind.rules().channel);
+    let verdict = match channel {
+        Channel::Template => classify(errcode),
+        Channel::Subscribe => classify_subscribe(errcode),
+    };
     match verdict {
         Verdict::Sent => Step::End {
             outcome: if state.probing {
@@ -203,6 +234,19 @@ pub fn decide(
             outcome: AttemptOutcome::ConfirmedSent,
             settlement: Settlement::Spent,
             end: MessageEnd::Sent,
+        },
+        // The probe's answer on a user's only grant: the earlier call used it.
+        Verdict::GrantRevoked if state.probing => Step::End {
+            outcome: AttemptOutcome::ConfirmedSent,
+            settlement: Settlement::Spent,
+            end: MessageEnd::Sent,
+        },
+        // WeChat holds no grant of the template for the user: the ledger's
+        // others are retired with this one, and the next claim finds none
+        // (or one that arrived since).
+        Verdict::GrantRevoked => Step::NextCredential {
+            outcome: AttemptOutcome::Retired,
+            settlement: Settlement::Revoked { errcode },
         },
         // A probe answered "expired" or "blocked" proves nothing: the
         // ledger's expiry is an estimate, so the credential may have died
@@ -390,6 +434,22 @@ mod tests {
         let probes_spent = Spending {
             probing: true,
             probes: 2,
+            ..fresh()
+        };
+        let grant = ClaimedCredential {
+            expires_at: crate::ledger::kinds::NEVER_EXPIRES_MS,
+            ..credential("subscribe", 1, 0, DAY)
+        };
+        let ticket = ClaimedCredential {
+            expires_at: crate::ledger::kinds::NEVER_EXPIRES_MS,
+            ..credential("long_term", 1, 0, DAY)
+        };
+        let sole = Spending {
+            sole_grant: Some(true),
+            ..fresh()
+        };
+        let not_sole = Spending {
+            sole_grant: Some(false),
             ..fresh()
         };
         let rows: Vec<(
@@ -796,6 +856,107 @@ mod tests {
                 least,
                 next(O::ProbeInconclusive, S::Retired { errcode: 41028 }),
             ),
+            // Subscribe grants (reference §5): 43101 retires the template's
+            // grants and looks for another; a probe on the user's only
+            // grant reads 43101 as the first call's delivery.
+            (
+                "subscribe 0 spends the grant",
+                Answered(0),
+                fresh(),
+                &grant,
+                most,
+                end(O::Sent, S::Spent, MessageEnd::Sent),
+            ),
+            (
+                "subscribe 43101 revokes the template's grants",
+                Answered(43101),
+                fresh(),
+                &grant,
+                most,
+                next(O::Retired, S::Revoked { errcode: 43101 }),
+            ),
+            (
+                "subscribe 43101 on a long-term ticket switches it off",
+                Answered(43101),
+                fresh(),
+                &ticket,
+                most,
+                next(O::Retired, S::Revoked { errcode: 43101 }),
+            ),
+            (
+                "subscribe 47003 gives the grant back",
+                Answered(47003),
+                fresh(),
+                &grant,
+                most,
+                failed(SendFailure::RequestInvalid { errcode: 47003 }),
+            ),
+            (
+                "subscribe 45168 (blacklisted words) gives the grant back",
+                Answered(45168),
+                fresh(),
+                &grant,
+                most,
+                failed(SendFailure::RequestInvalid { errcode: 45168 }),
+            ),
+            (
+                "a form_id code on a subscribe send has no rule",
+                Answered(41028),
+                fresh(),
+                &grant,
+                most,
+                failed(SendFailure::Unexpected { errcode: 41028 }),
+            ),
+            (
+                "subscribe lost answer on the user's only grant: probe",
+                Ambiguous,
+                sole,
+                &grant,
+                most,
+                Step::CallAgain {
+                    outcome: O::Ambiguous,
+                    retry: 1,
+                    probing: true,
+                },
+            ),
+            (
+                "subscribe lost answer with other grants of the template: unknown",
+                Ambiguous,
+                not_sole,
+                &grant,
+                most,
+                end(O::Ambiguous, S::SpentUnproven, MessageEnd::Unknown),
+            ),
+            (
+                "subscribe lost answer on a long-term ticket: unknown",
+                Ambiguous,
+                fresh(),
+                &ticket,
+                most,
+                end(O::Ambiguous, S::SpentUnproven, MessageEnd::Unknown),
+            ),
+            (
+                "subscribe probe answered 43101: the first call delivered",
+                Answered(43101),
+                Spending {
+                    sole_grant: Some(true),
+                    ..probing()
+                },
+                &grant,
+                most,
+                end(O::ConfirmedSent, S::Spent, MessageEnd::Sent),
+            ),
+            (
+                "subscribe probe answered 0: delivered now",
+                Answered(0),
+                Spending {
+                    sole_grant: Some(true),
+                    ..probing()
+                },
+                &grant,
+                most,
+                end(O::SentOnProbe, S::Spent, MessageEnd::Sent),
+            ),
         ];
         for (name, answer, state, credential, policy, expected) in rows {
             assert_eq!(
@@ -810,11 +971,11 @@ mod tests {
     fn a_recovered_credential_is_probed_only_when_wechat_holds_one_use() {
         let most = policy(Delivery::AtMostOnce);
         assert_eq!(
-            on_recovered(&credential("form_id", 1, 0, DAY), NOW, &most),
+            on_recovered(&credential("form_id", 1, 0, DAY), &fresh(), NOW, &most),
             None
         );
         assert_eq!(
-            on_recovered(&credential("prepay_id", 1, 0, DAY), NOW, &most),
+            on_recovered(&credential("prepay_id", 1, 0, DAY), &fresh(), NOW, &most),
             None
         );
         let unknown = Some(end(
@@ -823,11 +984,26 @@ mod tests {
             MessageEnd::Unknown,
         ));
         assert_eq!(
-            on_recovered(&credential("prepay_id", 2, 0, DAY), NOW, &most),
+            on_recovered(&credential("prepay_id", 2, 0, DAY), &fresh(), NOW, &most),
             unknown
         );
         assert_eq!(
-            on_recovered(&credential("prepay_id", 1, 1, DAY), NOW, &most),
+            on_recovered(&credential("prepay_id", 1, 1, DAY), &fresh(), NOW, &most),
+            unknown
+        );
+        let grant = credential("subscribe", 1, 0, DAY);
+        let sole = Spending {
+            sole_grant: Some(true),
+            ..fresh()
+        };
+        assert_eq!(on_recovered(&grant, &sole, NOW, &most), None);
+        let not_sole = Spending {
+            sole_grant: Some(false),
+            ..fresh()
+        };
+        assert_eq!(on_recovered(&grant, &not_sole, NOW, &most), unknown);
+        assert_eq!(
+            on_recovered(&credential("long_term", 1, 0, DAY), &sole, NOW, &most),
             unknown
         );
     }

@@ -11,7 +11,7 @@ use super::decide::{self, CallOutcome, MessageEnd, Policy, Spending, Step};
 use super::{AttemptSummary, SendResult, Sender};
 use crate::ledger::failure::SendFailure;
 use crate::ledger::kinds::CredentialKind;
-use crate::ledger::states::{AttemptOutcome, Delivery, MessageStatus};
+use crate::ledger::states::{AttemptOutcome, Channel, Delivery, MessageStatus};
 use crate::storage::{
     Claim, ClaimedCredential, EndSend, Lease, MessageOutcome, NewAttempt, Settlement, StoredMessage,
 };
@@ -23,6 +23,8 @@ use crate::wechat::CallError;
 pub(super) struct Job {
     pub appid: String,
     pub touser: String,
+    pub template_id: String,
+    pub channel: Channel,
     pub payload: Map<String, Value>,
     pub delivery: Delivery,
     pub wait_until: Option<i64>,
@@ -37,6 +39,8 @@ impl Job {
         Ok(Self {
             appid: message.appid.clone(),
             touser: message.touser.clone(),
+            template_id: message.template_id.clone(),
+            channel: message.channel,
             payload,
             delivery: message.delivery,
             wait_until: message.wait_until,
@@ -79,6 +83,9 @@ pub(super) struct Run<'a> {
     /// Whether a call to WeChat was made: from then on a failed write is
     /// retried, and never answered as if nothing was sent.
     called: bool,
+    /// The errcode with which WeChat said the user holds no grant of the
+    /// template (43101), when it did: the 409 names it.
+    revoked_by: Option<i64>,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -99,6 +106,7 @@ impl<'a> Run<'a> {
             token: None,
             parked: Vec::new(),
             called: false,
+            revoked_by: None,
             _slot: slot,
         }
     }
@@ -144,6 +152,10 @@ impl<'a> Run<'a> {
             Initial::Blocked(until_ms) => {
                 return self.finish(SendFailure::QuotaExhausted { until_ms }).await
             }
+            // A subscribe message the batched start found no grant for may
+            // still be paid by a long-term subscription: the claim below
+            // looks for both.
+            Initial::Claimed(None) if self.job.channel == Channel::Subscribe => None,
             Initial::Claimed(None) => return self.no_credential().await,
             Initial::Claimed(Some(credential)) => Some((credential, false)),
             // A recovered credential is resolved whatever the quota says: it
@@ -169,6 +181,7 @@ impl<'a> Run<'a> {
                         .claim_credential(
                             appid,
                             &self.job.touser,
+                            crate::storage::grant_of(self.job.channel, &self.job.template_id),
                             &self.lease,
                             now + sender.settings.safety_margin_ms,
                             lease_until,
@@ -234,10 +247,10 @@ impl<'a> Run<'a> {
             }
             return Ok(self.result(MessageStatus::Waiting, None));
         }
-        let failure = if self.parked.is_empty() {
-            SendFailure::NoCredential
-        } else {
-            SendFailure::CredentialNotReady
+        let failure = match (self.revoked_by, self.parked.is_empty()) {
+            (Some(errcode), _) => SendFailure::GrantsRevoked { errcode },
+            (None, true) => SendFailure::NoCredential,
+            (None, false) => SendFailure::CredentialNotReady,
         };
         self.finish(failure).await
     }
@@ -252,15 +265,21 @@ impl<'a> Run<'a> {
         let appid = self.job.appid.as_str();
         let policy = self.policy();
         let mut body = self.job.payload.clone();
-        body.insert("form_id".into(), credential.value.clone().into());
+        // A grant is the ledger's account of WeChat's count, not a field of
+        // the call: only a template send names its credential.
+        if self.job.channel == Channel::Template {
+            body.insert("form_id".into(), credential.value.clone().into());
+        }
         let body = Value::Object(body);
         let mut state = Spending {
             probing: recovered,
             ..Spending::default()
         };
         if recovered {
-            if let Some(step) = decide::on_recovered(credential, sender.clock.now_ms(), &policy) {
-                return self.apply(credential, None, None, step).await;
+            state.sole_grant = self.sole_grant(credential).await?;
+            let now = sender.clock.now_ms();
+            if let Some(step) = decide::on_recovered(credential, &state, now, &policy) {
+                return self.apply(credential, None, Answer::default(), step).await;
             }
         }
         loop {
@@ -277,27 +296,38 @@ impl<'a> Run<'a> {
             self.ensure_lease_room().await?;
             let token = self.token.clone().unwrap_or_default();
             self.called = true;
-            let (answer, detail) = match sender.wechat.send_template(&token, &body).await {
-                Ok(reply) => (CallOutcome::Answered(reply.errcode), None),
-                Err(CallError::NotSent(detail)) => (CallOutcome::NotSent, Some(detail)),
-                Err(CallError::Ambiguous(detail)) => (CallOutcome::Ambiguous, Some(detail)),
+            let call = match self.job.channel {
+                Channel::Template => sender.wechat.send_template(&token, &body).await,
+                Channel::Subscribe => sender.wechat.send_subscribe(&token, &body).await,
+            };
+            let (answer, said) = match call {
+                Ok(reply) => (
+                    CallOutcome::Answered(reply.errcode),
+                    Answer {
+                        // WeChat's errmsg names the field a 47003 is about.
+                        detail: Some(reply.errmsg)
+                            .filter(|errmsg| reply.errcode != 0 && !errmsg.is_empty()),
+                        msgid: reply.msgid,
+                    },
+                ),
+                Err(error) => {
+                    let (answer, detail) = match error {
+                        CallError::NotSent(detail) => (CallOutcome::NotSent, detail),
+                        CallError::Ambiguous(detail) => (CallOutcome::Ambiguous, detail),
+                    };
+                    tracing::warn!(appid, %detail, "WeChat call failed");
+                    (answer, Answer::detail(detail))
+                }
             };
             sender.guard.record(appid, answer);
-            if let Some(detail) = &detail {
-                tracing::warn!(appid, %detail, "WeChat call failed");
+            if answer.errcode().is_none() && state.sole_grant.is_none() {
+                state.sole_grant = self.sole_grant(credential).await?;
             }
             let step = decide::decide(answer, &state, credential, sender.clock.now_ms(), &policy);
             match step {
                 Step::CallAgain { retry, .. } => {
-                    self.record(
-                        credential,
-                        answer,
-                        detail,
-                        Settlement::Kept,
-                        None,
-                        step.outcome(),
-                    )
-                    .await?;
+                    self.record(credential, answer, said, step.outcome())
+                        .await?;
                     tokio::time::sleep(backoff_with_jitter(
                         sender.settings.busy_backoff,
                         retry,
@@ -307,8 +337,7 @@ impl<'a> Run<'a> {
                     state = state.after(&step);
                 }
                 Step::RefreshToken { outcome } => {
-                    self.record(credential, answer, detail, Settlement::Kept, None, outcome)
-                        .await?;
+                    self.record(credential, answer, said, outcome).await?;
                     state = state.after(&step);
                     match sender.tokens.refresh(appid, &token).await {
                         Ok(fresh) => self.token = Some(fresh.token),
@@ -320,7 +349,7 @@ impl<'a> Run<'a> {
                                     settlement: Settlement::SpentUnproven,
                                     end: MessageEnd::Unknown,
                                 };
-                                return self.apply(credential, None, None, step).await;
+                                return self.apply(credential, None, Answer::default(), step).await;
                             }
                             self.release(credential.id).await?;
                             return Ok(CredentialEnd::Done(
@@ -329,9 +358,19 @@ impl<'a> Run<'a> {
                         }
                     }
                 }
-                step => return self.apply(credential, Some(answer), detail, step).await,
+                step => return self.apply(credential, Some(answer), said, step).await,
             }
         }
+    }
+
+    /// For a one-time subscribe grant, whether the ledger holds no other
+    /// grant of its template for the user; `None` for other kinds.
+    async fn sole_grant(&self, credential: &ClaimedCredential) -> anyhow::Result<Option<bool>> {
+        if CredentialKind::parse(&credential.kind) != Some(CredentialKind::Subscribe) {
+            return Ok(None);
+        }
+        let others = self.sender.storage.other_grants(credential.id).await?;
+        Ok(Some(others == 0))
     }
 
     /// Applies a step that settles the credential.
@@ -339,7 +378,7 @@ impl<'a> Run<'a> {
         &mut self,
         credential: &ClaimedCredential,
         answer: Option<CallOutcome>,
-        detail: Option<String>,
+        said: Answer,
         step: Step,
     ) -> Result<CredentialEnd, LeaseLostOr> {
         let errcode = answer.and_then(CallOutcome::errcode);
@@ -348,7 +387,10 @@ impl<'a> Run<'a> {
                 outcome,
                 settlement,
             } => {
-                let attempt = self.attempt(credential, errcode, outcome, detail);
+                if let Settlement::Revoked { errcode } = settlement {
+                    self.revoked_by = Some(errcode);
+                }
+                let attempt = self.attempt(credential, errcode, outcome, said);
                 self.persist(&attempt, Some((credential.id, settlement)), None)
                     .await?;
                 if matches!(settlement, Settlement::Parked { .. }) {
@@ -378,7 +420,7 @@ impl<'a> Run<'a> {
                     sender.tokens.note_blocked(&self.job.appid, *until_ms);
                 }
                 let message = message_outcome(status, failure.as_ref());
-                let attempt = self.attempt(credential, errcode, outcome, detail);
+                let attempt = self.attempt(credential, errcode, outcome, said);
                 if settlement == Settlement::Spent && status == MessageStatus::Sent {
                     // The common end of a send shares a commit with others.
                     self.persist_end(credential.id, &attempt, &message).await?;
@@ -422,14 +464,15 @@ impl<'a> Run<'a> {
         credential: &ClaimedCredential,
         errcode: Option<i64>,
         outcome: AttemptOutcome,
-        detail: Option<String>,
+        said: Answer,
     ) -> NewAttempt {
         NewAttempt {
             credential_id: Some(credential.id),
             credential_kind: CredentialKind::parse(&credential.kind),
             errcode,
             outcome,
-            detail,
+            detail: said.detail,
+            msgid: said.msgid,
         }
     }
 
@@ -438,13 +481,11 @@ impl<'a> Run<'a> {
         &mut self,
         credential: &ClaimedCredential,
         answer: CallOutcome,
-        detail: Option<String>,
-        settlement: Settlement,
-        message: Option<&MessageOutcome>,
+        said: Answer,
         outcome: AttemptOutcome,
     ) -> Result<(), LeaseLostOr> {
-        let attempt = self.attempt(credential, answer.errcode(), outcome, detail);
-        self.persist(&attempt, Some((credential.id, settlement)), message)
+        let attempt = self.attempt(credential, answer.errcode(), outcome, said);
+        self.persist(&attempt, Some((credential.id, Settlement::Kept)), None)
             .await
     }
 
@@ -529,6 +570,8 @@ impl<'a> Run<'a> {
             credential_kind: attempt.credential_kind.map(CredentialKind::as_str),
             errcode: attempt.errcode,
             outcome: attempt.outcome,
+            errmsg: attempt.errcode.and(attempt.detail.clone()),
+            msgid: attempt.msgid.clone(),
         });
         if held {
             Ok(())
@@ -574,6 +617,23 @@ impl<'a> Run<'a> {
             status,
             failure,
             attempts: self.attempts.clone(),
+        }
+    }
+}
+
+/// What a call said besides its errcode: the failure's detail or WeChat's
+/// errmsg, and the msgid of a delivered subscribe message.
+#[derive(Debug, Default)]
+struct Answer {
+    detail: Option<String>,
+    msgid: Option<String>,
+}
+
+impl Answer {
+    fn detail(detail: String) -> Self {
+        Self {
+            detail: Some(detail),
+            msgid: None,
         }
     }
 }

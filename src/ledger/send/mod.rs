@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use request::SendRequest;
+pub use request::{InvalidTemplateData, PreparedSend, SendRequest, SubscribeDefaults};
 
 use super::failure::SendFailure;
 use super::states::{AttemptOutcome, MessageStatus};
@@ -65,6 +65,12 @@ pub struct AttemptSummary {
     pub credential_kind: Option<&'static str>,
     pub errcode: Option<i64>,
     pub outcome: AttemptOutcome,
+    /// WeChat's errmsg of a refused call (a 47003's names the field).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errmsg: Option<String>,
+    /// WeChat's id of a delivered subscribe message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub msgid: Option<String>,
 }
 
 /// Where one send ended (for now).
@@ -114,7 +120,7 @@ impl Sender {
     pub async fn send(
         &self,
         appid: &str,
-        request: &SendRequest,
+        request: &PreparedSend,
         message_id: &str,
     ) -> anyhow::Result<SendResult> {
         // Why the slot comes first: a wait for a call slot must not eat into
@@ -124,7 +130,7 @@ impl Sender {
         let wait_until = request
             .wait_seconds
             .map(|seconds| now + (seconds as i64) * 1000);
-        let payload = request.payload();
+        let payload = request.payload.clone();
         let lease = Lease::new(message_id);
         let message = NewMessage {
             id: message_id.to_owned(),
@@ -137,10 +143,13 @@ impl Sender {
             wait_until,
             lease_until: now + self.settings.lease_ms,
             lease_token: lease.token,
+            channel: request.channel,
         };
         let job = Job {
             appid: appid.to_owned(),
             touser: request.touser.clone(),
+            template_id: request.template_id.clone(),
+            channel: request.channel,
             payload,
             delivery: request.delivery,
             wait_until,

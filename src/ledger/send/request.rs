@@ -3,7 +3,8 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::ledger::states::Delivery;
+use crate::config::{Lang, MiniprogramState};
+use crate::ledger::states::{Channel, Delivery};
 
 /// What a business service asks to send: the body of `POST …/messages`,
 /// bounded by `ledger::message::parse_send_request`. Business services
@@ -25,17 +26,105 @@ pub struct SendRequest {
     /// another credential. `at_least_once`: it is, at the risk of a duplicate.
     #[serde(default)]
     pub delivery: Delivery,
+    /// The API to send through; by default the template decides (see
+    /// [`SendRequest::prepare`]).
+    pub channel: Option<Channel>,
+    /// Subscribe messages: which version of the mini-program the card opens.
+    pub miniprogram_state: Option<MiniprogramState>,
+    /// Subscribe messages: the card's language.
+    pub lang: Option<Lang>,
+}
+
+/// A request that breaks a rule of its channel or its template: refused
+/// before anything is claimed or sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidTemplateData {
+    /// The field at fault, as a JSON path (`data.thing1.value`, `page`).
+    pub field: String,
+    /// The rule, as a short machine-readable name.
+    pub rule: &'static str,
+    /// For people.
+    pub message: String,
+}
+
+impl InvalidTemplateData {
+    fn new(field: impl Into<String>, rule: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            rule,
+            message: message.into(),
+        }
+    }
+}
+
+/// A request checked for its channel, with the body WeChat will get
+/// (without the credential, which a template send adds per call).
+#[derive(Debug, Clone)]
+pub struct PreparedSend {
+    pub touser: String,
+    pub template_id: String,
+    pub channel: Channel,
+    pub payload: Map<String, Value>,
+    pub delivery: Delivery,
+    pub wait_seconds: Option<u64>,
+}
+
+/// An app's defaults for the fields of a subscribe send.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SubscribeDefaults {
+    pub miniprogram_state: MiniprogramState,
+    pub lang: Lang,
 }
 
 impl SendRequest {
-    /// The body WeChat will get, without the credential.
-    pub fn payload(&self) -> Map<String, Value> {
-        let mut body = Map::new();
-        body.insert("touser".into(), self.touser.clone().into());
-        body.insert("template_id".into(), self.template_id.clone().into());
+    /// The channel: the one the request names, else `known` (what the
+    /// app's catalogue or the user's grants say of the template), else the
+    /// legacy template channel.
+    pub fn channel(&self, known: Option<Channel>) -> Channel {
+        self.channel.or(known).unwrap_or(Channel::Template)
+    }
+
+    /// Checks the request against the rules of `channel` and shapes its
+    /// body. A subscribe send carries no colour, no `emphasis_keyword` and
+    /// no `.DATA` suffix: WeChat would refuse them (47003) or drop them
+    /// silently, so they are refused here, before anything is spent.
+    pub fn prepare(
+        &self,
+        channel: Channel,
+        defaults: SubscribeDefaults,
+    ) -> Result<PreparedSend, InvalidTemplateData> {
+        let payload = match channel {
+            Channel::Template => {
+                for (field, given) in [
+                    ("miniprogram_state", self.miniprogram_state.is_some()),
+                    ("lang", self.lang.is_some()),
+                ] {
+                    if given {
+                        return Err(InvalidTemplateData::new(
+                            field,
+                            "subscribe_only",
+                            "only a subscribe message has this field",
+                        ));
+                    }
+                }
+                self.template_payload()
+            }
+            Channel::Subscribe => self.subscribe_payload(defaults)?,
+        };
+        Ok(PreparedSend {
+            touser: self.touser.clone(),
+            template_id: self.template_id.clone(),
+            channel,
+            payload,
+            delivery: self.delivery,
+            wait_seconds: self.wait_seconds,
+        })
+    }
+
+    fn template_payload(&self) -> Map<String, Value> {
+        let mut body = self.common_payload();
         let optional = [
-            ("page", self.page.clone().map(Value::from)),
-            ("data", self.data.clone().map(Value::Object)),
             (
                 "emphasis_keyword",
                 self.emphasis_keyword.clone().map(Value::from),
@@ -48,5 +137,153 @@ impl SendRequest {
             }
         }
         body
+    }
+
+    fn subscribe_payload(
+        &self,
+        defaults: SubscribeDefaults,
+    ) -> Result<Map<String, Value>, InvalidTemplateData> {
+        let legacy_only = |field: &str| {
+            InvalidTemplateData::new(
+                field,
+                "template_only",
+                "a subscribe message has no such field; WeChat would not show it",
+            )
+        };
+        if self.emphasis_keyword.is_some() {
+            return Err(legacy_only("emphasis_keyword"));
+        }
+        if self.color.is_some() {
+            return Err(legacy_only("color"));
+        }
+        for (key, field) in self.data.iter().flatten() {
+            if key.ends_with(".DATA") {
+                return Err(InvalidTemplateData::new(
+                    format!("data.{key}"),
+                    "no_data_suffix",
+                    format!(
+                        "a subscribe key has no .DATA suffix: write {:?}",
+                        key.trim_end_matches(".DATA")
+                    ),
+                ));
+            }
+            if let Some(object) = field.as_object() {
+                if let Some(extra) = object.keys().find(|name| *name != "value") {
+                    let field = format!("data.{key}.{extra}");
+                    return Err(if extra == "color" {
+                        legacy_only(&field)
+                    } else {
+                        InvalidTemplateData::new(
+                            field,
+                            "value_only",
+                            "a subscribe value is {\"value\": …} and nothing else",
+                        )
+                    });
+                }
+            }
+        }
+        let mut body = self.common_payload();
+        let state = self.miniprogram_state.unwrap_or(defaults.miniprogram_state);
+        let lang = self.lang.unwrap_or(defaults.lang);
+        body.insert(
+            "miniprogram_state".into(),
+            serde_json::to_value(state).unwrap_or_default(),
+        );
+        body.insert(
+            "lang".into(),
+            serde_json::to_value(lang).unwrap_or_default(),
+        );
+        Ok(body)
+    }
+
+    /// touser, template_id, page and data: the fields both APIs share.
+    fn common_payload(&self) -> Map<String, Value> {
+        let mut body = Map::new();
+        body.insert("touser".into(), self.touser.clone().into());
+        body.insert("template_id".into(), self.template_id.clone().into());
+        if let Some(page) = &self.page {
+            body.insert("page".into(), page.clone().into());
+        }
+        if let Some(data) = &self.data {
+            body.insert("data".into(), Value::Object(data.clone()));
+        }
+        body
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: Value) -> SendRequest {
+        serde_json::from_value(json).expect("a send request")
+    }
+
+    #[test]
+    fn a_subscribe_body_has_the_app_defaults_and_no_legacy_fields() {
+        let send = request(serde_json::json!({
+            "touser": "o1", "template_id": "T", "page": "pages/a?x=1",
+            "data": {"thing1": {"value": "hi"}}, "lang": "en_US"
+        }));
+        let prepared = send
+            .prepare(Channel::Subscribe, SubscribeDefaults::default())
+            .expect("valid");
+        assert_eq!(
+            Value::Object(prepared.payload),
+            serde_json::json!({
+                "touser": "o1", "template_id": "T", "page": "pages/a?x=1",
+                "data": {"thing1": {"value": "hi"}},
+                "miniprogram_state": "formal", "lang": "en_US"
+            })
+        );
+    }
+
+    #[test]
+    fn legacy_fields_on_a_subscribe_send_are_refused_not_dropped() {
+        for (json, field) in [
+            (
+                serde_json::json!({"emphasis_keyword": "keyword1.DATA"}),
+                "emphasis_keyword",
+            ),
+            (serde_json::json!({"color": "#173177"}), "color"),
+            (
+                serde_json::json!({"data": {"thing1.DATA": {"value": "x"}}}),
+                "data.thing1.DATA",
+            ),
+            (
+                serde_json::json!({"data": {"thing1": {"value": "x", "color": "#000000"}}}),
+                "data.thing1.color",
+            ),
+        ] {
+            let mut body = serde_json::json!({"touser": "o1", "template_id": "T"});
+            for (key, value) in json.as_object().unwrap() {
+                body[key] = value.clone();
+            }
+            let error = request(body)
+                .prepare(Channel::Subscribe, SubscribeDefaults::default())
+                .expect_err(field);
+            assert_eq!(error.field, field);
+        }
+    }
+
+    #[test]
+    fn subscribe_fields_on_a_template_send_are_refused() {
+        let send = request(serde_json::json!({
+            "touser": "o1", "template_id": "T", "miniprogram_state": "trial"
+        }));
+        let error = send
+            .prepare(Channel::Template, SubscribeDefaults::default())
+            .expect_err("refused");
+        assert_eq!(error.field, "miniprogram_state");
+    }
+
+    #[test]
+    fn the_named_channel_wins_over_what_the_ledger_knows() {
+        let send =
+            request(serde_json::json!({"touser": "o", "template_id": "T", "channel": "template"}));
+        assert_eq!(send.channel(Some(Channel::Subscribe)), Channel::Template);
+        let send = request(serde_json::json!({"touser": "o", "template_id": "T"}));
+        assert_eq!(send.channel(Some(Channel::Subscribe)), Channel::Subscribe);
+        assert_eq!(send.channel(None), Channel::Template);
     }
 }
