@@ -87,7 +87,10 @@ macro_rules! impl_storage {
                 for users in credited.chunks(INSERT_CHUNK) {
                     let mut builder = sqlx::QueryBuilder::<$db>::new(sql::NUDGE_WAITING_HEAD);
                     builder.push_bind(now);
-                    builder.push(" WHERE status = 'waiting' AND next_attempt_at > ");
+                    // Form_ids and prepay_ids pay for template messages only.
+                    builder.push(
+                        " WHERE status = 'waiting' AND channel = 'template' AND next_attempt_at > ",
+                    );
                     builder.push_bind(now);
                     builder.push(" AND appid = ");
                     builder.push_bind(appid);

@@ -209,25 +209,6 @@ impl WeChatClient {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_msgid_past_two_to_the_53_keeps_every_digit() {
-        let reply: Reply =
-            serde_json::from_str(r#"{"errcode":0,"errmsg":"ok","msgid":1988810812324364291}"#)
-                .unwrap();
-        assert_eq!(reply.msgid.as_deref(), Some("1988810812324364291"));
-        let reply: Reply =
-            serde_json::from_str(r#"{"errcode":0,"msgid":"1700827132819554304"}"#).unwrap();
-        assert_eq!(reply.msgid.as_deref(), Some("1700827132819554304"));
-        let reply: Reply =
-            serde_json::from_str(r#"{"errcode":43101,"errmsg":"user refuse"}"#).unwrap();
-        assert_eq!(reply.msgid, None);
-    }
-}
-
 /// Sends and reads a JSON answer, sorting failures by what they say about delivery.
 async fn send(request: reqwest::RequestBuilder) -> Result<Value, CallError> {
     let response = request.send().await.map_err(|error| {
@@ -253,4 +234,23 @@ async fn send(request: reqwest::RequestBuilder) -> Result<Value, CallError> {
     }
     serde_json::from_slice(&bytes)
         .map_err(|_| CallError::Ambiguous(format!("HTTP {status} with a body that is not JSON")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_msgid_past_two_to_the_53_keeps_every_digit() {
+        let reply: Reply =
+            serde_json::from_str(r#"{"errcode":0,"errmsg":"ok","msgid":1988810812324364291}"#)
+                .unwrap();
+        assert_eq!(reply.msgid.as_deref(), Some("1988810812324364291"));
+        let reply: Reply =
+            serde_json::from_str(r#"{"errcode":0,"msgid":"1700827132819554304"}"#).unwrap();
+        assert_eq!(reply.msgid.as_deref(), Some("1700827132819554304"));
+        let reply: Reply =
+            serde_json::from_str(r#"{"errcode":43101,"errmsg":"user refuse"}"#).unwrap();
+        assert_eq!(reply.msgid, None);
+    }
 }

@@ -53,6 +53,7 @@ impl TestApp {
             wait_until: None,
             lease_until: now + 120_000,
             lease_token: 1,
+            channel: formid_gateway::ledger::states::Channel::Template,
         };
         self.storage.create_message(&message, now).await.unwrap();
         let lease = Lease {
@@ -61,7 +62,15 @@ impl TestApp {
         };
         let Claim::Claimed(claimed) = self
             .storage
-            .claim_credential(APPID, openid, &lease, now + 60_000, now + 120_000, now)
+            .claim_credential(
+                APPID,
+                openid,
+                None,
+                &lease,
+                now + 60_000,
+                now + 120_000,
+                now,
+            )
             .await
             .unwrap()
         else {
@@ -392,6 +401,7 @@ async fn recovery_carries_on_a_message_that_held_no_credential(#[case] backend: 
         wait_until: None,
         lease_until: now + 120_000,
         lease_token: 1,
+        channel: formid_gateway::ledger::states::Channel::Template,
     };
     app.storage.create_message(&message, now).await.unwrap();
     app.advance(Duration::seconds(121));
@@ -416,6 +426,7 @@ async fn a_parked_credential_left_by_a_crash_goes_back_untouched(#[case] backend
         errcode: Some(41028),
         outcome: AttemptOutcome::NotReady,
         detail: None,
+        msgid: None,
     };
     let parked = Settlement::Parked { until: now + 1000 };
     app.storage
@@ -520,6 +531,7 @@ async fn a_credential_posted_just_before_the_wait_wakes_the_message(#[case] back
         wait_until: Some(now + 86_400_000),
         lease_until: now + 120_000,
         lease_token: 5,
+        channel: formid_gateway::ledger::states::Channel::Template,
     };
     app.storage.create_message(&message, now).await.unwrap();
     // The claim found nothing; now the credential lands; then the wait.

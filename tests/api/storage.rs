@@ -39,6 +39,7 @@ fn message(id: &str, touser: &str, now: i64) -> NewMessage {
         wait_until: None,
         lease_until: now + 60_000,
         lease_token: TOKEN,
+        channel: formid_gateway::ledger::states::Channel::Template,
     }
 }
 
@@ -135,6 +136,7 @@ async fn batched_starts_and_ends_keep_each_callers_result(#[case] backend: Backe
                 errcode: Some(0),
                 outcome: AttemptOutcome::Sent,
                 detail: None,
+                msgid: None,
             };
             let outcome = MessageOutcome {
                 status: MessageStatus::Sent,
@@ -203,7 +205,7 @@ async fn concurrent_claims_never_lease_one_credential_twice(#[case] backend: Bac
                 token: TOKEN,
             };
             storage
-                .claim_credential(APPID, "o-race", &lease, now, now + 60_000, now)
+                .claim_credential(APPID, "o-race", None, &lease, now, now + 60_000, now)
                 .await
                 .unwrap()
         })
@@ -250,7 +252,7 @@ async fn claims_follow_expiry_and_settlements_only_touch_leased_rows(#[case] bac
         let storage = app.storage.clone();
         async move {
             storage
-                .claim_credential(APPID, "o-order", &lease, now, now + 1, now)
+                .claim_credential(APPID, "o-order", None, &lease, now, now + 1, now)
                 .await
                 .unwrap()
         }
@@ -266,6 +268,7 @@ async fn claims_follow_expiry_and_settlements_only_touch_leased_rows(#[case] bac
         errcode: Some(0),
         outcome: AttemptOutcome::Sent,
         detail: None,
+        msgid: None,
     };
     let settle = |settlement| {
         let storage = app.storage.clone();
@@ -353,6 +356,7 @@ async fn a_run_whose_lease_was_taken_over_can_no_longer_write(#[case] backend: B
         errcode: Some(41029),
         outcome: AttemptOutcome::Retired,
         detail: None,
+        msgid: None,
     };
     let retired = Settlement::Retired { errcode: 41029 };
     assert!(!app
@@ -362,7 +366,7 @@ async fn a_run_whose_lease_was_taken_over_can_no_longer_write(#[case] backend: B
         .unwrap());
     assert!(matches!(
         app.storage
-            .claim_credential(APPID, "o-fence", &old, later, later + 60_000, later)
+            .claim_credential(APPID, "o-fence", None, &old, later, later + 60_000, later)
             .await
             .unwrap(),
         Claim::LeaseLost
@@ -471,6 +475,7 @@ async fn recovery_takes_the_message_with_its_credential(#[case] backend: Backend
         errcode: Some(0),
         outcome: AttemptOutcome::Sent,
         detail: None,
+        msgid: None,
     };
     let sent = MessageOutcome {
         status: MessageStatus::Sent,
