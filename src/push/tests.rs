@@ -1000,3 +1000,146 @@ fn dedupe_keys_are_stable_across_formats_and_collapse_repeats() {
     let twice = r#"{"ToUserName":"gh_1","FromUserName":"u","CreateTime":1,"MsgType":"event","Event":"subscribe_msg_popup_event","List":[{"TemplateId":"T1","SubscribeStatusString":"accept"},{"TemplateId":"T1","SubscribeStatusString":"accept"}]}"#;
     assert_eq!(event(twice).unwrap().dedupe_keys().len(), 1);
 }
+
+// ---------------------------------------------------------------- interop
+
+/// The fake WeChat pushes to a receiver that does what the endpoint will
+/// do: `open` and answer `success`, or the refusal's status; every mode and
+/// format.
+#[tokio::test]
+async fn pushes_from_the_fake_open_in_every_mode_and_format() {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use actix_web::{web, App, HttpResponse, HttpServer};
+    use fake_wechat::{FakeWeChat, PushFormat, PushMode, PushTarget};
+
+    const FAKE_NOW_MS: i64 = NOW * 1000;
+    let fake = FakeWeChat::new(|| FAKE_NOW_MS);
+    fake.register_app(APPID, "secret");
+    let opened: Arc<Mutex<Vec<Result<Opened, PushError>>>> = Arc::default();
+    let seen = opened.clone();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/wechat/push/{APPID}",
+        listener.local_addr().unwrap()
+    );
+    let server = HttpServer::new(move || {
+        let seen = seen.clone();
+        App::new().route(
+            "/wechat/push/{appid}",
+            web::post().to(move |q: web::Query<PushQuery>, body: web::Bytes| {
+                let seen = seen.clone();
+                async move {
+                    let result = open(
+                        &keys(TOKEN, C_KEY, APPID),
+                        &q,
+                        &body,
+                        NOW,
+                        &Limits::default(),
+                    );
+                    let answer = match &result {
+                        Ok(_) => HttpResponse::Ok().body("success"),
+                        Err(e) => HttpResponse::build(
+                            actix_web::http::StatusCode::from_u16(e.status()).unwrap(),
+                        )
+                        .body(e.code()),
+                    };
+                    seen.lock().unwrap().push(result);
+                    answer
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+
+    for format in [PushFormat::Xml, PushFormat::Json] {
+        for mode in [PushMode::Plain, PushMode::Compatible, PushMode::Safe] {
+            fake.set_push_target(APPID, PushTarget::new(&url, TOKEN, C_KEY, mode, format))
+                .unwrap();
+            let record = fake
+                .push_event(
+                    APPID,
+                    fake_wechat::PushEvent::Popup {
+                        openid: "o-user-1".into(),
+                        items: vec![
+                            fake_wechat::PopupChoice {
+                                template_id: "T1".into(),
+                                status: "accept".into(),
+                            },
+                            fake_wechat::PopupChoice {
+                                template_id: "T2".into(),
+                                status: "reject".into(),
+                            },
+                        ],
+                    },
+                )
+                .await
+                .unwrap();
+            assert!(record.acknowledged(), "{mode:?} {format:?}: {record:?}");
+            let last = opened.lock().unwrap().pop().unwrap().unwrap();
+            let expected_mode = match mode {
+                PushMode::Plain => Mode::Plain,
+                PushMode::Compatible => Mode::Compatible,
+                PushMode::Safe => Mode::Safe,
+            };
+            assert_eq!(last.mode, expected_mode);
+            let PushEvent::Popup(popup) = &last.event else {
+                panic!("{mode:?} {format:?}: {:?}", last.event);
+            };
+            assert_eq!(popup.header.user, "o-user-1");
+            assert_eq!(popup.header.app_gh, "gh_0123456789ab");
+            assert_eq!(popup.header.create_time, NOW);
+            let statuses: Vec<_> = popup.items.iter().map(|i| i.status.clone()).collect();
+            assert_eq!(statuses, [SubscribeStatus::Accept, SubscribeStatus::Reject]);
+        }
+    }
+
+    // A sent event with a msgid above 2^53, and a wrong token refused 401.
+    fake.set_push_target(
+        APPID,
+        PushTarget::new(&url, TOKEN, C_KEY, PushMode::Safe, PushFormat::Json),
+    )
+    .unwrap();
+    let sent = fake_wechat::PushEvent::Sent {
+        openid: "o-user-1".into(),
+        items: vec![fake_wechat::SentResult {
+            template_id: "T1".into(),
+            msgid: 1_700_827_132_819_554_305,
+            error_code: 0,
+            error_status: "success".into(),
+        }],
+    };
+    assert!(fake
+        .push_event(APPID, sent.clone())
+        .await
+        .unwrap()
+        .acknowledged());
+    let last = opened.lock().unwrap().pop().unwrap().unwrap();
+    let PushEvent::Sent(s) = &last.event else {
+        panic!("{:?}", last.event);
+    };
+    assert_eq!(s.items[0].msgid, "1700827132819554305");
+    let mut wrong = PushTarget::new(
+        &url,
+        "not-the-token",
+        C_KEY,
+        PushMode::Safe,
+        PushFormat::Xml,
+    );
+    wrong.timeout = Duration::from_secs(2);
+    fake.set_push_target(APPID, wrong).unwrap();
+    let record = fake.push_event(APPID, sent).await.unwrap();
+    assert_eq!((record.attempts, record.status), (1, Some(401)));
+    assert_eq!(
+        opened.lock().unwrap().pop().unwrap().unwrap_err(),
+        PushError::Signature("msg_signature")
+    );
+    handle.stop(true).await;
+}
