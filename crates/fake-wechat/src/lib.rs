@@ -41,6 +41,7 @@ pub mod clock;
 mod codes;
 mod library;
 pub mod push;
+pub mod push_crypto;
 mod rules;
 mod server;
 mod state;
@@ -487,7 +488,7 @@ impl FakeWeChat {
     /// valid 43-char EncodingAESKey.
     pub fn set_push_target(&self, appid: &str, target: PushTarget) -> Result<(), String> {
         if target.mode != PushMode::Plain
-            && push::crypto::aes_key(&target.encoding_aes_key).is_none()
+            && push_crypto::aes_key(&target.encoding_aes_key).is_none()
         {
             return Err("the EncodingAESKey is not 43 chars of [A-Za-z0-9]".to_owned());
         }

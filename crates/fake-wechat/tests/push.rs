@@ -15,7 +15,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde_json::{json, Value};
 
 use common::*;
-use fake_wechat::push::crypto;
+use fake_wechat::push_crypto as crypto;
 use fake_wechat::{PopupChoice, PushEvent, PushFormat, PushMode, PushTarget, SentResult};
 
 const TOKEN: &str = "push-token";

@@ -4,14 +4,14 @@
 //! safe and compatible mode, and retried when no answer comes in time (§1.6:
 //! 3 tries in total, 5 s each on the real WeChat).
 
-pub mod crypto;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+
+use crate::push_crypto as crypto;
 
 /// The console's encryption mode (§1.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
