@@ -16,6 +16,7 @@ pub mod api;
 pub mod clock;
 pub mod config;
 pub mod ledger;
+pub mod push;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;

@@ -19,6 +19,12 @@
 //! plus a few unauthenticated helpers under `/fake/` that tests and the demo
 //! use to mint credentials and read what was sent.
 //!
+//! It also plays WeChat's message push (subscribe-and-push.md §1, §2): with a
+//! [`PushTarget`] set for an app, a user's accept, reject or revoke and every
+//! delivered subscribe send are pushed to that URL as the subscribe events
+//! WeChat sends, signed, encrypted in compatible and safe mode, retried when
+//! unanswered (see [`push`]).
+//!
 //! Every error is answered the WeChat way: HTTP 200 with
 //! `{"errcode":N,"errmsg":"<doc stem> rid: <hex>"}` (ref §0). Every notion of
 //! time (token expiry and overlap, credential expiry, payment sync lag, daily
@@ -34,6 +40,8 @@ mod cli;
 pub mod clock;
 mod codes;
 mod library;
+pub mod push;
+pub mod push_crypto;
 mod rules;
 mod server;
 mod state;
@@ -48,6 +56,7 @@ use serde::Serialize;
 
 pub use cli::{run_cli, FakeWeChatArgs};
 pub use clock::{Clock, SystemClock};
+pub use push::{PopupChoice, PushEvent, PushFormat, PushMode, PushRecord, PushTarget, SentResult};
 pub use server::FakeWeChatServer;
 
 use state::{CredentialKind, State};
@@ -62,6 +71,10 @@ pub struct FakeWeChat {
     /// calls.
     in_flight: Arc<AtomicUsize>,
     max_in_flight: Arc<AtomicUsize>,
+    /// Push targets and pushes, apart from the API state: a push is built
+    /// under this lock and sent without it.
+    push: Arc<Mutex<push::PushState>>,
+    http: reqwest::Client,
 }
 
 impl std::fmt::Debug for FakeWeChat {
@@ -196,6 +209,8 @@ impl FakeWeChat {
             clock: Arc::new(clock),
             in_flight: Arc::default(),
             max_in_flight: Arc::default(),
+            push: Arc::default(),
+            http: reqwest::Client::new(),
         }
     }
 
@@ -358,21 +373,40 @@ impl FakeWeChat {
     /// (ref §5: each accept grants one send, grants accumulate and never
     /// expire). For a long-term template of the app (type 3) the accept
     /// switches the subscription on instead. The user becomes known to the app.
+    ///
+    /// With a push target set for the app, a popup event (`accept`) is pushed
+    /// in the background.
     pub fn grant(&self, appid: &str, openid: &str, template_id: &str) {
         self.lock().grant(appid, openid, template_id);
+        self.spawn_push(appid, popup(openid, template_id, "accept"), Duration::ZERO);
+    }
+
+    /// The user answered `reject` in a subscribe popup: nothing changes but,
+    /// with a push target set, a popup event (`reject`) is pushed.
+    pub fn reject(&self, appid: &str, openid: &str, template_id: &str) {
+        self.lock().app_mut(appid).users.insert(openid.to_owned());
+        self.spawn_push(appid, popup(openid, template_id, "reject"), Duration::ZERO);
     }
 
     /// The user switched on a long-term subscription to `template_id`
     /// (subscribe-and-push.md §3): sends are not counted against it.
+    /// With a push target set, a popup event (`accept`) is pushed.
     pub fn grant_long_term(&self, appid: &str, openid: &str, template_id: &str) {
         self.lock().grant_long_term(appid, openid, template_id);
+        self.spawn_push(appid, popup(openid, template_id, "accept"), Duration::ZERO);
     }
 
     /// The user turned `template_id` off in the service-notification settings
     /// (subscribe-and-push.md §2.1, §2.3): remaining one-time grants and the
     /// long-term subscription are gone; sends answer 43101 until a new accept.
+    /// With a push target set, a change event (`reject`) is pushed.
     pub fn revoke(&self, appid: &str, openid: &str, template_id: &str) {
         self.lock().revoke(appid, openid, template_id);
+        let event = PushEvent::Change {
+            openid: openid.to_owned(),
+            template_ids: vec![template_id.to_owned()],
+        };
+        self.spawn_push(appid, event, Duration::ZERO);
     }
 
     /// What the user holds for the template.
@@ -429,6 +463,188 @@ impl FakeWeChat {
     /// `None` if unknown. Expiry is not considered.
     pub fn uses_left(&self, value: &str) -> Option<u32> {
         self.lock().credential_mut(value).map(|c| c.uses_left)
+    }
+}
+
+fn popup(openid: &str, template_id: &str, status: &str) -> PushEvent {
+    PushEvent::Popup {
+        openid: openid.to_owned(),
+        items: vec![PopupChoice {
+            template_id: template_id.to_owned(),
+            status: status.to_owned(),
+        }],
+    }
+}
+
+impl FakeWeChat {
+    // ----------------------------------------------------------------- push
+
+    fn push_state(&self) -> MutexGuard<'_, push::PushState> {
+        self.push.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes WeChat push the app's events to `target` from now on (the
+    /// console's "消息推送配置"). Refused when compatible or safe mode has no
+    /// valid 43-char EncodingAESKey.
+    pub fn set_push_target(&self, appid: &str, target: PushTarget) -> Result<(), String> {
+        if target.mode != PushMode::Plain
+            && push_crypto::aes_key(&target.encoding_aes_key).is_none()
+        {
+            return Err("the EncodingAESKey is not 43 chars of [A-Za-z0-9]".to_owned());
+        }
+        self.push_state().targets.insert(appid.to_owned(), target);
+        Ok(())
+    }
+
+    /// Stops pushing the app's events.
+    pub fn clear_push_target(&self, appid: &str) {
+        self.push_state().targets.remove(appid);
+    }
+
+    /// The app's push target, if any.
+    pub fn push_target(&self, appid: &str) -> Option<PushTarget> {
+        self.push_state().targets.get(appid).cloned()
+    }
+
+    /// The (errcode, status) the next sent events report, one per delivered
+    /// subscribe send, in order; after them `(0, "success")`. For a delivery
+    /// that fails after the send was accepted (§2.1: "失败仅包含因异步推送导致的
+    /// 系统失败").
+    pub fn push_sent_outcomes(&self, outcomes: impl IntoIterator<Item = (i64, String)>) {
+        self.push_state().sent_outcomes.extend(outcomes);
+    }
+
+    /// Pushes `event` to the app's target now, as WeChat does (retries
+    /// included), and returns how it went; `None` without a target.
+    pub async fn push_event(&self, appid: &str, event: PushEvent) -> Option<PushRecord> {
+        let target = self.push_target(appid)?;
+        let now_ms = self.now_ms();
+        self.push_state().in_flight += 1;
+        let record = self.push_to(&target, appid, event, now_ms).await;
+        let mut state = self.push_state();
+        state.in_flight -= 1;
+        state.records.push(record.clone());
+        Some(record)
+    }
+
+    async fn push_to(
+        &self,
+        target: &PushTarget,
+        appid: &str,
+        event: PushEvent,
+        now_ms: i64,
+    ) -> PushRecord {
+        let mut record = PushRecord {
+            at_ms: now_ms,
+            appid: appid.to_owned(),
+            event: event.clone(),
+            mode: target.mode,
+            format: target.format,
+            query: String::new(),
+            body: String::new(),
+            attempts: 0,
+            status: None,
+            answer: None,
+            error: None,
+        };
+        match push::build(target, appid, &event, now_ms.div_euclid(1000)) {
+            Ok(built) => {
+                let (attempts, status, answer, error) =
+                    push::deliver(&self.http, target, &built).await;
+                record.query = built.query;
+                record.body = built.body;
+                record.attempts = attempts;
+                record.status = status;
+                record.answer = answer;
+                record.error = error;
+            }
+            Err(e) => record.error = Some(e),
+        }
+        tracing::debug!(
+            appid,
+            event = event.name(),
+            attempts = record.attempts,
+            status = record.status,
+            "fake wechat push"
+        );
+        record
+    }
+
+    /// Pushes in the background after `delay`, if the app has a target and
+    /// a tokio runtime is running.
+    pub(crate) fn spawn_push(&self, appid: &str, event: PushEvent, delay: Duration) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.push_target(appid).is_none() {
+            return;
+        }
+        let fake = self.clone();
+        let appid = appid.to_owned();
+        // Counted at once, so that `wait_for_pushes` sees it coming.
+        fake.push_state().in_flight += 1;
+        runtime.spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let target = fake.push_target(&appid);
+            let now_ms = fake.now_ms();
+            let record = match target {
+                Some(target) => Some(fake.push_to(&target, &appid, event, now_ms).await),
+                None => None,
+            };
+            let mut state = fake.push_state();
+            state.in_flight -= 1;
+            state.records.extend(record);
+        });
+    }
+
+    /// A delivered subscribe send: its sent event, after the target's delay.
+    pub(crate) fn push_sent_event(&self, record: &SubscribeSendRecord) {
+        let (Some(appid), Some(msgid)) = (record.appid.as_deref(), record.msgid) else {
+            return;
+        };
+        let Some(target) = self.push_target(appid) else {
+            return;
+        };
+        let (error_code, error_status) = self
+            .push_state()
+            .sent_outcomes
+            .pop_front()
+            .unwrap_or((0, "success".to_owned()));
+        let event = PushEvent::Sent {
+            openid: record.touser.clone(),
+            items: vec![SentResult {
+                template_id: record.template_id.clone(),
+                msgid,
+                error_code,
+                error_status,
+            }],
+        };
+        self.spawn_push(appid, event, target.sent_event_delay);
+    }
+
+    /// Every push made (background ones once finished), in order.
+    pub fn pushes(&self) -> Vec<PushRecord> {
+        self.push_state().records.clone()
+    }
+
+    /// Waits until no push is under way and at least `count` were made, or
+    /// `timeout` passed; returns the pushes made.
+    pub async fn wait_for_pushes(&self, count: usize, timeout: Duration) -> Vec<PushRecord> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            {
+                let state = self.push_state();
+                if state.in_flight == 0 && state.records.len() >= count {
+                    return state.records.clone();
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return self.pushes();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 

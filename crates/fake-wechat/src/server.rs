@@ -10,6 +10,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use super::codes;
+use super::push::{PushEvent, PushTarget};
 use super::state::{Answer, CredentialKind, Reply, State};
 use super::templates::{ManageApi, ManageCall};
 use super::FakeWeChat;
@@ -113,7 +114,15 @@ fn routes(cfg: &mut web::ServiceConfig) {
         "/fake/apps/{appid}/templates/{template_id}",
         web::post().to(add_template),
     )
-    .route("/fake/sends", web::get().to(sends));
+    .route("/fake/sends", web::get().to(sends))
+    .service(
+        web::resource("/fake/apps/{appid}/push_target")
+            .route(web::put().to(set_push_target))
+            .route(web::get().to(get_push_target))
+            .route(web::delete().to(clear_push_target)),
+    )
+    .route("/fake/apps/{appid}/push", web::post().to(push_now))
+    .route("/fake/pushes", web::get().to(pushes));
 }
 
 impl FakeWeChat {
@@ -207,7 +216,15 @@ async fn subscribe_send(
     let query = query_map(&req);
     let token = query.get("access_token").map(String::as_str);
     let is_post = req.method() == Method::POST;
-    let reply = fake.call(|s, now| s.subscribe_send(token, is_post, &body, now));
+    let (reply, delivered) = fake.call(|s, now| {
+        let reply = s.subscribe_send(token, is_post, &body, now);
+        let delivered = s.subscribe_sends.last().filter(|r| r.delivered()).cloned();
+        (reply, delivered)
+    });
+    // WeChat pushes the final result later (subscribe-and-push.md §2.1).
+    if let Some(record) = delivered {
+        fake.push_sent_event(&record);
+    }
     render(reply).await
 }
 
@@ -241,9 +258,11 @@ async fn grants(
     HttpResponse::Ok().json(fake.subscribe_grants(&appid, &openid, &template_id))
 }
 
-/// `POST /fake/apps/{appid}/users/{openid}/grants/{template_id}/{accept|long_term|revoke}`:
-/// the user accepts once, switches a long-term subscription on, or turns
-/// the template off. Answers what the user holds after it.
+/// `POST /fake/apps/{appid}/users/{openid}/grants/{template_id}/{accept|long_term|reject|revoke}`:
+/// the user accepts once, switches a long-term subscription on, rejects a
+/// popup, or turns the template off. Answers what the user holds after it.
+/// With a push target set, the matching event is pushed in the background
+/// (see `GET /fake/pushes`).
 async fn user_acts(
     path: web::Path<(String, String, String, String)>,
     fake: web::Data<FakeWeChat>,
@@ -255,11 +274,12 @@ async fn user_acts(
     match action.as_str() {
         "accept" => fake.grant(&appid, &openid, &template_id),
         "long_term" => fake.grant_long_term(&appid, &openid, &template_id),
+        "reject" => fake.reject(&appid, &openid, &template_id),
         "revoke" => fake.revoke(&appid, &openid, &template_id),
         other => {
-            return HttpResponse::NotFound().json(
-                json!({"error": format!("unknown action {other}: accept, long_term or revoke")}),
-            )
+            return HttpResponse::NotFound().json(json!({
+                "error": format!("unknown action {other}: accept, long_term, reject or revoke")
+            }))
         }
     }
     HttpResponse::Ok().json(fake.subscribe_grants(&appid, &openid, &template_id))
@@ -313,4 +333,82 @@ async fn add_template(
 
 async fn sends(fake: web::Data<FakeWeChat>) -> HttpResponse {
     HttpResponse::Ok().json(fake.sends())
+}
+
+/// `PUT /fake/apps/{appid}/push_target` with
+/// `{"url","token","encoding_aes_key","mode":"plain|compatible|safe","format":"xml|json"}`
+/// (optional `gh_id`, `timeout_ms`, `attempts`, `sent_event_delay_ms`): the
+/// console's push configuration. 400 for a bad body or key.
+async fn set_push_target(
+    path: web::Path<String>,
+    body: web::Bytes,
+    fake: web::Data<FakeWeChat>,
+) -> HttpResponse {
+    let appid = path.into_inner();
+    if !fake.is_registered(&appid) {
+        return unknown_app(&appid);
+    }
+    let target: PushTarget = match serde_json::from_slice(&body) {
+        Ok(target) => target,
+        Err(e) => return HttpResponse::BadRequest().json(json!({"error": e.to_string()})),
+    };
+    match fake.set_push_target(&appid, target) {
+        Ok(()) => get_push_target(web::Path::from(appid), fake).await,
+        Err(e) => HttpResponse::BadRequest().json(json!({ "error": e })),
+    }
+}
+
+/// `GET /fake/apps/{appid}/push_target`: the target without its token and
+/// key; 404 when none.
+async fn get_push_target(path: web::Path<String>, fake: web::Data<FakeWeChat>) -> HttpResponse {
+    let appid = path.into_inner();
+    match fake.push_target(&appid) {
+        Some(t) => HttpResponse::Ok().json(json!({
+            "appid": appid,
+            "url": t.url,
+            "mode": t.mode,
+            "format": t.format,
+            "gh_id": t.gh_id,
+            "timeout_ms": u64::try_from(t.timeout.as_millis()).unwrap_or(u64::MAX),
+            "attempts": t.attempts,
+        })),
+        None => {
+            HttpResponse::NotFound().json(json!({"error": format!("no push target for {appid}")}))
+        }
+    }
+}
+
+/// `DELETE /fake/apps/{appid}/push_target`: stop pushing.
+async fn clear_push_target(path: web::Path<String>, fake: web::Data<FakeWeChat>) -> HttpResponse {
+    fake.clear_push_target(&path.into_inner());
+    HttpResponse::NoContent().finish()
+}
+
+/// `POST /fake/apps/{appid}/push` with an event
+/// (`{"event":"popup","openid":…,"items":[{"template_id":…,"status":"accept"}]}`,
+/// `{"event":"change","openid":…,"template_ids":[…]}`,
+/// `{"event":"sent","openid":…,"items":[{"template_id","msgid","error_code","error_status"}]}`):
+/// pushes it now, retries included, and answers the record. 404 without a
+/// target.
+async fn push_now(
+    path: web::Path<String>,
+    body: web::Bytes,
+    fake: web::Data<FakeWeChat>,
+) -> HttpResponse {
+    let appid = path.into_inner();
+    let event: PushEvent = match serde_json::from_slice(&body) {
+        Ok(event) => event,
+        Err(e) => return HttpResponse::BadRequest().json(json!({"error": e.to_string()})),
+    };
+    match fake.push_event(&appid, event).await {
+        Some(record) => HttpResponse::Ok().json(record),
+        None => {
+            HttpResponse::NotFound().json(json!({"error": format!("no push target for {appid}")}))
+        }
+    }
+}
+
+/// `GET /fake/pushes`: every push made, in order.
+async fn pushes(fake: web::Data<FakeWeChat>) -> HttpResponse {
+    HttpResponse::Ok().json(fake.pushes())
 }

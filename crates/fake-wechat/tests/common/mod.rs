@@ -19,7 +19,7 @@ pub const USER2: &str = "o-user-2";
 pub const SUBSCRIBE_PATH: &str = "/cgi-bin/message/subscribe/send";
 
 /// 2024-05-01 10:00 in China.
-const START_MS: i64 = 1_714_528_800_000;
+pub const START_MS: i64 = 1_714_528_800_000;
 
 pub struct Harness {
     pub server: FakeWeChatServer,
