@@ -9,3 +9,4 @@ pub mod send;
 pub mod settle;
 pub mod states;
 pub mod template_lint;
+pub mod templates;

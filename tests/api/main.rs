@@ -19,4 +19,5 @@ mod send;
 mod settle;
 mod spans;
 mod storage;
+mod templates;
 mod tokens;
