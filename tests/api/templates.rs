@@ -34,6 +34,15 @@ impl TestApp {
         answer.body["templates"].as_array().unwrap().clone()
     }
 
+    /// An admin GET of an app path that must answer 200.
+    async fn get_ok(&self, path: &str) -> Value {
+        let answer = self
+            .admin(Method::GET, &format!("/v1/apps/{APPID}{path}"), None)
+            .await;
+        assert_eq!(answer.status, 200, "{path}: {:?}", answer.body);
+        answer.body
+    }
+
     async fn lint(&self, key: &str, body: Value) -> Answer {
         self.call(Method::POST, "/v1/template-lint", Some(key), Some(body))
             .await
@@ -212,6 +221,8 @@ async fn refresh_rereads_wechat_and_a_refused_token_is_refreshed_once(#[case] ba
     // refreshed (compare-and-refresh) and the call made again, once.
     app.list_templates("?refresh=true&channel=subscribe").await;
     let fetches = app.fake.token_fetches(APPID);
+    // Past the floor between fetches (tokens.min_fetch_interval_secs).
+    app.advance(chrono::Duration::seconds(30));
     app.fake.invalidate_tokens(APPID);
     let listed = app.list_templates("?refresh=true").await;
     assert_eq!(app.fake.token_fetches(APPID), fetches + 1);
@@ -475,20 +486,17 @@ async fn bad_input_is_refused_before_wechat_is_asked(#[case] backend: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_public_libraries_are_browsed(#[case] backend: Backend) {
     let app = spawn_app(backend).await;
-    let get = |path: String| async move {
-        let answer = app
-            .admin(Method::GET, &format!("/v1/apps/{APPID}{path}"), None)
-            .await;
-        assert_eq!(answer.status, 200, "{path}: {:?}", answer.body);
-        answer.body
-    };
-    let page = get("/template-library?channel=template&offset=1&count=2".into()).await;
+    let page = app
+        .get_ok("/template-library?channel=template&offset=1&count=2")
+        .await;
     assert_eq!(page["total_count"], 5);
     assert_eq!(
         page["titles"],
         json!([{"id": "AT0003", "title": "购买失败通知"}, {"id": "AT0004", "title": "交易提醒"}])
     );
-    let entry = get("/template-library/AT0002?channel=template".into()).await;
+    let entry = app
+        .get_ok("/template-library/AT0002?channel=template")
+        .await;
     assert_eq!(entry["title"], "购买成功通知");
     let keyword3 = entry["keywords"]
         .as_array()
@@ -500,13 +508,14 @@ async fn the_public_libraries_are_browsed(#[case] backend: Backend) {
         *keyword3,
         json!({"id": 3, "name": "购买地点", "example": "TIT造舰厂"})
     );
-    let categories = get("/template-library/categories".into()).await;
+    let categories = app.get_ok("/template-library/categories").await;
     assert!(categories["categories"]
         .as_array()
         .unwrap()
         .contains(&json!({"id": 616, "name": "公交"})));
-    let titles =
-        get("/template-library?channel=subscribe&category_ids=8,616&start=0&limit=30".into()).await;
+    let titles = app
+        .get_ok("/template-library?channel=subscribe&category_ids=8,616&start=0&limit=30")
+        .await;
     assert_eq!(titles["total_count"], 3);
     let long_term: Vec<&Value> = titles["titles"]
         .as_array()
@@ -515,7 +524,7 @@ async fn the_public_libraries_are_browsed(#[case] backend: Backend) {
         .filter(|t| t["type"] == "long_term")
         .collect();
     assert_eq!(long_term.len(), 2, "{titles:?}");
-    let keywords = get("/template-library/99?channel=subscribe".into()).await;
+    let keywords = app.get_ok("/template-library/99?channel=subscribe").await;
     assert_eq!(
         keywords["keywords"][0],
         json!({"id": 1, "name": "付款金额", "example": "¥12.50", "type": "amount"})
