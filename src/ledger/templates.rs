@@ -544,7 +544,7 @@ fn check_field(
         ));
     }
     if let Some(allowed) = template.enum_values.get(name) {
-        if allowed.iter().any(|v| *v == value) {
+        if allowed.contains(&value) {
             return Ok(());
         }
         return Err(InvalidTemplateData::new(

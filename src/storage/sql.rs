@@ -257,21 +257,9 @@ pub fn with_lock(statement: &str, lock: &str) -> String {
     statement.replace("{lock}", lock)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+// The template catalogue (migration 0005): an app's templates of both
+// channels, as WeChat last listed them.
 
-    #[test]
-    fn the_lock_slot_is_filled() {
-        assert!(
-            with_lock(CLAIM, "FOR UPDATE SKIP LOCKED").contains("LIMIT 1 FOR UPDATE SKIP LOCKED)")
-        );
-        assert!(!with_lock(CLAIM, "").contains("{lock}"));
-    }
-}
-
-/// The template catalogue (migration 0005): an app's templates of both
-/// channels, as WeChat last listed them.
 /// A listing replaces its channel: rows of the channel first go.
 pub const DELETE_TEMPLATES_OF_CHANNEL: &str =
     "DELETE FROM templates WHERE appid = $1 AND channel = $2";
@@ -294,3 +282,16 @@ pub const TEMPLATES_OF_APP: &str = "SELECT template_id, channel, title, content,
 pub const TEMPLATE_OF_APP: &str = "SELECT template_id, channel, title, content, example, \
     subscription, enum_values, refreshed_at FROM templates \
     WHERE appid = $1 AND template_id = $2";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lock_slot_is_filled() {
+        assert!(
+            with_lock(CLAIM, "FOR UPDATE SKIP LOCKED").contains("LIMIT 1 FOR UPDATE SKIP LOCKED)")
+        );
+        assert!(!with_lock(CLAIM, "").contains("{lock}"));
+    }
+}
