@@ -5,7 +5,8 @@
 //! - [`api`]: the HTTP API (routes, auth, one file per endpoint group).
 //! - [`ledger`]: the rules (credential kinds, validation, errcodes, the send path).
 //! - [`storage`]: the storage trait and its SQLite and PostgreSQL implementations.
-//! - [`wechat`]: the client for WeChat's server API; [`tokens`]: the access_token keeper.
+//! - [`wechat`]: the client for WeChat's server API; [`tokens`]: the access_token keeper;
+//!   [`catalogue`]: each app's template catalogue, kept from WeChat.
 //! - [`workers`]: background work (token refresh, sweeping).
 //! - [`config`], [`startup`], [`clock`], [`telemetry`]: wiring.
 //!
@@ -13,6 +14,7 @@
 //! crates of their own: the production binary does not contain them.
 
 pub mod api;
+pub mod catalogue;
 pub mod clock;
 pub mod config;
 pub mod ledger;

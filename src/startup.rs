@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::ApiKeys;
 use crate::api::{self, request_id, ApiContext};
+use crate::catalogue::Catalogue;
 use crate::clock::{ms, SharedClock};
 use crate::config::Settings;
 use crate::ledger::send::{SendSettings, Sender};
@@ -31,6 +32,7 @@ pub struct Application {
     sweeper: Sweeper,
     waiting: WaitingSender,
     recovery: Recovery,
+    catalogue: Catalogue,
     token_interval: Duration,
     sweep_interval: Duration,
     waiting_interval: Duration,
@@ -70,6 +72,12 @@ impl Application {
             holder,
             settings.tokens.clone(),
         );
+        let catalogue = Catalogue::new(
+            storage.clone(),
+            tokens.clone(),
+            wechat.clone(),
+            clock.clone(),
+        );
         let ledger = settings.ledger.clone();
         let sender = Sender::new(
             storage.clone(),
@@ -108,6 +116,7 @@ impl Application {
             storage: storage.clone(),
             sender,
             tokens: tokens.clone(),
+            catalogue: catalogue.clone(),
             keys: ApiKeys::from_settings(settings.api_keys.values())?,
             apps,
             clock: clock.clone(),
@@ -148,6 +157,7 @@ impl Application {
             ),
             waiting,
             recovery,
+            catalogue,
             token_interval: settings.tokens.check_interval,
             sweep_interval: ledger.sweep_interval,
             waiting_interval: ledger.waiting_poll,
@@ -188,6 +198,12 @@ impl Application {
     /// The recovery worker, for tests that drive its `run_once`.
     pub fn recovery(&self) -> Recovery {
         self.recovery.clone()
+    }
+
+    /// The template catalogue keeper (the send path refreshes it after a
+    /// 40037; tests drive it).
+    pub fn catalogue(&self) -> Catalogue {
+        self.catalogue.clone()
     }
 
     /// Serves the API without background workers (tests drive them).

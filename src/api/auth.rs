@@ -44,14 +44,25 @@ impl ApiKeys {
         Ok(Self { by_digest })
     }
 
-    /// Checks the request's key against the app and any one of `scopes`.
-    pub fn authorize(
+    /// Checks the request's key for any one of `scopes`, whatever apps it
+    /// is allowed (a route that names no app in its path).
+    pub fn authorize_scope(
         &self,
         request: &HttpRequest,
-        appid: &str,
-        app_exists: bool,
         scopes: &[Scope],
     ) -> Result<(), AccessError> {
+        let grant = self.grant_of(request)?;
+        if grant.scopes.contains(&Scope::Admin)
+            || scopes.iter().any(|scope| grant.scopes.contains(scope))
+        {
+            Ok(())
+        } else {
+            Err(AccessError::Forbidden)
+        }
+    }
+
+    /// The grant of the request's key.
+    fn grant_of(&self, request: &HttpRequest) -> Result<&Grant, AccessError> {
         let header = request
             .headers()
             .get(AUTHORIZATION)
@@ -61,10 +72,20 @@ impl ApiKeys {
             .ok()
             .and_then(bearer_token)
             .ok_or(AccessError::InvalidKey)?;
-        let grant = self
-            .by_digest
+        self.by_digest
             .get(&digest(key))
-            .ok_or(AccessError::InvalidKey)?;
+            .ok_or(AccessError::InvalidKey)
+    }
+
+    /// Checks the request's key against the app and any one of `scopes`.
+    pub fn authorize(
+        &self,
+        request: &HttpRequest,
+        appid: &str,
+        app_exists: bool,
+        scopes: &[Scope],
+    ) -> Result<(), AccessError> {
+        let grant = self.grant_of(request)?;
         // A key limited to some apps gets 403 for every other appid, whether
         // it is configured or not: 404 against 403 would tell it which
         // appids this gateway serves.

@@ -5,9 +5,11 @@ mod credentials;
 pub mod error;
 mod health;
 pub mod json;
+mod lint;
 mod messages;
 pub mod request_id;
 mod subscriptions;
+mod templates;
 mod tokens;
 
 use std::collections::BTreeMap;
@@ -17,6 +19,7 @@ use actix_web::http::StatusCode;
 use actix_web::web;
 use actix_web::HttpRequest;
 
+use crate::catalogue::Catalogue;
 use crate::clock::SharedClock;
 use crate::config::{AppSettings, HttpSettings, LedgerSettings, Scope};
 use crate::ledger::send::Sender;
@@ -32,6 +35,7 @@ pub struct ApiContext {
     pub storage: Arc<dyn Storage>,
     pub sender: Sender,
     pub tokens: TokenKeeper,
+    pub catalogue: Catalogue,
     pub keys: ApiKeys,
     pub apps: Arc<BTreeMap<String, AppSettings>>,
     pub clock: SharedClock,
@@ -49,6 +53,16 @@ impl ApiContext {
     ) -> Result<(), AccessError> {
         self.keys
             .authorize(request, appid, self.apps.contains_key(appid), scopes)
+    }
+
+    /// Checks the request's API key for one of `scopes`, whatever its apps
+    /// (for routes that name no app, or name it in the body).
+    pub fn authorize_scope(
+        &self,
+        request: &HttpRequest,
+        scopes: &[Scope],
+    ) -> Result<(), AccessError> {
+        self.keys.authorize_scope(request, scopes)
     }
 
     /// Reads a JSON route's body: the one strict path every JSON route takes
@@ -73,6 +87,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
     config
         .service(get_and_head("/healthz", health::healthz))
         .service(get_and_head("/readyz", health::readyz))
+        .service(web::resource("/v1/template-lint").route(web::post().to(lint::lint)))
         .service(
             web::scope("/v1/apps/{appid}")
                 .service(web::resource("/credentials").route(web::post().to(credentials::collect)))
@@ -85,7 +100,26 @@ pub fn routes(config: &mut web::ServiceConfig) {
                 .service(get_and_head("/access_token", tokens::current))
                 .service(
                     web::resource("/access_token/refresh").route(web::post().to(tokens::refresh)),
-                ),
+                )
+                .service(
+                    web::resource("/templates")
+                        .route(web::get().to(templates::list))
+                        .route(web::head().to(templates::list))
+                        .route(web::post().to(templates::add)),
+                )
+                .service(
+                    web::resource("/templates/{template_id}")
+                        .route(web::delete().to(templates::delete)),
+                )
+                .service(get_and_head("/template-library", templates::library))
+                .service(get_and_head(
+                    "/template-library/categories",
+                    templates::categories,
+                ))
+                .service(get_and_head(
+                    "/template-library/{id}",
+                    templates::library_entry,
+                )),
         )
         .default_service(web::to(not_found));
 }

@@ -10,3 +10,4 @@ pub mod settle;
 pub mod states;
 pub mod subscriptions;
 pub mod template_lint;
+pub mod templates;

@@ -19,7 +19,9 @@ pub use sqlite::SqliteStorage;
 use crate::ledger::kinds::CredentialKind;
 use crate::ledger::states::{
     AttemptOutcome, Channel, CredentialState, Decision, Delivery, IdempotencyState, MessageStatus,
+    SubscriptionType,
 };
+use crate::ledger::templates::CatalogueTemplate;
 
 pub use group_commit::{EndSend, StartSend};
 
@@ -317,6 +319,46 @@ pub struct AppState {
     pub send_blocked_until: Option<i64>,
 }
 
+/// A template of an app's catalogue as stored (`templates`, migration 0005):
+/// what WeChat last listed for it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct TemplateRecord {
+    /// `template_id` (classic) or `priTmplId` (subscribe).
+    pub template_id: String,
+    #[sqlx(try_from = "String")]
+    pub channel: Channel,
+    pub title: String,
+    pub content: String,
+    pub example: String,
+    #[sqlx(try_from = "String")]
+    pub subscription: SubscriptionType,
+    /// Subscribe templates: `{"keywordCode": ["value", …]}` as JSON text.
+    pub enum_values: Option<String>,
+    /// When it was read from WeChat.
+    pub refreshed_at: i64,
+}
+
+impl TemplateRecord {
+    /// The template as the send checks read it. Enum values that are not
+    /// the stored JSON shape are ignored (the values are then unchecked).
+    pub fn to_catalogue(&self) -> CatalogueTemplate {
+        let enum_values = self
+            .enum_values
+            .as_deref()
+            .and_then(|text| serde_json::from_str(text).ok())
+            .unwrap_or_default();
+        CatalogueTemplate::new(
+            self.template_id.clone(),
+            self.channel,
+            self.title.clone(),
+            self.content.clone(),
+            self.example.clone(),
+            self.subscription,
+            enum_values,
+        )
+    }
+}
+
 /// What one sweep removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SweepReport {
@@ -563,6 +605,32 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 
     /// Stops sends of the app until `until` (errcode 45009).
     async fn block_sends(&self, appid: &str, until: i64) -> anyhow::Result<()>;
+
+    /// Replaces the app's templates of one channel with a WeChat listing, in
+    /// one transaction: the channel's rows not in `templates` are deleted,
+    /// the others written as given.
+    async fn replace_templates_batch(
+        &self,
+        appid: &str,
+        channel: Channel,
+        templates: &[TemplateRecord],
+    ) -> anyhow::Result<()>;
+
+    /// Writes one template of the app (inserted, or replacing the stored one).
+    async fn upsert_template(&self, appid: &str, template: &TemplateRecord) -> anyhow::Result<()>;
+
+    /// Deletes one template of the app; `false` when it was not stored.
+    async fn delete_template(&self, appid: &str, template_id: &str) -> anyhow::Result<bool>;
+
+    /// The app's templates of both channels, by channel then title.
+    async fn templates(&self, appid: &str) -> anyhow::Result<Vec<TemplateRecord>>;
+
+    /// One template of the app, for the checks before a send.
+    async fn template(
+        &self,
+        appid: &str,
+        template_id: &str,
+    ) -> anyhow::Result<Option<TemplateRecord>>;
 
     /// Marks expired credentials and deletes rows older than the retention.
     async fn sweep(

@@ -665,6 +665,64 @@ macro_rules! impl_storage {
                 Ok(())
             }
 
+            async fn replace_templates_batch(
+                &self,
+                appid: &str,
+                channel: Channel,
+                templates: &[TemplateRecord],
+            ) -> anyhow::Result<()> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query(sql::DELETE_TEMPLATES_OF_CHANNEL)
+                    .bind(appid)
+                    .bind(channel.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .context("clearing the app's templates of a channel")?;
+                for template in templates {
+                    Self::upsert_template_query(appid, template)
+                        .execute(&mut *tx)
+                        .await
+                        .context("storing a listed template")?;
+                }
+                tx.commit().await.context("committing the template listing")?;
+                Ok(())
+            }
+
+            async fn upsert_template(&self, appid: &str, template: &TemplateRecord) -> anyhow::Result<()> {
+                Self::upsert_template_query(appid, template)
+                    .execute(&self.writer)
+                    .await
+                    .context("storing a template")?;
+                Ok(())
+            }
+
+            async fn delete_template(&self, appid: &str, template_id: &str) -> anyhow::Result<bool> {
+                let done = sqlx::query(sql::DELETE_TEMPLATE)
+                    .bind(appid)
+                    .bind(template_id)
+                    .execute(&self.writer)
+                    .await
+                    .context("deleting a template")?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn templates(&self, appid: &str) -> anyhow::Result<Vec<TemplateRecord>> {
+                sqlx::query_as(sql::TEMPLATES_OF_APP)
+                    .bind(appid)
+                    .fetch_all(&self.reader)
+                    .await
+                    .context("reading the app's templates")
+            }
+
+            async fn template(&self, appid: &str, template_id: &str) -> anyhow::Result<Option<TemplateRecord>> {
+                sqlx::query_as(sql::TEMPLATE_OF_APP)
+                    .bind(appid)
+                    .bind(template_id)
+                    .fetch_optional(&self.reader)
+                    .await
+                    .context("reading a template")
+            }
+
             async fn sweep(
                 &self,
                 now: i64,
@@ -741,6 +799,20 @@ macro_rules! impl_storage {
                     .bind(token)
                     .fetch_all(&self.writer)
                     .await
+            }
+
+            /// [`sql::UPSERT_TEMPLATE`] bound to one template.
+            fn upsert_template_query<'q>(appid: &'q str, template: &'q TemplateRecord) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>> {
+                sqlx::query(sql::UPSERT_TEMPLATE)
+                    .bind(appid)
+                    .bind(&template.template_id)
+                    .bind(template.channel.as_str())
+                    .bind(&template.title)
+                    .bind(&template.content)
+                    .bind(&template.example)
+                    .bind(template.subscription.as_str())
+                    .bind(&template.enum_values)
+                    .bind(template.refreshed_at)
             }
 
             /// The fence of a run's write: renews the message's lease to

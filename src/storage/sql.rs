@@ -392,6 +392,32 @@ pub fn with_lock(statement: &str, lock: &str) -> String {
     statement.replace("{lock}", lock)
 }
 
+// The template catalogue (migration 0005): an app's templates of both
+// channels, as WeChat last listed them.
+
+/// A listing replaces its channel: rows of the channel first go.
+pub const DELETE_TEMPLATES_OF_CHANNEL: &str =
+    "DELETE FROM templates WHERE appid = $1 AND channel = $2";
+
+/// One template written, whatever was stored under its id.
+pub const UPSERT_TEMPLATE: &str = "INSERT INTO templates \
+    (appid, template_id, channel, title, content, example, subscription, enum_values, refreshed_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+    ON CONFLICT (appid, template_id) DO UPDATE SET channel = excluded.channel, \
+        title = excluded.title, content = excluded.content, example = excluded.example, \
+        subscription = excluded.subscription, enum_values = excluded.enum_values, \
+        refreshed_at = excluded.refreshed_at";
+
+pub const DELETE_TEMPLATE: &str = "DELETE FROM templates WHERE appid = $1 AND template_id = $2";
+
+pub const TEMPLATES_OF_APP: &str = "SELECT template_id, channel, title, content, example, \
+    subscription, enum_values, refreshed_at FROM templates WHERE appid = $1 \
+    ORDER BY channel, title, template_id";
+
+pub const TEMPLATE_OF_APP: &str = "SELECT template_id, channel, title, content, example, \
+    subscription, enum_values, refreshed_at FROM templates \
+    WHERE appid = $1 AND template_id = $2";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,5 @@
-//! The client for WeChat's server API: token issue and the template send.
+//! The client for WeChat's server API: token issue, the template send, and
+//! the template management of both template systems (`templates`).
 //!
 //! Every error WeChat reports comes back as HTTP 200 with
 //! `{"errcode","errmsg"}` (reference §0); a missing errcode means 0, and the
@@ -7,6 +8,7 @@
 //! message: reqwest errors are stripped of theirs.
 
 pub mod breaker;
+pub mod templates;
 
 use std::time::Duration;
 
@@ -87,6 +89,15 @@ pub trait WeChatApi: Send + Sync + std::fmt::Debug {
 
     /// `POST /cgi-bin/message/subscribe/send` with the given body.
     async fn send_subscribe(&self, access_token: &str, body: &Value) -> Result<Reply, CallError>;
+
+    /// One template-management call of either template system
+    /// ([`templates::TemplateCall`]); answers WeChat's JSON as it came, its
+    /// `errcode` included (read it with [`templates::errcode_of`]).
+    async fn manage_templates(
+        &self,
+        access_token: &str,
+        call: &templates::TemplateCall,
+    ) -> Result<Value, CallError>;
 }
 
 /// A shareable handle on WeChat.
@@ -187,6 +198,29 @@ impl WeChatApi for WeChatClient {
     async fn send_subscribe(&self, access_token: &str, body: &Value) -> Result<Reply, CallError> {
         self.business_call("cgi-bin/message/subscribe/send", access_token, body)
             .await
+    }
+
+    async fn manage_templates(
+        &self,
+        access_token: &str,
+        call: &templates::TemplateCall,
+    ) -> Result<Value, CallError> {
+        let url = format!("{}{}", self.base_url, call.path());
+        let token = [("access_token", access_token)];
+        let request = match call.wire() {
+            templates::Wire::Get(query) => self.http.get(url).query(&token).query(&query),
+            templates::Wire::Json(body) => self.http.post(url).query(&token).json(&body),
+            templates::Wire::Form(form) => self.http.post(url).query(&token).form(&form),
+        };
+        let answer = send(request).await?;
+        if answer.is_object() {
+            Ok(answer)
+        } else {
+            Err(CallError::Ambiguous(format!(
+                "{} answered JSON that is not an object",
+                call.name()
+            )))
+        }
     }
 }
 

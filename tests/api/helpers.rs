@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use chrono::Duration;
 use fake_wechat::{FakeWeChat, FakeWeChatServer};
+use formid_gateway::catalogue::Catalogue;
 use formid_gateway::clock::{Clock, ManualClock};
 use formid_gateway::config::Settings;
 use formid_gateway::startup::Application;
@@ -47,6 +48,7 @@ pub struct TestApp {
     pub sweeper: Sweeper,
     pub waiting: WaitingSender,
     pub recovery: Recovery,
+    pub catalogue: Catalogue,
     pub database_url: String,
     pub wechat_base_url: String,
     shutdown: CancellationToken,
@@ -196,6 +198,7 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Value)) -
         sweeper: parts.sweeper,
         waiting: parts.waiting,
         recovery: parts.recovery,
+        catalogue: parts.catalogue,
         database_url: parts.database_url,
         wechat_base_url: fake_server.base_url.clone(),
         shutdown: parts.shutdown,
@@ -256,6 +259,7 @@ async fn start_instance(settings: Value, clock: Arc<ManualClock>) -> TestAppPart
         sweeper: application.sweeper(),
         waiting: application.waiting_sender(),
         recovery: application.recovery(),
+        catalogue: application.catalogue(),
         database_url,
         shutdown: application.shutdown_signal(),
     };
@@ -273,6 +277,7 @@ struct TestAppParts {
     sweeper: Sweeper,
     waiting: WaitingSender,
     recovery: Recovery,
+    catalogue: Catalogue,
     database_url: String,
     shutdown: CancellationToken,
 }

@@ -20,4 +20,5 @@ mod settle;
 mod spans;
 mod storage;
 mod subscribe;
+mod templates;
 mod tokens;

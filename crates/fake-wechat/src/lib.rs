@@ -459,6 +459,13 @@ impl FakeWeChat {
         }
     }
 
+    /// The template-management calls received (both systems), by path
+    /// (`/wxaapi/newtmpl/gettemplate`, `/cgi-bin/wxopen/template/list`…), in
+    /// order, whatever they were answered.
+    pub fn manage_calls(&self) -> Vec<&'static str> {
+        self.lock().manage_calls.clone()
+    }
+
     /// Sends left on a form_id/prepay_id (with or without `prepay_id=`),
     /// `None` if unknown. Expiry is not considered.
     pub fn uses_left(&self, value: &str) -> Option<u32> {

@@ -193,6 +193,9 @@ pub(crate) struct State {
     pub(crate) token_expires_in: i64,
     pub(crate) token_len: usize,
     pub(crate) prepay_sync_lag_ms: i64,
+    /// Template-management calls received (`wxaapi/newtmpl/*`,
+    /// `cgi-bin/wxopen/template/*`), by path, in order.
+    pub(crate) manage_calls: Vec<&'static str>,
 }
 
 impl Default for State {
@@ -213,6 +216,7 @@ impl Default for State {
             token_expires_in: 7200,
             token_len: 600,
             prepay_sync_lag_ms: 0,
+            manage_calls: Vec::new(),
         }
     }
 }

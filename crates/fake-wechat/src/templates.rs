@@ -225,6 +225,7 @@ impl State {
     /// the method (GET APIs answer 43001 to anything else, POST APIs 43002),
     /// then the API itself.
     pub(crate) fn manage(&mut self, token: Option<&str>, call: &ManageCall<'_>, now: i64) -> Reply {
+        self.manage_calls.push(call.api.path());
         let appid = match self.check_token(token, now) {
             Ok(appid) => appid,
             Err(code) => return err(code),

@@ -1084,6 +1084,44 @@ impl Storage for LedgerModel {
         .await
     }
 
+    // The simulation runs the send path, which does not read the template
+    // catalogue (yet): none is modelled, and every call says so.
+    async fn replace_templates_batch(
+        &self,
+        _appid: &str,
+        _channel: formid_gateway::ledger::states::Channel,
+        _templates: &[formid_gateway::storage::TemplateRecord],
+    ) -> anyhow::Result<()> {
+        bail!("the simulation does not model the template catalogue")
+    }
+
+    async fn upsert_template(
+        &self,
+        _appid: &str,
+        _template: &formid_gateway::storage::TemplateRecord,
+    ) -> anyhow::Result<()> {
+        bail!("the simulation does not model the template catalogue")
+    }
+
+    async fn delete_template(&self, _appid: &str, _template_id: &str) -> anyhow::Result<bool> {
+        bail!("the simulation does not model the template catalogue")
+    }
+
+    async fn templates(
+        &self,
+        _appid: &str,
+    ) -> anyhow::Result<Vec<formid_gateway::storage::TemplateRecord>> {
+        Ok(Vec::new())
+    }
+
+    async fn template(
+        &self,
+        _appid: &str,
+        _template_id: &str,
+    ) -> anyhow::Result<Option<formid_gateway::storage::TemplateRecord>> {
+        Ok(None)
+    }
+
     async fn sweep(
         &self,
         now: i64,

@@ -355,6 +355,9 @@ fn credential_plan(
     let value = match kind {
         CredentialKind::FormId => format!("f{:04}", *next),
         CredentialKind::PrepayId => format!("p{:04}", *next),
+        CredentialKind::Subscribe | CredentialKind::LongTerm => {
+            unreachable!("the simulation plans legacy credentials only")
+        }
     };
     *next += 1;
     // How long before its post WeChat issued it.
@@ -375,6 +378,9 @@ fn credential_plan(
     let usable_from = match kind {
         CredentialKind::PrepayId => issued_at + rng.gen_range(0..=8_000),
         CredentialKind::FormId => issued_at,
+        CredentialKind::Subscribe | CredentialKind::LongTerm => {
+            unreachable!("the simulation plans legacy credentials only")
+        }
     };
     let roll = rng.gen_range(0..100);
     let (collected_at, label) = if roll < 55 {

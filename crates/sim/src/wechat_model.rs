@@ -536,4 +536,16 @@ impl WeChatApi for WeChatHandle {
         );
         result
     }
+    /// The simulation exercises the send path and the token keeper; the
+    /// template catalogue is not modelled, so its calls never leave.
+    async fn manage_templates(
+        &self,
+        _access_token: &str,
+        call: &formid_gateway::wechat::templates::TemplateCall,
+    ) -> Result<Value, CallError> {
+        Err(CallError::NotSent(format!(
+            "the simulation does not model {}",
+            call.name()
+        )))
+    }
 }
