@@ -14,6 +14,7 @@ use crate::ledger::kinds::CredentialKind;
 use crate::ledger::message::parse_send_request;
 use crate::ledger::send::{AttemptSummary, InvalidTemplateData, SendResult, SubscribeDefaults};
 use crate::ledger::states::{IdempotencyState, MessageStatus};
+use crate::ledger::templates::{check_send, SendParts};
 use crate::storage::{IdempotencyBegin, IdempotencyRecord};
 
 /// Errors of the send endpoint before the send starts.
@@ -200,11 +201,36 @@ pub async fn send(
         _ => SendError::InvalidField(rejection.message),
     })?;
     // The channel and the body WeChat will get, checked before anything is
-    // claimed or an idempotency key is taken.
-    let known = context
+    // claimed or an idempotency key is taken: against the template when the
+    // catalogue knows it, else by the rules of the channel alone (WeChat
+    // then judges the data, and the answer says it was unchecked).
+    let template = context
         .storage
-        .known_channel(&appid, &send_request.template_id, &send_request.touser)
-        .await?;
+        .template(&appid, &send_request.template_id)
+        .await?
+        .map(|record| record.to_catalogue());
+    let known = match &template {
+        Some(template) => Some(template.channel),
+        None => {
+            context
+                .storage
+                .known_channel(&appid, &send_request.template_id, &send_request.touser)
+                .await?
+        }
+    };
+    let channel = send_request.channel(known);
+    if let Some(template) = &template {
+        check_send(
+            template,
+            &SendParts {
+                channel,
+                data: send_request.data.as_ref(),
+                page: send_request.page.as_deref(),
+                emphasis_keyword: send_request.emphasis_keyword.as_deref(),
+                color: send_request.color.as_deref(),
+            },
+        )?;
+    }
     let defaults = context
         .apps
         .get(&appid)
@@ -213,7 +239,8 @@ pub async fn send(
             lang: app.lang,
         })
         .unwrap_or_default();
-    let prepared = send_request.prepare(send_request.channel(known), defaults)?;
+    let prepared = send_request.prepare(channel, defaults)?;
+    let checked = template.is_some();
     // Time-ordered (v7): new messages land at one end of the primary key
     // index instead of all over it.
     let message_id = uuid::Uuid::now_v7().to_string();
@@ -236,7 +263,18 @@ pub async fn send(
                 // Still being settled: the key stays in flight, and a retry is
                 // answered from the message once it has ended.
                 settled = result.status != MessageStatus::Pending;
-                answer(result, context.clock.now_ms())
+                // WeChat does not know the template: the catalogue is stale.
+                if result
+                    .attempts
+                    .iter()
+                    .any(|attempt| attempt.errcode == Some(40037))
+                {
+                    context.catalogue.refresh_in_background(&appid);
+                }
+                let (status, retry_after, mut body) = answer(result, context.clock.now_ms());
+                body["channel"] = json!(prepared.channel);
+                body["checked"] = checked.into();
+                (status, retry_after, body)
             }
             Err(error) => {
                 tracing::error!(error = ?error, message = %message_id, "send failed");

@@ -293,7 +293,8 @@ pub struct InvalidTemplateData {
 }
 
 impl InvalidTemplateData {
-    fn new(field: impl Into<String>, rule: &'static str, message: impl Into<String>) -> Self {
+    /// A broken rule of `field`.
+    pub fn new(field: impl Into<String>, rule: &'static str, message: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             rule,

@@ -109,6 +109,7 @@ async fn grants_accumulate_and_are_spent_oldest_first(#[case] backend: Backend) 
         let answer = send_subscribe(&app, "o-ann", &template, data_401()).await;
         assert_eq!(answer.status, 200, "{:?}", answer.body);
         assert_eq!(answer.body["status"], "sent");
+        assert_eq!(answer.body["checked"], false, "not in the catalogue: WeChat judged");
         let attempt = &answer.body["attempts"][0];
         assert_eq!(attempt["credential_kind"], "subscribe");
         assert!(attempt["msgid"].is_string(), "msgid is a string: {attempt}");
@@ -518,4 +519,118 @@ async fn rejections_are_recorded_as_decisions_and_grant_nothing(#[case] backend:
         (Some("reject"), Some(0))
     );
     assert_eq!(standing(&app, "o-max", &other).await["decision"], "ban");
+}
+
+/// Adds a subscribe template through the gateway (so the catalogue knows
+/// it, its type included); its id.
+async fn catalogued(app: &TestApp, tid: u32, keyword_ids: &[u32]) -> String {
+    let answer = app
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/apps/{APPID}/templates"),
+            Some(ADMIN_KEY),
+            Some(json!({"channel": "subscribe", "tid": tid, "keyword_ids": keyword_ids})),
+        )
+        .await;
+    assert_eq!(answer.status, 201, "{:?}", answer.body);
+    answer.body["id"].as_str().unwrap().to_owned()
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_term_subscription_is_not_consumed_and_43101_turns_it_off(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    // Title 5001 (上课提醒) is a long-term template: thing1, time2.
+    let template = catalogued(&app, 5001, &[1, 2]).await;
+    let answer = accept(&app, "o-nia", &template, "p1").await;
+    assert_eq!(
+        answer.body["templates"][0]["effect"], "long_term_on",
+        "{:?}",
+        answer.body
+    );
+    let row = standing(&app, "o-nia", &template).await;
+    assert_eq!(
+        (row["long_term"].as_bool(), row["one_time_grants"].as_i64()),
+        (Some(true), Some(0))
+    );
+    let data = json!({"thing1": {"value": "高一数学"}, "time2": {"value": "2024年5月1日 08:00"}});
+    // Concurrent sends do not queue behind one subscription.
+    let answers =
+        join_all((0..4).map(|_| send_subscribe(&app, "o-nia", &template, data.clone()))).await;
+    for answer in &answers {
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+        assert_eq!(answer.body["attempts"][0]["credential_kind"], "long_term");
+        assert_eq!(answer.body["checked"], true);
+    }
+    assert_eq!(delivered(&app), 4);
+    assert_eq!(standing(&app, "o-nia", &template).await["long_term"], true);
+    // The user turns it off: the next send learns it from WeChat.
+    app.fake.revoke(APPID, "o-nia", &template);
+    let answer = send_subscribe(&app, "o-nia", &template, data.clone()).await;
+    assert_eq!(answer.status, 409, "{:?}", answer.body);
+    assert_eq!(answer.body["error"]["wechat_errcode"], 43101);
+    let row = standing(&app, "o-nia", &template).await;
+    assert_eq!(
+        (row["long_term"].as_bool(), row["decision"].as_str()),
+        (Some(false), Some("revoked"))
+    );
+    let calls = app.fake.subscribe_sends().len();
+    let answer = send_subscribe(&app, "o-nia", &template, data).await;
+    assert_eq!(answer.status, 409);
+    assert_eq!(
+        app.fake.subscribe_sends().len(),
+        calls,
+        "no call once it is off"
+    );
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_that_breaks_its_catalogued_template_claims_and_calls_nothing(
+    #[case] backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let template = catalogued(&app, 401, &[1, 2]).await;
+    accept(&app, "o-oz", &template, "p1").await;
+    for (data, field, rule) in [
+        (
+            json!({"thing1": {"value": "Blue mug"}}),
+            "data.character_string2",
+            "missing_placeholder",
+        ),
+        (
+            json!({"thing1": {"value": "x".repeat(21)}, "character_string2": {"value": "1"}}),
+            "data.thing1.value",
+            "value_type",
+        ),
+        (
+            json!({"thing1": {"value": "mug"}, "character_string2": {"value": "1"}, "time3": {"value": "10:00"}}),
+            "data.time3",
+            "unknown_placeholder",
+        ),
+    ] {
+        let answer = send_subscribe(&app, "o-oz", &template, data).await;
+        assert_eq!(answer.status, 422, "{field}: {:?}", answer.body);
+        assert_eq!(answer.body["error"]["code"], "invalid_template_data");
+        assert_eq!(answer.body["error"]["field"], field, "{:?}", answer.body);
+        assert_eq!(answer.body["error"]["rule"], rule, "{:?}", answer.body);
+    }
+    // A catalogued subscribe template cannot go out as a template message.
+    let answer = app
+        .send(json!({"touser": "o-oz", "template_id": template, "channel": "template", "data": data_401()}))
+        .await;
+    assert_eq!(answer.status, 422, "{:?}", answer.body);
+    assert_eq!(answer.body["error"]["rule"], "channel");
+    assert!(app.fake.subscribe_sends().is_empty());
+    assert!(app.fake.sends().is_empty());
+    assert_eq!(grants_left(&app, "o-oz", &template).await, 1);
+    // The same data that fits goes out, checked.
+    let answer = send_subscribe(&app, "o-oz", &template, data_401()).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(answer.body["checked"], true);
+    assert_eq!(answer.body["channel"], "subscribe");
 }

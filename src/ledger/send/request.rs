@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{Lang, MiniprogramState};
 use crate::ledger::states::{Channel, Delivery};
+pub use crate::ledger::templates::InvalidTemplateData;
 
 /// What a business service asks to send: the body of `POST …/messages`,
 /// bounded by `ledger::message::parse_send_request`. Business services
@@ -33,29 +34,6 @@ pub struct SendRequest {
     pub miniprogram_state: Option<MiniprogramState>,
     /// Subscribe messages: the card's language.
     pub lang: Option<Lang>,
-}
-
-/// A request that breaks a rule of its channel or its template: refused
-/// before anything is claimed or sent.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct InvalidTemplateData {
-    /// The field at fault, as a JSON path (`data.thing1.value`, `page`).
-    pub field: String,
-    /// The rule, as a short machine-readable name.
-    pub rule: &'static str,
-    /// For people.
-    pub message: String,
-}
-
-impl InvalidTemplateData {
-    fn new(field: impl Into<String>, rule: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            rule,
-            message: message.into(),
-        }
-    }
 }
 
 /// A request checked for its channel, with the body WeChat will get
@@ -103,7 +81,7 @@ impl SendRequest {
                     if given {
                         return Err(InvalidTemplateData::new(
                             field,
-                            "subscribe_only",
+                            "not_in_template",
                             "only a subscribe message has this field",
                         ));
                     }
@@ -146,7 +124,7 @@ impl SendRequest {
         let legacy_only = |field: &str| {
             InvalidTemplateData::new(
                 field,
-                "template_only",
+                "not_in_subscribe",
                 "a subscribe message has no such field; WeChat would not show it",
             )
         };
@@ -160,7 +138,7 @@ impl SendRequest {
             if key.ends_with(".DATA") {
                 return Err(InvalidTemplateData::new(
                     format!("data.{key}"),
-                    "no_data_suffix",
+                    "data_suffix",
                     format!(
                         "a subscribe key has no .DATA suffix: write {:?}",
                         key.trim_end_matches(".DATA")
@@ -175,7 +153,7 @@ impl SendRequest {
                     } else {
                         InvalidTemplateData::new(
                             field,
-                            "value_only",
+                            "value_shape",
                             "a subscribe value is {\"value\": …} and nothing else",
                         )
                     });
