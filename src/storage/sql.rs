@@ -370,9 +370,14 @@ pub const MARK_EXPIRED: &str = "UPDATE credentials SET state = 'expired', update
     WHERE state = 'available' AND expires_at <= $1";
 
 /// Deleted in bounded batches so the single SQLite writer is never held for long.
+/// A dead row is kept for the retention after its expiry, or, for kinds that
+/// never expire (grants, long-term tickets, stored with the largest i64),
+/// after it died (`updated_at`).
 pub const DELETE_OLD_CREDENTIALS: &str = "DELETE FROM credentials WHERE id IN ( \
     SELECT id FROM credentials \
-    WHERE state IN ('exhausted', 'retired', 'expired') AND expires_at <= $1 LIMIT $2)";
+    WHERE state IN ('exhausted', 'retired', 'expired') \
+      AND (expires_at <= $1 OR (expires_at = 9223372036854775807 AND updated_at <= $1)) \
+    LIMIT $2)";
 
 /// Prompt results are kept as long as messages: a frontend retries within
 /// minutes, not months.
@@ -421,6 +426,12 @@ pub const TEMPLATE_OF_APP: &str = "SELECT template_id, channel, title, content, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sweep_knows_the_never_expiring_mark() {
+        let mark = crate::ledger::kinds::NEVER_EXPIRES_MS.to_string();
+        assert!(DELETE_OLD_CREDENTIALS.contains(&format!("expires_at = {mark}")));
+    }
 
     #[test]
     fn the_lock_slot_is_filled() {

@@ -109,7 +109,10 @@ async fn grants_accumulate_and_are_spent_oldest_first(#[case] backend: Backend) 
         let answer = send_subscribe(&app, "o-ann", &template, data_401()).await;
         assert_eq!(answer.status, 200, "{:?}", answer.body);
         assert_eq!(answer.body["status"], "sent");
-        assert_eq!(answer.body["checked"], false, "not in the catalogue: WeChat judged");
+        assert_eq!(
+            answer.body["checked"], false,
+            "not in the catalogue: WeChat judged"
+        );
         let attempt = &answer.body["attempts"][0];
         assert_eq!(attempt["credential_kind"], "subscribe");
         assert!(attempt["msgid"].is_string(), "msgid is a string: {attempt}");
@@ -633,4 +636,40 @@ async fn a_send_that_breaks_its_catalogued_template_claims_and_calls_nothing(
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(answer.body["checked"], true);
     assert_eq!(answer.body["channel"], "subscribe");
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spent_grants_are_swept_after_the_retention_and_live_ones_never(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    let template = one_time_template(&app);
+    accept(&app, "o-pat", &template, "p1").await;
+    accept(&app, "o-pat", &template, "p2").await;
+    assert_eq!(
+        send_subscribe(&app, "o-pat", &template, data_401())
+            .await
+            .status,
+        200
+    );
+    app.advance(chrono::Duration::days(6));
+    assert_eq!(app.sweeper.run_once().await.unwrap().deleted_credentials, 0);
+    app.advance(chrono::Duration::days(2));
+    let report = app.sweeper.run_once().await.unwrap();
+    assert_eq!(
+        (report.expired, report.deleted_credentials),
+        (0, 1),
+        "{report:?}"
+    );
+    // A grant never expires: a year on, it still pays.
+    app.advance(chrono::Duration::days(365));
+    app.sweeper.run_once().await.unwrap();
+    assert_eq!(grants_left(&app, "o-pat", &template).await, 1);
+    assert_eq!(
+        send_subscribe(&app, "o-pat", &template, data_401())
+            .await
+            .status,
+        200
+    );
 }
