@@ -141,6 +141,7 @@ fn form_id(value: &str, uses_left: i64, unproven: i64, state: CredentialState) -
         unproven_uses: unproven,
         state,
         retired_errcode: (state == CredentialState::Retired).then_some(41029),
+        template_id: None,
     }
 }
 
@@ -195,12 +196,14 @@ fn the_invariants_flag_what_breaks_the_promise() {
     let clean = Snapshot {
         credentials: vec![spent("f1")],
         messages: vec![message("m1", MessageStatus::Sent, Delivery::AtMostOnce)],
+        ..Snapshot::default()
     };
     assert!(check(&clean, &wechat(&[("m1", "f1")])).is_empty());
 
     let twice = Snapshot {
         credentials: vec![spent("f1"), spent("f2")],
         messages: vec![message("m1", MessageStatus::Sent, Delivery::AtMostOnce)],
+        ..Snapshot::default()
     };
     let violations = check(&twice, &wechat(&[("m1", "f1"), ("m1", "f2")]));
     assert!(violations
@@ -216,11 +219,13 @@ fn the_invariants_flag_what_breaks_the_promise() {
     let failed = Snapshot {
         credentials: vec![spent("f1")],
         messages: vec![message("m1", MessageStatus::Failed, Delivery::AtMostOnce)],
+        ..Snapshot::default()
     };
     assert!(!check(&failed, &wechat(&[("m1", "f1")])).is_empty());
     let never = Snapshot {
         credentials: vec![form_id("f1", 1, 0, CredentialState::Available)],
         messages: vec![message("m1", MessageStatus::Sent, Delivery::AtMostOnce)],
+        ..Snapshot::default()
     };
     assert!(check(&never, &wechat(&[]))
         .iter()
@@ -229,6 +234,7 @@ fn the_invariants_flag_what_breaks_the_promise() {
     let uncounted = Snapshot {
         credentials: vec![form_id("f1", 1, 0, CredentialState::Available)],
         messages: vec![message("m1", MessageStatus::Unknown, Delivery::AtMostOnce)],
+        ..Snapshot::default()
     };
     assert!(check(&uncounted, &wechat(&[("m1", "f1")]))
         .iter()
@@ -237,6 +243,7 @@ fn the_invariants_flag_what_breaks_the_promise() {
     let proven = Snapshot {
         credentials: vec![spent("f1")],
         messages: vec![message("m1", MessageStatus::Failed, Delivery::AtMostOnce)],
+        ..Snapshot::default()
     };
     assert!(check(&proven, &wechat(&[]))
         .iter()
@@ -244,6 +251,7 @@ fn the_invariants_flag_what_breaks_the_promise() {
     let unproven = Snapshot {
         credentials: vec![form_id("f1", 0, 1, CredentialState::Exhausted)],
         messages: vec![message("m1", MessageStatus::Unknown, Delivery::AtMostOnce)],
+        ..Snapshot::default()
     };
     assert!(check(&unproven, &wechat(&[])).is_empty());
     // Left in flight, or retired for an answer WeChat never gave.
@@ -253,6 +261,7 @@ fn the_invariants_flag_what_breaks_the_promise() {
             form_id("f2", 1, 0, CredentialState::Retired),
         ],
         messages: vec![message("m1", MessageStatus::Pending, Delivery::AtMostOnce)],
+        ..Snapshot::default()
     };
     let violations = check(&stuck, &wechat(&[]));
     assert_eq!(violations.len(), 3, "{violations:?}");
