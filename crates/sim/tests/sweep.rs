@@ -11,7 +11,7 @@ use formid_gateway::ledger::states::{AttemptOutcome, CredentialState, Delivery, 
 use formid_sim::invariants::{
     check, AttemptSnap, CredentialSnap, MessageSnap, Snapshot, WeChatSide,
 };
-use formid_sim::run::{run_seed, sweep};
+use formid_sim::run::{run_seed, sweep, sweep_with};
 use formid_sim::wechat_model::{Delivery as WeChatDelivery, TrueCredential};
 
 /// Seeds × sends of the CI sweep: ≥ 50,000 simulated sends.
@@ -265,4 +265,54 @@ fn the_invariants_flag_what_breaks_the_promise() {
     };
     let violations = check(&stuck, &wechat(&[]));
     assert_eq!(violations.len(), 3, "{violations:?}");
+}
+
+/// Seeds × sends of the CI subscribe sweep (half the sends subscribe messages).
+const SUBSCRIBE_SEEDS: u64 = 200;
+const SUBSCRIBE_SENDS_PER_SEED: usize = 40;
+const SUBSCRIBE_PERCENT: u32 = 50;
+
+#[test]
+fn a_sweep_of_subscribe_seeds_finds_no_violation() {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let started = Instant::now();
+    let report = sweep_with(
+        0,
+        SUBSCRIBE_SEEDS,
+        SUBSCRIBE_SENDS_PER_SEED,
+        threads,
+        SUBSCRIBE_PERCENT,
+    );
+    println!("{}", report.figures());
+    println!(
+        "{} subscribe seeds in {:.1} s on {threads} thread(s)",
+        report.seeds,
+        started.elapsed().as_secs_f64()
+    );
+    for failure in &report.failures {
+        println!("=== seed {} FAILED ===", failure.seed);
+        for violation in &failure.violations {
+            println!("  {violation}");
+        }
+    }
+    let failing: Vec<u64> = report.failures.iter().map(|f| f.seed).collect();
+    assert!(
+        failing.is_empty(),
+        "failing subscribe seeds (replay with --subscribe-percent {SUBSCRIBE_PERCENT}): {failing:?}"
+    );
+    // The schedules reach what the subscribe promise is about.
+    for answer in [
+        "answer: 0 delivered (subscribe)",
+        "answer: 43101 no grant (subscribe)",
+        "subscribe: user revoked a template",
+        "subscribe: prompt result never posted",
+        "subscribe: prompt result posted twice",
+    ] {
+        assert!(
+            report.faults.get(answer).copied().unwrap_or(0) > 0,
+            "nothing counted as {answer:?}"
+        );
+    }
+    assert!(report.attempts.get("retired").copied().unwrap_or(0) > 0);
+    assert!(report.outcomes.get("waiting").is_none());
 }
