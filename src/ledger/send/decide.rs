@@ -132,7 +132,7 @@ impl Step {
 /// call would deliver again.
 pub fn can_probe(
     credential: &ClaimedCredential,
-    state: &Spending,
+    _state: &Spending,
     now: i64,
     policy: &Policy,
 ) -> bool {
