@@ -418,7 +418,7 @@ pub fn check(snapshot: &Snapshot, wechat: &WeChatSide) -> Vec<Violation> {
 /// on too (a subscription is never dropped).
 fn check_grants(snapshot: &Snapshot, wechat: &WeChatSide, violations: &mut Vec<Violation>) {
     let mut keys: BTreeSet<(String, String)> = BTreeSet::new();
-    for ((_, openid, template_id), _) in &wechat.subscriptions {
+    for (_, openid, template_id) in wechat.subscriptions.keys() {
         keys.insert((openid.clone(), template_id.clone()));
     }
     for c in snapshot.credentials.iter().filter(|c| c.is_grant()) {

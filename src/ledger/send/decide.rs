@@ -136,10 +136,10 @@ pub fn can_probe(
     now: i64,
     policy: &Policy,
 ) -> bool {
-    let one_use_at_wechat = match CredentialKind::parse(&credential.kind) {
-        Some(CredentialKind::LongTerm) | Some(CredentialKind::Subscribe) => false,
-        _ => true,
-    };
+    let one_use_at_wechat = !matches!(
+        CredentialKind::parse(&credential.kind),
+        Some(CredentialKind::LongTerm) | Some(CredentialKind::Subscribe)
+    );
     one_use_at_wechat
         && credential.uses_left == 1
         && credential.unproven_uses == 0
