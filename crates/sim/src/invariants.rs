@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use formid_gateway::ledger::states::{AttemptOutcome, CredentialState, Delivery, MessageStatus};
 
 use crate::ledger_model::LedgerModel;
-use crate::wechat_model::{Delivery as WeChatDelivery, TrueCredential};
+use crate::wechat_model::{
+    subscribe_payer, Delivery as WeChatDelivery, TrueCredential, TrueSubscription,
+};
 
 /// A credential as the ledger holds it.
 #[derive(Debug, Clone)]
@@ -24,6 +26,28 @@ pub struct CredentialSnap {
     pub unproven_uses: i64,
     pub state: CredentialState,
     pub retired_errcode: Option<i64>,
+    /// The template of a subscribe grant or long-term ticket.
+    pub template_id: Option<String>,
+}
+
+impl CredentialSnap {
+    /// Whether the row is a one-time subscribe grant.
+    pub fn is_grant(&self) -> bool {
+        self.kind == "subscribe"
+    }
+
+    /// Whether the row is a ticket of a long-term subscription.
+    pub fn is_ticket(&self) -> bool {
+        self.kind == "long_term"
+    }
+}
+
+/// A row of `subscriptions` as the ledger holds it.
+#[derive(Debug, Clone)]
+pub struct SubscriptionSnap {
+    pub openid: String,
+    pub template_id: String,
+    pub long_term: bool,
 }
 
 /// One attempt as the ledger holds it.
@@ -50,6 +74,10 @@ pub struct MessageSnap {
 pub struct Snapshot {
     pub credentials: Vec<CredentialSnap>,
     pub messages: Vec<MessageSnap>,
+    /// The users' subscriptions (subscribe workload).
+    pub subscriptions: Vec<SubscriptionSnap>,
+    /// The prompt results recorded, as (openid, request_id).
+    pub prompts: BTreeSet<(String, String)>,
 }
 
 impl Snapshot {
@@ -90,7 +118,22 @@ impl LedgerView for LedgerModel {
                     unproven_uses: c.unproven_uses,
                     state: c.state,
                     retired_errcode: c.retired_errcode,
+                    template_id: c.template_id.clone(),
                 })
+                .collect(),
+            subscriptions: t
+                .subscriptions
+                .iter()
+                .map(|((_, openid, template_id), row)| SubscriptionSnap {
+                    openid: openid.clone(),
+                    template_id: template_id.clone(),
+                    long_term: row.long_term,
+                })
+                .collect(),
+            prompts: t
+                .prompts
+                .keys()
+                .map(|(_, openid, request_id)| (openid.clone(), request_id.clone()))
                 .collect(),
             messages: t
                 .messages
@@ -129,12 +172,31 @@ pub struct Violation {
     pub credentials: Vec<String>,
 }
 
-/// What WeChat saw.
+/// One accept of a prompt, as WeChat counted it.
+#[derive(Debug, Clone)]
+pub struct AcceptTruth {
+    pub openid: String,
+    pub template_id: String,
+    pub request_id: String,
+    /// WeChat's clock.
+    pub at_ms: i64,
+}
+
+/// What WeChat saw (and what the callers of sends were answered).
 #[derive(Debug, Clone, Default)]
 pub struct WeChatSide {
     pub credentials: BTreeMap<String, TrueCredential>,
     pub deliveries: Vec<WeChatDelivery>,
     pub answers: BTreeMap<String, BTreeSet<i64>>,
+    /// Subscribe grants and subscriptions, by (appid, openid, template).
+    pub subscriptions: BTreeMap<(String, String, String), TrueSubscription>,
+    /// The subscribe templates, and whether each is long-term.
+    pub long_term_templates: BTreeMap<String, bool>,
+    /// Every accept WeChat counted.
+    pub accepts: Vec<AcceptTruth>,
+    /// The status each send's caller was answered, by message id (sends
+    /// whose caller got no answer, because its instance crashed, are absent).
+    pub told: BTreeMap<String, MessageStatus>,
 }
 
 /// Every invariant of the promise; an empty list when it held.
@@ -226,7 +288,39 @@ pub fn check(snapshot: &Snapshot, wechat: &WeChatSide) -> Vec<Violation> {
             _ => {}
         }
     }
+    for (id, status) in &wechat.told {
+        let count = by_message.get(id.as_str()).map_or(0, Vec::len);
+        let at_most_once = messages
+            .get(id.as_str())
+            .is_none_or(|m| m.delivery == Delivery::AtMostOnce);
+        match status {
+            MessageStatus::Sent if count == 0 => violation(
+                format!("{id}: its caller was answered sent, but WeChat never delivered it"),
+                &[id],
+                &[],
+            ),
+            MessageStatus::Failed if at_most_once && count > 0 => violation(
+                format!(
+                    "{id}: its caller was answered failed, but WeChat delivered it {count} time(s)"
+                ),
+                &[id],
+                &[],
+            ),
+            _ => {}
+        }
+    }
     for credential in &snapshot.credentials {
+        if credential.is_grant() || credential.is_ticket() {
+            // Subscribe rows are checked per (user, template) below.
+            if credential.state == CredentialState::Leased {
+                violation(
+                    format!("{} is still leased after quiescence", credential.value),
+                    &[],
+                    &[&credential.value],
+                );
+            }
+            continue;
+        }
         let value = credential.value.as_str();
         let delivered = by_credential.get(value).copied().unwrap_or(0) as i64;
         let Some(truth) = wechat.credentials.get(value) else {
@@ -289,5 +383,162 @@ pub fn check(snapshot: &Snapshot, wechat: &WeChatSide) -> Vec<Violation> {
             }
         }
     }
+    check_grants(snapshot, wechat, &mut violations);
     violations
+}
+
+/// The subscribe invariants per (user, one-time template). With
+///
+/// - `A`: accepts WeChat counted; `Z`: grants WeChat dropped when the user
+///   revoked; `D`: deliveries WeChat paid with a grant; `W = A − D − Z`:
+///   the grants WeChat holds at the end;
+/// - `P`: grants the ledger recorded; `Sp`, `Su`: grants it spent as proven
+///   and as unproven uses; `X`: grants it retired for 43101; `L = P − Sp −
+///   Su − X`: the grants it holds available at the end;
+///
+/// the checks are:
+///
+/// 1. `Sp ≤ D` — every proven use was a delivery — and `D ≤ Sp + Su` —
+///    every delivery is counted (the legacy bounds, per template since
+///    WeChat counts per template, not per grant);
+/// 2. `P ≤ A`, and each recorded grant comes from an accept whose
+///    request_id the ledger recorded once: a retried post never grants
+///    twice;
+/// 3. no phantom grants: `L ≤ W + (Z − X)` — the ledger may hold more than
+///    WeChat only by grants the user revoked that no 43101 has retired yet
+///    (unproven uses only ever make `L` smaller). With 1 and 2 this is
+///    `W − L = (A − P) + (Su − (D − Sp)) + (X − Z) ≥ X − Z`;
+/// 4. no grant silently dropped: `X ≤ Z` — a 43101 retires only grants
+///    WeChat no longer holds, so that what the ledger lacks (`W − L`) is
+///    only accepts never posted (`A − P`) and unproven uses WeChat did not
+///    make (`Su − (D − Sp)`);
+///
+/// and per (user, long-term template): when WeChat's subscription is on and
+/// an accept since the user's last revocation was recorded, the ledger's is
+/// on too (a subscription is never dropped).
+fn check_grants(snapshot: &Snapshot, wechat: &WeChatSide, violations: &mut Vec<Violation>) {
+    let mut keys: BTreeSet<(String, String)> = BTreeSet::new();
+    for (_, openid, template_id) in wechat.subscriptions.keys() {
+        keys.insert((openid.clone(), template_id.clone()));
+    }
+    for c in snapshot.credentials.iter().filter(|c| c.is_grant()) {
+        if let Some(template_id) = &c.template_id {
+            keys.insert((c.openid.clone(), template_id.clone()));
+        }
+    }
+    let mut push = |text: String, credentials: Vec<String>| {
+        violations.push(Violation {
+            text,
+            messages: Vec::new(),
+            credentials,
+        })
+    };
+    let empty = TrueSubscription::default();
+    for (openid, template_id) in keys {
+        let truth = wechat
+            .subscriptions
+            .iter()
+            .find(|((_, o, t), _)| *o == openid && *t == template_id)
+            .map_or(&empty, |(_, s)| s);
+        let long_term = wechat
+            .long_term_templates
+            .get(&template_id)
+            .copied()
+            .unwrap_or(false);
+        let about = format!("{openid}/{template_id}");
+        if long_term {
+            let ledger_on = snapshot
+                .subscriptions
+                .iter()
+                .any(|s| s.openid == openid && s.template_id == template_id && s.long_term);
+            let since = truth.revoked_at.last().copied().unwrap_or(i64::MIN);
+            let recorded_since = wechat.accepts.iter().any(|a| {
+                a.openid == openid
+                    && a.template_id == template_id
+                    && a.at_ms > since
+                    && snapshot
+                        .prompts
+                        .contains(&(openid.clone(), a.request_id.clone()))
+            });
+            if truth.long_term && recorded_since && !ledger_on {
+                push(
+                    format!("{about}: WeChat's long-term subscription is on and its accept was recorded, but the ledger's is off (subscription dropped)"),
+                    vec![about.clone()],
+                );
+            }
+            continue;
+        }
+        let payer = subscribe_payer(false, &openid, &template_id);
+        let d = wechat
+            .deliveries
+            .iter()
+            .filter(|d| d.credential == payer)
+            .count() as i64;
+        let a = i64::from(truth.accepted);
+        let z = i64::from(truth.zeroed);
+        let w = i64::from(truth.grants);
+        let grants: Vec<&CredentialSnap> = snapshot
+            .credentials
+            .iter()
+            .filter(|c| {
+                c.is_grant() && c.openid == openid && c.template_id.as_deref() == Some(&template_id)
+            })
+            .collect();
+        let p = grants.len() as i64;
+        let su: i64 = grants.iter().map(|c| c.unproven_uses).sum();
+        let counted: i64 = grants.iter().map(|c| 1 - c.uses_left).sum();
+        let sp = counted - su;
+        let x = grants
+            .iter()
+            .filter(|c| c.state == CredentialState::Retired)
+            .count() as i64;
+        let l = grants
+            .iter()
+            .filter(|c| c.state == CredentialState::Available)
+            .count() as i64;
+        let figures = format!("A {a}, D {d}, Z {z}, W {w}; P {p}, Sp {sp}, Su {su}, X {x}, L {l}");
+        if sp > d {
+            push(
+                format!("{about}: the ledger counts {sp} proven use(s) of grants, WeChat delivered {d} ({figures})"),
+                vec![about.clone()],
+            );
+        }
+        if d > sp + su {
+            push(
+                format!("{about}: WeChat delivered {d} time(s) with grants, the ledger counts {} use(s) ({figures})", sp + su),
+                vec![about.clone()],
+            );
+        }
+        if p > a {
+            push(
+                format!("{about}: the ledger recorded {p} grant(s) for {a} accept(s) ({figures})"),
+                vec![about.clone()],
+            );
+        }
+        for c in &grants {
+            let from_accept = wechat.accepts.iter().any(|accept| {
+                accept.openid == openid
+                    && accept.template_id == template_id
+                    && c.value == format!("grant:{openid}:{}:{template_id}", accept.request_id)
+            });
+            if !from_accept {
+                push(
+                    format!("{about}: grant {} matches no accept", c.value),
+                    vec![about.clone()],
+                );
+            }
+        }
+        if l > w + (z - x) {
+            push(
+                format!("{about}: the ledger holds {l} grant(s), WeChat {w}, and only {} revoked grant(s) are unseen (phantom grants; {figures})", z - x),
+                vec![about.clone()],
+            );
+        }
+        if x > z {
+            push(
+                format!("{about}: 43101 retired {x} grant(s) in the ledger, but the user revoked only {z} at WeChat (grants dropped; {figures})"),
+                vec![about.clone()],
+            );
+        }
+    }
 }

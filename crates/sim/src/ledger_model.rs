@@ -18,13 +18,15 @@ use std::time::Duration;
 use anyhow::bail;
 use async_trait::async_trait;
 use formid_gateway::ledger::kinds::CredentialKind;
+use formid_gateway::ledger::kinds::NEVER_EXPIRES_MS;
 use formid_gateway::ledger::states::{
-    AttemptOutcome, CredentialState, Delivery, IdempotencyState, MessageStatus,
+    AttemptOutcome, Channel, CredentialState, Decision, Delivery, IdempotencyState, MessageStatus,
 };
 use formid_gateway::storage::{
     AppState, AttemptRow, Claim, ClaimedCredential, EndSend, IdempotencyBegin, IdempotencyRecord,
     InsertOutcome, KindQuota, Lease, MessageOutcome, MessageRow, NewAttempt, NewCredential,
-    NewMessage, Settlement, StartSend, Storage, StoredMessage, SweepReport,
+    NewMessage, NewPrompt, PromptEffect, PromptRecord, Settlement, StartSend, Storage,
+    StoredMessage, SweepReport, TemplateQuota,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -39,6 +41,9 @@ pub struct CredentialRow {
     pub openid: String,
     pub kind: String,
     pub value: String,
+    /// The template a subscribe grant or long-term ticket pays for; `None`
+    /// for a form_id or prepay_id.
+    pub template_id: Option<String>,
     pub uses_left: i64,
     pub unproven_uses: i64,
     pub state: CredentialState,
@@ -89,6 +94,7 @@ pub struct MessageRowModel {
     pub wechat_errcode: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    pub channel: Channel,
 }
 
 impl MessageRowModel {
@@ -102,7 +108,13 @@ impl MessageRowModel {
             status: self.status,
             delivery: self.delivery,
             wait_until: self.wait_until,
+            channel: self.channel,
         }
+    }
+
+    /// The template whose grants pay for the message (`storage::grant_of`).
+    fn grant_of(&self) -> Option<&str> {
+        formid_gateway::storage::grant_of(self.channel, &self.template_id)
     }
 
     /// `FENCE_MESSAGE`'s condition.
@@ -124,6 +136,31 @@ struct AppRow {
     force_refreshed_at: Option<i64>,
 }
 
+/// A row of `subscriptions`: the user's latest decision on a template.
+#[derive(Debug, Clone)]
+pub struct SubscriptionRow {
+    pub decision: Decision,
+    pub decided_at: i64,
+    pub long_term: bool,
+    pub updated_at: i64,
+}
+
+/// A row of `subscription_prompts`.
+#[derive(Debug, Clone)]
+pub struct PromptRow {
+    pub request_hash: String,
+    pub effects: Vec<PromptEffect>,
+    pub created_at: i64,
+}
+
+/// A row of `templates` (the columns the SQL reads).
+#[derive(Debug, Clone)]
+pub struct TemplateRow {
+    pub channel: Channel,
+    /// `subscription = 'long_term'`.
+    pub long_term: bool,
+}
+
 #[derive(Debug, Clone)]
 struct IdempotencyRow {
     record: IdempotencyRecord,
@@ -142,6 +179,14 @@ pub struct Tables {
     pub attempts: BTreeMap<String, Vec<AttemptRow>>,
     apps: BTreeMap<String, AppRow>,
     idempotency: BTreeMap<(String, String), IdempotencyRow>,
+    /// `subscriptions`, by (appid, openid, template_id).
+    pub subscriptions: BTreeMap<(String, String, String), SubscriptionRow>,
+    /// `subscription_prompts`, by (appid, openid, request_id).
+    pub prompts: BTreeMap<(String, String, String), PromptRow>,
+    /// `templates`, by (appid, template_id).
+    pub templates: BTreeMap<(String, String), TemplateRow>,
+    /// Makes the values of long-term tickets unique (the SQL binds a UUID).
+    next_ticket: u64,
 }
 
 /// Where a write fails, when it does.
@@ -193,6 +238,15 @@ impl LedgerModel {
     /// Write failures injected, by kind.
     pub fn counts(&self) -> Counts {
         self.lock().counts.clone()
+    }
+
+    /// Puts a template in the app's catalogue (`templates`), as the catalogue
+    /// refresh would: a fixture of the run, not a statement of `Storage`.
+    pub fn add_template(&self, appid: &str, template_id: &str, channel: Channel, long_term: bool) {
+        self.lock().tables.templates.insert(
+            (appid.to_owned(), template_id.to_owned()),
+            TemplateRow { channel, long_term },
+        );
     }
 
     /// Reads the tables.
@@ -274,10 +328,12 @@ impl Tables {
 
     /// `CLAIM` (without its fence): the user's available credential expiring
     /// soonest after `valid_after`, by `(expires_at, id)`.
+    #[allow(clippy::too_many_arguments)]
     fn claim(
         &mut self,
         appid: &str,
         openid: &str,
+        grant_of: Option<&str>,
         lease: &Lease,
         valid_after: i64,
         lease_until: i64,
@@ -291,6 +347,8 @@ impl Tables {
                     && c.openid == openid
                     && c.state == CredentialState::Available
                     && c.expires_at > valid_after
+                    // `template_id IS NOT DISTINCT FROM $8`
+                    && c.template_id.as_deref() == grant_of
             })
             .min_by_key(|c| (c.expires_at, c.id))?
             .id;
@@ -301,6 +359,85 @@ impl Tables {
         row.lease_message_id = Some(lease.message_id.clone());
         row.lease_token = Some(lease.token);
         Some(row.claimed())
+    }
+
+    /// `CLAIM_LONG_TERM`: a ticket (a leased `long_term` credential made for
+    /// this send) while the user's subscription to the template is on.
+    fn claim_long_term(
+        &mut self,
+        appid: &str,
+        openid: &str,
+        template_id: &str,
+        lease: &Lease,
+        lease_until: i64,
+        now: i64,
+    ) -> Option<ClaimedCredential> {
+        let on = self
+            .subscriptions
+            .get(&(appid.to_owned(), openid.to_owned(), template_id.to_owned()))
+            .is_some_and(|s| s.long_term);
+        if !on {
+            return None;
+        }
+        self.next_ticket += 1;
+        let value = format!("long_term:{}:{}", lease.message_id, self.next_ticket);
+        let id = self.next_credential_id;
+        self.next_credential_id += 1;
+        self.by_value.insert((appid.to_owned(), value.clone()), id);
+        let row = CredentialRow {
+            id,
+            appid: appid.to_owned(),
+            openid: openid.to_owned(),
+            kind: CredentialKind::LongTerm.as_str().to_owned(),
+            value,
+            template_id: Some(template_id.to_owned()),
+            uses_left: 1,
+            unproven_uses: 0,
+            state: CredentialState::Leased,
+            collected_at: now,
+            expires_at: NEVER_EXPIRES_MS,
+            lease_expires_at: Some(lease_until),
+            lease_message_id: Some(lease.message_id.clone()),
+            lease_token: Some(lease.token),
+            retired_errcode: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let claimed = row.claimed();
+        self.credentials.insert(id, row);
+        Some(claimed)
+    }
+
+    /// `REVOKE_TEMPLATE_GRANTS` and `REVOKE_SUBSCRIPTION` for the
+    /// credential `credential_id` (no lease fence: they run in the fenced
+    /// transaction of the settlement).
+    fn revoke(&mut self, credential_id: i64, errcode: i64, now: i64) {
+        let Some(key) = self.credentials.get(&credential_id).and_then(|c| {
+            c.template_id
+                .as_ref()
+                .map(|t| (c.appid.clone(), c.openid.clone(), t.clone()))
+        }) else {
+            // The subquery finds no row (or a NULL template_id): nothing matches.
+            return;
+        };
+        for c in self.credentials.values_mut() {
+            if c.state == CredentialState::Available
+                && c.kind == CredentialKind::Subscribe.as_str()
+                && c.appid == key.0
+                && c.openid == key.1
+                && c.template_id.as_deref() == Some(key.2.as_str())
+            {
+                c.state = CredentialState::Retired;
+                c.retired_errcode = Some(errcode);
+                c.updated_at = now;
+            }
+        }
+        if let Some(s) = self.subscriptions.get_mut(&key) {
+            s.long_term = false;
+            s.decision = Decision::Revoked;
+            s.decided_at = now;
+            s.updated_at = now;
+        }
     }
 
     /// `CREATE_MESSAGE`; the primary key refuses a second row with one id.
@@ -326,6 +463,7 @@ impl Tables {
                 wechat_errcode: None,
                 created_at: now,
                 updated_at: now,
+                channel: message.channel,
             },
         );
         Ok(())
@@ -351,6 +489,7 @@ impl Tables {
                 outcome: attempt.outcome,
                 detail: attempt.detail.clone(),
                 at: now,
+                msgid: attempt.msgid.clone(),
             });
         Ok(())
     }
@@ -389,7 +528,7 @@ impl Tables {
                 row.lease_expires_at = None;
                 row.lease_token = None;
             }
-            Settlement::Retired { errcode } => {
+            Settlement::Retired { errcode } | Settlement::Revoked { errcode } => {
                 row.state = CredentialState::Retired;
                 row.retired_errcode = Some(errcode);
                 row.lease_expires_at = None;
@@ -397,7 +536,12 @@ impl Tables {
                 row.lease_token = None;
             }
             Settlement::Released => {
-                row.state = CredentialState::Available;
+                // A long-term ticket was made for one send: used up, not pooled.
+                row.state = if row.kind == CredentialKind::LongTerm.as_str() {
+                    CredentialState::Exhausted
+                } else {
+                    CredentialState::Available
+                };
                 row.lease_expires_at = None;
                 row.lease_message_id = None;
                 row.lease_token = None;
@@ -429,14 +573,45 @@ impl Tables {
         }
     }
 
-    /// Whether the user holds an available credential expiring after `valid_after`.
-    fn holds_credential(&self, appid: &str, openid: &str, valid_after: i64) -> bool {
+    /// `usable_credential!`: whether the message's user holds what can pay
+    /// for it, expiring after `valid_after` — a form_id or prepay_id for a
+    /// template message, a grant of its template or a long-term
+    /// subscription to it for a subscribe message.
+    fn usable_credential(&self, m: &MessageRowModel, valid_after: i64) -> bool {
+        let grant_of = m.grant_of();
         self.credentials.values().any(|c| {
-            c.appid == appid
-                && c.openid == openid
+            c.appid == m.appid
+                && c.openid == m.touser
                 && c.state == CredentialState::Available
                 && c.expires_at > valid_after
-        })
+                && c.template_id.as_deref() == grant_of
+        }) || (m.channel == Channel::Subscribe
+            && self
+                .subscriptions
+                .get(&(m.appid.clone(), m.touser.clone(), m.template_id.clone()))
+                .is_some_and(|s| s.long_term))
+    }
+
+    /// `WAKE_USER`: the user's waiting messages that can now be paid for, due now.
+    fn wake_user(&mut self, appid: &str, openid: &str, now: i64, valid_after: i64) -> u64 {
+        let due: Vec<String> = self
+            .messages
+            .values()
+            .filter(|m| {
+                m.status == MessageStatus::Waiting
+                    && m.next_attempt_at.is_some_and(|at| at > now)
+                    && m.appid == appid
+                    && m.touser == openid
+                    && self.usable_credential(m, valid_after)
+            })
+            .map(|m| m.id.clone())
+            .collect();
+        for id in &due {
+            if let Some(message) = self.messages.get_mut(id) {
+                message.next_attempt_at = Some(now);
+            }
+        }
+        due.len() as u64
     }
 
     /// `WAKE_IF_CREDENTIAL`, for one message or (`None`) every one.
@@ -448,7 +623,7 @@ impl Tables {
                 m.status == MessageStatus::Waiting
                     && m.next_attempt_at.is_some_and(|at| at > now)
                     && only.is_none_or(|id| m.id == id)
-                    && self.holds_credential(&m.appid, &m.touser, valid_after)
+                    && self.usable_credential(m, valid_after)
             })
             .map(|m| m.id.clone())
             .collect();
@@ -542,6 +717,7 @@ impl Storage for LedgerModel {
                                     openid: item.openid.clone(),
                                     kind: item.kind.as_str().to_owned(),
                                     value: item.value.clone(),
+                                    template_id: None,
                                     uses_left: item.uses,
                                     unproven_uses: 0,
                                     state: CredentialState::Available,
@@ -574,6 +750,7 @@ impl Storage for LedgerModel {
             self.write(|t| {
                 for message in t.messages.values_mut() {
                     if message.status == MessageStatus::Waiting
+                        && message.channel == Channel::Template
                         && message.next_attempt_at.is_some_and(|at| at > now)
                         && message.appid == appid
                         && credited.contains(message.touser.as_str())
@@ -601,6 +778,7 @@ impl Storage for LedgerModel {
                     && c.openid == openid
                     && c.state == CredentialState::Available
                     && c.expires_at > valid_after
+                    && c.template_id.is_none()
             }) {
                 let quota = by_kind.entry(c.kind.clone()).or_insert_with(|| KindQuota {
                     kind: c.kind.clone(),
@@ -625,6 +803,7 @@ impl Storage for LedgerModel {
         &self,
         appid: &str,
         openid: &str,
+        grant_of: Option<&str>,
         lease: &Lease,
         valid_after: i64,
         lease_until: i64,
@@ -634,8 +813,23 @@ impl Storage for LedgerModel {
             if !t.fence(lease, Some(lease_until)) {
                 return Ok(Claim::LeaseLost);
             }
-            Ok(t.claim(appid, openid, lease, valid_after, lease_until, now)
-                .map_or(Claim::NoneLeft, Claim::Claimed))
+            let claimed = t.claim(
+                appid,
+                openid,
+                grant_of,
+                lease,
+                valid_after,
+                lease_until,
+                now,
+            );
+            // `CLAIM_LONG_TERM`, in the same transaction, only when no grant was claimed.
+            let claimed = match (claimed, grant_of) {
+                (None, Some(template_id)) => {
+                    t.claim_long_term(appid, openid, template_id, lease, lease_until, now)
+                }
+                (claimed, _) => claimed,
+            };
+            Ok(claimed.map_or(Claim::NoneLeft, Claim::Claimed))
         })
         .await
     }
@@ -651,6 +845,7 @@ impl Storage for LedgerModel {
             Ok(t.claim(
                 &message.appid,
                 &message.touser,
+                message.grant_of(),
                 &lease,
                 start.valid_after,
                 message.lease_until,
@@ -698,6 +893,9 @@ impl Storage for LedgerModel {
             if held {
                 if let Some((credential_id, settlement)) = settlement {
                     t.settle(credential_id, lease.token, settlement, now)?;
+                    if let Settlement::Revoked { errcode } = settlement {
+                        t.revoke(credential_id, errcode, now);
+                    }
                 }
                 if let Some(outcome) = outcome {
                     t.finish(lease, outcome, now);
@@ -727,7 +925,7 @@ impl Storage for LedgerModel {
         let waiting = self
             .write(|t| {
                 let holds = match t.messages.get(&lease.message_id) {
-                    Some(m) => t.holds_credential(&m.appid, &m.touser, valid_after),
+                    Some(m) => t.usable_credential(m, valid_after),
                     None => false,
                 };
                 match t.messages.get_mut(&lease.message_id) {
@@ -941,6 +1139,185 @@ impl Storage for LedgerModel {
         .await
     }
 
+    async fn known_channel(
+        &self,
+        appid: &str,
+        template_id: &str,
+        openid: &str,
+    ) -> anyhow::Result<Option<Channel>> {
+        self.read(|t| {
+            let catalogue = t
+                .templates
+                .get(&(appid.to_owned(), template_id.to_owned()))
+                .map(|row| row.channel);
+            catalogue.or_else(|| {
+                t.subscriptions
+                    .contains_key(&(appid.to_owned(), openid.to_owned(), template_id.to_owned()))
+                    .then_some(Channel::Subscribe)
+            })
+        })
+        .await
+    }
+
+    async fn record_prompt(&self, prompt: &NewPrompt, now: i64) -> anyhow::Result<PromptRecord> {
+        let record = self
+            .write(|t| {
+                let appid = prompt.appid.clone();
+                let openid = prompt.openid.clone();
+                let mut effects = Vec::with_capacity(prompt.decisions.len());
+                for decision in &prompt.decisions {
+                    // `TEMPLATE_IS_LONG_TERM`
+                    let long_term = decision.decision.grants()
+                        && t.templates
+                            .get(&(appid.clone(), decision.template_id.clone()))
+                            .is_some_and(|row| row.long_term);
+                    effects.push(
+                        match (prompt.grants && decision.decision.grants(), long_term) {
+                            (false, _) => PromptEffect::Recorded,
+                            (true, true) => PromptEffect::LongTermOn,
+                            (true, false) => PromptEffect::Granted,
+                        },
+                    );
+                }
+                // `INSERT_PROMPT ... ON CONFLICT DO NOTHING`, then `PROMPT`.
+                let key = (appid.clone(), openid.clone(), prompt.request_id.clone());
+                if let Some(earlier) = t.prompts.get(&key) {
+                    return Ok(PromptRecord::Repeated {
+                        request_hash: earlier.request_hash.clone(),
+                        effects: earlier.effects.clone(),
+                    });
+                }
+                t.prompts.insert(
+                    key,
+                    PromptRow {
+                        request_hash: prompt.request_hash.clone(),
+                        effects: effects.clone(),
+                        created_at: now,
+                    },
+                );
+                for (decision, effect) in prompt.decisions.iter().zip(&effects) {
+                    // `RECORD_DECISION`: an upsert whose long_term only turns on.
+                    let on = *effect == PromptEffect::LongTermOn;
+                    t.subscriptions
+                        .entry((appid.clone(), openid.clone(), decision.template_id.clone()))
+                        .and_modify(|row| {
+                            row.decision = decision.decision;
+                            row.decided_at = now;
+                            row.long_term = row.long_term || on;
+                            row.updated_at = now;
+                        })
+                        .or_insert(SubscriptionRow {
+                            decision: decision.decision,
+                            decided_at: now,
+                            long_term: on,
+                            updated_at: now,
+                        });
+                    if *effect == PromptEffect::Granted {
+                        // `INSERT_GRANT`. The SQL binds `grant:{uuid}`; the
+                        // model names the prompt instead (as unique), so that
+                        // the invariants can tell which accept a grant came from.
+                        let value = format!(
+                            "grant:{openid}:{}:{}",
+                            prompt.request_id, decision.template_id
+                        );
+                        let id = t.next_credential_id;
+                        t.next_credential_id += 1;
+                        t.by_value.insert((appid.clone(), value.clone()), id);
+                        t.credentials.insert(
+                            id,
+                            CredentialRow {
+                                id,
+                                appid: appid.clone(),
+                                openid: openid.clone(),
+                                kind: CredentialKind::Subscribe.as_str().to_owned(),
+                                value,
+                                template_id: Some(decision.template_id.clone()),
+                                uses_left: 1,
+                                unproven_uses: 0,
+                                state: CredentialState::Available,
+                                collected_at: now,
+                                expires_at: NEVER_EXPIRES_MS,
+                                lease_expires_at: None,
+                                lease_message_id: None,
+                                lease_token: None,
+                                retired_errcode: None,
+                                created_at: now,
+                                updated_at: now,
+                            },
+                        );
+                    }
+                }
+                Ok(PromptRecord::Recorded(effects))
+            })
+            .await?;
+        if let PromptRecord::Recorded(effects) = &record {
+            if effects.iter().any(|e| *e != PromptEffect::Recorded) {
+                // `WAKE_USER`, after the commit, as a statement of its own.
+                self.write(|t| Ok(t.wake_user(&prompt.appid, &prompt.openid, now, now)))
+                    .await?;
+            }
+        }
+        Ok(record)
+    }
+
+    async fn subscription_quota(
+        &self,
+        appid: &str,
+        openid: &str,
+    ) -> anyhow::Result<Vec<TemplateQuota>> {
+        self.read(|t| {
+            t.subscriptions
+                .iter()
+                .filter(|((a, o, _), _)| a == appid && o == openid)
+                .map(|((_, _, template_id), row)| TemplateQuota {
+                    template_id: template_id.clone(),
+                    decision: row.decision,
+                    decided_at: row.decided_at,
+                    long_term: row.long_term,
+                    grants: t
+                        .credentials
+                        .values()
+                        .filter(|c| {
+                            c.appid == appid
+                                && c.openid == openid
+                                && c.template_id.as_deref() == Some(template_id.as_str())
+                                && c.kind == CredentialKind::Subscribe.as_str()
+                                && c.state == CredentialState::Available
+                        })
+                        .count() as i64,
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn other_grants(&self, credential_id: i64) -> anyhow::Result<i64> {
+        // `OTHER_GRANTS`, read on the writer (it sees every commit).
+        self.read(|t| {
+            let Some(of) = t.credentials.get(&credential_id) else {
+                return 0;
+            };
+            let Some(template_id) = of.template_id.as_deref() else {
+                return 0;
+            };
+            t.credentials
+                .values()
+                .filter(|o| {
+                    o.kind == CredentialKind::Subscribe.as_str()
+                        && matches!(
+                            o.state,
+                            CredentialState::Available | CredentialState::Leased
+                        )
+                        && o.id != credential_id
+                        && o.appid == of.appid
+                        && o.openid == of.openid
+                        && o.template_id.as_deref() == Some(template_id)
+                })
+                .count() as i64
+        })
+        .await
+    }
+
     async fn release_credentials(&self, ids: &[i64], token: i64, now: i64) -> anyhow::Result<()> {
         if ids.is_empty() {
             return Ok(());
@@ -971,6 +1348,7 @@ impl Storage for LedgerModel {
                 wechat_errcode: m.wechat_errcode,
                 created_at: m.created_at,
                 updated_at: m.updated_at,
+                channel: m.channel,
             };
             Some((row, t.attempts.get(id).cloned().unwrap_or_default()))
         })
@@ -1147,7 +1525,8 @@ impl Storage for LedgerModel {
                         CredentialState::Exhausted
                             | CredentialState::Retired
                             | CredentialState::Expired
-                    ) && c.expires_at <= cutoff
+                    ) && (c.expires_at <= cutoff
+                        || (c.expires_at == NEVER_EXPIRES_MS && c.updated_at <= cutoff))
                 })
                 .map(|c| c.id)
                 .collect();
@@ -1172,6 +1551,9 @@ impl Storage for LedgerModel {
             let before = t.idempotency.len();
             t.idempotency.retain(|_, row| row.expires_at > now);
             report.deleted_idempotency_keys = (before - t.idempotency.len()) as u64;
+            let before = t.prompts.len();
+            t.prompts.retain(|_, row| row.created_at > cutoff);
+            report.deleted_prompts = (before - t.prompts.len()) as u64;
             Ok(report)
         })
         .await

@@ -4,6 +4,9 @@
 //! cargo run --release -p formid-sim -- --seeds 10000 --sends-per-seed 100
 //! ```
 //!
+//! `--subscribe-percent` (default 40) makes that share of the sends
+//! subscribe messages; 0 is the legacy workload alone.
+//!
 //! Prints the figures (seeds, sends, faults injected by kind, messages by
 //! final status, violations) and, for every failing seed, its violations and
 //! the trace of its run; exits 1 when any seed failed.
@@ -11,7 +14,7 @@
 use std::time::Instant;
 
 use clap::Parser;
-use formid_sim::run::sweep;
+use formid_sim::run::sweep_with;
 
 /// Runs the simulation over a range of seeds.
 #[derive(Debug, Parser)]
@@ -32,6 +35,11 @@ struct Args {
     /// Threads (each runs whole seeds); defaults to the machine's cores.
     #[arg(long)]
     threads: Option<usize>,
+    /// Percent of each seed's sends that are subscribe messages (with the
+    /// prompts, revocations and long-term templates that go with them); 0
+    /// runs the legacy workload alone.
+    #[arg(long, default_value_t = 40)]
+    subscribe_percent: u32,
     /// Print the whole trace of each failing seed (otherwise its first 200 lines).
     #[arg(long)]
     full_trace: bool,
@@ -43,7 +51,13 @@ fn main() {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     let started = Instant::now();
-    let report = sweep(args.start, args.seeds, args.sends_per_seed, threads);
+    let report = sweep_with(
+        args.start,
+        args.seeds,
+        args.sends_per_seed,
+        threads,
+        args.subscribe_percent,
+    );
     let elapsed = started.elapsed();
     for failure in &report.failures {
         println!("=== seed {} FAILED ===", failure.seed);
@@ -59,7 +73,7 @@ fn main() {
                 }
             }
         }
-        println!("replay: cargo run --release -p formid-sim -- --start {} --seeds 1 --sends-per-seed {} --full-trace", failure.seed, args.sends_per_seed);
+        println!("replay: cargo run --release -p formid-sim -- --start {} --seeds 1 --sends-per-seed {} --subscribe-percent {} --full-trace", failure.seed, args.sends_per_seed, args.subscribe_percent);
     }
     print!("{}", report.figures());
     println!(

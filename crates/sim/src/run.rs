@@ -18,9 +18,9 @@ use formid_gateway::clock::SharedClock;
 use formid_gateway::config::{AppSettings, TokenMode, TokenSettings};
 use formid_gateway::ledger::collect::{parse_item, CollectContext};
 use formid_gateway::ledger::kinds::CredentialKind;
-use formid_gateway::ledger::send::{SendRequest, SendSettings, Sender};
-use formid_gateway::ledger::states::Delivery;
-use formid_gateway::storage::Storage;
+use formid_gateway::ledger::send::{SendRequest, SendSettings, Sender, SubscribeDefaults};
+use formid_gateway::ledger::states::{Channel, Decision, Delivery, MessageStatus};
+use formid_gateway::storage::{NewPrompt, PromptDecision, Storage};
 use formid_gateway::tokens::TokenKeeper;
 use formid_gateway::wechat::breaker::Breakers;
 use formid_gateway::workers::{Recovery, Sweeper, TokenRefresher, WaitingSender};
@@ -30,7 +30,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use crate::invariants::{check, LedgerView, Snapshot, Violation, WeChatSide};
+use crate::invariants::{check, AcceptTruth, LedgerView, Snapshot, Violation, WeChatSide};
 use crate::ledger_model::LedgerModel;
 use crate::wechat_model::{
     Fault, FaultRates, TrueCredential, WeChatModel, WeChatSetup, CREDENTIAL_LIFETIME_MS,
@@ -110,6 +110,60 @@ pub struct SendPlan {
     pub touser: String,
     pub wait_seconds: Option<u64>,
     pub at_least_once: bool,
+    /// A subscribe template (the subscribe workload); `None` sends the
+    /// legacy template message.
+    pub subscribe: Option<String>,
+}
+
+/// A subscribe template of the run: its id and whether it is long-term
+/// (type 3) rather than one-time (type 2).
+#[derive(Debug, Clone)]
+pub struct TemplatePlan {
+    pub id: String,
+    pub long_term: bool,
+}
+
+/// One post of a prompt result by the frontend.
+#[derive(Debug, Clone)]
+pub struct PromptPost {
+    /// ms after the previous post (or after the prompt).
+    pub delay_ms: i64,
+    /// The instance it reaches (its clock).
+    pub instance: usize,
+}
+
+/// A user answering `wx.requestSubscribeMessage`: WeChat counts the accepts
+/// at once; the frontend posts the result to the ledger later, maybe more
+/// than once (the same request_id), maybe never.
+#[derive(Debug, Clone)]
+pub struct PromptPlan {
+    pub at_ms: i64,
+    pub openid: String,
+    pub request_id: String,
+    /// (template, accepted) — one-time templates only, or one long-term one
+    /// (WeChat refuses to mix them in one prompt).
+    pub decisions: Vec<(String, bool)>,
+    /// Tried in order until one is answered; `repost` posts once more after
+    /// an answer (a retry whose first answer the frontend lost). Empty: the
+    /// result never reaches the gateway.
+    pub posts: Vec<PromptPost>,
+    pub repost: bool,
+}
+
+/// The user turning a template off in WeChat's settings.
+#[derive(Debug, Clone)]
+pub struct RevocationPlan {
+    pub at_ms: i64,
+    pub openid: String,
+    pub template_id: String,
+}
+
+/// The subscribe workload of a run.
+#[derive(Debug, Clone, Default)]
+pub struct SubscribePlan {
+    pub templates: Vec<TemplatePlan>,
+    pub prompts: Vec<PromptPlan>,
+    pub revocations: Vec<RevocationPlan>,
 }
 
 /// An instance's crash, and its restart.
@@ -134,6 +188,8 @@ pub struct Plan {
     pub rates: FaultRates,
     /// Per-mille of ledger writes that fail (in-memory ledger only).
     pub write_failures: u32,
+    /// Subscribe templates, prompts and revocations (empty: the legacy workload).
+    pub subscribe: SubscribePlan,
 }
 
 fn pick<T: Copy>(rng: &mut StdRng, choices: &[T]) -> T {
@@ -295,6 +351,7 @@ impl Plan {
                     touser: users[rng.gen_range(0..users.len())].clone(),
                     wait_seconds,
                     at_least_once: rng.gen_bool(0.05),
+                    subscribe: None,
                 }
             })
             .collect();
@@ -334,7 +391,130 @@ impl Plan {
             crashes,
             rates,
             write_failures,
+            subscribe: SubscribePlan::default(),
         }
+    }
+
+    /// The same plan with `percent` % of its sends made subscribe messages,
+    /// and the prompts, revocations and templates that go with them. Drawn
+    /// from a stream of its own: the legacy part of the plan (users,
+    /// credentials, send times, crashes, fault rates) stays as it was.
+    pub fn with_subscribe(mut self, percent: u32) -> Self {
+        if percent == 0 {
+            return self;
+        }
+        let mut rng = StdRng::seed_from_u64(self.seed ^ 0x5355_4253_4352_4942);
+        let real = self.profile == Profile::RealTime;
+        let templates = vec![
+            TemplatePlan {
+                id: "sub-once-a".into(),
+                long_term: false,
+            },
+            TemplatePlan {
+                id: "sub-once-b".into(),
+                long_term: false,
+            },
+            TemplatePlan {
+                id: "sub-long".into(),
+                long_term: true,
+            },
+        ];
+        let window_ms = self.sends.last().map_or(1_000, |s| s.at_ms).max(1_000);
+        let mut users: Vec<String> = self.sends.iter().map(|s| s.touser.clone()).collect();
+        users.sort();
+        users.dedup();
+        let share = f64::from(percent.min(100)) / 100.0;
+        let mut subscribe_sends = 0;
+        for send in &mut self.sends {
+            if rng.gen_bool(share) {
+                subscribe_sends += 1;
+                let template = &templates[rng.gen_range(0..templates.len())];
+                send.subscribe = Some(template.id.clone());
+                // Waiting for the user's next accept is the subscribe idiom.
+                send.wait_seconds = rng.gen_bool(0.3).then(|| {
+                    if real {
+                        rng.gen_range(1..=2)
+                    } else {
+                        rng.gen_range(5..=90)
+                    }
+                });
+            }
+        }
+        let mut prompts = Vec::new();
+        // Some accepts before the run (posted at its start), then more
+        // during it: about one prompt per subscribe send.
+        let count = subscribe_sends + users.len();
+        for n in 0..count {
+            let at_ms = if n < users.len() {
+                0
+            } else {
+                rng.gen_range(0..=window_ms)
+            };
+            let openid = if n < users.len() {
+                users[n].clone()
+            } else {
+                users[rng.gen_range(0..users.len())].clone()
+            };
+            let decisions = if rng.gen_bool(0.25) {
+                vec![("sub-long".to_owned(), rng.gen_bool(0.8))]
+            } else {
+                let mut once = vec![("sub-once-a".to_owned(), rng.gen_bool(0.85))];
+                if rng.gen_bool(0.5) {
+                    once.push(("sub-once-b".to_owned(), rng.gen_bool(0.85)));
+                }
+                if rng.gen_bool(0.3) {
+                    once.reverse();
+                    once.truncate(1);
+                }
+                once
+            };
+            let mut posts = Vec::new();
+            if !rng.gen_bool(0.05) {
+                for attempt in 0..rng.gen_range(1..=3) {
+                    let delay_ms = if attempt == 0 && rng.gen_bool(0.15) {
+                        // The phone posts late (backgrounded, offline).
+                        if real {
+                            rng.gen_range(500..=3_000)
+                        } else {
+                            rng.gen_range(5_000..=60_000)
+                        }
+                    } else if real {
+                        rng.gen_range(0..=100)
+                    } else {
+                        rng.gen_range(0..=2_000)
+                    };
+                    posts.push(PromptPost {
+                        delay_ms,
+                        instance: rng.gen_range(0..self.instances),
+                    });
+                }
+            }
+            prompts.push(PromptPlan {
+                at_ms,
+                openid,
+                request_id: format!("req{n:04}"),
+                decisions,
+                posts,
+                repost: rng.gen_bool(0.1),
+            });
+        }
+        prompts.sort_by_key(|p| p.at_ms);
+        let revocations = (0..pick(&mut rng, &[0, 0, 1, 2, 4]))
+            .map(|_| RevocationPlan {
+                at_ms: rng.gen_range(0..=window_ms),
+                openid: users[rng.gen_range(0..users.len())].clone(),
+                template_id: templates[rng.gen_range(0..templates.len())].id.clone(),
+            })
+            .collect();
+        // A fifth of the seeds meet WeChat's daily quota now and then.
+        let quota = pick(&mut rng, &[0, 0, 0, 0, 1]);
+        self.rates.send.insert(Fault::DailyQuota, quota);
+        self.subscribe = SubscribePlan {
+            templates,
+            prompts,
+            revocations,
+        };
+        self
     }
 }
 
@@ -353,11 +533,9 @@ fn credential_plan(
         CredentialKind::PrepayId
     };
     let value = match kind {
-        CredentialKind::FormId => format!("f{:04}", *next),
         CredentialKind::PrepayId => format!("p{:04}", *next),
-        CredentialKind::Subscribe | CredentialKind::LongTerm => {
-            unreachable!("the simulation plans legacy credentials only")
-        }
+        // Only the two legacy kinds are drawn here.
+        _ => format!("f{:04}", *next),
     };
     *next += 1;
     // How long before its post WeChat issued it.
@@ -377,10 +555,7 @@ fn credential_plan(
     let issued_at = post_at - age;
     let usable_from = match kind {
         CredentialKind::PrepayId => issued_at + rng.gen_range(0..=8_000),
-        CredentialKind::FormId => issued_at,
-        CredentialKind::Subscribe | CredentialKind::LongTerm => {
-            unreachable!("the simulation plans legacy credentials only")
-        }
+        _ => issued_at,
     };
     let roll = rng.gen_range(0..100);
     let (collected_at, label) = if roll < 55 {
@@ -426,7 +601,15 @@ pub struct Backend {
 impl Backend {
     /// The in-memory ledger of `seed`.
     pub fn in_memory(seed: u64, write_failures: u32) -> Self {
+        Self::in_memory_with(seed, write_failures, &[])
+    }
+
+    /// The in-memory ledger of `seed`, its catalogue holding `templates`.
+    pub fn in_memory_with(seed: u64, write_failures: u32, templates: &[TemplatePlan]) -> Self {
         let model = Arc::new(LedgerModel::new(seed, write_failures));
+        for template in templates {
+            model.add_template(APPID, &template.id, Channel::Subscribe, template.long_term);
+        }
         let shared = model.clone();
         Self {
             connect: Arc::new(move || {
@@ -610,12 +793,29 @@ pub fn run_seed(seed: u64, sends: usize) -> SeedReport {
     })
 }
 
+/// [`run_seed`] with `subscribe_percent` % of the sends subscribe messages
+/// (0: exactly [`run_seed`]).
+pub fn run_seed_with(seed: u64, sends: usize, subscribe_percent: u32) -> SeedReport {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime");
+    runtime.block_on(async {
+        let plan = Plan::new(seed, sends, Profile::Simulated).with_subscribe(subscribe_percent);
+        let backend = Backend::in_memory_with(seed, plan.write_failures, &plan.subscribe.templates);
+        run_plan(plan, backend).await
+    })
+}
+
 /// What happens, when, in the driver's order.
 enum Action {
     Post(usize),
     Send(usize),
     Crash(usize),
     Restart(usize),
+    Prompt(usize),
+    Revoke(usize),
 }
 
 /// Runs a plan against a ledger, quiesces, and checks the invariants.
@@ -639,6 +839,8 @@ pub async fn run_plan(plan: Plan, backend: Backend) -> SeedReport {
         AppSettings {
             secret: "sim-secret".to_owned().into(),
             token_mode: TokenMode::Token,
+            miniprogram_state: Default::default(),
+            lang: Default::default(),
         },
     )]));
     let world = World {
@@ -677,6 +879,25 @@ pub async fn run_plan(plan: Plan, backend: Backend) -> SeedReport {
     for (n, crash) in plan.crashes.iter().enumerate() {
         actions.push((crash.at_ms, 2, n, Action::Crash(n)));
     }
+    for (n, prompt) in plan.subscribe.prompts.iter().enumerate() {
+        actions.push((prompt.at_ms, 3, n, Action::Prompt(n)));
+    }
+    for (n, revocation) in plan.subscribe.revocations.iter().enumerate() {
+        actions.push((revocation.at_ms, 4, n, Action::Revoke(n)));
+    }
+    // The frontend's posts of prompt results go to the shared ledger (a
+    // post through an instance that crashes is retried by the frontend).
+    let frontend = match (backend.connect)().await {
+        Ok(storage) => storage,
+        Err(error) => {
+            report
+                .violations
+                .push(format!("the frontend could not connect: {error:#}"));
+            return report;
+        }
+    };
+    let told: Told = Arc::new(Mutex::new(BTreeMap::new()));
+    let mut frontend_tasks: Vec<JoinHandle<()>> = Vec::new();
     actions.sort_by_key(|(at, order, n, _)| (*at, *order, *n));
     // Restarts are queued as crashes happen.
     let mut restarts: Vec<(i64, usize)> = Vec::new();
@@ -718,7 +939,7 @@ pub async fn run_plan(plan: Plan, backend: Backend) -> SeedReport {
                 let send = &plan.sends[n];
                 let slot = live_slot(&instances, send.instance);
                 let instance = instances[slot].as_mut().expect("a live instance");
-                let task = spawn_send(instance, send, trace.clone());
+                let task = spawn_send(instance, send, trace.clone(), told.clone());
                 instance.sends.push(task);
                 report.sends += 1;
             }
@@ -740,6 +961,29 @@ pub async fn run_plan(plan: Plan, backend: Backend) -> SeedReport {
                     *driver_faults.entry("instance crashes").or_default() += 1;
                     restarts.push((at_ms + crash.restart_after_ms, crash.slot));
                 }
+            }
+            Action::Prompt(n) => {
+                let prompt = &plan.subscribe.prompts[n];
+                frontend_tasks.push(spawn_prompt(
+                    &world,
+                    prompt,
+                    frontend.clone(),
+                    &mut driver_faults,
+                ));
+            }
+            Action::Revoke(n) => {
+                let revocation = &plan.subscribe.revocations[n];
+                wechat.revoke(APPID, &revocation.openid, &revocation.template_id);
+                trace.record(
+                    "user",
+                    format!(
+                        "{} turns {} off at WeChat",
+                        revocation.openid, revocation.template_id
+                    ),
+                );
+                *driver_faults
+                    .entry("subscribe: user revoked a template")
+                    .or_default() += 1;
             }
             Action::Restart(slot) => {
                 if instances[slot].is_some() {
@@ -772,7 +1016,8 @@ pub async fn run_plan(plan: Plan, backend: Backend) -> SeedReport {
         let sends_done = instances
             .iter()
             .flatten()
-            .all(|i| i.sends.iter().all(JoinHandle::is_finished));
+            .all(|i| i.sends.iter().all(JoinHandle::is_finished))
+            && frontend_tasks.iter().all(JoinHandle::is_finished);
         match backend.view.snapshot().await {
             Ok(read) => snapshot = read,
             Err(error) => {
@@ -800,10 +1045,38 @@ pub async fn run_plan(plan: Plan, backend: Backend) -> SeedReport {
         }
     }
     trace.record("driver", "quiesced".to_owned());
+    for task in &frontend_tasks {
+        task.abort();
+    }
+    let templates: BTreeMap<String, bool> = plan
+        .subscribe
+        .templates
+        .iter()
+        .map(|t| (t.id.clone(), t.long_term))
+        .collect();
     let side = WeChatSide {
         credentials: wechat.credentials(),
         deliveries: wechat.deliveries(),
         answers: wechat.answers(),
+        subscriptions: wechat.subscriptions(),
+        long_term_templates: templates,
+        accepts: plan
+            .subscribe
+            .prompts
+            .iter()
+            .flat_map(|p| {
+                p.decisions
+                    .iter()
+                    .filter(|(_, accepted)| *accepted)
+                    .map(|(template_id, _)| AcceptTruth {
+                        openid: p.openid.clone(),
+                        template_id: template_id.clone(),
+                        request_id: p.request_id.clone(),
+                        at_ms: EPOCH_MS + p.at_ms,
+                    })
+            })
+            .collect(),
+        told: told.lock().expect("told").clone(),
     };
     let violations = check(&snapshot, &side);
     report.deliveries = side.deliveries.len() as u64;
@@ -925,14 +1198,27 @@ async fn post_credentials(
     }
 }
 
-/// Starts a send on an instance, as its HTTP handler would.
-fn spawn_send(instance: &Instance, send: &SendPlan, trace: Arc<Trace>) -> JoinHandle<()> {
+/// What each send's caller was answered, by message id.
+pub type Told = Arc<Mutex<BTreeMap<String, MessageStatus>>>;
+
+/// Starts a send on an instance, as its HTTP handler would: the channel
+/// from what the ledger knows of the template, the body checked for it.
+fn spawn_send(
+    instance: &Instance,
+    send: &SendPlan,
+    trace: Arc<Trace>,
+    told: Told,
+) -> JoinHandle<()> {
     let sender = instance.sender.clone();
+    let storage = instance.storage.clone();
     let name = instance.name.clone();
     let id = send.id.clone();
     let request = SendRequest {
         touser: send.touser.clone(),
-        template_id: TEMPLATE.to_owned(),
+        template_id: send
+            .subscribe
+            .clone()
+            .unwrap_or_else(|| TEMPLATE.to_owned()),
         page: None,
         data: Some(
             json!({"message": {"value": send.id}})
@@ -948,12 +1234,18 @@ fn spawn_send(instance: &Instance, send: &SendPlan, trace: Arc<Trace>) -> JoinHa
         } else {
             Delivery::AtMostOnce
         },
+        channel: None,
+        miniprogram_state: None,
+        lang: None,
     };
     trace.record(
         &name,
         format!(
-            "send {id} to {}{}{}",
+            "send {id} to {}{}{}{}",
             send.touser,
+            send.subscribe
+                .as_ref()
+                .map_or(String::new(), |t| format!(" (subscribe {t})")),
             send.wait_seconds
                 .map_or(String::new(), |s| format!(", waiting up to {s} s")),
             if send.at_least_once {
@@ -964,24 +1256,156 @@ fn spawn_send(instance: &Instance, send: &SendPlan, trace: Arc<Trace>) -> JoinHa
         ),
     );
     tokio::spawn(async move {
-        let line = match sender.send(APPID, &request, &id).await {
-            Ok(result) => format!(
-                "send {id} answered {}{} [{}]",
-                result.status,
-                result
-                    .failure
-                    .as_ref()
-                    .map_or(String::new(), |f| format!(" ({})", f.code())),
-                result
-                    .attempts
-                    .iter()
-                    .map(|a| a.outcome.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+        let known = match storage
+            .known_channel(APPID, &request.template_id, &request.touser)
+            .await
+        {
+            Ok(known) => known,
+            Err(error) => {
+                trace.record(&name, format!("send {id} failed: {error:#}"));
+                return;
+            }
+        };
+        let prepared = match request.prepare(request.channel(known), SubscribeDefaults::default()) {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                trace.record(&name, format!("send {id} refused: {error}"));
+                return;
+            }
+        };
+        let line = match sender.send(APPID, &prepared, &id).await {
+            Ok(result) => {
+                told.lock().expect("told").insert(id.clone(), result.status);
+                format!(
+                    "send {id} answered {}{} [{}]",
+                    result.status,
+                    result
+                        .failure
+                        .as_ref()
+                        .map_or(String::new(), |f| format!(" ({})", f.code())),
+                    result
+                        .attempts
+                        .iter()
+                        .map(|a| a.outcome.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
             Err(error) => format!("send {id} failed: {error:#}"),
         };
         trace.record(&name, line);
+    })
+}
+
+/// A user answers a prompt: WeChat counts the accepts now; the frontend
+/// posts the result to the ledger later (`record_prompt`, as the
+/// subscriptions endpoint does), retrying a failed post with the same
+/// request_id, or never when the post is lost.
+fn spawn_prompt(
+    world: &World,
+    prompt: &PromptPlan,
+    storage: Arc<dyn Storage>,
+    faults: &mut Counts,
+) -> JoinHandle<()> {
+    let long_terms: BTreeMap<&str, bool> = world
+        .plan
+        .subscribe
+        .templates
+        .iter()
+        .map(|t| (t.id.as_str(), t.long_term))
+        .collect();
+    for (template_id, accepted) in &prompt.decisions {
+        if *accepted {
+            let long_term = long_terms
+                .get(template_id.as_str())
+                .copied()
+                .unwrap_or(false);
+            world
+                .wechat
+                .accept(APPID, &prompt.openid, template_id, long_term);
+        }
+    }
+    world.trace.record(
+        "user",
+        format!(
+            "{} answers prompt {}: {}{}",
+            prompt.openid,
+            prompt.request_id,
+            prompt
+                .decisions
+                .iter()
+                .map(|(t, a)| format!("{t} {}", if *a { "accept" } else { "reject" }))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if prompt.posts.is_empty() {
+                " (the frontend never posts it)"
+            } else {
+                ""
+            }
+        ),
+    );
+    *faults.entry("subscribe: prompts answered").or_default() += 1;
+    if prompt.posts.is_empty() {
+        *faults
+            .entry("subscribe: prompt result never posted")
+            .or_default() += 1;
+    }
+    if prompt.posts.first().is_some_and(|p| p.delay_ms >= 5_000) {
+        *faults
+            .entry("subscribe: prompt result posted late")
+            .or_default() += 1;
+    }
+    if prompt.repost {
+        *faults
+            .entry("subscribe: prompt result posted twice")
+            .or_default() += 1;
+    }
+    let decisions: Vec<PromptDecision> = prompt
+        .decisions
+        .iter()
+        .map(|(template_id, accepted)| PromptDecision {
+            template_id: template_id.clone(),
+            decision: if *accepted {
+                Decision::Accept
+            } else {
+                Decision::Reject
+            },
+        })
+        .collect();
+    let new = NewPrompt {
+        appid: APPID.to_owned(),
+        openid: prompt.openid.clone(),
+        request_id: prompt.request_id.clone(),
+        request_hash: format!("{:?}", prompt.decisions),
+        decisions,
+        grants: true,
+    };
+    let clocks: Vec<SimClock> = (0..world.plan.instances)
+        .map(|slot| SimClock {
+            base: world.base,
+            skew_ms: world.plan.skews_ms[slot],
+        })
+        .collect();
+    let posts = prompt.posts.clone();
+    let repost = prompt.repost;
+    let trace = world.trace.clone();
+    tokio::spawn(async move {
+        let mut answered = false;
+        for (n, post) in posts.iter().enumerate() {
+            tokio::time::sleep(Duration::from_millis(post.delay_ms as u64)).await;
+            let now = formid_gateway::clock::Clock::now_ms(&clocks[post.instance]);
+            let line = match storage.record_prompt(&new, now).await {
+                Ok(record) => {
+                    answered = true;
+                    format!("prompt {} posted: {record:?}", new.request_id)
+                }
+                Err(error) => format!("prompt {} post failed: {error:#}", new.request_id),
+            };
+            trace.record(&format!("front{}", post.instance), line);
+            if answered && !(repost && n + 1 < posts.len()) {
+                break;
+            }
+        }
     })
 }
 
@@ -1144,6 +1568,18 @@ impl SweepReport {
 /// threads (each seed on its own current-thread runtime); the totals do not
 /// depend on the number of threads.
 pub fn sweep(start: u64, seeds: u64, sends: usize, threads: usize) -> SweepReport {
+    sweep_with(start, seeds, sends, threads, 0)
+}
+
+/// [`sweep`] with `subscribe_percent` % of each seed's sends subscribe
+/// messages (see [`Plan::with_subscribe`]).
+pub fn sweep_with(
+    start: u64,
+    seeds: u64,
+    sends: usize,
+    threads: usize,
+    subscribe_percent: u32,
+) -> SweepReport {
     let next = Mutex::new(start);
     let reports = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
@@ -1157,7 +1593,7 @@ pub fn sweep(start: u64, seeds: u64, sends: usize, threads: usize) -> SweepRepor
                     *next += 1;
                     *next - 1
                 };
-                let report = run_seed(seed, sends);
+                let report = run_seed_with(seed, sends, subscribe_percent);
                 reports.lock().expect("reports").push(report);
             });
         }

@@ -10,6 +10,13 @@
 //! fetch keeps the previous token working for 5 more minutes and kills any
 //! older one at once (40001), and a token past its lifetime answers 42001.
 //!
+//! Subscribe messages follow §5 of the reference and §2.3 and §3 of
+//! `subscribe-and-push.md`: WeChat counts one-time grants per (app, user,
+//! template) — each accepted prompt adds one, each delivered send takes one,
+//! a revocation zeroes them — and keeps a long-term subscription as a flag
+//! that sends do not consume; a send with neither answers 43101, a
+//! delivered one 0 with a `msgid`.
+//!
 //! A call that WeChat processes is processed by a task of its own ("WeChat's
 //! side"), not by the caller's future: when an instance crashes with a call
 //! on the wire, WeChat still handles it, as the real one does.
@@ -51,6 +58,8 @@ pub enum Fault {
     HangUnprocessed,
     /// No answer within the client's timeout, WeChat processed it.
     HangProcessed,
+    /// errcode 45009: the app's daily quota is spent; nothing processed.
+    DailyQuota,
 }
 
 impl Fault {
@@ -73,6 +82,7 @@ impl Fault {
             Fault::Busy => "send: errcode -1 busy",
             Fault::HangUnprocessed => "send: hang past the timeout, not processed",
             Fault::HangProcessed => "send: hang past the timeout, processed",
+            Fault::DailyQuota => "send: errcode 45009 daily quota",
         }
     }
 }
@@ -126,11 +136,36 @@ impl TrueCredential {
     }
 }
 
+/// What paid for a subscribe delivery: a one-time grant (`grant:`) or a
+/// long-term subscription (`long_term:`), followed by `{openid}:{template}`.
+pub fn subscribe_payer(long_term: bool, openid: &str, template_id: &str) -> String {
+    let kind = if long_term { "long_term" } else { "grant" };
+    format!("{kind}:{openid}:{template_id}")
+}
+
+/// One user's standing with one subscribe template, as WeChat keeps it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrueSubscription {
+    /// One-time grants left.
+    pub grants: u32,
+    /// Whether a long-term subscription is on.
+    pub long_term: bool,
+    /// Every accept of a prompt (one-time: +1 each), WeChat's clock.
+    pub accepted: u32,
+    /// Grants dropped by the user's revocations.
+    pub zeroed: u32,
+    /// WeChat's clock at each revocation.
+    pub revoked_at: Vec<i64>,
+    /// WeChat's clock at each accept.
+    pub accepted_at: Vec<i64>,
+}
+
 /// One notification WeChat delivered.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     /// The message id the gateway put in the template data.
     pub message_id: String,
+    /// The credential's value (template sends), or [`subscribe_payer`].
     pub credential: String,
     /// WeChat's clock.
     pub at: i64,
@@ -157,6 +192,9 @@ struct State {
     deliveries: Vec<Delivery>,
     /// Every errcode WeChat answered (processed calls only), per credential.
     answers: BTreeMap<String, BTreeSet<i64>>,
+    /// Subscribe grants and subscriptions by (appid, openid, template).
+    subscriptions: BTreeMap<(String, String, String), TrueSubscription>,
+    msgid_seq: u64,
     counts: Counts,
 }
 
@@ -193,6 +231,8 @@ impl WeChatModel {
                 token_seq: 0,
                 deliveries: Vec::new(),
                 answers: BTreeMap::new(),
+                subscriptions: BTreeMap::new(),
+                msgid_seq: 0,
                 counts: Counts::new(),
             }),
         }
@@ -211,6 +251,44 @@ impl WeChatModel {
     /// WeChat issues a credential (a form submit or a payment) at `issued_at`.
     pub fn issue(&self, value: &str, credential: TrueCredential) {
         self.lock().credentials.insert(value.to_owned(), credential);
+    }
+
+    /// The user accepts a prompt for `template_id`: one more one-time grant,
+    /// or (`long_term`) the subscription switched on.
+    pub fn accept(&self, appid: &str, openid: &str, template_id: &str, long_term: bool) {
+        let now = self.now_ms();
+        let mut state = self.lock();
+        let entry = state
+            .subscriptions
+            .entry((appid.to_owned(), openid.to_owned(), template_id.to_owned()))
+            .or_default();
+        entry.accepted_at.push(now);
+        entry.accepted += 1;
+        if long_term {
+            entry.long_term = true;
+        } else {
+            entry.grants += 1;
+        }
+    }
+
+    /// The user turns the template off (a change event's reject): one-time
+    /// grants zeroed, the long-term subscription off.
+    pub fn revoke(&self, appid: &str, openid: &str, template_id: &str) {
+        let now = self.now_ms();
+        let mut state = self.lock();
+        let entry = state
+            .subscriptions
+            .entry((appid.to_owned(), openid.to_owned(), template_id.to_owned()))
+            .or_default();
+        entry.zeroed += entry.grants;
+        entry.grants = 0;
+        entry.long_term = false;
+        entry.revoked_at.push(now);
+    }
+
+    /// Every user's standing per subscribe template, by (appid, openid, template).
+    pub fn subscriptions(&self) -> BTreeMap<(String, String, String), TrueSubscription> {
+        self.lock().subscriptions.clone()
     }
 
     /// Every credential WeChat issued, by value.
@@ -275,6 +353,86 @@ impl WeChatModel {
             there_ms,
             back_ms,
         }
+    }
+
+    /// The app a token belongs to, or the errcode WeChat refuses it with.
+    fn token_app(state: &State, token: &str, now: i64) -> Result<String, i64> {
+        match state.tokens.get(token) {
+            None => Err(40014),
+            Some(t) if t.revoked_at.is_some_and(|at| now >= at) => Err(40001),
+            Some(t) if now >= t.expires_at => Err(42001),
+            Some(t) => Ok(t.appid.clone()),
+        }
+    }
+
+    /// WeChat's side of a subscribe send: checks the token, then the user's
+    /// long-term subscription or one-time grants of the template, and
+    /// delivers. Returns the errcode and the msgid of a delivery.
+    fn process_subscribe(&self, token: &str, body: &Value, caller: &str) -> (i64, Option<String>) {
+        let now = self.now_ms();
+        let field = |name: &str| body.get(name).and_then(Value::as_str).unwrap_or("");
+        let touser = field("touser").to_owned();
+        let template_id = field("template_id").to_owned();
+        let message_id = body
+            .pointer("/data/message/value")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let well_formed = body.get("form_id").is_none()
+            && body.get("miniprogram_state").is_some()
+            && body.get("lang").is_some();
+        let mut state = self.lock();
+        let mut payer = None;
+        let errcode = match Self::token_app(&state, token, now) {
+            Err(errcode) => errcode,
+            // The gateway must not send what the subscribe API refuses.
+            Ok(_) if !well_formed => 47003,
+            Ok(appid) => {
+                match state
+                    .subscriptions
+                    .get_mut(&(appid, touser.clone(), template_id.clone()))
+                {
+                    Some(s) if s.long_term => {
+                        payer = Some(subscribe_payer(true, &touser, &template_id));
+                        0
+                    }
+                    Some(s) if s.grants > 0 => {
+                        s.grants -= 1;
+                        payer = Some(subscribe_payer(false, &touser, &template_id));
+                        0
+                    }
+                    _ => 43101,
+                }
+            }
+        };
+        let msgid = payer.as_ref().map(|_| {
+            state.msgid_seq += 1;
+            (1_700_000_000_000_000_000u64 + state.msgid_seq).to_string()
+        });
+        if let Some(payer) = &payer {
+            state.deliveries.push(Delivery {
+                message_id: message_id.clone(),
+                credential: payer.clone(),
+                at: now,
+                caller: caller.to_owned(),
+            });
+        }
+        let name = match errcode {
+            0 => "answer: 0 delivered (subscribe)",
+            43101 => "answer: 43101 no grant (subscribe)",
+            47003 => "answer: 47003 malformed subscribe body",
+            _ => "answer: token rejected",
+        };
+        *state.counts.entry(name).or_default() += 1;
+        drop(state);
+        self.trace.record(
+            "wechat",
+            format!(
+                "processed subscribe {message_id} ({touser}, {template_id}) from {caller}: errcode {errcode}{}",
+                payer.map_or(String::new(), |p| format!(" paid by {p}"))
+            ),
+        );
+        (errcode, msgid)
     }
 
     /// WeChat's side of a send: checks the token and the credential, and
@@ -436,6 +594,7 @@ impl WeChatApi for WeChatHandle {
                 Ok(TokenReply::Refused(Reply {
                     errcode: -1,
                     errmsg: "system error".into(),
+                    msgid: None,
                 })),
                 "-1".to_owned(),
             )
@@ -452,13 +611,49 @@ impl WeChatApi for WeChatHandle {
     }
 
     async fn send_template(&self, access_token: &str, body: &Value) -> Result<Reply, CallError> {
+        self.call(false, access_token, body).await
+    }
+
+    async fn send_subscribe(&self, access_token: &str, body: &Value) -> Result<Reply, CallError> {
+        self.call(true, access_token, body).await
+    }
+
+    /// The simulation exercises the send path and the token keeper; the
+    /// template catalogue is not modelled, so its calls never leave.
+    async fn manage_templates(
+        &self,
+        _access_token: &str,
+        call: &formid_gateway::wechat::templates::TemplateCall,
+    ) -> Result<Value, CallError> {
+        Err(CallError::NotSent(format!(
+            "the simulation does not model {}",
+            call.name()
+        )))
+    }
+}
+
+impl WeChatHandle {
+    /// A business call (`subscribe`: `message/subscribe/send`, else the
+    /// template API) through the wire's faults.
+    async fn call(
+        &self,
+        subscribe: bool,
+        access_token: &str,
+        body: &Value,
+    ) -> Result<Reply, CallError> {
         let model = &self.model;
         let plan = model.plan();
         let message_id = body
             .pointer("/data/message/value")
             .and_then(Value::as_str)
             .unwrap_or("?");
-        let form_id = body.get("form_id").and_then(Value::as_str).unwrap_or("?");
+        let form_id = if subscribe {
+            body.get("template_id")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+        } else {
+            body.get("form_id").and_then(Value::as_str).unwrap_or("?")
+        };
         model.trace.record(
             &self.instance,
             format!(
@@ -482,8 +677,12 @@ impl WeChatApi for WeChatHandle {
             let caller = self.instance.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(there).await;
-                let errcode = model.process(&token, &body, &caller);
-                let _ = reply.send(errcode);
+                let answer = if subscribe {
+                    model.process_subscribe(&token, &body, &caller)
+                } else {
+                    (model.process(&token, &body, &caller), None)
+                };
+                let _ = reply.send(answer);
             });
             answer
         });
@@ -501,6 +700,15 @@ impl WeChatApi for WeChatHandle {
                 Ok(Reply {
                     errcode: -1,
                     errmsg: "system error".into(),
+                    msgid: None,
+                })
+            }
+            Some(Fault::DailyQuota) => {
+                tokio::time::sleep(round_trip).await;
+                Ok(Reply {
+                    errcode: 45009,
+                    errmsg: "reach max api daily quota limit".into(),
+                    msgid: None,
                 })
             }
             Some(Fault::HangUnprocessed) | Some(Fault::HangProcessed) => {
@@ -508,7 +716,7 @@ impl WeChatApi for WeChatHandle {
                 Err(CallError::Ambiguous("timed out".into()))
             }
             Some(Fault::LostAfter) | None => {
-                let errcode = match answer {
+                let (errcode, msgid) = match answer {
                     Some(answer) => answer.await.expect("WeChat's side always answers"),
                     None => unreachable!("a processed call has an answer"),
                 };
@@ -519,6 +727,7 @@ impl WeChatApi for WeChatHandle {
                     Ok(Reply {
                         errcode,
                         errmsg: String::new(),
+                        msgid,
                     })
                 }
             }
@@ -535,17 +744,5 @@ impl WeChatApi for WeChatHandle {
             ),
         );
         result
-    }
-    /// The simulation exercises the send path and the token keeper; the
-    /// template catalogue is not modelled, so its calls never leave.
-    async fn manage_templates(
-        &self,
-        _access_token: &str,
-        call: &formid_gateway::wechat::templates::TemplateCall,
-    ) -> Result<Value, CallError> {
-        Err(CallError::NotSent(format!(
-            "the simulation does not model {}",
-            call.name()
-        )))
     }
 }

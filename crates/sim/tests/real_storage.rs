@@ -55,6 +55,8 @@ fn snapshot(
             unproven_uses,
             state: state.parse()?,
             retired_errcode,
+            // These runs are the legacy workload: no grants or tickets.
+            template_id: None,
         });
     }
     for (id, touser, status, delivery, error_code) in messages {

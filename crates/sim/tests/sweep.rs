@@ -9,10 +9,10 @@ use std::time::Instant;
 use formid_gateway::ledger::kinds::CredentialKind;
 use formid_gateway::ledger::states::{AttemptOutcome, CredentialState, Delivery, MessageStatus};
 use formid_sim::invariants::{
-    check, AttemptSnap, CredentialSnap, MessageSnap, Snapshot, WeChatSide,
+    check, AcceptTruth, AttemptSnap, CredentialSnap, MessageSnap, Snapshot, WeChatSide,
 };
-use formid_sim::run::{run_seed, sweep};
-use formid_sim::wechat_model::{Delivery as WeChatDelivery, TrueCredential};
+use formid_sim::run::{run_seed, run_seed_with, sweep, sweep_with};
+use formid_sim::wechat_model::{Delivery as WeChatDelivery, TrueCredential, TrueSubscription};
 
 /// Seeds × sends of the CI sweep: ≥ 50,000 simulated sends.
 const SEEDS: u64 = 1_000;
@@ -141,6 +141,7 @@ fn form_id(value: &str, uses_left: i64, unproven: i64, state: CredentialState) -
         unproven_uses: unproven,
         state,
         retired_errcode: (state == CredentialState::Retired).then_some(41029),
+        template_id: None,
     }
 }
 
@@ -195,12 +196,14 @@ fn the_invariants_flag_what_breaks_the_promise() {
     let clean = Snapshot {
         credentials: vec![spent("f1")],
         messages: vec![message("m1", MessageStatus::Sent, Delivery::AtMostOnce)],
+        ..Snapshot::default()
     };
     assert!(check(&clean, &wechat(&[("m1", "f1")])).is_empty());
 
     let twice = Snapshot {
         credentials: vec![spent("f1"), spent("f2")],
         messages: vec![message("m1", MessageStatus::Sent, Delivery::AtMostOnce)],
+        ..Snapshot::default()
     };
     let violations = check(&twice, &wechat(&[("m1", "f1"), ("m1", "f2")]));
     assert!(violations
@@ -216,11 +219,13 @@ fn the_invariants_flag_what_breaks_the_promise() {
     let failed = Snapshot {
         credentials: vec![spent("f1")],
         messages: vec![message("m1", MessageStatus::Failed, Delivery::AtMostOnce)],
+        ..Snapshot::default()
     };
     assert!(!check(&failed, &wechat(&[("m1", "f1")])).is_empty());
     let never = Snapshot {
         credentials: vec![form_id("f1", 1, 0, CredentialState::Available)],
         messages: vec![message("m1", MessageStatus::Sent, Delivery::AtMostOnce)],
+        ..Snapshot::default()
     };
     assert!(check(&never, &wechat(&[]))
         .iter()
@@ -229,6 +234,7 @@ fn the_invariants_flag_what_breaks_the_promise() {
     let uncounted = Snapshot {
         credentials: vec![form_id("f1", 1, 0, CredentialState::Available)],
         messages: vec![message("m1", MessageStatus::Unknown, Delivery::AtMostOnce)],
+        ..Snapshot::default()
     };
     assert!(check(&uncounted, &wechat(&[("m1", "f1")]))
         .iter()
@@ -237,6 +243,7 @@ fn the_invariants_flag_what_breaks_the_promise() {
     let proven = Snapshot {
         credentials: vec![spent("f1")],
         messages: vec![message("m1", MessageStatus::Failed, Delivery::AtMostOnce)],
+        ..Snapshot::default()
     };
     assert!(check(&proven, &wechat(&[]))
         .iter()
@@ -244,6 +251,7 @@ fn the_invariants_flag_what_breaks_the_promise() {
     let unproven = Snapshot {
         credentials: vec![form_id("f1", 0, 1, CredentialState::Exhausted)],
         messages: vec![message("m1", MessageStatus::Unknown, Delivery::AtMostOnce)],
+        ..Snapshot::default()
     };
     assert!(check(&unproven, &wechat(&[])).is_empty());
     // Left in flight, or retired for an answer WeChat never gave.
@@ -253,7 +261,177 @@ fn the_invariants_flag_what_breaks_the_promise() {
             form_id("f2", 1, 0, CredentialState::Retired),
         ],
         messages: vec![message("m1", MessageStatus::Pending, Delivery::AtMostOnce)],
+        ..Snapshot::default()
     };
     let violations = check(&stuck, &wechat(&[]));
     assert_eq!(violations.len(), 3, "{violations:?}");
+}
+
+/// Seeds × sends of the CI subscribe sweep (half the sends subscribe messages).
+const SUBSCRIBE_SEEDS: u64 = 200;
+const SUBSCRIBE_SENDS_PER_SEED: usize = 40;
+const SUBSCRIBE_PERCENT: u32 = 50;
+
+#[test]
+fn a_sweep_of_subscribe_seeds_finds_no_violation() {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let started = Instant::now();
+    let report = sweep_with(
+        0,
+        SUBSCRIBE_SEEDS,
+        SUBSCRIBE_SENDS_PER_SEED,
+        threads,
+        SUBSCRIBE_PERCENT,
+    );
+    println!("{}", report.figures());
+    println!(
+        "{} subscribe seeds in {:.1} s on {threads} thread(s)",
+        report.seeds,
+        started.elapsed().as_secs_f64()
+    );
+    for failure in &report.failures {
+        println!("=== seed {} FAILED ===", failure.seed);
+        for violation in &failure.violations {
+            println!("  {violation}");
+        }
+    }
+    let failing: Vec<u64> = report.failures.iter().map(|f| f.seed).collect();
+    assert!(
+        failing.is_empty(),
+        "failing subscribe seeds (replay with --subscribe-percent {SUBSCRIBE_PERCENT}): {failing:?}"
+    );
+    // The schedules reach what the subscribe promise is about.
+    for answer in [
+        "answer: 0 delivered (subscribe)",
+        "answer: 43101 no grant (subscribe)",
+        "subscribe: user revoked a template",
+        "subscribe: prompt result never posted",
+        "subscribe: prompt result posted twice",
+    ] {
+        assert!(
+            report.faults.get(answer).copied().unwrap_or(0) > 0,
+            "nothing counted as {answer:?}"
+        );
+    }
+    assert!(report.attempts.get("retired").copied().unwrap_or(0) > 0);
+    assert!(!report.outcomes.contains_key("waiting"));
+}
+
+/// Subscribe seeds that ever failed: (seed, sends per seed, percent, what).
+const SUBSCRIBE_REGRESSIONS: &[(u64, usize, u32, &str)] = &[
+    // A grant's prompt result was posted 26 s late: the ledger held one
+    // grant of the template, WeChat two. The first call delivered and its
+    // answer was lost; the "sole grant" probe delivered the at_most_once
+    // message again, and a third call's 43101 recorded it confirmed_sent.
+    (2, 60, 50, "probe of a 'sole' grant delivered twice"),
+];
+
+#[test]
+fn every_subscribe_seed_that_ever_failed_passes() {
+    for (seed, sends, percent, found) in SUBSCRIBE_REGRESSIONS {
+        let report = run_seed_with(*seed, *sends, *percent);
+        assert!(
+            report.violations.is_empty(),
+            "seed {seed} ({found}) fails again: {:?}\n{}",
+            report.violations,
+            report.story.unwrap_or_default()
+        );
+    }
+}
+
+fn grant(value: &str, uses_left: i64, unproven: i64, state: CredentialState) -> CredentialSnap {
+    CredentialSnap {
+        kind: "subscribe".into(),
+        template_id: Some("t".into()),
+        retired_errcode: (state == CredentialState::Retired).then_some(43101),
+        ..form_id(value, uses_left, unproven, state)
+    }
+}
+
+/// WeChat's side of user `u` and one-time template `t`: `accepted` accepts
+/// (request_ids r0, r1, …), `zeroed` dropped by a revocation, `left` left.
+fn subscribe_side(accepted: u32, zeroed: u32, left: u32, delivered: &[&str]) -> WeChatSide {
+    let mut side = WeChatSide::default();
+    side.subscriptions.insert(
+        ("a".into(), "u".into(), "t".into()),
+        TrueSubscription {
+            grants: left,
+            accepted,
+            zeroed,
+            ..TrueSubscription::default()
+        },
+    );
+    side.long_term_templates.insert("t".into(), false);
+    side.accepts = (0..accepted)
+        .map(|n| AcceptTruth {
+            openid: "u".into(),
+            template_id: "t".into(),
+            request_id: format!("r{n}"),
+            at_ms: 0,
+        })
+        .collect();
+    side.deliveries = delivered
+        .iter()
+        .map(|message| WeChatDelivery {
+            message_id: (*message).into(),
+            credential: "grant:u:t".into(),
+            at: 0,
+            caller: "gw0.0".into(),
+        })
+        .collect();
+    side
+}
+
+/// The grant checks, per (user, template).
+#[test]
+fn the_grant_invariants_flag_phantom_and_dropped_grants() {
+    let sent = message("m1", MessageStatus::Sent, Delivery::AtMostOnce);
+    // One accept, spent by m1: clean.
+    let clean = Snapshot {
+        credentials: vec![grant("grant:u:r0:t", 0, 0, CredentialState::Exhausted)],
+        messages: vec![sent.clone()],
+        ..Snapshot::default()
+    };
+    assert!(check(&clean, &subscribe_side(1, 0, 0, &["m1"])).is_empty());
+    // The ledger holds a grant WeChat does not, with no revocation to explain it.
+    let phantom = Snapshot {
+        credentials: vec![
+            grant("grant:u:r0:t", 0, 0, CredentialState::Exhausted),
+            grant("grant:u:r1:t", 1, 0, CredentialState::Available),
+        ],
+        messages: vec![sent.clone()],
+        ..Snapshot::default()
+    };
+    let violations = check(&phantom, &subscribe_side(2, 0, 0, &["m1", "m2"]));
+    assert!(
+        violations.iter().any(|v| v.text.contains("phantom")),
+        "{violations:?}"
+    );
+    // Explained by a revocation the ledger has not seen yet.
+    assert!(check(&phantom, &subscribe_side(2, 1, 0, &["m1"])).is_empty());
+    // 43101 retired a grant WeChat still holds.
+    let dropped = Snapshot {
+        credentials: vec![grant("grant:u:r0:t", 1, 0, CredentialState::Retired)],
+        ..Snapshot::default()
+    };
+    let violations = check(&dropped, &subscribe_side(1, 0, 1, &[]));
+    assert!(
+        violations.iter().any(|v| v.text.contains("dropped")),
+        "{violations:?}"
+    );
+    // A grant no accept explains (a retried post granting twice).
+    let twice = Snapshot {
+        credentials: vec![
+            grant("grant:u:r0:t", 1, 0, CredentialState::Available),
+            grant("grant:u:r0:t#2", 1, 0, CredentialState::Available),
+        ],
+        ..Snapshot::default()
+    };
+    let violations = check(&twice, &subscribe_side(1, 0, 1, &[]));
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.text.contains("matches no accept")),
+        "{violations:?}"
+    );
 }

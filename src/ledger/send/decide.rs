@@ -119,22 +119,27 @@ impl Step {
 /// unproven use may still be unused at WeChat) — and it is not about to
 /// expire (an expired credential answers 41028 either way).
 ///
-/// A subscribe grant is counted by WeChat per (user, template), not per
-/// grant: a second call is a probe only when the ledger holds no other
-/// grant of the template for the user (`sole_grant`), so that 43101 can
-/// only mean the first call used the last one. A long-term subscription is
-/// never probed: it is not consumed, so a second call would deliver again.
+/// A subscribe grant is never probed. WeChat counts grants per (user,
+/// template), and the ledger's count is not WeChat's: a prompt result the
+/// frontend has not posted yet (or never will) is a grant WeChat holds and
+/// the ledger does not, so even on the user's only grant in the ledger
+/// (`sole_grant`) a second call may deliver the message again; and a user
+/// who turned the template off makes 43101 mean "revoked", not "the first
+/// call used it". Found by the simulation (formid-sim, seed 2 with
+/// `--sends-per-seed 60 --subscribe-percent 50`: a grant posted 26 s late,
+/// the probe delivered an at_most_once message twice). A long-term
+/// subscription is never probed either: it is not consumed, so a second
+/// call would deliver again.
 pub fn can_probe(
     credential: &ClaimedCredential,
-    state: &Spending,
+    _state: &Spending,
     now: i64,
     policy: &Policy,
 ) -> bool {
-    let one_use_at_wechat = match CredentialKind::parse(&credential.kind) {
-        Some(CredentialKind::LongTerm) => false,
-        Some(CredentialKind::Subscribe) => state.sole_grant == Some(true),
-        _ => true,
-    };
+    let one_use_at_wechat = !matches!(
+        CredentialKind::parse(&credential.kind),
+        Some(CredentialKind::LongTerm) | Some(CredentialKind::Subscribe)
+    );
     one_use_at_wechat
         && credential.uses_left == 1
         && credential.unproven_uses == 0
@@ -235,12 +240,14 @@ pub fn decide(
             settlement: Settlement::Spent,
             end: MessageEnd::Sent,
         },
-        // The probe's answer on a user's only grant: the earlier call used it.
-        Verdict::GrantRevoked if state.probing => Step::End {
-            outcome: AttemptOutcome::ConfirmedSent,
-            settlement: Settlement::Spent,
-            end: MessageEnd::Sent,
-        },
+        // Grants are never probed (see `can_probe`): were one, 43101 would
+        // not prove the earlier call delivered (the user may have turned the
+        // template off meanwhile).
+        Verdict::GrantRevoked if state.probing => unresolved(
+            AttemptOutcome::ProbeInconclusive,
+            Settlement::SpentUnproven,
+            policy,
+        ),
         // WeChat holds no grant of the template for the user: the ledger's
         // others are retired with this one, and the next claim finds none
         // (or one that arrived since).
@@ -908,16 +915,12 @@ mod tests {
                 failed(SendFailure::Unexpected { errcode: 41028 }),
             ),
             (
-                "subscribe lost answer on the user's only grant: probe",
+                "subscribe lost answer on the user's only grant in the ledger: unknown (WeChat may hold more)",
                 Ambiguous,
                 sole,
                 &grant,
                 most,
-                Step::CallAgain {
-                    outcome: O::Ambiguous,
-                    retry: 1,
-                    probing: true,
-                },
+                end(O::Ambiguous, S::SpentUnproven, MessageEnd::Unknown),
             ),
             (
                 "subscribe lost answer with other grants of the template: unknown",
@@ -936,7 +939,7 @@ mod tests {
                 end(O::Ambiguous, S::SpentUnproven, MessageEnd::Unknown),
             ),
             (
-                "subscribe probe answered 43101: the first call delivered",
+                "a 43101 to a probe of a grant proves nothing (the user may have revoked)",
                 Answered(43101),
                 Spending {
                     sole_grant: Some(true),
@@ -944,18 +947,7 @@ mod tests {
                 },
                 &grant,
                 most,
-                end(O::ConfirmedSent, S::Spent, MessageEnd::Sent),
-            ),
-            (
-                "subscribe probe answered 0: delivered now",
-                Answered(0),
-                Spending {
-                    sole_grant: Some(true),
-                    ..probing()
-                },
-                &grant,
-                most,
-                end(O::SentOnProbe, S::Spent, MessageEnd::Sent),
+                end(O::ProbeInconclusive, S::SpentUnproven, MessageEnd::Unknown),
             ),
         ];
         for (name, answer, state, credential, policy, expected) in rows {
@@ -996,7 +988,8 @@ mod tests {
             sole_grant: Some(true),
             ..fresh()
         };
-        assert_eq!(on_recovered(&grant, &sole, NOW, &most), None);
+        // Not even the user's only grant in the ledger: WeChat may hold more.
+        assert_eq!(on_recovered(&grant, &sole, NOW, &most), unknown);
         let not_sole = Spending {
             sole_grant: Some(false),
             ..fresh()
