@@ -19,6 +19,7 @@ mod send;
 mod settle;
 mod spans;
 mod storage;
+mod push;
 mod subscribe;
 mod templates;
 mod tokens;
