@@ -1024,7 +1024,9 @@ impl Settings {
             if !PUSH_TOKEN_CHARS.contains(&token.chars().count())
                 || !token.chars().all(|c| c.is_ascii_alphanumeric())
             {
-                bail!("apps.{appid}.push_token: 3 to 32 letters and digits, as the console's Token");
+                bail!(
+                    "apps.{appid}.push_token: 3 to 32 letters and digits, as the console's Token"
+                );
             }
         }
         for (name, key) in [

@@ -200,7 +200,11 @@ pub async fn receive(
 
 /// What a subscribe event asks of the ledger, item by item; `None` for
 /// any other push. Items repeated in one push (same identity) count once.
-pub fn ledger_push(appid: &str, event: &PushEvent, grants_from: GrantsFrom) -> Option<NewPushEvent> {
+pub fn ledger_push(
+    appid: &str,
+    event: &PushEvent,
+    grants_from: GrantsFrom,
+) -> Option<NewPushEvent> {
     let header = event.header()?;
     let actions: Vec<(String, PushAction)> = match event {
         PushEvent::Popup(popup) => popup

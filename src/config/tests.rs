@@ -371,7 +371,10 @@ fn the_push_settings_are_read_and_checked() {
     assert!(!keys.plain_allowed, "with a key, plain pushes are refused");
     // No key shown in Debug.
     let debug = format!("{app:?} {keys:?}");
-    assert!(!debug.contains(PUSH_KEY) && !debug.contains("Tok3n"), "{debug}");
+    assert!(
+        !debug.contains(PUSH_KEY) && !debug.contains("Tok3n"),
+        "{debug}"
+    );
 
     // Defaults: no push, grants from the frontend.
     let settings = from_toml(VALID).unwrap();
@@ -415,7 +418,10 @@ fn invalid_push_settings_are_refused_without_showing_the_key() {
             "encoding_aes_key: an EncodingAESKey has 43 characters, this one has 41",
         ),
         (
-            format!("push_token = \"abc\"\nencoding_aes_key = \"{}+\"", &PUSH_KEY[..42]),
+            format!(
+                "push_token = \"abc\"\nencoding_aes_key = \"{}+\"",
+                &PUSH_KEY[..42]
+            ),
             "encoding_aes_key: an EncodingAESKey uses only",
         ),
         (
@@ -434,7 +440,10 @@ fn invalid_push_settings_are_refused_without_showing_the_key() {
             "push_token = \"abc\"\nsubscribe_grants_from = \"server\"".to_owned(),
             "subscribe_grants_from",
         ),
-        ("push_tokn = \"abc\"".to_owned(), "`apps.wx0123456789abcdef.push_token`"),
+        (
+            "push_tokn = \"abc\"".to_owned(),
+            "`apps.wx0123456789abcdef.push_token`",
+        ),
     ];
     for (lines, expected) in cases {
         let error = error_of(from_toml(&app_with(&lines)));

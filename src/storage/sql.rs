@@ -475,8 +475,7 @@ pub const RECORD_DELIVERY: &str = "UPDATE messages \
 /// Applied pushes are kept as long as messages and prompt results: a retry
 /// comes within seconds, and a push older than the replay window (5 min) is
 /// refused anyway; the rest is a record of what WeChat said.
-pub const DELETE_OLD_PUSH_EVENTS: &str =
-    "DELETE FROM push_events WHERE (appid, dedupe_key) IN ( \
+pub const DELETE_OLD_PUSH_EVENTS: &str = "DELETE FROM push_events WHERE (appid, dedupe_key) IN ( \
     SELECT appid, dedupe_key FROM push_events WHERE received_at <= $1 LIMIT $2)";
 
 #[cfg(test)]

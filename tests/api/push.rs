@@ -77,7 +77,12 @@ async fn push(app: &TestApp, appid: &str, event: PushEvent) -> PushRecord {
 }
 
 /// POSTs a push by hand: (status, body text).
-async fn post_raw(app: &TestApp, appid: &str, query: &str, body: impl Into<String>) -> (u16, String) {
+async fn post_raw(
+    app: &TestApp,
+    appid: &str,
+    query: &str,
+    body: impl Into<String>,
+) -> (u16, String) {
     let response = app
         .client
         .post(format!("{}?{query}", push_url(app, appid)))
@@ -92,7 +97,11 @@ async fn post_raw(app: &TestApp, appid: &str, query: &str, body: impl Into<Strin
 
 /// The user's standing per template, by template id.
 async fn standing(app: &TestApp, appid: &str, openid: &str, template: &str) -> Value {
-    let key = if appid == APPID { SEND_KEY } else { OTHER_APP_KEY };
+    let key = if appid == APPID {
+        SEND_KEY
+    } else {
+        OTHER_APP_KEY
+    };
     let answer = app
         .call(
             reqwest::Method::GET,
@@ -140,8 +149,38 @@ async fn count(app: &TestApp, table: &str) -> i64 {
     }
 }
 
-async fn post_prompt(app: &TestApp, appid: &str, openid: &str, request_id: &str, template: &str) -> Answer {
-    let key = if appid == APPID { COLLECT_KEY } else { OTHER_APP_KEY };
+/// Runs statements on the ledger beside the gateway.
+async fn execute(app: &TestApp, statements: &[&str]) {
+    use sqlx::{Connection, Executor};
+    if app.database_url.starts_with("sqlite") {
+        let mut connection = sqlx::SqliteConnection::connect(&app.database_url)
+            .await
+            .unwrap();
+        for statement in statements {
+            connection.execute(*statement).await.unwrap();
+        }
+    } else {
+        let mut connection = sqlx::PgConnection::connect(&app.database_url)
+            .await
+            .unwrap();
+        for statement in statements {
+            connection.execute(*statement).await.unwrap();
+        }
+    }
+}
+
+async fn post_prompt(
+    app: &TestApp,
+    appid: &str,
+    openid: &str,
+    request_id: &str,
+    template: &str,
+) -> Answer {
+    let key = if appid == APPID {
+        COLLECT_KEY
+    } else {
+        OTHER_APP_KEY
+    };
     app.call(
         reqwest::Method::POST,
         &format!("/v1/apps/{appid}/subscriptions"),
@@ -235,7 +274,11 @@ async fn the_handshake_echoes_only_a_signed_echostr(#[case] backend: Backend) {
     )
     .await;
     assert_eq!((status, body.as_str()), (200, "42"));
-    let (status, _, _) = get("wxunknown0000000", format!("signature={other}&echostr=42&timestamp=1&nonce=2")).await;
+    let (status, _, _) = get(
+        "wxunknown0000000",
+        format!("signature={other}&echostr=42&timestamp=1&nonce=2"),
+    )
+    .await;
     assert_eq!(status, 404);
 }
 
@@ -267,19 +310,43 @@ async fn popups_round_trip_in_every_mode_and_format_and_only_one_source_grants(
     for user in &users {
         assert_eq!(grants(&app, APPID, user, TEMPLATE_A).await, 1, "{user}");
         let b = standing(&app, APPID, user, TEMPLATE_B).await;
-        assert_eq!((b["decision"].as_str(), b["one_time_grants"].as_i64()), (Some("reject"), Some(0)));
+        assert_eq!(
+            (b["decision"].as_str(), b["one_time_grants"].as_i64()),
+            (Some("reject"), Some(0))
+        );
     }
     // acceptWithAudio / acceptWithAlert grant too.
     target(&app, APPID, KEY, PushMode::Safe, PushFormat::Json);
-    push(&app, APPID, popup("o-loud", &[(TEMPLATE_A, "acceptWithAudio"), (TEMPLATE_B, "acceptWithAlert")])).await;
+    push(
+        &app,
+        APPID,
+        popup(
+            "o-loud",
+            &[
+                (TEMPLATE_A, "acceptWithAudio"),
+                (TEMPLATE_B, "acceptWithAlert"),
+            ],
+        ),
+    )
+    .await;
     assert_eq!(grants(&app, APPID, "o-loud", TEMPLATE_A).await, 1);
     assert_eq!(grants(&app, APPID, "o-loud", TEMPLATE_B).await, 1);
-    assert_eq!(standing(&app, APPID, "o-loud", TEMPLATE_B).await["decision"], "accept_with_alert");
+    assert_eq!(
+        standing(&app, APPID, "o-loud", TEMPLATE_B).await["decision"],
+        "accept_with_alert"
+    );
     // A plain push is refused for an app with an EncodingAESKey: its body is signed by nothing.
     target(&app, APPID, KEY, PushMode::Plain, PushFormat::Xml);
-    let record = app.fake.push_event(APPID, popup("o-plain", &[(TEMPLATE_A, "accept")])).await.unwrap();
+    let record = app
+        .fake
+        .push_event(APPID, popup("o-plain", &[(TEMPLATE_A, "accept")]))
+        .await
+        .unwrap();
     assert_eq!(record.status, Some(400), "{record:?}");
-    assert_eq!(standing(&app, APPID, "o-plain", TEMPLATE_A).await, Value::Null);
+    assert_eq!(
+        standing(&app, APPID, "o-plain", TEMPLATE_A).await,
+        Value::Null
+    );
     // With grants from WeChat, a frontend's post is the decision only.
     let posted = post_prompt(&app, APPID, "o-Safe-Json", "prompt-1", TEMPLATE_A).await;
     assert_eq!(posted.status, 200, "{:?}", posted.body);
@@ -287,7 +354,10 @@ async fn popups_round_trip_in_every_mode_and_format_and_only_one_source_grants(
     assert_eq!(posted.body["recorded_only"], true);
     assert_eq!(posted.body["grants_from"], "wechat");
     assert_eq!(posted.body["templates"][0]["effect"], "recorded");
-    assert!(posted.body["note"].as_str().unwrap().contains("recorded only"));
+    assert!(posted.body["note"]
+        .as_str()
+        .unwrap()
+        .contains("recorded only"));
     assert_eq!(grants(&app, APPID, "o-Safe-Json", TEMPLATE_A).await, 1);
 
     // OTHER_APPID (grants from its frontend): plain pushes, XML and JSON,
@@ -298,7 +368,10 @@ async fn popups_round_trip_in_every_mode_and_format_and_only_one_source_grants(
         push(&app, OTHER_APPID, popup(&user, &[(TEMPLATE_A, "accept")])).await;
         let row = standing(&app, OTHER_APPID, &user, TEMPLATE_A).await;
         assert_eq!(row["decision"], "accept");
-        assert_eq!(row["one_time_grants"], 0, "a popup grants nothing with grants from the frontend");
+        assert_eq!(
+            row["one_time_grants"], 0,
+            "a popup grants nothing with grants from the frontend"
+        );
         // The frontend's post grants.
         let posted = post_prompt(&app, OTHER_APPID, &user, "prompt-1", TEMPLATE_A).await;
         assert_eq!(posted.body["granted"], 1, "{:?}", posted.body);
@@ -306,7 +379,10 @@ async fn popups_round_trip_in_every_mode_and_format_and_only_one_source_grants(
         assert_eq!(grants(&app, OTHER_APPID, &user, TEMPLATE_A).await, 1);
     }
     // Nobody was credited by ToUserName (the gh_ id).
-    assert_eq!(standing(&app, APPID, "gh_0123456789ab", TEMPLATE_A).await, Value::Null);
+    assert_eq!(
+        standing(&app, APPID, "gh_0123456789ab", TEMPLATE_A).await,
+        Value::Null
+    );
 }
 
 #[rstest]
@@ -320,26 +396,56 @@ async fn one_accept_is_never_counted_twice(#[case] backend: Backend) {
     assert_eq!(grants(&app, APPID, "o-ann", TEMPLATE_A).await, 1);
     // The same push again, as WeChat's retries send it: success, once
     // sequentially and 4 times at once.
-    assert_eq!(post_raw(&app, APPID, &record.query, record.body.clone()).await, (200, "success".into()));
+    assert_eq!(
+        post_raw(&app, APPID, &record.query, record.body.clone()).await,
+        (200, "success".into())
+    );
     let again = futures::future::join_all(
         (0..4).map(|_| post_raw(&app, APPID, &record.query, record.body.clone())),
     )
     .await;
-    assert!(again.iter().all(|answer| *answer == (200, "success".to_owned())), "{again:?}");
+    assert!(
+        again
+            .iter()
+            .all(|answer| *answer == (200, "success".to_owned())),
+        "{again:?}"
+    );
     assert_eq!(grants(&app, APPID, "o-ann", TEMPLATE_A).await, 1);
     // One template twice in one popup counts once.
     app.advance(chrono::Duration::seconds(1));
-    push(&app, APPID, popup("o-ann", &[(TEMPLATE_A, "accept"), (TEMPLATE_A, "accept")])).await;
-    assert_eq!(grants(&app, APPID, "o-ann", TEMPLATE_A).await, 2, "a new popup is a new grant");
+    push(
+        &app,
+        APPID,
+        popup("o-ann", &[(TEMPLATE_A, "accept"), (TEMPLATE_A, "accept")]),
+    )
+    .await;
+    assert_eq!(
+        grants(&app, APPID, "o-ann", TEMPLATE_A).await,
+        2,
+        "a new popup is a new grant"
+    );
 
     // The fake's own retries: no answer within 1 ms, 3 tries of the same body.
-    let mut impatient = PushTarget::new(push_url(&app, APPID), TOKEN, KEY, PushMode::Safe, PushFormat::Json);
+    let mut impatient = PushTarget::new(
+        push_url(&app, APPID),
+        TOKEN,
+        KEY,
+        PushMode::Safe,
+        PushFormat::Json,
+    );
     impatient.timeout = Duration::from_millis(1);
     app.fake.set_push_target(APPID, impatient).unwrap();
-    let record = app.fake.push_event(APPID, popup("o-bob", &[(TEMPLATE_A, "accept")])).await.unwrap();
+    let record = app
+        .fake
+        .push_event(APPID, popup("o-bob", &[(TEMPLATE_A, "accept")]))
+        .await
+        .unwrap();
     assert_eq!(record.attempts, 3, "{record:?}");
     // Whatever those tries did, one more gets success and one grant in all.
-    assert_eq!(post_raw(&app, APPID, &record.query, record.body.clone()).await, (200, "success".into()));
+    assert_eq!(
+        post_raw(&app, APPID, &record.query, record.body.clone()).await,
+        (200, "success".into())
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(grants(&app, APPID, "o-bob", TEMPLATE_A).await, 1);
     assert_eq!(count(&app, "push_events").await, 3);
@@ -370,12 +476,20 @@ async fn a_change_event_revokes_whatever_the_source(#[case] backend: Backend) {
         .unwrap();
     target(&app, APPID, KEY, PushMode::Compatible, PushFormat::Json);
     for _ in 0..2 {
-        push(&app, APPID, popup("o-ann", &[(TEMPLATE_A, "accept"), (TEMPLATE_B, "accept")])).await;
+        push(
+            &app,
+            APPID,
+            popup("o-ann", &[(TEMPLATE_A, "accept"), (TEMPLATE_B, "accept")]),
+        )
+        .await;
         app.advance(chrono::Duration::seconds(1));
     }
     assert_eq!(grants(&app, APPID, "o-ann", TEMPLATE_A).await, 2);
     let b = standing(&app, APPID, "o-ann", TEMPLATE_B).await;
-    assert_eq!((b["long_term"].as_bool(), b["one_time_grants"].as_i64()), (Some(true), Some(0)));
+    assert_eq!(
+        (b["long_term"].as_bool(), b["one_time_grants"].as_i64()),
+        (Some(true), Some(0))
+    );
 
     // The user turns both off in the service-notification settings.
     app.fake.revoke(APPID, "o-ann", TEMPLATE_A);
@@ -383,9 +497,15 @@ async fn a_change_event_revokes_whatever_the_source(#[case] backend: Backend) {
     let pushes = app.fake.wait_for_pushes(4, Duration::from_secs(10)).await;
     assert!(pushes.iter().all(PushRecord::acknowledged), "{pushes:?}");
     let a = standing(&app, APPID, "o-ann", TEMPLATE_A).await;
-    assert_eq!((a["decision"].as_str(), a["one_time_grants"].as_i64()), (Some("revoked"), Some(0)));
+    assert_eq!(
+        (a["decision"].as_str(), a["one_time_grants"].as_i64()),
+        (Some("revoked"), Some(0))
+    );
     let b = standing(&app, APPID, "o-ann", TEMPLATE_B).await;
-    assert_eq!((b["decision"].as_str(), b["long_term"].as_bool()), (Some("revoked"), Some(false)));
+    assert_eq!(
+        (b["decision"].as_str(), b["long_term"].as_bool()),
+        (Some("revoked"), Some(false))
+    );
 
     // With grants from the frontend, a change event revokes too.
     target(&app, OTHER_APPID, "", PushMode::Plain, PushFormat::Xml);
@@ -394,11 +514,17 @@ async fn a_change_event_revokes_whatever_the_source(#[case] backend: Backend) {
     push(
         &app,
         OTHER_APPID,
-        PushEvent::Change { openid: "o-cat".into(), template_ids: vec![TEMPLATE_A.into()] },
+        PushEvent::Change {
+            openid: "o-cat".into(),
+            template_ids: vec![TEMPLATE_A.into()],
+        },
     )
     .await;
     let a = standing(&app, OTHER_APPID, "o-cat", TEMPLATE_A).await;
-    assert_eq!((a["decision"].as_str(), a["one_time_grants"].as_i64()), (Some("revoked"), Some(0)));
+    assert_eq!(
+        (a["decision"].as_str(), a["one_time_grants"].as_i64()),
+        (Some("revoked"), Some(0))
+    );
 }
 
 #[rstest]
@@ -407,8 +533,17 @@ async fn a_change_event_revokes_whatever_the_source(#[case] backend: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sent_event_is_recorded_on_its_message_by_msgid(#[case] backend: Backend) {
     let app = spawn_push_app(backend).await;
-    let template = app.fake.add_subscribe_template(APPID, 401, &[1, 2]).unwrap();
-    let mut push_target = PushTarget::new(push_url(&app, APPID), TOKEN, KEY, PushMode::Safe, PushFormat::Xml);
+    let template = app
+        .fake
+        .add_subscribe_template(APPID, 401, &[1, 2])
+        .unwrap();
+    let mut push_target = PushTarget::new(
+        push_url(&app, APPID),
+        TOKEN,
+        KEY,
+        PushMode::Safe,
+        PushFormat::Xml,
+    );
     push_target.sent_event_delay = Duration::from_millis(20);
     app.fake.set_push_target(APPID, push_target).unwrap();
     // The user accepts twice at WeChat; the popups grant in the gateway.
@@ -420,11 +555,17 @@ async fn a_sent_event_is_recorded_on_its_message_by_msgid(#[case] backend: Backe
     assert_eq!(grants(&app, APPID, "o-ann", &template).await, 2);
 
     // The second send is accepted but not delivered in the end.
-    app.fake.push_sent_outcomes([(0, "success".to_owned()), (10_001, "system failure".to_owned())]);
-    let data = json!({"thing1": {"value": "Blue mug"}, "character_string2": {"value": "SN20240501001"}});
+    app.fake.push_sent_outcomes([
+        (0, "success".to_owned()),
+        (10_001, "system failure".to_owned()),
+    ]);
+    let data =
+        json!({"thing1": {"value": "Blue mug"}, "character_string2": {"value": "SN20240501001"}});
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let answer = app.send(json!({"touser": "o-ann", "template_id": template, "data": data})).await;
+        let answer = app
+            .send(json!({"touser": "o-ann", "template_id": template, "data": data}))
+            .await;
         assert_eq!(answer.status, 200, "{:?}", answer.body);
         ids.push(answer.body["id"].as_str().unwrap().to_owned());
     }
@@ -474,10 +615,18 @@ async fn hostile_pushes_are_refused_and_store_nothing(#[case] backend: Backend) 
     // A wrong signature.
     let (query, body) = safe_xml(KEY, APPID, &inner, now);
     let forged = query.replace("msg_signature=", "msg_signature=0");
-    refused(post_raw(&app, APPID, &forged, body.clone()).await, 401, "bad_signature");
+    refused(
+        post_raw(&app, APPID, &forged, body.clone()).await,
+        401,
+        "bad_signature",
+    );
     // The right signature with a stale timestamp (a captured push replayed 10 minutes later).
     let (query, body) = safe_xml(KEY, APPID, &inner, now - 600);
-    refused(post_raw(&app, APPID, &query, body).await, 401, "stale_timestamp");
+    refused(
+        post_raw(&app, APPID, &query, body).await,
+        401,
+        "stale_timestamp",
+    );
     // A tampered ciphertext, signed again (only the token holder could): refused at decryption.
     let key = push_crypto::aes_key(KEY).unwrap();
     let good = push_crypto::encrypt(&key, &[7; 16], inner.as_bytes(), APPID);
@@ -485,42 +634,81 @@ async fn hostile_pushes_are_refused_and_store_nothing(#[case] backend: Backend) 
     let n = bytes.len();
     bytes[n - 17] ^= 0x55; // the pad length byte of the last block
     let (query, body) = signed_safe(&base64_encode(&bytes), now);
-    refused(post_raw(&app, APPID, &query, body).await, 400, "bad_ciphertext");
+    refused(
+        post_raw(&app, APPID, &query, body).await,
+        400,
+        "bad_ciphertext",
+    );
     // Truncated base64.
     let (query, body) = signed_safe(&good[..good.len() - 3], now);
-    refused(post_raw(&app, APPID, &query, body).await, 400, "bad_ciphertext");
+    refused(
+        post_raw(&app, APPID, &query, body).await,
+        400,
+        "bad_ciphertext",
+    );
     // Another app's appid inside.
     let (query, body) = safe_xml(KEY, OTHER_APPID, &inner, now);
-    refused(post_raw(&app, APPID, &query, body).await, 400, "bad_ciphertext");
+    refused(
+        post_raw(&app, APPID, &query, body).await,
+        400,
+        "bad_ciphertext",
+    );
     // APPID's push sent to the other app's path: another token.
     let (query, body) = safe_xml(KEY, APPID, &inner, now);
-    refused(post_raw(&app, OTHER_APPID, &query, body).await, 401, "bad_signature");
+    refused(
+        post_raw(&app, OTHER_APPID, &query, body).await,
+        401,
+        "bad_signature",
+    );
     // An entity-expansion XML, inside the encryption and in a plain body.
     let laughs = format!(
         "<?xml version=\"1.0\"?><!DOCTYPE lolz [<!ENTITY lol \"lol\"><!ENTITY lol2 \"&lol;&lol;&lol;&lol;\">]>{}",
         popup_xml("&lol2;", TEMPLATE_A, now)
     );
     let (query, body) = safe_xml(KEY, APPID, &laughs, now);
-    refused(post_raw(&app, APPID, &query, body).await, 400, "bad_document");
+    refused(
+        post_raw(&app, APPID, &query, body).await,
+        400,
+        "bad_document",
+    );
     let plain_query = |timestamp: i64| {
         let signature = push_crypto::sign(&[OTHER_TOKEN, &timestamp.to_string(), "99"]);
         format!("signature={signature}&timestamp={timestamp}&nonce=99")
     };
-    refused(post_raw(&app, OTHER_APPID, &plain_query(now), laughs.clone()).await, 400, "bad_document");
+    refused(
+        post_raw(&app, OTHER_APPID, &plain_query(now), laughs.clone()).await,
+        400,
+        "bad_document",
+    );
     // A 2 MB body.
-    let huge = format!("<xml><Encrypt>{}</Encrypt></xml>", "A".repeat(2 * 1024 * 1024));
+    let huge = format!(
+        "<xml><Encrypt>{}</Encrypt></xml>",
+        "A".repeat(2 * 1024 * 1024)
+    );
     let (query, _) = signed_safe("A", now);
     let (status, _) = post_raw(&app, APPID, &query, huge).await;
     assert_eq!(status, 413);
     // Encrypted for a key the gateway never had.
     let (query, body) = safe_xml(STRANGER_KEY, APPID, &inner, now);
-    refused(post_raw(&app, APPID, &query, body).await, 400, "bad_ciphertext");
+    refused(
+        post_raw(&app, APPID, &query, body).await,
+        400,
+        "bad_ciphertext",
+    );
     // No query at all.
-    refused(post_raw(&app, APPID, "", inner.clone()).await, 400, "bad_query");
+    refused(
+        post_raw(&app, APPID, "", inner.clone()).await,
+        400,
+        "bad_query",
+    );
     // A safe-mode body signed only by `signature` (no msg_signature).
     let (query, body) = safe_xml(KEY, APPID, &inner, now);
     let unsigned = query.split("&msg_signature").next().unwrap().to_owned();
-    refused(post_raw(&app, APPID, &unsigned, body).await, 400, "bad_query");
+    refused(
+        post_raw(&app, APPID, &unsigned, body).await,
+        400,
+        "bad_query",
+    );
 
     // Nothing stored.
     assert_eq!(count(&app, "push_events").await, 0);
@@ -528,7 +716,10 @@ async fn hostile_pushes_are_refused_and_store_nothing(#[case] backend: Backend) 
     assert_eq!(count(&app, "credentials").await, 0);
     // And the endpoint still works: the same popup, properly made.
     let (query, body) = safe_xml(KEY, APPID, &inner, now);
-    assert_eq!(post_raw(&app, APPID, &query, body).await, (200, "success".into()));
+    assert_eq!(
+        post_raw(&app, APPID, &query, body).await,
+        (200, "success".into())
+    );
     assert_eq!(grants(&app, APPID, "o-eve", TEMPLATE_A).await, 1);
     // Other events: success, not stored.
     let other = format!(
@@ -536,7 +727,10 @@ async fn hostile_pushes_are_refused_and_store_nothing(#[case] backend: Backend) 
          <CreateTime>{now}</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[debug_demo]]></Event></xml>"
     );
     let (query, body) = safe_xml(KEY, APPID, &other, now);
-    assert_eq!(post_raw(&app, APPID, &query, body).await, (200, "success".into()));
+    assert_eq!(
+        post_raw(&app, APPID, &query, body).await,
+        (200, "success".into())
+    );
     assert_eq!(count(&app, "push_events").await, 1);
 }
 
@@ -552,14 +746,84 @@ async fn the_previous_key_still_opens_pushes_after_a_rotation(#[case] backend: B
         assert_eq!(grants(&app, APPID, user, TEMPLATE_A).await, 1, "{user}");
     }
     target(&app, APPID, STRANGER_KEY, PushMode::Safe, PushFormat::Json);
-    let record = app.fake.push_event(APPID, popup("o-stranger", &[(TEMPLATE_A, "accept")])).await.unwrap();
+    let record = app
+        .fake
+        .push_event(APPID, popup("o-stranger", &[(TEMPLATE_A, "accept")]))
+        .await
+        .unwrap();
     assert_eq!(record.status, Some(400), "{record:?}");
-    assert_eq!(standing(&app, APPID, "o-stranger", TEMPLATE_A).await, Value::Null);
+    assert_eq!(
+        standing(&app, APPID, "o-stranger", TEMPLATE_A).await,
+        Value::Null
+    );
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_the_ledger_fails_to_apply_is_never_answered_success_nor_half_applied(
+    #[case] backend: Backend,
+) {
+    let app = spawn_push_app(backend).await;
+    // The grant's insert fails after the decision and the push's own row
+    // were written in the same transaction.
+    let (fail, heal): (&[&str], &[&str]) = if backend == Backend::Sqlite {
+        (
+            &["CREATE TRIGGER fail_grant BEFORE INSERT ON credentials \
+               BEGIN SELECT RAISE(ABORT, 'injected'); END"],
+            &["DROP TRIGGER fail_grant"],
+        )
+    } else {
+        (
+            &[
+                "CREATE FUNCTION fail_grant() RETURNS trigger AS $$ \
+                 BEGIN RAISE EXCEPTION 'injected'; END $$ LANGUAGE plpgsql",
+                "CREATE TRIGGER fail_grant BEFORE INSERT ON credentials \
+                 FOR EACH ROW EXECUTE FUNCTION fail_grant()",
+            ],
+            &["DROP TRIGGER fail_grant ON credentials"],
+        )
+    };
+    execute(&app, fail).await;
+    target(&app, APPID, KEY, PushMode::Safe, PushFormat::Xml);
+    let record = app
+        .fake
+        .push_event(
+            APPID,
+            popup("o-ann", &[(TEMPLATE_B, "reject"), (TEMPLATE_A, "accept")]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(record.status, Some(500), "{record:?}");
+    assert!(
+        !record.acknowledged(),
+        "no success before the event is durable"
+    );
+    // Nothing of it stayed: not the reject before it, not the push's row.
+    assert_eq!(count(&app, "push_events").await, 0);
+    assert_eq!(count(&app, "subscriptions").await, 0);
+    // WeChat tries again once the ledger works: applied, once.
+    execute(&app, heal).await;
+    for _ in 0..2 {
+        assert_eq!(
+            post_raw(&app, APPID, &record.query, record.body.clone()).await,
+            (200, "success".into())
+        );
+    }
+    assert_eq!(grants(&app, APPID, "o-ann", TEMPLATE_A).await, 1);
+    assert_eq!(
+        standing(&app, APPID, "o-ann", TEMPLATE_B).await["decision"],
+        "reject"
+    );
+    assert_eq!(count(&app, "push_events").await, 2);
 }
 
 fn base64_decode(text: &str) -> Vec<u8> {
     use base64::Engine;
-    base64::engine::general_purpose::STANDARD.decode(text).unwrap()
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap()
 }
 
 fn base64_encode(bytes: &[u8]) -> String {
