@@ -303,6 +303,76 @@ pub struct AppSettings {
     /// `lang` of its subscribe sends unless a request names one.
     #[serde(default)]
     pub lang: Lang,
+    /// The Token of the console's message push (消息推送配置): with it, WeChat's
+    /// pushes are received at `/wechat/push/{appid}`; without it, that path
+    /// answers 404 for the app.
+    #[serde(default)]
+    pub push_token: Option<SecretString>,
+    /// The console's 43-character EncodingAESKey (compatible and safe mode).
+    /// With it, only encrypted pushes are accepted: a plain push is signed
+    /// over nothing of its body.
+    #[serde(default)]
+    pub encoding_aes_key: Option<SecretString>,
+    /// The EncodingAESKey before the last rotation, tried when the current
+    /// one does not open a push.
+    #[serde(default)]
+    pub previous_encoding_aes_key: Option<SecretString>,
+    /// Which source grants subscribe sends: the results a frontend posts, or
+    /// WeChat's popup events. The other one is recorded as the user's
+    /// decision only.
+    #[serde(default)]
+    pub subscribe_grants_from: GrantsFrom,
+}
+
+/// Which source grants an app's subscribe sends (exactly one does).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantsFrom {
+    /// `POST /v1/apps/{appid}/subscriptions`: the frontend's word.
+    #[default]
+    Frontend,
+    /// WeChat's `subscribe_msg_popup_event` pushes: what a client cannot forge.
+    Wechat,
+}
+
+impl GrantsFrom {
+    /// `"frontend"` or `"wechat"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantsFrom::Frontend => "frontend",
+            GrantsFrom::Wechat => "wechat",
+        }
+    }
+}
+
+/// The length of a push Token the console accepts: 3 to 32 letters and digits.
+const PUSH_TOKEN_CHARS: std::ops::RangeInclusive<usize> = 3..=32;
+
+impl AppSettings {
+    /// The app's push configuration for [`crate::push::open`], if a push
+    /// token is configured. Fails on a malformed EncodingAESKey (which
+    /// [`Settings::validate`] refuses first).
+    pub fn push_keys(&self, appid: &str) -> anyhow::Result<Option<crate::push::PushKeys>> {
+        let Some(token) = &self.push_token else {
+            return Ok(None);
+        };
+        let key = |value: &Option<SecretString>, name: &str| {
+            value
+                .as_ref()
+                .map(|key| crate::push::AesKey::from_encoding_aes_key(key.expose_secret()))
+                .transpose()
+                .map_err(|error| anyhow::anyhow!("apps.{appid}.{name}: {error}"))
+        };
+        let current = key(&self.encoding_aes_key, "encoding_aes_key")?;
+        let previous = key(&self.previous_encoding_aes_key, "previous_encoding_aes_key")?;
+        Ok(Some(crate::push::PushKeys {
+            appid: appid.to_owned(),
+            token: token.clone(),
+            plain_allowed: current.is_none(),
+            current,
+            previous,
+        }))
+    }
 }
 
 /// What an API key may do.
@@ -941,6 +1011,41 @@ impl Settings {
             if app.secret.expose_secret().trim().is_empty() {
                 bail!("apps.{appid}.secret: empty");
             }
+            Self::validate_push(appid, app)?;
+        }
+        Ok(())
+    }
+
+    /// The push settings of one app: a token the console accepts, keys of
+    /// 43 characters, and nothing that needs a push without one.
+    fn validate_push(appid: &str, app: &AppSettings) -> anyhow::Result<()> {
+        if let Some(token) = &app.push_token {
+            let token = token.expose_secret();
+            if !PUSH_TOKEN_CHARS.contains(&token.chars().count())
+                || !token.chars().all(|c| c.is_ascii_alphanumeric())
+            {
+                bail!(
+                    "apps.{appid}.push_token: 3 to 32 letters and digits, as the console's Token"
+                );
+            }
+        }
+        for (name, key) in [
+            ("encoding_aes_key", &app.encoding_aes_key),
+            ("previous_encoding_aes_key", &app.previous_encoding_aes_key),
+        ] {
+            if let Some(key) = key {
+                crate::push::AesKey::from_encoding_aes_key(key.expose_secret())
+                    .map_err(|error| anyhow::anyhow!("apps.{appid}.{name}: {error}"))?;
+                if app.push_token.is_none() {
+                    bail!("apps.{appid}.{name}: set only with apps.{appid}.push_token (the push is not configured)");
+                }
+            }
+        }
+        if app.previous_encoding_aes_key.is_some() && app.encoding_aes_key.is_none() {
+            bail!("apps.{appid}.previous_encoding_aes_key: needs apps.{appid}.encoding_aes_key (the current key)");
+        }
+        if app.subscribe_grants_from == GrantsFrom::Wechat && app.push_token.is_none() {
+            bail!("apps.{appid}.subscribe_grants_from = \"wechat\" needs the message push: set apps.{appid}.push_token (and encoding_aes_key), or keep \"frontend\"");
         }
         Ok(())
     }

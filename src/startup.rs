@@ -112,6 +112,12 @@ impl Application {
             ledger.lease,
             ledger.safety_margin,
         );
+        let mut push = std::collections::BTreeMap::new();
+        for (appid, app) in &settings.apps {
+            if let Some(keys) = app.push_keys(appid)? {
+                push.insert(appid.clone(), keys);
+            }
+        }
         let context = web::Data::new(ApiContext {
             storage: storage.clone(),
             sender,
@@ -119,6 +125,7 @@ impl Application {
             catalogue: catalogue.clone(),
             keys: ApiKeys::from_settings(settings.api_keys.values())?,
             apps,
+            push: Arc::new(push),
             clock: clock.clone(),
             ledger: ledger.clone(),
             http: settings.http.clone(),

@@ -75,7 +75,10 @@ fn require_json_content_type(request: &HttpRequest) -> Result<(), BodyError> {
 }
 
 /// Reads a body up to `limits.max_bytes` within `limits.timeout`.
-async fn read_body(mut payload: web::Payload, limits: BodyLimits) -> Result<Bytes, BodyError> {
+pub(crate) async fn read_body(
+    mut payload: web::Payload,
+    limits: BodyLimits,
+) -> Result<Bytes, BodyError> {
     let read = async {
         let mut body = web::BytesMut::new();
         while let Some(chunk) = payload.next().await {

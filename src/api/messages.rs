@@ -465,6 +465,16 @@ pub async fn lookup(
         "updated_at": from_ms(message.updated_at),
         "attempts": attempts,
     });
+    if let (Some(error_code), Some(at)) =
+        (message.delivery_error_code, message.delivery_reported_at)
+    {
+        // WeChat's subscribe_msg_sent_event: how the send finally ended.
+        body["delivery"] = json!({
+            "error_code": error_code,
+            "error_status": message.delivery_error_status,
+            "at": from_ms(at),
+        });
+    }
     if let Some(code) = message.error_code {
         let mut error = json!({"code": code});
         if let Some(errcode) = message.wechat_errcode {

@@ -7,6 +7,7 @@ mod health;
 pub mod json;
 mod lint;
 mod messages;
+pub mod push;
 pub mod request_id;
 mod subscriptions;
 mod templates;
@@ -38,6 +39,8 @@ pub struct ApiContext {
     pub catalogue: Catalogue,
     pub keys: ApiKeys,
     pub apps: Arc<BTreeMap<String, AppSettings>>,
+    /// The push configuration of the apps that have a push token.
+    pub push: Arc<BTreeMap<String, crate::push::PushKeys>>,
     pub clock: SharedClock,
     pub ledger: LedgerSettings,
     pub http: HttpSettings,
@@ -87,6 +90,11 @@ pub fn routes(config: &mut web::ServiceConfig) {
     config
         .service(get_and_head("/healthz", health::healthz))
         .service(get_and_head("/readyz", health::readyz))
+        .service(
+            web::resource("/wechat/push/{appid}")
+                .route(web::get().to(push::handshake))
+                .route(web::post().to(push::receive)),
+        )
         .service(web::resource("/v1/template-lint").route(web::post().to(lint::lint)))
         .service(
             web::scope("/v1/apps/{appid}")

@@ -1,5 +1,8 @@
 //! `POST /v1/apps/{appid}/subscriptions`: a frontend posts what
-//! `wx.requestSubscribeMessage` resolved with; accepted templates become grants.
+//! `wx.requestSubscribeMessage` resolved with; accepted templates become grants
+//! when the app's grants come from its frontend (`subscribe_grants_from =
+//! "frontend"`, the default), and are the user's recorded decision only when
+//! they come from WeChat's push (`"wechat"`).
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
@@ -9,7 +12,7 @@ use sha2::{Digest, Sha256};
 use super::error::{render, AccessError, ApiErrorCode, BodyError};
 use super::ApiContext;
 use crate::clock::from_ms;
-use crate::config::Scope;
+use crate::config::{GrantsFrom, Scope};
 use crate::ledger::collect::Rejection;
 use crate::ledger::subscriptions::{parse_prompt, Prompt};
 use crate::storage::{NewPrompt, PromptEffect, PromptRecord, TemplateQuota};
@@ -86,13 +89,20 @@ pub async fn record(
     let body = context.read_json(&request, payload).await?.value;
     let prompt = parse_prompt(&body).map_err(SubscriptionError::Rejected)?;
     let request_hash = prompt_hash(&prompt);
+    // Exactly one source grants: with `wechat`, the popup events of the
+    // push do, and this result is the user's decision only.
+    let grants_from = context
+        .apps
+        .get(&appid)
+        .map_or(GrantsFrom::default(), |app| app.subscribe_grants_from);
+    let grants = grants_from == GrantsFrom::Frontend;
     let new = NewPrompt {
         appid: appid.clone(),
         openid: prompt.openid.clone(),
         request_id: prompt.request_id.clone(),
         request_hash: request_hash.clone(),
         decisions: prompt.decisions.clone(),
-        grants: true,
+        grants,
     };
     let now = context.clock.now_ms();
     let (effects, replayed) = match context.storage.record_prompt(&new, now).await? {
@@ -123,14 +133,23 @@ pub async fn record(
         .iter()
         .filter(|effect| **effect == PromptEffect::Granted)
         .count();
-    Ok(HttpResponse::Ok().json(json!({
+    let mut answer = json!({
         "openid": prompt.openid,
         "request_id": prompt.request_id,
         "replayed": replayed,
         "granted": if replayed { 0 } else { granted },
+        "grants_from": grants_from,
+        "recorded_only": !grants,
         "templates": templates,
         "subscriptions": subscriptions_json(&standing),
-    })))
+    });
+    if !grants {
+        answer["note"] = json!(
+            "recorded only: this app's grants come from WeChat's subscribe_msg_popup_event \
+             (subscribe_grants_from = wechat), not from posted results"
+        );
+    }
+    Ok(HttpResponse::Ok().json(answer))
 }
 
 /// A user's standing per subscribe template, as the API shows it.

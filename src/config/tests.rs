@@ -347,3 +347,107 @@ fn secrets_do_not_show_in_debug_output() {
     assert!(!printed.contains("s3cret"));
     assert!(!printed.contains("0123456789abcdef0123"));
 }
+
+const PUSH_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+
+fn app_with(lines: &str) -> String {
+    format!(
+        "[apps.wx0123456789abcdef]\nsecret = \"s3cret\"\n{lines}\n[api_keys.a]\nkey = \"0123456789abcdef0123\"\napps = \"*\"\nscopes = \"send\""
+    )
+}
+
+#[test]
+fn the_push_settings_are_read_and_checked() {
+    let settings = from_toml(&app_with(&format!(
+        "push_token = \"Tok3n\"\nencoding_aes_key = \"{PUSH_KEY}\"\n\
+         previous_encoding_aes_key = \"{}\"\nsubscribe_grants_from = \"wechat\"",
+        "A".repeat(43)
+    )))
+    .unwrap();
+    let app = &settings.apps["wx0123456789abcdef"];
+    assert_eq!(app.subscribe_grants_from, GrantsFrom::Wechat);
+    let keys = app.push_keys("wx0123456789abcdef").unwrap().unwrap();
+    assert!(keys.current.is_some() && keys.previous.is_some());
+    assert!(!keys.plain_allowed, "with a key, plain pushes are refused");
+    // No key shown in Debug.
+    let debug = format!("{app:?} {keys:?}");
+    assert!(
+        !debug.contains(PUSH_KEY) && !debug.contains("Tok3n"),
+        "{debug}"
+    );
+
+    // Defaults: no push, grants from the frontend.
+    let settings = from_toml(VALID).unwrap();
+    let app = &settings.apps["wx0123456789abcdef"];
+    assert_eq!(app.subscribe_grants_from, GrantsFrom::Frontend);
+    assert!(app.push_keys("wx0123456789abcdef").unwrap().is_none());
+    // A token alone: plain pushes only.
+    let settings = from_toml(&app_with("push_token = \"abc\"")).unwrap();
+    let keys = settings.apps["wx0123456789abcdef"]
+        .push_keys("wx0123456789abcdef")
+        .unwrap()
+        .unwrap();
+    assert!(keys.plain_allowed && keys.current.is_none());
+    // From the environment, byte for byte.
+    let settings = with_env(
+        VALID,
+        &[
+            ("FORMID__APPS__WX0123456789ABCDEF__PUSH_TOKEN", "0012"),
+            (
+                "FORMID__APPS__WX0123456789ABCDEF__ENCODING_AES_KEY",
+                PUSH_KEY,
+            ),
+        ],
+    )
+    .unwrap();
+    let app = &settings.apps["wx0123456789abcdef"];
+    assert_eq!(app.push_token.as_ref().unwrap().expose_secret(), "0012");
+}
+
+#[test]
+fn invalid_push_settings_are_refused_without_showing_the_key() {
+    let short = "abcdefghijklmnopqrstuvwxyz0123456789ABCDE";
+    let cases = [
+        (
+            format!("push_token = \"t\"\nencoding_aes_key = \"{PUSH_KEY}\""),
+            "push_token",
+        ),
+        ("push_token = \"bad token!\"".to_owned(), "push_token"),
+        (
+            format!("push_token = \"abc\"\nencoding_aes_key = \"{short}\""),
+            "encoding_aes_key: an EncodingAESKey has 43 characters, this one has 41",
+        ),
+        (
+            format!(
+                "push_token = \"abc\"\nencoding_aes_key = \"{}+\"",
+                &PUSH_KEY[..42]
+            ),
+            "encoding_aes_key: an EncodingAESKey uses only",
+        ),
+        (
+            format!("encoding_aes_key = \"{PUSH_KEY}\""),
+            "set only with apps.wx0123456789abcdef.push_token",
+        ),
+        (
+            format!("push_token = \"abc\"\nprevious_encoding_aes_key = \"{PUSH_KEY}\""),
+            "needs apps.wx0123456789abcdef.encoding_aes_key",
+        ),
+        (
+            "subscribe_grants_from = \"wechat\"".to_owned(),
+            "subscribe_grants_from = \"wechat\" needs the message push",
+        ),
+        (
+            "push_token = \"abc\"\nsubscribe_grants_from = \"server\"".to_owned(),
+            "subscribe_grants_from",
+        ),
+        (
+            "push_tokn = \"abc\"".to_owned(),
+            "`apps.wx0123456789abcdef.push_token`",
+        ),
+    ];
+    for (lines, expected) in cases {
+        let error = error_of(from_toml(&app_with(&lines)));
+        assert!(error.contains(expected), "{lines}: {error}");
+        assert!(!error.contains(&PUSH_KEY[..20]), "{error}");
+    }
+}

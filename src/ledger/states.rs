@@ -1,6 +1,6 @@
 //! Every state the ledger stores, as enums: the names on the wire and in the
 //! database come from `as_str`, and the schema's `CHECK` constraints allow
-//! exactly these names (migrations 0004 and 0005 on both databases).
+//! exactly these names (migrations 0004 to 0006 on both databases).
 
 use std::fmt;
 use std::str::FromStr;
@@ -243,6 +243,49 @@ stored_state! {
     }
 }
 
+stored_state! {
+    /// Which subscribe event of WeChat's message push a row records
+    /// (`push_events.event`, migration 0006).
+    PushEventKind {
+        /// `subscribe_msg_popup_event`: the user answered a prompt.
+        Popup = "popup",
+        /// `subscribe_msg_change_event`: the user turned a template off.
+        Change = "change",
+        /// `subscribe_msg_sent_event`: how a subscribe send finally ended.
+        Sent = "sent",
+    }
+}
+
+stored_state! {
+    /// What one item of a push did to the ledger (`push_events.effect`).
+    PushEffect {
+        /// A popup accept granted one send of a one-time template.
+        Granted = "granted",
+        /// A popup accept switched a long-term subscription on.
+        LongTermOn = "long_term_on",
+        /// The decision was recorded; nothing was granted (a reject, or the
+        /// app's grants come from its frontend).
+        Recorded = "recorded",
+        /// A change event: the user's grants of the template retired, the
+        /// long-term subscription off.
+        Revoked = "revoked",
+        /// A sent event: the final delivery recorded on its message.
+        DeliveryRecorded = "delivery_recorded",
+        /// A sent event whose msgid no message of the app carries (sent by
+        /// another system, or already swept).
+        NoMessage = "no_message",
+        /// A status the gateway does not act on; kept so a retry is known.
+        Ignored = "ignored",
+    }
+}
+
+impl PushEffect {
+    /// Whether the effect gave the user something to send with.
+    pub fn grants(self) -> bool {
+        matches!(self, PushEffect::Granted | PushEffect::LongTermOn)
+    }
+}
+
 // Why by hand: the enum is declared by `stored_state!`, which derives no
 // `Default` (most states have none).
 #[allow(clippy::derivable_impls)]
@@ -271,6 +314,8 @@ mod tests {
         check(Channel::ALL);
         check(Decision::ALL);
         check(SubscriptionType::ALL);
+        check(PushEventKind::ALL);
+        check(PushEffect::ALL);
         assert!("Pending".parse::<MessageStatus>().is_err());
     }
 
@@ -281,6 +326,7 @@ mod tests {
             let schema: String = [
                 "0004_typed_states_and_fencing.sql",
                 "0005_subscribe_messages.sql",
+                "0006_message_push.sql",
             ]
             .iter()
             .map(|file| {
@@ -327,6 +373,14 @@ mod tests {
                 (
                     "subscription",
                     names(SubscriptionType::ALL.iter().map(|s| s.as_str()).collect()),
+                ),
+                (
+                    "event",
+                    names(PushEventKind::ALL.iter().map(|s| s.as_str()).collect()),
+                ),
+                (
+                    "effect",
+                    names(PushEffect::ALL.iter().map(|s| s.as_str()).collect()),
                 ),
             ] {
                 let check = format!("CHECK ({column} IN ({all}))");

@@ -304,10 +304,20 @@ impl PushEvent {
     /// appid when storing. An [`OtherEvent`] has one key from its user, time
     /// and name.
     pub fn dedupe_keys(&self) -> Vec<String> {
+        let mut keys = self.item_keys();
+        let mut seen = std::collections::HashSet::new();
+        keys.retain(|k| seen.insert(k.clone()));
+        keys
+    }
+
+    /// The identity of each item, in the order of the items (one for an
+    /// [`OtherEvent`]), before equal keys collapse: for a caller that
+    /// applies items one by one and must drop the repeats itself.
+    pub fn item_keys(&self) -> Vec<String> {
         let key = |h: &EventHeader, tail: &str| {
             format!("{}\n{}\n{}\n{}", h.user, h.create_time, self.name(), tail)
         };
-        let mut keys: Vec<String> = match self {
+        match self {
             PushEvent::Popup(e) => e
                 .items
                 .iter()
@@ -329,10 +339,7 @@ impl PushEvent {
                 o.create_time.map(|t| t.to_string()).unwrap_or_default(),
                 self.name()
             )],
-        };
-        let mut seen = std::collections::HashSet::new();
-        keys.retain(|k| seen.insert(k.clone()));
-        keys
+        }
     }
 }
 

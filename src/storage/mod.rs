@@ -19,7 +19,7 @@ pub use sqlite::SqliteStorage;
 use crate::ledger::kinds::CredentialKind;
 use crate::ledger::states::{
     AttemptOutcome, Channel, CredentialState, Decision, Delivery, IdempotencyState, MessageStatus,
-    SubscriptionType,
+    PushEffect, PushEventKind, SubscriptionType,
 };
 use crate::ledger::templates::CatalogueTemplate;
 
@@ -229,6 +229,13 @@ pub struct MessageRow {
     pub updated_at: i64,
     #[sqlx(try_from = "String")]
     pub channel: Channel,
+    /// A subscribe send's final delivery as WeChat pushed it
+    /// (`subscribe_msg_sent_event`): `ErrorCode`…
+    pub delivery_error_code: Option<i64>,
+    /// …`ErrorStatus`…
+    pub delivery_error_status: Option<String>,
+    /// …and when the push arrived.
+    pub delivery_reported_at: Option<i64>,
 }
 
 /// A stored attempt.
@@ -310,6 +317,56 @@ pub enum PromptRecord {
     },
 }
 
+/// What one item of a push asks of the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushAction {
+    /// A popup answer: recorded as the user's latest decision; when
+    /// `grants` (the app's grants come from WeChat) an accept grants one
+    /// send, or switches a long-term template on.
+    Decide { decision: Decision, grants: bool },
+    /// A change event's `reject`: the user's grants of the template still in
+    /// the pool retired, the long-term subscription off, the decision
+    /// `revoked`.
+    Revoke,
+    /// A sent event: the final delivery of the message whose attempt
+    /// carries `msgid`.
+    Delivery {
+        msgid: String,
+        error_code: i64,
+        error_status: String,
+    },
+    /// A status the ledger does not act on: only remembered.
+    Ignore,
+}
+
+/// One item of a push: its identity and what it asks.
+#[derive(Debug, Clone)]
+pub struct PushItem {
+    /// The same on every retry of the push (see `push::PushEvent::item_keys`).
+    pub dedupe_key: String,
+    pub template_id: String,
+    pub action: PushAction,
+}
+
+/// A verified subscribe event of WeChat's message push, to apply once.
+#[derive(Debug, Clone)]
+pub struct NewPushEvent {
+    pub appid: String,
+    /// `FromUserName`: the user (never `ToUserName`, the app's `gh_` id).
+    pub openid: String,
+    pub kind: PushEventKind,
+    pub items: Vec<PushItem>,
+}
+
+/// What one item of a recorded push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushItemOutcome {
+    /// What it did, now or when it was first applied.
+    pub effect: PushEffect,
+    /// Whether it had been applied before (a retried push): nothing changed now.
+    pub replayed: bool,
+}
+
 /// The per-app row: token and send block.
 #[derive(Debug, Clone, Default, sqlx::FromRow)]
 pub struct AppState {
@@ -367,6 +424,7 @@ pub struct SweepReport {
     pub deleted_messages: u64,
     pub deleted_idempotency_keys: u64,
     pub deleted_prompts: u64,
+    pub deleted_push_events: u64,
 }
 
 /// The ledger's storage contract.
@@ -546,17 +604,24 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// for are made due.
     async fn record_prompt(&self, prompt: &NewPrompt, now: i64) -> anyhow::Result<PromptRecord>;
 
+    /// Applies a verified push once, in one transaction: each item not seen
+    /// before (by app and dedupe key) is recorded with its effect and
+    /// applied; an item seen before changes nothing and answers the effect
+    /// it had. When it commits, the push is durable, so `success` may go
+    /// out; then the user's waiting messages that new grants can pay for
+    /// are made due.
+    async fn record_push(
+        &self,
+        push: &NewPushEvent,
+        now: i64,
+    ) -> anyhow::Result<Vec<PushItemOutcome>>;
+
     /// The user's standing with every subscribe template they decided on.
     async fn subscription_quota(
         &self,
         appid: &str,
         openid: &str,
     ) -> anyhow::Result<Vec<TemplateQuota>>;
-
-    /// Grants of the same app, user and template as the given one, other
-    /// than it, in the pool or leased: a lost answer can only be probed when
-    /// there are none (WeChat counts grants per template, not per grant).
-    async fn other_grants(&self, credential_id: i64) -> anyhow::Result<i64>;
 
     /// Returns credentials leased under `token` to the pool untouched.
     async fn release_credentials(&self, ids: &[i64], token: i64, now: i64) -> anyhow::Result<()>;

@@ -521,6 +521,132 @@ macro_rules! impl_storage {
                 Ok(PromptRecord::Recorded(effects))
             }
 
+            async fn record_push(
+                &self,
+                push: &NewPushEvent,
+                now: i64,
+            ) -> anyhow::Result<Vec<PushItemOutcome>> {
+                let mut tx = self.begin_write().await?;
+                let mut outcomes = Vec::with_capacity(push.items.len());
+                for item in &push.items {
+                    // What the item will do, read in the transaction that
+                    // does it.
+                    let mut delivery_of = None;
+                    let effect = match &item.action {
+                        PushAction::Decide { decision, grants } if *grants && decision.grants() => {
+                            let long_term = sqlx::query(sql::TEMPLATE_IS_LONG_TERM)
+                                .bind(&push.appid)
+                                .bind(&item.template_id)
+                                .fetch_optional(&mut *tx)
+                                .await
+                                .context("reading the template's type")?
+                                .is_some();
+                            if long_term { PushEffect::LongTermOn } else { PushEffect::Granted }
+                        }
+                        PushAction::Decide { .. } => PushEffect::Recorded,
+                        PushAction::Revoke => PushEffect::Revoked,
+                        PushAction::Delivery { msgid, .. } => {
+                            delivery_of = sqlx::query_scalar::<_, String>(sql::MESSAGE_OF_MSGID)
+                                .bind(msgid)
+                                .bind(&push.appid)
+                                .bind(&push.openid)
+                                .fetch_optional(&mut *tx)
+                                .await
+                                .context("finding the message of a msgid")?;
+                            if delivery_of.is_some() { PushEffect::DeliveryRecorded } else { PushEffect::NoMessage }
+                        }
+                        PushAction::Ignore => PushEffect::Ignored,
+                    };
+                    let first = sqlx::query(sql::INSERT_PUSH_EVENT)
+                        .bind(&push.appid)
+                        .bind(&item.dedupe_key)
+                        .bind(push.kind.as_str())
+                        .bind(&push.openid)
+                        .bind(&item.template_id)
+                        .bind(effect.as_str())
+                        .bind(now)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .context("recording a push event")?
+                        .is_some();
+                    if !first {
+                        let stored: String = sqlx::query_scalar(sql::PUSH_EVENT_EFFECT)
+                            .bind(&push.appid)
+                            .bind(&item.dedupe_key)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .context("reading a push event seen before")?;
+                        outcomes.push(PushItemOutcome { effect: stored.parse()?, replayed: true });
+                        continue;
+                    }
+                    match &item.action {
+                        PushAction::Decide { decision, .. } => {
+                            sqlx::query(sql::RECORD_DECISION)
+                                .bind(&push.appid)
+                                .bind(&push.openid)
+                                .bind(&item.template_id)
+                                .bind(decision.as_str())
+                                .bind(now)
+                                .bind(effect == PushEffect::LongTermOn)
+                                .execute(&mut *tx)
+                                .await
+                                .context("recording the user's decision")?;
+                            if effect == PushEffect::Granted {
+                                sqlx::query(sql::INSERT_GRANT)
+                                    .bind(&push.appid)
+                                    .bind(&push.openid)
+                                    .bind(format!("grant:{}", uuid::Uuid::new_v4()))
+                                    .bind(&item.template_id)
+                                    .bind(now)
+                                    .bind($crate::ledger::kinds::NEVER_EXPIRES_MS)
+                                    .execute(&mut *tx)
+                                    .await
+                                    .context("recording a grant")?;
+                            }
+                        }
+                        PushAction::Revoke => {
+                            for statement in [sql::RETIRE_USER_TEMPLATE_GRANTS, sql::REVOKE_USER_SUBSCRIPTION] {
+                                sqlx::query(statement)
+                                    .bind(&push.appid)
+                                    .bind(&push.openid)
+                                    .bind(&item.template_id)
+                                    .bind(now)
+                                    .execute(&mut *tx)
+                                    .await
+                                    .context("revoking the user's grants of a template")?;
+                            }
+                        }
+                        PushAction::Delivery { error_code, error_status, .. } => {
+                            if let Some(message_id) = &delivery_of {
+                                sqlx::query(sql::RECORD_DELIVERY)
+                                    .bind(message_id)
+                                    .bind(*error_code)
+                                    .bind(error_status)
+                                    .bind(now)
+                                    .execute(&mut *tx)
+                                    .await
+                                    .context("recording the final delivery")?;
+                            }
+                        }
+                        PushAction::Ignore => {}
+                    }
+                    outcomes.push(PushItemOutcome { effect, replayed: false });
+                }
+                tx.commit().await.context("committing the push")?;
+                if outcomes.iter().any(|outcome| !outcome.replayed && outcome.effect.grants()) {
+                    // After the commit, for the reason `sql::WAKE_IF_CREDENTIAL` gives.
+                    sqlx::query(sql::WAKE_USER)
+                        .bind(&push.appid)
+                        .bind(now)
+                        .bind(now)
+                        .bind(&push.openid)
+                        .execute(&self.writer)
+                        .await
+                        .context("waking the user's waiting messages")?;
+                }
+                Ok(outcomes)
+            }
+
             async fn subscription_quota(
                 &self,
                 appid: &str,
@@ -532,14 +658,6 @@ macro_rules! impl_storage {
                     .fetch_all(&self.reader)
                     .await
                     .context("reading the user's subscriptions")
-            }
-
-            async fn other_grants(&self, credential_id: i64) -> anyhow::Result<i64> {
-                sqlx::query_scalar(sql::OTHER_GRANTS)
-                    .bind(credential_id)
-                    .fetch_one(&self.writer)
-                    .await
-                    .context("counting the user's other grants of the template")
             }
 
             async fn release_credentials(&self, ids: &[i64], token: i64, now: i64) -> anyhow::Result<()> {
@@ -758,6 +876,11 @@ macro_rules! impl_storage {
                         sql::DELETE_OLD_PROMPTS,
                         now - message_retention_ms,
                         &mut report.deleted_prompts,
+                    ),
+                    (
+                        sql::DELETE_OLD_PUSH_EVENTS,
+                        now - message_retention_ms,
+                        &mut report.deleted_push_events,
                     ),
                 ] {
                     loop {

@@ -279,7 +279,8 @@ pub const DELETE_OLD_IDEMPOTENCY_KEYS: &str =
     SELECT appid, key FROM idempotency_keys WHERE expires_at <= $1 LIMIT $2)";
 
 pub const MESSAGE: &str = "SELECT id, appid, touser, template_id, status, error_code, \
-    wechat_errcode, created_at, updated_at, channel FROM messages WHERE appid = $1 AND id = $2";
+    wechat_errcode, created_at, updated_at, channel, delivery_error_code, delivery_error_status, \
+    delivery_reported_at FROM messages WHERE appid = $1 AND id = $2";
 
 pub const ATTEMPTS: &str = "SELECT credential_id, credential_kind, errcode, outcome, detail, at, \
     msgid FROM attempts WHERE message_id = $1 ORDER BY id";
@@ -291,14 +292,6 @@ pub const KNOWN_CHANNEL: &str = "SELECT channel FROM templates \
     UNION ALL SELECT 'subscribe' FROM subscriptions \
     WHERE appid = $1 AND template_id = $2 AND openid = $3 \
     LIMIT 1";
-
-/// The other grants of a grant's (app, user, template), in the pool or
-/// leased to another send. Read on the writer: a grant that just arrived
-/// must be seen.
-pub const OTHER_GRANTS: &str = "SELECT COUNT(*) FROM credentials o \
-    WHERE o.kind = 'subscribe' AND o.state IN ('available', 'leased') AND o.id <> $1 \
-      AND (o.appid, o.openid, o.template_id) = \
-          (SELECT appid, openid, template_id FROM credentials WHERE id = $1)";
 
 /// Records a prompt result once: a row comes back only for the first post
 /// of its request_id.
@@ -422,6 +415,65 @@ pub const TEMPLATES_OF_APP: &str = "SELECT template_id, channel, title, content,
 pub const TEMPLATE_OF_APP: &str = "SELECT template_id, channel, title, content, example, \
     subscription, enum_values, refreshed_at FROM templates \
     WHERE appid = $1 AND template_id = $2";
+
+// WeChat's message push (migration 0006): each item of a verified push
+// applied once, in the transaction that records it.
+
+/// Remembers one item of a push: a row comes back only the first time its
+/// (app, key) is seen. Why the row is written in the transaction that
+/// applies the item: a retry of the push (WeChat tries 3 times when no
+/// `success` comes in 5 s) then either finds the row and changes nothing,
+/// or finds nothing because nothing was applied.
+pub const INSERT_PUSH_EVENT: &str = "INSERT INTO push_events \
+    (appid, dedupe_key, event, openid, template_id, effect, received_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7) \
+    ON CONFLICT (appid, dedupe_key) DO NOTHING RETURNING dedupe_key";
+
+/// What an item seen before did, answered to its retry.
+pub const PUSH_EVENT_EFFECT: &str =
+    "SELECT effect FROM push_events WHERE appid = $1 AND dedupe_key = $2";
+
+/// A change event's `reject` (the user turned the template off): every
+/// grant of (app `$1`, user `$2`, template `$3`) still in the pool is
+/// retired. Without an errcode: WeChat told it by a push, not by a send's
+/// answer. A grant leased to a send in flight is left to that send's answer.
+pub const RETIRE_USER_TEMPLATE_GRANTS: &str = "UPDATE credentials \
+    SET state = 'retired', updated_at = $4 \
+    WHERE appid = $1 AND openid = $2 AND template_id = $3 AND kind = 'subscribe' \
+      AND state = 'available'";
+
+/// ...and the long-term subscription is off with `revoked` as the user's
+/// latest decision, inserted if the user never decided through the gateway
+/// (the decision was then made where the gateway did not see it).
+pub const REVOKE_USER_SUBSCRIPTION: &str = "INSERT INTO subscriptions \
+    (appid, openid, template_id, decision, decided_at, long_term, updated_at) \
+    VALUES ($1, $2, $3, 'revoked', $4, FALSE, $4) \
+    ON CONFLICT (appid, openid, template_id) DO UPDATE \
+    SET decision = 'revoked', decided_at = excluded.decided_at, long_term = FALSE, \
+        updated_at = excluded.updated_at";
+
+/// The message a sent event is about: the one whose attempt carries the
+/// `msgid` (`$1`, served by the partial index `attempts_by_msgid`), of this
+/// app (`$2`) and user (`$3`). Why the user too: a msgid is WeChat's, and a
+/// push whose user differs from the message's is not about it.
+pub const MESSAGE_OF_MSGID: &str = "SELECT a.message_id FROM attempts a \
+    JOIN messages m ON m.id = a.message_id \
+    WHERE a.msgid = $1 AND m.appid = $2 AND m.touser = $3 \
+    ORDER BY a.id LIMIT 1";
+
+/// The final delivery WeChat pushed, on the message (`$1`). Its status is
+/// left as the send ended it: `sent` means WeChat accepted the send, and
+/// the delivery says what became of it. No grant is refunded.
+pub const RECORD_DELIVERY: &str = "UPDATE messages \
+    SET delivery_error_code = $2, delivery_error_status = $3, delivery_reported_at = $4, \
+        updated_at = $4 \
+    WHERE id = $1";
+
+/// Applied pushes are kept as long as messages and prompt results: a retry
+/// comes within seconds, and a push older than the replay window (5 min) is
+/// refused anyway; the rest is a record of what WeChat said.
+pub const DELETE_OLD_PUSH_EVENTS: &str = "DELETE FROM push_events WHERE (appid, dedupe_key) IN ( \
+    SELECT appid, dedupe_key FROM push_events WHERE received_at <= $1 LIMIT $2)";
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,7 @@
 //! `formid-demo` (`cargo run -p formid-demo`): the gateway on its embedded
 //! default (SQLite) with the fake WeChat beside it, and the curl lines of a
-//! full round trip.
+//! full round trip, subscribe messages granted by WeChat's message push
+//! included.
 //!
 //! A binary of its own, so that the production `formid-gateway` binary never
 //! links the fake.
@@ -12,7 +13,7 @@ use clap::Parser;
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
 
-use fake_wechat::{FakeWeChat, FakeWeChatServer};
+use fake_wechat::{FakeWeChat, FakeWeChatServer, PushFormat, PushMode, PushTarget};
 use formid_gateway::clock::SystemClock;
 use formid_gateway::config::Settings;
 use formid_gateway::startup::Application;
@@ -55,14 +56,27 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let fake = FakeWeChat::new(fake_wechat::SystemClock);
     fake.register_app(APPID, &secret);
     fake.register_template(APPID, TEMPLATE_ID);
-    let fake_server = FakeWeChatServer::start(fake, &args.fake_listen)
+    // A subscribe template (title 401: thing1, character_string2), and
+    // WeChat's message push to the gateway in safe mode: the popup events
+    // grant (subscribe_grants_from = "wechat").
+    let subscribe_template = fake
+        .add_subscribe_template(APPID, 401, &[1, 2])
+        .map_err(|errcode| anyhow::anyhow!("the fake refused the template: {errcode}"))?;
+    let push_token = random_hex(8);
+    let encoding_aes_key = random_hex(22)[..43].to_owned();
+    let fake_server = FakeWeChatServer::start(fake.clone(), &args.fake_listen)
         .await
         .context("starting the fake WeChat")?;
     let settings: Settings = serde_json::from_value(json!({
         "listen": args.listen,
         "database_url": args.database_url,
         "wechat": {"base_url": fake_server.base_url},
-        "apps": {APPID: {"secret": secret}},
+        "apps": {APPID: {
+            "secret": secret,
+            "push_token": push_token,
+            "encoding_aes_key": encoding_aes_key,
+            "subscribe_grants_from": "wechat",
+        }},
         "api_keys": {"demo": {"key": api_key, "apps": ["*"], "scopes": ["admin"]}},
     }))
     .context("building the demo settings")?;
@@ -72,16 +86,32 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.listen
             .replace(":0", &format!(":{}", application.port()))
     );
+    fake.set_push_target(
+        APPID,
+        PushTarget::new(
+            format!("{gateway}/wechat/push/{APPID}"),
+            push_token,
+            encoding_aes_key,
+            PushMode::Safe,
+            PushFormat::Json,
+        ),
+    )
+    .map_err(|error| anyhow::anyhow!("setting the fake's push target: {error}"))?;
     println!(
         "{}",
-        instructions(&gateway, &fake_server.base_url, &api_key)
+        instructions(
+            &gateway,
+            &fake_server.base_url,
+            &api_key,
+            &subscribe_template
+        )
     );
     let served = application.run_until_stopped().await;
     fake_server.stop().await;
     served
 }
 
-fn instructions(gateway: &str, fake: &str, key: &str) -> String {
+fn instructions(gateway: &str, fake: &str, key: &str, subscribe_template: &str) -> String {
     let auth = format!("-H 'Authorization: Bearer {key}'");
     let app = format!("{gateway}/v1/apps/{APPID}");
     format!(
@@ -109,6 +139,17 @@ curl -s -X POST {app}/messages {auth} -H 'Content-Type: application/json' \
 # 5. Again: the formId is spent, so the answer is 409 no_credential:
 curl -s -X POST {app}/messages {auth} -H 'Content-Type: application/json' \
   -d '{{"touser":"{OPENID}","template_id":"{TEMPLATE_ID}"}}'; echo
+
+# 6. Subscribe messages, granted by WeChat's message push: the user accepts the template in a prompt, and
+#    WeChat (the fake) pushes the popup event, signed and encrypted, to {gateway}/wechat/push/{APPID}:
+curl -s -X POST {fake}/fake/apps/{APPID}/users/{OPENID}/grants/{subscribe_template}/accept; echo
+sleep 1; curl -s {app}/users/{OPENID}/quota {auth}; echo
+
+# 7. Send it; WeChat then pushes how the delivery ended, and the message shows it under "delivery":
+MESSAGE_ID=$(curl -s -X POST {app}/messages {auth} -H 'Content-Type: application/json' \
+  -d '{{"touser":"{OPENID}","template_id":"{subscribe_template}","data":{{"thing1":{{"value":"Blue mug"}},"character_string2":{{"value":"SN20240501001"}}}}}}' \
+  | grep -o '"id":"[^"]*"' | head -1 | cut -d'"' -f4); echo $MESSAGE_ID
+sleep 1; curl -s {app}/messages/$MESSAGE_ID {auth}; echo
 
 # The token other servers of the app use:
 curl -s {app}/access_token {auth}; echo

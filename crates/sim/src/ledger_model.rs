@@ -25,8 +25,8 @@ use formid_gateway::ledger::states::{
 use formid_gateway::storage::{
     AppState, AttemptRow, Claim, ClaimedCredential, EndSend, IdempotencyBegin, IdempotencyRecord,
     InsertOutcome, KindQuota, Lease, MessageOutcome, MessageRow, NewAttempt, NewCredential,
-    NewMessage, NewPrompt, PromptEffect, PromptRecord, Settlement, StartSend, Storage,
-    StoredMessage, SweepReport, TemplateQuota,
+    NewMessage, NewPrompt, NewPushEvent, PromptEffect, PromptRecord, PushItemOutcome, Settlement,
+    StartSend, Storage, StoredMessage, SweepReport, TemplateQuota,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -1291,33 +1291,6 @@ impl Storage for LedgerModel {
         .await
     }
 
-    async fn other_grants(&self, credential_id: i64) -> anyhow::Result<i64> {
-        // `OTHER_GRANTS`, read on the writer (it sees every commit).
-        self.read(|t| {
-            let Some(of) = t.credentials.get(&credential_id) else {
-                return 0;
-            };
-            let Some(template_id) = of.template_id.as_deref() else {
-                return 0;
-            };
-            t.credentials
-                .values()
-                .filter(|o| {
-                    o.kind == CredentialKind::Subscribe.as_str()
-                        && matches!(
-                            o.state,
-                            CredentialState::Available | CredentialState::Leased
-                        )
-                        && o.id != credential_id
-                        && o.appid == of.appid
-                        && o.openid == of.openid
-                        && o.template_id.as_deref() == Some(template_id)
-                })
-                .count() as i64
-        })
-        .await
-    }
-
     async fn release_credentials(&self, ids: &[i64], token: i64, now: i64) -> anyhow::Result<()> {
         if ids.is_empty() {
             return Ok(());
@@ -1349,6 +1322,11 @@ impl Storage for LedgerModel {
                 created_at: m.created_at,
                 updated_at: m.updated_at,
                 channel: m.channel,
+                // The simulation does not model the push receiver, which
+                // alone records a final delivery.
+                delivery_error_code: None,
+                delivery_error_status: None,
+                delivery_reported_at: None,
             };
             Some((row, t.attempts.get(id).cloned().unwrap_or_default()))
         })
@@ -1498,6 +1476,16 @@ impl Storage for LedgerModel {
         _template_id: &str,
     ) -> anyhow::Result<Option<formid_gateway::storage::TemplateRecord>> {
         Ok(None)
+    }
+
+    /// The push receiver is not modelled: the simulation's WeChat does not
+    /// push, so nothing calls this.
+    async fn record_push(
+        &self,
+        _event: &NewPushEvent,
+        _now: i64,
+    ) -> anyhow::Result<Vec<PushItemOutcome>> {
+        bail!("the simulation does not model WeChat's message push")
     }
 
     async fn sweep(

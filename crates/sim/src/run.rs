@@ -841,6 +841,10 @@ pub async fn run_plan(plan: Plan, backend: Backend) -> SeedReport {
             token_mode: TokenMode::Token,
             miniprogram_state: Default::default(),
             lang: Default::default(),
+            push_token: None,
+            encoding_aes_key: None,
+            previous_encoding_aes_key: None,
+            subscribe_grants_from: Default::default(),
         },
     )]));
     let world = World {

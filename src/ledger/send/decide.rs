@@ -60,10 +60,6 @@ pub struct Spending {
     pub token_retried: bool,
     /// Calls answered -1 so far.
     pub busy_retries: u32,
-    /// For a one-time subscribe grant, whether it is the user's only grant
-    /// of its template (the ledger's count, read when an outcome turned
-    /// unknown); `None` until read.
-    pub sole_grant: Option<bool>,
 }
 
 /// How the message ends.
@@ -122,20 +118,15 @@ impl Step {
 /// A subscribe grant is never probed. WeChat counts grants per (user,
 /// template), and the ledger's count is not WeChat's: a prompt result the
 /// frontend has not posted yet (or never will) is a grant WeChat holds and
-/// the ledger does not, so even on the user's only grant in the ledger
-/// (`sole_grant`) a second call may deliver the message again; and a user
+/// the ledger does not, so even on the user's only grant in the ledger a
+/// second call may deliver the message again; and a user
 /// who turned the template off makes 43101 mean "revoked", not "the first
 /// call used it". Found by the simulation (formid-sim, seed 2 with
 /// `--sends-per-seed 60 --subscribe-percent 50`: a grant posted 26 s late,
 /// the probe delivered an at_most_once message twice). A long-term
 /// subscription is never probed either: it is not consumed, so a second
 /// call would deliver again.
-pub fn can_probe(
-    credential: &ClaimedCredential,
-    _state: &Spending,
-    now: i64,
-    policy: &Policy,
-) -> bool {
+pub fn can_probe(credential: &ClaimedCredential, now: i64, policy: &Policy) -> bool {
     let one_use_at_wechat = !matches!(
         CredentialKind::parse(&credential.kind),
         Some(CredentialKind::LongTerm) | Some(CredentialKind::Subscribe)
@@ -148,13 +139,8 @@ pub fn can_probe(
 
 /// The first step for a credential found leased to a pending message after
 /// its holder died: `None` to probe it, or the step that ends it unproven.
-pub fn on_recovered(
-    credential: &ClaimedCredential,
-    state: &Spending,
-    now: i64,
-    policy: &Policy,
-) -> Option<Step> {
-    if can_probe(credential, state, now, policy) {
+pub fn on_recovered(credential: &ClaimedCredential, now: i64, policy: &Policy) -> Option<Step> {
+    if can_probe(credential, now, policy) {
         None
     } else {
         Some(unresolved(
@@ -207,7 +193,7 @@ pub fn decide(
             };
             // A probe that never left leaves the question as it was; an
             // ambiguous first call becomes one.
-            if state.probes < policy.probe_limit && can_probe(credential, state, now, policy) {
+            if state.probes < policy.probe_limit && can_probe(credential, now, policy) {
                 return Step::CallAgain {
                     outcome,
                     retry: state.probes + 1,
@@ -450,14 +436,6 @@ mod tests {
         let ticket = ClaimedCredential {
             expires_at: crate::ledger::kinds::NEVER_EXPIRES_MS,
             ..credential("long_term", 1, 0, DAY)
-        };
-        let sole = Spending {
-            sole_grant: Some(true),
-            ..fresh()
-        };
-        let not_sole = Spending {
-            sole_grant: Some(false),
-            ..fresh()
         };
         let rows: Vec<(
             &str,
@@ -917,15 +895,7 @@ mod tests {
             (
                 "subscribe lost answer on the user's only grant in the ledger: unknown (WeChat may hold more)",
                 Ambiguous,
-                sole,
-                &grant,
-                most,
-                end(O::Ambiguous, S::SpentUnproven, MessageEnd::Unknown),
-            ),
-            (
-                "subscribe lost answer with other grants of the template: unknown",
-                Ambiguous,
-                not_sole,
+                fresh(),
                 &grant,
                 most,
                 end(O::Ambiguous, S::SpentUnproven, MessageEnd::Unknown),
@@ -941,10 +911,7 @@ mod tests {
             (
                 "a 43101 to a probe of a grant proves nothing (the user may have revoked)",
                 Answered(43101),
-                Spending {
-                    sole_grant: Some(true),
-                    ..probing()
-                },
+                probing(),
                 &grant,
                 most,
                 end(O::ProbeInconclusive, S::SpentUnproven, MessageEnd::Unknown),
@@ -963,11 +930,11 @@ mod tests {
     fn a_recovered_credential_is_probed_only_when_wechat_holds_one_use() {
         let most = policy(Delivery::AtMostOnce);
         assert_eq!(
-            on_recovered(&credential("form_id", 1, 0, DAY), &fresh(), NOW, &most),
+            on_recovered(&credential("form_id", 1, 0, DAY), NOW, &most),
             None
         );
         assert_eq!(
-            on_recovered(&credential("prepay_id", 1, 0, DAY), &fresh(), NOW, &most),
+            on_recovered(&credential("prepay_id", 1, 0, DAY), NOW, &most),
             None
         );
         let unknown = Some(end(
@@ -976,27 +943,18 @@ mod tests {
             MessageEnd::Unknown,
         ));
         assert_eq!(
-            on_recovered(&credential("prepay_id", 2, 0, DAY), &fresh(), NOW, &most),
+            on_recovered(&credential("prepay_id", 2, 0, DAY), NOW, &most),
             unknown
         );
         assert_eq!(
-            on_recovered(&credential("prepay_id", 1, 1, DAY), &fresh(), NOW, &most),
+            on_recovered(&credential("prepay_id", 1, 1, DAY), NOW, &most),
             unknown
         );
-        let grant = credential("subscribe", 1, 0, DAY);
-        let sole = Spending {
-            sole_grant: Some(true),
-            ..fresh()
-        };
         // Not even the user's only grant in the ledger: WeChat may hold more.
-        assert_eq!(on_recovered(&grant, &sole, NOW, &most), unknown);
-        let not_sole = Spending {
-            sole_grant: Some(false),
-            ..fresh()
-        };
-        assert_eq!(on_recovered(&grant, &not_sole, NOW, &most), unknown);
+        let grant = credential("subscribe", 1, 0, DAY);
+        assert_eq!(on_recovered(&grant, NOW, &most), unknown);
         assert_eq!(
-            on_recovered(&credential("long_term", 1, 0, DAY), &sole, NOW, &most),
+            on_recovered(&credential("long_term", 1, 0, DAY), NOW, &most),
             unknown
         );
     }

@@ -276,9 +276,8 @@ impl<'a> Run<'a> {
             ..Spending::default()
         };
         if recovered {
-            state.sole_grant = self.sole_grant(credential).await?;
             let now = sender.clock.now_ms();
-            if let Some(step) = decide::on_recovered(credential, &state, now, &policy) {
+            if let Some(step) = decide::on_recovered(credential, now, &policy) {
                 return self.apply(credential, None, Answer::default(), step).await;
             }
         }
@@ -320,9 +319,6 @@ impl<'a> Run<'a> {
                 }
             };
             sender.guard.record(appid, answer);
-            if answer.errcode().is_none() && state.sole_grant.is_none() {
-                state.sole_grant = self.sole_grant(credential).await?;
-            }
             let step = decide::decide(answer, &state, credential, sender.clock.now_ms(), &policy);
             match step {
                 Step::CallAgain { retry, .. } => {
@@ -361,16 +357,6 @@ impl<'a> Run<'a> {
                 step => return self.apply(credential, Some(answer), said, step).await,
             }
         }
-    }
-
-    /// For a one-time subscribe grant, whether the ledger holds no other
-    /// grant of its template for the user; `None` for other kinds.
-    async fn sole_grant(&self, credential: &ClaimedCredential) -> anyhow::Result<Option<bool>> {
-        if CredentialKind::parse(&credential.kind) != Some(CredentialKind::Subscribe) {
-            return Ok(None);
-        }
-        let others = self.sender.storage.other_grants(credential.id).await?;
-        Ok(Some(others == 0))
     }
 
     /// Applies a step that settles the credential.
