@@ -440,7 +440,9 @@ async fn one_accept_is_never_counted_twice(#[case] backend: Backend) {
         .push_event(APPID, popup("o-bob", &[(TEMPLATE_A, "accept")]))
         .await
         .unwrap();
-    assert_eq!(record.attempts, 3, "{record:?}");
+    // How many tries beat the 1 ms depends on the machine (a replay is
+    // answered fast); the fake's own tests pin the retry count.
+    assert!((1..=3).contains(&record.attempts), "{record:?}");
     // Whatever those tries did, one more gets success and one grant in all.
     assert_eq!(
         post_raw(&app, APPID, &record.query, record.body.clone()).await,
