@@ -1,6 +1,8 @@
 //! `formid-demo` (`cargo run -p formid-demo`): the gateway on its embedded
-//! default (SQLite) with the fake WeChat beside it, and the curl lines of a
-//! full round trip.
+//! default (SQLite) with the fake WeChat beside it. It runs the subscribe
+//! flow end to end against the fake and prints each step (the flow that works
+//! on WeChat today), then prints the curl lines of the legacy formId round
+//! trip, and serves until stopped.
 //!
 //! A binary of its own, so that the production `formid-gateway` binary never
 //! links the fake.
@@ -11,6 +13,8 @@ use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
+
+mod subscribe_flow;
 
 use fake_wechat::{FakeWeChat, FakeWeChatServer};
 use formid_gateway::clock::SystemClock;
@@ -72,25 +76,51 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.listen
             .replace(":0", &format!(":{}", application.port()))
     );
-    println!(
-        "{}",
-        instructions(&gateway, &fake_server.base_url, &api_key)
-    );
+    println!("{}", banner(&gateway, &fake_server.base_url, &api_key));
+    // The server answers once `run_until_stopped` is polled (its listener is
+    // already bound), so the flow runs beside it.
+    let flow = subscribe_flow::Flow {
+        gateway: gateway.clone(),
+        fake: fake_server.base_url.clone(),
+        key: api_key.clone(),
+        appid: APPID.to_owned(),
+        // A user of this run: the ledger in ./data outlives the fake, whose
+        // users and templates are new on every run.
+        openid: format!("o-demo-sub-{}", random_hex(4)),
+        request_id: format!("prompt-{}", random_hex(8)),
+    };
+    let legacy = legacy_instructions(&gateway, &fake_server.base_url, &api_key);
+    tokio::spawn(async move {
+        match flow.run().await {
+            Ok(steps) => println!("{steps}"),
+            Err(error) => println!("\nThe subscribe flow stopped: {error:#}"),
+        }
+        println!("{legacy}");
+    });
     let served = application.run_until_stopped().await;
     fake_server.stop().await;
     served
 }
 
-fn instructions(gateway: &str, fake: &str, key: &str) -> String {
-    let auth = format!("-H 'Authorization: Bearer {key}'");
-    let app = format!("{gateway}/v1/apps/{APPID}");
+/// The addresses and the key (the round-trip test reads these lines).
+fn banner(gateway: &str, fake: &str, key: &str) -> String {
     format!(
         r#"
 formid-gateway demo: the gateway on SQLite, WeChat faked beside it.
   gateway     {gateway}
   fake WeChat {fake}
   API key     {key}   (admin scope, every app)
-  app         {APPID}
+  app         {APPID}"#
+    )
+}
+
+/// The legacy formId round trip, as curl lines to run by hand.
+fn legacy_instructions(gateway: &str, fake: &str, key: &str) -> String {
+    let auth = format!("-H 'Authorization: Bearer {key}'");
+    let app = format!("{gateway}/v1/apps/{APPID}");
+    format!(
+        r#"
+== The legacy formId flow (template messages; real WeChat now answers their send with 45103), to run by hand ==
 
 # 1. A user submits a <form report-submit> in the mini-program; WeChat (the fake) gives the frontend a formId:
 FORM_ID=$(curl -s -X POST {fake}/fake/apps/{APPID}/users/{OPENID}/form_id | sed -E 's/.*"form_id":"([^"]+)".*/\1/'); echo $FORM_ID
