@@ -196,11 +196,12 @@ const GRANT_ROWS: &str = "INSERT INTO credentials \
         $5 + g / $3, $7, $5, $5 FROM SERIES";
 
 /// The users' decision on the template, as a posted prompt records it
-/// (`sql::RECORD_DECISION`): `accept`, not long-term.
+/// (`sql::RECORD_DECISION`): `accept`, not long-term. (`WHERE TRUE`: without
+/// it SQLite reads the `ON` of `ON CONFLICT` as a join constraint.)
 const DECISION_ROWS: &str = "INSERT INTO subscriptions \
     (appid, openid, template_id, decision, decided_at, long_term, updated_at) \
     SELECT $1, $2 || g, $4, 'accept', $5, FALSE, $5 FROM SERIES \
-    ON CONFLICT (appid, openid, template_id) DO NOTHING";
+    WHERE TRUE ON CONFLICT (appid, openid, template_id) DO NOTHING";
 
 /// Seeds `per_user` one-time grants of `template_id` for each of `users`
 /// users `{prefix}{n}` straight into the gateway's ledger, with the gateway
