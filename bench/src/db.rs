@@ -186,6 +186,87 @@ const LIVE_ROWS: &str = "INSERT INTO credentials \
     SELECT $1, $2 || (g / $3), 'prepay_id', 'live' || g, 3, 'available', $4, \
         $4 + 86400000 + (g % $3) * 1000, $4, $4 FROM SERIES";
 
+/// One-time subscribe grants as the gateway stores them (`sql::INSERT_GRANT`:
+/// kind `subscribe`, the template set, one use, never expiring), `$6` of
+/// them spread over users `$2 || (g % $3)`, oldest first by `g`.
+const GRANT_ROWS: &str = "INSERT INTO credentials \
+    (appid, openid, kind, value, template_id, uses_left, state, collected_at, expires_at, \
+     created_at, updated_at) \
+    SELECT $1, $2 || (g % $3), 'subscribe', 'grant:' || $2 || g, $4, 1, 'available', \
+        $5 + g / $3, $7, $5, $5 FROM SERIES";
+
+/// The users' decision on the template, as a posted prompt records it
+/// (`sql::RECORD_DECISION`): `accept`, not long-term. (`WHERE TRUE`: without
+/// it SQLite reads the `ON` of `ON CONFLICT` as a join constraint.)
+const DECISION_ROWS: &str = "INSERT INTO subscriptions \
+    (appid, openid, template_id, decision, decided_at, long_term, updated_at) \
+    SELECT $1, $2 || g, $4, 'accept', $5, FALSE, $5 FROM SERIES \
+    WHERE TRUE ON CONFLICT (appid, openid, template_id) DO NOTHING";
+
+/// Seeds `per_user` one-time grants of `template_id` for each of `users`
+/// users `{prefix}{n}` straight into the gateway's ledger, with the gateway
+/// running (it is idle meanwhile; SQLite waits on its writer lock). The
+/// same rows a posted `requestSubscribeMessage` result makes.
+pub async fn seed_grants(
+    database_url: &str,
+    appid: &str,
+    template_id: &str,
+    prefix: &str,
+    users: i64,
+    per_user: i64,
+) -> anyhow::Result<()> {
+    let total = users * per_user;
+    let now = now_ms();
+    let never = formid_gateway::ledger::kinds::NEVER_EXPIRES_MS;
+    macro_rules! seed {
+        ($pool:expr, $series_grants:expr, $series_users:expr) => {{
+            let mut tx = $pool.begin().await?;
+            sqlx::query(&GRANT_ROWS.replace("SERIES", $series_grants))
+                .bind(appid)
+                .bind(prefix)
+                .bind(users)
+                .bind(template_id)
+                .bind(now)
+                .bind(total)
+                .bind(never)
+                .execute(&mut *tx)
+                .await
+                .context("seeding grants")?;
+            sqlx::query(&DECISION_ROWS.replace("SERIES", $series_users))
+                .bind(appid)
+                .bind(prefix)
+                .bind(users)
+                .bind(template_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .context("seeding decisions")?;
+            tx.commit().await?;
+        }};
+    }
+    if database_url.starts_with("sqlite:") {
+        let path = database_url.trim_start_matches("sqlite://");
+        let pool = sqlite_writer(path, false).await?;
+        seed!(
+            pool,
+            "(WITH RECURSIVE seq(g) AS (SELECT 0 UNION ALL SELECT g + 1 FROM seq WHERE g < $6 - 1) \
+             SELECT g FROM seq)",
+            "(WITH RECURSIVE seq(g) AS (SELECT 0 UNION ALL SELECT g + 1 FROM seq WHERE g < $3 - 1) \
+             SELECT g FROM seq)"
+        );
+        pool.close().await;
+    } else {
+        let pool = pg_pool(database_url, 1).await?;
+        seed!(
+            pool,
+            "generate_series(0, $6::bigint - 1) g",
+            "generate_series(0, $3::bigint - 1) g"
+        );
+        pool.close().await;
+    }
+    Ok(())
+}
+
 pub enum LimitDb {
     Sqlite(SqlitePool),
     Postgres { pool: PgPool, url: String },
@@ -293,6 +374,8 @@ impl LimitDb {
                     .bind(now + 60_000)
                     .bind("bench-claim")
                     .bind(7_i64)
+                    // The template a subscribe grant pays for; NULL: a legacy credential.
+                    .bind(None::<String>)
                     .fetch_optional(&pool)
                     .await;
                 match claimed {
@@ -325,7 +408,8 @@ impl LimitDb {
             .replace("$4", &format!("('{prefix}' || :u)"))
             .replace("$5", ":valid")
             .replace("$6", "'bench-claim'")
-            .replace("$7", "7");
+            .replace("$7", "7")
+            .replace("$8", "NULL");
         let script = format!("\\set u random(0, {})\n{claim};\n", users - 1);
         let path = format!("{dir}/claim.sql");
         std::fs::write(&path, script)?;

@@ -120,6 +120,59 @@ pub async fn seed_users(
     Ok(users)
 }
 
+/// The two send channels the bench measures side by side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Channel {
+    /// Legacy template messages (`wxopen/template/send`), paid by prepay_ids.
+    Template,
+    /// Subscribe messages (`subscribe/send`), paid by one-time grants.
+    Subscribe,
+}
+
+impl Channel {
+    /// The name in results files and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Template => "template",
+            Channel::Subscribe => "subscribe",
+        }
+    }
+}
+
+/// The subscribe template of the bench: the fake's public title 401
+/// (订单发货提醒) with keywords 1 and 2, i.e. placeholders `thing1` and
+/// `character_string2`.
+pub const SUBSCRIBE_TID: u32 = 401;
+/// The keyword ids of [`SUBSCRIBE_TID`] the template is made of.
+pub const SUBSCRIBE_KIDS: [u32; 2] = [1, 2];
+
+/// What a send asks for: a template message, or a subscribe message of one
+/// template (the app's template id, as WeChat gave it).
+#[derive(Debug, Clone)]
+pub enum SendBody {
+    /// `TEMPLATE` with keyword1 and keyword2.
+    Template,
+    /// The subscribe template `template_id`, with data that fits it.
+    Subscribe { template_id: String },
+}
+
+impl SendBody {
+    /// The request body for a message to `touser`; `form_id` only for a
+    /// template message sent straight to the fake.
+    pub fn body(&self, touser: &str, form_id: Option<&str>) -> Value {
+        match self {
+            SendBody::Template => message(touser, form_id),
+            SendBody::Subscribe { template_id } => json!({
+                "touser": touser,
+                "template_id": template_id,
+                "page": "pages/order/detail?id=1",
+                "data": {"thing1": {"value": "Order 1024"},
+                         "character_string2": {"value": "SN20240501001"}},
+            }),
+        }
+    }
+}
+
 /// A request body for a template message to `touser`.
 pub fn message(touser: &str, form_id: Option<&str>) -> Value {
     let mut body = json!({
@@ -139,13 +192,14 @@ pub async fn gateway_send(
     http: reqwest::Client,
     url: Arc<String>,
     users: Arc<Vec<String>>,
+    send: Arc<SendBody>,
     n: u64,
 ) -> Outcome {
     let user = &users[(n % users.len() as u64) as usize];
     let reply = match http
         .post(url.as_str())
         .bearer_auth(API_KEY)
-        .json(&message(user, None))
+        .json(&send.body(user, None))
         .send()
         .await
     {
@@ -192,6 +246,125 @@ pub async fn fake_send(
         Ok(body) => Outcome::Fail(format!("errcode {}", body["errcode"])),
         Err(error) => Outcome::Fail(format!("body: {error}")),
     }
+}
+
+/// One subscribe send straight to the fake, for the next user of the pool
+/// (one entry per grant the fake holds).
+pub async fn fake_subscribe_send(
+    http: reqwest::Client,
+    url: Arc<String>,
+    pool: Arc<Vec<String>>,
+    send: Arc<SendBody>,
+    n: u64,
+) -> Outcome {
+    let Some(user) = pool.get(n as usize) else {
+        return Outcome::Exhausted;
+    };
+    let reply = match http
+        .post(url.as_str())
+        .json(&send.body(user, None))
+        .send()
+        .await
+    {
+        Ok(reply) => reply,
+        Err(error) => return Outcome::Fail(format!("transport: {error}")),
+    };
+    match reply.json::<Value>().await {
+        Ok(body) if body["errcode"].as_i64() == Some(0) => Outcome::Ok(1),
+        Ok(body) => Outcome::Fail(format!("errcode {}", body["errcode"])),
+        Err(error) => Outcome::Fail(format!("body: {error}")),
+    }
+}
+
+/// Adds the bench's subscribe template to an app through the gateway's
+/// admin endpoint (the gateway calls the fake's `addtemplate` and stores it
+/// in its catalogue, so sends of it go out as subscribe messages, checked
+/// against it). Returns the template id.
+pub async fn add_template_via_gateway(
+    http: &reqwest::Client,
+    gateway: &str,
+    appid: &str,
+) -> anyhow::Result<String> {
+    let reply = http
+        .post(format!("{gateway}/v1/apps/{appid}/templates"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"channel": "subscribe", "tid": SUBSCRIBE_TID,
+                      "keyword_ids": SUBSCRIBE_KIDS, "scene_desc": "bench"}))
+        .send()
+        .await?;
+    let status = reply.status();
+    let body: Value = reply.json().await?;
+    body["id"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("adding the subscribe template answered {status}: {body}"))
+}
+
+/// Adds the bench's subscribe template to an app at the fake directly
+/// (`wxaapi/newtmpl/addtemplate`; adding it again answers 200022 with the
+/// same id). Returns the template id.
+pub async fn add_template_at_fake(
+    http: &reqwest::Client,
+    fake: &str,
+    token: &str,
+) -> anyhow::Result<String> {
+    let mut form: Vec<(&str, String)> = vec![("tid", SUBSCRIBE_TID.to_string())];
+    form.extend(
+        SUBSCRIBE_KIDS
+            .iter()
+            .map(|kid| ("kidList", kid.to_string())),
+    );
+    let body = form
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let reply: Value = http
+        .post(format!(
+            "{fake}/wxaapi/newtmpl/addtemplate?access_token={token}"
+        ))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await?
+        .json()
+        .await?;
+    reply["priTmplId"]
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("the fake did not add the template: {reply}"))
+}
+
+/// Each user accepts `template_id` `per_user` times at the fake (its HTTP
+/// control, as a user answering prompts), concurrently.
+pub async fn grant_at_fake(
+    http: &reqwest::Client,
+    fake: &str,
+    appid: &str,
+    template_id: &str,
+    users: &[String],
+    per_user: usize,
+) -> anyhow::Result<()> {
+    let slots = Arc::new(Semaphore::new(64));
+    let mut tasks = Vec::with_capacity(users.len());
+    for user in users {
+        let (http, slots) = (http.clone(), slots.clone());
+        let url = format!("{fake}/fake/apps/{appid}/users/{user}/grants/{template_id}/accept");
+        tasks.push(tokio::spawn(async move {
+            let _permit = slots.acquire_owned().await?;
+            for _ in 0..per_user {
+                let reply = http.post(&url).send().await?;
+                if !reply.status().is_success() {
+                    bail!("the fake refused a grant: {}", reply.status());
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
 }
 
 /// The fake's access token for an app.

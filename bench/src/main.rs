@@ -24,6 +24,7 @@ use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
 use crate::db::LimitDb;
+use crate::http::{Channel, SendBody};
 use crate::load::{closed_loop, Stats};
 use crate::procs::{wait_until_up, Proc};
 
@@ -59,6 +60,11 @@ struct RunArgs {
     latencies: Vec<u64>,
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     clients: Vec<usize>,
+    /// Send channels, measured side by side at every client count and
+    /// latency: legacy template messages (prepay_ids) and subscribe messages
+    /// (one-time grants). The ledger-growth runs send template messages.
+    #[arg(long, value_delimiter = ',', default_value = "template,subscribe")]
+    channels: Vec<Channel>,
     /// Stored (dead) credentials of the ledger-growth runs.
     #[arg(long, value_delimiter = ',', default_value = "10000,1000000,10000000")]
     growth: Vec<i64>,
@@ -86,10 +92,15 @@ struct RunArgs {
 /// One measured figure.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {
+    /// `sqlite` or `postgres`.
     pub backend: String,
     pub upstream_latency_ms: u64,
     /// send, fake_direct, collect, bare_claim, bare_insert, growth_send, rss
     pub measure: String,
+    /// send and fake_direct: `template` or `subscribe` (empty in results
+    /// files older than subscribe messages: `template`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub channel: String,
     pub clients: usize,
     #[serde(default)]
     pub batch: usize,
@@ -100,6 +111,25 @@ pub struct Record {
     pub note: String,
 }
 
+impl Record {
+    /// The send channel of a send or fake_direct figure (`template` when
+    /// the file predates subscribe messages).
+    pub fn channel(&self) -> &str {
+        if self.channel.is_empty() {
+            "template"
+        } else {
+            &self.channel
+        }
+    }
+
+    /// The same figure, for `channel`.
+    fn on(mut self, channel: Channel) -> Self {
+        self.channel = channel.as_str().to_owned();
+        self
+    }
+}
+
+/// A results file: the machine, the settings and every figure.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Results {
     pub started: String,
@@ -140,6 +170,12 @@ struct Bench {
     tmp: PathBuf,
     warmup: Duration,
     duration: Duration,
+    /// The gateway database of the current latency (subscribe grants are
+    /// seeded into it).
+    database_url: String,
+    /// The subscribe template of SEND_APP at the current fake, when
+    /// subscribe sends are measured.
+    subscribe_template: Option<String>,
 }
 
 impl Bench {
@@ -152,10 +188,11 @@ impl Bench {
         let s = &record.stats;
         let failures: u64 = s.failures.values().sum();
         println!(
-            "  {:<8} {:>3}ms {:<12} c={:<3} batch={:<3} stored={:<9} rate={:>9.1}/s p50={:>8.2}ms p99={:>8.2}ms n={} fail={}{}{}",
+            "  {:<8} {:>3}ms {:<12} {:<9} c={:<3} batch={:<3} stored={:<9} rate={:>9.1}/s p50={:>8.2}ms p99={:>8.2}ms n={} fail={}{}{}",
             record.backend,
             record.upstream_latency_ms,
             record.measure,
+            record.channel,
             record.clients,
             record.batch,
             record.stored,
@@ -222,7 +259,7 @@ secret = "{secret}"
 [api_keys.bench]
 key = "{key}"
 apps = ["*"]
-scopes = ["collect", "send"]
+scopes = ["collect", "send", "admin"]
 "#,
             gateway_port = self.args.gateway_port,
             pool = self.args.pool,
@@ -272,6 +309,7 @@ scopes = ["collect", "send"]
             backend: backend.into(),
             upstream_latency_ms: latency,
             measure: "rss".into(),
+            channel: String::new(),
             clients: 0,
             batch: 0,
             stored: 0,
@@ -280,29 +318,47 @@ scopes = ["collect", "send"]
         })
     }
 
-    /// Gateway sends at `clients`, with credentials for `budget` sends
-    /// seeded first; retried with more when the work runs out early.
+    /// Gateway sends of `channel` at `clients`, with credentials for
+    /// `budget` sends seeded first; retried with more when the work runs out
+    /// early.
     async fn gateway_sends(
         &self,
         appid: &str,
         prefix: &str,
+        channel: Channel,
         clients: usize,
         mut budget: u64,
     ) -> anyhow::Result<Stats> {
+        let send = Arc::new(match channel {
+            Channel::Template => SendBody::Template,
+            Channel::Subscribe => SendBody::Subscribe {
+                template_id: self
+                    .subscribe_template
+                    .clone()
+                    .context("no subscribe template at this fake")?,
+            },
+        });
         let mut attempt = 0;
         loop {
             let seeding = Instant::now();
-            let users = http::seed_users(
-                &self.http,
-                &self.fake_url(),
-                &self.gateway_url(),
-                appid,
-                &format!("{prefix}a{attempt}u"),
-                budget,
-                MAX_USERS,
-            )
-            .await
-            .context("seeding credentials")?;
+            let prefix = format!("{prefix}a{attempt}u");
+            let users = match &*send {
+                SendBody::Template => http::seed_users(
+                    &self.http,
+                    &self.fake_url(),
+                    &self.gateway_url(),
+                    appid,
+                    &prefix,
+                    budget,
+                    MAX_USERS,
+                )
+                .await
+                .context("seeding credentials")?,
+                SendBody::Subscribe { template_id } => {
+                    self.seed_grants(appid, template_id, &prefix, budget)
+                        .await?
+                }
+            };
             println!(
                 "    seeded {} sends over {} users in {:.1}s",
                 budget,
@@ -311,9 +367,9 @@ scopes = ["collect", "send"]
             );
             let users = Arc::new(users);
             let url = Arc::new(format!("{}/v1/apps/{appid}/messages", self.gateway_url()));
-            let http = self.http.clone();
+            let (http, send) = (self.http.clone(), send.clone());
             let stats = closed_loop(clients, self.warmup, self.duration, move |n| {
-                http::gateway_send(http.clone(), url.clone(), users.clone(), n)
+                http::gateway_send(http.clone(), url.clone(), users.clone(), send.clone(), n)
             })
             .await;
             if stats.exhausted && stats.window_s < self.duration.as_secs_f64() * 0.5 && attempt < 2
@@ -327,7 +383,105 @@ scopes = ["collect", "send"]
         }
     }
 
-    async fn fake_direct(&self, clients: usize, mut budget: u64) -> anyhow::Result<Stats> {
+    /// One-time grants of `template_id` for `sends` sends, spread over at
+    /// most MAX_USERS users `{prefix}{n}`: accepted at the fake (its HTTP
+    /// control, one call per grant, as users answering prompts) and written
+    /// into the gateway's ledger as a posted prompt result writes them.
+    /// Returns the users.
+    async fn seed_grants(
+        &self,
+        appid: &str,
+        template_id: &str,
+        prefix: &str,
+        sends: u64,
+    ) -> anyhow::Result<Vec<String>> {
+        let users_n = MAX_USERS.min(sends as usize).max(1);
+        let per_user = (sends as usize).div_ceil(users_n);
+        let users: Vec<String> = (0..users_n).map(|n| format!("{prefix}{n}")).collect();
+        http::grant_at_fake(
+            &self.http,
+            &self.fake_url(),
+            appid,
+            template_id,
+            &users,
+            per_user,
+        )
+        .await
+        .context("granting at the fake")?;
+        db::seed_grants(
+            &self.database_url,
+            appid,
+            template_id,
+            prefix,
+            users_n as i64,
+            per_user as i64,
+        )
+        .await?;
+        Ok(users)
+    }
+
+    async fn fake_direct(
+        &self,
+        channel: Channel,
+        clients: usize,
+        budget: u64,
+    ) -> anyhow::Result<Stats> {
+        match channel {
+            Channel::Template => self.fake_direct_template(clients, budget).await,
+            Channel::Subscribe => self.fake_direct_subscribe(clients, budget).await,
+        }
+    }
+
+    /// Subscribe sends straight to the fake, one grant per send.
+    async fn fake_direct_subscribe(
+        &self,
+        clients: usize,
+        mut budget: u64,
+    ) -> anyhow::Result<Stats> {
+        let appid = fake_app(clients);
+        let token = http::fake_token(&self.http, &self.fake_url(), &appid).await?;
+        let template_id = http::add_template_at_fake(&self.http, &self.fake_url(), &token).await?;
+        let url = Arc::new(format!(
+            "{}/cgi-bin/message/subscribe/send?access_token={token}",
+            self.fake_url()
+        ));
+        let send = Arc::new(SendBody::Subscribe {
+            template_id: template_id.clone(),
+        });
+        let mut attempt = 0;
+        loop {
+            let users_n = MAX_USERS.min(budget as usize).max(1);
+            let per_user = (budget as usize).div_ceil(users_n);
+            let users: Vec<String> = (0..users_n).map(|n| format!("f{attempt}s{n}")).collect();
+            http::grant_at_fake(
+                &self.http,
+                &self.fake_url(),
+                &appid,
+                &template_id,
+                &users,
+                per_user,
+            )
+            .await?;
+            // Consecutive sends go to different users, as the gateway runs do.
+            let pool: Vec<String> = (0..per_user).flat_map(|_| users.iter().cloned()).collect();
+            let pool = Arc::new(pool);
+            let (http, url, send) = (self.http.clone(), url.clone(), send.clone());
+            let stats = closed_loop(clients, self.warmup, self.duration, move |n| {
+                http::fake_subscribe_send(http.clone(), url.clone(), pool.clone(), send.clone(), n)
+            })
+            .await;
+            if stats.exhausted && stats.window_s < self.duration.as_secs_f64() * 0.5 && attempt < 2
+            {
+                attempt += 1;
+                budget *= 3;
+                continue;
+            }
+            return Ok(stats);
+        }
+    }
+
+    /// Template sends straight to the fake, with prepay_ids minted for it.
+    async fn fake_direct_template(&self, clients: usize, mut budget: u64) -> anyhow::Result<Stats> {
         let appid = fake_app(clients);
         let token = http::fake_token(&self.http, &self.fake_url(), &appid).await?;
         let url = Arc::new(format!(
@@ -402,6 +556,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     settings.insert("database_max_connections".into(), args.pool.to_string());
     settings.insert("collect_clients".into(), args.collect_clients.to_string());
     settings.insert("max_concurrent_calls_per_app".into(), "512".into());
+    settings.insert(
+        "channels".into(),
+        args.channels
+            .iter()
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+    );
     let mut bench = Bench {
         warmup: Duration::from_secs(args.warmup_s),
         duration: Duration::from_secs(args.duration_s),
@@ -416,6 +578,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         file: file.clone(),
         tmp: tmp.clone(),
         args: args.clone(),
+        database_url: String::new(),
+        subscribe_template: None,
     };
     println!("results: {}", file.display());
     for (key, value) in &bench.results.machine {
@@ -437,6 +601,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 async fn run_backend(bench: &mut Bench, backend: &str) -> anyhow::Result<()> {
     let args = bench.args.clone();
+    let mut channels = args.channels.clone();
+    channels.sort_unstable();
+    channels.dedup();
     let tmp = bench.tmp.to_string_lossy().to_string();
     let (warmup, duration) = (bench.warmup, bench.duration);
     let record =
@@ -445,6 +612,7 @@ async fn run_backend(bench: &mut Bench, backend: &str) -> anyhow::Result<()> {
                 backend: backend.into(),
                 upstream_latency_ms: latency,
                 measure: measure.into(),
+                channel: String::new(),
                 clients,
                 batch,
                 stored,
@@ -515,6 +683,15 @@ async fn run_backend(bench: &mut Bench, backend: &str) -> anyhow::Result<()> {
         .await?;
         let label = format!("{backend}-{latency}");
         let mut gateway = bench.start_gateway(&database_url, &label).await?;
+        bench.database_url = database_url.clone();
+        bench.subscribe_template = if channels.contains(&Channel::Subscribe) {
+            let id =
+                http::add_template_via_gateway(&bench.http, &bench.gateway_url(), SEND_APP).await?;
+            println!("    subscribe template {id} added through the gateway");
+            Some(id)
+        } else {
+            None
+        };
 
         if latency == 0 {
             for batch in [1usize, 500] {
@@ -532,24 +709,37 @@ async fn run_backend(bench: &mut Bench, backend: &str) -> anyhow::Result<()> {
             }
         }
 
-        let mut last_rate = 0.0;
+        // The channels side by side at each client count.
+        let mut last_rate: BTreeMap<Channel, f64> = BTreeMap::new();
         for &clients in &args.clients {
-            let budget = bench.budget(latency, clients, last_rate);
-            let stats = bench
-                .gateway_sends(SEND_APP, &format!("s{clients}"), clients, budget)
-                .await?;
-            last_rate = stats.rate;
-            previous.insert((latency, clients), stats.rate);
-            bench.record(record("send", latency, clients, 0, 0, stats))?;
+            for &channel in &channels {
+                let rate = last_rate.get(&channel).copied().unwrap_or(0.0);
+                let budget = bench.budget(latency, clients, rate);
+                let prefix = match channel {
+                    Channel::Template => format!("s{clients}"),
+                    Channel::Subscribe => format!("b{clients}"),
+                };
+                let stats = bench
+                    .gateway_sends(SEND_APP, &prefix, channel, clients, budget)
+                    .await?;
+                last_rate.insert(channel, stats.rate);
+                if channel == Channel::Template {
+                    previous.insert((latency, clients), stats.rate);
+                }
+                bench.record(record("send", latency, clients, 0, 0, stats).on(channel))?;
+            }
         }
         bench.rss(backend, latency, &gateway, "after collect and send runs")?;
 
-        let mut last_rate = 0.0;
+        let mut last_rate: BTreeMap<Channel, f64> = BTreeMap::new();
         for &clients in &args.clients {
-            let budget = bench.budget(latency, clients, last_rate);
-            let stats = bench.fake_direct(clients, budget).await?;
-            last_rate = stats.rate;
-            bench.record(record("fake_direct", latency, clients, 0, 0, stats))?;
+            for &channel in &channels {
+                let rate = last_rate.get(&channel).copied().unwrap_or(0.0);
+                let budget = bench.budget(latency, clients, rate);
+                let stats = bench.fake_direct(channel, clients, budget).await?;
+                last_rate.insert(channel, stats.rate);
+                bench.record(record("fake_direct", latency, clients, 0, 0, stats).on(channel))?;
+            }
         }
 
         if latency == 0 {
@@ -573,7 +763,13 @@ async fn run_backend(bench: &mut Bench, backend: &str) -> anyhow::Result<()> {
                     let rate = previous.get(&(0, clients)).copied().unwrap_or(0.0);
                     let budget = bench.budget(0, clients, rate);
                     let stats = bench
-                        .gateway_sends(GROWTH_APP, &format!("g{size}c{clients}"), clients, budget)
+                        .gateway_sends(
+                            GROWTH_APP,
+                            &format!("g{size}c{clients}"),
+                            Channel::Template,
+                            clients,
+                            budget,
+                        )
                         .await?;
                     bench.record(record("growth_send", 0, clients, 0, size, stats))?;
                 }

@@ -50,6 +50,83 @@ fn bare_claim<'a>(results: &'a Results, backend: &str, clients: usize) -> Option
         .copied()
 }
 
+/// The send channels of the results, legacy first.
+fn channels(results: &Results) -> Vec<&str> {
+    let mut seen: Vec<&str> = Vec::new();
+    for record in results.records.iter().filter(|r| r.measure == "send") {
+        if !seen.contains(&record.channel()) {
+            seen.push(record.channel());
+        }
+    }
+    seen.sort_unstable_by_key(|c| (*c != "template", *c));
+    seen
+}
+
+/// The backend column of a target: the backend alone for legacy sends
+/// (as in results files that predate subscribe messages), with the channel
+/// for subscribe sends.
+fn channel_label(backend: &str, channel: &str) -> String {
+    if channel == "template" {
+        backend.to_owned()
+    } else {
+        format!("{backend}, {channel}")
+    }
+}
+
+/// Section 1b: each configuration's legacy and subscribe send rates in one
+/// row, when both channels were measured.
+fn side_by_side(out: &mut String, results: &Results) {
+    let sends: Vec<&Record> = results
+        .records
+        .iter()
+        .filter(|r| r.measure == "send")
+        .collect();
+    let pairs: Vec<(&Record, &Record)> = sends
+        .iter()
+        .filter(|r| r.channel() == "template")
+        .filter_map(|legacy| {
+            sends
+                .iter()
+                .find(|r| {
+                    r.channel() == "subscribe"
+                        && r.backend == legacy.backend
+                        && r.upstream_latency_ms == legacy.upstream_latency_ms
+                        && r.clients == legacy.clients
+                })
+                .map(|subscribe| (*legacy, *subscribe))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n### 1b. Legacy and subscribe sends side by side (same clients, same run)\n"
+    );
+    let _ = writeln!(
+        out,
+        "| backend | WeChat latency | clients | legacy sends/s | subscribe sends/s | subscribe / legacy | legacy p50 ms | subscribe p50 ms | legacy p99 ms | subscribe p99 ms |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    for (legacy, subscribe) in pairs {
+        let _ = writeln!(
+            out,
+            "| {} | {} ms | {} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            legacy.backend,
+            legacy.upstream_latency_ms,
+            legacy.clients,
+            legacy.stats.rate,
+            subscribe.stats.rate,
+            ratio(subscribe.stats.rate, Some(legacy.stats.rate)),
+            legacy.stats.p50_ms,
+            subscribe.stats.p50_ms,
+            legacy.stats.p99_ms,
+            subscribe.stats.p99_ms,
+        );
+    }
+}
+
+/// The whole report: every section's table and the targets.
 pub fn markdown(results: &Results) -> String {
     let mut out = String::new();
     let backends: Vec<String> = {
@@ -65,24 +142,27 @@ pub fn markdown(results: &Results) -> String {
     let _ = writeln!(out, "### 1. Sends (`POST /v1/apps/{{appid}}/messages`)\n");
     let _ = writeln!(
         out,
-        "| backend | WeChat latency | clients | sends/s | p50 ms | p99 ms | fake direct/s | ratio to fake | bare claim/s (conns) | ratio to bare claim |"
+        "| backend | WeChat latency | clients | channel | sends/s | p50 ms | p99 ms | fake direct/s | ratio to fake | bare claim/s (conns) | ratio to bare claim |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
     for record in results.records.iter().filter(|r| r.measure == "send") {
+        // The fake hit directly on the same channel.
         let fake = find(results, |r| {
             r.measure == "fake_direct"
                 && r.backend == record.backend
                 && r.upstream_latency_ms == record.upstream_latency_ms
                 && r.clients == record.clients
+                && r.channel() == record.channel()
         })
         .map(|r| r.stats.rate);
         let claim = bare_claim(results, &record.backend, record.clients);
         let _ = writeln!(
             out,
-            "| {} | {} ms | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} |",
+            "| {} | {} ms | {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} |",
             record.backend,
             record.upstream_latency_ms,
             record.clients,
+            record.channel(),
             record.stats.rate,
             record.stats.p50_ms,
             record.stats.p99_ms,
@@ -92,6 +172,8 @@ pub fn markdown(results: &Results) -> String {
             ratio(record.stats.rate, claim.map(|c| c.stats.rate)),
         );
     }
+
+    side_by_side(&mut out, results);
 
     let _ = writeln!(
         out,
@@ -174,20 +256,26 @@ pub fn markdown(results: &Results) -> String {
     let _ = writeln!(out, "\n### 5. Limits measured in the same run\n");
     let _ = writeln!(
         out,
-        "| backend | limit | WeChat latency | clients/conns | batch | rate/s | p50 ms | p99 ms |"
+        "| backend | limit | channel | WeChat latency | clients/conns | batch | rate/s | p50 ms | p99 ms |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
     for record in results.records.iter().filter(|r| {
         matches!(
             r.measure.as_str(),
             "fake_direct" | "bare_claim" | "bare_insert"
         )
     }) {
+        let channel = if record.measure == "fake_direct" {
+            record.channel()
+        } else {
+            "–"
+        };
         let _ = writeln!(
             out,
-            "| {} | {} | {} ms | {} | {} | {:.0} | {:.2} | {:.2} |",
+            "| {} | {} | {} | {} ms | {} | {} | {:.0} | {:.2} | {:.2} |",
             record.backend,
             record.measure,
+            channel,
             record.upstream_latency_ms,
             record.clients,
             record.batch,
@@ -202,20 +290,28 @@ pub fn markdown(results: &Results) -> String {
     let _ = writeln!(out, "|---|---|---|---|");
     for backend in &backends {
         // Sends: the best gateway rate with an instant WeChat, against the
-        // bare claim at the same database concurrency.
-        if let Some(best) = results
-            .records
-            .iter()
-            .filter(|r| r.measure == "send" && &r.backend == backend && r.upstream_latency_ms == 0)
-            .max_by(|a, b| a.stats.rate.total_cmp(&b.stats.rate))
-        {
-            if let Some(claim) = bare_claim(results, backend, best.clients) {
-                let r = best.stats.rate / claim.stats.rate;
-                let _ = writeln!(
-                    out,
-                    "| sends/s ≥ 0.5 × bare claim | {backend} | {:.0} sends/s ({} clients) / {:.0} claims/s ({} conns) = {r:.2} | {} |",
-                    best.stats.rate, best.clients, claim.stats.rate, claim.clients, met(r >= 0.5)
-                );
+        // bare claim at the same database concurrency; per channel.
+        for channel in channels(results) {
+            let label = channel_label(backend, channel);
+            if let Some(best) = results
+                .records
+                .iter()
+                .filter(|r| {
+                    r.measure == "send"
+                        && &r.backend == backend
+                        && r.upstream_latency_ms == 0
+                        && r.channel() == channel
+                })
+                .max_by(|a, b| a.stats.rate.total_cmp(&b.stats.rate))
+            {
+                if let Some(claim) = bare_claim(results, backend, best.clients) {
+                    let r = best.stats.rate / claim.stats.rate;
+                    let _ = writeln!(
+                        out,
+                        "| sends/s ≥ 0.5 × bare claim | {label} | {:.0} sends/s ({} clients) / {:.0} claims/s ({} conns) = {r:.2} | {} |",
+                        best.stats.rate, best.clients, claim.stats.rate, claim.clients, met(r >= 0.5)
+                    );
+                }
             }
         }
         let collect = find(results, |r| {
@@ -257,22 +353,28 @@ pub fn markdown(results: &Results) -> String {
                 );
             }
         }
-        if let Some(slow) = results
-            .records
-            .iter()
-            .filter(|r| {
-                r.measure == "send" && &r.backend == backend && r.upstream_latency_ms >= 100
-            })
-            .max_by_key(|r| r.clients)
-        {
-            let _ = writeln!(
-                out,
-                "| ≥ 2,000 sends/s at {} ms WeChat, {} clients | {backend} | {:.0} sends/s | {} |",
-                slow.upstream_latency_ms,
-                slow.clients,
-                slow.stats.rate,
-                met(slow.stats.rate >= 2000.0)
-            );
+        for channel in channels(results) {
+            let label = channel_label(backend, channel);
+            if let Some(slow) = results
+                .records
+                .iter()
+                .filter(|r| {
+                    r.measure == "send"
+                        && &r.backend == backend
+                        && r.upstream_latency_ms >= 100
+                        && r.channel() == channel
+                })
+                .max_by_key(|r| r.clients)
+            {
+                let _ = writeln!(
+                    out,
+                    "| ≥ 2,000 sends/s at {} ms WeChat, {} clients | {label} | {:.0} sends/s | {} |",
+                    slow.upstream_latency_ms,
+                    slow.clients,
+                    slow.stats.rate,
+                    met(slow.stats.rate >= 2000.0)
+                );
+            }
         }
     }
     if let Some(peak) = results

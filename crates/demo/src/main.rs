@@ -1,7 +1,10 @@
 //! `formid-demo` (`cargo run -p formid-demo`): the gateway on its embedded
-//! default (SQLite) with the fake WeChat beside it, and the curl lines of a
-//! full round trip, subscribe messages granted by WeChat's message push
-//! included.
+//! default (SQLite) with the fake WeChat beside it. It runs the subscribe
+//! flow end to end against the fake and prints each step (the flow that works
+//! on WeChat today), then prints the curl lines of the legacy formId round
+//! trip, and serves until stopped. The fake pushes subscribe events to the
+//! gateway as WeChat does (safe mode): they record the user's decisions and
+//! each delivery's final result, shown on the message.
 //!
 //! A binary of its own, so that the production `formid-gateway` binary never
 //! links the fake.
@@ -12,6 +15,8 @@ use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
+
+mod subscribe_flow;
 
 use fake_wechat::{FakeWeChat, FakeWeChatServer, PushFormat, PushMode, PushTarget};
 use formid_gateway::clock::SystemClock;
@@ -56,12 +61,9 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let fake = FakeWeChat::new(fake_wechat::SystemClock);
     fake.register_app(APPID, &secret);
     fake.register_template(APPID, TEMPLATE_ID);
-    // A subscribe template (title 401: thing1, character_string2), and
-    // WeChat's message push to the gateway in safe mode: the popup events
-    // grant (subscribe_grants_from = "wechat").
-    let subscribe_template = fake
-        .add_subscribe_template(APPID, 401, &[1, 2])
-        .map_err(|errcode| anyhow::anyhow!("the fake refused the template: {errcode}"))?;
+    // WeChat's message push to the gateway in safe mode. Grants come from
+    // the frontend's posts (the default); the pushes record decisions and
+    // deliveries.
     let push_token = random_hex(8);
     let encoding_aes_key = random_hex(22)[..43].to_owned();
     let fake_server = FakeWeChatServer::start(fake.clone(), &args.fake_listen)
@@ -75,7 +77,6 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
             "secret": secret,
             "push_token": push_token,
             "encoding_aes_key": encoding_aes_key,
-            "subscribe_grants_from": "wechat",
         }},
         "api_keys": {"demo": {"key": api_key, "apps": ["*"], "scopes": ["admin"]}},
     }))
@@ -97,30 +98,51 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ),
     )
     .map_err(|error| anyhow::anyhow!("setting the fake's push target: {error}"))?;
-    println!(
-        "{}",
-        instructions(
-            &gateway,
-            &fake_server.base_url,
-            &api_key,
-            &subscribe_template
-        )
-    );
+    println!("{}", banner(&gateway, &fake_server.base_url, &api_key));
+    // The server answers once `run_until_stopped` is polled (its listener is
+    // already bound), so the flow runs beside it.
+    let flow = subscribe_flow::Flow {
+        gateway: gateway.clone(),
+        fake: fake_server.base_url.clone(),
+        key: api_key.clone(),
+        appid: APPID.to_owned(),
+        // A user of this run: the ledger in ./data outlives the fake, whose
+        // users and templates are new on every run.
+        openid: format!("o-demo-sub-{}", random_hex(4)),
+        request_id: format!("prompt-{}", random_hex(8)),
+    };
+    let legacy = legacy_instructions(&gateway, &fake_server.base_url, &api_key);
+    tokio::spawn(async move {
+        match flow.run().await {
+            Ok(steps) => println!("{steps}"),
+            Err(error) => println!("\nThe subscribe flow stopped: {error:#}"),
+        }
+        println!("{legacy}");
+    });
     let served = application.run_until_stopped().await;
     fake_server.stop().await;
     served
 }
 
-fn instructions(gateway: &str, fake: &str, key: &str, subscribe_template: &str) -> String {
-    let auth = format!("-H 'Authorization: Bearer {key}'");
-    let app = format!("{gateway}/v1/apps/{APPID}");
+/// The addresses and the key (the round-trip test reads these lines).
+fn banner(gateway: &str, fake: &str, key: &str) -> String {
     format!(
         r#"
 formid-gateway demo: the gateway on SQLite, WeChat faked beside it.
   gateway     {gateway}
   fake WeChat {fake}
   API key     {key}   (admin scope, every app)
-  app         {APPID}
+  app         {APPID}"#
+    )
+}
+
+/// The legacy formId round trip, as curl lines to run by hand.
+fn legacy_instructions(gateway: &str, fake: &str, key: &str) -> String {
+    let auth = format!("-H 'Authorization: Bearer {key}'");
+    let app = format!("{gateway}/v1/apps/{APPID}");
+    format!(
+        r#"
+== The legacy formId flow (template messages; real WeChat now answers their send with 45103), to run by hand ==
 
 # 1. A user submits a <form report-submit> in the mini-program; WeChat (the fake) gives the frontend a formId:
 FORM_ID=$(curl -s -X POST {fake}/fake/apps/{APPID}/users/{OPENID}/form_id | sed -E 's/.*"form_id":"([^"]+)".*/\1/'); echo $FORM_ID
@@ -139,17 +161,6 @@ curl -s -X POST {app}/messages {auth} -H 'Content-Type: application/json' \
 # 5. Again: the formId is spent, so the answer is 409 no_credential:
 curl -s -X POST {app}/messages {auth} -H 'Content-Type: application/json' \
   -d '{{"touser":"{OPENID}","template_id":"{TEMPLATE_ID}"}}'; echo
-
-# 6. Subscribe messages, granted by WeChat's message push: the user accepts the template in a prompt, and
-#    WeChat (the fake) pushes the popup event, signed and encrypted, to {gateway}/wechat/push/{APPID}:
-curl -s -X POST {fake}/fake/apps/{APPID}/users/{OPENID}/grants/{subscribe_template}/accept; echo
-sleep 1; curl -s {app}/users/{OPENID}/quota {auth}; echo
-
-# 7. Send it; WeChat then pushes how the delivery ended, and the message shows it under "delivery":
-MESSAGE_ID=$(curl -s -X POST {app}/messages {auth} -H 'Content-Type: application/json' \
-  -d '{{"touser":"{OPENID}","template_id":"{subscribe_template}","data":{{"thing1":{{"value":"Blue mug"}},"character_string2":{{"value":"SN20240501001"}}}}}}' \
-  | grep -o '"id":"[^"]*"' | head -1 | cut -d'"' -f4); echo $MESSAGE_ID
-sleep 1; curl -s {app}/messages/$MESSAGE_ID {auth}; echo
 
 # The token other servers of the app use:
 curl -s {app}/access_token {auth}; echo

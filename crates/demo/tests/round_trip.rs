@@ -1,5 +1,6 @@
 //! The `formid-demo` binary as a person runs it (`cargo run -p formid-demo`):
-//! the round trip its banner prints, and a clean exit on SIGTERM.
+//! the subscribe flow it runs itself, the legacy round trip it prints, and a
+//! clean exit on SIGTERM.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -9,14 +10,26 @@ use serde_json::{json, Value};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_formid-demo");
 
-/// Reads the demo's banner until the lines the round trip needs.
-fn read_banner(stdout: std::process::ChildStdout) -> (String, String, String) {
+/// What the demo printed before it waits for requests: the gateway, the
+/// fake, the key, and everything printed up to its last line.
+struct Banner {
+    gateway: String,
+    fake: String,
+    key: String,
+    text: String,
+}
+
+/// Reads the demo's output until its last line ("Ctrl-C stops the demo.").
+fn read_banner(stdout: std::process::ChildStdout) -> Banner {
     let mut gateway = None;
     let mut fake = None;
     let mut key = None;
+    let mut text = String::new();
     let mut lines = BufReader::new(stdout).lines();
     for line in lines.by_ref() {
         let line = line.expect("reading the demo's output");
+        text.push_str(&line);
+        text.push('\n');
         let mut words = line.split_whitespace();
         match (words.next(), words.next(), words.next()) {
             (Some("gateway"), Some(url), None) => gateway = Some(url.to_owned()),
@@ -24,13 +37,33 @@ fn read_banner(stdout: std::process::ChildStdout) -> (String, String, String) {
             (Some("API"), Some("key"), Some(value)) => key = Some(value.to_owned()),
             _ => {}
         }
-        if let (Some(gateway), Some(fake), Some(key)) = (&gateway, &fake, &key) {
+        if line.starts_with("Ctrl-C stops the demo") {
+            let (Some(gateway), Some(fake), Some(key)) = (gateway, fake, key) else {
+                panic!("the demo did not print its addresses and key:\n{text}");
+            };
             // Keep reading: a closed pipe would kill the demo on its next write.
             std::thread::spawn(move || lines.for_each(drop));
-            return (gateway.clone(), fake.clone(), key.clone());
+            return Banner {
+                gateway,
+                fake,
+                key,
+                text,
+            };
         }
     }
-    panic!("the demo ended before printing its addresses and key");
+    panic!("the demo ended before printing its last line:\n{text}");
+}
+
+/// The answer line (`  → …`) of step `number` of the printed flow.
+fn answer_of(text: &str, number: u32) -> &str {
+    let block = text
+        .split("\n# ")
+        .find(|block| block.starts_with(&format!("{number}. ")))
+        .unwrap_or_else(|| panic!("no step {number} in:\n{text}"));
+    block
+        .lines()
+        .find_map(|line| line.trim_start().strip_prefix("→ "))
+        .unwrap_or_else(|| panic!("no answer in step {number}:\n{block}"))
 }
 
 #[tokio::test]
@@ -45,9 +78,55 @@ async fn the_demo_runs_a_full_round_trip_and_stops_cleanly_on_sigterm() {
         .spawn()
         .expect("starting the demo");
     let stdout = child.stdout.take().unwrap();
-    let (gateway, fake, key) = tokio::task::spawn_blocking(move || read_banner(stdout))
+    let Banner {
+        gateway,
+        fake,
+        key,
+        text,
+    } = tokio::task::spawn_blocking(move || read_banner(stdout))
         .await
         .unwrap();
+
+    // The subscribe flow, run by the demo before its legacy lines: it comes first.
+    let subscribe = text
+        .find("== The subscribe flow")
+        .expect("the subscribe flow is printed");
+    let legacy = text
+        .find("== The legacy formId flow")
+        .expect("the legacy flow is printed");
+    assert!(subscribe < legacy, "{text}");
+    assert!(answer_of(&text, 1).starts_with("201 template "), "{text}");
+    assert!(answer_of(&text, 2).contains(r#""one_time":1"#), "{text}");
+    assert!(
+        answer_of(&text, 3).starts_with("200 granted 1, replayed false"),
+        "{text}"
+    );
+    assert!(
+        answer_of(&text, 4).starts_with("200 granted 0, replayed true"),
+        "{text}"
+    );
+    assert!(
+        answer_of(&text, 5).starts_with("200 one-time grants of the template: 1,"),
+        "{text}"
+    );
+    let sent = answer_of(&text, 6);
+    assert!(
+        sent.starts_with("200 sent, channel subscribe, credential subscribe, msgid "),
+        "{text}"
+    );
+    let msgid = sent
+        .split("msgid ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    assert!(msgid.parse::<u64>().is_ok_and(|id| id > 1 << 53), "{sent}");
+    assert!(
+        answer_of(&text, 7).starts_with("409 no_credential"),
+        "{text}"
+    );
+
     let client = reqwest::Client::new();
     let app = format!("{gateway}/v1/apps/wxdemo0000000001");
 

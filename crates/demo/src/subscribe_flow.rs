@@ -1,0 +1,268 @@
+//! The subscribe flow, run by the demo itself against the fake WeChat and
+//! printed step by step: each step as the curl line that does the same, then
+//! what the gateway (or the fake) answered.
+//!
+//! It is the flow that works against real WeChat today: a subscribe template
+//! is added through the gateway, the user accepts it in
+//! `wx.requestSubscribeMessage`, the frontend posts the prompt's result with
+//! a `request_id` (twice, to show that a retry grants nothing more), the
+//! quota shows the grant, and two sends spend it: the first is sent, the
+//! second is refused with 409 `no_credential`.
+
+use std::fmt::Write as _;
+
+use anyhow::Context;
+use serde_json::Value;
+
+/// The public title the demo's template is made from (the fake's seeded
+/// library: 订单发货提醒, keywords 1 `thing1` and 2 `character_string2`).
+const TID: u32 = 401;
+const KEYWORD_IDS: [u32; 2] = [1, 2];
+const SCENE_DESC: &str = "订单发货后";
+
+/// Where the flow runs and who it runs for.
+#[derive(Debug, Clone)]
+pub struct Flow {
+    /// The gateway, `http://host:port`.
+    pub gateway: String,
+    /// The fake WeChat, `http://host:port`.
+    pub fake: String,
+    /// The demo's API key (admin scope: collect, send and admin).
+    pub key: String,
+    /// The app.
+    pub appid: String,
+    /// The user who accepts the template.
+    pub openid: String,
+    /// The request_id the frontend made for the prompt.
+    pub request_id: String,
+}
+
+/// One HTTP answer: status and JSON body (`null` when not JSON).
+struct Answer {
+    status: u16,
+    body: Value,
+}
+
+impl Flow {
+    /// Runs the flow and returns what to print, one block per step. Fails
+    /// only when a call cannot be made or answers what the flow cannot go
+    /// on from (no template id, a send that was not sent).
+    pub async fn run(&self) -> anyhow::Result<String> {
+        let http = reqwest::Client::new();
+        let app = format!("{}/v1/apps/{}", self.gateway, self.appid);
+        let auth = format!("-H 'Authorization: Bearer {}'", self.key);
+        let post = |url: &str, body: &str| {
+            format!(
+                "curl -s -X POST {url} {auth} -H 'Content-Type: application/json' \\\n  -d '{body}'"
+            )
+        };
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "\n== The subscribe flow (the one that works on WeChat today), run now against the fake ==",
+        );
+
+        // 1. The template, added through the gateway's admin endpoint.
+        let body = format!(
+            r#"{{"channel":"subscribe","tid":{TID},"keyword_ids":[{},{}],"scene_desc":"{SCENE_DESC}"}}"#,
+            KEYWORD_IDS[0], KEYWORD_IDS[1]
+        );
+        let url = format!("{app}/templates");
+        let added = self.post(&http, &url, &body).await?;
+        let template = added.body["id"]
+            .as_str()
+            .with_context(|| {
+                format!(
+                    "adding the template answered {} {}",
+                    added.status, added.body
+                )
+            })?
+            .to_owned();
+        let placeholders: Vec<String> = added.body["placeholders"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|p| format!("{} ({})", text(&p["name"]), text(&p["type"])))
+                    .collect()
+            })
+            .unwrap_or_default();
+        step(
+            &mut out,
+            1,
+            "Add a subscribe template through the gateway (scope admin; it calls wxaapi/newtmpl/addtemplate):",
+            &post(&url, &body),
+            &format!(
+                "{} template {template}, \"{}\", {}, placeholders {}",
+                added.status,
+                text(&added.body["title"]),
+                text(&added.body["type"]),
+                placeholders.join(", ")
+            ),
+        );
+
+        // 2. The user accepts it in the prompt: WeChat (the fake) counts a grant.
+        let accept = format!(
+            "{}/fake/apps/{}/users/{}/grants/{template}/accept",
+            self.fake, self.appid, self.openid
+        );
+        let accepted = self.post_empty(&http, &accept).await?;
+        step(
+            &mut out,
+            2,
+            "The user taps 允许 in wx.requestSubscribeMessage({tmplIds:[TEMPLATE]}); WeChat (the fake) counts one grant:",
+            &format!("curl -s -X POST {accept}"),
+            &format!("{} {}", accepted.status, accepted.body),
+        );
+
+        // 3 and 4. The frontend posts the result, then posts it again.
+        let prompt = format!(
+            r#"{{"openid":"{}","request_id":"{}","result":{{"errMsg":"requestSubscribeMessage:ok","{template}":"accept"}}}}"#,
+            self.openid, self.request_id
+        );
+        let url = format!("{app}/subscriptions");
+        let curl = post(&url, &prompt);
+        let first = self.post(&http, &url, &prompt).await?;
+        step(
+            &mut out,
+            3,
+            "The frontend posts the result, untouched, with the request_id it made for this prompt (scope collect):",
+            &curl,
+            &prompt_summary(&first, &template),
+        );
+        let again = self.post(&http, &url, &prompt).await?;
+        step(
+            &mut out,
+            4,
+            "The same post again, as a frontend retrying after a network failure: nothing more is granted:",
+            &curl,
+            &prompt_summary(&again, &template),
+        );
+
+        // 5. The quota.
+        let quota_url = format!("{app}/users/{}/quota", self.openid);
+        let quota = self.get(&http, &quota_url).await?;
+        step(
+            &mut out,
+            5,
+            "What the user can receive now (one-time grants per template under \"subscriptions\"):",
+            &format!("curl -s {quota_url} {auth}"),
+            &quota_summary(&quota, &template),
+        );
+
+        // 6 and 7. Two sends: the grant pays for the first only.
+        let message = format!(
+            r#"{{"touser":"{}","template_id":"{template}","page":"pages/order/detail?id=1024","data":{{"thing1":{{"value":"蓝色马克杯"}},"character_string2":{{"value":"SN20240501001"}}}}}}"#,
+            self.openid
+        );
+        let url = format!("{app}/messages");
+        let curl = post(&url, &message);
+        let sent = self.post(&http, &url, &message).await?;
+        let attempt = &sent.body["attempts"][0];
+        if sent.status != 200 {
+            anyhow::bail!("the first send answered {} {}", sent.status, sent.body);
+        }
+        step(
+            &mut out,
+            6,
+            "A business service notifies the user; the gateway sees a subscribe template and spends the grant:",
+            &curl,
+            &format!(
+                "{} {}, channel {}, credential {}, msgid {} (a string: it exceeds 2^53), checked against the template: {}",
+                sent.status,
+                text(&sent.body["status"]),
+                text(&sent.body["channel"]),
+                text(&attempt["credential_kind"]),
+                text(&attempt["msgid"]),
+                sent.body["checked"]
+            ),
+        );
+        let refused = self.post(&http, &url, &message).await?;
+        step(
+            &mut out,
+            7,
+            "Again: the grant is spent, so the gateway answers 409 no_credential and calls nothing:",
+            &curl,
+            &format!(
+                "{} {}: {}",
+                refused.status,
+                text(&refused.body["error"]["code"]),
+                text(&refused.body["error"]["message"])
+            ),
+        );
+        Ok(out)
+    }
+
+    /// Posts `body` as the curl line shows it, byte for byte.
+    async fn post(&self, http: &reqwest::Client, url: &str, body: &str) -> anyhow::Result<Answer> {
+        let request = http
+            .post(url)
+            .bearer_auth(&self.key)
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        answer(request).await
+    }
+
+    async fn post_empty(&self, http: &reqwest::Client, url: &str) -> anyhow::Result<Answer> {
+        answer(http.post(url)).await
+    }
+
+    async fn get(&self, http: &reqwest::Client, url: &str) -> anyhow::Result<Answer> {
+        answer(http.get(url).bearer_auth(&self.key)).await
+    }
+}
+
+async fn answer(request: reqwest::RequestBuilder) -> anyhow::Result<Answer> {
+    let response = request.send().await.context("calling the demo's servers")?;
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.context("reading an answer")?;
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Ok(Answer { status, body })
+}
+
+/// A string field as text, or the JSON of anything else.
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// What a prompt post granted, and what the user holds of `template` after it.
+fn prompt_summary(answer: &Answer, template: &str) -> String {
+    let body = &answer.body;
+    if answer.status != 200 {
+        return format!("{} {body}", answer.status);
+    }
+    let held = body["subscriptions"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|row| row["template_id"] == template))
+        .map_or_else(|| "?".to_owned(), |row| row["one_time_grants"].to_string());
+    format!(
+        "{} granted {}, replayed {}; the user now holds {held} grant(s) of the template",
+        answer.status, body["granted"], body["replayed"]
+    )
+}
+
+/// The quota in a line (the template's grants, the legacy sends), then the
+/// answer as it came.
+fn quota_summary(answer: &Answer, template: &str) -> String {
+    let body = &answer.body;
+    let row = body["subscriptions"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|row| row["template_id"] == template));
+    match row {
+        Some(row) if answer.status == 200 => format!(
+            "{} one-time grants of the template: {}, long-term: {}, decision: {}; form_id/prepay_id sends: {}\n    {body}",
+            answer.status,
+            row["one_time_grants"],
+            row["long_term"],
+            text(&row["decision"]),
+            body["sends_available"],
+        ),
+        _ => format!("{} {body}", answer.status),
+    }
+}
+
+fn step(out: &mut String, number: u32, title: &str, curl: &str, answer: &str) {
+    let _ = writeln!(out, "\n# {number}. {title}\n{curl}; echo\n  → {answer}");
+}
