@@ -204,20 +204,12 @@ pub async fn send(
     // claimed or an idempotency key is taken: against the template when the
     // catalogue knows it, else by the rules of the channel alone (WeChat
     // then judges the data, and the answer says it was unchecked).
-    let template = context
+    let known = context
         .storage
-        .template(&appid, &send_request.template_id)
-        .await?
-        .map(|record| record.to_catalogue());
-    let known = match &template {
-        Some(template) => Some(template.channel),
-        None => {
-            context
-                .storage
-                .known_channel(&appid, &send_request.template_id, &send_request.touser)
-                .await?
-        }
-    };
+        .template_for_send(&appid, &send_request.template_id, &send_request.touser)
+        .await?;
+    let template = known.template.map(|record| record.to_catalogue());
+    let known = known.channel;
     let channel = send_request.channel(known);
     if let Some(template) = &template {
         check_send(

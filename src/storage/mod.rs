@@ -293,6 +293,53 @@ pub struct NewPrompt {
     pub grants: bool,
 }
 
+/// What the ledger knows of a template a send names.
+#[derive(Debug, Clone, Default)]
+pub struct TemplateForSend {
+    /// The app's catalogue entry.
+    pub template: Option<TemplateRecord>,
+    /// The channel the template is known to go through.
+    pub channel: Option<Channel>,
+}
+
+/// [`sql::TEMPLATE_FOR_SEND`]'s row: the catalogue's columns, NULL when it
+/// does not know the template.
+#[derive(Debug, sqlx::FromRow)]
+struct TemplateForSendRow {
+    template_id: Option<String>,
+    channel: Option<String>,
+    title: Option<String>,
+    content: Option<String>,
+    example: Option<String>,
+    subscription: Option<String>,
+    enum_values: Option<String>,
+    refreshed_at: Option<i64>,
+    decisions: i64,
+}
+
+impl TemplateForSendRow {
+    fn into_template_for_send(self) -> anyhow::Result<TemplateForSend> {
+        let template = match (self.template_id, self.channel, self.subscription) {
+            (Some(template_id), Some(channel), Some(subscription)) => Some(TemplateRecord {
+                template_id,
+                channel: channel.parse()?,
+                title: self.title.unwrap_or_default(),
+                content: self.content.unwrap_or_default(),
+                example: self.example.unwrap_or_default(),
+                subscription: subscription.parse()?,
+                enum_values: self.enum_values,
+                refreshed_at: self.refreshed_at.unwrap_or_default(),
+            }),
+            _ => None,
+        };
+        let channel = template
+            .as_ref()
+            .map(|template| template.channel)
+            .or((self.decisions > 0).then_some(Channel::Subscribe));
+        Ok(TemplateForSend { template, channel })
+    }
+}
+
 /// What one template of a recorded prompt got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -587,14 +634,16 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         body: &str,
     ) -> anyhow::Result<()>;
 
-    /// The channel the app's catalogue gives the template, or else
-    /// `subscribe` when the user has decided on it; `None` if neither knows it.
-    async fn known_channel(
+    /// What a send needs to know of the template it names, in one read:
+    /// the app's catalogue entry, and the channel (the catalogue's, or
+    /// `subscribe` when the user has decided on the template; `None` when
+    /// neither knows it).
+    async fn template_for_send(
         &self,
         appid: &str,
         template_id: &str,
         openid: &str,
-    ) -> anyhow::Result<Option<Channel>>;
+    ) -> anyhow::Result<TemplateForSend>;
 
     /// Records a prompt result once per (app, user, request_id), in one
     /// transaction: each decision as the user's latest, and (when the

@@ -425,20 +425,20 @@ macro_rules! impl_storage {
                 Ok(())
             }
 
-            async fn known_channel(
+            async fn template_for_send(
                 &self,
                 appid: &str,
                 template_id: &str,
                 openid: &str,
-            ) -> anyhow::Result<Option<Channel>> {
-                let channel: Option<String> = sqlx::query_scalar(sql::KNOWN_CHANNEL)
+            ) -> anyhow::Result<TemplateForSend> {
+                let row: $crate::storage::TemplateForSendRow = sqlx::query_as(sql::TEMPLATE_FOR_SEND)
                     .bind(appid)
                     .bind(template_id)
                     .bind(openid)
-                    .fetch_optional(&self.reader)
+                    .fetch_one(&self.reader)
                     .await
-                    .context("looking up the template's channel")?;
-                Ok(channel.map(|name| name.parse()).transpose()?)
+                    .context("reading what the ledger knows of the template")?;
+                row.into_template_for_send()
             }
 
             async fn record_prompt(&self, prompt: &NewPrompt, now: i64) -> anyhow::Result<PromptRecord> {

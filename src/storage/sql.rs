@@ -285,13 +285,16 @@ pub const MESSAGE: &str = "SELECT id, appid, touser, template_id, status, error_
 pub const ATTEMPTS: &str = "SELECT credential_id, credential_kind, errcode, outcome, detail, at, \
     msgid FROM attempts WHERE message_id = $1 ORDER BY id";
 
-/// Which channel a template is known to go through: the app's catalogue,
-/// or else a grant or subscription the user holds for it.
-pub const KNOWN_CHANNEL: &str = "SELECT channel FROM templates \
-    WHERE appid = $1 AND template_id = $2 \
-    UNION ALL SELECT 'subscribe' FROM subscriptions \
-    WHERE appid = $1 AND template_id = $2 AND openid = $3 \
-    LIMIT 1";
+/// What a send needs to know of its template, in one read: the app's
+/// catalogue entry (all NULL when the catalogue does not know it), and
+/// whether the user has decided on the template (then it is a subscribe
+/// template even when the catalogue does not know it).
+pub const TEMPLATE_FOR_SEND: &str = "SELECT t.template_id, t.channel, t.title, t.content, \
+    t.example, t.subscription, t.enum_values, t.refreshed_at, \
+    (SELECT COUNT(*) FROM subscriptions s \
+        WHERE s.appid = $1 AND s.template_id = $2 AND s.openid = $3) AS decisions \
+    FROM (SELECT 1 AS one) AS o \
+    LEFT JOIN templates t ON t.appid = $1 AND t.template_id = $2";
 
 /// Records a prompt result once: a row comes back only for the first post
 /// of its request_id.

@@ -26,7 +26,7 @@ use formid_gateway::storage::{
     AppState, AttemptRow, Claim, ClaimedCredential, EndSend, IdempotencyBegin, IdempotencyRecord,
     InsertOutcome, KindQuota, Lease, MessageOutcome, MessageRow, NewAttempt, NewCredential,
     NewMessage, NewPrompt, NewPushEvent, PromptEffect, PromptRecord, PushItemOutcome, Settlement,
-    StartSend, Storage, StoredMessage, SweepReport, TemplateQuota,
+    StartSend, Storage, StoredMessage, SweepReport, TemplateForSend, TemplateQuota,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -1139,22 +1139,28 @@ impl Storage for LedgerModel {
         .await
     }
 
-    async fn known_channel(
+    async fn template_for_send(
         &self,
         appid: &str,
         template_id: &str,
         openid: &str,
-    ) -> anyhow::Result<Option<Channel>> {
+    ) -> anyhow::Result<TemplateForSend> {
+        // `TEMPLATE_FOR_SEND`. The model's catalogue keeps only channels (no
+        // content to check a send against), so no entry is returned.
         self.read(|t| {
             let catalogue = t
                 .templates
                 .get(&(appid.to_owned(), template_id.to_owned()))
                 .map(|row| row.channel);
-            catalogue.or_else(|| {
+            let channel = catalogue.or_else(|| {
                 t.subscriptions
                     .contains_key(&(appid.to_owned(), openid.to_owned(), template_id.to_owned()))
                     .then_some(Channel::Subscribe)
-            })
+            });
+            TemplateForSend {
+                template: None,
+                channel,
+            }
         })
         .await
     }

@@ -1261,10 +1261,10 @@ fn spawn_send(
     );
     tokio::spawn(async move {
         let known = match storage
-            .known_channel(APPID, &request.template_id, &request.touser)
+            .template_for_send(APPID, &request.template_id, &request.touser)
             .await
         {
-            Ok(known) => known,
+            Ok(known) => known.channel,
             Err(error) => {
                 trace.record(&name, format!("send {id} failed: {error:#}"));
                 return;
