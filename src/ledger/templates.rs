@@ -303,6 +303,30 @@ impl InvalidTemplateData {
     }
 }
 
+/// The top-level fields only a template message has, refused on a
+/// subscribe send whatever its template: WeChat would refuse them (47003)
+/// or drop them silently.
+pub fn check_no_template_fields(
+    emphasis_keyword: Option<&str>,
+    color: Option<&str>,
+) -> Result<(), InvalidTemplateData> {
+    if emphasis_keyword.is_some() {
+        return Err(InvalidTemplateData::new(
+            "emphasis_keyword",
+            "not_in_subscribe",
+            "a subscribe message has no emphasis_keyword: remove it",
+        ));
+    }
+    if color.is_some() {
+        return Err(InvalidTemplateData::new(
+            "color",
+            "not_in_subscribe",
+            "a subscribe message has no colours: remove color",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a send against its catalogued template, before any credential is
 /// claimed: the first rule broken, in this order:
 ///
@@ -337,20 +361,7 @@ pub fn check_send(
     }
     let subscribe = template.channel == Channel::Subscribe;
     if subscribe {
-        if parts.emphasis_keyword.is_some() {
-            return Err(InvalidTemplateData::new(
-                "emphasis_keyword",
-                "not_in_subscribe",
-                "a subscribe message has no emphasis_keyword: remove it",
-            ));
-        }
-        if parts.color.is_some() {
-            return Err(InvalidTemplateData::new(
-                "color",
-                "not_in_subscribe",
-                "a subscribe message has no colours: remove color",
-            ));
-        }
+        check_no_template_fields(parts.emphasis_keyword, parts.color)?;
     } else {
         if let Some(keyword) = parts.emphasis_keyword {
             check_emphasis(template, keyword)?;

@@ -75,9 +75,9 @@ const BATCH_RUNNERS: usize = 2;
 pub const START_BATCH: &str = "WITH batch AS ( \
         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
             $6::text[], $7::text[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], \
-            $12::int8[], $13::text[]) \
+            $12::int8[], $13::text[], $14::text[]) \
         AS b(id, appid, touser, template_id, payload, status, delivery, wait_until, lease_until, \
-             lease_token, at, valid_after, channel)), \
+             lease_token, at, valid_after, channel, grant_of)), \
     message AS ( \
         INSERT INTO messages (id, appid, touser, template_id, payload, status, delivery, \
             wait_until, lease_until, lease_token, channel, created_at, updated_at) \
@@ -88,8 +88,7 @@ pub const START_BATCH: &str = "WITH batch AS ( \
         CROSS JOIN LATERAL (SELECT id FROM credentials \
             WHERE appid = b.appid AND openid = b.touser AND state = 'available' \
               AND expires_at > b.valid_after \
-              AND template_id IS NOT DISTINCT FROM \
-                  (CASE WHEN b.channel = 'subscribe' THEN b.template_id END) \
+              AND template_id IS NOT DISTINCT FROM b.grant_of \
             ORDER BY expires_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) c) \
     UPDATE credentials \
     SET state = 'leased', lease_expires_at = pick.lease_until, updated_at = pick.at, \
@@ -175,6 +174,7 @@ impl PostgresBatches {
             .bind(column(starts, |start| start.now))
             .bind(column(starts, |start| start.valid_after))
             .bind(column(starts, |start| start.message.channel.as_str()))
+            .bind(column(starts, |start| start.message.grant_of()))
     }
 }
 

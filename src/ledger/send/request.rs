@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{Lang, MiniprogramState};
 use crate::ledger::states::{Channel, Delivery};
+use crate::ledger::templates::check_no_template_fields;
 pub use crate::ledger::templates::InvalidTemplateData;
 
 /// What a business service asks to send: the body of `POST …/messages`,
@@ -121,19 +122,7 @@ impl SendRequest {
         &self,
         defaults: SubscribeDefaults,
     ) -> Result<Map<String, Value>, InvalidTemplateData> {
-        let legacy_only = |field: &str| {
-            InvalidTemplateData::new(
-                field,
-                "not_in_subscribe",
-                "a subscribe message has no such field; WeChat would not show it",
-            )
-        };
-        if self.emphasis_keyword.is_some() {
-            return Err(legacy_only("emphasis_keyword"));
-        }
-        if self.color.is_some() {
-            return Err(legacy_only("color"));
-        }
+        check_no_template_fields(self.emphasis_keyword.as_deref(), self.color.as_deref())?;
         for (key, field) in self.data.iter().flatten() {
             if key.ends_with(".DATA") {
                 return Err(InvalidTemplateData::new(
@@ -149,7 +138,11 @@ impl SendRequest {
                 if let Some(extra) = object.keys().find(|name| *name != "value") {
                     let field = format!("data.{key}.{extra}");
                     return Err(if extra == "color" {
-                        legacy_only(&field)
+                        InvalidTemplateData::new(
+                            field,
+                            "not_in_subscribe",
+                            "a subscribe message has no colours: remove it",
+                        )
                     } else {
                         InvalidTemplateData::new(
                             field,
