@@ -7,8 +7,10 @@
 //! and retries once, as the send path does. No call here holds a
 //! transaction open; no URL reaches a log or an error.
 //!
-//! The send path reads one template with `Storage::template` and checks the
-//! request with `ledger::templates::check_send`; after a 40037 it calls
+//! The send path asks [`Catalogue::for_send`] what is known of the template
+//! it names (from a copy of the app's templates kept in memory, read again
+//! at most once per [`SEND_TEMPLATES_TTL_MS`]) and checks the request with
+//! `ledger::templates::check_send`; after a 40037 it calls
 //! [`Catalogue::refresh_in_background`].
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,7 +22,7 @@ use serde_json::Value;
 use crate::clock::SharedClock;
 use crate::ledger::settle::{classify, Verdict};
 use crate::ledger::states::{Channel, SubscriptionType};
-use crate::storage::{Storage, TemplateRecord};
+use crate::storage::{SendTemplates, Storage, TemplateForSend, TemplateRecord};
 use crate::tokens::{TokenError, TokenKeeper};
 use crate::wechat::templates::{
     self as wire, errcode_of, TemplateCall, ADDED_ALREADY, MAX_CLASSIC_COUNT,
@@ -72,6 +74,25 @@ pub struct Catalogue {
     clock: SharedClock,
     /// When each app's last background refresh started (clock ms).
     background: Arc<Mutex<HashMap<String, i64>>>,
+    /// Each app's templates as the send path last read them.
+    for_sends: Arc<Mutex<HashMap<String, CachedTemplates>>>,
+}
+
+/// How long the send path uses a copy of an app's templates before reading
+/// them again. Why a copy at all: reading them was one round trip to the
+/// database per send, which cost more than the send's own writes. Why 1 s:
+/// what this process writes (a refresh, a deletion, a prompt result, a push)
+/// drops the copy at once, so only what another instance writes waits for
+/// it, as the token and the 45009 block do.
+pub const SEND_TEMPLATES_TTL_MS: i64 = 1_000;
+
+/// One app's [`SendTemplates`] and when they were read.
+#[derive(Debug, Default)]
+struct CachedTemplates {
+    templates: Option<(i64, Arc<SendTemplates>)>,
+    /// Bumped when this process writes the app's templates or decisions: a
+    /// read that started before cannot store what it read.
+    generation: u64,
 }
 
 impl Catalogue {
@@ -88,7 +109,65 @@ impl Catalogue {
             wechat,
             clock,
             background: Arc::default(),
+            for_sends: Arc::default(),
         }
+    }
+
+    /// What is known of `template_id` for a send of the app: its catalogue
+    /// entry and channel (see [`SendTemplates::for_send`]), from a copy at
+    /// most [`SEND_TEMPLATES_TTL_MS`] old.
+    pub async fn for_send(
+        &self,
+        appid: &str,
+        template_id: &str,
+    ) -> anyhow::Result<TemplateForSend> {
+        let now = self.clock.now_ms();
+        let generation = {
+            let mut apps = self.for_sends.lock().expect("send templates");
+            let cached = apps.entry(appid.to_owned()).or_default();
+            if let Some((read_at, templates)) = &cached.templates {
+                if (*read_at..*read_at + SEND_TEMPLATES_TTL_MS).contains(&now) {
+                    return Ok(templates.for_send(template_id));
+                }
+            }
+            cached.generation
+        };
+        let templates = Arc::new(self.storage.send_templates(appid).await?);
+        let known = templates.for_send(template_id);
+        let mut apps = self.for_sends.lock().expect("send templates");
+        let cached = apps.entry(appid.to_owned()).or_default();
+        if cached.generation == generation {
+            cached.templates = Some((now, templates));
+        }
+        Ok(known)
+    }
+
+    /// Users of the app decided on `template_ids` (a prompt result, a push):
+    /// the send path's copy is dropped unless it already knows each of them
+    /// as a subscribe template, so that a first decision is seen by the next
+    /// send.
+    pub fn decided_on<'a>(&self, appid: &str, template_ids: impl IntoIterator<Item = &'a str>) {
+        let known = {
+            let apps = self.for_sends.lock().expect("send templates");
+            let templates = apps.get(appid).and_then(|cached| cached.templates.clone());
+            templates.is_some_and(|(_, templates)| {
+                template_ids.into_iter().all(|template_id| {
+                    templates.for_send(template_id).channel == Some(Channel::Subscribe)
+                })
+            })
+        };
+        if !known {
+            self.forget_for_sends(appid);
+        }
+    }
+
+    /// Drops the send path's copy of the app's templates: this process just
+    /// changed them.
+    pub fn forget_for_sends(&self, appid: &str) {
+        let mut apps = self.for_sends.lock().expect("send templates");
+        let cached = apps.entry(appid.to_owned()).or_default();
+        cached.templates = None;
+        cached.generation += 1;
     }
 
     /// One call to WeChat with the app's token: a token errcode refreshes
@@ -159,6 +238,7 @@ impl Catalogue {
                     .storage
                     .replace_templates_batch(appid, *channel, &records)
                     .await
+                    .inspect(|()| self.forget_for_sends(appid))
                     .map(|()| records.len())
                     .map_err(CatalogueError::from),
                 Err(error) => Err(error),
@@ -353,6 +433,7 @@ impl Catalogue {
         };
         if gone {
             self.storage.delete_template(appid, template_id).await?;
+            self.forget_for_sends(appid);
         }
         deleted.map(|_| ())
     }

@@ -205,8 +205,8 @@ pub async fn send(
     // catalogue knows it, else by the rules of the channel alone (WeChat
     // then judges the data, and the answer says it was unchecked).
     let known = context
-        .storage
-        .template_for_send(&appid, &send_request.template_id, &send_request.touser)
+        .catalogue
+        .for_send(&appid, &send_request.template_id)
         .await?;
     let template = known.template.map(|record| record.to_catalogue());
     let known = known.channel;

@@ -179,6 +179,10 @@ pub async fn receive(
         .storage
         .record_push(&new, context.clock.now_ms())
         .await?;
+    context.catalogue.decided_on(
+        &appid,
+        new.items.iter().map(|item| item.template_id.as_str()),
+    );
     let replayed = outcomes.iter().filter(|outcome| outcome.replayed).count();
     let effects: Vec<&str> = outcomes
         .iter()

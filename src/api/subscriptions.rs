@@ -113,6 +113,13 @@ pub async fn record(
         } if earlier == request_hash => (effects, true),
         PromptRecord::Repeated { .. } => return Err(SubscriptionError::RequestIdReused),
     };
+    context.catalogue.decided_on(
+        &appid,
+        prompt
+            .decisions
+            .iter()
+            .map(|decision| decision.template_id.as_str()),
+    );
     let templates: Vec<Value> = prompt
         .decisions
         .iter()

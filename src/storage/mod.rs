@@ -10,6 +10,8 @@ mod shared;
 pub mod sql;
 mod sqlite;
 
+use std::collections::{HashMap, HashSet};
+
 use anyhow::Context;
 use async_trait::async_trait;
 
@@ -302,41 +304,37 @@ pub struct TemplateForSend {
     pub channel: Option<Channel>,
 }
 
-/// [`sql::TEMPLATE_FOR_SEND`]'s row: the catalogue's columns, NULL when it
-/// does not know the template.
-#[derive(Debug, sqlx::FromRow)]
-struct TemplateForSendRow {
-    template_id: Option<String>,
-    channel: Option<String>,
-    title: Option<String>,
-    content: Option<String>,
-    example: Option<String>,
-    subscription: Option<String>,
-    enum_values: Option<String>,
-    refreshed_at: Option<i64>,
-    decisions: i64,
+/// What the ledger knows of an app's templates, for its sends: the
+/// catalogue, and every template some user of the app decided on.
+#[derive(Debug, Clone, Default)]
+pub struct SendTemplates {
+    catalogue: HashMap<String, TemplateRecord>,
+    decided: HashSet<String>,
 }
 
-impl TemplateForSendRow {
-    fn into_template_for_send(self) -> anyhow::Result<TemplateForSend> {
-        let template = match (self.template_id, self.channel, self.subscription) {
-            (Some(template_id), Some(channel), Some(subscription)) => Some(TemplateRecord {
-                template_id,
-                channel: channel.parse()?,
-                title: self.title.unwrap_or_default(),
-                content: self.content.unwrap_or_default(),
-                example: self.example.unwrap_or_default(),
-                subscription: subscription.parse()?,
-                enum_values: self.enum_values,
-                refreshed_at: self.refreshed_at.unwrap_or_default(),
-            }),
-            _ => None,
-        };
-        let channel = template
-            .as_ref()
-            .map(|template| template.channel)
-            .or((self.decisions > 0).then_some(Channel::Subscribe));
-        Ok(TemplateForSend { template, channel })
+impl SendTemplates {
+    /// The catalogue's entries and the template ids users decided on.
+    pub fn new(catalogue: Vec<TemplateRecord>, decided: Vec<String>) -> Self {
+        Self {
+            catalogue: catalogue
+                .into_iter()
+                .map(|template| (template.template_id.clone(), template))
+                .collect(),
+            decided: decided.into_iter().collect(),
+        }
+    }
+
+    /// What a send naming `template_id` goes by: the catalogue's entry and
+    /// channel when it knows the template; else `subscribe` when a user
+    /// decided on it (only a subscribe template is ever offered in a
+    /// prompt); else nothing is known.
+    pub fn for_send(&self, template_id: &str) -> TemplateForSend {
+        let template = self.catalogue.get(template_id).cloned();
+        let channel = template.as_ref().map(|template| template.channel).or(self
+            .decided
+            .contains(template_id)
+            .then_some(Channel::Subscribe));
+        TemplateForSend { template, channel }
     }
 }
 
@@ -634,16 +632,9 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         body: &str,
     ) -> anyhow::Result<()>;
 
-    /// What a send needs to know of the template it names, in one read:
-    /// the app's catalogue entry, and the channel (the catalogue's, or
-    /// `subscribe` when the user has decided on the template; `None` when
-    /// neither knows it).
-    async fn template_for_send(
-        &self,
-        appid: &str,
-        template_id: &str,
-        openid: &str,
-    ) -> anyhow::Result<TemplateForSend>;
+    /// What the app's sends need to know of its templates: its catalogue,
+    /// and the templates its users decided on (see [`SendTemplates`]).
+    async fn send_templates(&self, appid: &str) -> anyhow::Result<SendTemplates>;
 
     /// Records a prompt result once per (app, user, request_id), in one
     /// transaction: each decision as the user's latest, and (when the
@@ -786,5 +777,43 @@ fn owner_outcome(owner: &str, kind: &str, item: &NewCredential) -> InsertOutcome
         InsertOutcome::KindConflict
     } else {
         InsertOutcome::Duplicate
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::states::SubscriptionType;
+
+    fn record(template_id: &str, channel: Channel) -> TemplateRecord {
+        TemplateRecord {
+            template_id: template_id.into(),
+            channel,
+            title: "t".into(),
+            content: "c".into(),
+            example: String::new(),
+            subscription: SubscriptionType::OneTime,
+            enum_values: None,
+            refreshed_at: 0,
+        }
+    }
+
+    #[test]
+    fn the_catalogue_names_the_channel_then_a_decision_then_nothing() {
+        let templates = SendTemplates::new(
+            vec![
+                record("classic", Channel::Template),
+                record("catalogued", Channel::Subscribe),
+            ],
+            vec!["classic".into(), "decided".into()],
+        );
+        let channel = |id: &str| templates.for_send(id).channel;
+        // The catalogue is WeChat's word: it wins over a decision.
+        assert_eq!(channel("classic"), Some(Channel::Template));
+        assert_eq!(channel("catalogued"), Some(Channel::Subscribe));
+        assert_eq!(channel("decided"), Some(Channel::Subscribe));
+        assert_eq!(channel("unknown"), None);
+        assert!(templates.for_send("catalogued").template.is_some());
+        assert!(templates.for_send("decided").template.is_none());
     }
 }

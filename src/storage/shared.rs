@@ -425,20 +425,14 @@ macro_rules! impl_storage {
                 Ok(())
             }
 
-            async fn template_for_send(
-                &self,
-                appid: &str,
-                template_id: &str,
-                openid: &str,
-            ) -> anyhow::Result<TemplateForSend> {
-                let row: $crate::storage::TemplateForSendRow = sqlx::query_as(sql::TEMPLATE_FOR_SEND)
+            async fn send_templates(&self, appid: &str) -> anyhow::Result<SendTemplates> {
+                let catalogue = self.templates(appid).await?;
+                let decided = sqlx::query_scalar(sql::DECIDED_TEMPLATES)
                     .bind(appid)
-                    .bind(template_id)
-                    .bind(openid)
-                    .fetch_one(&self.reader)
+                    .fetch_all(&self.reader)
                     .await
-                    .context("reading what the ledger knows of the template")?;
-                row.into_template_for_send()
+                    .context("reading the templates users decided on")?;
+                Ok(SendTemplates::new(catalogue, decided))
             }
 
             async fn record_prompt(&self, prompt: &NewPrompt, now: i64) -> anyhow::Result<PromptRecord> {

@@ -285,16 +285,17 @@ pub const MESSAGE: &str = "SELECT id, appid, touser, template_id, status, error_
 pub const ATTEMPTS: &str = "SELECT credential_id, credential_kind, errcode, outcome, detail, at, \
     msgid FROM attempts WHERE message_id = $1 ORDER BY id";
 
-/// What a send needs to know of its template, in one read: the app's
-/// catalogue entry (all NULL when the catalogue does not know it), and
-/// whether the user has decided on the template (then it is a subscribe
-/// template even when the catalogue does not know it).
-pub const TEMPLATE_FOR_SEND: &str = "SELECT t.template_id, t.channel, t.title, t.content, \
-    t.example, t.subscription, t.enum_values, t.refreshed_at, \
-    (SELECT COUNT(*) FROM subscriptions s \
-        WHERE s.appid = $1 AND s.template_id = $2 AND s.openid = $3) AS decisions \
-    FROM (SELECT 1 AS one) AS o \
-    LEFT JOIN templates t ON t.appid = $1 AND t.template_id = $2";
+/// Every template some user of the app decided on (a subscribe template,
+/// whether or not the catalogue knows it), by a loose index scan over
+/// `subscriptions_by_template`: each step is one probe for the next template
+/// id, so the cost is the number of templates, not of users.
+pub const DECIDED_TEMPLATES: &str = "WITH RECURSIVE decided (template_id) AS ( \
+        SELECT MIN(template_id) FROM subscriptions WHERE appid = $1 \
+        UNION ALL \
+        SELECT (SELECT MIN(s.template_id) FROM subscriptions s \
+                WHERE s.appid = $1 AND s.template_id > decided.template_id) \
+        FROM decided WHERE decided.template_id IS NOT NULL) \
+    SELECT template_id FROM decided WHERE template_id IS NOT NULL";
 
 /// Records a prompt result once: a row comes back only for the first post
 /// of its request_id.

@@ -48,8 +48,12 @@ impl SqliteStorage {
                     .with_context(|| format!("creating the directory {}", dir.display()))?;
             }
         }
+        // Why no test before acquire: a connection to a local file does not
+        // go stale, and sqlx's test is one more round trip to the
+        // connection's thread before every read and every batch.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await
             .context("opening the SQLite writer connection")?;
@@ -59,6 +63,7 @@ impl SqliteStorage {
             .context("applying the SQLite migrations")?;
         let reader = SqlitePoolOptions::new()
             .max_connections(max_readers.max(1))
+            .test_before_acquire(false)
             .connect_with(options.read_only(true))
             .await
             .context("opening the SQLite reader connections")?;

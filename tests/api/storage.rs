@@ -719,3 +719,55 @@ async fn migration_0003_keeps_every_row_and_counts_a_value_once(#[case] backend:
         drop_postgres_database(&url);
     }
 }
+
+/// The templates users decided on are listed once each, per app, whatever
+/// the decision and however many users made one; the catalogue's entries
+/// come with them.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_templates_list_each_decided_template_once(#[case] backend: Backend) {
+    use formid_gateway::ledger::states::{Channel, Decision};
+    use formid_gateway::storage::{NewPrompt, PromptDecision};
+
+    let app = spawn_app(backend).await;
+    let now = app.now_ms();
+    let empty = app.storage.send_templates(APPID).await.unwrap();
+    assert_eq!(empty.for_send("T-a").channel, None);
+    for (openid, templates) in [
+        (
+            "o-1",
+            vec![("T-a", Decision::Accept), ("T-b", Decision::Reject)],
+        ),
+        ("o-2", vec![("T-a", Decision::Accept)]),
+        ("o-3", vec![("T-c", Decision::Ban)]),
+    ] {
+        let prompt = NewPrompt {
+            appid: APPID.into(),
+            openid: openid.into(),
+            request_id: format!("r-{openid}"),
+            request_hash: "h".into(),
+            decisions: templates
+                .into_iter()
+                .map(|(template_id, decision)| PromptDecision {
+                    template_id: template_id.into(),
+                    decision,
+                })
+                .collect(),
+            grants: true,
+        };
+        app.storage.record_prompt(&prompt, now).await.unwrap();
+    }
+    let templates = app.storage.send_templates(APPID).await.unwrap();
+    for template_id in ["T-a", "T-b", "T-c"] {
+        let known = templates.for_send(template_id);
+        assert_eq!(known.channel, Some(Channel::Subscribe), "{template_id}");
+        assert!(known.template.is_none());
+    }
+    assert_eq!(templates.for_send("T-d").channel, None);
+    assert_eq!(templates.for_send(TEMPLATE).channel, None);
+    // Another app's users decided on nothing.
+    let other = app.storage.send_templates("wx-other-app").await.unwrap();
+    assert_eq!(other.for_send("T-a").channel, None);
+}

@@ -670,3 +670,64 @@ async fn spent_grants_are_swept_after_the_retention_and_live_ones_never(#[case] 
         200
     );
 }
+
+/// A template one user decided on is a subscribe template for every user of
+/// the app (only a subscribe template is ever offered in a prompt), from the
+/// very next send: the process drops its copy of the app's templates when it
+/// records a first decision on one.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_any_user_decided_on_is_a_subscribe_template_for_all(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    let template = one_time_template(&app);
+    // Unknown to the catalogue and to every user: a template message.
+    let before = send_subscribe(&app, "o-bob", &template, data_401()).await;
+    assert_eq!(before.status, 409, "{:?}", before.body);
+    assert_eq!(before.body["channel"], "template", "{:?}", before.body);
+    accept(&app, "o-ann", &template, "p1").await;
+    let form_id = app.collect_form_id("o-bob").await;
+    let after = send_subscribe(&app, "o-bob", &template, data_401()).await;
+    assert_eq!(after.status, 409, "{:?}", after.body);
+    assert_eq!(after.body["channel"], "subscribe", "{:?}", after.body);
+    assert_eq!(after.body["error"]["code"], "no_credential");
+    // o-bob's form_id does not pay for it, and o-ann's grant is hers.
+    assert!(app.fake.sends().is_empty());
+    assert_eq!(app.quota("o-bob").await["sends_available"], 1);
+    assert_eq!(grants_left(&app, "o-ann", &template).await, 1);
+    let sent = send_subscribe(&app, "o-ann", &template, data_401()).await;
+    assert_eq!(sent.status, 200, "{:?}", sent.body);
+    assert!(!app.delivered_form_ids().contains(&form_id));
+}
+
+/// Another instance on the same ledger learns of a first decision within
+/// `SEND_TEMPLATES_TTL_MS` (its copy of the app's templates is that old at
+/// most), like the token and the 45009 block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_instance_sees_a_first_decision_within_a_second() {
+    let app = spawn_app(Backend::Postgres).await;
+    let sibling = spawn_sibling(&app).await;
+    let template = one_time_template(&app);
+    let url = format!("{}/v1/apps/{APPID}/messages", sibling.address);
+    let send_via_sibling = || {
+        call(
+            &app.client,
+            &url,
+            reqwest::Method::POST,
+            Some(SEND_KEY),
+            Some(json!({"touser": "o-bob", "template_id": template, "data": data_401()})),
+        )
+    };
+    assert_eq!(send_via_sibling().await.body["channel"], "template");
+    accept(&app, "o-ann", &template, "p1").await;
+    // The sibling's copy was read just now: it does not know yet...
+    assert_eq!(send_via_sibling().await.body["channel"], "template");
+    // ...and reads the ledger again once the copy is a second old.
+    app.clock.advance(chrono::Duration::milliseconds(
+        formid_gateway::catalogue::SEND_TEMPLATES_TTL_MS,
+    ));
+    let answer = send_via_sibling().await;
+    assert_eq!(answer.body["channel"], "subscribe", "{:?}", answer.body);
+    assert_eq!(answer.body["error"]["code"], "no_credential");
+}

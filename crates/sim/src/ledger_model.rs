@@ -25,8 +25,8 @@ use formid_gateway::ledger::states::{
 use formid_gateway::storage::{
     AppState, AttemptRow, Claim, ClaimedCredential, EndSend, IdempotencyBegin, IdempotencyRecord,
     InsertOutcome, KindQuota, Lease, MessageOutcome, MessageRow, NewAttempt, NewCredential,
-    NewMessage, NewPrompt, NewPushEvent, PromptEffect, PromptRecord, PushItemOutcome, Settlement,
-    StartSend, Storage, StoredMessage, SweepReport, TemplateForSend, TemplateQuota,
+    NewMessage, NewPrompt, NewPushEvent, PromptEffect, PromptRecord, PushItemOutcome,
+    SendTemplates, Settlement, StartSend, Storage, StoredMessage, SweepReport, TemplateQuota,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -1139,28 +1139,26 @@ impl Storage for LedgerModel {
         .await
     }
 
-    async fn template_for_send(
-        &self,
-        appid: &str,
-        template_id: &str,
-        openid: &str,
-    ) -> anyhow::Result<TemplateForSend> {
-        // `TEMPLATE_FOR_SEND`. The model's catalogue keeps only channels (no
-        // content to check a send against), so no entry is returned.
+    async fn send_templates(&self, appid: &str) -> anyhow::Result<SendTemplates> {
+        // `DECIDED_TEMPLATES`. The model's catalogue keeps only channels (no
+        // content to check a send against): its subscribe templates are
+        // listed with the ones users decided on, which the send path takes
+        // the same way (channel subscribe, nothing to check against).
         self.read(|t| {
             let catalogue = t
                 .templates
-                .get(&(appid.to_owned(), template_id.to_owned()))
-                .map(|row| row.channel);
-            let channel = catalogue.or_else(|| {
-                t.subscriptions
-                    .contains_key(&(appid.to_owned(), openid.to_owned(), template_id.to_owned()))
-                    .then_some(Channel::Subscribe)
-            });
-            TemplateForSend {
-                template: None,
-                channel,
-            }
+                .iter()
+                .filter(|((app, _), row)| app == appid && row.channel == Channel::Subscribe)
+                .map(|((_, template_id), _)| template_id.clone());
+            let decided = t
+                .subscriptions
+                .keys()
+                .filter(|(app, _, _)| app == appid)
+                .map(|(_, _, template_id)| template_id.clone());
+            let mut subscribe: Vec<String> = catalogue.chain(decided).collect();
+            subscribe.sort();
+            subscribe.dedup();
+            SendTemplates::new(Vec::new(), subscribe)
         })
         .await
     }

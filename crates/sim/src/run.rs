@@ -1260,11 +1260,8 @@ fn spawn_send(
         ),
     );
     tokio::spawn(async move {
-        let known = match storage
-            .template_for_send(APPID, &request.template_id, &request.touser)
-            .await
-        {
-            Ok(known) => known.channel,
+        let known = match storage.send_templates(APPID).await {
+            Ok(templates) => templates.for_send(&request.template_id).channel,
             Err(error) => {
                 trace.record(&name, format!("send {id} failed: {error:#}"));
                 return;
