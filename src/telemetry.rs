@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Metadata, Subscriber};
-use tracing_subscriber::filter::{filter_fn, EnvFilter};
-use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::filter::{filter_fn, EnvFilter, LevelFilter};
+use tracing_subscriber::layer::{Context, Filter, SubscriberExt};
+use tracing_subscriber::Registry;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
@@ -56,15 +57,35 @@ impl<S: Subscriber> Layer<S> for ConnectionErrors {
 pub fn init(default_filter: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    subscriber(filter, std::io::stderr).init();
+}
+
+/// The subscriber [`init`] installs, writing to `writer`.
+///
+/// Why every filter carries a level hint: the process's maximum level is
+/// the highest hint of its filters, and a filter without one counts as
+/// TRACE. Then every `debug!` and `trace!` in the process (sqlx logs each
+/// statement at DEBUG, actix's access log is an `info!` of the `log`
+/// crate) is built and handed to the filters on every call, only to be
+/// dropped there; with the hints, a disabled level costs one comparison.
+fn subscriber<W>(filter: EnvFilter, writer: W) -> impl Subscriber + Send + Sync
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
+    let hint = Filter::<Registry>::max_level_hint(&filter).unwrap_or(LevelFilter::TRACE);
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
+                .with_writer(writer)
                 .with_filter(filter)
-                .with_filter(filter_fn(|metadata| !is_connection_error(metadata))),
+                .with_filter(
+                    filter_fn(|metadata| !is_connection_error(metadata)).with_max_level_hint(hint),
+                ),
         )
-        .with(ConnectionErrors.with_filter(filter_fn(is_connection_error)))
-        .init();
+        .with(
+            ConnectionErrors
+                .with_filter(filter_fn(is_connection_error).with_max_level_hint(LevelFilter::WARN)),
+        )
 }
 
 /// Connection errors counted since the last call, and the last one's detail.
@@ -99,13 +120,7 @@ mod tests {
     fn connection_errors_are_counted_not_printed() {
         let printed = std::sync::Arc::new(Mutex::new(Vec::<u8>::new()));
         let sink = printed.clone();
-        let subscriber = tracing_subscriber::registry()
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(move || Writer(sink.clone()))
-                    .with_filter(filter_fn(|metadata| !is_connection_error(metadata))),
-            )
-            .with(ConnectionErrors.with_filter(filter_fn(is_connection_error)));
+        let subscriber = subscriber(EnvFilter::new("info"), move || Writer(sink.clone()));
         tracing::subscriber::with_default(subscriber, || {
             for _ in 0..3 {
                 tracing::error!(target: "actix_http::h1::dispatcher", "stream error: parse error");
@@ -119,6 +134,21 @@ mod tests {
         assert_eq!(count, 3);
         assert!(detail.contains("stream error"), "{detail}");
         assert_eq!(take_connection_errors().0, 0);
+    }
+
+    /// Below the level asked for, nothing reaches a filter: the process's
+    /// maximum level is the filter's, not TRACE.
+    #[test]
+    fn the_process_level_is_the_filters_level() {
+        for (directive, level) in [
+            ("warn", LevelFilter::WARN),
+            ("info", LevelFilter::INFO),
+            ("error", LevelFilter::WARN),
+            ("formid_gateway=debug,warn", LevelFilter::DEBUG),
+        ] {
+            let subscriber = subscriber(EnvFilter::new(directive), std::io::sink);
+            assert_eq!(subscriber.max_level_hint(), Some(level), "{directive}");
+        }
     }
 
     struct Writer(std::sync::Arc<Mutex<Vec<u8>>>);
