@@ -16,9 +16,9 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::filter::{filter_fn, EnvFilter, LevelFilter};
 use tracing_subscriber::layer::{Context, Filter, SubscriberExt};
-use tracing_subscriber::Registry;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
+use tracing_subscriber::Registry;
 
 static CONNECTION_ERRORS: AtomicU64 = AtomicU64::new(0);
 static LAST_DETAIL: Mutex<String> = Mutex::new(String::new());
