@@ -7,6 +7,8 @@
 //! `openid` counts is a hole, so duplicate keys are refused here, once, for
 //! every route, before any endpoint looks at the body.
 
+use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
 
 use actix_web::http::header::CONTENT_TYPE;
@@ -48,6 +50,20 @@ pub async fn read_json(
     let bytes = read_body(payload, limits).await?;
     let value = parse_strict(&bytes).map_err(|error| BodyError::InvalidJson(error.to_string()))?;
     Ok(JsonBody { bytes, value })
+}
+
+/// [`read_json`] for a route that parses the text into its own types: the
+/// same checks and the same answers, without building the value (for the
+/// send route, that tree was most of the reader's allocations).
+pub async fn read_json_text(
+    request: &HttpRequest,
+    payload: web::Payload,
+    limits: BodyLimits,
+) -> Result<Bytes, BodyError> {
+    require_json_content_type(request)?;
+    let bytes = read_body(payload, limits).await?;
+    check_strict(&bytes).map_err(|error| BodyError::InvalidJson(error.to_string()))?;
+    Ok(bytes)
 }
 
 /// `application/json`, with or without `charset=utf-8`; anything else is 415.
@@ -98,6 +114,98 @@ pub(crate) async fn read_body(
 /// Parses JSON text, refusing an object that has a key twice, at any depth.
 pub fn parse_strict(bytes: &[u8]) -> Result<Value, serde_json::Error> {
     serde_json::from_slice::<Strict>(bytes).map(|strict| strict.0)
+}
+
+/// Accepts exactly the JSON text [`parse_strict`] accepts, with the same
+/// errors, without building it.
+pub fn check_strict(bytes: &[u8]) -> Result<(), serde_json::Error> {
+    serde_json::from_slice::<Checked>(bytes).map(|_| ())
+}
+
+/// JSON text checked for duplicate keys, and dropped as it was read.
+struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(CheckVisitor)
+    }
+}
+
+struct CheckVisitor;
+
+impl<'de> Visitor<'de> for CheckVisitor {
+    type Value = Checked;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_unit<E>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+        // A set, not a list: an object of many keys must not cost their square.
+        let mut keys = HashSet::new();
+        while let Some(Key(key)) = map.next_key()? {
+            if keys.contains(&key) {
+                return Err(de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            map.next_value::<Checked>()?;
+            keys.insert(key);
+        }
+        Ok(Checked)
+    }
+}
+
+/// An object's key, borrowed from the text unless it has escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+                formatter.write_str("an object key")
+            }
+
+            fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(key)))
+            }
+
+            fn visit_str<E>(self, key: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(key.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
 }
 
 /// A `Value` whose objects were checked for duplicate keys while parsing.
@@ -205,5 +313,38 @@ mod tests {
         }
         assert!(parse_strict(b"{\"a\":1} x").is_err());
         assert!(parse_strict(b"").is_err());
+    }
+
+    /// The check without a tree accepts and refuses exactly what the strict
+    /// parse does, with the same message.
+    #[test]
+    fn the_check_agrees_with_the_parse() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let many: String = (0..5_000).map(|i| format!("\"k{i}\":{i},")).collect();
+        let many_then_twice = format!("{{{many}\"k17\":0}}");
+        let texts = [
+            r#"{"openid":"oA","openid":"oB"}"#,
+            r#"{"openid":"oA","open\u0069d":"oB"}"#,
+            r#"{"open\u0069d":"oA","openid":"oB"}"#,
+            r#"{"data":{"k":{"value":"a","value":"b"}}}"#,
+            r#"[[{"a":1,"b":{"c":1,"c":2}}]]"#,
+            r#"{"a":[1,-2,3.5,1e30,true,null,"x"],"b":{"c":{}}}"#,
+            r#"{"a":{"k":1},"b":{"k":1}}"#,
+            "18446744073709551615",
+            "1e400",
+            r#"{"a":1} x"#,
+            r#"{"a":"\ud800"}"#,
+            r#"{"a":1,}"#,
+            "",
+            &deep,
+            &many_then_twice,
+        ];
+        for text in texts {
+            let parsed = parse_strict(text.as_bytes())
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            let checked = check_strict(text.as_bytes()).map_err(|e| e.to_string());
+            assert_eq!(checked, parsed, "{}", &text[..text.len().min(60)]);
+        }
     }
 }

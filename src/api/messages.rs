@@ -195,7 +195,7 @@ pub async fn send(
     let key = idempotency_key(&request)?;
     // The strict reader refuses duplicate keys at any depth (also in
     // `data`); the request rules then read the same bytes.
-    let body = context.read_json(&request, payload).await?.bytes;
+    let body = context.read_json_text(&request, payload).await?;
     let send_request = parse_send_request(&body).map_err(|rejection| match rejection.code {
         "invalid_json" => SendError::Body(BodyError::InvalidJson(rejection.message)),
         _ => SendError::InvalidField(rejection.message),

@@ -81,6 +81,20 @@ impl ApiContext {
         };
         json::read_json(request, payload, limits).await
     }
+
+    /// [`ApiContext::read_json`] for a route that parses the text into its
+    /// own types: the same checks, no value built.
+    pub async fn read_json_text(
+        &self,
+        request: &HttpRequest,
+        payload: web::Payload,
+    ) -> Result<web::Bytes, error::BodyError> {
+        let limits = BodyLimits {
+            max_bytes: self.ledger.max_body_bytes,
+            timeout: self.http.body_timeout,
+        };
+        json::read_json_text(request, payload, limits).await
+    }
 }
 
 /// Registers every route. Each path is one resource, so that a method it
