@@ -122,15 +122,18 @@ impl Catalogue {
         template_id: &str,
     ) -> anyhow::Result<TemplateForSend> {
         let now = self.clock.now_ms();
+        // A lookup by `&str`, not the entry API: a send that finds its copy
+        // allocates nothing.
         let generation = {
-            let mut apps = self.for_sends.lock().expect("send templates");
-            let cached = apps.entry(appid.to_owned()).or_default();
-            if let Some((read_at, templates)) = &cached.templates {
+            let apps = self.for_sends.lock().expect("send templates");
+            let cached = apps.get(appid);
+            if let Some((read_at, templates)) = cached.and_then(|cached| cached.templates.as_ref())
+            {
                 if (*read_at..*read_at + SEND_TEMPLATES_TTL_MS).contains(&now) {
                     return Ok(templates.for_send(template_id));
                 }
             }
-            cached.generation
+            cached.map_or(0, |cached| cached.generation)
         };
         let templates = Arc::new(self.storage.send_templates(appid).await?);
         let known = templates.for_send(template_id);
@@ -163,7 +166,7 @@ impl Catalogue {
 
     /// Drops the send path's copy of the app's templates: this process just
     /// changed them.
-    pub fn forget_for_sends(&self, appid: &str) {
+    fn forget_for_sends(&self, appid: &str) {
         let mut apps = self.for_sends.lock().expect("send templates");
         let cached = apps.entry(appid.to_owned()).or_default();
         cached.templates = None;

@@ -75,11 +75,7 @@ impl ApiContext {
         request: &HttpRequest,
         payload: web::Payload,
     ) -> Result<JsonBody, error::BodyError> {
-        let limits = BodyLimits {
-            max_bytes: self.ledger.max_body_bytes,
-            timeout: self.http.body_timeout,
-        };
-        json::read_json(request, payload, limits).await
+        json::read_json(request, payload, self.body_limits()).await
     }
 
     /// [`ApiContext::read_json`] for a route that parses the text into its
@@ -89,11 +85,15 @@ impl ApiContext {
         request: &HttpRequest,
         payload: web::Payload,
     ) -> Result<web::Bytes, error::BodyError> {
-        let limits = BodyLimits {
+        json::read_json_text(request, payload, self.body_limits()).await
+    }
+
+    /// The size and time limits of a JSON route's body.
+    fn body_limits(&self) -> BodyLimits {
+        BodyLimits {
             max_bytes: self.ledger.max_body_bytes,
             timeout: self.http.body_timeout,
-        };
-        json::read_json_text(request, payload, limits).await
+        }
     }
 }
 

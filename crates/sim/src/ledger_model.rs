@@ -1155,10 +1155,7 @@ impl Storage for LedgerModel {
                 .keys()
                 .filter(|(app, _, _)| app == appid)
                 .map(|(_, _, template_id)| template_id.clone());
-            let mut subscribe: Vec<String> = catalogue.chain(decided).collect();
-            subscribe.sort();
-            subscribe.dedup();
-            SendTemplates::new(Vec::new(), subscribe)
+            SendTemplates::new(Vec::new(), catalogue.chain(decided).collect())
         })
         .await
     }
