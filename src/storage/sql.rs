@@ -141,8 +141,7 @@ pub const INSERT_ATTEMPT: &str = "INSERT INTO attempts \
 pub const FINISH_MESSAGE: &str = "UPDATE messages \
     SET status = $2, error_code = $3, wechat_errcode = $4, updated_at = $5, \
         lease_until = NULL, lease_token = NULL, next_attempt_at = NULL \
-    WHERE id = $1 AND lease_token = $6 \
-    RETURNING id";
+    WHERE id = $1 AND lease_token = $6";
 
 /// Whether the user of `messages` holds what can pay for the message,
 /// expiring after the given placeholder: for a template message a form_id
