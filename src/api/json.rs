@@ -170,16 +170,48 @@ impl<'de> Visitor<'de> for CheckVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
-        // A set, not a list: an object of many keys must not cost their square.
-        let mut keys = HashSet::new();
+        let mut keys = SeenKeys::default();
         while let Some(Key(key)) = map.next_key()? {
-            if keys.contains(&key) {
+            if let Err(key) = keys.insert(key) {
                 return Err(de::Error::custom(format!("duplicate key {key:?}")));
             }
             map.next_value::<Checked>()?;
-            keys.insert(key);
         }
         Ok(Checked)
+    }
+}
+
+/// Up to this many keys, an object's keys are kept in a list.
+const FEW_KEYS: usize = 16;
+
+/// The keys of one object read so far. Most objects have a handful of keys,
+/// and comparing a new key with those few costs less than hashing it (a send
+/// body has seven objects); past [`FEW_KEYS`] keys they move to a set, so
+/// that an object of many keys does not cost their square.
+#[derive(Default)]
+struct SeenKeys<'de> {
+    few: Vec<Cow<'de, str>>,
+    many: HashSet<Cow<'de, str>>,
+}
+
+impl<'de> SeenKeys<'de> {
+    /// Records `key`, or gives it back when the object had it already.
+    fn insert(&mut self, key: Cow<'de, str>) -> Result<(), Cow<'de, str>> {
+        if self.many.is_empty() {
+            if self.few.contains(&key) {
+                return Err(key);
+            }
+            if self.few.len() < FEW_KEYS {
+                self.few.push(key);
+                return Ok(());
+            }
+            self.many.extend(self.few.drain(..));
+        }
+        if self.many.contains(&key) {
+            return Err(key);
+        }
+        self.many.insert(key);
+        Ok(())
     }
 }
 
@@ -322,6 +354,10 @@ mod tests {
         let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
         let many: String = (0..5_000).map(|i| format!("\"k{i}\":{i},")).collect();
         let many_then_twice = format!("{{{many}\"k17\":0}}");
+        // Keys kept in the list before the object grew past it, met again.
+        let early_key_twice = format!("{{{many}\"k3\":0}}");
+        let at_the_list_s_end: String = (0..FEW_KEYS).map(|i| format!("\"k{i}\":{i},")).collect();
+        let at_the_list_s_end = format!("{{{at_the_list_s_end}\"k0\":0}}");
         let texts = [
             r#"{"openid":"oA","openid":"oB"}"#,
             r#"{"openid":"oA","open\u0069d":"oB"}"#,
@@ -338,6 +374,8 @@ mod tests {
             "",
             &deep,
             &many_then_twice,
+            &early_key_twice,
+            &at_the_list_s_end,
         ];
         for text in texts {
             let parsed = parse_strict(text.as_bytes())

@@ -249,31 +249,31 @@ pub async fn send(
         }
     }
     let mut settled = true;
-    let (status, retry_after, body) =
-        match context.sender.send(&appid, &prepared, &message_id).await {
-            Ok(result) => {
-                // Still being settled: the key stays in flight, and a retry is
-                // answered from the message once it has ended.
-                settled = result.status != MessageStatus::Pending;
-                // WeChat does not know the template: the catalogue is stale.
-                if result
-                    .attempts
-                    .iter()
-                    .any(|attempt| attempt.errcode == Some(40037))
-                {
-                    context.catalogue.refresh_in_background(&appid);
-                }
-                let (status, retry_after, mut body) = answer(result, context.clock.now_ms());
-                body["channel"] = json!(prepared.channel);
-                body["checked"] = checked.into();
-                (status, retry_after, body)
+    let (status, retry_after, body) = match context.sender.send(&appid, prepared, &message_id).await
+    {
+        Ok(result) => {
+            // Still being settled: the key stays in flight, and a retry is
+            // answered from the message once it has ended.
+            settled = result.status != MessageStatus::Pending;
+            // WeChat does not know the template: the catalogue is stale.
+            if result
+                .attempts
+                .iter()
+                .any(|attempt| attempt.errcode == Some(40037))
+            {
+                context.catalogue.refresh_in_background(&appid);
             }
-            Err(error) => {
-                tracing::error!(error = ?error, message = %message_id, "send failed");
-                let body = error::body("internal", "internal error", None);
-                (StatusCode::INTERNAL_SERVER_ERROR, None, body)
-            }
-        };
+            let (status, retry_after, mut body) = answer(result, context.clock.now_ms());
+            body["channel"] = json!(channel);
+            body["checked"] = checked.into();
+            (status, retry_after, body)
+        }
+        Err(error) => {
+            tracing::error!(error = ?error, message = %message_id, "send failed");
+            let body = error::body("internal", "internal error", None);
+            (StatusCode::INTERNAL_SERVER_ERROR, None, body)
+        }
+    };
     if let Some(key) = key.as_ref().filter(|_| settled) {
         context
             .storage

@@ -1267,14 +1267,15 @@ fn spawn_send(
                 return;
             }
         };
-        let prepared = match request.prepare(request.channel(known), SubscribeDefaults::default()) {
+        let channel = request.channel(known);
+        let prepared = match request.prepare(channel, SubscribeDefaults::default()) {
             Ok(prepared) => prepared,
             Err(error) => {
                 trace.record(&name, format!("send {id} refused: {error}"));
                 return;
             }
         };
-        let line = match sender.send(APPID, &prepared, &id).await {
+        let line = match sender.send(APPID, prepared, &id).await {
             Ok(result) => {
                 told.lock().expect("told").insert(id.clone(), result.status);
                 format!(

@@ -125,11 +125,13 @@ impl<'a> Run<'a> {
             }
             Err(error) => Err(error),
         };
-        let parked = std::mem::take(&mut self.parked);
-        self.sender
-            .storage
-            .release_credentials(&parked, self.lease.token, self.sender.clock.now_ms())
-            .await?;
+        if !self.parked.is_empty() {
+            let parked = std::mem::take(&mut self.parked);
+            self.sender
+                .storage
+                .release_credentials(&parked, self.lease.token, self.sender.clock.now_ms())
+                .await?;
+        }
         result
     }
 

@@ -120,7 +120,7 @@ impl Sender {
     pub async fn send(
         &self,
         appid: &str,
-        request: &PreparedSend,
+        request: PreparedSend,
         message_id: &str,
     ) -> anyhow::Result<SendResult> {
         // Why the slot comes first: a wait for a call slot must not eat into
@@ -130,14 +130,13 @@ impl Sender {
         let wait_until = request
             .wait_seconds
             .map(|seconds| now + (seconds as i64) * 1000);
-        let payload = request.payload.clone();
         let lease = Lease::new(message_id);
         let message = NewMessage {
             id: message_id.to_owned(),
             appid: appid.to_owned(),
             touser: request.touser.clone(),
             template_id: request.template_id.clone(),
-            payload: serde_json::to_string(&payload)?,
+            payload: serde_json::to_string(&request.payload)?,
             status: MessageStatus::Pending,
             delivery: request.delivery,
             wait_until,
@@ -147,10 +146,10 @@ impl Sender {
         };
         let job = Job {
             appid: appid.to_owned(),
-            touser: request.touser.clone(),
-            template_id: request.template_id.clone(),
+            touser: request.touser,
+            template_id: request.template_id,
             channel: request.channel,
-            payload,
+            payload: request.payload,
             delivery: request.delivery,
             wait_until,
         };

@@ -67,33 +67,56 @@ impl SendRequest {
     /// Checks the request against the rules of `channel` and shapes its
     /// body. A subscribe send carries no colour, no `emphasis_keyword` and
     /// no `.DATA` suffix: WeChat would refuse them (47003) or drop them
-    /// silently, so they are refused here, before anything is spent.
+    /// silently, so they are refused here, before anything is spent. Takes
+    /// the request, whose fields move into the body (the send path copies
+    /// nothing it does not have to).
     pub fn prepare(
-        &self,
+        self,
         channel: Channel,
         defaults: SubscribeDefaults,
     ) -> Result<PreparedSend, InvalidTemplateData> {
-        let payload = match channel {
+        match channel {
+            Channel::Template => self.check_template_fields()?,
+            Channel::Subscribe => self.check_subscribe_fields()?,
+        }
+        // touser, template_id, page and data: the fields both APIs share.
+        let mut payload = Map::new();
+        payload.insert("touser".into(), self.touser.clone().into());
+        payload.insert("template_id".into(), self.template_id.clone().into());
+        if let Some(page) = self.page {
+            payload.insert("page".into(), page.into());
+        }
+        if let Some(data) = self.data {
+            payload.insert("data".into(), Value::Object(data));
+        }
+        match channel {
             Channel::Template => {
-                for (field, given) in [
-                    ("miniprogram_state", self.miniprogram_state.is_some()),
-                    ("lang", self.lang.is_some()),
-                ] {
-                    if given {
-                        return Err(InvalidTemplateData::new(
-                            field,
-                            "not_in_template",
-                            "only a subscribe message has this field",
-                        ));
+                let optional = [
+                    ("emphasis_keyword", self.emphasis_keyword),
+                    ("color", self.color),
+                ];
+                for (field, value) in optional {
+                    if let Some(value) = value {
+                        payload.insert(field.into(), value.into());
                     }
                 }
-                self.template_payload()
             }
-            Channel::Subscribe => self.subscribe_payload(defaults)?,
-        };
+            Channel::Subscribe => {
+                let state = self.miniprogram_state.unwrap_or(defaults.miniprogram_state);
+                let lang = self.lang.unwrap_or(defaults.lang);
+                payload.insert(
+                    "miniprogram_state".into(),
+                    serde_json::to_value(state).unwrap_or_default(),
+                );
+                payload.insert(
+                    "lang".into(),
+                    serde_json::to_value(lang).unwrap_or_default(),
+                );
+            }
+        }
         Ok(PreparedSend {
-            touser: self.touser.clone(),
-            template_id: self.template_id.clone(),
+            touser: self.touser,
+            template_id: self.template_id,
             channel,
             payload,
             delivery: self.delivery,
@@ -101,27 +124,23 @@ impl SendRequest {
         })
     }
 
-    fn template_payload(&self) -> Map<String, Value> {
-        let mut body = self.common_payload();
-        let optional = [
-            (
-                "emphasis_keyword",
-                self.emphasis_keyword.clone().map(Value::from),
-            ),
-            ("color", self.color.clone().map(Value::from)),
-        ];
-        for (field, value) in optional {
-            if let Some(value) = value {
-                body.insert(field.into(), value);
+    fn check_template_fields(&self) -> Result<(), InvalidTemplateData> {
+        for (field, given) in [
+            ("miniprogram_state", self.miniprogram_state.is_some()),
+            ("lang", self.lang.is_some()),
+        ] {
+            if given {
+                return Err(InvalidTemplateData::new(
+                    field,
+                    "not_in_template",
+                    "only a subscribe message has this field",
+                ));
             }
         }
-        body
+        Ok(())
     }
 
-    fn subscribe_payload(
-        &self,
-        defaults: SubscribeDefaults,
-    ) -> Result<Map<String, Value>, InvalidTemplateData> {
+    fn check_subscribe_fields(&self) -> Result<(), InvalidTemplateData> {
         check_no_template_fields(self.emphasis_keyword.as_deref(), self.color.as_deref())?;
         for (key, field) in self.data.iter().flatten() {
             if key.ends_with(".DATA") {
@@ -153,32 +172,7 @@ impl SendRequest {
                 }
             }
         }
-        let mut body = self.common_payload();
-        let state = self.miniprogram_state.unwrap_or(defaults.miniprogram_state);
-        let lang = self.lang.unwrap_or(defaults.lang);
-        body.insert(
-            "miniprogram_state".into(),
-            serde_json::to_value(state).unwrap_or_default(),
-        );
-        body.insert(
-            "lang".into(),
-            serde_json::to_value(lang).unwrap_or_default(),
-        );
-        Ok(body)
-    }
-
-    /// touser, template_id, page and data: the fields both APIs share.
-    fn common_payload(&self) -> Map<String, Value> {
-        let mut body = Map::new();
-        body.insert("touser".into(), self.touser.clone().into());
-        body.insert("template_id".into(), self.template_id.clone().into());
-        if let Some(page) = &self.page {
-            body.insert("page".into(), page.clone().into());
-        }
-        if let Some(data) = &self.data {
-            body.insert("data".into(), Value::Object(data.clone()));
-        }
-        body
+        Ok(())
     }
 }
 
