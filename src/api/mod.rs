@@ -101,23 +101,20 @@ impl ApiContext {
 /// does not serve answers 405 with `Allow` (shaped by [`error::shape_errors`]),
 /// and every GET route answers HEAD too.
 pub fn routes(config: &mut web::ServiceConfig) {
+    // Why this order: actix tries routes in order, and each path with a
+    // `{segment}` is a regular expression run on the request's path (about
+    // 10,000 instructions, a fiftieth of a send). The app's scope comes
+    // first and, within it, the collect and send routes, the busiest; no two
+    // routes match one path, so the order changes nothing else.
     config
-        .service(get_and_head("/healthz", health::healthz))
-        .service(get_and_head("/readyz", health::readyz))
-        .service(
-            web::resource("/wechat/push/{appid}")
-                .route(web::get().to(push::handshake))
-                .route(web::post().to(push::receive)),
-        )
-        .service(web::resource("/v1/template-lint").route(web::post().to(lint::lint)))
         .service(
             web::scope("/v1/apps/{appid}")
+                .service(web::resource("/messages").route(web::post().to(messages::send)))
                 .service(web::resource("/credentials").route(web::post().to(credentials::collect)))
                 .service(
                     web::resource("/subscriptions").route(web::post().to(subscriptions::record)),
                 )
                 .service(get_and_head("/users/{openid}/quota", credentials::quota))
-                .service(web::resource("/messages").route(web::post().to(messages::send)))
                 .service(get_and_head("/messages/{id}", messages::lookup))
                 .service(get_and_head("/access_token", tokens::current))
                 .service(
@@ -143,6 +140,14 @@ pub fn routes(config: &mut web::ServiceConfig) {
                     templates::library_entry,
                 )),
         )
+        .service(get_and_head("/healthz", health::healthz))
+        .service(get_and_head("/readyz", health::readyz))
+        .service(
+            web::resource("/wechat/push/{appid}")
+                .route(web::get().to(push::handshake))
+                .route(web::post().to(push::receive)),
+        )
+        .service(web::resource("/v1/template-lint").route(web::post().to(lint::lint)))
         .default_service(web::to(not_found));
 }
 
