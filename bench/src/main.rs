@@ -9,12 +9,13 @@
 
 mod db;
 mod http;
+mod instructions;
 mod load;
 mod procs;
 mod report;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,6 +42,9 @@ enum Cmd {
     Run(Box<RunArgs>),
     /// Prints the tables of a results file as Markdown.
     Report { file: PathBuf },
+    /// Counts the instructions a gateway runs per send, under callgrind: a
+    /// figure that does not move with the machine's load.
+    Instructions(instructions::InstructionsArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -139,10 +143,10 @@ pub struct Results {
     pub total_s: f64,
 }
 
-const SEND_APP: &str = "wxbenchsend00000001";
+pub(crate) const SEND_APP: &str = "wxbenchsend00000001";
 const GROWTH_APP: &str = "wxbenchgrowth000001";
 const LIMIT_APP: &str = "wxbenchlimit0000001";
-const MAX_USERS: usize = 10_000;
+pub(crate) const MAX_USERS: usize = 10_000;
 /// Users of the growth runs: the dead rows are spread over the same users.
 const GROWTH_USERS: i64 = 10_000;
 
@@ -154,6 +158,7 @@ fn fake_app(clients: usize) -> String {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Run(args) => run(*args).await,
+        Cmd::Instructions(args) => instructions::run(args).await,
         Cmd::Report { file } => {
             let results: Results = serde_json::from_slice(&std::fs::read(&file)?)?;
             print!("{}", report::markdown(&results));
@@ -216,56 +221,18 @@ impl Bench {
     }
 
     fn fake_command(&self, latency: u64) -> Command {
-        let mut command = Command::new(&self.args.fake_bin);
-        command.args([
-            "--listen",
-            &format!("127.0.0.1:{}", self.args.fake_port),
-            "--latency-ms",
-            &latency.to_string(),
-        ]);
         let mut apps = vec![SEND_APP.to_owned(), GROWTH_APP.to_owned()];
         apps.extend(self.args.clients.iter().map(|c| fake_app(*c)));
-        for app in apps {
-            command
-                .arg("--app")
-                .arg(format!("{app}:{}", http::SECRET))
-                .arg("--template")
-                .arg(format!("{app}:{}", http::TEMPLATE));
-        }
-        command
+        fake_command(&self.args.fake_bin, self.args.fake_port, latency, &apps)
     }
 
     fn gateway_config(&self, database_url: &str) -> anyhow::Result<PathBuf> {
         let path = self.tmp.join("gateway.toml");
-        let text = format!(
-            r#"listen = "127.0.0.1:{gateway_port}"
-database_url = "{database_url}"
-database_max_connections = {pool}
-
-[wechat]
-base_url = "http://127.0.0.1:{fake_port}"
-max_concurrent_calls_per_app = 512
-
-[ledger]
-# The sweeper runs at start; not again during the measurements.
-sweep_interval_secs = 3600
-
-[apps.{SEND_APP}]
-secret = "{secret}"
-
-[apps.{GROWTH_APP}]
-secret = "{secret}"
-
-[api_keys.bench]
-key = "{key}"
-apps = ["*"]
-scopes = ["collect", "send", "admin"]
-"#,
-            gateway_port = self.args.gateway_port,
-            pool = self.args.pool,
-            fake_port = self.args.fake_port,
-            secret = http::SECRET,
-            key = http::API_KEY,
+        let text = gateway_config_text(
+            self.args.gateway_port,
+            database_url,
+            self.args.pool,
+            self.args.fake_port,
         );
         std::fs::write(&path, text)?;
         Ok(path)
@@ -788,6 +755,62 @@ async fn run_backend(bench: &mut Bench, backend: &str) -> anyhow::Result<()> {
 }
 
 /// UTC time as YYYYMMDD-HHMMSS, without a date crate.
+/// The fake WeChat at `port`, answering after `latency` ms, knowing `apps`
+/// (each with the bench's secret and template).
+pub(crate) fn fake_command(fake_bin: &Path, port: u16, latency: u64, apps: &[String]) -> Command {
+    let mut command = Command::new(fake_bin);
+    command.args([
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--latency-ms",
+        &latency.to_string(),
+    ]);
+    for app in apps {
+        command
+            .arg("--app")
+            .arg(format!("{app}:{}", http::SECRET))
+            .arg("--template")
+            .arg(format!("{app}:{}", http::TEMPLATE));
+    }
+    command
+}
+
+/// The gateway's configuration for a bench run.
+pub(crate) fn gateway_config_text(
+    gateway_port: u16,
+    database_url: &str,
+    pool: u32,
+    fake_port: u16,
+) -> String {
+    format!(
+        r#"listen = "127.0.0.1:{gateway_port}"
+database_url = "{database_url}"
+database_max_connections = {pool}
+
+[wechat]
+base_url = "http://127.0.0.1:{fake_port}"
+max_concurrent_calls_per_app = 512
+
+[ledger]
+# The sweeper runs at start; not again during the measurements.
+sweep_interval_secs = 3600
+
+[apps.{SEND_APP}]
+secret = "{secret}"
+
+[apps.{GROWTH_APP}]
+secret = "{secret}"
+
+[api_keys.bench]
+key = "{key}"
+apps = ["*"]
+scopes = ["collect", "send", "admin"]
+"#,
+        secret = http::SECRET,
+        key = http::API_KEY,
+    )
+}
+
 fn chrono_like_stamp() -> String {
     let output = Command::new("date").args(["-u", "+%Y%m%d-%H%M%S"]).output();
     output
