@@ -22,6 +22,7 @@ use serde_json::Value;
 use crate::clock::SharedClock;
 use crate::ledger::settle::{classify, Verdict};
 use crate::ledger::states::{Channel, SubscriptionType};
+use crate::read_gate::ReadGate;
 use crate::storage::{SendTemplates, Storage, TemplateForSend, TemplateRecord};
 use crate::tokens::{TokenError, TokenKeeper};
 use crate::wechat::templates::{
@@ -76,6 +77,8 @@ pub struct Catalogue {
     background: Arc<Mutex<HashMap<String, i64>>>,
     /// Each app's templates as the send path last read them.
     for_sends: Arc<Mutex<HashMap<String, CachedTemplates>>>,
+    /// One read of an app's templates at a time when its copy runs out.
+    reading: Arc<ReadGate>,
 }
 
 /// How long the send path uses a copy of an app's templates before reading
@@ -110,6 +113,7 @@ impl Catalogue {
             clock,
             background: Arc::default(),
             for_sends: Arc::default(),
+            reading: Arc::default(),
         }
     }
 
@@ -121,28 +125,36 @@ impl Catalogue {
         appid: &str,
         template_id: &str,
     ) -> anyhow::Result<TemplateForSend> {
+        let cached = || self.cached_for_send(appid, template_id);
+        self.reading
+            .read(appid, cached, |generation| async move {
+                let now = self.clock.now_ms();
+                let templates = Arc::new(self.storage.send_templates(appid).await?);
+                let known = templates.for_send(template_id);
+                let mut apps = self.for_sends.lock().expect("send templates");
+                let cached = apps.entry(appid.to_owned()).or_default();
+                if cached.generation == generation {
+                    cached.templates = Some((now, templates));
+                }
+                Ok(known)
+            })
+            .await
+    }
+
+    /// What the app's copy says of `template_id` while it is fresh; else the
+    /// copy's generation, for the read that replaces it.
+    fn cached_for_send(&self, appid: &str, template_id: &str) -> Result<TemplateForSend, u64> {
         let now = self.clock.now_ms();
         // A lookup by `&str`, not the entry API: a send that finds its copy
         // allocates nothing.
-        let generation = {
-            let apps = self.for_sends.lock().expect("send templates");
-            let cached = apps.get(appid);
-            if let Some((read_at, templates)) = cached.and_then(|cached| cached.templates.as_ref())
-            {
-                if (*read_at..*read_at + SEND_TEMPLATES_TTL_MS).contains(&now) {
-                    return Ok(templates.for_send(template_id));
-                }
+        let apps = self.for_sends.lock().expect("send templates");
+        let cached = apps.get(appid);
+        if let Some((read_at, templates)) = cached.and_then(|cached| cached.templates.as_ref()) {
+            if (*read_at..*read_at + SEND_TEMPLATES_TTL_MS).contains(&now) {
+                return Ok(templates.for_send(template_id));
             }
-            cached.map_or(0, |cached| cached.generation)
-        };
-        let templates = Arc::new(self.storage.send_templates(appid).await?);
-        let known = templates.for_send(template_id);
-        let mut apps = self.for_sends.lock().expect("send templates");
-        let cached = apps.entry(appid.to_owned()).or_default();
-        if cached.generation == generation {
-            cached.templates = Some((now, templates));
         }
-        Ok(known)
+        Err(cached.map_or(0, |cached| cached.generation))
     }
 
     /// Users of the app decided on `template_ids` (a prompt result, a push):

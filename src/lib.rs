@@ -19,6 +19,7 @@ pub mod clock;
 pub mod config;
 pub mod ledger;
 pub mod push;
+pub mod read_gate;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;

@@ -15,6 +15,7 @@ use anyhow::Context;
 
 use crate::clock::{ms, SharedClock};
 use crate::config::{AppSettings, TokenMode, TokenSettings};
+use crate::read_gate::ReadGate;
 use crate::storage::{AppState, Storage};
 use crate::wechat::{CallError, SharedWeChat, TokenReply};
 
@@ -65,6 +66,8 @@ pub struct TokenKeeper {
     /// five minutes, a rejected one is refreshed from the database, and a
     /// 45009 seen here is written to the cache at once.
     cache: Arc<std::sync::Mutex<HashMap<String, (i64, AppState)>>>,
+    /// One read of an app's row at a time when its cached copy runs out.
+    reading: Arc<ReadGate>,
     /// Compare-and-refresh calls answered without a fetch (too soon).
     refused_refreshes: Arc<AtomicU64>,
 }
@@ -98,6 +101,7 @@ impl TokenKeeper {
             holder,
             settings,
             single_flight,
+            reading: Arc::default(),
             cache: Arc::default(),
             refused_refreshes: Arc::default(),
         }
@@ -105,13 +109,18 @@ impl TokenKeeper {
 
     /// The app's row, from memory when read less than `tokens.cache_ms` ago.
     pub async fn app_state(&self, appid: &str) -> anyhow::Result<AppState> {
+        let cached = || self.cached_state(appid).ok_or(());
+        self.reading
+            .read(appid, cached, |()| self.read_state(appid))
+            .await
+    }
+
+    /// The app's row from the cache, while it is fresh.
+    fn cached_state(&self, appid: &str) -> Option<AppState> {
         let now = self.clock.now_ms();
-        if let Some((read_at, state)) = self.cache.lock().expect("app cache").get(appid) {
-            if now - read_at < ms(self.settings.cache) && now >= *read_at {
-                return Ok(state.clone());
-            }
-        }
-        self.read_state(appid).await
+        let cache = self.cache.lock().expect("app cache");
+        let (read_at, state) = cache.get(appid)?;
+        (now - read_at < ms(self.settings.cache) && now >= *read_at).then(|| state.clone())
     }
 
     /// The app's row from the database, remembered.
