@@ -347,6 +347,25 @@ mod tests {
         }
     }
 
+    /// The statements one-off work prepared (the migrations) must not stay
+    /// on the writer: they would hold its small-block arena for the
+    /// connection's lifetime, and every send's statements would then
+    /// allocate with malloc. `formid-bench instructions` measures what that
+    /// costs; this holds the mechanism.
+    #[tokio::test]
+    async fn the_writer_starts_with_no_statement_of_the_migrations() {
+        use sqlx::Connection;
+        let dir = std::env::temp_dir().join(format!("formid-writer-{}", uuid::Uuid::new_v4()));
+        let url = format!("sqlite://{}/ledger.db", dir.display());
+        let storage = SqliteStorage::connect(&url, 1).await.unwrap();
+        let writer = storage.writer.acquire().await.unwrap();
+        assert_eq!(writer.cached_statements_size(), 0);
+        drop(writer);
+        storage.writer.close().await;
+        storage.reader.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn runs_are_powers_of_two_longest_first() {
         let items: Vec<u32> = (0..77).collect();

@@ -43,6 +43,29 @@ fn message(id: &str, touser: &str, now: i64) -> NewMessage {
     }
 }
 
+/// The end of a send WeChat accepted, under [`TOKEN`].
+fn sent(message_id: String, credential_id: i64, now: i64) -> EndSend {
+    EndSend {
+        message_id,
+        lease_token: TOKEN,
+        credential_id,
+        attempt: NewAttempt {
+            credential_id: Some(credential_id),
+            credential_kind: Some(CredentialKind::FormId),
+            errcode: Some(0),
+            outcome: AttemptOutcome::Sent,
+            detail: None,
+            msgid: None,
+        },
+        outcome: MessageOutcome {
+            status: MessageStatus::Sent,
+            error_code: None,
+            wechat_errcode: Some(0),
+        },
+        now,
+    }
+}
+
 // Starts and ends of sends are batched (group commit): under concurrency
 // each caller must still get its own claim, and a write that fails must
 // fail alone.
@@ -129,31 +152,7 @@ async fn batched_starts_and_ends_keep_each_callers_result(#[case] backend: Backe
 
     let ends = claimed.iter().cloned().map(|(id, credential)| {
         let storage = app.storage.clone();
-        tokio::spawn(async move {
-            let attempt = NewAttempt {
-                credential_id: Some(credential.id),
-                credential_kind: Some(CredentialKind::FormId),
-                errcode: Some(0),
-                outcome: AttemptOutcome::Sent,
-                detail: None,
-                msgid: None,
-            };
-            let outcome = MessageOutcome {
-                status: MessageStatus::Sent,
-                error_code: None,
-                wechat_errcode: Some(0),
-            };
-            storage
-                .end_send(&EndSend {
-                    message_id: id,
-                    lease_token: TOKEN,
-                    credential_id: credential.id,
-                    attempt,
-                    outcome,
-                    now,
-                })
-                .await
-        })
+        tokio::spawn(async move { storage.end_send(&sent(id, credential.id, now)).await })
     });
     for result in futures::future::join_all(ends).await {
         assert!(result.unwrap().unwrap(), "every end holds its lease");
@@ -172,6 +171,74 @@ async fn batched_starts_and_ends_keep_each_callers_result(#[case] backend: Backe
                 .is_empty(),
             "{user} spent both"
         );
+    }
+}
+
+// A batch of ends answers each caller by its own message's lease: the
+// ends of messages another run took over change nothing and say so, beside
+// ends that hold, in the same batch.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_ends_answers_each_by_its_own_lease(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    let now = app.now_ms();
+    let users: Vec<String> = (0..20).map(|i| format!("o-fenced-{i}")).collect();
+    let items: Vec<_> = users
+        .iter()
+        .map(|user| credential(user, &format!("{user}-f"), now))
+        .collect();
+    app.storage
+        .insert_credentials(APPID, &items, now)
+        .await
+        .unwrap();
+    let mut started = Vec::new();
+    for (n, user) in users.iter().enumerate() {
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut new = message(&id, user, now);
+        // Every other message's lease has run out: recovery takes it over.
+        let taken_over = n % 2 == 1;
+        if taken_over {
+            new.lease_until = now - 1;
+        }
+        let claimed = app
+            .storage
+            .start_send(&StartSend {
+                message: new,
+                valid_after: now,
+                now,
+            })
+            .await
+            .unwrap()
+            .expect("a credential");
+        started.push((id, claimed.id, taken_over));
+    }
+    let recovered = app
+        .storage
+        .claim_expired_leases(now, now + 60_000, 99, 100)
+        .await
+        .unwrap();
+    assert_eq!(recovered.len(), 10);
+
+    let ends = started.iter().cloned().map(|(id, credential_id, _)| {
+        let storage = app.storage.clone();
+        tokio::spawn(async move { storage.end_send(&sent(id, credential_id, now)).await })
+    });
+    let held: Vec<bool> = futures::future::join_all(ends)
+        .await
+        .into_iter()
+        .map(|result| result.unwrap().unwrap())
+        .collect();
+    for ((id, _, taken_over), held) in started.iter().zip(held) {
+        assert_eq!(held, !taken_over, "{id}: the end holds only its own lease");
+        let (row, _) = app.storage.message(APPID, id).await.unwrap().unwrap();
+        let expected = if *taken_over {
+            MessageStatus::Pending
+        } else {
+            MessageStatus::Sent
+        };
+        assert_eq!(row.status, expected, "{id}");
     }
 }
 
