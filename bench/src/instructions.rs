@@ -125,10 +125,9 @@ pub async fn run(args: InstructionsArgs) -> anyhow::Result<()> {
     callgrind_control(&["--zero", &pid])?;
     sends(args.warmup_sends, args.sends).await?;
     callgrind_control(&["--dump", &pid])?;
-    let counted = dumped_instructions(&counts)?;
+    let (counted, dump) = dumped_instructions(&counts)?;
     gateway.stop();
     fake.stop();
-    let _ = std::fs::remove_dir_all(&tmp);
 
     println!(
         "{}: {:.0} instructions per send ({} sends from {} clients, {} backend, after {} warm-up sends)",
@@ -138,6 +137,10 @@ pub async fn run(args: InstructionsArgs) -> anyhow::Result<()> {
         args.clients,
         args.backend,
         args.warmup_sends,
+    );
+    println!(
+        "  the counts, for callgrind_annotate --inclusive=yes: {}",
+        dump.display()
     );
     Ok(())
 }
@@ -209,8 +212,8 @@ fn callgrind_control(args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// The instructions in the last dump callgrind wrote (`<file>.<n>`, the
-/// highest `n`): its `summary:` line.
-fn dumped_instructions(counts: &Path) -> anyhow::Result<u64> {
+/// highest `n`): its `summary:` line, and the dump.
+fn dumped_instructions(counts: &Path) -> anyhow::Result<(u64, PathBuf)> {
     let dir = counts.parent().context("the counts file has a directory")?;
     let prefix = format!(
         "{}.",
@@ -229,10 +232,12 @@ fn dumped_instructions(counts: &Path) -> anyhow::Result<u64> {
         .map(|(_, path)| path)
         .context("callgrind wrote no dump")?;
     let text = std::fs::read_to_string(&last)?;
-    text.lines()
+    let counted = text
+        .lines()
         .find_map(|line| line.strip_prefix("summary:"))
         .context("the dump has no summary line")?
         .trim()
         .parse()
-        .context("reading the dump's summary")
+        .context("reading the dump's summary")?;
+    Ok((counted, last))
 }
