@@ -208,7 +208,7 @@ pub async fn send(
         .catalogue
         .for_send(&appid, &send_request.template_id)
         .await?;
-    let template = known.template.map(|record| record.to_catalogue());
+    let template = known.template;
     let known = known.channel;
     let channel = send_request.channel(known);
     if let Some(template) = &template {

@@ -11,6 +11,7 @@ pub mod sql;
 mod sqlite;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -298,8 +299,8 @@ pub struct NewPrompt {
 /// What the ledger knows of a template a send names.
 #[derive(Debug, Clone, Default)]
 pub struct TemplateForSend {
-    /// The app's catalogue entry.
-    pub template: Option<TemplateRecord>,
+    /// The app's catalogue entry, as the send's checks need it.
+    pub template: Option<Arc<CatalogueTemplate>>,
     /// The channel the template is known to go through.
     pub channel: Option<Channel>,
 }
@@ -308,7 +309,9 @@ pub struct TemplateForSend {
 /// catalogue, and every template some user of the app decided on.
 #[derive(Debug, Clone, Default)]
 pub struct SendTemplates {
-    catalogue: HashMap<String, TemplateRecord>,
+    /// Converted once, when read: a send shares the entry instead of
+    /// copying its texts and parsing its placeholders again.
+    catalogue: HashMap<String, Arc<CatalogueTemplate>>,
     decided: HashSet<String>,
 }
 
@@ -318,7 +321,12 @@ impl SendTemplates {
         Self {
             catalogue: catalogue
                 .into_iter()
-                .map(|template| (template.template_id.clone(), template))
+                .map(|template| {
+                    (
+                        template.template_id.clone(),
+                        Arc::new(template.to_catalogue()),
+                    )
+                })
                 .collect(),
             decided: decided.into_iter().collect(),
         }
@@ -747,10 +755,7 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 }
 
 /// Connects to the database the URL names and applies its migrations.
-pub async fn connect(
-    database_url: &str,
-    max_connections: u32,
-) -> anyhow::Result<std::sync::Arc<dyn Storage>> {
+pub async fn connect(database_url: &str, max_connections: u32) -> anyhow::Result<Arc<dyn Storage>> {
     if database_url.starts_with("sqlite:") {
         let storage = SqliteStorage::connect(database_url, max_connections)
             .await
