@@ -754,7 +754,6 @@ async fn run_backend(bench: &mut Bench, backend: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// UTC time as YYYYMMDD-HHMMSS, without a date crate.
 /// The fake WeChat at `port`, answering after `latency` ms, knowing `apps`
 /// (each with the bench's secret and template).
 pub(crate) fn fake_command(fake_bin: &Path, port: u16, latency: u64, apps: &[String]) -> Command {
@@ -811,6 +810,7 @@ scopes = ["collect", "send", "admin"]
     )
 }
 
+/// UTC time as YYYYMMDD-HHMMSS, without a date crate.
 fn chrono_like_stamp() -> String {
     let output = Command::new("date").args(["-u", "+%Y%m%d-%H%M%S"]).output();
     output
