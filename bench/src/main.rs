@@ -69,8 +69,9 @@ struct RunArgs {
     /// (one-time grants). The ledger-growth runs send template messages.
     #[arg(long, value_delimiter = ',', default_value = "template,subscribe")]
     channels: Vec<Channel>,
-    /// Stored (dead) credentials of the ledger-growth runs.
-    #[arg(long, value_delimiter = ',', default_value = "10000,1000000,10000000")]
+    /// Stored (dead) credentials of the ledger-growth runs; `--growth` with
+    /// no sizes skips them.
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "10000,1000000,10000000")]
     growth: Vec<i64>,
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
     growth_clients: Vec<usize>,
