@@ -36,7 +36,8 @@ pub struct Settings {
     /// `sqlite://path` (the embedded default) or `postgres://…`.
     #[serde(default = "defaults::database_url")]
     pub database_url: String,
-    /// Connections of the PostgreSQL pool, or SQLite readers.
+    /// Connections of the PostgreSQL pool (group commit holds two more of
+    /// its own), or SQLite readers.
     #[serde(
         default = "defaults::database_max_connections",
         deserialize_with = "whole"

@@ -48,7 +48,7 @@ impl PostgresStorage {
         let batches = PgPoolOptions::new()
             .max_connections(BATCH_RUNNERS as u32)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options.options(BATCH_PLANNING))
+            .connect_with(group_commit_options(options))
             .await
             .context("connecting group commit to PostgreSQL")?;
         let group = GroupCommit::spawn(PostgresBatches(batches), BATCH_RUNNERS);
@@ -95,6 +95,12 @@ const BATCH_PLANNING: [(&str, &str); 4] = [
     ("enable_hashjoin", "off"),
     ("enable_mergejoin", "off"),
 ];
+
+/// The connection options of group commit's runners: the ledger's, planning
+/// as [`BATCH_PLANNING`] says.
+pub fn group_commit_options(ledger: PgConnectOptions) -> PgConnectOptions {
+    ledger.options(BATCH_PLANNING)
+}
 
 /// The starts of a batch as one statement: the messages inserted, then for
 /// each the soonest-expiring available credential of its user leased to it.
