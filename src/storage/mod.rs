@@ -16,7 +16,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use async_trait::async_trait;
 
-pub use postgres::{group_commit_options, PostgresStorage, END_BATCH, START_BATCH};
+pub use postgres::{group_commit_pool, PostgresStorage, END_BATCH, START_BATCH};
 pub use sqlite::SqliteStorage;
 
 use crate::ledger::kinds::CredentialKind;

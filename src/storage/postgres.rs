@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres};
+use sqlx::{Executor, PgPool, Postgres};
 
 use super::group_commit::{BatchDone, BatchWriter, GroupCommit};
 use super::shared::{bind_message, impl_storage, INSERT_CHUNK};
@@ -45,10 +45,7 @@ impl PostgresStorage {
             .run(&pool)
             .await
             .context("applying the PostgreSQL migrations")?;
-        let batches = PgPoolOptions::new()
-            .max_connections(BATCH_RUNNERS as u32)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(group_commit_options(options))
+        let batches = group_commit_pool(options)
             .await
             .context("connecting group commit to PostgreSQL")?;
         let group = GroupCommit::spawn(PostgresBatches(batches), BATCH_RUNNERS);
@@ -89,17 +86,23 @@ const BATCH_RUNNERS: usize = 2;
 /// is found by key or by the claim's index, so sequential scans, hash joins
 /// and merge joins are turned off on these connections only: the plan is
 /// index lookups in nested loops on any statistics.
-const BATCH_PLANNING: [(&str, &str); 4] = [
-    ("plan_cache_mode", "force_generic_plan"),
-    ("enable_seqscan", "off"),
-    ("enable_hashjoin", "off"),
-    ("enable_mergejoin", "off"),
-];
+///
+/// Set with `SET` once a connection is made, not as startup options, which
+/// connection poolers such as PgBouncer refuse by default.
+const BATCH_PLANNING: &str = "SET plan_cache_mode = force_generic_plan; \
+    SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off";
 
-/// The connection options of group commit's runners: the ledger's, planning
-/// as [`BATCH_PLANNING`] says.
-pub fn group_commit_options(ledger: PgConnectOptions) -> PgConnectOptions {
-    ledger.options(BATCH_PLANNING)
+/// Group commit's own connections to the ledger, planning as
+/// [`BATCH_PLANNING`] says.
+pub async fn group_commit_pool(ledger: PgConnectOptions) -> sqlx::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(BATCH_RUNNERS as u32)
+        .acquire_timeout(Duration::from_secs(5))
+        .after_connect(|connection, _| {
+            Box::pin(async move { connection.execute(BATCH_PLANNING).await.map(drop) })
+        })
+        .connect_with(ledger)
+        .await
 }
 
 /// The starts of a batch as one statement: the messages inserted, then for
@@ -134,7 +137,8 @@ pub const START_BATCH: &str = "WITH batch AS ( \
         lease_message_id";
 
 /// The ends of a batch as one statement: the credentials spent (only rows
-/// still leased under the run's token, as for every settlement), the
+/// still leased under the run's token, as for every settlement, and found by
+/// key as [`sql::FENCE_MESSAGE`] says), the
 /// attempts recorded, the messages finished (likewise fenced; `RETURNING`
 /// names the ones whose lease held).
 pub const END_BATCH: &str = "WITH batch AS ( \
@@ -148,7 +152,8 @@ pub const END_BATCH: &str = "WITH batch AS ( \
         SET uses_left = uses_left - 1, lease_message_id = NULL, lease_token = NULL, \
             state = CASE WHEN uses_left <= 1 THEN 'exhausted' ELSE 'available' END, \
             lease_expires_at = NULL, updated_at = batch.at \
-        FROM batch WHERE credentials.id = batch.credential_id AND credentials.state = 'leased' \
+        FROM batch WHERE credentials.id = batch.credential_id \
+          AND credentials.state IS NOT DISTINCT FROM 'leased' \
           AND credentials.lease_token = batch.lease_token), \
     attempt AS ( \
         INSERT INTO attempts (message_id, credential_id, credential_kind, errcode, outcome, \

@@ -76,12 +76,20 @@ pub const CLAIM_LONG_TERM: &str = "INSERT INTO credentials \
 /// UPDATE and not a SELECT: on PostgreSQL it locks the message row until the
 /// transaction ends, so a takeover (which writes a new token to the same
 /// row) cannot slip in between this check and the writes it guards.
+///
+/// Statements that find their row by primary key and check its state say
+/// `IS NOT DISTINCT FROM` (the same test: the column is never NULL), not `=`.
+/// With `=`, PostgreSQL may match a partial index of rows in that state
+/// (`messages_unfinished`, `credentials_leased`, `credentials_by_lease_message`)
+/// and, when the last ANALYZE saw none, price a scan of the whole index as
+/// low as the lookup by key: every such statement then reads every pending
+/// message or leased credential (`tests/api/storage.rs` holds the plans).
 pub const FENCE_MESSAGE: &str = "UPDATE messages SET lease_until = $3 \
-    WHERE id = $1 AND lease_token = $2 AND status = 'pending'";
+    WHERE id = $1 AND lease_token = $2 AND status IS NOT DISTINCT FROM 'pending'";
 
 /// [`FENCE_MESSAGE`] that leaves the lease's time as it is.
 pub const FENCE_MESSAGE_KEEPING: &str = "UPDATE messages SET lease_until = lease_until \
-    WHERE id = $1 AND lease_token = $2 AND status = 'pending'";
+    WHERE id = $1 AND lease_token = $2 AND status IS NOT DISTINCT FROM 'pending'";
 
 /// A run's lease renewed: the message and the credentials it holds.
 pub const RENEW_CREDENTIAL_LEASES: &str = "UPDATE credentials SET lease_expires_at = $3 \
@@ -93,7 +101,7 @@ pub const CREATE_MESSAGE: &str = "INSERT INTO messages \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)";
 
 /// Every settlement only touches a row still leased under the settling run's
-/// token (`$3`), so a late settle after lease recovery cannot resurrect or
+/// token (`$3`; why `IS NOT DISTINCT FROM`: [`FENCE_MESSAGE`]), so a late settle after lease recovery cannot resurrect or
 /// double-count a credential. `$4` is 1 when the send's delivery is
 /// unproven (its answer was lost): such a use may still be unused at WeChat,
 /// so the credential is never probed afterwards.
@@ -101,17 +109,17 @@ pub const SETTLE_SPENT: &str = "UPDATE credentials \
     SET uses_left = uses_left - 1, unproven_uses = unproven_uses + $4, lease_message_id = NULL, \
         state = CASE WHEN uses_left <= 1 THEN 'exhausted' ELSE 'available' END, \
         lease_expires_at = NULL, lease_token = NULL, updated_at = $2 \
-    WHERE id = $1 AND state = 'leased' AND lease_token = $3";
+    WHERE id = $1 AND state IS NOT DISTINCT FROM 'leased' AND lease_token = $3";
 pub const SETTLE_RETIRED: &str = "UPDATE credentials \
     SET state = 'retired', retired_errcode = $4, lease_expires_at = NULL, lease_message_id = NULL, \
         lease_token = NULL, updated_at = $2 \
-    WHERE id = $1 AND state = 'leased' AND lease_token = $3";
+    WHERE id = $1 AND state IS NOT DISTINCT FROM 'leased' AND lease_token = $3";
 /// A long-term ticket was made for one send: released, it is used up
 /// rather than put in a pool (the subscription it came from is untouched).
 pub const SETTLE_RELEASED: &str = "UPDATE credentials \
     SET state = CASE WHEN kind = 'long_term' THEN 'exhausted' ELSE 'available' END, \
         lease_expires_at = NULL, lease_message_id = NULL, lease_token = NULL, updated_at = $2 \
-    WHERE id = $1 AND state = 'leased' AND lease_token = $3";
+    WHERE id = $1 AND state IS NOT DISTINCT FROM 'leased' AND lease_token = $3";
 /// 43101 on a subscribe send: WeChat holds no grant of the template for
 /// the user, or the user turned it off. Run with [`SETTLE_RETIRED`] on the
 /// credential `$1`: every other grant of its (app, user, template) still in
@@ -131,7 +139,7 @@ pub const REVOKE_SUBSCRIPTION: &str = "UPDATE subscriptions \
 /// it unowned and simply returns it.
 pub const SETTLE_PARKED: &str = "UPDATE credentials \
     SET lease_message_id = NULL, lease_expires_at = $4, updated_at = $2 \
-    WHERE id = $1 AND state = 'leased' AND lease_token = $3";
+    WHERE id = $1 AND state IS NOT DISTINCT FROM 'leased' AND lease_token = $3";
 
 pub const INSERT_ATTEMPT: &str = "INSERT INTO attempts \
     (message_id, credential_id, credential_kind, errcode, outcome, detail, at, msgid) \
@@ -172,7 +180,7 @@ pub const WAIT_MESSAGE: &str = concat!(
         next_attempt_at = CASE WHEN ",
     usable_credential!("$3"),
     " THEN $4 ELSE $2 END \
-    WHERE id = $1 AND lease_token = $5 AND status = 'pending'"
+    WHERE id = $1 AND lease_token = $5 AND status IS NOT DISTINCT FROM 'pending'"
 );
 
 /// Run after the wait commits, in a fresh snapshot. Why: on PostgreSQL a

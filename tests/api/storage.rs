@@ -839,69 +839,183 @@ async fn send_templates_list_each_decided_template_once(#[case] backend: Backend
     assert_eq!(other.for_send("T-a").channel, None);
 }
 
-/// The plan of a batch statement as group commit's own connections make it,
-/// line by line: generic (made once, whatever is bound), so the arguments
-/// are NULLs.
-async fn group_commit_plan(options: sqlx::postgres::PgConnectOptions, statement: &str) -> String {
-    use sqlx::{Connection, Executor, Row};
-    let mut connection = sqlx::PgConnection::connect_with(&options).await.unwrap();
+/// The generic plan of `statement` on `connection`, line by line: the plan
+/// made once whatever is bound, so the arguments are NULLs. `types` names
+/// the parameters' types where PostgreSQL cannot infer them (`""` where it
+/// can; the gateway binds typed values).
+async fn generic_plan(connection: &mut sqlx::PgConnection, statement: &str, types: &str) -> String {
+    use sqlx::{Executor, Row};
     let params = (1..=20)
-        .filter(|k| statement.contains(&format!("${k}::")))
+        .filter(|k| {
+            [",", ")", " ", ":"]
+                .iter()
+                .any(|next| statement.contains(&format!("${k}{next}")))
+                || statement.ends_with(&format!("${k}"))
+        })
         .count();
     connection
-        .execute(format!("PREPARE batch AS {statement}").as_str())
+        .execute(format!("PREPARE planned{types} AS {statement}").as_str())
         .await
         .unwrap();
     let nulls = vec!["NULL"; params].join(", ");
     let rows = connection
-        .fetch_all(format!("EXPLAIN EXECUTE batch({nulls})").as_str())
+        .fetch_all(format!("EXPLAIN EXECUTE planned({nulls})").as_str())
         .await
         .unwrap();
-    connection.close().await.unwrap();
+    connection.execute("DEALLOCATE planned").await.unwrap();
     rows.iter()
         .map(|row| row.get::<String, _>(0))
         .collect::<Vec<_>>()
         .join("\n")
 }
 
-/// Group commit's runners plan their two statements once per connection and
-/// keep the plan. A plan kept must suit any size of table: made on a fresh
-/// ledger's empty tables, PostgreSQL's own choice hashes a sequential scan of
-/// `messages` (2.3 ms per end batch once the table had grown, against 0.5),
-/// so these connections allow index lookups in nested loops only. This
-/// holds every scan and join of both plans, on the emptiest ledger there is.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn group_commit_plans_find_every_row_by_an_index_on_an_empty_ledger() {
-    use formid_gateway::storage::{group_commit_options, PostgresStorage, END_BATCH, START_BATCH};
-    use std::str::FromStr;
-    let (url, _) = fresh_database(Backend::Postgres).await;
-    // Migrated, and nothing else: no row, no statistics.
-    drop(PostgresStorage::connect(&url, 2).await.unwrap());
-    let ledger = sqlx::postgres::PgConnectOptions::from_str(&url).unwrap();
-
-    let bare = group_commit_plan(
-        ledger
-            .clone()
-            .options([("plan_cache_mode", "force_generic_plan")]),
-        END_BATCH,
-    )
-    .await;
-    assert!(
-        bare.contains("Seq Scan on messages"),
-        "the hazard this test holds off is no longer reproduced; read the plan again:\n{bare}"
-    );
-
-    for (statement, index) in [
-        (START_BATCH, "credentials_claimable"),
-        (END_BATCH, "messages_pkey"),
-    ] {
-        let plan = group_commit_plan(group_commit_options(ledger.clone()), statement).await;
-        for unwanted in ["Seq Scan", "Hash Join", "Merge Join"] {
-            assert!(!plan.contains(unwanted), "{unwanted} in:\n{plan}");
+/// Every index scan of `plan` looks rows up by a key (an `Index Cond`): no
+/// index is read whole.
+fn assert_no_index_read_whole(name: &str, plan: &str) {
+    let lines: Vec<&str> = plan.lines().collect();
+    for (n, line) in lines.iter().enumerate() {
+        if line.contains("Index Scan using") || line.contains("Index Only Scan using") {
+            assert!(
+                lines
+                    .get(n + 1)
+                    .is_some_and(|next| next.contains("Index Cond")),
+                "{name}: an index read whole in:\n{plan}"
+            );
         }
-        assert!(
-            plan.contains(&format!("Index Scan using {index}")),
-            "{plan}"
-        );
+    }
+}
+
+/// A plan kept for good: lookups by key in nested loops, whatever the
+/// tables hold; nothing read whole, no sequential scan, no hash or merge.
+fn assert_lookups_by_key(name: &str, plan: &str) {
+    for unwanted in ["Seq Scan", "Hash Join", "Merge Join"] {
+        assert!(!plan.contains(unwanted), "{name}: {unwanted} in:\n{plan}");
+    }
+    assert_no_index_read_whole(name, plan);
+}
+
+/// A ledger migrated and analyzed with rows in every state but the ones the
+/// partial indexes hold: no credential leased, no message pending. What a
+/// busy ledger's statistics say right after a quiet moment.
+async fn ledger_that_looks_idle(url: &str) {
+    use sqlx::{Connection, Executor};
+    drop(
+        formid_gateway::storage::PostgresStorage::connect(url, 2)
+            .await
+            .unwrap(),
+    );
+    let mut connection = sqlx::PgConnection::connect(url).await.unwrap();
+    connection
+        .execute(
+            "INSERT INTO credentials (appid, openid, kind, value, uses_left, state, \
+                 collected_at, expires_at, created_at, updated_at) \
+             SELECT 'wxidle', 'user' || (g % 500), 'prepay_id', 'v' || g, 3, \
+                 CASE WHEN g % 2 = 0 THEN 'available' ELSE 'exhausted' END, 1, 9e12, 1, 1 \
+             FROM generate_series(1, 5000) g; \
+             INSERT INTO messages (id, appid, touser, template_id, payload, status, \
+                 created_at, updated_at) \
+             SELECT 'm' || g, 'wxidle', 'user' || (g % 500), 't', '{}', 'sent', g, g \
+             FROM generate_series(1, 5000) g; \
+             ANALYZE",
+        )
+        .await
+        .unwrap();
+    connection.close().await.unwrap();
+}
+
+/// Statements that find their rows by key must be planned as lookups by key
+/// on any statistics. Two ways this failed, both found with
+/// `pg_stat_statements` under `formid-bench` on PostgreSQL:
+///
+/// - `= 'leased'` / `= 'pending'` next to `id = $1` let the planner use a
+///   partial index of rows in that state; when the last ANALYZE saw none, a
+///   scan of the whole index cost as little as the lookup, so every
+///   settlement, fence and end batch read every leased credential or pending
+///   message (541 blocks per end batch at 256 sends in flight);
+/// - group commit keeps its statements' plans (see `group_commit_pool`), and
+///   PostgreSQL's own plan on a fresh ledger hashes a sequential scan of
+///   `messages` (2.3 ms per end batch once the table had grown); its
+///   connections allow lookups in nested loops only.
+///
+/// This holds every such statement's plan, each on the connections that run
+/// it, on a ledger that looks idle and on one that is empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_by_key_are_planned_as_lookups_on_any_statistics() {
+    use formid_gateway::storage::{group_commit_pool, sql, END_BATCH, START_BATCH};
+    use sqlx::{Connection, Executor};
+    use std::str::FromStr;
+    let keyed = [
+        ("FENCE_MESSAGE", sql::FENCE_MESSAGE, ""),
+        ("FENCE_MESSAGE_KEEPING", sql::FENCE_MESSAGE_KEEPING, ""),
+        (
+            "WAIT_MESSAGE",
+            sql::WAIT_MESSAGE,
+            "(text, int8, int8, int8, int8)",
+        ),
+        ("SETTLE_SPENT", sql::SETTLE_SPENT, ""),
+        ("SETTLE_RETIRED", sql::SETTLE_RETIRED, ""),
+        ("SETTLE_RELEASED", sql::SETTLE_RELEASED, ""),
+        ("SETTLE_PARKED", sql::SETTLE_PARKED, ""),
+        ("FINISH_MESSAGE", sql::FINISH_MESSAGE, ""),
+        ("RENEW_CREDENTIAL_LEASES", sql::RENEW_CREDENTIAL_LEASES, ""),
+    ];
+    for idle in [true, false] {
+        let (url, _) = fresh_database(Backend::Postgres).await;
+        if idle {
+            ledger_that_looks_idle(&url).await;
+        } else {
+            // Migrated, and nothing else: no row, no statistics.
+            drop(
+                formid_gateway::storage::PostgresStorage::connect(&url, 2)
+                    .await
+                    .unwrap(),
+            );
+        }
+
+        // The pool's statements, planned as PostgreSQL plans a statement
+        // bound with values it has not seen (the generic plan).
+        let mut pool = sqlx::PgConnection::connect(&url).await.unwrap();
+        pool.execute("SET plan_cache_mode = force_generic_plan")
+            .await
+            .unwrap();
+        for (name, statement, types) in keyed {
+            let plan = generic_plan(&mut pool, statement, types).await;
+            assert_no_index_read_whole(name, &plan);
+            let table = if name.contains("MESSAGE") {
+                "messages"
+            } else {
+                "credentials"
+            };
+            assert!(
+                plan.contains(&format!("Index Scan using {table}_pkey"))
+                    || name.starts_with("RENEW"),
+                "{name}: its row is not found by key in:\n{plan}"
+            );
+        }
+        if !idle {
+            // What group commit's connections hold off: PostgreSQL's own
+            // plan of the end batch on an empty ledger.
+            let plan = generic_plan(&mut pool, END_BATCH, "").await;
+            assert!(
+                plan.contains("Seq Scan on messages"),
+                "the hazard held off below is no longer reproduced; read the plan:\n{plan}"
+            );
+        }
+        pool.close().await.unwrap();
+
+        let ledger = sqlx::postgres::PgConnectOptions::from_str(&url).unwrap();
+        let batches = group_commit_pool(ledger).await.unwrap();
+        let mut connection = batches.acquire().await.unwrap();
+        for (name, statement, index) in [
+            ("START_BATCH", START_BATCH, "credentials_claimable"),
+            ("END_BATCH", END_BATCH, "messages_pkey"),
+        ] {
+            let plan = generic_plan(&mut connection, statement, "").await;
+            assert_lookups_by_key(name, &plan);
+            assert!(
+                plan.contains(&format!("Index Scan using {index}")),
+                "{plan}"
+            );
+        }
     }
 }
