@@ -101,10 +101,11 @@ pub const CREATE_MESSAGE: &str = "INSERT INTO messages \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)";
 
 /// Every settlement only touches a row still leased under the settling run's
-/// token (`$3`; why `IS NOT DISTINCT FROM`: [`FENCE_MESSAGE`]), so a late settle after lease recovery cannot resurrect or
-/// double-count a credential. `$4` is 1 when the send's delivery is
-/// unproven (its answer was lost): such a use may still be unused at WeChat,
-/// so the credential is never probed afterwards.
+/// token (`$3`), so a late settle after lease recovery cannot resurrect or
+/// double-count a credential (why `IS NOT DISTINCT FROM`: [`FENCE_MESSAGE`]).
+/// `$4` is 1 when the send's delivery is unproven (its answer was lost): such
+/// a use may still be unused at WeChat, so the credential is never probed
+/// afterwards.
 pub const SETTLE_SPENT: &str = "UPDATE credentials \
     SET uses_left = uses_left - 1, unproven_uses = unproven_uses + $4, lease_message_id = NULL, \
         state = CASE WHEN uses_left <= 1 THEN 'exhausted' ELSE 'available' END, \
