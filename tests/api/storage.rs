@@ -1017,5 +1017,8 @@ async fn statements_by_key_are_planned_as_lookups_on_any_statistics() {
                 "{plan}"
             );
         }
+        drop(connection);
+        batches.close().await;
+        drop_postgres_database(&url);
     }
 }
