@@ -223,13 +223,24 @@ pub struct TokenSettings {
     /// How long a process answers the token and quota block from memory.
     #[serde(rename = "cache_ms", deserialize_with = "millis")]
     pub cache: Duration,
-    /// The floor between two fetches of an app's token, whoever asks
-    /// (compare-and-refresh callers, a send answered 40001, the background
-    /// task) and whatever the token's lifetime: within it the current token
-    /// is the answer. WeChat allows about 2,000 fetches a day; 45 s or more
-    /// keeps any pattern of calls under that.
-    #[serde(rename = "min_fetch_interval_secs", deserialize_with = "secs")]
-    pub min_fetch_interval: Duration,
+    /// The app's budget of token fetches, shared by every instance: this
+    /// many at once, then one more each `fetch_refill_secs`. Every fetch
+    /// takes from it, whatever asked for it; it bounds a runaway (WeChat
+    /// rejecting each new token) well inside WeChat's ~2,000 fetches a day
+    /// (docs/wechat/tokens.md), and never delays the first fetch after a
+    /// rejection.
+    #[serde(deserialize_with = "whole")]
+    pub fetch_burst: u32,
+    /// How long the budget takes to earn one fetch back.
+    #[serde(rename = "fetch_refill_secs", deserialize_with = "secs")]
+    pub fetch_refill: Duration,
+    /// A caller who reports the current token stale is answered from the
+    /// last check at WeChat for this long, instead of a new check.
+    #[serde(rename = "check_reuse_secs", deserialize_with = "secs")]
+    pub check_reuse: Duration,
+    /// How soon a message that found no usable token tries again.
+    #[serde(rename = "send_retry_secs", deserialize_with = "secs")]
+    pub send_retry: Duration,
     /// stable_token mode: forced refreshes (`force_refresh=true`) the gateway
     /// may use per app and China day, 0 (never) to 20 (WeChat's limit).
     #[serde(deserialize_with = "whole")]
@@ -244,7 +255,10 @@ impl Default for TokenSettings {
             lease: Duration::from_secs(30),
             wait: Duration::from_millis(15_000),
             cache: Duration::from_millis(1_000),
-            min_fetch_interval: Duration::from_secs(30),
+            fetch_burst: 5,
+            fetch_refill: Duration::from_secs(120),
+            check_reuse: Duration::from_secs(10),
+            send_retry: Duration::from_secs(5),
             force_refreshes_per_day: 0,
         }
     }
@@ -986,12 +1000,26 @@ impl Settings {
         duration_in_range("tokens.lease_secs", tokens.lease, s(1), s(600))?;
         duration_in_range("tokens.wait_ms", tokens.wait, ms(100), ms(300_000))?;
         duration_in_range("tokens.cache_ms", tokens.cache, ms(0), ms(60_000))?;
+        in_range(
+            "tokens.fetch_burst",
+            tokens.fetch_burst.into(),
+            1,
+            100,
+            " (each fetch retires the app's previous token; a few are enough)",
+        )?;
         duration_in_range(
-            "tokens.min_fetch_interval_secs",
-            tokens.min_fetch_interval,
-            s(1),
+            "tokens.fetch_refill_secs",
+            tokens.fetch_refill,
+            s(44),
             s(HOUR),
         )?;
+        duration_in_range(
+            "tokens.check_reuse_secs",
+            tokens.check_reuse,
+            s(1),
+            s(600),
+        )?;
+        duration_in_range("tokens.send_retry_secs", tokens.send_retry, s(1), s(600))?;
         in_range(
             "tokens.force_refreshes_per_day",
             tokens.force_refreshes_per_day.into(),

@@ -96,6 +96,10 @@ impl Application {
                 max_concurrent_calls: settings.wechat.max_concurrent_calls_per_app,
                 // The total timeout bounds a call; the connect timeout is part of it.
                 call_budget_ms: ms(settings.wechat.request_timeout) + 1_000,
+                // A second rejection means the token was retired again right
+                // after its fetch; a third, that none works for now.
+                token_refreshes: 2,
+                token_retry_ms: ms(settings.tokens.send_retry),
             },
             Arc::new(Breakers::new(
                 clock.clone(),

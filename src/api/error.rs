@@ -25,6 +25,11 @@ pub trait ApiErrorCode: ResponseError {
     fn details(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
         None
     }
+    /// Seconds to wait before trying again, where waiting helps (sent as
+    /// `Retry-After`).
+    fn retry_after_secs(&self) -> Option<i64> {
+        None
+    }
 }
 
 /// Renders an endpoint error in the API's shape.
@@ -41,6 +46,9 @@ pub fn render<E: ApiErrorCode>(error: &E) -> HttpResponse {
     let mut response = HttpResponse::build(status);
     if status == StatusCode::UNAUTHORIZED {
         response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"));
+    }
+    if let Some(seconds) = error.retry_after_secs() {
+        response.insert_header((actix_web::http::header::RETRY_AFTER, seconds.max(1).to_string()));
     }
     let mut body = body(error.code(), &message, error.wechat_errcode());
     if status != StatusCode::INTERNAL_SERVER_ERROR {

@@ -26,12 +26,17 @@ pub enum TokenEndpointError {
     Refused { errcode: i64 },
     #[error("no token could be obtained from WeChat")]
     Unavailable(TokenError),
+    #[error("WeChat rejected the app's token and its budget of fetches is spent for now")]
+    BudgetSpent { retry_after_secs: i64 },
 }
 
-impl From<TokenError> for TokenEndpointError {
-    fn from(error: TokenError) -> Self {
+impl TokenEndpointError {
+    fn from_token(error: TokenError, now_ms: i64) -> Self {
         match error {
             TokenError::Refused { errcode, .. } => TokenEndpointError::Refused { errcode },
+            TokenError::BudgetExhausted { retry_at_ms } => TokenEndpointError::BudgetSpent {
+                retry_after_secs: (retry_at_ms - now_ms + 999) / 1000,
+            },
             other => TokenEndpointError::Unavailable(other),
         }
     }
@@ -47,7 +52,9 @@ impl ResponseError for TokenEndpointError {
             TokenEndpointError::Unavailable(TokenError::Storage(_)) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
-            TokenEndpointError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            TokenEndpointError::Unavailable(_) | TokenEndpointError::BudgetSpent { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -63,7 +70,17 @@ impl ApiErrorCode for TokenEndpointError {
             TokenEndpointError::Body(error) => error.code(),
             TokenEndpointError::InvalidStaleToken => "invalid_stale_token",
             TokenEndpointError::Refused { .. } => "token_refused",
-            TokenEndpointError::Unavailable(_) => "token_unavailable",
+            TokenEndpointError::Unavailable(_) | TokenEndpointError::BudgetSpent { .. } => {
+                "token_unavailable"
+            }
+        }
+    }
+
+    fn retry_after_secs(&self) -> Option<i64> {
+        match self {
+            TokenEndpointError::BudgetSpent { retry_after_secs } => Some(*retry_after_secs),
+            TokenEndpointError::Unavailable(error) if error.is_transient() => Some(1),
+            _ => None,
         }
     }
 
@@ -93,7 +110,11 @@ pub async fn current(
 ) -> Result<HttpResponse, TokenEndpointError> {
     let appid = path.into_inner();
     context.authorize(&request, &appid, &[Scope::Token])?;
-    let token = context.tokens.current(&appid).await?;
+    let token = context
+        .tokens
+        .current(&appid)
+        .await
+        .map_err(|error| TokenEndpointError::from_token(error, context.clock.now_ms()))?;
     Ok(token_response(token, context.clock.now_ms()))
 }
 
@@ -103,8 +124,9 @@ struct RefreshBody {
     stale_token: String,
 }
 
-/// Refreshes only while `stale_token` is still current; otherwise answers
-/// the current token, so a fleet of callers seeing 40001 causes one fetch.
+/// Refreshes only while `stale_token` is still current and WeChat rejects it
+/// (the gateway checks first); otherwise answers the current token, so a
+/// fleet of callers seeing 40001 causes one check and at most one fetch.
 pub async fn refresh(
     request: HttpRequest,
     path: web::Path<String>,
@@ -126,6 +148,7 @@ pub async fn refresh(
     let token = context
         .tokens
         .refresh_on_request(&appid, &body.stale_token)
-        .await?;
+        .await
+        .map_err(|error| TokenEndpointError::from_token(error, context.clock.now_ms()))?;
     Ok(token_response(token, context.clock.now_ms()))
 }

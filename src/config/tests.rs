@@ -69,7 +69,10 @@ fn integer_keys_become_durations_once() {
     );
     assert_eq!(settings.tokens.cache, Duration::ZERO);
     let defaults = from_toml(VALID).unwrap();
-    assert_eq!(defaults.tokens.min_fetch_interval, Duration::from_secs(30));
+    assert_eq!(defaults.tokens.fetch_burst, 5);
+    assert_eq!(defaults.tokens.fetch_refill, Duration::from_secs(120));
+    assert_eq!(defaults.tokens.check_reuse, Duration::from_secs(10));
+    assert_eq!(defaults.tokens.send_retry, Duration::from_secs(5));
     assert_eq!(defaults.ledger.sweep_interval, Duration::from_secs(300));
     // The same keys from the environment, as digit strings.
     let settings = with_env(
@@ -287,9 +290,10 @@ fn invalid_settings_say_what_is_wrong() {
         ),
         ("[tokens]\nforce_refreshes_per_day = 21", "WeChat allows 20"),
         (
-            "[tokens]\nmin_fetch_interval_secs = 0",
-            "tokens.min_fetch_interval_secs: 0",
+            "[tokens]\nfetch_refill_secs = 43",
+            "tokens.fetch_refill_secs: 43",
         ),
+        ("[tokens]\nfetch_burst = 0", "tokens.fetch_burst: 0"),
         ("[http]\nbody_timeout_ms = 0", "http.body_timeout_ms: 0"),
         ("instance_id = \"two words\"", "instance_id"),
     ];

@@ -27,6 +27,12 @@ pub enum Verdict {
     Unexpected,
 }
 
+/// Whether WeChat rejected the call's access_token: 40001 (not the latest),
+/// 40014 (not a token) or 42001 (expired), on any API (docs/wechat/tokens.md).
+pub fn is_token_errcode(errcode: i64) -> bool {
+    matches!(errcode, 40001 | 40014 | 42001)
+}
+
 /// Classifies a template-send errcode.
 pub fn classify(errcode: i64) -> Verdict {
     match errcode {
@@ -35,7 +41,7 @@ pub fn classify(errcode: i64) -> Verdict {
         41028 | 41029 | 41031 | 41032 | 41034 | 41035 => Verdict::CredentialDead,
         // Wrong template, page, JSON, template data or openid.
         40037 | 41030 | 47001 | 47003 | 40003 => Verdict::RequestInvalid,
-        40001 | 40014 | 42001 => Verdict::TokenRejected,
+        code if is_token_errcode(code) => Verdict::TokenRejected,
         45009 => Verdict::DailyQuotaExhausted,
         45011 => Verdict::RateLimited,
         45103 | 45109 => Verdict::ApiRetired,

@@ -427,6 +427,10 @@ pub struct AppState {
     pub token_expires_at: Option<i64>,
     pub token_fetched_at: Option<i64>,
     pub send_blocked_until: Option<i64>,
+    /// The token-fetch budget's theoretical arrival time (`tokens::budget`).
+    pub token_fetch_tat: Option<i64>,
+    /// When WeChat last accepted the stored token in a check.
+    pub token_checked_at: Option<i64>,
 }
 
 /// A template of an app's catalogue as stored (`templates`, migration 0005):
@@ -571,6 +575,15 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         now: i64,
     ) -> anyhow::Result<bool>;
 
+    /// Keeps a message that found no usable token until `next_attempt_at`,
+    /// its credential already back in the pool. `false` when the lease was lost.
+    async fn wait_for_token(
+        &self,
+        lease: &Lease,
+        next_attempt_at: i64,
+        now: i64,
+    ) -> anyhow::Result<bool>;
+
     /// Makes waiting messages whose user holds a credential expiring after
     /// `valid_after` due now; returns how many.
     async fn wake_waiting_with_credentials(
@@ -704,6 +717,18 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         expires_at: i64,
         fetched_at: i64,
     ) -> anyhow::Result<bool>;
+
+    /// Takes one token fetch from the app's budget: writes `next` over the
+    /// `seen` arrival time; false when another instance changed it first.
+    async fn take_token_fetch(
+        &self,
+        appid: &str,
+        seen: Option<i64>,
+        next: i64,
+    ) -> anyhow::Result<bool>;
+
+    /// Records that WeChat accepted `token` at `at`, while it is the stored one.
+    async fn record_token_check(&self, appid: &str, token: &str, at: i64) -> anyhow::Result<bool>;
 
     /// Takes one forced stable_token refresh from the app's budget of
     /// `per_day` a China day (`china_day`, days since the epoch in UTC+8),

@@ -276,6 +276,23 @@ macro_rules! impl_storage {
                 Ok(true)
             }
 
+            async fn wait_for_token(
+                &self,
+                lease: &Lease,
+                next_attempt_at: i64,
+                now: i64,
+            ) -> anyhow::Result<bool> {
+                let waiting = sqlx::query(sql::WAIT_FOR_TOKEN)
+                    .bind(&lease.message_id)
+                    .bind(next_attempt_at)
+                    .bind(now)
+                    .bind(lease.token)
+                    .execute(&self.writer)
+                    .await
+                    .context("keeping the message waiting for a token")?;
+                Ok(waiting.rows_affected() == 1)
+            }
+
             async fn wake_waiting_with_credentials(&self, now: i64, valid_after: i64) -> anyhow::Result<u64> {
                 let woken = sqlx::query(sql::WAKE_IF_CREDENTIAL)
                     .bind(None::<&str>)
@@ -765,6 +782,38 @@ macro_rules! impl_storage {
                     .await
                     .context("storing the access token")?;
                 Ok(done.rows_affected() == 1)
+            }
+
+            async fn take_token_fetch(
+                &self,
+                appid: &str,
+                seen: Option<i64>,
+                next: i64,
+            ) -> anyhow::Result<bool> {
+                let taken = sqlx::query(sql::TAKE_TOKEN_FETCH)
+                    .bind(appid)
+                    .bind(seen)
+                    .bind(next)
+                    .execute(&self.writer)
+                    .await
+                    .context("taking a token fetch from the budget")?;
+                Ok(taken.rows_affected() == 1)
+            }
+
+            async fn record_token_check(
+                &self,
+                appid: &str,
+                token: &str,
+                at: i64,
+            ) -> anyhow::Result<bool> {
+                let recorded = sqlx::query(sql::RECORD_TOKEN_CHECK)
+                    .bind(appid)
+                    .bind(token)
+                    .bind(at)
+                    .execute(&self.writer)
+                    .await
+                    .context("recording a token check")?;
+                Ok(recorded.rows_affected() == 1)
             }
 
             async fn block_sends(&self, appid: &str, until: i64) -> anyhow::Result<()> {

@@ -184,6 +184,13 @@ pub const WAIT_MESSAGE: &str = concat!(
     WHERE id = $1 AND lease_token = $5 AND status IS NOT DISTINCT FROM 'pending'"
 );
 
+/// A message that found no token waits with its credential back in the
+/// pool: due again at `$2` whatever credentials arrive meanwhile.
+pub const WAIT_FOR_TOKEN: &str = "UPDATE messages \
+    SET status = 'waiting', lease_until = NULL, lease_token = NULL, updated_at = $3, \
+        next_attempt_at = $2 \
+    WHERE id = $1 AND lease_token = $4 AND status IS NOT DISTINCT FROM 'pending'";
+
 /// Run after the wait commits, in a fresh snapshot. Why: on PostgreSQL a
 /// credential committed while the wait's statement ran is invisible to it,
 /// and the collection's nudge (which also runs after its own commit) may
@@ -338,7 +345,7 @@ pub const INSERT_GRANT: &str = "INSERT INTO credentials \
     VALUES ($1, $2, 'subscribe', $3, $4, 1, 'available', $5, $6, $5, $5)";
 
 pub const APP_STATE: &str = "SELECT access_token, token_expires_at, token_fetched_at, \
-    send_blocked_until FROM apps WHERE appid = $1";
+    send_blocked_until, token_fetch_tat, token_checked_at FROM apps WHERE appid = $1";
 
 /// A lease in the database, not in memory: with several instances on one
 /// ledger exactly one of them fetches a token at a time. An expired lease (its
@@ -355,8 +362,19 @@ pub const RELEASE_TOKEN_REFRESH: &str = "UPDATE apps \
 /// them. Equal times tie in favour of the later write, which under the lease
 /// is the later fetch.
 pub const STORE_TOKEN: &str = "UPDATE apps \
-    SET access_token = $2, token_expires_at = $3, token_fetched_at = $4 \
+    SET access_token = $2, token_expires_at = $3, token_fetched_at = $4, token_checked_at = NULL \
     WHERE appid = $1 AND (token_fetched_at IS NULL OR token_fetched_at <= $4)";
+
+/// Takes one fetch from the app's budget: the new arrival time `$3` is
+/// written only over the one the caller read (`$2`, NULL for a full budget).
+/// Why a compare-and-set: the rule (src/tokens/budget.rs) is computed in
+/// Rust, and an instance whose lease ran out mid-fetch may race the next.
+pub const TAKE_TOKEN_FETCH: &str = "UPDATE apps SET token_fetch_tat = $3 \
+    WHERE appid = $1 AND token_fetch_tat IS NOT DISTINCT FROM $2";
+
+/// WeChat accepted `$2` at `$3`: recorded only while it is still the stored token.
+pub const RECORD_TOKEN_CHECK: &str = "UPDATE apps SET token_checked_at = $3 \
+    WHERE appid = $1 AND access_token = $2";
 
 /// Takes one forced stable_token refresh from the app's budget: at most
 /// `$4` a China day (`$2`), and never within 30 s of the last one (`$3` is

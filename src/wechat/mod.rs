@@ -87,6 +87,11 @@ pub trait WeChatApi: Send + Sync + std::fmt::Debug {
     /// `POST /cgi-bin/message/wxopen/template/send` with the given body.
     async fn send_template(&self, access_token: &str, body: &Value) -> Result<Reply, CallError>;
 
+    /// `GET /cgi-bin/get_api_domain_ip`: the cheapest call that needs a valid
+    /// token (docs/wechat/tokens.md). Errcode 0 proves the token works; a
+    /// token errcode (40001, 40014, 42001) proves it does not.
+    async fn check_token(&self, access_token: &str) -> Result<Reply, CallError>;
+
     /// `POST /cgi-bin/message/subscribe/send` with the given body.
     async fn send_subscribe(&self, access_token: &str, body: &Value) -> Result<Reply, CallError>;
 
@@ -193,6 +198,16 @@ impl WeChatApi for WeChatClient {
     async fn send_template(&self, access_token: &str, body: &Value) -> Result<Reply, CallError> {
         self.business_call("cgi-bin/message/wxopen/template/send", access_token, body)
             .await
+    }
+
+    async fn check_token(&self, access_token: &str) -> Result<Reply, CallError> {
+        let request = self
+            .http
+            .get(format!("{}/cgi-bin/get_api_domain_ip", self.base_url))
+            .query(&[("access_token", access_token)]);
+        let body = send(request).await?;
+        serde_json::from_value(body)
+            .map_err(|_| CallError::Ambiguous("answer of an unexpected shape".into()))
     }
 
     async fn send_subscribe(&self, access_token: &str, body: &Value) -> Result<Reply, CallError> {

@@ -360,6 +360,13 @@ impl FakeWeChat {
         self.lock().apps.get(appid).map_or(0, |a| a.token_fetches)
     }
 
+    /// Calls of `cgi-bin/get_api_domain_ip` made with one of the app's
+    /// tokens, valid or not: the gateway's checks of a token before it
+    /// replaces it on a caller's word.
+    pub fn token_checks(&self, appid: &str) -> usize {
+        self.lock().apps.get(appid).map_or(0, |a| a.token_checks)
+    }
+
     /// The token most recently handed out for the app (either endpoint), if it
     /// is still accepted by the send API.
     pub fn current_token(&self, appid: &str) -> Option<String> {

@@ -85,6 +85,7 @@ fn routes(cfg: &mut web::ServiceConfig) {
     )
     // Any method: a GET must reach the handler to be answered 43002 (ref §2, §4).
     .route("/cgi-bin/stable_token", web::route().to(stable_token))
+    .service(web::resource("/cgi-bin/get_api_domain_ip").route(web::get().to(api_domain_ip)))
     .route(
         "/cgi-bin/message/wxopen/template/send",
         web::route().to(template_send),
@@ -189,6 +190,14 @@ async fn stable_token(
     fake.apply_latency().await;
     let is_post = req.method() == Method::POST;
     let reply = fake.call(|s, now| s.stable_token(is_post, &body, now));
+    render(reply).await
+}
+
+async fn api_domain_ip(req: HttpRequest, fake: web::Data<FakeWeChat>) -> HttpResponse {
+    fake.apply_latency().await;
+    let query = query_map(&req);
+    let token = query.get("access_token").map(String::as_str);
+    let reply = fake.call(|s, now| s.api_domain_ip(token, now));
     render(reply).await
 }
 

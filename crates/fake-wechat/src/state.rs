@@ -91,6 +91,8 @@ pub(crate) struct App {
     /// added (`cgi-bin/wxopen/template/add`).
     pub(crate) classic_templates: Vec<ClassicTemplate>,
     pub(crate) token_fetches: usize,
+    /// Calls of `cgi-bin/get_api_domain_ip` made with one of the app's tokens.
+    pub(crate) token_checks: usize,
     /// cgi-bin/token tokens that may still be usable, oldest first; the last
     /// is the current one.
     plain_tokens: Vec<String>,
@@ -131,6 +133,7 @@ impl Default for App {
             subscribe_templates: Vec::new(),
             classic_templates: Vec::new(),
             token_fetches: 0,
+            token_checks: 0,
             plain_tokens: Vec::new(),
             stable_tokens: Vec::new(),
             latest_token: None,
@@ -698,6 +701,19 @@ impl State {
             return Err(codes::ACCESS_TOKEN_EXPIRED);
         }
         Ok(token.appid.clone())
+    }
+
+    /// `GET /cgi-bin/get_api_domain_ip` (docs/wechat/tokens.md, "checking a
+    /// token"): the cheapest call that needs a valid token. It answers the
+    /// server addresses, or the token errcodes of every business API.
+    pub(crate) fn api_domain_ip(&mut self, access_token: Option<&str>, now: i64) -> Reply {
+        if let Some(appid) = access_token.and_then(|t| self.token_appid(t)) {
+            self.app_mut(&appid).token_checks += 1;
+        }
+        match self.check_token(access_token, now) {
+            Ok(_) => Answer::Json(json!({"ip_list": ["101.89.47.18", "101.91.34.103"]})).into(),
+            Err(code) => err(code),
+        }
     }
 
     /// Everything after the token check; on success the credential is spent.

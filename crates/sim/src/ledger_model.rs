@@ -134,6 +134,8 @@ struct AppRow {
     force_refresh_day: Option<i64>,
     force_refresh_count: i64,
     force_refreshed_at: Option<i64>,
+    token_fetch_tat: Option<i64>,
+    token_checked_at: Option<i64>,
 }
 
 /// A row of `subscriptions`: the user's latest decision on a template.
@@ -952,6 +954,26 @@ impl Storage for LedgerModel {
         Ok(true)
     }
 
+    async fn wait_for_token(
+        &self,
+        lease: &Lease,
+        next_attempt_at: i64,
+        now: i64,
+    ) -> anyhow::Result<bool> {
+        self.write(|t| match t.messages.get_mut(&lease.message_id) {
+            Some(m) if m.held_by(lease) => {
+                m.status = MessageStatus::Waiting;
+                m.lease_until = None;
+                m.lease_token = None;
+                m.updated_at = now;
+                m.next_attempt_at = Some(next_attempt_at);
+                Ok(true)
+            }
+            _ => Ok(false),
+        })
+        .await
+    }
+
     async fn wake_waiting_with_credentials(
         &self,
         now: i64,
@@ -1343,6 +1365,8 @@ impl Storage for LedgerModel {
                     token_expires_at: a.token_expires_at,
                     token_fetched_at: a.token_fetched_at,
                     send_blocked_until: a.send_blocked_until,
+                    token_fetch_tat: a.token_fetch_tat,
+                    token_checked_at: a.token_checked_at,
                 })
                 .unwrap_or_default()
         })
@@ -1396,6 +1420,7 @@ impl Storage for LedgerModel {
                 app.access_token = Some(token.to_owned());
                 app.token_expires_at = Some(expires_at);
                 app.token_fetched_at = Some(fetched_at);
+                app.token_checked_at = None;
                 Ok(true)
             }
             _ => Ok(false),
@@ -1424,6 +1449,33 @@ impl Storage for LedgerModel {
                 };
                 app.force_refresh_day = Some(china_day);
                 app.force_refreshed_at = Some(now);
+                Ok(true)
+            }
+            _ => Ok(false),
+        })
+        .await
+    }
+
+    async fn take_token_fetch(
+        &self,
+        appid: &str,
+        seen: Option<i64>,
+        next: i64,
+    ) -> anyhow::Result<bool> {
+        self.write(|t| match t.apps.get_mut(appid) {
+            Some(app) if app.token_fetch_tat == seen => {
+                app.token_fetch_tat = Some(next);
+                Ok(true)
+            }
+            _ => Ok(false),
+        })
+        .await
+    }
+
+    async fn record_token_check(&self, appid: &str, token: &str, at: i64) -> anyhow::Result<bool> {
+        self.write(|t| match t.apps.get_mut(appid) {
+            Some(app) if app.access_token.as_deref() == Some(token) => {
+                app.token_checked_at = Some(at);
                 Ok(true)
             }
             _ => Ok(false),

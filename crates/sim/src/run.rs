@@ -237,7 +237,10 @@ impl Plan {
                 lease: Duration::from_millis(if real { 1_000 } else { 30_000 }),
                 wait: Duration::from_millis(if real { 2_000 } else { 15_000 }),
                 cache: Duration::from_millis(if real { 100 } else { 1_000 }),
-                min_fetch_interval: Duration::from_millis(if real { 1_000 } else { 30_000 }),
+                fetch_burst: 5,
+                fetch_refill: Duration::from_millis(if real { 2_000 } else { 120_000 }),
+                check_reuse: Duration::from_millis(if real { 1_000 } else { 10_000 }),
+                send_retry: Duration::from_millis(if real { 500 } else { 5_000 }),
                 force_refreshes_per_day: 0,
             },
             token_expires_in: if real {
@@ -708,6 +711,8 @@ impl World {
                 probe_limit: 2,
                 max_concurrent_calls: knobs.max_concurrent_calls,
                 call_budget_ms: knobs.call_budget_ms,
+                token_refreshes: 2,
+                token_retry_ms: knobs.token.send_retry.as_millis() as i64,
             },
             Arc::new(Breakers::new(
                 shared_clock.clone(),

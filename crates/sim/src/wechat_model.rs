@@ -614,6 +614,30 @@ impl WeChatApi for WeChatHandle {
         self.call(false, access_token, body).await
     }
 
+    /// `get_api_domain_ip`: answers whether the token works, after a round
+    /// trip; it changes nothing at WeChat.
+    async fn check_token(&self, access_token: &str) -> Result<Reply, CallError> {
+        let model = &self.model;
+        let plan = model.plan();
+        tokio::time::sleep(Duration::from_millis(plan.there_ms + plan.back_ms)).await;
+        let errcode = {
+            let state = model.lock();
+            match WeChatModel::token_app(&state, access_token, model.base.now_ms()) {
+                Ok(_) => 0,
+                Err(errcode) => errcode,
+            }
+        };
+        model.count("token: checked");
+        model
+            .trace
+            .record(&self.instance, format!("token check: errcode {errcode}"));
+        Ok(Reply {
+            errcode,
+            errmsg: String::new(),
+            msgid: None,
+        })
+    }
+
     async fn send_subscribe(&self, access_token: &str, body: &Value) -> Result<Reply, CallError> {
         self.call(true, access_token, body).await
     }

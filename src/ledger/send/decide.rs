@@ -46,6 +46,9 @@ pub struct Policy {
     pub delivery: Delivery,
     /// How long a parked credential stays out of the pool.
     pub park_ms: i64,
+    /// Token refreshes while spending one credential; past them the message
+    /// waits for a token.
+    pub token_refreshes: u32,
 }
 
 /// Where the spending of one credential stands.
@@ -56,8 +59,8 @@ pub struct Spending {
     pub probing: bool,
     /// Probe calls made after unknown outcomes.
     pub probes: u32,
-    /// Whether the token was already refreshed once.
-    pub token_retried: bool,
+    /// Token refreshes so far.
+    pub token_refreshes: u32,
     /// Calls answered -1 so far.
     pub busy_retries: u32,
 }
@@ -82,8 +85,12 @@ pub enum Step {
         probing: bool,
     },
     /// Record the attempt (credential kept), refresh the token if it is
-    /// still the current one, and call again.
+    /// still the current one, and call again: WeChat processed nothing.
     RefreshToken { outcome: AttemptOutcome },
+    /// Record the attempt (credential kept); the message waits for a token.
+    /// The credential goes back to the pool, or, while probing, stays leased
+    /// to the message, for recovery to probe again.
+    AwaitToken { outcome: AttemptOutcome },
     /// Settle the credential with the attempt, then claim the user's next one.
     NextCredential {
         outcome: AttemptOutcome,
@@ -103,6 +110,7 @@ impl Step {
         match self {
             Step::CallAgain { outcome, .. }
             | Step::RefreshToken { outcome }
+            | Step::AwaitToken { outcome }
             | Step::NextCredential { outcome, .. }
             | Step::End { outcome, .. } => *outcome,
         }
@@ -268,7 +276,15 @@ pub fn decide(
                 }
             }
         }
-        Verdict::TokenRejected if !state.token_retried => Step::RefreshToken {
+        Verdict::TokenRejected if state.token_refreshes < policy.token_refreshes => {
+            Step::RefreshToken {
+                outcome: AttemptOutcome::TokenRejected,
+            }
+        }
+        // Token rejections never end a message: WeChat processed nothing, and
+        // a token will come (a probe refused for its token proves nothing
+        // about the earlier call either).
+        Verdict::TokenRejected => Step::AwaitToken {
             outcome: AttemptOutcome::TokenRejected,
         },
         Verdict::SystemBusy if state.busy_retries < policy.busy_retries => Step::CallAgain {
@@ -325,7 +341,7 @@ impl Spending {
                 ..self
             },
             Step::RefreshToken { .. } => Spending {
-                token_retried: true,
+                token_refreshes: self.token_refreshes + 1,
                 ..self
             },
             _ => self,
@@ -346,6 +362,7 @@ mod tests {
             busy_retries: 2,
             fresh_prepay_grace_ms: 30_000,
             safety_margin_ms: 60_000,
+            token_refreshes: 2,
             delivery,
             park_ms: 120_000,
         }
@@ -421,7 +438,7 @@ mod tests {
             ..fresh()
         };
         let token_retried = Spending {
-            token_retried: true,
+            token_refreshes: 2,
             ..fresh()
         };
         let probes_spent = Spending {
@@ -549,7 +566,7 @@ mod tests {
                 most,
                 failed(SendFailure::RequestInvalid { errcode: 40003 }),
             ),
-            // Token refused: refresh once, then fail.
+            // Token refused: refresh, then wait for a token, never fail.
             (
                 "40001 refreshes",
                 Answered(40001),
@@ -571,12 +588,14 @@ mod tests {
                 },
             ),
             (
-                "40001 after a refresh fails",
+                "40001 after the refreshes waits for a token",
                 Answered(40001),
                 token_retried,
                 &form_id,
                 most,
-                failed(SendFailure::TokenRejected { errcode: 40001 }),
+                Step::AwaitToken {
+                    outcome: O::TokenRejected,
+                },
             ),
             // Quotas and retired APIs: back untouched.
             (
@@ -812,15 +831,17 @@ mod tests {
                 },
             ),
             (
-                "a probe refused a fresh token proves nothing",
+                "a probe refused its fresh tokens waits for a token",
                 Answered(40001),
                 Spending {
-                    token_retried: true,
+                    token_refreshes: 2,
                     ..probing()
                 },
                 &form_id,
                 most,
-                end(O::ProbeInconclusive, S::SpentUnproven, MessageEnd::Unknown),
+                Step::AwaitToken {
+                    outcome: O::TokenRejected,
+                },
             ),
             (
                 "a probe busy after the retries proves nothing",
@@ -1001,6 +1022,6 @@ mod tests {
         let refresh = Step::RefreshToken {
             outcome: AttemptOutcome::TokenRejected,
         };
-        assert!(fresh().after(&refresh).token_retried);
+        assert_eq!(fresh().after(&refresh).token_refreshes, 1);
     }
 }

@@ -144,6 +144,7 @@ impl<'a> Run<'a> {
             safety_margin_ms: settings.safety_margin_ms,
             delivery: self.job.delivery,
             park_ms: settings.lease_ms,
+            token_refreshes: settings.token_refreshes,
         }
     }
 
@@ -205,11 +206,17 @@ impl<'a> Run<'a> {
                     Ok(current) => self.token = Some(current.token),
                     Err(error) => {
                         tracing::warn!(appid, %error, "no access token for a send");
+                        // A recovered credential stays leased: recovery
+                        // tries again when its lease runs out.
+                        if recovered && error.is_transient() {
+                            return Ok(self.pending());
+                        }
                         if !recovered {
                             self.release(credential.id).await?;
                         }
-                        // A recovered credential stays leased: recovery
-                        // tries again when its lease runs out.
+                        if error.is_transient() {
+                            return self.wait_for_token(Some(&error)).await;
+                        }
                         return self.finish(token_failure(&error)).await;
                     }
                 }
@@ -341,20 +348,13 @@ impl<'a> Run<'a> {
                         Ok(fresh) => self.token = Some(fresh.token),
                         Err(error) => {
                             tracing::warn!(appid, %error, "token refresh after a rejection failed");
-                            if state.probing {
-                                let step = Step::End {
-                                    outcome: AttemptOutcome::TokenUnavailable,
-                                    settlement: Settlement::SpentUnproven,
-                                    end: MessageEnd::Unknown,
-                                };
-                                return self.apply(credential, None, Answer::default(), step).await;
-                            }
-                            self.release(credential.id).await?;
-                            return Ok(CredentialEnd::Done(
-                                self.finish(token_failure(&error)).await?,
-                            ));
+                            return self.await_token(credential, state.probing, Some(&error)).await;
                         }
                     }
+                }
+                Step::AwaitToken { outcome } => {
+                    self.record(credential, answer, said, outcome).await?;
+                    return self.await_token(credential, state.probing, None).await;
                 }
                 step => return self.apply(credential, Some(answer), said, step).await,
             }
@@ -418,10 +418,67 @@ impl<'a> Run<'a> {
                 }
                 Ok(CredentialEnd::Done(self.result(status, failure)))
             }
-            Step::CallAgain { .. } | Step::RefreshToken { .. } => {
+            Step::CallAgain { .. } | Step::RefreshToken { .. } | Step::AwaitToken { .. } => {
                 unreachable!("the executor's loop applies the steps that call again")
             }
         }
+    }
+
+    /// No working token for a credential WeChat has not spent: the message
+    /// waits for one (the credential back in the pool, or, while probing,
+    /// still leased for recovery to probe again). Only a refusal for the
+    /// app's configuration (`error` not transient) ends the message.
+    async fn await_token(
+        &mut self,
+        credential: &ClaimedCredential,
+        probing: bool,
+        error: Option<&TokenError>,
+    ) -> Result<CredentialEnd, LeaseLostOr> {
+        let transient = error.is_none_or(TokenError::is_transient);
+        match (transient, probing) {
+            (true, true) => Ok(CredentialEnd::Done(self.pending())),
+            (true, false) => {
+                self.release(credential.id).await?;
+                Ok(CredentialEnd::Done(self.wait_for_token(error).await?))
+            }
+            (false, true) => {
+                let step = Step::End {
+                    outcome: AttemptOutcome::TokenUnavailable,
+                    settlement: Settlement::SpentUnproven,
+                    end: MessageEnd::Unknown,
+                };
+                self.apply(credential, None, Answer::default(), step).await
+            }
+            (false, false) => {
+                self.release(credential.id).await?;
+                let failure = error.map_or(SendFailure::TokenUnavailable { errcode: None }, token_failure);
+                Ok(CredentialEnd::Done(self.finish(failure).await?))
+            }
+        }
+    }
+
+    /// Puts the message back to wait for a token, its credential already
+    /// back in the pool: due again when the token keeper may have one.
+    async fn wait_for_token(&mut self, error: Option<&TokenError>) -> anyhow::Result<SendResult> {
+        let sender = self.sender;
+        let now = sender.clock.now_ms();
+        let next_attempt_at = error
+            .and_then(TokenError::retry_at_ms)
+            .unwrap_or(now)
+            .max(now + sender.settings.token_retry_ms);
+        let held = sender
+            .storage
+            .wait_for_token(&self.lease, next_attempt_at, now)
+            .await?;
+        if !held {
+            return Ok(self.pending());
+        }
+        tracing::warn!(
+            appid = %self.job.appid,
+            retry_in_ms = next_attempt_at - now,
+            "no working access token: the message waits for one"
+        );
+        Ok(self.result(MessageStatus::Waiting, None))
     }
 
     /// Before a call: the lease must hold for the whole call. A lease that

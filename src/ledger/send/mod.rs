@@ -57,6 +57,11 @@ pub struct SendSettings {
     /// The longest one call to WeChat can take: a call starts only on a lease
     /// with at least this much (and a margin) left.
     pub call_budget_ms: i64,
+    /// Token refreshes while spending one credential, before the message
+    /// waits for a token instead.
+    pub token_refreshes: u32,
+    /// How soon a message that found no usable token tries again.
+    pub token_retry_ms: i64,
 }
 
 /// One attempt as the caller sees it.

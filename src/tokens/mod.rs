@@ -5,6 +5,20 @@
 //! instance asks WeChat at a time (each fetch from `/cgi-bin/token` invalidates
 //! the previous token five minutes later, so concurrent fetches would make
 //! instances invalidate each other's tokens).
+//!
+//! When a token is replaced (docs/wechat/tokens.md):
+//! - **WeChat's word is evidence.** A call of the gateway's own answered
+//!   40001/40014/42001 with the stored token replaces it at once.
+//! - **A caller's word is checked.** A compare-and-refresh naming the stored
+//!   token first asks WeChat whether it works (`get_api_domain_ip`, one check
+//!   per token shared by concurrent callers and reused for
+//!   `tokens.check_reuse_secs`); only a rejection costs a fetch.
+//! - **Every fetch takes from the app's budget** ([`budget`]), shared through
+//!   the database: `tokens.fetch_burst` at once, one more per
+//!   `tokens.fetch_refill_secs`. It bounds a runaway, never the first
+//!   recovery after a rejection.
+
+pub mod budget;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,6 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+
+use budget::{FetchBudget, Take};
 
 use crate::clock::{ms, SharedClock};
 use crate::config::{AppSettings, TokenMode, TokenSettings};
@@ -37,10 +53,68 @@ pub enum TokenError {
     Unreachable(#[from] CallError),
     #[error("another instance is refreshing the token and did not finish in time")]
     LeaseTimeout,
-    #[error("the app's token expired and the last fetch was too recent to fetch again")]
-    FetchTooSoon,
+    #[error("the app's budget of token fetches is spent for now")]
+    BudgetExhausted { retry_at_ms: i64 },
     #[error(transparent)]
     Storage(#[from] anyhow::Error),
+}
+
+impl TokenError {
+    /// Whether waiting can cure it: WeChat unreachable, busy or over a rate
+    /// limit, another instance slow to fetch, the budget spent. A refusal for
+    /// the app's configuration (an unknown appid, a wrong secret, an address
+    /// off the IP whitelist) needs an operator instead.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            TokenError::Refused { errcode, .. } => matches!(errcode, -1 | 45009 | 45011),
+            TokenError::Unreachable(_)
+            | TokenError::LeaseTimeout
+            | TokenError::BudgetExhausted { .. } => true,
+            TokenError::UnknownApp | TokenError::Storage(_) => false,
+        }
+    }
+
+    /// When a retry may succeed, if the error says.
+    pub fn retry_at_ms(&self) -> Option<i64> {
+        match self {
+            TokenError::BudgetExhausted { retry_at_ms } => Some(*retry_at_ms),
+            _ => None,
+        }
+    }
+}
+
+/// What a check of a token at WeChat proved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Checked {
+    /// WeChat accepted it.
+    Live,
+    /// WeChat rejected it with a token errcode.
+    Rejected,
+    /// Nothing: the check was lost or answered another errcode.
+    Unproven,
+}
+
+/// Counts of this process's token decisions since start.
+#[derive(Debug, Default)]
+struct Counters {
+    /// Compare-and-refresh calls answered with the same token: WeChat
+    /// accepted it.
+    refused_refreshes: AtomicU64,
+    /// Checks of a token made at WeChat.
+    checks: AtomicU64,
+    /// Fetches refused because the app's budget was spent.
+    budget_dry: AtomicU64,
+}
+
+/// A snapshot of [`TokenKeeper`]'s counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TokenStats {
+    /// Compare-and-refresh calls answered with the same, working token.
+    pub refused_refreshes: u64,
+    /// Checks of a reported-stale token made at WeChat.
+    pub checks: u64,
+    /// Fetches the app's budget refused.
+    pub budget_dry: u64,
 }
 
 /// In stable_token mode WeChat keeps answering the same token until five
@@ -68,8 +142,10 @@ pub struct TokenKeeper {
     cache: Arc<std::sync::Mutex<HashMap<String, (i64, AppState)>>>,
     /// One read of an app's row at a time when its cached copy runs out.
     reading: Arc<ReadGate>,
-    /// Compare-and-refresh calls answered without a fetch (too soon).
-    refused_refreshes: Arc<AtomicU64>,
+    /// One check of a reported-stale token at a time per app in this
+    /// process; the stored check time shares its answer across instances.
+    checking: Arc<BTreeMap<String, tokio::sync::Mutex<()>>>,
+    counters: Arc<Counters>,
 }
 
 /// The China day (UTC+8) of a Unix-ms instant, as days since the epoch:
@@ -88,11 +164,15 @@ impl TokenKeeper {
         holder: String,
         settings: TokenSettings,
     ) -> Self {
-        let single_flight = Arc::new(
-            apps.keys()
-                .map(|appid| (appid.clone(), tokio::sync::Mutex::new(())))
-                .collect(),
-        );
+        let per_app = || {
+            Arc::new(
+                apps.keys()
+                    .map(|appid| (appid.clone(), tokio::sync::Mutex::new(())))
+                    .collect(),
+            )
+        };
+        let single_flight = per_app();
+        let checking = per_app();
         Self {
             storage,
             wechat,
@@ -103,7 +183,8 @@ impl TokenKeeper {
             single_flight,
             reading: Arc::default(),
             cache: Arc::default(),
-            refused_refreshes: Arc::default(),
+            checking,
+            counters: Arc::default(),
         }
     }
 
@@ -145,19 +226,20 @@ impl TokenKeeper {
         self.obtain(appid, None).await
     }
 
-    /// Compare-and-refresh: fetches a new token only while `stale` is still
-    /// the current one; otherwise answers the current token. Many callers
-    /// failing with the same token cause one fetch, not many.
+    /// Compare-and-refresh after WeChat rejected `stale` in a call of the
+    /// gateway's own: fetches a new token at once while `stale` is still the
+    /// stored one (budget permitting); otherwise answers the stored token.
+    /// Many calls failing with the same token cause one fetch, not many.
     pub async fn refresh(&self, appid: &str, stale: &str) -> Result<CurrentToken, TokenError> {
         self.obtain(appid, Some(stale)).await
     }
 
-    /// Compare-and-refresh on behalf of an outside caller (the token
-    /// endpoint). Like [`TokenKeeper::refresh`], and like every fetch held to
-    /// `tokens.min_fetch_interval_secs` after the current token's fetch —
-    /// reading the token and posting it back as stale must not make a fetch
-    /// per call, since each fetch starts retiring the token the app's other
-    /// servers hold — but a refusal here is also logged and counted.
+    /// Compare-and-refresh on an outside caller's word (the token endpoint).
+    /// A caller who names the stored token is not believed on its say-so:
+    /// the gateway asks WeChat first, and replaces the token only when WeChat
+    /// rejects it. So a caller that loops costs WeChat checks (one per token
+    /// per `tokens.check_reuse_secs`), never fetches, and never retires the
+    /// token the app's other servers hold.
     pub async fn refresh_on_request(
         &self,
         appid: &str,
@@ -167,28 +249,89 @@ impl TokenKeeper {
             return Err(TokenError::UnknownApp);
         }
         let state = self.read_state(appid).await?;
-        if let (Some(token), Some(fetched_at)) = (&state.access_token, state.token_fetched_at) {
-            let since = self.clock.now_ms() - fetched_at;
-            if token == stale && since < ms(self.settings.min_fetch_interval) {
-                if let Some(current) = self.settled(&state, None) {
-                    let refused = self.refused_refreshes.fetch_add(1, Ordering::Relaxed) + 1;
-                    tracing::warn!(
-                        appid,
-                        since_fetch_ms = since,
-                        refused_total = refused,
-                        "compare-and-refresh refused: the token was fetched too recently"
-                    );
-                    return Ok(current);
-                }
-            }
+        match self.settled(&state, None) {
+            Some(current) if current.token == stale => {}
+            // Another token is current, or none is usable: no claim to check.
+            _ => return self.obtain(appid, Some(stale)).await,
         }
-        self.obtain(appid, Some(stale)).await
+        // One check per token: concurrent callers wait for the first one's
+        // answer, which the stored check time (or a new token) then gives.
+        let _checking = self.checking[appid].lock().await;
+        let state = self.read_state(appid).await?;
+        if let Some(replaced) = self.settled(&state, Some(stale)) {
+            // Replaced while this caller waited for another caller's check.
+            return Ok(replaced);
+        }
+        let Some(current) = self.settled(&state, None) else {
+            // Expired meanwhile: there is no claim left to check.
+            return self.obtain(appid, Some(stale)).await;
+        };
+        if self.checked_recently(&state) {
+            return Ok(self.refused(appid, current));
+        }
+        match self.check(appid, stale).await? {
+            Checked::Live => Ok(self.refused(appid, current)),
+            Checked::Rejected => self.obtain(appid, Some(stale)).await,
+            Checked::Unproven => Ok(current),
+        }
     }
 
-    /// Compare-and-refresh calls [`TokenKeeper::refresh_on_request`] refused
-    /// since start, in this process.
-    pub fn refused_refreshes(&self) -> u64 {
-        self.refused_refreshes.load(Ordering::Relaxed)
+    /// Whether WeChat accepted the stored token within `tokens.check_reuse_secs`.
+    fn checked_recently(&self, state: &AppState) -> bool {
+        state.token_checked_at.is_some_and(|checked_at| {
+            (0..ms(self.settings.check_reuse)).contains(&(self.clock.now_ms() - checked_at))
+        })
+    }
+
+    /// Asks WeChat whether `token` works, and stores a yes for other callers.
+    #[tracing::instrument(skip_all, fields(appid = %appid))]
+    async fn check(&self, appid: &str, token: &str) -> Result<Checked, TokenError> {
+        self.counters.checks.fetch_add(1, Ordering::Relaxed);
+        let checked = match self.wechat.check_token(token).await {
+            Ok(reply) if reply.errcode == 0 => Checked::Live,
+            Ok(reply) if crate::ledger::settle::is_token_errcode(reply.errcode) => {
+                tracing::warn!(
+                    appid,
+                    errcode = reply.errcode,
+                    "WeChat rejected the stored token in a check: replacing it"
+                );
+                Checked::Rejected
+            }
+            Ok(reply) => {
+                tracing::warn!(appid, errcode = reply.errcode, "a token check proved nothing");
+                Checked::Unproven
+            }
+            Err(error) => {
+                tracing::warn!(appid, %error, "a token check proved nothing");
+                Checked::Unproven
+            }
+        };
+        if checked == Checked::Live {
+            self.storage
+                .record_token_check(appid, token, self.clock.now_ms())
+                .await?;
+        }
+        Ok(checked)
+    }
+
+    /// Answers a caller's claim that WeChat disproved: the same token.
+    fn refused(&self, appid: &str, current: CurrentToken) -> CurrentToken {
+        let refused = self.counters.refused_refreshes.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(
+            appid,
+            refused_total = refused,
+            "compare-and-refresh refused: WeChat accepts the token the caller reported stale"
+        );
+        current
+    }
+
+    /// This process's token counters since start.
+    pub fn stats(&self) -> TokenStats {
+        TokenStats {
+            refused_refreshes: self.counters.refused_refreshes.load(Ordering::Relaxed),
+            checks: self.counters.checks.load(Ordering::Relaxed),
+            budget_dry: self.counters.budget_dry.load(Ordering::Relaxed),
+        }
     }
 
     /// One pass of the background task: refreshes every app whose token is
@@ -269,9 +412,9 @@ impl TokenKeeper {
 
     /// The stored token when it answers the request: usable, and not the
     /// stale one the caller wants replaced. Usable means until its real
-    /// expiry: a send that meets an expired token gets 42001 and refreshes,
-    /// whereas treating the last minute as unusable made every send fetch
-    /// once WeChat's lifetime was a minute or less (issue 10, #4).
+    /// expiry: a send that meets an expired token gets 42001 and refreshes;
+    /// treating the last minute as unusable would make every send fetch once
+    /// WeChat's lifetime is a minute or less.
     fn settled(&self, state: &AppState, stale: Option<&str>) -> Option<CurrentToken> {
         let token = state.access_token.as_ref()?;
         let expires_at_ms = state.token_expires_at?;
@@ -280,6 +423,42 @@ impl TokenKeeper {
             token: token.clone(),
             expires_at_ms,
         })
+    }
+
+    /// Takes one fetch from the app's budget, shared through its row; under
+    /// the refresh lease, so the compare-and-set meets another writer only
+    /// when a lease ran out mid-fetch.
+    async fn take_from_budget(&self, appid: &str, state: &AppState) -> Result<(), TokenError> {
+        let budget = FetchBudget {
+            burst: self.settings.fetch_burst,
+            refill_ms: ms(self.settings.fetch_refill),
+        };
+        let mut seen = state.token_fetch_tat;
+        for _ in 0..3 {
+            match budget.take(seen, self.clock.now_ms()) {
+                Take::Granted { next_tat } => {
+                    if self.storage.take_token_fetch(appid, seen, next_tat).await? {
+                        return Ok(());
+                    }
+                    seen = self.storage.app_state(appid).await?.token_fetch_tat;
+                }
+                Take::Dry { retry_at } => {
+                    let dry = self.counters.budget_dry.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::warn!(
+                        appid,
+                        retry_in_ms = retry_at - self.clock.now_ms(),
+                        budget_dry_total = dry,
+                        burst = budget.burst,
+                        refill_secs = self.settings.fetch_refill.as_secs(),
+                        "token fetch refused: the app's fetch budget is spent"
+                    );
+                    return Err(TokenError::BudgetExhausted {
+                        retry_at_ms: retry_at,
+                    });
+                }
+            }
+        }
+        Err(TokenError::LeaseTimeout)
     }
 
     /// Takes one forced refresh from the app's shared budget
@@ -318,15 +497,7 @@ impl TokenKeeper {
         if let Some(token) = self.settled(&state, stale) {
             return Ok(token);
         }
-        // The floor between fetches, shared by every instance through the
-        // stored fetch time: within it the current token is the answer
-        // (even to a caller that reports it stale), or none if it expired.
-        if let Some(fetched_at) = state.token_fetched_at {
-            if self.clock.now_ms() - fetched_at < ms(self.settings.min_fetch_interval) {
-                tracing::warn!(appid, "token fetch refused: the last one is too recent");
-                return self.settled(&state, None).ok_or(TokenError::FetchTooSoon);
-            }
-        }
+        self.take_from_budget(appid, &state).await?;
         let mut fetched_at = self.clock.now_ms();
         let mut reply = self
             .wechat
