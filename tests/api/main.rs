@@ -22,4 +22,5 @@ mod spans;
 mod storage;
 mod subscribe;
 mod templates;
+mod token_recovery;
 mod tokens;

@@ -193,8 +193,6 @@ async fn a_rejected_token_is_refreshed_once_and_the_send_retried(#[case] backend
         app.collect_form_id(&user).await;
         assert_eq!(app.access_token().await.status, 200);
         let fetches = app.fake.token_fetches(APPID);
-        // Past the floor between fetches (tokens.min_fetch_interval_secs).
-        app.advance(Duration::seconds(30));
         app.fake.push_send_faults([Fault::Errcode(errcode)]);
         let answer = app.notify(&user).await;
         assert_eq!(answer.status, 200, "{errcode}: {:?}", answer.body);
@@ -218,7 +216,7 @@ async fn a_token_invalidated_upstream_is_replaced(#[case] backend: Backend) {
     let app = spawn_app(backend).await;
     app.collect_form_id("o-lee").await;
     let before = app.access_token().await.body["access_token"].clone();
-    app.advance(Duration::seconds(30));
+    // Right after the gateway's fetch: nothing but WeChat's word says it is dead.
     app.fake.invalidate_tokens(APPID);
     let answer = app.notify("o-lee").await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
@@ -233,15 +231,32 @@ async fn a_token_invalidated_upstream_is_replaced(#[case] backend: Backend) {
 #[case::sqlite(Backend::Sqlite)]
 #[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_refused_twice_fails_the_send_and_keeps_the_credential(#[case] backend: Backend) {
+async fn a_token_refused_again_and_again_waits_and_is_sent_when_one_works(
+    #[case] backend: Backend,
+) {
     let app = spawn_app(backend).await;
     app.collect_form_id("o-max").await;
-    app.fake
-        .push_send_faults([Fault::Errcode(40001), Fault::Errcode(40001)]);
+    // Every token the call meets is refused: WeChat processed nothing.
+    app.fake.push_send_faults([
+        Fault::Errcode(40001),
+        Fault::Errcode(40001),
+        Fault::Errcode(40001),
+    ]);
     let answer = app.notify("o-max").await;
-    assert_eq!(answer.status, 502);
-    assert_eq!(answer.body["error"]["code"], "token_rejected");
-    assert_eq!(app.sends_available("o-max").await, 1);
+    assert_eq!(answer.status, 202, "{:?}", answer.body);
+    assert_eq!(answer.body["status"], "waiting");
+    assert_eq!(
+        app.sends_available("o-max").await,
+        1,
+        "the credential is untouched"
+    );
+    // Due again after tokens.send_retry_secs, and sent.
+    app.advance(Duration::seconds(5));
+    assert_eq!(app.waiting.run_once().await.unwrap(), 1);
+    let id = answer.body["id"].as_str().unwrap();
+    assert_eq!(app.message(id).await.body["status"], "sent");
+    assert_eq!(app.sends_available("o-max").await, 0);
+    assert_eq!(app.delivered_form_ids().len(), 1);
 }
 
 #[rstest]
@@ -451,9 +466,15 @@ async fn an_unreachable_wechat_sends_nothing_and_keeps_the_credential(#[case] ba
     app.fake.register_user(APPID, "o-uma");
     app.post_one("o-uma", "form_id", "abcdef0123456789abcdef0123456789", None)
         .await;
+    // No token can be had: the message waits for one, its credential untouched.
     let answer = app.notify("o-uma").await;
-    assert_eq!(answer.status, 503);
-    assert_eq!(answer.body["error"]["code"], "token_unavailable");
+    assert_eq!(answer.status, 202, "{:?}", answer.body);
+    assert_eq!(answer.body["status"], "waiting");
+    assert_eq!(app.sends_available("o-uma").await, 1);
+    app.advance(Duration::seconds(5));
+    assert_eq!(app.waiting.run_once().await.unwrap(), 1);
+    let id = answer.body["id"].as_str().unwrap();
+    assert_eq!(app.message(id).await.body["status"], "waiting");
     assert_eq!(app.sends_available("o-uma").await, 1);
 }
 

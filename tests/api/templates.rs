@@ -221,8 +221,6 @@ async fn refresh_rereads_wechat_and_a_refused_token_is_refreshed_once(#[case] ba
     // refreshed (compare-and-refresh) and the call made again, once.
     app.list_templates("?refresh=true&channel=subscribe").await;
     let fetches = app.fake.token_fetches(APPID);
-    // Past the floor between fetches (tokens.min_fetch_interval_secs).
-    app.advance(chrono::Duration::seconds(30));
     app.fake.invalidate_tokens(APPID);
     let listed = app.list_templates("?refresh=true").await;
     assert_eq!(app.fake.token_fetches(APPID), fetches + 1);

@@ -1,6 +1,7 @@
 //! The access_token keeper and its endpoints.
 
 use chrono::Duration;
+use fake_wechat::Fault;
 use serde_json::json;
 
 use rstest::rstest;
@@ -92,9 +93,16 @@ async fn compare_and_refresh_fetches_only_for_the_current_token(#[case] backend:
     assert_eq!(not_current.status, 200);
     assert_eq!(not_current.body["access_token"], current);
     assert_eq!(app.fake.token_fetches(APPID), 1);
-    // Past the minimum interval since the fetch, the current token is replaced.
-    app.advance(Duration::seconds(30));
+    // The current token, which WeChat still accepts: checked, not replaced.
+    let live = refresh(current.clone()).await;
+    assert_eq!(live.body["access_token"], current);
+    assert_eq!(app.fake.token_checks(APPID), 1);
+    assert_eq!(app.fake.token_fetches(APPID), 1);
+    // Once WeChat rejects it, the same call replaces it, with one fetch.
+    app.fake.invalidate_tokens(APPID);
+    app.advance(Duration::seconds(10));
     let refreshed = refresh(current.clone()).await;
+    assert_eq!(refreshed.status, 200, "{:?}", refreshed.body);
     assert_ne!(refreshed.body["access_token"], current);
     assert_eq!(app.fake.token_fetches(APPID), 2);
     let empty = refresh(json!("")).await;
@@ -189,8 +197,8 @@ async fn refresh_call(app: &TestApp, stale: &serde_json::Value) -> Answer {
 }
 
 // Reading the token and posting it back as stale, in a loop, must not make
-// the gateway fetch a token per call: within the minimum interval after a
-// fetch, compare-and-refresh answers the current token.
+// the gateway fetch a token per call: a claim is checked at WeChat (once per
+// tokens.check_reuse_secs), and a token WeChat accepts is never replaced.
 #[rstest]
 #[case::sqlite(Backend::Sqlite)]
 #[case::postgres(Backend::Postgres)]
@@ -209,31 +217,67 @@ async fn compare_and_refresh_cannot_be_spun_into_a_fetch_per_call(#[case] backen
         app.advance(Duration::seconds(1));
     }
     assert_eq!(app.fake.token_fetches(APPID), 1, "one fetch, not twenty");
-    // 30 s after the fetch a passive refresh works again, once.
+    assert_eq!(
+        app.fake.token_checks(APPID),
+        2,
+        "one check per 10 s of calls (tokens.check_reuse_secs)"
+    );
+    // Concurrent callers share one check.
     app.advance(Duration::seconds(10));
-    let second = refresh_call(&app, &first).await.body["access_token"].clone();
+    let calls = (0..10).map(|_| refresh_call(&app, &first));
+    for answer in futures::future::join_all(calls).await {
+        assert_eq!(answer.body["access_token"], first);
+    }
+    assert_eq!(app.fake.token_checks(APPID), 3);
+    // Once WeChat rejects it, concurrent callers cause one fetch between them.
+    app.fake.invalidate_tokens(APPID);
+    app.advance(Duration::seconds(10));
+    let calls = (0..10).map(|_| refresh_call(&app, &first));
+    let answers = futures::future::join_all(calls).await;
+    let second = answers[0].body["access_token"].clone();
     assert_ne!(second, first);
-    let again = refresh_call(&app, &second).await;
-    assert_eq!(again.body["access_token"], second);
+    for answer in &answers {
+        assert_eq!(answer.body["access_token"], second, "{:?}", answer.body);
+    }
     assert_eq!(app.fake.token_fetches(APPID), 2);
+    assert_eq!(app.fake.token_checks(APPID), 4);
 }
 
-// The interval is a setting.
+// The budget bounds fetches whatever asks for them, and a dry budget says
+// when to come back; it refills at its configured pace.
 #[rstest]
 #[case::sqlite(Backend::Sqlite)]
 #[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_minimum_refresh_interval_is_configurable(#[case] backend: Backend) {
+async fn the_fetch_budget_is_configurable_and_says_when_it_refills(#[case] backend: Backend) {
     let app = spawn_app_with(backend, |settings| {
-        settings["tokens"]["min_fetch_interval_secs"] = json!(120);
+        settings["tokens"]["fetch_burst"] = json!(2);
+        settings["tokens"]["fetch_refill_secs"] = json!(60);
     })
     .await;
-    let first = app.access_token().await.body["access_token"].clone();
-    app.advance(Duration::seconds(119));
-    assert_eq!(refresh_call(&app, &first).await.body["access_token"], first);
-    app.advance(Duration::seconds(1));
-    assert_ne!(refresh_call(&app, &first).await.body["access_token"], first);
+    let mut current = app.access_token().await.body["access_token"].clone();
+    // One fetch of the two spent; a rejected token is replaced once more.
+    app.fake.invalidate_tokens(APPID);
+    let answer = refresh_call(&app, &current).await;
+    assert_ne!(answer.body["access_token"], current);
+    current = answer.body["access_token"].clone();
+    // The budget is dry now (one more each 60 s, the first 60 s from now).
+    app.fake.invalidate_tokens(APPID);
+    let dry = refresh_call(&app, &current).await;
+    assert_eq!(dry.status, 503, "{:?}", dry.body);
+    assert_eq!(dry.body["error"]["code"], "token_unavailable");
+    let wait: i64 = dry.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "Retry-After: {wait}");
     assert_eq!(app.fake.token_fetches(APPID), 2);
+    app.advance(Duration::seconds(wait));
+    let refilled = refresh_call(&app, &current).await;
+    assert_eq!(refilled.status, 200, "{:?}", refilled.body);
+    assert_ne!(refilled.body["access_token"], current);
+    assert_eq!(app.fake.token_fetches(APPID), 3);
 }
 
 // In stable_token mode a passive refresh of the token WeChat still calls
@@ -245,46 +289,54 @@ async fn the_minimum_refresh_interval_is_configurable(#[case] backend: Backend) 
 #[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stable_token_forced_refreshes_stay_inside_wechats_budget(#[case] backend: Backend) {
+    // WeChat rejects a send's token (a fault) yet stable_token keeps calling
+    // it current: only a forced refresh replaces it.
     let app = spawn_app_with(backend, |settings| {
         settings["apps"][APPID]["token_mode"] = json!("stable_token");
         settings["tokens"]["force_refreshes_per_day"] = json!(20);
+        settings["tokens"]["fetch_burst"] = json!(100);
     })
     .await;
-    let mut current = app.access_token().await.body["access_token"].clone();
-    let mut tokens = std::collections::HashSet::from([current.clone()]);
-    for _ in 0..25 {
+    let mut tokens = std::collections::HashSet::new();
+    tokens.insert(app.access_token().await.body["access_token"].clone());
+    for round in 0..25 {
         app.advance(Duration::seconds(31));
-        let answer = refresh_call(&app, &current).await;
+        let user = format!("o-force-{round}");
+        app.collect_form_id(&user).await;
+        app.fake.push_send_faults([Fault::Errcode(40001)]);
+        let answer = app.notify(&user).await;
         assert_eq!(answer.status, 200, "{:?}", answer.body);
-        current = answer.body["access_token"].clone();
-        tokens.insert(current.clone());
+        let current = app.access_token().await.body["access_token"].clone();
         assert_eq!(app.fake.current_token(APPID).as_deref(), current.as_str());
+        tokens.insert(current);
     }
     assert_eq!(tokens.len(), 21, "the first token and 20 forced ones");
-    // Calls inside 30 s of a forced refresh never reach force_refresh.
+    // Rejections inside 30 s of a forced refresh never reach force_refresh.
     let app = spawn_app_with(Backend::Sqlite, |settings| {
         settings["apps"][APPID]["token_mode"] = json!("stable_token");
         settings["tokens"]["force_refreshes_per_day"] = json!(20);
-        settings["tokens"]["min_fetch_interval_secs"] = json!(1);
+        settings["tokens"]["fetch_burst"] = json!(100);
     })
     .await;
     let first = app.access_token().await.body["access_token"].clone();
-    app.advance(Duration::seconds(1));
-    let forced = refresh_call(&app, &first).await.body["access_token"].clone();
+    let rejected_send = |round: usize| {
+        let app = &app;
+        async move {
+            let user = format!("o-spaced-{round}");
+            app.collect_form_id(&user).await;
+            app.fake.push_send_faults([Fault::Errcode(40001)]);
+            assert_eq!(app.notify(&user).await.status, 200);
+            app.access_token().await.body["access_token"].clone()
+        }
+    };
+    let forced = rejected_send(0).await;
     assert_ne!(forced, first);
-    for _ in 0..5 {
+    for round in 1..6 {
         app.advance(Duration::seconds(5));
-        let answer = refresh_call(&app, &forced).await;
-        assert_eq!(
-            answer.body["access_token"], forced,
-            "not forced within 30 s"
-        );
+        assert_eq!(rejected_send(round).await, forced, "not forced within 30 s");
     }
     app.advance(Duration::seconds(5));
-    assert_ne!(
-        refresh_call(&app, &forced).await.body["access_token"],
-        forced
-    );
+    assert_ne!(rejected_send(6).await, forced);
 }
 
 // Without a budget (the default) stable_token mode never forces a refresh.
@@ -304,10 +356,8 @@ async fn stable_token_mode_never_forces_by_default(#[case] backend: Backend) {
     }
 }
 
-/// Issue 10, #4: a token is used until its real expiry, and an app's token
-/// is never fetched more often than the floor, whatever its lifetime. With
-/// a lifetime of 30 s, the old rule (a token with a minute or less left is
-/// unusable) made every send fetch.
+/// A token is used until its real expiry, so a short lifetime costs one
+/// fetch per lifetime, not one per send, and every send goes out.
 #[rstest]
 #[case::sqlite(Backend::Sqlite)]
 #[case::postgres(Backend::Postgres)]
@@ -328,12 +378,9 @@ async fn a_short_token_lifetime_does_not_make_every_send_fetch(#[case] backend: 
     let fetches = app.fake.token_fetches(APPID);
     assert!(
         fetches <= 120 / 30 + 1,
-        "{fetches} fetches in 120 s with a 30 s floor"
+        "{fetches} fetches in 120 s of 30 s tokens"
     );
-    assert!(
-        sent >= 20,
-        "{sent} of 24 sent: only sends meeting an expired token in the floor fail"
-    );
+    assert_eq!(sent, 24, "every send went out");
 }
 
 /// A `refresh_ahead_secs` below a minute is taken as given, no longer

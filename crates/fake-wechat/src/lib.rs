@@ -326,6 +326,14 @@ impl FakeWeChat {
         self.lock().send_faults.extend(faults);
     }
 
+    /// Drops the template- and subscribe-send faults not yet met: WeChat
+    /// works again.
+    pub fn clear_send_faults(&self) {
+        let mut state = self.lock();
+        state.send_faults.clear();
+        state.subscribe_faults.clear();
+    }
+
     /// Faults for the next token fetches (both `/cgi-bin/token` and
     /// `/cgi-bin/stable_token`), one per call, in order.
     pub fn push_token_faults(&self, faults: impl IntoIterator<Item = Fault>) {
