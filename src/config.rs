@@ -278,31 +278,7 @@ pub enum TokenMode {
     StableToken,
 }
 
-/// Which version of the mini-program a subscribe message opens.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MiniprogramState {
-    Developer,
-    Trial,
-    /// WeChat's own default.
-    #[default]
-    Formal,
-}
-
-/// The language of a subscribe message's card.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-pub enum Lang {
-    /// WeChat's own default.
-    #[default]
-    #[serde(rename = "zh_CN")]
-    ZhCn,
-    #[serde(rename = "en_US")]
-    EnUs,
-    #[serde(rename = "zh_HK")]
-    ZhHk,
-    #[serde(rename = "zh_TW")]
-    ZhTw,
-}
+pub use formid_core::send::request::{Lang, MiniprogramState};
 
 /// One mini-program.
 #[derive(Debug, Clone, Deserialize)]

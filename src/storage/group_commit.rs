@@ -21,7 +21,7 @@ use anyhow::{anyhow, Context};
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
-use super::{ClaimedCredential, MessageOutcome, NewAttempt, NewMessage};
+use super::{ClaimedCredential, ClaimedRow, MessageOutcome, NewAttempt, NewMessage};
 
 /// The most writes one batch takes.
 const MAX_BATCH: usize = 64;
@@ -58,7 +58,7 @@ pub struct EndSend {
 pub(crate) struct BatchDone {
     /// The credentials the starts claimed (each names its message in
     /// `lease_message_id`; a start that found none has no row).
-    pub claimed: Vec<ClaimedCredential>,
+    pub claimed: Vec<ClaimedRow>,
     /// The messages the ends finished: an end whose message is missing here
     /// had lost its lease.
     pub ended: Vec<String>,
@@ -229,13 +229,14 @@ impl Batch {
             // and lease recovery finishes its message.
             let _ = reply.send(Ok(ended.contains(&write.message_id)));
         }
-        let mut by_message: HashMap<String, ClaimedCredential> = done
+        let mut by_message: HashMap<String, ClaimedRow> = done
             .claimed
             .into_iter()
-            .filter_map(|credential| Some((credential.lease_message_id.clone()?, credential)))
+            .filter_map(|row| Some((row.lease_message_id.clone()?, row)))
             .collect();
         for (write, reply) in self.starts.iter().zip(self.start_replies) {
-            let _ = reply.send(Ok(by_message.remove(&write.message.id)));
+            let claimed = by_message.remove(&write.message.id);
+            let _ = reply.send(claimed.map(ClaimedCredential::try_from).transpose());
         }
     }
 
@@ -246,7 +247,14 @@ impl Batch {
         }
         for (write, reply) in self.starts.iter().zip(self.start_replies) {
             let result = writer.write_batch(&[], std::slice::from_ref(write)).await;
-            let _ = reply.send(result.map(|done| done.claimed.into_iter().next()));
+            let claimed = result.and_then(|done| {
+                done.claimed
+                    .into_iter()
+                    .next()
+                    .map(ClaimedCredential::try_from)
+                    .transpose()
+            });
+            let _ = reply.send(claimed);
         }
     }
 }

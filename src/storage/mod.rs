@@ -6,6 +6,8 @@
 
 mod group_commit;
 mod postgres;
+#[cfg(test)]
+mod schema_checks;
 mod shared;
 pub mod sql;
 mod sqlite;
@@ -26,17 +28,54 @@ use crate::ledger::states::{
 };
 use crate::ledger::templates::CatalogueTemplate;
 
+pub use formid_core::ledger::{
+    grant_of, ClaimedCredential, Lease, MessageOutcome, NewAttempt, NewCredential, NewMessage,
+    PromptDecision, Settlement,
+};
 pub use group_commit::{EndSend, StartSend};
 
-/// A credential about to enter the ledger, already validated.
-#[derive(Debug, Clone)]
-pub struct NewCredential {
-    pub openid: String,
-    pub kind: CredentialKind,
+/// A random fencing token (positive, so it is never confused with a NULL
+/// turned into 0 by a careless read).
+pub fn new_lease_token() -> i64 {
+    rand::random::<i64>() & i64::MAX
+}
+
+/// A hold on `message_id` under a fresh fencing token.
+pub fn new_lease(message_id: impl Into<String>) -> Lease {
+    Lease::new(message_id, new_lease_token())
+}
+
+/// A claimed credential as read from `credentials`; its kind is checked
+/// when it becomes a [`ClaimedCredential`].
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedRow {
+    pub id: i64,
+    pub kind: String,
     pub value: String,
-    pub uses: i64,
+    pub uses_left: i64,
+    pub unproven_uses: i64,
     pub collected_at: i64,
     pub expires_at: i64,
+    pub lease_message_id: Option<String>,
+}
+
+impl TryFrom<ClaimedRow> for ClaimedCredential {
+    type Error = anyhow::Error;
+
+    fn try_from(row: ClaimedRow) -> anyhow::Result<Self> {
+        let kind = CredentialKind::parse(&row.kind)
+            .with_context(|| format!("credential {} has an unknown kind {:?}", row.id, row.kind))?;
+        Ok(ClaimedCredential {
+            id: row.id,
+            kind,
+            value: row.value,
+            uses_left: row.uses_left,
+            unproven_uses: row.unproven_uses,
+            collected_at: row.collected_at,
+            expires_at: row.expires_at,
+            lease_message_id: row.lease_message_id,
+        })
+    }
 }
 
 /// What became of one credential handed to [`Storage::insert_credentials`].
@@ -52,46 +91,6 @@ pub enum InsertOutcome {
     KindConflict,
 }
 
-/// A credential leased to one send.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct ClaimedCredential {
-    pub id: i64,
-    pub kind: String,
-    pub value: String,
-    pub uses_left: i64,
-    /// Uses counted as spent whose delivery was never proven.
-    pub unproven_uses: i64,
-    pub collected_at: i64,
-    pub expires_at: i64,
-    /// The message the lease serves; `None` for a parked credential.
-    pub lease_message_id: Option<String>,
-}
-
-/// A run's hold on a message: the message and the fencing token the run
-/// wrote when it took it. Every write of the run names it, and does nothing
-/// once another run has taken the message (recovery writes a new token).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
-    pub message_id: String,
-    pub token: i64,
-}
-
-impl Lease {
-    /// A new hold on a message, with a fresh random token.
-    pub fn new(message_id: impl Into<String>) -> Self {
-        Self {
-            message_id: message_id.into(),
-            token: new_lease_token(),
-        }
-    }
-}
-
-/// A random fencing token (positive, so it is never confused with a NULL
-/// turned into 0 by a careless read).
-pub fn new_lease_token() -> i64 {
-    rand::random::<i64>() & i64::MAX
-}
-
 /// What a claim for a message found.
 #[derive(Debug, Clone)]
 pub enum Claim {
@@ -101,82 +100,6 @@ pub enum Claim {
     NoneLeft,
     /// The message is no longer this run's: nothing was claimed.
     LeaseLost,
-}
-
-/// How a leased credential leaves its lease.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settlement {
-    /// WeChat accepted a send: one use fewer, exhausted at zero.
-    Spent,
-    /// The send's answer was lost: one use fewer, and the use is recorded as
-    /// unproven (WeChat may still hold it).
-    SpentUnproven,
-    /// WeChat said the credential is dead.
-    Retired { errcode: i64 },
-    /// 43101 on a subscribe send: WeChat holds no grant of the template for
-    /// the user. The grant is retired with every other one of its template
-    /// in the pool, and the user's long-term subscription to it is off.
-    Revoked { errcode: i64 },
-    /// Not used after all: back to the pool untouched.
-    Released,
-    /// Stays leased (for example while its token is refreshed).
-    Kept,
-    /// Stays leased until the given time, but by no message: a fresh prepay_id
-    /// whose payment data has not reached WeChat yet.
-    Parked { until: i64 },
-}
-
-/// One call to WeChat (or the decision not to make one) for a message.
-#[derive(Debug, Clone)]
-pub struct NewAttempt {
-    pub credential_id: Option<i64>,
-    pub credential_kind: Option<CredentialKind>,
-    pub errcode: Option<i64>,
-    pub outcome: AttemptOutcome,
-    pub detail: Option<String>,
-    /// WeChat's id of a delivered subscribe message (a string: it exceeds 2^53).
-    pub msgid: Option<String>,
-}
-
-/// The final state of a message.
-#[derive(Debug, Clone)]
-pub struct MessageOutcome {
-    pub status: MessageStatus,
-    pub error_code: Option<&'static str>,
-    pub wechat_errcode: Option<i64>,
-}
-
-/// A message as first recorded.
-#[derive(Debug, Clone)]
-pub struct NewMessage {
-    pub id: String,
-    pub appid: String,
-    pub touser: String,
-    pub template_id: String,
-    pub payload: String,
-    pub status: MessageStatus,
-    pub delivery: Delivery,
-    pub wait_until: Option<i64>,
-    pub lease_until: i64,
-    /// The token of the run that creates it.
-    pub lease_token: i64,
-    pub channel: Channel,
-}
-
-impl NewMessage {
-    /// The template whose grants pay for the message: its own on the
-    /// subscribe channel, none on the template channel.
-    pub fn grant_of(&self) -> Option<&str> {
-        grant_of(self.channel, &self.template_id)
-    }
-}
-
-/// The template whose grants pay for a message of `channel`.
-pub fn grant_of(channel: Channel, template_id: &str) -> Option<&str> {
-    match channel {
-        Channel::Subscribe => Some(template_id),
-        Channel::Template => None,
-    }
 }
 
 /// A message as the send path needs it to carry on with it.
@@ -273,13 +196,6 @@ pub struct TemplateQuota {
     pub long_term: bool,
     /// One-time grants left.
     pub grants: i64,
-}
-
-/// One template's answer in a prompt result, as the ledger records it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PromptDecision {
-    pub template_id: String,
-    pub decision: Decision,
 }
 
 /// A prompt result to record once.

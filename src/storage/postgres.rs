@@ -200,7 +200,7 @@ impl PostgresBatches {
 
     fn starts(
         starts: &[StartSend],
-    ) -> sqlx::query::QueryAs<'_, Postgres, ClaimedCredential, sqlx::postgres::PgArguments> {
+    ) -> sqlx::query::QueryAs<'_, Postgres, ClaimedRow, sqlx::postgres::PgArguments> {
         sqlx::query_as(START_BATCH)
             .bind(column(starts, |start| start.message.id.as_str()))
             .bind(column(starts, |start| start.message.appid.as_str()))

@@ -138,7 +138,7 @@ macro_rules! impl_storage {
                 if !Self::fence(&mut tx, lease, lease_until).await? {
                     return Ok(Claim::LeaseLost);
                 }
-                let claimed: Option<ClaimedCredential> = sqlx::query_as(&sql::with_lock(sql::CLAIM, $lock))
+                let claimed: Option<ClaimedRow> = sqlx::query_as(&sql::with_lock(sql::CLAIM, $lock))
                     .bind(lease_until)
                     .bind(now)
                     .bind(appid)
@@ -167,7 +167,10 @@ macro_rules! impl_storage {
                     (claimed, _) => claimed,
                 };
                 tx.commit().await.context("committing the claim")?;
-                Ok(claimed.map_or(Claim::NoneLeft, Claim::Claimed))
+                Ok(match claimed {
+                    Some(row) => Claim::Claimed(row.try_into()?),
+                    None => Claim::NoneLeft,
+                })
             }
 
             async fn start_send(&self, start: &StartSend) -> anyhow::Result<Option<ClaimedCredential>> {
@@ -342,7 +345,7 @@ macro_rules! impl_storage {
                 // One transaction: the credentials and their pending messages
                 // change hands together (see `sql::TAKE_MESSAGES_OF_CLAIMED`).
                 let mut tx = self.begin_write().await?;
-                let claimed: Vec<ClaimedCredential> =
+                let claimed: Vec<ClaimedRow> =
                     sqlx::query_as(&sql::with_lock(sql::CLAIM_EXPIRED_LEASES, $lock))
                         .bind(lease_until)
                         .bind(now)
@@ -362,7 +365,7 @@ macro_rules! impl_storage {
                 tx.commit()
                     .await
                     .context("committing the takeover of expired leases")?;
-                Ok(claimed)
+                claimed.into_iter().map(ClaimedCredential::try_from).collect()
             }
 
             async fn claim_stale_messages(

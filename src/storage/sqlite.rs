@@ -279,7 +279,7 @@ impl BatchWriter for SqliteBatches {
         }
         for run in power_of_two_runs(starts) {
             let script = run_script(&START_SCRIPTS, &START, START_PARAMS, run.len());
-            let mut query = sqlx::query_as::<_, ClaimedCredential>(script);
+            let mut query = sqlx::query_as::<_, ClaimedRow>(script);
             for start in run {
                 query = bind_message!(query, &start.message)
                     .bind(start.now)

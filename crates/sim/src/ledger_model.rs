@@ -61,7 +61,7 @@ impl CredentialRow {
     fn claimed(&self) -> ClaimedCredential {
         ClaimedCredential {
             id: self.id,
-            kind: self.kind.clone(),
+            kind: kind_of(&self.kind).expect("the model stores only known kinds"),
             value: self.value.clone(),
             uses_left: self.uses_left,
             unproven_uses: self.unproven_uses,

@@ -518,7 +518,7 @@ impl<'a> Run<'a> {
     ) -> NewAttempt {
         NewAttempt {
             credential_id: Some(credential.id),
-            credential_kind: CredentialKind::parse(&credential.kind),
+            credential_kind: Some(credential.kind),
             errcode,
             outcome,
             detail: said.detail,

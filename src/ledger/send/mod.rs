@@ -17,10 +17,10 @@
 //! (`workers::recovery`) takes them over under a new token and resolves them
 //! by the rules in RELIABILITY.md.
 
-pub mod decide;
 mod execute;
 mod guard;
-pub mod request;
+
+pub use formid_core::send::{decide, request};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -135,7 +135,7 @@ impl Sender {
         let wait_until = request
             .wait_seconds
             .map(|seconds| now + (seconds as i64) * 1000);
-        let lease = Lease::new(message_id);
+        let lease = crate::storage::new_lease(message_id);
         let message = NewMessage {
             id: message_id.to_owned(),
             appid: appid.to_owned(),

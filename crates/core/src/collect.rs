@@ -7,7 +7,7 @@ use chrono::DateTime;
 use serde_json::Value;
 
 use super::kinds::CredentialKind;
-use crate::storage::NewCredential;
+use crate::ledger::NewCredential;
 
 /// What WeChat's developer tools hand out instead of a real formId (reference §7).
 pub const MOCK_FORM_ID: &str = "the formId is a mock one";
@@ -74,7 +74,7 @@ pub fn parse_item(item: &Value, context: CollectContext) -> Result<NewCredential
     let kind_name = required_str(item, "kind")?;
     // Subscribe grants are posted as prompt results (`/subscriptions`), not here.
     let Some(kind) = CredentialKind::parse(kind_name)
-        .filter(|kind| kind.rules().channel == crate::ledger::states::Channel::Template)
+        .filter(|kind| kind.rules().channel == crate::states::Channel::Template)
     else {
         return Err(Rejection::new(
             "unknown_kind",

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::collect::{is_plain_identifier, Rejection, MAX_OPENID_LEN};
 use super::states::Decision;
-use crate::storage::PromptDecision;
+use crate::ledger::PromptDecision;
 
 /// The one `errMsg` of a prompt that resolved.
 pub const PROMPT_OK: &str = "requestSubscribeMessage:ok";

@@ -4,11 +4,11 @@
 //! step, and the table test below is the README's settle table and
 //! RELIABILITY.md's unknown-outcome table, row by row.
 
-use crate::ledger::failure::SendFailure;
-use crate::ledger::kinds::CredentialKind;
-use crate::ledger::settle::{classify, classify_subscribe, next_china_midnight_ms, Verdict};
-use crate::ledger::states::{AttemptOutcome, Channel, Delivery};
-use crate::storage::{ClaimedCredential, Settlement};
+use crate::failure::SendFailure;
+use crate::kinds::CredentialKind;
+use crate::ledger::{ClaimedCredential, Settlement};
+use crate::settle::{classify, classify_subscribe, next_china_midnight_ms, Verdict};
+use crate::states::{AttemptOutcome, Channel, Delivery};
 
 /// What came back from one call to WeChat, sorted by what it tells about delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,8 +136,8 @@ impl Step {
 /// call would deliver again.
 pub fn can_probe(credential: &ClaimedCredential, now: i64, policy: &Policy) -> bool {
     let one_use_at_wechat = !matches!(
-        CredentialKind::parse(&credential.kind),
-        Some(CredentialKind::LongTerm) | Some(CredentialKind::Subscribe)
+        credential.kind,
+        CredentialKind::LongTerm | CredentialKind::Subscribe
     );
     one_use_at_wechat
         && credential.uses_left == 1
@@ -212,9 +212,7 @@ pub fn decide(
         }
         CallOutcome::Answered(errcode) => errcode,
     };
-    let channel = CredentialKind::parse(&credential.kind)
-        .map_or(Channel::Template, |kind| kind.rules().channel);
-    let verdict = match channel {
+    let verdict = match credential.kind.rules().channel {
         Channel::Template => classify(errcode),
         Channel::Subscribe => classify_subscribe(errcode),
     };
@@ -259,8 +257,7 @@ pub fn decide(
         ),
         Verdict::CredentialDead => {
             let syncing = errcode == 41028
-                && CredentialKind::parse(&credential.kind)
-                    .is_some_and(|kind| kind.rules().syncs_late)
+                && credential.kind.rules().syncs_late
                 && now - credential.collected_at < policy.fresh_prepay_grace_ms;
             if syncing {
                 Step::NextCredential {
@@ -373,7 +370,7 @@ mod tests {
     fn credential(kind: &str, uses_left: i64, unproven: i64, age_ms: i64) -> ClaimedCredential {
         ClaimedCredential {
             id: 1,
-            kind: kind.into(),
+            kind: CredentialKind::parse(kind).expect("a kind's stored name"),
             value: "v".into(),
             uses_left,
             unproven_uses: unproven,
@@ -447,11 +444,11 @@ mod tests {
             ..fresh()
         };
         let grant = ClaimedCredential {
-            expires_at: crate::ledger::kinds::NEVER_EXPIRES_MS,
+            expires_at: crate::kinds::NEVER_EXPIRES_MS,
             ..credential("subscribe", 1, 0, DAY)
         };
         let ticket = ClaimedCredential {
-            expires_at: crate::ledger::kinds::NEVER_EXPIRES_MS,
+            expires_at: crate::kinds::NEVER_EXPIRES_MS,
             ..credential("long_term", 1, 0, DAY)
         };
         let rows: Vec<(

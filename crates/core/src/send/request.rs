@@ -1,12 +1,11 @@
 //! What a business service asks to send, and the body WeChat gets.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::config::{Lang, MiniprogramState};
-use crate::ledger::states::{Channel, Delivery};
-use crate::ledger::templates::check_no_template_fields;
-pub use crate::ledger::templates::InvalidTemplateData;
+use crate::states::{Channel, Delivery};
+use crate::templates::check_no_template_fields;
+pub use crate::templates::InvalidTemplateData;
 
 /// What a business service asks to send: the body of `POST …/messages`,
 /// bounded by `ledger::message::parse_send_request`. Business services
@@ -251,4 +250,30 @@ mod tests {
         assert_eq!(send.channel(Some(Channel::Subscribe)), Channel::Subscribe);
         assert_eq!(send.channel(None), Channel::Template);
     }
+}
+
+/// Which version of the mini-program a subscribe message opens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MiniprogramState {
+    Developer,
+    Trial,
+    /// WeChat's own default.
+    #[default]
+    Formal,
+}
+
+/// The language of a subscribe message's card.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum Lang {
+    /// WeChat's own default.
+    #[default]
+    #[serde(rename = "zh_CN")]
+    ZhCn,
+    #[serde(rename = "en_US")]
+    EnUs,
+    #[serde(rename = "zh_HK")]
+    ZhHk,
+    #[serde(rename = "zh_TW")]
+    ZhTw,
 }

@@ -1,0 +1,84 @@
+//! The schema holds the domain's states: every CHECK constraint lists
+//! exactly the names of its enum.
+
+use formid_core::states::*;
+
+/// The schema's CHECK constraints list exactly these names: as
+/// `col IN (…)`, or, on SQLite's tables that every send writes (rebuilt
+/// by 0008, see there why), as `col = … OR col = …`.
+#[test]
+fn the_check_constraints_allow_exactly_the_enum_names() {
+    // Whitespace runs as one space: a long list may span lines.
+    let read = |path: String| {
+        let text = std::fs::read_to_string(&path).expect(&path);
+        text.split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    fn names<T: Copy>(all: &[T], name: fn(T) -> &'static str) -> Vec<&'static str> {
+        all.iter().map(|value| name(*value)).collect()
+    }
+    // Each column, its enum's names, and whether SQLite's 0008 rebuilt it.
+    let columns = [
+        (
+            "status",
+            names(MessageStatus::ALL, MessageStatus::as_str),
+            true,
+        ),
+        (
+            "outcome",
+            names(AttemptOutcome::ALL, AttemptOutcome::as_str),
+            true,
+        ),
+        ("delivery", names(Delivery::ALL, Delivery::as_str), true),
+        (
+            "state",
+            names(CredentialState::ALL, CredentialState::as_str),
+            true,
+        ),
+        (
+            "state",
+            names(IdempotencyState::ALL, IdempotencyState::as_str),
+            true,
+        ),
+        ("channel", names(Channel::ALL, Channel::as_str), true),
+        ("decision", names(Decision::ALL, Decision::as_str), false),
+        (
+            "subscription",
+            names(SubscriptionType::ALL, SubscriptionType::as_str),
+            false,
+        ),
+        (
+            "event",
+            names(PushEventKind::ALL, PushEventKind::as_str),
+            false,
+        ),
+        ("effect", names(PushEffect::ALL, PushEffect::as_str), false),
+    ];
+    let sqlite_0008 = read("migrations/sqlite/0008_check_constraints_without_in_lists.sql".into());
+    assert!(!sqlite_0008.contains(" IN ("), "0008 keeps an IN list");
+    for backend in ["sqlite", "postgres"] {
+        let schema: String = [
+            "0004_typed_states_and_fencing.sql",
+            "0005_subscribe_messages.sql",
+            "0006_message_push.sql",
+        ]
+        .iter()
+        .map(|file| read(format!("migrations/{backend}/{file}")))
+        .collect();
+        for (column, all, _) in &columns {
+            let quoted: Vec<String> = all.iter().map(|name| format!("'{name}'")).collect();
+            let check = format!("CHECK ({column} IN ({}))", quoted.join(", "));
+            assert!(
+                schema.contains(&check),
+                "migrations/{backend} lacks {check}"
+            );
+        }
+    }
+    for (column, all, _) in columns.iter().filter(|(_, _, rebuilt)| *rebuilt) {
+        let each: Vec<String> = all
+            .iter()
+            .map(|name| format!("{column} = '{name}'"))
+            .collect();
+        let check = format!("CHECK ({})", each.join(" OR "));
+        assert!(sqlite_0008.contains(&check), "sqlite 0008 lacks {check}");
+    }
+}
