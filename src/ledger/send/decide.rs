@@ -720,7 +720,7 @@ mod tests {
                 end(O::Ambiguous, S::SpentUnproven, MessageEnd::Unknown),
             ),
             (
-                "a lost answer after an unproven use is unknown (issue 10, #1)",
+                "a lost answer after an unproven use is unknown",
                 Ambiguous,
                 fresh(),
                 &prepay_1_after_unproven,
@@ -781,7 +781,7 @@ mod tests {
                 end(O::ConfirmedSent, S::Spent, MessageEnd::Sent),
             ),
             (
-                "a probe answered 41028 proves nothing (issue 10, #3)",
+                "a probe answered 41028 proves nothing",
                 Answered(41028),
                 probing(),
                 &form_id,
@@ -862,9 +862,10 @@ mod tests {
                 least,
                 next(O::ProbeInconclusive, S::Retired { errcode: 41028 }),
             ),
-            // Subscribe grants (reference §5): 43101 retires the template's
-            // grants and looks for another; a probe on the user's only
-            // grant reads 43101 as the first call's delivery.
+            // Subscribe grants (docs/wechat/subscribe-messages.md, "One-time
+            // grants"): 43101 retires the template's grants and looks for
+            // another; a probe on the user's only grant reads 43101 as the
+            // first call's delivery.
             (
                 "subscribe 0 spends the grant",
                 Answered(0),
