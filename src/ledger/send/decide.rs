@@ -1,8 +1,8 @@
 //! The errcode rules as one pure function: what one answer from WeChat means
 //! for the credential, the message and the next step. No database, no HTTP,
 //! no clock but the `now` handed in: the executor (`execute.rs`) applies the
-//! step, and the table test below is the README's settle table and
-//! RELIABILITY.md's unknown-outcome table, row by row.
+//! step, and the table test below is the settle table of docs/api.md ("How a
+//! send settles") and RELIABILITY.md's unknown-outcome table, row by row.
 
 use crate::ledger::failure::SendFailure;
 use crate::ledger::kinds::CredentialKind;
@@ -418,7 +418,8 @@ mod tests {
         )
     }
 
-    /// The README's settle table and RELIABILITY.md's unknown-outcome table.
+    /// The settle table of docs/api.md ("How a send settles") and
+    /// RELIABILITY.md's unknown-outcome table.
     #[test]
     fn every_row_of_the_settle_and_unknown_outcome_tables() {
         use AttemptOutcome as O;
