@@ -82,8 +82,8 @@ pub struct Catalogue {
 }
 
 /// How long the send path uses a copy of an app's templates before reading
-/// them again. Why a copy at all: reading them was one round trip to the
-/// database per send, which cost more than the send's own writes. Why 1 s:
+/// them again. Why a copy at all: reading them is one round trip to the
+/// database per send, which costs more than the send's own writes. Why 1 s:
 /// what this process writes (a refresh, a deletion, a prompt result, a push)
 /// drops the copy at once, so only what another instance writes waits for
 /// it, as the token and the 45009 block do.

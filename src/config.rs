@@ -264,7 +264,8 @@ impl Default for TokenSettings {
     }
 }
 
-/// WeChat's limit on stable_token forced refreshes per app and day (reference §2).
+/// WeChat's limit on stable_token forced refreshes per app and day
+/// (docs/wechat/tokens.md, "Two ways to get a token").
 pub const WECHAT_FORCE_REFRESHES_PER_DAY: u32 = 20;
 
 /// Which WeChat endpoint issues an app's tokens.

@@ -1,5 +1,5 @@
 //! `GET` and `POST /wechat/push/{appid}`: WeChat's message push
-//! (subscribe-and-push.md §1–§2). Public: WeChat sends no API key, so the
+//! (docs/wechat/message-push.md). Public: WeChat sends no API key, so the
 //! only authentication is its signature, checked by [`crate::push`].
 //!
 //! - GET is the console's handshake: the `echostr` verbatim as `text/plain`,

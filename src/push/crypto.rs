@@ -1,4 +1,5 @@
-//! The `Encrypt` field of a push (subscribe-and-push.md §1.4): AES-256-CBC,
+//! The `Encrypt` field of a push (docs/wechat/message-push.md,
+//! "Decrypting"): AES-256-CBC,
 //! key = `base64(EncodingAESKey + "=")`, IV = the key's first 16 bytes,
 //! PKCS#7 padding to **32** bytes, plaintext laid out as
 //! `16 random bytes | u32 BE length | message | appid`.
@@ -17,7 +18,8 @@ use base64::Engine;
 type Aes256CbcDec = cbc::Decryptor<aes::Aes256>;
 type Aes256CbcEnc = cbc::Encryptor<aes::Aes256>;
 
-/// WeChat pads to the key size, not to the AES block (§1.4 step 3).
+/// WeChat pads to the key size, not to the AES block
+/// (docs/wechat/message-push.md, "Decrypting", step 3).
 pub const PAD_BLOCK: usize = 32;
 /// Length of an EncodingAESKey.
 pub const ENCODING_AES_KEY_LEN: usize = 43;
@@ -27,8 +29,8 @@ const AES_BLOCK: usize = 16;
 /// Longest appid echoed in an error (it comes from a decrypted buffer).
 const SHOWN_APPID_MAX: usize = 64;
 
-/// 43 chars + "=" leave 2 unused bits, which real keys set (§1.4
-/// "Base64 trailing bits"): the decoder must ignore them.
+/// 43 chars + "=" leave 2 unused bits, which real keys set
+/// (docs/wechat/message-push.md, "Decrypting"): the decoder must ignore them.
 const LENIENT: GeneralPurpose = GeneralPurpose::new(
     &alphabet::STANDARD,
     GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),

@@ -1,12 +1,13 @@
 //! The generic field map of a push body, XML or JSON (sniffed from the first
-//! non-space byte, whatever the Content-Type says: subscribe-and-push.md
-//! §1.3).
+//! non-space byte, whatever the Content-Type says:
+//! docs/wechat/message-push.md, "The three modes of a push").
 //!
 //! Both formats become the same tree: an element or object is a [`Fields`]
 //! list of `(name, node)` pairs in document order, where a repeated XML
 //! element and the items of a JSON array are repeated pairs. So
 //! `<List>a</List><List>b</List>` and `"List":[a,b]` read the same, and a
-//! one-item `List` object reads like a one-item array (§2.2).
+//! one-item `List` object reads like a one-item array
+//! (docs/wechat/message-push.md, "Parsing quirks").
 //!
 //! Scalars are kept as text exactly as written: JSON integers are read by
 //! their exact integer value (a `MsgID` above 2^53 survives), `true` becomes

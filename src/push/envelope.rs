@@ -1,6 +1,7 @@
 //! Opening one push: the query, the body, the signature of its mode, the
 //! replay window, the decryption, and the event inside
-//! (subscribe-and-push.md §1.2–§1.6).
+//! (docs/wechat/message-push.md, "The handshake" to "Retries and
+//! duplicates").
 //!
 //! What is accepted, by `encrypt_type`:
 //!
@@ -13,10 +14,12 @@
 //! * absent or `raw` (plain mode): `signature` must match. If the body also
 //!   carries `Encrypt` and the query a `msg_signature`, that is verified too
 //!   and the decrypted document is read instead (as in compatible mode); an
-//!   `Encrypt` without `msg_signature` is ignored, since "no encrypt_type or
-//!   raw means plaintext only" (§1.3 FAQ). A plain document is authenticated
-//!   by nothing but a signature over (token, timestamp, nonce), so an app can
-//!   refuse plain pushes altogether ([`PushKeys::plain_allowed`]).
+//!   `Encrypt` without `msg_signature` is ignored, since a query without
+//!   `encrypt_type`, or with `raw`, means plaintext only
+//!   (docs/wechat/message-push.md, "The three modes of a push"). A plain
+//!   document is authenticated by nothing but a signature over (token,
+//!   timestamp, nonce), so an app can refuse plain pushes altogether
+//!   ([`PushKeys::plain_allowed`]).
 //! * anything else: refused.
 //!
 //! The order of checks is size, query, replay window, document, signature,
@@ -240,7 +243,8 @@ impl Opened {
     }
 }
 
-/// The GET handshake (§1.2): the `echostr` to answer verbatim as
+/// The GET handshake (docs/wechat/message-push.md, "The handshake"): the
+/// `echostr` to answer verbatim as
 /// `text/plain` if `signature == sha1(sorted(token, timestamp, nonce))`.
 ///
 /// No replay window here: the handshake reveals nothing but the echostr the

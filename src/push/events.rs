@@ -1,7 +1,8 @@
-//! The events of a push, typed (subscribe-and-push.md §2).
+//! The events of a push, typed (docs/wechat/message-push.md, "The events").
 //!
 //! Routing is by `MsgType`/`Event`, never by the wrapper's name or by which
-//! keys are present (§2.2). Every quirk of §2.2 is accepted:
+//! keys are present. Every quirk of docs/wechat/message-push.md, "Parsing
+//! quirks", is accepted:
 //!
 //! * `List` is one object or an array (both read as repeated fields, see
 //!   [`super::document`]);
@@ -24,8 +25,9 @@ pub const POPUP_EVENT: &str = "subscribe_msg_popup_event";
 pub const CHANGE_EVENT: &str = "subscribe_msg_change_event";
 /// `Event` of the final result of a subscribe send.
 pub const SENT_EVENT: &str = "subscribe_msg_sent_event";
-/// The wrappers seen around `List`, whatever the event (the OA doc once put a
-/// change event in a popup wrapper, §2.2).
+/// The wrappers seen around `List`, whatever the event (a change event has
+/// been seen in a popup wrapper: docs/wechat/message-push.md, "Parsing
+/// quirks").
 const WRAPPERS: [&str; 3] = [
     "SubscribeMsgPopupEvent",
     "SubscribeMsgChangeEvent",
@@ -296,7 +298,8 @@ impl PushEvent {
         }
     }
 
-    /// One identity per item, the same on every retry of the push (§1.6):
+    /// One identity per item, the same on every retry of the push
+    /// (docs/wechat/message-push.md, "Retries and duplicates"):
     /// `FromUserName \n CreateTime \n Event \n TemplateId`, plus `\n MsgID`
     /// for a sent event (two sends of a template may end in the same
     /// second). Items of one event with the same key collapse into one, so

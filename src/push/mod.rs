@@ -1,4 +1,4 @@
-//! WeChat's message push (issue 12, subscribe-and-push.md §1–§2): the pure,
+//! WeChat's message push (docs/wechat/message-push.md): the pure,
 //! database-free core. No I/O and no clock: `now` is handed in.
 //!
 //! - [`signature`]: `sha1(sorted(parts))`, constant-time verification, the

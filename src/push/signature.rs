@@ -1,4 +1,5 @@
-//! WeChat's push signatures (subscribe-and-push.md §1.2, §1.3, §1.5):
+//! WeChat's push signatures (docs/wechat/message-push.md, "The handshake",
+//! "The three modes of a push", "The reply"):
 //! `sha1(sorted(parts).join(""))` as lowercase hex, compared in constant time.
 
 use sha1::{Digest, Sha1};
@@ -48,7 +49,7 @@ pub fn verify_handshake(token: &str, timestamp: &str, nonce: &str, signature: &s
 mod tests {
     use super::*;
 
-    /// §1.2 and §1.7a "Handshake (plain)".
+    /// docs/wechat/message-push.md, "The handshake" (and "Test vectors").
     #[test]
     fn the_documented_handshake() {
         assert_eq!(
@@ -69,7 +70,8 @@ mod tests {
         ));
     }
 
-    /// §1.3: the plain-mode example of the doc.
+    /// The documentation's plain-mode example (docs/wechat/message-push.md,
+    /// "The three modes of a push").
     #[test]
     fn the_documented_plain_post_signature() {
         assert!(verify_handshake(

@@ -1,5 +1,6 @@
-//! Golden vectors (subscribe-and-push.md §1.7a, byte for byte), hostile
-//! input, and the shapes of §2.2, through the public API of the module.
+//! Golden vectors (docs/wechat/message-push.md, "Test vectors", byte for
+//! byte), hostile input, and the shapes of "Parsing quirks" there, through
+//! the public API of the module.
 
 use aes::cipher::block_padding::NoPadding;
 use aes::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit};

@@ -1,8 +1,9 @@
 //! The ledger's storage: one trait, a SQLite and a PostgreSQL implementation.
 //!
-//! Both run the same migrations (`migrations/sqlite`, `migrations/postgres`,
-//! same versions) and the same contract, which the integration suite checks on
-//! each. Every time is Unix milliseconds handed in by the caller's clock.
+//! Both run one schema (`migrations/sqlite`, `migrations/postgres`: the same
+//! versions but SQLite's 0008, which rebuilds its `CHECK`s without `IN`
+//! lists) and the same contract, which the integration suite checks on each.
+//! Every time is Unix milliseconds handed in by the caller's clock.
 
 mod group_commit;
 mod postgres;

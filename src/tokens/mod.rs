@@ -118,7 +118,8 @@ pub struct TokenStats {
 }
 
 /// In stable_token mode WeChat keeps answering the same token until five
-/// minutes before its expiry (reference §2); asking earlier changes nothing.
+/// minutes before its expiry (docs/wechat/tokens.md, "Two ways to get a
+/// token"); asking earlier changes nothing.
 const STABLE_ROTATION_MS: i64 = 240_000;
 
 /// Keeps each app's token fresh; cheap to clone.

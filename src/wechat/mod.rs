@@ -2,10 +2,11 @@
 //! the template management of both template systems (`templates`).
 //!
 //! Every error WeChat reports comes back as HTTP 200 with
-//! `{"errcode","errmsg"}` (reference §0); a missing errcode means 0, and the
-//! body is parsed as JSON whatever its Content-Type says. URLs carry the
-//! access_token or the AppSecret, so no URL ever reaches a log or an error
-//! message: reqwest errors are stripped of theirs.
+//! `{"errcode","errmsg"}` (docs/wechat/errcodes.md, "The shape of an
+//! answer"); a missing errcode means 0, and the body is parsed as JSON
+//! whatever its Content-Type says. URLs carry the access_token or the
+//! AppSecret, so no URL ever reaches a log or an error message: reqwest
+//! errors are stripped of theirs.
 
 pub mod breaker;
 pub mod templates;
@@ -155,7 +156,8 @@ impl WeChatApi for WeChatClient {
                     ("appid", appid),
                     ("secret", secret.expose_secret()),
                 ]),
-            // force_refresh is limited to 20 a day, 30 s apart (reference §2):
+            // force_refresh is limited to 20 a day, 30 s apart
+            // (docs/wechat/tokens.md, "Two ways to get a token"):
             // only the token keeper's budgeted escalation sets it.
             TokenMode::StableToken => self
                 .http

@@ -2,10 +2,11 @@
 //! enum the client sends ([`WeChatApi::manage_templates`](super::WeChatApi)):
 //!
 //! * the classic template-message library, `cgi-bin/wxopen/template/*`
-//!   (template-message-docs/004; all POST JSON, `count` ≤ 20, at most 10
-//!   keyword ids);
-//! * the subscribe templates, `wxaapi/newtmpl/*` (wechat-api.md §5: the
-//!   readers are GET, `addtemplate` is form-urlencoded, `deltemplate` JSON).
+//!   (docs/wechat/template-messages.md, "The classic template library": all
+//!   POST JSON, `count` ≤ 20, at most 10 keyword ids);
+//! * the subscribe templates, `wxaapi/newtmpl/*`
+//!   (docs/wechat/subscribe-messages.md, "Template management": the readers
+//!   are GET, `addtemplate` is form-urlencoded, `deltemplate` JSON).
 //!
 //! The answers are WeChat's JSON, read by the typed readers below.
 
@@ -129,8 +130,9 @@ impl TemplateCall {
                 ("limit", limit.to_string()),
             ]),
             Self::GetPubTemplateKeywords { tid } => Wire::Get(vec![("tid", tid.to_string())]),
-            // "建议使用 application/x-www-form-urlencoded … 不支持 application/json"
-            // (ref §5): `tid=401&kidList=1&kidList=2&sceneDesc=…`.
+            // Form-urlencoded: WeChat's page refuses JSON here
+            // (docs/wechat/subscribe-messages.md, "Template management"):
+            // `tid=401&kidList=1&kidList=2&sceneDesc=…`.
             Self::AddTemplate {
                 tid,
                 keyword_ids,
@@ -362,7 +364,9 @@ mod tests {
 
     #[test]
     fn the_documents_answers_read() {
-        // ref §5 gettemplate; template-message-docs/004 template/list.
+        // gettemplate and template/list as documented
+        // (docs/wechat/subscribe-messages.md, "Template management";
+        // docs/wechat/template-messages.md, "The classic template library").
         let answer: SubscribeTemplates = serde_json::from_str(
             r#"{"data":[{"priTmplId":"x","title":"报名结果通知","content":"会议时间:{{date2.DATA}}\n","example":"e","type":2,
                 "keywordEnumValueList":[{"keywordCode":"enum_string1.DATA","enumValueList":["a","b"]}]}]}"#,

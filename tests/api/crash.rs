@@ -305,7 +305,7 @@ async fn a_sigkill_mid_send_is_resolved_by_the_next_process(#[case] backend: Bac
             }
         }
     }
-    // Issue 9, #6: the killed process never stored its answers, so the keys
+    // The killed process never stored its answers, so the keys
     // stayed in flight. A retry with the same key is answered from the
     // ended message (not 409 for a day) and sends nothing.
     let deliveries = fake.sends().iter().filter(|send| send.delivered).count();

@@ -241,13 +241,13 @@ async fn three_instances_fetch_one_token_per_expiry_and_serve_only_live_tokens()
     assert_eq!(rejected, 0, "no call ever carried a dead token");
 }
 
-/// Issue 10, #2: sends queued for a call slot longer than a lease. Before,
-/// the claim started the lease and the wait for a slot came after it, so
-/// another instance's recovery took the credential and probed (delivering),
-/// and the first instance then called anyway, met 41029, retired it and
-/// sent again with the user's next form_id. Now a send waits for its slot
-/// before it claims, renews a lease that lacks room for the call, and a run
-/// whose lease was taken writes nothing and moves on to nothing.
+/// Sends queued for a call slot longer than a lease. A send waits for its
+/// slot before it claims, renews a lease that lacks room for the call, and a
+/// run whose lease was taken writes nothing and moves on to nothing. Were
+/// the lease started before the wait for a slot, another instance's recovery
+/// could take the credential and probe it (delivering), and the first
+/// instance would call anyway, meet 41029, retire it and send again with the
+/// user's next form_id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_queued_longer_than_a_lease_are_never_sent_twice() {
     let tight = |settings: &mut serde_json::Value| {

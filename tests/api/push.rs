@@ -1,4 +1,4 @@
-//! WeChat's message push at `/wechat/push/{appid}` (issue 12): the fake
+//! WeChat's message push at `/wechat/push/{appid}`: the fake
 //! pushes signed and encrypted subscribe events to the gateway's real
 //! address, in every mode and format, and the ledger follows them.
 //!

@@ -509,7 +509,7 @@ async fn calls_to_wechat_are_bounded_per_app(#[case] backend: Backend) {
     assert_eq!(app.fake.max_concurrent_sends(), 3);
 }
 
-/// Issue 10, #5: a credential posted between the claim that found nothing
+/// A credential posted between the claim that found nothing
 /// and the moment the message is marked waiting makes it due at once,
 /// instead of leaving it to wait out its whole wait.
 #[rstest]
@@ -549,7 +549,7 @@ async fn a_credential_posted_just_before_the_wait_wakes_the_message(#[case] back
     assert_eq!(app.message(&id).await.body["status"], "sent");
 }
 
-/// Issue 10, #6: when the ledger fails after WeChat delivered, the caller
+/// When the ledger fails after WeChat delivered, the caller
 /// gets the message id and `pending` (202, poll it), never a 500 without
 /// an id; the settlement is retried while the lease lasts, and recovery
 /// settles the message from WeChat's side afterwards (41029: delivered).

@@ -478,10 +478,10 @@ async fn an_unreachable_wechat_sends_nothing_and_keeps_the_credential(#[case] ba
     assert_eq!(app.sends_available("o-uma").await, 1);
 }
 
-/// Issue 10, #1: an answer lost *before* WeChat processed it still counts a
-/// use in the ledger, so WeChat may hold one more use than the ledger says.
-/// Such a credential is never probed again: a probe would simply deliver a
-/// second time. Reproduction from the issue: one prepay_id, three sends.
+/// An answer lost *before* WeChat processed it still counts a use in the
+/// ledger, so WeChat may hold one more use than the ledger says. Such a
+/// credential is never probed again: a probe would simply deliver a second
+/// time. The case: one prepay_id, three sends.
 #[rstest]
 #[case::sqlite(Backend::Sqlite)]
 #[case::postgres(Backend::Postgres)]
@@ -510,7 +510,7 @@ async fn a_credential_with_an_unproven_use_is_never_probed(#[case] backend: Back
     assert_eq!(app.sends_available("o-una").await, 0);
 }
 
-/// Issue 10, #3: the ledger's expiry is an estimate (a formId posted late,
+/// The ledger's expiry is an estimate (a formId posted late,
 /// a fast phone clock, no `collected_at`). A probe that meets a credential
 /// WeChat already considers expired gets 41028, which proves nothing about
 /// the first call: the message ends unknown and nothing else is sent.

@@ -359,7 +359,7 @@ async fn claims_follow_expiry_and_settlements_only_touch_leased_rows(#[case] bac
     assert_eq!(attempts.len(), 2);
 }
 
-/// Issue 10, #2: once another run took a message over (recovery writes a
+/// Once another run took a message over (recovery writes a
 /// new token), every write of the run that lost it does nothing but record
 /// its attempt: it cannot settle, finish, wait, renew or claim.
 #[rstest]
@@ -492,11 +492,11 @@ async fn a_run_whose_lease_was_taken_over_can_no_longer_write(#[case] backend: B
 
 /// Found by the simulation (crates/sim, seeds 525 and 2563): recovery that
 /// re-leases a credential whose lease ran out takes its pending message in
-/// the same transaction, under the same token. Before, only the credential
-/// changed hands: the run that had stalled past its lease (waiting for a
-/// token) still passed its message's fence, renewed, called WeChat and
-/// finished the message, while its settlement was fenced off; the
-/// credential then went back to the pool with a use WeChat had spent.
+/// the same transaction, under the same token. If only the credential
+/// changed hands, the run that had stalled past its lease (waiting for a
+/// token) would still pass its message's fence, renew, call WeChat and
+/// finish the message while its settlement was fenced off, and the
+/// credential would go back to the pool with a use WeChat had spent.
 #[rstest]
 #[case::sqlite(Backend::Sqlite)]
 #[case::postgres(Backend::Postgres)]

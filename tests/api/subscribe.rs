@@ -1,5 +1,6 @@
 //! Subscribe messages: grants posted as prompt results, spent one per send
-//! of exactly their template, settled by WeChat's answer (reference §5).
+//! of exactly their template, settled by WeChat's answer
+//! (docs/wechat/subscribe-messages.md, "The send's errcodes").
 
 use fake_wechat::Fault;
 use futures::future::join_all;

@@ -1,4 +1,4 @@
-//! The template catalogue through the gateway (issue 11): templates of both
+//! The template catalogue through the gateway: templates of both
 //! channels added, listed, refreshed and deleted against the fake; WeChat's
 //! refusals mapped; the public libraries browsed; the audit linter; keys and
 //! scopes.
@@ -162,7 +162,8 @@ async fn a_subscribe_template_is_added_listed_checked_and_deleted(#[case] backen
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_classic_template_is_added_listed_and_deleted(#[case] backend: Backend) {
     let app = spawn_app(backend).await;
-    // template-message-docs/004's own example: AT0002 with keywords 3, 4, 5.
+    // The documentation's own example: AT0002 with keywords 3, 4, 5
+    // (docs/wechat/template-messages.md, "The classic template library").
     let added = app
         .add_template(
             json!({"channel": "template", "library_id": "AT0002", "keyword_ids": [3, 4, 5]}),

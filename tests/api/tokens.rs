@@ -383,8 +383,8 @@ async fn a_short_token_lifetime_does_not_make_every_send_fetch(#[case] backend: 
     assert_eq!(sent, 24, "every send went out");
 }
 
-/// A `refresh_ahead_secs` below a minute is taken as given, no longer
-/// silently raised to 60.
+/// A `refresh_ahead_secs` below a minute is taken as given, not raised to
+/// 60.
 #[rstest]
 #[case::sqlite(Backend::Sqlite)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,8 @@ use serde_json::Value;
 use super::kinds::CredentialKind;
 use crate::ledger::NewCredential;
 
-/// What WeChat's developer tools hand out instead of a real formId (reference §7).
+/// What WeChat's developer tools hand out instead of a real formId
+/// (docs/wechat/template-messages.md, "formId and prepay_id").
 pub const MOCK_FORM_ID: &str = "the formId is a mock one";
 
 /// A formId the client failed to obtain with `report-submit-timeout` starts with this.

@@ -39,7 +39,8 @@ pub struct KindRules {
     /// is made for one send and never returns to a pool.
     pub pooled: bool,
     /// Whether WeChat may still answer 41028 for a freshly collected credential
-    /// because its data syncs late (payments do; reference §7).
+    /// because its data syncs late (payments do:
+    /// docs/wechat/template-messages.md, "formId and prepay_id").
     pub syncs_late: bool,
 }
 

@@ -1,5 +1,6 @@
 //! What WeChat's errcode on a template send means for the credential, the
-//! message and the app (reference §3 and §4).
+//! message and the app (docs/wechat/tokens.md, "A token that stops working";
+//! docs/wechat/template-messages.md, "The send"; docs/wechat/errcodes.md).
 
 /// The consequence of one errcode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,10 +51,11 @@ pub fn classify(errcode: i64) -> Verdict {
     }
 }
 
-/// Classifies a subscribe-send errcode (reference §5): the token, quota,
-/// busy and retirement codes mean what they mean for a template send;
-/// 43101 speaks of the user's grants; 45168 (a keyword on WeChat's
-/// blacklist) is the content's fault, not the grant's.
+/// Classifies a subscribe-send errcode (docs/wechat/subscribe-messages.md,
+/// "The send's errcodes"): the token, quota, busy and retirement codes mean
+/// what they mean for a template send; 43101 speaks of the user's grants;
+/// 45168 (a keyword on WeChat's blacklist) is the content's fault, not the
+/// grant's.
 pub fn classify_subscribe(errcode: i64) -> Verdict {
     match errcode {
         43101 => Verdict::GrantRevoked,

@@ -1,6 +1,7 @@
-//! The template audit rules of the original template-message documents
-//! (审核说明, `template-message-docs/001` and `004`: 1.1–1.6 on the title,
-//! 2.1–2.5 on the keywords), as a pure check of a template draft.
+//! The template audit rules of WeChat's template-message documentation
+//! (审核说明: 1.1–1.6 on the title, 2.1–2.5 on the keywords; summarised in
+//! docs/wechat/template-messages.md, "The audit rules"), as a pure check of
+//! a template draft.
 //!
 //! WeChat's reviewers are people; these rules are the letter of their guide
 //! turned into checks. A finding is an [`Severity::Error`] where the document
@@ -623,8 +624,9 @@ mod tests {
             .collect()
     }
 
-    /// The documents' own library (template-message-docs/004): its five titles
-    /// coexist, and AT0002 with keywords 3, 4, 5 is a template WeChat made.
+    /// The document's own library (docs/wechat/template-messages.md, "The
+    /// classic template library"): its five titles coexist, and AT0002 with
+    /// keywords 3, 4, 5 is a template WeChat made.
     #[test]
     fn the_documents_own_templates_pass() {
         let library = [

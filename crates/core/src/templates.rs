@@ -1,14 +1,16 @@
 //! The template catalogue as rules: the placeholders a template's `content`
 //! declares, and the checks a send must pass before anything is claimed or
-//! sent (issue 11, "Checked before anything is spent").
+//! sent.
 //!
-//! Pure: no database, no HTTP. The send path reads the template from storage
-//! (`Storage::template`), turns it into a [`CatalogueTemplate`] and calls
-//! [`check_send`] with the request's parts; a failure is a 422
-//! `invalid_template_data` naming the field and the rule.
+//! Pure: no database, no HTTP. The send route (`api/messages.rs`) asks the
+//! catalogue for the app's template (`Catalogue::for_send`: a per-process
+//! copy of `Storage::send_templates`, each entry already a
+//! [`CatalogueTemplate`]) and calls [`check_send`] with the request's parts;
+//! a failure is a 422 `invalid_template_data` naming the field and the rule.
 //!
 //! The value rules of subscribe placeholders are the table of
-//! `wechat-api.md` §5 (订阅消息参数值内容限制说明), one [`ValueRule`] per row.
+//! docs/wechat/subscribe-messages.md, "Value rules per placeholder type",
+//! one [`ValueRule`] per row.
 
 use std::collections::BTreeMap;
 
@@ -56,7 +58,7 @@ pub enum ValueRule {
 }
 
 impl ValueRule {
-    /// Every rule, in the order of the reference's table.
+    /// Every rule, in the order of the table of value rules.
     pub const ALL: [ValueRule; 13] = [
         ValueRule::Thing,
         ValueRule::Number,
@@ -164,7 +166,7 @@ pub struct Placeholder {
 
 impl Placeholder {
     /// The subscribe value rule of this placeholder, when its type is one of
-    /// the reference's table.
+    /// the table of value rules.
     pub fn rule(&self) -> Option<ValueRule> {
         ValueRule::from_type(&self.kind)
     }
@@ -719,7 +721,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// The classic template of template-message-docs/004 (`template/list`).
+    /// The document's classic template, as `template/list` answers it
+    /// (docs/wechat/template-messages.md, "The classic template library").
     fn classic() -> CatalogueTemplate {
         CatalogueTemplate::new(
             "wDYzYZVxobJivW9oMpSCpuvACOfJXQIoKUm0PY397Tc",
@@ -732,7 +735,8 @@ mod tests {
         )
     }
 
-    /// The classic send example of template-message-docs/004: four keywords.
+    /// The document's classic send example: four keywords
+    /// (docs/wechat/template-messages.md, "The send").
     fn classic_four() -> CatalogueTemplate {
         CatalogueTemplate::new(
             "TEMPLATE_ID",
@@ -812,7 +816,8 @@ mod tests {
             ]
             .map(|(a, b)| (a.to_owned(), b.to_owned()))
         );
-        // ref §5 gettemplate's own example.
+        // gettemplate's own example (docs/wechat/subscribe-messages.md,
+        // "Template management").
         let parsed = parse_placeholders("会议时间:{{date2.DATA}}\n会议地点:{{thing1.DATA}}\n");
         assert_eq!(parsed[0].name, "date2");
         assert_eq!(parsed[0].rule(), Some(ValueRule::Date));
@@ -836,7 +841,8 @@ mod tests {
 
     #[test]
     fn the_documents_own_examples_pass() {
-        // template-message-docs/004's send example, colours and emphasis included.
+        // The classic send example, colours and emphasis included
+        // (docs/wechat/template-messages.md, "The send").
         let data = json!({
             "keyword1": {"value": "339208499", "color": "#173177"},
             "keyword2": {"value": "2015年01月05日 12:30", "color": "#173177"},
@@ -849,7 +855,8 @@ mod tests {
             ..parts(Channel::Template, &data)
         };
         assert_eq!(check_send(&classic_four(), &send), Ok(()));
-        // ref §5's subscribe example: page "index?foo=bar", thing1 and time2.
+        // The subscribe send's example: page "index?foo=bar", thing1 and
+        // time2 (docs/wechat/subscribe-messages.md, "The send").
         let template = CatalogueTemplate::new(
             "T",
             Channel::Subscribe,
@@ -865,7 +872,7 @@ mod tests {
             ..parts(Channel::Subscribe, &data)
         };
         assert_eq!(check_send(&template, &send), Ok(()));
-        // Every type's own example from the reference table.
+        // Every type's own example from the table of value rules.
         let data = good_subscribe_data();
         assert_eq!(
             check_send(&subscribe(), &parts(Channel::Subscribe, &data)),
@@ -1292,7 +1299,7 @@ mod tests {
         );
     }
 
-    /// The reference table, a row per type: accepted and refused values.
+    /// The table of value rules, a row per type: accepted and refused values.
     #[test]
     fn each_value_rule_accepts_and_refuses() {
         use ValueRule::*;

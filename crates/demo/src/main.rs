@@ -42,20 +42,36 @@ const APPID: &str = "wxdemo0000000001";
 const TEMPLATE_ID: &str = "order-shipped-demo-template";
 const OPENID: &str = "o-demo-user-0001";
 
+/// The log filter once the walkthrough is printed and the demo serves.
+const SERVING_FILTER: &str = "info,sqlx=warn,actix_server=warn";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+    // The walkthrough goes to stdout and the log to stderr, which a terminal
+    // interleaves. So while the demo narrates, only warnings and errors are
+    // logged; once it has printed its last step, the serving filter applies.
+    // A `RUST_LOG` is taken as given throughout.
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let quiet_while_narrating = from_env.is_none();
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,actix_server=warn")),
-        )
-        .init();
-    run(DemoArgs::parse()).await
+        .with_env_filter(from_env.unwrap_or_else(|| EnvFilter::new("warn")))
+        .with_filter_reloading();
+    let filter = builder.reload_handle();
+    builder.init();
+    let narrated = move || {
+        if quiet_while_narrating {
+            if let Err(error) = filter.reload(EnvFilter::new(SERVING_FILTER)) {
+                eprintln!("the demo's log filter could not be set: {error}");
+            }
+        }
+    };
+    run(DemoArgs::parse(), narrated).await
 }
 
-/// Runs the demo until Ctrl-C or SIGTERM.
-async fn run(args: DemoArgs) -> anyhow::Result<()> {
+/// Runs the demo until Ctrl-C or SIGTERM; `narrated` is called once the
+/// walkthrough is printed.
+async fn run(args: DemoArgs, narrated: impl FnOnce() + Send + 'static) -> anyhow::Result<()> {
     let secret = random_hex(16);
     let api_key = format!("demo-{}", random_hex(16));
     let fake = FakeWeChat::new(fake_wechat::SystemClock);
@@ -118,6 +134,7 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
             Err(error) => println!("\nThe subscribe flow stopped: {error:#}"),
         }
         println!("{legacy}");
+        narrated();
     });
     let served = application.run_until_stopped().await;
     fake_server.stop().await;

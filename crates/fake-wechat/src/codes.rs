@@ -44,11 +44,11 @@ pub const TEMPLATE_ADDED_ALREADY: i64 = 200022;
 /// Record code for an injected fault answered without JSON.
 pub const NO_JSON: i64 = -2;
 
-/// The documented errmsg stem (ref §0 common table, §1, §4, §5; 41034/41035
-/// from WxJava's `WxOpenErrorMsgEnum`; 45026/45075/45076/45100 from the global
-/// table quoted in subscribe-and-push.md §5). Where only a description was
-/// documented and no wire text observed (200012–200021 except 200014), the
-/// stem is the doc's description.
+/// The documented errmsg stem (docs/wechat/errcodes.md, "Codes and their
+/// errmsg stems": 41031–41035 from WxJava's `WxOpenErrorMsgEnum`,
+/// 45026/45075/45076/45100 from WeChat's global table). Where only a
+/// description was documented and no wire text observed (200012–200021
+/// except 200014), the stem is the doc's description.
 pub fn stem(code: i64) -> &'static str {
     match code {
         SYSTEM_ERROR => "system error",
@@ -102,7 +102,8 @@ pub fn stem(code: i64) -> &'static str {
     }
 }
 
-/// The request-id suffix in its current form, `xxxxxxxx-xxxxxxxx-xxxxxxxx` (ref §0).
+/// The request-id suffix in its current form, `xxxxxxxx-xxxxxxxx-xxxxxxxx`
+/// (docs/wechat/errcodes.md, "The shape of an answer").
 pub fn rid() -> String {
     let mut rng = rand::thread_rng();
     format!(

@@ -1,32 +1,37 @@
-//! A fake WeChat server, faithful to the wire behaviour documented in
-//! `/work/shared/reference/wechat-api.md` (cited below as "ref §N").
+//! A fake WeChat server, faithful to the wire behaviour summarised, with
+//! sources, in the repository's `docs/wechat/` (cited below by file and
+//! section).
 //!
 //! It serves the APIs the gateway talks to:
 //!
-//! * `GET  /cgi-bin/token` (ref §1),
-//! * `POST /cgi-bin/stable_token` (ref §2),
-//! * `POST /cgi-bin/message/wxopen/template/send` (ref §4, with the formId
-//!   rules of ref §7),
-//! * `POST /cgi-bin/message/subscribe/send` (ref §5: one-time grants,
-//!   long-term subscriptions, the value rules of each placeholder type),
+//! * `GET  /cgi-bin/token` and `POST /cgi-bin/stable_token`
+//!   (docs/wechat/tokens.md, "Two ways to get a token"),
+//! * `POST /cgi-bin/message/wxopen/template/send`
+//!   (docs/wechat/template-messages.md, "The send", with the credential
+//!   rules of "formId and prepay_id" there),
+//! * `POST /cgi-bin/message/subscribe/send` (docs/wechat/subscribe-messages.md:
+//!   one-time grants, long-term subscriptions, the value rules of each
+//!   placeholder type),
 //! * the subscribe templates, `wxaapi/newtmpl/getcategory`,
 //!   `getpubtemplatetitles`, `getpubtemplatekeywords`, `addtemplate`,
-//!   `gettemplate`, `deltemplate` (ref §5 "Template management"),
+//!   `gettemplate`, `deltemplate` (docs/wechat/subscribe-messages.md,
+//!   "Template management"),
 //! * the classic template library, `cgi-bin/wxopen/template/library/list`,
-//!   `library/get`, `add`, `list`, `del` (template-message-docs/004 and
-//!   subscribe-and-push.md §5),
+//!   `library/get`, `add`, `list`, `del` (docs/wechat/template-messages.md,
+//!   "The classic template library"),
 //!
 //! plus a few unauthenticated helpers under `/fake/` that tests and the demo
 //! use to mint credentials and read what was sent.
 //!
-//! It also plays WeChat's message push (subscribe-and-push.md §1, §2): with a
+//! It also plays WeChat's message push (docs/wechat/message-push.md): with a
 //! [`PushTarget`] set for an app, a user's accept, reject or revoke and every
 //! delivered subscribe send are pushed to that URL as the subscribe events
 //! WeChat sends, signed, encrypted in compatible and safe mode, retried when
 //! unanswered (see [`push`]).
 //!
 //! Every error is answered the WeChat way: HTTP 200 with
-//! `{"errcode":N,"errmsg":"<doc stem> rid: <hex>"}` (ref §0). Every notion of
+//! `{"errcode":N,"errmsg":"<doc stem> rid: <hex>"}` (docs/wechat/errcodes.md,
+//! "The shape of an answer"). Every notion of
 //! time (token expiry and overlap, credential expiry, payment sync lag, daily
 //! quotas) comes from the injected [`Clock`], so a test holding a manual
 //! clock (shared with the gateway as a closure) can jump seven days ahead
@@ -263,7 +268,8 @@ impl FakeWeChat {
     }
 
     /// A user submitted a `<form report-submit>`: returns 32 lowercase hex
-    /// chars, good for 1 send within 7 days from now (ref §7).
+    /// chars, good for 1 send within 7 days from now
+    /// (docs/wechat/template-messages.md, "formId and prepay_id").
     pub fn mint_form_id(&self, appid: &str, openid: &str) -> String {
         let now = self.now_ms();
         self.lock()
@@ -271,9 +277,10 @@ impl FakeWeChat {
     }
 
     /// A user paid: returns `"wx"` + 14-digit `yyyymmddHHMMSS` (China time) +
-    /// 20 hex chars (36 chars), good for 3 sends within 7 days (ref §7).
-    /// Sends are answered 41028 until the prepay sync lag (as set when
-    /// minting) has passed, because payment data syncs late (ref §7).
+    /// 20 hex chars (36 chars), good for 3 sends within 7 days. Sends are
+    /// answered 41028 until the prepay sync lag (as set when minting) has
+    /// passed, because payment data syncs late
+    /// (docs/wechat/template-messages.md, "formId and prepay_id").
     pub fn mint_prepay_id(&self, appid: &str, openid: &str) -> String {
         let now = self.now_ms();
         self.lock()
@@ -291,7 +298,7 @@ impl FakeWeChat {
     }
 
     /// Length of tokens issued from now on. Default 600: real tokens may
-    /// exceed 512 chars (ref §1, "reserve at least 512 characters").
+    /// exceed 512 chars (docs/wechat/tokens.md, "Two ways to get a token").
     pub fn set_token_len(&self, len: usize) {
         self.lock().token_len = len.max(1);
     }
@@ -306,16 +313,18 @@ impl FakeWeChat {
         self.lock().latency
     }
 
-    /// Daily template-send quota of the app. Default 1,000,000 (ref §4,
-    /// 45009); beyond it sends answer 45009 until midnight China time.
+    /// Daily template-send quota of the app. Default 1,000,000
+    /// (docs/wechat/template-messages.md, "The send"); beyond it sends answer
+    /// 45009 until midnight China time.
     pub fn set_daily_send_quota(&self, appid: &str, quota: u64) {
         self.lock().app_mut(appid).send_quota.limit = quota;
     }
 
     /// When on, every template send answers 45103 `This API has been
-    /// unsupported`, as the real, retired API does today (ref §4), and the
-    /// classic `library/list` answers -1, as reported since the retirement
-    /// (subscribe-and-push.md §5). Subscribe messages are not affected.
+    /// unsupported`, as the real, retired API does, and the classic
+    /// `library/list` answers -1, as reported of it since the retirement
+    /// (docs/wechat/template-messages.md, "Retired" and "The classic template
+    /// library"). Subscribe messages are not affected.
     pub fn set_retired(&self, retired: bool) {
         self.lock().retired = retired;
     }
@@ -350,7 +359,8 @@ impl FakeWeChat {
 
     /// Invalidates every token of the app (both endpoints) at once, as if
     /// another server had fetched tokens long ago, so the next send with any
-    /// of them answers 40001 (ref §3).
+    /// of them answers 40001 (docs/wechat/tokens.md, "A token that stops
+    /// working").
     pub fn invalidate_tokens(&self, appid: &str) {
         let now = self.now_ms();
         self.lock().invalidate_tokens(appid, now);
@@ -385,8 +395,9 @@ impl FakeWeChat {
     // ------------------------------------------------------------ subscribe
 
     /// The user accepted `template_id` once in `wx.requestSubscribeMessage`
-    /// (ref §5: each accept grants one send, grants accumulate and never
-    /// expire). For a long-term template of the app (type 3) the accept
+    /// (each accept grants one send, grants accumulate and never expire:
+    /// docs/wechat/subscribe-messages.md, "One-time grants"). For a long-term
+    /// template of the app (type 3) the accept
     /// switches the subscription on instead. The user becomes known to the app.
     ///
     /// With a push target set for the app, a popup event (`accept`) is pushed
@@ -404,7 +415,8 @@ impl FakeWeChat {
     }
 
     /// The user switched on a long-term subscription to `template_id`
-    /// (subscribe-and-push.md §3): sends are not counted against it.
+    /// (docs/wechat/subscribe-messages.md, "Long-term subscriptions"): sends
+    /// are not counted against it.
     /// With a push target set, a popup event (`accept`) is pushed.
     pub fn grant_long_term(&self, appid: &str, openid: &str, template_id: &str) {
         self.lock().grant_long_term(appid, openid, template_id);
@@ -412,7 +424,8 @@ impl FakeWeChat {
     }
 
     /// The user turned `template_id` off in the service-notification settings
-    /// (subscribe-and-push.md §2.1, §2.3): remaining one-time grants and the
+    /// (docs/wechat/message-push.md, "The events" and "What an event means
+    /// for the grants"): remaining one-time grants and the
     /// long-term subscription are gone; sends answer 43101 until a new accept.
     /// With a push target set, a change event (`reject`) is pushed.
     pub fn revoke(&self, appid: &str, openid: &str, template_id: &str) {
@@ -447,9 +460,9 @@ impl FakeWeChat {
         self.lock().subscribe_faults.extend(faults);
     }
 
-    /// Daily subscribe-send quota of the app. Default 10,000,000 (ref §5,
-    /// without payment capability); beyond it sends answer 45009 until
-    /// midnight China time.
+    /// Daily subscribe-send quota of the app. Default 10,000,000, WeChat's
+    /// figure without payment capability (docs/wechat/subscribe-messages.md,
+    /// "The send"); beyond it sends answer 45009 until midnight China time.
     pub fn set_daily_subscribe_quota(&self, appid: &str, quota: u64) {
         self.lock().app_mut(appid).subscribe_quota.limit = quota;
     }
@@ -530,8 +543,8 @@ impl FakeWeChat {
 
     /// The (errcode, status) the next sent events report, one per delivered
     /// subscribe send, in order; after them `(0, "success")`. For a delivery
-    /// that fails after the send was accepted (§2.1: "失败仅包含因异步推送导致的
-    /// 系统失败").
+    /// that fails after the send was accepted (only asynchronous delivery
+    /// failures appear there: docs/wechat/message-push.md, "The events").
     pub fn push_sent_outcomes(&self, outcomes: impl IntoIterator<Item = (i64, String)>) {
         self.push_state().sent_outcomes.extend(outcomes);
     }

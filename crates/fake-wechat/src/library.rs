@@ -1,22 +1,24 @@
 //! The public template libraries the fake serves: a small seed, enough for
 //! tests to add templates from.
 //!
-//! * Subscribe templates (`wxaapi/newtmpl/*`, ref §5 "Template management"
-//!   and subscribe-and-push.md §3): categories, titles (type 2 one-time, 3
-//!   long-term) and typed keywords. The one category id, title id and keyword
-//!   of the reference's own examples (category 616 公交, tid 99 付款成功通知,
-//!   tid 401, `物品名称`/`名称`/`thing`) are kept; the rest is invented.
-//!   Title 401 carries one keyword of every value rule so that tests can
-//!   exercise the whole table of ref §5 through one title.
+//! * Subscribe templates (`wxaapi/newtmpl/*`, docs/wechat/subscribe-messages.md,
+//!   "Template management" and "Long-term subscriptions"): categories, titles
+//!   (type 2 one-time, 3 long-term) and typed keywords. The ids and keyword
+//!   of the documentation's own examples (category 616 公交, tid 99
+//!   付款成功通知, tid 401, `物品名称`/`名称`/`thing`) are kept; the rest is
+//!   invented. Title 401 carries one keyword of every value rule so that
+//!   tests can exercise the whole table of value rules
+//!   (docs/wechat/subscribe-messages.md, "Value rules per placeholder type")
+//!   through one title.
 //! * The classic template-message library (`cgi-bin/wxopen/template/library/*`,
-//!   template-message-docs/004): the five titles of the document's own
-//!   `library/list` example, with `AT0002`'s keywords 3, 4, 5 exactly as in
-//!   its `library/get` example.
+//!   docs/wechat/template-messages.md, "The classic template library"): the
+//!   five titles of the document's own `library/list` example, with
+//!   `AT0002`'s keywords 3, 4, 5 exactly as in its `library/get` example.
 
 use crate::rules::KeywordRule;
 
-/// Subscribe template type: 2 one-time, 3 long-term (ref §5 getpubtemplatetitles,
-/// subscribe-and-push.md §3).
+/// Subscribe template type: 2 one-time, 3 long-term
+/// (docs/wechat/subscribe-messages.md, "Long-term subscriptions").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TemplateType {
     OneTime,

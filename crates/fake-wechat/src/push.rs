@@ -1,8 +1,9 @@
-//! WeChat's message push to the developer's server (subscribe-and-push.md
-//! §1, §2): per app a push target (URL, Token, EncodingAESKey, mode, data
-//! format), and the subscribe events WeChat sends there, signed, encrypted in
-//! safe and compatible mode, and retried when no answer comes in time (§1.6:
-//! 3 tries in total, 5 s each on the real WeChat).
+//! WeChat's message push to the developer's server
+//! (docs/wechat/message-push.md): per app a push target (URL, Token,
+//! EncodingAESKey, mode, data format), and the subscribe events WeChat sends
+//! there, signed, encrypted in safe and compatible mode, and retried when no
+//! answer comes in time (3 tries in total, 5 s each on the real WeChat:
+//! "Retries and duplicates" there).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -13,7 +14,8 @@ use serde_json::{json, Map, Value};
 
 use crate::push_crypto as crypto;
 
-/// The console's encryption mode (§1.1).
+/// The console's encryption mode (docs/wechat/message-push.md,
+/// "Configuration").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PushMode {
@@ -25,7 +27,7 @@ pub enum PushMode {
     Safe,
 }
 
-/// The console's data format (§1.1).
+/// The console's data format (docs/wechat/message-push.md, "Configuration").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PushFormat {
@@ -150,7 +152,7 @@ pub struct SentResult {
     pub error_status: String,
 }
 
-/// A subscribe event to push (§2.1).
+/// A subscribe event to push (docs/wechat/message-push.md, "The events").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum PushEvent {
@@ -196,7 +198,8 @@ impl PushEvent {
     }
 
     /// The items as (field, value) lists; `numeric` values are written bare
-    /// in XML. JSON carries them as strings, as the doc shows (§2.2).
+    /// in XML. JSON carries them as strings, as the doc shows
+    /// (docs/wechat/message-push.md, "Parsing quirks").
     fn items(&self) -> Vec<Vec<(&'static str, String)>> {
         match self {
             PushEvent::Popup { items, .. } => items
@@ -270,7 +273,7 @@ pub struct PushRecord {
 
 impl PushRecord {
     /// Whether the developer's server answered `success` or an empty body
-    /// with a 2xx (§1.5).
+    /// with a 2xx (docs/wechat/message-push.md, "The reply").
     pub fn acknowledged(&self) -> bool {
         self.status.is_some_and(|s| (200..300).contains(&s))
             && self
@@ -367,7 +370,8 @@ fn cdata(text: &str) -> String {
     format!("<![CDATA[{}]]>", text.replace("]]>", "]]]]><![CDATA[>"))
 }
 
-/// `<xml>` with the wrapper around one `<List>` per item (§2.1).
+/// `<xml>` with the wrapper around one `<List>` per item
+/// (docs/wechat/message-push.md, "The events").
 fn inner_xml(target: &PushTarget, event: &PushEvent, now_secs: i64) -> String {
     let mut xml = format!(
         "<xml><ToUserName>{}</ToUserName><FromUserName>{}</FromUserName><CreateTime>{now_secs}</CreateTime><MsgType>{}</MsgType><Event>{}</Event><{}>",

@@ -1,4 +1,5 @@
-//! WeChat's side of the push crypto (subscribe-and-push.md §1.3, §1.4),
+//! WeChat's side of the push crypto (docs/wechat/message-push.md, "The three
+//! modes of a push" and "Decrypting"),
 //! written again here on purpose: the fake is the other party and must not
 //! share the gateway's code (the gateway's golden vectors prove the two
 //! agree with WeChat).
@@ -92,8 +93,8 @@ pub fn decrypt(key: &[u8; 32], encrypt: &str) -> Result<(Vec<u8>, String), &'sta
 mod tests {
     use super::*;
 
-    /// subscribe-and-push.md §1.7a vector B and the handshake: the fake's
-    /// own copy agrees with WeChat too.
+    /// Vector B and the handshake (docs/wechat/message-push.md, "Test
+    /// vectors"): the fake's own copy agrees with WeChat too.
     #[test]
     fn the_reference_vectors() {
         let key = aes_key("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG").unwrap();

@@ -1,5 +1,6 @@
-//! The value rules of subscribe-message placeholders: ref §5, "Value limits per
-//! placeholder type" (订阅消息参数值内容限制说明). A subscribe template's keywords
+//! The value rules of subscribe-message placeholders
+//! (docs/wechat/subscribe-messages.md, "Value rules per placeholder type";
+//! 订阅消息参数值内容限制说明). A subscribe template's keywords
 //! are typed (`thing1`, `time2`, `character_string13`…); a value that breaks
 //! its type is answered 47003 naming the field.
 
@@ -265,7 +266,8 @@ mod tests {
         }
     }
 
-    /// The table of ref §5, one rule per row: values it accepts, values it refuses.
+    /// The table of value rules, one rule per row: values it accepts, values
+    /// it refuses.
     #[test]
     fn each_rule_accepts_and_refuses() {
         let table: &[(KeywordRule, &[&str], &[&str])] = &[

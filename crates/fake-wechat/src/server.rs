@@ -83,7 +83,8 @@ fn routes(cfg: &mut web::ServiceConfig) {
         // GET only; any other method gets actix's 405.
         web::resource("/cgi-bin/token").route(web::get().to(token)),
     )
-    // Any method: a GET must reach the handler to be answered 43002 (ref §2, §4).
+    // Any method: a GET must reach the handler to be answered 43002
+    // (docs/wechat/tokens.md, "Two ways to get a token").
     .route("/cgi-bin/stable_token", web::route().to(stable_token))
     .service(web::resource("/cgi-bin/get_api_domain_ip").route(web::get().to(api_domain_ip)))
     .route(
@@ -154,7 +155,8 @@ async fn render(reply: Reply) -> HttpResponse {
         tokio::time::sleep(d).await;
     }
     match reply.answer {
-        // ref §0: a captured error came back as `application/json; encoding=utf-8`.
+        // A captured error came back as `application/json; encoding=utf-8`
+        // (docs/wechat/errcodes.md, "The shape of an answer").
         Answer::Json(body) => HttpResponse::Ok()
             .insert_header(("content-type", "application/json; encoding=utf-8"))
             .body(body.to_string()),
@@ -230,7 +232,8 @@ async fn subscribe_send(
         let delivered = s.subscribe_sends.last().filter(|r| r.delivered()).cloned();
         (reply, delivered)
     });
-    // WeChat pushes the final result later (subscribe-and-push.md §2.1).
+    // WeChat pushes the final result later (docs/wechat/message-push.md,
+    // "The events").
     if let Some(record) = delivered {
         fake.push_sent_event(&record);
     }

@@ -17,22 +17,27 @@ const SECOND_MS: i64 = 1_000;
 const MINUTE_MS: i64 = 60 * SECOND_MS;
 const DAY_MS: i64 = 24 * 60 * MINUTE_MS;
 
-/// Old and new cgi-bin/token tokens both work for up to 5 minutes (ref §1);
-/// stable_token rotates 5 minutes before expiry in normal mode (ref §2).
+/// Old and new cgi-bin/token tokens both work for up to 5 minutes;
+/// stable_token rotates 5 minutes before expiry in normal mode
+/// (docs/wechat/tokens.md, "Two ways to get a token").
 const TOKEN_OVERLAP_MS: i64 = 5 * MINUTE_MS;
-/// stable_token force_refresh: at least 30 s apart, 20 per day (ref §2).
+/// stable_token force_refresh: at least 30 s apart, 20 per day
+/// (docs/wechat/tokens.md, "Two ways to get a token").
 const FORCE_REFRESH_SPACING_MS: i64 = 30 * SECOND_MS;
 const FORCE_REFRESH_PER_DAY: u32 = 20;
-/// Both kinds of credential are usable within 7 days (ref §7).
+/// Both kinds of credential are usable within 7 days
+/// (docs/wechat/template-messages.md, "formId and prepay_id").
 const CREDENTIAL_LIFETIME_MS: i64 = 7 * DAY_MS;
-/// 1 send per form submission, 3 per payment (ref §7; the doc page wins
-/// over the community reply that says 1).
+/// 1 send per form submission, 3 per payment (WeChat's page wins over the
+/// community reply that says 1: docs/wechat/template-messages.md, "formId
+/// and prepay_id").
 const FORM_ID_USES: u32 = 1;
 const PREPAY_ID_USES: u32 = 3;
-/// Default daily template-send quota: 1,000,000 per account (ref §4, 45009).
+/// Default daily template-send quota: 1,000,000 per account, then 45009
+/// (docs/wechat/template-messages.md, "The send").
 const DEFAULT_SEND_QUOTA: u64 = 1_000_000;
 /// Default daily subscribe-send quota: 10,000,000 for a mini program without
-/// payment capability (ref §5, "没开通的是1kw/日").
+/// payment capability (docs/wechat/subscribe-messages.md, "The send").
 const DEFAULT_SUBSCRIBE_QUOTA: u64 = 10_000_000;
 const PREPAY_PREFIX: &str = "prepay_id=";
 
@@ -49,8 +54,9 @@ pub(crate) struct Credential {
     openid: String,
     kind: CredentialKind,
     expires_ms: i64,
-    /// Payment data reaches the template backend late (ref §7): before this
-    /// instant the prepay_id answers 41028.
+    /// Payment data reaches the template backend late
+    /// (docs/wechat/template-messages.md, "formId and prepay_id"): before
+    /// this instant the prepay_id answers 41028.
     usable_from_ms: i64,
     pub(crate) uses_left: u32,
     pub(crate) blocked: Option<i64>,
@@ -106,8 +112,9 @@ pub(crate) struct App {
 
 impl App {
     /// Whether a send's `page` is acceptable: absent, empty, or an in-app path
-    /// without a leading '/' ("use pages/x/x, not /pages/x/x", ref §4 41030
-    /// pitfall), among the registered pages if any; a `?query` is ignored.
+    /// without a leading '/' (`pages/x/x`, not `/pages/x/x`:
+    /// docs/wechat/template-messages.md, "The send"), among the registered
+    /// pages if any; a `?query` is ignored.
     pub(crate) fn page_ok(&self, page: Option<&Value>) -> bool {
         match page {
             None | Some(Value::Null) => true,
@@ -253,7 +260,7 @@ pub(crate) fn err(code: i64) -> Reply {
 }
 
 /// The calendar day in China (UTC+8), which is when WeChat's daily quotas
-/// reset (ref §1, §4: "daily" limits).
+/// are taken to reset (docs/wechat/errcodes.md, "When daily limits reset").
 pub(crate) fn china_day(now_ms: i64) -> NaiveDate {
     china_time(now_ms).date_naive()
 }
@@ -382,7 +389,8 @@ impl State {
 
     // ---------------------------------------------------------------- tokens
 
-    /// `GET /cgi-bin/token` (ref §1). `query` is the parsed query string.
+    /// `GET /cgi-bin/token` (docs/wechat/tokens.md, "Two ways to get a token").
+    /// `query` is the parsed query string.
     pub(crate) fn plain_token(&mut self, query: &HashMap<String, String>, now: i64) -> Reply {
         let params = TokenParams {
             grant_type: query.get("grant_type").map(String::as_str),
@@ -392,7 +400,8 @@ impl State {
         self.with_token_fault(|s| s.token_common(&params, TokenMode::Plain, now))
     }
 
-    /// `POST /cgi-bin/stable_token` (ref §2): POST JSON only.
+    /// `POST /cgi-bin/stable_token`, POST JSON only (docs/wechat/tokens.md,
+    /// "Two ways to get a token").
     pub(crate) fn stable_token(&mut self, is_post: bool, body: &[u8], now: i64) -> Reply {
         self.with_token_fault(|s| {
             if !is_post {
@@ -462,7 +471,8 @@ impl State {
                 app.token_fetches += 1;
                 app.latest_token = Some(token.clone());
                 tracing::debug!(appid, expires_in, "fake wechat issued a token");
-                // Success carries no errcode field (ref §0).
+                // Success carries no errcode field (docs/wechat/errcodes.md,
+                // "The shape of an answer").
                 Answer::Json(json!({"access_token": token, "expires_in": expires_in})).into()
             }
             Err(code) => err(code),
@@ -489,8 +499,9 @@ impl State {
     }
 
     /// cgi-bin/token: every issue invalidates the previous token, but the
-    /// previous one keeps working for up to 5 minutes (ref §1); anything older
-    /// was already superseded and stops at once.
+    /// previous one keeps working for up to 5 minutes; anything older was
+    /// already superseded and stops at once (docs/wechat/tokens.md, "Two ways
+    /// to get a token").
     fn issue_plain(&mut self, appid: &str, now: i64) -> (String, i64) {
         let previous = std::mem::take(&mut self.app_mut(appid).plain_tokens);
         let mut keep = Vec::new();
@@ -514,7 +525,8 @@ impl State {
         (token, expires_in)
     }
 
-    /// stable_token (ref §2), isolated from cgi-bin/token tokens.
+    /// stable_token, isolated from cgi-bin/token tokens
+    /// (docs/wechat/tokens.md, "Two ways to get a token").
     fn issue_stable(
         &mut self,
         appid: &str,
@@ -545,13 +557,14 @@ impl State {
                 return Ok((token.clone(), remaining(*left)));
             }
             if app.force_count >= FORCE_REFRESH_PER_DAY {
-                // More than 20 forced refreshes a day answer 45009 (ref §2, [COMM]).
+                // More than 20 forced refreshes a day answer 45009, as reported
+                // (docs/wechat/tokens.md, "Two ways to get a token").
                 return Err(codes::DAILY_QUOTA);
             }
             app.force_count += 1;
             app.last_force_ms = Some(now);
             // A forced refresh invalidates the previous token with no grace
-            // period (ref §2 and §8).
+            // period (docs/wechat/tokens.md, "Two ways to get a token").
             let previous = std::mem::take(&mut app.stable_tokens);
             for t in previous {
                 if let Some(token) = self.tokens.get_mut(&t) {
@@ -560,7 +573,8 @@ impl State {
             }
         } else if let Some((token, left)) = &current {
             // Normal mode returns the same token while it has more than 5 min
-            // left, with its remaining lifetime (ref §2: "expires_in >= 300").
+            // left, with its remaining lifetime, so `expires_in` >= 300
+            // (docs/wechat/tokens.md, "Two ways to get a token").
             if *left > TOKEN_OVERLAP_MS {
                 return Ok((token.clone(), remaining(*left)));
             }
@@ -579,8 +593,10 @@ impl State {
 
     // ------------------------------------------------------------ template send
 
-    /// `POST /cgi-bin/message/wxopen/template/send` (ref §4, §7). Checks run in
-    /// a fixed order and the first failure wins; every call is recorded.
+    /// `POST /cgi-bin/message/wxopen/template/send`
+    /// (docs/wechat/template-messages.md, "The send" and "formId and
+    /// prepay_id"). Checks run in a fixed order and the first failure wins;
+    /// every call is recorded.
     pub(crate) fn template_send(
         &mut self,
         access_token: Option<&str>,
@@ -625,7 +641,8 @@ impl State {
     ) -> (Reply, i64, bool) {
         let fail = |code: i64| (err(code), code, false);
 
-        // The API is retired: today every call answers 45103 (ref §4).
+        // The API is retired: every call answers 45103
+        // (docs/wechat/template-messages.md, "Retired").
         if self.retired {
             return fail(codes::API_RETIRED);
         }
@@ -681,7 +698,8 @@ impl FaultPlan {
 }
 
 impl State {
-    /// 41001 / 40014 / 40001 / 42001 (ref §3); the token determines the app.
+    /// 41001 / 40014 / 40001 / 42001 (docs/wechat/tokens.md, "A token that
+    /// stops working"); the token determines the app.
     /// The app a token was issued to, whether or not it still works.
     pub(crate) fn token_appid(&self, token: &str) -> Option<String> {
         self.tokens.get(token).map(|t| t.appid.clone())
@@ -744,7 +762,8 @@ impl State {
             return Err(code(codes::DAILY_QUOTA));
         }
 
-        // An openid belongs to one app: a foreign one is 40003 (ref §5 table).
+        // An openid belongs to one app: a foreign one is 40003
+        // (docs/wechat/errcodes.md, "Codes and their errmsg stems").
         let touser = obj.get("touser").and_then(Value::as_str).unwrap_or("");
         if touser.is_empty() || !app.users.contains(touser) {
             return Err(code(codes::INVALID_OPENID));
@@ -771,7 +790,8 @@ impl State {
             return Err(code(codes::INVALID_FORM_ID));
         };
         // Bound to the user who produced it and (inferred) to its app; expired
-        // after 7 days; an unsynced payment is unknown yet (ref §7).
+        // after 7 days; an unsynced payment is unknown yet
+        // (docs/wechat/template-messages.md, "formId and prepay_id").
         if cred.appid != appid
             || cred.openid != touser
             || now >= cred.expires_ms
@@ -791,7 +811,9 @@ impl State {
 }
 
 /// `data` must map each keyword to `{"value": <string or number>}`; the errmsg
-/// names the field (ref §5 table, 47003 "argument invalid! data.x.value invalid").
+/// names the field (47003 `argument invalid! data.x.value invalid`, as on
+/// subscribe sends: docs/wechat/subscribe-messages.md, "Value rules per
+/// placeholder type").
 fn data_error(data: &Value) -> Option<String> {
     match data {
         Value::Null => None,

@@ -1,5 +1,7 @@
-//! `POST /cgi-bin/message/subscribe/send` (ref §5) and the grants behind it
-//! (ref §5 "One-time subscription quota", subscribe-and-push.md §2.3 and §3).
+//! `POST /cgi-bin/message/subscribe/send` (docs/wechat/subscribe-messages.md,
+//! "The send") and the grants behind it ("One-time grants" and "Long-term
+//! subscriptions" there; docs/wechat/message-push.md, "What an event means
+//! for the grants").
 //!
 //! A user's grants are kept per (appid, openid, template_id):
 //!
@@ -19,16 +21,16 @@ use crate::state::{err, str_field, Answer, FaultPlan, Reply, State};
 use crate::{GrantUse, SubscribeGrants, SubscribeSendRecord};
 
 /// The first `msgid` handed out: the doc's own `MsgID` example
-/// (subscribe-and-push.md §2.1, `1700827132819554304`) plus one. Ids go up by
-/// two, so every one is odd and above 2^53, where a double cannot hold an odd
-/// integer: a client that parses `msgid` as a JavaScript number or an `f64`
-/// gets it wrong, as it would against WeChat (ref §5 "`msgid` is present",
-/// §2.2 "MsgID exceeds 2^53").
+/// (`1700827132819554304`, docs/wechat/message-push.md, "The events") plus
+/// one. Ids go up by two, so every one is odd and above 2^53, where a double
+/// cannot hold an odd integer: a client that parses `msgid` as a JavaScript
+/// number or an `f64` gets it wrong, as it would against WeChat
+/// (docs/wechat/subscribe-messages.md, "The send").
 pub(crate) const FIRST_MSGID: u64 = 1_700_827_132_819_554_305;
 
-/// `miniprogram_state` values (ref §5).
+/// `miniprogram_state` values (docs/wechat/subscribe-messages.md, "The send").
 const STATES: [&str; 3] = ["developer", "trial", "formal"];
-/// `lang` values (ref §5).
+/// `lang` values (docs/wechat/subscribe-messages.md, "The send").
 const LANGS: [&str; 4] = ["zh_CN", "en_US", "zh_HK", "zh_TW"];
 
 type GrantKey = (String, String, String);
@@ -71,7 +73,8 @@ impl State {
     }
 
     /// The user turned the template off ("拒收" in the service-notification
-    /// settings, subscribe-and-push.md §2.1 `subscribe_msg_change_event`):
+    /// settings, a `subscribe_msg_change_event`: docs/wechat/message-push.md,
+    /// "The events"):
     /// the remaining one-time grants and the long-term subscription are gone,
     /// and sends answer 43101 until the user accepts again.
     pub(crate) fn revoke(&mut self, appid: &str, openid: &str, template_id: &str) {
@@ -91,7 +94,8 @@ impl State {
             .unwrap_or_default()
     }
 
-    /// `POST /cgi-bin/message/subscribe/send` (ref §5). Every call is recorded.
+    /// `POST /cgi-bin/message/subscribe/send` (docs/wechat/subscribe-messages.md,
+    /// "The send"). Every call is recorded.
     pub(crate) fn subscribe_send(
         &mut self,
         access_token: Option<&str>,
@@ -177,9 +181,10 @@ impl State {
     /// Everything after the token check, in a fixed order, the first failure
     /// winning. On success the grant is used and a fresh `msgid` returned.
     ///
-    /// The order past the template check is not documented. One report saw a
-    /// `data` sent as a string answered 43101 for one user and 47003 for
-    /// another (ref §5, 47001 row), which is what checking the grant before
+    /// The order past the template check is not documented. Two reports saw
+    /// a `data` sent as a string answered 43101 for one user and 47003 for
+    /// another (docs/wechat/subscribe-messages.md, "The send's errcodes"),
+    /// which is what checking the grant before
     /// the data gives; the fake does so.
     fn subscribe_checks(
         &mut self,
@@ -204,7 +209,8 @@ impl State {
         if !app.subscribe_quota.take(now) {
             return Err(code(codes::DAILY_QUOTA));
         }
-        // An openid belongs to one app: a foreign one is 40003 (ref §5 table).
+        // An openid belongs to one app: a foreign one is 40003
+        // (docs/wechat/subscribe-messages.md, "The send's errcodes").
         let touser = obj.get("touser").and_then(Value::as_str).unwrap_or("");
         if touser.is_empty() || !app.users.contains(touser) {
             return Err(code(codes::INVALID_OPENID));
@@ -240,8 +246,9 @@ impl State {
     }
 }
 
-/// An optional string field limited to `allowed` (ref §5 lists the values and
-/// the defaults `formal` / `zh_CN`). WeChat's answer to another value is not
+/// An optional string field limited to `allowed`
+/// (docs/wechat/subscribe-messages.md, "The send", lists the values and the
+/// defaults `formal` / `zh_CN`). WeChat's answer to another value is not
 /// documented; the fake answers 47003 naming the field, the code WeChat gives
 /// for "parameter breaks a rule".
 fn enum_field(obj: &Map<String, Value>, field: &str, allowed: &[&str]) -> Result<(), Refusal> {
@@ -255,9 +262,9 @@ fn enum_field(obj: &Map<String, Value>, field: &str, allowed: &[&str]) -> Result
     }
 }
 
-/// The 47003 errmsg for `data`, if it breaks the template (ref §5: "errmsg会
-/// 提示具体是哪个字段出错", the errmsg names the field). Each placeholder of
-/// the template, in order:
+/// The 47003 errmsg for `data`, if it breaks the template (the errmsg names
+/// the field: docs/wechat/subscribe-messages.md, "Value rules per
+/// placeholder type"). Each placeholder of the template, in order:
 ///
 /// * missing, null or empty → `argument invalid! data.thing3.value is emtpy`
 ///   (sic: WeChat's own spelling, as observed);
@@ -265,7 +272,8 @@ fn enum_field(obj: &Map<String, Value>, field: &str, allowed: &[&str]) -> Result
 ///   `argument invalid! data.name1.value invalid`.
 ///
 /// A key such as `thing1.DATA` is not the placeholder `thing1`, which is
-/// then missing: 47003, as observed (ref §5). Keys the template does not have
+/// then missing: 47003, as observed (docs/wechat/subscribe-messages.md, "The
+/// send"). Keys the template does not have
 /// are ignored (no document says otherwise).
 fn data_error(
     data: Option<&Value>,

@@ -1,11 +1,14 @@
 //! Template management, both of WeChat's systems:
 //!
-//! * subscribe templates, `wxaapi/newtmpl/*` (ref §5 "Template management";
-//!   subscribe-and-push.md §5 for 200022);
+//! * subscribe templates, `wxaapi/newtmpl/*`
+//!   (docs/wechat/subscribe-messages.md, "Template management");
 //! * the classic template-message library, `cgi-bin/wxopen/template/*`
-//!   (template-message-docs/004 "模版消息管理" for the shapes and limits;
-//!   subscribe-and-push.md §5 for the errcodes, which were never published per
+//!   (docs/wechat/template-messages.md, "The classic template library":
+//!   the shapes and limits, and the errcodes, which were never published per
 //!   API and come from the global table).
+//!
+//! The limits and answers below are from those two sections unless another
+//! is named.
 //!
 //! Where a document gives no errcode for a failure (an unknown library id or
 //! template id in `library/get`, `add`, `del`, `deltemplate`), the fake answers
@@ -21,19 +24,18 @@ use crate::library::{self, LibraryKeyword, PubKeyword, TemplateType};
 use crate::state::{err, random_token, Answer, Reply, State};
 
 /// At most 25 private templates per account: documented for newtmpl
-/// (200012 "上限25个"); assumed for the classic library (subscribe-and-push.md
-/// §5 "Assume 25 for the classic API"), where the global table's 45026
-/// `template num exceeds limit` is the answer.
+/// (200012 "上限25个"); assumed for the classic library, where the global
+/// table's 45026 `template num exceeds limit` is the answer.
 const TEMPLATE_LIMIT: usize = 25;
-/// `library/list` and `template/list`: "count最大为20" (template-message-docs/004).
+/// `library/list` and `template/list`: `count` at most 20.
 const MAX_COUNT: u64 = 20;
-/// `template/add`: "最多支持10个关键词组合" (template-message-docs/004).
+/// `template/add`: at most 10 keyword ids.
 const MAX_CLASSIC_KEYWORDS: usize = 10;
-/// `getpubtemplatetitles`: limit ≤ 30 (ref §5).
+/// `getpubtemplatetitles`: limit ≤ 30.
 const MAX_TITLES_LIMIT: u64 = 30;
-/// `addtemplate`: kidList of 2–5 keyword ids (ref §5).
+/// `addtemplate`: kidList of 2–5 keyword ids.
 const KID_LIST_LEN: std::ops::RangeInclusive<usize> = 2..=5;
-/// `addtemplate`: sceneDesc ≤ 15 characters (ref §5).
+/// `addtemplate`: sceneDesc ≤ 15 characters.
 const MAX_SCENE_DESC: usize = 15;
 /// Length of generated template ids, as the doc examples
 /// (`wDYzYZVxobJivW9oMpSCpuvACOfJXQIoKUm0PY397Tc`).
@@ -53,7 +55,8 @@ pub(crate) struct SubscribeTemplate {
 }
 
 impl SubscribeTemplate {
-    /// `会议时间:{{date2.DATA}}\n会议地点:{{thing1.DATA}}\n` (ref §5 gettemplate).
+    /// `会议时间:{{date2.DATA}}\n会议地点:{{thing1.DATA}}\n`, as `gettemplate`
+    /// shows it.
     fn content(&self) -> String {
         self.keywords
             .iter()
@@ -78,8 +81,8 @@ pub(crate) struct ClassicTemplate {
 }
 
 impl ClassicTemplate {
-    /// `购买地点{{keyword1.DATA}}\n购买时间{{keyword2.DATA}}\n` (template-message-docs/004,
-    /// `template/list`): placeholders numbered by position, no colon.
+    /// `购买地点{{keyword1.DATA}}\n购买时间{{keyword2.DATA}}\n`, as `template/list`
+    /// shows it: placeholders numbered by position, no colon.
     fn content(&self) -> String {
         self.keywords
             .iter()
@@ -146,7 +149,7 @@ impl ManageApi {
         }
     }
 
-    /// The newtmpl readers are GET (ref §5); everything else is POST.
+    /// The newtmpl readers are GET; everything else is POST.
     fn is_get(self) -> bool {
         matches!(
             self,
@@ -190,9 +193,8 @@ fn json_body(body: &[u8]) -> Result<Map<String, Value>, i64> {
 }
 
 /// `offset` and `count` of `library/list` and `template/list`: both required;
-/// count 1..=20 else 45076 `invalid count` (as observed on `library/list`,
-/// subscribe-and-push.md §5); a missing or non-integer offset is a 47001
-/// (assumed).
+/// count 1..=20 else 45076 `invalid count` (as observed on `library/list`);
+/// a missing or non-integer offset is a 47001 (assumed).
 fn page_of(obj: &Map<String, Value>) -> Result<(usize, usize), i64> {
     let count = obj
         .get("count")
@@ -244,7 +246,7 @@ impl State {
             ManageApi::GetTemplate => Ok(self.get_subscribe_templates(&appid)),
             ManageApi::DelTemplate => self.del_subscribe_template(&appid, call.body),
             // Since the retirement, `library/list` is reported to answer
-            // -1 persistently (subscribe-and-push.md §5, [OBS]).
+            // -1 persistently.
             ManageApi::LibraryList if self.retired => Err(codes::SYSTEM_ERROR),
             ManageApi::LibraryList => json_body(call.body).and_then(|b| library_list(&b)),
             ManageApi::LibraryGet => json_body(call.body).and_then(|b| library_get(&b)),
@@ -267,8 +269,8 @@ impl State {
     // ------------------------------------------------------------ newtmpl
 
     /// `POST wxaapi/newtmpl/addtemplate`, form-urlencoded
-    /// (`tid=401&kidList=1&kidList=2&sceneDesc=…`, ref §5: "不支持
-    /// application/json"). A JSON body is read as a form too, where it has no
+    /// (`tid=401&kidList=1&kidList=2&sceneDesc=…`; WeChat's page refuses
+    /// JSON). A JSON body is read as a form too, where it has no
     /// `tid`: 200014.
     fn add_subscribe_template_form(&mut self, appid: &str, body: &[u8]) -> Reply {
         let mut tid = None;
@@ -302,7 +304,7 @@ impl State {
     }
 
     /// Adds a subscribe template from the public library; the rules of
-    /// `addtemplate` (ref §5):
+    /// `addtemplate`:
     ///
     /// * 200014: `tid` missing or not in the library;
     /// * 200020: `kidList` not 2–5 ids, an id repeated or not of that title
@@ -311,8 +313,8 @@ impl State {
     /// * 200022 `template has added already` with the existing `priTmplId`,
     ///   when the same title and keyword list equal the account's latest
     ///   template of that title: WeChat compares with the latest only, so
-    ///   "after adding another keyword combination, the original combination
-    ///   could be added again" (subscribe-and-push.md §5, [OBS]);
+    ///   once another combination was added the first can be added again,
+    ///   as observed;
     /// * 200012: 25 templates already.
     pub(crate) fn add_subscribe_template(
         &mut self,
@@ -364,7 +366,7 @@ impl State {
         Ok(id)
     }
 
-    /// `GET wxaapi/newtmpl/gettemplate` (ref §5).
+    /// `GET wxaapi/newtmpl/gettemplate`.
     fn get_subscribe_templates(&self, appid: &str) -> Value {
         let data: Vec<Value> = self
             .apps
@@ -385,7 +387,7 @@ impl State {
         ok(json!({ "data": data }))
     }
 
-    /// `POST wxaapi/newtmpl/deltemplate` `{"priTmplId":"…"}` (ref §5); a form
+    /// `POST wxaapi/newtmpl/deltemplate` `{"priTmplId":"…"}`; a form
     /// body `priTmplId=…` is read too. Unknown id: 40037 (assumed).
     fn del_subscribe_template(&mut self, appid: &str, body: &[u8]) -> Outcome {
         let id = match serde_json::from_slice::<Value>(body) {
@@ -407,10 +409,10 @@ impl State {
 
     // ------------------------------------------------------------ classic
 
-    /// `POST cgi-bin/wxopen/template/add {id, keyword_id_list}`
-    /// (template-message-docs/004 §3): 40037 unknown id (assumed); 47001 a
-    /// list that is not of integers; 45100 an empty list or more than 10
-    /// ids; 45075 an id repeated or not of that title; 45026 at 25 templates.
+    /// `POST cgi-bin/wxopen/template/add {id, keyword_id_list}`: 40037
+    /// unknown id (assumed); 47001 a list that is not of integers; 45100 an
+    /// empty list or more than 10 ids; 45075 an id repeated or not of that
+    /// title; 45026 at 25 templates.
     fn classic_add(&mut self, appid: &str, body: &Map<String, Value>) -> Outcome {
         let title = body
             .get("id")
@@ -453,7 +455,7 @@ impl State {
         Ok(ok(json!({ "template_id": id })))
     }
 
-    /// `POST cgi-bin/wxopen/template/list {offset, count}` (template-message-docs/004 §4).
+    /// `POST cgi-bin/wxopen/template/list {offset, count}`.
     fn classic_list(&self, appid: &str, body: &Map<String, Value>) -> Outcome {
         let (offset, count) = page_of(body)?;
         let list: Vec<Value> = self
@@ -476,7 +478,7 @@ impl State {
         Ok(ok(json!({ "list": list })))
     }
 
-    /// `POST cgi-bin/wxopen/template/del {template_id}` (template-message-docs/004 §5).
+    /// `POST cgi-bin/wxopen/template/del {template_id}`.
     /// Unknown id: 40037 (assumed).
     fn classic_del(&mut self, appid: &str, body: &Map<String, Value>) -> Outcome {
         let id = body
@@ -504,7 +506,7 @@ pub(crate) enum AddRefusal {
     Code(i64),
 }
 
-/// `GET wxaapi/newtmpl/getcategory` (ref §5).
+/// `GET wxaapi/newtmpl/getcategory`.
 fn get_category() -> Value {
     let data: Vec<Value> = library::CATEGORIES
         .iter()
@@ -513,7 +515,7 @@ fn get_category() -> Value {
     ok(json!({ "data": data }))
 }
 
-/// `GET wxaapi/newtmpl/getpubtemplatetitles?ids=2,616&start=0&limit=30` (ref §5):
+/// `GET wxaapi/newtmpl/getpubtemplatetitles?ids=2,616&start=0&limit=30`:
 /// 200018 `ids` missing, 200019 `ids` not a list of numbers, 200016 `start`
 /// missing or not a number, 200017 `limit` missing or outside 1–30.
 /// `categoryId` is a string on the wire, as in the doc's example.
@@ -557,7 +559,7 @@ fn pub_template_titles(query: &HashMap<String, String>) -> Outcome {
     Ok(ok(json!({"count": matching.len(), "data": data})))
 }
 
-/// `GET wxaapi/newtmpl/getpubtemplatekeywords?tid=` (ref §5): 200014 for a
+/// `GET wxaapi/newtmpl/getpubtemplatekeywords?tid=`: 200014 for a
 /// missing or unknown tid.
 fn pub_template_keywords(query: &HashMap<String, String>) -> Outcome {
     let title = query
@@ -573,8 +575,7 @@ fn pub_template_keywords(query: &HashMap<String, String>) -> Outcome {
     Ok(ok(json!({"count": data.len(), "data": data})))
 }
 
-/// `POST cgi-bin/wxopen/template/library/list {offset, count}`
-/// (template-message-docs/004 §1).
+/// `POST cgi-bin/wxopen/template/library/list {offset, count}`.
 fn library_list(body: &Map<String, Value>) -> Outcome {
     let (offset, count) = page_of(body)?;
     let list: Vec<Value> = library::LIBRARY
@@ -588,8 +589,8 @@ fn library_list(body: &Map<String, Value>) -> Outcome {
     ))
 }
 
-/// `POST cgi-bin/wxopen/template/library/get {id}` (template-message-docs/004
-/// §2). Unknown id: 40037 (assumed).
+/// `POST cgi-bin/wxopen/template/library/get {id}`. Unknown id: 40037
+/// (assumed).
 fn library_get(body: &Map<String, Value>) -> Outcome {
     let title = body
         .get("id")

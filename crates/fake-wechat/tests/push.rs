@@ -1,4 +1,4 @@
-//! The fake's message push (subscribe-and-push.md §1, §2) against a tiny
+//! The fake's message push (docs/wechat/message-push.md) against a tiny
 //! receiver: every mode and format, signatures, encryption (opened with the
 //! fake's own crypto), retries, and the events the user controls and the
 //! subscribe send emit.

@@ -176,7 +176,8 @@ async fn msgid_is_a_json_number_above_2_53_that_a_double_cannot_hold() {
             .text()
             .await
             .unwrap();
-        // The wire form: `"msgid":1700827132819554305`, a bare number (ref §5).
+        // The wire form: `"msgid":1700827132819554305`, a bare number
+        // (docs/wechat/subscribe-messages.md, "The send").
         let digits: String = text
             .split("\"msgid\":")
             .nth(1)
@@ -289,7 +290,8 @@ async fn the_grant_is_checked_before_the_data() {
     let tpl = h.add_subscribe_template(&token, 401, &[1, 2]).await;
     h.fake().register_user(APP, USER);
     // `data` sent as a JSON string: 43101 without a grant, 47003 with one
-    // (ref §5, the 47001 row's two reports).
+    // (the two reports in docs/wechat/subscribe-messages.md, "The send's
+    // errcodes").
     let mut m = order_msg(USER, &tpl);
     m["data"] = json!(m["data"].to_string());
     assert_eq!(h.subscribe_code(&token, m.clone()).await, 43101);
@@ -301,7 +303,9 @@ async fn the_grant_is_checked_before_the_data() {
     h.server.stop().await;
 }
 
-/// ref §5's value table through title 401, which has one keyword of each type.
+/// The table of value rules (docs/wechat/subscribe-messages.md, "Value rules
+/// per placeholder type") through title 401, which has one keyword of each
+/// type.
 #[tokio::test]
 async fn each_placeholder_type_is_checked_and_47003_names_the_field() {
     let h = harness().await;

@@ -234,7 +234,8 @@ async fn addtemplate_again_answers_200022_with_the_latest_identical_id() {
     let reordered = h.add_subscribe_template(&token, 401, &[2, 1]).await;
     assert_ne!(reordered, first);
     // WeChat compares with the latest only: the first combination can be
-    // added again after another one (subscribe-and-push.md §5, [OBS]).
+    // added again after another one, as observed
+    // (docs/wechat/subscribe-messages.md, "Template management").
     let again = h.add_subscribe_template(&token, 401, &[1, 2]).await;
     assert_ne!(again, first);
     let v = h.get(GET, &token, &[]).await;

@@ -1,8 +1,8 @@
 //! The errcode rules as one pure function: what one answer from WeChat means
 //! for the credential, the message and the next step. No database, no HTTP,
 //! no clock but the `now` handed in: the executor (`execute.rs`) applies the
-//! step, and the table test below is the README's settle table and
-//! RELIABILITY.md's unknown-outcome table, row by row.
+//! step, and the table test below is the settle table of docs/api.md ("How a
+//! send settles") and RELIABILITY.md's unknown-outcome table, row by row.
 
 use crate::failure::SendFailure;
 use crate::kinds::CredentialKind;
@@ -415,7 +415,8 @@ mod tests {
         )
     }
 
-    /// The README's settle table and RELIABILITY.md's unknown-outcome table.
+    /// The settle table of docs/api.md ("How a send settles") and
+    /// RELIABILITY.md's unknown-outcome table.
     #[test]
     fn every_row_of_the_settle_and_unknown_outcome_tables() {
         use AttemptOutcome as O;
@@ -717,7 +718,7 @@ mod tests {
                 end(O::Ambiguous, S::SpentUnproven, MessageEnd::Unknown),
             ),
             (
-                "a lost answer after an unproven use is unknown (issue 10, #1)",
+                "a lost answer after an unproven use is unknown",
                 Ambiguous,
                 fresh(),
                 &prepay_1_after_unproven,
@@ -778,7 +779,7 @@ mod tests {
                 end(O::ConfirmedSent, S::Spent, MessageEnd::Sent),
             ),
             (
-                "a probe answered 41028 proves nothing (issue 10, #3)",
+                "a probe answered 41028 proves nothing",
                 Answered(41028),
                 probing(),
                 &form_id,
@@ -859,9 +860,10 @@ mod tests {
                 least,
                 next(O::ProbeInconclusive, S::Retired { errcode: 41028 }),
             ),
-            // Subscribe grants (reference §5): 43101 retires the template's
-            // grants and looks for another; a probe on the user's only
-            // grant reads 43101 as the first call's delivery.
+            // Subscribe grants (docs/wechat/subscribe-messages.md, "One-time
+            // grants"): 43101 retires the template's grants and looks for
+            // another; a probe on the user's only grant reads 43101 as the
+            // first call's delivery.
             (
                 "subscribe 0 spends the grant",
                 Answered(0),

@@ -166,7 +166,8 @@ pub fn errmsg(v: &Value) -> &str {
     v["errmsg"].as_str().unwrap()
 }
 
-/// The errmsg starts with `stem` and carries a rid (ref §0).
+/// The errmsg starts with `stem` and carries a rid (docs/wechat/errcodes.md,
+/// "The shape of an answer").
 pub fn assert_errmsg(v: &Value, stem: &str) {
     let m = errmsg(v);
     assert!(m.starts_with(stem), "{m:?} should start with {stem:?}");
