@@ -19,10 +19,10 @@ use std::sync::{Arc, Mutex};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::cache::TtlCache;
 use crate::clock::SharedClock;
 use crate::ledger::settle::{classify, Verdict};
 use crate::ledger::states::{Channel, SubscriptionType};
-use crate::read_gate::ReadGate;
 use crate::storage::{SendTemplates, Storage, TemplateForSend, TemplateRecord};
 use crate::tokens::{TokenError, TokenKeeper};
 use crate::wechat::templates::{
@@ -76,9 +76,7 @@ pub struct Catalogue {
     /// When each app's last background refresh started (clock ms).
     background: Arc<Mutex<HashMap<String, i64>>>,
     /// Each app's templates as the send path last read them.
-    for_sends: Arc<Mutex<HashMap<String, CachedTemplates>>>,
-    /// One read of an app's templates at a time when its copy runs out.
-    reading: Arc<ReadGate>,
+    for_sends: Arc<TtlCache<Arc<SendTemplates>>>,
 }
 
 /// How long the send path uses a copy of an app's templates before reading
@@ -88,15 +86,6 @@ pub struct Catalogue {
 /// drops the copy at once, so only what another instance writes waits for
 /// it, as the token and the 45009 block do.
 pub const SEND_TEMPLATES_TTL_MS: i64 = 1_000;
-
-/// One app's [`SendTemplates`] and when they were read.
-#[derive(Debug, Default)]
-struct CachedTemplates {
-    templates: Option<(i64, Arc<SendTemplates>)>,
-    /// Bumped when this process writes the app's templates or decisions: a
-    /// read that started before cannot store what it read.
-    generation: u64,
-}
 
 impl Catalogue {
     /// A keeper over the ledger, the token keeper and WeChat.
@@ -110,10 +99,9 @@ impl Catalogue {
             storage,
             tokens,
             wechat,
-            clock,
             background: Arc::default(),
-            for_sends: Arc::default(),
-            reading: Arc::default(),
+            for_sends: Arc::new(TtlCache::new(SEND_TEMPLATES_TTL_MS, clock.clone())),
+            clock,
         }
     }
 
@@ -125,36 +113,13 @@ impl Catalogue {
         appid: &str,
         template_id: &str,
     ) -> anyhow::Result<TemplateForSend> {
-        let cached = || self.cached_for_send(appid, template_id);
-        self.reading
-            .read(appid, cached, |generation| async move {
-                let now = self.clock.now_ms();
-                let templates = Arc::new(self.storage.send_templates(appid).await?);
-                let known = templates.for_send(template_id);
-                let mut apps = self.for_sends.lock().expect("send templates");
-                let cached = apps.entry(appid.to_owned()).or_default();
-                if cached.generation == generation {
-                    cached.templates = Some((now, templates));
-                }
-                Ok(known)
+        let templates = self
+            .for_sends
+            .get_or_read(appid, || async {
+                Ok::<_, anyhow::Error>(Arc::new(self.storage.send_templates(appid).await?))
             })
-            .await
-    }
-
-    /// What the app's copy says of `template_id` while it is fresh; else the
-    /// copy's generation, for the read that replaces it.
-    fn cached_for_send(&self, appid: &str, template_id: &str) -> Result<TemplateForSend, u64> {
-        let now = self.clock.now_ms();
-        // A lookup by `&str`, not the entry API: a send that finds its copy
-        // allocates nothing.
-        let apps = self.for_sends.lock().expect("send templates");
-        let cached = apps.get(appid);
-        if let Some((read_at, templates)) = cached.and_then(|cached| cached.templates.as_ref()) {
-            if (*read_at..*read_at + SEND_TEMPLATES_TTL_MS).contains(&now) {
-                return Ok(templates.for_send(template_id));
-            }
-        }
-        Err(cached.map_or(0, |cached| cached.generation))
+            .await?;
+        Ok(templates.for_send(template_id))
     }
 
     /// Users of the app decided on `template_ids` (a prompt result, a push):
@@ -162,15 +127,11 @@ impl Catalogue {
     /// as a subscribe template, so that a first decision is seen by the next
     /// send.
     pub fn decided_on<'a>(&self, appid: &str, template_ids: impl IntoIterator<Item = &'a str>) {
-        let known = {
-            let apps = self.for_sends.lock().expect("send templates");
-            let templates = apps.get(appid).and_then(|cached| cached.templates.clone());
-            templates.is_some_and(|(_, templates)| {
-                template_ids.into_iter().all(|template_id| {
-                    templates.for_send(template_id).channel == Some(Channel::Subscribe)
-                })
+        let known = self.for_sends.fresh(appid).is_some_and(|templates| {
+            template_ids.into_iter().all(|template_id| {
+                templates.for_send(template_id).channel == Some(Channel::Subscribe)
             })
-        };
+        });
         if !known {
             self.forget_for_sends(appid);
         }
@@ -179,10 +140,7 @@ impl Catalogue {
     /// Drops the send path's copy of the app's templates: this process just
     /// changed them.
     fn forget_for_sends(&self, appid: &str) {
-        let mut apps = self.for_sends.lock().expect("send templates");
-        let cached = apps.entry(appid.to_owned()).or_default();
-        cached.templates = None;
-        cached.generation += 1;
+        self.for_sends.invalidate(appid);
     }
 
     /// One call to WeChat with the app's token: a token errcode refreshes

@@ -14,12 +14,12 @@
 //! crates of their own: the production binary does not contain them.
 
 pub mod api;
+pub mod cache;
 pub mod catalogue;
 pub mod clock;
 pub mod config;
 pub mod ledger;
 pub mod push;
-pub mod read_gate;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;

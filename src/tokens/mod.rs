@@ -20,7 +20,7 @@
 
 pub mod budget;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,9 +29,9 @@ use anyhow::Context;
 
 use budget::{FetchBudget, Take};
 
+use crate::cache::{SingleFlight, TtlCache};
 use crate::clock::{ms, SharedClock};
 use crate::config::{AppSettings, TokenMode, TokenSettings};
-use crate::read_gate::ReadGate;
 use crate::storage::{AppState, Storage};
 use crate::wechat::{CallError, SharedWeChat, TokenReply};
 
@@ -134,18 +134,16 @@ pub struct TokenKeeper {
     /// One fetch at a time per app inside this process; the database lease
     /// does the same across processes. Without it, every request of this
     /// instance would hold "its" lease at once.
-    single_flight: Arc<BTreeMap<String, tokio::sync::Mutex<()>>>,
-    /// The apps rows as last read, and when (clock ms). Every send reads its
-    /// app's token and quota block; for `tokens.cache_ms` this process
-    /// answers from memory. Safe because a replaced token keeps working for
-    /// five minutes, a rejected one is refreshed from the database, and a
-    /// 45009 seen here is written to the cache at once.
-    cache: Arc<std::sync::Mutex<HashMap<String, (i64, AppState)>>>,
-    /// One read of an app's row at a time when its cached copy runs out.
-    reading: Arc<ReadGate>,
+    fetching: Arc<SingleFlight>,
+    /// The apps rows as last read. Every send reads its app's token and
+    /// quota block; for `tokens.cache_ms` this process answers from memory.
+    /// Safe because a replaced token keeps working for five minutes, a
+    /// rejected one is refreshed from the database, and a 45009 seen here is
+    /// written to the copy at once.
+    rows: Arc<TtlCache<AppState>>,
     /// One check of a reported-stale token at a time per app in this
     /// process; the stored check time shares its answer across instances.
-    checking: Arc<BTreeMap<String, tokio::sync::Mutex<()>>>,
+    checking: Arc<SingleFlight>,
     counters: Arc<Counters>,
 }
 
@@ -165,15 +163,7 @@ impl TokenKeeper {
         holder: String,
         settings: TokenSettings,
     ) -> Self {
-        let per_app = || {
-            Arc::new(
-                apps.keys()
-                    .map(|appid| (appid.clone(), tokio::sync::Mutex::new(())))
-                    .collect(),
-            )
-        };
-        let single_flight = per_app();
-        let checking = per_app();
+        let rows = Arc::new(TtlCache::new(ms(settings.cache), clock.clone()));
         Self {
             storage,
             wechat,
@@ -181,45 +171,31 @@ impl TokenKeeper {
             clock,
             holder,
             settings,
-            single_flight,
-            reading: Arc::default(),
-            cache: Arc::default(),
-            checking,
+            fetching: Arc::default(),
+            rows,
+            checking: Arc::default(),
             counters: Arc::default(),
         }
     }
 
     /// The app's row, from memory when read less than `tokens.cache_ms` ago.
     pub async fn app_state(&self, appid: &str) -> anyhow::Result<AppState> {
-        let cached = || self.cached_state(appid).ok_or(());
-        self.reading
-            .read(appid, cached, |()| self.read_state(appid))
+        self.rows
+            .get_or_read(appid, || self.storage.app_state(appid))
             .await
-    }
-
-    /// The app's row from the cache, while it is fresh.
-    fn cached_state(&self, appid: &str) -> Option<AppState> {
-        let now = self.clock.now_ms();
-        let cache = self.cache.lock().expect("app cache");
-        let (read_at, state) = cache.get(appid)?;
-        (now - read_at < ms(self.settings.cache) && now >= *read_at).then(|| state.clone())
     }
 
     /// The app's row from the database, remembered.
     async fn read_state(&self, appid: &str) -> anyhow::Result<AppState> {
         let state = self.storage.app_state(appid).await?;
-        self.cache
-            .lock()
-            .expect("app cache")
-            .insert(appid.to_owned(), (self.clock.now_ms(), state.clone()));
+        self.rows.put(appid, state.clone(), self.clock.now_ms());
         Ok(state)
     }
 
-    /// Records a 45009 block (already stored) in this process's cache.
+    /// Records a 45009 block (already stored) in this process's copy.
     pub fn note_blocked(&self, appid: &str, until_ms: i64) {
-        if let Some((_, state)) = self.cache.lock().expect("app cache").get_mut(appid) {
-            state.send_blocked_until = Some(until_ms);
-        }
+        self.rows
+            .update(appid, |state| state.send_blocked_until = Some(until_ms));
     }
 
     /// The app's current token, fetching one when there is none usable.
@@ -257,7 +233,7 @@ impl TokenKeeper {
         }
         // One check per token: concurrent callers wait for the first one's
         // answer, which the stored check time (or a new token) then gives.
-        let _checking = self.checking[appid].lock().await;
+        let _checking = self.checking.turn(appid).await;
         let state = self.read_state(appid).await?;
         if let Some(replaced) = self.settled(&state, Some(stale)) {
             // Replaced while this caller waited for another caller's check.
@@ -388,9 +364,11 @@ impl TokenKeeper {
         }
         let wait = self.settings.wait;
         let deadline = tokio::time::Instant::now() + wait;
-        let _flight = tokio::time::timeout(wait, self.single_flight[appid].lock())
+        let _flight = self
+            .fetching
+            .turn_within(appid, wait)
             .await
-            .map_err(|_| TokenError::LeaseTimeout)?;
+            .ok_or(TokenError::LeaseTimeout)?;
         loop {
             let state = self.read_state(appid).await?;
             if let Some(token) = self.settled(&state, stale) {
