@@ -13,7 +13,6 @@ mod shared;
 pub mod sql;
 mod sqlite;
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -29,10 +28,22 @@ use crate::ledger::states::{
 };
 use crate::ledger::templates::CatalogueTemplate;
 
+pub use formid_core::collect::{owner_outcome, InsertOutcome};
 pub use formid_core::ledger::{
     grant_of, ClaimedCredential, Lease, MessageOutcome, NewAttempt, NewCredential, NewMessage,
     PromptDecision, Settlement,
 };
+pub use formid_core::subscriptions::{
+    prompt_effect, push_effect, PromptEffect, PushAction, PushFacts,
+};
+
+/// One user and one template of an app: where a decision is recorded.
+pub(crate) struct UserTemplate<'a> {
+    pub appid: &'a str,
+    pub openid: &'a str,
+    pub template_id: &'a str,
+}
+pub use formid_core::templates::{SendTemplates, TemplateForSend};
 pub use group_commit::{EndSend, StartSend};
 
 /// A random fencing token (positive, so it is never confused with a NULL
@@ -77,19 +88,6 @@ impl TryFrom<ClaimedRow> for ClaimedCredential {
             lease_message_id: row.lease_message_id,
         })
     }
-}
-
-/// What became of one credential handed to [`Storage::insert_credentials`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InsertOutcome {
-    /// Stored as a new credential.
-    Inserted,
-    /// The same value for the same user was already known.
-    Duplicate,
-    /// The value is already stored for another openid.
-    OwnedByAnotherUser,
-    /// The value is already stored for this openid, as another kind.
-    KindConflict,
 }
 
 /// What a claim for a message found.
@@ -213,68 +211,6 @@ pub struct NewPrompt {
     pub grants: bool,
 }
 
-/// What the ledger knows of a template a send names.
-#[derive(Debug, Clone, Default)]
-pub struct TemplateForSend {
-    /// The app's catalogue entry, as the send's checks need it.
-    pub template: Option<Arc<CatalogueTemplate>>,
-    /// The channel the template is known to go through.
-    pub channel: Option<Channel>,
-}
-
-/// What the ledger knows of an app's templates, for its sends: the
-/// catalogue, and every template some user of the app decided on.
-#[derive(Debug, Clone, Default)]
-pub struct SendTemplates {
-    /// Converted once, when read: a send shares the entry instead of
-    /// copying its texts and parsing its placeholders again.
-    catalogue: HashMap<String, Arc<CatalogueTemplate>>,
-    decided: HashSet<String>,
-}
-
-impl SendTemplates {
-    /// The catalogue's entries and the template ids users decided on.
-    pub fn new(catalogue: Vec<TemplateRecord>, decided: Vec<String>) -> Self {
-        Self {
-            catalogue: catalogue
-                .into_iter()
-                .map(|template| {
-                    (
-                        template.template_id.clone(),
-                        Arc::new(template.to_catalogue()),
-                    )
-                })
-                .collect(),
-            decided: decided.into_iter().collect(),
-        }
-    }
-
-    /// What a send naming `template_id` goes by: the catalogue's entry and
-    /// channel when it knows the template; else `subscribe` when a user
-    /// decided on it (only a subscribe template is ever offered in a
-    /// prompt); else nothing is known.
-    pub fn for_send(&self, template_id: &str) -> TemplateForSend {
-        let template = self.catalogue.get(template_id).cloned();
-        let channel = template.as_ref().map(|template| template.channel).or(self
-            .decided
-            .contains(template_id)
-            .then_some(Channel::Subscribe));
-        TemplateForSend { template, channel }
-    }
-}
-
-/// What one template of a recorded prompt got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PromptEffect {
-    /// One one-time grant added.
-    Granted,
-    /// The long-term subscription is on.
-    LongTermOn,
-    /// The decision was recorded; nothing was granted.
-    Recorded,
-}
-
 /// What [`Storage::record_prompt`] did.
 #[derive(Debug, Clone)]
 pub enum PromptRecord {
@@ -285,28 +221,6 @@ pub enum PromptRecord {
         request_hash: String,
         effects: Vec<PromptEffect>,
     },
-}
-
-/// What one item of a push asks of the ledger.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PushAction {
-    /// A popup answer: recorded as the user's latest decision; when
-    /// `grants` (the app's grants come from WeChat) an accept grants one
-    /// send, or switches a long-term template on.
-    Decide { decision: Decision, grants: bool },
-    /// A change event's `reject`: the user's grants of the template still in
-    /// the pool retired, the long-term subscription off, the decision
-    /// `revoked`.
-    Revoke,
-    /// A sent event: the final delivery of the message whose attempt
-    /// carries `msgid`.
-    Delivery {
-        msgid: String,
-        error_code: i64,
-        error_status: String,
-    },
-    /// A status the ledger does not act on: only remembered.
-    Ignore,
 }
 
 /// One item of a push: its identity and what it asks.
@@ -710,57 +624,5 @@ pub async fn connect(database_url: &str, max_connections: u32) -> anyhow::Result
         Ok(std::sync::Arc::new(storage))
     } else {
         anyhow::bail!("database_url must start with sqlite: or postgres:")
-    }
-}
-
-/// Tells a repeated post of the user's own credential from a value that
-/// already belongs to someone else, or to this user as another kind. The
-/// owner is judged first: another user's value says nothing about its kind
-/// to the caller.
-fn owner_outcome(owner: &str, kind: &str, item: &NewCredential) -> InsertOutcome {
-    if owner != item.openid {
-        InsertOutcome::OwnedByAnotherUser
-    } else if kind != item.kind.as_str() {
-        InsertOutcome::KindConflict
-    } else {
-        InsertOutcome::Duplicate
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ledger::states::SubscriptionType;
-
-    fn record(template_id: &str, channel: Channel) -> TemplateRecord {
-        TemplateRecord {
-            template_id: template_id.into(),
-            channel,
-            title: "t".into(),
-            content: "c".into(),
-            example: String::new(),
-            subscription: SubscriptionType::OneTime,
-            enum_values: None,
-            refreshed_at: 0,
-        }
-    }
-
-    #[test]
-    fn the_catalogue_names_the_channel_then_a_decision_then_nothing() {
-        let templates = SendTemplates::new(
-            vec![
-                record("classic", Channel::Template),
-                record("catalogued", Channel::Subscribe),
-            ],
-            vec!["classic".into(), "decided".into()],
-        );
-        let channel = |id: &str| templates.for_send(id).channel;
-        // The catalogue is WeChat's word: it wins over a decision.
-        assert_eq!(channel("classic"), Some(Channel::Template));
-        assert_eq!(channel("catalogued"), Some(Channel::Subscribe));
-        assert_eq!(channel("decided"), Some(Channel::Subscribe));
-        assert_eq!(channel("unknown"), None);
-        assert!(templates.for_send("catalogued").template.is_some());
-        assert!(templates.for_send("decided").template.is_none());
     }
 }

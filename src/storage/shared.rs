@@ -452,7 +452,10 @@ macro_rules! impl_storage {
                     .fetch_all(&self.reader)
                     .await
                     .context("reading the templates users decided on")?;
-                Ok(SendTemplates::new(catalogue, decided))
+                Ok(SendTemplates::new(
+                    catalogue.iter().map(TemplateRecord::to_catalogue),
+                    decided,
+                ))
             }
 
             async fn record_prompt(&self, prompt: &NewPrompt, now: i64) -> anyhow::Result<PromptRecord> {
@@ -467,11 +470,7 @@ macro_rules! impl_storage {
                             .await
                             .context("reading the template's type")?
                             .is_some();
-                    effects.push(match (prompt.grants && decision.decision.grants(), long_term) {
-                        (false, _) => PromptEffect::Recorded,
-                        (true, true) => PromptEffect::LongTermOn,
-                        (true, false) => PromptEffect::Granted,
-                    });
+                    effects.push(prompt_effect(prompt.grants, decision.decision, long_term));
                 }
                 let inserted = sqlx::query(sql::INSERT_PROMPT)
                     .bind(&prompt.appid)
@@ -497,28 +496,17 @@ macro_rules! impl_storage {
                     });
                 }
                 for (decision, effect) in prompt.decisions.iter().zip(&effects) {
-                    sqlx::query(sql::RECORD_DECISION)
-                        .bind(&prompt.appid)
-                        .bind(&prompt.openid)
-                        .bind(&decision.template_id)
-                        .bind(decision.decision.as_str())
-                        .bind(now)
-                        .bind(*effect == PromptEffect::LongTermOn)
-                        .execute(&mut *tx)
-                        .await
-                        .context("recording the user's decision")?;
-                    if *effect == PromptEffect::Granted {
-                        sqlx::query(sql::INSERT_GRANT)
-                            .bind(&prompt.appid)
-                            .bind(&prompt.openid)
-                            .bind(format!("grant:{}", uuid::Uuid::new_v4()))
-                            .bind(&decision.template_id)
-                            .bind(now)
-                            .bind($crate::ledger::kinds::NEVER_EXPIRES_MS)
-                            .execute(&mut *tx)
-                            .await
-                            .context("recording a grant")?;
-                    }
+                    let granted = match effect {
+                        PromptEffect::Granted => Some(false),
+                        PromptEffect::LongTermOn => Some(true),
+                        PromptEffect::Recorded => None,
+                    };
+                    let user = UserTemplate {
+                        appid: &prompt.appid,
+                        openid: &prompt.openid,
+                        template_id: &decision.template_id,
+                    };
+                    Self::apply_decision(&mut tx, &user, decision.decision, granted, now).await?;
                 }
                 tx.commit().await.context("committing the prompt")?;
                 if effects.iter().any(|effect| *effect != PromptEffect::Recorded) {
@@ -546,19 +534,17 @@ macro_rules! impl_storage {
                     // What the item will do, read in the transaction that
                     // does it.
                     let mut delivery_of = None;
-                    let effect = match &item.action {
+                    let mut facts = PushFacts::default();
+                    match &item.action {
                         PushAction::Decide { decision, grants } if *grants && decision.grants() => {
-                            let long_term = sqlx::query(sql::TEMPLATE_IS_LONG_TERM)
+                            facts.long_term = sqlx::query(sql::TEMPLATE_IS_LONG_TERM)
                                 .bind(&push.appid)
                                 .bind(&item.template_id)
                                 .fetch_optional(&mut *tx)
                                 .await
                                 .context("reading the template's type")?
                                 .is_some();
-                            if long_term { PushEffect::LongTermOn } else { PushEffect::Granted }
                         }
-                        PushAction::Decide { .. } => PushEffect::Recorded,
-                        PushAction::Revoke => PushEffect::Revoked,
                         PushAction::Delivery { msgid, .. } => {
                             delivery_of = sqlx::query_scalar::<_, String>(sql::MESSAGE_OF_MSGID)
                                 .bind(msgid)
@@ -567,10 +553,11 @@ macro_rules! impl_storage {
                                 .fetch_optional(&mut *tx)
                                 .await
                                 .context("finding the message of a msgid")?;
-                            if delivery_of.is_some() { PushEffect::DeliveryRecorded } else { PushEffect::NoMessage }
+                            facts.message_found = delivery_of.is_some();
                         }
-                        PushAction::Ignore => PushEffect::Ignored,
-                    };
+                        PushAction::Decide { .. } | PushAction::Revoke | PushAction::Ignore => {}
+                    }
+                    let effect = push_effect(&item.action, facts);
                     let first = sqlx::query(sql::INSERT_PUSH_EVENT)
                         .bind(&push.appid)
                         .bind(&item.dedupe_key)
@@ -595,28 +582,17 @@ macro_rules! impl_storage {
                     }
                     match &item.action {
                         PushAction::Decide { decision, .. } => {
-                            sqlx::query(sql::RECORD_DECISION)
-                                .bind(&push.appid)
-                                .bind(&push.openid)
-                                .bind(&item.template_id)
-                                .bind(decision.as_str())
-                                .bind(now)
-                                .bind(effect == PushEffect::LongTermOn)
-                                .execute(&mut *tx)
-                                .await
-                                .context("recording the user's decision")?;
-                            if effect == PushEffect::Granted {
-                                sqlx::query(sql::INSERT_GRANT)
-                                    .bind(&push.appid)
-                                    .bind(&push.openid)
-                                    .bind(format!("grant:{}", uuid::Uuid::new_v4()))
-                                    .bind(&item.template_id)
-                                    .bind(now)
-                                    .bind($crate::ledger::kinds::NEVER_EXPIRES_MS)
-                                    .execute(&mut *tx)
-                                    .await
-                                    .context("recording a grant")?;
-                            }
+                            let granted = match effect {
+                                PushEffect::Granted => Some(false),
+                                PushEffect::LongTermOn => Some(true),
+                                _ => None,
+                            };
+                            let user = UserTemplate {
+                                appid: &push.appid,
+                                openid: &push.openid,
+                                template_id: &item.template_id,
+                            };
+                            Self::apply_decision(&mut tx, &user, *decision, granted, now).await?;
                         }
                         PushAction::Revoke => {
                             for statement in [sql::RETIRE_USER_TEMPLATE_GRANTS, sql::REVOKE_USER_SUBSCRIPTION] {
@@ -982,6 +958,41 @@ macro_rules! impl_storage {
                     .bind(template.subscription.as_str())
                     .bind(&template.enum_values)
                     .bind(template.refreshed_at)
+            }
+
+            /// Records a user's decision on a template and what it granted
+            /// (`granted`: `Some(long_term)`), in the transaction of the
+            /// prompt or push that carried it.
+            async fn apply_decision(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                user: &UserTemplate<'_>,
+                decision: Decision,
+                granted: Option<bool>,
+                now: i64,
+            ) -> anyhow::Result<()> {
+                sqlx::query(sql::RECORD_DECISION)
+                    .bind(user.appid)
+                    .bind(user.openid)
+                    .bind(user.template_id)
+                    .bind(decision.as_str())
+                    .bind(now)
+                    .bind(granted == Some(true))
+                    .execute(&mut **tx)
+                    .await
+                    .context("recording the user's decision")?;
+                if granted == Some(false) {
+                    sqlx::query(sql::INSERT_GRANT)
+                        .bind(user.appid)
+                        .bind(user.openid)
+                        .bind(format!("grant:{}", uuid::Uuid::new_v4()))
+                        .bind(user.template_id)
+                        .bind(now)
+                        .bind($crate::ledger::kinds::NEVER_EXPIRES_MS)
+                        .execute(&mut **tx)
+                        .await
+                        .context("recording a grant")?;
+                }
+                Ok(())
             }
 
             /// The fence of a run's write: renews the message's lease to

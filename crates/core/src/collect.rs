@@ -248,6 +248,33 @@ pub fn is_plain_identifier(text: &str, max_len: usize) -> bool {
     !text.is_empty() && text.len() <= max_len && text.chars().all(is_wechat_char)
 }
 
+/// What became of one credential handed to the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// Stored as a new credential.
+    Inserted,
+    /// The same value for the same user was already known.
+    Duplicate,
+    /// The value is already stored for another openid.
+    OwnedByAnotherUser,
+    /// The value is already stored for this openid, as another kind.
+    KindConflict,
+}
+
+/// Tells a repeated post of the user's own credential from a value that
+/// already belongs to someone else, or to this user as another kind. The
+/// owner is judged first: another user's value says nothing about its kind
+/// to the caller.
+pub fn owner_outcome(owner: &str, kind: &str, item: &NewCredential) -> InsertOutcome {
+    if owner != item.openid {
+        InsertOutcome::OwnedByAnotherUser
+    } else if kind != item.kind.as_str() {
+        InsertOutcome::KindConflict
+    } else {
+        InsertOutcome::Duplicate
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::collect::{is_plain_identifier, Rejection, MAX_OPENID_LEN};
-use super::states::Decision;
+use super::states::{Decision, PushEffect};
 use crate::ledger::PromptDecision;
 
 /// The one `errMsg` of a prompt that resolved.
@@ -143,6 +143,79 @@ fn is_template_id(text: &str) -> bool {
             .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
 }
 
+/// What one template of a recorded prompt got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptEffect {
+    /// One one-time grant added.
+    Granted,
+    /// The long-term subscription is on.
+    LongTermOn,
+    /// The decision was recorded; nothing was granted.
+    Recorded,
+}
+
+/// What one item of a push asks of the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushAction {
+    /// A popup answer: recorded as the user's latest decision; when
+    /// `grants` (the app's grants come from WeChat) an accept grants one
+    /// send, or switches a long-term template on.
+    Decide { decision: Decision, grants: bool },
+    /// A change event's `reject`: the user's grants of the template still in
+    /// the pool retired, the long-term subscription off, the decision
+    /// `revoked`.
+    Revoke,
+    /// A sent event: the final delivery of the message whose attempt
+    /// carries `msgid`.
+    Delivery {
+        msgid: String,
+        error_code: i64,
+        error_status: String,
+    },
+    /// A status the ledger does not act on: only remembered.
+    Ignore,
+}
+
+/// What one template's answer in a prompt does: with `grants` (the app's
+/// grants come from its frontend), an accept grants one send of a one-time
+/// template or switches a long-term one on (`long_term`, what the catalogue
+/// says of the template); otherwise the decision is only recorded.
+pub fn prompt_effect(grants: bool, decision: Decision, long_term: bool) -> PromptEffect {
+    match (grants && decision.grants(), long_term) {
+        (false, _) => PromptEffect::Recorded,
+        (true, true) => PromptEffect::LongTermOn,
+        (true, false) => PromptEffect::Granted,
+    }
+}
+
+/// What the ledger knows when it applies one push item.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PushFacts {
+    /// The item's template is a long-term one of the app.
+    pub long_term: bool,
+    /// A message of the app and user carries the item's msgid.
+    pub message_found: bool,
+}
+
+/// What one push item does, given what the ledger knows.
+pub fn push_effect(action: &PushAction, facts: PushFacts) -> PushEffect {
+    match action {
+        PushAction::Decide { decision, grants } if *grants && decision.grants() => {
+            if facts.long_term {
+                PushEffect::LongTermOn
+            } else {
+                PushEffect::Granted
+            }
+        }
+        PushAction::Decide { .. } => PushEffect::Recorded,
+        PushAction::Revoke => PushEffect::Revoked,
+        PushAction::Delivery { .. } if facts.message_found => PushEffect::DeliveryRecorded,
+        PushAction::Delivery { .. } => PushEffect::NoMessage,
+        PushAction::Ignore => PushEffect::Ignored,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -228,5 +301,74 @@ mod tests {
                 "{body}"
             );
         }
+    }
+
+    #[test]
+    fn a_prompt_grants_only_an_accept_of_an_app_that_takes_grants_from_prompts() {
+        use PromptEffect::*;
+        let rows = [
+            (true, Decision::Accept, false, Granted),
+            (true, Decision::Accept, true, LongTermOn),
+            (true, Decision::Reject, false, Recorded),
+            (true, Decision::Reject, true, Recorded),
+            (false, Decision::Accept, false, Recorded),
+            (false, Decision::Accept, true, Recorded),
+        ];
+        let wrong: Vec<_> = rows
+            .iter()
+            .filter(|(grants, decision, long_term, effect)| {
+                prompt_effect(*grants, *decision, *long_term) != *effect
+            })
+            .collect();
+        assert!(wrong.is_empty(), "{wrong:?}");
+    }
+
+    #[test]
+    fn each_push_item_has_one_effect_given_what_the_ledger_knows() {
+        let decide = |decision, grants| PushAction::Decide { decision, grants };
+        let delivery = PushAction::Delivery {
+            msgid: "1".into(),
+            error_code: 0,
+            error_status: "success".into(),
+        };
+        let facts = |long_term, message_found| PushFacts {
+            long_term,
+            message_found,
+        };
+        let rows = [
+            (
+                decide(Decision::Accept, true),
+                facts(false, false),
+                PushEffect::Granted,
+            ),
+            (
+                decide(Decision::Accept, true),
+                facts(true, false),
+                PushEffect::LongTermOn,
+            ),
+            (
+                decide(Decision::Accept, false),
+                facts(true, false),
+                PushEffect::Recorded,
+            ),
+            (
+                decide(Decision::Reject, true),
+                facts(false, false),
+                PushEffect::Recorded,
+            ),
+            (PushAction::Revoke, facts(false, false), PushEffect::Revoked),
+            (
+                delivery.clone(),
+                facts(false, true),
+                PushEffect::DeliveryRecorded,
+            ),
+            (delivery, facts(false, false), PushEffect::NoMessage),
+            (PushAction::Ignore, facts(true, true), PushEffect::Ignored),
+        ];
+        let wrong: Vec<_> = rows
+            .iter()
+            .filter(|(action, facts, effect)| push_effect(action, *facts) != *effect)
+            .collect();
+        assert!(wrong.is_empty(), "{wrong:?}");
     }
 }

@@ -12,7 +12,8 @@
 //! docs/wechat/subscribe-messages.md, "Value rules per placeholder type",
 //! one [`ValueRule`] per row.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::NaiveDate;
 use serde::Serialize;
@@ -716,6 +717,54 @@ fn date_prefix(s: &str) -> Option<&str> {
     valid(2000, m, d).then_some(r)
 }
 
+/// What the ledger knows of a template a send names.
+#[derive(Debug, Clone, Default)]
+pub struct TemplateForSend {
+    /// The app's catalogue entry, as the send's checks need it.
+    pub template: Option<Arc<CatalogueTemplate>>,
+    /// The channel the template is known to go through.
+    pub channel: Option<Channel>,
+}
+
+/// What the ledger knows of an app's templates, for its sends: the
+/// catalogue, and every template some user of the app decided on.
+#[derive(Debug, Clone, Default)]
+pub struct SendTemplates {
+    /// Converted once, when read: a send shares the entry instead of
+    /// copying its texts and parsing its placeholders again.
+    catalogue: HashMap<String, Arc<CatalogueTemplate>>,
+    decided: HashSet<String>,
+}
+
+impl SendTemplates {
+    /// The catalogue's entries and the template ids users decided on.
+    pub fn new(
+        catalogue: impl IntoIterator<Item = CatalogueTemplate>,
+        decided: impl IntoIterator<Item = String>,
+    ) -> Self {
+        Self {
+            catalogue: catalogue
+                .into_iter()
+                .map(|template| (template.template_id.clone(), Arc::new(template)))
+                .collect(),
+            decided: decided.into_iter().collect(),
+        }
+    }
+
+    /// What a send naming `template_id` goes by: the catalogue's entry and
+    /// channel when it knows the template; else `subscribe` when a user
+    /// decided on it (only a subscribe template is ever offered in a
+    /// prompt); else nothing is known.
+    pub fn for_send(&self, template_id: &str) -> TemplateForSend {
+        let template = self.catalogue.get(template_id).cloned();
+        let channel = template.as_ref().map(|template| template.channel).or(self
+            .decided
+            .contains(template_id)
+            .then_some(Channel::Subscribe));
+        TemplateForSend { template, channel }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1393,5 +1442,35 @@ mod tests {
             ValueRule::ALL.len(),
             "every rule but enum has a row"
         );
+    }
+
+    #[test]
+    fn the_catalogue_names_the_channel_then_a_decision_then_nothing() {
+        let entry = |template_id: &str, channel: Channel| {
+            CatalogueTemplate::new(
+                template_id,
+                channel,
+                "t",
+                "c",
+                "",
+                SubscriptionType::OneTime,
+                BTreeMap::new(),
+            )
+        };
+        let templates = SendTemplates::new(
+            [
+                entry("classic", Channel::Template),
+                entry("catalogued", Channel::Subscribe),
+            ],
+            ["classic".to_owned(), "decided".to_owned()],
+        );
+        let channel = |id: &str| templates.for_send(id).channel;
+        // The catalogue is WeChat's word: it wins over a decision.
+        assert_eq!(channel("classic"), Some(Channel::Template));
+        assert_eq!(channel("catalogued"), Some(Channel::Subscribe));
+        assert_eq!(channel("decided"), Some(Channel::Subscribe));
+        assert_eq!(channel("unknown"), None);
+        assert!(templates.for_send("catalogued").template.is_some());
+        assert!(templates.for_send("decided").template.is_none());
     }
 }

@@ -1177,7 +1177,7 @@ impl Storage for LedgerModel {
                 .keys()
                 .filter(|(app, _, _)| app == appid)
                 .map(|(_, _, template_id)| template_id.clone());
-            SendTemplates::new(Vec::new(), catalogue.chain(decided).collect())
+            SendTemplates::new(Vec::new(), catalogue.chain(decided).collect::<Vec<_>>())
         })
         .await
     }
@@ -1194,13 +1194,11 @@ impl Storage for LedgerModel {
                         && t.templates
                             .get(&(appid.clone(), decision.template_id.clone()))
                             .is_some_and(|row| row.long_term);
-                    effects.push(
-                        match (prompt.grants && decision.decision.grants(), long_term) {
-                            (false, _) => PromptEffect::Recorded,
-                            (true, true) => PromptEffect::LongTermOn,
-                            (true, false) => PromptEffect::Granted,
-                        },
-                    );
+                    effects.push(formid_gateway::storage::prompt_effect(
+                        prompt.grants,
+                        decision.decision,
+                        long_term,
+                    ));
                 }
                 // `INSERT_PROMPT ... ON CONFLICT DO NOTHING`, then `PROMPT`.
                 let key = (appid.clone(), openid.clone(), prompt.request_id.clone());
