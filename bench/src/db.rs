@@ -1,6 +1,6 @@
 //! Direct database work: fresh databases, dead rows for the ledger-growth
 //! runs, and the limits (the bare claim and the bare batched insert) run with
-//! the gateway's own SQL from `formid_gateway::storage::sql`.
+//! the gateway's own SQL from `formid_gateway::storage::testing::sql`.
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use formid_gateway::storage::sql;
+use formid_gateway::storage::testing::sql;
 use rand::Rng;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

@@ -10,7 +10,7 @@ mod postgres;
 #[cfg(test)]
 mod schema_checks;
 mod shared;
-pub mod sql;
+mod sql;
 mod sqlite;
 
 use std::sync::Arc;
@@ -18,7 +18,25 @@ use std::sync::Arc;
 use anyhow::Context;
 use async_trait::async_trait;
 
-pub use postgres::{group_commit_pool, PostgresStorage, END_BATCH, START_BATCH};
+pub use postgres::PostgresStorage;
+
+/// What the bench and the plan tests read of the storage's insides: the
+/// statements as the backends run them, and group commit's own PostgreSQL
+/// connections. Not an API: nothing of the service goes through it.
+#[doc(hidden)]
+pub mod testing {
+    pub use super::postgres::{group_commit_pool, END_BATCH, START_BATCH};
+
+    /// The statements the bench runs bare and the plan tests explain.
+    pub mod sql {
+        pub use crate::storage::sql::{
+            with_lock, CLAIM, FENCE_MESSAGE, FENCE_MESSAGE_KEEPING, FINISH_MESSAGE,
+            INSERT_CREDENTIALS_HEAD, INSERT_CREDENTIALS_TAIL, INSERT_GRANT, RECORD_DECISION,
+            RENEW_CREDENTIAL_LEASES, SETTLE_PARKED, SETTLE_RELEASED, SETTLE_RETIRED, SETTLE_SPENT,
+            WAIT_MESSAGE,
+        };
+    }
+}
 pub use sqlite::SqliteStorage;
 
 use crate::ledger::kinds::CredentialKind;

@@ -932,7 +932,7 @@ async fn make_ledger_look_idle(url: &str) {
 /// it, on a ledger that looks idle and on one that is empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_by_key_are_planned_as_lookups_on_any_statistics() {
-    use formid_gateway::storage::{group_commit_pool, sql, END_BATCH, START_BATCH};
+    use formid_gateway::storage::testing::{group_commit_pool, sql, END_BATCH, START_BATCH};
     use sqlx::{Connection, Executor};
     use std::str::FromStr;
     let keyed = [
