@@ -698,14 +698,12 @@ impl Storage for LedgerModel {
                     let key = (appid.to_owned(), item.value.clone());
                     let outcome = match t.by_value.get(&key) {
                         Some(id) => {
+                            // A row the insert found in conflict still
+                            // takes an id from the sequence, on both
+                            // databases.
+                            t.next_credential_id += 1;
                             let owner = &t.credentials[id];
-                            if owner.openid != item.openid {
-                                InsertOutcome::OwnedByAnotherUser
-                            } else if owner.kind != item.kind.as_str() {
-                                InsertOutcome::KindConflict
-                            } else {
-                                InsertOutcome::Duplicate
-                            }
+                            formid_gateway::storage::owner_outcome(&owner.openid, &owner.kind, item)
                         }
                         None => {
                             let id = t.next_credential_id;
