@@ -506,7 +506,7 @@ async fn step(pair: &Pair, schedule: &mut Schedule) {
                     let mut rows = s
                         .claim_expired_leases(now, now + LEASE_MS, token, 8)
                         .await?;
-                    rows.sort_by(|a, b| a.id.cmp(&b.id));
+                    rows.sort_by_key(|row| row.id);
                     Ok(rows)
                 })
                 .await;
@@ -521,7 +521,7 @@ async fn step(pair: &Pair, schedule: &mut Schedule) {
                 .call(schedule, name, |s| async move {
                     // Rows that tie on the order key come back in any order.
                     let mut rows = s.claim_due_waiting(now, now + LEASE_MS, token, 8).await?;
-                    rows.sort_by(|a, b| a.id.cmp(&b.id));
+                    rows.sort_by_key(|row| row.id.clone());
                     Ok(rows)
                 })
                 .await;
@@ -536,7 +536,7 @@ async fn step(pair: &Pair, schedule: &mut Schedule) {
                     let mut rows = s
                         .claim_stale_messages(now, now + LEASE_MS, token, 8)
                         .await?;
-                    rows.sort_by(|a, b| a.id.cmp(&b.id));
+                    rows.sort_by_key(|row| row.id.clone());
                     Ok(rows)
                 })
                 .await;
