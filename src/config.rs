@@ -687,6 +687,15 @@ fn in_range(name: &str, value: u128, min: u128, max: u128, unit: &str) -> anyhow
     bail!("{name}: {value} is out of range; allowed is {min} to {max}{unit}")
 }
 
+/// Duration settings against their ranges, as `(name, value, min, max)`, in
+/// order: the first out of range is the error.
+fn durations_in_range(checks: &[(&str, Duration, Duration, Duration)]) -> anyhow::Result<()> {
+    for &(name, value, min, max) in checks {
+        duration_in_range(name, value, min, max)?;
+    }
+    Ok(())
+}
+
 /// A duration setting against its range, in the unit of its key.
 fn duration_in_range(
     name: &str,
@@ -858,22 +867,31 @@ impl Settings {
     }
 
     fn validate_ledger(&self) -> anyhow::Result<()> {
+        self.validate_ledger_sends()?;
+        self.validate_ledger_intake()?;
+        self.validate_ledger_retries()?;
+        self.validate_ledger_upkeep()
+    }
+
+    /// The margins, lease and attempts of one send.
+    fn validate_ledger_sends(&self) -> anyhow::Result<()> {
         let ledger = &self.ledger;
         let s = Duration::from_secs;
-        let ms = Duration::from_millis;
-        duration_in_range(
-            "ledger.safety_margin_secs",
-            ledger.safety_margin,
-            s(0),
-            s(DAY),
-        )?;
-        duration_in_range(
-            "ledger.fresh_prepay_grace_secs",
-            ledger.fresh_prepay_grace,
-            s(0),
-            s(HOUR),
-        )?;
-        duration_in_range("ledger.lease_secs", ledger.lease, s(1), s(DAY))?;
+        durations_in_range(&[
+            (
+                "ledger.safety_margin_secs",
+                ledger.safety_margin,
+                s(0),
+                s(DAY),
+            ),
+            (
+                "ledger.fresh_prepay_grace_secs",
+                ledger.fresh_prepay_grace,
+                s(0),
+                s(HOUR),
+            ),
+            ("ledger.lease_secs", ledger.lease, s(1), s(DAY)),
+        ])?;
         if ledger.lease <= self.wechat.request_timeout {
             bail!("ledger.lease_secs must be longer than wechat.request_timeout_ms: a lease may not run out during a call");
         }
@@ -884,7 +902,12 @@ impl Settings {
             100,
             "",
         )?;
-        in_range("ledger.busy_retries", ledger.busy_retries.into(), 0, 10, "")?;
+        in_range("ledger.busy_retries", ledger.busy_retries.into(), 0, 10, "")
+    }
+
+    /// The bounds of a batch of collected credentials.
+    fn validate_ledger_intake(&self) -> anyhow::Result<()> {
+        let ledger = &self.ledger;
         in_range(
             "ledger.max_body_bytes",
             ledger.max_body_bytes as u128,
@@ -907,52 +930,66 @@ impl Settings {
         duration_in_range(
             "ledger.collected_at_skew_secs",
             ledger.collected_at_skew,
-            s(0),
-            s(HOUR),
-        )?;
+            Duration::from_secs(0),
+            Duration::from_secs(HOUR),
+        )
+    }
+
+    /// How a send that cannot finish now is tried again.
+    fn validate_ledger_retries(&self) -> anyhow::Result<()> {
+        let ledger = &self.ledger;
         duration_in_range(
             "ledger.not_ready_retry_secs",
             ledger.not_ready_retry,
-            s(1),
-            s(HOUR),
+            Duration::from_secs(1),
+            Duration::from_secs(HOUR),
         )?;
-        in_range("ledger.probe_limit", ledger.probe_limit.into(), 0, 10, "")?;
-        duration_in_range(
-            "ledger.idempotency_retention_hours",
-            ledger.idempotency_retention,
-            s(24 * HOUR),
-            s(30 * DAY),
-        )?;
-        duration_in_range(
-            "ledger.waiting_poll_ms",
-            ledger.waiting_poll,
-            ms(10),
-            ms(3_600_000),
-        )?;
-        duration_in_range(
-            "ledger.recovery_interval_secs",
-            ledger.recovery_interval,
-            s(1),
-            s(HOUR),
-        )?;
-        duration_in_range(
-            "ledger.sweep_interval_secs",
-            ledger.sweep_interval,
-            s(1),
-            s(DAY),
-        )?;
-        duration_in_range(
-            "ledger.credential_retention_days",
-            ledger.credential_retention,
-            s(0),
-            s(3_650 * DAY),
-        )?;
-        duration_in_range(
-            "ledger.message_retention_days",
-            ledger.message_retention,
-            s(0),
-            s(3_650 * DAY),
-        )
+        in_range("ledger.probe_limit", ledger.probe_limit.into(), 0, 10, "")
+    }
+
+    /// What the ledger remembers, and how often its workers run.
+    fn validate_ledger_upkeep(&self) -> anyhow::Result<()> {
+        let ledger = &self.ledger;
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        durations_in_range(&[
+            (
+                "ledger.idempotency_retention_hours",
+                ledger.idempotency_retention,
+                s(24 * HOUR),
+                s(30 * DAY),
+            ),
+            (
+                "ledger.waiting_poll_ms",
+                ledger.waiting_poll,
+                ms(10),
+                ms(3_600_000),
+            ),
+            (
+                "ledger.recovery_interval_secs",
+                ledger.recovery_interval,
+                s(1),
+                s(HOUR),
+            ),
+            (
+                "ledger.sweep_interval_secs",
+                ledger.sweep_interval,
+                s(1),
+                s(DAY),
+            ),
+            (
+                "ledger.credential_retention_days",
+                ledger.credential_retention,
+                s(0),
+                s(3_650 * DAY),
+            ),
+            (
+                "ledger.message_retention_days",
+                ledger.message_retention,
+                s(0),
+                s(3_650 * DAY),
+            ),
+        ])
     }
 
     fn validate_tokens(&self) -> anyhow::Result<()> {

@@ -1,6 +1,7 @@
 //! Builds the whole service from settings: storage, WeChat client, token
 //! keeper, send path, HTTP server and workers, all under one shutdown signal.
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use crate::catalogue::Catalogue;
 use crate::clock::{ms, SharedClock};
 use crate::config::Settings;
 use crate::ledger::send::{SendSettings, Sender};
+use crate::push::PushKeys;
 use crate::storage::{self, Storage};
 use crate::tokens::TokenKeeper;
 use crate::wechat::breaker::Breakers;
@@ -44,32 +46,15 @@ impl Application {
     /// (tests); [`Application::port`] tells which.
     pub async fn build(settings: Settings, clock: SharedClock) -> anyhow::Result<Self> {
         settings.validate()?;
-        let storage =
-            storage::connect(&settings.database_url, settings.database_max_connections).await?;
-        for appid in settings.apps.keys() {
-            storage.ensure_app(appid).await?;
-        }
-        let wechat: SharedWeChat = Arc::new(WeChatClient::new(
-            &settings.wechat.base_url,
-            settings.wechat.connect_timeout,
-            settings.wechat.request_timeout,
-            // Why: as many idle connections as calls may be in flight, so
-            // that a steady load reuses its connections instead of closing
-            // the ones above the idle limit and connecting anew (WeChat is
-            // one host for every app).
-            settings.wechat.max_concurrent_calls_per_app * settings.apps.len().max(1),
-        )?);
+        let storage = connect_storage(&settings).await?;
+        let wechat = wechat_client(&settings)?;
         let apps = Arc::new(settings.apps.clone());
-        let holder = settings
-            .instance_id
-            .clone()
-            .unwrap_or_else(|| format!("gateway-{}", uuid::Uuid::new_v4()));
         let tokens = TokenKeeper::new(
             storage.clone(),
             wechat.clone(),
             apps.clone(),
             clock.clone(),
-            holder,
+            token_holder(&settings),
             settings.tokens.clone(),
         );
         let catalogue = Catalogue::new(
@@ -78,35 +63,8 @@ impl Application {
             wechat.clone(),
             clock.clone(),
         );
+        let sender = sender(&settings, &storage, &tokens, wechat, &clock);
         let ledger = settings.ledger.clone();
-        let sender = Sender::new(
-            storage.clone(),
-            tokens.clone(),
-            wechat,
-            clock.clone(),
-            SendSettings {
-                safety_margin_ms: ms(ledger.safety_margin),
-                fresh_prepay_grace_ms: ms(ledger.fresh_prepay_grace),
-                lease_ms: ms(ledger.lease),
-                max_attempts: ledger.max_attempts_per_send,
-                busy_retries: ledger.busy_retries,
-                busy_backoff: Duration::from_millis(200),
-                not_ready_retry_ms: ms(ledger.not_ready_retry),
-                probe_limit: ledger.probe_limit,
-                max_concurrent_calls: settings.wechat.max_concurrent_calls_per_app,
-                // The total timeout bounds a call; the connect timeout is part of it.
-                call_budget_ms: ms(settings.wechat.request_timeout) + 1_000,
-                // A second rejection means the token was retired again right
-                // after its fetch; a third, that none works for now.
-                token_refreshes: 2,
-                token_retry_ms: ms(settings.tokens.send_retry),
-            },
-            Arc::new(Breakers::new(
-                clock.clone(),
-                settings.wechat.breaker_failure_threshold,
-                settings.wechat.breaker_cooldown,
-            )),
-        );
         let waiting =
             WaitingSender::new(storage.clone(), sender.clone(), clock.clone(), ledger.lease);
         let recovery = Recovery::new(
@@ -116,12 +74,7 @@ impl Application {
             ledger.lease,
             ledger.safety_margin,
         );
-        let mut push = std::collections::BTreeMap::new();
-        for (appid, app) in &settings.apps {
-            if let Some(keys) = app.push_keys(appid)? {
-                push.insert(appid.clone(), keys);
-            }
-        }
+        let push = push_keys(&settings)?;
         let context = web::Data::new(ApiContext {
             storage: storage.clone(),
             sender,
@@ -134,26 +87,7 @@ impl Application {
             ledger: ledger.clone(),
             http: settings.http.clone(),
         });
-        let listener = TcpListener::bind(&settings.listen)
-            .with_context(|| format!("binding {}", settings.listen))?;
-        let port = listener.local_addr()?.port();
-        let server = HttpServer::new(move || {
-            App::new()
-                .wrap(access_log())
-                // Outside the access log, so that its line carries the id too.
-                .wrap(middleware::from_fn(request_id::middleware))
-                .wrap(middleware::from_fn(api::error::shape_errors))
-                .app_data(context.clone())
-                .configure(api::routes)
-        })
-        // A request's head must arrive within this; its body within
-        // `http.body_timeout_ms` (read by the API's JSON reader).
-        .client_request_timeout(settings.http.head_timeout)
-        // One shutdown signal for API and workers: ours, not actix's.
-        .disable_signals()
-        .shutdown_timeout(30)
-        .listen(listener)?
-        .run();
+        let (port, server) = serve(&settings, context)?;
         Ok(Self {
             port,
             server,
@@ -287,6 +221,118 @@ impl Application {
         tracing::info!("stopped");
         served
     }
+}
+
+/// Connects to the ledger (migrating it) and makes sure every configured app
+/// has its row.
+async fn connect_storage(settings: &Settings) -> anyhow::Result<Arc<dyn Storage>> {
+    let storage =
+        storage::connect(&settings.database_url, settings.database_max_connections).await?;
+    for appid in settings.apps.keys() {
+        storage.ensure_app(appid).await?;
+    }
+    Ok(storage)
+}
+
+fn wechat_client(settings: &Settings) -> anyhow::Result<SharedWeChat> {
+    Ok(Arc::new(WeChatClient::new(
+        &settings.wechat.base_url,
+        settings.wechat.connect_timeout,
+        settings.wechat.request_timeout,
+        // Why: as many idle connections as calls may be in flight, so
+        // that a steady load reuses its connections instead of closing
+        // the ones above the idle limit and connecting anew (WeChat is
+        // one host for every app).
+        settings.wechat.max_concurrent_calls_per_app * settings.apps.len().max(1),
+    )?))
+}
+
+/// The name this instance holds token refresh leases under.
+fn token_holder(settings: &Settings) -> String {
+    settings
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| format!("gateway-{}", uuid::Uuid::new_v4()))
+}
+
+/// The send path, with its own circuit breakers.
+fn sender(
+    settings: &Settings,
+    storage: &Arc<dyn Storage>,
+    tokens: &TokenKeeper,
+    wechat: SharedWeChat,
+    clock: &SharedClock,
+) -> Sender {
+    Sender::new(
+        storage.clone(),
+        tokens.clone(),
+        wechat,
+        clock.clone(),
+        send_settings(settings),
+        Arc::new(Breakers::new(
+            clock.clone(),
+            settings.wechat.breaker_failure_threshold,
+            settings.wechat.breaker_cooldown,
+        )),
+    )
+}
+
+fn send_settings(settings: &Settings) -> SendSettings {
+    let ledger = &settings.ledger;
+    SendSettings {
+        safety_margin_ms: ms(ledger.safety_margin),
+        fresh_prepay_grace_ms: ms(ledger.fresh_prepay_grace),
+        lease_ms: ms(ledger.lease),
+        max_attempts: ledger.max_attempts_per_send,
+        busy_retries: ledger.busy_retries,
+        busy_backoff: Duration::from_millis(200),
+        not_ready_retry_ms: ms(ledger.not_ready_retry),
+        probe_limit: ledger.probe_limit,
+        max_concurrent_calls: settings.wechat.max_concurrent_calls_per_app,
+        // The total timeout bounds a call; the connect timeout is part of it.
+        call_budget_ms: ms(settings.wechat.request_timeout) + 1_000,
+        // A second rejection means the token was retired again right
+        // after its fetch; a third, that none works for now.
+        token_refreshes: 2,
+        token_retry_ms: ms(settings.tokens.send_retry),
+    }
+}
+
+/// The push keys of every app that has a push token.
+fn push_keys(settings: &Settings) -> anyhow::Result<BTreeMap<String, PushKeys>> {
+    let mut push = BTreeMap::new();
+    for (appid, app) in &settings.apps {
+        if let Some(keys) = app.push_keys(appid)? {
+            push.insert(appid.clone(), keys);
+        }
+    }
+    Ok(push)
+}
+
+/// Binds `listen` and starts the HTTP server on it (it serves once awaited);
+/// returns the port bound.
+fn serve(settings: &Settings, context: web::Data<ApiContext>) -> anyhow::Result<(u16, Server)> {
+    let listener = TcpListener::bind(&settings.listen)
+        .with_context(|| format!("binding {}", settings.listen))?;
+    let port = listener.local_addr()?.port();
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(access_log())
+            // Outside the access log, so that its line carries the id too.
+            .wrap(middleware::from_fn(request_id::middleware))
+            .wrap(middleware::from_fn(api::error::shape_errors))
+            .app_data(context.clone())
+            .configure(api::routes)
+    })
+    // A request's head must arrive within this; its body within
+    // `http.body_timeout_ms` (read by the API's JSON reader).
+    .client_request_timeout(settings.http.head_timeout)
+    // One shutdown signal for API and workers: ours, not actix's.
+    .disable_signals()
+    .shutdown_timeout(30)
+    .listen(listener)?
+    .run();
+    Ok((port, server))
 }
 
 /// One line per request once its answer is sent. %U is the path without its

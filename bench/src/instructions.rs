@@ -65,15 +65,7 @@ pub async fn run(args: InstructionsArgs) -> anyhow::Result<()> {
     let tmp = std::env::temp_dir().join(format!("formid-instructions-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
-    let database_url = match args.backend.as_str() {
-        "sqlite" => format!("sqlite://{}/gateway.db", tmp.display()),
-        "postgres" => {
-            let name = "formid_bench_instructions";
-            db::recreate_pg_database(&args.pg_admin, name).await?;
-            db::pg_url(&args.pg_admin, name)
-        }
-        other => bail!("unknown backend {other}: sqlite or postgres"),
-    };
+    let database_url = gateway_database(&args, &tmp).await?;
     let http = http::client();
     let fake_url = format!("http://127.0.0.1:{}", args.fake_port);
     let gateway_url = format!("http://127.0.0.1:{}", args.gateway_port);
@@ -84,23 +76,8 @@ pub async fn run(args: InstructionsArgs) -> anyhow::Result<()> {
         &tmp.join("fake.log"),
     )?;
     wait_until_up(&http, &format!("{fake_url}/cgi-bin/token"), &mut fake).await?;
-
-    let config = tmp.join("gateway.toml");
-    std::fs::write(
-        &config,
-        gateway_config_text(args.gateway_port, &database_url, 32, args.fake_port),
-    )?;
     let counts = tmp.join("callgrind.out");
-    let mut command = Command::new("valgrind");
-    command
-        .arg("--tool=callgrind")
-        .arg("--instr-atstart=no")
-        .arg(format!("--callgrind-out-file={}", counts.display()))
-        .arg(&args.gateway_bin)
-        .arg("serve")
-        .arg("--config")
-        .arg(&config);
-    let mut gateway = Proc::spawn("gateway", command, &tmp.join("gateway.log"))?;
+    let mut gateway = spawn_counted_gateway(&args, &tmp, &database_url, &counts)?;
     wait_until_up(&http, &format!("{gateway_url}/readyz"), &mut gateway).await?;
 
     let users = http::seed_users(
@@ -128,7 +105,50 @@ pub async fn run(args: InstructionsArgs) -> anyhow::Result<()> {
     let (counted, dump) = dumped_instructions(&counts)?;
     gateway.stop();
     fake.stop();
+    print_count(&args, counted, &dump);
+    Ok(())
+}
 
+/// The gateway's database: a file in `tmp`, or a recreated PostgreSQL
+/// database.
+async fn gateway_database(args: &InstructionsArgs, tmp: &Path) -> anyhow::Result<String> {
+    Ok(match args.backend.as_str() {
+        "sqlite" => format!("sqlite://{}/gateway.db", tmp.display()),
+        "postgres" => {
+            let name = "formid_bench_instructions";
+            db::recreate_pg_database(&args.pg_admin, name).await?;
+            db::pg_url(&args.pg_admin, name)
+        }
+        other => bail!("unknown backend {other}: sqlite or postgres"),
+    })
+}
+
+/// The gateway under callgrind, counting nothing until told to; its dumps
+/// go to `counts`.
+fn spawn_counted_gateway(
+    args: &InstructionsArgs,
+    tmp: &Path,
+    database_url: &str,
+    counts: &Path,
+) -> anyhow::Result<Proc> {
+    let config = tmp.join("gateway.toml");
+    std::fs::write(
+        &config,
+        gateway_config_text(args.gateway_port, database_url, 32, args.fake_port),
+    )?;
+    let mut command = Command::new("valgrind");
+    command
+        .arg("--tool=callgrind")
+        .arg("--instr-atstart=no")
+        .arg(format!("--callgrind-out-file={}", counts.display()))
+        .arg(&args.gateway_bin)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config);
+    Proc::spawn("gateway", command, &tmp.join("gateway.log"))
+}
+
+fn print_count(args: &InstructionsArgs, counted: u64, dump: &Path) {
     println!(
         "{}: {:.0} instructions per send ({} sends from {} clients, {} backend, after {} warm-up sends)",
         args.gateway_bin.display(),
@@ -142,7 +162,6 @@ pub async fn run(args: InstructionsArgs) -> anyhow::Result<()> {
         "  the counts, for callgrind_annotate --inclusive=yes: {}",
         dump.display()
     );
-    Ok(())
 }
 
 /// Sends `count` template messages, numbered from `first`, from `clients`

@@ -567,29 +567,44 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every measurement of one backend: the database's limits, then per
+/// upstream latency the gateway's runs against a fresh database and fake.
 async fn run_backend(bench: &mut Bench, backend: &str) -> anyhow::Result<()> {
-    let args = bench.args.clone();
-    let mut channels = args.channels.clone();
+    let mut channels = bench.args.channels.clone();
     channels.sort_unstable();
     channels.dedup();
+    measure_database_limits(bench, backend).await?;
+    // The legacy send rate per (latency, clients): what the growth runs
+    // size their credentials by.
+    let mut previous: BTreeMap<(u64, usize), f64> = BTreeMap::new();
+    for latency in bench.args.latencies.clone() {
+        run_latency(bench, backend, latency, &channels, &mut previous).await?;
+    }
+    Ok(())
+}
+
+/// A figure of `backend` on no particular channel, with no batch and no
+/// stored credentials (the measures that have them set them).
+fn figure(backend: &str, measure: &str, latency: u64, clients: usize, stats: Stats) -> Record {
+    Record {
+        backend: backend.into(),
+        upstream_latency_ms: latency,
+        measure: measure.into(),
+        channel: String::new(),
+        clients,
+        batch: 0,
+        stored: 0,
+        stats,
+        note: String::new(),
+    }
+}
+
+/// The limits of the database, alone on the machine: the bare claim and the
+/// bare batched insert.
+async fn measure_database_limits(bench: &mut Bench, backend: &str) -> anyhow::Result<()> {
+    let args = bench.args.clone();
     let tmp = bench.tmp.to_string_lossy().to_string();
     let (warmup, duration) = (bench.warmup, bench.duration);
-    let record =
-        |measure: &str, latency: u64, clients: usize, batch: usize, stored: i64, stats: Stats| {
-            Record {
-                backend: backend.into(),
-                upstream_latency_ms: latency,
-                measure: measure.into(),
-                channel: String::new(),
-                clients,
-                batch,
-                stored,
-                stats,
-                note: String::new(),
-            }
-        };
-
-    // The limits of the database, alone on the machine.
     println!("== {backend}: limits of the database");
     let limit = LimitDb::create(backend, &tmp, &args.pg_admin).await?;
     limit.seed_live(LIMIT_APP, "lu", 10_000, 100).await?;
@@ -597,7 +612,7 @@ async fn run_backend(bench: &mut Bench, backend: &str) -> anyhow::Result<()> {
         let stats = limit
             .bare_claim_sqlite(LIMIT_APP, "lu", 10_000, warmup, duration)
             .await?;
-        bench.record(record("bare_claim", 0, 1, 0, 0, stats))?;
+        bench.record(figure(backend, "bare_claim", 0, 1, stats))?;
     } else {
         let mut levels: Vec<usize> = args
             .clients
@@ -608,9 +623,10 @@ async fn run_backend(bench: &mut Bench, backend: &str) -> anyhow::Result<()> {
         for clients in levels {
             let stats =
                 limit.bare_claim_pgbench(&tmp, LIMIT_APP, "lu", 10_000, clients, duration)?;
-            bench.record(record("bare_claim", 0, clients, 0, 0, stats))?;
+            bench.record(figure(backend, "bare_claim", 0, clients, stats))?;
         }
     }
+    // SQLite has one writer: more clients would only queue.
     let insert_clients = if backend == "sqlite" {
         1
     } else {
@@ -620,139 +636,211 @@ async fn run_backend(bench: &mut Bench, backend: &str) -> anyhow::Result<()> {
         let stats = limit
             .bare_insert(LIMIT_APP, batch, insert_clients, warmup, duration)
             .await?;
-        bench.record(record("bare_insert", 0, insert_clients, batch, 0, stats))?;
+        bench.record(Record {
+            batch,
+            ..figure(backend, "bare_insert", 0, insert_clients, stats)
+        })?;
     }
     limit.close().await;
+    Ok(())
+}
 
-    let mut previous: BTreeMap<(u64, usize), f64> = BTreeMap::new();
-    for &latency in &args.latencies {
-        println!("== {backend}: fake WeChat latency {latency} ms");
-        let database_url = if backend == "sqlite" {
-            let path = format!("{tmp}/gateway-{latency}.db");
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{path}{suffix}"));
-            }
-            format!("sqlite://{path}")
-        } else {
-            let name = format!("formid_bench_{latency}");
-            db::recreate_pg_database(&args.pg_admin, &name).await?;
-            db::pg_url(&args.pg_admin, &name)
-        };
-        let mut fake = Proc::spawn(
-            "fake",
-            bench.fake_command(latency),
-            &bench.tmp.join(format!("fake-{backend}-{latency}.log")),
-        )?;
-        wait_until_up(
-            &bench.http,
-            &format!("{}/cgi-bin/token", bench.fake_url()),
-            &mut fake,
-        )
-        .await?;
-        let label = format!("{backend}-{latency}");
-        let mut gateway = bench.start_gateway(&database_url, &label).await?;
-        bench.database_url = database_url.clone();
-        bench.subscribe_template = if channels.contains(&Channel::Subscribe) {
-            let id =
-                http::add_template_via_gateway(&bench.http, &bench.gateway_url(), SEND_APP).await?;
-            println!("    subscribe template {id} added through the gateway");
-            Some(id)
-        } else {
-            None
-        };
+/// The runs at one upstream latency, on a fresh gateway database with its
+/// own fake WeChat and gateway.
+async fn run_latency(
+    bench: &mut Bench,
+    backend: &str,
+    latency: u64,
+    channels: &[Channel],
+    previous: &mut BTreeMap<(u64, usize), f64>,
+) -> anyhow::Result<()> {
+    println!("== {backend}: fake WeChat latency {latency} ms");
+    let database_url = fresh_gateway_database(bench, backend, latency).await?;
+    let mut fake = Proc::spawn(
+        "fake",
+        bench.fake_command(latency),
+        &bench.tmp.join(format!("fake-{backend}-{latency}.log")),
+    )?;
+    wait_until_up(
+        &bench.http,
+        &format!("{}/cgi-bin/token", bench.fake_url()),
+        &mut fake,
+    )
+    .await?;
+    let label = format!("{backend}-{latency}");
+    let mut gateway = bench.start_gateway(&database_url, &label).await?;
+    bench.database_url = database_url.clone();
+    bench.subscribe_template = subscribe_template(bench, channels).await?;
+    if latency == 0 {
+        measure_collection(bench, backend).await?;
+    }
+    measure_gateway_sends(bench, backend, latency, channels, previous).await?;
+    bench.rss(backend, latency, &gateway, "after collect and send runs")?;
+    measure_fake_direct(bench, backend, latency, channels).await?;
+    if latency == 0 {
+        gateway = measure_growth(bench, backend, &label, gateway, previous).await?;
+    }
+    gateway.stop();
+    fake.stop();
+    Ok(())
+}
 
-        if latency == 0 {
-            for batch in [1usize, 500] {
-                let url = Arc::new(format!(
-                    "{}/v1/apps/{SEND_APP}/credentials",
-                    bench.gateway_url()
-                ));
-                let prefix = Arc::new(format!("c{batch}u"));
-                let http = bench.http.clone();
-                let stats = closed_loop(args.collect_clients, warmup, duration, move |n| {
-                    http::collect(http.clone(), url.clone(), prefix.clone(), batch, n)
-                })
-                .await;
-                bench.record(record("collect", 0, args.collect_clients, batch, 0, stats))?;
-            }
+/// An empty gateway database for the runs at `latency`: a new SQLite file,
+/// or a recreated PostgreSQL database.
+async fn fresh_gateway_database(
+    bench: &Bench,
+    backend: &str,
+    latency: u64,
+) -> anyhow::Result<String> {
+    if backend == "sqlite" {
+        let path = format!("{}/gateway-{latency}.db", bench.tmp.to_string_lossy());
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{path}{suffix}"));
         }
+        Ok(format!("sqlite://{path}"))
+    } else {
+        let name = format!("formid_bench_{latency}");
+        db::recreate_pg_database(&bench.args.pg_admin, &name).await?;
+        Ok(db::pg_url(&bench.args.pg_admin, &name))
+    }
+}
 
-        // The channels side by side at each client count.
-        let mut last_rate: BTreeMap<Channel, f64> = BTreeMap::new();
-        for &clients in &args.clients {
-            for &channel in &channels {
-                let rate = last_rate.get(&channel).copied().unwrap_or(0.0);
-                let budget = bench.budget(latency, clients, rate);
-                let prefix = match channel {
-                    Channel::Template => format!("s{clients}"),
-                    Channel::Subscribe => format!("b{clients}"),
-                };
-                let stats = bench
-                    .gateway_sends(SEND_APP, &prefix, channel, clients, budget)
-                    .await?;
-                last_rate.insert(channel, stats.rate);
-                if channel == Channel::Template {
-                    previous.insert((latency, clients), stats.rate);
-                }
-                bench.record(record("send", latency, clients, 0, 0, stats).on(channel))?;
-            }
-        }
-        bench.rss(backend, latency, &gateway, "after collect and send runs")?;
+/// A subscribe template of SEND_APP added through the gateway, when
+/// subscribe sends are measured.
+async fn subscribe_template(bench: &Bench, channels: &[Channel]) -> anyhow::Result<Option<String>> {
+    if !channels.contains(&Channel::Subscribe) {
+        return Ok(None);
+    }
+    let id = http::add_template_via_gateway(&bench.http, &bench.gateway_url(), SEND_APP).await?;
+    println!("    subscribe template {id} added through the gateway");
+    Ok(Some(id))
+}
 
-        let mut last_rate: BTreeMap<Channel, f64> = BTreeMap::new();
-        for &clients in &args.clients {
-            for &channel in &channels {
-                let rate = last_rate.get(&channel).copied().unwrap_or(0.0);
-                let budget = bench.budget(latency, clients, rate);
-                let stats = bench.fake_direct(channel, clients, budget).await?;
-                last_rate.insert(channel, stats.rate);
-                bench.record(record("fake_direct", latency, clients, 0, 0, stats).on(channel))?;
-            }
-        }
-
-        if latency == 0 {
-            let mut stored = 0;
-            for &size in &args.growth {
-                // Dead rows go in with the gateway stopped, as a seed, not a measurement.
-                gateway.stop();
-                let seeding = Instant::now();
-                db::insert_dead_rows(&database_url, GROWTH_APP, "g", GROWTH_USERS, stored, size)
-                    .await?;
-                println!(
-                    "    stored {size} dead credentials (+{} in {:.1}s)",
-                    size - stored,
-                    seeding.elapsed().as_secs_f64()
-                );
-                stored = size;
-                gateway = bench
-                    .start_gateway(&database_url, &format!("{label}-{size}"))
-                    .await?;
-                for &clients in &args.growth_clients {
-                    let rate = previous.get(&(0, clients)).copied().unwrap_or(0.0);
-                    let budget = bench.budget(0, clients, rate);
-                    let stats = bench
-                        .gateway_sends(
-                            GROWTH_APP,
-                            &format!("g{size}c{clients}"),
-                            Channel::Template,
-                            clients,
-                            budget,
-                        )
-                        .await?;
-                    bench.record(record("growth_send", 0, clients, 0, size, stats))?;
-                }
-                bench.rss(
-                    backend,
-                    latency,
-                    &gateway,
-                    &format!("growth gateway, {size} stored"),
-                )?;
-            }
-        }
-        gateway.stop();
-        fake.stop();
+/// Collection through the gateway, one credential and 500 per request.
+async fn measure_collection(bench: &mut Bench, backend: &str) -> anyhow::Result<()> {
+    let collect_clients = bench.args.collect_clients;
+    for batch in [1usize, 500] {
+        let url = Arc::new(format!(
+            "{}/v1/apps/{SEND_APP}/credentials",
+            bench.gateway_url()
+        ));
+        let prefix = Arc::new(format!("c{batch}u"));
+        let http = bench.http.clone();
+        let stats = closed_loop(collect_clients, bench.warmup, bench.duration, move |n| {
+            http::collect(http.clone(), url.clone(), prefix.clone(), batch, n)
+        })
+        .await;
+        bench.record(Record {
+            batch,
+            ..figure(backend, "collect", 0, collect_clients, stats)
+        })?;
     }
     Ok(())
+}
+
+/// Gateway sends, the channels side by side at each client count; each run
+/// sized by the last rate of its channel.
+async fn measure_gateway_sends(
+    bench: &mut Bench,
+    backend: &str,
+    latency: u64,
+    channels: &[Channel],
+    previous: &mut BTreeMap<(u64, usize), f64>,
+) -> anyhow::Result<()> {
+    let mut last_rate: BTreeMap<Channel, f64> = BTreeMap::new();
+    for clients in bench.args.clients.clone() {
+        for &channel in channels {
+            let rate = last_rate.get(&channel).copied().unwrap_or(0.0);
+            let budget = bench.budget(latency, clients, rate);
+            let prefix = match channel {
+                Channel::Template => format!("s{clients}"),
+                Channel::Subscribe => format!("b{clients}"),
+            };
+            let stats = bench
+                .gateway_sends(SEND_APP, &prefix, channel, clients, budget)
+                .await?;
+            last_rate.insert(channel, stats.rate);
+            if channel == Channel::Template {
+                previous.insert((latency, clients), stats.rate);
+            }
+            bench.record(figure(backend, "send", latency, clients, stats).on(channel))?;
+        }
+    }
+    Ok(())
+}
+
+/// The same sends straight to the fake: what the gateway's runs are
+/// compared with.
+async fn measure_fake_direct(
+    bench: &mut Bench,
+    backend: &str,
+    latency: u64,
+    channels: &[Channel],
+) -> anyhow::Result<()> {
+    let mut last_rate: BTreeMap<Channel, f64> = BTreeMap::new();
+    for clients in bench.args.clients.clone() {
+        for &channel in channels {
+            let rate = last_rate.get(&channel).copied().unwrap_or(0.0);
+            let budget = bench.budget(latency, clients, rate);
+            let stats = bench.fake_direct(channel, clients, budget).await?;
+            last_rate.insert(channel, stats.rate);
+            bench.record(figure(backend, "fake_direct", latency, clients, stats).on(channel))?;
+        }
+    }
+    Ok(())
+}
+
+/// Sends (WeChat latency 0) as the ledger grows to each size of dead
+/// credentials; the gateway is restarted around each seed, and the one
+/// running at the end is returned.
+async fn measure_growth(
+    bench: &mut Bench,
+    backend: &str,
+    label: &str,
+    mut gateway: Proc,
+    previous: &BTreeMap<(u64, usize), f64>,
+) -> anyhow::Result<Proc> {
+    let database_url = bench.database_url.clone();
+    let mut stored = 0;
+    for size in bench.args.growth.clone() {
+        // Dead rows go in with the gateway stopped, as a seed, not a measurement.
+        gateway.stop();
+        let seeding = Instant::now();
+        db::insert_dead_rows(&database_url, GROWTH_APP, "g", GROWTH_USERS, stored, size).await?;
+        println!(
+            "    stored {size} dead credentials (+{} in {:.1}s)",
+            size - stored,
+            seeding.elapsed().as_secs_f64()
+        );
+        stored = size;
+        gateway = bench
+            .start_gateway(&database_url, &format!("{label}-{size}"))
+            .await?;
+        for clients in bench.args.growth_clients.clone() {
+            let rate = previous.get(&(0, clients)).copied().unwrap_or(0.0);
+            let budget = bench.budget(0, clients, rate);
+            let stats = bench
+                .gateway_sends(
+                    GROWTH_APP,
+                    &format!("g{size}c{clients}"),
+                    Channel::Template,
+                    clients,
+                    budget,
+                )
+                .await?;
+            bench.record(Record {
+                stored: size,
+                ..figure(backend, "growth_send", 0, clients, stats)
+            })?;
+        }
+        bench.rss(
+            backend,
+            0,
+            &gateway,
+            &format!("growth gateway, {size} stored"),
+        )?;
+    }
+    Ok(gateway)
 }
 
 /// The fake WeChat at `port`, answering after `latency` ms, knowing `apps`

@@ -129,16 +129,30 @@ fn side_by_side(out: &mut String, results: &Results) {
 /// The whole report: every section's table and the targets.
 pub fn markdown(results: &Results) -> String {
     let mut out = String::new();
-    let backends: Vec<String> = {
-        let mut seen = Vec::new();
-        for record in &results.records {
-            if !seen.contains(&record.backend) {
-                seen.push(record.backend.clone());
-            }
-        }
-        seen
-    };
+    sends_section(&mut out, results);
+    side_by_side(&mut out, results);
+    collection_section(&mut out, results);
+    growth_section(&mut out, results);
+    memory_section(&mut out, results);
+    limits_section(&mut out, results);
+    targets_section(&mut out, results);
+    out
+}
 
+/// The backends of the results, each once, in order of first appearance.
+fn backends(results: &Results) -> Vec<String> {
+    let mut seen = Vec::new();
+    for record in &results.records {
+        if !seen.contains(&record.backend) {
+            seen.push(record.backend.clone());
+        }
+    }
+    seen
+}
+
+/// Section 1: every send run against the fake WeChat hit directly and the
+/// bare claim.
+fn sends_section(out: &mut String, results: &Results) {
     let _ = writeln!(out, "### 1. Sends (`POST /v1/apps/{{appid}}/messages`)\n");
     let _ = writeln!(
         out,
@@ -172,9 +186,10 @@ pub fn markdown(results: &Results) -> String {
             ratio(record.stats.rate, claim.map(|c| c.stats.rate)),
         );
     }
+}
 
-    side_by_side(&mut out, results);
-
+/// Section 2: every collection run against the bare insert of its batch.
+fn collection_section(out: &mut String, results: &Results) {
     let _ = writeln!(
         out,
         "\n### 2. Collection (`POST /v1/apps/{{appid}}/credentials`)\n"
@@ -201,7 +216,11 @@ pub fn markdown(results: &Results) -> String {
             ratio(record.stats.rate, bare.map(|b| b.stats.rate)),
         );
     }
+}
 
+/// Section 3: send latency as the stored credentials grow, against the
+/// smallest ledger.
+fn growth_section(out: &mut String, results: &Results) {
     let _ = writeln!(
         out,
         "\n### 3. Claim cost as the ledger grows (WeChat latency 0)\n"
@@ -238,7 +257,10 @@ pub fn markdown(results: &Results) -> String {
             ratio(record.stats.p99_ms, base.map(|b| b.stats.p99_ms)),
         );
     }
+}
 
+/// Section 4: the gateway's peak memory per run.
+fn memory_section(out: &mut String, results: &Results) {
     let _ = writeln!(out, "\n### 4. Peak memory of the gateway (VmHWM)\n");
     let _ = writeln!(
         out,
@@ -252,7 +274,10 @@ pub fn markdown(results: &Results) -> String {
             record.backend, record.upstream_latency_ms, record.note, record.stats.rate
         );
     }
+}
 
+/// Section 5: the limits the gateway runs are compared with.
+fn limits_section(out: &mut String, results: &Results) {
     let _ = writeln!(out, "\n### 5. Limits measured in the same run\n");
     let _ = writeln!(
         out,
@@ -284,99 +309,130 @@ pub fn markdown(results: &Results) -> String {
             record.stats.p99_ms,
         );
     }
+}
 
+/// The targets: per backend its send, collection, growth and slow-WeChat
+/// targets, then the memory target over every run.
+fn targets_section(out: &mut String, results: &Results) {
     let _ = writeln!(out, "\n### Targets\n");
     let _ = writeln!(out, "| target | backend | figure | result |");
     let _ = writeln!(out, "|---|---|---|---|");
-    for backend in &backends {
-        // Sends: the best gateway rate with an instant WeChat, against the
-        // bare claim at the same database concurrency; per channel.
-        for channel in channels(results) {
-            let label = channel_label(backend, channel);
-            if let Some(best) = results
-                .records
-                .iter()
-                .filter(|r| {
-                    r.measure == "send"
-                        && &r.backend == backend
-                        && r.upstream_latency_ms == 0
-                        && r.channel() == channel
-                })
-                .max_by(|a, b| a.stats.rate.total_cmp(&b.stats.rate))
-            {
-                if let Some(claim) = bare_claim(results, backend, best.clients) {
-                    let r = best.stats.rate / claim.stats.rate;
-                    let _ = writeln!(
-                        out,
-                        "| sends/s ≥ 0.5 × bare claim | {label} | {:.0} sends/s ({} clients) / {:.0} claims/s ({} conns) = {r:.2} | {} |",
-                        best.stats.rate, best.clients, claim.stats.rate, claim.clients, met(r >= 0.5)
-                    );
-                }
-            }
-        }
-        let collect = find(results, |r| {
-            r.measure == "collect" && &r.backend == backend && r.batch == 500
-        });
-        let bare = find(results, |r| {
-            r.measure == "bare_insert" && &r.backend == backend && r.batch == 500
-        });
-        if let (Some(collect), Some(bare)) = (collect, bare) {
-            let r = collect.stats.rate / bare.stats.rate;
-            let _ = writeln!(
-                out,
-                "| batched collection ≥ 0.8 × bare insert | {backend} | {:.0} / {:.0} = {r:.2} | {} |",
-                collect.stats.rate, bare.stats.rate, met(r >= 0.8)
-            );
-        }
-        let growth: Vec<&Record> = results
+    for backend in &backends(results) {
+        send_targets(out, results, backend);
+        collection_target(out, results, backend);
+        growth_targets(out, results, backend);
+        slow_wechat_targets(out, results, backend);
+    }
+    memory_target(out, results);
+}
+
+/// Sends: the best gateway rate with an instant WeChat, against the bare
+/// claim at the same database concurrency; per channel.
+fn send_targets(out: &mut String, results: &Results, backend: &str) {
+    for channel in channels(results) {
+        let label = channel_label(backend, channel);
+        if let Some(best) = results
             .records
             .iter()
-            .filter(|r| r.measure == "growth_send" && &r.backend == backend)
-            .collect();
-        let mut clients: Vec<usize> = growth.iter().map(|r| r.clients).collect();
-        clients.sort_unstable();
-        clients.dedup();
-        for c in clients {
-            let rows: Vec<&&Record> = growth.iter().filter(|r| r.clients == c).collect();
-            let small = rows.iter().min_by_key(|r| r.stored);
-            let large = rows.iter().max_by_key(|r| r.stored);
-            if let (Some(small), Some(large)) = (small, large) {
-                if small.stored == large.stored {
-                    continue;
-                }
-                let r = large.stats.p50_ms / small.stats.p50_ms;
+            .filter(|r| {
+                r.measure == "send"
+                    && r.backend == backend
+                    && r.upstream_latency_ms == 0
+                    && r.channel() == channel
+            })
+            .max_by(|a, b| a.stats.rate.total_cmp(&b.stats.rate))
+        {
+            if let Some(claim) = bare_claim(results, backend, best.clients) {
+                let r = best.stats.rate / claim.stats.rate;
                 let _ = writeln!(
                     out,
-                    "| p50 at {} stored ≤ 1.5 × at {} | {backend}, {c} clients | {:.2} ms / {:.2} ms = {r:.2} (p99 {:.2} / {:.2}) | {} |",
-                    large.stored, small.stored, large.stats.p50_ms, small.stats.p50_ms,
-                    large.stats.p99_ms, small.stats.p99_ms, met(r <= 1.5)
-                );
-            }
-        }
-        for channel in channels(results) {
-            let label = channel_label(backend, channel);
-            if let Some(slow) = results
-                .records
-                .iter()
-                .filter(|r| {
-                    r.measure == "send"
-                        && &r.backend == backend
-                        && r.upstream_latency_ms >= 100
-                        && r.channel() == channel
-                })
-                .max_by_key(|r| r.clients)
-            {
-                let _ = writeln!(
-                    out,
-                    "| ≥ 2,000 sends/s at {} ms WeChat, {} clients | {label} | {:.0} sends/s | {} |",
-                    slow.upstream_latency_ms,
-                    slow.clients,
-                    slow.stats.rate,
-                    met(slow.stats.rate >= 2000.0)
+                    "| sends/s ≥ 0.5 × bare claim | {label} | {:.0} sends/s ({} clients) / {:.0} claims/s ({} conns) = {r:.2} | {} |",
+                    best.stats.rate, best.clients, claim.stats.rate, claim.clients, met(r >= 0.5)
                 );
             }
         }
     }
+}
+
+/// Batched collection (500 credentials) against the bare insert.
+fn collection_target(out: &mut String, results: &Results, backend: &str) {
+    let collect = find(results, |r| {
+        r.measure == "collect" && r.backend == backend && r.batch == 500
+    });
+    let bare = find(results, |r| {
+        r.measure == "bare_insert" && r.backend == backend && r.batch == 500
+    });
+    if let (Some(collect), Some(bare)) = (collect, bare) {
+        let r = collect.stats.rate / bare.stats.rate;
+        let _ =
+            writeln!(
+            out,
+            "| batched collection ≥ 0.8 × bare insert | {backend} | {:.0} / {:.0} = {r:.2} | {} |",
+            collect.stats.rate, bare.stats.rate, met(r >= 0.8)
+        );
+    }
+}
+
+/// Per client count, the median send at the largest ledger against the
+/// smallest.
+fn growth_targets(out: &mut String, results: &Results, backend: &str) {
+    let growth: Vec<&Record> = results
+        .records
+        .iter()
+        .filter(|r| r.measure == "growth_send" && r.backend == backend)
+        .collect();
+    let mut clients: Vec<usize> = growth.iter().map(|r| r.clients).collect();
+    clients.sort_unstable();
+    clients.dedup();
+    for c in clients {
+        let rows: Vec<&&Record> = growth.iter().filter(|r| r.clients == c).collect();
+        let small = rows.iter().min_by_key(|r| r.stored);
+        let large = rows.iter().max_by_key(|r| r.stored);
+        if let (Some(small), Some(large)) = (small, large) {
+            if small.stored == large.stored {
+                continue;
+            }
+            let r = large.stats.p50_ms / small.stats.p50_ms;
+            let _ = writeln!(
+                out,
+                "| p50 at {} stored ≤ 1.5 × at {} | {backend}, {c} clients | {:.2} ms / {:.2} ms = {r:.2} (p99 {:.2} / {:.2}) | {} |",
+                large.stored, small.stored, large.stats.p50_ms, small.stats.p50_ms,
+                large.stats.p99_ms, small.stats.p99_ms, met(r <= 1.5)
+            );
+        }
+    }
+}
+
+/// Per channel, the send rate of the most clients with a slow WeChat
+/// (100 ms or more).
+fn slow_wechat_targets(out: &mut String, results: &Results, backend: &str) {
+    for channel in channels(results) {
+        let label = channel_label(backend, channel);
+        if let Some(slow) = results
+            .records
+            .iter()
+            .filter(|r| {
+                r.measure == "send"
+                    && r.backend == backend
+                    && r.upstream_latency_ms >= 100
+                    && r.channel() == channel
+            })
+            .max_by_key(|r| r.clients)
+        {
+            let _ = writeln!(
+                out,
+                "| ≥ 2,000 sends/s at {} ms WeChat, {} clients | {label} | {:.0} sends/s | {} |",
+                slow.upstream_latency_ms,
+                slow.clients,
+                slow.stats.rate,
+                met(slow.stats.rate >= 2000.0)
+            );
+        }
+    }
+}
+
+/// The peak memory of any run.
+fn memory_target(out: &mut String, results: &Results) {
     if let Some(peak) = results
         .records
         .iter()
@@ -393,5 +449,4 @@ pub fn markdown(results: &Results) -> String {
             met(peak.stats.rate < 64.0)
         );
     }
-    out
 }

@@ -269,80 +269,144 @@ pub fn open(
     now: i64,
     limits: &Limits,
 ) -> Result<Opened, PushError> {
+    check_size(body, limits)?;
+    let stamp = fresh_stamp(query, now, limits)?;
+    let encrypted = aes_requested(query)?;
+    let (outer_format, outer) = parse(body)?;
+    let token = keys.token.expose_secret();
+    let encrypt = outer.text("Encrypt")?.filter(|e| !e.trim().is_empty());
+
+    // `aes` mode is authenticated by `msg_signature` alone; every other mode
+    // must carry a good `signature` even when it goes on to the encrypted part.
+    if !encrypted {
+        verify_plain_signature(token, query, &stamp)?;
+    }
+    if encrypted || (encrypt.is_some() && query.msg_signature.is_some()) {
+        open_encrypted(keys, query, &stamp, &outer, encrypt)
+    } else {
+        open_plain(keys, &stamp, body, outer_format, outer)
+    }
+}
+
+/// The `timestamp` and `nonce` of a push's query, which every signature
+/// covers: `text` is the timestamp as signed, `secs` as read.
+struct Stamp<'q> {
+    text: &'q str,
+    nonce: &'q str,
+    secs: i64,
+}
+
+fn check_size(body: &[u8], limits: &Limits) -> Result<(), PushError> {
     if body.len() > limits.max_body_bytes {
         return Err(PushError::TooLarge {
             size: body.len(),
             limit: limits.max_body_bytes,
         });
     }
-    let timestamp_text = param(&query.timestamp, "timestamp")?;
+    Ok(())
+}
+
+/// Reads `timestamp` and `nonce` and refuses a timestamp outside the replay
+/// window.
+fn fresh_stamp<'q>(
+    query: &'q PushQuery,
+    now: i64,
+    limits: &Limits,
+) -> Result<Stamp<'q>, PushError> {
+    let text = param(&query.timestamp, "timestamp")?;
     let nonce = param(&query.nonce, "nonce")?;
-    let timestamp: i64 = timestamp_text
-        .trim()
-        .parse()
-        .map_err(|_| PushError::BadTimestamp)?;
-    let skew_secs = timestamp.saturating_sub(now);
+    let secs: i64 = text.trim().parse().map_err(|_| PushError::BadTimestamp)?;
+    let skew_secs = secs.saturating_sub(now);
     if skew_secs.saturating_abs() > limits.max_skew_secs {
         return Err(PushError::Stale { skew_secs });
     }
-    let encrypted = match query.encrypt_type.as_deref().map(str::trim) {
-        None | Some("") | Some("raw") => false,
-        Some("aes") => true,
-        Some(_) => return Err(PushError::EncryptType),
-    };
-    let (outer_format, outer) = parse(body)?;
-    let token = keys.token.expose_secret();
-    let encrypt = outer.text("Encrypt")?.filter(|e| !e.trim().is_empty());
+    Ok(Stamp { text, nonce, secs })
+}
 
-    if !encrypted {
-        let signature = param(&query.signature, "signature")?;
-        if !signature::verify_handshake(token, timestamp_text, nonce, signature) {
-            return Err(PushError::Signature("signature"));
-        }
+/// Whether `encrypt_type` asks for safe or compatible mode (`aes`) rather
+/// than plain mode (absent or `raw`); any other value is refused.
+fn aes_requested(query: &PushQuery) -> Result<bool, PushError> {
+    match query.encrypt_type.as_deref().map(str::trim) {
+        None | Some("") | Some("raw") => Ok(false),
+        Some("aes") => Ok(true),
+        Some(_) => Err(PushError::EncryptType),
     }
-    let use_encrypted = encrypted || (encrypt.is_some() && query.msg_signature.is_some());
-    if !use_encrypted {
-        if !keys.plain_allowed {
-            return Err(PushError::PlainRefused);
-        }
-        let event = PushEvent::from_fields(&outer)?;
-        return Ok(Opened {
-            mode: Mode::Plain,
-            format: outer_format,
-            key_used: None,
-            timestamp,
-            body_sha256: sha256_hex(body),
-            fields: outer,
-            event,
-        });
-    }
+}
 
+fn verify_plain_signature(token: &str, query: &PushQuery, stamp: &Stamp) -> Result<(), PushError> {
+    let signature = param(&query.signature, "signature")?;
+    if !signature::verify_handshake(token, stamp.text, stamp.nonce, signature) {
+        return Err(PushError::Signature("signature"));
+    }
+    Ok(())
+}
+
+/// Reads the body itself as the push, if this app accepts plain pushes.
+fn open_plain(
+    keys: &PushKeys,
+    stamp: &Stamp,
+    body: &[u8],
+    format: Format,
+    fields: Fields,
+) -> Result<Opened, PushError> {
+    if !keys.plain_allowed {
+        return Err(PushError::PlainRefused);
+    }
+    let event = PushEvent::from_fields(&fields)?;
+    Ok(Opened {
+        mode: Mode::Plain,
+        format,
+        key_used: None,
+        timestamp: stamp.secs,
+        body_sha256: sha256_hex(body),
+        fields,
+        event,
+    })
+}
+
+/// Verifies `msg_signature` over `Encrypt`, then decrypts it and reads the
+/// decrypted document as the push; `outer` only tells safe from compatible
+/// mode.
+fn open_encrypted(
+    keys: &PushKeys,
+    query: &PushQuery,
+    stamp: &Stamp,
+    outer: &Fields,
+    encrypt: Option<&str>,
+) -> Result<Opened, PushError> {
     let encrypt = encrypt.ok_or(PushError::MissingEncrypt)?;
     let msg_signature = param(&query.msg_signature, "msg_signature")?;
-    if !signature::verify(&[token, timestamp_text, nonce, encrypt], msg_signature) {
+    let token = keys.token.expose_secret();
+    if !signature::verify(&[token, stamp.text, stamp.nonce, encrypt], msg_signature) {
         return Err(PushError::Signature("msg_signature"));
     }
     let current = keys.current.as_ref().ok_or(PushError::NoKey)?;
     let (decrypted, key_used) = try_keys(current, keys.previous.as_ref(), encrypt, &keys.appid)?;
     let (format, fields) = parse(&decrypted.message)?;
     let event = PushEvent::from_fields(&fields)?;
-    let plaintext_beside = outer
-        .keys()
-        .iter()
-        .any(|k| !matches!(*k, "Encrypt" | "ToUserName"));
     Ok(Opened {
-        mode: if plaintext_beside {
-            Mode::Compatible
-        } else {
-            Mode::Safe
-        },
+        mode: encrypted_mode(outer),
         format,
         key_used: Some(key_used),
-        timestamp,
+        timestamp: stamp.secs,
         body_sha256: sha256_hex(&decrypted.message),
         fields,
         event,
     })
+}
+
+/// Compatible mode sends plaintext fields beside `Encrypt`; safe mode sends
+/// only `Encrypt` and `ToUserName`.
+fn encrypted_mode(outer: &Fields) -> Mode {
+    let plaintext_beside = outer
+        .keys()
+        .iter()
+        .any(|k| !matches!(*k, "Encrypt" | "ToUserName"));
+    if plaintext_beside {
+        Mode::Compatible
+    } else {
+        Mode::Safe
+    }
 }
 
 fn param<'q>(value: &'q Option<String>, name: &'static str) -> Result<&'q str, PushError> {

@@ -1,6 +1,6 @@
 //! What a send request must look like before the gateway spends anything on it.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::collect::{is_plain_identifier, Rejection, MAX_OPENID_LEN};
 use super::send::SendRequest;
@@ -18,6 +18,17 @@ pub const MAX_WAIT_SECONDS: u64 = 7 * 86_400;
 
 /// Parses and bounds the body of `POST …/messages`.
 pub fn parse_send_request(body: &[u8]) -> Result<SendRequest, Rejection> {
+    let body = read_send_request(body)?;
+    check_bounds(&body)?;
+    Ok(SendRequest {
+        wait_seconds: body.wait_seconds.filter(|wait| *wait > 0),
+        ..body
+    })
+}
+
+/// The body as a request, or why it is none: a broken body and a field
+/// naming a value it cannot take are told apart.
+fn read_send_request(body: &[u8]) -> Result<SendRequest, Rejection> {
     let not_a_request = |error: String| Rejection {
         code: "invalid_json",
         message: format!("the body is not a valid send request: {error}"),
@@ -27,7 +38,7 @@ pub fn parse_send_request(body: &[u8]) -> Result<SendRequest, Rejection> {
     if !is_json_object(body) {
         return Err(not_a_request("it must be a JSON object".into()));
     }
-    let body: SendRequest = serde_json::from_slice(body).map_err(|error| {
+    serde_json::from_slice(body).map_err(|error| {
         // A well-formed string that names no delivery mode is a wrong field
         // value, not a broken body.
         let text = error.to_string();
@@ -42,47 +53,33 @@ pub fn parse_send_request(body: &[u8]) -> Result<SendRequest, Rejection> {
         } else {
             not_a_request(error.to_string())
         }
-    })?;
-    let invalid = |message: &str| {
-        Err(Rejection {
-            code: "invalid_field",
-            message: message.to_owned(),
-        })
-    };
+    })
+}
+
+fn invalid_field(message: &str) -> Result<(), Rejection> {
+    Err(Rejection {
+        code: "invalid_field",
+        message: message.to_owned(),
+    })
+}
+
+/// The bounds on each field, checked in the order the fields are written.
+fn check_bounds(body: &SendRequest) -> Result<(), Rejection> {
     if !is_plain_identifier(&body.touser, MAX_OPENID_LEN) {
-        return invalid("touser must be the user's openid");
+        return invalid_field("touser must be the user's openid");
     }
     if !is_plain_identifier(&body.template_id, MAX_TEMPLATE_ID_LEN) {
-        return invalid("template_id must be 1 to 128 printable characters");
+        return invalid_field("template_id must be 1 to 128 printable characters");
     }
     if body
         .page
         .as_ref()
         .is_some_and(|page| page.len() > MAX_PAGE_LEN)
     {
-        return invalid("page is longer than 1024 bytes");
+        return invalid_field("page is longer than 1024 bytes");
     }
     if let Some(data) = &body.data {
-        if data.len() > MAX_DATA_FIELDS {
-            return invalid("data has more than 64 fields");
-        }
-        for (key, field) in data {
-            let value = field.get("value");
-            let ok = field.is_object()
-                && value.is_some_and(|value| match value {
-                    Value::String(text) => text.chars().count() <= MAX_DATA_VALUE_LEN,
-                    Value::Number(_) => true,
-                    _ => false,
-                });
-            if !ok {
-                return Err(Rejection {
-                    code: "invalid_field",
-                    message: format!(
-                        "data.{key} must be {{\"value\": text of at most {MAX_DATA_VALUE_LEN} characters}}"
-                    ),
-                });
-            }
-        }
+        check_data(data)?;
     }
     let too_long = |field: &Option<String>| {
         field
@@ -90,18 +87,41 @@ pub fn parse_send_request(body: &[u8]) -> Result<SendRequest, Rejection> {
             .is_some_and(|text| text.chars().count() > MAX_KEYWORD_LEN)
     };
     if too_long(&body.emphasis_keyword) || too_long(&body.color) {
-        return invalid("emphasis_keyword and color are at most 64 characters");
+        return invalid_field("emphasis_keyword and color are at most 64 characters");
     }
     if body
         .wait_seconds
         .is_some_and(|wait| wait > MAX_WAIT_SECONDS)
     {
-        return invalid("wait_seconds is longer than 7 days");
+        return invalid_field("wait_seconds is longer than 7 days");
     }
-    Ok(SendRequest {
-        wait_seconds: body.wait_seconds.filter(|wait| *wait > 0),
-        ..body
-    })
+    Ok(())
+}
+
+/// `data`: at most [`MAX_DATA_FIELDS`] fields, each `{"value": …}` with a
+/// number or a text of bounded length.
+fn check_data(data: &Map<String, Value>) -> Result<(), Rejection> {
+    if data.len() > MAX_DATA_FIELDS {
+        return invalid_field("data has more than 64 fields");
+    }
+    for (key, field) in data {
+        let value = field.get("value");
+        let ok = field.is_object()
+            && value.is_some_and(|value| match value {
+                Value::String(text) => text.chars().count() <= MAX_DATA_VALUE_LEN,
+                Value::Number(_) => true,
+                _ => false,
+            });
+        if !ok {
+            return Err(Rejection {
+                code: "invalid_field",
+                message: format!(
+                    "data.{key} must be {{\"value\": text of at most {MAX_DATA_VALUE_LEN} characters}}"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Whether a body is a JSON object, judged by its first significant byte.

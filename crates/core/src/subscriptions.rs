@@ -1,7 +1,7 @@
 //! The result of `wx.requestSubscribeMessage`, as a frontend posts it: what
 //! it must look like before anything is granted.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::collect::{is_plain_identifier, Rejection, MAX_OPENID_LEN};
 use super::states::{Decision, PushEffect};
@@ -34,6 +34,32 @@ pub struct Prompt {
 /// Parses `{"openid","request_id","result":{…}}`. `result` is the object
 /// `wx.requestSubscribeMessage` resolved with, passed through untouched.
 pub fn parse_prompt(body: &Value) -> Result<Prompt, Rejection> {
+    let object = prompt_object(body)?;
+    let openid = required_text(object, "openid")?;
+    if !is_plain_identifier(openid, MAX_OPENID_LEN) {
+        return Err(Rejection::new(
+            "invalid_openid",
+            format!("openid must be 1 to {MAX_OPENID_LEN} printable ASCII characters"),
+        ));
+    }
+    let request_id = required_text(object, "request_id")?;
+    if !is_plain_identifier(request_id, MAX_REQUEST_ID_LEN) {
+        return Err(Rejection::new(
+            "invalid_request_id",
+            format!("request_id must be 1 to {MAX_REQUEST_ID_LEN} visible ASCII characters"),
+        ));
+    }
+    let result = resolved_result(object)?;
+    Ok(Prompt {
+        openid: openid.to_owned(),
+        request_id: request_id.to_owned(),
+        decisions: prompt_decisions(result)?,
+    })
+}
+
+/// The body as an object holding no field but `openid`, `request_id` and
+/// `result`.
+fn prompt_object(body: &Value) -> Result<&Map<String, Value>, Rejection> {
     let Some(object) = body.as_object() else {
         return Err(Rejection::new(
             "invalid_body",
@@ -49,28 +75,21 @@ pub fn parse_prompt(body: &Value) -> Result<Prompt, Rejection> {
             format!("unknown field {unknown:?}: the body is openid, request_id and result"),
         ));
     }
-    let text = |field: &str| {
-        object.get(field).and_then(Value::as_str).ok_or_else(|| {
-            Rejection::new(
-                "missing_field",
-                format!("{field} is required and must be a string"),
-            )
-        })
-    };
-    let openid = text("openid")?;
-    if !is_plain_identifier(openid, MAX_OPENID_LEN) {
-        return Err(Rejection::new(
-            "invalid_openid",
-            format!("openid must be 1 to {MAX_OPENID_LEN} printable ASCII characters"),
-        ));
-    }
-    let request_id = text("request_id")?;
-    if !is_plain_identifier(request_id, MAX_REQUEST_ID_LEN) {
-        return Err(Rejection::new(
-            "invalid_request_id",
-            format!("request_id must be 1 to {MAX_REQUEST_ID_LEN} visible ASCII characters"),
-        ));
-    }
+    Ok(object)
+}
+
+fn required_text<'a>(object: &'a Map<String, Value>, field: &str) -> Result<&'a str, Rejection> {
+    object.get(field).and_then(Value::as_str).ok_or_else(|| {
+        Rejection::new(
+            "missing_field",
+            format!("{field} is required and must be a string"),
+        )
+    })
+}
+
+/// `result`, if it is the object of a prompt that resolved: a failed or
+/// cancelled prompt grants nothing.
+fn resolved_result(object: &Map<String, Value>) -> Result<&Map<String, Value>, Rejection> {
     let Some(result) = object.get("result").and_then(Value::as_object) else {
         return Err(Rejection::new(
             "invalid_result",
@@ -78,20 +97,21 @@ pub fn parse_prompt(body: &Value) -> Result<Prompt, Rejection> {
         ));
     };
     match result.get("errMsg").and_then(Value::as_str) {
-        Some(PROMPT_OK) => {}
-        Some(other) => {
-            return Err(Rejection::new(
-                "prompt_failed",
-                format!("the prompt did not resolve ({other:?}); nothing was granted"),
-            ))
-        }
-        None => {
-            return Err(Rejection::new(
-                "invalid_result",
-                format!("result.errMsg must be {PROMPT_OK:?}"),
-            ))
-        }
+        Some(PROMPT_OK) => Ok(result),
+        Some(other) => Err(Rejection::new(
+            "prompt_failed",
+            format!("the prompt did not resolve ({other:?}); nothing was granted"),
+        )),
+        None => Err(Rejection::new(
+            "invalid_result",
+            format!("result.errMsg must be {PROMPT_OK:?}"),
+        )),
     }
+}
+
+/// The decision on each template `result` names (every member but
+/// `errMsg`), in the order posted.
+fn prompt_decisions(result: &Map<String, Value>) -> Result<Vec<PromptDecision>, Rejection> {
     let entries: Vec<_> = result.iter().filter(|(key, _)| *key != "errMsg").collect();
     if entries.is_empty() {
         return Err(Rejection::new("invalid_result", "result names no template"));
@@ -102,35 +122,34 @@ pub fn parse_prompt(body: &Value) -> Result<Prompt, Rejection> {
             format!("one prompt carries at most {MAX_TEMPLATES_PER_PROMPT} templates"),
         ));
     }
-    let mut decisions = Vec::with_capacity(entries.len());
-    for (template_id, status) in entries {
-        if !is_template_id(template_id) {
-            return Err(Rejection::new(
-                "invalid_template_id",
-                format!("{template_id:?} cannot be a template id"),
-            ));
-        }
-        let decision = status
-            .as_str()
-            .and_then(Decision::from_wechat)
-            .ok_or_else(|| {
-                Rejection::new(
-                    "invalid_status",
-                    format!(
-                        "result.{template_id} must be accept, acceptWithAudio, acceptWithAlert, \
-                         reject, ban or filter"
-                    ),
-                )
-            })?;
-        decisions.push(PromptDecision {
-            template_id: template_id.clone(),
-            decision,
-        });
+    entries
+        .into_iter()
+        .map(|(template_id, status)| template_decision(template_id, status))
+        .collect()
+}
+
+fn template_decision(template_id: &str, status: &Value) -> Result<PromptDecision, Rejection> {
+    if !is_template_id(template_id) {
+        return Err(Rejection::new(
+            "invalid_template_id",
+            format!("{template_id:?} cannot be a template id"),
+        ));
     }
-    Ok(Prompt {
-        openid: openid.to_owned(),
-        request_id: request_id.to_owned(),
-        decisions,
+    let decision = status
+        .as_str()
+        .and_then(Decision::from_wechat)
+        .ok_or_else(|| {
+            Rejection::new(
+                "invalid_status",
+                format!(
+                    "result.{template_id} must be accept, acceptWithAudio, acceptWithAlert, \
+                     reject, ban or filter"
+                ),
+            )
+        })?;
+    Ok(PromptDecision {
+        template_id: template_id.to_owned(),
+        decision,
     })
 }
 

@@ -282,19 +282,35 @@ fn plain_words(
 fn lint_title(title: &str, existing: &[String], out: &mut Vec<Finding>) {
     let title = title.trim();
     let norm = normalise(title);
-    let stem = |t: &str| -> String {
-        TITLE_ENDINGS
-            .iter()
-            .find_map(|e| t.strip_suffix(e))
-            .unwrap_or(t)
-            .to_owned()
-    };
-    let own_stem = stem(&norm);
+    let own_stem = title_stem(&norm);
+    lint_title_against_existing(title, &norm, &own_stem, existing, out);
+    lint_title_ending(title, &norm, out);
+    plain_words(AuditRule::TitlePlainWords, "The title", title, None, out);
+    lint_title_scene(title, &own_stem, out);
+    lint_title_marketing(title, &norm, out);
+}
 
-    // 1.1 and 1.2: one finding per existing title that matches or resembles it.
+/// A normalised title without the ending 1.3 requires: titles that differ
+/// only there say the same thing.
+fn title_stem(norm: &str) -> String {
+    TITLE_ENDINGS
+        .iter()
+        .find_map(|e| norm.strip_suffix(e))
+        .unwrap_or(norm)
+        .to_owned()
+}
+
+/// 1.1 and 1.2: one finding per existing title that matches or resembles it.
+fn lint_title_against_existing(
+    title: &str,
+    norm: &str,
+    own_stem: &str,
+    existing: &[String],
+    out: &mut Vec<Finding>,
+) {
     for other in existing {
         let other_norm = normalise(other);
-        let other_stem = stem(&other_norm);
+        let other_stem = title_stem(&other_norm);
         if other_norm == norm {
             out.push(finding(
                 AuditRule::TitleUnique,
@@ -312,7 +328,7 @@ fn lint_title(title: &str, existing: &[String], out: &mut Vec<Finding>) {
                     other.trim()
                 ),
             ));
-        } else if !own_stem.is_empty() && similarity(&own_stem, &other_stem) >= TOO_SIMILAR {
+        } else if !own_stem.is_empty() && similarity(own_stem, &other_stem) >= TOO_SIMILAR {
             out.push(finding(
                 AuditRule::TitleNotTooSimilar,
                 Severity::Warning,
@@ -324,8 +340,10 @@ fn lint_title(title: &str, existing: &[String], out: &mut Vec<Finding>) {
             ));
         }
     }
+}
 
-    // 1.3, on the words: a trailing "！" is 1.4's business.
+/// 1.3, on the words: a trailing "！" is 1.4's business.
+fn lint_title_ending(title: &str, norm: &str, out: &mut Vec<Finding>) {
     let words_end = norm.trim_end_matches(|c: char| !is_cjk(c) && !c.is_ascii_alphanumeric());
     if !TITLE_ENDINGS.iter().any(|e| words_end.ends_with(e)) {
         out.push(finding(
@@ -335,12 +353,11 @@ fn lint_title(title: &str, existing: &[String], out: &mut Vec<Finding>) {
             format!("The title \"{title}\" must end with \"提醒\" or \"通知\"."),
         ));
     }
+}
 
-    // 1.4.
-    plain_words(AuditRule::TitlePlainWords, "The title", title, None, out);
-
-    // 1.5: once the ending and generic words are gone, something must remain.
-    let scene = strip_all(own_stem.clone(), &GENERIC_TITLE_WORDS);
+/// 1.5: once the ending and generic words are gone, something must remain.
+fn lint_title_scene(title: &str, own_stem: &str, out: &mut Vec<Finding>) {
+    let scene = strip_all(own_stem.to_owned(), &GENERIC_TITLE_WORDS);
     let scene: String = scene
         .chars()
         .filter(|c| is_cjk(*c) || c.is_ascii_alphanumeric())
@@ -355,13 +372,11 @@ fn lint_title(title: &str, existing: &[String], out: &mut Vec<Finding>) {
             ),
         ));
     }
+}
 
-    // 1.6: the document's own categories are errors, further words warnings.
-    let named: Vec<&str> = MARKETING_DOC
-        .iter()
-        .copied()
-        .filter(|w| norm.contains(w))
-        .collect();
+/// 1.6: the document's own categories are errors, further words warnings.
+fn lint_title_marketing(title: &str, norm: &str, out: &mut Vec<Finding>) {
+    let named = words_in(&MARKETING_DOC, norm);
     if !named.is_empty() {
         out.push(finding(
             AuditRule::TitleNoMarketing,
@@ -372,24 +387,25 @@ fn lint_title(title: &str, existing: &[String], out: &mut Vec<Finding>) {
                 quoted(&named)
             ),
         ));
-    } else {
-        let more: Vec<&str> = MARKETING_MORE
-            .iter()
-            .copied()
-            .filter(|w| norm.contains(w))
-            .collect();
-        if !more.is_empty() {
-            out.push(finding(
-                AuditRule::TitleNoMarketing,
-                Severity::Warning,
-                None,
-                format!(
-                    "The title \"{title}\" looks like marketing ({}), which templates may not carry.",
-                    quoted(&more)
-                ),
-            ));
-        }
+        return;
     }
+    let more = words_in(&MARKETING_MORE, norm);
+    if !more.is_empty() {
+        out.push(finding(
+            AuditRule::TitleNoMarketing,
+            Severity::Warning,
+            None,
+            format!(
+                "The title \"{title}\" looks like marketing ({}), which templates may not carry.",
+                quoted(&more)
+            ),
+        ));
+    }
+}
+
+/// The `words` that occur in `text`, in list order.
+fn words_in<'w>(words: &[&'w str], text: &str) -> Vec<&'w str> {
+    words.iter().copied().filter(|w| text.contains(w)).collect()
 }
 
 fn lint_keywords(keywords: &[KeywordDraft], out: &mut Vec<Finding>) {

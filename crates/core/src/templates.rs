@@ -507,6 +507,31 @@ fn check_field(
     field: &Value,
 ) -> Result<(), InvalidTemplateData> {
     let name = &placeholder.name;
+    let (object, value) = field_value(name, field)?;
+    let subscribe = template.channel == Channel::Subscribe;
+    if let Some(color) = object.get("color") {
+        check_field_color(name, color, subscribe)?;
+    }
+    if let Some(other) = object.keys().find(|k| *k != "value" && *k != "color") {
+        return Err(InvalidTemplateData::new(
+            format!("data.{name}.{other}"),
+            "value_shape",
+            format!("data.{name} may carry only value (and color, legacy only), not {other}"),
+        ));
+    }
+    // Only subscribe templates say what their values may be.
+    if !subscribe {
+        return Ok(());
+    }
+    check_subscribe_value(template, placeholder, &value)
+}
+
+/// The field `data.{name}` as an object and its `value` as text (a number is
+/// taken as written).
+fn field_value<'f>(
+    name: &str,
+    field: &'f Value,
+) -> Result<(&'f Map<String, Value>, String), InvalidTemplateData> {
     let shape = || {
         InvalidTemplateData::new(
             format!("data.{name}"),
@@ -520,36 +545,41 @@ fn check_field(
         Some(Value::Number(number)) => number.to_string(),
         _ => return Err(shape()),
     };
-    let subscribe = template.channel == Channel::Subscribe;
-    if let Some(color) = object.get("color") {
-        if subscribe {
-            return Err(InvalidTemplateData::new(
-                format!("data.{name}.color"),
-                "not_in_subscribe",
-                format!("a subscribe message has no colours: remove data.{name}.color"),
-            ));
-        }
-        match color.as_str() {
-            Some(text) => check_color(&format!("data.{name}.color"), text)?,
-            None => {
-                return Err(InvalidTemplateData::new(
-                    format!("data.{name}.color"),
-                    "color",
-                    format!("data.{name}.color must be a colour as #RRGGBB, e.g. #173177"),
-                ))
-            }
-        }
-    }
-    if let Some(other) = object.keys().find(|k| *k != "value" && *k != "color") {
+    Ok((object, value))
+}
+
+/// `data.{name}.color`: a legacy template's colour; a subscribe message has
+/// none.
+fn check_field_color(
+    name: &str,
+    color: &Value,
+    subscribe: bool,
+) -> Result<(), InvalidTemplateData> {
+    if subscribe {
         return Err(InvalidTemplateData::new(
-            format!("data.{name}.{other}"),
-            "value_shape",
-            format!("data.{name} may carry only value (and color, legacy only), not {other}"),
+            format!("data.{name}.color"),
+            "not_in_subscribe",
+            format!("a subscribe message has no colours: remove data.{name}.color"),
         ));
     }
-    if !subscribe {
-        return Ok(());
+    match color.as_str() {
+        Some(text) => check_color(&format!("data.{name}.color"), text),
+        None => Err(InvalidTemplateData::new(
+            format!("data.{name}.color"),
+            "color",
+            format!("data.{name}.color must be a colour as #RRGGBB, e.g. #173177"),
+        )),
     }
+}
+
+/// A subscribe value against the template: not empty, one of its enum
+/// values if it lists them, else of its placeholder's type.
+fn check_subscribe_value(
+    template: &CatalogueTemplate,
+    placeholder: &Placeholder,
+    value: &str,
+) -> Result<(), InvalidTemplateData> {
+    let name = &placeholder.name;
     let field_path = format!("data.{name}.value");
     if value.trim().is_empty() {
         return Err(InvalidTemplateData::new(
@@ -559,7 +589,7 @@ fn check_field(
         ));
     }
     if let Some(allowed) = template.enum_values.get(name) {
-        if allowed.contains(&value) {
+        if allowed.iter().any(|v| v == value) {
             return Ok(());
         }
         return Err(InvalidTemplateData::new(
@@ -575,7 +605,7 @@ fn check_field(
         // An enum without its list, or a type this gateway does not know:
         // WeChat judges it.
         Some(ValueRule::Enum) | None => Ok(()),
-        Some(rule) if rule.accepts(&value) => Ok(()),
+        Some(rule) if rule.accepts(value) => Ok(()),
         Some(rule) => Err(InvalidTemplateData::new(
             field_path,
             "value_type",

@@ -49,26 +49,50 @@ impl Flow {
     /// on from (no template id, a send that was not sent).
     pub async fn run(&self) -> anyhow::Result<String> {
         let http = reqwest::Client::new();
-        let app = format!("{}/v1/apps/{}", self.gateway, self.appid);
-        let auth = format!("-H 'Authorization: Bearer {}'", self.key);
-        let post = |url: &str, body: &str| {
-            format!(
-                "curl -s -X POST {url} {auth} -H 'Content-Type: application/json' \\\n  -d '{body}'"
-            )
-        };
         let mut out = String::new();
         let _ = writeln!(
             out,
             "\n== The subscribe flow (the one that works on WeChat today), run now against the fake ==",
         );
+        let template = self.add_template(&http, &mut out).await?;
+        self.accept_in_prompt(&http, &template, &mut out).await?;
+        self.post_prompt_result(&http, &template, &mut out).await?;
+        self.show_quota(&http, &template, &mut out).await?;
+        self.send_twice(&http, &template, &mut out).await?;
+        Ok(out)
+    }
 
-        // 1. The template, added through the gateway's admin endpoint.
+    /// The app's base URL on the gateway.
+    fn app_url(&self) -> String {
+        format!("{}/v1/apps/{}", self.gateway, self.appid)
+    }
+
+    /// The curl option that sends the demo's API key.
+    fn auth(&self) -> String {
+        format!("-H 'Authorization: Bearer {}'", self.key)
+    }
+
+    /// The curl line that POSTs `body` as JSON to `url` with the API key.
+    fn curl_post(&self, url: &str, body: &str) -> String {
+        format!(
+            "curl -s -X POST {url} {} -H 'Content-Type: application/json' \\\n  -d '{body}'",
+            self.auth()
+        )
+    }
+
+    /// Step 1: the template, added through the gateway's admin endpoint.
+    /// Returns its id.
+    async fn add_template(
+        &self,
+        http: &reqwest::Client,
+        out: &mut String,
+    ) -> anyhow::Result<String> {
         let body = format!(
             r#"{{"channel":"subscribe","tid":{TID},"keyword_ids":[{},{}],"scene_desc":"{SCENE_DESC}"}}"#,
             KEYWORD_IDS[0], KEYWORD_IDS[1]
         );
-        let url = format!("{app}/templates");
-        let added = self.post(&http, &url, &body).await?;
+        let url = format!("{}/templates", self.app_url());
+        let added = self.post(http, &url, &body).await?;
         let template = added.body["id"]
             .as_str()
             .with_context(|| {
@@ -87,10 +111,10 @@ impl Flow {
             })
             .unwrap_or_default();
         step(
-            &mut out,
+            out,
             1,
             "Add a subscribe template through the gateway (scope admin; it calls wxaapi/newtmpl/addtemplate):",
-            &post(&url, &body),
+            &self.curl_post(&url, &body),
             &format!(
                 "{} template {template}, \"{}\", {}, placeholders {}",
                 added.status,
@@ -99,70 +123,103 @@ impl Flow {
                 placeholders.join(", ")
             ),
         );
+        Ok(template)
+    }
 
-        // 2. The user accepts it in the prompt: WeChat (the fake) counts a grant.
+    /// Step 2: the user accepts it in the prompt: WeChat (the fake) counts a
+    /// grant.
+    async fn accept_in_prompt(
+        &self,
+        http: &reqwest::Client,
+        template: &str,
+        out: &mut String,
+    ) -> anyhow::Result<()> {
         let accept = format!(
             "{}/fake/apps/{}/users/{}/grants/{template}/accept",
             self.fake, self.appid, self.openid
         );
-        let accepted = self.post_empty(&http, &accept).await?;
+        let accepted = self.post_empty(http, &accept).await?;
         step(
-            &mut out,
+            out,
             2,
             "The user taps 允许 in wx.requestSubscribeMessage({tmplIds:[TEMPLATE]}); WeChat (the fake) counts one grant:",
             &format!("curl -s -X POST {accept}"),
             &format!("{} {}", accepted.status, accepted.body),
         );
+        Ok(())
+    }
 
-        // 3 and 4. The frontend posts the result, then posts it again.
+    /// Steps 3 and 4: the frontend posts the result, then posts it again.
+    async fn post_prompt_result(
+        &self,
+        http: &reqwest::Client,
+        template: &str,
+        out: &mut String,
+    ) -> anyhow::Result<()> {
         let prompt = format!(
             r#"{{"openid":"{}","request_id":"{}","result":{{"errMsg":"requestSubscribeMessage:ok","{template}":"accept"}}}}"#,
             self.openid, self.request_id
         );
-        let url = format!("{app}/subscriptions");
-        let curl = post(&url, &prompt);
-        let first = self.post(&http, &url, &prompt).await?;
+        let url = format!("{}/subscriptions", self.app_url());
+        let curl = self.curl_post(&url, &prompt);
+        let first = self.post(http, &url, &prompt).await?;
         step(
-            &mut out,
+            out,
             3,
             "The frontend posts the result, untouched, with the request_id it made for this prompt (scope collect):",
             &curl,
-            &prompt_summary(&first, &template),
+            &prompt_summary(&first, template),
         );
-        let again = self.post(&http, &url, &prompt).await?;
+        let again = self.post(http, &url, &prompt).await?;
         step(
-            &mut out,
+            out,
             4,
             "The same post again, as a frontend retrying after a network failure: nothing more is granted:",
             &curl,
-            &prompt_summary(&again, &template),
+            &prompt_summary(&again, template),
         );
+        Ok(())
+    }
 
-        // 5. The quota.
-        let quota_url = format!("{app}/users/{}/quota", self.openid);
-        let quota = self.get(&http, &quota_url).await?;
+    /// Step 5: the quota.
+    async fn show_quota(
+        &self,
+        http: &reqwest::Client,
+        template: &str,
+        out: &mut String,
+    ) -> anyhow::Result<()> {
+        let quota_url = format!("{}/users/{}/quota", self.app_url(), self.openid);
+        let quota = self.get(http, &quota_url).await?;
         step(
-            &mut out,
+            out,
             5,
             "What the user can receive now (one-time grants per template under \"subscriptions\"):",
-            &format!("curl -s {quota_url} {auth}"),
-            &quota_summary(&quota, &template),
+            &format!("curl -s {quota_url} {}", self.auth()),
+            &quota_summary(&quota, template),
         );
+        Ok(())
+    }
 
-        // 6 and 7. Two sends: the grant pays for the first only.
+    /// Steps 6 and 7: two sends; the grant pays for the first only.
+    async fn send_twice(
+        &self,
+        http: &reqwest::Client,
+        template: &str,
+        out: &mut String,
+    ) -> anyhow::Result<()> {
         let message = format!(
             r#"{{"touser":"{}","template_id":"{template}","page":"pages/order/detail?id=1024","data":{{"thing1":{{"value":"蓝色马克杯"}},"character_string2":{{"value":"SN20240501001"}}}}}}"#,
             self.openid
         );
-        let url = format!("{app}/messages");
-        let curl = post(&url, &message);
-        let sent = self.post(&http, &url, &message).await?;
+        let url = format!("{}/messages", self.app_url());
+        let curl = self.curl_post(&url, &message);
+        let sent = self.post(http, &url, &message).await?;
         let attempt = &sent.body["attempts"][0];
         if sent.status != 200 {
             anyhow::bail!("the first send answered {} {}", sent.status, sent.body);
         }
         step(
-            &mut out,
+            out,
             6,
             "A business service notifies the user; the gateway sees a subscribe template and spends the grant:",
             &curl,
@@ -176,9 +233,9 @@ impl Flow {
                 sent.body["checked"]
             ),
         );
-        let refused = self.post(&http, &url, &message).await?;
+        let refused = self.post(http, &url, &message).await?;
         step(
-            &mut out,
+            out,
             7,
             "Again: the grant is spent, so the gateway answers 409 no_credential and calls nothing:",
             &curl,
@@ -189,7 +246,7 @@ impl Flow {
                 text(&refused.body["error"]["message"])
             ),
         );
-        Ok(out)
+        Ok(())
     }
 
     /// Posts `body` as the curl line shows it, byte for byte.
