@@ -9,8 +9,9 @@
 //!   credential left does, what becomes of a credential without a token;
 //! - `execute`: the short executor that claims, calls, and applies what
 //!   `decide` and `run` say;
-//! - `guard`: what stands before every call (the per-app call bound, the
-//!   circuit breaker, a lease with room for the whole call).
+//! - `guard`: what stands before every call: the per-app call bound and the
+//!   circuit breaker (a lease with room for the whole call is the
+//!   executor's `ensure_lease_room`).
 //!
 //! Each step is its own short write: the claim leases a credential to the
 //! message under the run's fencing token, the call to WeChat happens with no
