@@ -1,13 +1,15 @@
-//! The executor: claims credentials, calls WeChat, and applies the steps
-//! `decide` returns. Every rule lives in `decide`; what is here is doing.
+//! The executor: claims credentials, calls WeChat, and applies what the
+//! send path's rules decide (`decide` for each answer, `run` around the
+//! calls). Every rule lives there; what is here is doing.
 
+use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
-use std::hash::{Hash, Hasher};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::decide::{self, CallOutcome, MessageEnd, Policy, Spending, Step};
+use super::decide::{self, CallOutcome, Finish, Next, Policy, RetryAfter, Settle, Spending};
+use super::run::{self, NoneLeft, Opening, Seen, Start, TokenTrouble};
 use super::{AttemptSummary, SendResult, Sender};
 use crate::ledger::failure::SendFailure;
 use crate::ledger::kinds::CredentialKind;
@@ -18,9 +20,9 @@ use crate::storage::{
 use crate::tokens::TokenError;
 use crate::wechat::CallError;
 
-/// A message the send path works on.
+/// A message the send path works on: what to send, to whom, and how.
 #[derive(Debug, Clone)]
-pub(super) struct Job {
+pub(super) struct OutgoingMessage {
     pub appid: String,
     pub touser: String,
     pub template_id: String,
@@ -30,7 +32,7 @@ pub(super) struct Job {
     pub wait_until: Option<i64>,
 }
 
-impl Job {
+impl OutgoingMessage {
     pub(super) fn from_stored(message: &StoredMessage) -> anyhow::Result<Self> {
         let payload = match serde_json::from_str(&message.payload)? {
             Value::Object(payload) => payload,
@@ -48,30 +50,18 @@ impl Job {
     }
 }
 
-/// Where a run of the send path starts.
-pub(super) enum Initial {
-    /// Claim the first credential (a message taken up again).
-    Claim,
-    /// The first claim was made with the message's creation.
-    Claimed(Option<ClaimedCredential>),
-    /// The app's daily quota is spent until then.
-    Blocked(i64),
-    /// A credential found leased to the message after a crash.
-    Recovered(ClaimedCredential),
-}
-
-/// How one claimed credential ended.
-enum CredentialEnd {
-    /// The message is finished (or handed over).
-    Done(SendResult),
-    /// Try the user's next credential.
-    Next,
+/// What comes after one credential left the run.
+enum AfterCredential {
+    /// The message is finished (or handed over): the run's answer.
+    Finished(SendResult),
+    /// Claim the user's next credential.
+    ClaimNext,
 }
 
 /// One message on its way through the rules, holding its lease and a call slot.
 pub(super) struct Run<'a> {
     sender: &'a Sender,
-    job: &'a Job,
+    message: &'a OutgoingMessage,
     lease: Lease,
     /// Until when this run's lease holds, by this process's clock.
     lease_until: i64,
@@ -79,34 +69,32 @@ pub(super) struct Run<'a> {
     /// Fetched after the first claim: a user without credentials gets their
     /// 409 even while WeChat's token endpoint is down.
     token: Option<String>,
-    parked: Vec<i64>,
+    /// What the run saw of the user's credentials: the 43101 that revoked
+    /// them, the prepay_ids it parked.
+    seen: Seen,
     /// Whether a call to WeChat was made: from then on a failed write is
     /// retried, and never answered as if nothing was sent.
     called: bool,
-    /// The errcode with which WeChat said the user holds no grant of the
-    /// template (43101), when it did: the 409 names it.
-    revoked_by: Option<i64>,
     _slot: OwnedSemaphorePermit,
 }
 
 impl<'a> Run<'a> {
     pub(super) fn new(
         sender: &'a Sender,
-        job: &'a Job,
+        message: &'a OutgoingMessage,
         lease: Lease,
         lease_until: i64,
         slot: OwnedSemaphorePermit,
     ) -> Self {
         Self {
             sender,
-            job,
+            message,
             lease,
             lease_until,
             attempts: Vec::new(),
             token: None,
-            parked: Vec::new(),
+            seen: Seen::default(),
             called: false,
-            revoked_by: None,
             _slot: slot,
         }
     }
@@ -114,8 +102,8 @@ impl<'a> Run<'a> {
     /// Drives the message, then returns the fresh prepay_ids parked on the
     /// way; a crash leaves them to recovery, which finds them owned by no
     /// message.
-    pub(super) async fn process(mut self, initial: Initial) -> anyhow::Result<SendResult> {
-        let result = match self.drive(initial).await {
+    pub(super) async fn process(mut self, start: Start) -> anyhow::Result<SendResult> {
+        let result = match self.drive(start).await {
             Ok(result) => Ok(result),
             Err(error) if self.called => {
                 // WeChat may have delivered: never answer as if nothing was
@@ -125,8 +113,8 @@ impl<'a> Run<'a> {
             }
             Err(error) => Err(error),
         };
-        if !self.parked.is_empty() {
-            let parked = std::mem::take(&mut self.parked);
+        if !self.seen.parked.is_empty() {
+            let parked = std::mem::take(&mut self.seen.parked);
             self.sender
                 .storage
                 .release_credentials(&parked, self.lease.token, self.sender.clock.now_ms())
@@ -142,335 +130,298 @@ impl<'a> Run<'a> {
             busy_retries: settings.busy_retries,
             fresh_prepay_grace_ms: settings.fresh_prepay_grace_ms,
             safety_margin_ms: settings.safety_margin_ms,
-            delivery: self.job.delivery,
+            delivery: self.message.delivery,
             park_ms: settings.lease_ms,
             token_refreshes: settings.token_refreshes,
+            not_ready_retry_ms: settings.not_ready_retry_ms,
+            token_retry_ms: settings.token_retry_ms,
         }
     }
 
-    async fn drive(&mut self, initial: Initial) -> anyhow::Result<SendResult> {
-        let sender = self.sender;
-        let appid = self.job.appid.as_str();
-        let mut next = match initial {
-            Initial::Blocked(until_ms) => {
-                return self.finish(SendFailure::QuotaExhausted { until_ms }).await
-            }
-            // A subscribe message the batched start found no grant for may
-            // still be paid by a long-term subscription: the claim below
-            // looks for both.
-            Initial::Claimed(None) if self.job.channel == Channel::Subscribe => None,
-            Initial::Claimed(None) => return self.no_credential().await,
-            Initial::Claimed(Some(credential)) => Some((credential, false)),
-            // A recovered credential is resolved whatever the quota says: it
-            // may already be in WeChat's hands.
-            Initial::Recovered(credential) => Some((credential, true)),
-            Initial::Claim => {
-                let blocked_until = sender.tokens.app_state(appid).await?.send_blocked_until;
-                if let Some(until_ms) = blocked_until.filter(|until| *until > sender.clock.now_ms())
-                {
-                    return self.finish(SendFailure::QuotaExhausted { until_ms }).await;
-                }
-                None
-            }
+    /// Spends the user's credentials one after another until one of them
+    /// finishes the message.
+    async fn drive(&mut self, start: Start) -> anyhow::Result<SendResult> {
+        let mut first = match run::open(start, self.message.channel) {
+            Opening::Fail(failure) => return self.fail(failure).await,
+            Opening::NoneLeft => return self.none_left().await,
+            Opening::Claim => None,
+            Opening::Spend {
+                credential,
+                recovered,
+            } => Some((credential, recovered)),
         };
-        for _ in 0..sender.settings.max_attempts {
-            let (credential, recovered) = match next.take() {
+        for _ in 0..self.sender.settings.max_attempts {
+            let (credential, recovered) = match first.take() {
                 Some(first) => first,
-                None => {
-                    let now = sender.clock.now_ms();
-                    let lease_until = now + sender.settings.lease_ms;
-                    let claim = sender
-                        .storage
-                        .claim_credential(
-                            appid,
-                            &self.job.touser,
-                            crate::storage::grant_of(self.job.channel, &self.job.template_id),
-                            &self.lease,
-                            now + sender.settings.safety_margin_ms,
-                            lease_until,
-                            now,
-                        )
-                        .await?;
-                    match claim {
-                        Claim::Claimed(credential) => {
-                            self.lease_until = lease_until;
-                            (credential, false)
-                        }
-                        Claim::NoneLeft => return self.no_credential().await,
-                        Claim::LeaseLost => return Ok(self.pending()),
-                    }
-                }
+                None => match self.claim().await? {
+                    Claim::Claimed(credential) => (credential, false),
+                    Claim::NoneLeft => return self.none_left().await,
+                    Claim::LeaseLost => return Ok(self.pending()),
+                },
             };
-            if self.token.is_none() {
-                match sender.tokens.current(appid).await {
-                    Ok(current) => self.token = Some(current.token),
-                    Err(error) => {
-                        tracing::warn!(appid, %error, "no access token for a send");
-                        // A recovered credential stays leased: recovery
-                        // tries again when its lease runs out.
-                        if recovered && error.is_transient() {
-                            return Ok(self.pending());
-                        }
-                        if !recovered {
-                            self.release(credential.id).await?;
-                        }
-                        if error.is_transient() {
-                            return self.wait_for_token(Some(&error)).await;
-                        }
-                        return self.finish(token_failure(&error)).await;
-                    }
-                }
-            }
             match self.spend(&credential, recovered).await {
-                Ok(CredentialEnd::Done(result)) => return Ok(result),
-                Ok(CredentialEnd::Next) => continue,
+                Ok(AfterCredential::Finished(result)) => return Ok(result),
+                Ok(AfterCredential::ClaimNext) => continue,
                 Err(LeaseLostOr::LeaseLost) => return Ok(self.pending()),
                 Err(LeaseLostOr::Error(error)) => return Err(error),
             }
         }
-        self.finish(SendFailure::AttemptLimit).await
+        self.fail(SendFailure::AttemptLimit).await
+    }
+
+    /// Leases the user's credential that expires soonest to the message,
+    /// renewing the message's lease with it.
+    async fn claim(&mut self) -> anyhow::Result<Claim> {
+        let sender = self.sender;
+        let now = sender.clock.now_ms();
+        let lease_until = now + sender.settings.lease_ms;
+        let claim = sender
+            .storage
+            .claim_credential(
+                &self.message.appid,
+                &self.message.touser,
+                crate::storage::grant_of(self.message.channel, &self.message.template_id),
+                &self.lease,
+                now + sender.settings.safety_margin_ms,
+                lease_until,
+                now,
+            )
+            .await?;
+        if let Claim::Claimed(_) = claim {
+            self.lease_until = lease_until;
+        }
+        Ok(claim)
     }
 
     /// No credential to claim: wait for one, or fail.
-    async fn no_credential(&mut self) -> anyhow::Result<SendResult> {
+    async fn none_left(&mut self) -> anyhow::Result<SendResult> {
         let sender = self.sender;
         let now = sender.clock.now_ms();
-        let waits = self.job.wait_until.is_some_and(|until| until > now);
-        if waits {
-            let next_attempt_at = if self.parked.is_empty() {
-                self.job.wait_until.unwrap_or(now)
-            } else {
-                now + sender.settings.not_ready_retry_ms
-            };
-            let held = sender
-                .storage
-                .wait_message(
-                    &self.lease,
-                    next_attempt_at,
-                    now + sender.settings.safety_margin_ms,
-                    now,
-                )
-                .await?;
-            if !held {
-                return Ok(self.pending());
+        match run::none_left(&self.seen, self.message.wait_until, now, &self.policy()) {
+            NoneLeft::Fail(failure) => self.fail(failure).await,
+            NoneLeft::Wait { next_attempt_at } => {
+                let valid_after = now + sender.settings.safety_margin_ms;
+                let held = sender
+                    .storage
+                    .wait_message(&self.lease, next_attempt_at, valid_after, now)
+                    .await?;
+                if !held {
+                    return Ok(self.pending());
+                }
+                Ok(self.result(MessageStatus::Waiting, None))
             }
-            return Ok(self.result(MessageStatus::Waiting, None));
         }
-        let failure = match (self.revoked_by, self.parked.is_empty()) {
-            (Some(errcode), _) => SendFailure::GrantsRevoked { errcode },
-            (None, true) => SendFailure::NoCredential,
-            (None, false) => SendFailure::CredentialNotReady,
-        };
-        self.finish(failure).await
     }
 
-    /// Calls WeChat with one leased credential until it is settled.
+    /// Calls WeChat with one leased credential until it leaves the run.
     async fn spend(
         &mut self,
         credential: &ClaimedCredential,
         recovered: bool,
-    ) -> Result<CredentialEnd, LeaseLostOr> {
-        let sender = self.sender;
-        let appid = self.job.appid.as_str();
+    ) -> Result<AfterCredential, LeaseLostOr> {
+        let message = self.message;
+        let appid = message.appid.as_str();
         let policy = self.policy();
-        let mut body = self.job.payload.clone();
-        // A grant is the ledger's account of WeChat's count, not a field of
-        // the call: only a template send names its credential.
-        if self.job.channel == Channel::Template {
-            body.insert("form_id".into(), credential.value.clone().into());
-        }
-        let body = Value::Object(body);
         let mut state = Spending {
             probing: recovered,
             ..Spending::default()
         };
+        if let Err(trouble) = self.ensure_token().await {
+            let settle = run::without_token(trouble, state.probing);
+            return self.settle(credential, Said::default(), settle).await;
+        }
         if recovered {
-            let now = sender.clock.now_ms();
-            if let Some(step) = decide::on_recovered(credential, now, &policy) {
-                return self.apply(credential, None, Answer::default(), step).await;
+            let now = self.sender.clock.now_ms();
+            if let Some(settle) = decide::on_recovered(credential, now, &policy) {
+                return self.settle(credential, Said::default(), settle).await;
             }
         }
+        let body = self.body(credential);
         loop {
-            // Probes bypass the breaker: they are how an unknown outcome ends.
-            if !state.probing {
-                if let Err(retry_after_ms) = sender.guard.admit(appid) {
-                    self.release(credential.id).await?;
-                    return Ok(CredentialEnd::Done(
-                        self.finish(SendFailure::CircuitOpen { retry_after_ms })
-                            .await?,
-                    ));
-                }
+            if let Some(settle) = run::admission(&state, || self.sender.guard.admit(appid)) {
+                return self.settle(credential, Said::default(), settle).await;
             }
             self.ensure_lease_room().await?;
-            let token = self.token.clone().unwrap_or_default();
-            self.called = true;
-            let call = match self.job.channel {
-                Channel::Template => sender.wechat.send_template(&token, &body).await,
-                Channel::Subscribe => sender.wechat.send_subscribe(&token, &body).await,
-            };
-            let (answer, said) = match call {
-                Ok(reply) => (
-                    CallOutcome::Answered(reply.errcode),
-                    Answer {
-                        // WeChat's errmsg names the field a 47003 is about.
-                        detail: Some(reply.errmsg)
-                            .filter(|errmsg| reply.errcode != 0 && !errmsg.is_empty()),
-                        msgid: reply.msgid,
-                    },
-                ),
-                Err(error) => {
-                    let (answer, detail) = match error {
-                        CallError::NotSent(detail) => (CallOutcome::NotSent, detail),
-                        CallError::Ambiguous(detail) => (CallOutcome::Ambiguous, detail),
-                    };
-                    tracing::warn!(appid, %detail, "WeChat call failed");
-                    (answer, Answer::detail(detail))
+            let (answer, said) = self.call(&body).await;
+            let now = self.sender.clock.now_ms();
+            let decision = decide::decide(answer, &state, credential, now, &policy);
+            self.sender.guard.record(appid, decision.wechat_failed);
+            let retry = match decision.next {
+                Next::Retry(retry) => retry,
+                Next::Settle(settle) => return self.settle(credential, said, settle).await,
+                Next::TokenRefused { outcome, then } => {
+                    self.record_kept(credential, said, outcome).await?;
+                    return self.settle(credential, Said::default(), then).await;
                 }
             };
-            sender.guard.record(appid, answer);
-            let step = decide::decide(answer, &state, credential, sender.clock.now_ms(), &policy);
-            match step {
-                Step::CallAgain { retry, .. } => {
-                    self.record(credential, answer, said, step.outcome())
-                        .await?;
-                    tokio::time::sleep(backoff_with_jitter(
-                        sender.settings.busy_backoff,
-                        retry,
-                        &self.lease.message_id,
-                    ))
-                    .await;
-                    state = state.after(&step);
-                }
-                Step::RefreshToken { outcome } => {
-                    self.record(credential, answer, said, outcome).await?;
-                    state = state.after(&step);
-                    match sender.tokens.refresh(appid, &token).await {
-                        Ok(fresh) => self.token = Some(fresh.token),
-                        Err(error) => {
-                            tracing::warn!(appid, %error, "token refresh after a rejection failed");
-                            return self
-                                .await_token(credential, state.probing, Some(&error))
-                                .await;
-                        }
-                    }
-                }
-                Step::AwaitToken { outcome } => {
-                    self.record(credential, answer, said, outcome).await?;
-                    return self.await_token(credential, state.probing, None).await;
-                }
-                step => return self.apply(credential, Some(answer), said, step).await,
+            self.record_kept(credential, said, retry.outcome).await?;
+            state = retry.spending;
+            if let Err(trouble) = self.before_retry(retry.after).await {
+                let settle = run::without_token(trouble, state.probing);
+                return self.settle(credential, Said::default(), settle).await;
             }
         }
     }
 
-    /// Applies a step that settles the credential.
-    async fn apply(
+    /// The body of every call with this credential. A grant is the ledger's
+    /// account of WeChat's count, not a field of the call: only a template
+    /// send names its credential.
+    fn body(&self, credential: &ClaimedCredential) -> Value {
+        let mut body = self.message.payload.clone();
+        if self.message.channel == Channel::Template {
+            body.insert("form_id".into(), credential.value.clone().into());
+        }
+        Value::Object(body)
+    }
+
+    /// The app's token, fetched once per run.
+    async fn ensure_token(&mut self) -> Result<(), TokenTrouble> {
+        if self.token.is_some() {
+            return Ok(());
+        }
+        let appid = self.message.appid.as_str();
+        match self.sender.tokens.current(appid).await {
+            Ok(current) => {
+                self.token = Some(current.token);
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(appid, %error, "no access token for a send");
+                Err(token_trouble(&error))
+            }
+        }
+    }
+
+    /// One call to WeChat: what came back, and what it said besides.
+    async fn call(&mut self, body: &Value) -> (CallOutcome, Said) {
+        let sender = self.sender;
+        let token = self.token.as_deref().unwrap_or_default();
+        self.called = true;
+        let call = match self.message.channel {
+            Channel::Template => sender.wechat.send_template(token, body).await,
+            Channel::Subscribe => sender.wechat.send_subscribe(token, body).await,
+        };
+        match call {
+            Ok(reply) => (
+                CallOutcome::Answered(reply.errcode),
+                Said {
+                    errcode: Some(reply.errcode),
+                    // WeChat's errmsg names the field a 47003 is about.
+                    detail: Some(reply.errmsg)
+                        .filter(|errmsg| reply.errcode != 0 && !errmsg.is_empty()),
+                    msgid: reply.msgid,
+                },
+            ),
+            Err(error) => {
+                let (answer, detail) = match error {
+                    CallError::NotSent(detail) => (CallOutcome::NotSent, detail),
+                    CallError::Ambiguous(detail) => (CallOutcome::Ambiguous, detail),
+                };
+                let appid = self.message.appid.as_str();
+                tracing::warn!(appid, %detail, "WeChat call failed");
+                let said = Said {
+                    detail: Some(detail),
+                    ..Said::default()
+                };
+                (answer, said)
+            }
+        }
+    }
+
+    /// What comes before a retry: a backoff, or a fresh token (the trouble
+    /// when none can be had).
+    async fn before_retry(&mut self, after: RetryAfter) -> Result<(), TokenTrouble> {
+        let sender = self.sender;
+        match after {
+            RetryAfter::Backoff { retry } => {
+                let message_id = &self.lease.message_id;
+                let backoff = backoff_with_jitter(sender.settings.busy_backoff, retry, message_id);
+                tokio::time::sleep(backoff).await;
+                Ok(())
+            }
+            RetryAfter::FreshToken => {
+                let appid = self.message.appid.as_str();
+                let refused = self.token.clone().unwrap_or_default();
+                match sender.tokens.refresh(appid, &refused).await {
+                    Ok(fresh) => {
+                        self.token = Some(fresh.token);
+                        Ok(())
+                    }
+                    Err(error) => {
+                        tracing::warn!(appid, %error, "token refresh after a rejection failed");
+                        Err(token_trouble(&error))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lets the credential go as `settle` says; `said` is what the call that
+    /// led here said (nothing, when no call did).
+    async fn settle(
         &mut self,
         credential: &ClaimedCredential,
-        answer: Option<CallOutcome>,
-        said: Answer,
-        step: Step,
-    ) -> Result<CredentialEnd, LeaseLostOr> {
-        let errcode = answer.and_then(CallOutcome::errcode);
-        match step {
-            Step::NextCredential {
+        said: Said,
+        settle: Settle,
+    ) -> Result<AfterCredential, LeaseLostOr> {
+        let finished = match settle {
+            Settle::NextCredential {
                 outcome,
                 settlement,
             } => {
-                if let Settlement::Revoked { errcode } = settlement {
-                    self.revoked_by = Some(errcode);
-                }
-                let attempt = self.attempt(credential, errcode, outcome, said);
+                let attempt = self.attempt(credential, said, outcome);
                 self.persist(&attempt, Some((credential.id, settlement)), None)
                     .await?;
-                if matches!(settlement, Settlement::Parked { .. }) {
-                    self.parked.push(credential.id);
-                }
-                Ok(CredentialEnd::Next)
+                self.seen.note(credential.id, settlement);
+                return Ok(AfterCredential::ClaimNext);
             }
-            Step::End {
-                outcome,
-                settlement,
-                end,
-            } => {
-                let (status, failure) = match end {
-                    MessageEnd::Sent => (MessageStatus::Sent, None),
-                    MessageEnd::Unknown => {
-                        (MessageStatus::Unknown, Some(SendFailure::OutcomeUnknown))
-                    }
-                    MessageEnd::Failed(failure) => (MessageStatus::Failed, Some(failure)),
-                };
-                if let Some(SendFailure::QuotaExhausted { until_ms }) = &failure {
-                    let sender = self.sender;
-                    sender
-                        .storage
-                        .block_sends(&self.job.appid, *until_ms)
-                        .await
-                        .map_err(LeaseLostOr::Error)?;
-                    sender.tokens.note_blocked(&self.job.appid, *until_ms);
-                }
-                let message = message_outcome(status, failure.as_ref());
-                let attempt = self.attempt(credential, errcode, outcome, said);
-                if settlement == Settlement::Spent && status == MessageStatus::Sent {
-                    // The common end of a send shares a commit with others.
-                    self.persist_end(credential.id, &attempt, &message).await?;
-                } else {
-                    self.persist(&attempt, Some((credential.id, settlement)), Some(&message))
-                        .await?;
-                }
-                Ok(CredentialEnd::Done(self.result(status, failure)))
+            Settle::Finish(finish) => self.finish(credential, said, finish).await?,
+            Settle::LeaveForRecovery => self.pending(),
+            Settle::AwaitToken { retry_at_ms } => {
+                self.release(credential.id).await?;
+                self.wait_for_token(retry_at_ms).await?
             }
-            Step::CallAgain { .. } | Step::RefreshToken { .. } | Step::AwaitToken { .. } => {
-                unreachable!("the executor's loop applies the steps that call again")
+            Settle::GiveBack(failure) => {
+                self.release(credential.id).await?;
+                self.fail(failure).await?
             }
-        }
+        };
+        Ok(AfterCredential::Finished(finished))
     }
 
-    /// No working token for a credential WeChat has not spent: the message
-    /// waits for one (the credential back in the pool, or, while probing,
-    /// still leased for recovery to probe again). Only a refusal for the
-    /// app's configuration (`error` not transient) ends the message.
-    async fn await_token(
+    /// Finishes the message with the attempt that settles its credential,
+    /// blocking the app's sends first when its quota is spent.
+    async fn finish(
         &mut self,
         credential: &ClaimedCredential,
-        probing: bool,
-        error: Option<&TokenError>,
-    ) -> Result<CredentialEnd, LeaseLostOr> {
-        let transient = error.is_none_or(TokenError::is_transient);
-        match (transient, probing) {
-            (true, true) => Ok(CredentialEnd::Done(self.pending())),
-            (true, false) => {
-                self.release(credential.id).await?;
-                Ok(CredentialEnd::Done(self.wait_for_token(error).await?))
-            }
-            (false, true) => {
-                let step = Step::End {
-                    outcome: AttemptOutcome::TokenUnavailable,
-                    settlement: Settlement::SpentUnproven,
-                    end: MessageEnd::Unknown,
-                };
-                self.apply(credential, None, Answer::default(), step).await
-            }
-            (false, false) => {
-                self.release(credential.id).await?;
-                let failure = error.map_or(
-                    SendFailure::TokenUnavailable { errcode: None },
-                    token_failure,
-                );
-                Ok(CredentialEnd::Done(self.finish(failure).await?))
-            }
+        said: Said,
+        finish: Finish,
+    ) -> Result<SendResult, LeaseLostOr> {
+        let sender = self.sender;
+        let appid = self.message.appid.as_str();
+        if let Some(until_ms) = finish.blocks_sends_until {
+            sender.storage.block_sends(appid, until_ms).await?;
+            sender.tokens.note_blocked(appid, until_ms);
         }
+        let (status, failure) = (finish.fate.status(), finish.fate.failure());
+        let message = message_outcome(status, failure.as_ref());
+        let attempt = self.attempt(credential, said, finish.outcome);
+        if finish.settlement == Settlement::Spent && status == MessageStatus::Sent {
+            // The common end of a send shares a commit with others.
+            self.persist_end(credential.id, &attempt, &message).await?;
+        } else {
+            let settlement = Some((credential.id, finish.settlement));
+            self.persist(&attempt, settlement, Some(&message)).await?;
+        }
+        Ok(self.result(status, failure))
     }
 
     /// Puts the message back to wait for a token, its credential already
     /// back in the pool: due again when the token keeper may have one.
-    async fn wait_for_token(&mut self, error: Option<&TokenError>) -> anyhow::Result<SendResult> {
+    async fn wait_for_token(&mut self, retry_at_ms: Option<i64>) -> anyhow::Result<SendResult> {
         let sender = self.sender;
         let now = sender.clock.now_ms();
-        let next_attempt_at = error
-            .and_then(TokenError::retry_at_ms)
-            .unwrap_or(now)
-            .max(now + sender.settings.token_retry_ms);
+        let next_attempt_at = run::token_retry_at(retry_at_ms, now, &self.policy());
         let held = sender
             .storage
             .wait_for_token(&self.lease, next_attempt_at, now)
@@ -479,7 +430,7 @@ impl<'a> Run<'a> {
             return Ok(self.pending());
         }
         tracing::warn!(
-            appid = %self.job.appid,
+            appid = %self.message.appid,
             retry_in_ms = next_attempt_at - now,
             "no working access token: the message waits for one"
         );
@@ -509,17 +460,18 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// The attempt of a call with `credential` (or of the decision not to
+    /// make one), labelled `outcome`.
     fn attempt(
         &self,
         credential: &ClaimedCredential,
-        errcode: Option<i64>,
+        said: Said,
         outcome: AttemptOutcome,
-        said: Answer,
     ) -> NewAttempt {
         NewAttempt {
             credential_id: Some(credential.id),
             credential_kind: Some(credential.kind),
-            errcode,
+            errcode: said.errcode,
             outcome,
             detail: said.detail,
             msgid: said.msgid,
@@ -527,14 +479,13 @@ impl<'a> Run<'a> {
     }
 
     /// Records an attempt that keeps the credential leased.
-    async fn record(
+    async fn record_kept(
         &mut self,
         credential: &ClaimedCredential,
-        answer: CallOutcome,
-        said: Answer,
+        said: Said,
         outcome: AttemptOutcome,
     ) -> Result<(), LeaseLostOr> {
-        let attempt = self.attempt(credential, answer.errcode(), outcome, said);
+        let attempt = self.attempt(credential, said, outcome);
         self.persist(&attempt, Some((credential.id, Settlement::Kept)), None)
             .await
     }
@@ -642,7 +593,7 @@ impl<'a> Run<'a> {
     }
 
     /// Fails the message without a further call to WeChat.
-    async fn finish(&mut self, failure: SendFailure) -> anyhow::Result<SendResult> {
+    async fn fail(&mut self, failure: SendFailure) -> anyhow::Result<SendResult> {
         let outcome = message_outcome(MessageStatus::Failed, Some(&failure));
         let held = self
             .sender
@@ -671,21 +622,14 @@ impl<'a> Run<'a> {
     }
 }
 
-/// What a call said besides its errcode: the failure's detail or WeChat's
-/// errmsg, and the msgid of a delivered subscribe message.
+/// What a call said, for its attempt: WeChat's errcode, the failure's
+/// detail or WeChat's errmsg, and the msgid of a delivered subscribe message.
+/// Empty when no call was made.
 #[derive(Debug, Default)]
-struct Answer {
+struct Said {
+    errcode: Option<i64>,
     detail: Option<String>,
     msgid: Option<String>,
-}
-
-impl Answer {
-    fn detail(detail: String) -> Self {
-        Self {
-            detail: Some(detail),
-            msgid: None,
-        }
-    }
 }
 
 /// Either the lease was lost, or a write failed for good.
@@ -708,12 +652,18 @@ fn message_outcome(status: MessageStatus, failure: Option<&SendFailure>) -> Mess
     }
 }
 
-fn token_failure(error: &TokenError) -> SendFailure {
-    match error {
-        TokenError::Refused { errcode, .. } => SendFailure::TokenUnavailable {
-            errcode: Some(*errcode),
+/// What the send's rules need to know of a token error.
+fn token_trouble(error: &TokenError) -> TokenTrouble {
+    if error.is_transient() {
+        return TokenTrouble::Transient {
+            retry_at_ms: error.retry_at_ms(),
+        };
+    }
+    TokenTrouble::Refused {
+        errcode: match error {
+            TokenError::Refused { errcode, .. } => Some(*errcode),
+            _ => None,
         },
-        _ => SendFailure::TokenUnavailable { errcode: None },
     }
 }
 

@@ -6,8 +6,6 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::decide::CallOutcome;
-use crate::ledger::settle::{classify, Verdict};
 use crate::wechat::breaker::Breakers;
 
 /// The per-app call bound and breaker of one process; cheap to clone.
@@ -49,14 +47,11 @@ impl CallGuard {
         self.breakers.admit(appid)
     }
 
-    /// Counts an answer for the app's circuit: unreachable, lost and busy
-    /// answers are failures, every other answer a success.
-    pub(super) fn record(&self, appid: &str, answer: CallOutcome) {
-        let failed = match answer {
-            CallOutcome::NotSent | CallOutcome::Ambiguous => true,
-            CallOutcome::Answered(errcode) => classify(errcode) == Verdict::SystemBusy,
-        };
-        if failed {
+    /// Counts a call for the app's circuit, as `decide` read its answer
+    /// (`Decision::wechat_failed`): unreachable, lost and busy answers are
+    /// failures, every other answer a success.
+    pub(super) fn record(&self, appid: &str, wechat_failed: bool) {
+        if wechat_failed {
             self.breakers.failure(appid);
         } else {
             self.breakers.success(appid);

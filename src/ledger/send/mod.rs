@@ -4,9 +4,14 @@
 //! Split along its concerns:
 //! - [`request`]: what a business service asks to send;
 //! - [`decide`]: the errcode rules as one pure function (no database, no HTTP);
-//! - `execute`: the short executor that claims, calls, and applies each step;
-//! - `guard`: what stands before every call (the per-app call bound, the
-//!   circuit breaker, a lease with room for the whole call).
+//! - [`run`]: the rules around the calls, as pure functions: where a run
+//!   starts, whether a call passes the breaker, what a message with no
+//!   credential left does, what becomes of a credential without a token;
+//! - `execute`: the short executor that claims, calls, and applies what
+//!   `decide` and `run` say;
+//! - `guard`: what stands before every call: the per-app call bound and the
+//!   circuit breaker (a lease with room for the whole call is the
+//!   executor's `ensure_lease_room`).
 //!
 //! Each step is its own short write: the claim leases a credential to the
 //! message under the run's fencing token, the call to WeChat happens with no
@@ -20,7 +25,7 @@
 mod execute;
 mod guard;
 
-pub use formid_core::send::{decide, request};
+pub use formid_core::send::{decide, request, run};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,8 +41,9 @@ use crate::storage::{ClaimedCredential, Lease, NewMessage, StartSend, Storage, S
 use crate::tokens::TokenKeeper;
 use crate::wechat::breaker::Breakers;
 use crate::wechat::SharedWeChat;
-use execute::{Initial, Job, Run};
+use execute::{OutgoingMessage, Run};
 use guard::CallGuard;
+use run::Start;
 
 /// Policy of the send path.
 #[derive(Debug, Clone)]
@@ -149,7 +155,7 @@ impl Sender {
             lease_token: lease.token,
             channel: request.channel,
         };
-        let job = Job {
+        let outgoing = OutgoingMessage {
             appid: appid.to_owned(),
             touser: request.touser,
             template_id: request.template_id,
@@ -160,12 +166,12 @@ impl Sender {
         };
         // 45009 earlier today: answer at once, without calling WeChat.
         let blocked_until = self.tokens.app_state(appid).await?.send_blocked_until;
-        let initial = match blocked_until.filter(|until| *until > now) {
+        let start = match run::quota_block(blocked_until, now) {
             Some(until_ms) => {
                 self.storage.create_message(&message, now).await?;
-                Initial::Blocked(until_ms)
+                Start::QuotaBlocked { until_ms }
             }
-            None => Initial::Claimed(
+            None => Start::AlreadyClaimed(
                 self.storage
                     .start_send(&StartSend {
                         message,
@@ -176,8 +182,8 @@ impl Sender {
             ),
         };
         let lease_until = now + self.settings.lease_ms;
-        Run::new(self, &job, lease, lease_until, permit)
-            .process(initial)
+        Run::new(self, &outgoing, lease, lease_until, permit)
+            .process(start)
             .await
     }
 
@@ -186,7 +192,7 @@ impl Sender {
     /// The caller (a worker) runs it inside a `resume{appid, message_id}` span.
     pub async fn resume(&self, message: &StoredMessage, token: i64) -> anyhow::Result<SendResult> {
         let permit = self.guard.slot(&message.appid).await;
-        let job = Job::from_stored(message)?;
+        let outgoing = OutgoingMessage::from_stored(message)?;
         let lease = Lease {
             message_id: message.id.clone(),
             token,
@@ -194,8 +200,17 @@ impl Sender {
         // The lease may have aged while the slot was awaited: the first
         // claim renews it.
         let lease_until = self.clock.now_ms();
-        Run::new(self, &job, lease, lease_until, permit)
-            .process(Initial::Claim)
+        let blocked_until = self
+            .tokens
+            .app_state(&message.appid)
+            .await?
+            .send_blocked_until;
+        let start = match run::quota_block(blocked_until, self.clock.now_ms()) {
+            Some(until_ms) => Start::QuotaBlocked { until_ms },
+            None => Start::ClaimFirst,
+        };
+        Run::new(self, &outgoing, lease, lease_until, permit)
+            .process(start)
             .await
     }
 
@@ -240,9 +255,9 @@ impl Sender {
                 .await?;
             return Ok(None);
         }
-        let job = Job::from_stored(&message)?;
-        Run::new(self, &job, lease, lease_until, permit)
-            .process(Initial::Recovered(credential))
+        let outgoing = OutgoingMessage::from_stored(&message)?;
+        Run::new(self, &outgoing, lease, lease_until, permit)
+            .process(Start::Recovered(credential))
             .await
             .map(Some)
     }

@@ -1,8 +1,10 @@
 //! The send path's rules: what a business service asks to send
-//! ([`request`]) and what each answer of WeChat means for the credential,
-//! the message and the next step ([`decide`]).
+//! ([`request`]), what each answer of WeChat means for the credential, the
+//! message and the next step ([`decide`]), and the rules of a run around its
+//! calls ([`run`]).
 
 pub mod decide;
 pub mod request;
+pub mod run;
 
 pub use request::{InvalidTemplateData, PreparedSend, SendRequest, SubscribeDefaults};
