@@ -297,6 +297,9 @@ async fn stable_token_forced_refreshes_stay_inside_wechats_budget(#[case] backen
         settings["tokens"]["fetch_burst"] = json!(100);
     })
     .await;
+    // WeChat's budget is per China day: start the rounds just after its
+    // midnight, so that all of them fall in one day whenever the test runs.
+    start_of_a_china_day(&app);
     let mut tokens = std::collections::HashSet::new();
     tokens.insert(app.access_token().await.body["access_token"].clone());
     for round in 0..25 {
@@ -318,6 +321,7 @@ async fn stable_token_forced_refreshes_stay_inside_wechats_budget(#[case] backen
         settings["tokens"]["fetch_burst"] = json!(100);
     })
     .await;
+    start_of_a_china_day(&app);
     let first = app.access_token().await.body["access_token"].clone();
     let rejected_send = |round: usize| {
         let app = &app;
@@ -404,4 +408,14 @@ async fn a_short_refresh_ahead_is_honoured(#[case] backend: Backend) {
     app.advance(Duration::seconds(11));
     app.token_refresher.run_once().await.unwrap();
     assert_eq!(app.fake.token_fetches(APPID), fetched + 1, "9 s left: due");
+}
+
+/// Moves the clock to one minute past the next midnight in China (UTC+8),
+/// when WeChat's daily budgets reset.
+fn start_of_a_china_day(app: &TestApp) {
+    const DAY_MS: i64 = 86_400_000;
+    const CHINA_OFFSET_MS: i64 = 8 * 3_600_000;
+    let now = app.now_ms();
+    let next_midnight = ((now + CHINA_OFFSET_MS) / DAY_MS + 1) * DAY_MS - CHINA_OFFSET_MS;
+    app.advance(Duration::milliseconds(next_midnight - now + 60_000));
 }
