@@ -9,6 +9,7 @@ mod lint;
 mod messages;
 pub mod push;
 pub mod request_id;
+pub mod responses;
 mod subscriptions;
 mod templates;
 mod tokens;
