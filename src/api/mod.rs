@@ -1,6 +1,7 @@
 //! The HTTP API: routes, the shared context, and one file per endpoint group.
 
 pub mod auth;
+pub mod authorized;
 mod credentials;
 pub mod error;
 mod health;
