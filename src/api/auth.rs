@@ -17,7 +17,7 @@ use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::error::{AccessError, ApiError};
+use super::error::ApiError;
 use crate::config::{ApiKeySettings, Scope};
 
 /// What a key may do: some apps (or all) and some scopes.
@@ -163,54 +163,6 @@ impl ApiKeys {
             name: configured.name.clone(),
             grant: configured.grant.clone(),
         })
-    }
-}
-
-/// The checks of [`super::ApiContext::authorize`], on [`ApiKeys::principal`].
-impl ApiKeys {
-    /// Checks the request's key for any one of `scopes`, whatever apps it
-    /// is allowed (a route that names no app in its path).
-    pub fn authorize_scope(
-        &self,
-        request: &HttpRequest,
-        scopes: &[Scope],
-    ) -> Result<(), AccessError> {
-        if self.grant_of(request)?.allows_any(scopes) {
-            Ok(())
-        } else {
-            Err(AccessError::Forbidden)
-        }
-    }
-
-    /// Checks the request's key against the app and any one of `scopes`.
-    pub fn authorize(
-        &self,
-        request: &HttpRequest,
-        appid: &str,
-        app_exists: bool,
-        scopes: &[Scope],
-    ) -> Result<(), AccessError> {
-        let grant = self.grant_of(request)?;
-        if !grant.allows_app(appid) {
-            return Err(AccessError::Forbidden);
-        }
-        if !app_exists {
-            return Err(AccessError::UnknownApp);
-        }
-        if grant.allows_any(scopes) {
-            Ok(())
-        } else {
-            Err(AccessError::Forbidden)
-        }
-    }
-
-    /// The grant of the request's key.
-    fn grant_of(&self, request: &HttpRequest) -> Result<Arc<Grant>, AccessError> {
-        match self.principal(request) {
-            Ok(Principal::ApiKey { grant, .. }) => Ok(grant),
-            Err(error) if error.code() == "missing_api_key" => Err(AccessError::MissingKey),
-            Err(_) => Err(AccessError::InvalidKey),
-        }
     }
 }
 
