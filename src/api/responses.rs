@@ -1,5 +1,5 @@
 //! The bodies of the API's answers, one type each (error answers are
-//! [`ErrorBody`](super::error::ErrorBody)).
+//! [`ErrorBody`]).
 //!
 //! Every type declares its fields in the order of their names: the bodies
 //! are written in that order, as they always were.

@@ -3,7 +3,7 @@
 //! `{"error":{"code":"snake_case","message":"…","wechat_errcode":N,…}}`.
 //!
 //! Handlers and extractors return an [`ApiError`]; the errors of the
-//! features they call become one in [`convert`], which holds every status
+//! features they call become one in `convert.rs`, which holds every status
 //! and code those errors answer with.
 
 mod convert;
