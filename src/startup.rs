@@ -80,7 +80,7 @@ impl Application {
             sender,
             tokens: tokens.clone(),
             catalogue: catalogue.clone(),
-            keys: ApiKeys::from_settings(settings.api_keys.values())?,
+            keys: ApiKeys::from_settings(&settings.api_keys)?,
             apps,
             push: Arc::new(push),
             clock: clock.clone(),

@@ -1,108 +1,168 @@
-//! API keys: `Authorization: Bearer <key>`, each allowed for some apps and scopes.
+//! Who calls: the API keys of the configuration (`Authorization: Bearer
+//! <key>`, each allowed some apps and scopes) and the [`Principal`] a
+//! request authenticates as.
 //!
 //! Keys are kept only as SHA-256 digests, so a key never sits in memory in a
-//! form a debug print could leak, and lookups cost the same for every key.
+//! form a debug print could leak; the digest of a request's key is compared
+//! with every configured one in constant time, so the answer takes as long
+//! for any key.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
 
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::HttpRequest;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
-use super::error::AccessError;
+use super::error::ApiError;
 use crate::config::{ApiKeySettings, Scope};
 
+/// What a key may do: some apps (or all) and some scopes.
 #[derive(Debug, Clone)]
-struct Grant {
+pub struct Grant {
     /// `None` means every app.
     apps: Option<BTreeSet<String>>,
     scopes: BTreeSet<Scope>,
 }
 
+impl Grant {
+    /// Whether the grant covers `appid`.
+    pub fn allows_app(&self, appid: &str) -> bool {
+        self.apps.as_ref().is_none_or(|apps| apps.contains(appid))
+    }
+
+    /// Whether the grant holds any one of `scopes`, or `admin`.
+    pub fn allows_any(&self, scopes: &[Scope]) -> bool {
+        self.scopes.contains(&Scope::Admin)
+            || scopes.iter().any(|scope| self.scopes.contains(scope))
+    }
+}
+
+/// Who a request authenticated as.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// A key of `[api_keys]`: a service of the app's owner, allowed the
+    /// key's apps and scopes.
+    ApiKey {
+        /// The key's name in the configuration (never the key).
+        name: Arc<str>,
+        /// What the key may do.
+        grant: Arc<Grant>,
+    },
+}
+
+impl Principal {
+    /// A name for logs: never a secret.
+    pub fn name(&self) -> &str {
+        match self {
+            Principal::ApiKey { name, .. } => name,
+        }
+    }
+
+    /// Checks that the principal may act with any one of `scopes`, whatever
+    /// app (a route that names no app in its path).
+    pub fn check_scopes(&self, scopes: &[Scope]) -> Result<(), ApiError> {
+        match self {
+            Principal::ApiKey { grant, .. } if grant.allows_any(scopes) => Ok(()),
+            Principal::ApiKey { .. } => Err(ApiError::forbidden()),
+        }
+    }
+
+    /// Checks that the principal may act on `appid` with any one of
+    /// `scopes`. `app_exists` says whether the gateway serves the app.
+    pub fn check_app(
+        &self,
+        appid: &str,
+        app_exists: bool,
+        scopes: &[Scope],
+    ) -> Result<(), ApiError> {
+        match self {
+            Principal::ApiKey { grant, .. } => {
+                // A key limited to some apps gets 403 for every other appid,
+                // whether it is configured or not: 404 against 403 would tell
+                // it which appids this gateway serves.
+                if !grant.allows_app(appid) {
+                    return Err(ApiError::forbidden());
+                }
+                if !app_exists {
+                    return Err(ApiError::unknown_app());
+                }
+                self.check_scopes(scopes)
+            }
+        }
+    }
+}
+
+/// One configured key.
+#[derive(Clone)]
+struct ConfiguredKey {
+    digest: [u8; 32],
+    name: Arc<str>,
+    grant: Arc<Grant>,
+}
+
 /// The configured keys.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ApiKeys {
-    by_digest: HashMap<[u8; 32], Grant>,
+    keys: Vec<ConfiguredKey>,
+}
+
+impl fmt::Debug for ApiKeys {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_map()
+            .entries(self.keys.iter().map(|key| (&key.name, &key.grant)))
+            .finish()
+    }
 }
 
 impl ApiKeys {
-    /// Builds the table from validated settings.
-    pub fn from_settings<'a>(
-        keys: impl IntoIterator<Item = &'a ApiKeySettings>,
-    ) -> anyhow::Result<Self> {
-        let mut by_digest = HashMap::new();
-        for key in keys {
+    /// Builds the table from validated settings, by key name.
+    pub fn from_settings(keys: &BTreeMap<String, ApiKeySettings>) -> anyhow::Result<Self> {
+        let mut configured = Vec::with_capacity(keys.len());
+        for (name, key) in keys {
             let apps = (!key.apps.iter().any(|app| app == "*"))
                 .then(|| key.apps.iter().cloned().collect());
             let grant = Grant {
                 apps,
                 scopes: key.parsed_scopes()?.into_iter().collect(),
             };
-            by_digest.insert(digest(key.key.expose_secret()), grant);
+            configured.push(ConfiguredKey {
+                digest: digest(key.key.expose_secret()),
+                name: name.as_str().into(),
+                grant: Arc::new(grant),
+            });
         }
-        Ok(Self { by_digest })
+        Ok(Self { keys: configured })
     }
 
-    /// Checks the request's key for any one of `scopes`, whatever apps it
-    /// is allowed (a route that names no app in its path).
-    pub fn authorize_scope(
-        &self,
-        request: &HttpRequest,
-        scopes: &[Scope],
-    ) -> Result<(), AccessError> {
-        let grant = self.grant_of(request)?;
-        if grant.scopes.contains(&Scope::Admin)
-            || scopes.iter().any(|scope| grant.scopes.contains(scope))
-        {
-            Ok(())
-        } else {
-            Err(AccessError::Forbidden)
-        }
-    }
-
-    /// The grant of the request's key.
-    fn grant_of(&self, request: &HttpRequest) -> Result<&Grant, AccessError> {
+    /// The principal of the request's `Authorization` header: 401 when it
+    /// is missing, not `Bearer <key>`, or not a configured key.
+    pub fn principal(&self, request: &HttpRequest) -> Result<Principal, ApiError> {
         let header = request
             .headers()
             .get(AUTHORIZATION)
-            .ok_or(AccessError::MissingKey)?;
+            .ok_or_else(ApiError::missing_api_key)?;
         let key = header
             .to_str()
             .ok()
             .and_then(bearer_token)
-            .ok_or(AccessError::InvalidKey)?;
-        self.by_digest
-            .get(&digest(key))
-            .ok_or(AccessError::InvalidKey)
-    }
-
-    /// Checks the request's key against the app and any one of `scopes`.
-    pub fn authorize(
-        &self,
-        request: &HttpRequest,
-        appid: &str,
-        app_exists: bool,
-        scopes: &[Scope],
-    ) -> Result<(), AccessError> {
-        let grant = self.grant_of(request)?;
-        // A key limited to some apps gets 403 for every other appid, whether
-        // it is configured or not: 404 against 403 would tell it which
-        // appids this gateway serves.
-        let app_allowed = grant.apps.as_ref().is_none_or(|apps| apps.contains(appid));
-        if !app_allowed {
-            return Err(AccessError::Forbidden);
+            .ok_or_else(ApiError::invalid_api_key)?;
+        let digest = digest(key);
+        let mut found = None;
+        for configured in &self.keys {
+            if bool::from(configured.digest.ct_eq(&digest)) {
+                found = Some(configured);
+            }
         }
-        if !app_exists {
-            return Err(AccessError::UnknownApp);
-        }
-        let scope_allowed = grant.scopes.contains(&Scope::Admin)
-            || scopes.iter().any(|scope| grant.scopes.contains(scope));
-        if scope_allowed {
-            Ok(())
-        } else {
-            Err(AccessError::Forbidden)
-        }
+        let configured = found.ok_or_else(ApiError::invalid_api_key)?;
+        Ok(Principal::ApiKey {
+            name: configured.name.clone(),
+            grant: configured.grant.clone(),
+        })
     }
 }
 
@@ -120,7 +180,7 @@ fn digest(key: &str) -> [u8; 32] {
 
 #[cfg(test)]
 mod tests {
-    use super::bearer_token;
+    use super::*;
 
     #[test]
     fn the_bearer_scheme_is_case_insensitive() {
@@ -130,5 +190,38 @@ mod tests {
         for header in ["Basic k", "Bearer", "Bearer ", "Bearerk", "Token k"] {
             assert_eq!(bearer_token(header), None, "{header}");
         }
+    }
+
+    fn principal(apps: &[&str], scopes: &[Scope]) -> Principal {
+        let apps = (!apps.contains(&"*")).then(|| apps.iter().map(|app| app.to_string()).collect());
+        Principal::ApiKey {
+            name: "test".into(),
+            grant: Arc::new(Grant {
+                apps,
+                scopes: scopes.iter().copied().collect(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_key_is_checked_for_its_app_before_the_app_exists() {
+        let limited = principal(&["wxa"], &[Scope::Send]);
+        let code = |result: Result<(), ApiError>| result.err().map(|error| error.code());
+        assert_eq!(code(limited.check_app("wxa", true, &[Scope::Send])), None);
+        assert_eq!(
+            code(limited.check_app("wxb", false, &[Scope::Send])),
+            Some("forbidden")
+        );
+        assert_eq!(
+            code(limited.check_app("wxa", true, &[Scope::Token])),
+            Some("forbidden")
+        );
+        let every = principal(&["*"], &[Scope::Admin]);
+        assert_eq!(
+            code(every.check_app("wxb", false, &[Scope::Send])),
+            Some("unknown_app")
+        );
+        assert_eq!(code(every.check_app("wxb", true, &[Scope::Token])), None);
+        assert_eq!(code(every.check_scopes(&[Scope::Collect])), None);
     }
 }

@@ -1,96 +1,62 @@
 //! `POST /v1/apps/{appid}/credentials` and `GET /v1/apps/{appid}/users/{openid}/quota`.
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
-use serde::Serialize;
-use serde_json::{json, Value};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::Value;
 
-use super::error::{render, AccessError, ApiErrorCode, BodyError};
+use super::authorized::{Authorized, CollectScope, QuotaScope};
+use super::error::ApiError;
+use super::responses::{Collected, ItemRejection, Quota};
 use super::ApiContext;
-use crate::clock::{from_ms, ms};
-use crate::config::Scope;
+use crate::clock::ms;
 use crate::ledger::collect::{
     is_plain_identifier, parse_item, CollectContext, Rejection, MAX_OPENID_LEN,
 };
-use crate::storage::InsertOutcome;
+use crate::storage::{InsertOutcome, NewCredential};
 
-/// Errors of the collection endpoint.
-#[derive(Debug, thiserror::Error)]
-pub enum CollectError {
-    #[error(transparent)]
-    Access(#[from] AccessError),
-    #[error(transparent)]
-    Body(#[from] BodyError),
-    #[error("the body must be one credential object or {{\"credentials\": [...]}}")]
-    InvalidShape,
-    #[error("a batch may carry at most {0} credentials")]
-    TooManyItems(usize),
-    #[error("{}", .0.message)]
-    Rejected(Rejection),
-    #[error(transparent)]
-    Unexpected(#[from] anyhow::Error),
+/// 400: neither one credential nor `{"credentials": [...]}`.
+fn invalid_shape() -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_body",
+        "the body must be one credential object or {\"credentials\": [...]}",
+    )
 }
 
-impl ResponseError for CollectError {
-    fn status_code(&self) -> StatusCode {
-        match self {
-            CollectError::Access(error) => error.status_code(),
-            CollectError::Body(error) => error.status_code(),
-            CollectError::InvalidShape => StatusCode::BAD_REQUEST,
-            CollectError::TooManyItems(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            CollectError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            CollectError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
+/// The items of a body, and whether it was a single credential.
+fn items_of(body: Value) -> Result<(Vec<Value>, bool), ApiError> {
+    match body {
+        Value::Object(mut object) if object.contains_key("credentials") => {
+            match object.remove("credentials") {
+                Some(Value::Array(items)) => Ok((items, false)),
+                _ => Err(invalid_shape()),
+            }
         }
+        Value::Object(object) => Ok((vec![Value::Object(object)], true)),
+        _ => Err(invalid_shape()),
     }
-
-    fn error_response(&self) -> HttpResponse {
-        render(self)
-    }
-}
-
-impl ApiErrorCode for CollectError {
-    fn code(&self) -> &'static str {
-        match self {
-            CollectError::Access(error) => error.code(),
-            CollectError::Body(error) => error.code(),
-            CollectError::InvalidShape => "invalid_body",
-            CollectError::TooManyItems(_) => "too_many_items",
-            CollectError::Rejected(rejection) => rejection.code,
-            CollectError::Unexpected(_) => "internal",
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-struct ItemRejection {
-    index: usize,
-    code: &'static str,
-    message: String,
 }
 
 /// Stores one credential or a batch. A single item that cannot be stored is
 /// a 422; a batch answers 200 with each rejected item and its reason.
 pub async fn collect(
+    auth: Authorized<CollectScope>,
     request: HttpRequest,
-    path: web::Path<String>,
     payload: web::Payload,
     context: web::Data<ApiContext>,
-) -> Result<HttpResponse, CollectError> {
-    let appid = path.into_inner();
-    context.authorize(&request, &appid, &[Scope::Collect])?;
+) -> Result<HttpResponse, ApiError> {
     let body = context.read_json(&request, payload).await?.value;
-    let (items, single) = match body {
-        Value::Object(mut object) if object.contains_key("credentials") => {
-            match object.remove("credentials") {
-                Some(Value::Array(items)) => (items, false),
-                _ => return Err(CollectError::InvalidShape),
-            }
-        }
-        Value::Object(object) => (vec![Value::Object(object)], true),
-        _ => return Err(CollectError::InvalidShape),
-    };
+    let (items, single) = items_of(body)?;
     if items.len() > context.ledger.max_batch {
-        return Err(CollectError::TooManyItems(context.ledger.max_batch));
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_items",
+            format!(
+                "a batch may carry at most {} credentials",
+                context.ledger.max_batch
+            ),
+        ));
     }
     let now_ms = context.clock.now_ms();
     let judged = CollectContext {
@@ -106,7 +72,7 @@ pub async fn collect(
                 valid.push(credential);
                 valid_indexes.push(index);
             }
-            Err(rejection) if single => return Err(CollectError::Rejected(rejection)),
+            Err(rejection) if single => return Err(rejection.into()),
             Err(rejection) => rejected.push(ItemRejection {
                 index,
                 code: rejection.code,
@@ -114,84 +80,68 @@ pub async fn collect(
             }),
         }
     }
-    let outcomes = if valid.is_empty() {
-        Vec::new()
-    } else {
-        context
-            .storage
-            .insert_credentials(&appid, &valid, now_ms)
-            .await?
+    let mut answer = Collected {
+        accepted: 0,
+        duplicates: 0,
+        rejected,
     };
-    let mut accepted = 0;
-    let mut duplicates = 0;
-    for (index, outcome) in valid_indexes.into_iter().zip(outcomes) {
-        match outcome {
-            InsertOutcome::Inserted => accepted += 1,
-            InsertOutcome::Duplicate => duplicates += 1,
-            InsertOutcome::OwnedByAnotherUser | InsertOutcome::KindConflict => {
-                let rejection = match outcome {
-                    InsertOutcome::KindConflict => ItemRejection {
-                        index,
-                        code: "kind_conflict",
-                        message: "this value is already stored as another kind; one value is one credential".into(),
-                    },
-                    _ => ItemRejection {
-                        index,
-                        code: "owned_by_another_user",
-                        message: "this value is already stored for another openid".into(),
-                    },
-                };
-                if single {
-                    return Err(CollectError::Rejected(Rejection {
-                        code: rejection.code,
-                        message: rejection.message,
-                    }));
-                }
-                rejected.push(rejection);
+    let appid = auth.appid();
+    store(&context, appid, &valid, &valid_indexes, now_ms, &mut answer).await?;
+    answer.rejected.sort_by_key(|rejection| rejection.index);
+    if single {
+        if let Some(rejection) = answer.rejected.pop() {
+            return Err(Rejection {
+                code: rejection.code,
+                message: rejection.message,
             }
+            .into());
         }
     }
-    rejected.sort_by_key(|rejection| rejection.index);
-    Ok(HttpResponse::Ok().json(json!({
-        "accepted": accepted,
-        "duplicates": duplicates,
-        "rejected": rejected,
-    })))
+    Ok(HttpResponse::Ok().json(answer))
 }
 
-/// Errors of the quota endpoint.
-#[derive(Debug, thiserror::Error)]
-pub enum QuotaError {
-    #[error(transparent)]
-    Access(#[from] AccessError),
-    #[error("openid must be 1 to {MAX_OPENID_LEN} printable characters")]
-    InvalidOpenid,
-    #[error(transparent)]
-    Unexpected(#[from] anyhow::Error),
-}
-
-impl ResponseError for QuotaError {
-    fn status_code(&self) -> StatusCode {
-        match self {
-            QuotaError::Access(error) => error.status_code(),
-            QuotaError::InvalidOpenid => StatusCode::BAD_REQUEST,
-            QuotaError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
+/// Stores the valid items (`indexes` are their places in the batch) and
+/// counts in `answer` what became of them.
+async fn store(
+    context: &ApiContext,
+    appid: &str,
+    valid: &[NewCredential],
+    indexes: &[usize],
+    now_ms: i64,
+    answer: &mut Collected,
+) -> Result<(), ApiError> {
+    if valid.is_empty() {
+        return Ok(());
+    }
+    let outcomes = context
+        .storage
+        .insert_credentials(appid, valid, now_ms)
+        .await?;
+    for (&index, outcome) in indexes.iter().zip(outcomes) {
+        match outcome {
+            InsertOutcome::Inserted => answer.accepted += 1,
+            InsertOutcome::Duplicate => answer.duplicates += 1,
+            InsertOutcome::KindConflict => answer.rejected.push(ItemRejection {
+                index,
+                code: "kind_conflict",
+                message:
+                    "this value is already stored as another kind; one value is one credential"
+                        .into(),
+            }),
+            InsertOutcome::OwnedByAnotherUser => answer.rejected.push(ItemRejection {
+                index,
+                code: "owned_by_another_user",
+                message: "this value is already stored for another openid".into(),
+            }),
         }
     }
-
-    fn error_response(&self) -> HttpResponse {
-        render(self)
-    }
+    Ok(())
 }
 
-impl ApiErrorCode for QuotaError {
-    fn code(&self) -> &'static str {
-        match self {
-            QuotaError::Access(error) => error.code(),
-            QuotaError::InvalidOpenid => "invalid_openid",
-            QuotaError::Unexpected(_) => "internal",
-        }
-    }
+/// The `{openid}` of a user's route.
+#[derive(Deserialize)]
+pub struct UserPath {
+    openid: String,
 }
 
 /// Sends a user's credentials allow now, by kind, and the next expiry; and
@@ -200,38 +150,21 @@ impl ApiErrorCode for QuotaError {
 /// Counts what a send could claim: credentials inside the safety margin of
 /// their expiry are already left out.
 pub async fn quota(
-    request: HttpRequest,
-    path: web::Path<(String, String)>,
+    auth: Authorized<QuotaScope>,
+    path: web::Path<UserPath>,
     context: web::Data<ApiContext>,
-) -> Result<HttpResponse, QuotaError> {
-    let (appid, openid) = path.into_inner();
-    context.authorize(&request, &appid, &[Scope::Send, Scope::Collect])?;
+) -> Result<HttpResponse, ApiError> {
+    let openid = path.into_inner().openid;
     if !is_plain_identifier(&openid, MAX_OPENID_LEN) {
-        return Err(QuotaError::InvalidOpenid);
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_openid",
+            format!("openid must be 1 to {MAX_OPENID_LEN} printable characters"),
+        ));
     }
+    let appid = auth.appid();
     let valid_after = context.clock.now_ms() + ms(context.ledger.safety_margin);
-    let rows = context.storage.quota(&appid, &openid, valid_after).await?;
-    let mut by_kind = serde_json::Map::new();
-    for kind in crate::ledger::kinds::CredentialKind::ALL
-        .into_iter()
-        .filter(|kind| kind.rules().channel == crate::ledger::states::Channel::Template)
-    {
-        let row = rows.iter().find(|row| row.kind == kind.as_str());
-        by_kind.insert(
-            kind.as_str().into(),
-            json!({
-                "credentials": row.map_or(0, |row| row.credentials),
-                "sends": row.map_or(0, |row| row.sends),
-            }),
-        );
-    }
-    let next_expiry = rows.iter().filter_map(|row| row.next_expiry).min();
-    let subscriptions = context.storage.subscription_quota(&appid, &openid).await?;
-    Ok(HttpResponse::Ok().json(json!({
-        "openid": openid,
-        "sends_available": rows.iter().map(|row| row.sends).sum::<i64>(),
-        "by_kind": by_kind,
-        "next_expiry": next_expiry.map(from_ms),
-        "subscriptions": super::subscriptions::subscriptions_json(&subscriptions),
-    })))
+    let rows = context.storage.quota(appid, &openid, valid_after).await?;
+    let subscriptions = context.storage.subscription_quota(appid, &openid).await?;
+    Ok(HttpResponse::Ok().json(Quota::new(openid, &rows, &subscriptions)))
 }

@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use super::error::BodyError;
+use super::error::ApiError;
 
 /// A JSON body as read: its bytes (hashed for idempotency) and its value.
 #[derive(Debug)]
@@ -45,10 +45,10 @@ pub async fn read_json(
     request: &HttpRequest,
     payload: web::Payload,
     limits: BodyLimits,
-) -> Result<JsonBody, BodyError> {
+) -> Result<JsonBody, ApiError> {
     require_json_content_type(request)?;
     let bytes = read_body(payload, limits).await?;
-    let value = parse_strict(&bytes).map_err(|error| BodyError::InvalidJson(error.to_string()))?;
+    let value = parse_strict(&bytes).map_err(ApiError::invalid_json)?;
     Ok(JsonBody { bytes, value })
 }
 
@@ -59,32 +59,32 @@ pub async fn read_json_text(
     request: &HttpRequest,
     payload: web::Payload,
     limits: BodyLimits,
-) -> Result<Bytes, BodyError> {
+) -> Result<Bytes, ApiError> {
     require_json_content_type(request)?;
     let bytes = read_body(payload, limits).await?;
-    check_strict(&bytes).map_err(|error| BodyError::InvalidJson(error.to_string()))?;
+    check_strict(&bytes).map_err(ApiError::invalid_json)?;
     Ok(bytes)
 }
 
 /// `application/json`, with or without `charset=utf-8`; anything else is 415.
-fn require_json_content_type(request: &HttpRequest) -> Result<(), BodyError> {
+fn require_json_content_type(request: &HttpRequest) -> Result<(), ApiError> {
     let Some(header) = request.headers().get(CONTENT_TYPE) else {
-        return Err(BodyError::UnsupportedMediaType);
+        return Err(ApiError::unsupported_media_type());
     };
     let text = header
         .to_str()
-        .map_err(|_| BodyError::UnsupportedMediaType)?;
+        .map_err(|_| ApiError::unsupported_media_type())?;
     let mut parts = text.split(';');
     let essence = parts.next().unwrap_or_default().trim();
     if !essence.eq_ignore_ascii_case("application/json") {
-        return Err(BodyError::UnsupportedMediaType);
+        return Err(ApiError::unsupported_media_type());
     }
     for parameter in parts {
         let (name, value) = parameter.split_once('=').unwrap_or((parameter, ""));
         let value = value.trim().trim_matches('"');
         let utf8 = value.eq_ignore_ascii_case("utf-8") || value.eq_ignore_ascii_case("utf8");
         if name.trim().eq_ignore_ascii_case("charset") && !utf8 {
-            return Err(BodyError::UnsupportedMediaType);
+            return Err(ApiError::unsupported_media_type());
         }
     }
     Ok(())
@@ -94,13 +94,13 @@ fn require_json_content_type(request: &HttpRequest) -> Result<(), BodyError> {
 pub(crate) async fn read_body(
     mut payload: web::Payload,
     limits: BodyLimits,
-) -> Result<Bytes, BodyError> {
+) -> Result<Bytes, ApiError> {
     let read = async {
         let mut body = web::BytesMut::new();
         while let Some(chunk) = payload.next().await {
-            let chunk: Bytes = chunk.map_err(|_| BodyError::Unreadable)?;
+            let chunk: Bytes = chunk.map_err(|_| ApiError::unreadable_body())?;
             if body.len() + chunk.len() > limits.max_bytes {
-                return Err(BodyError::TooLarge(limits.max_bytes));
+                return Err(ApiError::body_too_large(limits.max_bytes));
             }
             body.extend_from_slice(&chunk);
         }
@@ -108,7 +108,7 @@ pub(crate) async fn read_body(
     };
     tokio::time::timeout(limits.timeout, read)
         .await
-        .map_err(|_| BodyError::Timeout(limits.timeout))?
+        .map_err(|_| ApiError::body_timeout(limits.timeout))?
 }
 
 /// Parses JSON text, refusing an object that has a key twice, at any depth.

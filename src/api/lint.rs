@@ -4,13 +4,13 @@
 //! 1.2). Never calls WeChat.
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use serde_json::{json, Value};
 
-use super::error::{render, AccessError, ApiErrorCode, BodyError};
+use super::authorized::{AdminScope, AuthorizedAnyApp};
+use super::error::ApiError;
+use super::responses::{LintFinding, Linted};
 use super::ApiContext;
-use crate::config::Scope;
 use crate::ledger::template_lint::{lint as lint_draft, KeywordDraft, Severity};
 
 /// Bounds on a draft: well above any real template, small enough to keep the
@@ -20,43 +20,9 @@ const MAX_KEYWORDS: usize = 30;
 const MAX_KEYWORD_CHARS: usize = 64;
 const MAX_EXAMPLE_CHARS: usize = 256;
 
-/// Errors of the lint endpoint.
-#[derive(Debug, thiserror::Error)]
-pub enum LintError {
-    #[error(transparent)]
-    Access(#[from] AccessError),
-    #[error(transparent)]
-    Body(#[from] BodyError),
-    #[error("{0}")]
-    Invalid(String),
-    #[error(transparent)]
-    Unexpected(#[from] anyhow::Error),
-}
-
-impl ResponseError for LintError {
-    fn status_code(&self) -> StatusCode {
-        match self {
-            LintError::Access(error) => error.status_code(),
-            LintError::Body(error) => error.status_code(),
-            LintError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            LintError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        render(self)
-    }
-}
-
-impl ApiErrorCode for LintError {
-    fn code(&self) -> &'static str {
-        match self {
-            LintError::Access(error) => error.code(),
-            LintError::Body(error) => error.code(),
-            LintError::Invalid(_) => "invalid_draft",
-            LintError::Unexpected(_) => "internal",
-        }
-    }
+/// 422 `invalid_draft`: the draft is not one the linter reads.
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_draft", message)
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,30 +34,21 @@ struct Draft {
     appid: Option<String>,
 }
 
-/// Lints a template draft: `{"title":"…","keywords":[{"name":"…","example":"…"}],"appid"?:"…"}`
-/// → `{"findings":[{"rule":"1.3","severity":"error","keyword":null,"message":"…"}],"errors":N,"warnings":N}`.
-pub async fn lint(
-    request: HttpRequest,
-    payload: web::Payload,
-    context: web::Data<ApiContext>,
-) -> Result<HttpResponse, LintError> {
-    // The key first (any app), then the body; with an appid, the key must
-    // be allowed that app too.
-    context.authorize_scope(&request, &[Scope::Admin])?;
-    let body = context.read_json(&request, payload).await?.value;
+/// The draft, read and checked against the bounds.
+fn draft_of(body: serde_json::Value) -> Result<Draft, ApiError> {
+    // serde reads a struct from a JSON array of its fields too: refuse that.
     if !body.is_object() {
-        return Err(BodyError::InvalidJson("the body must be a JSON object".into()).into());
+        return Err(ApiError::invalid_json("the body must be a JSON object"));
     }
-    let draft: Draft =
-        serde_json::from_value(body).map_err(|error| LintError::Invalid(error.to_string()))?;
+    let draft: Draft = serde_json::from_value(body).map_err(|error| invalid(error.to_string()))?;
     let chars = |text: &str| text.chars().count();
     if draft.title.trim().is_empty() || chars(&draft.title) > MAX_TITLE_CHARS {
-        return Err(LintError::Invalid(format!(
+        return Err(invalid(format!(
             "title must be 1 to {MAX_TITLE_CHARS} characters"
         )));
     }
     if draft.keywords.len() > MAX_KEYWORDS {
-        return Err(LintError::Invalid(format!(
+        return Err(invalid(format!(
             "a draft has at most {MAX_KEYWORDS} keywords"
         )));
     }
@@ -100,16 +57,31 @@ pub async fn lint(
         .iter()
         .any(|k| chars(&k.name) > MAX_KEYWORD_CHARS || chars(&k.example) > MAX_EXAMPLE_CHARS)
     {
-        return Err(LintError::Invalid(format!(
+        return Err(invalid(format!(
             "a keyword name is at most {MAX_KEYWORD_CHARS} characters, an example at most {MAX_EXAMPLE_CHARS}"
         )));
     }
+    Ok(draft)
+}
+
+/// Lints a template draft: `{"title":"…","keywords":[{"name":"…","example":"…"}],"appid"?:"…"}`
+/// → `{"findings":[{"rule":"1.3","severity":"error","keyword":null,"message":"…"}],"errors":N,"warnings":N}`.
+pub async fn lint(
+    auth: AuthorizedAnyApp<AdminScope>,
+    request: HttpRequest,
+    payload: web::Payload,
+    context: web::Data<ApiContext>,
+) -> Result<HttpResponse, ApiError> {
+    // The key first (any app), then the body; with an appid, the key must
+    // be allowed that app too.
+    let body = context.read_json(&request, payload).await?.value;
+    let draft = draft_of(body)?;
     let existing: Vec<String> = match &draft.appid {
         Some(appid) => {
-            context.authorize(&request, appid, &[Scope::Admin])?;
+            let app = auth.for_app(&context, appid)?;
             context
                 .storage
-                .templates(appid)
+                .templates(app.appid())
                 .await?
                 .into_iter()
                 .map(|t| t.title)
@@ -119,11 +91,10 @@ pub async fn lint(
     };
     let findings = lint_draft(&draft.title, &draft.keywords, &existing);
     let count = |severity: Severity| findings.iter().filter(|f| f.severity == severity).count();
-    let answer: Value = json!({
-        "errors": count(Severity::Error),
-        "warnings": count(Severity::Warning),
-        "compared_with": existing.len(),
-        "findings": findings,
-    });
-    Ok(HttpResponse::Ok().json(answer))
+    Ok(HttpResponse::Ok().json(Linted {
+        compared_with: existing.len(),
+        errors: count(Severity::Error),
+        warnings: count(Severity::Warning),
+        findings: findings.into_iter().map(LintFinding::from).collect(),
+    }))
 }

@@ -1,6 +1,7 @@
 //! The HTTP API: routes, the shared context, and one file per endpoint group.
 
 pub mod auth;
+pub mod authorized;
 mod credentials;
 pub mod error;
 mod health;
@@ -9,6 +10,7 @@ mod lint;
 mod messages;
 pub mod push;
 pub mod request_id;
+pub mod responses;
 mod subscriptions;
 mod templates;
 mod tokens;
@@ -18,16 +20,16 @@ use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::web;
-use actix_web::HttpRequest;
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
 
 use crate::catalogue::Catalogue;
 use crate::clock::SharedClock;
-use crate::config::{AppSettings, HttpSettings, LedgerSettings, Scope};
+use crate::config::{AppSettings, HttpSettings, LedgerSettings};
 use crate::ledger::send::Sender;
 use crate::storage::Storage;
 use crate::tokens::TokenKeeper;
 use auth::ApiKeys;
-use error::AccessError;
+use error::ApiError;
 use json::{BodyLimits, JsonBody};
 
 /// What every handler shares.
@@ -47,34 +49,14 @@ pub struct ApiContext {
 }
 
 impl ApiContext {
-    /// Checks the request's API key for `appid` and one of `scopes`.
-    pub fn authorize(
-        &self,
-        request: &HttpRequest,
-        appid: &str,
-        scopes: &[Scope],
-    ) -> Result<(), AccessError> {
-        self.keys
-            .authorize(request, appid, self.apps.contains_key(appid), scopes)
-    }
-
-    /// Checks the request's API key for one of `scopes`, whatever its apps
-    /// (for routes that name no app, or name it in the body).
-    pub fn authorize_scope(
-        &self,
-        request: &HttpRequest,
-        scopes: &[Scope],
-    ) -> Result<(), AccessError> {
-        self.keys.authorize_scope(request, scopes)
-    }
-
     /// Reads a JSON route's body: the one strict path every JSON route takes
-    /// (`Content-Type`, size, time, duplicate keys), after authorization.
+    /// (`Content-Type`, size, time, duplicate keys), after authorization
+    /// (an extractor of [`authorized`]).
     pub async fn read_json(
         &self,
         request: &HttpRequest,
         payload: web::Payload,
-    ) -> Result<JsonBody, error::BodyError> {
+    ) -> Result<JsonBody, ApiError> {
         json::read_json(request, payload, self.body_limits()).await
     }
 
@@ -84,7 +66,7 @@ impl ApiContext {
         &self,
         request: &HttpRequest,
         payload: web::Payload,
-    ) -> Result<web::Bytes, error::BodyError> {
+    ) -> Result<web::Bytes, ApiError> {
         json::read_json_text(request, payload, self.body_limits()).await
     }
 
@@ -163,6 +145,6 @@ where
         .route(web::head().to(handler))
 }
 
-async fn not_found() -> actix_web::HttpResponse {
-    error::plain(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+async fn not_found() -> HttpResponse {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint").error_response()
 }

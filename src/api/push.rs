@@ -20,84 +20,43 @@ use std::collections::HashSet;
 
 use actix_web::http::header::ContentType;
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse};
+use anyhow::Context as _;
 
-use super::error::{body, ApiErrorCode, BodyError};
+use super::error::ApiError;
 use super::json::{read_body, BodyLimits};
 use super::ApiContext;
 use crate::config::GrantsFrom;
 use crate::ledger::states::{Decision, PushEventKind};
-use crate::push::{self, Limits, PushError, PushEvent, PushQuery, SubscribeStatus};
+use crate::push::{self, Limits, PushEvent, PushKeys, PushQuery, SubscribeStatus};
 use crate::storage::{NewPushEvent, PushAction, PushItem};
 
 /// The longest `ErrorStatus` kept on a message (WeChat's are short words).
 const MAX_ERROR_STATUS_CHARS: usize = 256;
 
-/// Errors of the push endpoint.
-#[derive(Debug, thiserror::Error)]
-pub enum PushEndpointError {
-    /// Unknown app, or no push token configured for it (the same answer,
-    /// so the path tells nobody which appids are served).
-    #[error("no message push is configured here for this app")]
-    NotConfigured,
-    /// The query string is not `application/x-www-form-urlencoded`.
-    #[error("the query string cannot be read")]
-    BadQuery,
-    /// The body could not be read within its limits.
-    #[error(transparent)]
-    Body(#[from] BodyError),
-    /// The push was refused: its signature, time, mode, ciphertext or
-    /// document.
-    #[error("push refused: {0}")]
-    Refused(#[from] PushError),
-    /// The ledger failed: not `success`, so WeChat tries again.
-    #[error(transparent)]
-    Unexpected(#[from] anyhow::Error),
+/// The push keys of the app, or 404: an unknown app and one without a push
+/// token answer the same, so the path tells nobody which appids are served.
+fn keys_of<'a>(context: &'a ApiContext, appid: &str) -> Result<&'a PushKeys, ApiError> {
+    context.push.get(appid).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no message push is configured here for this app",
+        )
+    })
 }
 
-impl ResponseError for PushEndpointError {
-    fn status_code(&self) -> StatusCode {
-        match self {
-            PushEndpointError::NotConfigured => StatusCode::NOT_FOUND,
-            PushEndpointError::BadQuery => StatusCode::BAD_REQUEST,
-            PushEndpointError::Body(error) => error.status_code(),
-            PushEndpointError::Refused(error) => {
-                StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST)
-            }
-            PushEndpointError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    /// The API's error shape, without the `WWW-Authenticate: Bearer` of the
-    /// keyed routes: an API key would not help here.
-    fn error_response(&self) -> HttpResponse {
-        let status = self.status_code();
-        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::error!(error = ?self, "push not recorded; WeChat will try again");
-            "internal error".to_owned()
-        } else {
-            self.to_string()
-        };
-        HttpResponse::build(status).json(body(self.code(), &message, None))
-    }
-}
-
-impl ApiErrorCode for PushEndpointError {
-    fn code(&self) -> &'static str {
-        match self {
-            PushEndpointError::NotConfigured => "not_found",
-            PushEndpointError::BadQuery => "bad_query",
-            PushEndpointError::Body(error) => error.code(),
-            PushEndpointError::Refused(error) => error.code(),
-            PushEndpointError::Unexpected(_) => "internal",
-        }
-    }
-}
-
-fn query_of(request: &HttpRequest) -> Result<PushQuery, PushEndpointError> {
+/// The query string, or 400 when it is not `application/x-www-form-urlencoded`.
+fn query_of(request: &HttpRequest) -> Result<PushQuery, ApiError> {
     web::Query::<PushQuery>::from_query(request.query_string())
         .map(web::Query::into_inner)
-        .map_err(|_| PushEndpointError::BadQuery)
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                "the query string cannot be read",
+            )
+        })
 }
 
 fn text(body: String) -> HttpResponse {
@@ -113,11 +72,8 @@ pub async fn handshake(
     request: HttpRequest,
     path: web::Path<String>,
     context: web::Data<ApiContext>,
-) -> Result<HttpResponse, PushEndpointError> {
-    let keys = context
-        .push
-        .get(path.as_str())
-        .ok_or(PushEndpointError::NotConfigured)?;
+) -> Result<HttpResponse, ApiError> {
+    let keys = keys_of(&context, path.as_str())?;
     let query = query_of(&request)?;
     match push::handshake(&keys.token, &query) {
         Ok(echostr) => {
@@ -138,12 +94,9 @@ pub async fn receive(
     path: web::Path<String>,
     payload: web::Payload,
     context: web::Data<ApiContext>,
-) -> Result<HttpResponse, PushEndpointError> {
+) -> Result<HttpResponse, ApiError> {
     let appid = path.into_inner();
-    let keys = context
-        .push
-        .get(&appid)
-        .ok_or(PushEndpointError::NotConfigured)?;
+    let keys = keys_of(&context, &appid)?;
     let query = query_of(&request)?;
     let limits = Limits::default();
     let bytes = read_body(
@@ -157,7 +110,7 @@ pub async fn receive(
     let now_secs = context.clock.now_ms().div_euclid(1_000);
     let opened = push::open(keys, &query, &bytes, now_secs, &limits).map_err(|error| {
         tracing::warn!(code = error.code(), %error, "push refused");
-        PushEndpointError::Refused(error)
+        ApiError::from(error)
     })?;
     let key = opened.key_used.map_or("none", |key| key.as_str());
     let event = opened.event.name().to_owned();
@@ -178,7 +131,8 @@ pub async fn receive(
     let outcomes = context
         .storage
         .record_push(&new, context.clock.now_ms())
-        .await?;
+        .await
+        .context("push not recorded; WeChat will try again")?;
     context.catalogue.decided_on(
         &appid,
         new.items.iter().map(|item| item.template_id.as_str()),

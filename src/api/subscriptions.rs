@@ -5,60 +5,20 @@
 //! they come from WeChat's push (`"wechat"`).
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
-use serde_json::{json, Value};
+use actix_web::{web, HttpRequest, HttpResponse};
 use sha2::{Digest, Sha256};
 
-use super::error::{render, AccessError, ApiErrorCode, BodyError};
+use super::authorized::{Authorized, CollectScope};
+use super::error::ApiError;
+use super::responses::{PromptRecorded, PromptTemplate, Subscription};
 use super::ApiContext;
-use crate::clock::from_ms;
-use crate::config::{GrantsFrom, Scope};
-use crate::ledger::collect::Rejection;
+use crate::config::GrantsFrom;
 use crate::ledger::subscriptions::{parse_prompt, Prompt};
-use crate::storage::{NewPrompt, PromptEffect, PromptRecord, TemplateQuota};
+use crate::storage::{NewPrompt, PromptEffect, PromptRecord};
 
-/// Errors of the subscription endpoint.
-#[derive(Debug, thiserror::Error)]
-pub enum SubscriptionError {
-    #[error(transparent)]
-    Access(#[from] AccessError),
-    #[error(transparent)]
-    Body(#[from] BodyError),
-    #[error("{}", .0.message)]
-    Rejected(Rejection),
-    #[error("this request_id was posted before with another result; nothing was granted")]
-    RequestIdReused,
-    #[error(transparent)]
-    Unexpected(#[from] anyhow::Error),
-}
-
-impl ResponseError for SubscriptionError {
-    fn status_code(&self) -> StatusCode {
-        match self {
-            SubscriptionError::Access(error) => error.status_code(),
-            SubscriptionError::Body(error) => error.status_code(),
-            SubscriptionError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            SubscriptionError::RequestIdReused => StatusCode::CONFLICT,
-            SubscriptionError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        render(self)
-    }
-}
-
-impl ApiErrorCode for SubscriptionError {
-    fn code(&self) -> &'static str {
-        match self {
-            SubscriptionError::Access(error) => error.code(),
-            SubscriptionError::Body(error) => error.code(),
-            SubscriptionError::Rejected(rejection) => rejection.code,
-            SubscriptionError::RequestIdReused => "request_id_reused",
-            SubscriptionError::Unexpected(_) => "internal",
-        }
-    }
-}
+/// What an app whose grants come from WeChat is told of a posted result.
+const RECORDED_ONLY: &str = "recorded only: this app's grants come from WeChat's \
+     subscribe_msg_popup_event (subscribe_grants_from = wechat), not from posted results";
 
 /// The same prompt, whatever its whitespace or key order.
 fn prompt_hash(prompt: &Prompt) -> String {
@@ -77,27 +37,74 @@ fn prompt_hash(prompt: &Prompt) -> String {
 /// every answer is kept as the user's latest decision. The same request_id
 /// posted again (a frontend retrying) grants nothing more and answers what
 /// the first post did.
-#[tracing::instrument(name = "subscriptions", skip_all, fields(appid = %path.as_str()))]
+#[tracing::instrument(name = "subscriptions", skip_all, fields(appid = %auth.appid()))]
 pub async fn record(
+    auth: Authorized<CollectScope>,
     request: HttpRequest,
-    path: web::Path<String>,
     payload: web::Payload,
     context: web::Data<ApiContext>,
-) -> Result<HttpResponse, SubscriptionError> {
-    let appid = path.into_inner();
-    context.authorize(&request, &appid, &[Scope::Collect])?;
+) -> Result<HttpResponse, ApiError> {
+    let appid = auth.appid();
     let body = context.read_json(&request, payload).await?.value;
-    let prompt = parse_prompt(&body).map_err(SubscriptionError::Rejected)?;
-    let request_hash = prompt_hash(&prompt);
+    let prompt = parse_prompt(&body)?;
     // Exactly one source grants: with `wechat`, the popup events of the
     // push do, and this result is the user's decision only.
     let grants_from = context
         .apps
-        .get(&appid)
+        .get(appid)
         .map_or(GrantsFrom::default(), |app| app.subscribe_grants_from);
     let grants = grants_from == GrantsFrom::Frontend;
+    let (effects, replayed) = record_once(&context, appid, &prompt, grants).await?;
+    context.catalogue.decided_on(
+        appid,
+        prompt
+            .decisions
+            .iter()
+            .map(|decision| decision.template_id.as_str()),
+    );
+    let standing = context
+        .storage
+        .subscription_quota(appid, &prompt.openid)
+        .await?;
+    let granted = effects
+        .iter()
+        .filter(|effect| **effect == PromptEffect::Granted)
+        .count();
+    let templates = prompt
+        .decisions
+        .into_iter()
+        .zip(effects)
+        .map(|(decision, effect)| PromptTemplate {
+            decision: decision.decision,
+            effect,
+            template_id: decision.template_id,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(PromptRecorded {
+        granted: if replayed { 0 } else { granted },
+        grants_from,
+        note: (!grants).then_some(RECORDED_ONLY),
+        openid: prompt.openid,
+        recorded_only: !grants,
+        replayed,
+        request_id: prompt.request_id,
+        subscriptions: standing.iter().map(Subscription::from).collect(),
+        templates,
+    }))
+}
+
+/// Records the prompt once per request_id: its effects, and whether they
+/// are those of an earlier post of the same result. The same request_id
+/// with another result is a 409 that grants nothing.
+async fn record_once(
+    context: &ApiContext,
+    appid: &str,
+    prompt: &Prompt,
+    grants: bool,
+) -> Result<(Vec<PromptEffect>, bool), ApiError> {
+    let request_hash = prompt_hash(prompt);
     let new = NewPrompt {
-        appid: appid.clone(),
+        appid: appid.to_owned(),
         openid: prompt.openid.clone(),
         request_id: prompt.request_id.clone(),
         request_hash: request_hash.clone(),
@@ -105,71 +112,16 @@ pub async fn record(
         grants,
     };
     let now = context.clock.now_ms();
-    let (effects, replayed) = match context.storage.record_prompt(&new, now).await? {
-        PromptRecord::Recorded(effects) => (effects, false),
+    match context.storage.record_prompt(&new, now).await? {
+        PromptRecord::Recorded(effects) => Ok((effects, false)),
         PromptRecord::Repeated {
             request_hash: earlier,
             effects,
-        } if earlier == request_hash => (effects, true),
-        PromptRecord::Repeated { .. } => return Err(SubscriptionError::RequestIdReused),
-    };
-    context.catalogue.decided_on(
-        &appid,
-        prompt
-            .decisions
-            .iter()
-            .map(|decision| decision.template_id.as_str()),
-    );
-    let templates: Vec<Value> = prompt
-        .decisions
-        .iter()
-        .zip(&effects)
-        .map(|(decision, effect)| {
-            json!({
-                "template_id": decision.template_id,
-                "decision": decision.decision,
-                "effect": effect,
-            })
-        })
-        .collect();
-    let standing = context
-        .storage
-        .subscription_quota(&appid, &prompt.openid)
-        .await?;
-    let granted = effects
-        .iter()
-        .filter(|effect| **effect == PromptEffect::Granted)
-        .count();
-    let mut answer = json!({
-        "openid": prompt.openid,
-        "request_id": prompt.request_id,
-        "replayed": replayed,
-        "granted": if replayed { 0 } else { granted },
-        "grants_from": grants_from,
-        "recorded_only": !grants,
-        "templates": templates,
-        "subscriptions": subscriptions_json(&standing),
-    });
-    if !grants {
-        answer["note"] = json!(
-            "recorded only: this app's grants come from WeChat's subscribe_msg_popup_event \
-             (subscribe_grants_from = wechat), not from posted results"
-        );
+        } if earlier == request_hash => Ok((effects, true)),
+        PromptRecord::Repeated { .. } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "request_id_reused",
+            "this request_id was posted before with another result; nothing was granted",
+        )),
     }
-    Ok(HttpResponse::Ok().json(answer))
-}
-
-/// A user's standing per subscribe template, as the API shows it.
-pub fn subscriptions_json(rows: &[TemplateQuota]) -> Vec<Value> {
-    rows.iter()
-        .map(|row| {
-            json!({
-                "template_id": row.template_id,
-                "one_time_grants": row.grants,
-                "long_term": row.long_term,
-                "decision": row.decision,
-                "decided_at": from_ms(row.decided_at),
-            })
-        })
-        .collect()
 }

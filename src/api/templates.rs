@@ -8,263 +8,43 @@
 //! WeChat's refusals come back with `wechat_errcode` and a sentence.
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
-use super::error::{render, AccessError, ApiErrorCode, BodyError};
+use super::authorized::{AdminScope, Authorized};
+use super::error::ApiError;
+use super::responses::{
+    Category, CategoryList, ClassicKeyword, ClassicLibraryEntry, ClassicLibraryPage, ClassicTitle,
+    SubscribeKeyword, SubscribeLibraryEntry, SubscribeLibraryPage, SubscribeTitle, Template,
+    TemplateDeleted, TemplateList,
+};
 use super::ApiContext;
-use crate::catalogue::CatalogueError;
-use crate::clock::from_ms;
-use crate::config::Scope;
 use crate::ledger::collect::is_plain_identifier;
-use crate::ledger::settle::{classify, Verdict};
 use crate::ledger::states::{Channel, SubscriptionType};
 use crate::storage::TemplateRecord;
-use crate::tokens::TokenError;
 use crate::wechat::templates::{
     EMPTY_KID_LIST_TIDS, KID_LIST_LEN, MAX_CLASSIC_COUNT, MAX_CLASSIC_KEYWORDS, MAX_SCENE_DESC,
     MAX_TITLES_LIMIT,
 };
-use crate::wechat::CallError;
 
 /// Longest template id or library id accepted.
 const MAX_ID_LEN: usize = 128;
 /// Most category ids in one titles query.
 const MAX_CATEGORY_IDS: usize = 50;
 
-/// Errors of the template endpoints.
-#[derive(Debug, thiserror::Error)]
-pub enum TemplateEndpointError {
-    #[error(transparent)]
-    Access(#[from] AccessError),
-    #[error(transparent)]
-    Body(#[from] BodyError),
-    /// The request is wrong; WeChat was not asked.
-    #[error("{message}")]
-    Invalid { code: &'static str, message: String },
-    #[error(transparent)]
-    Catalogue(#[from] CatalogueError),
-}
-
-fn invalid(code: &'static str, message: impl Into<String>) -> TemplateEndpointError {
-    TemplateEndpointError::Invalid {
-        code,
-        message: message.into(),
-    }
-}
-
-/// What a WeChat errcode of the template APIs means for the caller: the
-/// status, the code, and a sentence.
-fn wechat_failure(errcode: i64) -> (StatusCode, &'static str, &'static str) {
-    use StatusCode as S;
-    match errcode {
-        40037 => (
-            S::NOT_FOUND,
-            "unknown_template",
-            "WeChat knows no template or library title with this id",
-        ),
-        200014 => (
-            S::UNPROCESSABLE_ENTITY,
-            "invalid_tid",
-            "WeChat's public subscribe library has no title with this tid",
-        ),
-        200020 => (
-            S::UNPROCESSABLE_ENTITY,
-            "invalid_keyword_ids",
-            "keyword_ids must be 2 to 5 different keywords of this title",
-        ),
-        200021 => (
-            S::UNPROCESSABLE_ENTITY,
-            "invalid_scene_desc",
-            "scene_desc must be at most 15 characters",
-        ),
-        45075 => (
-            S::UNPROCESSABLE_ENTITY,
-            "invalid_keyword_ids",
-            "a keyword id is not one of this library title's, or is repeated",
-        ),
-        45100 => (
-            S::UNPROCESSABLE_ENTITY,
-            "invalid_keyword_ids",
-            "keyword_ids must hold 1 to 10 keyword ids",
-        ),
-        45076 => (
-            S::UNPROCESSABLE_ENTITY,
-            "invalid_paging",
-            "count must be 1 to 20",
-        ),
-        200016 | 200017 => (
-            S::UNPROCESSABLE_ENTITY,
-            "invalid_paging",
-            "start must be 0 or more and limit 1 to 30",
-        ),
-        200018 | 200019 => (
-            S::UNPROCESSABLE_ENTITY,
-            "invalid_category_ids",
-            "category_ids must list the account's category ids",
-        ),
-        200012 => (
-            S::CONFLICT,
-            "template_limit_reached",
-            "the app already holds 25 subscribe templates, WeChat's limit: delete one first",
-        ),
-        45026 => (
-            S::CONFLICT,
-            "template_limit_reached",
-            "the app already holds as many classic templates as WeChat allows: delete one first",
-        ),
-        200011 => (
-            S::BAD_GATEWAY,
-            "wechat_refused",
-            "WeChat has banned this account from adding templates",
-        ),
-        200013 => (
-            S::BAD_GATEWAY,
-            "wechat_refused",
-            "WeChat has banned this template",
-        ),
-        43106 | 48004 => (
-            S::BAD_GATEWAY,
-            "wechat_refused",
-            "WeChat refuses this account the template APIs, as a punishment",
-        ),
-        48001 => (
-            S::BAD_GATEWAY,
-            "wechat_refused",
-            "this app is not authorised for this WeChat API",
-        ),
-        45009 => (
-            S::TOO_MANY_REQUESTS,
-            "wechat_rate_limited",
-            "the app has spent its daily quota of this WeChat API",
-        ),
-        45011 => (
-            S::TOO_MANY_REQUESTS,
-            "wechat_rate_limited",
-            "WeChat's per-minute limit of this API was reached: try again in a minute",
-        ),
-        45103 | 45109 => (S::BAD_GATEWAY, "api_retired", "WeChat retired this API"),
-        -1 => (
-            S::SERVICE_UNAVAILABLE,
-            "wechat_busy",
-            "WeChat is busy: try again later",
-        ),
-        code if classify(code) == Verdict::TokenRejected => (
-            S::BAD_GATEWAY,
-            "token_rejected",
-            "WeChat rejected a freshly refreshed access_token",
-        ),
-        _ => (S::BAD_GATEWAY, "wechat_error", "WeChat refused the call"),
-    }
-}
-
-impl ResponseError for TemplateEndpointError {
-    fn status_code(&self) -> StatusCode {
-        match self {
-            Self::Access(error) => error.status_code(),
-            Self::Body(error) => error.status_code(),
-            Self::Invalid { code, .. } => match *code {
-                "invalid_query" => StatusCode::BAD_REQUEST,
-                _ => StatusCode::UNPROCESSABLE_ENTITY,
-            },
-            Self::Catalogue(error) => match error {
-                CatalogueError::WeChat { errcode, .. } => wechat_failure(*errcode).0,
-                CatalogueError::Call {
-                    error: CallError::NotSent(_),
-                    ..
-                } => StatusCode::SERVICE_UNAVAILABLE,
-                CatalogueError::Call { .. } | CatalogueError::Shape { .. } => {
-                    StatusCode::BAD_GATEWAY
-                }
-                CatalogueError::NotListed { .. } => StatusCode::BAD_GATEWAY,
-                CatalogueError::UnknownTemplate { .. } => StatusCode::NOT_FOUND,
-                CatalogueError::Token(TokenError::Refused { .. }) => StatusCode::BAD_GATEWAY,
-                CatalogueError::Token(TokenError::Storage(_)) | CatalogueError::Storage(_) => {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                }
-                CatalogueError::Token(_) => StatusCode::SERVICE_UNAVAILABLE,
-            },
-        }
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        render(self)
-    }
-}
-
-impl ApiErrorCode for TemplateEndpointError {
-    fn code(&self) -> &'static str {
-        match self {
-            Self::Access(error) => error.code(),
-            Self::Body(error) => error.code(),
-            Self::Invalid { code, .. } => code,
-            Self::Catalogue(error) => match error {
-                CatalogueError::WeChat { errcode, .. } => wechat_failure(*errcode).1,
-                CatalogueError::Call {
-                    error: CallError::NotSent(_),
-                    ..
-                } => "wechat_unreachable",
-                CatalogueError::Call { .. } => "wechat_answer_lost",
-                CatalogueError::Shape { .. } => "wechat_unexpected_answer",
-                CatalogueError::NotListed { .. } => "template_not_listed",
-                CatalogueError::UnknownTemplate { .. } => "unknown_template",
-                CatalogueError::Token(TokenError::Refused { .. }) => "token_refused",
-                CatalogueError::Token(_) => "token_unavailable",
-                CatalogueError::Storage(_) => "internal",
-            },
-        }
-    }
-
-    fn wechat_errcode(&self) -> Option<i64> {
-        match self {
-            Self::Catalogue(CatalogueError::WeChat { errcode, .. })
-            | Self::Catalogue(CatalogueError::Token(TokenError::Refused { errcode, .. })) => {
-                Some(*errcode)
-            }
-            _ => None,
-        }
-    }
-
-    fn public_message(&self) -> String {
-        match self {
-            Self::Catalogue(CatalogueError::WeChat {
-                api,
-                errcode,
-                errmsg,
-            }) => format!(
-                "{} (WeChat answered {errcode} to {api}: {errmsg})",
-                wechat_failure(*errcode).2
-            ),
-            other => other.to_string(),
-        }
-    }
-}
-
-/// A template as answered: its placeholders parsed from its content.
-fn template_json(record: &TemplateRecord) -> Value {
-    let template = record.to_catalogue();
-    let mut answer = json!({
-        "channel": template.channel,
-        "id": template.template_id,
-        "title": template.title,
-        "content": template.content,
-        "example": template.example,
-        "type": template.subscription,
-        "placeholders": template.placeholders,
-        "refreshed_at": from_ms(record.refreshed_at),
-    });
-    if !template.enum_values.is_empty() {
-        answer["enum_values"] = json!(template.enum_values);
-    }
-    answer
+/// The request is wrong and WeChat was not asked: 400 for the query string
+/// itself, 422 for a value in it or in the body.
+fn invalid(code: &'static str, message: impl Into<String>) -> ApiError {
+    let status = match code {
+        "invalid_query" => StatusCode::BAD_REQUEST,
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    ApiError::new(status, code, message)
 }
 
 /// The query's pairs; a name given twice or one not in `allowed` is a 400.
-fn query(
-    request: &HttpRequest,
-    allowed: &[&str],
-) -> Result<Map<String, Value>, TemplateEndpointError> {
+fn query(request: &HttpRequest, allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
     let pairs = web::Query::<Vec<(String, String)>>::from_query(request.query_string())
         .map_err(|_| invalid("invalid_query", "the query string cannot be read"))?
         .into_inner();
@@ -299,7 +79,7 @@ fn number(
     name: &str,
     default: u32,
     range: std::ops::RangeInclusive<u32>,
-) -> Result<u32, TemplateEndpointError> {
+) -> Result<u32, ApiError> {
     let Some(raw) = text(query, name) else {
         return Ok(default);
     };
@@ -319,10 +99,7 @@ fn number(
 }
 
 /// `channel`: required where `required`, else `default`.
-fn channel(
-    query: &Map<String, Value>,
-    default: Option<Channel>,
-) -> Result<Channel, TemplateEndpointError> {
+fn channel(query: &Map<String, Value>, default: Option<Channel>) -> Result<Channel, ApiError> {
     match text(query, "channel") {
         Some(name) => name.parse().map_err(|_| {
             invalid(
@@ -342,14 +119,13 @@ fn channel(
 /// `GET /v1/apps/{appid}/templates[?refresh=true][&channel=…]`: the app's
 /// templates of both channels (or one) from the ledger; `refresh=true`
 /// re-reads them from WeChat first.
-#[tracing::instrument(skip_all, fields(appid = %path.as_str()))]
+#[tracing::instrument(skip_all, fields(appid = %auth.appid()))]
 pub async fn list(
+    auth: Authorized<AdminScope>,
     request: HttpRequest,
-    path: web::Path<String>,
     context: web::Data<ApiContext>,
-) -> Result<HttpResponse, TemplateEndpointError> {
-    let appid = path.into_inner();
-    context.authorize(&request, &appid, &[Scope::Admin])?;
+) -> Result<HttpResponse, ApiError> {
+    let appid = auth.appid();
     let query = query(&request, &["refresh", "channel"])?;
     let only = match text(&query, "channel") {
         Some(_) => Some(channel(&query, None)?),
@@ -362,17 +138,17 @@ pub async fn list(
     };
     if refresh {
         let channels = only.map_or(Channel::ALL.to_vec(), |channel| vec![channel]);
-        context.catalogue.refresh(&appid, &channels).await?;
+        context.catalogue.refresh(appid, &channels).await?;
     }
-    let templates: Vec<Value> = context
+    let templates = context
         .catalogue
-        .stored(&appid)
+        .stored(appid)
         .await?
         .iter()
         .filter(|record| only.is_none_or(|channel| record.channel == channel))
-        .map(template_json)
+        .map(Template::from)
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "templates": templates })))
+    Ok(HttpResponse::Ok().json(TemplateList { templates }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -395,22 +171,76 @@ fn distinct(ids: &[u32]) -> bool {
     ids.iter().enumerate().all(|(i, id)| !ids[..i].contains(id))
 }
 
+/// The fields of an added template, read as `T`.
+fn fields<T: serde::de::DeserializeOwned>(body: Map<String, Value>) -> Result<T, ApiError> {
+    serde_json::from_value(Value::Object(body))
+        .map_err(|error| invalid("invalid_field", error.to_string()))
+}
+
+/// A classic template to add, checked against WeChat's limits.
+fn add_classic(body: Map<String, Value>) -> Result<AddClassic, ApiError> {
+    let add: AddClassic = fields(body)?;
+    if !is_plain_identifier(&add.library_id, MAX_ID_LEN) {
+        return Err(invalid(
+            "invalid_library_id",
+            "library_id must be a library title id such as AT0002",
+        ));
+    }
+    if add.keyword_ids.is_empty()
+        || add.keyword_ids.len() > MAX_CLASSIC_KEYWORDS
+        || !distinct(&add.keyword_ids)
+    {
+        return Err(invalid(
+            "invalid_keyword_ids",
+            "keyword_ids must hold 1 to 10 different keyword ids of the library title",
+        ));
+    }
+    Ok(add)
+}
+
+/// A subscribe template to add, checked against WeChat's limits.
+fn add_subscribe(body: Map<String, Value>) -> Result<AddSubscribe, ApiError> {
+    let add: AddSubscribe = fields(body)?;
+    if add.tid == 0 {
+        return Err(invalid("invalid_tid", "tid must be a public title id"));
+    }
+    let kids_ok = if EMPTY_KID_LIST_TIDS.contains(&add.tid) {
+        add.keyword_ids.is_empty() || KID_LIST_LEN.contains(&add.keyword_ids.len())
+    } else {
+        KID_LIST_LEN.contains(&add.keyword_ids.len())
+    };
+    if !kids_ok || !distinct(&add.keyword_ids) {
+        return Err(invalid(
+            "invalid_keyword_ids",
+            "keyword_ids must hold 2 to 5 different keyword ids of the title",
+        ));
+    }
+    if add.scene_desc.chars().count() > MAX_SCENE_DESC
+        || add.scene_desc.chars().any(char::is_control)
+    {
+        return Err(invalid(
+            "invalid_scene_desc",
+            "scene_desc must be at most 15 characters, without control characters",
+        ));
+    }
+    Ok(add)
+}
+
 /// `POST /v1/apps/{appid}/templates`: adds a template from a library,
 /// `{"channel":"template","library_id":"AT0002","keyword_ids":[3,4,5]}` or
 /// `{"channel":"subscribe","tid":401,"keyword_ids":[1,2],"scene_desc":"…"}`;
 /// answers 201 with the template as WeChat then lists it.
-#[tracing::instrument(skip_all, fields(appid = %path.as_str()))]
+#[tracing::instrument(skip_all, fields(appid = %auth.appid()))]
 pub async fn add(
+    auth: Authorized<AdminScope>,
     request: HttpRequest,
-    path: web::Path<String>,
     payload: web::Payload,
     context: web::Data<ApiContext>,
-) -> Result<HttpResponse, TemplateEndpointError> {
-    let appid = path.into_inner();
-    context.authorize(&request, &appid, &[Scope::Admin])?;
+) -> Result<HttpResponse, ApiError> {
+    let appid = auth.appid();
     let body = context.read_json(&request, payload).await?.value;
     let Value::Object(mut body) = body else {
-        return Err(BodyError::InvalidJson("the body must be a JSON object".into()).into());
+        return Err(ApiError::invalid_json("the body must be a JSON object"));
     };
     let channel = match body.remove("channel") {
         Some(Value::String(name)) => name.parse::<Channel>().ok(),
@@ -422,95 +252,63 @@ pub async fn add(
             "channel must be \"template\" or \"subscribe\"",
         )
     })?;
-    let fields = |error: serde_json::Error| invalid("invalid_field", error.to_string());
-    let record = match channel {
+    let record: TemplateRecord = match channel {
         Channel::Template => {
-            let add: AddClassic = serde_json::from_value(Value::Object(body)).map_err(fields)?;
-            if !is_plain_identifier(&add.library_id, MAX_ID_LEN) {
-                return Err(invalid(
-                    "invalid_library_id",
-                    "library_id must be a library title id such as AT0002",
-                ));
-            }
-            if add.keyword_ids.is_empty()
-                || add.keyword_ids.len() > MAX_CLASSIC_KEYWORDS
-                || !distinct(&add.keyword_ids)
-            {
-                return Err(invalid(
-                    "invalid_keyword_ids",
-                    "keyword_ids must hold 1 to 10 different keyword ids of the library title",
-                ));
-            }
+            let add = add_classic(body)?;
             context
                 .catalogue
-                .add_classic(&appid, &add.library_id, &add.keyword_ids)
+                .add_classic(appid, &add.library_id, &add.keyword_ids)
                 .await?
         }
         Channel::Subscribe => {
-            let add: AddSubscribe = serde_json::from_value(Value::Object(body)).map_err(fields)?;
-            if add.tid == 0 {
-                return Err(invalid("invalid_tid", "tid must be a public title id"));
-            }
-            let kids_ok = if EMPTY_KID_LIST_TIDS.contains(&add.tid) {
-                add.keyword_ids.is_empty() || KID_LIST_LEN.contains(&add.keyword_ids.len())
-            } else {
-                KID_LIST_LEN.contains(&add.keyword_ids.len())
-            };
-            if !kids_ok || !distinct(&add.keyword_ids) {
-                return Err(invalid(
-                    "invalid_keyword_ids",
-                    "keyword_ids must hold 2 to 5 different keyword ids of the title",
-                ));
-            }
-            if add.scene_desc.chars().count() > MAX_SCENE_DESC
-                || add.scene_desc.chars().any(char::is_control)
-            {
-                return Err(invalid(
-                    "invalid_scene_desc",
-                    "scene_desc must be at most 15 characters, without control characters",
-                ));
-            }
+            let add = add_subscribe(body)?;
             context
                 .catalogue
-                .add_subscribe(&appid, add.tid, &add.keyword_ids, &add.scene_desc)
+                .add_subscribe(appid, add.tid, &add.keyword_ids, &add.scene_desc)
                 .await?
         }
     };
-    Ok(HttpResponse::Created().json(template_json(&record)))
+    Ok(HttpResponse::Created().json(Template::from(&record)))
+}
+
+/// The `{template_id}` of a template's route.
+#[derive(Deserialize)]
+pub struct TemplatePath {
+    template_id: String,
 }
 
 /// `DELETE /v1/apps/{appid}/templates/{template_id}`: deletes it at WeChat
 /// and from the ledger.
-#[tracing::instrument(skip_all, fields(appid = %path.0))]
+#[tracing::instrument(skip_all, fields(appid = %auth.appid()))]
 pub async fn delete(
-    request: HttpRequest,
-    path: web::Path<(String, String)>,
+    auth: Authorized<AdminScope>,
+    path: web::Path<TemplatePath>,
     context: web::Data<ApiContext>,
-) -> Result<HttpResponse, TemplateEndpointError> {
-    let (appid, template_id) = path.into_inner();
-    context.authorize(&request, &appid, &[Scope::Admin])?;
+) -> Result<HttpResponse, ApiError> {
+    let template_id = path.into_inner().template_id;
     if !is_plain_identifier(&template_id, MAX_ID_LEN) {
         return Err(invalid(
             "invalid_template_id",
             "template_id must be 1 to 128 printable characters",
         ));
     }
-    context.catalogue.delete(&appid, &template_id).await?;
-    Ok(HttpResponse::Ok().json(json!({"id": template_id, "deleted": true})))
+    context.catalogue.delete(auth.appid(), &template_id).await?;
+    Ok(HttpResponse::Ok().json(TemplateDeleted {
+        deleted: true,
+        id: template_id,
+    }))
 }
 
 /// `GET /v1/apps/{appid}/template-library?channel=template&offset=&count=`
 /// (classic titles, `count` ≤ 20) or
 /// `?channel=subscribe&category_ids=2,616&start=&limit=` (public subscribe
 /// titles, `limit` ≤ 30).
-#[tracing::instrument(skip_all, fields(appid = %path.as_str()))]
+#[tracing::instrument(skip_all, fields(appid = %auth.appid()))]
 pub async fn library(
+    auth: Authorized<AdminScope>,
     request: HttpRequest,
-    path: web::Path<String>,
     context: web::Data<ApiContext>,
-) -> Result<HttpResponse, TemplateEndpointError> {
-    let appid = path.into_inner();
-    context.authorize(&request, &appid, &[Scope::Admin])?;
+) -> Result<HttpResponse, ApiError> {
     let query = query(
         &request,
         &[
@@ -523,80 +321,94 @@ pub async fn library(
         ],
     )?;
     match channel(&query, None)? {
-        Channel::Template => {
-            if text(&query, "category_ids").is_some()
-                || text(&query, "start").is_some()
-                || text(&query, "limit").is_some()
-            {
-                return Err(invalid(
-                    "invalid_query",
-                    "the classic library pages with offset and count",
-                ));
-            }
-            let offset = number(&query, "offset", 0, 0..=u32::MAX / 2)?;
-            let count = number(&query, "count", MAX_CLASSIC_COUNT, 1..=MAX_CLASSIC_COUNT)?;
-            let page = context
-                .catalogue
-                .library_titles(&appid, offset, count)
-                .await?;
-            let titles: Vec<Value> = page
-                .list
-                .iter()
-                .map(|t| json!({"id": t.id, "title": t.title}))
-                .collect();
-            Ok(HttpResponse::Ok().json(json!({
-                "channel": Channel::Template,
-                "total_count": page.total_count,
-                "titles": titles,
-            })))
-        }
-        Channel::Subscribe => {
-            if text(&query, "offset").is_some() || text(&query, "count").is_some() {
-                return Err(invalid(
-                    "invalid_query",
-                    "the subscribe library pages with start and limit",
-                ));
-            }
-            let ids: Option<Vec<u32>> = text(&query, "category_ids").map(|raw| {
-                raw.split(',')
-                    .map(|id| id.trim().parse::<u32>().ok())
-                    .collect::<Option<Vec<u32>>>()
-                    .unwrap_or_default()
-            });
-            let ids = ids
-                .filter(|ids| !ids.is_empty() && ids.len() <= MAX_CATEGORY_IDS)
-                .ok_or_else(|| {
-                    invalid(
-                        "invalid_category_ids",
-                        "category_ids is required: the account's category ids, comma-separated \
-                         (GET …/template-library/categories lists them)",
-                    )
-                })?;
-            let start = number(&query, "start", 0, 0..=u32::MAX / 2)?;
-            let limit = number(&query, "limit", MAX_TITLES_LIMIT, 1..=MAX_TITLES_LIMIT)?;
-            let page = context
-                .catalogue
-                .pub_titles(&appid, &ids, start, limit)
-                .await?;
-            let titles: Vec<Value> = page
-                .data
-                .iter()
-                .map(|t| {
-                    json!({
-                        "id": t.tid,
-                        "title": t.title,
-                        "type": subscription_of(t.kind),
-                        "category_id": t.category_id,
-                    })
-                })
-                .collect();
-            Ok(HttpResponse::Ok().json(json!({
-                "channel": Channel::Subscribe,
-                "total_count": page.count,
-                "titles": titles,
-            })))
-        }
+        Channel::Template => classic_library(&context, auth.appid(), &query).await,
+        Channel::Subscribe => subscribe_library(&context, auth.appid(), &query).await,
     }
+}
+
+/// A page of the classic library: `offset` and `count`.
+async fn classic_library(
+    context: &ApiContext,
+    appid: &str,
+    query: &Map<String, Value>,
+) -> Result<HttpResponse, ApiError> {
+    if ["category_ids", "start", "limit"]
+        .iter()
+        .any(|name| text(query, name).is_some())
+    {
+        return Err(invalid(
+            "invalid_query",
+            "the classic library pages with offset and count",
+        ));
+    }
+    let offset = number(query, "offset", 0, 0..=u32::MAX / 2)?;
+    let count = number(query, "count", MAX_CLASSIC_COUNT, 1..=MAX_CLASSIC_COUNT)?;
+    let page = context
+        .catalogue
+        .library_titles(appid, offset, count)
+        .await?;
+    Ok(HttpResponse::Ok().json(ClassicLibraryPage {
+        channel: Channel::Template,
+        titles: page
+            .list
+            .into_iter()
+            .map(|t| ClassicTitle {
+                id: t.id,
+                title: t.title,
+            })
+            .collect(),
+        total_count: page.total_count,
+    }))
+}
+
+/// A page of the public subscribe library: `category_ids`, `start` and
+/// `limit`.
+async fn subscribe_library(
+    context: &ApiContext,
+    appid: &str,
+    query: &Map<String, Value>,
+) -> Result<HttpResponse, ApiError> {
+    if text(query, "offset").is_some() || text(query, "count").is_some() {
+        return Err(invalid(
+            "invalid_query",
+            "the subscribe library pages with start and limit",
+        ));
+    }
+    let ids: Option<Vec<u32>> = text(query, "category_ids").map(|raw| {
+        raw.split(',')
+            .map(|id| id.trim().parse::<u32>().ok())
+            .collect::<Option<Vec<u32>>>()
+            .unwrap_or_default()
+    });
+    let ids = ids
+        .filter(|ids| !ids.is_empty() && ids.len() <= MAX_CATEGORY_IDS)
+        .ok_or_else(|| {
+            invalid(
+                "invalid_category_ids",
+                "category_ids is required: the account's category ids, comma-separated \
+                 (GET …/template-library/categories lists them)",
+            )
+        })?;
+    let start = number(query, "start", 0, 0..=u32::MAX / 2)?;
+    let limit = number(query, "limit", MAX_TITLES_LIMIT, 1..=MAX_TITLES_LIMIT)?;
+    let page = context
+        .catalogue
+        .pub_titles(appid, &ids, start, limit)
+        .await?;
+    Ok(HttpResponse::Ok().json(SubscribeLibraryPage {
+        channel: Channel::Subscribe,
+        titles: page
+            .data
+            .into_iter()
+            .map(|t| SubscribeTitle {
+                category_id: t.category_id,
+                id: t.tid,
+                title: t.title,
+                subscription: subscription_of(t.kind),
+            })
+            .collect(),
+        total_count: page.count,
+    }))
 }
 
 fn subscription_of(kind: u8) -> SubscriptionType {
@@ -609,14 +421,12 @@ fn subscription_of(kind: u8) -> SubscriptionType {
 
 /// `GET /v1/apps/{appid}/template-library/categories`: the account's
 /// categories, for the subscribe library's `category_ids`.
-#[tracing::instrument(skip_all, fields(appid = %path.as_str()))]
+#[tracing::instrument(skip_all, fields(appid = %auth.appid()))]
 pub async fn categories(
+    auth: Authorized<AdminScope>,
     request: HttpRequest,
-    path: web::Path<String>,
     context: web::Data<ApiContext>,
-) -> Result<HttpResponse, TemplateEndpointError> {
-    let appid = path.into_inner();
-    context.authorize(&request, &appid, &[Scope::Admin])?;
+) -> Result<HttpResponse, ApiError> {
     let query = query(&request, &["channel"])?;
     if channel(&query, Some(Channel::Subscribe))? != Channel::Subscribe {
         return Err(invalid(
@@ -624,25 +434,35 @@ pub async fn categories(
             "only the subscribe library has categories",
         ));
     }
-    let categories = context.catalogue.categories(&appid).await?;
-    let categories: Vec<Value> = categories
-        .data
-        .iter()
-        .map(|c| json!({"id": c.id, "name": c.name}))
-        .collect();
-    Ok(HttpResponse::Ok().json(json!({ "categories": categories })))
+    let categories = context.catalogue.categories(auth.appid()).await?;
+    Ok(HttpResponse::Ok().json(CategoryList {
+        categories: categories
+            .data
+            .into_iter()
+            .map(|c| Category {
+                id: c.id,
+                name: c.name,
+            })
+            .collect(),
+    }))
+}
+
+/// The `{id}` of a library title's route.
+#[derive(Deserialize)]
+pub struct LibraryPath {
+    id: String,
 }
 
 /// `GET /v1/apps/{appid}/template-library/{id}?channel=…`: a library title
 /// and its keywords (subscribe keywords with their placeholder type).
-#[tracing::instrument(skip_all, fields(appid = %path.0))]
+#[tracing::instrument(skip_all, fields(appid = %auth.appid()))]
 pub async fn library_entry(
+    auth: Authorized<AdminScope>,
     request: HttpRequest,
-    path: web::Path<(String, String)>,
+    path: web::Path<LibraryPath>,
     context: web::Data<ApiContext>,
-) -> Result<HttpResponse, TemplateEndpointError> {
-    let (appid, id) = path.into_inner();
-    context.authorize(&request, &appid, &[Scope::Admin])?;
+) -> Result<HttpResponse, ApiError> {
+    let (appid, id) = (auth.appid(), path.into_inner().id);
     let query = query(&request, &["channel"])?;
     match channel(&query, None)? {
         Channel::Template => {
@@ -652,18 +472,18 @@ pub async fn library_entry(
                     "the id must be a library title id such as AT0002",
                 ));
             }
-            let entry = context.catalogue.library_entry(&appid, &id).await?;
-            let keywords: Vec<Value> = entry
-                .keyword_list
-                .iter()
-                .map(|k| json!({"id": k.keyword_id, "name": k.name, "example": k.example}))
-                .collect();
-            Ok(HttpResponse::Ok().json(json!({
-                "channel": Channel::Template,
-                "id": entry.id,
-                "title": entry.title,
-                "keywords": keywords,
-            })))
+            let entry = context.catalogue.library_entry(appid, &id).await?;
+            let keywords = entry.keyword_list.into_iter().map(|k| ClassicKeyword {
+                example: k.example,
+                id: k.keyword_id,
+                name: k.name,
+            });
+            Ok(HttpResponse::Ok().json(ClassicLibraryEntry {
+                channel: Channel::Template,
+                id: entry.id,
+                keywords: keywords.collect(),
+                title: entry.title,
+            }))
         }
         Channel::Subscribe => {
             let tid = id
@@ -671,17 +491,18 @@ pub async fn library_entry(
                 .ok()
                 .filter(|tid| *tid > 0)
                 .ok_or_else(|| invalid("invalid_tid", "the id must be a public title id (tid)"))?;
-            let keywords = context.catalogue.pub_keywords(&appid, tid).await?;
-            let keywords: Vec<Value> = keywords
-                .data
-                .iter()
-                .map(|k| json!({"id": k.kid, "name": k.name, "example": k.example, "type": k.rule}))
-                .collect();
-            Ok(HttpResponse::Ok().json(json!({
-                "channel": Channel::Subscribe,
-                "id": tid,
-                "keywords": keywords,
-            })))
+            let keywords = context.catalogue.pub_keywords(appid, tid).await?;
+            let keywords = keywords.data.into_iter().map(|k| SubscribeKeyword {
+                example: k.example,
+                id: k.kid,
+                name: k.name,
+                rule: k.rule,
+            });
+            Ok(HttpResponse::Ok().json(SubscribeLibraryEntry {
+                channel: Channel::Subscribe,
+                id: tid,
+                keywords: keywords.collect(),
+            }))
         }
     }
 }
