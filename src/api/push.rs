@@ -17,6 +17,7 @@
 //! [`Storage::record_push`]: crate::storage::Storage::record_push
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use actix_web::http::header::ContentType;
 use actix_web::http::StatusCode;
@@ -128,6 +129,7 @@ pub async fn receive(
         );
         return Ok(text("success".to_owned()));
     };
+    await_reported_sends(&context, &new).await?;
     let outcomes = context
         .storage
         .record_push(&new, context.clock.now_ms())
@@ -154,6 +156,37 @@ pub async fn receive(
         "push applied"
     );
     Ok(text("success".to_owned()))
+}
+
+/// How long a sent event waits for the send it reports to be recorded.
+/// WeChat may push the event before the gateway has written the msgid its
+/// own call got back (the write commits after WeChat answers); without the
+/// wait, that delivery would be filed under no message. Inside WeChat's
+/// 5-second reply window (docs/wechat/message-push.md, "The reply").
+const SENT_EVENT_WAIT: Duration = Duration::from_secs(3);
+
+/// Waits, up to [`SENT_EVENT_WAIT`], until every delivery the push reports
+/// names a message the ledger has recorded. A msgid still unknown then is
+/// not one of this gateway's sends (or its send's write was lost with its
+/// process): the push records it as such.
+async fn await_reported_sends(context: &ApiContext, push: &NewPushEvent) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + SENT_EVENT_WAIT;
+    for item in &push.items {
+        let PushAction::Delivery { msgid, .. } = &item.action else {
+            continue;
+        };
+        loop {
+            let found = context
+                .storage
+                .message_of_msgid(&push.appid, &push.openid, msgid)
+                .await?;
+            if found.is_some() || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
 }
 
 /// What a subscribe event asks of the ledger, item by item; `None` for

@@ -543,6 +543,15 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         id: &str,
     ) -> anyhow::Result<Option<(MessageRow, Vec<AttemptRow>)>>;
 
+    /// The message of the app's user whose attempt carries `msgid` (a
+    /// delivered subscribe send), if the ledger has recorded it yet.
+    async fn message_of_msgid(
+        &self,
+        appid: &str,
+        openid: &str,
+        msgid: &str,
+    ) -> anyhow::Result<Option<String>>;
+
     /// The per-app row.
     async fn app_state(&self, appid: &str) -> anyhow::Result<AppState>;
 

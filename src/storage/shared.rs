@@ -690,6 +690,21 @@ macro_rules! impl_storage {
                 Ok(Some((message, attempts)))
             }
 
+            async fn message_of_msgid(
+                &self,
+                appid: &str,
+                openid: &str,
+                msgid: &str,
+            ) -> anyhow::Result<Option<String>> {
+                sqlx::query_scalar(sql::MESSAGE_OF_MSGID)
+                    .bind(msgid)
+                    .bind(appid)
+                    .bind(openid)
+                    .fetch_optional(&self.reader)
+                    .await
+                    .context("finding the message of a msgid")
+            }
+
             async fn app_state(&self, appid: &str) -> anyhow::Result<AppState> {
                 let state = sqlx::query_as(sql::APP_STATE)
                     .bind(appid)

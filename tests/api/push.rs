@@ -832,3 +832,75 @@ fn base64_encode(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+/// WeChat may push a send's final result before the gateway has written
+/// the msgid its call got back: the push waits for that write (within
+/// WeChat's 5-second reply window) and files the delivery on its message.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sent_event_ahead_of_its_send_is_filed_once_the_send_is_recorded(
+    #[case] backend: Backend,
+) {
+    use formid_gateway::ledger::states::{AttemptOutcome, Delivery, MessageStatus};
+    use formid_gateway::storage::{new_lease, MessageOutcome, NewAttempt, NewMessage};
+
+    let app = spawn_push_app(backend).await;
+    target(&app, APPID, KEY, PushMode::Safe, PushFormat::Xml);
+    let event = PushEvent::Sent {
+        openid: "o-early".into(),
+        items: vec![fake_wechat::SentResult {
+            template_id: TEMPLATE_A.into(),
+            msgid: 4_242,
+            error_code: 10_001,
+            error_status: "system failure".into(),
+        }],
+    };
+    let push = app.fake.push_event(APPID, event);
+    let id = uuid::Uuid::now_v7().to_string();
+    // The send's own writes, 300 ms behind the push.
+    let record = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = app.now_ms();
+        let lease = new_lease(id.clone());
+        let message = NewMessage {
+            id: id.clone(),
+            appid: APPID.into(),
+            touser: "o-early".into(),
+            template_id: TEMPLATE_A.into(),
+            payload: "{}".into(),
+            status: MessageStatus::Pending,
+            delivery: Delivery::AtMostOnce,
+            wait_until: None,
+            lease_until: now + 30_000,
+            lease_token: lease.token,
+            channel: Channel::Subscribe,
+        };
+        app.storage.create_message(&message, now).await.unwrap();
+        let attempt = NewAttempt {
+            credential_id: None,
+            credential_kind: None,
+            errcode: Some(0),
+            outcome: AttemptOutcome::Sent,
+            detail: None,
+            msgid: Some("4242".into()),
+        };
+        let sent = MessageOutcome {
+            status: MessageStatus::Sent,
+            error_code: None,
+            wechat_errcode: None,
+        };
+        assert!(app
+            .storage
+            .record_attempt(&lease, &attempt, None, Some(&sent), now)
+            .await
+            .unwrap());
+    };
+    let (pushed, ()) = tokio::join!(push, record);
+    let pushed = pushed.expect("a push target");
+    assert!(pushed.acknowledged(), "{pushed:?}");
+    let message = app.message(&id).await.body;
+    assert_eq!(message["delivery"]["error_code"], 10_001, "{message}");
+    assert_eq!(message["delivery"]["error_status"], "system failure");
+}

@@ -1529,6 +1529,24 @@ impl Storage for LedgerModel {
 
     /// The push receiver is not modelled: the simulation's WeChat does not
     /// push, so nothing calls this.
+    async fn message_of_msgid(
+        &self,
+        appid: &str,
+        openid: &str,
+        msgid: &str,
+    ) -> anyhow::Result<Option<String>> {
+        // `MESSAGE_OF_MSGID`
+        self.read(|t| {
+            t.attempts.iter().find_map(|(message_id, attempts)| {
+                let message = t.messages.get(message_id)?;
+                let ours = message.appid == appid && message.touser == openid;
+                (ours && attempts.iter().any(|a| a.msgid.as_deref() == Some(msgid)))
+                    .then(|| message_id.clone())
+            })
+        })
+        .await
+    }
+
     async fn record_push(
         &self,
         _event: &NewPushEvent,
