@@ -1013,12 +1013,7 @@ impl Settings {
             s(44),
             s(HOUR),
         )?;
-        duration_in_range(
-            "tokens.check_reuse_secs",
-            tokens.check_reuse,
-            s(1),
-            s(600),
-        )?;
+        duration_in_range("tokens.check_reuse_secs", tokens.check_reuse, s(1), s(600))?;
         duration_in_range("tokens.send_retry_secs", tokens.send_retry, s(1), s(600))?;
         in_range(
             "tokens.force_refreshes_per_day",

@@ -48,7 +48,10 @@ pub fn render<E: ApiErrorCode>(error: &E) -> HttpResponse {
         response.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer"));
     }
     if let Some(seconds) = error.retry_after_secs() {
-        response.insert_header((actix_web::http::header::RETRY_AFTER, seconds.max(1).to_string()));
+        response.insert_header((
+            actix_web::http::header::RETRY_AFTER,
+            seconds.max(1).to_string(),
+        ));
     }
     let mut body = body(error.code(), &message, error.wechat_errcode());
     if status != StatusCode::INTERNAL_SERVER_ERROR {

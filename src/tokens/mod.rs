@@ -298,7 +298,11 @@ impl TokenKeeper {
                 Checked::Rejected
             }
             Ok(reply) => {
-                tracing::warn!(appid, errcode = reply.errcode, "a token check proved nothing");
+                tracing::warn!(
+                    appid,
+                    errcode = reply.errcode,
+                    "a token check proved nothing"
+                );
                 Checked::Unproven
             }
             Err(error) => {
@@ -316,7 +320,11 @@ impl TokenKeeper {
 
     /// Answers a caller's claim that WeChat disproved: the same token.
     fn refused(&self, appid: &str, current: CurrentToken) -> CurrentToken {
-        let refused = self.counters.refused_refreshes.fetch_add(1, Ordering::Relaxed) + 1;
+        let refused = self
+            .counters
+            .refused_refreshes
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
         tracing::warn!(
             appid,
             refused_total = refused,

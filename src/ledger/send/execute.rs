@@ -348,7 +348,9 @@ impl<'a> Run<'a> {
                         Ok(fresh) => self.token = Some(fresh.token),
                         Err(error) => {
                             tracing::warn!(appid, %error, "token refresh after a rejection failed");
-                            return self.await_token(credential, state.probing, Some(&error)).await;
+                            return self
+                                .await_token(credential, state.probing, Some(&error))
+                                .await;
                         }
                     }
                 }
@@ -451,7 +453,10 @@ impl<'a> Run<'a> {
             }
             (false, false) => {
                 self.release(credential.id).await?;
-                let failure = error.map_or(SendFailure::TokenUnavailable { errcode: None }, token_failure);
+                let failure = error.map_or(
+                    SendFailure::TokenUnavailable { errcode: None },
+                    token_failure,
+                );
                 Ok(CredentialEnd::Done(self.finish(failure).await?))
             }
         }
