@@ -61,16 +61,18 @@ pub enum TokenError {
 
 impl TokenError {
     /// Whether waiting can cure it: WeChat unreachable, busy or over a rate
-    /// limit, another instance slow to fetch, the budget spent. A refusal for
-    /// the app's configuration (an unknown appid, a wrong secret, an address
-    /// off the IP whitelist) needs an operator instead.
+    /// limit, another instance slow to fetch, the budget spent, the ledger
+    /// failing a read or a write. A refusal for the app's configuration (an
+    /// unknown appid, a wrong secret, an address off the IP whitelist) needs
+    /// an operator instead.
     pub fn is_transient(&self) -> bool {
         match self {
             TokenError::Refused { errcode, .. } => matches!(errcode, -1 | 45009 | 45011),
             TokenError::Unreachable(_)
             | TokenError::LeaseTimeout
-            | TokenError::BudgetExhausted { .. } => true,
-            TokenError::UnknownApp | TokenError::Storage(_) => false,
+            | TokenError::BudgetExhausted { .. }
+            | TokenError::Storage(_) => true,
+            TokenError::UnknownApp => false,
         }
     }
 
@@ -564,5 +566,37 @@ impl TokenKeeper {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A send waits for a token whenever waiting can cure its lack: only the
+    /// app's configuration fails it.
+    #[test]
+    fn only_a_refusal_of_the_configuration_is_not_transient() {
+        let refused = |errcode| TokenError::Refused {
+            errcode,
+            errmsg: String::new(),
+        };
+        for transient in [
+            refused(-1),
+            refused(45009),
+            refused(45011),
+            TokenError::Unreachable(CallError::NotSent("connect refused".into())),
+            TokenError::LeaseTimeout,
+            TokenError::BudgetExhausted { retry_at_ms: 0 },
+            // A ledger write that failed under a fetch (its connection
+            // dropped): the token is fetched again, or read, on the next try.
+            TokenError::Storage(anyhow::anyhow!("connection reset")),
+        ] {
+            assert!(transient.is_transient(), "{transient:?}");
+        }
+        for configuration in [refused(40013), refused(40125), refused(40164)] {
+            assert!(!configuration.is_transient(), "{configuration:?}");
+        }
+        assert!(!TokenError::UnknownApp.is_transient());
     }
 }
