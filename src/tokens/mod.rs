@@ -531,9 +531,18 @@ impl TokenKeeper {
         match reply {
             TokenReply::Issued(issued) => {
                 let expires_at_ms = fetched_at + issued.expires_in_secs * 1000;
+                // The lease orders this fetch after the stored token's, so it
+                // is stored as no older than that one: the instance that
+                // fetched it may have a clock ahead of ours, and its
+                // `fetched_at` must not make every fetch of ours look older
+                // (each rejected send would fetch again and be handed the
+                // dead token back until our clock caught up).
+                let ordered_at = state
+                    .token_fetched_at
+                    .map_or(fetched_at, |stored| stored.max(fetched_at));
                 let stored = self
                     .storage
-                    .store_token(appid, &issued.token, expires_at_ms, fetched_at)
+                    .store_token(appid, &issued.token, expires_at_ms, ordered_at)
                     .await?;
                 tracing::info!(
                     appid,

@@ -1,6 +1,9 @@
 //! The access_token keeper and its endpoints.
 
+use std::sync::Arc;
+
 use chrono::Duration;
+use formid_gateway::clock::{Clock, ManualClock};
 use serde_json::json;
 
 use rstest::rstest;
@@ -357,4 +360,42 @@ async fn a_short_refresh_ahead_is_honoured(#[case] backend: Backend) {
     app.advance(Duration::seconds(11));
     app.token_refresher.run_once().await.unwrap();
     assert_eq!(app.fake.token_fetches(APPID), fetched + 1, "9 s left: due");
+}
+
+/// An instance whose clock runs behind the one that stored the token
+/// replaces that token when WeChat rejects it: the refresh lease orders the
+/// fetches, whatever the instances' clocks say. Were the stored token taken
+/// as the newer one by its fetch time, the instance behind could store none
+/// until its clock caught up, and each of its sends would fetch again only
+/// to be handed the dead token back (found by formid-sim).
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_whose_clock_runs_behind_replaces_a_rejected_token(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    let first = app.access_token().await.body["access_token"].clone();
+    let behind = Arc::new(ManualClock::new(app.clock.now() - Duration::seconds(20)));
+    let sibling = spawn_sibling_on_clock(&app, behind).await;
+    app.fake.invalidate_tokens(APPID);
+    app.collect_form_id("o-behind").await;
+    let answer = call(
+        &app.client,
+        &format!("{}/v1/apps/{APPID}/messages", sibling.address),
+        reqwest::Method::POST,
+        Some(SEND_KEY),
+        Some(json!({
+            "touser": "o-behind",
+            "template_id": TEMPLATE,
+            "data": {"keyword1": {"value": "Order 1"}},
+        })),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(app.fake.token_fetches(APPID), 2, "one fetch replaced it");
+    assert_ne!(
+        app.fake.current_token(APPID).as_deref(),
+        first.as_str(),
+        "WeChat's current token is the replacement"
+    );
 }
