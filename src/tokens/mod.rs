@@ -351,10 +351,18 @@ impl TokenKeeper {
         let mut refreshed = 0;
         for (appid, app) in self.apps.iter() {
             let state = self.storage.app_state(appid).await?;
-            let ahead_ms = match app.token_mode {
+            let mut ahead_ms = match app.token_mode {
                 TokenMode::Token => ms(self.settings.refresh_ahead),
                 TokenMode::StableToken => STABLE_ROTATION_MS.min(ms(self.settings.refresh_ahead)),
             };
+            // A token that lives no longer than the lead is refreshed half-way
+            // through its life: with the whole lead, it would be due the moment
+            // it was fetched, and every pass of every instance would fetch.
+            if let (Some(expires_at), Some(fetched_at)) =
+                (state.token_expires_at, state.token_fetched_at)
+            {
+                ahead_ms = ahead_ms.min((expires_at - fetched_at) / 2);
+            }
             let due = match (&state.access_token, state.token_expires_at) {
                 (Some(_), Some(expires_at)) => expires_at - self.clock.now_ms() <= ahead_ms,
                 _ => true,

@@ -399,3 +399,37 @@ async fn an_instance_whose_clock_runs_behind_replaces_a_rejected_token(#[case] b
         "WeChat's current token is the replacement"
     );
 }
+
+/// A token that lives no longer than `refresh_ahead_secs` is refreshed
+/// half-way through its life. Refreshed with the whole lead, it would be due
+/// the moment it was fetched, and every pass of every instance's worker
+/// would fetch (found by formid-sim).
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_living_less_than_the_lead_is_refreshed_half_way(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.fake.set_token_expires_in(600);
+    // Whatever was fetched at start has expired: the next token lives 600 s,
+    // less than the default lead of 900 s.
+    app.advance(Duration::seconds(7200));
+    app.token_refresher.run_once().await.unwrap();
+    let fetched = app.fake.token_fetches(APPID);
+    for _ in 0..9 {
+        app.advance(Duration::seconds(30));
+        app.token_refresher.run_once().await.unwrap();
+    }
+    assert_eq!(
+        app.fake.token_fetches(APPID),
+        fetched,
+        "330 s of 600 left: not due"
+    );
+    app.advance(Duration::seconds(31));
+    app.token_refresher.run_once().await.unwrap();
+    assert_eq!(
+        app.fake.token_fetches(APPID),
+        fetched + 1,
+        "299 s left: due"
+    );
+}
