@@ -147,6 +147,11 @@ pub struct TokenKeeper {
     /// One check of a reported-stale token at a time per app in this
     /// process; the stored check time shares its answer across instances.
     checking: Arc<BTreeMap<String, tokio::sync::Mutex<()>>>,
+    /// Per app, the last token WeChat rejected in a call of this process's
+    /// own. It is never handed out again: while no new token can be had
+    /// (the budget spent, WeChat unreachable), a send asks for one instead
+    /// of calling WeChat with a token known dead.
+    rejected: Arc<std::sync::Mutex<HashMap<String, String>>>,
     counters: Arc<Counters>,
 }
 
@@ -186,6 +191,7 @@ impl TokenKeeper {
             reading: Arc::default(),
             cache: Arc::default(),
             checking,
+            rejected: Arc::default(),
             counters: Arc::default(),
         }
     }
@@ -223,9 +229,16 @@ impl TokenKeeper {
         }
     }
 
-    /// The app's current token, fetching one when there is none usable.
+    /// The app's current token, fetching one when there is none usable. A
+    /// token WeChat rejected in a call of this process's own is not usable:
+    /// it is replaced as [`TokenKeeper::refresh`] would, or the error says
+    /// why it cannot be yet.
     pub async fn current(&self, appid: &str) -> Result<CurrentToken, TokenError> {
-        self.obtain(appid, None).await
+        let current = self.obtain(appid, None).await?;
+        if self.was_rejected(appid, &current.token) {
+            return self.obtain(appid, Some(&current.token)).await;
+        }
+        Ok(current)
     }
 
     /// Compare-and-refresh after WeChat rejected `stale` in a call of the
@@ -233,7 +246,26 @@ impl TokenKeeper {
     /// stored one (budget permitting); otherwise answers the stored token.
     /// Many calls failing with the same token cause one fetch, not many.
     pub async fn refresh(&self, appid: &str, stale: &str) -> Result<CurrentToken, TokenError> {
+        self.note_rejected(appid, stale);
         self.obtain(appid, Some(stale)).await
+    }
+
+    /// Records that WeChat rejected `token` in a call of this process's own:
+    /// [`TokenKeeper::current`] hands it out no more.
+    pub fn note_rejected(&self, appid: &str, token: &str) {
+        self.rejected
+            .lock()
+            .expect("rejected tokens")
+            .insert(appid.to_owned(), token.to_owned());
+    }
+
+    /// Whether WeChat rejected `token` in a call of this process's own.
+    fn was_rejected(&self, appid: &str, token: &str) -> bool {
+        self.rejected
+            .lock()
+            .expect("rejected tokens")
+            .get(appid)
+            .is_some_and(|rejected| rejected == token)
     }
 
     /// Compare-and-refresh on an outside caller's word (the token endpoint).
@@ -273,7 +305,10 @@ impl TokenKeeper {
         }
         match self.check(appid, stale).await? {
             Checked::Live => Ok(self.refused(appid, current)),
-            Checked::Rejected => self.obtain(appid, Some(stale)).await,
+            Checked::Rejected => {
+                self.note_rejected(appid, stale);
+                self.obtain(appid, Some(stale)).await
+            }
             Checked::Unproven => Ok(current),
         }
     }

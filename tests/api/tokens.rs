@@ -433,3 +433,43 @@ async fn a_token_living_less_than_the_lead_is_refreshed_half_way(#[case] backend
         "299 s left: due"
     );
 }
+
+/// While no new token can be had (here the fetch budget is spent), a send
+/// waits for one without calling WeChat with the token WeChat rejected; once
+/// the budget earns a fetch back, the waiting messages go out. Handed the
+/// dead token, every send and every wake-up of a waiting message made one
+/// more call answered 40001 (found by formid-sim).
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_never_calls_with_a_token_wechat_rejected(#[case] backend: Backend) {
+    let app = spawn_app_with(backend, |settings| {
+        settings["tokens"]["fetch_burst"] = json!(1);
+        settings["tokens"]["fetch_refill_secs"] = json!(120);
+    })
+    .await;
+    app.access_token().await;
+    app.fake.invalidate_tokens(APPID);
+    let users = ["o-dead-1", "o-dead-2", "o-dead-3"];
+    for user in users {
+        app.collect_form_id(user).await;
+    }
+    let first = app.notify(users[0]).await;
+    assert_eq!(first.status, 202, "{:?}", first.body);
+    assert_eq!(first.body["status"], "waiting");
+    let calls = app.fake.sends().len();
+    for user in &users[1..] {
+        let answer = app.notify(user).await;
+        assert_eq!(answer.status, 202, "{:?}", answer.body);
+    }
+    assert_eq!(
+        app.fake.sends().len(),
+        calls,
+        "no call with the rejected token"
+    );
+    app.advance(Duration::seconds(121));
+    app.waiting.run_once().await.unwrap();
+    assert_eq!(app.delivered_form_ids().len(), 3);
+    assert_eq!(app.fake.token_fetches(APPID), 2);
+}

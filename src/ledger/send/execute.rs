@@ -329,6 +329,11 @@ impl<'a> Run<'a> {
             };
             sender.guard.record(appid, answer);
             let step = decide::decide(answer, &state, credential, sender.clock.now_ms(), &policy);
+            if matches!(step, Step::RefreshToken { .. } | Step::AwaitToken { .. }) {
+                // Whatever becomes of this run, no other send of this process
+                // is handed the token again.
+                sender.tokens.note_rejected(appid, &token);
+            }
             match step {
                 Step::CallAgain { retry, .. } => {
                     self.record(credential, answer, said, step.outcome())
