@@ -358,9 +358,11 @@ pub const RELEASE_TOKEN_REFRESH: &str = "UPDATE apps \
     SET refresh_holder = NULL, refresh_lease_until = NULL \
     WHERE appid = $1 AND refresh_holder = $2";
 
-/// An older answer never overwrites a newer token: the fetch start time orders
-/// them. Equal times tie in favour of the later write, which under the lease
-/// is the later fetch.
+/// An older answer never overwrites a newer token: `$4` orders them, the
+/// fetch's start, or the replaced token's own `$4` when that is later (the
+/// refresh lease orders the fetches whatever the instances' clocks say;
+/// src/tokens). Equal times tie in favour of the later write, which under
+/// the lease is the later fetch.
 pub const STORE_TOKEN: &str = "UPDATE apps \
     SET access_token = $2, token_expires_at = $3, token_fetched_at = $4, token_checked_at = NULL \
     WHERE appid = $1 AND (token_fetched_at IS NULL OR token_fetched_at <= $4)";

@@ -20,7 +20,7 @@
 
 pub mod budget;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,16 +61,18 @@ pub enum TokenError {
 
 impl TokenError {
     /// Whether waiting can cure it: WeChat unreachable, busy or over a rate
-    /// limit, another instance slow to fetch, the budget spent. A refusal for
-    /// the app's configuration (an unknown appid, a wrong secret, an address
-    /// off the IP whitelist) needs an operator instead.
+    /// limit, another instance slow to fetch, the budget spent, the ledger
+    /// failing a read or a write. A refusal for the app's configuration (an
+    /// unknown appid, a wrong secret, an address off the IP whitelist) needs
+    /// an operator instead.
     pub fn is_transient(&self) -> bool {
         match self {
             TokenError::Refused { errcode, .. } => matches!(errcode, -1 | 45009 | 45011),
             TokenError::Unreachable(_)
             | TokenError::LeaseTimeout
-            | TokenError::BudgetExhausted { .. } => true,
-            TokenError::UnknownApp | TokenError::Storage(_) => false,
+            | TokenError::BudgetExhausted { .. }
+            | TokenError::Storage(_) => true,
+            TokenError::UnknownApp => false,
         }
     }
 
@@ -144,6 +146,11 @@ pub struct TokenKeeper {
     /// One check of a reported-stale token at a time per app in this
     /// process; the stored check time shares its answer across instances.
     checking: Arc<SingleFlight>,
+    /// Per app, the last token WeChat rejected in a call of this process's
+    /// own. It is never handed out again: while no new token can be had
+    /// (the budget spent, WeChat unreachable), a send asks for one instead
+    /// of calling WeChat with a token known dead.
+    rejected: Arc<std::sync::Mutex<HashMap<String, String>>>,
     counters: Arc<Counters>,
 }
 
@@ -174,6 +181,7 @@ impl TokenKeeper {
             fetching: Arc::default(),
             rows,
             checking: Arc::default(),
+            rejected: Arc::default(),
             counters: Arc::default(),
         }
     }
@@ -198,9 +206,16 @@ impl TokenKeeper {
             .update(appid, |state| state.send_blocked_until = Some(until_ms));
     }
 
-    /// The app's current token, fetching one when there is none usable.
+    /// The app's current token, fetching one when there is none usable. A
+    /// token WeChat rejected in a call of this process's own is not usable:
+    /// it is replaced as [`TokenKeeper::refresh`] would, or the error says
+    /// why it cannot be yet.
     pub async fn current(&self, appid: &str) -> Result<CurrentToken, TokenError> {
-        self.obtain(appid, None).await
+        let current = self.obtain(appid, None).await?;
+        if self.was_rejected(appid, &current.token) {
+            return self.obtain(appid, Some(&current.token)).await;
+        }
+        Ok(current)
     }
 
     /// Compare-and-refresh after WeChat rejected `stale` in a call of the
@@ -208,7 +223,26 @@ impl TokenKeeper {
     /// stored one (budget permitting); otherwise answers the stored token.
     /// Many calls failing with the same token cause one fetch, not many.
     pub async fn refresh(&self, appid: &str, stale: &str) -> Result<CurrentToken, TokenError> {
+        self.note_rejected(appid, stale);
         self.obtain(appid, Some(stale)).await
+    }
+
+    /// Records that WeChat rejected `token` in a call of this process's own:
+    /// [`TokenKeeper::current`] hands it out no more.
+    pub fn note_rejected(&self, appid: &str, token: &str) {
+        self.rejected
+            .lock()
+            .expect("rejected tokens")
+            .insert(appid.to_owned(), token.to_owned());
+    }
+
+    /// Whether WeChat rejected `token` in a call of this process's own.
+    fn was_rejected(&self, appid: &str, token: &str) -> bool {
+        self.rejected
+            .lock()
+            .expect("rejected tokens")
+            .get(appid)
+            .is_some_and(|rejected| rejected == token)
     }
 
     /// Compare-and-refresh on an outside caller's word (the token endpoint).
@@ -248,7 +282,10 @@ impl TokenKeeper {
         }
         match self.check(appid, stale).await? {
             Checked::Live => Ok(self.refused(appid, current)),
-            Checked::Rejected => self.obtain(appid, Some(stale)).await,
+            Checked::Rejected => {
+                self.note_rejected(appid, stale);
+                self.obtain(appid, Some(stale)).await
+            }
             Checked::Unproven => Ok(current),
         }
     }
@@ -326,10 +363,18 @@ impl TokenKeeper {
         let mut refreshed = 0;
         for (appid, app) in self.apps.iter() {
             let state = self.storage.app_state(appid).await?;
-            let ahead_ms = match app.token_mode {
+            let mut ahead_ms = match app.token_mode {
                 TokenMode::Token => ms(self.settings.refresh_ahead),
                 TokenMode::StableToken => STABLE_ROTATION_MS.min(ms(self.settings.refresh_ahead)),
             };
+            // A token that lives no longer than the lead is refreshed half-way
+            // through its life: with the whole lead, it would be due the moment
+            // it was fetched, and every pass of every instance would fetch.
+            if let (Some(expires_at), Some(fetched_at)) =
+                (state.token_expires_at, state.token_fetched_at)
+            {
+                ahead_ms = ahead_ms.min((expires_at - fetched_at) / 2);
+            }
             let due = match (&state.access_token, state.token_expires_at) {
                 (Some(_), Some(expires_at)) => expires_at - self.clock.now_ms() <= ahead_ms,
                 _ => true,
@@ -508,9 +553,18 @@ impl TokenKeeper {
         match reply {
             TokenReply::Issued(issued) => {
                 let expires_at_ms = fetched_at + issued.expires_in_secs * 1000;
+                // The lease orders this fetch after the stored token's, so it
+                // is stored as no older than that one: the instance that
+                // fetched it may have a clock ahead of ours, and its
+                // `fetched_at` must not make every fetch of ours look older
+                // (each rejected send would fetch again and be handed the
+                // dead token back until our clock caught up).
+                let ordered_at = state
+                    .token_fetched_at
+                    .map_or(fetched_at, |stored| stored.max(fetched_at));
                 let stored = self
                     .storage
-                    .store_token(appid, &issued.token, expires_at_ms, fetched_at)
+                    .store_token(appid, &issued.token, expires_at_ms, ordered_at)
                     .await?;
                 tracing::info!(
                     appid,
@@ -543,5 +597,37 @@ impl TokenKeeper {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A send waits for a token whenever waiting can cure its lack: only the
+    /// app's configuration fails it.
+    #[test]
+    fn only_a_refusal_of_the_configuration_is_not_transient() {
+        let refused = |errcode| TokenError::Refused {
+            errcode,
+            errmsg: String::new(),
+        };
+        for transient in [
+            refused(-1),
+            refused(45009),
+            refused(45011),
+            TokenError::Unreachable(CallError::NotSent("connect refused".into())),
+            TokenError::LeaseTimeout,
+            TokenError::BudgetExhausted { retry_at_ms: 0 },
+            // A ledger write that failed under a fetch (its connection
+            // dropped): the token is fetched again, or read, on the next try.
+            TokenError::Storage(anyhow::anyhow!("connection reset")),
+        ] {
+            assert!(transient.is_transient(), "{transient:?}");
+        }
+        for configuration in [refused(40013), refused(40125), refused(40164)] {
+            assert!(!configuration.is_transient(), "{configuration:?}");
+        }
+        assert!(!TokenError::UnknownApp.is_transient());
     }
 }

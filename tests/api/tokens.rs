@@ -1,7 +1,10 @@
 //! The access_token keeper and its endpoints.
 
+use std::sync::Arc;
+
 use chrono::Duration;
 use fake_wechat::Fault;
+use formid_gateway::clock::{Clock, ManualClock};
 use serde_json::json;
 
 use rstest::rstest;
@@ -418,4 +421,116 @@ fn start_of_a_china_day(app: &TestApp) {
     let now = app.now_ms();
     let next_midnight = ((now + CHINA_OFFSET_MS) / DAY_MS + 1) * DAY_MS - CHINA_OFFSET_MS;
     app.advance(Duration::milliseconds(next_midnight - now + 60_000));
+}
+
+/// An instance whose clock runs behind the one that stored the token
+/// replaces that token when WeChat rejects it: the refresh lease orders the
+/// fetches, whatever the instances' clocks say. Were the stored token taken
+/// as the newer one by its fetch time, the instance behind could store none
+/// until its clock caught up, and each of its sends would fetch again only
+/// to be handed the dead token back (found by formid-sim).
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_whose_clock_runs_behind_replaces_a_rejected_token(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    let first = app.access_token().await.body["access_token"].clone();
+    let behind = Arc::new(ManualClock::new(app.clock.now() - Duration::seconds(20)));
+    let sibling = spawn_sibling_on_clock(&app, behind).await;
+    app.fake.invalidate_tokens(APPID);
+    app.collect_form_id("o-behind").await;
+    let answer = call(
+        &app.client,
+        &format!("{}/v1/apps/{APPID}/messages", sibling.address),
+        reqwest::Method::POST,
+        Some(SEND_KEY),
+        Some(json!({
+            "touser": "o-behind",
+            "template_id": TEMPLATE,
+            "data": {"keyword1": {"value": "Order 1"}},
+        })),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(app.fake.token_fetches(APPID), 2, "one fetch replaced it");
+    assert_ne!(
+        app.fake.current_token(APPID).as_deref(),
+        first.as_str(),
+        "WeChat's current token is the replacement"
+    );
+}
+
+/// A token that lives no longer than `refresh_ahead_secs` is refreshed
+/// half-way through its life. Refreshed with the whole lead, it would be due
+/// the moment it was fetched, and every pass of every instance's worker
+/// would fetch (found by formid-sim).
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_living_less_than_the_lead_is_refreshed_half_way(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    app.fake.set_token_expires_in(600);
+    // Whatever was fetched at start has expired: the next token lives 600 s,
+    // less than the default lead of 900 s.
+    app.advance(Duration::seconds(7200));
+    app.token_refresher.run_once().await.unwrap();
+    let fetched = app.fake.token_fetches(APPID);
+    for _ in 0..9 {
+        app.advance(Duration::seconds(30));
+        app.token_refresher.run_once().await.unwrap();
+    }
+    assert_eq!(
+        app.fake.token_fetches(APPID),
+        fetched,
+        "330 s of 600 left: not due"
+    );
+    app.advance(Duration::seconds(31));
+    app.token_refresher.run_once().await.unwrap();
+    assert_eq!(
+        app.fake.token_fetches(APPID),
+        fetched + 1,
+        "299 s left: due"
+    );
+}
+
+/// While no new token can be had (here the fetch budget is spent), a send
+/// waits for one without calling WeChat with the token WeChat rejected; once
+/// the budget earns a fetch back, the waiting messages go out. Handed the
+/// dead token, every send and every wake-up of a waiting message made one
+/// more call answered 40001 (found by formid-sim).
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_never_calls_with_a_token_wechat_rejected(#[case] backend: Backend) {
+    let app = spawn_app_with(backend, |settings| {
+        settings["tokens"]["fetch_burst"] = json!(1);
+        settings["tokens"]["fetch_refill_secs"] = json!(120);
+    })
+    .await;
+    app.access_token().await;
+    app.fake.invalidate_tokens(APPID);
+    let users = ["o-dead-1", "o-dead-2", "o-dead-3"];
+    for user in users {
+        app.collect_form_id(user).await;
+    }
+    let first = app.notify(users[0]).await;
+    assert_eq!(first.status, 202, "{:?}", first.body);
+    assert_eq!(first.body["status"], "waiting");
+    let calls = app.fake.sends().len();
+    for user in &users[1..] {
+        let answer = app.notify(user).await;
+        assert_eq!(answer.status, 202, "{:?}", answer.body);
+    }
+    assert_eq!(
+        app.fake.sends().len(),
+        calls,
+        "no call with the rejected token"
+    );
+    app.advance(Duration::seconds(121));
+    app.waiting.run_once().await.unwrap();
+    assert_eq!(app.delivered_form_ids().len(), 3);
+    assert_eq!(app.fake.token_fetches(APPID), 2);
 }

@@ -8,11 +8,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
+use formid_gateway::config::TokenMode;
 use formid_gateway::ledger::states::{AttemptOutcome, CredentialState, Delivery, MessageStatus};
 
 use crate::ledger_model::LedgerModel;
 use crate::wechat_model::{
-    subscribe_payer, Delivery as WeChatDelivery, TrueCredential, TrueSubscription,
+    subscribe_payer, Delivery as WeChatDelivery, TokenTruth, TrueCredential, TrueSubscription,
+    TOKEN_OVERLAP_MS,
 };
 
 /// A credential as the ledger holds it.
@@ -182,6 +184,70 @@ pub struct AcceptTruth {
     pub at_ms: i64,
 }
 
+/// Fetches of the gateway's a run may answer with a token beyond the
+/// natural ones, the invalidations and the lost answers: the first fetch of
+/// a lease whose holder crashed between WeChat's answer and the store, a
+/// ledger write that failed under a fetch, and the refresh-ahead pass that
+/// clock skew (up to 15 s per instance) moves to the edge of a rotation. One
+/// fetch per rejected send breaks it at the first invalidation that meets
+/// a few sends in flight.
+pub const SPARE_TOKEN_FETCHES: u64 = 2;
+
+/// The app's tokens over a run, for the token invariants.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenFacts {
+    pub mode: TokenMode,
+    /// How long the run lasted (true time), ms.
+    pub run_ms: i64,
+    /// The lifetime WeChat gives a new token, seconds.
+    pub expires_in_secs: i64,
+    /// `tokens.refresh_ahead` of the instances, ms.
+    pub refresh_ahead_ms: i64,
+    /// How many calls one instance may start with a token after WeChat
+    /// rejected it to that instance: those of the runs that already held
+    /// the token (one per call slot), each with its retries of a busy answer
+    /// and its probes after a lost one.
+    pub calls_after_rejection_bound: u64,
+    /// What WeChat counted.
+    pub truth: TokenTruth,
+}
+
+impl Default for TokenFacts {
+    fn default() -> Self {
+        Self {
+            mode: TokenMode::Token,
+            run_ms: 0,
+            expires_in_secs: 7_200,
+            refresh_ahead_ms: 900_000,
+            calls_after_rejection_bound: 0,
+            truth: TokenTruth::default(),
+        }
+    }
+}
+
+impl TokenFacts {
+    /// The fetches a run needs with nobody else retiring the app's token:
+    /// the first, then one per rotation. A token is replaced a lead before
+    /// its expiry: `refresh_ahead` in cgi-bin/token mode, the 5 minutes
+    /// before which stable_token answers no new one in stable_token mode,
+    /// and never more than half its life (a lead as long as the life would
+    /// replace a token the moment it came: a storm, not a lead).
+    pub fn natural_fetches(&self) -> u64 {
+        let lifetime = self.expires_in_secs * 1000;
+        let lead = match self.mode {
+            TokenMode::Token => self.refresh_ahead_ms.min(lifetime / 2),
+            TokenMode::StableToken => TOKEN_OVERLAP_MS.min(lifetime / 2),
+        };
+        let period = (lifetime - lead).max(1);
+        1 + (self.run_ms.max(0) / period) as u64
+    }
+
+    /// The most fetches answered with a token that the run may receive.
+    pub fn fetch_bound(&self) -> u64 {
+        self.natural_fetches() + self.truth.invalidations + self.truth.lost + SPARE_TOKEN_FETCHES
+    }
+}
+
 /// What WeChat saw (and what the callers of sends were answered).
 #[derive(Debug, Clone, Default)]
 pub struct WeChatSide {
@@ -197,6 +263,8 @@ pub struct WeChatSide {
     /// The status each send's caller was answered, by message id (sends
     /// whose caller got no answer, because its instance crashed, are absent).
     pub told: BTreeMap<String, MessageStatus>,
+    /// The app's tokens over the run.
+    pub tokens: TokenFacts,
 }
 
 /// Every invariant of the promise; an empty list when it held.
@@ -214,7 +282,8 @@ pub struct WeChatSide {
 ///   without counting the use its first call may have made, and a retired
 ///   credential is never spent again);
 /// - no credential retired for an errcode WeChat never gave it (a
-///   credential retired while WeChat would still accept it is lost).
+///   credential retired while WeChat would still accept it is lost);
+/// - the token promise ([`check_tokens`]).
 pub fn check(snapshot: &Snapshot, wechat: &WeChatSide) -> Vec<Violation> {
     let mut violations = Vec::new();
     let mut violation = |text: String, messages: &[&str], credentials: &[&str]| {
@@ -384,7 +453,78 @@ pub fn check(snapshot: &Snapshot, wechat: &WeChatSide) -> Vec<Violation> {
         }
     }
     check_grants(snapshot, wechat, &mut violations);
+    check_tokens(snapshot, wechat, &mut violations);
     violations
+}
+
+/// The token promise. WeChat would always issue a token in the simulation
+/// (every fault of a fetch is transient), so
+///
+/// - no message ends `failed` for a token (`token_rejected`,
+///   `token_unavailable`), nor `unknown` for one (a `token_unavailable`
+///   attempt, the one outcome that ends a probe for want of a token): a
+///   message without a working token waits for one;
+/// - the fetches answered with a token that reached the gateway are at most
+///   [`TokenFacts::fetch_bound`]: the natural ones, one per invalidation by
+///   another server, one per answer lost on the wire, and
+///   [`SPARE_TOKEN_FETCHES`]. A rejection replaces a token once for every
+///   send that meets it, and the refresher does not fetch again a token it
+///   just fetched.
+pub fn check_tokens(snapshot: &Snapshot, wechat: &WeChatSide, violations: &mut Vec<Violation>) {
+    for message in &snapshot.messages {
+        let code = message.error_code.as_deref().unwrap_or("");
+        let token_code = matches!(code, "token_rejected" | "token_unavailable");
+        // The one attempt that ends a message `unknown` for its token. A
+        // `token_rejected` attempt never ends one: it may follow the end,
+        // recorded by a run whose lease recovery took over (a call is a fact).
+        let ended_by_token = message
+            .attempts
+            .iter()
+            .any(|a| a.outcome == AttemptOutcome::TokenUnavailable);
+        let why = match message.status {
+            MessageStatus::Failed if token_code => format!("failed ({code})"),
+            MessageStatus::Unknown if token_code || ended_by_token => {
+                format!("unknown ({code}, a token_unavailable attempt)")
+            }
+            _ => continue,
+        };
+        violations.push(Violation {
+            text: format!(
+                "{} is {why} for its token, though WeChat would issue one",
+                message.id
+            ),
+            messages: vec![message.id.clone()],
+            credentials: Vec::new(),
+        });
+    }
+    let tokens = &wechat.tokens;
+    if tokens.truth.calls_after_rejection > tokens.calls_after_rejection_bound {
+        violations.push(Violation {
+            text: format!(
+                "an instance called WeChat {} time(s) with a token WeChat had rejected to it (at most {} may have held it already): sends are fed a token known dead",
+                tokens.truth.calls_after_rejection, tokens.calls_after_rejection_bound
+            ),
+            messages: Vec::new(),
+            credentials: Vec::new(),
+        });
+    }
+    let received = tokens.truth.received;
+    if received > tokens.fetch_bound() {
+        violations.push(Violation {
+            text: format!(
+                "the gateway received {received} token(s) from WeChat in {:.1} s ({:?}, tokens live {} s, refresh {} s ahead): more than {} natural + {} invalidated + {} lost + {SPARE_TOKEN_FETCHES} (a fetch storm)",
+                tokens.run_ms as f64 / 1000.0,
+                tokens.mode,
+                tokens.expires_in_secs,
+                tokens.refresh_ahead_ms / 1000,
+                tokens.natural_fetches(),
+                tokens.truth.invalidations,
+                tokens.truth.lost,
+            ),
+            messages: Vec::new(),
+            credentials: Vec::new(),
+        });
+    }
 }
 
 /// The subscribe invariants per (user, one-time template). With

@@ -1,7 +1,8 @@
 //! The seeded scheduler: a plan drawn from the seed (instances, clock skews,
 //! users and their credentials with true and claimed issue times, sends,
-//! crashes, fault rates), then its run against real gateway instances, then
-//! quiescence and the invariants.
+//! crashes, fault rates, the app's token mode and the moments another server
+//! of the app retires its token), then its run against real gateway
+//! instances, then quiescence and the invariants.
 //!
 //! Each instance is what `startup.rs` wires, minus HTTP: a [`TokenKeeper`],
 //! a [`Sender`], a [`Recovery`], a [`WaitingSender`], a [`TokenRefresher`]
@@ -30,16 +31,22 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
+use crate::invariants::TokenFacts;
 use crate::invariants::{check, AcceptTruth, LedgerView, Snapshot, Violation, WeChatSide};
 use crate::ledger_model::LedgerModel;
 use crate::wechat_model::{
-    Fault, FaultRates, TrueCredential, WeChatModel, WeChatSetup, CREDENTIAL_LIFETIME_MS,
+    Around, Fault, FaultRates, Invalidation, TrueCredential, WeChatModel, WeChatSetup,
+    CREDENTIAL_LIFETIME_MS,
 };
 use crate::{add_counts, Counts, SimClock, TimeBase, Trace, EPOCH_MS};
 
 /// The one app of every run.
 pub const APPID: &str = "wxsimapp";
 const TEMPLATE: &str = "tmpl-sim";
+/// Calls again after a -1, per call (`SendSettings::busy_retries`).
+const BUSY_RETRIES: u32 = 2;
+/// Probes after a lost call, per credential (`SendSettings::probe_limit`).
+const PROBE_LIMIT: u32 = 2;
 const HOUR_MS: i64 = 3_600_000;
 
 /// How time runs.
@@ -174,6 +181,15 @@ pub struct CrashPlan {
     pub restart_after_ms: i64,
 }
 
+/// Another server of the app retiring its token: at `at_ms`, or, with
+/// `around`, armed then to strike around the gateway's next fetch.
+#[derive(Debug, Clone)]
+pub struct InvalidationPlan {
+    pub at_ms: i64,
+    pub how: Invalidation,
+    pub around: Option<Around>,
+}
+
 /// Everything a seed decides.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -190,6 +206,10 @@ pub struct Plan {
     pub write_failures: u32,
     /// Subscribe templates, prompts and revocations (empty: the legacy workload).
     pub subscribe: SubscribePlan,
+    /// The endpoint that issues the app's tokens.
+    pub token_mode: TokenMode,
+    /// Another server of the app retiring its token.
+    pub invalidations: Vec<InvalidationPlan>,
 }
 
 fn pick<T: Copy>(rng: &mut StdRng, choices: &[T]) -> T {
@@ -383,6 +403,7 @@ impl Plan {
         rates.token_lost_after = pick(&mut rng, &[0, 20, 50]);
         rates.token_busy = pick(&mut rng, &[0, 20, 50]);
         let write_failures = pick(&mut rng, &[0, 0, 2, 5, 10]);
+        let (token_mode, invalidations) = token_plan(seed, real, window_ms);
         Self {
             seed,
             profile,
@@ -395,6 +416,8 @@ impl Plan {
             rates,
             write_failures,
             subscribe: SubscribePlan::default(),
+            token_mode,
+            invalidations,
         }
     }
 
@@ -519,6 +542,48 @@ impl Plan {
         };
         self
     }
+}
+
+/// The app's token mode (half the seeds each) and a few moments at which
+/// another server of the app retires its token: at a moment of the send
+/// window, or armed then to strike during the gateway's next fetch, right
+/// after it, or inside the overlap a fetch leaves. Drawn from a stream of
+/// its own, so that the rest of the plan is the same as without it.
+fn token_plan(seed: u64, real: bool, window_ms: i64) -> (TokenMode, Vec<InvalidationPlan>) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x544f_4b45_4e53);
+    let token_mode = if rng.gen_bool(0.5) {
+        TokenMode::StableToken
+    } else {
+        TokenMode::Token
+    };
+    let scale = if real { 10 } else { 1 };
+    let invalidations = (0..rng.gen_range(1..=4))
+        .map(|_| {
+            let how = match token_mode {
+                TokenMode::StableToken => Invalidation::ForceRefresh,
+                TokenMode::Token if rng.gen_bool(0.75) => Invalidation::TwoFetches,
+                TokenMode::Token => Invalidation::SecretReset,
+            };
+            let around = match rng.gen_range(0..4) {
+                0 => None,
+                1 => Some(Around::During),
+                2 => Some(Around::After {
+                    delay_ms: rng.gen_range(0..=2_000) / scale,
+                }),
+                _ => Some(Around::InOverlap {
+                    delay_ms: rng.gen_range(1_000..=30_000) / scale,
+                }),
+            };
+            // Half of the armed ones from the start: they meet the first fetch.
+            let at_ms = if around.is_some() && rng.gen_bool(0.5) {
+                0
+            } else {
+                rng.gen_range(0..=window_ms)
+            };
+            InvalidationPlan { at_ms, how, around }
+        })
+        .collect();
+    (token_mode, invalidations)
 }
 
 /// A credential for `user`, posted at `post_at` (absolute ms).
@@ -705,10 +770,10 @@ impl World {
                 fresh_prepay_grace_ms: 30_000,
                 lease_ms: knobs.lease_ms,
                 max_attempts: 10,
-                busy_retries: 2,
+                busy_retries: BUSY_RETRIES,
                 busy_backoff: Duration::from_millis(knobs.busy_backoff_ms),
                 not_ready_retry_ms: knobs.not_ready_retry_ms,
-                probe_limit: 2,
+                probe_limit: PROBE_LIMIT,
                 max_concurrent_calls: knobs.max_concurrent_calls,
                 call_budget_ms: knobs.call_budget_ms,
                 token_refreshes: 2,
@@ -821,6 +886,7 @@ enum Action {
     Restart(usize),
     Prompt(usize),
     Revoke(usize),
+    Invalidate(usize),
 }
 
 /// Runs a plan against a ledger, quiesces, and checks the invariants.
@@ -843,7 +909,7 @@ pub async fn run_plan(plan: Plan, backend: Backend) -> SeedReport {
         APPID.to_owned(),
         AppSettings {
             secret: "sim-secret".to_owned().into(),
-            token_mode: TokenMode::Token,
+            token_mode: plan.token_mode,
             miniprogram_state: Default::default(),
             lang: Default::default(),
             push_token: None,
@@ -894,6 +960,15 @@ pub async fn run_plan(plan: Plan, backend: Backend) -> SeedReport {
     for (n, revocation) in plan.subscribe.revocations.iter().enumerate() {
         actions.push((revocation.at_ms, 4, n, Action::Revoke(n)));
     }
+    for (n, invalidation) in plan.invalidations.iter().enumerate() {
+        actions.push((invalidation.at_ms, 5, n, Action::Invalidate(n)));
+    }
+    *driver_faults
+        .entry(match plan.token_mode {
+            TokenMode::Token => "tokens: seeds in cgi-bin/token mode",
+            TokenMode::StableToken => "tokens: seeds in stable_token mode",
+        })
+        .or_default() += 1;
     // The frontend's posts of prompt results go to the shared ledger (a
     // post through an instance that crashes is retried by the frontend).
     let frontend = match (backend.connect)().await {
@@ -994,6 +1069,15 @@ pub async fn run_plan(plan: Plan, backend: Backend) -> SeedReport {
                     .entry("subscribe: user revoked a template")
                     .or_default() += 1;
             }
+            Action::Invalidate(n) => {
+                let invalidation = &plan.invalidations[n];
+                match invalidation.around {
+                    None => {
+                        wechat.invalidate(APPID, invalidation.how);
+                    }
+                    Some(around) => wechat.arm(APPID, invalidation.how, around),
+                }
+            }
             Action::Restart(slot) => {
                 if instances[slot].is_some() {
                     continue;
@@ -1086,6 +1170,15 @@ pub async fn run_plan(plan: Plan, backend: Backend) -> SeedReport {
             })
             .collect(),
         told: told.lock().expect("told").clone(),
+        tokens: TokenFacts {
+            mode: plan.token_mode,
+            run_ms: base.now_ms() - base.epoch_ms,
+            expires_in_secs: knobs.token_expires_in,
+            refresh_ahead_ms: knobs.token.refresh_ahead.as_millis() as i64,
+            calls_after_rejection_bound: knobs.max_concurrent_calls as u64
+                * u64::from(1 + BUSY_RETRIES + PROBE_LIMIT),
+            truth: wechat.token_truth(),
+        },
     };
     let violations = check(&snapshot, &side);
     report.deliveries = side.deliveries.len() as u64;
@@ -1437,6 +1530,24 @@ fn story(
         plan.knobs.max_concurrent_calls,
         plan.rates.send.iter().map(|(f, r)| (f.name(), *r)).collect::<Vec<_>>(),
     );
+    text.push_str(&format!(
+        "tokens: {:?}, live {} s, refresh {} s ahead, fetch budget {} + 1 per {} s; {} (WeChat: {:?}); another server: {:?}\n",
+        plan.token_mode,
+        plan.knobs.token_expires_in,
+        plan.knobs.token.refresh_ahead.as_secs(),
+        plan.knobs.token.fetch_burst,
+        plan.knobs.token.fetch_refill.as_secs(),
+        if side.tokens.truth.received > side.tokens.fetch_bound() {
+            format!("fetches over the bound of {}", side.tokens.fetch_bound())
+        } else {
+            format!("fetch bound {}", side.tokens.fetch_bound())
+        },
+        side.tokens.truth,
+        plan.invalidations
+            .iter()
+            .map(|i| (i.at_ms, i.how, i.around))
+            .collect::<Vec<_>>(),
+    ));
     let credential_values: BTreeMap<i64, &str> = snapshot
         .credentials
         .iter()

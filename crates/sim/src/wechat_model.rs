@@ -6,9 +6,25 @@
 //! in `crates/fake-wechat` (`state.rs`): a form_id allows 1 send and a
 //! prepay_id 3, both for 7 days from their TRUE issue (WeChat's own clock,
 //! whatever the ledger was told); a used-up credential answers 41029, an
-//! expired, unknown, foreign or not yet synced one 41028; a `cgi-bin/token`
-//! fetch keeps the previous token working for 5 more minutes and kills any
-//! older one at once (40001), and a token past its lifetime answers 42001.
+//! expired, unknown, foreign or not yet synced one 41028; a token past its
+//! lifetime answers 42001, a retired one 40001, an unknown one 40014.
+//!
+//! Tokens follow §1 and §2 of the reference, each endpoint with tokens of its
+//! own (neither retires the other's):
+//! - `cgi-bin/token`: every fetch issues a new token; the previous one keeps
+//!   working for 5 more minutes (or until its own expiry), anything older
+//!   dies at once.
+//! - `stable_token`, normal mode: the current token again, with its
+//!   remaining lifetime, while it has more than 5 minutes left; then a new
+//!   one, the old one working until its own expiry. `force_refresh=true`
+//!   retires every stable token of the app at once and issues a new one; at
+//!   most 20 forced calls a day (then 45009), and a forced call within 30 s
+//!   of the previous one answers the current token unchanged.
+//!
+//! Another server of the app may retire the gateway's token at any moment
+//! ([`WeChatModel::invalidate`], or armed to strike around the gateway's
+//! next fetch with [`WeChatModel::arm`]): a forced stable refresh, two
+//! `cgi-bin/token` fetches in a row, or a reset of the AppSecret.
 //!
 //! Subscribe messages follow §5 of the reference and §2.3 and §3 of
 //! `subscribe-and-push.md`: WeChat counts one-time grants per (app, user,
@@ -39,8 +55,14 @@ use crate::{Counts, TimeBase, Trace};
 pub const DAY_MS: i64 = 86_400_000;
 /// Both kinds live 7 days from their true issue (reference §7).
 pub const CREDENTIAL_LIFETIME_MS: i64 = 7 * DAY_MS;
-/// The previous `cgi-bin/token` token works this long after a new fetch (reference §1).
+/// The previous `cgi-bin/token` token works this long after a new fetch (reference §1);
+/// a stable token is rotated this long before its expiry (reference §2).
 pub const TOKEN_OVERLAP_MS: i64 = 5 * 60_000;
+/// Forced stable_token refreshes WeChat allows per app and China day.
+pub const FORCE_REFRESHES_PER_DAY: u32 = 20;
+/// A forced stable_token refresh within this long of the previous one
+/// answers the current token unchanged.
+pub const FORCE_REFRESH_SPACING_MS: i64 = 30_000;
 
 /// A fault of the wire, injected at a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -173,11 +195,108 @@ pub struct Delivery {
     pub caller: String,
 }
 
+/// Which endpoint issued a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    /// `cgi-bin/token`.
+    Token,
+    /// `cgi-bin/stable_token`.
+    Stable,
+}
+
 #[derive(Debug)]
 struct TrueToken {
     appid: String,
+    endpoint: Endpoint,
     expires_at: i64,
     revoked_at: Option<i64>,
+    /// Whether a fetch of the gateway's was answered with it.
+    to_gateway: bool,
+}
+
+impl TrueToken {
+    fn works(&self, now: i64) -> bool {
+        now < self.expires_at && self.revoked_at.is_none_or(|at| now < at)
+    }
+}
+
+/// An app's stable tokens, as WeChat keeps them.
+#[derive(Debug, Default)]
+struct StableTokens {
+    /// What a normal-mode call answers while it has more than 5 minutes left.
+    current: Option<String>,
+    /// The China day of `forced` and the forced calls made on it.
+    force_day: i64,
+    forced: u32,
+    /// WeChat's clock at the last forced call.
+    last_forced_at: Option<i64>,
+}
+
+/// How another server of the app retires its current token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidation {
+    /// stable_token with `force_refresh=true`: the previous stable tokens die
+    /// at once; a normal-mode call then answers the other server's new one.
+    ForceRefresh,
+    /// Two `cgi-bin/token` fetches in a row: the first makes the gateway's
+    /// token the previous one (and kills anything older), the second kills it.
+    TwoFetches,
+    /// The AppSecret is reset: every `cgi-bin/token` token of the app dies at
+    /// once (the gateway's configuration holds the new secret).
+    SecretReset,
+}
+
+impl Invalidation {
+    /// The counter's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Invalidation::ForceRefresh => "tokens: another server forced a stable_token refresh",
+            Invalidation::TwoFetches => "tokens: another server fetched cgi-bin/token twice",
+            Invalidation::SecretReset => "tokens: the AppSecret was reset",
+        }
+    }
+}
+
+/// When an armed invalidation strikes, relative to the gateway's next fetch
+/// that WeChat answers with a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Around {
+    /// After WeChat processed the fetch, before its answer reaches the
+    /// gateway: the gateway receives a token that is already dead.
+    During,
+    /// This long after WeChat processed it (0: right after).
+    After { delay_ms: u64 },
+    /// This long after a fetch that left an earlier token working (the
+    /// 5-minute overlap of `cgi-bin/token`, or a stable rotation's): the
+    /// token in its overlap dies with the new one.
+    InOverlap { delay_ms: u64 },
+}
+
+impl Around {
+    /// The counter's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Around::During => "tokens: invalidated during a fetch of the gateway's",
+            Around::After { .. } => "tokens: invalidated right after a fetch of the gateway's",
+            Around::InOverlap { .. } => "tokens: invalidated during a 5-minute overlap",
+        }
+    }
+}
+
+/// What WeChat knows of the gateway's token fetches, for the invariants.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenTruth {
+    /// Fetches of the gateway's whose answer, carrying a token, reached it.
+    pub received: u64,
+    /// Fetches of the gateway's that WeChat answered with a token which
+    /// never reached it (the answer lost on the wire, or its caller dead).
+    pub lost: u64,
+    /// Invalidations by another server that retired a token a fetch of the
+    /// gateway's had been answered with, while it still worked.
+    pub invalidations: u64,
+    /// The most calls one instance started with one token after WeChat had
+    /// answered it a rejection of that token.
+    pub calls_after_rejection: u64,
 }
 
 #[derive(Debug)]
@@ -188,6 +307,14 @@ struct State {
     tokens: BTreeMap<String, TrueToken>,
     /// Per app, the `cgi-bin/token` tokens that may still work, oldest first.
     live_tokens: BTreeMap<String, Vec<String>>,
+    /// Per app, its stable tokens.
+    stable: BTreeMap<String, StableTokens>,
+    /// Invalidations waiting for the gateway's next fetch, in arming order.
+    armed: Vec<(String, Invalidation, Around)>,
+    /// Per (instance, token) that WeChat answered a rejection to, the calls
+    /// the instance started with the token afterwards.
+    rejected_to: BTreeMap<(String, String), u64>,
+    token_truth: TokenTruth,
     token_seq: u64,
     deliveries: Vec<Delivery>,
     /// Every errcode WeChat answered (processed calls only), per credential.
@@ -228,6 +355,10 @@ impl WeChatModel {
                 credentials: BTreeMap::new(),
                 tokens: BTreeMap::new(),
                 live_tokens: BTreeMap::new(),
+                stable: BTreeMap::new(),
+                armed: Vec::new(),
+                rejected_to: BTreeMap::new(),
+                token_truth: TokenTruth::default(),
                 token_seq: 0,
                 deliveries: Vec::new(),
                 answers: BTreeMap::new(),
@@ -448,23 +579,18 @@ impl WeChatModel {
             .unwrap_or("")
             .to_owned();
         let mut state = self.lock();
-        let errcode = match state.tokens.get(token) {
-            None => 40014,
-            Some(t) if t.revoked_at.is_some_and(|at| now >= at) => 40001,
-            Some(t) if now >= t.expires_at => 42001,
-            Some(t) => {
-                let appid = t.appid.clone();
-                match state.credentials.get_mut(&form_id) {
-                    None => 41028,
-                    Some(c) if c.appid != appid || c.openid != touser => 41028,
-                    Some(c) if now >= c.expires_at() || now < c.usable_from => 41028,
-                    Some(c) if c.uses_left == 0 => 41029,
-                    Some(c) => {
-                        c.uses_left -= 1;
-                        0
-                    }
+        let errcode = match Self::token_app(&state, token, now) {
+            Err(errcode) => errcode,
+            Ok(appid) => match state.credentials.get_mut(&form_id) {
+                None => 41028,
+                Some(c) if c.appid != appid || c.openid != touser => 41028,
+                Some(c) if now >= c.expires_at() || now < c.usable_from => 41028,
+                Some(c) if c.uses_left == 0 => 41029,
+                Some(c) => {
+                    c.uses_left -= 1;
+                    0
                 }
-            }
+            },
         };
         if errcode == 0 {
             state.deliveries.push(Delivery {
@@ -496,44 +622,315 @@ impl WeChatModel {
         errcode
     }
 
-    /// `cgi-bin/token`: a new token; the previous one keeps working for 5
-    /// minutes (or until its own expiry), anything older stops at once.
-    fn issue_token(&self, appid: &str) -> IssuedToken {
-        let now = self.now_ms();
-        let mut state = self.lock();
+    /// A new token of `endpoint`, living `token_expires_in` from `now`.
+    fn new_token(&self, state: &mut State, appid: &str, endpoint: Endpoint, now: i64) -> String {
         state.token_seq += 1;
-        let token = format!("tok-{appid}-{}", state.token_seq);
-        let previous = state.live_tokens.remove(appid).unwrap_or_default();
-        let mut keep = Vec::new();
-        if let Some((last, older)) = previous.split_last() {
-            for old in older {
-                if let Some(t) = state.tokens.get_mut(old) {
-                    t.revoked_at = Some(t.revoked_at.map_or(now, |at| at.min(now)));
-                }
-            }
-            if let Some(t) = state.tokens.get_mut(last) {
-                let until = t.expires_at.min(now + TOKEN_OVERLAP_MS);
-                t.revoked_at = Some(t.revoked_at.map_or(until, |at| at.min(until)));
-                if until > now {
-                    keep.push(last.clone());
-                }
-            }
-        }
-        let expires_in = self.setup.token_expires_in;
+        let prefix = match endpoint {
+            Endpoint::Token => "tok",
+            Endpoint::Stable => "stb",
+        };
+        let token = format!("{prefix}-{appid}-{}", state.token_seq);
         state.tokens.insert(
             token.clone(),
             TrueToken {
                 appid: appid.to_owned(),
-                expires_at: now + expires_in * 1000,
+                endpoint,
+                expires_at: now + self.setup.token_expires_in * 1000,
                 revoked_at: None,
+                to_gateway: false,
             },
         );
+        token
+    }
+
+    /// Makes `token` stop working at `at`, or earlier if it already does.
+    fn revoke_token(state: &mut State, token: &str, at: i64) {
+        if let Some(t) = state.tokens.get_mut(token) {
+            t.revoked_at = Some(t.revoked_at.map_or(at, |earlier| earlier.min(at)));
+        }
+    }
+
+    /// `cgi-bin/token`: a new token; the previous one keeps working for 5
+    /// minutes (or until its own expiry), anything older stops at once.
+    /// Also says whether an earlier token is left working (in its overlap).
+    fn cgi_token(&self, state: &mut State, appid: &str, now: i64) -> (String, bool) {
+        let previous = state.live_tokens.remove(appid).unwrap_or_default();
+        let mut keep = Vec::new();
+        if let Some((last, older)) = previous.split_last() {
+            for old in older {
+                Self::revoke_token(state, old, now);
+            }
+            let until = state
+                .tokens
+                .get(last)
+                .map_or(now, |t| t.expires_at.min(now + TOKEN_OVERLAP_MS));
+            Self::revoke_token(state, last, until);
+            if state.tokens.get(last).is_some_and(|t| t.works(now)) {
+                keep.push(last.clone());
+            }
+        }
+        let overlap = !keep.is_empty();
+        let token = self.new_token(state, appid, Endpoint::Token, now);
         keep.push(token.clone());
         state.live_tokens.insert(appid.to_owned(), keep);
-        *state.counts.entry("token: issued").or_default() += 1;
-        IssuedToken {
-            token,
-            expires_in_secs: expires_in,
+        (token, overlap)
+    }
+
+    /// `stable_token`: the current stable token while it has more than 5
+    /// minutes left, else a new one (the old one working until its own
+    /// expiry); forced, a new one that retires every earlier one at once —
+    /// unless the last forced refresh was under 30 s ago (the current token
+    /// unchanged) or the day's 20 forced calls are spent (45009). Answers
+    /// the token, its remaining lifetime in seconds and whether an earlier
+    /// token is left working.
+    fn stable_token(
+        &self,
+        state: &mut State,
+        appid: &str,
+        now: i64,
+        force: bool,
+    ) -> Result<(String, i64, bool), i64> {
+        let current = state
+            .stable
+            .get(appid)
+            .and_then(|s| s.current.clone())
+            .filter(|t| state.tokens.get(t).is_some_and(|t| t.works(now)));
+        let left = |state: &State, token: &str| {
+            state
+                .tokens
+                .get(token)
+                .map_or(0, |t| (t.expires_at - now) / 1000)
+        };
+        if force {
+            let day = (now + 8 * 3_600_000).div_euclid(DAY_MS);
+            let entry = state.stable.entry(appid.to_owned()).or_default();
+            if entry.force_day != day {
+                entry.force_day = day;
+                entry.forced = 0;
+            }
+            if entry.forced >= FORCE_REFRESHES_PER_DAY {
+                return Err(45009);
+            }
+            entry.forced += 1;
+            let spaced = entry
+                .last_forced_at
+                .is_none_or(|at| now - at >= FORCE_REFRESH_SPACING_MS);
+            match current {
+                Some(token) if !spaced => {
+                    let secs = left(state, &token);
+                    return Ok((token, secs, false));
+                }
+                _ => {
+                    entry.last_forced_at = Some(now);
+                    let earlier: Vec<String> = state
+                        .tokens
+                        .iter()
+                        .filter(|(_, t)| t.appid == appid && t.endpoint == Endpoint::Stable)
+                        .map(|(token, _)| token.clone())
+                        .collect();
+                    for token in earlier {
+                        Self::revoke_token(state, &token, now);
+                    }
+                    let token = self.new_token(state, appid, Endpoint::Stable, now);
+                    state.stable.entry(appid.to_owned()).or_default().current = Some(token.clone());
+                    return Ok((token, self.setup.token_expires_in, false));
+                }
+            }
+        }
+        match current {
+            Some(token)
+                if state
+                    .tokens
+                    .get(&token)
+                    .is_some_and(|t| t.expires_at - now > TOKEN_OVERLAP_MS) =>
+            {
+                let secs = left(state, &token);
+                Ok((token, secs, false))
+            }
+            rotated => {
+                let token = self.new_token(state, appid, Endpoint::Stable, now);
+                state.stable.entry(appid.to_owned()).or_default().current = Some(token.clone());
+                Ok((token, self.setup.token_expires_in, rotated.is_some()))
+            }
+        }
+    }
+
+    /// WeChat's side of a fetch of the gateway's: the endpoint of `mode`
+    /// answers. The reply, and whether an earlier token is left working in
+    /// its overlap.
+    fn serve_token(&self, appid: &str, mode: TokenMode, force_refresh: bool) -> (TokenReply, bool) {
+        let now = self.now_ms();
+        let mut state = self.lock();
+        let answer = match mode {
+            TokenMode::Token => {
+                let (token, overlap) = self.cgi_token(&mut state, appid, now);
+                Ok((token, self.setup.token_expires_in, overlap))
+            }
+            TokenMode::StableToken => self.stable_token(&mut state, appid, now, force_refresh),
+        };
+        match answer {
+            Ok((token, expires_in_secs, overlap)) => {
+                if let Some(t) = state.tokens.get_mut(&token) {
+                    t.to_gateway = true;
+                }
+                *state.counts.entry("token: issued").or_default() += 1;
+                (
+                    TokenReply::Issued(IssuedToken {
+                        token,
+                        expires_in_secs,
+                    }),
+                    overlap,
+                )
+            }
+            Err(errcode) => {
+                *state
+                    .counts
+                    .entry("token: 45009 forced refreshes spent")
+                    .or_default() += 1;
+                (
+                    TokenReply::Refused(Reply {
+                        errcode,
+                        errmsg: "reach max api daily quota limit".into(),
+                        msgid: None,
+                    }),
+                    false,
+                )
+            }
+        }
+    }
+
+    /// Another server of the app retires its current token now, as `how`
+    /// says. Returns whether a token that a fetch of the gateway's was
+    /// answered with stopped working (only those count as invalidations).
+    pub fn invalidate(&self, appid: &str, how: Invalidation) -> bool {
+        let now = self.now_ms();
+        let mut state = self.lock();
+        let working: Vec<String> = state
+            .tokens
+            .iter()
+            .filter(|(_, t)| t.appid == appid && t.to_gateway && t.works(now))
+            .map(|(token, _)| token.clone())
+            .collect();
+        match how {
+            Invalidation::ForceRefresh => {
+                let _ = self.stable_token(&mut state, appid, now, true);
+            }
+            Invalidation::TwoFetches => {
+                self.cgi_token(&mut state, appid, now);
+                self.cgi_token(&mut state, appid, now);
+            }
+            Invalidation::SecretReset => {
+                for token in state.live_tokens.remove(appid).unwrap_or_default() {
+                    Self::revoke_token(&mut state, &token, now);
+                }
+            }
+        }
+        let killed: Vec<String> = working
+            .into_iter()
+            .filter(|token| state.tokens.get(token).is_some_and(|t| !t.works(now)))
+            .collect();
+        let effective = !killed.is_empty();
+        if effective {
+            state.token_truth.invalidations += 1;
+            *state.counts.entry(how.name()).or_default() += 1;
+        } else {
+            *state
+                .counts
+                .entry("tokens: another server's call retired none of the gateway's")
+                .or_default() += 1;
+        }
+        drop(state);
+        self.trace.record(
+            "other",
+            format!(
+                "{how:?}: {}",
+                if effective {
+                    format!("retired {}", killed.join(", "))
+                } else {
+                    "no token of the gateway's retired".to_owned()
+                }
+            ),
+        );
+        effective
+    }
+
+    /// Arms an invalidation to strike around the gateway's next fetch of a
+    /// token for `appid` (the next one that leaves an earlier token working,
+    /// for [`Around::InOverlap`]).
+    pub fn arm(&self, appid: &str, how: Invalidation, around: Around) {
+        self.lock().armed.push((appid.to_owned(), how, around));
+        self.trace
+            .record("other", format!("armed {how:?} {around:?}"));
+    }
+
+    /// The armed invalidations a fetch of the gateway's answered with a
+    /// token sets off, in arming order.
+    fn triggered(&self, appid: &str, overlap: bool) -> Vec<(Invalidation, Around)> {
+        let mut state = self.lock();
+        let mut fired = Vec::new();
+        state.armed.retain(|(armed_for, how, around)| {
+            let fires =
+                armed_for == appid && (overlap || !matches!(around, Around::InOverlap { .. }));
+            if fires {
+                fired.push((*how, *around));
+            }
+            !fires
+        });
+        for (_, around) in &fired {
+            *state.counts.entry(around.name()).or_default() += 1;
+        }
+        fired
+    }
+
+    /// What WeChat knows of the gateway's token fetches.
+    pub fn token_truth(&self) -> TokenTruth {
+        self.lock().token_truth
+    }
+
+    /// A call of `caller`'s with `token` starts: counted when WeChat had
+    /// already answered `caller` a rejection of `token`.
+    fn call_starts(&self, caller: &str, token: &str) {
+        let mut state = self.lock();
+        if let Some(calls) = state
+            .rejected_to
+            .get_mut(&(caller.to_owned(), token.to_owned()))
+        {
+            *calls += 1;
+            let calls = *calls;
+            let truth = &mut state.token_truth;
+            truth.calls_after_rejection = truth.calls_after_rejection.max(calls);
+            *state
+                .counts
+                .entry("answer: a call with a token already rejected to its caller")
+                .or_default() += 1;
+        }
+    }
+
+    /// An answer reaches `caller`: a token errcode tells it `token` is dead.
+    fn answer_arrives(&self, caller: &str, token: &str, errcode: i64) {
+        if matches!(errcode, 40001 | 40014 | 42001) {
+            self.lock()
+                .rejected_to
+                .entry((caller.to_owned(), token.to_owned()))
+                .or_default();
+        }
+    }
+}
+
+/// A token answer on its way back to the gateway: counted as received when
+/// it arrives, as lost when the call is dropped first (its caller crashed).
+struct InFlightToken<'a> {
+    model: &'a WeChatModel,
+    arrived: bool,
+}
+
+impl Drop for InFlightToken<'_> {
+    fn drop(&mut self) {
+        let mut state = self.model.lock();
+        if self.arrived {
+            state.token_truth.received += 1;
+        } else {
+            state.token_truth.lost += 1;
         }
     }
 }
@@ -552,8 +949,8 @@ impl WeChatApi for WeChatHandle {
         &self,
         appid: &str,
         _secret: &SecretString,
-        _mode: TokenMode,
-        _force_refresh: bool,
+        mode: TokenMode,
+        force_refresh: bool,
     ) -> Result<TokenReply, CallError> {
         let model = &self.model;
         let (roll, there, back) = {
@@ -574,21 +971,20 @@ impl WeChatApi for WeChatHandle {
         let lost_before = rates.token_lost_before;
         let lost_after = lost_before + rates.token_lost_after;
         let busy = lost_after + rates.token_busy;
+        let endpoint = match (mode, force_refresh) {
+            (TokenMode::Token, _) => "cgi-bin/token",
+            (TokenMode::StableToken, false) => "stable_token",
+            (TokenMode::StableToken, true) => "stable_token (force_refresh)",
+        };
         tokio::time::sleep(Duration::from_millis(there)).await;
+        let mut in_flight = None;
         let (answer, note) = if roll < lost_before {
             model.count("token: lost before processing");
             (
                 Err(CallError::NotSent("connect refused".into())),
                 "lost before".to_owned(),
             )
-        } else if roll < lost_after {
-            model.count("token: issued, answer lost");
-            let issued = model.issue_token(appid);
-            (
-                Err(CallError::Ambiguous("HTTP 502".into())),
-                format!("issued {} but the answer was lost", issued.token),
-            )
-        } else if roll < busy {
+        } else if (lost_after..busy).contains(&roll) {
             model.count("token: -1 busy");
             (
                 Ok(TokenReply::Refused(Reply {
@@ -599,14 +995,56 @@ impl WeChatApi for WeChatHandle {
                 "-1".to_owned(),
             )
         } else {
-            let issued = model.issue_token(appid);
-            let note = format!("issued {}", issued.token);
-            (Ok(TokenReply::Issued(issued)), note)
+            let (reply, overlap) = model.serve_token(appid, mode, force_refresh);
+            let note = match &reply {
+                TokenReply::Issued(issued) => {
+                    in_flight = Some(InFlightToken {
+                        model: model.as_ref(),
+                        arrived: false,
+                    });
+                    format!("issued {} ({} s)", issued.token, issued.expires_in_secs)
+                }
+                TokenReply::Refused(refused) => format!("errcode {}", refused.errcode),
+            };
+            if matches!(reply, TokenReply::Issued(_)) {
+                for (how, around) in model.triggered(appid, overlap) {
+                    // "After" counts from the answer's arrival at the gateway.
+                    let delay_ms = match around {
+                        Around::During => {
+                            model.invalidate(appid, how);
+                            continue;
+                        }
+                        Around::After { delay_ms } => back + delay_ms,
+                        Around::InOverlap { delay_ms } => delay_ms,
+                    };
+                    // Another server's call runs on its own, whatever
+                    // becomes of this one.
+                    let model = model.clone();
+                    let appid = appid.to_owned();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                        model.invalidate(&appid, how);
+                    });
+                }
+            }
+            if roll < lost_after {
+                model.count("token: issued, answer lost");
+                (
+                    Err(CallError::Ambiguous("HTTP 502".into())),
+                    format!("{note} but the answer was lost"),
+                )
+            } else {
+                (Ok(reply), note)
+            }
         };
         tokio::time::sleep(Duration::from_millis(back)).await;
+        if let Some(in_flight) = &mut in_flight {
+            in_flight.arrived = answer.is_ok();
+        }
+        drop(in_flight);
         model
             .trace
-            .record(&self.instance, format!("token fetch: {note}"));
+            .record(&self.instance, format!("token fetch ({endpoint}): {note}"));
         answer
     }
 
@@ -619,6 +1057,7 @@ impl WeChatApi for WeChatHandle {
     async fn check_token(&self, access_token: &str) -> Result<Reply, CallError> {
         let model = &self.model;
         let plan = model.plan();
+        model.call_starts(&self.instance, access_token);
         tokio::time::sleep(Duration::from_millis(plan.there_ms + plan.back_ms)).await;
         let errcode = {
             let state = model.lock();
@@ -627,6 +1066,7 @@ impl WeChatApi for WeChatHandle {
                 Err(errcode) => errcode,
             }
         };
+        model.answer_arrives(&self.instance, access_token, errcode);
         model.count("token: checked");
         model
             .trace
@@ -681,10 +1121,11 @@ impl WeChatHandle {
         model.trace.record(
             &self.instance,
             format!(
-                "call {message_id} with {form_id} ({})",
+                "call {message_id} with {form_id} and {access_token} ({})",
                 plan.fault.map_or("no fault", Fault::name)
             ),
         );
+        model.call_starts(&self.instance, access_token);
         let there = Duration::from_millis(plan.there_ms);
         let round_trip = Duration::from_millis(plan.there_ms + plan.back_ms);
         let processed = matches!(
@@ -756,6 +1197,9 @@ impl WeChatHandle {
                 }
             }
         };
+        if let Ok(reply) = &result {
+            model.answer_arrives(&self.instance, access_token, reply.errcode);
+        }
         model.trace.record(
             &self.instance,
             format!(

@@ -6,13 +6,17 @@
 
 use std::time::Instant;
 
+use formid_gateway::config::TokenMode;
 use formid_gateway::ledger::kinds::CredentialKind;
 use formid_gateway::ledger::states::{AttemptOutcome, CredentialState, Delivery, MessageStatus};
 use formid_sim::invariants::{
-    check, AcceptTruth, AttemptSnap, CredentialSnap, MessageSnap, Snapshot, WeChatSide,
+    check, AcceptTruth, AttemptSnap, CredentialSnap, MessageSnap, Snapshot, TokenFacts, WeChatSide,
+    SPARE_TOKEN_FETCHES,
 };
 use formid_sim::run::{run_seed, run_seed_with, sweep, sweep_with};
-use formid_sim::wechat_model::{Delivery as WeChatDelivery, TrueCredential, TrueSubscription};
+use formid_sim::wechat_model::{
+    Around, Delivery as WeChatDelivery, Invalidation, TokenTruth, TrueCredential, TrueSubscription,
+};
 
 /// Seeds × sends of the CI sweep: ≥ 50,000 simulated sends.
 const SEEDS: u64 = 1_000;
@@ -59,6 +63,34 @@ const REGRESSIONS: &[(u64, usize, &str)] = &[
     // nothing leased, stale-message recovery sent it again with the next
     // credential: one message, two notifications.
     (2563, 50, "duplicate notification"),
+    // A ledger write failed under a token fetch (the token stored, its
+    // answer lost): the keeper's storage error was taken for a refusal of
+    // the app's configuration, and the send failed `token_unavailable`.
+    (
+        2,
+        50,
+        "failed token_unavailable after a ledger write failure",
+    ),
+    // Another server forced a stable_token refresh; the instance that had
+    // stored the token had a clock 13 s ahead, so the fetches of an
+    // instance with a true clock looked older and were never stored: each
+    // rejected send fetched again and was handed the dead token back.
+    (
+        48,
+        50,
+        "fetch storm: a fetch from a clock behind never stored",
+    ),
+    // Tokens living 400 s with a 900 s lead: due the moment they were
+    // fetched, so every pass of every instance's refresher fetched.
+    (
+        412,
+        50,
+        "fetch storm: refresher refetching a short-lived token",
+    ),
+    // The fetch budget spent after three invalidations: every send, and
+    // every wake-up of a message waiting for a token, called WeChat again
+    // with the token WeChat had rejected (1,587 calls from one instance).
+    (418, 50, "calls with a token already rejected to the caller"),
 ];
 
 #[test]
@@ -102,6 +134,24 @@ fn a_sweep_of_seeds_finds_no_violation() {
         );
     }
     assert!(report.faults.get("instance crashes").copied().unwrap_or(0) > 0);
+    // Both token modes, another server retiring the token each way and at
+    // each moment, and sends meeting the dead token.
+    for counted in [
+        "tokens: seeds in cgi-bin/token mode",
+        "tokens: seeds in stable_token mode",
+        Invalidation::ForceRefresh.name(),
+        Invalidation::TwoFetches.name(),
+        Invalidation::SecretReset.name(),
+        Around::During.name(),
+        Around::After { delay_ms: 0 }.name(),
+        Around::InOverlap { delay_ms: 0 }.name(),
+        "answer: token rejected",
+    ] {
+        assert!(
+            report.faults.get(counted).copied().unwrap_or(0) > 0,
+            "nothing counted as {counted:?}"
+        );
+    }
 }
 
 #[test]
@@ -434,4 +484,129 @@ fn the_grant_invariants_flag_phantom_and_dropped_grants() {
             .any(|v| v.text.contains("matches no accept")),
         "{violations:?}"
     );
+}
+
+/// The token checks: a message ended for its token, a fetch storm, and
+/// calls with a token WeChat had rejected to the caller.
+#[test]
+fn the_token_invariants_flag_token_failures_and_storms() {
+    let ended = |status, error_code: Option<&str>, outcome| MessageSnap {
+        error_code: error_code.map(str::to_owned),
+        attempts: vec![AttemptSnap {
+            credential_id: Some(1),
+            errcode: None,
+            outcome,
+        }],
+        ..message("m1", status, Delivery::AtMostOnce)
+    };
+    let side = wechat(&[]);
+    let available = || vec![form_id("f1", 1, 0, CredentialState::Available)];
+    for (status, code, outcome) in [
+        (
+            MessageStatus::Failed,
+            Some("token_unavailable"),
+            AttemptOutcome::TokenRejected,
+        ),
+        (
+            MessageStatus::Failed,
+            Some("token_rejected"),
+            AttemptOutcome::TokenRejected,
+        ),
+        (
+            MessageStatus::Unknown,
+            Some("outcome_unknown"),
+            AttemptOutcome::TokenUnavailable,
+        ),
+    ] {
+        let snapshot = Snapshot {
+            credentials: available(),
+            messages: vec![ended(status, code, outcome)],
+            ..Snapshot::default()
+        };
+        let violations = check(&snapshot, &side);
+        assert!(
+            violations.iter().any(|v| v.text.contains("for its token")),
+            "{status} {code:?} {outcome}: {violations:?}"
+        );
+    }
+    // Unknown for another reason, a token rejection recorded after the end
+    // by a run whose lease recovery took over: not the token's doing.
+    let recovered = Snapshot {
+        credentials: available(),
+        messages: vec![MessageSnap {
+            attempts: vec![
+                AttemptSnap {
+                    credential_id: Some(1),
+                    errcode: None,
+                    outcome: AttemptOutcome::Recovered,
+                },
+                AttemptSnap {
+                    credential_id: Some(1),
+                    errcode: Some(40001),
+                    outcome: AttemptOutcome::TokenRejected,
+                },
+            ],
+            error_code: Some("outcome_unknown".into()),
+            ..message("m1", MessageStatus::Unknown, Delivery::AtMostOnce)
+        }],
+        ..Snapshot::default()
+    };
+    assert!(check(&recovered, &side).is_empty());
+
+    // Two hours of 7,200 s tokens with a 900 s lead: 2 natural fetches.
+    let facts = |received, invalidations, lost| TokenFacts {
+        mode: TokenMode::Token,
+        run_ms: 2 * 3_600_000,
+        expires_in_secs: 7_200,
+        refresh_ahead_ms: 900_000,
+        calls_after_rejection_bound: 2,
+        truth: TokenTruth {
+            received,
+            lost,
+            invalidations,
+            calls_after_rejection: 0,
+        },
+    };
+    assert_eq!(facts(0, 0, 0).natural_fetches(), 2);
+    let empty = Snapshot::default();
+    let storm = |tokens: TokenFacts| {
+        let side = WeChatSide {
+            tokens,
+            ..WeChatSide::default()
+        };
+        check(&empty, &side)
+            .iter()
+            .any(|v| v.text.contains("fetch storm"))
+    };
+    let most = 2 + 3 + 1 + SPARE_TOKEN_FETCHES;
+    assert!(!storm(facts(most, 3, 1)));
+    assert!(storm(facts(most + 1, 3, 1)));
+    // A token shorter-lived than the lead is replaced half-way: 400 s
+    // tokens over 1,000 s make 1 + 5 natural fetches, in either mode.
+    let short = TokenFacts {
+        run_ms: 1_000_000,
+        expires_in_secs: 400,
+        ..facts(0, 0, 0)
+    };
+    assert_eq!(short.natural_fetches(), 6);
+    let stable = TokenFacts {
+        mode: TokenMode::StableToken,
+        ..short
+    };
+    assert_eq!(stable.natural_fetches(), 6);
+    // Calls with a token already rejected to their caller: up to the runs
+    // that held it already.
+    let repeated = |calls| {
+        let mut tokens = facts(1, 0, 0);
+        tokens.truth.calls_after_rejection = calls;
+        let side = WeChatSide {
+            tokens,
+            ..WeChatSide::default()
+        };
+        check(&empty, &side)
+            .iter()
+            .any(|v| v.text.contains("known dead"))
+    };
+    assert!(!repeated(2));
+    assert!(repeated(3));
 }

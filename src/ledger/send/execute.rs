@@ -246,6 +246,12 @@ impl<'a> Run<'a> {
             let now = self.sender.clock.now_ms();
             let decision = decide::decide(answer, &state, credential, now, &policy);
             self.sender.guard.record(appid, decision.wechat_failed);
+            if refuses_the_token(&decision.next) {
+                // Whatever becomes of this run, no other send of this process
+                // is handed the token again.
+                let refused = self.token.as_deref().unwrap_or_default();
+                self.sender.tokens.note_rejected(appid, refused);
+            }
             let retry = match decision.next {
                 Next::Retry(retry) => retry,
                 Next::Settle(settle) => return self.settle(credential, said, settle).await,
@@ -678,4 +684,17 @@ fn backoff_with_jitter(base: Duration, retry: u32, message_id: &str) -> Duration
     (message_id, retry).hash(&mut hasher);
     let half = millis / 2;
     Duration::from_millis(half + hasher.finish() % (millis - half + 1))
+}
+
+/// Whether WeChat refused the call's token: the run refreshes it, or waits
+/// for another.
+fn refuses_the_token(next: &Next) -> bool {
+    matches!(
+        next,
+        Next::TokenRefused { .. }
+            | Next::Retry(decide::Retry {
+                after: RetryAfter::FreshToken,
+                ..
+            })
+    )
 }
