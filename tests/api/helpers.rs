@@ -214,27 +214,22 @@ pub async fn spawn_sibling(app: &TestApp) -> Instance {
 
 /// A sibling whose settings `adjust` may change first.
 pub async fn spawn_sibling_with(app: &TestApp, adjust: impl FnOnce(&mut Value)) -> Instance {
-    let mut settings = test_settings(&app.database_url, &app.wechat_base_url);
-    adjust(&mut settings);
-    let settings: Settings = serde_json::from_value(settings).expect("valid test settings");
-    let application = Application::build(settings, app.clock.clone())
-        .await
-        .expect("building a sibling gateway");
-    let address = format!("http://127.0.0.1:{}", application.port());
-    let shutdown = application.shutdown_signal();
-    let token_refresher = application.token_refresher();
-    tokio::spawn(application.run_api_until_stopped());
-    Instance {
-        address,
-        token_refresher,
-        shutdown,
-    }
+    start_sibling(app, app.clock.clone(), adjust).await
 }
 
 /// A second gateway instance on the same ledger and fake as `app`, on a
 /// clock of its own (one that runs ahead or behind `app`'s).
 pub async fn spawn_sibling_on_clock(app: &TestApp, clock: Arc<ManualClock>) -> Instance {
-    let settings = test_settings(&app.database_url, &app.wechat_base_url);
+    start_sibling(app, clock, |_| {}).await
+}
+
+async fn start_sibling(
+    app: &TestApp,
+    clock: Arc<ManualClock>,
+    adjust: impl FnOnce(&mut Value),
+) -> Instance {
+    let mut settings = test_settings(&app.database_url, &app.wechat_base_url);
+    adjust(&mut settings);
     let settings: Settings = serde_json::from_value(settings).expect("valid test settings");
     let application = Application::build(settings, clock)
         .await
