@@ -286,175 +286,190 @@ pub struct WeChatSide {
 /// - the token promise ([`check_tokens`]).
 pub fn check(snapshot: &Snapshot, wechat: &WeChatSide) -> Vec<Violation> {
     let mut violations = Vec::new();
-    let mut violation = |text: String, messages: &[&str], credentials: &[&str]| {
-        violations.push(Violation {
-            text,
-            messages: messages.iter().map(|m| (*m).to_owned()).collect(),
-            credentials: credentials.iter().map(|c| (*c).to_owned()).collect(),
-        });
-    };
-    let mut by_message: BTreeMap<&str, Vec<&WeChatDelivery>> = BTreeMap::new();
-    let mut by_credential: BTreeMap<&str, usize> = BTreeMap::new();
-    for delivery in &wechat.deliveries {
-        by_message
-            .entry(delivery.message_id.as_str())
-            .or_default()
-            .push(delivery);
-        *by_credential
-            .entry(delivery.credential.as_str())
-            .or_default() += 1;
+    let deliveries = Deliveries::of(wechat);
+    check_messages(snapshot, wechat, &deliveries, &mut violations);
+    for credential in &snapshot.credentials {
+        check_credential(credential, wechat, &deliveries, &mut violations);
     }
+    check_grants(snapshot, wechat, &mut violations);
+    check_tokens(snapshot, wechat, &mut violations);
+    violations
+}
+
+/// Records one violation naming its messages and credentials.
+fn violation(
+    violations: &mut Vec<Violation>,
+    text: String,
+    messages: &[&str],
+    credentials: &[&str],
+) {
+    violations.push(Violation {
+        text,
+        messages: messages.iter().map(|m| (*m).to_owned()).collect(),
+        credentials: credentials.iter().map(|c| (*c).to_owned()).collect(),
+    });
+}
+
+/// WeChat's deliveries by message and by credential.
+struct Deliveries<'a> {
+    by_message: BTreeMap<&'a str, Vec<&'a WeChatDelivery>>,
+    by_credential: BTreeMap<&'a str, usize>,
+}
+
+impl<'a> Deliveries<'a> {
+    fn of(wechat: &'a WeChatSide) -> Self {
+        let mut by_message: BTreeMap<&str, Vec<&WeChatDelivery>> = BTreeMap::new();
+        let mut by_credential: BTreeMap<&str, usize> = BTreeMap::new();
+        for delivery in &wechat.deliveries {
+            by_message
+                .entry(delivery.message_id.as_str())
+                .or_default()
+                .push(delivery);
+            *by_credential
+                .entry(delivery.credential.as_str())
+                .or_default() += 1;
+        }
+        Self {
+            by_message,
+            by_credential,
+        }
+    }
+
+    fn of_message(&self, id: &str) -> &[&'a WeChatDelivery] {
+        self.by_message.get(id).map_or(&[][..], Vec::as_slice)
+    }
+}
+
+/// Every delivery has its message; each message's end agrees with what
+/// WeChat delivered; what callers were told agrees too.
+fn check_messages(
+    snapshot: &Snapshot,
+    wechat: &WeChatSide,
+    deliveries: &Deliveries<'_>,
+    violations: &mut Vec<Violation>,
+) {
     let messages: BTreeMap<&str, &MessageSnap> = snapshot
         .messages
         .iter()
         .map(|m| (m.id.as_str(), m))
         .collect();
-    for (id, deliveries) in &by_message {
+    for (id, delivered) in &deliveries.by_message {
         if !messages.contains_key(id) {
-            let credentials: Vec<&str> = deliveries.iter().map(|d| d.credential.as_str()).collect();
-            violation(
-                format!("{id} was delivered but the ledger has no such message"),
-                &[id],
-                &credentials,
-            );
+            let credentials: Vec<&str> = delivered.iter().map(|d| d.credential.as_str()).collect();
+            let text = format!("{id} was delivered but the ledger has no such message");
+            violation(violations, text, &[id], &credentials);
         }
     }
     for message in &snapshot.messages {
-        let id = message.id.as_str();
-        let delivered = by_message.get(id).map_or(&[][..], Vec::as_slice);
-        let credentials: Vec<&str> = delivered.iter().map(|d| d.credential.as_str()).collect();
-        let count = delivered.len();
-        let at_most_once = message.delivery == Delivery::AtMostOnce;
-        if at_most_once && count > 1 {
-            violation(
-                format!(
-                    "{id} (at_most_once, {}) was delivered {count} times",
-                    message.status
-                ),
-                &[id],
-                &credentials,
-            );
-        }
-        match message.status {
-            MessageStatus::Pending | MessageStatus::Waiting => violation(
-                format!("{id} is still {} after quiescence", message.status),
-                &[id],
-                &credentials,
-            ),
-            MessageStatus::Sent if count == 0 => violation(
-                format!("{id} is sent but WeChat never delivered it"),
-                &[id],
-                &credentials,
-            ),
-            MessageStatus::Failed if at_most_once && count > 0 => violation(
-                format!(
-                    "{id} is failed ({}) but WeChat delivered it {count} time(s)",
-                    message.error_code.as_deref().unwrap_or("?")
-                ),
-                &[id],
-                &credentials,
-            ),
-            _ => {}
-        }
+        check_message(message, deliveries.of_message(&message.id), violations);
     }
     for (id, status) in &wechat.told {
-        let count = by_message.get(id.as_str()).map_or(0, Vec::len);
+        let count = deliveries.of_message(id).len();
         let at_most_once = messages
             .get(id.as_str())
             .is_none_or(|m| m.delivery == Delivery::AtMostOnce);
-        match status {
-            MessageStatus::Sent if count == 0 => violation(
-                format!("{id}: its caller was answered sent, but WeChat never delivered it"),
-                &[id],
-                &[],
-            ),
-            MessageStatus::Failed if at_most_once && count > 0 => violation(
-                format!(
-                    "{id}: its caller was answered failed, but WeChat delivered it {count} time(s)"
-                ),
-                &[id],
-                &[],
-            ),
-            _ => {}
-        }
-    }
-    for credential in &snapshot.credentials {
-        if credential.is_grant() || credential.is_ticket() {
-            // Subscribe rows are checked per (user, template) below.
-            if credential.state == CredentialState::Leased {
-                violation(
-                    format!("{} is still leased after quiescence", credential.value),
-                    &[],
-                    &[&credential.value],
-                );
+        let text = match status {
+            MessageStatus::Sent if count == 0 => {
+                format!("{id}: its caller was answered sent, but WeChat never delivered it")
             }
-            continue;
-        }
-        let value = credential.value.as_str();
-        let delivered = by_credential.get(value).copied().unwrap_or(0) as i64;
-        let Some(truth) = wechat.credentials.get(value) else {
-            violation(
-                format!("{value} is in the ledger but WeChat never issued it"),
-                &[],
-                &[value],
-            );
-            continue;
+            MessageStatus::Failed if at_most_once && count > 0 => format!(
+                "{id}: its caller was answered failed, but WeChat delivered it {count} time(s)"
+            ),
+            _ => continue,
         };
-        let sends = i64::from(truth.max_uses);
-        let counted = sends - credential.uses_left;
-        let proven = counted - credential.unproven_uses;
-        if credential.state == CredentialState::Leased {
-            violation(
-                format!("{value} is still leased after quiescence"),
-                &[],
-                &[value],
-            );
+        violation(violations, text, &[id], &[]);
+    }
+}
+
+/// One message's end against its deliveries.
+fn check_message(
+    message: &MessageSnap,
+    delivered: &[&WeChatDelivery],
+    violations: &mut Vec<Violation>,
+) {
+    let id = message.id.as_str();
+    let credentials: Vec<&str> = delivered.iter().map(|d| d.credential.as_str()).collect();
+    let count = delivered.len();
+    let at_most_once = message.delivery == Delivery::AtMostOnce;
+    if at_most_once && count > 1 {
+        let text = format!(
+            "{id} (at_most_once, {}) was delivered {count} times",
+            message.status
+        );
+        violation(violations, text, &[id], &credentials);
+    }
+    let text = match message.status {
+        MessageStatus::Pending | MessageStatus::Waiting => {
+            format!("{id} is still {} after quiescence", message.status)
         }
-        if delivered > sends {
-            violation(
-                format!("{value} was used {delivered} times at WeChat; its kind allows {sends}"),
-                &[],
-                &[value],
-            );
-        }
-        if proven > delivered {
-            violation(
-                format!(
-                    "{value}: the ledger counts {proven} proven use(s) (sends {sends}, uses_left {}, unproven {}), WeChat delivered {delivered}",
-                    credential.uses_left, credential.unproven_uses
-                ),
-                &[],
-                &[value],
-            );
-        }
-        if credential.state != CredentialState::Retired && delivered > counted {
-            violation(
-                format!(
-                    "{value}: WeChat delivered {delivered} time(s), the ledger counts {counted} use(s) (uses_left {}, state {})",
-                    credential.uses_left, credential.state
-                ),
-                &[],
-                &[value],
-            );
-        }
-        if credential.state == CredentialState::Retired {
-            let errcode = credential.retired_errcode.unwrap_or_default();
-            let answered = wechat
-                .answers
-                .get(value)
-                .is_some_and(|answers| answers.contains(&errcode));
-            if !answered {
-                violation(
-                    format!("{value} was retired for errcode {errcode}, which WeChat never answered for it"),
-                    &[],
-                    &[value],
-                );
-            }
+        MessageStatus::Sent if count == 0 => format!("{id} is sent but WeChat never delivered it"),
+        MessageStatus::Failed if at_most_once && count > 0 => format!(
+            "{id} is failed ({}) but WeChat delivered it {count} time(s)",
+            message.error_code.as_deref().unwrap_or("?")
+        ),
+        _ => return,
+    };
+    violation(violations, text, &[id], &credentials);
+}
+
+/// One form_id or prepay_id against WeChat's truth; grants and tickets are
+/// checked per (user, template) in [`check_grants`].
+fn check_credential(
+    credential: &CredentialSnap,
+    wechat: &WeChatSide,
+    deliveries: &Deliveries<'_>,
+    violations: &mut Vec<Violation>,
+) {
+    let value = credential.value.as_str();
+    if credential.state == CredentialState::Leased {
+        let text = format!("{value} is still leased after quiescence");
+        violation(violations, text, &[], &[value]);
+    }
+    if credential.is_grant() || credential.is_ticket() {
+        return;
+    }
+    let delivered = deliveries.by_credential.get(value).copied().unwrap_or(0) as i64;
+    let Some(truth) = wechat.credentials.get(value) else {
+        let text = format!("{value} is in the ledger but WeChat never issued it");
+        violation(violations, text, &[], &[value]);
+        return;
+    };
+    let sends = i64::from(truth.max_uses);
+    let counted = sends - credential.uses_left;
+    let proven = counted - credential.unproven_uses;
+    let mut texts = Vec::new();
+    if delivered > sends {
+        texts.push(format!(
+            "{value} was used {delivered} times at WeChat; its kind allows {sends}"
+        ));
+    }
+    if proven > delivered {
+        texts.push(format!(
+            "{value}: the ledger counts {proven} proven use(s) (sends {sends}, uses_left {}, unproven {}), WeChat delivered {delivered}",
+            credential.uses_left, credential.unproven_uses
+        ));
+    }
+    if credential.state != CredentialState::Retired && delivered > counted {
+        texts.push(format!(
+            "{value}: WeChat delivered {delivered} time(s), the ledger counts {counted} use(s) (uses_left {}, state {})",
+            credential.uses_left, credential.state
+        ));
+    }
+    if credential.state == CredentialState::Retired {
+        let errcode = credential.retired_errcode.unwrap_or_default();
+        let answered = wechat
+            .answers
+            .get(value)
+            .is_some_and(|answers| answers.contains(&errcode));
+        if !answered {
+            texts.push(format!(
+                "{value} was retired for errcode {errcode}, which WeChat never answered for it"
+            ));
         }
     }
-    check_grants(snapshot, wechat, &mut violations);
-    check_tokens(snapshot, wechat, &mut violations);
-    violations
+    for text in texts {
+        violation(violations, text, &[], &[value]);
+    }
 }
 
 /// The token promise. WeChat would always issue a token in the simulation
@@ -566,13 +581,6 @@ fn check_grants(snapshot: &Snapshot, wechat: &WeChatSide, violations: &mut Vec<V
             keys.insert((c.openid.clone(), template_id.clone()));
         }
     }
-    let mut push = |text: String, credentials: Vec<String>| {
-        violations.push(Violation {
-            text,
-            messages: Vec::new(),
-            credentials,
-        })
-    };
     let empty = TrueSubscription::default();
     for (openid, template_id) in keys {
         let truth = wechat
@@ -586,99 +594,114 @@ fn check_grants(snapshot: &Snapshot, wechat: &WeChatSide, violations: &mut Vec<V
             .copied()
             .unwrap_or(false);
         let about = format!("{openid}/{template_id}");
-        if long_term {
-            let ledger_on = snapshot
-                .subscriptions
-                .iter()
-                .any(|s| s.openid == openid && s.template_id == template_id && s.long_term);
-            let since = truth.revoked_at.last().copied().unwrap_or(i64::MIN);
-            let recorded_since = wechat.accepts.iter().any(|a| {
-                a.openid == openid
-                    && a.template_id == template_id
-                    && a.at_ms > since
-                    && snapshot
-                        .prompts
-                        .contains(&(openid.clone(), a.request_id.clone()))
-            });
-            if truth.long_term && recorded_since && !ledger_on {
-                push(
-                    format!("{about}: WeChat's long-term subscription is on and its accept was recorded, but the ledger's is off (subscription dropped)"),
-                    vec![about.clone()],
-                );
-            }
-            continue;
-        }
-        let payer = subscribe_payer(false, &openid, &template_id);
-        let d = wechat
-            .deliveries
-            .iter()
-            .filter(|d| d.credential == payer)
-            .count() as i64;
-        let a = i64::from(truth.accepted);
-        let z = i64::from(truth.zeroed);
-        let w = i64::from(truth.grants);
-        let grants: Vec<&CredentialSnap> = snapshot
-            .credentials
-            .iter()
-            .filter(|c| {
-                c.is_grant() && c.openid == openid && c.template_id.as_deref() == Some(&template_id)
-            })
-            .collect();
-        let p = grants.len() as i64;
-        let su: i64 = grants.iter().map(|c| c.unproven_uses).sum();
-        let counted: i64 = grants.iter().map(|c| 1 - c.uses_left).sum();
-        let sp = counted - su;
-        let x = grants
-            .iter()
-            .filter(|c| c.state == CredentialState::Retired)
-            .count() as i64;
-        let l = grants
-            .iter()
-            .filter(|c| c.state == CredentialState::Available)
-            .count() as i64;
-        let figures = format!("A {a}, D {d}, Z {z}, W {w}; P {p}, Sp {sp}, Su {su}, X {x}, L {l}");
-        if sp > d {
-            push(
-                format!("{about}: the ledger counts {sp} proven use(s) of grants, WeChat delivered {d} ({figures})"),
-                vec![about.clone()],
-            );
-        }
-        if d > sp + su {
-            push(
-                format!("{about}: WeChat delivered {d} time(s) with grants, the ledger counts {} use(s) ({figures})", sp + su),
-                vec![about.clone()],
-            );
-        }
-        if p > a {
-            push(
-                format!("{about}: the ledger recorded {p} grant(s) for {a} accept(s) ({figures})"),
-                vec![about.clone()],
-            );
-        }
-        for c in &grants {
-            let from_accept = wechat.accepts.iter().any(|accept| {
-                accept.openid == openid
-                    && accept.template_id == template_id
-                    && c.value == format!("grant:{openid}:{}:{template_id}", accept.request_id)
-            });
-            if !from_accept {
-                push(
-                    format!("{about}: grant {} matches no accept", c.value),
-                    vec![about.clone()],
-                );
-            }
-        }
-        if l > w + (z - x) {
-            push(
-                format!("{about}: the ledger holds {l} grant(s), WeChat {w}, and only {} revoked grant(s) are unseen (phantom grants; {figures})", z - x),
-                vec![about.clone()],
-            );
-        }
-        if x > z {
-            push(
-                format!("{about}: 43101 retired {x} grant(s) in the ledger, but the user revoked only {z} at WeChat (grants dropped; {figures})"),
-                vec![about.clone()],
-            );
+        let texts = if long_term {
+            long_term_texts(snapshot, wechat, truth, &openid, &template_id)
+        } else {
+            one_time_texts(snapshot, wechat, truth, &openid, &template_id)
+        };
+        for text in texts {
+            let text = format!("{about}: {text}");
+            violation(violations, text, &[], &[&about]);
         }
     }
+}
+
+/// A long-term subscription WeChat holds on, whose accept the ledger
+/// recorded, is on in the ledger too.
+fn long_term_texts(
+    snapshot: &Snapshot,
+    wechat: &WeChatSide,
+    truth: &TrueSubscription,
+    openid: &str,
+    template_id: &str,
+) -> Vec<String> {
+    let ledger_on = snapshot
+        .subscriptions
+        .iter()
+        .any(|s| s.openid == openid && s.template_id == template_id && s.long_term);
+    let since = truth.revoked_at.last().copied().unwrap_or(i64::MIN);
+    let recorded_since = wechat.accepts.iter().any(|a| {
+        a.openid == openid
+            && a.template_id == template_id
+            && a.at_ms > since
+            && snapshot
+                .prompts
+                .contains(&(openid.to_owned(), a.request_id.clone()))
+    });
+    if truth.long_term && recorded_since && !ledger_on {
+        vec!["WeChat's long-term subscription is on and its accept was recorded, but the ledger's is off (subscription dropped)".to_owned()]
+    } else {
+        Vec::new()
+    }
+}
+
+/// A user's one-time grants of a template: the ledger's counts against
+/// WeChat's accepts, deliveries and revocations.
+fn one_time_texts(
+    snapshot: &Snapshot,
+    wechat: &WeChatSide,
+    truth: &TrueSubscription,
+    openid: &str,
+    template_id: &str,
+) -> Vec<String> {
+    let payer = subscribe_payer(false, openid, template_id);
+    let d = wechat
+        .deliveries
+        .iter()
+        .filter(|d| d.credential == payer)
+        .count() as i64;
+    let a = i64::from(truth.accepted);
+    let z = i64::from(truth.zeroed);
+    let w = i64::from(truth.grants);
+    let grants: Vec<&CredentialSnap> = snapshot
+        .credentials
+        .iter()
+        .filter(|c| {
+            c.is_grant() && c.openid == openid && c.template_id.as_deref() == Some(template_id)
+        })
+        .collect();
+    let p = grants.len() as i64;
+    let su: i64 = grants.iter().map(|c| c.unproven_uses).sum();
+    let counted: i64 = grants.iter().map(|c| 1 - c.uses_left).sum();
+    let sp = counted - su;
+    let in_state = |state| grants.iter().filter(|c| c.state == state).count() as i64;
+    let (x, l) = (
+        in_state(CredentialState::Retired),
+        in_state(CredentialState::Available),
+    );
+    let figures = format!("A {a}, D {d}, Z {z}, W {w}; P {p}, Sp {sp}, Su {su}, X {x}, L {l}");
+    let mut texts = Vec::new();
+    if sp > d {
+        texts.push(format!(
+            "the ledger counts {sp} proven use(s) of grants, WeChat delivered {d} ({figures})"
+        ));
+    }
+    if d > sp + su {
+        texts.push(format!(
+            "WeChat delivered {d} time(s) with grants, the ledger counts {} use(s) ({figures})",
+            sp + su
+        ));
+    }
+    if p > a {
+        texts.push(format!(
+            "the ledger recorded {p} grant(s) for {a} accept(s) ({figures})"
+        ));
+    }
+    for c in &grants {
+        let from_accept = wechat.accepts.iter().any(|accept| {
+            accept.openid == openid
+                && accept.template_id == template_id
+                && c.value == format!("grant:{openid}:{}:{template_id}", accept.request_id)
+        });
+        if !from_accept {
+            texts.push(format!("grant {} matches no accept", c.value));
+        }
+    }
+    if l > w + (z - x) {
+        texts.push(format!("the ledger holds {l} grant(s), WeChat {w}, and only {} revoked grant(s) are unseen (phantom grants; {figures})", z - x));
+    }
+    if x > z {
+        texts.push(format!("43101 retired {x} grant(s) in the ledger, but the user revoked only {z} at WeChat (grants dropped; {figures})"));
+    }
+    texts
 }

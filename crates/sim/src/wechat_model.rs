@@ -454,6 +454,23 @@ impl WeChatModel {
         self.state.lock().expect("wechat model lock")
     }
 
+    /// What a token call will meet: its fault roll (past every fault while
+    /// faults are off), and its latency there and back.
+    fn roll_token_call(&self) -> (u32, u64, u64) {
+        let mut state = self.lock();
+        let (low, high) = self.setup.latency_ms;
+        let roll = if state.faults_on {
+            state.rng.gen_range(0..1000u32)
+        } else {
+            u32::MAX
+        };
+        (
+            roll,
+            state.rng.gen_range(low..=high),
+            state.rng.gen_range(low..=high),
+        )
+    }
+
     fn count(&self, name: &'static str) {
         *self.lock().counts.entry(name).or_default() += 1;
     }
@@ -935,6 +952,30 @@ impl Drop for InFlightToken<'_> {
     }
 }
 
+/// Another server's retirements armed by the token the gateway was just
+/// issued: one strikes now, while the answer is on its way back; the others
+/// after the answer arrives or inside the overlap the fetch left, each on
+/// its own task, whatever becomes of the gateway's call.
+fn arm_invalidations(model: &Arc<WeChatModel>, appid: &str, overlap: bool, back: u64) {
+    for (how, around) in model.triggered(appid, overlap) {
+        // "After" counts from the answer's arrival at the gateway.
+        let delay_ms = match around {
+            Around::During => {
+                model.invalidate(appid, how);
+                continue;
+            }
+            Around::After { delay_ms } => back + delay_ms,
+            Around::InOverlap { delay_ms } => delay_ms,
+        };
+        let model = model.clone();
+        let appid = appid.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            model.invalidate(&appid, how);
+        });
+    }
+}
+
 /// One instance's view of WeChat: the model, with its calls traced under
 /// the instance's name.
 #[derive(Debug)]
@@ -953,20 +994,7 @@ impl WeChatApi for WeChatHandle {
         force_refresh: bool,
     ) -> Result<TokenReply, CallError> {
         let model = &self.model;
-        let (roll, there, back) = {
-            let mut state = model.lock();
-            let (low, high) = model.setup.latency_ms;
-            let roll = if state.faults_on {
-                state.rng.gen_range(0..1000u32)
-            } else {
-                u32::MAX
-            };
-            (
-                roll,
-                state.rng.gen_range(low..=high),
-                state.rng.gen_range(low..=high),
-            )
-        };
+        let (roll, there, back) = model.roll_token_call();
         let rates = &model.setup.rates;
         let lost_before = rates.token_lost_before;
         let lost_after = lost_before + rates.token_lost_after;
@@ -1007,25 +1035,7 @@ impl WeChatApi for WeChatHandle {
                 TokenReply::Refused(refused) => format!("errcode {}", refused.errcode),
             };
             if matches!(reply, TokenReply::Issued(_)) {
-                for (how, around) in model.triggered(appid, overlap) {
-                    // "After" counts from the answer's arrival at the gateway.
-                    let delay_ms = match around {
-                        Around::During => {
-                            model.invalidate(appid, how);
-                            continue;
-                        }
-                        Around::After { delay_ms } => back + delay_ms,
-                        Around::InOverlap { delay_ms } => delay_ms,
-                    };
-                    // Another server's call runs on its own, whatever
-                    // becomes of this one.
-                    let model = model.clone();
-                    let appid = appid.to_owned();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-                        model.invalidate(&appid, how);
-                    });
-                }
+                arm_invalidations(model, appid, overlap, back);
             }
             if roll < lost_after {
                 model.count("token: issued, answer lost");
@@ -1127,31 +1137,65 @@ impl WeChatHandle {
         );
         model.call_starts(&self.instance, access_token);
         let there = Duration::from_millis(plan.there_ms);
-        let round_trip = Duration::from_millis(plan.there_ms + plan.back_ms);
         let processed = matches!(
             plan.fault,
             None | Some(Fault::LostAfter) | Some(Fault::HangProcessed)
         );
-        // WeChat's side runs on its own: a caller that dies meanwhile does
-        // not stop it.
-        let answer = processed.then(|| {
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            let model = model.clone();
-            let token = access_token.to_owned();
-            let body = body.clone();
-            let caller = self.instance.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(there).await;
-                let answer = if subscribe {
-                    model.process_subscribe(&token, &body, &caller)
-                } else {
-                    (model.process(&token, &body, &caller), None)
-                };
-                let _ = reply.send(answer);
-            });
-            answer
+        let answer =
+            processed.then(|| self.process_on_its_own(subscribe, access_token, body, there));
+        let result = self.answer_of(plan, answer).await;
+        if let Ok(reply) = &result {
+            model.answer_arrives(&self.instance, access_token, reply.errcode);
+        }
+        model.trace.record(
+            &self.instance,
+            format!(
+                "answer for {message_id} with {form_id}: {}",
+                match &result {
+                    Ok(reply) => format!("errcode {}", reply.errcode),
+                    Err(CallError::NotSent(_)) => "not sent".into(),
+                    Err(CallError::Ambiguous(detail)) => format!("ambiguous ({detail})"),
+                }
+            ),
+        );
+        result
+    }
+
+    /// WeChat's side of a call that reaches it, `there` after it left. It
+    /// runs on its own: a caller that dies meanwhile does not stop it.
+    fn process_on_its_own(
+        &self,
+        subscribe: bool,
+        access_token: &str,
+        body: &Value,
+        there: Duration,
+    ) -> tokio::sync::oneshot::Receiver<(i64, Option<String>)> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let model = self.model.clone();
+        let token = access_token.to_owned();
+        let body = body.clone();
+        let caller = self.instance.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(there).await;
+            let answer = if subscribe {
+                model.process_subscribe(&token, &body, &caller)
+            } else {
+                (model.process(&token, &body, &caller), None)
+            };
+            let _ = reply.send(answer);
         });
-        let result = match plan.fault {
+        answer
+    }
+
+    /// What the caller gets back under the call's planned fault.
+    async fn answer_of(
+        &self,
+        plan: Plan,
+        answer: Option<tokio::sync::oneshot::Receiver<(i64, Option<String>)>>,
+    ) -> Result<Reply, CallError> {
+        let there = Duration::from_millis(plan.there_ms);
+        let round_trip = Duration::from_millis(plan.there_ms + plan.back_ms);
+        match plan.fault {
             Some(Fault::LostBeforeNotSent) => {
                 tokio::time::sleep(there).await;
                 Err(CallError::NotSent("connect refused".into()))
@@ -1177,7 +1221,7 @@ impl WeChatHandle {
                 })
             }
             Some(Fault::HangUnprocessed) | Some(Fault::HangProcessed) => {
-                tokio::time::sleep(model.setup.request_timeout).await;
+                tokio::time::sleep(self.model.setup.request_timeout).await;
                 Err(CallError::Ambiguous("timed out".into()))
             }
             Some(Fault::LostAfter) | None => {
@@ -1196,21 +1240,6 @@ impl WeChatHandle {
                     })
                 }
             }
-        };
-        if let Ok(reply) = &result {
-            model.answer_arrives(&self.instance, access_token, reply.errcode);
         }
-        model.trace.record(
-            &self.instance,
-            format!(
-                "answer for {message_id} with {form_id}: {}",
-                match &result {
-                    Ok(reply) => format!("errcode {}", reply.errcode),
-                    Err(CallError::NotSent(_)) => "not sent".into(),
-                    Err(CallError::Ambiguous(detail)) => format!("ambiguous ({detail})"),
-                }
-            ),
-        );
-        result
     }
 }
