@@ -13,12 +13,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::ApiKeys;
 use crate::api::{self, request_id, ApiContext};
-use crate::catalogue::Catalogue;
 use crate::clock::{ms, SharedClock};
 use crate::config::Settings;
-use crate::ledger::send::{SendSettings, Sender};
 use crate::push::PushKeys;
+use crate::sending::{SendSettings, Sender};
 use crate::storage::{self, Storage};
+use crate::templates::Catalogue;
 use crate::tokens::TokenKeeper;
 use crate::wechat::breaker::Breakers;
 use crate::wechat::{SharedWeChat, WeChatClient};

@@ -15,9 +15,9 @@ use crate::clock::ms;
 use crate::ledger::failure::SendFailure;
 use crate::ledger::kinds::CredentialKind;
 use crate::ledger::message::parse_send_request;
-use crate::ledger::send::{AttemptSummary, PreparedSend, SendResult, SubscribeDefaults};
 use crate::ledger::states::{IdempotencyState, MessageStatus};
 use crate::ledger::templates::{check_send, SendParts};
+use crate::sending::{AttemptSummary, PreparedSend, SendResult, SubscribeDefaults};
 use crate::storage::{IdempotencyBegin, IdempotencyRecord};
 
 /// The header of an answer given again for an idempotency key.

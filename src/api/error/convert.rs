@@ -4,12 +4,12 @@
 use actix_web::http::StatusCode;
 
 use super::ApiError;
-use crate::catalogue::CatalogueError;
 use crate::ledger::collect::Rejection;
 use crate::ledger::failure::SendFailure;
 use crate::ledger::settle::{classify, Verdict};
 use crate::ledger::templates::InvalidTemplateData;
 use crate::push::PushError;
+use crate::templates::CatalogueError;
 use crate::tokens::TokenError;
 use crate::wechat::CallError;
 

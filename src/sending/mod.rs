@@ -34,9 +34,9 @@ use serde::Serialize;
 
 pub use request::{InvalidTemplateData, PreparedSend, SendRequest, SubscribeDefaults};
 
-use super::failure::SendFailure;
-use super::states::{AttemptOutcome, MessageStatus};
 use crate::clock::SharedClock;
+use crate::ledger::failure::SendFailure;
+use crate::ledger::states::{AttemptOutcome, MessageStatus};
 use crate::storage::{ClaimedCredential, Lease, NewMessage, StartSend, Storage, StoredMessage};
 use crate::tokens::TokenKeeper;
 use crate::wechat::breaker::Breakers;
