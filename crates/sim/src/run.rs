@@ -780,24 +780,7 @@ impl World {
                 Duration::from_millis(knobs.breaker_cooldown_ms),
             )),
         };
-        let sender = Sender::new(
-            parts,
-            SendSettings {
-                safety_margin_ms: 60_000,
-                fresh_prepay_grace_ms: 30_000,
-                lease_ms: knobs.lease_ms,
-                max_attempts: 10,
-                busy_retries: BUSY_RETRIES,
-                busy_backoff: Duration::from_millis(knobs.busy_backoff_ms),
-                not_ready_retry_ms: knobs.not_ready_retry_ms,
-                probe_limit: PROBE_LIMIT,
-                max_concurrent_calls: knobs.max_concurrent_calls,
-                call_budget_ms: knobs.call_budget_ms,
-                token_refreshes: 2,
-                token_retry_ms: knobs.token.send_retry.as_millis() as i64,
-                quota_cache_ms: knobs.token.cache.as_millis() as i64,
-            },
-        );
+        let sender = Sender::new(parts, send_settings(knobs));
         let recovery = Recovery::new(
             storage.clone(),
             sender.clone(),
@@ -1310,6 +1293,25 @@ async fn post_credentials(
         world
             .trace
             .record(&instance.name, format!("collect failed: {error:#}"));
+    }
+}
+
+/// The send path's policy of a simulated instance.
+fn send_settings(knobs: &Knobs) -> SendSettings {
+    SendSettings {
+        safety_margin_ms: 60_000,
+        fresh_prepay_grace_ms: 30_000,
+        lease_ms: knobs.lease_ms,
+        max_attempts: 10,
+        busy_retries: BUSY_RETRIES,
+        busy_backoff: Duration::from_millis(knobs.busy_backoff_ms),
+        not_ready_retry_ms: knobs.not_ready_retry_ms,
+        probe_limit: PROBE_LIMIT,
+        max_concurrent_calls: knobs.max_concurrent_calls,
+        call_budget_ms: knobs.call_budget_ms,
+        token_refreshes: 2,
+        token_retry_ms: knobs.token.send_retry.as_millis() as i64,
+        quota_cache_ms: knobs.token.cache.as_millis() as i64,
     }
 }
 
