@@ -3,10 +3,13 @@
 //!
 //! Where things live:
 //! - [`api`]: the HTTP API (routes, auth, one file per endpoint group).
-//! - [`ledger`]: the rules (credential kinds, validation, errcodes, the send path).
+//! - [`ledger`]: the rules (credential kinds, validation, errcodes), from `formid-core`.
+//! - [`sending`]: the send path: a request checked against its template,
+//!   credentials claimed, WeChat called, the answer settled.
 //! - [`storage`]: the storage trait and its SQLite and PostgreSQL implementations.
 //! - [`wechat`]: the client for WeChat's server API; [`tokens`]: the access_token keeper;
-//!   [`catalogue`]: each app's template catalogue, kept from WeChat.
+//!   [`templates`]: each app's template catalogue, kept from WeChat, and the
+//!   wire calls of template management.
 //! - [`workers`]: background work (token refresh, sweeping).
 //! - [`config`], [`startup`], [`clock`], [`telemetry`]: wiring.
 //!
@@ -15,14 +18,15 @@
 
 pub mod api;
 pub mod cache;
-pub mod catalogue;
 pub mod clock;
 pub mod config;
 pub mod ledger;
 pub mod push;
+pub mod sending;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;
+pub mod templates;
 pub mod tokens;
 pub mod wechat;
 pub mod workers;

@@ -13,12 +13,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::ApiKeys;
 use crate::api::{self, request_id, ApiContext};
-use crate::catalogue::Catalogue;
 use crate::clock::{ms, SharedClock};
-use crate::config::Settings;
-use crate::ledger::send::{SendSettings, Sender};
+use crate::config::{AppSettings, Settings};
 use crate::push::PushKeys;
+use crate::sending::{SendSettings, Sender, SenderParts};
 use crate::storage::{self, Storage};
+use crate::templates::Catalogue;
 use crate::tokens::TokenKeeper;
 use crate::wechat::breaker::Breakers;
 use crate::wechat::{SharedWeChat, WeChatClient};
@@ -63,7 +63,9 @@ impl Application {
             wechat.clone(),
             clock.clone(),
         );
-        let sender = sender(&settings, &storage, &tokens, wechat, &clock);
+        let sender = sender(
+            &settings, &storage, &tokens, wechat, &catalogue, &apps, &clock,
+        );
         let ledger = settings.ledger.clone();
         let waiting =
             WaitingSender::new(storage.clone(), sender.clone(), clock.clone(), ledger.lease);
@@ -261,20 +263,24 @@ fn sender(
     storage: &Arc<dyn Storage>,
     tokens: &TokenKeeper,
     wechat: SharedWeChat,
+    catalogue: &Catalogue,
+    apps: &Arc<BTreeMap<String, AppSettings>>,
     clock: &SharedClock,
 ) -> Sender {
-    Sender::new(
-        storage.clone(),
-        tokens.clone(),
+    let parts = SenderParts {
+        storage: storage.clone(),
+        tokens: tokens.clone(),
         wechat,
-        clock.clone(),
-        send_settings(settings),
-        Arc::new(Breakers::new(
+        clock: clock.clone(),
+        catalogue: catalogue.clone(),
+        apps: apps.clone(),
+        breakers: Arc::new(Breakers::new(
             clock.clone(),
             settings.wechat.breaker_failure_threshold,
             settings.wechat.breaker_cooldown,
         )),
-    )
+    };
+    Sender::new(parts, send_settings(settings))
 }
 
 fn send_settings(settings: &Settings) -> SendSettings {
@@ -295,6 +301,7 @@ fn send_settings(settings: &Settings) -> SendSettings {
         // after its fetch; a third, that none works for now.
         token_refreshes: 2,
         token_retry_ms: ms(settings.tokens.send_retry),
+        quota_cache_ms: ms(settings.tokens.cache),
     }
 }
 

@@ -15,9 +15,8 @@ use crate::clock::ms;
 use crate::ledger::failure::SendFailure;
 use crate::ledger::kinds::CredentialKind;
 use crate::ledger::message::parse_send_request;
-use crate::ledger::send::{AttemptSummary, PreparedSend, SendResult, SubscribeDefaults};
 use crate::ledger::states::{IdempotencyState, MessageStatus};
-use crate::ledger::templates::{check_send, SendParts};
+use crate::sending::{AttemptSummary, CheckedSend, SendRequest, SendResult};
 use crate::storage::{IdempotencyBegin, IdempotencyRecord};
 
 /// The header of an answer given again for an idempotency key.
@@ -138,7 +137,8 @@ pub async fn send(
     // The strict reader refuses duplicate keys at any depth (also in
     // `data`); the request rules then read the same bytes.
     let body = context.read_json_text(&request, payload).await?;
-    let (prepared, checked) = prepare(&context, appid, &body).await?;
+    // Checked before anything is claimed or an idempotency key is taken.
+    let checked = context.sender.check(appid, parse(&body)?).await?;
     // Time-ordered (v7): new messages land at one end of the primary key
     // index instead of all over it.
     let message_id = uuid::Uuid::now_v7().to_string();
@@ -154,7 +154,7 @@ pub async fn send(
             return replay(&context, appid, key, record, &hash).await;
         }
     }
-    let (reply, settled) = run(&context, appid, prepared, checked, &message_id).await;
+    let (reply, settled) = run(&context, appid, checked, &message_id).await;
     if let Some(key) = key.as_ref().filter(|_| settled) {
         let stored = reply.stored_body()?;
         context
@@ -165,78 +165,34 @@ pub async fn send(
     Ok(reply.respond())
 }
 
-/// The send a body asks for, checked before anything is claimed or an
-/// idempotency key is taken: against the template when the catalogue knows
-/// it, else by the rules of the channel alone (WeChat then judges the data,
-/// and the answer says it was unchecked). Also whether it was checked.
-async fn prepare(
-    context: &ApiContext,
-    appid: &str,
-    body: &[u8],
-) -> Result<(PreparedSend, bool), ApiError> {
-    let send_request = parse_send_request(body).map_err(|rejection| match rejection.code {
+/// The send a body asks for, by the rules of a send request.
+fn parse(body: &[u8]) -> Result<SendRequest, ApiError> {
+    parse_send_request(body).map_err(|rejection| match rejection.code {
         "invalid_json" => ApiError::invalid_json(rejection.message),
         _ => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_field",
             rejection.message,
         ),
-    })?;
-    let known = context
-        .catalogue
-        .for_send(appid, &send_request.template_id)
-        .await?;
-    let channel = send_request.channel(known.channel);
-    if let Some(template) = &known.template {
-        check_send(
-            template,
-            &SendParts {
-                channel,
-                data: send_request.data.as_ref(),
-                page: send_request.page.as_deref(),
-                emphasis_keyword: send_request.emphasis_keyword.as_deref(),
-                color: send_request.color.as_deref(),
-            },
-        )?;
-    }
-    let defaults = context
-        .apps
-        .get(appid)
-        .map(|app| SubscribeDefaults {
-            miniprogram_state: app.miniprogram_state,
-            lang: app.lang,
-        })
-        .unwrap_or_default();
-    let prepared = send_request.prepare(channel, defaults)?;
-    Ok((prepared, known.template.is_some()))
+    })
 }
 
-/// Runs a prepared send: its answer, and whether its outcome is settled
+/// Runs a checked send: its answer, and whether its outcome is settled
 /// (one still being settled leaves its idempotency key in flight, and a
 /// retry is answered from the message once it has ended).
 async fn run(
     context: &ApiContext,
     appid: &str,
-    prepared: PreparedSend,
-    checked: bool,
+    checked: CheckedSend,
     message_id: &str,
 ) -> (Reply, bool) {
-    let channel = prepared.channel;
-    match context.sender.send(appid, prepared, message_id).await {
-        Ok(result) => {
-            let settled = result.status != MessageStatus::Pending;
-            // WeChat does not know the template: the catalogue is stale.
-            if result
-                .attempts
-                .iter()
-                .any(|attempt| attempt.errcode == Some(40037))
-            {
-                context.catalogue.refresh_in_background(appid);
-            }
-            let mut reply = Reply::of(result, context.clock.now_ms());
+    match context.sender.send(appid, checked, message_id).await {
+        Ok(outcome) => {
+            let settled = outcome.result.status != MessageStatus::Pending;
+            let mut reply = Reply::of(outcome.result, context.clock.now_ms());
             if let SendBody::Answer(sent) = &mut reply.body {
-                sent.channel = Some(channel);
-                sent.checked = Some(checked);
+                sent.channel = Some(outcome.channel);
+                sent.checked = Some(outcome.checked);
             }
             (reply, settled)
         }

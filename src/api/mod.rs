@@ -22,11 +22,11 @@ use actix_web::http::StatusCode;
 use actix_web::web;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 
-use crate::catalogue::Catalogue;
 use crate::clock::SharedClock;
 use crate::config::{AppSettings, HttpSettings, LedgerSettings};
-use crate::ledger::send::Sender;
+use crate::sending::Sender;
 use crate::storage::Storage;
+use crate::templates::Catalogue;
 use crate::tokens::TokenKeeper;
 use auth::ApiKeys;
 use error::ApiError;

@@ -14,10 +14,10 @@ use super::error::{ErrorBody, ErrorObject};
 use crate::clock::from_ms;
 use crate::config::GrantsFrom;
 use crate::ledger::kinds::CredentialKind;
-use crate::ledger::send::AttemptSummary;
 use crate::ledger::states::{AttemptOutcome, Channel, Decision, MessageStatus, SubscriptionType};
 use crate::ledger::template_lint::{AuditRule, Finding, Severity};
 use crate::ledger::templates::Placeholder;
+use crate::sending::AttemptSummary;
 use crate::storage::{
     AttemptRow, KindQuota, MessageRow, PromptEffect, TemplateQuota, TemplateRecord,
 };

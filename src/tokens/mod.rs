@@ -137,11 +137,10 @@ pub struct TokenKeeper {
     /// does the same across processes. Without it, every request of this
     /// instance would hold "its" lease at once.
     fetching: Arc<SingleFlight>,
-    /// The apps rows as last read. Every send reads its app's token and
-    /// quota block; for `tokens.cache_ms` this process answers from memory.
-    /// Safe because a replaced token keeps working for five minutes, a
-    /// rejected one is refreshed from the database, and a 45009 seen here is
-    /// written to the copy at once.
+    /// The apps rows as last read. Every send reads its app's token; for
+    /// `tokens.cache_ms` this process answers from memory. Safe because a
+    /// replaced token keeps working for five minutes, and a rejected one is
+    /// refreshed from the database.
     rows: Arc<TtlCache<AppState>>,
     /// One check of a reported-stale token at a time per app in this
     /// process; the stored check time shares its answer across instances.
@@ -187,7 +186,7 @@ impl TokenKeeper {
     }
 
     /// The app's row, from memory when read less than `tokens.cache_ms` ago.
-    pub async fn app_state(&self, appid: &str) -> anyhow::Result<AppState> {
+    async fn app_state(&self, appid: &str) -> anyhow::Result<AppState> {
         self.rows
             .get_or_read(appid, || self.storage.app_state(appid))
             .await
@@ -198,12 +197,6 @@ impl TokenKeeper {
         let state = self.storage.app_state(appid).await?;
         self.rows.put(appid, state.clone(), self.clock.now_ms());
         Ok(state)
-    }
-
-    /// Records a 45009 block (already stored) in this process's copy.
-    pub fn note_blocked(&self, appid: &str, until_ms: i64) {
-        self.rows
-            .update(appid, |state| state.send_blocked_until = Some(until_ms));
     }
 
     /// The app's current token, fetching one when there is none usable. A

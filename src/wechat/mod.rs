@@ -1,5 +1,6 @@
 //! The client for WeChat's server API: token issue, the template send, and
-//! the template management of both template systems (`templates`).
+//! the template management of both template systems (the calls are
+//! [`crate::templates::wechat`]).
 //!
 //! Every error WeChat reports comes back as HTTP 200 with
 //! `{"errcode","errmsg"}` (docs/wechat/errcodes.md, "The shape of an
@@ -9,7 +10,8 @@
 //! errors are stripped of theirs.
 
 pub mod breaker;
-pub mod templates;
+
+use crate::templates::wechat as templates;
 
 use std::time::Duration;
 

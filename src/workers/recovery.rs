@@ -6,7 +6,7 @@
 //! back. If the message is still pending, the call may or may not have reached
 //! WeChat: the send path probes the credential when it can (one send left, not
 //! about to expire), and otherwise counts it spent and marks the message
-//! `unknown` (see `ledger::send`). A pending message that holds no credential
+//! `unknown` (see `sending`). A pending message that holds no credential
 //! never had anything in flight and is simply carried on.
 
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use tracing::Instrument;
 use super::waiting::resume_span;
 
 use crate::clock::SharedClock;
-use crate::ledger::send::Sender;
+use crate::sending::Sender;
 use crate::storage::{new_lease_token, Storage};
 
 /// Rows taken per step.

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::clock::SharedClock;
-use crate::ledger::send::Sender;
+use crate::sending::Sender;
 use tracing::Instrument;
 
 use crate::storage::{new_lease_token, Storage, StoredMessage};

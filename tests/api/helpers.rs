@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use chrono::Duration;
 use fake_wechat::{FakeWeChat, FakeWeChatServer};
-use formid_gateway::catalogue::Catalogue;
 use formid_gateway::clock::{Clock, ManualClock};
 use formid_gateway::config::Settings;
 use formid_gateway::startup::Application;
 use formid_gateway::storage::Storage;
+use formid_gateway::templates::Catalogue;
 use formid_gateway::workers::{Recovery, Sweeper, TokenRefresher, WaitingSender};
 use serde_json::{json, Value};
 use sqlx::{Connection, Executor, PgConnection};

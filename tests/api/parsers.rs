@@ -167,7 +167,7 @@ fn check_credential(credential: &NewCredential) -> Result<(), TestCaseError> {
 }
 
 /// Everything an accepted send request must satisfy.
-fn check_send(request: &formid_gateway::ledger::send::SendRequest) -> Result<(), TestCaseError> {
+fn check_send(request: &formid_gateway::sending::SendRequest) -> Result<(), TestCaseError> {
     prop_assert!(
         is_plain(&request.touser, MAX_OPENID_LEN),
         "{:?}",
@@ -208,7 +208,7 @@ type SendFields = (
     bool,
 );
 
-fn fields(request: &formid_gateway::ledger::send::SendRequest) -> SendFields {
+fn fields(request: &formid_gateway::sending::SendRequest) -> SendFields {
     (
         request.touser.clone(),
         request.template_id.clone(),
@@ -222,7 +222,7 @@ fn fields(request: &formid_gateway::ledger::send::SendRequest) -> SendFields {
 }
 
 /// A send body again, from what was parsed.
-fn reserialise(request: &formid_gateway::ledger::send::SendRequest) -> Vec<u8> {
+fn reserialise(request: &formid_gateway::sending::SendRequest) -> Vec<u8> {
     let mut body = Map::new();
     body.insert("touser".into(), json!(request.touser));
     body.insert("template_id".into(), json!(request.template_id));

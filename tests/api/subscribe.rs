@@ -726,7 +726,7 @@ async fn another_instance_sees_a_first_decision_within_a_second() {
     assert_eq!(send_via_sibling().await.body["channel"], "template");
     // ...and reads the ledger again once the copy is a second old.
     app.clock.advance(chrono::Duration::milliseconds(
-        formid_gateway::catalogue::SEND_TEMPLATES_TTL_MS,
+        formid_gateway::templates::SEND_TEMPLATES_TTL_MS,
     ));
     let answer = send_via_sibling().await;
     assert_eq!(answer.body["channel"], "subscribe", "{:?}", answer.body);

@@ -256,7 +256,7 @@ async fn refresh_rereads_wechat_and_a_refused_token_is_refreshed_once(#[case] ba
         "{:?}",
         app.fake.manage_calls()
     );
-    formid_gateway::catalogue::refresh_catalogue(&app.catalogue, APPID)
+    formid_gateway::templates::refresh_catalogue(&app.catalogue, APPID)
         .await
         .unwrap();
 }

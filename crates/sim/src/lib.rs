@@ -1,7 +1,7 @@
 //! A deterministic simulation of formid-gateway's send path (issue 10,
 //! "prove the promise").
 //!
-//! Several gateway instances — each a real [`Sender`](formid_gateway::ledger::send::Sender),
+//! Several gateway instances — each a real [`Sender`](formid_gateway::sending::Sender),
 //! [`TokenKeeper`](formid_gateway::tokens::TokenKeeper), [`Recovery`](formid_gateway::workers::Recovery)
 //! and [`WaitingSender`](formid_gateway::workers::WaitingSender) — share one ledger and one
 //! WeChat. WeChat is an in-process model ([`wechat_model`]) that knows each

@@ -19,9 +19,10 @@ use formid_gateway::clock::SharedClock;
 use formid_gateway::config::{AppSettings, TokenMode, TokenSettings};
 use formid_gateway::ledger::collect::{parse_item, CollectContext};
 use formid_gateway::ledger::kinds::CredentialKind;
-use formid_gateway::ledger::send::{SendRequest, SendSettings, Sender, SubscribeDefaults};
 use formid_gateway::ledger::states::{Channel, Decision, Delivery, MessageStatus};
+use formid_gateway::sending::{SendRequest, SendSettings, Sender, SenderParts};
 use formid_gateway::storage::{NewPrompt, PromptDecision, Storage};
+use formid_gateway::templates::Catalogue;
 use formid_gateway::tokens::TokenKeeper;
 use formid_gateway::wechat::breaker::Breakers;
 use formid_gateway::workers::{Recovery, Sweeper, TokenRefresher, WaitingSender};
@@ -760,31 +761,26 @@ impl World {
         );
         let lease = Duration::from_millis(knobs.lease_ms as u64);
         let safety_margin = Duration::from_secs(60);
-        let sender = Sender::new(
+        let catalogue = Catalogue::new(
             storage.clone(),
             tokens.clone(),
-            wechat,
+            wechat.clone(),
             shared_clock.clone(),
-            SendSettings {
-                safety_margin_ms: 60_000,
-                fresh_prepay_grace_ms: 30_000,
-                lease_ms: knobs.lease_ms,
-                max_attempts: 10,
-                busy_retries: BUSY_RETRIES,
-                busy_backoff: Duration::from_millis(knobs.busy_backoff_ms),
-                not_ready_retry_ms: knobs.not_ready_retry_ms,
-                probe_limit: PROBE_LIMIT,
-                max_concurrent_calls: knobs.max_concurrent_calls,
-                call_budget_ms: knobs.call_budget_ms,
-                token_refreshes: 2,
-                token_retry_ms: knobs.token.send_retry.as_millis() as i64,
-            },
-            Arc::new(Breakers::new(
+        );
+        let parts = SenderParts {
+            storage: storage.clone(),
+            tokens: tokens.clone(),
+            wechat,
+            clock: shared_clock.clone(),
+            catalogue,
+            apps: self.apps.clone(),
+            breakers: Arc::new(Breakers::new(
                 shared_clock.clone(),
                 5,
                 Duration::from_millis(knobs.breaker_cooldown_ms),
             )),
-        );
+        };
+        let sender = Sender::new(parts, send_settings(knobs));
         let recovery = Recovery::new(
             storage.clone(),
             sender.clone(),
@@ -1300,11 +1296,30 @@ async fn post_credentials(
     }
 }
 
+/// The send path's policy of a simulated instance.
+fn send_settings(knobs: &Knobs) -> SendSettings {
+    SendSettings {
+        safety_margin_ms: 60_000,
+        fresh_prepay_grace_ms: 30_000,
+        lease_ms: knobs.lease_ms,
+        max_attempts: 10,
+        busy_retries: BUSY_RETRIES,
+        busy_backoff: Duration::from_millis(knobs.busy_backoff_ms),
+        not_ready_retry_ms: knobs.not_ready_retry_ms,
+        probe_limit: PROBE_LIMIT,
+        max_concurrent_calls: knobs.max_concurrent_calls,
+        call_budget_ms: knobs.call_budget_ms,
+        token_refreshes: 2,
+        token_retry_ms: knobs.token.send_retry.as_millis() as i64,
+        quota_cache_ms: knobs.token.cache.as_millis() as i64,
+    }
+}
+
 /// What each send's caller was answered, by message id.
 pub type Told = Arc<Mutex<BTreeMap<String, MessageStatus>>>;
 
-/// Starts a send on an instance, as its HTTP handler would: the channel
-/// from what the ledger knows of the template, the body checked for it.
+/// Starts a send on an instance, as its HTTP handler would: the request
+/// checked by the instance's `Sender` (channel, template, defaults), then sent.
 fn spawn_send(
     instance: &Instance,
     send: &SendPlan,
@@ -1312,7 +1327,6 @@ fn spawn_send(
     told: Told,
 ) -> JoinHandle<()> {
     let sender = instance.sender.clone();
-    let storage = instance.storage.clone();
     let name = instance.name.clone();
     let id = send.id.clone();
     let request = SendRequest {
@@ -1358,23 +1372,16 @@ fn spawn_send(
         ),
     );
     tokio::spawn(async move {
-        let known = match storage.send_templates(APPID).await {
-            Ok(templates) => templates.for_send(&request.template_id).channel,
-            Err(error) => {
-                trace.record(&name, format!("send {id} failed: {error:#}"));
-                return;
-            }
-        };
-        let channel = request.channel(known);
-        let prepared = match request.prepare(channel, SubscribeDefaults::default()) {
-            Ok(prepared) => prepared,
+        let checked = match sender.check(APPID, request).await {
+            Ok(checked) => checked,
             Err(error) => {
                 trace.record(&name, format!("send {id} refused: {error}"));
                 return;
             }
         };
-        let line = match sender.send(APPID, prepared, &id).await {
-            Ok(result) => {
+        let line = match sender.send(APPID, checked, &id).await {
+            Ok(outcome) => {
+                let result = outcome.result;
                 told.lock().expect("told").insert(id.clone(), result.status);
                 format!(
                     "send {id} answered {}{} [{}]",

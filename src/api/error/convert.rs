@@ -4,12 +4,13 @@
 use actix_web::http::StatusCode;
 
 use super::ApiError;
-use crate::catalogue::CatalogueError;
 use crate::ledger::collect::Rejection;
 use crate::ledger::failure::SendFailure;
 use crate::ledger::settle::{classify, Verdict};
 use crate::ledger::templates::InvalidTemplateData;
 use crate::push::PushError;
+use crate::sending::SendRefusal;
+use crate::templates::CatalogueError;
 use crate::tokens::TokenError;
 use crate::wechat::CallError;
 
@@ -42,6 +43,17 @@ impl From<InvalidTemplateData> for ApiError {
         )
         .with_detail("field", invalid.field)
         .with_detail("rule", invalid.rule)
+    }
+}
+
+/// A send refused before anything was claimed: 422 for a request that does
+/// not fit, 500 when the ledger failed.
+impl From<SendRefusal> for ApiError {
+    fn from(refusal: SendRefusal) -> Self {
+        match refusal {
+            SendRefusal::Invalid(invalid) => invalid.into(),
+            SendRefusal::Ledger(error) => error.into(),
+        }
     }
 }
 

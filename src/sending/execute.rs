@@ -406,8 +406,7 @@ impl<'a> Run<'a> {
         let sender = self.sender;
         let appid = self.message.appid.as_str();
         if let Some(until_ms) = finish.blocks_sends_until {
-            sender.storage.block_sends(appid, until_ms).await?;
-            sender.tokens.note_blocked(appid, until_ms);
+            sender.quota.block(appid, until_ms).await?;
         }
         let (status, failure) = (finish.fate.status(), finish.fate.failure());
         let message = message_outcome(status, failure.as_ref());

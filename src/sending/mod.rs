@@ -1,4 +1,5 @@
-//! The send path: claim the credential that expires soonest, call WeChat, and
+//! The send path: check a request against what the app knows of its
+//! template, claim the credential that expires soonest, call WeChat, and
 //! settle by its errcode.
 //!
 //! Split along its concerns:
@@ -11,7 +12,9 @@
 //!   `decide` and `run` say;
 //! - `guard`: what stands before every call: the per-app call bound and the
 //!   circuit breaker (a lease with room for the whole call is the
-//!   executor's `ensure_lease_room`).
+//!   executor's `ensure_lease_room`);
+//! - [`quota`]: the app's quota block after a 45009, its only reader and
+//!   writer.
 //!
 //! Each step is its own short write: the claim leases a credential to the
 //! message under the run's fencing token, the call to WeChat happens with no
@@ -24,9 +27,11 @@
 
 mod execute;
 mod guard;
+pub mod quota;
 
 pub use formid_core::send::{decide, request, run};
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,15 +39,19 @@ use serde::Serialize;
 
 pub use request::{InvalidTemplateData, PreparedSend, SendRequest, SubscribeDefaults};
 
-use super::failure::SendFailure;
-use super::states::{AttemptOutcome, MessageStatus};
 use crate::clock::SharedClock;
+use crate::config::AppSettings;
+use crate::ledger::failure::SendFailure;
+use crate::ledger::states::{AttemptOutcome, Channel, MessageStatus};
+use crate::ledger::templates::{check_send, SendParts};
 use crate::storage::{ClaimedCredential, Lease, NewMessage, StartSend, Storage, StoredMessage};
+use crate::templates::Catalogue;
 use crate::tokens::TokenKeeper;
 use crate::wechat::breaker::Breakers;
 use crate::wechat::SharedWeChat;
 use execute::{OutgoingMessage, Run};
 use guard::CallGuard;
+pub use quota::QuotaBlock;
 use run::Start;
 
 /// Policy of the send path.
@@ -68,6 +77,9 @@ pub struct SendSettings {
     pub token_refreshes: u32,
     /// How soon a message that found no usable token tries again.
     pub token_retry_ms: i64,
+    /// How long this process uses its copy of an app's quota block before
+    /// reading it again.
+    pub quota_cache_ms: i64,
 }
 
 /// One attempt as the caller sees it.
@@ -95,6 +107,69 @@ pub struct SendResult {
     pub attempts: Vec<AttemptSummary>,
 }
 
+/// A send request checked against what the app knows of its template,
+/// shaped for its channel: ready to be sent.
+#[derive(Debug, Clone)]
+pub struct CheckedSend {
+    prepared: PreparedSend,
+    checked: bool,
+}
+
+impl CheckedSend {
+    /// The channel the message goes out on.
+    pub fn channel(&self) -> Channel {
+        self.prepared.channel
+    }
+
+    /// Whether the data was checked against a catalogued template (else
+    /// only by the rules of the channel, and WeChat judges the data).
+    pub fn checked(&self) -> bool {
+        self.checked
+    }
+}
+
+/// Why a send request was refused before anything was claimed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendRefusal {
+    /// The request does not fit its channel or its catalogued template.
+    #[error(transparent)]
+    Invalid(#[from] InvalidTemplateData),
+    /// The ledger could not be read.
+    #[error(transparent)]
+    Ledger(#[from] anyhow::Error),
+}
+
+/// Where a send ended (for now), and how it went out.
+#[derive(Debug, Clone)]
+pub struct SendOutcome {
+    /// The message's state and attempts.
+    pub result: SendResult,
+    /// The channel it went by.
+    pub channel: Channel,
+    /// Whether its data was checked against a catalogued template.
+    pub checked: bool,
+}
+
+/// What a [`Sender`] works with.
+#[derive(Debug, Clone)]
+pub struct SenderParts {
+    /// The ledger.
+    pub storage: Arc<dyn Storage>,
+    /// The apps' access tokens.
+    pub tokens: TokenKeeper,
+    /// WeChat.
+    pub wechat: SharedWeChat,
+    /// The service's clock.
+    pub clock: SharedClock,
+    /// The apps' templates: what a request is checked against, refreshed
+    /// after a 40037.
+    pub catalogue: Catalogue,
+    /// The apps' settings: the defaults of their subscribe sends.
+    pub apps: Arc<BTreeMap<String, AppSettings>>,
+    /// The circuit breakers of the calls to WeChat.
+    pub breakers: Arc<Breakers>,
+}
+
 /// Applies the ledger rules to messages; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Sender {
@@ -102,33 +177,102 @@ pub struct Sender {
     tokens: TokenKeeper,
     wechat: SharedWeChat,
     clock: SharedClock,
+    catalogue: Catalogue,
+    apps: Arc<BTreeMap<String, AppSettings>>,
+    quota: QuotaBlock,
     settings: SendSettings,
     guard: CallGuard,
 }
 
 impl Sender {
-    pub fn new(
-        storage: Arc<dyn Storage>,
-        tokens: TokenKeeper,
-        wechat: SharedWeChat,
-        clock: SharedClock,
-        settings: SendSettings,
-        breakers: Arc<Breakers>,
-    ) -> Self {
-        let guard = CallGuard::new(breakers, settings.max_concurrent_calls);
+    /// A send path over `parts`, by `settings`.
+    pub fn new(parts: SenderParts, settings: SendSettings) -> Self {
+        let guard = CallGuard::new(parts.breakers, settings.max_concurrent_calls);
+        let quota = QuotaBlock::new(
+            parts.storage.clone(),
+            parts.clock.clone(),
+            settings.quota_cache_ms,
+        );
         Self {
-            storage,
-            tokens,
-            wechat,
-            clock,
+            storage: parts.storage,
+            tokens: parts.tokens,
+            wechat: parts.wechat,
+            clock: parts.clock,
+            catalogue: parts.catalogue,
+            apps: parts.apps,
+            quota,
             settings,
             guard,
         }
     }
 
-    /// Records a new message with the given id and sends it.
-    #[tracing::instrument(name = "send", skip_all, fields(appid = %appid, message_id = %message_id))]
+    /// Checks a request before anything is claimed: against its template
+    /// when the app's catalogue knows it (the catalogue's copy, see
+    /// [`Catalogue::for_send`]), else by the rules of the channel alone. The
+    /// channel is the one the request names, else the one the catalogue or
+    /// the users' decisions give the template, else the template channel; a
+    /// subscribe send takes the app's defaults for what it does not name.
+    pub async fn check(
+        &self,
+        appid: &str,
+        request: SendRequest,
+    ) -> Result<CheckedSend, SendRefusal> {
+        let known = self.catalogue.for_send(appid, &request.template_id).await?;
+        let channel = request.channel(known.channel);
+        if let Some(template) = &known.template {
+            check_send(
+                template,
+                &SendParts {
+                    channel,
+                    data: request.data.as_ref(),
+                    page: request.page.as_deref(),
+                    emphasis_keyword: request.emphasis_keyword.as_deref(),
+                    color: request.color.as_deref(),
+                },
+            )?;
+        }
+        let defaults = self
+            .apps
+            .get(appid)
+            .map(|app| SubscribeDefaults {
+                miniprogram_state: app.miniprogram_state,
+                lang: app.lang,
+            })
+            .unwrap_or_default();
+        Ok(CheckedSend {
+            prepared: request.prepare(channel, defaults)?,
+            checked: known.template.is_some(),
+        })
+    }
+
+    /// Records a new message with the given id and sends it. An answer of
+    /// 40037 (WeChat does not know the template) means the app's catalogue
+    /// is stale: it is read again in the background.
     pub async fn send(
+        &self,
+        appid: &str,
+        send: CheckedSend,
+        message_id: &str,
+    ) -> anyhow::Result<SendOutcome> {
+        let (channel, checked) = (send.channel(), send.checked);
+        let result = self.start(appid, send.prepared, message_id).await?;
+        if result
+            .attempts
+            .iter()
+            .any(|attempt| attempt.errcode == Some(40037))
+        {
+            self.catalogue.refresh_in_background(appid);
+        }
+        Ok(SendOutcome {
+            result,
+            channel,
+            checked,
+        })
+    }
+
+    /// Records a new message with the given id and runs it.
+    #[tracing::instrument(name = "send", skip_all, fields(appid = %appid, message_id = %message_id))]
+    async fn start(
         &self,
         appid: &str,
         request: PreparedSend,
@@ -165,7 +309,7 @@ impl Sender {
             wait_until,
         };
         // 45009 earlier today: answer at once, without calling WeChat.
-        let blocked_until = self.tokens.app_state(appid).await?.send_blocked_until;
+        let blocked_until = self.quota.blocked_until(appid).await?;
         let start = match run::quota_block(blocked_until, now) {
             Some(until_ms) => {
                 self.storage.create_message(&message, now).await?;
@@ -200,11 +344,7 @@ impl Sender {
         // The lease may have aged while the slot was awaited: the first
         // claim renews it.
         let lease_until = self.clock.now_ms();
-        let blocked_until = self
-            .tokens
-            .app_state(&message.appid)
-            .await?
-            .send_blocked_until;
+        let blocked_until = self.quota.blocked_until(&message.appid).await?;
         let start = match run::quota_block(blocked_until, self.clock.now_ms()) {
             Some(until_ms) => Start::QuotaBlocked { until_ms },
             None => Start::ClaimFirst,

@@ -1,5 +1,5 @@
 //! The template-management calls of WeChat's two template systems, as one
-//! enum the client sends ([`WeChatApi::manage_templates`](super::WeChatApi)):
+//! enum the client sends ([`WeChatApi::manage_templates`](crate::wechat::WeChatApi)):
 //!
 //! * the classic template-message library, `cgi-bin/wxopen/template/*`
 //!   (docs/wechat/template-messages.md, "The classic template library": all
