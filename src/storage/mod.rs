@@ -148,6 +148,41 @@ pub struct IdempotencyRecord {
     pub response_body: Option<String>,
 }
 
+/// A claim of a user's credential for a message (see
+/// [`Storage::claim_credential`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRequest<'a> {
+    pub appid: &'a str,
+    /// The user whose credential is claimed.
+    pub openid: &'a str,
+    /// The template whose grants (or long-term subscription) pay for a
+    /// subscribe message; `None` claims a form_id or prepay_id.
+    pub grant_of: Option<&'a str>,
+    /// The run's hold on the message, which the claim fences on.
+    pub lease: &'a Lease,
+    /// Only credentials expiring after this are usable.
+    pub valid_after: i64,
+    /// Until when the credential and the message stay leased.
+    pub lease_until: i64,
+    pub now: i64,
+}
+
+/// A request that takes an idempotency key (see
+/// [`Storage::begin_idempotent`]).
+#[derive(Debug, Clone, Copy)]
+pub struct IdempotencyRequest<'a> {
+    pub appid: &'a str,
+    /// The `Idempotency-Key` the client sent.
+    pub key: &'a str,
+    /// SHA-256 of the request body, to tell a retry from a reuse.
+    pub request_hash: &'a str,
+    /// The message the request creates.
+    pub message_id: &'a str,
+    pub now: i64,
+    /// When the key may be taken again.
+    pub expires_at: i64,
+}
+
 /// What [`Storage::begin_idempotent`] found.
 #[derive(Debug, Clone)]
 pub enum IdempotencyBegin {
@@ -363,20 +398,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// soonest after `valid_after` to the lease's message, until
     /// `lease_until`, and renews the message's own lease to the same time —
     /// only while the message is still the lease's (its token unchanged).
-    /// `grant_of` names the template whose grants (or long-term
-    /// subscription) pay for a subscribe message; `None` claims a form_id or
-    /// prepay_id.
-    #[allow(clippy::too_many_arguments)]
-    async fn claim_credential(
-        &self,
-        appid: &str,
-        openid: &str,
-        grant_of: Option<&str>,
-        lease: &Lease,
-        valid_after: i64,
-        lease_until: i64,
-        now: i64,
-    ) -> anyhow::Result<Claim>;
+    /// See [`ClaimRequest`] for the fields.
+    async fn claim_credential(&self, claim: &ClaimRequest<'_>) -> anyhow::Result<Claim>;
 
     /// The common start of a send, batched with concurrent ones (group
     /// commit): records the message and claims its first credential (leased
@@ -481,15 +504,9 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     async fn stored_message(&self, id: &str) -> anyhow::Result<Option<StoredMessage>>;
 
     /// Takes an idempotency key for a request, unless it is already taken.
-    #[allow(clippy::too_many_arguments)]
     async fn begin_idempotent(
         &self,
-        appid: &str,
-        key: &str,
-        request_hash: &str,
-        message_id: &str,
-        now: i64,
-        expires_at: i64,
+        request: &IdempotencyRequest<'_>,
     ) -> anyhow::Result<IdempotencyBegin>;
 
     /// Stores the answer of the request that owns the key.

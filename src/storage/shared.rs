@@ -124,16 +124,8 @@ macro_rules! impl_storage {
                     .context("reading the user's quota")
             }
 
-            async fn claim_credential(
-                &self,
-                appid: &str,
-                openid: &str,
-                grant_of: Option<&str>,
-                lease: &Lease,
-                valid_after: i64,
-                lease_until: i64,
-                now: i64,
-            ) -> anyhow::Result<Claim> {
+            async fn claim_credential(&self, claim: &ClaimRequest<'_>) -> anyhow::Result<Claim> {
+                let ClaimRequest { appid, openid, grant_of, lease, valid_after, lease_until, now } = *claim;
                 let mut tx = self.begin_write().await?;
                 if !Self::fence(&mut tx, lease, lease_until).await? {
                     return Ok(Claim::LeaseLost);
@@ -390,13 +382,9 @@ macro_rules! impl_storage {
 
             async fn begin_idempotent(
                 &self,
-                appid: &str,
-                key: &str,
-                request_hash: &str,
-                message_id: &str,
-                now: i64,
-                expires_at: i64,
+                request: &IdempotencyRequest<'_>,
             ) -> anyhow::Result<IdempotencyBegin> {
+                let IdempotencyRequest { appid, key, request_hash, message_id, now, expires_at } = *request;
                 let mut tx = self.begin_write().await?;
                 let taken: Option<String> = sqlx::query_scalar(sql::BEGIN_IDEMPOTENT)
                     .bind(appid)

@@ -23,10 +23,11 @@ use formid_gateway::ledger::states::{
     AttemptOutcome, Channel, CredentialState, Decision, Delivery, IdempotencyState, MessageStatus,
 };
 use formid_gateway::storage::{
-    AppState, AttemptRow, Claim, ClaimedCredential, EndSend, IdempotencyBegin, IdempotencyRecord,
-    InsertOutcome, KindQuota, Lease, MessageOutcome, MessageRow, NewAttempt, NewCredential,
-    NewMessage, NewPrompt, NewPushEvent, PromptEffect, PromptRecord, PushItemOutcome,
-    SendTemplates, Settlement, StartSend, Storage, StoredMessage, SweepReport, TemplateQuota,
+    AppState, AttemptRow, Claim, ClaimRequest, ClaimedCredential, EndSend, IdempotencyBegin,
+    IdempotencyRecord, IdempotencyRequest, InsertOutcome, KindQuota, Lease, MessageOutcome,
+    MessageRow, NewAttempt, NewCredential, NewMessage, NewPrompt, NewPushEvent, PromptEffect,
+    PromptRecord, PushItemOutcome, SendTemplates, Settlement, StartSend, Storage, StoredMessage,
+    SweepReport, TemplateQuota,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -330,17 +331,16 @@ impl Tables {
 
     /// `CLAIM` (without its fence): the user's available credential expiring
     /// soonest after `valid_after`, by `(expires_at, id)`.
-    #[allow(clippy::too_many_arguments)]
-    fn claim(
-        &mut self,
-        appid: &str,
-        openid: &str,
-        grant_of: Option<&str>,
-        lease: &Lease,
-        valid_after: i64,
-        lease_until: i64,
-        now: i64,
-    ) -> Option<ClaimedCredential> {
+    fn claim(&mut self, claim: &ClaimRequest<'_>) -> Option<ClaimedCredential> {
+        let ClaimRequest {
+            appid,
+            openid,
+            grant_of,
+            lease,
+            valid_after,
+            lease_until,
+            now,
+        } = *claim;
         let id = self
             .credentials
             .values()
@@ -799,29 +799,21 @@ impl Storage for LedgerModel {
         .await
     }
 
-    async fn claim_credential(
-        &self,
-        appid: &str,
-        openid: &str,
-        grant_of: Option<&str>,
-        lease: &Lease,
-        valid_after: i64,
-        lease_until: i64,
-        now: i64,
-    ) -> anyhow::Result<Claim> {
+    async fn claim_credential(&self, claim: &ClaimRequest<'_>) -> anyhow::Result<Claim> {
+        let ClaimRequest {
+            appid,
+            openid,
+            grant_of,
+            lease,
+            lease_until,
+            now,
+            ..
+        } = *claim;
         self.write(|t| {
             if !t.fence(lease, Some(lease_until)) {
                 return Ok(Claim::LeaseLost);
             }
-            let claimed = t.claim(
-                appid,
-                openid,
-                grant_of,
-                lease,
-                valid_after,
-                lease_until,
-                now,
-            );
+            let claimed = t.claim(claim);
             // `CLAIM_LONG_TERM`, in the same transaction, only when no grant was claimed.
             let claimed = match (claimed, grant_of) {
                 (None, Some(template_id)) => {
@@ -842,15 +834,15 @@ impl Storage for LedgerModel {
                 message_id: message.id.clone(),
                 token: message.lease_token,
             };
-            Ok(t.claim(
-                &message.appid,
-                &message.touser,
-                message.grant_of(),
-                &lease,
-                start.valid_after,
-                message.lease_until,
-                start.now,
-            ))
+            Ok(t.claim(&ClaimRequest {
+                appid: &message.appid,
+                openid: &message.touser,
+                grant_of: message.grant_of(),
+                lease: &lease,
+                valid_after: start.valid_after,
+                lease_until: message.lease_until,
+                now: start.now,
+            }))
         })
         .await
     }
@@ -1104,13 +1096,16 @@ impl Storage for LedgerModel {
 
     async fn begin_idempotent(
         &self,
-        appid: &str,
-        key: &str,
-        request_hash: &str,
-        message_id: &str,
-        now: i64,
-        expires_at: i64,
+        request: &IdempotencyRequest<'_>,
     ) -> anyhow::Result<IdempotencyBegin> {
+        let IdempotencyRequest {
+            appid,
+            key,
+            request_hash,
+            message_id,
+            now,
+            expires_at,
+        } = *request;
         self.write(|t| {
             let slot = (appid.to_owned(), key.to_owned());
             match t.idempotency.get(&slot) {
