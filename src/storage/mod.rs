@@ -1,4 +1,11 @@
-//! The ledger's storage: one trait, a SQLite and a PostgreSQL implementation.
+//! The ledger's storage: one contract, a SQLite and a PostgreSQL
+//! implementation.
+//!
+//! The contract comes in groups a part of the service can hold on its own:
+//! [`CredentialStore`], [`MessageStore`], [`IdempotencyStore`],
+//! [`SubscriptionStore`], [`TemplateStore`], [`AppStore`] and
+//! [`MaintenanceStore`]. [`Storage`] is all of them at once, implemented for
+//! whatever implements every group.
 //!
 //! Both run one schema (`migrations/sqlite`, `migrations/postgres`: the same
 //! versions but SQLite's 0008, which rebuilds its `CHECK`s without `IN`
@@ -149,7 +156,7 @@ pub struct IdempotencyRecord {
 }
 
 /// A claim of a user's credential for a message (see
-/// [`Storage::claim_credential`]).
+/// [`CredentialStore::claim_credential`]).
 #[derive(Debug, Clone, Copy)]
 pub struct ClaimRequest<'a> {
     pub appid: &'a str,
@@ -168,7 +175,7 @@ pub struct ClaimRequest<'a> {
 }
 
 /// A request that takes an idempotency key (see
-/// [`Storage::begin_idempotent`]).
+/// [`IdempotencyStore::begin_idempotent`]).
 #[derive(Debug, Clone, Copy)]
 pub struct IdempotencyRequest<'a> {
     pub appid: &'a str,
@@ -183,7 +190,7 @@ pub struct IdempotencyRequest<'a> {
     pub expires_at: i64,
 }
 
-/// What [`Storage::begin_idempotent`] found.
+/// What [`IdempotencyStore::begin_idempotent`] found.
 #[derive(Debug, Clone)]
 pub enum IdempotencyBegin {
     /// This request owns the key: go ahead.
@@ -264,7 +271,7 @@ pub struct NewPrompt {
     pub grants: bool,
 }
 
-/// What [`Storage::record_prompt`] did.
+/// What [`SubscriptionStore::record_prompt`] did.
 #[derive(Debug, Clone)]
 pub enum PromptRecord {
     /// Recorded now, with the effect on each template in order.
@@ -368,15 +375,10 @@ pub struct SweepReport {
     pub deleted_push_events: u64,
 }
 
-/// The ledger's storage contract.
+/// The ledger's credentials: collected, counted, leased to a message,
+/// taken back from a run whose lease ran out, and given back.
 #[async_trait]
-pub trait Storage: Send + Sync + std::fmt::Debug {
-    /// Checks that the database answers.
-    async fn ping(&self) -> anyhow::Result<()>;
-
-    /// Makes sure the per-app row exists.
-    async fn ensure_app(&self, appid: &str) -> anyhow::Result<()>;
-
+pub trait CredentialStore: Send + Sync {
     /// Stores credentials of one app, one outcome per item in order, and
     /// makes the waiting messages of the users who got one due now.
     async fn insert_credentials(
@@ -401,6 +403,26 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// See [`ClaimRequest`] for the fields.
     async fn claim_credential(&self, claim: &ClaimRequest<'_>) -> anyhow::Result<Claim>;
 
+    /// Returns credentials leased under `token` to the pool untouched.
+    async fn release_credentials(&self, ids: &[i64], token: i64, now: i64) -> anyhow::Result<()>;
+
+    /// Takes up to `limit` leased credentials whose lease ran out, re-leasing
+    /// them to the caller until `lease_until` under `token` — and, in the same
+    /// transaction, their pending messages under the same token, so that the
+    /// run that held them is fenced off from both.
+    async fn claim_expired_leases(
+        &self,
+        now: i64,
+        lease_until: i64,
+        token: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<ClaimedCredential>>;
+}
+
+/// The ledger's messages and their sends: recorded, claimed for, settled
+/// under their lease, finished, kept waiting, taken over by the workers, read.
+#[async_trait]
+pub trait MessageStore: Send + Sync {
     /// The common start of a send, batched with concurrent ones (group
     /// commit): records the message and claims its first credential (leased
     /// until the message's own lease) in one transaction.
@@ -478,18 +500,6 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         limit: i64,
     ) -> anyhow::Result<Vec<StoredMessage>>;
 
-    /// Takes up to `limit` leased credentials whose lease ran out, re-leasing
-    /// them to the caller until `lease_until` under `token` — and, in the same
-    /// transaction, their pending messages under the same token, so that the
-    /// run that held them is fenced off from both.
-    async fn claim_expired_leases(
-        &self,
-        now: i64,
-        lease_until: i64,
-        token: i64,
-        limit: i64,
-    ) -> anyhow::Result<Vec<ClaimedCredential>>;
-
     /// Takes up to `limit` pending messages whose lease ran out and that hold
     /// no credential, under `token`.
     async fn claim_stale_messages(
@@ -503,6 +513,18 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// A message for the send path, whatever its app.
     async fn stored_message(&self, id: &str) -> anyhow::Result<Option<StoredMessage>>;
 
+    /// A message of the app with its attempts in order.
+    async fn message(
+        &self,
+        appid: &str,
+        id: &str,
+    ) -> anyhow::Result<Option<(MessageRow, Vec<AttemptRow>)>>;
+}
+
+/// Idempotency keys: one request owns a key, and its answer is replayed
+/// to the retries.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync {
     /// Takes an idempotency key for a request, unless it is already taken.
     async fn begin_idempotent(
         &self,
@@ -518,11 +540,13 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         status: u16,
         body: &str,
     ) -> anyhow::Result<()>;
+}
 
-    /// What the app's sends need to know of its templates: its catalogue,
-    /// and the templates its users decided on (see [`SendTemplates`]).
-    async fn send_templates(&self, appid: &str) -> anyhow::Result<SendTemplates>;
-
+/// What pays for subscribe messages: the prompt results and pushes that
+/// grant and revoke, a user's standing, and the message a pushed delivery
+/// reports on.
+#[async_trait]
+pub trait SubscriptionStore: Send + Sync {
     /// Records a prompt result once per (app, user, request_id), in one
     /// transaction: each decision as the user's latest, and (when the
     /// prompt grants) one grant per accepted one-time template or the
@@ -550,16 +574,6 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         openid: &str,
     ) -> anyhow::Result<Vec<TemplateQuota>>;
 
-    /// Returns credentials leased under `token` to the pool untouched.
-    async fn release_credentials(&self, ids: &[i64], token: i64, now: i64) -> anyhow::Result<()>;
-
-    /// A message of the app with its attempts in order.
-    async fn message(
-        &self,
-        appid: &str,
-        id: &str,
-    ) -> anyhow::Result<Option<(MessageRow, Vec<AttemptRow>)>>;
-
     /// The message of the app's user whose attempt carries `msgid` (a
     /// delivered subscribe send), if the ledger has recorded it yet.
     async fn message_of_msgid(
@@ -568,7 +582,47 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         openid: &str,
         msgid: &str,
     ) -> anyhow::Result<Option<String>>;
+}
 
+/// An app's template catalogue as WeChat lists it, and what its sends
+/// check against.
+#[async_trait]
+pub trait TemplateStore: Send + Sync {
+    /// What the app's sends need to know of its templates: its catalogue,
+    /// and the templates its users decided on (see [`SendTemplates`]).
+    async fn send_templates(&self, appid: &str) -> anyhow::Result<SendTemplates>;
+
+    /// Replaces the app's templates of one channel with a WeChat listing, in
+    /// one transaction: the channel's rows not in `templates` are deleted,
+    /// the others written as given.
+    async fn replace_templates_batch(
+        &self,
+        appid: &str,
+        channel: Channel,
+        templates: &[TemplateRecord],
+    ) -> anyhow::Result<()>;
+
+    /// Writes one template of the app (inserted, or replacing the stored one).
+    async fn upsert_template(&self, appid: &str, template: &TemplateRecord) -> anyhow::Result<()>;
+
+    /// Deletes one template of the app; `false` when it was not stored.
+    async fn delete_template(&self, appid: &str, template_id: &str) -> anyhow::Result<bool>;
+
+    /// The app's templates of both channels, by channel then title.
+    async fn templates(&self, appid: &str) -> anyhow::Result<Vec<TemplateRecord>>;
+
+    /// One template of the app, for the checks before a send.
+    async fn template(
+        &self,
+        appid: &str,
+        template_id: &str,
+    ) -> anyhow::Result<Option<TemplateRecord>>;
+}
+
+/// The per-app row: the access token, its refresh lease, fetch budget and
+/// checks, forced refreshes, and the block on the app's sends.
+#[async_trait]
+pub trait AppStore: Send + Sync {
     /// The per-app row.
     async fn app_state(&self, appid: &str) -> anyhow::Result<AppState>;
 
@@ -618,32 +672,16 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 
     /// Stops sends of the app until `until` (errcode 45009).
     async fn block_sends(&self, appid: &str, until: i64) -> anyhow::Result<()>;
+}
 
-    /// Replaces the app's templates of one channel with a WeChat listing, in
-    /// one transaction: the channel's rows not in `templates` are deleted,
-    /// the others written as given.
-    async fn replace_templates_batch(
-        &self,
-        appid: &str,
-        channel: Channel,
-        templates: &[TemplateRecord],
-    ) -> anyhow::Result<()>;
+/// The ledger's upkeep: the health check, the app rows, the sweep.
+#[async_trait]
+pub trait MaintenanceStore: Send + Sync {
+    /// Checks that the database answers.
+    async fn ping(&self) -> anyhow::Result<()>;
 
-    /// Writes one template of the app (inserted, or replacing the stored one).
-    async fn upsert_template(&self, appid: &str, template: &TemplateRecord) -> anyhow::Result<()>;
-
-    /// Deletes one template of the app; `false` when it was not stored.
-    async fn delete_template(&self, appid: &str, template_id: &str) -> anyhow::Result<bool>;
-
-    /// The app's templates of both channels, by channel then title.
-    async fn templates(&self, appid: &str) -> anyhow::Result<Vec<TemplateRecord>>;
-
-    /// One template of the app, for the checks before a send.
-    async fn template(
-        &self,
-        appid: &str,
-        template_id: &str,
-    ) -> anyhow::Result<Option<TemplateRecord>>;
+    /// Makes sure the per-app row exists.
+    async fn ensure_app(&self, appid: &str) -> anyhow::Result<()>;
 
     /// Marks expired credentials and deletes rows older than the retention.
     async fn sweep(
@@ -652,6 +690,35 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         credential_retention_ms: i64,
         message_retention_ms: i64,
     ) -> anyhow::Result<SweepReport>;
+}
+
+/// The ledger's storage contract: every group of it, as one object
+/// (`Arc<dyn Storage>`). A part of the service that needs one group can be
+/// handed that group alone; anything that implements every group is a
+/// `Storage`.
+pub trait Storage:
+    CredentialStore
+    + MessageStore
+    + IdempotencyStore
+    + SubscriptionStore
+    + TemplateStore
+    + AppStore
+    + MaintenanceStore
+    + std::fmt::Debug
+{
+}
+
+impl<T> Storage for T where
+    T: CredentialStore
+        + MessageStore
+        + IdempotencyStore
+        + SubscriptionStore
+        + TemplateStore
+        + AppStore
+        + MaintenanceStore
+        + std::fmt::Debug
+        + ?Sized
+{
 }
 
 /// Connects to the database the URL names and applies its migrations.

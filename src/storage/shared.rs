@@ -17,24 +17,7 @@
 macro_rules! impl_storage {
     ($storage:ty, $db:ty, $lock:expr) => {
         #[async_trait::async_trait]
-        impl $crate::storage::Storage for $storage {
-            async fn ping(&self) -> anyhow::Result<()> {
-                sqlx::query(sql::PING)
-                    .execute(&self.reader)
-                    .await
-                    .context("pinging the database")?;
-                Ok(())
-            }
-
-            async fn ensure_app(&self, appid: &str) -> anyhow::Result<()> {
-                sqlx::query(sql::ENSURE_APP)
-                    .bind(appid)
-                    .execute(&self.writer)
-                    .await
-                    .context("inserting the app row")?;
-                Ok(())
-            }
-
+        impl $crate::storage::CredentialStore for $storage {
             async fn insert_credentials(
                 &self,
                 appid: &str,
@@ -165,6 +148,60 @@ macro_rules! impl_storage {
                 })
             }
 
+            async fn release_credentials(&self, ids: &[i64], token: i64, now: i64) -> anyhow::Result<()> {
+                if ids.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.begin_write().await?;
+                for id in ids {
+                    sqlx::query(sql::SETTLE_RELEASED)
+                        .bind(id)
+                        .bind(now)
+                        .bind(token)
+                        .execute(&mut *tx)
+                        .await
+                        .context("releasing a credential")?;
+                }
+                tx.commit().await.context("committing the release")?;
+                Ok(())
+            }
+
+            async fn claim_expired_leases(
+                &self,
+                now: i64,
+                lease_until: i64,
+                token: i64,
+                limit: i64,
+            ) -> anyhow::Result<Vec<ClaimedCredential>> {
+                // One transaction: the credentials and their pending messages
+                // change hands together (see `sql::TAKE_MESSAGES_OF_CLAIMED`).
+                let mut tx = self.begin_write().await?;
+                let claimed: Vec<ClaimedRow> =
+                    sqlx::query_as(&sql::with_lock(sql::CLAIM_EXPIRED_LEASES, $lock))
+                        .bind(lease_until)
+                        .bind(now)
+                        .bind(limit)
+                        .bind(token)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .context("taking credentials with expired leases")?;
+                if !claimed.is_empty() {
+                    sqlx::query(sql::TAKE_MESSAGES_OF_CLAIMED)
+                        .bind(lease_until)
+                        .bind(token)
+                        .execute(&mut *tx)
+                        .await
+                        .context("taking the messages of credentials with expired leases")?;
+                }
+                tx.commit()
+                    .await
+                    .context("committing the takeover of expired leases")?;
+                claimed.into_iter().map(ClaimedCredential::try_from).collect()
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::storage::MessageStore for $storage {
             async fn start_send(&self, start: &StartSend) -> anyhow::Result<Option<ClaimedCredential>> {
                 self.group.start(start.clone()).await
             }
@@ -327,39 +364,6 @@ macro_rules! impl_storage {
                     .context("taking due waiting messages")
             }
 
-            async fn claim_expired_leases(
-                &self,
-                now: i64,
-                lease_until: i64,
-                token: i64,
-                limit: i64,
-            ) -> anyhow::Result<Vec<ClaimedCredential>> {
-                // One transaction: the credentials and their pending messages
-                // change hands together (see `sql::TAKE_MESSAGES_OF_CLAIMED`).
-                let mut tx = self.begin_write().await?;
-                let claimed: Vec<ClaimedRow> =
-                    sqlx::query_as(&sql::with_lock(sql::CLAIM_EXPIRED_LEASES, $lock))
-                        .bind(lease_until)
-                        .bind(now)
-                        .bind(limit)
-                        .bind(token)
-                        .fetch_all(&mut *tx)
-                        .await
-                        .context("taking credentials with expired leases")?;
-                if !claimed.is_empty() {
-                    sqlx::query(sql::TAKE_MESSAGES_OF_CLAIMED)
-                        .bind(lease_until)
-                        .bind(token)
-                        .execute(&mut *tx)
-                        .await
-                        .context("taking the messages of credentials with expired leases")?;
-                }
-                tx.commit()
-                    .await
-                    .context("committing the takeover of expired leases")?;
-                claimed.into_iter().map(ClaimedCredential::try_from).collect()
-            }
-
             async fn claim_stale_messages(
                 &self,
                 now: i64,
@@ -380,6 +384,31 @@ macro_rules! impl_storage {
                     .context("reading a stored message")
             }
 
+            async fn message(
+                &self,
+                appid: &str,
+                id: &str,
+            ) -> anyhow::Result<Option<(MessageRow, Vec<AttemptRow>)>> {
+                let Some(message) = sqlx::query_as::<_, MessageRow>(sql::MESSAGE)
+                    .bind(appid)
+                    .bind(id)
+                    .fetch_optional(&self.reader)
+                    .await
+                    .context("reading the message")?
+                else {
+                    return Ok(None);
+                };
+                let attempts = sqlx::query_as(sql::ATTEMPTS)
+                    .bind(id)
+                    .fetch_all(&self.reader)
+                    .await
+                    .context("reading the message's attempts")?;
+                Ok(Some((message, attempts)))
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::storage::IdempotencyStore for $storage {
             async fn begin_idempotent(
                 &self,
                 request: &IdempotencyRequest<'_>,
@@ -432,20 +461,10 @@ macro_rules! impl_storage {
                     .context("storing the idempotent answer")?;
                 Ok(())
             }
+        }
 
-            async fn send_templates(&self, appid: &str) -> anyhow::Result<SendTemplates> {
-                let catalogue = self.templates(appid).await?;
-                let decided = sqlx::query_scalar(sql::DECIDED_TEMPLATES)
-                    .bind(appid)
-                    .fetch_all(&self.reader)
-                    .await
-                    .context("reading the templates users decided on")?;
-                Ok(SendTemplates::new(
-                    catalogue.iter().map(TemplateRecord::to_catalogue),
-                    decided,
-                ))
-            }
-
+        #[async_trait::async_trait]
+        impl $crate::storage::SubscriptionStore for $storage {
             async fn record_prompt(&self, prompt: &NewPrompt, now: i64) -> anyhow::Result<PromptRecord> {
                 let mut tx = self.begin_write().await?;
                 let mut effects = Vec::with_capacity(prompt.decisions.len());
@@ -638,46 +657,6 @@ macro_rules! impl_storage {
                     .context("reading the user's subscriptions")
             }
 
-            async fn release_credentials(&self, ids: &[i64], token: i64, now: i64) -> anyhow::Result<()> {
-                if ids.is_empty() {
-                    return Ok(());
-                }
-                let mut tx = self.begin_write().await?;
-                for id in ids {
-                    sqlx::query(sql::SETTLE_RELEASED)
-                        .bind(id)
-                        .bind(now)
-                        .bind(token)
-                        .execute(&mut *tx)
-                        .await
-                        .context("releasing a credential")?;
-                }
-                tx.commit().await.context("committing the release")?;
-                Ok(())
-            }
-
-            async fn message(
-                &self,
-                appid: &str,
-                id: &str,
-            ) -> anyhow::Result<Option<(MessageRow, Vec<AttemptRow>)>> {
-                let Some(message) = sqlx::query_as::<_, MessageRow>(sql::MESSAGE)
-                    .bind(appid)
-                    .bind(id)
-                    .fetch_optional(&self.reader)
-                    .await
-                    .context("reading the message")?
-                else {
-                    return Ok(None);
-                };
-                let attempts = sqlx::query_as(sql::ATTEMPTS)
-                    .bind(id)
-                    .fetch_all(&self.reader)
-                    .await
-                    .context("reading the message's attempts")?;
-                Ok(Some((message, attempts)))
-            }
-
             async fn message_of_msgid(
                 &self,
                 appid: &str,
@@ -692,120 +671,21 @@ macro_rules! impl_storage {
                     .await
                     .context("finding the message of a msgid")
             }
+        }
 
-            async fn app_state(&self, appid: &str) -> anyhow::Result<AppState> {
-                let state = sqlx::query_as(sql::APP_STATE)
+        #[async_trait::async_trait]
+        impl $crate::storage::TemplateStore for $storage {
+            async fn send_templates(&self, appid: &str) -> anyhow::Result<SendTemplates> {
+                let catalogue = self.templates(appid).await?;
+                let decided = sqlx::query_scalar(sql::DECIDED_TEMPLATES)
                     .bind(appid)
-                    .fetch_optional(&self.reader)
+                    .fetch_all(&self.reader)
                     .await
-                    .context("reading the app row")?;
-                Ok(state.unwrap_or_default())
-            }
-
-            async fn try_lease_token_refresh(
-                &self,
-                appid: &str,
-                holder: &str,
-                now: i64,
-                until: i64,
-            ) -> anyhow::Result<bool> {
-                let done = sqlx::query(sql::LEASE_TOKEN_REFRESH)
-                    .bind(appid)
-                    .bind(holder)
-                    .bind(now)
-                    .bind(until)
-                    .execute(&self.writer)
-                    .await
-                    .context("taking the token-refresh lease")?;
-                Ok(done.rows_affected() == 1)
-            }
-
-            async fn release_token_refresh(&self, appid: &str, holder: &str) -> anyhow::Result<()> {
-                sqlx::query(sql::RELEASE_TOKEN_REFRESH)
-                    .bind(appid)
-                    .bind(holder)
-                    .execute(&self.writer)
-                    .await
-                    .context("releasing the token-refresh lease")?;
-                Ok(())
-            }
-
-            async fn take_force_refresh(
-                &self,
-                appid: &str,
-                china_day: i64,
-                now: i64,
-                per_day: u32,
-            ) -> anyhow::Result<bool> {
-                let taken = sqlx::query(sql::TAKE_FORCE_REFRESH)
-                    .bind(appid)
-                    .bind(china_day)
-                    .bind(now)
-                    .bind(i64::from(per_day))
-                    .execute(&self.writer)
-                    .await
-                    .context("taking a forced token refresh")?;
-                Ok(taken.rows_affected() == 1)
-            }
-
-            async fn store_token(
-                &self,
-                appid: &str,
-                token: &str,
-                expires_at: i64,
-                fetched_at: i64,
-            ) -> anyhow::Result<bool> {
-                let done = sqlx::query(sql::STORE_TOKEN)
-                    .bind(appid)
-                    .bind(token)
-                    .bind(expires_at)
-                    .bind(fetched_at)
-                    .execute(&self.writer)
-                    .await
-                    .context("storing the access token")?;
-                Ok(done.rows_affected() == 1)
-            }
-
-            async fn take_token_fetch(
-                &self,
-                appid: &str,
-                seen: Option<i64>,
-                next: i64,
-            ) -> anyhow::Result<bool> {
-                let taken = sqlx::query(sql::TAKE_TOKEN_FETCH)
-                    .bind(appid)
-                    .bind(seen)
-                    .bind(next)
-                    .execute(&self.writer)
-                    .await
-                    .context("taking a token fetch from the budget")?;
-                Ok(taken.rows_affected() == 1)
-            }
-
-            async fn record_token_check(
-                &self,
-                appid: &str,
-                token: &str,
-                at: i64,
-            ) -> anyhow::Result<bool> {
-                let recorded = sqlx::query(sql::RECORD_TOKEN_CHECK)
-                    .bind(appid)
-                    .bind(token)
-                    .bind(at)
-                    .execute(&self.writer)
-                    .await
-                    .context("recording a token check")?;
-                Ok(recorded.rows_affected() == 1)
-            }
-
-            async fn block_sends(&self, appid: &str, until: i64) -> anyhow::Result<()> {
-                sqlx::query(sql::BLOCK_SENDS)
-                    .bind(appid)
-                    .bind(until)
-                    .execute(&self.writer)
-                    .await
-                    .context("blocking the app's sends")?;
-                Ok(())
+                    .context("reading the templates users decided on")?;
+                Ok(SendTemplates::new(
+                    catalogue.iter().map(TemplateRecord::to_catalogue),
+                    decided,
+                ))
             }
 
             async fn replace_templates_batch(
@@ -864,6 +744,144 @@ macro_rules! impl_storage {
                     .fetch_optional(&self.reader)
                     .await
                     .context("reading a template")
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::storage::AppStore for $storage {
+            async fn app_state(&self, appid: &str) -> anyhow::Result<AppState> {
+                let state = sqlx::query_as(sql::APP_STATE)
+                    .bind(appid)
+                    .fetch_optional(&self.reader)
+                    .await
+                    .context("reading the app row")?;
+                Ok(state.unwrap_or_default())
+            }
+
+            async fn try_lease_token_refresh(
+                &self,
+                appid: &str,
+                holder: &str,
+                now: i64,
+                until: i64,
+            ) -> anyhow::Result<bool> {
+                let done = sqlx::query(sql::LEASE_TOKEN_REFRESH)
+                    .bind(appid)
+                    .bind(holder)
+                    .bind(now)
+                    .bind(until)
+                    .execute(&self.writer)
+                    .await
+                    .context("taking the token-refresh lease")?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn release_token_refresh(&self, appid: &str, holder: &str) -> anyhow::Result<()> {
+                sqlx::query(sql::RELEASE_TOKEN_REFRESH)
+                    .bind(appid)
+                    .bind(holder)
+                    .execute(&self.writer)
+                    .await
+                    .context("releasing the token-refresh lease")?;
+                Ok(())
+            }
+
+            async fn store_token(
+                &self,
+                appid: &str,
+                token: &str,
+                expires_at: i64,
+                fetched_at: i64,
+            ) -> anyhow::Result<bool> {
+                let done = sqlx::query(sql::STORE_TOKEN)
+                    .bind(appid)
+                    .bind(token)
+                    .bind(expires_at)
+                    .bind(fetched_at)
+                    .execute(&self.writer)
+                    .await
+                    .context("storing the access token")?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn take_token_fetch(
+                &self,
+                appid: &str,
+                seen: Option<i64>,
+                next: i64,
+            ) -> anyhow::Result<bool> {
+                let taken = sqlx::query(sql::TAKE_TOKEN_FETCH)
+                    .bind(appid)
+                    .bind(seen)
+                    .bind(next)
+                    .execute(&self.writer)
+                    .await
+                    .context("taking a token fetch from the budget")?;
+                Ok(taken.rows_affected() == 1)
+            }
+
+            async fn record_token_check(
+                &self,
+                appid: &str,
+                token: &str,
+                at: i64,
+            ) -> anyhow::Result<bool> {
+                let recorded = sqlx::query(sql::RECORD_TOKEN_CHECK)
+                    .bind(appid)
+                    .bind(token)
+                    .bind(at)
+                    .execute(&self.writer)
+                    .await
+                    .context("recording a token check")?;
+                Ok(recorded.rows_affected() == 1)
+            }
+
+            async fn take_force_refresh(
+                &self,
+                appid: &str,
+                china_day: i64,
+                now: i64,
+                per_day: u32,
+            ) -> anyhow::Result<bool> {
+                let taken = sqlx::query(sql::TAKE_FORCE_REFRESH)
+                    .bind(appid)
+                    .bind(china_day)
+                    .bind(now)
+                    .bind(i64::from(per_day))
+                    .execute(&self.writer)
+                    .await
+                    .context("taking a forced token refresh")?;
+                Ok(taken.rows_affected() == 1)
+            }
+
+            async fn block_sends(&self, appid: &str, until: i64) -> anyhow::Result<()> {
+                sqlx::query(sql::BLOCK_SENDS)
+                    .bind(appid)
+                    .bind(until)
+                    .execute(&self.writer)
+                    .await
+                    .context("blocking the app's sends")?;
+                Ok(())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::storage::MaintenanceStore for $storage {
+            async fn ping(&self) -> anyhow::Result<()> {
+                sqlx::query(sql::PING)
+                    .execute(&self.reader)
+                    .await
+                    .context("pinging the database")?;
+                Ok(())
+            }
+
+            async fn ensure_app(&self, appid: &str) -> anyhow::Result<()> {
+                sqlx::query(sql::ENSURE_APP)
+                    .bind(appid)
+                    .execute(&self.writer)
+                    .await
+                    .context("inserting the app row")?;
+                Ok(())
             }
 
             async fn sweep(
