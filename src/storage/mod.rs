@@ -48,8 +48,8 @@ pub use sqlite::SqliteStorage;
 
 use crate::ledger::kinds::CredentialKind;
 use crate::ledger::states::{
-    AttemptOutcome, Channel, CredentialState, Decision, Delivery, IdempotencyState, MessageStatus,
-    PushEffect, PushEventKind, SubscriptionType,
+    AttemptOutcome, Channel, Decision, Delivery, IdempotencyState, MessageStatus, PushEffect,
+    PushEventKind, SubscriptionType,
 };
 use crate::ledger::templates::CatalogueTemplate;
 
