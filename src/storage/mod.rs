@@ -159,6 +159,7 @@ pub struct IdempotencyRecord {
 /// [`CredentialStore::claim_credential`]).
 #[derive(Debug, Clone, Copy)]
 pub struct ClaimRequest<'a> {
+    /// The app whose ledger is claimed from.
     pub appid: &'a str,
     /// The user whose credential is claimed.
     pub openid: &'a str,
@@ -171,6 +172,7 @@ pub struct ClaimRequest<'a> {
     pub valid_after: i64,
     /// Until when the credential and the message stay leased.
     pub lease_until: i64,
+    /// The time written as the credential's `updated_at`.
     pub now: i64,
 }
 
@@ -178,6 +180,7 @@ pub struct ClaimRequest<'a> {
 /// [`IdempotencyStore::begin_idempotent`]).
 #[derive(Debug, Clone, Copy)]
 pub struct IdempotencyRequest<'a> {
+    /// The app the key belongs to (keys are per app).
     pub appid: &'a str,
     /// The `Idempotency-Key` the client sent.
     pub key: &'a str,
@@ -185,6 +188,8 @@ pub struct IdempotencyRequest<'a> {
     pub request_hash: &'a str,
     /// The message the request creates.
     pub message_id: &'a str,
+    /// The time of the request: a stored key that expired by then is taken
+    /// anew.
     pub now: i64,
     /// When the key may be taken again.
     pub expires_at: i64,
