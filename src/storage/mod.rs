@@ -184,7 +184,7 @@ pub struct IdempotencyRequest<'a> {
     pub appid: &'a str,
     /// The `Idempotency-Key` the client sent.
     pub key: &'a str,
-    /// SHA-256 of the request body, to tell a retry from a reuse.
+    /// SHA-256 of the canonical request body, to tell a retry from a reuse.
     pub request_hash: &'a str,
     /// The message the request creates.
     pub message_id: &'a str,
