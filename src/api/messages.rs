@@ -148,7 +148,14 @@ pub async fn send(
         let hash = request_hash(&body);
         let begin = context
             .storage
-            .begin_idempotent(appid, key, &hash, &message_id, now, expires_at)
+            .begin_idempotent(&crate::storage::IdempotencyRequest {
+                appid,
+                key,
+                request_hash: &hash,
+                message_id: &message_id,
+                now,
+                expires_at,
+            })
             .await?;
         if let IdempotencyBegin::Existing(record) = begin {
             return replay(&context, appid, key, record, &hash).await;

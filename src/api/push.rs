@@ -6,7 +6,7 @@
 //!   or 401.
 //! - POST is a push: opened by [`push::open`] (signature, replay window,
 //!   decryption, appid, event); a refusal is a 4xx and stores nothing. A
-//!   subscribe event is applied by [`Storage::record_push`] in the
+//!   subscribe event is applied by [`SubscriptionStore::record_push`] in the
 //!   transaction that records it, and `success` is answered only after that
 //!   commit: an event is never half-applied, and never lost once `success`
 //!   went out. A retry of the same push (WeChat tries 3 times) answers
@@ -14,7 +14,7 @@
 //!
 //! An app without a push token answers 404, like an unknown app.
 //!
-//! [`Storage::record_push`]: crate::storage::Storage::record_push
+//! [`SubscriptionStore::record_push`]: crate::storage::SubscriptionStore::record_push
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -177,15 +177,15 @@ impl<'a> Run<'a> {
         let lease_until = now + sender.settings.lease_ms;
         let claim = sender
             .storage
-            .claim_credential(
-                &self.message.appid,
-                &self.message.touser,
-                crate::storage::grant_of(self.message.channel, &self.message.template_id),
-                &self.lease,
-                now + sender.settings.safety_margin_ms,
+            .claim_credential(&crate::storage::ClaimRequest {
+                appid: &self.message.appid,
+                openid: &self.message.touser,
+                grant_of: crate::storage::grant_of(self.message.channel, &self.message.template_id),
+                lease: &self.lease,
+                valid_after: now + sender.settings.safety_margin_ms,
                 lease_until,
                 now,
-            )
+            })
             .await?;
         if let Claim::Claimed(_) = claim {
             self.lease_until = lease_until;

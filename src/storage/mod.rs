@@ -1,4 +1,11 @@
-//! The ledger's storage: one trait, a SQLite and a PostgreSQL implementation.
+//! The ledger's storage: one contract, a SQLite and a PostgreSQL
+//! implementation.
+//!
+//! The contract comes in groups a part of the service can hold on its own:
+//! [`CredentialStore`], [`MessageStore`], [`IdempotencyStore`],
+//! [`SubscriptionStore`], [`TemplateStore`], [`AppStore`] and
+//! [`MaintenanceStore`]. [`Storage`] is all of them at once, implemented for
+//! whatever implements every group.
 //!
 //! Both run one schema (`migrations/sqlite`, `migrations/postgres`: the same
 //! versions but SQLite's 0008, which rebuilds its `CHECK`s without `IN`
@@ -41,8 +48,8 @@ pub use sqlite::SqliteStorage;
 
 use crate::ledger::kinds::CredentialKind;
 use crate::ledger::states::{
-    AttemptOutcome, Channel, CredentialState, Decision, Delivery, IdempotencyState, MessageStatus,
-    PushEffect, PushEventKind, SubscriptionType,
+    AttemptOutcome, Channel, Decision, Delivery, IdempotencyState, MessageStatus, PushEffect,
+    PushEventKind, SubscriptionType,
 };
 use crate::ledger::templates::CatalogueTemplate;
 
@@ -148,7 +155,47 @@ pub struct IdempotencyRecord {
     pub response_body: Option<String>,
 }
 
-/// What [`Storage::begin_idempotent`] found.
+/// A claim of a user's credential for a message (see
+/// [`CredentialStore::claim_credential`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRequest<'a> {
+    /// The app whose ledger is claimed from.
+    pub appid: &'a str,
+    /// The user whose credential is claimed.
+    pub openid: &'a str,
+    /// The template whose grants (or long-term subscription) pay for a
+    /// subscribe message; `None` claims a form_id or prepay_id.
+    pub grant_of: Option<&'a str>,
+    /// The run's hold on the message, which the claim fences on.
+    pub lease: &'a Lease,
+    /// Only credentials expiring after this are usable.
+    pub valid_after: i64,
+    /// Until when the credential and the message stay leased.
+    pub lease_until: i64,
+    /// The time written as the credential's `updated_at`.
+    pub now: i64,
+}
+
+/// A request that takes an idempotency key (see
+/// [`IdempotencyStore::begin_idempotent`]).
+#[derive(Debug, Clone, Copy)]
+pub struct IdempotencyRequest<'a> {
+    /// The app the key belongs to (keys are per app).
+    pub appid: &'a str,
+    /// The `Idempotency-Key` the client sent.
+    pub key: &'a str,
+    /// SHA-256 of the canonical request body, to tell a retry from a reuse.
+    pub request_hash: &'a str,
+    /// The message the request creates.
+    pub message_id: &'a str,
+    /// The time of the request: a stored key that expired by then is taken
+    /// anew.
+    pub now: i64,
+    /// When the key may be taken again.
+    pub expires_at: i64,
+}
+
+/// What [`IdempotencyStore::begin_idempotent`] found.
 #[derive(Debug, Clone)]
 pub enum IdempotencyBegin {
     /// This request owns the key: go ahead.
@@ -229,7 +276,7 @@ pub struct NewPrompt {
     pub grants: bool,
 }
 
-/// What [`Storage::record_prompt`] did.
+/// What [`SubscriptionStore::record_prompt`] did.
 #[derive(Debug, Clone)]
 pub enum PromptRecord {
     /// Recorded now, with the effect on each template in order.
@@ -333,15 +380,10 @@ pub struct SweepReport {
     pub deleted_push_events: u64,
 }
 
-/// The ledger's storage contract.
+/// The ledger's credentials: collected, counted, leased to a message,
+/// taken back from a run whose lease ran out, and given back.
 #[async_trait]
-pub trait Storage: Send + Sync + std::fmt::Debug {
-    /// Checks that the database answers.
-    async fn ping(&self) -> anyhow::Result<()>;
-
-    /// Makes sure the per-app row exists.
-    async fn ensure_app(&self, appid: &str) -> anyhow::Result<()>;
-
+pub trait CredentialStore: Send + Sync {
     /// Stores credentials of one app, one outcome per item in order, and
     /// makes the waiting messages of the users who got one due now.
     async fn insert_credentials(
@@ -363,21 +405,29 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// soonest after `valid_after` to the lease's message, until
     /// `lease_until`, and renews the message's own lease to the same time —
     /// only while the message is still the lease's (its token unchanged).
-    /// `grant_of` names the template whose grants (or long-term
-    /// subscription) pay for a subscribe message; `None` claims a form_id or
-    /// prepay_id.
-    #[allow(clippy::too_many_arguments)]
-    async fn claim_credential(
-        &self,
-        appid: &str,
-        openid: &str,
-        grant_of: Option<&str>,
-        lease: &Lease,
-        valid_after: i64,
-        lease_until: i64,
-        now: i64,
-    ) -> anyhow::Result<Claim>;
+    /// See [`ClaimRequest`] for the fields.
+    async fn claim_credential(&self, claim: &ClaimRequest<'_>) -> anyhow::Result<Claim>;
 
+    /// Returns credentials leased under `token` to the pool untouched.
+    async fn release_credentials(&self, ids: &[i64], token: i64, now: i64) -> anyhow::Result<()>;
+
+    /// Takes up to `limit` leased credentials whose lease ran out, re-leasing
+    /// them to the caller until `lease_until` under `token` — and, in the same
+    /// transaction, their pending messages under the same token, so that the
+    /// run that held them is fenced off from both.
+    async fn claim_expired_leases(
+        &self,
+        now: i64,
+        lease_until: i64,
+        token: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<ClaimedCredential>>;
+}
+
+/// The ledger's messages and their sends: recorded, claimed for, settled
+/// under their lease, finished, kept waiting, taken over by the workers, read.
+#[async_trait]
+pub trait MessageStore: Send + Sync {
     /// The common start of a send, batched with concurrent ones (group
     /// commit): records the message and claims its first credential (leased
     /// until the message's own lease) in one transaction.
@@ -455,18 +505,6 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         limit: i64,
     ) -> anyhow::Result<Vec<StoredMessage>>;
 
-    /// Takes up to `limit` leased credentials whose lease ran out, re-leasing
-    /// them to the caller until `lease_until` under `token` — and, in the same
-    /// transaction, their pending messages under the same token, so that the
-    /// run that held them is fenced off from both.
-    async fn claim_expired_leases(
-        &self,
-        now: i64,
-        lease_until: i64,
-        token: i64,
-        limit: i64,
-    ) -> anyhow::Result<Vec<ClaimedCredential>>;
-
     /// Takes up to `limit` pending messages whose lease ran out and that hold
     /// no credential, under `token`.
     async fn claim_stale_messages(
@@ -480,16 +518,22 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     /// A message for the send path, whatever its app.
     async fn stored_message(&self, id: &str) -> anyhow::Result<Option<StoredMessage>>;
 
-    /// Takes an idempotency key for a request, unless it is already taken.
-    #[allow(clippy::too_many_arguments)]
-    async fn begin_idempotent(
+    /// A message of the app with its attempts in order.
+    async fn message(
         &self,
         appid: &str,
-        key: &str,
-        request_hash: &str,
-        message_id: &str,
-        now: i64,
-        expires_at: i64,
+        id: &str,
+    ) -> anyhow::Result<Option<(MessageRow, Vec<AttemptRow>)>>;
+}
+
+/// Idempotency keys: one request owns a key, and its answer is replayed
+/// to the retries.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync {
+    /// Takes an idempotency key for a request, unless it is already taken.
+    async fn begin_idempotent(
+        &self,
+        request: &IdempotencyRequest<'_>,
     ) -> anyhow::Result<IdempotencyBegin>;
 
     /// Stores the answer of the request that owns the key.
@@ -501,11 +545,13 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         status: u16,
         body: &str,
     ) -> anyhow::Result<()>;
+}
 
-    /// What the app's sends need to know of its templates: its catalogue,
-    /// and the templates its users decided on (see [`SendTemplates`]).
-    async fn send_templates(&self, appid: &str) -> anyhow::Result<SendTemplates>;
-
+/// What pays for subscribe messages: the prompt results and pushes that
+/// grant and revoke, a user's standing, and the message a pushed delivery
+/// reports on.
+#[async_trait]
+pub trait SubscriptionStore: Send + Sync {
     /// Records a prompt result once per (app, user, request_id), in one
     /// transaction: each decision as the user's latest, and (when the
     /// prompt grants) one grant per accepted one-time template or the
@@ -533,16 +579,6 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         openid: &str,
     ) -> anyhow::Result<Vec<TemplateQuota>>;
 
-    /// Returns credentials leased under `token` to the pool untouched.
-    async fn release_credentials(&self, ids: &[i64], token: i64, now: i64) -> anyhow::Result<()>;
-
-    /// A message of the app with its attempts in order.
-    async fn message(
-        &self,
-        appid: &str,
-        id: &str,
-    ) -> anyhow::Result<Option<(MessageRow, Vec<AttemptRow>)>>;
-
     /// The message of the app's user whose attempt carries `msgid` (a
     /// delivered subscribe send), if the ledger has recorded it yet.
     async fn message_of_msgid(
@@ -551,7 +587,47 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         openid: &str,
         msgid: &str,
     ) -> anyhow::Result<Option<String>>;
+}
 
+/// An app's template catalogue as WeChat lists it, and what its sends
+/// check against.
+#[async_trait]
+pub trait TemplateStore: Send + Sync {
+    /// What the app's sends need to know of its templates: its catalogue,
+    /// and the templates its users decided on (see [`SendTemplates`]).
+    async fn send_templates(&self, appid: &str) -> anyhow::Result<SendTemplates>;
+
+    /// Replaces the app's templates of one channel with a WeChat listing, in
+    /// one transaction: the channel's rows not in `templates` are deleted,
+    /// the others written as given.
+    async fn replace_templates_batch(
+        &self,
+        appid: &str,
+        channel: Channel,
+        templates: &[TemplateRecord],
+    ) -> anyhow::Result<()>;
+
+    /// Writes one template of the app (inserted, or replacing the stored one).
+    async fn upsert_template(&self, appid: &str, template: &TemplateRecord) -> anyhow::Result<()>;
+
+    /// Deletes one template of the app; `false` when it was not stored.
+    async fn delete_template(&self, appid: &str, template_id: &str) -> anyhow::Result<bool>;
+
+    /// The app's templates of both channels, by channel then title.
+    async fn templates(&self, appid: &str) -> anyhow::Result<Vec<TemplateRecord>>;
+
+    /// One template of the app, for the checks before a send.
+    async fn template(
+        &self,
+        appid: &str,
+        template_id: &str,
+    ) -> anyhow::Result<Option<TemplateRecord>>;
+}
+
+/// The per-app row: the access token, its refresh lease, fetch budget and
+/// checks, forced refreshes, and the block on the app's sends.
+#[async_trait]
+pub trait AppStore: Send + Sync {
     /// The per-app row.
     async fn app_state(&self, appid: &str) -> anyhow::Result<AppState>;
 
@@ -601,32 +677,16 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 
     /// Stops sends of the app until `until` (errcode 45009).
     async fn block_sends(&self, appid: &str, until: i64) -> anyhow::Result<()>;
+}
 
-    /// Replaces the app's templates of one channel with a WeChat listing, in
-    /// one transaction: the channel's rows not in `templates` are deleted,
-    /// the others written as given.
-    async fn replace_templates_batch(
-        &self,
-        appid: &str,
-        channel: Channel,
-        templates: &[TemplateRecord],
-    ) -> anyhow::Result<()>;
+/// The ledger's upkeep: the health check, the app rows, the sweep.
+#[async_trait]
+pub trait MaintenanceStore: Send + Sync {
+    /// Checks that the database answers.
+    async fn ping(&self) -> anyhow::Result<()>;
 
-    /// Writes one template of the app (inserted, or replacing the stored one).
-    async fn upsert_template(&self, appid: &str, template: &TemplateRecord) -> anyhow::Result<()>;
-
-    /// Deletes one template of the app; `false` when it was not stored.
-    async fn delete_template(&self, appid: &str, template_id: &str) -> anyhow::Result<bool>;
-
-    /// The app's templates of both channels, by channel then title.
-    async fn templates(&self, appid: &str) -> anyhow::Result<Vec<TemplateRecord>>;
-
-    /// One template of the app, for the checks before a send.
-    async fn template(
-        &self,
-        appid: &str,
-        template_id: &str,
-    ) -> anyhow::Result<Option<TemplateRecord>>;
+    /// Makes sure the per-app row exists.
+    async fn ensure_app(&self, appid: &str) -> anyhow::Result<()>;
 
     /// Marks expired credentials and deletes rows older than the retention.
     async fn sweep(
@@ -635,6 +695,35 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
         credential_retention_ms: i64,
         message_retention_ms: i64,
     ) -> anyhow::Result<SweepReport>;
+}
+
+/// The ledger's storage contract: every group of it, as one object
+/// (`Arc<dyn Storage>`). A part of the service that needs one group can be
+/// handed that group alone; anything that implements every group is a
+/// `Storage`.
+pub trait Storage:
+    CredentialStore
+    + MessageStore
+    + IdempotencyStore
+    + SubscriptionStore
+    + TemplateStore
+    + AppStore
+    + MaintenanceStore
+    + std::fmt::Debug
+{
+}
+
+impl<T> Storage for T where
+    T: CredentialStore
+        + MessageStore
+        + IdempotencyStore
+        + SubscriptionStore
+        + TemplateStore
+        + AppStore
+        + MaintenanceStore
+        + std::fmt::Debug
+        + ?Sized
+{
 }
 
 /// Connects to the database the URL names and applies its migrations.

@@ -5,7 +5,6 @@
 //! transaction never stays open across the call to WeChat: the lease column,
 //! not a row lock, is what marks a credential in flight.
 
-use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -13,12 +12,12 @@ use anyhow::Context;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Executor, PgPool, Postgres};
 
-use super::group_commit::{BatchDone, BatchWriter, GroupCommit};
-use super::shared::{bind_message, impl_storage, INSERT_CHUNK};
-use super::sql;
-use super::*;
+use super::group_commit::{BatchDone, BatchWriter, EndSend, GroupCommit, StartSend};
+use super::shared::{impl_storage, Backend};
+use super::ClaimedRow;
+use crate::ledger::kinds::CredentialKind;
 
-/// The PostgreSQL implementation of [`Storage`].
+/// The PostgreSQL implementation of [`Storage`](super::Storage).
 #[derive(Debug, Clone)]
 pub struct PostgresStorage {
     /// Both names for one pool: the shared body reads and writes through
@@ -55,6 +54,27 @@ impl PostgresStorage {
             group,
         })
     }
+}
+
+impl Backend for PostgresStorage {
+    type Db = Postgres;
+
+    // SKIP LOCKED: a concurrent claim passes over the row another claim is
+    // leasing and takes the next one, instead of waiting and then finding it
+    // gone.
+    const CLAIM_LOCK: &'static str = "FOR UPDATE SKIP LOCKED";
+
+    fn writer(&self) -> &PgPool {
+        &self.writer
+    }
+
+    fn reader(&self) -> &PgPool {
+        &self.reader
+    }
+
+    fn group(&self) -> &GroupCommit {
+        &self.group
+    }
 
     async fn begin_write(&self) -> anyhow::Result<sqlx::Transaction<'static, Postgres>> {
         self.writer
@@ -64,9 +84,7 @@ impl PostgresStorage {
     }
 }
 
-// SKIP LOCKED: a concurrent claim passes over the row another claim is
-// leasing and takes the next one, instead of waiting and then finding it gone.
-impl_storage!(PostgresStorage, sqlx::Postgres, "FOR UPDATE SKIP LOCKED");
+impl_storage!(PostgresStorage);
 
 /// Batches run at once: while one commits, the next collects the writes
 /// that arrive meanwhile. Each holds one connection while it runs.
@@ -138,7 +156,7 @@ pub const START_BATCH: &str = "WITH batch AS ( \
 
 /// The ends of a batch as one statement: the credentials spent (only rows
 /// still leased under the run's token, as for every settlement, and found by
-/// key as [`sql::FENCE_MESSAGE`] says), the
+/// key as [`sql::FENCE_MESSAGE`](super::sql::FENCE_MESSAGE) says), the
 /// attempts recorded, the messages finished (likewise fenced; `RETURNING`
 /// names the ones whose lease held).
 pub const END_BATCH: &str = "WITH batch AS ( \

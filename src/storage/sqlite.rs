@@ -7,7 +7,6 @@
 //! `BEGIN IMMEDIATE` so that the write lock is taken up front, never upgraded
 //! half-way (which is where SQLite deadlocks another process's writer).
 
-use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -16,12 +15,13 @@ use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool};
 
-use super::group_commit::{BatchDone, BatchWriter, GroupCommit};
-use super::shared::{bind_message, impl_storage, INSERT_CHUNK};
+use super::group_commit::{BatchDone, BatchWriter, EndSend, GroupCommit, StartSend};
+use super::shared::{bind_message, impl_storage, Backend};
 use super::sql;
-use super::*;
+use super::ClaimedRow;
+use crate::ledger::kinds::CredentialKind;
 
-/// The SQLite implementation of [`Storage`].
+/// The SQLite implementation of [`Storage`](super::Storage).
 #[derive(Debug, Clone)]
 pub struct SqliteStorage {
     writer: SqlitePool,
@@ -90,10 +90,6 @@ impl SqliteStorage {
             group,
         })
     }
-
-    async fn begin_write(&self) -> anyhow::Result<sqlx::Transaction<'static, Sqlite>> {
-        begin_immediate(&self.writer).await
-    }
 }
 
 async fn begin_immediate(
@@ -105,9 +101,31 @@ async fn begin_immediate(
         .context("beginning a SQLite write transaction")
 }
 
-// A claim needs no row lock on SQLite: the single writer connection
-// already makes it atomic.
-impl_storage!(SqliteStorage, sqlx::Sqlite, "");
+impl Backend for SqliteStorage {
+    type Db = Sqlite;
+
+    // A claim needs no row lock on SQLite: the single writer connection
+    // already makes it atomic.
+    const CLAIM_LOCK: &'static str = "";
+
+    fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    fn group(&self) -> &GroupCommit {
+        &self.group
+    }
+
+    async fn begin_write(&self) -> anyhow::Result<sqlx::Transaction<'static, Sqlite>> {
+        begin_immediate(&self.writer).await
+    }
+}
+
+impl_storage!(SqliteStorage);
 
 /// One statement of a batch script: shared SQL from `sql.rs`, and for each
 /// of its placeholders `$k` the script argument it binds (`map[k - 1]`).

@@ -5,7 +5,7 @@ use chrono::Duration;
 use fake_wechat::Fault;
 use formid_gateway::ledger::kinds::CredentialKind;
 use formid_gateway::ledger::states::{AttemptOutcome, Delivery, MessageStatus};
-use formid_gateway::storage::{Claim, Lease, NewAttempt, NewMessage, Settlement};
+use formid_gateway::storage::{Claim, ClaimRequest, Lease, NewAttempt, NewMessage, Settlement};
 use serde_json::{json, Value};
 
 use rstest::rstest;
@@ -62,15 +62,15 @@ impl TestApp {
         };
         let Claim::Claimed(claimed) = self
             .storage
-            .claim_credential(
-                APPID,
+            .claim_credential(&ClaimRequest {
+                appid: APPID,
                 openid,
-                None,
-                &lease,
-                now + 60_000,
-                now + 120_000,
+                grant_of: None,
+                lease: &lease,
+                valid_after: now + 60_000,
+                lease_until: now + 120_000,
                 now,
-            )
+            })
             .await
             .unwrap()
         else {

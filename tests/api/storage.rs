@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use formid_gateway::ledger::kinds::CredentialKind;
 use formid_gateway::ledger::states::{AttemptOutcome, Delivery, MessageStatus};
 use formid_gateway::storage::{
-    Claim, EndSend, InsertOutcome, Lease, MessageOutcome, NewAttempt, NewCredential, NewMessage,
-    Settlement, StartSend,
+    Claim, ClaimRequest, EndSend, InsertOutcome, Lease, MessageOutcome, NewAttempt, NewCredential,
+    NewMessage, Settlement, StartSend,
 };
 
 use rstest::rstest;
@@ -272,7 +272,15 @@ async fn concurrent_claims_never_lease_one_credential_twice(#[case] backend: Bac
                 token: TOKEN,
             };
             storage
-                .claim_credential(APPID, "o-race", None, &lease, now, now + 60_000, now)
+                .claim_credential(&ClaimRequest {
+                    appid: APPID,
+                    openid: "o-race",
+                    grant_of: None,
+                    lease: &lease,
+                    valid_after: now,
+                    lease_until: now + 60_000,
+                    now,
+                })
                 .await
                 .unwrap()
         })
@@ -319,7 +327,15 @@ async fn claims_follow_expiry_and_settlements_only_touch_leased_rows(#[case] bac
         let storage = app.storage.clone();
         async move {
             storage
-                .claim_credential(APPID, "o-order", None, &lease, now, now + 1, now)
+                .claim_credential(&ClaimRequest {
+                    appid: APPID,
+                    openid: "o-order",
+                    grant_of: None,
+                    lease: &lease,
+                    valid_after: now,
+                    lease_until: now + 1,
+                    now,
+                })
                 .await
                 .unwrap()
         }
@@ -433,7 +449,15 @@ async fn a_run_whose_lease_was_taken_over_can_no_longer_write(#[case] backend: B
         .unwrap());
     assert!(matches!(
         app.storage
-            .claim_credential(APPID, "o-fence", None, &old, later, later + 60_000, later)
+            .claim_credential(&ClaimRequest {
+                appid: APPID,
+                openid: "o-fence",
+                grant_of: None,
+                lease: &old,
+                valid_after: later,
+                lease_until: later + 60_000,
+                now: later
+            })
             .await
             .unwrap(),
         Claim::LeaseLost

@@ -1,6 +1,7 @@
 //! The ledger in memory: the tables of `migrations/` as `BTreeMap`s, and
-//! each method of [`Storage`] doing what its SQL in
-//! `src/storage/sql.rs` (and the batch scripts of `sqlite.rs` and
+//! each method of the storage's groups (`CredentialStore`, `MessageStore`
+//! and the others that make up `formid_gateway::storage::Storage`) doing
+//! what its SQL in `src/storage/sql.rs` (and the batch scripts of `sqlite.rs` and
 //! `postgres.rs`) does, statement by statement: the same `WHERE` clauses,
 //! the same fences by `lease_token`, the same claim order
 //! (`ORDER BY expires_at, id`).
@@ -23,10 +24,12 @@ use formid_gateway::ledger::states::{
     AttemptOutcome, Channel, CredentialState, Decision, Delivery, IdempotencyState, MessageStatus,
 };
 use formid_gateway::storage::{
-    AppState, AttemptRow, Claim, ClaimedCredential, EndSend, IdempotencyBegin, IdempotencyRecord,
-    InsertOutcome, KindQuota, Lease, MessageOutcome, MessageRow, NewAttempt, NewCredential,
-    NewMessage, NewPrompt, NewPushEvent, PromptEffect, PromptRecord, PushItemOutcome,
-    SendTemplates, Settlement, StartSend, Storage, StoredMessage, SweepReport, TemplateQuota,
+    AppState, AppStore, AttemptRow, Claim, ClaimRequest, ClaimedCredential, CredentialStore,
+    EndSend, IdempotencyBegin, IdempotencyRecord, IdempotencyRequest, IdempotencyStore,
+    InsertOutcome, KindQuota, Lease, MaintenanceStore, MessageOutcome, MessageRow, MessageStore,
+    NewAttempt, NewCredential, NewMessage, NewPrompt, NewPushEvent, PromptEffect, PromptRecord,
+    PushItemOutcome, SendTemplates, Settlement, StartSend, StoredMessage, SubscriptionStore,
+    SweepReport, TemplateQuota, TemplateStore,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -330,17 +333,16 @@ impl Tables {
 
     /// `CLAIM` (without its fence): the user's available credential expiring
     /// soonest after `valid_after`, by `(expires_at, id)`.
-    #[allow(clippy::too_many_arguments)]
-    fn claim(
-        &mut self,
-        appid: &str,
-        openid: &str,
-        grant_of: Option<&str>,
-        lease: &Lease,
-        valid_after: i64,
-        lease_until: i64,
-        now: i64,
-    ) -> Option<ClaimedCredential> {
+    fn claim(&mut self, claim: &ClaimRequest<'_>) -> Option<ClaimedCredential> {
+        let ClaimRequest {
+            appid,
+            openid,
+            grant_of,
+            lease,
+            valid_after,
+            lease_until,
+            now,
+        } = *claim;
         let id = self
             .credentials
             .values()
@@ -672,19 +674,7 @@ fn first<T, K: Ord>(mut rows: Vec<(K, T)>, limit: i64) -> Vec<T> {
 }
 
 #[async_trait]
-impl Storage for LedgerModel {
-    async fn ping(&self) -> anyhow::Result<()> {
-        self.read(|_| ()).await
-    }
-
-    async fn ensure_app(&self, appid: &str) -> anyhow::Result<()> {
-        self.write(|t| {
-            t.apps.entry(appid.to_owned()).or_default();
-            Ok(())
-        })
-        .await
-    }
-
+impl CredentialStore for LedgerModel {
     async fn insert_credentials(
         &self,
         appid: &str,
@@ -799,29 +789,21 @@ impl Storage for LedgerModel {
         .await
     }
 
-    async fn claim_credential(
-        &self,
-        appid: &str,
-        openid: &str,
-        grant_of: Option<&str>,
-        lease: &Lease,
-        valid_after: i64,
-        lease_until: i64,
-        now: i64,
-    ) -> anyhow::Result<Claim> {
+    async fn claim_credential(&self, claim: &ClaimRequest<'_>) -> anyhow::Result<Claim> {
+        let ClaimRequest {
+            appid,
+            openid,
+            grant_of,
+            lease,
+            lease_until,
+            now,
+            ..
+        } = *claim;
         self.write(|t| {
             if !t.fence(lease, Some(lease_until)) {
                 return Ok(Claim::LeaseLost);
             }
-            let claimed = t.claim(
-                appid,
-                openid,
-                grant_of,
-                lease,
-                valid_after,
-                lease_until,
-                now,
-            );
+            let claimed = t.claim(claim);
             // `CLAIM_LONG_TERM`, in the same transaction, only when no grant was claimed.
             let claimed = match (claimed, grant_of) {
                 (None, Some(template_id)) => {
@@ -834,6 +816,69 @@ impl Storage for LedgerModel {
         .await
     }
 
+    async fn release_credentials(&self, ids: &[i64], token: i64, now: i64) -> anyhow::Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.write(|t| {
+            for id in ids {
+                t.settle(*id, token, Settlement::Released, now)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn claim_expired_leases(
+        &self,
+        now: i64,
+        lease_until: i64,
+        token: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<ClaimedCredential>> {
+        self.write(|t| {
+            let expired = t
+                .credentials
+                .values()
+                .filter(|c| {
+                    c.state == CredentialState::Leased
+                        && c.lease_expires_at.is_some_and(|at| at <= now)
+                })
+                .map(|c| ((c.lease_expires_at, c.id), c.id))
+                .collect();
+            let claimed: Vec<ClaimedCredential> = first(expired, limit)
+                .into_iter()
+                .filter_map(|id| {
+                    let row = t.credentials.get_mut(&id)?;
+                    row.lease_expires_at = Some(lease_until);
+                    row.updated_at = now;
+                    row.lease_token = Some(token);
+                    Some(row.claimed())
+                })
+                .collect();
+            // `TAKE_MESSAGES_OF_CLAIMED`, in the same transaction.
+            let messages: BTreeSet<String> = t
+                .credentials
+                .values()
+                .filter(|c| c.leased_under(token))
+                .filter_map(|c| c.lease_message_id.clone())
+                .collect();
+            for id in messages {
+                if let Some(m) = t.messages.get_mut(&id) {
+                    if m.status == MessageStatus::Pending {
+                        m.lease_until = Some(lease_until);
+                        m.lease_token = Some(token);
+                    }
+                }
+            }
+            Ok(claimed)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl MessageStore for LedgerModel {
     async fn start_send(&self, start: &StartSend) -> anyhow::Result<Option<ClaimedCredential>> {
         self.write(|t| {
             let message = &start.message;
@@ -842,15 +887,15 @@ impl Storage for LedgerModel {
                 message_id: message.id.clone(),
                 token: message.lease_token,
             };
-            Ok(t.claim(
-                &message.appid,
-                &message.touser,
-                message.grant_of(),
-                &lease,
-                start.valid_after,
-                message.lease_until,
-                start.now,
-            ))
+            Ok(t.claim(&ClaimRequest {
+                appid: &message.appid,
+                openid: &message.touser,
+                grant_of: message.grant_of(),
+                lease: &lease,
+                valid_after: start.valid_after,
+                lease_until: message.lease_until,
+                now: start.now,
+            }))
         })
         .await
     }
@@ -1020,53 +1065,6 @@ impl Storage for LedgerModel {
         .await
     }
 
-    async fn claim_expired_leases(
-        &self,
-        now: i64,
-        lease_until: i64,
-        token: i64,
-        limit: i64,
-    ) -> anyhow::Result<Vec<ClaimedCredential>> {
-        self.write(|t| {
-            let expired = t
-                .credentials
-                .values()
-                .filter(|c| {
-                    c.state == CredentialState::Leased
-                        && c.lease_expires_at.is_some_and(|at| at <= now)
-                })
-                .map(|c| ((c.lease_expires_at, c.id), c.id))
-                .collect();
-            let claimed: Vec<ClaimedCredential> = first(expired, limit)
-                .into_iter()
-                .filter_map(|id| {
-                    let row = t.credentials.get_mut(&id)?;
-                    row.lease_expires_at = Some(lease_until);
-                    row.updated_at = now;
-                    row.lease_token = Some(token);
-                    Some(row.claimed())
-                })
-                .collect();
-            // `TAKE_MESSAGES_OF_CLAIMED`, in the same transaction.
-            let messages: BTreeSet<String> = t
-                .credentials
-                .values()
-                .filter(|c| c.leased_under(token))
-                .filter_map(|c| c.lease_message_id.clone())
-                .collect();
-            for id in messages {
-                if let Some(m) = t.messages.get_mut(&id) {
-                    if m.status == MessageStatus::Pending {
-                        m.lease_until = Some(lease_until);
-                        m.lease_token = Some(token);
-                    }
-                }
-            }
-            Ok(claimed)
-        })
-        .await
-    }
-
     async fn claim_stale_messages(
         &self,
         now: i64,
@@ -1102,15 +1100,50 @@ impl Storage for LedgerModel {
             .await
     }
 
-    async fn begin_idempotent(
+    async fn message(
         &self,
         appid: &str,
-        key: &str,
-        request_hash: &str,
-        message_id: &str,
-        now: i64,
-        expires_at: i64,
+        id: &str,
+    ) -> anyhow::Result<Option<(MessageRow, Vec<AttemptRow>)>> {
+        self.read(|t| {
+            let m = t.messages.get(id).filter(|m| m.appid == appid)?;
+            let row = MessageRow {
+                id: m.id.clone(),
+                appid: m.appid.clone(),
+                touser: m.touser.clone(),
+                template_id: m.template_id.clone(),
+                status: m.status,
+                error_code: m.error_code.clone(),
+                wechat_errcode: m.wechat_errcode,
+                created_at: m.created_at,
+                updated_at: m.updated_at,
+                channel: m.channel,
+                // The simulation does not model the push receiver, which
+                // alone records a final delivery.
+                delivery_error_code: None,
+                delivery_error_status: None,
+                delivery_reported_at: None,
+            };
+            Some((row, t.attempts.get(id).cloned().unwrap_or_default()))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for LedgerModel {
+    async fn begin_idempotent(
+        &self,
+        request: &IdempotencyRequest<'_>,
     ) -> anyhow::Result<IdempotencyBegin> {
+        let IdempotencyRequest {
+            appid,
+            key,
+            request_hash,
+            message_id,
+            now,
+            expires_at,
+        } = *request;
         self.write(|t| {
             let slot = (appid.to_owned(), key.to_owned());
             match t.idempotency.get(&slot) {
@@ -1158,28 +1191,10 @@ impl Storage for LedgerModel {
         })
         .await
     }
+}
 
-    async fn send_templates(&self, appid: &str) -> anyhow::Result<SendTemplates> {
-        // `DECIDED_TEMPLATES`. The model's catalogue keeps only channels (no
-        // content to check a send against): its subscribe templates are
-        // listed with the ones users decided on, which the send path takes
-        // the same way (channel subscribe, nothing to check against).
-        self.read(|t| {
-            let catalogue = t
-                .templates
-                .iter()
-                .filter(|((app, _), row)| app == appid && row.channel == Channel::Subscribe)
-                .map(|((_, template_id), _)| template_id.clone());
-            let decided = t
-                .subscriptions
-                .keys()
-                .filter(|(app, _, _)| app == appid)
-                .map(|(_, _, template_id)| template_id.clone());
-            SendTemplates::new(Vec::new(), catalogue.chain(decided).collect::<Vec<_>>())
-        })
-        .await
-    }
-
+#[async_trait]
+impl SubscriptionStore for LedgerModel {
     async fn record_prompt(&self, prompt: &NewPrompt, now: i64) -> anyhow::Result<PromptRecord> {
         let record = self
             .write(|t| {
@@ -1279,6 +1294,14 @@ impl Storage for LedgerModel {
         Ok(record)
     }
 
+    async fn record_push(
+        &self,
+        _event: &NewPushEvent,
+        _now: i64,
+    ) -> anyhow::Result<Vec<PushItemOutcome>> {
+        bail!("the simulation does not model WeChat's message push")
+    }
+
     async fn subscription_quota(
         &self,
         appid: &str,
@@ -1310,48 +1333,91 @@ impl Storage for LedgerModel {
         .await
     }
 
-    async fn release_credentials(&self, ids: &[i64], token: i64, now: i64) -> anyhow::Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        self.write(|t| {
-            for id in ids {
-                t.settle(*id, token, Settlement::Released, now)?;
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    async fn message(
+    /// The push receiver is not modelled: the simulation's WeChat does not
+    /// push, so nothing calls this.
+    async fn message_of_msgid(
         &self,
         appid: &str,
-        id: &str,
-    ) -> anyhow::Result<Option<(MessageRow, Vec<AttemptRow>)>> {
+        openid: &str,
+        msgid: &str,
+    ) -> anyhow::Result<Option<String>> {
+        // `MESSAGE_OF_MSGID`
         self.read(|t| {
-            let m = t.messages.get(id).filter(|m| m.appid == appid)?;
-            let row = MessageRow {
-                id: m.id.clone(),
-                appid: m.appid.clone(),
-                touser: m.touser.clone(),
-                template_id: m.template_id.clone(),
-                status: m.status,
-                error_code: m.error_code.clone(),
-                wechat_errcode: m.wechat_errcode,
-                created_at: m.created_at,
-                updated_at: m.updated_at,
-                channel: m.channel,
-                // The simulation does not model the push receiver, which
-                // alone records a final delivery.
-                delivery_error_code: None,
-                delivery_error_status: None,
-                delivery_reported_at: None,
-            };
-            Some((row, t.attempts.get(id).cloned().unwrap_or_default()))
+            t.attempts.iter().find_map(|(message_id, attempts)| {
+                let message = t.messages.get(message_id)?;
+                let ours = message.appid == appid && message.touser == openid;
+                (ours && attempts.iter().any(|a| a.msgid.as_deref() == Some(msgid)))
+                    .then(|| message_id.clone())
+            })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl TemplateStore for LedgerModel {
+    async fn send_templates(&self, appid: &str) -> anyhow::Result<SendTemplates> {
+        // `DECIDED_TEMPLATES`. The model's catalogue keeps only channels (no
+        // content to check a send against): its subscribe templates are
+        // listed with the ones users decided on, which the send path takes
+        // the same way (channel subscribe, nothing to check against).
+        self.read(|t| {
+            let catalogue = t
+                .templates
+                .iter()
+                .filter(|((app, _), row)| app == appid && row.channel == Channel::Subscribe)
+                .map(|((_, template_id), _)| template_id.clone());
+            let decided = t
+                .subscriptions
+                .keys()
+                .filter(|(app, _, _)| app == appid)
+                .map(|(_, _, template_id)| template_id.clone());
+            SendTemplates::new(Vec::new(), catalogue.chain(decided).collect::<Vec<_>>())
         })
         .await
     }
 
+    // The simulation runs the send path, which does not read the template
+    // catalogue (yet): none is modelled, and every call says so.
+    async fn replace_templates_batch(
+        &self,
+        _appid: &str,
+        _channel: formid_gateway::ledger::states::Channel,
+        _templates: &[formid_gateway::storage::TemplateRecord],
+    ) -> anyhow::Result<()> {
+        bail!("the simulation does not model the template catalogue")
+    }
+
+    async fn upsert_template(
+        &self,
+        _appid: &str,
+        _template: &formid_gateway::storage::TemplateRecord,
+    ) -> anyhow::Result<()> {
+        bail!("the simulation does not model the template catalogue")
+    }
+
+    async fn delete_template(&self, _appid: &str, _template_id: &str) -> anyhow::Result<bool> {
+        bail!("the simulation does not model the template catalogue")
+    }
+
+    async fn templates(
+        &self,
+        _appid: &str,
+    ) -> anyhow::Result<Vec<formid_gateway::storage::TemplateRecord>> {
+        Ok(Vec::new())
+    }
+
+    async fn template(
+        &self,
+        _appid: &str,
+        _template_id: &str,
+    ) -> anyhow::Result<Option<formid_gateway::storage::TemplateRecord>> {
+        Ok(None)
+    }
+}
+
+#[async_trait]
+impl AppStore for LedgerModel {
     async fn app_state(&self, appid: &str) -> anyhow::Result<AppState> {
         self.read(|t| {
             t.apps
@@ -1424,6 +1490,33 @@ impl Storage for LedgerModel {
         .await
     }
 
+    async fn take_token_fetch(
+        &self,
+        appid: &str,
+        seen: Option<i64>,
+        next: i64,
+    ) -> anyhow::Result<bool> {
+        self.write(|t| match t.apps.get_mut(appid) {
+            Some(app) if app.token_fetch_tat == seen => {
+                app.token_fetch_tat = Some(next);
+                Ok(true)
+            }
+            _ => Ok(false),
+        })
+        .await
+    }
+
+    async fn record_token_check(&self, appid: &str, token: &str, at: i64) -> anyhow::Result<bool> {
+        self.write(|t| match t.apps.get_mut(appid) {
+            Some(app) if app.access_token.as_deref() == Some(token) => {
+                app.token_checked_at = Some(at);
+                Ok(true)
+            }
+            _ => Ok(false),
+        })
+        .await
+    }
+
     async fn take_force_refresh(
         &self,
         appid: &str,
@@ -1452,33 +1545,6 @@ impl Storage for LedgerModel {
         .await
     }
 
-    async fn take_token_fetch(
-        &self,
-        appid: &str,
-        seen: Option<i64>,
-        next: i64,
-    ) -> anyhow::Result<bool> {
-        self.write(|t| match t.apps.get_mut(appid) {
-            Some(app) if app.token_fetch_tat == seen => {
-                app.token_fetch_tat = Some(next);
-                Ok(true)
-            }
-            _ => Ok(false),
-        })
-        .await
-    }
-
-    async fn record_token_check(&self, appid: &str, token: &str, at: i64) -> anyhow::Result<bool> {
-        self.write(|t| match t.apps.get_mut(appid) {
-            Some(app) if app.access_token.as_deref() == Some(token) => {
-                app.token_checked_at = Some(at);
-                Ok(true)
-            }
-            _ => Ok(false),
-        })
-        .await
-    }
-
     async fn block_sends(&self, appid: &str, until: i64) -> anyhow::Result<()> {
         self.write(|t| {
             if let Some(app) = t.apps.get_mut(appid) {
@@ -1488,71 +1554,20 @@ impl Storage for LedgerModel {
         })
         .await
     }
+}
 
-    // The simulation runs the send path, which does not read the template
-    // catalogue (yet): none is modelled, and every call says so.
-    async fn replace_templates_batch(
-        &self,
-        _appid: &str,
-        _channel: formid_gateway::ledger::states::Channel,
-        _templates: &[formid_gateway::storage::TemplateRecord],
-    ) -> anyhow::Result<()> {
-        bail!("the simulation does not model the template catalogue")
+#[async_trait]
+impl MaintenanceStore for LedgerModel {
+    async fn ping(&self) -> anyhow::Result<()> {
+        self.read(|_| ()).await
     }
 
-    async fn upsert_template(
-        &self,
-        _appid: &str,
-        _template: &formid_gateway::storage::TemplateRecord,
-    ) -> anyhow::Result<()> {
-        bail!("the simulation does not model the template catalogue")
-    }
-
-    async fn delete_template(&self, _appid: &str, _template_id: &str) -> anyhow::Result<bool> {
-        bail!("the simulation does not model the template catalogue")
-    }
-
-    async fn templates(
-        &self,
-        _appid: &str,
-    ) -> anyhow::Result<Vec<formid_gateway::storage::TemplateRecord>> {
-        Ok(Vec::new())
-    }
-
-    async fn template(
-        &self,
-        _appid: &str,
-        _template_id: &str,
-    ) -> anyhow::Result<Option<formid_gateway::storage::TemplateRecord>> {
-        Ok(None)
-    }
-
-    /// The push receiver is not modelled: the simulation's WeChat does not
-    /// push, so nothing calls this.
-    async fn message_of_msgid(
-        &self,
-        appid: &str,
-        openid: &str,
-        msgid: &str,
-    ) -> anyhow::Result<Option<String>> {
-        // `MESSAGE_OF_MSGID`
-        self.read(|t| {
-            t.attempts.iter().find_map(|(message_id, attempts)| {
-                let message = t.messages.get(message_id)?;
-                let ours = message.appid == appid && message.touser == openid;
-                (ours && attempts.iter().any(|a| a.msgid.as_deref() == Some(msgid)))
-                    .then(|| message_id.clone())
-            })
+    async fn ensure_app(&self, appid: &str) -> anyhow::Result<()> {
+        self.write(|t| {
+            t.apps.entry(appid.to_owned()).or_default();
+            Ok(())
         })
         .await
-    }
-
-    async fn record_push(
-        &self,
-        _event: &NewPushEvent,
-        _now: i64,
-    ) -> anyhow::Result<Vec<PushItemOutcome>> {
-        bail!("the simulation does not model WeChat's message push")
     }
 
     async fn sweep(

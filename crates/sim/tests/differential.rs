@@ -11,8 +11,8 @@ use std::sync::Arc;
 use formid_gateway::ledger::kinds::CredentialKind;
 use formid_gateway::ledger::states::{AttemptOutcome, Channel, Delivery, MessageStatus};
 use formid_gateway::storage::{
-    EndSend, Lease, MessageOutcome, NewAttempt, NewCredential, NewMessage, Settlement, StartSend,
-    Storage,
+    ClaimRequest, EndSend, Lease, MessageOutcome, NewAttempt, NewCredential, NewMessage,
+    Settlement, StartSend, Storage,
 };
 use formid_sim::ledger_model::LedgerModel;
 use rand::rngs::StdRng;
@@ -397,15 +397,15 @@ async fn step(pair: &Pair, schedule: &mut Schedule) {
                 .call(schedule, name, |s| {
                     let (lease, touser) = (started.lease.clone(), started.touser.clone());
                     async move {
-                        s.claim_credential(
-                            APPID,
-                            &touser,
-                            None,
-                            &lease,
-                            now + 60_000,
-                            now + LEASE_MS,
+                        s.claim_credential(&ClaimRequest {
+                            appid: APPID,
+                            openid: &touser,
+                            grant_of: None,
+                            lease: &lease,
+                            valid_after: now + 60_000,
+                            lease_until: now + LEASE_MS,
                             now,
-                        )
+                        })
                         .await
                     }
                 })
