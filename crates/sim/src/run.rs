@@ -11,7 +11,7 @@
 //! instant; a new instance then starts on the same ledger, and its recovery
 //! resolves what the dead one left.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -887,59 +887,90 @@ enum Action {
 
 /// Runs a plan against a ledger, quiesces, and checks the invariants.
 pub async fn run_plan(plan: Plan, backend: Backend) -> SeedReport {
-    let base = TimeBase::now();
-    let trace = Arc::new(Trace::new(base));
-    let knobs = plan.knobs.clone();
-    let wechat = Arc::new(WeChatModel::new(
-        base,
-        WeChatSetup {
-            seed: plan.seed,
-            rates: plan.rates.clone(),
-            request_timeout: Duration::from_millis(knobs.request_timeout_ms),
-            latency_ms: knobs.latency_ms,
-            token_expires_in: knobs.token_expires_in,
-        },
-        trace.clone(),
-    ));
-    let apps = Arc::new(BTreeMap::from([(
-        APPID.to_owned(),
-        AppSettings {
-            secret: "sim-secret".to_owned().into(),
-            token_mode: plan.token_mode,
-            miniprogram_state: Default::default(),
-            lang: Default::default(),
-            push_token: None,
-            encoding_aes_key: None,
-            previous_encoding_aes_key: None,
-            subscribe_grants_from: Default::default(),
-        },
-    )]));
-    let world = World {
-        plan: plan.clone(),
-        base,
-        backend: backend.clone(),
-        wechat: wechat.clone(),
-        trace: trace.clone(),
-        apps,
-    };
+    let world = World::new(plan, backend);
     let mut report = SeedReport {
-        seed: plan.seed,
+        seed: world.plan.seed,
         ..SeedReport::default()
     };
-    let mut driver_faults = Counts::new();
-    let mut instances: Vec<Option<Instance>> = Vec::new();
-    let mut generations = vec![0u32; plan.instances];
-    for slot in 0..plan.instances {
-        match world.start(slot, 0).await {
-            Ok(instance) => instances.push(Some(instance)),
-            Err(error) => {
-                report
-                    .violations
-                    .push(format!("instance {slot} could not start: {error:#}"));
-                return report;
-            }
+    let mut driver = match Driver::start(&world).await {
+        Ok(driver) => driver,
+        Err(violation) => {
+            report.violations.push(violation);
+            return report;
+        }
+    };
+    let mut queue = planned_actions(&world.plan);
+    while let Some((at_ms, action)) = driver.next_action(&mut queue) {
+        tokio::time::sleep_until(world.base.instant_at(EPOCH_MS + at_ms)).await;
+        if let Err(violation) = driver.apply(at_ms, action, &mut report).await {
+            report.violations.push(violation);
+            return report;
         }
     }
+    let snapshot = driver.quiesce(&mut report).await;
+    driver.stop();
+    let side = wechat_side(&world, &driver.told);
+    let violations = check(&snapshot, &side);
+    fill_report(&mut report, &world, &snapshot, &side, &driver.driver_faults);
+    if !violations.is_empty() || !report.violations.is_empty() {
+        report.story = Some(story(
+            &world.plan,
+            &world.trace,
+            &snapshot,
+            &side,
+            &violations,
+        ));
+        report
+            .violations
+            .extend(violations.into_iter().map(|v| v.text));
+    }
+    report
+}
+
+impl World {
+    /// The run's time base, trace, WeChat model and app settings.
+    fn new(plan: Plan, backend: Backend) -> Self {
+        let base = TimeBase::now();
+        let trace = Arc::new(Trace::new(base));
+        let knobs = &plan.knobs;
+        let wechat = Arc::new(WeChatModel::new(
+            base,
+            WeChatSetup {
+                seed: plan.seed,
+                rates: plan.rates.clone(),
+                request_timeout: Duration::from_millis(knobs.request_timeout_ms),
+                latency_ms: knobs.latency_ms,
+                token_expires_in: knobs.token_expires_in,
+            },
+            trace.clone(),
+        ));
+        let apps = Arc::new(BTreeMap::from([(
+            APPID.to_owned(),
+            AppSettings {
+                secret: "sim-secret".to_owned().into(),
+                token_mode: plan.token_mode,
+                miniprogram_state: Default::default(),
+                lang: Default::default(),
+                push_token: None,
+                encoding_aes_key: None,
+                previous_encoding_aes_key: None,
+                subscribe_grants_from: Default::default(),
+            },
+        )]));
+        World {
+            plan,
+            base,
+            backend,
+            wechat,
+            trace,
+            apps,
+        }
+    }
+}
+
+/// The plan's actions in the driver's order: by time, then by kind (posts,
+/// sends, crashes, prompts, revocations, invalidations), then by index.
+fn planned_actions(plan: &Plan) -> VecDeque<(i64, Action)> {
     let mut actions: Vec<(i64, u8, usize, Action)> = Vec::new();
     for (n, post) in plan.posts.iter().enumerate() {
         actions.push((post.at_ms, 0, n, Action::Post(n)));
@@ -959,224 +990,304 @@ pub async fn run_plan(plan: Plan, backend: Backend) -> SeedReport {
     for (n, invalidation) in plan.invalidations.iter().enumerate() {
         actions.push((invalidation.at_ms, 5, n, Action::Invalidate(n)));
     }
-    *driver_faults
-        .entry(match plan.token_mode {
-            TokenMode::Token => "tokens: seeds in cgi-bin/token mode",
-            TokenMode::StableToken => "tokens: seeds in stable_token mode",
-        })
-        .or_default() += 1;
-    // The frontend's posts of prompt results go to the shared ledger (a
-    // post through an instance that crashes is retried by the frontend).
-    let frontend = match (backend.connect)().await {
-        Ok(storage) => storage,
-        Err(error) => {
-            report
-                .violations
-                .push(format!("the frontend could not connect: {error:#}"));
-            return report;
-        }
-    };
-    let told: Told = Arc::new(Mutex::new(BTreeMap::new()));
-    let mut frontend_tasks: Vec<JoinHandle<()>> = Vec::new();
     actions.sort_by_key(|(at, order, n, _)| (*at, *order, *n));
-    // Restarts are queued as crashes happen.
-    let mut restarts: Vec<(i64, usize)> = Vec::new();
-    let mut queue: std::collections::VecDeque<(i64, Action)> = actions
+    actions
         .into_iter()
         .map(|(at, _, _, action)| (at, action))
-        .collect();
-    loop {
-        // The next restart due before the next planned action goes first.
-        restarts.sort();
-        let next_restart = restarts.first().copied();
-        let action = match (queue.front(), next_restart) {
+        .collect()
+}
+
+/// The instances, the frontend and what the driver counts while the plan's
+/// actions play out.
+struct Driver<'w> {
+    world: &'w World,
+    instances: Vec<Option<Instance>>,
+    generations: Vec<u32>,
+    /// Restarts queued as crashes happen: (due at, slot).
+    restarts: Vec<(i64, usize)>,
+    /// The frontend's posts of prompt results go to the shared ledger (a
+    /// post through an instance that crashes is retried by the frontend).
+    frontend: Arc<dyn Storage>,
+    frontend_tasks: Vec<JoinHandle<()>>,
+    told: Told,
+    driver_faults: Counts,
+}
+
+impl<'w> Driver<'w> {
+    /// Starts every instance and connects the frontend; `Err` is the
+    /// violation that ends the run.
+    async fn start(world: &'w World) -> Result<Driver<'w>, String> {
+        let plan = &world.plan;
+        let mut instances: Vec<Option<Instance>> = Vec::new();
+        for slot in 0..plan.instances {
+            match world.start(slot, 0).await {
+                Ok(instance) => instances.push(Some(instance)),
+                Err(error) => return Err(format!("instance {slot} could not start: {error:#}")),
+            }
+        }
+        let mut driver_faults = Counts::new();
+        *driver_faults
+            .entry(match plan.token_mode {
+                TokenMode::Token => "tokens: seeds in cgi-bin/token mode",
+                TokenMode::StableToken => "tokens: seeds in stable_token mode",
+            })
+            .or_default() += 1;
+        let frontend = (world.backend.connect)()
+            .await
+            .map_err(|error| format!("the frontend could not connect: {error:#}"))?;
+        Ok(Driver {
+            world,
+            instances,
+            generations: vec![0u32; plan.instances],
+            restarts: Vec::new(),
+            frontend,
+            frontend_tasks: Vec::new(),
+            told: Arc::new(Mutex::new(BTreeMap::new())),
+            driver_faults,
+        })
+    }
+
+    /// The next restart due before the next planned action, or else that
+    /// action; `None` when both are done.
+    fn next_action(&mut self, queue: &mut VecDeque<(i64, Action)>) -> Option<(i64, Action)> {
+        self.restarts.sort();
+        let next_restart = self.restarts.first().copied();
+        match (queue.front(), next_restart) {
             (Some((at, _)), Some((restart_at, slot))) if restart_at <= *at => {
-                restarts.remove(0);
-                (restart_at, Action::Restart(slot))
+                self.restarts.remove(0);
+                Some((restart_at, Action::Restart(slot)))
             }
-            (Some(_), _) => queue.pop_front().expect("a queued action"),
+            (Some(_), _) => queue.pop_front(),
             (None, Some((restart_at, slot))) => {
-                restarts.remove(0);
-                (restart_at, Action::Restart(slot))
+                self.restarts.remove(0);
+                Some((restart_at, Action::Restart(slot)))
             }
-            (None, None) => break,
-        };
-        let (at_ms, action) = action;
-        tokio::time::sleep_until(base.instant_at(EPOCH_MS + at_ms)).await;
+            (None, None) => None,
+        }
+    }
+
+    /// Carries out one action; `Err` is the violation that ends the run.
+    async fn apply(
+        &mut self,
+        at_ms: i64,
+        action: Action,
+        report: &mut SeedReport,
+    ) -> Result<(), String> {
+        let world = self.world;
+        let plan = &world.plan;
         match action {
             Action::Post(n) => {
                 let post = &plan.posts[n];
-                let slot = live_slot(&instances, post.instance);
-                post_credentials(
-                    &world,
-                    instances[slot].as_ref().expect("a live instance"),
-                    post,
-                    &mut driver_faults,
-                )
-                .await;
+                let slot = live_slot(&self.instances, post.instance);
+                let instance = self.instances[slot].as_ref().expect("a live instance");
+                post_credentials(world, instance, post, &mut self.driver_faults).await;
             }
             Action::Send(n) => {
                 let send = &plan.sends[n];
-                let slot = live_slot(&instances, send.instance);
-                let instance = instances[slot].as_mut().expect("a live instance");
-                let task = spawn_send(instance, send, trace.clone(), told.clone());
+                let slot = live_slot(&self.instances, send.instance);
+                let instance = self.instances[slot].as_mut().expect("a live instance");
+                let task = spawn_send(instance, send, world.trace.clone(), self.told.clone());
                 instance.sends.push(task);
                 report.sends += 1;
             }
-            Action::Crash(n) => {
-                let crash = &plan.crashes[n];
-                let alive = instances.iter().filter(|i| i.is_some()).count();
-                if alive < 2 || instances[crash.slot].is_none() {
-                    continue;
-                }
-                if let Some(instance) = instances[crash.slot].take() {
-                    for task in instance.tasks.iter().chain(&instance.sends) {
-                        task.abort();
-                    }
-                    let in_flight = instance.sends.iter().filter(|t| !t.is_finished()).count();
-                    trace.record(
-                        &instance.name,
-                        format!("CRASH with {in_flight} send(s) in flight"),
-                    );
-                    *driver_faults.entry("instance crashes").or_default() += 1;
-                    restarts.push((at_ms + crash.restart_after_ms, crash.slot));
-                }
-            }
+            Action::Crash(n) => self.crash(at_ms, &plan.crashes[n]),
             Action::Prompt(n) => {
                 let prompt = &plan.subscribe.prompts[n];
-                frontend_tasks.push(spawn_prompt(
-                    &world,
+                let task = spawn_prompt(
+                    world,
                     prompt,
-                    frontend.clone(),
-                    &mut driver_faults,
-                ));
-            }
-            Action::Revoke(n) => {
-                let revocation = &plan.subscribe.revocations[n];
-                wechat.revoke(APPID, &revocation.openid, &revocation.template_id);
-                trace.record(
-                    "user",
-                    format!(
-                        "{} turns {} off at WeChat",
-                        revocation.openid, revocation.template_id
-                    ),
+                    self.frontend.clone(),
+                    &mut self.driver_faults,
                 );
-                *driver_faults
-                    .entry("subscribe: user revoked a template")
-                    .or_default() += 1;
+                self.frontend_tasks.push(task);
             }
+            Action::Revoke(n) => self.revoke(&plan.subscribe.revocations[n]),
             Action::Invalidate(n) => {
                 let invalidation = &plan.invalidations[n];
                 match invalidation.around {
                     None => {
-                        wechat.invalidate(APPID, invalidation.how);
+                        world.wechat.invalidate(APPID, invalidation.how);
                     }
-                    Some(around) => wechat.arm(APPID, invalidation.how, around),
+                    Some(around) => world.wechat.arm(APPID, invalidation.how, around),
                 }
             }
-            Action::Restart(slot) => {
-                if instances[slot].is_some() {
-                    continue;
+            Action::Restart(slot) => self.restart(slot).await?,
+        }
+        Ok(())
+    }
+
+    /// Aborts every task of the crashed instance and queues its restart;
+    /// nothing when it is already down or the last one alive.
+    fn crash(&mut self, at_ms: i64, crash: &CrashPlan) {
+        let alive = self.instances.iter().filter(|i| i.is_some()).count();
+        if alive < 2 || self.instances[crash.slot].is_none() {
+            return;
+        }
+        if let Some(instance) = self.instances[crash.slot].take() {
+            for task in instance.tasks.iter().chain(&instance.sends) {
+                task.abort();
+            }
+            let in_flight = instance.sends.iter().filter(|t| !t.is_finished()).count();
+            self.world.trace.record(
+                &instance.name,
+                format!("CRASH with {in_flight} send(s) in flight"),
+            );
+            *self.driver_faults.entry("instance crashes").or_default() += 1;
+            self.restarts
+                .push((at_ms + crash.restart_after_ms, crash.slot));
+        }
+    }
+
+    /// A new generation of the instance in `slot`, unless it is alive.
+    async fn restart(&mut self, slot: usize) -> Result<(), String> {
+        if self.instances[slot].is_some() {
+            return Ok(());
+        }
+        self.generations[slot] += 1;
+        match self.world.start(slot, self.generations[slot]).await {
+            Ok(instance) => {
+                self.instances[slot] = Some(instance);
+                Ok(())
+            }
+            Err(error) => Err(format!("instance {slot} could not restart: {error:#}")),
+        }
+    }
+
+    /// A user turning a template off at WeChat.
+    fn revoke(&mut self, revocation: &RevocationPlan) {
+        self.world
+            .wechat
+            .revoke(APPID, &revocation.openid, &revocation.template_id);
+        self.world.trace.record(
+            "user",
+            format!(
+                "{} turns {} off at WeChat",
+                revocation.openid, revocation.template_id
+            ),
+        );
+        *self
+            .driver_faults
+            .entry("subscribe: user revoked a template")
+            .or_default() += 1;
+    }
+
+    /// Quiescence: no more faults; every lease runs out, recovery and the
+    /// waiting worker finish what is left. The ledger as last read.
+    async fn quiesce(&self, report: &mut SeedReport) -> Snapshot {
+        let world = self.world;
+        let knobs = &world.plan.knobs;
+        world.wechat.set_faults(false);
+        if let Some(model) = &world.backend.model {
+            model.set_write_failures(0);
+        }
+        world
+            .trace
+            .record("driver", "faults stop: quiescing".to_owned());
+        let deadline = world.base.now_ms() + knobs.horizon_ms;
+        let mut snapshot = Snapshot::default();
+        loop {
+            tokio::time::sleep(Duration::from_millis(knobs.poll_ms)).await;
+            let sends_done = self
+                .instances
+                .iter()
+                .flatten()
+                .all(|i| i.sends.iter().all(JoinHandle::is_finished))
+                && self.frontend_tasks.iter().all(JoinHandle::is_finished);
+            match world.backend.view.snapshot().await {
+                Ok(read) => snapshot = read,
+                Err(error) => {
+                    report
+                        .violations
+                        .push(format!("reading the ledger failed: {error:#}"));
+                    return snapshot;
                 }
-                generations[slot] += 1;
-                match world.start(slot, generations[slot]).await {
-                    Ok(instance) => instances[slot] = Some(instance),
-                    Err(error) => {
-                        report
-                            .violations
-                            .push(format!("instance {slot} could not restart: {error:#}"));
-                        return report;
-                    }
-                }
+            }
+            if sends_done && snapshot.busy() == 0 {
+                return snapshot;
+            }
+            if world.base.now_ms() > deadline {
+                report.violations.push(format!(
+                    "the run did not quiesce within {} s: {} pending/waiting/leased row(s)",
+                    knobs.horizon_ms / 1000,
+                    snapshot.busy()
+                ));
+                return snapshot;
             }
         }
     }
-    // Quiescence: no more faults; every lease runs out, recovery and the
-    // waiting worker finish what is left.
-    wechat.set_faults(false);
-    if let Some(model) = &backend.model {
-        model.set_write_failures(0);
-    }
-    trace.record("driver", "faults stop: quiescing".to_owned());
-    let deadline = base.now_ms() + knobs.horizon_ms;
-    let mut snapshot = Snapshot::default();
-    loop {
-        tokio::time::sleep(Duration::from_millis(knobs.poll_ms)).await;
-        let sends_done = instances
-            .iter()
-            .flatten()
-            .all(|i| i.sends.iter().all(JoinHandle::is_finished))
-            && frontend_tasks.iter().all(JoinHandle::is_finished);
-        match backend.view.snapshot().await {
-            Ok(read) => snapshot = read,
-            Err(error) => {
-                report
-                    .violations
-                    .push(format!("reading the ledger failed: {error:#}"));
-                break;
+
+    /// Aborts every task still running, the instances' and the frontend's.
+    fn stop(&self) {
+        for instance in self.instances.iter().flatten() {
+            for task in instance.tasks.iter().chain(&instance.sends) {
+                task.abort();
             }
         }
-        if sends_done && snapshot.busy() == 0 {
-            break;
-        }
-        if base.now_ms() > deadline {
-            report.violations.push(format!(
-                "the run did not quiesce within {} s: {} pending/waiting/leased row(s)",
-                knobs.horizon_ms / 1000,
-                snapshot.busy()
-            ));
-            break;
-        }
-    }
-    for instance in instances.iter().flatten() {
-        for task in instance.tasks.iter().chain(&instance.sends) {
+        self.world.trace.record("driver", "quiesced".to_owned());
+        for task in &self.frontend_tasks {
             task.abort();
         }
     }
-    trace.record("driver", "quiesced".to_owned());
-    for task in &frontend_tasks {
-        task.abort();
-    }
+}
+
+/// What WeChat saw and the truths the invariants compare the ledger with.
+fn wechat_side(world: &World, told: &Told) -> WeChatSide {
+    let plan = &world.plan;
+    let knobs = &plan.knobs;
+    let wechat = &world.wechat;
     let templates: BTreeMap<String, bool> = plan
         .subscribe
         .templates
         .iter()
         .map(|t| (t.id.clone(), t.long_term))
         .collect();
-    let side = WeChatSide {
+    WeChatSide {
         credentials: wechat.credentials(),
         deliveries: wechat.deliveries(),
         answers: wechat.answers(),
         subscriptions: wechat.subscriptions(),
         long_term_templates: templates,
-        accepts: plan
-            .subscribe
-            .prompts
-            .iter()
-            .flat_map(|p| {
-                p.decisions
-                    .iter()
-                    .filter(|(_, accepted)| *accepted)
-                    .map(|(template_id, _)| AcceptTruth {
-                        openid: p.openid.clone(),
-                        template_id: template_id.clone(),
-                        request_id: p.request_id.clone(),
-                        at_ms: EPOCH_MS + p.at_ms,
-                    })
-            })
-            .collect(),
+        accepts: accept_truths(plan),
         told: told.lock().expect("told").clone(),
         tokens: TokenFacts {
             mode: plan.token_mode,
-            run_ms: base.now_ms() - base.epoch_ms,
+            run_ms: world.base.now_ms() - world.base.epoch_ms,
             expires_in_secs: knobs.token_expires_in,
             refresh_ahead_ms: knobs.token.refresh_ahead.as_millis() as i64,
             calls_after_rejection_bound: knobs.max_concurrent_calls as u64
                 * u64::from(1 + BUSY_RETRIES + PROBE_LIMIT),
             truth: wechat.token_truth(),
         },
-    };
-    let violations = check(&snapshot, &side);
+    }
+}
+
+/// Every template a prompt of the plan has the user accept.
+fn accept_truths(plan: &Plan) -> Vec<AcceptTruth> {
+    plan.subscribe
+        .prompts
+        .iter()
+        .flat_map(|p| {
+            p.decisions
+                .iter()
+                .filter(|(_, accepted)| *accepted)
+                .map(|(template_id, _)| AcceptTruth {
+                    openid: p.openid.clone(),
+                    template_id: template_id.clone(),
+                    request_id: p.request_id.clone(),
+                    at_ms: EPOCH_MS + p.at_ms,
+                })
+        })
+        .collect()
+}
+
+/// The run's figures: deliveries, outcomes, attempts, faults, time, trace.
+fn fill_report(
+    report: &mut SeedReport,
+    world: &World,
+    snapshot: &Snapshot,
+    side: &WeChatSide,
+    driver_faults: &Counts,
+) {
     report.deliveries = side.deliveries.len() as u64;
     for message in &snapshot.messages {
         *report.outcomes.entry(message.status.as_str()).or_default() += 1;
@@ -1184,20 +1295,13 @@ pub async fn run_plan(plan: Plan, backend: Backend) -> SeedReport {
             *report.attempts.entry(attempt.outcome.as_str()).or_default() += 1;
         }
     }
-    add_counts(&mut report.faults, &wechat.counts());
-    if let Some(model) = &backend.model {
+    add_counts(&mut report.faults, &world.wechat.counts());
+    if let Some(model) = &world.backend.model {
         add_counts(&mut report.faults, &model.counts());
     }
-    add_counts(&mut report.faults, &driver_faults);
-    report.simulated_ms = base.now_ms() - base.epoch_ms;
-    report.trace_hash = trace.hash();
-    if !violations.is_empty() || !report.violations.is_empty() {
-        report.story = Some(story(&plan, &trace, &snapshot, &side, &violations));
-        report
-            .violations
-            .extend(violations.into_iter().map(|v| v.text));
-    }
-    report
+    add_counts(&mut report.faults, driver_faults);
+    report.simulated_ms = world.base.now_ms() - world.base.epoch_ms;
+    report.trace_hash = world.trace.hash();
 }
 
 /// The slot that takes work meant for `wanted`: it, or the next one alive.
