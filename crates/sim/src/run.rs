@@ -222,71 +222,9 @@ impl Plan {
     pub fn new(seed: u64, sends: usize, profile: Profile) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let real = profile == Profile::RealTime;
-        let request_timeout_ms = if real {
-            rng.gen_range(200..=400)
-        } else {
-            rng.gen_range(1_000..=5_000)
-        };
-        let latency_ms = if real {
-            (1, rng.gen_range(2..=20))
-        } else {
-            (5, rng.gen_range(10..=200))
-        };
-        let call_budget_ms = request_timeout_ms as i64 + if real { 100 } else { 1_000 };
-        // Short leases: a hang and a backoff or two eat most of one.
-        let lease_ms = call_budget_ms + rng.gen_range(call_budget_ms / 4..=2 * call_budget_ms);
-        let knobs = Knobs {
-            request_timeout_ms,
-            latency_ms,
-            call_budget_ms,
-            lease_ms,
-            max_concurrent_calls: rng.gen_range(1..=4),
-            recovery_interval_ms: if real {
-                rng.gen_range(200..=500)
-            } else {
-                rng.gen_range(1_000..=5_000)
-            },
-            waiting_poll_ms: if real { 100 } else { 500 },
-            token_check_ms: if real { 1_000 } else { 30_000 },
-            sweep_ms: if real { 1_000 } else { 60_000 },
-            busy_backoff_ms: if real { 20 } else { 200 },
-            breaker_cooldown_ms: if real { 500 } else { 10_000 },
-            not_ready_retry_ms: if real { 300 } else { 5_000 },
-            token: TokenSettings {
-                refresh_ahead: Duration::from_secs(900),
-                check_interval: Duration::from_millis(if real { 1_000 } else { 30_000 }),
-                lease: Duration::from_millis(if real { 1_000 } else { 30_000 }),
-                wait: Duration::from_millis(if real { 2_000 } else { 15_000 }),
-                cache: Duration::from_millis(if real { 100 } else { 1_000 }),
-                fetch_burst: 5,
-                fetch_refill: Duration::from_millis(if real { 2_000 } else { 120_000 }),
-                check_reuse: Duration::from_millis(if real { 1_000 } else { 10_000 }),
-                send_retry: Duration::from_millis(if real { 500 } else { 5_000 }),
-                force_refreshes_per_day: 0,
-            },
-            token_expires_in: if real {
-                7_200
-            } else {
-                pick(&mut rng, &[7_200, 1_200, 400])
-            },
-            poll_ms: if real { 200 } else { 1_000 },
-            horizon_ms: if real { 30_000 } else { 2 * HOUR_MS },
-        };
+        let knobs = Knobs::draw(&mut rng, real);
         let instances = rng.gen_range(2..=3);
-        let max_skew: i64 = if real {
-            pick(&mut rng, &[0, 20, 100])
-        } else {
-            pick(&mut rng, &[0, 200, 2_000, 15_000])
-        };
-        let skews_ms = (0..instances)
-            .map(|_| {
-                if max_skew == 0 {
-                    0
-                } else {
-                    rng.gen_range(-max_skew..=max_skew)
-                }
-            })
-            .collect();
+        let skews_ms = draw_skews(&mut rng, real, instances);
         let spacing_ms: i64 = if real {
             rng.gen_range(20..=80)
         } else {
@@ -295,114 +233,24 @@ impl Plan {
         let window_ms = spacing_ms * sends as i64;
         let users: Vec<String> = (0..rng.gen_range(3..=8)).map(|n| format!("u{n}")).collect();
         let mut next_credential = 0;
-        let mut posts = Vec::new();
-        // What the users already hold when the run starts.
-        let mut initial = Vec::new();
-        for user in &users {
-            for _ in 0..rng.gen_range(1..=4) {
-                initial.push(credential_plan(
-                    &mut rng,
-                    &mut next_credential,
-                    user,
-                    EPOCH_MS,
-                    true,
-                    window_ms,
-                ));
-            }
-        }
-        // A quarter of the seeds are "twilight" runs: what the users hold
-        // dies at WeChat while the sends go on, and the frontend posted it
-        // late without `collected_at` (or from a fast phone), so the ledger
-        // believes it has days left. Drawn from a stream of its own, so
-        // that the rest of the plan is the same as without it.
-        let mut twilight = StdRng::seed_from_u64(seed ^ 0x5457_494c_4947_4854);
-        if twilight.gen_bool(0.25) {
-            for credential in &mut initial {
-                let dies_at = EPOCH_MS + twilight.gen_range(0..=window_ms + 5_000);
-                credential.issued_at = dies_at - CREDENTIAL_LIFETIME_MS;
-                credential.usable_from = credential.issued_at;
-                if twilight.gen_bool(0.8) {
-                    credential.collected_at = None;
-                    credential.label = "missing";
-                } else {
-                    credential.collected_at =
-                        Some(credential.issued_at + twilight.gen_range(1_000..=50_000));
-                    credential.label = "fast phone";
-                }
-            }
-        }
-        posts.push(PostPlan {
+        let mut initial = initial_credentials(&mut rng, &mut next_credential, &users, window_ms);
+        twilight(seed, &mut initial, window_ms);
+        let mut posts = vec![PostPlan {
             at_ms: 0,
             instance: 0,
             credentials: initial,
-        });
-        // Users posting credentials mid-run, some of them buffered for hours.
-        for _ in 0..(sends / 2).max(1) {
-            let at_ms = rng.gen_range(0..=window_ms);
-            let user = users[rng.gen_range(0..users.len())].clone();
-            let credentials = (0..rng.gen_range(1..=2))
-                .map(|_| {
-                    credential_plan(
-                        &mut rng,
-                        &mut next_credential,
-                        &user,
-                        EPOCH_MS + at_ms,
-                        false,
-                        window_ms,
-                    )
-                })
-                .collect();
-            posts.push(PostPlan {
-                at_ms,
-                instance: rng.gen_range(0..instances),
-                credentials,
-            });
-        }
+        }];
+        let draws = Draws {
+            real,
+            instances,
+            users: &users,
+            window_ms,
+        };
+        posts.extend(mid_run_posts(&mut rng, &mut next_credential, &draws, sends));
         posts.sort_by_key(|post| post.at_ms);
-        let mut sends: Vec<SendPlan> = (0..sends)
-            .map(|_| {
-                let wait_seconds = rng.gen_bool(0.15).then(|| {
-                    if real {
-                        rng.gen_range(1..=2)
-                    } else {
-                        rng.gen_range(5..=90)
-                    }
-                });
-                SendPlan {
-                    at_ms: rng.gen_range(0..=window_ms),
-                    instance: rng.gen_range(0..instances),
-                    id: String::new(),
-                    touser: users[rng.gen_range(0..users.len())].clone(),
-                    wait_seconds,
-                    at_least_once: rng.gen_bool(0.05),
-                    subscribe: None,
-                }
-            })
-            .collect();
-        sends.sort_by_key(|send| send.at_ms);
-        for (n, send) in sends.iter_mut().enumerate() {
-            send.id = format!("m{n:04}");
-        }
-        let crashes = (0..rng.gen_range(0..=3))
-            .map(|_| CrashPlan {
-                at_ms: rng.gen_range(0..=window_ms),
-                slot: rng.gen_range(0..instances),
-                restart_after_ms: if real {
-                    rng.gen_range(50..=300)
-                } else {
-                    rng.gen_range(100..=5_000)
-                },
-            })
-            .collect();
-        let mut rates = FaultRates::default();
-        for fault in Fault::ALL {
-            rates
-                .send
-                .insert(fault, pick(&mut rng, &[0, 5, 10, 20, 40]));
-        }
-        rates.token_lost_before = pick(&mut rng, &[0, 20, 50]);
-        rates.token_lost_after = pick(&mut rng, &[0, 20, 50]);
-        rates.token_busy = pick(&mut rng, &[0, 20, 50]);
+        let sends = draw_sends(&mut rng, &draws, sends);
+        let crashes = draw_crashes(&mut rng, &draws);
+        let rates = draw_fault_rates(&mut rng);
         let write_failures = pick(&mut rng, &[0, 0, 2, 5, 10]);
         let (token_mode, invalidations) = token_plan(seed, real, window_ms);
         Self {
@@ -543,6 +391,290 @@ impl Plan {
         };
         self
     }
+}
+
+/// The settings of a run that depend only on its profile, not on its seed.
+struct Timings {
+    waiting_poll_ms: u64,
+    token_check_ms: u64,
+    sweep_ms: u64,
+    busy_backoff_ms: u64,
+    breaker_cooldown_ms: u64,
+    not_ready_retry_ms: i64,
+    token_lease_ms: u64,
+    token_wait_ms: u64,
+    token_cache_ms: u64,
+    token_fetch_refill_ms: u64,
+    token_check_reuse_ms: u64,
+    token_send_retry_ms: u64,
+    poll_ms: u64,
+    horizon_ms: i64,
+}
+
+/// [`Timings`] of [`Profile::RealTime`].
+const REAL_TIMINGS: Timings = Timings {
+    waiting_poll_ms: 100,
+    token_check_ms: 1_000,
+    sweep_ms: 1_000,
+    busy_backoff_ms: 20,
+    breaker_cooldown_ms: 500,
+    not_ready_retry_ms: 300,
+    token_lease_ms: 1_000,
+    token_wait_ms: 2_000,
+    token_cache_ms: 100,
+    token_fetch_refill_ms: 2_000,
+    token_check_reuse_ms: 1_000,
+    token_send_retry_ms: 500,
+    poll_ms: 200,
+    horizon_ms: 30_000,
+};
+
+/// [`Timings`] of [`Profile::Simulated`].
+const SIMULATED_TIMINGS: Timings = Timings {
+    waiting_poll_ms: 500,
+    token_check_ms: 30_000,
+    sweep_ms: 60_000,
+    busy_backoff_ms: 200,
+    breaker_cooldown_ms: 10_000,
+    not_ready_retry_ms: 5_000,
+    token_lease_ms: 30_000,
+    token_wait_ms: 15_000,
+    token_cache_ms: 1_000,
+    token_fetch_refill_ms: 120_000,
+    token_check_reuse_ms: 10_000,
+    token_send_retry_ms: 5_000,
+    poll_ms: 1_000,
+    horizon_ms: 2 * HOUR_MS,
+};
+
+impl Knobs {
+    /// The knobs of a run: the profile's [`Timings`], and timeouts,
+    /// latencies, leases, concurrency and token lifetime drawn from `rng`.
+    fn draw(rng: &mut StdRng, real: bool) -> Self {
+        let fixed = if real {
+            &REAL_TIMINGS
+        } else {
+            &SIMULATED_TIMINGS
+        };
+        let request_timeout_ms = if real {
+            rng.gen_range(200..=400)
+        } else {
+            rng.gen_range(1_000..=5_000)
+        };
+        let latency_ms = if real {
+            (1, rng.gen_range(2..=20))
+        } else {
+            (5, rng.gen_range(10..=200))
+        };
+        let call_budget_ms = request_timeout_ms as i64 + if real { 100 } else { 1_000 };
+        // Short leases: a hang and a backoff or two eat most of one.
+        let lease_ms = call_budget_ms + rng.gen_range(call_budget_ms / 4..=2 * call_budget_ms);
+        let max_concurrent_calls = rng.gen_range(1..=4);
+        let recovery_interval_ms = if real {
+            rng.gen_range(200..=500)
+        } else {
+            rng.gen_range(1_000..=5_000)
+        };
+        let token_expires_in = if real {
+            7_200
+        } else {
+            pick(rng, &[7_200, 1_200, 400])
+        };
+        Knobs {
+            request_timeout_ms,
+            latency_ms,
+            call_budget_ms,
+            lease_ms,
+            max_concurrent_calls,
+            recovery_interval_ms,
+            waiting_poll_ms: fixed.waiting_poll_ms,
+            token_check_ms: fixed.token_check_ms,
+            sweep_ms: fixed.sweep_ms,
+            busy_backoff_ms: fixed.busy_backoff_ms,
+            breaker_cooldown_ms: fixed.breaker_cooldown_ms,
+            not_ready_retry_ms: fixed.not_ready_retry_ms,
+            token: TokenSettings {
+                refresh_ahead: Duration::from_secs(900),
+                check_interval: Duration::from_millis(fixed.token_check_ms),
+                lease: Duration::from_millis(fixed.token_lease_ms),
+                wait: Duration::from_millis(fixed.token_wait_ms),
+                cache: Duration::from_millis(fixed.token_cache_ms),
+                fetch_burst: 5,
+                fetch_refill: Duration::from_millis(fixed.token_fetch_refill_ms),
+                check_reuse: Duration::from_millis(fixed.token_check_reuse_ms),
+                send_retry: Duration::from_millis(fixed.token_send_retry_ms),
+                force_refreshes_per_day: 0,
+            },
+            token_expires_in,
+            poll_ms: fixed.poll_ms,
+            horizon_ms: fixed.horizon_ms,
+        }
+    }
+}
+
+/// What the legacy plan's draws after the users depend on.
+struct Draws<'a> {
+    real: bool,
+    instances: usize,
+    users: &'a [String],
+    /// The span of the sends, ms.
+    window_ms: i64,
+}
+
+/// Each instance's clock skew, up to a drawn bound.
+fn draw_skews(rng: &mut StdRng, real: bool, instances: usize) -> Vec<i64> {
+    let max_skew: i64 = if real {
+        pick(rng, &[0, 20, 100])
+    } else {
+        pick(rng, &[0, 200, 2_000, 15_000])
+    };
+    (0..instances)
+        .map(|_| {
+            if max_skew == 0 {
+                0
+            } else {
+                rng.gen_range(-max_skew..=max_skew)
+            }
+        })
+        .collect()
+}
+
+/// What the users already hold when the run starts.
+fn initial_credentials(
+    rng: &mut StdRng,
+    next_credential: &mut usize,
+    users: &[String],
+    window_ms: i64,
+) -> Vec<CredentialPlan> {
+    let mut initial = Vec::new();
+    for user in users {
+        for _ in 0..rng.gen_range(1..=4) {
+            initial.push(credential_plan(
+                rng,
+                next_credential,
+                user,
+                EPOCH_MS,
+                true,
+                window_ms,
+            ));
+        }
+    }
+    initial
+}
+
+/// A quarter of the seeds are "twilight" runs: what the users hold dies at
+/// WeChat while the sends go on, and the frontend posted it late without
+/// `collected_at` (or from a fast phone), so the ledger believes it has
+/// days left. Drawn from a stream of its own, so that the rest of the plan
+/// is the same as without it.
+fn twilight(seed: u64, initial: &mut [CredentialPlan], window_ms: i64) {
+    let mut twilight = StdRng::seed_from_u64(seed ^ 0x5457_494c_4947_4854);
+    if !twilight.gen_bool(0.25) {
+        return;
+    }
+    for credential in initial {
+        let dies_at = EPOCH_MS + twilight.gen_range(0..=window_ms + 5_000);
+        credential.issued_at = dies_at - CREDENTIAL_LIFETIME_MS;
+        credential.usable_from = credential.issued_at;
+        if twilight.gen_bool(0.8) {
+            credential.collected_at = None;
+            credential.label = "missing";
+        } else {
+            credential.collected_at =
+                Some(credential.issued_at + twilight.gen_range(1_000..=50_000));
+            credential.label = "fast phone";
+        }
+    }
+}
+
+/// Users posting credentials mid-run, some of them buffered for hours.
+fn mid_run_posts(
+    rng: &mut StdRng,
+    next_credential: &mut usize,
+    draws: &Draws,
+    sends: usize,
+) -> Vec<PostPlan> {
+    let users = draws.users;
+    (0..(sends / 2).max(1))
+        .map(|_| {
+            let at_ms = rng.gen_range(0..=draws.window_ms);
+            let user = users[rng.gen_range(0..users.len())].clone();
+            let credentials = (0..rng.gen_range(1..=2))
+                .map(|_| {
+                    credential_plan(
+                        rng,
+                        next_credential,
+                        &user,
+                        EPOCH_MS + at_ms,
+                        false,
+                        draws.window_ms,
+                    )
+                })
+                .collect();
+            PostPlan {
+                at_ms,
+                instance: rng.gen_range(0..draws.instances),
+                credentials,
+            }
+        })
+        .collect()
+}
+
+/// The business services' sends, in time order, named `m0000` on.
+fn draw_sends(rng: &mut StdRng, draws: &Draws, count: usize) -> Vec<SendPlan> {
+    let users = draws.users;
+    let mut sends: Vec<SendPlan> = (0..count)
+        .map(|_| {
+            let wait_seconds = rng.gen_bool(0.15).then(|| {
+                if draws.real {
+                    rng.gen_range(1..=2)
+                } else {
+                    rng.gen_range(5..=90)
+                }
+            });
+            SendPlan {
+                at_ms: rng.gen_range(0..=draws.window_ms),
+                instance: rng.gen_range(0..draws.instances),
+                id: String::new(),
+                touser: users[rng.gen_range(0..users.len())].clone(),
+                wait_seconds,
+                at_least_once: rng.gen_bool(0.05),
+                subscribe: None,
+            }
+        })
+        .collect();
+    sends.sort_by_key(|send| send.at_ms);
+    for (n, send) in sends.iter_mut().enumerate() {
+        send.id = format!("m{n:04}");
+    }
+    sends
+}
+
+/// Up to three crashes during the send window.
+fn draw_crashes(rng: &mut StdRng, draws: &Draws) -> Vec<CrashPlan> {
+    (0..rng.gen_range(0..=3))
+        .map(|_| CrashPlan {
+            at_ms: rng.gen_range(0..=draws.window_ms),
+            slot: rng.gen_range(0..draws.instances),
+            restart_after_ms: if draws.real {
+                rng.gen_range(50..=300)
+            } else {
+                rng.gen_range(100..=5_000)
+            },
+        })
+        .collect()
+}
+
+/// WeChat's fault rates, per mille: per send fault, and of token fetches.
+fn draw_fault_rates(rng: &mut StdRng) -> FaultRates {
+    let mut rates = FaultRates::default();
+    for fault in Fault::ALL {
+        rates.send.insert(fault, pick(rng, &[0, 5, 10, 20, 40]));
+    }
+    rates.token_lost_before = pick(rng, &[0, 20, 50]);
+    rates.token_lost_after = pick(rng, &[0, 20, 50]);
+    rates.token_busy = pick(rng, &[0, 20, 50]);
+    rates
 }
 
 /// The app's token mode (half the seeds each) and a few moments at which
