@@ -280,99 +280,26 @@ impl Plan {
         }
         let mut rng = StdRng::seed_from_u64(self.seed ^ 0x5355_4253_4352_4942);
         let real = self.profile == Profile::RealTime;
-        let templates = vec![
-            TemplatePlan {
-                id: "sub-once-a".into(),
-                long_term: false,
-            },
-            TemplatePlan {
-                id: "sub-once-b".into(),
-                long_term: false,
-            },
-            TemplatePlan {
-                id: "sub-long".into(),
-                long_term: true,
-            },
-        ];
+        let templates = subscribe_templates();
         let window_ms = self.sends.last().map_or(1_000, |s| s.at_ms).max(1_000);
         let mut users: Vec<String> = self.sends.iter().map(|s| s.touser.clone()).collect();
         users.sort();
         users.dedup();
         let share = f64::from(percent.min(100)) / 100.0;
-        let mut subscribe_sends = 0;
-        for send in &mut self.sends {
-            if rng.gen_bool(share) {
-                subscribe_sends += 1;
-                let template = &templates[rng.gen_range(0..templates.len())];
-                send.subscribe = Some(template.id.clone());
-                // Waiting for the user's next accept is the subscribe idiom.
-                send.wait_seconds = rng.gen_bool(0.3).then(|| {
-                    if real {
-                        rng.gen_range(1..=2)
-                    } else {
-                        rng.gen_range(5..=90)
-                    }
-                });
-            }
-        }
-        let mut prompts = Vec::new();
+        let subscribe_sends =
+            mark_subscribe_sends(&mut rng, &mut self.sends, &templates, share, real);
+        let draws = Draws {
+            real,
+            instances: self.instances,
+            users: &users,
+            window_ms,
+        };
         // Some accepts before the run (posted at its start), then more
         // during it: about one prompt per subscribe send.
         let count = subscribe_sends + users.len();
-        for n in 0..count {
-            let at_ms = if n < users.len() {
-                0
-            } else {
-                rng.gen_range(0..=window_ms)
-            };
-            let openid = if n < users.len() {
-                users[n].clone()
-            } else {
-                users[rng.gen_range(0..users.len())].clone()
-            };
-            let decisions = if rng.gen_bool(0.25) {
-                vec![("sub-long".to_owned(), rng.gen_bool(0.8))]
-            } else {
-                let mut once = vec![("sub-once-a".to_owned(), rng.gen_bool(0.85))];
-                if rng.gen_bool(0.5) {
-                    once.push(("sub-once-b".to_owned(), rng.gen_bool(0.85)));
-                }
-                if rng.gen_bool(0.3) {
-                    once.reverse();
-                    once.truncate(1);
-                }
-                once
-            };
-            let mut posts = Vec::new();
-            if !rng.gen_bool(0.05) {
-                for attempt in 0..rng.gen_range(1..=3) {
-                    let delay_ms = if attempt == 0 && rng.gen_bool(0.15) {
-                        // The phone posts late (backgrounded, offline).
-                        if real {
-                            rng.gen_range(500..=3_000)
-                        } else {
-                            rng.gen_range(5_000..=60_000)
-                        }
-                    } else if real {
-                        rng.gen_range(0..=100)
-                    } else {
-                        rng.gen_range(0..=2_000)
-                    };
-                    posts.push(PromptPost {
-                        delay_ms,
-                        instance: rng.gen_range(0..self.instances),
-                    });
-                }
-            }
-            prompts.push(PromptPlan {
-                at_ms,
-                openid,
-                request_id: format!("req{n:04}"),
-                decisions,
-                posts,
-                repost: rng.gen_bool(0.1),
-            });
-        }
+        let mut prompts: Vec<PromptPlan> = (0..count)
+            .map(|n| draw_prompt(&mut rng, &draws, n))
+            .collect();
         prompts.sort_by_key(|p| p.at_ms);
         let revocations = (0..pick(&mut rng, &[0, 0, 1, 2, 4]))
             .map(|_| RevocationPlan {
@@ -391,6 +318,120 @@ impl Plan {
         };
         self
     }
+}
+
+/// The subscribe templates of every subscribe run.
+fn subscribe_templates() -> Vec<TemplatePlan> {
+    [
+        ("sub-once-a", false),
+        ("sub-once-b", false),
+        ("sub-long", true),
+    ]
+    .into_iter()
+    .map(|(id, long_term)| TemplatePlan {
+        id: id.into(),
+        long_term,
+    })
+    .collect()
+}
+
+/// Makes a `share` of `sends` subscribe messages of a drawn template, some
+/// of them waiting for the user's next accept; how many it made.
+fn mark_subscribe_sends(
+    rng: &mut StdRng,
+    sends: &mut [SendPlan],
+    templates: &[TemplatePlan],
+    share: f64,
+    real: bool,
+) -> usize {
+    let mut subscribe_sends = 0;
+    for send in sends {
+        if rng.gen_bool(share) {
+            subscribe_sends += 1;
+            let template = &templates[rng.gen_range(0..templates.len())];
+            send.subscribe = Some(template.id.clone());
+            // Waiting for the user's next accept is the subscribe idiom.
+            send.wait_seconds = rng.gen_bool(0.3).then(|| {
+                if real {
+                    rng.gen_range(1..=2)
+                } else {
+                    rng.gen_range(5..=90)
+                }
+            });
+        }
+    }
+    subscribe_sends
+}
+
+/// Prompt `n`: the first one per user at the run's start, the rest at a
+/// drawn moment for a drawn user.
+fn draw_prompt(rng: &mut StdRng, draws: &Draws, n: usize) -> PromptPlan {
+    let users = draws.users;
+    let at_ms = if n < users.len() {
+        0
+    } else {
+        rng.gen_range(0..=draws.window_ms)
+    };
+    let openid = if n < users.len() {
+        users[n].clone()
+    } else {
+        users[rng.gen_range(0..users.len())].clone()
+    };
+    let decisions = draw_decisions(rng);
+    let posts = draw_prompt_posts(rng, draws);
+    PromptPlan {
+        at_ms,
+        openid,
+        request_id: format!("req{n:04}"),
+        decisions,
+        posts,
+        repost: rng.gen_bool(0.1),
+    }
+}
+
+/// The user's answers to a prompt: the long-term template alone, or one or
+/// two one-time templates.
+fn draw_decisions(rng: &mut StdRng) -> Vec<(String, bool)> {
+    if rng.gen_bool(0.25) {
+        return vec![("sub-long".to_owned(), rng.gen_bool(0.8))];
+    }
+    let mut once = vec![("sub-once-a".to_owned(), rng.gen_bool(0.85))];
+    if rng.gen_bool(0.5) {
+        once.push(("sub-once-b".to_owned(), rng.gen_bool(0.85)));
+    }
+    if rng.gen_bool(0.3) {
+        once.reverse();
+        once.truncate(1);
+    }
+    once
+}
+
+/// The frontend's posts of a prompt's result (none for a few prompts): up
+/// to three, the first of them sometimes late.
+fn draw_prompt_posts(rng: &mut StdRng, draws: &Draws) -> Vec<PromptPost> {
+    let mut posts = Vec::new();
+    if rng.gen_bool(0.05) {
+        return posts;
+    }
+    for attempt in 0..rng.gen_range(1..=3) {
+        let delay_ms = if attempt == 0 && rng.gen_bool(0.15) {
+            // The phone posts late (backgrounded, offline).
+            if draws.real {
+                rng.gen_range(500..=3_000)
+            } else {
+                rng.gen_range(5_000..=60_000)
+            }
+        } else if draws.real {
+            rng.gen_range(0..=100)
+        } else {
+            rng.gen_range(0..=2_000)
+        };
+        posts.push(PromptPost {
+            delay_ms,
+            instance: rng.gen_range(0..draws.instances),
+        });
+    }
+    posts
 }
 
 /// The settings of a run that depend only on its profile, not on its seed.
