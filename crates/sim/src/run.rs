@@ -1691,6 +1691,35 @@ fn spawn_prompt(
     storage: Arc<dyn Storage>,
     faults: &mut Counts,
 ) -> JoinHandle<()> {
+    answer_at_wechat(world, prompt);
+    count_prompt_faults(prompt, faults);
+    let new = new_prompt(prompt);
+    let clocks = instance_clocks(world);
+    let posts = prompt.posts.clone();
+    let repost = prompt.repost;
+    let trace = world.trace.clone();
+    tokio::spawn(async move {
+        let mut answered = false;
+        for (n, post) in posts.iter().enumerate() {
+            tokio::time::sleep(Duration::from_millis(post.delay_ms as u64)).await;
+            let now = formid_gateway::clock::Clock::now_ms(&clocks[post.instance]);
+            let line = match storage.record_prompt(&new, now).await {
+                Ok(record) => {
+                    answered = true;
+                    format!("prompt {} posted: {record:?}", new.request_id)
+                }
+                Err(error) => format!("prompt {} post failed: {error:#}", new.request_id),
+            };
+            trace.record(&format!("front{}", post.instance), line);
+            if answered && !(repost && n + 1 < posts.len()) {
+                break;
+            }
+        }
+    })
+}
+
+/// WeChat counts the prompt's accepts; the trace tells the user's answers.
+fn answer_at_wechat(world: &World, prompt: &PromptPlan) {
     let long_terms: BTreeMap<&str, bool> = world
         .plan
         .subscribe
@@ -1728,6 +1757,11 @@ fn spawn_prompt(
             }
         ),
     );
+}
+
+/// Counts the prompt, and how its result reaches the ledger (never, late,
+/// twice).
+fn count_prompt_faults(prompt: &PromptPlan, faults: &mut Counts) {
     *faults.entry("subscribe: prompts answered").or_default() += 1;
     if prompt.posts.is_empty() {
         *faults
@@ -1744,6 +1778,10 @@ fn spawn_prompt(
             .entry("subscribe: prompt result posted twice")
             .or_default() += 1;
     }
+}
+
+/// The prompt's result as the subscriptions endpoint records it.
+fn new_prompt(prompt: &PromptPlan) -> NewPrompt {
     let decisions: Vec<PromptDecision> = prompt
         .decisions
         .iter()
@@ -1756,41 +1794,24 @@ fn spawn_prompt(
             },
         })
         .collect();
-    let new = NewPrompt {
+    NewPrompt {
         appid: APPID.to_owned(),
         openid: prompt.openid.clone(),
         request_id: prompt.request_id.clone(),
         request_hash: format!("{:?}", prompt.decisions),
         decisions,
         grants: true,
-    };
-    let clocks: Vec<SimClock> = (0..world.plan.instances)
+    }
+}
+
+/// Each instance slot's clock, skewed as the plan says.
+fn instance_clocks(world: &World) -> Vec<SimClock> {
+    (0..world.plan.instances)
         .map(|slot| SimClock {
             base: world.base,
             skew_ms: world.plan.skews_ms[slot],
         })
-        .collect();
-    let posts = prompt.posts.clone();
-    let repost = prompt.repost;
-    let trace = world.trace.clone();
-    tokio::spawn(async move {
-        let mut answered = false;
-        for (n, post) in posts.iter().enumerate() {
-            tokio::time::sleep(Duration::from_millis(post.delay_ms as u64)).await;
-            let now = formid_gateway::clock::Clock::now_ms(&clocks[post.instance]);
-            let line = match storage.record_prompt(&new, now).await {
-                Ok(record) => {
-                    answered = true;
-                    format!("prompt {} posted: {record:?}", new.request_id)
-                }
-                Err(error) => format!("prompt {} post failed: {error:#}", new.request_id),
-            };
-            trace.record(&format!("front{}", post.instance), line);
-            if answered && !(repost && n + 1 < posts.len()) {
-                break;
-            }
-        }
-    })
+        .collect()
 }
 
 /// The story of a failing run: the plan's settings, the violations with the
@@ -1803,6 +1824,36 @@ fn story(
     side: &WeChatSide,
     violations: &[Violation],
 ) -> String {
+    let mut text = story_settings(plan, side);
+    let credential_values: BTreeMap<i64, &str> = snapshot
+        .credentials
+        .iter()
+        .map(|c| (c.id, c.value.as_str()))
+        .collect();
+    for violation in violations {
+        text.push_str(&format!("VIOLATION: {}\n", violation.text));
+        for id in &violation.messages {
+            story_message(&mut text, id, snapshot, side, &credential_values);
+        }
+        for value in &violation.credentials {
+            story_credential(&mut text, value, snapshot, side);
+        }
+    }
+    let about: Vec<String> = violations
+        .iter()
+        .flat_map(|v| v.messages.iter().chain(&v.credentials).cloned())
+        .collect();
+    if !about.is_empty() {
+        text.push_str("events about them:\n");
+        text.push_str(&trace.render(|e| about.iter().any(|a| e.what.contains(a.as_str()))));
+    }
+    text.push_str("the whole run (true time, actor, event):\n");
+    text.push_str(&trace.render(|_| true));
+    text
+}
+
+/// The plan's settings and the run's token figures, the head of a story.
+fn story_settings(plan: &Plan, side: &WeChatSide) -> String {
     let mut text = format!(
         "seed {} ({:?}): {} instances, skews {:?} ms, lease {} ms, call budget {} ms, {} call slot(s), send faults {:?} per mille\n",
         plan.seed,
@@ -1832,76 +1883,69 @@ fn story(
             .map(|i| (i.at_ms, i.how, i.around))
             .collect::<Vec<_>>(),
     ));
-    let credential_values: BTreeMap<i64, &str> = snapshot
-        .credentials
-        .iter()
-        .map(|c| (c.id, c.value.as_str()))
-        .collect();
-    for violation in violations {
-        text.push_str(&format!("VIOLATION: {}\n", violation.text));
-        for id in &violation.messages {
-            if let Some(message) = snapshot.messages.iter().find(|m| &m.id == id) {
-                let attempts: Vec<String> = message
-                    .attempts
-                    .iter()
-                    .map(|a| {
-                        format!(
-                            "{} {}{}",
-                            a.outcome,
-                            a.credential_id
-                                .and_then(|c| credential_values.get(&c).copied())
-                                .unwrap_or("-"),
-                            a.errcode.map_or(String::new(), |e| format!(" {e}"))
-                        )
-                    })
-                    .collect();
-                text.push_str(&format!(
-                    "  {id} to {} ({}): {} [{}]\n",
-                    message.touser,
-                    message.delivery,
-                    message.status,
-                    attempts.join(", ")
-                ));
-            }
-            for delivery in side.deliveries.iter().filter(|d| &d.message_id == id) {
-                text.push_str(&format!(
-                    "  delivered {id} with {} at +{:.3}s (call from {})\n",
-                    delivery.credential,
-                    (delivery.at - EPOCH_MS) as f64 / 1000.0,
-                    delivery.caller
-                ));
-            }
-        }
-        for value in &violation.credentials {
-            if let Some(truth) = side.credentials.get(value) {
-                text.push_str(&format!(
-                    "  {value}: {} of {}, issued at +{:.3}s, dies at WeChat at +{:.3}s, {} use(s) left at WeChat\n",
-                    truth.kind.as_str(),
-                    truth.openid,
-                    (truth.issued_at - EPOCH_MS) as f64 / 1000.0,
-                    (truth.expires_at() - EPOCH_MS) as f64 / 1000.0,
-                    truth.uses_left
-                ));
-            }
-            if let Some(row) = snapshot.credentials.iter().find(|c| &c.value == value) {
-                text.push_str(&format!(
-                    "  {value} in the ledger: {} uses_left {} unproven {} retired {:?}\n",
-                    row.state, row.uses_left, row.unproven_uses, row.retired_errcode
-                ));
-            }
-        }
-    }
-    let about: Vec<String> = violations
-        .iter()
-        .flat_map(|v| v.messages.iter().chain(&v.credentials).cloned())
-        .collect();
-    if !about.is_empty() {
-        text.push_str("events about them:\n");
-        text.push_str(&trace.render(|e| about.iter().any(|a| e.what.contains(a.as_str()))));
-    }
-    text.push_str("the whole run (true time, actor, event):\n");
-    text.push_str(&trace.render(|_| true));
     text
+}
+
+/// A message a violation is about: its row and attempts in the ledger,
+/// and WeChat's deliveries of it.
+fn story_message(
+    text: &mut String,
+    id: &str,
+    snapshot: &Snapshot,
+    side: &WeChatSide,
+    credential_values: &BTreeMap<i64, &str>,
+) {
+    if let Some(message) = snapshot.messages.iter().find(|m| m.id == id) {
+        let attempts: Vec<String> = message
+            .attempts
+            .iter()
+            .map(|a| {
+                format!(
+                    "{} {}{}",
+                    a.outcome,
+                    a.credential_id
+                        .and_then(|c| credential_values.get(&c).copied())
+                        .unwrap_or("-"),
+                    a.errcode.map_or(String::new(), |e| format!(" {e}"))
+                )
+            })
+            .collect();
+        text.push_str(&format!(
+            "  {id} to {} ({}): {} [{}]\n",
+            message.touser,
+            message.delivery,
+            message.status,
+            attempts.join(", ")
+        ));
+    }
+    for delivery in side.deliveries.iter().filter(|d| d.message_id == id) {
+        text.push_str(&format!(
+            "  delivered {id} with {} at +{:.3}s (call from {})\n",
+            delivery.credential,
+            (delivery.at - EPOCH_MS) as f64 / 1000.0,
+            delivery.caller
+        ));
+    }
+}
+
+/// A credential a violation is about: WeChat's truth and the ledger's row.
+fn story_credential(text: &mut String, value: &str, snapshot: &Snapshot, side: &WeChatSide) {
+    if let Some(truth) = side.credentials.get(value) {
+        text.push_str(&format!(
+            "  {value}: {} of {}, issued at +{:.3}s, dies at WeChat at +{:.3}s, {} use(s) left at WeChat\n",
+            truth.kind.as_str(),
+            truth.openid,
+            (truth.issued_at - EPOCH_MS) as f64 / 1000.0,
+            (truth.expires_at() - EPOCH_MS) as f64 / 1000.0,
+            truth.uses_left
+        ));
+    }
+    if let Some(row) = snapshot.credentials.iter().find(|c| c.value == value) {
+        text.push_str(&format!(
+            "  {value} in the ledger: {} uses_left {} unproven {} retired {:?}\n",
+            row.state, row.uses_left, row.unproven_uses, row.retired_errcode
+        ));
+    }
 }
 
 /// A sweep's totals.
