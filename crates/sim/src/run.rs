@@ -1496,27 +1496,8 @@ async fn post_credentials(
     let now = formid_gateway::clock::Clock::now_ms(&instance.clock);
     let mut items = Vec::new();
     for credential in &post.credentials {
-        let max_uses = credential.kind.rules().sends;
-        world.wechat.issue(
-            &credential.value,
-            TrueCredential {
-                appid: APPID.to_owned(),
-                openid: credential.openid.clone(),
-                kind: credential.kind,
-                issued_at: credential.issued_at,
-                usable_from: credential.usable_from,
-                uses_left: max_uses,
-                max_uses,
-            },
-        );
-        let mut item = json!({
-            "openid": credential.openid,
-            "kind": credential.kind.as_str(),
-            "value": credential.value,
-        });
-        if let Some(collected_at) = credential.collected_at {
-            item["collected_at"] = json!(collected_at);
-        }
+        issue_at_wechat(world, credential);
+        let item = credential_item(credential);
         let posted_late = (now - credential.issued_at) / 1000;
         match parse_item(
             &item,
@@ -1526,20 +1507,7 @@ async fn post_credentials(
             },
         ) {
             Ok(parsed) => {
-                if credential.label != "accurate" {
-                    *faults
-                        .entry(match credential.label {
-                            "missing" => "credentials: collected_at missing",
-                            "fast phone" => "credentials: collected_at from a fast phone",
-                            _ => "credentials: collected_at from a slow phone",
-                        })
-                        .or_default() += 1;
-                }
-                if post.at_ms > 0 && posted_late > 3_600 {
-                    *faults
-                        .entry("credentials: posted hours after issue (buffered)")
-                        .or_default() += 1;
-                }
+                count_collect_faults(post, credential, posted_late, faults);
                 world.trace.record(
                     &instance.name,
                     format!(
@@ -1573,6 +1541,60 @@ async fn post_credentials(
     }
 }
 
+/// WeChat issues the credential, with every use its kind allows.
+fn issue_at_wechat(world: &World, credential: &CredentialPlan) {
+    let max_uses = credential.kind.rules().sends;
+    world.wechat.issue(
+        &credential.value,
+        TrueCredential {
+            appid: APPID.to_owned(),
+            openid: credential.openid.clone(),
+            kind: credential.kind,
+            issued_at: credential.issued_at,
+            usable_from: credential.usable_from,
+            uses_left: max_uses,
+            max_uses,
+        },
+    );
+}
+
+/// The credential as the frontend posts it to the collect endpoint.
+fn credential_item(credential: &CredentialPlan) -> serde_json::Value {
+    let mut item = json!({
+        "openid": credential.openid,
+        "kind": credential.kind.as_str(),
+        "value": credential.value,
+    });
+    if let Some(collected_at) = credential.collected_at {
+        item["collected_at"] = json!(collected_at);
+    }
+    item
+}
+
+/// Counts a collected credential whose `collected_at` is not accurate, and
+/// one posted hours after its issue.
+fn count_collect_faults(
+    post: &PostPlan,
+    credential: &CredentialPlan,
+    posted_late: i64,
+    faults: &mut Counts,
+) {
+    if credential.label != "accurate" {
+        *faults
+            .entry(match credential.label {
+                "missing" => "credentials: collected_at missing",
+                "fast phone" => "credentials: collected_at from a fast phone",
+                _ => "credentials: collected_at from a slow phone",
+            })
+            .or_default() += 1;
+    }
+    if post.at_ms > 0 && posted_late > 3_600 {
+        *faults
+            .entry("credentials: posted hours after issue (buffered)")
+            .or_default() += 1;
+    }
+}
+
 /// The send path's policy of a simulated instance.
 fn send_settings(knobs: &Knobs) -> SendSettings {
     SendSettings {
@@ -1595,18 +1617,9 @@ fn send_settings(knobs: &Knobs) -> SendSettings {
 /// What each send's caller was answered, by message id.
 pub type Told = Arc<Mutex<BTreeMap<String, MessageStatus>>>;
 
-/// Starts a send on an instance, as its HTTP handler would: the request
-/// checked by the instance's `Sender` (channel, template, defaults), then sent.
-fn spawn_send(
-    instance: &Instance,
-    send: &SendPlan,
-    trace: Arc<Trace>,
-    told: Told,
-) -> JoinHandle<()> {
-    let sender = instance.sender.clone();
-    let name = instance.name.clone();
-    let id = send.id.clone();
-    let request = SendRequest {
+/// The business service's request of a send.
+fn send_request(send: &SendPlan) -> SendRequest {
+    SendRequest {
         touser: send.touser.clone(),
         template_id: send
             .subscribe
@@ -1630,7 +1643,21 @@ fn spawn_send(
         channel: None,
         miniprogram_state: None,
         lang: None,
-    };
+    }
+}
+
+/// Starts a send on an instance, as its HTTP handler would: the request
+/// checked by the instance's `Sender` (channel, template, defaults), then sent.
+fn spawn_send(
+    instance: &Instance,
+    send: &SendPlan,
+    trace: Arc<Trace>,
+    told: Told,
+) -> JoinHandle<()> {
+    let sender = instance.sender.clone();
+    let name = instance.name.clone();
+    let id = send.id.clone();
+    let request = send_request(send);
     trace.record(
         &name,
         format!(
