@@ -908,8 +908,48 @@ impl World {
     async fn start(&self, slot: usize, generation: u32) -> anyhow::Result<Instance> {
         let knobs = &self.plan.knobs;
         let name = format!("gw{slot}.{generation}");
+        let storage = self.connect_storage().await?;
+        let clock = SimClock {
+            base: self.base,
+            skew_ms: self.plan.skews_ms[slot],
+        };
+        let shared_clock: SharedClock = Arc::new(clock);
+        let (sender, tokens) = self.sender(&name, &storage, &shared_clock);
+        let lease = Duration::from_millis(knobs.lease_ms as u64);
+        let safety_margin = Duration::from_secs(60);
+        let recovery = Recovery::new(
+            storage.clone(),
+            sender.clone(),
+            shared_clock.clone(),
+            lease,
+            safety_margin,
+        );
+        let waiting =
+            WaitingSender::new(storage.clone(), sender.clone(), shared_clock.clone(), lease);
+        let refresher = TokenRefresher::new(tokens);
+        let sweeper = Sweeper::new(
+            storage.clone(),
+            shared_clock,
+            Duration::from_secs(7 * 86_400),
+            Duration::from_secs(30 * 86_400),
+        );
+        self.trace
+            .record(&name, format!("started (clock skew {} ms)", clock.skew_ms));
+        let tasks = spawn_workers(knobs, recovery, waiting, refresher, sweeper);
+        Ok(Instance {
+            name,
+            storage,
+            clock,
+            sender,
+            tasks,
+            sends: Vec::new(),
+        })
+    }
+
+    /// The instance's connection to the ledger, with the app ensured in it;
+    /// a process whose start fails is started again by its supervisor.
+    async fn connect_storage(&self) -> anyhow::Result<Arc<dyn Storage>> {
         let storage = (self.backend.connect)().await?;
-        // A process whose start fails is started again by its supervisor.
         let mut tries = 0;
         while let Err(error) = storage.ensure_app(APPID).await {
             tries += 1;
@@ -918,22 +958,26 @@ impl World {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let clock = SimClock {
-            base: self.base,
-            skew_ms: self.plan.skews_ms[slot],
-        };
-        let shared_clock: SharedClock = Arc::new(clock);
-        let wechat = self.wechat.handle(&name);
+        Ok(storage)
+    }
+
+    /// The instance's send path and the token keeper it calls WeChat with.
+    fn sender(
+        &self,
+        name: &str,
+        storage: &Arc<dyn Storage>,
+        shared_clock: &SharedClock,
+    ) -> (Sender, TokenKeeper) {
+        let knobs = &self.plan.knobs;
+        let wechat = self.wechat.handle(name);
         let tokens = TokenKeeper::new(
             storage.clone(),
             wechat.clone(),
             self.apps.clone(),
             shared_clock.clone(),
-            name.clone(),
+            name.to_owned(),
             knobs.token.clone(),
         );
-        let lease = Duration::from_millis(knobs.lease_ms as u64);
-        let safety_margin = Duration::from_secs(60);
         let catalogue = Catalogue::new(
             storage.clone(),
             tokens.clone(),
@@ -953,55 +997,38 @@ impl World {
                 Duration::from_millis(knobs.breaker_cooldown_ms),
             )),
         };
-        let sender = Sender::new(parts, send_settings(knobs));
-        let recovery = Recovery::new(
-            storage.clone(),
-            sender.clone(),
-            shared_clock.clone(),
-            lease,
-            safety_margin,
-        );
-        let waiting =
-            WaitingSender::new(storage.clone(), sender.clone(), shared_clock.clone(), lease);
-        let refresher = TokenRefresher::new(tokens);
-        let sweeper = Sweeper::new(
-            storage.clone(),
-            shared_clock,
-            Duration::from_secs(7 * 86_400),
-            Duration::from_secs(30 * 86_400),
-        );
-        self.trace
-            .record(&name, format!("started (clock skew {} ms)", clock.skew_ms));
-        // The workers, as `Application::run_until_stopped` runs them (without
-        // its `select!`, whose branch order is random).
-        let every = |interval_ms: u64| Duration::from_millis(interval_ms);
-        let tasks = vec![
-            tokio::spawn(worker(every(knobs.recovery_interval_ms), move || {
-                let recovery = recovery.clone();
-                async move { recovery.run_once().await.map(drop) }
-            })),
-            tokio::spawn(worker(every(knobs.waiting_poll_ms), move || {
-                let waiting = waiting.clone();
-                async move { waiting.run_once().await.map(drop) }
-            })),
-            tokio::spawn(worker(every(knobs.token_check_ms), move || {
-                let refresher = refresher.clone();
-                async move { refresher.run_once().await.map(drop) }
-            })),
-            tokio::spawn(worker(every(knobs.sweep_ms), move || {
-                let sweeper = sweeper.clone();
-                async move { sweeper.run_once().await.map(drop) }
-            })),
-        ];
-        Ok(Instance {
-            name,
-            storage,
-            clock,
-            sender,
-            tasks,
-            sends: Vec::new(),
-        })
+        (Sender::new(parts, send_settings(knobs)), tokens)
     }
+}
+
+/// The workers, as `Application::run_until_stopped` runs them (without its
+/// `select!`, whose branch order is random).
+fn spawn_workers(
+    knobs: &Knobs,
+    recovery: Recovery,
+    waiting: WaitingSender,
+    refresher: TokenRefresher,
+    sweeper: Sweeper,
+) -> Vec<JoinHandle<()>> {
+    let every = |interval_ms: u64| Duration::from_millis(interval_ms);
+    vec![
+        tokio::spawn(worker(every(knobs.recovery_interval_ms), move || {
+            let recovery = recovery.clone();
+            async move { recovery.run_once().await.map(drop) }
+        })),
+        tokio::spawn(worker(every(knobs.waiting_poll_ms), move || {
+            let waiting = waiting.clone();
+            async move { waiting.run_once().await.map(drop) }
+        })),
+        tokio::spawn(worker(every(knobs.token_check_ms), move || {
+            let refresher = refresher.clone();
+            async move { refresher.run_once().await.map(drop) }
+        })),
+        tokio::spawn(worker(every(knobs.sweep_ms), move || {
+            let sweeper = sweeper.clone();
+            async move { sweeper.run_once().await.map(drop) }
+        })),
+    ]
 }
 
 /// Runs `step` every `interval`, forever (until aborted); a failed step is
