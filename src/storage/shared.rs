@@ -67,7 +67,7 @@ macro_rules! impl_storage {
                 IdempotencyBegin, IdempotencyRequest, IdempotencyStore, InsertOutcome, KindQuota,
                 Lease, MaintenanceStore, MessageOutcome, MessageRow, MessageStore, NewAttempt,
                 NewCredential, NewMessage, NewPrompt, NewPushEvent, PromptEffect, PromptRecord,
-                PushAction, PushFacts, PushItemOutcome, SendTemplates, Settlement, StartSend,
+                PushAction, PushFacts, PushItem, PushItemOutcome, SendTemplates, Settlement, StartSend,
                 StoredMessage, SubscriptionStore, SweepReport, TemplateQuota, TemplateRecord,
                 TemplateStore, UserTemplate,
             };
@@ -596,93 +596,13 @@ macro_rules! impl_storage {
                     for item in &push.items {
                         // What the item will do, read in the transaction that
                         // does it.
-                        let mut delivery_of = None;
-                        let mut facts = PushFacts::default();
-                        match &item.action {
-                            PushAction::Decide { decision, grants } if *grants && decision.grants() => {
-                                facts.long_term = sqlx::query(sql::TEMPLATE_IS_LONG_TERM)
-                                    .bind(&push.appid)
-                                    .bind(&item.template_id)
-                                    .fetch_optional(&mut *tx)
-                                    .await
-                                    .context("reading the template's type")?
-                                    .is_some();
-                            }
-                            PushAction::Delivery { msgid, .. } => {
-                                delivery_of = sqlx::query_scalar::<_, String>(sql::MESSAGE_OF_MSGID)
-                                    .bind(msgid)
-                                    .bind(&push.appid)
-                                    .bind(&push.openid)
-                                    .fetch_optional(&mut *tx)
-                                    .await
-                                    .context("finding the message of a msgid")?;
-                                facts.message_found = delivery_of.is_some();
-                            }
-                            PushAction::Decide { .. } | PushAction::Revoke | PushAction::Ignore => {}
-                        }
+                        let (facts, delivery_of) = Self::push_item_facts(&mut tx, push, item).await?;
                         let effect = push_effect(&item.action, facts);
-                        let first = sqlx::query(sql::INSERT_PUSH_EVENT)
-                            .bind(&push.appid)
-                            .bind(&item.dedupe_key)
-                            .bind(push.kind.as_str())
-                            .bind(&push.openid)
-                            .bind(&item.template_id)
-                            .bind(effect.as_str())
-                            .bind(now)
-                            .fetch_optional(&mut *tx)
-                            .await
-                            .context("recording a push event")?
-                            .is_some();
-                        if !first {
-                            let stored: String = sqlx::query_scalar(sql::PUSH_EVENT_EFFECT)
-                                .bind(&push.appid)
-                                .bind(&item.dedupe_key)
-                                .fetch_one(&mut *tx)
-                                .await
-                                .context("reading a push event seen before")?;
-                            outcomes.push(PushItemOutcome { effect: stored.parse()?, replayed: true });
+                        if let Some(stored) = Self::insert_push_event(&mut tx, push, item, effect, now).await? {
+                            outcomes.push(PushItemOutcome { effect: stored, replayed: true });
                             continue;
                         }
-                        match &item.action {
-                            PushAction::Decide { decision, .. } => {
-                                let granted = match effect {
-                                    PushEffect::Granted => Some(false),
-                                    PushEffect::LongTermOn => Some(true),
-                                    _ => None,
-                                };
-                                let user = UserTemplate {
-                                    appid: &push.appid,
-                                    openid: &push.openid,
-                                    template_id: &item.template_id,
-                                };
-                                Self::apply_decision(&mut tx, &user, *decision, granted, now).await?;
-                            }
-                            PushAction::Revoke => {
-                                for statement in [sql::RETIRE_USER_TEMPLATE_GRANTS, sql::REVOKE_USER_SUBSCRIPTION] {
-                                    sqlx::query(statement)
-                                        .bind(&push.appid)
-                                        .bind(&push.openid)
-                                        .bind(&item.template_id)
-                                        .bind(now)
-                                        .execute(&mut *tx)
-                                        .await
-                                        .context("revoking the user's grants of a template")?;
-                                }
-                            }
-                            PushAction::Delivery { error_code, error_status, .. } => {
-                                if let Some(message_id) = &delivery_of {
-                                    sqlx::query(sql::RECORD_DELIVERY)
-                                        .bind(message_id)
-                                        .bind(*error_code)
-                                        .bind(error_status)
-                                        .bind(now)
-                                        .execute(&mut *tx)
-                                        .await
-                                        .context("recording the final delivery")?;
-                                }
-                            }
-                            PushAction::Ignore => {}
-                        }
+                        Self::apply_push_item(&mut tx, push, item, effect, delivery_of.as_deref(), now).await?;
                         outcomes.push(PushItemOutcome { effect, replayed: false });
                     }
                     tx.commit().await.context("committing the push")?;
@@ -1068,6 +988,130 @@ macro_rules! impl_storage {
                             .execute(&mut **tx)
                             .await
                             .context("recording a grant")?;
+                    }
+                    Ok(())
+                }
+
+                /// What a push item's effect depends on, read in the push's
+                /// transaction: whether its template is long-term (for an
+                /// accept that grants), and the message of its msgid (for a
+                /// delivery), which is also returned.
+                async fn push_item_facts(
+                    tx: &mut sqlx::Transaction<'static, <Self as Backend>::Db>,
+                    push: &NewPushEvent,
+                    item: &PushItem,
+                ) -> anyhow::Result<(PushFacts, Option<String>)> {
+                    let mut delivery_of = None;
+                    let mut facts = PushFacts::default();
+                    match &item.action {
+                        PushAction::Decide { decision, grants } if *grants && decision.grants() => {
+                            facts.long_term = sqlx::query(sql::TEMPLATE_IS_LONG_TERM)
+                                .bind(&push.appid)
+                                .bind(&item.template_id)
+                                .fetch_optional(&mut **tx)
+                                .await
+                                .context("reading the template's type")?
+                                .is_some();
+                        }
+                        PushAction::Delivery { msgid, .. } => {
+                            delivery_of = sqlx::query_scalar::<_, String>(sql::MESSAGE_OF_MSGID)
+                                .bind(msgid)
+                                .bind(&push.appid)
+                                .bind(&push.openid)
+                                .fetch_optional(&mut **tx)
+                                .await
+                                .context("finding the message of a msgid")?;
+                            facts.message_found = delivery_of.is_some();
+                        }
+                        PushAction::Decide { .. } | PushAction::Revoke | PushAction::Ignore => {}
+                    }
+                    Ok((facts, delivery_of))
+                }
+
+                /// Records the push item's event under its dedupe key: `None`
+                /// when it is the first, the effect stored then when the event
+                /// was seen before.
+                async fn insert_push_event(
+                    tx: &mut sqlx::Transaction<'static, <Self as Backend>::Db>,
+                    push: &NewPushEvent,
+                    item: &PushItem,
+                    effect: PushEffect,
+                    now: i64,
+                ) -> anyhow::Result<Option<PushEffect>> {
+                    let first = sqlx::query(sql::INSERT_PUSH_EVENT)
+                        .bind(&push.appid)
+                        .bind(&item.dedupe_key)
+                        .bind(push.kind.as_str())
+                        .bind(&push.openid)
+                        .bind(&item.template_id)
+                        .bind(effect.as_str())
+                        .bind(now)
+                        .fetch_optional(&mut **tx)
+                        .await
+                        .context("recording a push event")?
+                        .is_some();
+                    if first {
+                        return Ok(None);
+                    }
+                    let stored: String = sqlx::query_scalar(sql::PUSH_EVENT_EFFECT)
+                        .bind(&push.appid)
+                        .bind(&item.dedupe_key)
+                        .fetch_one(&mut **tx)
+                        .await
+                        .context("reading a push event seen before")?;
+                    Ok(Some(stored.parse()?))
+                }
+
+                /// Does what a first-seen push item says: records the decision
+                /// (and its grant), revokes the user's grants of the template,
+                /// or records the final delivery of `delivery_of`.
+                async fn apply_push_item(
+                    tx: &mut sqlx::Transaction<'static, <Self as Backend>::Db>,
+                    push: &NewPushEvent,
+                    item: &PushItem,
+                    effect: PushEffect,
+                    delivery_of: Option<&str>,
+                    now: i64,
+                ) -> anyhow::Result<()> {
+                    match &item.action {
+                        PushAction::Decide { decision, .. } => {
+                            let granted = match effect {
+                                PushEffect::Granted => Some(false),
+                                PushEffect::LongTermOn => Some(true),
+                                _ => None,
+                            };
+                            let user = UserTemplate {
+                                appid: &push.appid,
+                                openid: &push.openid,
+                                template_id: &item.template_id,
+                            };
+                            Self::apply_decision(tx, &user, *decision, granted, now).await?;
+                        }
+                        PushAction::Revoke => {
+                            for statement in [sql::RETIRE_USER_TEMPLATE_GRANTS, sql::REVOKE_USER_SUBSCRIPTION] {
+                                sqlx::query(statement)
+                                    .bind(&push.appid)
+                                    .bind(&push.openid)
+                                    .bind(&item.template_id)
+                                    .bind(now)
+                                    .execute(&mut **tx)
+                                    .await
+                                    .context("revoking the user's grants of a template")?;
+                            }
+                        }
+                        PushAction::Delivery { error_code, error_status, .. } => {
+                            if let Some(message_id) = delivery_of {
+                                sqlx::query(sql::RECORD_DELIVERY)
+                                    .bind(message_id)
+                                    .bind(*error_code)
+                                    .bind(error_status)
+                                    .bind(now)
+                                    .execute(&mut **tx)
+                                    .await
+                                    .context("recording the final delivery")?;
+                            }
+                        }
+                        PushAction::Ignore => {}
                     }
                     Ok(())
                 }

@@ -27,9 +27,9 @@ use formid_gateway::storage::{
     AppState, AppStore, AttemptRow, Claim, ClaimRequest, ClaimedCredential, CredentialStore,
     EndSend, IdempotencyBegin, IdempotencyRecord, IdempotencyRequest, IdempotencyStore,
     InsertOutcome, KindQuota, Lease, MaintenanceStore, MessageOutcome, MessageRow, MessageStore,
-    NewAttempt, NewCredential, NewMessage, NewPrompt, NewPushEvent, PromptEffect, PromptRecord,
-    PushItemOutcome, SendTemplates, Settlement, StartSend, StoredMessage, SubscriptionStore,
-    SweepReport, TemplateQuota, TemplateStore,
+    NewAttempt, NewCredential, NewMessage, NewPrompt, NewPushEvent, PromptDecision, PromptEffect,
+    PromptRecord, PushItemOutcome, SendTemplates, Settlement, StartSend, StoredMessage,
+    SubscriptionStore, SweepReport, TemplateQuota, TemplateStore,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -1193,28 +1193,105 @@ impl IdempotencyStore for LedgerModel {
     }
 }
 
+impl Tables {
+    /// What each of the prompt's decisions does, by `TEMPLATE_IS_LONG_TERM`.
+    fn prompt_effects(&self, prompt: &NewPrompt) -> Vec<PromptEffect> {
+        let mut effects = Vec::with_capacity(prompt.decisions.len());
+        for decision in &prompt.decisions {
+            // `TEMPLATE_IS_LONG_TERM`
+            let long_term = decision.decision.grants()
+                && self
+                    .templates
+                    .get(&(prompt.appid.clone(), decision.template_id.clone()))
+                    .is_some_and(|row| row.long_term);
+            effects.push(formid_gateway::storage::prompt_effect(
+                prompt.grants,
+                decision.decision,
+                long_term,
+            ));
+        }
+        effects
+    }
+
+    /// `RECORD_DECISION`: an upsert whose long_term only turns on.
+    fn record_decision(
+        &mut self,
+        prompt: &NewPrompt,
+        decision: &PromptDecision,
+        effect: PromptEffect,
+        now: i64,
+    ) {
+        let on = effect == PromptEffect::LongTermOn;
+        self.subscriptions
+            .entry((
+                prompt.appid.clone(),
+                prompt.openid.clone(),
+                decision.template_id.clone(),
+            ))
+            .and_modify(|row| {
+                row.decision = decision.decision;
+                row.decided_at = now;
+                row.long_term = row.long_term || on;
+                row.updated_at = now;
+            })
+            .or_insert(SubscriptionRow {
+                decision: decision.decision,
+                decided_at: now,
+                long_term: on,
+                updated_at: now,
+            });
+    }
+
+    /// `INSERT_GRANT`. The SQL binds `grant:{uuid}`; the model names the
+    /// prompt instead (as unique), so that the invariants can tell which
+    /// accept a grant came from.
+    fn insert_grant(&mut self, prompt: &NewPrompt, decision: &PromptDecision, now: i64) {
+        let appid = &prompt.appid;
+        let openid = &prompt.openid;
+        let value = format!(
+            "grant:{openid}:{}:{}",
+            prompt.request_id, decision.template_id
+        );
+        let id = self.next_credential_id;
+        self.next_credential_id += 1;
+        self.by_value.insert((appid.clone(), value.clone()), id);
+        self.credentials.insert(
+            id,
+            CredentialRow {
+                id,
+                appid: appid.clone(),
+                openid: openid.clone(),
+                kind: CredentialKind::Subscribe.as_str().to_owned(),
+                value,
+                template_id: Some(decision.template_id.clone()),
+                uses_left: 1,
+                unproven_uses: 0,
+                state: CredentialState::Available,
+                collected_at: now,
+                expires_at: NEVER_EXPIRES_MS,
+                lease_expires_at: None,
+                lease_message_id: None,
+                lease_token: None,
+                retired_errcode: None,
+                created_at: now,
+                updated_at: now,
+            },
+        );
+    }
+}
+
 #[async_trait]
 impl SubscriptionStore for LedgerModel {
     async fn record_prompt(&self, prompt: &NewPrompt, now: i64) -> anyhow::Result<PromptRecord> {
         let record = self
             .write(|t| {
-                let appid = prompt.appid.clone();
-                let openid = prompt.openid.clone();
-                let mut effects = Vec::with_capacity(prompt.decisions.len());
-                for decision in &prompt.decisions {
-                    // `TEMPLATE_IS_LONG_TERM`
-                    let long_term = decision.decision.grants()
-                        && t.templates
-                            .get(&(appid.clone(), decision.template_id.clone()))
-                            .is_some_and(|row| row.long_term);
-                    effects.push(formid_gateway::storage::prompt_effect(
-                        prompt.grants,
-                        decision.decision,
-                        long_term,
-                    ));
-                }
+                let effects = t.prompt_effects(prompt);
                 // `INSERT_PROMPT ... ON CONFLICT DO NOTHING`, then `PROMPT`.
-                let key = (appid.clone(), openid.clone(), prompt.request_id.clone());
+                let key = (
+                    prompt.appid.clone(),
+                    prompt.openid.clone(),
+                    prompt.request_id.clone(),
+                );
                 if let Some(earlier) = t.prompts.get(&key) {
                     return Ok(PromptRecord::Repeated {
                         request_hash: earlier.request_hash.clone(),
@@ -1230,55 +1307,9 @@ impl SubscriptionStore for LedgerModel {
                     },
                 );
                 for (decision, effect) in prompt.decisions.iter().zip(&effects) {
-                    // `RECORD_DECISION`: an upsert whose long_term only turns on.
-                    let on = *effect == PromptEffect::LongTermOn;
-                    t.subscriptions
-                        .entry((appid.clone(), openid.clone(), decision.template_id.clone()))
-                        .and_modify(|row| {
-                            row.decision = decision.decision;
-                            row.decided_at = now;
-                            row.long_term = row.long_term || on;
-                            row.updated_at = now;
-                        })
-                        .or_insert(SubscriptionRow {
-                            decision: decision.decision,
-                            decided_at: now,
-                            long_term: on,
-                            updated_at: now,
-                        });
+                    t.record_decision(prompt, decision, *effect, now);
                     if *effect == PromptEffect::Granted {
-                        // `INSERT_GRANT`. The SQL binds `grant:{uuid}`; the
-                        // model names the prompt instead (as unique), so that
-                        // the invariants can tell which accept a grant came from.
-                        let value = format!(
-                            "grant:{openid}:{}:{}",
-                            prompt.request_id, decision.template_id
-                        );
-                        let id = t.next_credential_id;
-                        t.next_credential_id += 1;
-                        t.by_value.insert((appid.clone(), value.clone()), id);
-                        t.credentials.insert(
-                            id,
-                            CredentialRow {
-                                id,
-                                appid: appid.clone(),
-                                openid: openid.clone(),
-                                kind: CredentialKind::Subscribe.as_str().to_owned(),
-                                value,
-                                template_id: Some(decision.template_id.clone()),
-                                uses_left: 1,
-                                unproven_uses: 0,
-                                state: CredentialState::Available,
-                                collected_at: now,
-                                expires_at: NEVER_EXPIRES_MS,
-                                lease_expires_at: None,
-                                lease_message_id: None,
-                                lease_token: None,
-                                retired_errcode: None,
-                                created_at: now,
-                                updated_at: now,
-                            },
-                        );
+                        t.insert_grant(prompt, decision, now);
                     }
                 }
                 Ok(PromptRecord::Recorded(effects))

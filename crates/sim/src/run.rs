@@ -11,7 +11,7 @@
 //! instant; a new instance then starts on the same ledger, and its recovery
 //! resolves what the dead one left.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -222,71 +222,9 @@ impl Plan {
     pub fn new(seed: u64, sends: usize, profile: Profile) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let real = profile == Profile::RealTime;
-        let request_timeout_ms = if real {
-            rng.gen_range(200..=400)
-        } else {
-            rng.gen_range(1_000..=5_000)
-        };
-        let latency_ms = if real {
-            (1, rng.gen_range(2..=20))
-        } else {
-            (5, rng.gen_range(10..=200))
-        };
-        let call_budget_ms = request_timeout_ms as i64 + if real { 100 } else { 1_000 };
-        // Short leases: a hang and a backoff or two eat most of one.
-        let lease_ms = call_budget_ms + rng.gen_range(call_budget_ms / 4..=2 * call_budget_ms);
-        let knobs = Knobs {
-            request_timeout_ms,
-            latency_ms,
-            call_budget_ms,
-            lease_ms,
-            max_concurrent_calls: rng.gen_range(1..=4),
-            recovery_interval_ms: if real {
-                rng.gen_range(200..=500)
-            } else {
-                rng.gen_range(1_000..=5_000)
-            },
-            waiting_poll_ms: if real { 100 } else { 500 },
-            token_check_ms: if real { 1_000 } else { 30_000 },
-            sweep_ms: if real { 1_000 } else { 60_000 },
-            busy_backoff_ms: if real { 20 } else { 200 },
-            breaker_cooldown_ms: if real { 500 } else { 10_000 },
-            not_ready_retry_ms: if real { 300 } else { 5_000 },
-            token: TokenSettings {
-                refresh_ahead: Duration::from_secs(900),
-                check_interval: Duration::from_millis(if real { 1_000 } else { 30_000 }),
-                lease: Duration::from_millis(if real { 1_000 } else { 30_000 }),
-                wait: Duration::from_millis(if real { 2_000 } else { 15_000 }),
-                cache: Duration::from_millis(if real { 100 } else { 1_000 }),
-                fetch_burst: 5,
-                fetch_refill: Duration::from_millis(if real { 2_000 } else { 120_000 }),
-                check_reuse: Duration::from_millis(if real { 1_000 } else { 10_000 }),
-                send_retry: Duration::from_millis(if real { 500 } else { 5_000 }),
-                force_refreshes_per_day: 0,
-            },
-            token_expires_in: if real {
-                7_200
-            } else {
-                pick(&mut rng, &[7_200, 1_200, 400])
-            },
-            poll_ms: if real { 200 } else { 1_000 },
-            horizon_ms: if real { 30_000 } else { 2 * HOUR_MS },
-        };
+        let knobs = Knobs::draw(&mut rng, real);
         let instances = rng.gen_range(2..=3);
-        let max_skew: i64 = if real {
-            pick(&mut rng, &[0, 20, 100])
-        } else {
-            pick(&mut rng, &[0, 200, 2_000, 15_000])
-        };
-        let skews_ms = (0..instances)
-            .map(|_| {
-                if max_skew == 0 {
-                    0
-                } else {
-                    rng.gen_range(-max_skew..=max_skew)
-                }
-            })
-            .collect();
+        let skews_ms = draw_skews(&mut rng, real, instances);
         let spacing_ms: i64 = if real {
             rng.gen_range(20..=80)
         } else {
@@ -295,114 +233,24 @@ impl Plan {
         let window_ms = spacing_ms * sends as i64;
         let users: Vec<String> = (0..rng.gen_range(3..=8)).map(|n| format!("u{n}")).collect();
         let mut next_credential = 0;
-        let mut posts = Vec::new();
-        // What the users already hold when the run starts.
-        let mut initial = Vec::new();
-        for user in &users {
-            for _ in 0..rng.gen_range(1..=4) {
-                initial.push(credential_plan(
-                    &mut rng,
-                    &mut next_credential,
-                    user,
-                    EPOCH_MS,
-                    true,
-                    window_ms,
-                ));
-            }
-        }
-        // A quarter of the seeds are "twilight" runs: what the users hold
-        // dies at WeChat while the sends go on, and the frontend posted it
-        // late without `collected_at` (or from a fast phone), so the ledger
-        // believes it has days left. Drawn from a stream of its own, so
-        // that the rest of the plan is the same as without it.
-        let mut twilight = StdRng::seed_from_u64(seed ^ 0x5457_494c_4947_4854);
-        if twilight.gen_bool(0.25) {
-            for credential in &mut initial {
-                let dies_at = EPOCH_MS + twilight.gen_range(0..=window_ms + 5_000);
-                credential.issued_at = dies_at - CREDENTIAL_LIFETIME_MS;
-                credential.usable_from = credential.issued_at;
-                if twilight.gen_bool(0.8) {
-                    credential.collected_at = None;
-                    credential.label = "missing";
-                } else {
-                    credential.collected_at =
-                        Some(credential.issued_at + twilight.gen_range(1_000..=50_000));
-                    credential.label = "fast phone";
-                }
-            }
-        }
-        posts.push(PostPlan {
+        let mut initial = initial_credentials(&mut rng, &mut next_credential, &users, window_ms);
+        twilight(seed, &mut initial, window_ms);
+        let mut posts = vec![PostPlan {
             at_ms: 0,
             instance: 0,
             credentials: initial,
-        });
-        // Users posting credentials mid-run, some of them buffered for hours.
-        for _ in 0..(sends / 2).max(1) {
-            let at_ms = rng.gen_range(0..=window_ms);
-            let user = users[rng.gen_range(0..users.len())].clone();
-            let credentials = (0..rng.gen_range(1..=2))
-                .map(|_| {
-                    credential_plan(
-                        &mut rng,
-                        &mut next_credential,
-                        &user,
-                        EPOCH_MS + at_ms,
-                        false,
-                        window_ms,
-                    )
-                })
-                .collect();
-            posts.push(PostPlan {
-                at_ms,
-                instance: rng.gen_range(0..instances),
-                credentials,
-            });
-        }
+        }];
+        let draws = Draws {
+            real,
+            instances,
+            users: &users,
+            window_ms,
+        };
+        posts.extend(mid_run_posts(&mut rng, &mut next_credential, &draws, sends));
         posts.sort_by_key(|post| post.at_ms);
-        let mut sends: Vec<SendPlan> = (0..sends)
-            .map(|_| {
-                let wait_seconds = rng.gen_bool(0.15).then(|| {
-                    if real {
-                        rng.gen_range(1..=2)
-                    } else {
-                        rng.gen_range(5..=90)
-                    }
-                });
-                SendPlan {
-                    at_ms: rng.gen_range(0..=window_ms),
-                    instance: rng.gen_range(0..instances),
-                    id: String::new(),
-                    touser: users[rng.gen_range(0..users.len())].clone(),
-                    wait_seconds,
-                    at_least_once: rng.gen_bool(0.05),
-                    subscribe: None,
-                }
-            })
-            .collect();
-        sends.sort_by_key(|send| send.at_ms);
-        for (n, send) in sends.iter_mut().enumerate() {
-            send.id = format!("m{n:04}");
-        }
-        let crashes = (0..rng.gen_range(0..=3))
-            .map(|_| CrashPlan {
-                at_ms: rng.gen_range(0..=window_ms),
-                slot: rng.gen_range(0..instances),
-                restart_after_ms: if real {
-                    rng.gen_range(50..=300)
-                } else {
-                    rng.gen_range(100..=5_000)
-                },
-            })
-            .collect();
-        let mut rates = FaultRates::default();
-        for fault in Fault::ALL {
-            rates
-                .send
-                .insert(fault, pick(&mut rng, &[0, 5, 10, 20, 40]));
-        }
-        rates.token_lost_before = pick(&mut rng, &[0, 20, 50]);
-        rates.token_lost_after = pick(&mut rng, &[0, 20, 50]);
-        rates.token_busy = pick(&mut rng, &[0, 20, 50]);
+        let sends = draw_sends(&mut rng, &draws, sends);
+        let crashes = draw_crashes(&mut rng, &draws);
+        let rates = draw_fault_rates(&mut rng);
         let write_failures = pick(&mut rng, &[0, 0, 2, 5, 10]);
         let (token_mode, invalidations) = token_plan(seed, real, window_ms);
         Self {
@@ -432,99 +280,26 @@ impl Plan {
         }
         let mut rng = StdRng::seed_from_u64(self.seed ^ 0x5355_4253_4352_4942);
         let real = self.profile == Profile::RealTime;
-        let templates = vec![
-            TemplatePlan {
-                id: "sub-once-a".into(),
-                long_term: false,
-            },
-            TemplatePlan {
-                id: "sub-once-b".into(),
-                long_term: false,
-            },
-            TemplatePlan {
-                id: "sub-long".into(),
-                long_term: true,
-            },
-        ];
+        let templates = subscribe_templates();
         let window_ms = self.sends.last().map_or(1_000, |s| s.at_ms).max(1_000);
         let mut users: Vec<String> = self.sends.iter().map(|s| s.touser.clone()).collect();
         users.sort();
         users.dedup();
         let share = f64::from(percent.min(100)) / 100.0;
-        let mut subscribe_sends = 0;
-        for send in &mut self.sends {
-            if rng.gen_bool(share) {
-                subscribe_sends += 1;
-                let template = &templates[rng.gen_range(0..templates.len())];
-                send.subscribe = Some(template.id.clone());
-                // Waiting for the user's next accept is the subscribe idiom.
-                send.wait_seconds = rng.gen_bool(0.3).then(|| {
-                    if real {
-                        rng.gen_range(1..=2)
-                    } else {
-                        rng.gen_range(5..=90)
-                    }
-                });
-            }
-        }
-        let mut prompts = Vec::new();
+        let subscribe_sends =
+            mark_subscribe_sends(&mut rng, &mut self.sends, &templates, share, real);
+        let draws = Draws {
+            real,
+            instances: self.instances,
+            users: &users,
+            window_ms,
+        };
         // Some accepts before the run (posted at its start), then more
         // during it: about one prompt per subscribe send.
         let count = subscribe_sends + users.len();
-        for n in 0..count {
-            let at_ms = if n < users.len() {
-                0
-            } else {
-                rng.gen_range(0..=window_ms)
-            };
-            let openid = if n < users.len() {
-                users[n].clone()
-            } else {
-                users[rng.gen_range(0..users.len())].clone()
-            };
-            let decisions = if rng.gen_bool(0.25) {
-                vec![("sub-long".to_owned(), rng.gen_bool(0.8))]
-            } else {
-                let mut once = vec![("sub-once-a".to_owned(), rng.gen_bool(0.85))];
-                if rng.gen_bool(0.5) {
-                    once.push(("sub-once-b".to_owned(), rng.gen_bool(0.85)));
-                }
-                if rng.gen_bool(0.3) {
-                    once.reverse();
-                    once.truncate(1);
-                }
-                once
-            };
-            let mut posts = Vec::new();
-            if !rng.gen_bool(0.05) {
-                for attempt in 0..rng.gen_range(1..=3) {
-                    let delay_ms = if attempt == 0 && rng.gen_bool(0.15) {
-                        // The phone posts late (backgrounded, offline).
-                        if real {
-                            rng.gen_range(500..=3_000)
-                        } else {
-                            rng.gen_range(5_000..=60_000)
-                        }
-                    } else if real {
-                        rng.gen_range(0..=100)
-                    } else {
-                        rng.gen_range(0..=2_000)
-                    };
-                    posts.push(PromptPost {
-                        delay_ms,
-                        instance: rng.gen_range(0..self.instances),
-                    });
-                }
-            }
-            prompts.push(PromptPlan {
-                at_ms,
-                openid,
-                request_id: format!("req{n:04}"),
-                decisions,
-                posts,
-                repost: rng.gen_bool(0.1),
-            });
-        }
+        let mut prompts: Vec<PromptPlan> = (0..count)
+            .map(|n| draw_prompt(&mut rng, &draws, n))
+            .collect();
         prompts.sort_by_key(|p| p.at_ms);
         let revocations = (0..pick(&mut rng, &[0, 0, 1, 2, 4]))
             .map(|_| RevocationPlan {
@@ -543,6 +318,404 @@ impl Plan {
         };
         self
     }
+}
+
+/// The subscribe templates of every subscribe run.
+fn subscribe_templates() -> Vec<TemplatePlan> {
+    [
+        ("sub-once-a", false),
+        ("sub-once-b", false),
+        ("sub-long", true),
+    ]
+    .into_iter()
+    .map(|(id, long_term)| TemplatePlan {
+        id: id.into(),
+        long_term,
+    })
+    .collect()
+}
+
+/// Makes a `share` of `sends` subscribe messages of a drawn template, some
+/// of them waiting for the user's next accept; how many it made.
+fn mark_subscribe_sends(
+    rng: &mut StdRng,
+    sends: &mut [SendPlan],
+    templates: &[TemplatePlan],
+    share: f64,
+    real: bool,
+) -> usize {
+    let mut subscribe_sends = 0;
+    for send in sends {
+        if rng.gen_bool(share) {
+            subscribe_sends += 1;
+            let template = &templates[rng.gen_range(0..templates.len())];
+            send.subscribe = Some(template.id.clone());
+            // Waiting for the user's next accept is the subscribe idiom.
+            send.wait_seconds = rng.gen_bool(0.3).then(|| {
+                if real {
+                    rng.gen_range(1..=2)
+                } else {
+                    rng.gen_range(5..=90)
+                }
+            });
+        }
+    }
+    subscribe_sends
+}
+
+/// Prompt `n`: the first one per user at the run's start, the rest at a
+/// drawn moment for a drawn user.
+fn draw_prompt(rng: &mut StdRng, draws: &Draws, n: usize) -> PromptPlan {
+    let users = draws.users;
+    let at_ms = if n < users.len() {
+        0
+    } else {
+        rng.gen_range(0..=draws.window_ms)
+    };
+    let openid = if n < users.len() {
+        users[n].clone()
+    } else {
+        users[rng.gen_range(0..users.len())].clone()
+    };
+    let decisions = draw_decisions(rng);
+    let posts = draw_prompt_posts(rng, draws);
+    PromptPlan {
+        at_ms,
+        openid,
+        request_id: format!("req{n:04}"),
+        decisions,
+        posts,
+        repost: rng.gen_bool(0.1),
+    }
+}
+
+/// The user's answers to a prompt: the long-term template alone, or one or
+/// two one-time templates.
+fn draw_decisions(rng: &mut StdRng) -> Vec<(String, bool)> {
+    if rng.gen_bool(0.25) {
+        return vec![("sub-long".to_owned(), rng.gen_bool(0.8))];
+    }
+    let mut once = vec![("sub-once-a".to_owned(), rng.gen_bool(0.85))];
+    if rng.gen_bool(0.5) {
+        once.push(("sub-once-b".to_owned(), rng.gen_bool(0.85)));
+    }
+    if rng.gen_bool(0.3) {
+        once.reverse();
+        once.truncate(1);
+    }
+    once
+}
+
+/// The frontend's posts of a prompt's result (none for a few prompts): up
+/// to three, the first of them sometimes late.
+fn draw_prompt_posts(rng: &mut StdRng, draws: &Draws) -> Vec<PromptPost> {
+    let mut posts = Vec::new();
+    if rng.gen_bool(0.05) {
+        return posts;
+    }
+    for attempt in 0..rng.gen_range(1..=3) {
+        let delay_ms = if attempt == 0 && rng.gen_bool(0.15) {
+            // The phone posts late (backgrounded, offline).
+            if draws.real {
+                rng.gen_range(500..=3_000)
+            } else {
+                rng.gen_range(5_000..=60_000)
+            }
+        } else if draws.real {
+            rng.gen_range(0..=100)
+        } else {
+            rng.gen_range(0..=2_000)
+        };
+        posts.push(PromptPost {
+            delay_ms,
+            instance: rng.gen_range(0..draws.instances),
+        });
+    }
+    posts
+}
+
+/// The settings of a run that depend only on its profile, not on its seed.
+struct Timings {
+    waiting_poll_ms: u64,
+    token_check_ms: u64,
+    sweep_ms: u64,
+    busy_backoff_ms: u64,
+    breaker_cooldown_ms: u64,
+    not_ready_retry_ms: i64,
+    token_lease_ms: u64,
+    token_wait_ms: u64,
+    token_cache_ms: u64,
+    token_fetch_refill_ms: u64,
+    token_check_reuse_ms: u64,
+    token_send_retry_ms: u64,
+    poll_ms: u64,
+    horizon_ms: i64,
+}
+
+/// [`Timings`] of [`Profile::RealTime`].
+const REAL_TIMINGS: Timings = Timings {
+    waiting_poll_ms: 100,
+    token_check_ms: 1_000,
+    sweep_ms: 1_000,
+    busy_backoff_ms: 20,
+    breaker_cooldown_ms: 500,
+    not_ready_retry_ms: 300,
+    token_lease_ms: 1_000,
+    token_wait_ms: 2_000,
+    token_cache_ms: 100,
+    token_fetch_refill_ms: 2_000,
+    token_check_reuse_ms: 1_000,
+    token_send_retry_ms: 500,
+    poll_ms: 200,
+    horizon_ms: 30_000,
+};
+
+/// [`Timings`] of [`Profile::Simulated`].
+const SIMULATED_TIMINGS: Timings = Timings {
+    waiting_poll_ms: 500,
+    token_check_ms: 30_000,
+    sweep_ms: 60_000,
+    busy_backoff_ms: 200,
+    breaker_cooldown_ms: 10_000,
+    not_ready_retry_ms: 5_000,
+    token_lease_ms: 30_000,
+    token_wait_ms: 15_000,
+    token_cache_ms: 1_000,
+    token_fetch_refill_ms: 120_000,
+    token_check_reuse_ms: 10_000,
+    token_send_retry_ms: 5_000,
+    poll_ms: 1_000,
+    horizon_ms: 2 * HOUR_MS,
+};
+
+impl Knobs {
+    /// The knobs of a run: the profile's [`Timings`], and timeouts,
+    /// latencies, leases, concurrency and token lifetime drawn from `rng`.
+    fn draw(rng: &mut StdRng, real: bool) -> Self {
+        let fixed = if real {
+            &REAL_TIMINGS
+        } else {
+            &SIMULATED_TIMINGS
+        };
+        let request_timeout_ms = if real {
+            rng.gen_range(200..=400)
+        } else {
+            rng.gen_range(1_000..=5_000)
+        };
+        let latency_ms = if real {
+            (1, rng.gen_range(2..=20))
+        } else {
+            (5, rng.gen_range(10..=200))
+        };
+        let call_budget_ms = request_timeout_ms as i64 + if real { 100 } else { 1_000 };
+        // Short leases: a hang and a backoff or two eat most of one.
+        let lease_ms = call_budget_ms + rng.gen_range(call_budget_ms / 4..=2 * call_budget_ms);
+        let max_concurrent_calls = rng.gen_range(1..=4);
+        let recovery_interval_ms = if real {
+            rng.gen_range(200..=500)
+        } else {
+            rng.gen_range(1_000..=5_000)
+        };
+        let token_expires_in = if real {
+            7_200
+        } else {
+            pick(rng, &[7_200, 1_200, 400])
+        };
+        Knobs {
+            request_timeout_ms,
+            latency_ms,
+            call_budget_ms,
+            lease_ms,
+            max_concurrent_calls,
+            recovery_interval_ms,
+            waiting_poll_ms: fixed.waiting_poll_ms,
+            token_check_ms: fixed.token_check_ms,
+            sweep_ms: fixed.sweep_ms,
+            busy_backoff_ms: fixed.busy_backoff_ms,
+            breaker_cooldown_ms: fixed.breaker_cooldown_ms,
+            not_ready_retry_ms: fixed.not_ready_retry_ms,
+            token: TokenSettings {
+                refresh_ahead: Duration::from_secs(900),
+                check_interval: Duration::from_millis(fixed.token_check_ms),
+                lease: Duration::from_millis(fixed.token_lease_ms),
+                wait: Duration::from_millis(fixed.token_wait_ms),
+                cache: Duration::from_millis(fixed.token_cache_ms),
+                fetch_burst: 5,
+                fetch_refill: Duration::from_millis(fixed.token_fetch_refill_ms),
+                check_reuse: Duration::from_millis(fixed.token_check_reuse_ms),
+                send_retry: Duration::from_millis(fixed.token_send_retry_ms),
+                force_refreshes_per_day: 0,
+            },
+            token_expires_in,
+            poll_ms: fixed.poll_ms,
+            horizon_ms: fixed.horizon_ms,
+        }
+    }
+}
+
+/// What the legacy plan's draws after the users depend on.
+struct Draws<'a> {
+    real: bool,
+    instances: usize,
+    users: &'a [String],
+    /// The span of the sends, ms.
+    window_ms: i64,
+}
+
+/// Each instance's clock skew, up to a drawn bound.
+fn draw_skews(rng: &mut StdRng, real: bool, instances: usize) -> Vec<i64> {
+    let max_skew: i64 = if real {
+        pick(rng, &[0, 20, 100])
+    } else {
+        pick(rng, &[0, 200, 2_000, 15_000])
+    };
+    (0..instances)
+        .map(|_| {
+            if max_skew == 0 {
+                0
+            } else {
+                rng.gen_range(-max_skew..=max_skew)
+            }
+        })
+        .collect()
+}
+
+/// What the users already hold when the run starts.
+fn initial_credentials(
+    rng: &mut StdRng,
+    next_credential: &mut usize,
+    users: &[String],
+    window_ms: i64,
+) -> Vec<CredentialPlan> {
+    let mut initial = Vec::new();
+    for user in users {
+        for _ in 0..rng.gen_range(1..=4) {
+            initial.push(credential_plan(
+                rng,
+                next_credential,
+                user,
+                EPOCH_MS,
+                true,
+                window_ms,
+            ));
+        }
+    }
+    initial
+}
+
+/// A quarter of the seeds are "twilight" runs: what the users hold dies at
+/// WeChat while the sends go on, and the frontend posted it late without
+/// `collected_at` (or from a fast phone), so the ledger believes it has
+/// days left. Drawn from a stream of its own, so that the rest of the plan
+/// is the same as without it.
+fn twilight(seed: u64, initial: &mut [CredentialPlan], window_ms: i64) {
+    let mut twilight = StdRng::seed_from_u64(seed ^ 0x5457_494c_4947_4854);
+    if !twilight.gen_bool(0.25) {
+        return;
+    }
+    for credential in initial {
+        let dies_at = EPOCH_MS + twilight.gen_range(0..=window_ms + 5_000);
+        credential.issued_at = dies_at - CREDENTIAL_LIFETIME_MS;
+        credential.usable_from = credential.issued_at;
+        if twilight.gen_bool(0.8) {
+            credential.collected_at = None;
+            credential.label = "missing";
+        } else {
+            credential.collected_at =
+                Some(credential.issued_at + twilight.gen_range(1_000..=50_000));
+            credential.label = "fast phone";
+        }
+    }
+}
+
+/// Users posting credentials mid-run, some of them buffered for hours.
+fn mid_run_posts(
+    rng: &mut StdRng,
+    next_credential: &mut usize,
+    draws: &Draws,
+    sends: usize,
+) -> Vec<PostPlan> {
+    let users = draws.users;
+    (0..(sends / 2).max(1))
+        .map(|_| {
+            let at_ms = rng.gen_range(0..=draws.window_ms);
+            let user = users[rng.gen_range(0..users.len())].clone();
+            let credentials = (0..rng.gen_range(1..=2))
+                .map(|_| {
+                    credential_plan(
+                        rng,
+                        next_credential,
+                        &user,
+                        EPOCH_MS + at_ms,
+                        false,
+                        draws.window_ms,
+                    )
+                })
+                .collect();
+            PostPlan {
+                at_ms,
+                instance: rng.gen_range(0..draws.instances),
+                credentials,
+            }
+        })
+        .collect()
+}
+
+/// The business services' sends, in time order, named `m0000` on.
+fn draw_sends(rng: &mut StdRng, draws: &Draws, count: usize) -> Vec<SendPlan> {
+    let users = draws.users;
+    let mut sends: Vec<SendPlan> = (0..count)
+        .map(|_| {
+            let wait_seconds = rng.gen_bool(0.15).then(|| {
+                if draws.real {
+                    rng.gen_range(1..=2)
+                } else {
+                    rng.gen_range(5..=90)
+                }
+            });
+            SendPlan {
+                at_ms: rng.gen_range(0..=draws.window_ms),
+                instance: rng.gen_range(0..draws.instances),
+                id: String::new(),
+                touser: users[rng.gen_range(0..users.len())].clone(),
+                wait_seconds,
+                at_least_once: rng.gen_bool(0.05),
+                subscribe: None,
+            }
+        })
+        .collect();
+    sends.sort_by_key(|send| send.at_ms);
+    for (n, send) in sends.iter_mut().enumerate() {
+        send.id = format!("m{n:04}");
+    }
+    sends
+}
+
+/// Up to three crashes during the send window.
+fn draw_crashes(rng: &mut StdRng, draws: &Draws) -> Vec<CrashPlan> {
+    (0..rng.gen_range(0..=3))
+        .map(|_| CrashPlan {
+            at_ms: rng.gen_range(0..=draws.window_ms),
+            slot: rng.gen_range(0..draws.instances),
+            restart_after_ms: if draws.real {
+                rng.gen_range(50..=300)
+            } else {
+                rng.gen_range(100..=5_000)
+            },
+        })
+        .collect()
+}
+
+/// WeChat's fault rates, per mille: per send fault, and of token fetches.
+fn draw_fault_rates(rng: &mut StdRng) -> FaultRates {
+    let mut rates = FaultRates::default();
+    for fault in Fault::ALL {
+        rates.send.insert(fault, pick(rng, &[0, 5, 10, 20, 40]));
+    }
+    rates.token_lost_before = pick(rng, &[0, 20, 50]);
+    rates.token_lost_after = pick(rng, &[0, 20, 50]);
+    rates.token_busy = pick(rng, &[0, 20, 50]);
+    rates
 }
 
 /// The app's token mode (half the seeds each) and a few moments at which
@@ -735,8 +908,48 @@ impl World {
     async fn start(&self, slot: usize, generation: u32) -> anyhow::Result<Instance> {
         let knobs = &self.plan.knobs;
         let name = format!("gw{slot}.{generation}");
+        let storage = self.connect_storage().await?;
+        let clock = SimClock {
+            base: self.base,
+            skew_ms: self.plan.skews_ms[slot],
+        };
+        let shared_clock: SharedClock = Arc::new(clock);
+        let (sender, tokens) = self.sender(&name, &storage, &shared_clock);
+        let lease = Duration::from_millis(knobs.lease_ms as u64);
+        let safety_margin = Duration::from_secs(60);
+        let recovery = Recovery::new(
+            storage.clone(),
+            sender.clone(),
+            shared_clock.clone(),
+            lease,
+            safety_margin,
+        );
+        let waiting =
+            WaitingSender::new(storage.clone(), sender.clone(), shared_clock.clone(), lease);
+        let refresher = TokenRefresher::new(tokens);
+        let sweeper = Sweeper::new(
+            storage.clone(),
+            shared_clock,
+            Duration::from_secs(7 * 86_400),
+            Duration::from_secs(30 * 86_400),
+        );
+        self.trace
+            .record(&name, format!("started (clock skew {} ms)", clock.skew_ms));
+        let tasks = spawn_workers(knobs, recovery, waiting, refresher, sweeper);
+        Ok(Instance {
+            name,
+            storage,
+            clock,
+            sender,
+            tasks,
+            sends: Vec::new(),
+        })
+    }
+
+    /// The instance's connection to the ledger, with the app ensured in it;
+    /// a process whose start fails is started again by its supervisor.
+    async fn connect_storage(&self) -> anyhow::Result<Arc<dyn Storage>> {
         let storage = (self.backend.connect)().await?;
-        // A process whose start fails is started again by its supervisor.
         let mut tries = 0;
         while let Err(error) = storage.ensure_app(APPID).await {
             tries += 1;
@@ -745,22 +958,26 @@ impl World {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let clock = SimClock {
-            base: self.base,
-            skew_ms: self.plan.skews_ms[slot],
-        };
-        let shared_clock: SharedClock = Arc::new(clock);
-        let wechat = self.wechat.handle(&name);
+        Ok(storage)
+    }
+
+    /// The instance's send path and the token keeper it calls WeChat with.
+    fn sender(
+        &self,
+        name: &str,
+        storage: &Arc<dyn Storage>,
+        shared_clock: &SharedClock,
+    ) -> (Sender, TokenKeeper) {
+        let knobs = &self.plan.knobs;
+        let wechat = self.wechat.handle(name);
         let tokens = TokenKeeper::new(
             storage.clone(),
             wechat.clone(),
             self.apps.clone(),
             shared_clock.clone(),
-            name.clone(),
+            name.to_owned(),
             knobs.token.clone(),
         );
-        let lease = Duration::from_millis(knobs.lease_ms as u64);
-        let safety_margin = Duration::from_secs(60);
         let catalogue = Catalogue::new(
             storage.clone(),
             tokens.clone(),
@@ -780,55 +997,38 @@ impl World {
                 Duration::from_millis(knobs.breaker_cooldown_ms),
             )),
         };
-        let sender = Sender::new(parts, send_settings(knobs));
-        let recovery = Recovery::new(
-            storage.clone(),
-            sender.clone(),
-            shared_clock.clone(),
-            lease,
-            safety_margin,
-        );
-        let waiting =
-            WaitingSender::new(storage.clone(), sender.clone(), shared_clock.clone(), lease);
-        let refresher = TokenRefresher::new(tokens);
-        let sweeper = Sweeper::new(
-            storage.clone(),
-            shared_clock,
-            Duration::from_secs(7 * 86_400),
-            Duration::from_secs(30 * 86_400),
-        );
-        self.trace
-            .record(&name, format!("started (clock skew {} ms)", clock.skew_ms));
-        // The workers, as `Application::run_until_stopped` runs them (without
-        // its `select!`, whose branch order is random).
-        let every = |interval_ms: u64| Duration::from_millis(interval_ms);
-        let tasks = vec![
-            tokio::spawn(worker(every(knobs.recovery_interval_ms), move || {
-                let recovery = recovery.clone();
-                async move { recovery.run_once().await.map(drop) }
-            })),
-            tokio::spawn(worker(every(knobs.waiting_poll_ms), move || {
-                let waiting = waiting.clone();
-                async move { waiting.run_once().await.map(drop) }
-            })),
-            tokio::spawn(worker(every(knobs.token_check_ms), move || {
-                let refresher = refresher.clone();
-                async move { refresher.run_once().await.map(drop) }
-            })),
-            tokio::spawn(worker(every(knobs.sweep_ms), move || {
-                let sweeper = sweeper.clone();
-                async move { sweeper.run_once().await.map(drop) }
-            })),
-        ];
-        Ok(Instance {
-            name,
-            storage,
-            clock,
-            sender,
-            tasks,
-            sends: Vec::new(),
-        })
+        (Sender::new(parts, send_settings(knobs)), tokens)
     }
+}
+
+/// The workers, as `Application::run_until_stopped` runs them (without its
+/// `select!`, whose branch order is random).
+fn spawn_workers(
+    knobs: &Knobs,
+    recovery: Recovery,
+    waiting: WaitingSender,
+    refresher: TokenRefresher,
+    sweeper: Sweeper,
+) -> Vec<JoinHandle<()>> {
+    let every = |interval_ms: u64| Duration::from_millis(interval_ms);
+    vec![
+        tokio::spawn(worker(every(knobs.recovery_interval_ms), move || {
+            let recovery = recovery.clone();
+            async move { recovery.run_once().await.map(drop) }
+        })),
+        tokio::spawn(worker(every(knobs.waiting_poll_ms), move || {
+            let waiting = waiting.clone();
+            async move { waiting.run_once().await.map(drop) }
+        })),
+        tokio::spawn(worker(every(knobs.token_check_ms), move || {
+            let refresher = refresher.clone();
+            async move { refresher.run_once().await.map(drop) }
+        })),
+        tokio::spawn(worker(every(knobs.sweep_ms), move || {
+            let sweeper = sweeper.clone();
+            async move { sweeper.run_once().await.map(drop) }
+        })),
+    ]
 }
 
 /// Runs `step` every `interval`, forever (until aborted); a failed step is
@@ -887,59 +1087,90 @@ enum Action {
 
 /// Runs a plan against a ledger, quiesces, and checks the invariants.
 pub async fn run_plan(plan: Plan, backend: Backend) -> SeedReport {
-    let base = TimeBase::now();
-    let trace = Arc::new(Trace::new(base));
-    let knobs = plan.knobs.clone();
-    let wechat = Arc::new(WeChatModel::new(
-        base,
-        WeChatSetup {
-            seed: plan.seed,
-            rates: plan.rates.clone(),
-            request_timeout: Duration::from_millis(knobs.request_timeout_ms),
-            latency_ms: knobs.latency_ms,
-            token_expires_in: knobs.token_expires_in,
-        },
-        trace.clone(),
-    ));
-    let apps = Arc::new(BTreeMap::from([(
-        APPID.to_owned(),
-        AppSettings {
-            secret: "sim-secret".to_owned().into(),
-            token_mode: plan.token_mode,
-            miniprogram_state: Default::default(),
-            lang: Default::default(),
-            push_token: None,
-            encoding_aes_key: None,
-            previous_encoding_aes_key: None,
-            subscribe_grants_from: Default::default(),
-        },
-    )]));
-    let world = World {
-        plan: plan.clone(),
-        base,
-        backend: backend.clone(),
-        wechat: wechat.clone(),
-        trace: trace.clone(),
-        apps,
-    };
+    let world = World::new(plan, backend);
     let mut report = SeedReport {
-        seed: plan.seed,
+        seed: world.plan.seed,
         ..SeedReport::default()
     };
-    let mut driver_faults = Counts::new();
-    let mut instances: Vec<Option<Instance>> = Vec::new();
-    let mut generations = vec![0u32; plan.instances];
-    for slot in 0..plan.instances {
-        match world.start(slot, 0).await {
-            Ok(instance) => instances.push(Some(instance)),
-            Err(error) => {
-                report
-                    .violations
-                    .push(format!("instance {slot} could not start: {error:#}"));
-                return report;
-            }
+    let mut driver = match Driver::start(&world).await {
+        Ok(driver) => driver,
+        Err(violation) => {
+            report.violations.push(violation);
+            return report;
+        }
+    };
+    let mut queue = planned_actions(&world.plan);
+    while let Some((at_ms, action)) = driver.next_action(&mut queue) {
+        tokio::time::sleep_until(world.base.instant_at(EPOCH_MS + at_ms)).await;
+        if let Err(violation) = driver.apply(at_ms, action, &mut report).await {
+            report.violations.push(violation);
+            return report;
         }
     }
+    let snapshot = driver.quiesce(&mut report).await;
+    driver.stop();
+    let side = wechat_side(&world, &driver.told);
+    let violations = check(&snapshot, &side);
+    fill_report(&mut report, &world, &snapshot, &side, &driver.driver_faults);
+    if !violations.is_empty() || !report.violations.is_empty() {
+        report.story = Some(story(
+            &world.plan,
+            &world.trace,
+            &snapshot,
+            &side,
+            &violations,
+        ));
+        report
+            .violations
+            .extend(violations.into_iter().map(|v| v.text));
+    }
+    report
+}
+
+impl World {
+    /// The run's time base, trace, WeChat model and app settings.
+    fn new(plan: Plan, backend: Backend) -> Self {
+        let base = TimeBase::now();
+        let trace = Arc::new(Trace::new(base));
+        let knobs = &plan.knobs;
+        let wechat = Arc::new(WeChatModel::new(
+            base,
+            WeChatSetup {
+                seed: plan.seed,
+                rates: plan.rates.clone(),
+                request_timeout: Duration::from_millis(knobs.request_timeout_ms),
+                latency_ms: knobs.latency_ms,
+                token_expires_in: knobs.token_expires_in,
+            },
+            trace.clone(),
+        ));
+        let apps = Arc::new(BTreeMap::from([(
+            APPID.to_owned(),
+            AppSettings {
+                secret: "sim-secret".to_owned().into(),
+                token_mode: plan.token_mode,
+                miniprogram_state: Default::default(),
+                lang: Default::default(),
+                push_token: None,
+                encoding_aes_key: None,
+                previous_encoding_aes_key: None,
+                subscribe_grants_from: Default::default(),
+            },
+        )]));
+        World {
+            plan,
+            base,
+            backend,
+            wechat,
+            trace,
+            apps,
+        }
+    }
+}
+
+/// The plan's actions in the driver's order: by time, then by kind (posts,
+/// sends, crashes, prompts, revocations, invalidations), then by index.
+fn planned_actions(plan: &Plan) -> VecDeque<(i64, Action)> {
     let mut actions: Vec<(i64, u8, usize, Action)> = Vec::new();
     for (n, post) in plan.posts.iter().enumerate() {
         actions.push((post.at_ms, 0, n, Action::Post(n)));
@@ -959,224 +1190,304 @@ pub async fn run_plan(plan: Plan, backend: Backend) -> SeedReport {
     for (n, invalidation) in plan.invalidations.iter().enumerate() {
         actions.push((invalidation.at_ms, 5, n, Action::Invalidate(n)));
     }
-    *driver_faults
-        .entry(match plan.token_mode {
-            TokenMode::Token => "tokens: seeds in cgi-bin/token mode",
-            TokenMode::StableToken => "tokens: seeds in stable_token mode",
-        })
-        .or_default() += 1;
-    // The frontend's posts of prompt results go to the shared ledger (a
-    // post through an instance that crashes is retried by the frontend).
-    let frontend = match (backend.connect)().await {
-        Ok(storage) => storage,
-        Err(error) => {
-            report
-                .violations
-                .push(format!("the frontend could not connect: {error:#}"));
-            return report;
-        }
-    };
-    let told: Told = Arc::new(Mutex::new(BTreeMap::new()));
-    let mut frontend_tasks: Vec<JoinHandle<()>> = Vec::new();
     actions.sort_by_key(|(at, order, n, _)| (*at, *order, *n));
-    // Restarts are queued as crashes happen.
-    let mut restarts: Vec<(i64, usize)> = Vec::new();
-    let mut queue: std::collections::VecDeque<(i64, Action)> = actions
+    actions
         .into_iter()
         .map(|(at, _, _, action)| (at, action))
-        .collect();
-    loop {
-        // The next restart due before the next planned action goes first.
-        restarts.sort();
-        let next_restart = restarts.first().copied();
-        let action = match (queue.front(), next_restart) {
+        .collect()
+}
+
+/// The instances, the frontend and what the driver counts while the plan's
+/// actions play out.
+struct Driver<'w> {
+    world: &'w World,
+    instances: Vec<Option<Instance>>,
+    generations: Vec<u32>,
+    /// Restarts queued as crashes happen: (due at, slot).
+    restarts: Vec<(i64, usize)>,
+    /// The frontend's posts of prompt results go to the shared ledger (a
+    /// post through an instance that crashes is retried by the frontend).
+    frontend: Arc<dyn Storage>,
+    frontend_tasks: Vec<JoinHandle<()>>,
+    told: Told,
+    driver_faults: Counts,
+}
+
+impl<'w> Driver<'w> {
+    /// Starts every instance and connects the frontend; `Err` is the
+    /// violation that ends the run.
+    async fn start(world: &'w World) -> Result<Driver<'w>, String> {
+        let plan = &world.plan;
+        let mut instances: Vec<Option<Instance>> = Vec::new();
+        for slot in 0..plan.instances {
+            match world.start(slot, 0).await {
+                Ok(instance) => instances.push(Some(instance)),
+                Err(error) => return Err(format!("instance {slot} could not start: {error:#}")),
+            }
+        }
+        let mut driver_faults = Counts::new();
+        *driver_faults
+            .entry(match plan.token_mode {
+                TokenMode::Token => "tokens: seeds in cgi-bin/token mode",
+                TokenMode::StableToken => "tokens: seeds in stable_token mode",
+            })
+            .or_default() += 1;
+        let frontend = (world.backend.connect)()
+            .await
+            .map_err(|error| format!("the frontend could not connect: {error:#}"))?;
+        Ok(Driver {
+            world,
+            instances,
+            generations: vec![0u32; plan.instances],
+            restarts: Vec::new(),
+            frontend,
+            frontend_tasks: Vec::new(),
+            told: Arc::new(Mutex::new(BTreeMap::new())),
+            driver_faults,
+        })
+    }
+
+    /// The next restart due before the next planned action, or else that
+    /// action; `None` when both are done.
+    fn next_action(&mut self, queue: &mut VecDeque<(i64, Action)>) -> Option<(i64, Action)> {
+        self.restarts.sort();
+        let next_restart = self.restarts.first().copied();
+        match (queue.front(), next_restart) {
             (Some((at, _)), Some((restart_at, slot))) if restart_at <= *at => {
-                restarts.remove(0);
-                (restart_at, Action::Restart(slot))
+                self.restarts.remove(0);
+                Some((restart_at, Action::Restart(slot)))
             }
-            (Some(_), _) => queue.pop_front().expect("a queued action"),
+            (Some(_), _) => queue.pop_front(),
             (None, Some((restart_at, slot))) => {
-                restarts.remove(0);
-                (restart_at, Action::Restart(slot))
+                self.restarts.remove(0);
+                Some((restart_at, Action::Restart(slot)))
             }
-            (None, None) => break,
-        };
-        let (at_ms, action) = action;
-        tokio::time::sleep_until(base.instant_at(EPOCH_MS + at_ms)).await;
+            (None, None) => None,
+        }
+    }
+
+    /// Carries out one action; `Err` is the violation that ends the run.
+    async fn apply(
+        &mut self,
+        at_ms: i64,
+        action: Action,
+        report: &mut SeedReport,
+    ) -> Result<(), String> {
+        let world = self.world;
+        let plan = &world.plan;
         match action {
             Action::Post(n) => {
                 let post = &plan.posts[n];
-                let slot = live_slot(&instances, post.instance);
-                post_credentials(
-                    &world,
-                    instances[slot].as_ref().expect("a live instance"),
-                    post,
-                    &mut driver_faults,
-                )
-                .await;
+                let slot = live_slot(&self.instances, post.instance);
+                let instance = self.instances[slot].as_ref().expect("a live instance");
+                post_credentials(world, instance, post, &mut self.driver_faults).await;
             }
             Action::Send(n) => {
                 let send = &plan.sends[n];
-                let slot = live_slot(&instances, send.instance);
-                let instance = instances[slot].as_mut().expect("a live instance");
-                let task = spawn_send(instance, send, trace.clone(), told.clone());
+                let slot = live_slot(&self.instances, send.instance);
+                let instance = self.instances[slot].as_mut().expect("a live instance");
+                let task = spawn_send(instance, send, world.trace.clone(), self.told.clone());
                 instance.sends.push(task);
                 report.sends += 1;
             }
-            Action::Crash(n) => {
-                let crash = &plan.crashes[n];
-                let alive = instances.iter().filter(|i| i.is_some()).count();
-                if alive < 2 || instances[crash.slot].is_none() {
-                    continue;
-                }
-                if let Some(instance) = instances[crash.slot].take() {
-                    for task in instance.tasks.iter().chain(&instance.sends) {
-                        task.abort();
-                    }
-                    let in_flight = instance.sends.iter().filter(|t| !t.is_finished()).count();
-                    trace.record(
-                        &instance.name,
-                        format!("CRASH with {in_flight} send(s) in flight"),
-                    );
-                    *driver_faults.entry("instance crashes").or_default() += 1;
-                    restarts.push((at_ms + crash.restart_after_ms, crash.slot));
-                }
-            }
+            Action::Crash(n) => self.crash(at_ms, &plan.crashes[n]),
             Action::Prompt(n) => {
                 let prompt = &plan.subscribe.prompts[n];
-                frontend_tasks.push(spawn_prompt(
-                    &world,
+                let task = spawn_prompt(
+                    world,
                     prompt,
-                    frontend.clone(),
-                    &mut driver_faults,
-                ));
-            }
-            Action::Revoke(n) => {
-                let revocation = &plan.subscribe.revocations[n];
-                wechat.revoke(APPID, &revocation.openid, &revocation.template_id);
-                trace.record(
-                    "user",
-                    format!(
-                        "{} turns {} off at WeChat",
-                        revocation.openid, revocation.template_id
-                    ),
+                    self.frontend.clone(),
+                    &mut self.driver_faults,
                 );
-                *driver_faults
-                    .entry("subscribe: user revoked a template")
-                    .or_default() += 1;
+                self.frontend_tasks.push(task);
             }
+            Action::Revoke(n) => self.revoke(&plan.subscribe.revocations[n]),
             Action::Invalidate(n) => {
                 let invalidation = &plan.invalidations[n];
                 match invalidation.around {
                     None => {
-                        wechat.invalidate(APPID, invalidation.how);
+                        world.wechat.invalidate(APPID, invalidation.how);
                     }
-                    Some(around) => wechat.arm(APPID, invalidation.how, around),
+                    Some(around) => world.wechat.arm(APPID, invalidation.how, around),
                 }
             }
-            Action::Restart(slot) => {
-                if instances[slot].is_some() {
-                    continue;
+            Action::Restart(slot) => self.restart(slot).await?,
+        }
+        Ok(())
+    }
+
+    /// Aborts every task of the crashed instance and queues its restart;
+    /// nothing when it is already down or the last one alive.
+    fn crash(&mut self, at_ms: i64, crash: &CrashPlan) {
+        let alive = self.instances.iter().filter(|i| i.is_some()).count();
+        if alive < 2 || self.instances[crash.slot].is_none() {
+            return;
+        }
+        if let Some(instance) = self.instances[crash.slot].take() {
+            for task in instance.tasks.iter().chain(&instance.sends) {
+                task.abort();
+            }
+            let in_flight = instance.sends.iter().filter(|t| !t.is_finished()).count();
+            self.world.trace.record(
+                &instance.name,
+                format!("CRASH with {in_flight} send(s) in flight"),
+            );
+            *self.driver_faults.entry("instance crashes").or_default() += 1;
+            self.restarts
+                .push((at_ms + crash.restart_after_ms, crash.slot));
+        }
+    }
+
+    /// A new generation of the instance in `slot`, unless it is alive.
+    async fn restart(&mut self, slot: usize) -> Result<(), String> {
+        if self.instances[slot].is_some() {
+            return Ok(());
+        }
+        self.generations[slot] += 1;
+        match self.world.start(slot, self.generations[slot]).await {
+            Ok(instance) => {
+                self.instances[slot] = Some(instance);
+                Ok(())
+            }
+            Err(error) => Err(format!("instance {slot} could not restart: {error:#}")),
+        }
+    }
+
+    /// A user turning a template off at WeChat.
+    fn revoke(&mut self, revocation: &RevocationPlan) {
+        self.world
+            .wechat
+            .revoke(APPID, &revocation.openid, &revocation.template_id);
+        self.world.trace.record(
+            "user",
+            format!(
+                "{} turns {} off at WeChat",
+                revocation.openid, revocation.template_id
+            ),
+        );
+        *self
+            .driver_faults
+            .entry("subscribe: user revoked a template")
+            .or_default() += 1;
+    }
+
+    /// Quiescence: no more faults; every lease runs out, recovery and the
+    /// waiting worker finish what is left. The ledger as last read.
+    async fn quiesce(&self, report: &mut SeedReport) -> Snapshot {
+        let world = self.world;
+        let knobs = &world.plan.knobs;
+        world.wechat.set_faults(false);
+        if let Some(model) = &world.backend.model {
+            model.set_write_failures(0);
+        }
+        world
+            .trace
+            .record("driver", "faults stop: quiescing".to_owned());
+        let deadline = world.base.now_ms() + knobs.horizon_ms;
+        let mut snapshot = Snapshot::default();
+        loop {
+            tokio::time::sleep(Duration::from_millis(knobs.poll_ms)).await;
+            let sends_done = self
+                .instances
+                .iter()
+                .flatten()
+                .all(|i| i.sends.iter().all(JoinHandle::is_finished))
+                && self.frontend_tasks.iter().all(JoinHandle::is_finished);
+            match world.backend.view.snapshot().await {
+                Ok(read) => snapshot = read,
+                Err(error) => {
+                    report
+                        .violations
+                        .push(format!("reading the ledger failed: {error:#}"));
+                    return snapshot;
                 }
-                generations[slot] += 1;
-                match world.start(slot, generations[slot]).await {
-                    Ok(instance) => instances[slot] = Some(instance),
-                    Err(error) => {
-                        report
-                            .violations
-                            .push(format!("instance {slot} could not restart: {error:#}"));
-                        return report;
-                    }
-                }
+            }
+            if sends_done && snapshot.busy() == 0 {
+                return snapshot;
+            }
+            if world.base.now_ms() > deadline {
+                report.violations.push(format!(
+                    "the run did not quiesce within {} s: {} pending/waiting/leased row(s)",
+                    knobs.horizon_ms / 1000,
+                    snapshot.busy()
+                ));
+                return snapshot;
             }
         }
     }
-    // Quiescence: no more faults; every lease runs out, recovery and the
-    // waiting worker finish what is left.
-    wechat.set_faults(false);
-    if let Some(model) = &backend.model {
-        model.set_write_failures(0);
-    }
-    trace.record("driver", "faults stop: quiescing".to_owned());
-    let deadline = base.now_ms() + knobs.horizon_ms;
-    let mut snapshot = Snapshot::default();
-    loop {
-        tokio::time::sleep(Duration::from_millis(knobs.poll_ms)).await;
-        let sends_done = instances
-            .iter()
-            .flatten()
-            .all(|i| i.sends.iter().all(JoinHandle::is_finished))
-            && frontend_tasks.iter().all(JoinHandle::is_finished);
-        match backend.view.snapshot().await {
-            Ok(read) => snapshot = read,
-            Err(error) => {
-                report
-                    .violations
-                    .push(format!("reading the ledger failed: {error:#}"));
-                break;
+
+    /// Aborts every task still running, the instances' and the frontend's.
+    fn stop(&self) {
+        for instance in self.instances.iter().flatten() {
+            for task in instance.tasks.iter().chain(&instance.sends) {
+                task.abort();
             }
         }
-        if sends_done && snapshot.busy() == 0 {
-            break;
-        }
-        if base.now_ms() > deadline {
-            report.violations.push(format!(
-                "the run did not quiesce within {} s: {} pending/waiting/leased row(s)",
-                knobs.horizon_ms / 1000,
-                snapshot.busy()
-            ));
-            break;
-        }
-    }
-    for instance in instances.iter().flatten() {
-        for task in instance.tasks.iter().chain(&instance.sends) {
+        self.world.trace.record("driver", "quiesced".to_owned());
+        for task in &self.frontend_tasks {
             task.abort();
         }
     }
-    trace.record("driver", "quiesced".to_owned());
-    for task in &frontend_tasks {
-        task.abort();
-    }
+}
+
+/// What WeChat saw and the truths the invariants compare the ledger with.
+fn wechat_side(world: &World, told: &Told) -> WeChatSide {
+    let plan = &world.plan;
+    let knobs = &plan.knobs;
+    let wechat = &world.wechat;
     let templates: BTreeMap<String, bool> = plan
         .subscribe
         .templates
         .iter()
         .map(|t| (t.id.clone(), t.long_term))
         .collect();
-    let side = WeChatSide {
+    WeChatSide {
         credentials: wechat.credentials(),
         deliveries: wechat.deliveries(),
         answers: wechat.answers(),
         subscriptions: wechat.subscriptions(),
         long_term_templates: templates,
-        accepts: plan
-            .subscribe
-            .prompts
-            .iter()
-            .flat_map(|p| {
-                p.decisions
-                    .iter()
-                    .filter(|(_, accepted)| *accepted)
-                    .map(|(template_id, _)| AcceptTruth {
-                        openid: p.openid.clone(),
-                        template_id: template_id.clone(),
-                        request_id: p.request_id.clone(),
-                        at_ms: EPOCH_MS + p.at_ms,
-                    })
-            })
-            .collect(),
+        accepts: accept_truths(plan),
         told: told.lock().expect("told").clone(),
         tokens: TokenFacts {
             mode: plan.token_mode,
-            run_ms: base.now_ms() - base.epoch_ms,
+            run_ms: world.base.now_ms() - world.base.epoch_ms,
             expires_in_secs: knobs.token_expires_in,
             refresh_ahead_ms: knobs.token.refresh_ahead.as_millis() as i64,
             calls_after_rejection_bound: knobs.max_concurrent_calls as u64
                 * u64::from(1 + BUSY_RETRIES + PROBE_LIMIT),
             truth: wechat.token_truth(),
         },
-    };
-    let violations = check(&snapshot, &side);
+    }
+}
+
+/// Every template a prompt of the plan has the user accept.
+fn accept_truths(plan: &Plan) -> Vec<AcceptTruth> {
+    plan.subscribe
+        .prompts
+        .iter()
+        .flat_map(|p| {
+            p.decisions
+                .iter()
+                .filter(|(_, accepted)| *accepted)
+                .map(|(template_id, _)| AcceptTruth {
+                    openid: p.openid.clone(),
+                    template_id: template_id.clone(),
+                    request_id: p.request_id.clone(),
+                    at_ms: EPOCH_MS + p.at_ms,
+                })
+        })
+        .collect()
+}
+
+/// The run's figures: deliveries, outcomes, attempts, faults, time, trace.
+fn fill_report(
+    report: &mut SeedReport,
+    world: &World,
+    snapshot: &Snapshot,
+    side: &WeChatSide,
+    driver_faults: &Counts,
+) {
     report.deliveries = side.deliveries.len() as u64;
     for message in &snapshot.messages {
         *report.outcomes.entry(message.status.as_str()).or_default() += 1;
@@ -1184,20 +1495,13 @@ pub async fn run_plan(plan: Plan, backend: Backend) -> SeedReport {
             *report.attempts.entry(attempt.outcome.as_str()).or_default() += 1;
         }
     }
-    add_counts(&mut report.faults, &wechat.counts());
-    if let Some(model) = &backend.model {
+    add_counts(&mut report.faults, &world.wechat.counts());
+    if let Some(model) = &world.backend.model {
         add_counts(&mut report.faults, &model.counts());
     }
-    add_counts(&mut report.faults, &driver_faults);
-    report.simulated_ms = base.now_ms() - base.epoch_ms;
-    report.trace_hash = trace.hash();
-    if !violations.is_empty() || !report.violations.is_empty() {
-        report.story = Some(story(&plan, &trace, &snapshot, &side, &violations));
-        report
-            .violations
-            .extend(violations.into_iter().map(|v| v.text));
-    }
-    report
+    add_counts(&mut report.faults, driver_faults);
+    report.simulated_ms = world.base.now_ms() - world.base.epoch_ms;
+    report.trace_hash = world.trace.hash();
 }
 
 /// The slot that takes work meant for `wanted`: it, or the next one alive.
@@ -1219,27 +1523,8 @@ async fn post_credentials(
     let now = formid_gateway::clock::Clock::now_ms(&instance.clock);
     let mut items = Vec::new();
     for credential in &post.credentials {
-        let max_uses = credential.kind.rules().sends;
-        world.wechat.issue(
-            &credential.value,
-            TrueCredential {
-                appid: APPID.to_owned(),
-                openid: credential.openid.clone(),
-                kind: credential.kind,
-                issued_at: credential.issued_at,
-                usable_from: credential.usable_from,
-                uses_left: max_uses,
-                max_uses,
-            },
-        );
-        let mut item = json!({
-            "openid": credential.openid,
-            "kind": credential.kind.as_str(),
-            "value": credential.value,
-        });
-        if let Some(collected_at) = credential.collected_at {
-            item["collected_at"] = json!(collected_at);
-        }
+        issue_at_wechat(world, credential);
+        let item = credential_item(credential);
         let posted_late = (now - credential.issued_at) / 1000;
         match parse_item(
             &item,
@@ -1249,20 +1534,7 @@ async fn post_credentials(
             },
         ) {
             Ok(parsed) => {
-                if credential.label != "accurate" {
-                    *faults
-                        .entry(match credential.label {
-                            "missing" => "credentials: collected_at missing",
-                            "fast phone" => "credentials: collected_at from a fast phone",
-                            _ => "credentials: collected_at from a slow phone",
-                        })
-                        .or_default() += 1;
-                }
-                if post.at_ms > 0 && posted_late > 3_600 {
-                    *faults
-                        .entry("credentials: posted hours after issue (buffered)")
-                        .or_default() += 1;
-                }
+                count_collect_faults(post, credential, posted_late, faults);
                 world.trace.record(
                     &instance.name,
                     format!(
@@ -1296,6 +1568,60 @@ async fn post_credentials(
     }
 }
 
+/// WeChat issues the credential, with every use its kind allows.
+fn issue_at_wechat(world: &World, credential: &CredentialPlan) {
+    let max_uses = credential.kind.rules().sends;
+    world.wechat.issue(
+        &credential.value,
+        TrueCredential {
+            appid: APPID.to_owned(),
+            openid: credential.openid.clone(),
+            kind: credential.kind,
+            issued_at: credential.issued_at,
+            usable_from: credential.usable_from,
+            uses_left: max_uses,
+            max_uses,
+        },
+    );
+}
+
+/// The credential as the frontend posts it to the collect endpoint.
+fn credential_item(credential: &CredentialPlan) -> serde_json::Value {
+    let mut item = json!({
+        "openid": credential.openid,
+        "kind": credential.kind.as_str(),
+        "value": credential.value,
+    });
+    if let Some(collected_at) = credential.collected_at {
+        item["collected_at"] = json!(collected_at);
+    }
+    item
+}
+
+/// Counts a collected credential whose `collected_at` is not accurate, and
+/// one posted hours after its issue.
+fn count_collect_faults(
+    post: &PostPlan,
+    credential: &CredentialPlan,
+    posted_late: i64,
+    faults: &mut Counts,
+) {
+    if credential.label != "accurate" {
+        *faults
+            .entry(match credential.label {
+                "missing" => "credentials: collected_at missing",
+                "fast phone" => "credentials: collected_at from a fast phone",
+                _ => "credentials: collected_at from a slow phone",
+            })
+            .or_default() += 1;
+    }
+    if post.at_ms > 0 && posted_late > 3_600 {
+        *faults
+            .entry("credentials: posted hours after issue (buffered)")
+            .or_default() += 1;
+    }
+}
+
 /// The send path's policy of a simulated instance.
 fn send_settings(knobs: &Knobs) -> SendSettings {
     SendSettings {
@@ -1318,18 +1644,9 @@ fn send_settings(knobs: &Knobs) -> SendSettings {
 /// What each send's caller was answered, by message id.
 pub type Told = Arc<Mutex<BTreeMap<String, MessageStatus>>>;
 
-/// Starts a send on an instance, as its HTTP handler would: the request
-/// checked by the instance's `Sender` (channel, template, defaults), then sent.
-fn spawn_send(
-    instance: &Instance,
-    send: &SendPlan,
-    trace: Arc<Trace>,
-    told: Told,
-) -> JoinHandle<()> {
-    let sender = instance.sender.clone();
-    let name = instance.name.clone();
-    let id = send.id.clone();
-    let request = SendRequest {
+/// The business service's request of a send.
+fn send_request(send: &SendPlan) -> SendRequest {
+    SendRequest {
         touser: send.touser.clone(),
         template_id: send
             .subscribe
@@ -1353,7 +1670,21 @@ fn spawn_send(
         channel: None,
         miniprogram_state: None,
         lang: None,
-    };
+    }
+}
+
+/// Starts a send on an instance, as its HTTP handler would: the request
+/// checked by the instance's `Sender` (channel, template, defaults), then sent.
+fn spawn_send(
+    instance: &Instance,
+    send: &SendPlan,
+    trace: Arc<Trace>,
+    told: Told,
+) -> JoinHandle<()> {
+    let sender = instance.sender.clone();
+    let name = instance.name.clone();
+    let id = send.id.clone();
+    let request = send_request(send);
     trace.record(
         &name,
         format!(
@@ -1414,6 +1745,35 @@ fn spawn_prompt(
     storage: Arc<dyn Storage>,
     faults: &mut Counts,
 ) -> JoinHandle<()> {
+    answer_at_wechat(world, prompt);
+    count_prompt_faults(prompt, faults);
+    let new = new_prompt(prompt);
+    let clocks = instance_clocks(world);
+    let posts = prompt.posts.clone();
+    let repost = prompt.repost;
+    let trace = world.trace.clone();
+    tokio::spawn(async move {
+        let mut answered = false;
+        for (n, post) in posts.iter().enumerate() {
+            tokio::time::sleep(Duration::from_millis(post.delay_ms as u64)).await;
+            let now = formid_gateway::clock::Clock::now_ms(&clocks[post.instance]);
+            let line = match storage.record_prompt(&new, now).await {
+                Ok(record) => {
+                    answered = true;
+                    format!("prompt {} posted: {record:?}", new.request_id)
+                }
+                Err(error) => format!("prompt {} post failed: {error:#}", new.request_id),
+            };
+            trace.record(&format!("front{}", post.instance), line);
+            if answered && !(repost && n + 1 < posts.len()) {
+                break;
+            }
+        }
+    })
+}
+
+/// WeChat counts the prompt's accepts; the trace tells the user's answers.
+fn answer_at_wechat(world: &World, prompt: &PromptPlan) {
     let long_terms: BTreeMap<&str, bool> = world
         .plan
         .subscribe
@@ -1451,6 +1811,11 @@ fn spawn_prompt(
             }
         ),
     );
+}
+
+/// Counts the prompt, and how its result reaches the ledger (never, late,
+/// twice).
+fn count_prompt_faults(prompt: &PromptPlan, faults: &mut Counts) {
     *faults.entry("subscribe: prompts answered").or_default() += 1;
     if prompt.posts.is_empty() {
         *faults
@@ -1467,6 +1832,10 @@ fn spawn_prompt(
             .entry("subscribe: prompt result posted twice")
             .or_default() += 1;
     }
+}
+
+/// The prompt's result as the subscriptions endpoint records it.
+fn new_prompt(prompt: &PromptPlan) -> NewPrompt {
     let decisions: Vec<PromptDecision> = prompt
         .decisions
         .iter()
@@ -1479,41 +1848,24 @@ fn spawn_prompt(
             },
         })
         .collect();
-    let new = NewPrompt {
+    NewPrompt {
         appid: APPID.to_owned(),
         openid: prompt.openid.clone(),
         request_id: prompt.request_id.clone(),
         request_hash: format!("{:?}", prompt.decisions),
         decisions,
         grants: true,
-    };
-    let clocks: Vec<SimClock> = (0..world.plan.instances)
+    }
+}
+
+/// Each instance slot's clock, skewed as the plan says.
+fn instance_clocks(world: &World) -> Vec<SimClock> {
+    (0..world.plan.instances)
         .map(|slot| SimClock {
             base: world.base,
             skew_ms: world.plan.skews_ms[slot],
         })
-        .collect();
-    let posts = prompt.posts.clone();
-    let repost = prompt.repost;
-    let trace = world.trace.clone();
-    tokio::spawn(async move {
-        let mut answered = false;
-        for (n, post) in posts.iter().enumerate() {
-            tokio::time::sleep(Duration::from_millis(post.delay_ms as u64)).await;
-            let now = formid_gateway::clock::Clock::now_ms(&clocks[post.instance]);
-            let line = match storage.record_prompt(&new, now).await {
-                Ok(record) => {
-                    answered = true;
-                    format!("prompt {} posted: {record:?}", new.request_id)
-                }
-                Err(error) => format!("prompt {} post failed: {error:#}", new.request_id),
-            };
-            trace.record(&format!("front{}", post.instance), line);
-            if answered && !(repost && n + 1 < posts.len()) {
-                break;
-            }
-        }
-    })
+        .collect()
 }
 
 /// The story of a failing run: the plan's settings, the violations with the
@@ -1526,6 +1878,36 @@ fn story(
     side: &WeChatSide,
     violations: &[Violation],
 ) -> String {
+    let mut text = story_settings(plan, side);
+    let credential_values: BTreeMap<i64, &str> = snapshot
+        .credentials
+        .iter()
+        .map(|c| (c.id, c.value.as_str()))
+        .collect();
+    for violation in violations {
+        text.push_str(&format!("VIOLATION: {}\n", violation.text));
+        for id in &violation.messages {
+            story_message(&mut text, id, snapshot, side, &credential_values);
+        }
+        for value in &violation.credentials {
+            story_credential(&mut text, value, snapshot, side);
+        }
+    }
+    let about: Vec<String> = violations
+        .iter()
+        .flat_map(|v| v.messages.iter().chain(&v.credentials).cloned())
+        .collect();
+    if !about.is_empty() {
+        text.push_str("events about them:\n");
+        text.push_str(&trace.render(|e| about.iter().any(|a| e.what.contains(a.as_str()))));
+    }
+    text.push_str("the whole run (true time, actor, event):\n");
+    text.push_str(&trace.render(|_| true));
+    text
+}
+
+/// The plan's settings and the run's token figures, the head of a story.
+fn story_settings(plan: &Plan, side: &WeChatSide) -> String {
     let mut text = format!(
         "seed {} ({:?}): {} instances, skews {:?} ms, lease {} ms, call budget {} ms, {} call slot(s), send faults {:?} per mille\n",
         plan.seed,
@@ -1555,76 +1937,69 @@ fn story(
             .map(|i| (i.at_ms, i.how, i.around))
             .collect::<Vec<_>>(),
     ));
-    let credential_values: BTreeMap<i64, &str> = snapshot
-        .credentials
-        .iter()
-        .map(|c| (c.id, c.value.as_str()))
-        .collect();
-    for violation in violations {
-        text.push_str(&format!("VIOLATION: {}\n", violation.text));
-        for id in &violation.messages {
-            if let Some(message) = snapshot.messages.iter().find(|m| &m.id == id) {
-                let attempts: Vec<String> = message
-                    .attempts
-                    .iter()
-                    .map(|a| {
-                        format!(
-                            "{} {}{}",
-                            a.outcome,
-                            a.credential_id
-                                .and_then(|c| credential_values.get(&c).copied())
-                                .unwrap_or("-"),
-                            a.errcode.map_or(String::new(), |e| format!(" {e}"))
-                        )
-                    })
-                    .collect();
-                text.push_str(&format!(
-                    "  {id} to {} ({}): {} [{}]\n",
-                    message.touser,
-                    message.delivery,
-                    message.status,
-                    attempts.join(", ")
-                ));
-            }
-            for delivery in side.deliveries.iter().filter(|d| &d.message_id == id) {
-                text.push_str(&format!(
-                    "  delivered {id} with {} at +{:.3}s (call from {})\n",
-                    delivery.credential,
-                    (delivery.at - EPOCH_MS) as f64 / 1000.0,
-                    delivery.caller
-                ));
-            }
-        }
-        for value in &violation.credentials {
-            if let Some(truth) = side.credentials.get(value) {
-                text.push_str(&format!(
-                    "  {value}: {} of {}, issued at +{:.3}s, dies at WeChat at +{:.3}s, {} use(s) left at WeChat\n",
-                    truth.kind.as_str(),
-                    truth.openid,
-                    (truth.issued_at - EPOCH_MS) as f64 / 1000.0,
-                    (truth.expires_at() - EPOCH_MS) as f64 / 1000.0,
-                    truth.uses_left
-                ));
-            }
-            if let Some(row) = snapshot.credentials.iter().find(|c| &c.value == value) {
-                text.push_str(&format!(
-                    "  {value} in the ledger: {} uses_left {} unproven {} retired {:?}\n",
-                    row.state, row.uses_left, row.unproven_uses, row.retired_errcode
-                ));
-            }
-        }
-    }
-    let about: Vec<String> = violations
-        .iter()
-        .flat_map(|v| v.messages.iter().chain(&v.credentials).cloned())
-        .collect();
-    if !about.is_empty() {
-        text.push_str("events about them:\n");
-        text.push_str(&trace.render(|e| about.iter().any(|a| e.what.contains(a.as_str()))));
-    }
-    text.push_str("the whole run (true time, actor, event):\n");
-    text.push_str(&trace.render(|_| true));
     text
+}
+
+/// A message a violation is about: its row and attempts in the ledger,
+/// and WeChat's deliveries of it.
+fn story_message(
+    text: &mut String,
+    id: &str,
+    snapshot: &Snapshot,
+    side: &WeChatSide,
+    credential_values: &BTreeMap<i64, &str>,
+) {
+    if let Some(message) = snapshot.messages.iter().find(|m| m.id == id) {
+        let attempts: Vec<String> = message
+            .attempts
+            .iter()
+            .map(|a| {
+                format!(
+                    "{} {}{}",
+                    a.outcome,
+                    a.credential_id
+                        .and_then(|c| credential_values.get(&c).copied())
+                        .unwrap_or("-"),
+                    a.errcode.map_or(String::new(), |e| format!(" {e}"))
+                )
+            })
+            .collect();
+        text.push_str(&format!(
+            "  {id} to {} ({}): {} [{}]\n",
+            message.touser,
+            message.delivery,
+            message.status,
+            attempts.join(", ")
+        ));
+    }
+    for delivery in side.deliveries.iter().filter(|d| d.message_id == id) {
+        text.push_str(&format!(
+            "  delivered {id} with {} at +{:.3}s (call from {})\n",
+            delivery.credential,
+            (delivery.at - EPOCH_MS) as f64 / 1000.0,
+            delivery.caller
+        ));
+    }
+}
+
+/// A credential a violation is about: WeChat's truth and the ledger's row.
+fn story_credential(text: &mut String, value: &str, snapshot: &Snapshot, side: &WeChatSide) {
+    if let Some(truth) = side.credentials.get(value) {
+        text.push_str(&format!(
+            "  {value}: {} of {}, issued at +{:.3}s, dies at WeChat at +{:.3}s, {} use(s) left at WeChat\n",
+            truth.kind.as_str(),
+            truth.openid,
+            (truth.issued_at - EPOCH_MS) as f64 / 1000.0,
+            (truth.expires_at() - EPOCH_MS) as f64 / 1000.0,
+            truth.uses_left
+        ));
+    }
+    if let Some(row) = snapshot.credentials.iter().find(|c| c.value == value) {
+        text.push_str(&format!(
+            "  {value} in the ledger: {} uses_left {} unproven {} retired {:?}\n",
+            row.state, row.uses_left, row.unproven_uses, row.retired_errcode
+        ));
+    }
 }
 
 /// A sweep's totals.
