@@ -23,7 +23,7 @@ use super::ApiContext;
 use crate::ledger::collect::is_plain_identifier;
 use crate::ledger::states::{Channel, SubscriptionType};
 use crate::storage::TemplateRecord;
-use crate::templates::wechat::{
+use crate::wechat::template_calls::{
     EMPTY_KID_LIST_TIDS, KID_LIST_LEN, MAX_CLASSIC_COUNT, MAX_CLASSIC_KEYWORDS, MAX_SCENE_DESC,
     MAX_TITLES_LIMIT,
 };

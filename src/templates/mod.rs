@@ -13,21 +13,21 @@
 //! `ledger::templates::check_send`; after a 40037 it calls
 //! [`Catalogue::refresh_in_background`].
 
-pub mod wechat;
-
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use self::wechat::{self as wire, errcode_of, TemplateCall, ADDED_ALREADY, MAX_CLASSIC_COUNT};
 use crate::cache::TtlCache;
 use crate::clock::SharedClock;
 use crate::ledger::settle::{classify, Verdict};
 use crate::ledger::states::{Channel, SubscriptionType};
 use crate::storage::{SendTemplates, Storage, TemplateForSend, TemplateRecord};
 use crate::tokens::{TokenError, TokenKeeper};
+use crate::wechat::template_calls::{
+    self as wire, errcode_of, TemplateCall, ADDED_ALREADY, MAX_CLASSIC_COUNT,
+};
 use crate::wechat::{CallError, SharedWeChat};
 
 /// Background refreshes of one app start at most this often, per process:

@@ -1,6 +1,6 @@
 //! The client for WeChat's server API: token issue, the template send, and
 //! the template management of both template systems (the calls are
-//! [`crate::templates::wechat`]).
+//! [`crate::wechat::template_calls`]).
 //!
 //! Every error WeChat reports comes back as HTTP 200 with
 //! `{"errcode","errmsg"}` (docs/wechat/errcodes.md, "The shape of an
@@ -10,8 +10,7 @@
 //! errors are stripped of theirs.
 
 pub mod breaker;
-
-use crate::templates::wechat as templates;
+pub mod template_calls;
 
 use std::time::Duration;
 
@@ -99,12 +98,12 @@ pub trait WeChatApi: Send + Sync + std::fmt::Debug {
     async fn send_subscribe(&self, access_token: &str, body: &Value) -> Result<Reply, CallError>;
 
     /// One template-management call of either template system
-    /// ([`templates::TemplateCall`]); answers WeChat's JSON as it came, its
-    /// `errcode` included (read it with [`templates::errcode_of`]).
+    /// ([`template_calls::TemplateCall`]); answers WeChat's JSON as it came, its
+    /// `errcode` included (read it with [`template_calls::errcode_of`]).
     async fn manage_templates(
         &self,
         access_token: &str,
-        call: &templates::TemplateCall,
+        call: &template_calls::TemplateCall,
     ) -> Result<Value, CallError>;
 }
 
@@ -222,14 +221,14 @@ impl WeChatApi for WeChatClient {
     async fn manage_templates(
         &self,
         access_token: &str,
-        call: &templates::TemplateCall,
+        call: &template_calls::TemplateCall,
     ) -> Result<Value, CallError> {
         let url = format!("{}{}", self.base_url, call.path());
         let token = [("access_token", access_token)];
         let request = match call.wire() {
-            templates::Wire::Get(query) => self.http.get(url).query(&token).query(&query),
-            templates::Wire::Json(body) => self.http.post(url).query(&token).json(&body),
-            templates::Wire::Form(form) => self.http.post(url).query(&token).form(&form),
+            template_calls::Wire::Get(query) => self.http.get(url).query(&token).query(&query),
+            template_calls::Wire::Json(body) => self.http.post(url).query(&token).json(&body),
+            template_calls::Wire::Form(form) => self.http.post(url).query(&token).form(&form),
         };
         let answer = send(request).await?;
         if answer.is_object() {

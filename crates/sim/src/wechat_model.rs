@@ -1097,7 +1097,7 @@ impl WeChatApi for WeChatHandle {
     async fn manage_templates(
         &self,
         _access_token: &str,
-        call: &formid_gateway::templates::wechat::TemplateCall,
+        call: &formid_gateway::wechat::template_calls::TemplateCall,
     ) -> Result<Value, CallError> {
         Err(CallError::NotSent(format!(
             "the simulation does not model {}",
