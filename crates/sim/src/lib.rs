@@ -1,5 +1,5 @@
-//! A deterministic simulation of formid-gateway's send path (issue 10,
-//! "prove the promise").
+//! A deterministic simulation of formid-gateway's send path, token keeper
+//! and workers, which checks RELIABILITY.md's promise from WeChat's side.
 //!
 //! Several gateway instances — each a real [`Sender`](formid_gateway::sending::Sender),
 //! [`TokenKeeper`](formid_gateway::tokens::TokenKeeper), [`Recovery`](formid_gateway::workers::Recovery)
