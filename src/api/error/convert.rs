@@ -84,16 +84,20 @@ impl ApiError {
             )
             .with_retry_after(Some((retry_at_ms - now_ms + 999) / 1000)),
             other => {
-                let status = match other {
-                    TokenError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
-                    _ => StatusCode::SERVICE_UNAVAILABLE,
+                // A ledger failure is the gateway's own (500, no Retry-After),
+                // though a send waits it out like any transient token error.
+                let ours = matches!(other, TokenError::Storage(_));
+                let status = if ours {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
                 };
                 ApiError::new(
                     status,
                     "token_unavailable",
                     "no token could be obtained from WeChat",
                 )
-                .with_retry_after(other.is_transient().then_some(1))
+                .with_retry_after((other.is_transient() && !ours).then_some(1))
                 .caused_by(other)
             }
         }
