@@ -275,10 +275,8 @@ impl TokenKeeper {
         }
         match self.check(appid, stale).await? {
             Checked::Live => Ok(self.refused(appid, current)),
-            Checked::Rejected => {
-                self.note_rejected(appid, stale);
-                self.obtain(appid, Some(stale)).await
-            }
+            // WeChat's word now: replaced as after a rejected call.
+            Checked::Rejected => self.refresh(appid, stale).await,
             Checked::Unproven => Ok(current),
         }
     }
