@@ -324,7 +324,7 @@ fn serve(settings: &Settings, context: web::Data<ApiContext>) -> anyhow::Result<
     let port = listener.local_addr()?.port();
     let server = HttpServer::new(move || {
         App::new()
-            .wrap(access_log())
+            .wrap(crate::api::request_id::access_log())
             // Outside the access log, so that its line carries the id too.
             .wrap(middleware::from_fn(request_id::middleware))
             .wrap(middleware::from_fn(api::error::shape_errors))
@@ -340,13 +340,6 @@ fn serve(settings: &Settings, context: web::Data<ApiContext>) -> anyhow::Result<
     .listen(listener)?
     .run();
     Ok((port, server))
-}
-
-/// One line per request once its answer is sent. %U is the path without its
-/// query string: nothing a caller puts in a query ever reaches the log.
-pub(crate) fn access_log() -> middleware::Logger {
-    middleware::Logger::new("%{r}a \"%{METHOD}xi %U\" %s %Dms")
-        .custom_request_replace("METHOD", |request| request.method().to_string())
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {

@@ -11,7 +11,7 @@ use super::responses::{Collected, ItemRejection, Quota};
 use super::ApiContext;
 use crate::clock::ms;
 use crate::ledger::collect::{
-    is_plain_identifier, parse_item, CollectContext, Rejection, MAX_OPENID_LEN,
+    insert_outcome, is_plain_identifier, parse_item, CollectContext, Rejection, MAX_OPENID_LEN,
 };
 use crate::storage::{InsertOutcome, NewCredential};
 
@@ -113,12 +113,12 @@ async fn store(
     if valid.is_empty() {
         return Ok(());
     }
-    let outcomes = context
+    let stored = context
         .storage
         .insert_credentials(appid, valid, now_ms)
         .await?;
-    for (&index, outcome) in indexes.iter().zip(outcomes) {
-        match outcome {
+    for ((&index, stored), item) in indexes.iter().zip(&stored).zip(valid) {
+        match insert_outcome(stored, item) {
             InsertOutcome::Inserted => answer.accepted += 1,
             InsertOutcome::Duplicate => answer.duplicates += 1,
             InsertOutcome::KindConflict => answer.rejected.push(ItemRejection {

@@ -29,6 +29,7 @@ use super::json::{read_body, BodyLimits};
 use super::ApiContext;
 use crate::config::GrantsFrom;
 use crate::ledger::states::{Decision, PushEventKind};
+use crate::ledger::subscriptions::push_plan;
 use crate::push::{self, Limits, PushEvent, PushKeys, PushQuery, SubscribeStatus};
 use crate::storage::{NewPushEvent, PushAction, PushItem};
 
@@ -257,6 +258,7 @@ pub fn ledger_push(
         .map(|(dedupe_key, (template_id, action))| PushItem {
             dedupe_key,
             template_id,
+            plan: push_plan(&action),
             action,
         })
         .collect();

@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::responses::{PromptRecorded, PromptTemplate, Subscription};
 use super::ApiContext;
 use crate::config::GrantsFrom;
-use crate::ledger::subscriptions::{parse_prompt, Prompt};
+use crate::ledger::subscriptions::{parse_prompt, prompt_plan, Prompt};
 use crate::storage::{NewPrompt, PromptEffect, PromptRecord};
 
 /// What an app whose grants come from WeChat is told of a posted result.
@@ -109,7 +109,11 @@ async fn record_once(
         request_id: prompt.request_id.clone(),
         request_hash: request_hash.clone(),
         decisions: prompt.decisions.clone(),
-        grants,
+        plans: prompt
+            .decisions
+            .iter()
+            .map(|decision| prompt_plan(grants, decision.decision))
+            .collect(),
     };
     let now = context.clock.now_ms();
     match context.storage.record_prompt(&new, now).await? {

@@ -180,7 +180,10 @@ impl<'a> Run<'a> {
             .claim_credential(&crate::storage::ClaimRequest {
                 appid: &self.message.appid,
                 openid: &self.message.touser,
-                grant_of: crate::storage::grant_of(self.message.channel, &self.message.template_id),
+                grant_of: crate::ledger::values::grant_of(
+                    self.message.channel,
+                    &self.message.template_id,
+                ),
                 lease: &self.lease,
                 valid_after: now + sender.settings.safety_margin_ms,
                 lease_until,

@@ -53,14 +53,12 @@ use crate::ledger::states::{
 };
 use crate::ledger::templates::CatalogueTemplate;
 
-pub use formid_core::collect::{owner_outcome, InsertOutcome};
+pub use formid_core::collect::{InsertOutcome, StoredCredential};
 pub use formid_core::ledger::{
-    grant_of, ClaimedCredential, Lease, MessageOutcome, NewAttempt, NewCredential, NewMessage,
+    ClaimedCredential, Lease, MessageOutcome, NewAttempt, NewCredential, NewMessage,
     PromptDecision, Settlement,
 };
-pub use formid_core::subscriptions::{
-    prompt_effect, push_effect, PromptEffect, PushAction, PushFacts,
-};
+pub use formid_core::subscriptions::{EffectPlan, LedgerFacts, PromptEffect, PushAction};
 
 /// One user and one template of an app: where a decision is recorded.
 pub(crate) struct UserTemplate<'a> {
@@ -271,9 +269,9 @@ pub struct NewPrompt {
     /// SHA-256 of the canonical result.
     pub request_hash: String,
     pub decisions: Vec<PromptDecision>,
-    /// Whether the decisions grant (false: recorded only, when another
-    /// source is trusted to grant).
-    pub grants: bool,
+    /// What each decision does, in the same order, as the rules planned it
+    /// (`formid_core::subscriptions::prompt_plan`).
+    pub plans: Vec<EffectPlan<PromptEffect>>,
 }
 
 /// What [`SubscriptionStore::record_prompt`] did.
@@ -295,6 +293,9 @@ pub struct PushItem {
     pub dedupe_key: String,
     pub template_id: String,
     pub action: PushAction,
+    /// What the item does, as the rules planned it
+    /// (`formid_core::subscriptions::push_plan`).
+    pub plan: EffectPlan<PushEffect>,
 }
 
 /// A verified subscribe event of WeChat's message push, to apply once.
@@ -384,14 +385,16 @@ pub struct SweepReport {
 /// taken back from a run whose lease ran out, and given back.
 #[async_trait]
 pub trait CredentialStore: Send + Sync {
-    /// Stores credentials of one app, one outcome per item in order, and
-    /// makes the waiting messages of the users who got one due now.
+    /// Stores credentials of one app and answers, per item in order, whether
+    /// it was stored or which row already holds its value (judged by
+    /// `formid_core::collect::insert_outcome`); then makes the waiting
+    /// messages of the users who got one due now.
     async fn insert_credentials(
         &self,
         appid: &str,
         items: &[NewCredential],
         now: i64,
-    ) -> anyhow::Result<Vec<InsertOutcome>>;
+    ) -> anyhow::Result<Vec<StoredCredential>>;
 
     /// Usable credentials of a user by kind: available and expiring after `valid_after`.
     async fn quota(

@@ -62,13 +62,13 @@ macro_rules! impl_storage {
             use $crate::ledger::states::{Channel, CredentialState, Decision, PushEffect};
             use $crate::storage::shared::{bind_message, Backend, INSERT_CHUNK};
             use $crate::storage::{
-                owner_outcome, prompt_effect, push_effect, sql, AppState, AppStore, AttemptRow, Claim,
+                sql, AppState, AppStore, AttemptRow, Claim,
                 ClaimRequest, ClaimedCredential, ClaimedRow, CredentialStore, EndSend,
-                IdempotencyBegin, IdempotencyRequest, IdempotencyStore, InsertOutcome, KindQuota,
+                IdempotencyBegin, IdempotencyRequest, IdempotencyStore, KindQuota,
                 Lease, MaintenanceStore, MessageOutcome, MessageRow, MessageStore, NewAttempt,
                 NewCredential, NewMessage, NewPrompt, NewPushEvent, PromptEffect, PromptRecord,
-                PushAction, PushFacts, PushItem, PushItemOutcome, SendTemplates, Settlement, StartSend,
-                StoredMessage, SubscriptionStore, SweepReport, TemplateQuota, TemplateRecord,
+                EffectPlan, LedgerFacts, PushAction, PushItem, PushItemOutcome, SendTemplates, Settlement, StartSend,
+                StoredCredential, StoredMessage, SubscriptionStore, SweepReport, TemplateQuota, TemplateRecord,
                 TemplateStore, UserTemplate,
             };
 
@@ -79,7 +79,7 @@ macro_rules! impl_storage {
                     appid: &str,
                     items: &[NewCredential],
                     now: i64,
-                ) -> anyhow::Result<Vec<InsertOutcome>> {
+                ) -> anyhow::Result<Vec<StoredCredential>> {
                     let mut tx = self.begin_write().await?;
                     let mut inserted = HashSet::new();
                     for chunk in items.chunks(INSERT_CHUNK) {
@@ -97,7 +97,7 @@ macro_rules! impl_storage {
                     for item in items {
                         let key = (item.kind.as_str().to_owned(), item.value.clone());
                         let outcome = if inserted.remove(&key) {
-                            InsertOutcome::Inserted
+                            StoredCredential::Inserted
                         } else {
                             let (owner, kind): (String, String) = sqlx::query_as(sql::CREDENTIAL_OWNER)
                                 .bind(appid)
@@ -105,7 +105,7 @@ macro_rules! impl_storage {
                                 .fetch_one(&mut *tx)
                                 .await
                                 .context("looking up the owner of a known credential")?;
-                            owner_outcome(&owner, &kind, item)
+                            StoredCredential::Existing { owner, kind }
                         };
                         outcomes.push(outcome);
                     }
@@ -118,7 +118,7 @@ macro_rules! impl_storage {
                     let mut credited: Vec<&str> = items
                         .iter()
                         .zip(&outcomes)
-                        .filter(|(_, outcome)| **outcome == InsertOutcome::Inserted)
+                        .filter(|(_, outcome)| **outcome == StoredCredential::Inserted)
                         .map(|(item, _)| item.openid.as_str())
                         .collect();
                     credited.sort_unstable();
@@ -524,8 +524,8 @@ macro_rules! impl_storage {
                 async fn record_prompt(&self, prompt: &NewPrompt, now: i64) -> anyhow::Result<PromptRecord> {
                     let mut tx = self.begin_write().await?;
                     let mut effects = Vec::with_capacity(prompt.decisions.len());
-                    for decision in &prompt.decisions {
-                        let long_term = decision.decision.grants()
+                    for (decision, plan) in prompt.decisions.iter().zip(&prompt.plans) {
+                        let long_term = matches!(plan, EffectPlan::ByTemplateType { .. })
                             && sqlx::query(sql::TEMPLATE_IS_LONG_TERM)
                                 .bind(&prompt.appid)
                                 .bind(&decision.template_id)
@@ -533,7 +533,7 @@ macro_rules! impl_storage {
                                 .await
                                 .context("reading the template's type")?
                                 .is_some();
-                        effects.push(prompt_effect(prompt.grants, decision.decision, long_term));
+                        effects.push(plan.resolve(LedgerFacts { long_term, message_found: false }));
                     }
                     let inserted = sqlx::query(sql::INSERT_PROMPT)
                         .bind(&prompt.appid)
@@ -597,7 +597,7 @@ macro_rules! impl_storage {
                         // What the item will do, read in the transaction that
                         // does it.
                         let (facts, delivery_of) = Self::push_item_facts(&mut tx, push, item).await?;
-                        let effect = push_effect(&item.action, facts);
+                        let effect = item.plan.resolve(facts);
                         if let Some(stored) = Self::insert_push_event(&mut tx, push, item, effect, now).await? {
                             outcomes.push(PushItemOutcome { effect: stored, replayed: true });
                             continue;
@@ -1000,11 +1000,11 @@ macro_rules! impl_storage {
                     tx: &mut sqlx::Transaction<'static, <Self as Backend>::Db>,
                     push: &NewPushEvent,
                     item: &PushItem,
-                ) -> anyhow::Result<(PushFacts, Option<String>)> {
+                ) -> anyhow::Result<(LedgerFacts, Option<String>)> {
                     let mut delivery_of = None;
-                    let mut facts = PushFacts::default();
-                    match &item.action {
-                        PushAction::Decide { decision, grants } if *grants && decision.grants() => {
+                    let mut facts = LedgerFacts::default();
+                    match (&item.plan, &item.action) {
+                        (EffectPlan::ByTemplateType { .. }, _) => {
                             facts.long_term = sqlx::query(sql::TEMPLATE_IS_LONG_TERM)
                                 .bind(&push.appid)
                                 .bind(&item.template_id)
@@ -1013,7 +1013,7 @@ macro_rules! impl_storage {
                                 .context("reading the template's type")?
                                 .is_some();
                         }
-                        PushAction::Delivery { msgid, .. } => {
+                        (EffectPlan::ByMessage { .. }, PushAction::Delivery { msgid, .. }) => {
                             delivery_of = sqlx::query_scalar::<_, String>(sql::MESSAGE_OF_MSGID)
                                 .bind(msgid)
                                 .bind(&push.appid)
@@ -1023,7 +1023,7 @@ macro_rules! impl_storage {
                                 .context("finding the message of a msgid")?;
                             facts.message_found = delivery_of.is_some();
                         }
-                        PushAction::Decide { .. } | PushAction::Revoke | PushAction::Ignore => {}
+                        _ => {}
                     }
                     Ok((facts, delivery_of))
                 }

@@ -2,11 +2,13 @@
 
 use std::collections::HashSet;
 
+use formid_gateway::ledger::collect::insert_outcome;
 use formid_gateway::ledger::kinds::CredentialKind;
 use formid_gateway::ledger::states::{AttemptOutcome, Delivery, MessageStatus};
+use formid_gateway::ledger::subscriptions::prompt_plan;
 use formid_gateway::storage::{
     Claim, ClaimRequest, EndSend, InsertOutcome, Lease, MessageOutcome, NewAttempt, NewCredential,
-    NewMessage, Settlement, StartSend,
+    NewMessage, Settlement, StartSend, StoredCredential,
 };
 
 use rstest::rstest;
@@ -259,7 +261,7 @@ async fn concurrent_claims_never_lease_one_credential_twice(#[case] backend: Bac
         .unwrap();
     assert!(outcomes
         .iter()
-        .all(|outcome| *outcome == InsertOutcome::Inserted));
+        .all(|outcome| *outcome == StoredCredential::Inserted));
     app.storage
         .create_message(&message("m-race", "o-race", now), now)
         .await
@@ -778,20 +780,22 @@ async fn migration_0003_keeps_every_row_and_counts_a_value_once(#[case] backend:
         collected_at: now,
         expires_at: far,
     };
-    let outcomes = storage
-        .insert_credentials(
-            APPID,
-            &[
-                post("o-a", CredentialKind::FormId, "v-shared"),
-                post("o-a", CredentialKind::PrepayId, "v-shared"),
-                post("o-b", CredentialKind::PrepayId, "v-shared"),
-                post("o-e", CredentialKind::FormId, "v-new"),
-                post("o-e", CredentialKind::PrepayId, "v-new"),
-            ],
-            now,
-        )
+    let items = [
+        post("o-a", CredentialKind::FormId, "v-shared"),
+        post("o-a", CredentialKind::PrepayId, "v-shared"),
+        post("o-b", CredentialKind::PrepayId, "v-shared"),
+        post("o-e", CredentialKind::FormId, "v-new"),
+        post("o-e", CredentialKind::PrepayId, "v-new"),
+    ];
+    let stored = storage
+        .insert_credentials(APPID, &items, now)
         .await
         .unwrap();
+    let outcomes: Vec<_> = stored
+        .iter()
+        .zip(&items)
+        .map(|(stored, item)| insert_outcome(stored, item))
+        .collect();
     assert_eq!(
         outcomes,
         [
@@ -839,6 +843,10 @@ async fn send_templates_list_each_decided_template_once(#[case] backend: Backend
             openid: openid.into(),
             request_id: format!("r-{openid}"),
             request_hash: "h".into(),
+            plans: templates
+                .iter()
+                .map(|(_, decision)| prompt_plan(true, *decision))
+                .collect(),
             decisions: templates
                 .into_iter()
                 .map(|(template_id, decision)| PromptDecision {
@@ -846,7 +854,6 @@ async fn send_templates_list_each_decided_template_once(#[case] backend: Backend
                     decision,
                 })
                 .collect(),
-            grants: true,
         };
         app.storage.record_prompt(&prompt, now).await.unwrap();
     }

@@ -261,17 +261,30 @@ pub enum InsertOutcome {
     KindConflict,
 }
 
+/// What the ledger holds for one credential it was handed: a fact, read in
+/// the transaction that tried to store it, for [`insert_outcome`] to judge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredCredential {
+    /// Stored as a new credential.
+    Inserted,
+    /// The value was already stored, for `owner` as `kind`.
+    Existing { owner: String, kind: String },
+}
+
 /// Tells a repeated post of the user's own credential from a value that
 /// already belongs to someone else, or to this user as another kind. The
 /// owner is judged first: another user's value says nothing about its kind
 /// to the caller.
-pub fn owner_outcome(owner: &str, kind: &str, item: &NewCredential) -> InsertOutcome {
-    if owner != item.openid {
-        InsertOutcome::OwnedByAnotherUser
-    } else if kind != item.kind.as_str() {
-        InsertOutcome::KindConflict
-    } else {
-        InsertOutcome::Duplicate
+pub fn insert_outcome(stored: &StoredCredential, item: &NewCredential) -> InsertOutcome {
+    match stored {
+        StoredCredential::Inserted => InsertOutcome::Inserted,
+        StoredCredential::Existing { owner, .. } if *owner != item.openid => {
+            InsertOutcome::OwnedByAnotherUser
+        }
+        StoredCredential::Existing { kind, .. } if kind != item.kind.as_str() => {
+            InsertOutcome::KindConflict
+        }
+        StoredCredential::Existing { .. } => InsertOutcome::Duplicate,
     }
 }
 

@@ -196,42 +196,88 @@ pub enum PushAction {
     Ignore,
 }
 
-/// What one template's answer in a prompt does: with `grants` (the app's
-/// grants come from its frontend), an accept grants one send of a one-time
-/// template or switches a long-term one on (`long_term`, what the catalogue
-/// says of the template); otherwise the decision is only recorded.
-pub fn prompt_effect(grants: bool, decision: Decision, long_term: bool) -> PromptEffect {
-    match (grants && decision.grants(), long_term) {
-        (false, _) => PromptEffect::Recorded,
-        (true, true) => PromptEffect::LongTermOn,
-        (true, false) => PromptEffect::Granted,
+/// What an effect depends on that only the ledger knows, and the effect for
+/// each answer. The rules make the plan; storage reads the one fact it names,
+/// in the transaction that applies the effect, and takes the effect for what
+/// it read ([`EffectPlan::resolve`]): it decides nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EffectPlan<E> {
+    /// Known without reading the ledger.
+    Fixed(E),
+    /// Depends on whether the template is one of the app's long-term
+    /// templates (type 3 in the catalogue).
+    ByTemplateType { long_term: E, one_time: E },
+    /// Depends on whether a message of the app and user carries the item's
+    /// `msgid`.
+    ByMessage { found: E, missing: E },
+}
+
+impl<E: Copy> EffectPlan<E> {
+    /// The effect, given what the ledger knows.
+    pub fn resolve(self, facts: LedgerFacts) -> E {
+        match self {
+            Self::Fixed(effect) => effect,
+            Self::ByTemplateType {
+                long_term,
+                one_time,
+            } => {
+                if facts.long_term {
+                    long_term
+                } else {
+                    one_time
+                }
+            }
+            Self::ByMessage { found, missing } => {
+                if facts.message_found {
+                    found
+                } else {
+                    missing
+                }
+            }
+        }
     }
 }
 
-/// What the ledger knows when it applies one push item.
+/// What one template's answer in a prompt does: with `grants` (the app's
+/// grants come from its frontend), an accept grants one send of a one-time
+/// template or switches a long-term one on (what the catalogue says of the
+/// template); otherwise the decision is only recorded.
+pub fn prompt_plan(grants: bool, decision: Decision) -> EffectPlan<PromptEffect> {
+    if grants && decision.grants() {
+        EffectPlan::ByTemplateType {
+            long_term: PromptEffect::LongTermOn,
+            one_time: PromptEffect::Granted,
+        }
+    } else {
+        EffectPlan::Fixed(PromptEffect::Recorded)
+    }
+}
+
+/// What the ledger knows when it applies one push item or prompt answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PushFacts {
+pub struct LedgerFacts {
     /// The item's template is a long-term one of the app.
     pub long_term: bool,
     /// A message of the app and user carries the item's msgid.
     pub message_found: bool,
 }
 
-/// What one push item does, given what the ledger knows.
-pub fn push_effect(action: &PushAction, facts: PushFacts) -> PushEffect {
+/// What one push item does, by what the ledger knows.
+pub fn push_plan(action: &PushAction) -> EffectPlan<PushEffect> {
     match action {
         PushAction::Decide { decision, grants } if *grants && decision.grants() => {
-            if facts.long_term {
-                PushEffect::LongTermOn
-            } else {
-                PushEffect::Granted
+            EffectPlan::ByTemplateType {
+                long_term: PushEffect::LongTermOn,
+                one_time: PushEffect::Granted,
             }
         }
-        PushAction::Decide { .. } => PushEffect::Recorded,
-        PushAction::Revoke => PushEffect::Revoked,
-        PushAction::Delivery { .. } if facts.message_found => PushEffect::DeliveryRecorded,
-        PushAction::Delivery { .. } => PushEffect::NoMessage,
-        PushAction::Ignore => PushEffect::Ignored,
+        PushAction::Decide { .. } => EffectPlan::Fixed(PushEffect::Recorded),
+        PushAction::Revoke => EffectPlan::Fixed(PushEffect::Revoked),
+        PushAction::Delivery { .. } => EffectPlan::ByMessage {
+            found: PushEffect::DeliveryRecorded,
+            missing: PushEffect::NoMessage,
+        },
+        PushAction::Ignore => EffectPlan::Fixed(PushEffect::Ignored),
     }
 }
 
@@ -336,7 +382,10 @@ mod tests {
         let wrong: Vec<_> = rows
             .iter()
             .filter(|(grants, decision, long_term, effect)| {
-                prompt_effect(*grants, *decision, *long_term) != *effect
+                prompt_plan(*grants, *decision).resolve(LedgerFacts {
+                    long_term: *long_term,
+                    message_found: false,
+                }) != *effect
             })
             .collect();
         assert!(wrong.is_empty(), "{wrong:?}");
@@ -350,7 +399,7 @@ mod tests {
             error_code: 0,
             error_status: "success".into(),
         };
-        let facts = |long_term, message_found| PushFacts {
+        let facts = |long_term, message_found| LedgerFacts {
             long_term,
             message_found,
         };
@@ -386,7 +435,7 @@ mod tests {
         ];
         let wrong: Vec<_> = rows
             .iter()
-            .filter(|(action, facts, effect)| push_effect(action, *facts) != *effect)
+            .filter(|(action, facts, effect)| push_plan(action).resolve(*facts) != *effect)
             .collect();
         assert!(wrong.is_empty(), "{wrong:?}");
     }

@@ -25,11 +25,11 @@ use formid_gateway::ledger::states::{
 };
 use formid_gateway::storage::{
     AppState, AppStore, AttemptRow, Claim, ClaimRequest, ClaimedCredential, CredentialStore,
-    EndSend, IdempotencyBegin, IdempotencyRecord, IdempotencyRequest, IdempotencyStore,
-    InsertOutcome, KindQuota, Lease, MaintenanceStore, MessageOutcome, MessageRow, MessageStore,
+    EffectPlan, EndSend, IdempotencyBegin, IdempotencyRecord, IdempotencyRequest, IdempotencyStore,
+    KindQuota, Lease, LedgerFacts, MaintenanceStore, MessageOutcome, MessageRow, MessageStore,
     NewAttempt, NewCredential, NewMessage, NewPrompt, NewPushEvent, PromptDecision, PromptEffect,
-    PromptRecord, PushItemOutcome, SendTemplates, Settlement, StartSend, StoredMessage,
-    SubscriptionStore, SweepReport, TemplateQuota, TemplateStore,
+    PromptRecord, PushItemOutcome, SendTemplates, Settlement, StartSend, StoredCredential,
+    StoredMessage, SubscriptionStore, SweepReport, TemplateQuota, TemplateStore,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -115,9 +115,9 @@ impl MessageRowModel {
         }
     }
 
-    /// The template whose grants pay for the message (`storage::grant_of`).
+    /// The template whose grants pay for the message (`ledger::values::grant_of`).
     fn grant_of(&self) -> Option<&str> {
-        formid_gateway::storage::grant_of(self.channel, &self.template_id)
+        formid_gateway::ledger::values::grant_of(self.channel, &self.template_id)
     }
 
     /// `FENCE_MESSAGE`'s condition.
@@ -680,7 +680,7 @@ impl CredentialStore for LedgerModel {
         appid: &str,
         items: &[NewCredential],
         now: i64,
-    ) -> anyhow::Result<Vec<InsertOutcome>> {
+    ) -> anyhow::Result<Vec<StoredCredential>> {
         let outcomes = self
             .write(|t| {
                 let mut outcomes = Vec::with_capacity(items.len());
@@ -693,7 +693,10 @@ impl CredentialStore for LedgerModel {
                             // databases.
                             t.next_credential_id += 1;
                             let owner = &t.credentials[id];
-                            formid_gateway::storage::owner_outcome(&owner.openid, &owner.kind, item)
+                            StoredCredential::Existing {
+                                owner: owner.openid.clone(),
+                                kind: owner.kind.clone(),
+                            }
                         }
                         None => {
                             let id = t.next_credential_id;
@@ -721,7 +724,7 @@ impl CredentialStore for LedgerModel {
                                     updated_at: now,
                                 },
                             );
-                            InsertOutcome::Inserted
+                            StoredCredential::Inserted
                         }
                     };
                     outcomes.push(outcome);
@@ -733,7 +736,7 @@ impl CredentialStore for LedgerModel {
         let credited: BTreeSet<&str> = items
             .iter()
             .zip(&outcomes)
-            .filter(|(_, outcome)| **outcome == InsertOutcome::Inserted)
+            .filter(|(_, outcome)| **outcome == StoredCredential::Inserted)
             .map(|(item, _)| item.openid.as_str())
             .collect();
         if !credited.is_empty() {
@@ -1197,18 +1200,17 @@ impl Tables {
     /// What each of the prompt's decisions does, by `TEMPLATE_IS_LONG_TERM`.
     fn prompt_effects(&self, prompt: &NewPrompt) -> Vec<PromptEffect> {
         let mut effects = Vec::with_capacity(prompt.decisions.len());
-        for decision in &prompt.decisions {
+        for (decision, plan) in prompt.decisions.iter().zip(&prompt.plans) {
             // `TEMPLATE_IS_LONG_TERM`
-            let long_term = decision.decision.grants()
+            let long_term = matches!(plan, EffectPlan::ByTemplateType { .. })
                 && self
                     .templates
                     .get(&(prompt.appid.clone(), decision.template_id.clone()))
                     .is_some_and(|row| row.long_term);
-            effects.push(formid_gateway::storage::prompt_effect(
-                prompt.grants,
-                decision.decision,
+            effects.push(plan.resolve(LedgerFacts {
                 long_term,
-            ));
+                message_found: false,
+            }));
         }
         effects
     }

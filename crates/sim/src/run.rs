@@ -20,6 +20,7 @@ use formid_gateway::config::{AppSettings, TokenMode, TokenSettings};
 use formid_gateway::ledger::collect::{parse_item, CollectContext};
 use formid_gateway::ledger::kinds::CredentialKind;
 use formid_gateway::ledger::states::{Channel, Decision, Delivery, MessageStatus};
+use formid_gateway::ledger::subscriptions::prompt_plan;
 use formid_gateway::sending::{SendRequest, SendSettings, Sender, SenderParts};
 use formid_gateway::storage::{NewPrompt, PromptDecision, Storage};
 use formid_gateway::templates::Catalogue;
@@ -1853,8 +1854,11 @@ fn new_prompt(prompt: &PromptPlan) -> NewPrompt {
         openid: prompt.openid.clone(),
         request_id: prompt.request_id.clone(),
         request_hash: format!("{:?}", prompt.decisions),
+        plans: decisions
+            .iter()
+            .map(|decision| prompt_plan(true, decision.decision))
+            .collect(),
         decisions,
-        grants: true,
     }
 }
 
