@@ -185,10 +185,14 @@ async fn a_token_retired_during_the_gateways_fetch_is_replaced_by_the_next(
     // The token at start has expired: the send fetches, and the answer hangs.
     app.advance(Duration::hours(3));
     app.fake
-        .push_token_faults([Fault::Hang(std::time::Duration::from_millis(400))]);
+        .push_token_faults([Fault::Hang(std::time::Duration::from_millis(1000))]);
     let fetched = app.fake.token_fetches(APPID);
     let (answer, ()) = tokio::join!(app.notify("o-during"), async {
-        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        // The fake issues the token, then holds its answer: retire it then,
+        // however long the gateway took to ask.
+        while app.fake.token_fetches(APPID) == fetched {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         app.fake.invalidate_tokens(APPID);
     });
     assert_eq!(answer.status, 200, "{:?}", answer.body);
