@@ -16,6 +16,7 @@ mod group_commit;
 mod postgres;
 #[cfg(test)]
 mod schema_checks;
+pub mod sessions;
 mod shared;
 mod sql;
 mod sqlite;
@@ -45,6 +46,7 @@ pub mod testing {
     }
 }
 pub use sqlite::SqliteStorage;
+pub use sessions::{ApiKeyRow, KeyStore, NewApiKey, NewSession, SessionRow, SessionStore};
 
 use crate::ledger::kinds::CredentialKind;
 use crate::ledger::states::{
@@ -709,6 +711,8 @@ pub trait Storage:
     + TemplateStore
     + AppStore
     + MaintenanceStore
+    + SessionStore
+    + KeyStore
     + std::fmt::Debug
 {
 }
@@ -721,6 +725,8 @@ impl<T> Storage for T where
         + TemplateStore
         + AppStore
         + MaintenanceStore
+        + SessionStore
+        + KeyStore
         + std::fmt::Debug
         + ?Sized
 {

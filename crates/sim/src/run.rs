@@ -1155,6 +1155,7 @@ impl World {
                 encoding_aes_key: None,
                 previous_encoding_aes_key: None,
                 subscribe_grants_from: Default::default(),
+                cors_origins: Vec::new(),
             },
         )]));
         World {
