@@ -270,6 +270,29 @@ fn digest_hex(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
+/// A listing as one tab-separated line (the `keys list` command): name,
+/// key id, apps, scopes, created, last used, revoked (`-` for none).
+pub fn listing_line(key: &KeyListing) -> String {
+    let time = |ms: Option<i64>| {
+        ms.map_or_else(|| "-".to_owned(), |ms| crate::clock::from_ms(ms).to_rfc3339())
+    };
+    let apps = key.grant.apps.as_ref().map_or_else(
+        || "*".to_owned(),
+        |apps| apps.iter().cloned().collect::<Vec<_>>().join(","),
+    );
+    let scopes: Vec<&str> = key.grant.scopes.iter().map(|scope| scope_name(*scope)).collect();
+    format!(
+        "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+        key.name,
+        key.key_id,
+        apps,
+        scopes.join(","),
+        time(Some(key.created_at)),
+        time(key.last_used_at),
+        time(key.revoked_at)
+    )
+}
+
 /// The stored names of a scope.
 pub fn scope_name(scope: Scope) -> &'static str {
     match scope {
