@@ -102,14 +102,19 @@ async fn keys(config: Option<PathBuf>, command: KeysCommand) -> anyhow::Result<(
                 .iter()
                 .map(|scope| {
                     parse_scope(scope).ok_or_else(|| {
-                        anyhow::anyhow!("--scopes: unknown scope {scope:?} (collect, send, token, admin)")
+                        anyhow::anyhow!(
+                            "--scopes: unknown scope {scope:?} (collect, send, token, admin)"
+                        )
                     })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let request = formid_gateway::keys::KeyRequest { name, apps, scopes };
             let created = keys.create(&request).await?;
             println!("{}", secrecy::ExposeSecret::expose_secret(&created.key));
-            eprintln!("key {:?} created; it is shown only this once", created.listing.name);
+            eprintln!(
+                "key {:?} created; it is shown only this once",
+                created.listing.name
+            );
         }
         KeysCommand::List => {
             println!("name\tkey_id\tapps\tscopes\tcreated_at\tlast_used_at\trevoked_at");

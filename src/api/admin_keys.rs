@@ -81,7 +81,11 @@ struct CreateBody {
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_key_request", message)
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_key_request",
+        message,
+    )
 }
 
 /// Creates a key for apps the admin key itself is allowed.
@@ -108,8 +112,11 @@ async fn create(
         .scopes
         .iter()
         .map(|scope| {
-            parse_scope(scope)
-                .ok_or_else(|| invalid(format!("unknown scope {scope:?} (collect, send, token, admin)")))
+            parse_scope(scope).ok_or_else(|| {
+                invalid(format!(
+                    "unknown scope {scope:?} (collect, send, token, admin)"
+                ))
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let key_request = KeyRequest {

@@ -73,12 +73,15 @@ impl Limit {
         if self.checks.fetch_add(1, Ordering::Relaxed) % 4_096 == 4_095 {
             limiter.retain_recent();
         }
-        limiter.check_key(&key.to_owned()).map(drop).map_err(|not_until| {
-            let wait = not_until.wait_time_from(self.clock.now());
-            i64::try_from(wait.as_millis().div_ceil(1_000))
-                .unwrap_or(i64::MAX)
-                .max(1)
-        })
+        limiter
+            .check_key(&key.to_owned())
+            .map(drop)
+            .map_err(|not_until| {
+                let wait = not_until.wait_time_from(self.clock.now());
+                i64::try_from(wait.as_millis().div_ceil(1_000))
+                    .unwrap_or(i64::MAX)
+                    .max(1)
+            })
     }
 }
 

@@ -94,9 +94,15 @@ pub(super) fn validate(
         Duration::from_secs(300),
     )?;
     for (name, value) in [
-        ("limits.per_session_per_minute", limits.per_session_per_minute),
+        (
+            "limits.per_session_per_minute",
+            limits.per_session_per_minute,
+        ),
         ("limits.per_ip_per_minute", limits.per_ip_per_minute),
-        ("limits.per_api_key_per_minute", limits.per_api_key_per_minute),
+        (
+            "limits.per_api_key_per_minute",
+            limits.per_api_key_per_minute,
+        ),
     ] {
         in_range(name, value.into(), 0, 100_000_000, " (0 turns it off)")?;
     }

@@ -274,13 +274,21 @@ fn digest_hex(key: &str) -> String {
 /// key id, apps, scopes, created, last used, revoked (`-` for none).
 pub fn listing_line(key: &KeyListing) -> String {
     let time = |ms: Option<i64>| {
-        ms.map_or_else(|| "-".to_owned(), |ms| crate::clock::from_ms(ms).to_rfc3339())
+        ms.map_or_else(
+            || "-".to_owned(),
+            |ms| crate::clock::from_ms(ms).to_rfc3339(),
+        )
     };
     let apps = key.grant.apps.as_ref().map_or_else(
         || "*".to_owned(),
         |apps| apps.iter().cloned().collect::<Vec<_>>().join(","),
     );
-    let scopes: Vec<&str> = key.grant.scopes.iter().map(|scope| scope_name(*scope)).collect();
+    let scopes: Vec<&str> = key
+        .grant
+        .scopes
+        .iter()
+        .map(|scope| scope_name(*scope))
+        .collect();
     format!(
         "{}\t{}\t{}\t{}\t{}\t{}\t{}",
         key.name,
@@ -324,7 +332,10 @@ mod tests {
 
     #[test]
     fn a_key_names_its_id_and_nothing_else_does() {
-        assert_eq!(key_id_of("fgk_abc123_secret_with_underscores"), Some("abc123"));
+        assert_eq!(
+            key_id_of("fgk_abc123_secret_with_underscores"),
+            Some("abc123")
+        );
         assert_eq!(key_id_of("fgk_abc123"), None);
         assert_eq!(key_id_of("fgk__secret"), None);
         assert_eq!(key_id_of("some-config-key"), None);

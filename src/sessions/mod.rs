@@ -262,9 +262,7 @@ impl Sessions {
 
     /// Ends a session (the user logged out).
     pub async fn revoke(&self, id: &str) -> anyhow::Result<bool> {
-        self.storage
-            .revoke_session(id, self.clock.now_ms())
-            .await
+        self.storage.revoke_session(id, self.clock.now_ms()).await
     }
 }
 

@@ -45,8 +45,8 @@ pub mod testing {
         };
     }
 }
-pub use sqlite::SqliteStorage;
 pub use sessions::{ApiKeyRow, KeyStore, NewApiKey, NewSession, SessionRow, SessionStore};
+pub use sqlite::SqliteStorage;
 
 use crate::ledger::kinds::CredentialKind;
 use crate::ledger::states::{

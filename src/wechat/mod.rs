@@ -311,7 +311,9 @@ impl WeChatClient {
                 openid,
                 unionid: answer.unionid.filter(|unionid| !unionid.is_empty()),
             })),
-            (0, _) => Err(CallError::Ambiguous("login answer without an openid".into())),
+            (0, _) => Err(CallError::Ambiguous(
+                "login answer without an openid".into(),
+            )),
             (errcode, _) => Ok(LoginReply::Refused(Reply {
                 errcode,
                 errmsg: answer.errmsg,

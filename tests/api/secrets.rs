@@ -25,8 +25,11 @@ async fn no_secret_reaches_a_trace_log_or_an_error_body() {
     let fake = FakeWeChat::new(SystemClock);
     fake.register_app(APP, APP_SECRET);
     fake.register_template(APP, TEMPLATE);
-    let server = FakeWeChatServer::start(fake.clone(), "127.0.0.1:0").await.unwrap();
-    let dir = std::env::temp_dir().join(format!("formid-secrets-{}", uuid::Uuid::new_v4().simple()));
+    let server = FakeWeChatServer::start(fake.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let dir =
+        std::env::temp_dir().join(format!("formid-secrets-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("gateway.toml");
     std::fs::write(
@@ -64,7 +67,12 @@ async fn no_secret_reaches_a_trace_log_or_an_error_body() {
     let (err_text, out_text) = (collect(Box::new(stderr)), collect(Box::new(stdout)));
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while client.get(format!("{address}/readyz")).send().await.is_err() {
+    while client
+        .get(format!("{address}/readyz"))
+        .send()
+        .await
+        .is_err()
+    {
         assert!(Instant::now() < deadline, "the gateway did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -76,7 +84,13 @@ async fn no_secret_reaches_a_trace_log_or_an_error_body() {
     let mut errors: Vec<Answer> = Vec::new();
 
     let code = fake.mint_login_code(APP, "o-secret");
-    let login = run(Method::POST, format!("/v1/apps/{APP}/sessions"), None, Some(json!({"code": code}))).await;
+    let login = run(
+        Method::POST,
+        format!("/v1/apps/{APP}/sessions"),
+        None,
+        Some(json!({"code": code})),
+    )
+    .await;
     assert_eq!(login.status, 200, "{:?}", login.body);
     let session = login.body["session_token"].as_str().unwrap().to_owned();
     let form_id = fake.mint_form_id(APP, "o-secret");
@@ -116,23 +130,103 @@ async fn no_secret_reaches_a_trace_log_or_an_error_body() {
     assert_eq!(created.status, 201, "{:?}", created.body);
     let new_key = created.body["key"].as_str().unwrap().to_owned();
     // Refusals that hold a secret in their request.
-    errors.push(run(Method::POST, format!("/v1/apps/{APP}/sessions"), None, Some(json!({"code": code}))).await);
+    let replay = run(
+        Method::POST,
+        format!("/v1/apps/{APP}/sessions"),
+        None,
+        Some(json!({"code": code})),
+    )
+    .await;
+    assert_eq!(
+        replay.body, login.body,
+        "a replayed code answers the same session"
+    );
+    errors.push(
+        run(
+            Method::POST,
+            format!("/v1/apps/{APP}/sessions"),
+            None,
+            Some(json!({"code": "never-issued-code"})),
+        )
+        .await,
+    );
     fake.push_login_faults([fake_wechat::LoginFault::Errcode(40226)]);
     let blocked_code = fake.mint_login_code(APP, "o-blocked");
-    errors.push(run(Method::POST, format!("/v1/apps/{APP}/sessions"), None, Some(json!({"code": blocked_code}))).await);
-    errors.push(run(Method::GET, format!("/v1/apps/{APP}/me/quota"), Some(format!("{session}x")), None).await);
-    errors.push(run(Method::GET, format!("/v1/apps/{APP}/me/quota"), Some(new_key.clone()), None).await);
-    errors.push(run(Method::GET, format!("/v1/apps/{APP}/users/o/quota"), Some(format!("{new_key}x")), None).await);
-    errors.push(run(Method::POST, format!("/v1/apps/{APP}/credentials"), Some(session.clone()), Some(json!({"openid": "o", "kind": "form_id", "value": form_id}))).await);
-    errors.push(run(Method::POST, format!("/v1/apps/{APP}/me/credentials"), Some(session.clone()), Some(json!({"kind": "form_id", "value": form_id}))).await);
-    let out = run(Method::DELETE, format!("/v1/apps/{APP}/sessions/current"), Some(session.clone()), None).await;
+    errors.push(
+        run(
+            Method::POST,
+            format!("/v1/apps/{APP}/sessions"),
+            None,
+            Some(json!({"code": blocked_code})),
+        )
+        .await,
+    );
+    errors.push(
+        run(
+            Method::GET,
+            format!("/v1/apps/{APP}/me/quota"),
+            Some(format!("{session}x")),
+            None,
+        )
+        .await,
+    );
+    errors.push(
+        run(
+            Method::GET,
+            format!("/v1/apps/{APP}/me/quota"),
+            Some(new_key.clone()),
+            None,
+        )
+        .await,
+    );
+    errors.push(
+        run(
+            Method::GET,
+            format!("/v1/apps/{APP}/users/o/quota"),
+            Some(format!("{new_key}x")),
+            None,
+        )
+        .await,
+    );
+    errors.push(
+        run(
+            Method::POST,
+            format!("/v1/apps/{APP}/credentials"),
+            Some(session.clone()),
+            Some(json!({"openid": "o", "kind": "form_id", "value": form_id})),
+        )
+        .await,
+    );
+    errors.push(
+        run(
+            Method::POST,
+            format!("/v1/apps/{APP}/me/credentials"),
+            Some(session.clone()),
+            Some(json!({"openid": "o-secret", "kind": "form_id", "value": form_id})),
+        )
+        .await,
+    );
+    let out = run(
+        Method::DELETE,
+        format!("/v1/apps/{APP}/sessions/current"),
+        Some(session.clone()),
+        None,
+    )
+    .await;
     assert_eq!(out.status, 204);
 
-    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     child.wait().unwrap();
     server.stop().await;
     let logs = format!("{}{}", err_text.join().unwrap(), out_text.join().unwrap());
-    assert!(logs.contains("TRACE") || logs.contains("DEBUG"), "not logging at TRACE: {logs}");
+    assert!(
+        logs.contains("TRACE") || logs.contains("DEBUG"),
+        "not logging at TRACE: {logs}"
+    );
     assert!(logs.contains("session created"), "{logs}");
     let mut secrets = vec![
         ("app secret", APP_SECRET.to_owned()),
@@ -148,9 +242,19 @@ async fn no_secret_reaches_a_trace_log_or_an_error_body() {
         ("current access token", fake.current_token(APP).unwrap()),
     ];
     for (index, key) in fake.session_keys().into_iter().enumerate() {
-        secrets.push((if index == 0 { "session_key" } else { "a later session_key" }, key));
+        secrets.push((
+            if index == 0 {
+                "session_key"
+            } else {
+                "a later session_key"
+            },
+            key,
+        ));
     }
-    let bodies: String = errors.iter().map(|answer| answer.body.to_string()).collect();
+    let bodies: String = errors
+        .iter()
+        .map(|answer| answer.body.to_string())
+        .collect();
     assert!(errors.iter().all(|answer| answer.status >= 400), "{bodies}");
     let mut leaks = Vec::new();
     for (name, secret) in &secrets {

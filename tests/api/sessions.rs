@@ -34,9 +34,20 @@ pub async fn session_of(app: &TestApp, openid: &str) -> String {
     answer.body["session_token"].as_str().unwrap().to_owned()
 }
 
-pub async fn me(app: &TestApp, method: Method, rest: &str, token: &str, body: Option<Value>) -> Answer {
-    app.call(method, &format!("/v1/apps/{APPID}/me/{rest}"), Some(token), body)
-        .await
+pub async fn me(
+    app: &TestApp,
+    method: Method,
+    rest: &str,
+    token: &str,
+    body: Option<Value>,
+) -> Answer {
+    app.call(
+        method,
+        &format!("/v1/apps/{APPID}/me/{rest}"),
+        Some(token),
+        body,
+    )
+    .await
 }
 
 #[rstest]
@@ -53,17 +64,39 @@ async fn a_mini_program_posts_for_its_user_and_a_send_spends_it(#[case] backend:
     assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(answer.body["openid"], "o-mini");
     let token = answer.body["session_token"].as_str().unwrap().to_owned();
-    assert!(token.starts_with("fgs_") && token.len() >= 4 + 22, "{token}");
+    assert!(
+        token.starts_with("fgs_") && token.len() >= 4 + 22,
+        "{token}"
+    );
     assert!(answer.body["expires_at"].is_string());
-    assert_eq!(answer.body.as_object().unwrap().len(), 3, "{:?}", answer.body);
+    assert_eq!(
+        answer.body.as_object().unwrap().len(),
+        3,
+        "{:?}",
+        answer.body
+    );
 
     let form_id = app.fake.mint_form_id(APPID, "o-mini");
-    let posted = me(&app, Method::POST, "credentials", &token, Some(json!({"kind": "form_id", "value": form_id}))).await;
+    let posted = me(
+        &app,
+        Method::POST,
+        "credentials",
+        &token,
+        Some(json!({"kind": "form_id", "value": form_id})),
+    )
+    .await;
     assert_eq!(posted.status, 200, "{:?}", posted.body);
     assert_eq!(posted.body["accepted"], 1);
     app.fake.grant(APPID, "o-mini", &template);
     let prompt = json!({"request_id": "p-1", "result": {"errMsg": "requestSubscribeMessage:ok", template.as_str(): "accept"}});
-    let recorded = me(&app, Method::POST, "subscriptions", &token, Some(prompt.clone())).await;
+    let recorded = me(
+        &app,
+        Method::POST,
+        "subscriptions",
+        &token,
+        Some(prompt.clone()),
+    )
+    .await;
     assert_eq!(recorded.status, 200, "{:?}", recorded.body);
     assert_eq!(recorded.body["granted"], 1);
     assert_eq!(recorded.body["openid"], "o-mini");
@@ -77,14 +110,25 @@ async fn a_mini_program_posts_for_its_user_and_a_send_spends_it(#[case] backend:
     // A business service spends both: the form_id and the grant.
     assert_eq!(app.notify("o-mini").await.status, 200);
     assert_eq!(app.delivered_form_ids(), vec![form_id]);
-    let data = json!({"thing1": {"value": "Blue mug"}, "character_string2": {"value": "SN20240501001"}});
-    let sent = app.send(json!({"touser": "o-mini", "template_id": template, "data": data})).await;
+    let data =
+        json!({"thing1": {"value": "Blue mug"}, "character_string2": {"value": "SN20240501001"}});
+    let sent = app
+        .send(json!({"touser": "o-mini", "template_id": template, "data": data}))
+        .await;
     assert_eq!(sent.status, 200, "{:?}", sent.body);
-    assert_eq!(me(&app, Method::GET, "quota", &token, None).await.body["sends_available"], 0);
+    assert_eq!(
+        me(&app, Method::GET, "quota", &token, None).await.body["sends_available"],
+        0
+    );
 
     // Logout ends the session.
     let out = app
-        .call(Method::DELETE, &format!("/v1/apps/{APPID}/sessions/current"), Some(&token), None)
+        .call(
+            Method::DELETE,
+            &format!("/v1/apps/{APPID}/sessions/current"),
+            Some(&token),
+            None,
+        )
         .await;
     assert_eq!(out.status, 204, "{:?}", out.body);
     let after = me(&app, Method::GET, "quota", &token, None).await;
@@ -106,13 +150,20 @@ async fn a_replayed_code_gets_the_same_session_within_its_five_minutes(#[case] b
     let second = post_code(&app, APPID, &code).await;
     assert_eq!(second.status, 200, "{:?}", second.body);
     assert_eq!(second.body, first.body);
-    assert_eq!(app.fake.login_exchanges(), 1, "a replay asks WeChat nothing");
+    assert_eq!(
+        app.fake.login_exchanges(),
+        1,
+        "a replay asks WeChat nothing"
+    );
     // The unionid is kept on the session, never returned.
     let stored: Option<String> = match backend {
         Backend::Sqlite => None,
         Backend::Postgres => {
             let pool = sqlx::PgPool::connect(&app.database_url).await.unwrap();
-            sqlx::query_scalar("SELECT unionid FROM sessions").fetch_one(&pool).await.unwrap()
+            sqlx::query_scalar("SELECT unionid FROM sessions")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
         }
     };
     if backend == Backend::Postgres {
@@ -124,7 +175,10 @@ async fn a_replayed_code_gets_the_same_session_within_its_five_minutes(#[case] b
     assert_eq!(late.body["error"]["code"], "invalid_code");
     // The session itself lives on.
     let token = first.body["session_token"].as_str().unwrap();
-    assert_eq!(me(&app, Method::GET, "quota", token, None).await.status, 200);
+    assert_eq!(
+        me(&app, Method::GET, "quota", token, None).await.status,
+        200
+    );
     // Another app's code, and a code used by someone else than us.
     let other = app.fake.mint_login_code(OTHER_APPID, "o-replay");
     let refused = post_code(&app, APPID, &other).await;
@@ -142,7 +196,12 @@ async fn wechat_refusals_answer_what_the_frontend_can_do(#[case] backend: Backen
     })
     .await;
     let table = [
-        (LoginFault::Errcode(45011), 429, "login_rate_limited", Some(45011)),
+        (
+            LoginFault::Errcode(45011),
+            429,
+            "login_rate_limited",
+            Some(45011),
+        ),
         (LoginFault::Errcode(40226), 403, "user_blocked", Some(40226)),
         (LoginFault::Errcode(-1), 503, "wechat_unavailable", Some(-1)),
         (LoginFault::LoseAnswer, 503, "wechat_unavailable", None),
@@ -152,7 +211,11 @@ async fn wechat_refusals_answer_what_the_frontend_can_do(#[case] backend: Backen
         let answer = login(&app, APPID, "o-refused").await;
         assert_eq!(answer.status, status, "{fault:?}: {:?}", answer.body);
         assert_eq!(answer.body["error"]["code"], code, "{fault:?}");
-        assert_eq!(answer.body["error"]["wechat_errcode"].as_i64(), errcode, "{fault:?}");
+        assert_eq!(
+            answer.body["error"]["wechat_errcode"].as_i64(),
+            errcode,
+            "{fault:?}"
+        );
         if status == 429 || status == 503 {
             assert!(answer.headers.contains_key("retry-after"), "{fault:?}");
         }
@@ -185,21 +248,34 @@ async fn limits_leave_room_to_recover_from_a_lost_answer(#[case] backend: Backen
     let token = session_of(&app, "o-lost").await;
     // The session's own limit: 2 a minute, then 429 with Retry-After.
     for _ in 0..2 {
-        assert_eq!(me(&app, Method::GET, "quota", &token, None).await.status, 200);
+        assert_eq!(
+            me(&app, Method::GET, "quota", &token, None).await.status,
+            200
+        );
     }
     let limited = me(&app, Method::GET, "quota", &token, None).await;
     assert_eq!(limited.status, 429, "{:?}", limited.body);
     assert_eq!(limited.body["error"]["code"], "rate_limited");
-    let wait: i64 = limited.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    let wait: i64 = limited.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=60).contains(&wait), "{wait}");
     // Another user's session from the same address is not held back by it.
     let other = session_of(&app, "o-other").await;
-    assert_eq!(me(&app, Method::GET, "quota", &other, None).await.status, 200);
+    assert_eq!(
+        me(&app, Method::GET, "quota", &other, None).await.status,
+        200
+    );
     // The per-IP limit: 8 a minute over login and /me together.
     let over_ip = me(&app, Method::GET, "quota", &other, None).await;
     assert_eq!(over_ip.status, 429, "{:?}", over_ip.body);
     app.advance(Duration::seconds(wait.max(60)));
-    assert_eq!(me(&app, Method::GET, "quota", &token, None).await.status, 200);
+    assert_eq!(
+        me(&app, Method::GET, "quota", &token, None).await.status,
+        200
+    );
 }
 
 #[rstest]
@@ -251,45 +327,193 @@ async fn the_session_routes_refuse_what_they_must(#[case] backend: Backend) {
     };
     let expired = session_of(&app, "o-expired").await;
     let revoked = session_of(&app, "o-revoked").await;
-    app.call(Method::DELETE, &format!("/v1/apps/{APPID}/sessions/current"), Some(&revoked), None)
-        .await;
+    app.call(
+        Method::DELETE,
+        &format!("/v1/apps/{APPID}/sessions/current"),
+        Some(&revoked),
+        None,
+    )
+    .await;
     let used_code = app.fake.mint_login_code(APPID, "o-used");
     app.fake.push_login_faults([LoginFault::LoseAnswer]);
     post_code(&app, APPID, &used_code).await;
     let me_path = |rest: &str| format!("/v1/apps/{APPID}/me/{rest}");
     let item = json!({"kind": "form_id", "value": "v-table-1"});
     let forged = format!("fgs_{}", "A".repeat(43));
-    let case = |name, method, path: String, bearer: Option<&str>, body: Option<Value>, status, code| Case {
-        name,
-        method,
-        path,
-        bearer: bearer.map(str::to_owned),
-        origin: None,
-        body,
-        status,
-        code,
-    };
+    let case =
+        |name, method, path: String, bearer: Option<&str>, body: Option<Value>, status, code| {
+            Case {
+                name,
+                method,
+                path,
+                bearer: bearer.map(str::to_owned),
+                origin: None,
+                body,
+                status,
+                code,
+            }
+        };
     let mut cases = vec![
-        case("forged token", Method::GET, me_path("quota"), Some(&forged), None, 401, "invalid_session"),
-        case("no token", Method::GET, me_path("quota"), None, None, 401, "missing_api_key"),
-        case("revoked token", Method::GET, me_path("quota"), Some(&revoked), None, 401, "invalid_session"),
-        case("other app's session", Method::GET, me_path("quota"), Some(&other_app_token), None, 403, "forbidden"),
-        case("session on a key route", Method::POST, format!("/v1/apps/{APPID}/credentials"), Some(&token), Some(json!({"openid": "o-table", "kind": "form_id", "value": "v-table-2"})), 403, "api_key_required"),
-        case("session on a send", Method::POST, format!("/v1/apps/{APPID}/messages"), Some(&token), Some(json!({"touser": "o-table", "template_id": TEMPLATE})), 403, "api_key_required"),
-        case("session on the admin keys", Method::GET, "/v1/admin/keys".into(), Some(&token), None, 403, "api_key_required"),
-        case("key on /me", Method::POST, me_path("credentials"), Some(COLLECT_KEY), Some(item.clone()), 403, "session_required"),
-        case("admin key on /me", Method::GET, me_path("quota"), Some(ADMIN_KEY), None, 403, "session_required"),
-        case("openid in a /me body", Method::POST, me_path("credentials"), Some(&token), Some(json!({"openid": "o-else", "kind": "form_id", "value": "v-table-3"})), 422, "openid_not_allowed"),
-        case("openid in a /me batch", Method::POST, me_path("credentials"), Some(&token), Some(json!({"credentials": [{"openid": "o-else", "kind": "form_id", "value": "v-table-4"}]})), 422, "openid_not_allowed"),
-        case("openid in a /me prompt", Method::POST, me_path("subscriptions"), Some(&token), Some(json!({"openid": "o-else", "request_id": "r", "result": {"errMsg": "requestSubscribeMessage:ok"}})), 422, "openid_not_allowed"),
-        case("a code used already", Method::POST, format!("/v1/apps/{APPID}/sessions"), None, Some(json!({"code": used_code})), 401, "invalid_code"),
-        case("login with more than a code", Method::POST, format!("/v1/apps/{APPID}/sessions"), None, Some(json!({"code": "c", "openid": "o"})), 422, "invalid_body"),
-        case("login to an unknown app", Method::POST, "/v1/apps/wxnotserved000000/sessions".into(), None, Some(json!({"code": "c"})), 404, "unknown_app"),
+        case(
+            "forged token",
+            Method::GET,
+            me_path("quota"),
+            Some(&forged),
+            None,
+            401,
+            "invalid_session",
+        ),
+        case(
+            "no token",
+            Method::GET,
+            me_path("quota"),
+            None,
+            None,
+            401,
+            "missing_api_key",
+        ),
+        case(
+            "revoked token",
+            Method::GET,
+            me_path("quota"),
+            Some(&revoked),
+            None,
+            401,
+            "invalid_session",
+        ),
+        case(
+            "other app's session",
+            Method::GET,
+            me_path("quota"),
+            Some(&other_app_token),
+            None,
+            403,
+            "forbidden",
+        ),
+        case(
+            "session on a key route",
+            Method::POST,
+            format!("/v1/apps/{APPID}/credentials"),
+            Some(&token),
+            Some(json!({"openid": "o-table", "kind": "form_id", "value": "v-table-2"})),
+            403,
+            "api_key_required",
+        ),
+        case(
+            "session on a send",
+            Method::POST,
+            format!("/v1/apps/{APPID}/messages"),
+            Some(&token),
+            Some(json!({"touser": "o-table", "template_id": TEMPLATE})),
+            403,
+            "api_key_required",
+        ),
+        case(
+            "session on the admin keys",
+            Method::GET,
+            "/v1/admin/keys".into(),
+            Some(&token),
+            None,
+            403,
+            "api_key_required",
+        ),
+        case(
+            "key on /me",
+            Method::POST,
+            me_path("credentials"),
+            Some(COLLECT_KEY),
+            Some(item.clone()),
+            403,
+            "session_required",
+        ),
+        case(
+            "admin key on /me",
+            Method::GET,
+            me_path("quota"),
+            Some(ADMIN_KEY),
+            None,
+            403,
+            "session_required",
+        ),
+        case(
+            "openid in a /me body",
+            Method::POST,
+            me_path("credentials"),
+            Some(&token),
+            Some(json!({"openid": "o-else", "kind": "form_id", "value": "v-table-3"})),
+            422,
+            "openid_not_allowed",
+        ),
+        case(
+            "openid in a /me batch",
+            Method::POST,
+            me_path("credentials"),
+            Some(&token),
+            Some(
+                json!({"credentials": [{"openid": "o-else", "kind": "form_id", "value": "v-table-4"}]}),
+            ),
+            422,
+            "openid_not_allowed",
+        ),
+        case(
+            "openid in a /me prompt",
+            Method::POST,
+            me_path("subscriptions"),
+            Some(&token),
+            Some(
+                json!({"openid": "o-else", "request_id": "r", "result": {"errMsg": "requestSubscribeMessage:ok"}}),
+            ),
+            422,
+            "openid_not_allowed",
+        ),
+        case(
+            "a code used already",
+            Method::POST,
+            format!("/v1/apps/{APPID}/sessions"),
+            None,
+            Some(json!({"code": used_code})),
+            401,
+            "invalid_code",
+        ),
+        case(
+            "login with more than a code",
+            Method::POST,
+            format!("/v1/apps/{APPID}/sessions"),
+            None,
+            Some(json!({"code": "c", "openid": "o"})),
+            422,
+            "invalid_body",
+        ),
+        case(
+            "login to an unknown app",
+            Method::POST,
+            "/v1/apps/wxnotserved000000/sessions".into(),
+            None,
+            Some(json!({"code": "c"})),
+            404,
+            "unknown_app",
+        ),
     ];
-    let mut cors = case("origin not allowed", Method::POST, me_path("credentials"), Some(&token), Some(item.clone()), 403, "origin_not_allowed");
+    let mut cors = case(
+        "origin not allowed",
+        Method::POST,
+        me_path("credentials"),
+        Some(&token),
+        Some(item.clone()),
+        403,
+        "origin_not_allowed",
+    );
     cors.origin = Some("https://evil.example.com");
     cases.push(cors);
-    let mut preflight = case("preflight of an origin not allowed", Method::OPTIONS, me_path("credentials"), None, None, 403, "origin_not_allowed");
+    let mut preflight = case(
+        "preflight of an origin not allowed",
+        Method::OPTIONS,
+        me_path("credentials"),
+        None,
+        None,
+        403,
+        "origin_not_allowed",
+    );
     preflight.origin = Some("https://evil.example.com");
     cases.push(preflight);
 
@@ -307,7 +531,9 @@ async fn the_session_routes_refuse_what_they_must(#[case] backend: Backend) {
         }
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
-        let allow_origin = response.headers().contains_key("access-control-allow-origin");
+        let allow_origin = response
+            .headers()
+            .contains_key("access-control-allow-origin");
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if status != case.status || body["error"]["code"] != case.code || allow_origin {
             wrong.push(format!("{}: {status} {body}", case.name));
@@ -319,7 +545,10 @@ async fn the_session_routes_refuse_what_they_must(#[case] backend: Backend) {
         assert_eq!(app.sends_available(openid).await, 0, "{openid}");
     }
     // A session lives sessions.ttl_secs (24 h by default).
-    assert_eq!(me(&app, Method::GET, "quota", &expired, None).await.status, 200);
+    assert_eq!(
+        me(&app, Method::GET, "quota", &expired, None).await.status,
+        200
+    );
     app.advance(Duration::hours(24));
     let late = me(&app, Method::GET, "quota", &expired, None).await;
     assert_eq!(late.status, 401, "{:?}", late.body);
@@ -338,7 +567,10 @@ async fn an_allowed_origin_gets_its_preflight_and_its_answer(#[case] backend: Ba
     let origin = "https://shop.example.com";
     let preflight = app
         .client
-        .request(Method::OPTIONS, app.url(&format!("/v1/apps/{APPID}/sessions")))
+        .request(
+            Method::OPTIONS,
+            app.url(&format!("/v1/apps/{APPID}/sessions")),
+        )
         .header("origin", origin)
         .header("access-control-request-method", "POST")
         .send()
@@ -364,7 +596,10 @@ async fn an_allowed_origin_gets_its_preflight_and_its_answer(#[case] backend: Ba
     // No origin is allowed by default, and the API-key routes have no CORS.
     let other = app
         .client
-        .request(Method::OPTIONS, app.url(&format!("/v1/apps/{OTHER_APPID}/sessions")))
+        .request(
+            Method::OPTIONS,
+            app.url(&format!("/v1/apps/{OTHER_APPID}/sessions")),
+        )
         .header("origin", origin)
         .send()
         .await

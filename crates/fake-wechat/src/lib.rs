@@ -62,8 +62,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use cli::{run_cli, FakeWeChatArgs};
-pub use login::LoginFault;
 pub use clock::{Clock, SystemClock};
+pub use login::LoginFault;
 pub use push::{PopupChoice, PushEvent, PushFormat, PushMode, PushRecord, PushTarget, SentResult};
 pub use server::FakeWeChatServer;
 
@@ -251,7 +251,10 @@ impl FakeWeChat {
 
     /// The app's secret, if it is registered.
     pub(crate) fn lock_apps_secret(&self, appid: &str) -> Option<String> {
-        self.lock().apps.get(appid).and_then(|app| app.secret.clone())
+        self.lock()
+            .apps
+            .get(appid)
+            .and_then(|app| app.secret.clone())
     }
 
     pub(crate) fn now_ms(&self) -> i64 {

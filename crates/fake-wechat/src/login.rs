@@ -101,12 +101,16 @@ impl FakeWeChat {
 
     /// The answer to one exchange, and whether to lose it.
     fn exchange(&self, query: &HashMap<String, String>) -> (Value, bool) {
-        let field = |name: &str| query.get(name).map(String::as_str).filter(|v| !v.is_empty());
+        let field = |name: &str| {
+            query
+                .get(name)
+                .map(String::as_str)
+                .filter(|v| !v.is_empty())
+        };
         let Some(appid) = field("appid") else {
             return (error_body(41002), false);
         };
-        let secret = self
-            .lock_apps_secret(appid);
+        let secret = self.lock_apps_secret(appid);
         let Some(expected) = secret else {
             return (error_body(40013), false);
         };

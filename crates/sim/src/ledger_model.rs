@@ -1760,14 +1760,19 @@ impl formid_gateway::storage::SessionStore for LedgerModel {
     async fn delete_expired_sessions(&self, now: i64) -> anyhow::Result<u64> {
         let mut tables = self.auth();
         let before = tables.sessions.len();
-        tables.sessions.retain(|(stored, _)| stored.expires_at > now);
+        tables
+            .sessions
+            .retain(|(stored, _)| stored.expires_at > now);
         Ok((before - tables.sessions.len()) as u64)
     }
 }
 
 #[async_trait]
 impl formid_gateway::storage::KeyStore for LedgerModel {
-    async fn insert_api_key(&self, key: &formid_gateway::storage::NewApiKey) -> anyhow::Result<bool> {
+    async fn insert_api_key(
+        &self,
+        key: &formid_gateway::storage::NewApiKey,
+    ) -> anyhow::Result<bool> {
         let mut tables = self.auth();
         if tables.keys.iter().any(|stored| stored.name == key.name) {
             return Ok(false);
@@ -1785,7 +1790,10 @@ impl formid_gateway::storage::KeyStore for LedgerModel {
         Ok(true)
     }
 
-    async fn api_key(&self, key_id: &str) -> anyhow::Result<Option<formid_gateway::storage::ApiKeyRow>> {
+    async fn api_key(
+        &self,
+        key_id: &str,
+    ) -> anyhow::Result<Option<formid_gateway::storage::ApiKeyRow>> {
         let tables = self.auth();
         Ok(tables.keys.iter().find(|key| key.key_id == key_id).cloned())
     }

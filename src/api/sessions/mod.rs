@@ -89,7 +89,10 @@ fn code_of(body: &Value) -> Result<&str, ApiError> {
     if object.len() != 1 {
         return Err(invalid());
     }
-    let code = object.get("code").and_then(Value::as_str).ok_or_else(invalid)?;
+    let code = object
+        .get("code")
+        .and_then(Value::as_str)
+        .ok_or_else(invalid)?;
     if plausible_code(code) {
         Ok(code)
     } else {
