@@ -507,25 +507,6 @@ pub const RECORD_DELIVERY: &str = "UPDATE messages \
 pub const DELETE_OLD_PUSH_EVENTS: &str = "DELETE FROM push_events WHERE (appid, dedupe_key) IN ( \
     SELECT appid, dedupe_key FROM push_events WHERE received_at <= $1 LIMIT $2)";
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_sweep_knows_the_never_expiring_mark() {
-        let mark = crate::ledger::kinds::NEVER_EXPIRES_MS.to_string();
-        assert!(DELETE_OLD_CREDENTIALS.contains(&format!("expires_at = {mark}")));
-    }
-
-    #[test]
-    fn the_lock_slot_is_filled() {
-        assert!(
-            with_lock(CLAIM, "FOR UPDATE SKIP LOCKED").contains("LIMIT 1 FOR UPDATE SKIP LOCKED)")
-        );
-        assert!(!with_lock(CLAIM, "").contains("{lock}"));
-    }
-}
-
 /// A login session. `ON CONFLICT DO NOTHING` on `(appid, code_hash)`: two
 /// exchanges of one code store one session, and the second learns it stored
 /// nothing (migration 0010).
@@ -562,3 +543,23 @@ pub const REVOKE_API_KEY: &str =
 /// Last used, never moved back (instances' clocks differ).
 pub const TOUCH_API_KEY: &str = "UPDATE api_keys SET last_used_at = $2 \
     WHERE key_id = $1 AND (last_used_at IS NULL OR last_used_at < $2)";
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_knows_the_never_expiring_mark() {
+        let mark = crate::ledger::kinds::NEVER_EXPIRES_MS.to_string();
+        assert!(DELETE_OLD_CREDENTIALS.contains(&format!("expires_at = {mark}")));
+    }
+
+    #[test]
+    fn the_lock_slot_is_filled() {
+        assert!(
+            with_lock(CLAIM, "FOR UPDATE SKIP LOCKED").contains("LIMIT 1 FOR UPDATE SKIP LOCKED)")
+        );
+        assert!(!with_lock(CLAIM, "").contains("{lock}"));
+    }
+}

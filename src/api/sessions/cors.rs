@@ -49,7 +49,7 @@ pub async fn cors(
         .app_data::<web::Data<ApiContext>>()
         .zip(request.match_info().get("appid"))
         .and_then(|(context, appid)| context.apps.get(appid))
-        .is_some_and(|app| app.cors_origins.iter().any(|allowed| *allowed == origin));
+        .is_some_and(|app| app.cors_origins.contains(&origin));
     let Ok(origin) = HeaderValue::from_str(&origin) else {
         return Ok(request
             .into_response(origin_not_allowed().error_response())
