@@ -544,7 +544,6 @@ pub const REVOKE_API_KEY: &str =
 pub const TOUCH_API_KEY: &str = "UPDATE api_keys SET last_used_at = $2 \
     WHERE key_id = $1 AND (last_used_at IS NULL OR last_used_at < $2)";
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

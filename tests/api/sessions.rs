@@ -553,6 +553,12 @@ async fn the_session_routes_refuse_what_they_must(#[case] backend: Backend) {
     let late = me(&app, Method::GET, "quota", &expired, None).await;
     assert_eq!(late.status, 401, "{:?}", late.body);
     assert_eq!(late.body["error"]["code"], "invalid_session");
+    // The sweep deletes it; the token stays refused.
+    app.sweeper.run_once().await.unwrap();
+    assert_eq!(
+        me(&app, Method::GET, "quota", &expired, None).await.status,
+        401
+    );
 }
 
 #[rstest]
