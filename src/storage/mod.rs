@@ -3,9 +3,10 @@
 //!
 //! The contract comes in groups a part of the service can hold on its own:
 //! [`CredentialStore`], [`MessageStore`], [`IdempotencyStore`],
-//! [`SubscriptionStore`], [`TemplateStore`], [`AppStore`] and
-//! [`MaintenanceStore`]. [`Storage`] is all of them at once, implemented for
-//! whatever implements every group.
+//! [`SubscriptionStore`], [`TemplateStore`], [`AppStore`],
+//! [`MaintenanceStore`], and the sessions' and stored keys' [`SessionStore`]
+//! and [`KeyStore`] (`sessions.rs`). [`Storage`] is all of them at once,
+//! implemented for whatever implements every group.
 //!
 //! Both run one schema (`migrations/sqlite`, `migrations/postgres`: the same
 //! versions but SQLite's 0008, which rebuilds its `CHECK`s without `IN`
