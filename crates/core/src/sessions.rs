@@ -1,9 +1,12 @@
 //! The rules of mini-program login sessions and of bearer tokens: what a
 //! `jscode2session` answer means (docs/wechat/login.md), when a login code
 //! posted again is a replay the gateway answers from its own memory, whether
-//! a stored session still holds, and which kind of bearer a token is.
+//! a stored session still holds, which kind of bearer a token is, and how a
+//! `/me` body is credited to the session's user.
 //!
 //! Pure: every time is handed in as Unix milliseconds.
+
+use serde_json::{Map, Value};
 
 /// How long a `wx.login` code is valid at WeChat (docs/wechat/login.md,
 /// "The code"): the window in which the same code posted again gets the
@@ -113,9 +116,88 @@ pub fn plausible_code(code: &str) -> bool {
         && code.bytes().all(|byte| byte.is_ascii_graphic())
 }
 
+/// A `/me` body named an openid: only the session's user may be credited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenidNamed;
+
+/// Credits a `/me/credentials` body (one item, or `{"credentials": [...]}`)
+/// to the session's `openid`: every item object gets it, and an item that
+/// names an openid (any, even the session's) refuses the whole body.
+/// Anything else is left for the collect rules to refuse.
+pub fn credit_credentials(body: &mut Value, openid: &str) -> Result<(), OpenidNamed> {
+    let Some(object) = body.as_object_mut() else {
+        return Ok(());
+    };
+    match object.get_mut("credentials") {
+        Some(Value::Array(items)) => {
+            if items.iter().any(|item| {
+                item.as_object()
+                    .is_some_and(|item| item.contains_key("openid"))
+            }) {
+                return Err(OpenidNamed);
+            }
+            for item in items.iter_mut().filter_map(Value::as_object_mut) {
+                item.insert("openid".into(), Value::String(openid.to_owned()));
+            }
+            Ok(())
+        }
+        Some(_) => Ok(()),
+        None => credit_object(object, openid),
+    }
+}
+
+/// Credits a `/me/subscriptions` body (a prompt result) to the session's
+/// `openid`; a body that names an openid is refused.
+pub fn credit_prompt(body: &mut Value, openid: &str) -> Result<(), OpenidNamed> {
+    match body.as_object_mut() {
+        Some(object) => credit_object(object, openid),
+        None => Ok(()),
+    }
+}
+
+fn credit_object(object: &mut Map<String, Value>, openid: &str) -> Result<(), OpenidNamed> {
+    if object.contains_key("openid") {
+        return Err(OpenidNamed);
+    }
+    object.insert("openid".into(), Value::String(openid.to_owned()));
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_me_body_is_credited_to_the_session_and_may_not_name_an_openid() {
+        let mut single = json!({"kind": "form_id", "value": "v"});
+        assert_eq!(credit_credentials(&mut single, "o-me"), Ok(()));
+        assert_eq!(single["openid"], "o-me");
+        let mut batch = json!({"credentials": [{"kind": "form_id", "value": "v"}, 7]});
+        assert_eq!(credit_credentials(&mut batch, "o-me"), Ok(()));
+        assert_eq!(batch["credentials"][0]["openid"], "o-me");
+        assert_eq!(batch["credentials"][1], 7);
+        let mut prompt = json!({"request_id": "r", "result": {}});
+        assert_eq!(credit_prompt(&mut prompt, "o-me"), Ok(()));
+        assert_eq!(prompt["openid"], "o-me");
+        let refused = [
+            json!({"openid": "o-other", "kind": "form_id", "value": "v"}),
+            json!({"openid": "o-me", "kind": "form_id", "value": "v"}),
+            json!({"credentials": [{"kind": "form_id", "value": "w"}, {"openid": "o-other", "kind": "form_id", "value": "v"}]}),
+        ];
+        for mut body in refused {
+            let before = body.clone();
+            assert_eq!(
+                credit_credentials(&mut body, "o-me"),
+                Err(OpenidNamed),
+                "{before}"
+            );
+        }
+        assert_eq!(
+            credit_prompt(&mut json!({"openid": "o-other", "request_id": "r"}), "o-me"),
+            Err(OpenidNamed)
+        );
+    }
 
     #[test]
     fn errcodes_map_to_failures() {

@@ -23,7 +23,7 @@ use super::error::ApiError;
 use super::subscriptions::record_body;
 use super::ApiContext;
 use crate::clock::from_ms;
-use formid_core::sessions::{plausible_code, MAX_CODE_LEN};
+use formid_core::sessions::{credit_credentials, credit_prompt, plausible_code, MAX_CODE_LEN};
 use responses::SessionIssued;
 
 /// Registers the routes inside the `/v1/apps/{appid}` scope.
@@ -143,36 +143,6 @@ fn openid_not_allowed() -> ApiError {
     )
 }
 
-/// `object` with the session's openid, refused if it names one.
-fn credit(object: &mut serde_json::Map<String, Value>, openid: &str) -> Result<(), ApiError> {
-    if object.contains_key("openid") {
-        return Err(openid_not_allowed());
-    }
-    object.insert("openid".into(), Value::String(openid.to_owned()));
-    Ok(())
-}
-
-/// A credentials body (one item or `{"credentials": [...]}`) with every
-/// item credited to `openid`. Anything else is left for the collect path to
-/// refuse.
-fn credit_credentials(mut body: Value, openid: &str) -> Result<Value, ApiError> {
-    let Some(object) = body.as_object_mut() else {
-        return Ok(body);
-    };
-    match object.get_mut("credentials") {
-        Some(Value::Array(items)) => {
-            for item in items.iter_mut() {
-                if let Some(item) = item.as_object_mut() {
-                    credit(item, openid)?;
-                }
-            }
-        }
-        Some(_) => {}
-        None => credit(object, openid)?,
-    }
-    Ok(body)
-}
-
 /// `POST …/me/credentials`: the collect path, for the session's user.
 #[tracing::instrument(name = "me_credentials", skip_all, fields(appid = %session.appid))]
 async fn me_credentials(
@@ -181,8 +151,8 @@ async fn me_credentials(
     payload: web::Payload,
     context: web::Data<ApiContext>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = context.read_json(&request, payload).await?.value;
-    let body = credit_credentials(body, &session.openid)?;
+    let mut body = context.read_json(&request, payload).await?.value;
+    credit_credentials(&mut body, &session.openid).map_err(|_| openid_not_allowed())?;
     collect_body(&context, &session.appid, body).await
 }
 
@@ -195,9 +165,7 @@ async fn me_subscriptions(
     context: web::Data<ApiContext>,
 ) -> Result<HttpResponse, ApiError> {
     let mut body = context.read_json(&request, payload).await?.value;
-    if let Some(object) = body.as_object_mut() {
-        credit(object, &session.openid)?;
-    }
+    credit_prompt(&mut body, &session.openid).map_err(|_| openid_not_allowed())?;
     record_body(&context, &session.appid, &body).await
 }
 
@@ -213,26 +181,6 @@ async fn me_quota(
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn a_me_body_is_credited_to_the_session_and_may_not_name_an_openid() {
-        let single = credit_credentials(json!({"kind": "form_id", "value": "v"}), "o-me").unwrap();
-        assert_eq!(single["openid"], "o-me");
-        let batch = credit_credentials(
-            json!({"credentials": [{"kind": "form_id", "value": "v"}, 7]}),
-            "o-me",
-        )
-        .unwrap();
-        assert_eq!(batch["credentials"][0]["openid"], "o-me");
-        assert_eq!(batch["credentials"][1], 7);
-        for named in [
-            json!({"openid": "o-other", "kind": "form_id", "value": "v"}),
-            json!({"credentials": [{"openid": "o-other", "kind": "form_id", "value": "v"}]}),
-        ] {
-            let refused = credit_credentials(named, "o-me").unwrap_err();
-            assert_eq!(refused.code(), "openid_not_allowed");
-        }
-    }
 
     #[test]
     fn a_login_body_is_a_code_alone() {
