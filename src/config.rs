@@ -64,6 +64,15 @@ pub struct Settings {
     /// API keys by a name of your choosing.
     #[serde(default)]
     pub api_keys: BTreeMap<String, ApiKeySettings>,
+    /// Mini-program login sessions.
+    #[serde(default)]
+    pub sessions: SessionSettings,
+    /// API keys kept in the database.
+    #[serde(default)]
+    pub keys: KeySettings,
+    /// Request rate limits (per instance).
+    #[serde(default)]
+    pub limits: LimitSettings,
 }
 
 /// Time limits on reading a request, so a client that stalls cannot hold a
@@ -281,6 +290,9 @@ pub enum TokenMode {
 
 pub use formid_core::send::request::{Lang, MiniprogramState};
 
+mod access;
+pub use access::{KeySettings, LimitSettings, SessionSettings};
+
 /// One mini-program.
 #[derive(Debug, Clone, Deserialize)]
 pub struct AppSettings {
@@ -314,6 +326,10 @@ pub struct AppSettings {
     /// decision only.
     #[serde(default)]
     pub subscribe_grants_from: GrantsFrom,
+    /// Web origins (`https://host[:port]`) allowed to call the login and
+    /// `/me` routes from a browser. None by default.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
 }
 
 /// Which source grants an app's subscribe sends (exactly one does).
@@ -804,6 +820,7 @@ impl Settings {
         self.validate_ledger()?;
         self.validate_tokens()?;
         self.validate_apps()?;
+        access::validate(&self.sessions, &self.keys, &self.limits)?;
         self.validate_keys()
     }
 
@@ -1050,6 +1067,7 @@ impl Settings {
                 bail!("apps.{appid}.secret: empty");
             }
             Self::validate_push(appid, app)?;
+            access::validate_origins(appid, &app.cors_origins)?;
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
-//! The `formid-gateway` command: `serve` (the default). The demo and the fake
-//! WeChat are binaries of their own (`formid-demo`, `fake-wechat`).
+//! The `formid-gateway` command: `serve` (the default), and `keys` (API keys
+//! kept in the ledger: create, list, revoke). The demo and the fake WeChat
+//! are binaries of their own (`formid-demo`, `fake-wechat`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,6 +29,37 @@ enum Command {
         #[arg(long, env = "FORMID_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// API keys kept in the ledger (beside the configuration's `[api_keys]`).
+    Keys {
+        /// A configuration file; default ./formid-gateway.toml when present.
+        #[arg(long, env = "FORMID_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Creates a key and prints it once: only its hash is kept.
+    Create {
+        /// A name of your choosing (letters, digits, - and _).
+        #[arg(long)]
+        name: String,
+        /// AppIDs (comma-separated), or * for every app.
+        #[arg(long, value_delimiter = ',', required = true)]
+        apps: Vec<String>,
+        /// collect, send, token, admin (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+    },
+    /// Lists the keys: names, apps, scopes, created, last used (never a key).
+    List,
+    /// Revokes a key by name; every instance refuses it within keys.cache_secs.
+    Revoke {
+        /// The key's name.
+        name: String,
+    },
 }
 
 #[tokio::main]
@@ -47,5 +79,53 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(port = application.port(), "formid-gateway listening");
             application.run_until_stopped().await
         }
+        Command::Keys { config, command } => keys(config, command).await,
     }
+}
+
+/// Runs a `keys` subcommand against the configured ledger.
+async fn keys(config: Option<PathBuf>, command: KeysCommand) -> anyhow::Result<()> {
+    use formid_gateway::keys::{parse_scope, StoredKeys};
+    let settings = Settings::load(config.as_deref())?;
+    settings.validate()?;
+    let storage = formid_gateway::storage::connect(&settings.database_url, 1).await?;
+    let keys = StoredKeys::new(storage, Arc::new(SystemClock), 0);
+    match command {
+        KeysCommand::Create { name, apps, scopes } => {
+            for app in &apps {
+                anyhow::ensure!(
+                    app == "*" || settings.apps.contains_key(app),
+                    "--apps: {app:?} is not a configured app"
+                );
+            }
+            let scopes = scopes
+                .iter()
+                .map(|scope| {
+                    parse_scope(scope).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--scopes: unknown scope {scope:?} (collect, send, token, admin)"
+                        )
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let request = formid_gateway::keys::KeyRequest { name, apps, scopes };
+            let created = keys.create(&request).await?;
+            println!("{}", secrecy::ExposeSecret::expose_secret(&created.key));
+            eprintln!(
+                "key {:?} created; it is shown only this once",
+                created.listing.name
+            );
+        }
+        KeysCommand::List => {
+            println!("name\tkey_id\tapps\tscopes\tcreated_at\tlast_used_at\trevoked_at");
+            for key in keys.list().await? {
+                println!("{}", formid_gateway::keys::listing_line(&key));
+            }
+        }
+        KeysCommand::Revoke { name } => {
+            anyhow::ensure!(keys.revoke(&name).await?, "no live key is named {name:?}");
+            eprintln!("key {name:?} revoked");
+        }
+    }
+    Ok(())
 }

@@ -63,6 +63,13 @@ impl Application {
             wechat.clone(),
             clock.clone(),
         );
+        let sessions = crate::sessions::Sessions::new(crate::sessions::SessionParts {
+            storage: storage.clone(),
+            wechat: wechat.clone(),
+            apps: apps.clone(),
+            clock: clock.clone(),
+            ttl: settings.sessions.ttl,
+        });
         let sender = sender(
             &settings, &storage, &tokens, wechat, &catalogue, &apps, &clock,
         );
@@ -88,6 +95,13 @@ impl Application {
             clock: clock.clone(),
             ledger: ledger.clone(),
             http: settings.http.clone(),
+            sessions,
+            stored_keys: crate::keys::StoredKeys::new(
+                storage.clone(),
+                clock.clone(),
+                ms(settings.keys.cache),
+            ),
+            limits: Arc::new(api::limits::Limits::new(&settings.limits, &clock)),
         });
         let (port, server) = serve(&settings, context)?;
         Ok(Self {

@@ -1,6 +1,8 @@
 //! Who calls: the API keys of the configuration (`Authorization: Bearer
-//! <key>`, each allowed some apps and scopes) and the [`Principal`] a
-//! request authenticates as.
+//! <key>`, each allowed some apps and scopes), the keys kept as data
+//! (`fgk_…`, [`crate::keys`]), the mini-program sessions (`fgs_…`,
+//! [`crate::sessions`]), and the [`Principal`] a request authenticates as.
+//! The visible prefix tells a bearer's kind (`formid_core::sessions`).
 //!
 //! Keys are kept only as SHA-256 digests, so a key never sits in memory in a
 //! form a debug print could leak; the digest of a request's key is compared
@@ -28,6 +30,15 @@ pub struct Grant {
     scopes: BTreeSet<Scope>,
 }
 
+impl From<crate::keys::KeyGrant> for Grant {
+    fn from(grant: crate::keys::KeyGrant) -> Self {
+        Self {
+            apps: grant.apps,
+            scopes: grant.scopes,
+        }
+    }
+}
+
 impl Grant {
     /// Whether the grant covers `appid`.
     pub fn allows_app(&self, appid: &str) -> bool {
@@ -52,6 +63,16 @@ pub enum Principal {
         /// What the key may do.
         grant: Arc<Grant>,
     },
+    /// A mini-program user's login session: that user only, on the session
+    /// and `/me` routes of its own app only.
+    Session {
+        /// The session's id (never its token).
+        id: Arc<str>,
+        /// The app it was made for.
+        appid: Arc<str>,
+        /// The user it authenticates.
+        openid: Arc<str>,
+    },
 }
 
 impl Principal {
@@ -59,6 +80,7 @@ impl Principal {
     pub fn name(&self) -> &str {
         match self {
             Principal::ApiKey { name, .. } => name,
+            Principal::Session { .. } => "session",
         }
     }
 
@@ -68,6 +90,7 @@ impl Principal {
         match self {
             Principal::ApiKey { grant, .. } if grant.allows_any(scopes) => Ok(()),
             Principal::ApiKey { .. } => Err(ApiError::forbidden()),
+            Principal::Session { .. } => Err(ApiError::api_key_required()),
         }
     }
 
@@ -92,6 +115,7 @@ impl Principal {
                 }
                 self.check_scopes(scopes)
             }
+            Principal::Session { .. } => Err(ApiError::api_key_required()),
         }
     }
 }
@@ -142,15 +166,11 @@ impl ApiKeys {
     /// The principal of the request's `Authorization` header: 401 when it
     /// is missing, not `Bearer <key>`, or not a configured key.
     pub fn principal(&self, request: &HttpRequest) -> Result<Principal, ApiError> {
-        let header = request
-            .headers()
-            .get(AUTHORIZATION)
-            .ok_or_else(ApiError::missing_api_key)?;
-        let key = header
-            .to_str()
-            .ok()
-            .and_then(bearer_token)
-            .ok_or_else(ApiError::invalid_api_key)?;
+        self.configured(bearer_of(request)?)
+    }
+
+    /// The configured key `key` is: 401 when none.
+    pub fn configured(&self, key: &str) -> Result<Principal, ApiError> {
         let digest = digest(key);
         let mut found = None;
         for configured in &self.keys {
@@ -164,6 +184,20 @@ impl ApiKeys {
             grant: configured.grant.clone(),
         })
     }
+}
+
+/// The bearer token of the request's `Authorization` header: 401
+/// `missing_api_key` without one, `invalid_api_key` when it is not `Bearer
+/// <token>`.
+pub fn bearer_of(request: &HttpRequest) -> Result<&str, ApiError> {
+    request
+        .headers()
+        .get(AUTHORIZATION)
+        .ok_or_else(ApiError::missing_api_key)?
+        .to_str()
+        .ok()
+        .and_then(bearer_token)
+        .ok_or_else(ApiError::invalid_api_key)
 }
 
 /// The token of `Bearer <token>`: the scheme is case-insensitive (RFC 7235

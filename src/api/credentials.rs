@@ -47,6 +47,16 @@ pub async fn collect(
     context: web::Data<ApiContext>,
 ) -> Result<HttpResponse, ApiError> {
     let body = context.read_json(&request, payload).await?.value;
+    collect_body(&context, auth.appid(), body).await
+}
+
+/// Stores the credentials of a read body for `appid`: the one path of the
+/// collect route and of `POST …/me/credentials`.
+pub(super) async fn collect_body(
+    context: &ApiContext,
+    appid: &str,
+    body: Value,
+) -> Result<HttpResponse, ApiError> {
     let (items, single) = items_of(body)?;
     if items.len() > context.ledger.max_batch {
         return Err(ApiError::new(
@@ -85,8 +95,7 @@ pub async fn collect(
         duplicates: 0,
         rejected,
     };
-    let appid = auth.appid();
-    store(&context, appid, &valid, &valid_indexes, now_ms, &mut answer).await?;
+    store(context, appid, &valid, &valid_indexes, now_ms, &mut answer).await?;
     answer.rejected.sort_by_key(|rejection| rejection.index);
     if single {
         if let Some(rejection) = answer.rejected.pop() {
@@ -154,7 +163,15 @@ pub async fn quota(
     path: web::Path<UserPath>,
     context: web::Data<ApiContext>,
 ) -> Result<HttpResponse, ApiError> {
-    let openid = path.into_inner().openid;
+    quota_of(&context, auth.appid(), path.into_inner().openid).await
+}
+
+/// A user's quota: the one path of the quota route and of `GET …/me/quota`.
+pub(super) async fn quota_of(
+    context: &ApiContext,
+    appid: &str,
+    openid: String,
+) -> Result<HttpResponse, ApiError> {
     if !is_plain_identifier(&openid, MAX_OPENID_LEN) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -162,7 +179,6 @@ pub async fn quota(
             format!("openid must be 1 to {MAX_OPENID_LEN} printable characters"),
         ));
     }
-    let appid = auth.appid();
     let valid_after = context.clock.now_ms() + ms(context.ledger.safety_margin);
     let rows = context.storage.quota(appid, &openid, valid_after).await?;
     let subscriptions = context.storage.subscription_quota(appid, &openid).await?;

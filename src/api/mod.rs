@@ -1,16 +1,19 @@
 //! The HTTP API: routes, the shared context, and one file per endpoint group.
 
+mod admin_keys;
 pub mod auth;
 pub mod authorized;
 mod credentials;
 pub mod error;
 mod health;
 pub mod json;
+pub mod limits;
 mod lint;
 mod messages;
 pub mod push;
 pub mod request_id;
 pub mod responses;
+pub mod sessions;
 mod subscriptions;
 mod templates;
 mod tokens;
@@ -46,6 +49,12 @@ pub struct ApiContext {
     pub clock: SharedClock,
     pub ledger: LedgerSettings,
     pub http: HttpSettings,
+    /// Mini-program login sessions.
+    pub sessions: crate::sessions::Sessions,
+    /// API keys kept as data.
+    pub stored_keys: crate::keys::StoredKeys,
+    /// The request rate limits of this instance.
+    pub limits: Arc<limits::Limits>,
 }
 
 impl ApiContext {
@@ -120,8 +129,10 @@ pub fn routes(config: &mut web::ServiceConfig) {
                 .service(get_and_head(
                     "/template-library/{id}",
                     templates::library_entry,
-                )),
+                ))
+                .configure(sessions::routes),
         )
+        .configure(admin_keys::routes)
         .service(get_and_head("/healthz", health::healthz))
         .service(get_and_head("/readyz", health::readyz))
         .service(

@@ -44,9 +44,18 @@ pub async fn record(
     payload: web::Payload,
     context: web::Data<ApiContext>,
 ) -> Result<HttpResponse, ApiError> {
-    let appid = auth.appid();
     let body = context.read_json(&request, payload).await?.value;
-    let prompt = parse_prompt(&body)?;
+    record_body(&context, auth.appid(), &body).await
+}
+
+/// Records the prompt result of a read body for `appid`: the one path of
+/// the subscriptions route and of `POST …/me/subscriptions`.
+pub(super) async fn record_body(
+    context: &ApiContext,
+    appid: &str,
+    body: &serde_json::Value,
+) -> Result<HttpResponse, ApiError> {
+    let prompt = parse_prompt(body)?;
     // Exactly one source grants: with `wechat`, the popup events of the
     // push do, and this result is the user's decision only.
     let grants_from = context
@@ -54,7 +63,7 @@ pub async fn record(
         .get(appid)
         .map_or(GrantsFrom::default(), |app| app.subscribe_grants_from);
     let grants = grants_from == GrantsFrom::Frontend;
-    let (effects, replayed) = record_once(&context, appid, &prompt, grants).await?;
+    let (effects, replayed) = record_once(context, appid, &prompt, grants).await?;
     context.catalogue.decided_on(
         appid,
         prompt

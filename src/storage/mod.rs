@@ -3,9 +3,10 @@
 //!
 //! The contract comes in groups a part of the service can hold on its own:
 //! [`CredentialStore`], [`MessageStore`], [`IdempotencyStore`],
-//! [`SubscriptionStore`], [`TemplateStore`], [`AppStore`] and
-//! [`MaintenanceStore`]. [`Storage`] is all of them at once, implemented for
-//! whatever implements every group.
+//! [`SubscriptionStore`], [`TemplateStore`], [`AppStore`],
+//! [`MaintenanceStore`], and the sessions' and stored keys' [`SessionStore`]
+//! and [`KeyStore`] (`sessions.rs`). [`Storage`] is all of them at once,
+//! implemented for whatever implements every group.
 //!
 //! Both run one schema (`migrations/sqlite`, `migrations/postgres`: the same
 //! versions but SQLite's 0008, which rebuilds its `CHECK`s without `IN`
@@ -16,6 +17,7 @@ mod group_commit;
 mod postgres;
 #[cfg(test)]
 mod schema_checks;
+pub mod sessions;
 mod shared;
 mod sql;
 mod sqlite;
@@ -44,6 +46,7 @@ pub mod testing {
         };
     }
 }
+pub use sessions::{ApiKeyRow, KeyStore, NewApiKey, NewSession, SessionRow, SessionStore};
 pub use sqlite::SqliteStorage;
 
 use crate::ledger::kinds::CredentialKind;
@@ -712,6 +715,8 @@ pub trait Storage:
     + TemplateStore
     + AppStore
     + MaintenanceStore
+    + SessionStore
+    + KeyStore
     + std::fmt::Debug
 {
 }
@@ -724,6 +729,8 @@ impl<T> Storage for T where
         + TemplateStore
         + AppStore
         + MaintenanceStore
+        + SessionStore
+        + KeyStore
         + std::fmt::Debug
         + ?Sized
 {

@@ -507,6 +507,43 @@ pub const RECORD_DELIVERY: &str = "UPDATE messages \
 pub const DELETE_OLD_PUSH_EVENTS: &str = "DELETE FROM push_events WHERE (appid, dedupe_key) IN ( \
     SELECT appid, dedupe_key FROM push_events WHERE received_at <= $1 LIMIT $2)";
 
+/// A login session. `ON CONFLICT DO NOTHING` on `(appid, code_hash)`: two
+/// exchanges of one code store one session, and the second learns it stored
+/// nothing (migration 0010).
+pub const INSERT_SESSION: &str = "INSERT INTO sessions \
+    (id, appid, openid, unionid, token_hash, code_hash, token_salt, created_at, expires_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (appid, code_hash) DO NOTHING";
+
+pub const SESSION_BY_TOKEN: &str = "SELECT id, appid, openid, unionid, token_salt, created_at, \
+    expires_at, revoked_at FROM sessions WHERE token_hash = $1";
+
+pub const SESSION_BY_CODE: &str = "SELECT id, appid, openid, unionid, token_salt, created_at, \
+    expires_at, revoked_at FROM sessions WHERE appid = $1 AND code_hash = $2";
+
+/// Revokes once: a session already revoked keeps its first time.
+pub const REVOKE_SESSION: &str =
+    "UPDATE sessions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL";
+
+pub const DELETE_EXPIRED_SESSIONS: &str = "DELETE FROM sessions WHERE expires_at <= $1";
+
+/// An API key kept as data; a name already taken stores nothing.
+pub const INSERT_API_KEY: &str = "INSERT INTO api_keys \
+    (key_id, name, key_hash, apps, scopes, created_at) VALUES ($1, $2, $3, $4, $5, $6) \
+    ON CONFLICT DO NOTHING";
+
+pub const API_KEY_BY_ID: &str = "SELECT key_id, name, key_hash, apps, scopes, created_at, \
+    last_used_at, revoked_at FROM api_keys WHERE key_id = $1";
+
+pub const API_KEYS: &str = "SELECT key_id, name, key_hash, apps, scopes, created_at, \
+    last_used_at, revoked_at FROM api_keys ORDER BY name";
+
+pub const REVOKE_API_KEY: &str =
+    "UPDATE api_keys SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL";
+
+/// Last used, never moved back (instances' clocks differ).
+pub const TOUCH_API_KEY: &str = "UPDATE api_keys SET last_used_at = $2 \
+    WHERE key_id = $1 AND (last_used_at IS NULL OR last_used_at < $2)";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -71,6 +71,26 @@ pub enum TokenReply {
     Refused(Reply),
 }
 
+/// Who a login code belongs to, as `jscode2session` answered
+/// (docs/wechat/login.md, "The exchange"). The `session_key` WeChat also
+/// sends is never read into it: the gateway has no use for it, so it is
+/// nowhere to leak from.
+#[derive(Debug, Clone)]
+pub struct LoginIdentity {
+    pub openid: String,
+    /// Only for an app bound to an Open Platform account.
+    pub unionid: Option<String>,
+}
+
+/// WeChat's answer to a login code.
+#[derive(Debug, Clone)]
+pub enum LoginReply {
+    /// The code was good: whose it is.
+    Identity(LoginIdentity),
+    /// An errcode other than 0.
+    Refused(Reply),
+}
+
 /// The two calls the gateway makes to WeChat. [`WeChatClient`] makes them
 /// over HTTP; the deterministic simulation answers them from a model of
 /// WeChat, so that the send path and the token keeper run unchanged there.
@@ -96,6 +116,15 @@ pub trait WeChatApi: Send + Sync + std::fmt::Debug {
 
     /// `POST /cgi-bin/message/subscribe/send` with the given body.
     async fn send_subscribe(&self, access_token: &str, body: &Value) -> Result<Reply, CallError>;
+
+    /// `GET /sns/jscode2session`: exchanges a `wx.login` code for the
+    /// user's openid (docs/wechat/login.md).
+    async fn code_to_session(
+        &self,
+        appid: &str,
+        secret: &SecretString,
+        code: &str,
+    ) -> Result<LoginReply, CallError>;
 
     /// One template-management call of either template system
     /// ([`template_calls::TemplateCall`]); answers WeChat's JSON as it came, its
@@ -218,6 +247,26 @@ impl WeChatApi for WeChatClient {
             .await
     }
 
+    async fn code_to_session(
+        &self,
+        appid: &str,
+        secret: &SecretString,
+        code: &str,
+    ) -> Result<LoginReply, CallError> {
+        // The URL carries the secret and the code: `send` strips URLs from
+        // every error it reports.
+        let request = self
+            .http
+            .get(format!("{}/sns/jscode2session", self.base_url))
+            .query(&[
+                ("appid", appid),
+                ("secret", secret.expose_secret()),
+                ("js_code", code),
+                ("grant_type", "authorization_code"),
+            ]);
+        Self::login_reply(send(request).await?)
+    }
+
     async fn manage_templates(
         &self,
         access_token: &str,
@@ -243,6 +292,36 @@ impl WeChatApi for WeChatClient {
 }
 
 impl WeChatClient {
+    /// The login exchange's answer: JSON served as `text/plain`, a success
+    /// that may carry no `errcode` (docs/wechat/login.md, "The exchange").
+    fn login_reply(body: Value) -> Result<LoginReply, CallError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            openid: Option<String>,
+            unionid: Option<String>,
+            #[serde(default)]
+            errcode: i64,
+            #[serde(default)]
+            errmsg: String,
+        }
+        let answer: Answer = serde_json::from_value(body)
+            .map_err(|_| CallError::Ambiguous("login answer of an unexpected shape".into()))?;
+        match (answer.errcode, answer.openid) {
+            (0, Some(openid)) if !openid.is_empty() => Ok(LoginReply::Identity(LoginIdentity {
+                openid,
+                unionid: answer.unionid.filter(|unionid| !unionid.is_empty()),
+            })),
+            (0, _) => Err(CallError::Ambiguous(
+                "login answer without an openid".into(),
+            )),
+            (errcode, _) => Ok(LoginReply::Refused(Reply {
+                errcode,
+                errmsg: answer.errmsg,
+                msgid: None,
+            })),
+        }
+    }
+
     /// A POST of a JSON body to a business API under the token.
     async fn business_call(
         &self,

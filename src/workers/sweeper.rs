@@ -48,6 +48,15 @@ impl Sweeper {
                 "swept the ledger"
             );
         }
+        // Expired sessions authenticate no one (formid_core::sessions):
+        // deleting them keeps the table to the live ones.
+        let sessions = self
+            .storage
+            .delete_expired_sessions(self.clock.now_ms())
+            .await?;
+        if sessions > 0 {
+            tracing::info!(deleted_sessions = sessions, "swept expired sessions");
+        }
         Ok(report)
     }
 }

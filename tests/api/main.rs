@@ -4,6 +4,7 @@
 
 mod helpers;
 mod instances;
+mod keys;
 
 mod access;
 mod bad_input;
@@ -16,7 +17,9 @@ mod parsers;
 mod push;
 mod reliability;
 mod request_id;
+mod secrets;
 mod send;
+mod sessions;
 mod settle;
 mod spans;
 mod storage;

@@ -14,6 +14,7 @@ pub mod kinds;
 pub mod ledger;
 pub mod message;
 pub mod send;
+pub mod sessions;
 pub mod settle;
 pub mod states;
 pub mod subscriptions;

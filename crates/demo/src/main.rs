@@ -16,6 +16,7 @@ use clap::Parser;
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
 
+mod session_flow;
 mod subscribe_flow;
 
 use fake_wechat::{FakeWeChat, FakeWeChatServer, PushFormat, PushMode, PushTarget};
@@ -127,11 +128,23 @@ async fn run(args: DemoArgs, narrated: impl FnOnce() + Send + 'static) -> anyhow
         openid: format!("o-demo-sub-{}", random_hex(4)),
         request_id: format!("prompt-{}", random_hex(8)),
     };
+    let sessions = session_flow::SessionFlow {
+        gateway: gateway.clone(),
+        fake: fake_server.base_url.clone(),
+        key: api_key.clone(),
+        appid: APPID.to_owned(),
+        openid: format!("o-demo-me-{}", random_hex(4)),
+        legacy_template: TEMPLATE_ID.to_owned(),
+    };
     let legacy = legacy_instructions(&gateway, &fake_server.base_url, &api_key);
     tokio::spawn(async move {
         match flow.run().await {
             Ok(steps) => println!("{steps}"),
             Err(error) => println!("\nThe subscribe flow stopped: {error:#}"),
+        }
+        match sessions.run().await {
+            Ok(steps) => println!("{steps}"),
+            Err(error) => println!("\nThe mini-program flow stopped: {error:#}"),
         }
         println!("{legacy}");
         narrated();

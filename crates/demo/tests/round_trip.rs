@@ -126,6 +126,19 @@ async fn the_demo_runs_a_full_round_trip_and_stops_cleanly_on_sigterm() {
         answer_of(&text, 7).starts_with("409 no_credential"),
         "{text}"
     );
+    // The mini-program flow: no API key on the client, and a send spends
+    // what it posted through /me.
+    assert!(
+        text.contains("== The mini-program with no API key"),
+        "{text}"
+    );
+    assert!(
+        answer_of(&text, 12).contains("\"session_token\":\"fgs_"),
+        "{text}"
+    );
+    assert!(answer_of(&text, 13).contains("\"accepted\":1"), "{text}");
+    assert!(answer_of(&text, 14).starts_with("granted 1"), "{text}");
+    assert_eq!(answer_of(&text, 16), "\"sent\" and \"sent\"", "{text}");
 
     let client = reqwest::Client::new();
     let app = format!("{gateway}/v1/apps/wxdemo0000000001");

@@ -9,6 +9,7 @@
 //! * `POST /cgi-bin/message/wxopen/template/send`
 //!   (docs/wechat/template-messages.md, "The send", with the credential
 //!   rules of "formId and prepay_id" there),
+//! * `GET /sns/jscode2session`, the mini-program login (docs/wechat/login.md),
 //! * `POST /cgi-bin/message/subscribe/send` (docs/wechat/subscribe-messages.md:
 //!   one-time grants, long-term subscriptions, the value rules of each
 //!   placeholder type),
@@ -45,6 +46,7 @@ mod cli;
 pub mod clock;
 mod codes;
 mod library;
+mod login;
 pub mod push;
 pub mod push_crypto;
 mod rules;
@@ -61,6 +63,7 @@ use serde::Serialize;
 
 pub use cli::{run_cli, FakeWeChatArgs};
 pub use clock::{Clock, SystemClock};
+pub use login::LoginFault;
 pub use push::{PopupChoice, PushEvent, PushFormat, PushMode, PushRecord, PushTarget, SentResult};
 pub use server::FakeWeChatServer;
 
@@ -79,6 +82,8 @@ pub struct FakeWeChat {
     /// Push targets and pushes, apart from the API state: a push is built
     /// under this lock and sent without it.
     push: Arc<Mutex<push::PushState>>,
+    /// Login codes and their faults (`jscode2session`).
+    login: Arc<Mutex<login::LoginState>>,
     http: reqwest::Client,
 }
 
@@ -215,6 +220,7 @@ impl FakeWeChat {
             in_flight: Arc::default(),
             max_in_flight: Arc::default(),
             push: Arc::default(),
+            login: Arc::default(),
             http: reqwest::Client::new(),
         }
     }
@@ -236,6 +242,19 @@ impl FakeWeChat {
     /// test assertion) must not wedge the server, so poisoning is ignored.
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The login side's state.
+    pub(crate) fn login_state(&self) -> &Mutex<login::LoginState> {
+        &self.login
+    }
+
+    /// The app's secret, if it is registered.
+    pub(crate) fn lock_apps_secret(&self, appid: &str) -> Option<String> {
+        self.lock()
+            .apps
+            .get(appid)
+            .and_then(|app| app.secret.clone())
     }
 
     pub(crate) fn now_ms(&self) -> i64 {

@@ -87,6 +87,13 @@ fn routes(cfg: &mut web::ServiceConfig) {
     // (docs/wechat/tokens.md, "Two ways to get a token").
     .route("/cgi-bin/stable_token", web::route().to(stable_token))
     .service(web::resource("/cgi-bin/get_api_domain_ip").route(web::get().to(api_domain_ip)))
+    .service(
+        web::resource("/sns/jscode2session").route(web::get().to(super::login::jscode2session)),
+    )
+    .route(
+        "/fake/apps/{appid}/users/{openid}/login_code",
+        web::post().to(super::login::mint_login_code),
+    )
     .route(
         "/cgi-bin/message/wxopen/template/send",
         web::route().to(template_send),

@@ -434,6 +434,13 @@ fn check_credential(
         violation(violations, text, &[], &[value]);
         return;
     };
+    if truth.openid != credential.openid {
+        let text = format!(
+            "{value} is credited to {} in the ledger; WeChat issued it to {}",
+            credential.openid, truth.openid
+        );
+        violation(violations, text, &[], &[value]);
+    }
     let sends = i64::from(truth.max_uses);
     let counted = sends - credential.uses_left;
     let proven = counted - credential.unproven_uses;

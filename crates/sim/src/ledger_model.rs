@@ -216,6 +216,7 @@ struct Inner {
 #[derive(Debug)]
 pub struct LedgerModel {
     inner: Mutex<Inner>,
+    auth: Mutex<AuthTables>,
 }
 
 impl LedgerModel {
@@ -232,6 +233,7 @@ impl LedgerModel {
                 write_failures,
                 counts: Counts::new(),
             }),
+            auth: Mutex::default(),
         }
     }
 
@@ -1674,4 +1676,150 @@ pub fn proves_delivery(outcome: AttemptOutcome) -> bool {
         outcome,
         AttemptOutcome::Sent | AttemptOutcome::SentOnProbe | AttemptOutcome::ConfirmedSent
     )
+}
+
+/// Sessions and stored keys are not part of the ledger's promises the
+/// simulation checks; the model keeps them in plain maps beside its tables so
+/// that it is a whole `Storage`.
+#[derive(Debug, Default)]
+pub struct AuthTables {
+    sessions: Vec<(formid_gateway::storage::NewSession, Option<i64>)>,
+    keys: Vec<formid_gateway::storage::ApiKeyRow>,
+}
+
+impl LedgerModel {
+    fn auth(&self) -> std::sync::MutexGuard<'_, AuthTables> {
+        self.auth.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn session_row(
+    (session, revoked_at): &(formid_gateway::storage::NewSession, Option<i64>),
+) -> formid_gateway::storage::SessionRow {
+    formid_gateway::storage::SessionRow {
+        id: session.id.clone(),
+        appid: session.appid.clone(),
+        openid: session.openid.clone(),
+        unionid: session.unionid.clone(),
+        token_salt: session.token_salt.clone(),
+        created_at: session.created_at,
+        expires_at: session.expires_at,
+        revoked_at: *revoked_at,
+    }
+}
+
+#[async_trait]
+impl formid_gateway::storage::SessionStore for LedgerModel {
+    async fn insert_session(
+        &self,
+        session: &formid_gateway::storage::NewSession,
+    ) -> anyhow::Result<bool> {
+        let mut tables = self.auth();
+        let taken = tables.sessions.iter().any(|(stored, _)| {
+            stored.appid == session.appid && stored.code_hash == session.code_hash
+        });
+        if !taken {
+            tables.sessions.push((session.clone(), None));
+        }
+        Ok(!taken)
+    }
+
+    async fn session_by_token(
+        &self,
+        token_hash: &str,
+    ) -> anyhow::Result<Option<formid_gateway::storage::SessionRow>> {
+        let tables = self.auth();
+        Ok(tables
+            .sessions
+            .iter()
+            .find(|(stored, _)| stored.token_hash == token_hash)
+            .map(session_row))
+    }
+
+    async fn session_by_code(
+        &self,
+        appid: &str,
+        code_hash: &str,
+    ) -> anyhow::Result<Option<formid_gateway::storage::SessionRow>> {
+        let tables = self.auth();
+        Ok(tables
+            .sessions
+            .iter()
+            .find(|(stored, _)| stored.appid == appid && stored.code_hash == code_hash)
+            .map(session_row))
+    }
+
+    async fn revoke_session(&self, id: &str, now: i64) -> anyhow::Result<bool> {
+        let mut tables = self.auth();
+        Ok(tables
+            .sessions
+            .iter_mut()
+            .find(|(stored, revoked)| stored.id == id && revoked.is_none())
+            .map(|(_, revoked)| *revoked = Some(now))
+            .is_some())
+    }
+
+    async fn delete_expired_sessions(&self, now: i64) -> anyhow::Result<u64> {
+        let mut tables = self.auth();
+        let before = tables.sessions.len();
+        tables
+            .sessions
+            .retain(|(stored, _)| stored.expires_at > now);
+        Ok((before - tables.sessions.len()) as u64)
+    }
+}
+
+#[async_trait]
+impl formid_gateway::storage::KeyStore for LedgerModel {
+    async fn insert_api_key(
+        &self,
+        key: &formid_gateway::storage::NewApiKey,
+    ) -> anyhow::Result<bool> {
+        let mut tables = self.auth();
+        if tables.keys.iter().any(|stored| stored.name == key.name) {
+            return Ok(false);
+        }
+        tables.keys.push(formid_gateway::storage::ApiKeyRow {
+            key_id: key.key_id.clone(),
+            name: key.name.clone(),
+            key_hash: key.key_hash.clone(),
+            apps: key.apps.clone(),
+            scopes: key.scopes.clone(),
+            created_at: key.created_at,
+            last_used_at: None,
+            revoked_at: None,
+        });
+        Ok(true)
+    }
+
+    async fn api_key(
+        &self,
+        key_id: &str,
+    ) -> anyhow::Result<Option<formid_gateway::storage::ApiKeyRow>> {
+        let tables = self.auth();
+        Ok(tables.keys.iter().find(|key| key.key_id == key_id).cloned())
+    }
+
+    async fn api_keys(&self) -> anyhow::Result<Vec<formid_gateway::storage::ApiKeyRow>> {
+        let tables = self.auth();
+        Ok(tables.keys.clone())
+    }
+
+    async fn revoke_api_key(&self, name: &str, now: i64) -> anyhow::Result<bool> {
+        let mut tables = self.auth();
+        Ok(tables
+            .keys
+            .iter_mut()
+            .find(|key| key.name == name && key.revoked_at.is_none())
+            .map(|key| key.revoked_at = Some(now))
+            .is_some())
+    }
+
+    async fn touch_api_key(&self, key_id: &str, now: i64) -> anyhow::Result<()> {
+        let mut tables = self.auth();
+        if let Some(key) = tables.keys.iter_mut().find(|key| key.key_id == key_id) {
+            key.last_used_at = Some(now);
+        }
+        Ok(())
+    }
 }

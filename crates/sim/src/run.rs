@@ -1156,6 +1156,7 @@ impl World {
                 encoding_aes_key: None,
                 previous_encoding_aes_key: None,
                 subscribe_grants_from: Default::default(),
+                cors_origins: Vec::new(),
             },
         )]));
         World {
@@ -1523,9 +1524,26 @@ async fn post_credentials(
 ) {
     let now = formid_gateway::clock::Clock::now_ms(&instance.clock);
     let mut items = Vec::new();
-    for credential in &post.credentials {
+    let through_session = post.at_ms % 2 == 0;
+    for (index, credential) in post.credentials.iter().enumerate() {
         issue_at_wechat(world, credential);
-        let item = credential_item(credential);
+        let item = if through_session {
+            match session_item(credential, index) {
+                Some(item) => item,
+                None => {
+                    world.trace.record(
+                        &instance.name,
+                        format!(
+                            "collect {} through a session refused: the body named another openid",
+                            credential.value
+                        ),
+                    );
+                    continue;
+                }
+            }
+        } else {
+            credential_item(credential)
+        };
         let posted_late = (now - credential.issued_at) / 1000;
         match parse_item(
             &item,
@@ -1597,6 +1615,23 @@ fn credential_item(credential: &CredentialPlan) -> serde_json::Value {
         item["collected_at"] = json!(collected_at);
     }
     item
+}
+
+/// The item a mini-program posts through its user's session
+/// (`POST …/me/credentials`): no openid, credited to the session's user (the
+/// credential's owner, as WeChat's login named them) by the same rule as
+/// the route. Every third item is a forged body naming another user: the
+/// rule refuses it (`None`), and the invariants would catch a credential
+/// credited to anyone but its owner.
+fn session_item(credential: &CredentialPlan, index: usize) -> Option<serde_json::Value> {
+    let mut item = credential_item(credential);
+    let object = item.as_object_mut()?;
+    object.remove("openid");
+    if index % 3 == 2 {
+        object.insert("openid".into(), json!(format!("{}-not", credential.openid)));
+    }
+    formid_gateway::ledger::sessions::credit_credentials(&mut item, &credential.openid).ok()?;
+    Some(item)
 }
 
 /// Counts a collected credential whose `collected_at` is not accurate, and

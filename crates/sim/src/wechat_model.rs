@@ -1092,6 +1092,19 @@ impl WeChatApi for WeChatHandle {
         self.call(true, access_token, body).await
     }
 
+    /// Login is not modelled: sessions join the simulation through the
+    /// storage (their posts credit their own openid), not through WeChat.
+    async fn code_to_session(
+        &self,
+        _appid: &str,
+        _secret: &SecretString,
+        _code: &str,
+    ) -> Result<formid_gateway::wechat::LoginReply, CallError> {
+        Err(CallError::NotSent(
+            "the simulation does not model jscode2session".into(),
+        ))
+    }
+
     /// The simulation exercises the send path and the token keeper; the
     /// template catalogue is not modelled, so its calls never leave.
     async fn manage_templates(

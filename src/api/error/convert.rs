@@ -240,3 +240,54 @@ fn wechat_failure(errcode: i64) -> (StatusCode, &'static str, &'static str) {
         "WeChat refused the call",
     )
 }
+
+impl From<crate::sessions::LoginError> for ApiError {
+    fn from(error: crate::sessions::LoginError) -> Self {
+        use crate::sessions::LoginError;
+        match error {
+            LoginError::InvalidCode { errcode } => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_code",
+                "the login code is invalid, expired or used: call wx.login again",
+            )
+            .with_wechat_errcode(errcode),
+            // WeChat's limit is per user and minute (docs/wechat/login.md).
+            LoginError::RateLimited { errcode } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "login_rate_limited",
+                "WeChat's per-minute login limit for this user was reached",
+            )
+            .with_wechat_errcode(Some(errcode))
+            .with_retry_after(Some(60)),
+            LoginError::UserBlocked { errcode } => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "user_blocked",
+                "WeChat blocks this user's login (a high-risk account)",
+            )
+            .with_wechat_errcode(Some(errcode)),
+            LoginError::AppConfiguration { errcode } => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "app_configuration",
+                "WeChat refused the app's configuration (appid, secret or IP whitelist)",
+            )
+            .with_wechat_errcode(Some(errcode)),
+            LoginError::Unavailable { errcode } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "wechat_unavailable",
+                "WeChat could not answer the login; the same code may be posted again",
+            )
+            .with_wechat_errcode(errcode)
+            .with_retry_after(Some(1)),
+            LoginError::Storage(error) => ApiError::internal(error),
+        }
+    }
+}
+
+impl From<crate::sessions::SessionError> for ApiError {
+    fn from(error: crate::sessions::SessionError) -> Self {
+        match error {
+            crate::sessions::SessionError::Storage(error) => ApiError::internal(error),
+            _ => ApiError::invalid_session(),
+        }
+    }
+}

@@ -175,6 +175,47 @@ impl ApiError {
     }
 }
 
+/// Errors of the login sessions and their routes.
+impl ApiError {
+    /// 401: a session token that is forged, expired or revoked: the
+    /// mini-program logs in again (`wx.login`).
+    pub fn invalid_session() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_session",
+            "the session is unknown, expired or ended: log in again",
+        )
+        .with_bearer_challenge()
+    }
+
+    /// 403: an API key on a route only a session may call.
+    pub fn session_required() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "session_required",
+            "this route takes a user's session token, not an API key",
+        )
+    }
+
+    /// 403: a session on a route only an API key may call.
+    pub fn api_key_required() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "api_key_required",
+            "a session token works only on its app's session and /me routes",
+        )
+    }
+
+    /// 403: a session of another app.
+    pub fn other_app_session() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this session belongs to another app",
+        )
+    }
+}
+
 /// Errors of reading a request body.
 impl ApiError {
     /// 413: the body is larger than `limit` bytes.
