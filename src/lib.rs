@@ -21,6 +21,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod ledger;
+pub mod proxy;
 pub mod push;
 pub mod sending;
 pub mod startup;

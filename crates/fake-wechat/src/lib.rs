@@ -16,6 +16,8 @@
 //!   `getpubtemplatetitles`, `getpubtemplatekeywords`, `addtemplate`,
 //!   `gettemplate`, `deltemplate` (docs/wechat/subscribe-messages.md,
 //!   "Template management"),
+//! * temporary media, `cgi-bin/media/upload` and `cgi-bin/media/get`
+//!   (docs/wechat/media.md),
 //! * the classic template library, `cgi-bin/wxopen/template/library/list`,
 //!   `library/get`, `add`, `list`, `del` (docs/wechat/template-messages.md,
 //!   "The classic template library"),
@@ -45,6 +47,7 @@ mod cli;
 pub mod clock;
 mod codes;
 mod library;
+mod media;
 pub mod push;
 pub mod push_crypto;
 mod rules;
@@ -62,6 +65,7 @@ use serde::Serialize;
 pub use cli::{run_cli, FakeWeChatArgs};
 pub use clock::{Clock, SystemClock};
 pub use push::{PopupChoice, PushEvent, PushFormat, PushMode, PushRecord, PushTarget, SentResult};
+pub use media::MediaFile;
 pub use server::FakeWeChatServer;
 
 use state::{CredentialKind, State};
@@ -79,6 +83,9 @@ pub struct FakeWeChat {
     /// Push targets and pushes, apart from the API state: a push is built
     /// under this lock and sent without it.
     push: Arc<Mutex<push::PushState>>,
+    /// Temporary media files (`cgi-bin/media/upload`), apart from the API
+    /// state: a file's bytes are copied under this lock only.
+    media: Arc<media::MediaState>,
     http: reqwest::Client,
 }
 
@@ -215,6 +222,7 @@ impl FakeWeChat {
             in_flight: Arc::default(),
             max_in_flight: Arc::default(),
             push: Arc::default(),
+            media: Arc::default(),
             http: reqwest::Client::new(),
         }
     }
