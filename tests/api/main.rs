@@ -13,6 +13,7 @@ mod concurrency;
 mod crash;
 mod packaging;
 mod parsers;
+mod proxy;
 mod push;
 mod reliability;
 mod request_id;
