@@ -14,6 +14,7 @@ mod crash;
 mod packaging;
 mod parsers;
 mod proxy;
+mod proxy_sdk;
 mod push;
 mod reliability;
 mod request_id;
