@@ -149,7 +149,11 @@ mod tests {
         assert_eq!(book.lookup("T0", 0).0, CallerToken::Unknown);
         assert_eq!(book.lookup("T99", 0).0, CallerToken::Admitted);
         // Long expired tokens are forgotten.
-        book.observe("wxa", &token("new", 10_000_000), 1_000_000 + REMEMBER_EXPIRED_MS);
+        book.observe(
+            "wxa",
+            &token("new", 10_000_000),
+            1_000_000 + REMEMBER_EXPIRED_MS,
+        );
         assert_eq!(book.tokens.lock().unwrap()["wxa"].len(), 1);
     }
 }

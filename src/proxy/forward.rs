@@ -59,7 +59,10 @@ pub async fn forward(
         Err(QueryRefusal::TooLong) => return wechat_error(45002),
     };
     let appid = if path == JSCODE2SESSION {
-        match query.get("appid").filter(|appid| context.apps.contains_key(*appid)) {
+        match query
+            .get("appid")
+            .filter(|appid| context.apps.contains_key(*appid))
+        {
             Some(appid) => appid.to_owned(),
             None => return wechat_error(40013),
         }
@@ -179,9 +182,7 @@ pub(super) async fn call_with_token(
                 return answer.respond(context);
             }
         };
-        context
-            .book
-            .observe(appid, &token, context.clock.now_ms());
+        context.book.observe(appid, &token, context.clock.now_ms());
     }
     wechat_error(-1)
 }
@@ -291,8 +292,15 @@ async fn call(context: &ProxyContext, outgoing: &Outgoing<'_>, query: &str) -> R
         let value = value.to_ascii_lowercase();
         value.contains("json") || value.starts_with("text/")
     });
-    if !readable || response.headers().contains_key(CONTENT_DISPOSITION.as_str()) {
-        tracing::info!(status = status.as_u16(), "WeChat answered a file: streaming it");
+    if !readable
+        || response
+            .headers()
+            .contains_key(CONTENT_DISPOSITION.as_str())
+    {
+        tracing::info!(
+            status = status.as_u16(),
+            "WeChat answered a file: streaming it"
+        );
         return Relayed::Streamed(response);
     }
     let Some(body) = read_answer(response, context.settings.max_response_bytes).await else {
@@ -334,7 +342,8 @@ async fn read_answer(mut response: reqwest::Response, max: usize) -> Option<Byte
 /// Relays a file answer chunk by chunk, byte for byte, cutting it off past
 /// `max` bytes.
 fn stream(response: reqwest::Response, max: usize) -> HttpResponse {
-    let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let status =
+        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut answer = HttpResponse::build(status);
     for name in [CONTENT_TYPE, CONTENT_DISPOSITION] {
         if let Some(value) = response.headers().get(name.as_str()) {
@@ -352,8 +361,14 @@ fn stream(response: reqwest::Response, max: usize) -> HttpResponse {
                 Some((Ok::<Bytes, std::io::Error>(chunk), Some((response, sent))))
             }
             Ok(Some(_)) => {
-                tracing::warn!(max, "a streamed answer went over the endpoint's bound: cut off");
-                Some((Err(std::io::Error::other("over the endpoint's bound")), None))
+                tracing::warn!(
+                    max,
+                    "a streamed answer went over the endpoint's bound: cut off"
+                );
+                Some((
+                    Err(std::io::Error::other("over the endpoint's bound")),
+                    None,
+                ))
             }
             Ok(None) => None,
             Err(error) => Some((

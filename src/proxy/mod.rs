@@ -121,7 +121,10 @@ fn routes(cfg: &mut web::ServiceConfig) {
     // Any method reaches each handler: WeChat answers a wrong one with
     // 43001/43002, and so does the endpoint.
     cfg.route("/cgi-bin/token", web::route().to(tokens::token))
-        .route("/cgi-bin/stable_token", web::route().to(tokens::stable_token))
+        .route(
+            "/cgi-bin/stable_token",
+            web::route().to(tokens::stable_token),
+        )
         .route(
             "/cgi-bin/message/subscribe/send",
             web::route().to(subscribe::send),

@@ -167,18 +167,30 @@ mod tests {
             answer_of(&sent),
             json!({"errcode": 0, "errmsg": "ok", "msgid": 2919893478396723201_u64})
         );
-        let none = result(MessageStatus::Failed, Some(SendFailure::NoCredential), vec![]);
+        let none = result(
+            MessageStatus::Failed,
+            Some(SendFailure::NoCredential),
+            vec![],
+        );
         assert_eq!(answer_of(&none)["errcode"], 43101);
         let refused = result(
             MessageStatus::Failed,
             Some(SendFailure::RequestInvalid { errcode: 47003 }),
-            vec![attempt(47003, Some("argument invalid! data.thing1.value rid: x"), None)],
+            vec![attempt(
+                47003,
+                Some("argument invalid! data.thing1.value rid: x"),
+                None,
+            )],
         );
         assert_eq!(
             answer_of(&refused),
             json!({"errcode": 47003, "errmsg": "argument invalid! data.thing1.value rid: x"})
         );
-        let unknown = result(MessageStatus::Unknown, Some(SendFailure::OutcomeUnknown), vec![]);
+        let unknown = result(
+            MessageStatus::Unknown,
+            Some(SendFailure::OutcomeUnknown),
+            vec![],
+        );
         assert_eq!(answer_of(&unknown)["errcode"], -1);
         let quota = result(
             MessageStatus::Failed,

@@ -62,7 +62,9 @@ pub async fn proxy_post(app: &TestApp, path_and_query: &str, body: &Value) -> Va
 pub async fn sdk_token(app: &TestApp) -> String {
     let answer = proxy_get(
         app,
-        &format!("/cgi-bin/token?grant_type=client_credential&appid={APPID}&secret=secret-of-app-one"),
+        &format!(
+            "/cgi-bin/token?grant_type=client_credential&appid={APPID}&secret=secret-of-app-one"
+        ),
     )
     .await;
     answer["access_token"]
@@ -169,7 +171,11 @@ async fn calls_are_forwarded_with_the_gateways_token_and_retried_once_after_a_to
     let app = spawn_proxy_app(backend).await;
     subscribe_template(&app).await;
     let token = sdk_token(&app).await;
-    let listed = proxy_get(&app, &format!("/wxaapi/newtmpl/gettemplate?access_token={token}")).await;
+    let listed = proxy_get(
+        &app,
+        &format!("/wxaapi/newtmpl/gettemplate?access_token={token}"),
+    )
+    .await;
     assert_eq!(listed["errcode"], 0, "{listed}");
     assert_eq!(listed["data"].as_array().map(Vec::len), Some(1));
     // WeChat retires every token of the app: the endpoint refreshes (once)
@@ -177,10 +183,18 @@ async fn calls_are_forwarded_with_the_gateways_token_and_retried_once_after_a_to
     // using the token it holds.
     app.fake.invalidate_tokens(APPID);
     let fetches = app.fake.token_fetches(APPID);
-    let listed = proxy_get(&app, &format!("/wxaapi/newtmpl/gettemplate?access_token={token}")).await;
+    let listed = proxy_get(
+        &app,
+        &format!("/wxaapi/newtmpl/gettemplate?access_token={token}"),
+    )
+    .await;
     assert_eq!(listed["errcode"], 0, "{listed}");
     assert_eq!(app.fake.token_fetches(APPID), fetches + 1);
-    let listed = proxy_get(&app, &format!("/wxaapi/newtmpl/gettemplate?access_token={token}")).await;
+    let listed = proxy_get(
+        &app,
+        &format!("/wxaapi/newtmpl/gettemplate?access_token={token}"),
+    )
+    .await;
     assert_eq!(listed["errcode"], 0, "{listed}");
     assert_eq!(app.fake.token_fetches(APPID), fetches + 1, "one refresh");
     // Another errcode is WeChat's answer, not retried.
@@ -206,7 +220,10 @@ async fn a_subscribe_send_spends_a_grant_of_the_ledger(#[case] backend: Backend)
     let body = json!({"touser": "user-1", "template_id": template, "data": data_401()});
     let sent = proxy_post(&app, &path, &body).await;
     assert_eq!(sent["errcode"], 0, "{sent}");
-    assert!(sent["msgid"].is_u64(), "WeChat's msgid, as a number: {sent}");
+    assert!(
+        sent["msgid"].is_u64(),
+        "WeChat's msgid, as a number: {sent}"
+    );
     assert_eq!(ledger_grants(&app, "user-1").await, 0, "the grant is spent");
     assert_eq!(app.fake.subscribe_sends().len(), 1);
     // No grant left: 43101 without a call to WeChat.
@@ -215,7 +232,8 @@ async fn a_subscribe_send_spends_a_grant_of_the_ledger(#[case] backend: Backend)
     assert_eq!(app.fake.subscribe_sends().len(), 1, "no call at WeChat");
     // A body the template's rules refuse: 47003, nothing spent.
     grant(&app, "user-1", &template).await;
-    let wrong = json!({"touser": "user-1", "template_id": template, "data": {"thing1": {"value": "x"}}});
+    let wrong =
+        json!({"touser": "user-1", "template_id": template, "data": {"thing1": {"value": "x"}}});
     assert_eq!(proxy_post(&app, &path, &wrong).await["errcode"], 47003);
     assert_eq!(ledger_grants(&app, "user-1").await, 1);
 }
@@ -262,7 +280,10 @@ async fn media_passes_byte_for_byte(#[case] backend: Backend) {
     body.extend(b"\r\n--XBOUNDARYX--\r\n");
     let uploaded: Value = app
         .client
-        .post(proxy_url(&app, &format!("/cgi-bin/media/upload?access_token={token}&type=image")))
+        .post(proxy_url(
+            &app,
+            &format!("/cgi-bin/media/upload?access_token={token}&type=image"),
+        ))
         .header("content-type", "multipart/form-data; boundary=XBOUNDARYX")
         .body(body)
         .send()
@@ -271,11 +292,20 @@ async fn media_passes_byte_for_byte(#[case] backend: Backend) {
         .json()
         .await
         .unwrap();
-    let media_id = uploaded["media_id"].as_str().unwrap_or_else(|| panic!("{uploaded}"));
-    assert_eq!(app.fake.media()[media_id].bytes, file, "uploaded byte for byte");
+    let media_id = uploaded["media_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{uploaded}"));
+    assert_eq!(
+        app.fake.media()[media_id].bytes,
+        file,
+        "uploaded byte for byte"
+    );
     let downloaded = app
         .client
-        .get(proxy_url(&app, &format!("/cgi-bin/media/get?access_token={token}&media_id={media_id}")))
+        .get(proxy_url(
+            &app,
+            &format!("/cgi-bin/media/get?access_token={token}&media_id={media_id}"),
+        ))
         .send()
         .await
         .unwrap();
@@ -284,7 +314,11 @@ async fn media_passes_byte_for_byte(#[case] backend: Backend) {
         .to_str()
         .unwrap()
         .contains("p.png"));
-    assert_eq!(downloaded.bytes().await.unwrap().to_vec(), file, "downloaded byte for byte");
+    assert_eq!(
+        downloaded.bytes().await.unwrap().to_vec(),
+        file,
+        "downloaded byte for byte"
+    );
 }
 
 /// One raw HTTP/1.1 exchange: the status and the body, the request exactly
@@ -304,7 +338,11 @@ fn raw_exchange(address: &str, request: &str) -> (u16, String) {
         .nth(1)
         .and_then(|code| code.parse().ok())
         .unwrap_or(0);
-    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    let body = answer
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
     (status, body)
 }
 
@@ -328,13 +366,31 @@ async fn hostile_input_at_the_endpoint(#[case] backend: Backend) {
     };
     let fetches = app.fake.token_fetches(APPID);
     let token_rows: &[(&str, i64)] = &[
-        ("grant_type=client_credential&appid=wxtest0000000001&secret=wrong", 40125),
-        ("grant_type=client_credential&appid=wxtest0000000001&secret=secret-of-app-two", 40125),
-        ("grant_type=client_credential&appid=wxtest0000000001&secret=secret-of-app-on", 40125),
-        ("grant_type=client_credential&appid=wxunknown&secret=secret-of-app-one", 40013),
+        (
+            "grant_type=client_credential&appid=wxtest0000000001&secret=wrong",
+            40125,
+        ),
+        (
+            "grant_type=client_credential&appid=wxtest0000000001&secret=secret-of-app-two",
+            40125,
+        ),
+        (
+            "grant_type=client_credential&appid=wxtest0000000001&secret=secret-of-app-on",
+            40125,
+        ),
+        (
+            "grant_type=client_credential&appid=wxunknown&secret=secret-of-app-one",
+            40013,
+        ),
         ("grant_type=client_credential&appid=wxtest0000000001", 41004),
-        ("grant_type=client_credential&secret=secret-of-app-one", 41002),
-        ("grant_type=password&appid=wxtest0000000001&secret=secret-of-app-one", 40002),
+        (
+            "grant_type=client_credential&secret=secret-of-app-one",
+            41002,
+        ),
+        (
+            "grant_type=password&appid=wxtest0000000001&secret=secret-of-app-one",
+            40002,
+        ),
     ];
     for (query, errcode) in token_rows {
         let answer = proxy_get(&app, &format!("/cgi-bin/token?{query}")).await;
@@ -348,7 +404,11 @@ async fn hostile_input_at_the_endpoint(#[case] backend: Backend) {
     )
     .await;
     assert_eq!(stable["errcode"], 40125);
-    assert_eq!(app.fake.token_fetches(APPID), fetches, "no fetch for any of them");
+    assert_eq!(
+        app.fake.token_fetches(APPID),
+        fetches,
+        "no fetch for any of them"
+    );
 
     let calls = app.fake.manage_calls().len();
     // A token WeChat issued straight to someone, never through the gateway,
@@ -366,7 +426,11 @@ async fn hostile_input_at_the_endpoint(#[case] backend: Backend) {
         41001
     );
     // Another app's token speaks for that app only: its templates, not ours.
-    let theirs = proxy_get(&app, &format!("/wxaapi/newtmpl/gettemplate?access_token={other_token}")).await;
+    let theirs = proxy_get(
+        &app,
+        &format!("/wxaapi/newtmpl/gettemplate?access_token={other_token}"),
+    )
+    .await;
     assert_eq!(theirs["errcode"], 0);
     assert_eq!(theirs["data"].as_array().map(Vec::len), Some(0));
     // Paths that are not plain segments never leave.
@@ -385,16 +449,19 @@ async fn hostile_input_at_the_endpoint(#[case] backend: Backend) {
         let (status, body) = raw_exchange(&proxy, &request);
         assert_eq!(status, 404, "{path}: {body}");
     }
-    assert_eq!(app.fake.manage_calls().len(), calls + 1, "only the other app's call went out");
+    assert_eq!(
+        app.fake.manage_calls().len(),
+        calls + 1,
+        "only the other app's call went out"
+    );
     // A Host header, or an absolute URI, naming another host: the call goes to
     // the configured WeChat all the same.
     for target in [
         format!("/wxaapi/newtmpl/gettemplate?access_token={token}"),
         format!("http://evil.example.com/wxaapi/newtmpl/gettemplate?access_token={token}"),
     ] {
-        let request = format!(
-            "GET {target} HTTP/1.1\r\nHost: evil.example.com\r\nConnection: close\r\n\r\n"
-        );
+        let request =
+            format!("GET {target} HTTP/1.1\r\nHost: evil.example.com\r\nConnection: close\r\n\r\n");
         let (status, body) = raw_exchange(&proxy, &request);
         assert_eq!(status, 200, "{body}");
         assert!(body.contains("\"errcode\":0"), "{body}");
@@ -403,7 +470,10 @@ async fn hostile_input_at_the_endpoint(#[case] backend: Backend) {
     // A huge body: refused before WeChat.
     let huge = app
         .client
-        .post(proxy_url(&app, &format!("/cgi-bin/media/upload?access_token={token}&type=image")))
+        .post(proxy_url(
+            &app,
+            &format!("/cgi-bin/media/upload?access_token={token}&type=image"),
+        ))
         .header("content-type", "multipart/form-data; boundary=x")
         .body(vec![b'x'; 70_000])
         .send()
@@ -425,10 +495,18 @@ async fn hostile_input_at_the_endpoint(#[case] backend: Backend) {
     // A token past the lifetime it was handed out with: 42001 (WeChat's
     // "expired"), and the SDK takes a new one.
     app.advance(chrono::Duration::seconds(7_201));
-    let expired = proxy_get(&app, &format!("/wxaapi/newtmpl/gettemplate?access_token={token}")).await;
+    let expired = proxy_get(
+        &app,
+        &format!("/wxaapi/newtmpl/gettemplate?access_token={token}"),
+    )
+    .await;
     assert_eq!(expired["errcode"], 42001, "{expired}");
     let fresh = sdk_token(&app).await;
     assert_ne!(fresh, token);
-    let listed = proxy_get(&app, &format!("/wxaapi/newtmpl/gettemplate?access_token={fresh}")).await;
+    let listed = proxy_get(
+        &app,
+        &format!("/wxaapi/newtmpl/gettemplate?access_token={fresh}"),
+    )
+    .await;
     assert_eq!(listed["errcode"], 0);
 }

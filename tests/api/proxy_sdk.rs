@@ -16,7 +16,9 @@ use rstest::rstest;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
-use crate::proxy::{data_401, grant, ledger_grants, media_bytes, spawn_proxy_app, subscribe_template};
+use crate::proxy::{
+    data_401, grant, ledger_grants, media_bytes, spawn_proxy_app, subscribe_template,
+};
 
 /// The wechatpy release the tests and `.ci/run` install.
 const WECHATPY: &str = "wechatpy==1.8.18";
@@ -36,7 +38,9 @@ fn target_dir() -> PathBuf {
 /// The virtualenv's python with wechatpy installed, installing it first when
 /// missing.
 fn wechatpy_python() -> PathBuf {
-    let _installing = INSTALL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _installing = INSTALL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let venv = target_dir().join("sdk-venv");
     let python = venv.join("bin").join("python");
     let has_wechatpy = |python: &PathBuf| {
@@ -96,7 +100,9 @@ impl Sdk {
             writeln!(self.stdin, "{command}").expect("writing to the driver");
             self.stdin.flush().unwrap();
             let mut line = String::new();
-            self.stdout.read_line(&mut line).expect("reading the driver");
+            self.stdout
+                .read_line(&mut line)
+                .expect("reading the driver");
             serde_json::from_str(&line).unwrap_or_else(|_| panic!("the driver said {line:?}"))
         })
     }
@@ -144,10 +150,15 @@ async fn wechatpy_takes_the_central_token_and_sends_through_the_ledger(#[case] b
     assert_eq!(app.fake.token_fetches(APPID), 1, "the gateway's own fetch");
     // It lists the subscribe templates through the endpoint.
     let listed = sdk.ok(json!({"op": "templates"}));
-    assert_eq!(listed["data"][0]["priTmplId"], template.as_str(), "{listed}");
+    assert_eq!(
+        listed["data"][0]["priTmplId"],
+        template.as_str(),
+        "{listed}"
+    );
     // A subscribe send spends the ledger's grant and answers WeChat's msgid.
     grant(&app, "o-py", &template).await;
-    let send = json!({"op": "subscribe", "touser": "o-py", "template_id": template, "data": data_401()});
+    let send =
+        json!({"op": "subscribe", "touser": "o-py", "template_id": template, "data": data_401()});
     let sent = sdk.ok(send.clone());
     assert_eq!(sent["errcode"], 0, "{sent}");
     assert!(sent["msgid"].is_u64());
@@ -167,7 +178,9 @@ async fn wechatpy_takes_the_central_token_and_sends_through_the_ledger(#[case] b
     // A small media file, byte for byte.
     let file = media_bytes();
     let uploaded = sdk.ok(json!({"op": "upload", "hex": hex::encode(&file)}));
-    let media_id = uploaded["media_id"].as_str().unwrap_or_else(|| panic!("{uploaded}"));
+    let media_id = uploaded["media_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{uploaded}"));
     assert_eq!(app.fake.media()[media_id].bytes, file);
     let downloaded = sdk.ok(json!({"op": "download", "media_id": media_id}));
     assert_eq!(downloaded["hex"], hex::encode(&file));
@@ -205,7 +218,12 @@ async fn two_wechatpy_processes_and_the_gateway_share_one_app(#[case] backend: B
             .send(json!({"touser": openid, "template_id": template, "data": data_401()}))
             .await;
         assert_eq!(sent.status, 200, "{:?}", sent.body);
-        assert_eq!(sent.body["attempts"].as_array().map(Vec::len), Some(1), "{:?}", sent.body);
+        assert_eq!(
+            sent.body["attempts"].as_array().map(Vec::len),
+            Some(1),
+            "{:?}",
+            sent.body
+        );
         app.advance(chrono::Duration::minutes(10));
     }
     for sdk in &mut sdks {
@@ -215,4 +233,89 @@ async fn two_wechatpy_processes_and_the_gateway_share_one_app(#[case] backend: B
     // One fetch per lifetime (two hours): the first and two refreshes.
     assert_eq!(app.fake.token_fetches(APPID), 3);
     assert_eq!(app.fake.subscribe_sends().len(), 24 * 3);
+}
+
+/// The co-wechat-api release the tests and `.ci/run` install from npm.
+const CO_WECHAT_API: &str = "co-wechat-api@3.11.0";
+
+/// `node_modules` holding co-wechat-api, installing it first when missing.
+fn co_wechat_api_modules() -> PathBuf {
+    let _installing = INSTALL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let prefix = target_dir().join("sdk-node");
+    let modules = prefix.join("node_modules");
+    if !modules.join("co-wechat-api").exists() {
+        std::fs::create_dir_all(&prefix).unwrap();
+        let installed = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+            .arg(&prefix)
+            .arg(CO_WECHAT_API)
+            .status()
+            .expect("npm must be installed for the SDK tests");
+        assert!(installed.success(), "npm install {CO_WECHAT_API} failed");
+    }
+    modules
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn co_wechat_api_from_npm_takes_the_central_token_too(#[case] backend: Backend) {
+    let app = spawn_proxy_app(backend).await;
+    let template = subscribe_template(&app).await;
+    grant(&app, "o-node", &template).await;
+    let spec = json!({
+        "template_id": template,
+        "granted": "o-node",
+        "refused": "o-none",
+        "data": data_401(),
+        "media_hex": hex::encode(media_bytes()),
+    });
+    let driver =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/co_wechat_api_driver.js");
+    let modules = co_wechat_api_modules();
+    let proxy = app.proxy_address.clone().unwrap();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(driver)
+            .args([
+                proxy.as_str(),
+                APPID,
+                "secret-of-app-one",
+                &spec.to_string(),
+            ])
+            .env("NODE_PATH", modules)
+            .output()
+            .expect("running node")
+    })
+    .await
+    .unwrap();
+    let out: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
+        panic!(
+            "the driver said {} / {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    assert_eq!(
+        out["token"]["result"].as_str(),
+        app.fake.current_token(APPID).as_deref(),
+        "{out}"
+    );
+    assert_eq!(out["sent"]["result"]["errcode"], 0, "{out}");
+    assert!(out["sent"]["result"]["msgid"]
+        .as_str()
+        .unwrap()
+        .parse::<u64>()
+        .is_ok());
+    assert_eq!(out["refused"]["errcode"], 43101, "{out}");
+    assert_eq!(app.fake.subscribe_sends().len(), 1, "43101 without a call");
+    assert_eq!(ledger_grants(&app, "o-node").await, 0);
+    let media_id = out["uploaded"]["result"]["media_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(app.fake.media()[media_id].bytes, media_bytes());
+    assert_eq!(app.fake.token_fetches(APPID), 1, "the SDK fetched none");
 }

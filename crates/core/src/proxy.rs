@@ -218,7 +218,11 @@ mod tests {
             "/cgi-bin/a:b",
             "/cgi-bin/tab\t",
         ] {
-            assert_eq!(forwardable_path(bad), Err(PathRefusal::Malformed), "{bad:?}");
+            assert_eq!(
+                forwardable_path(bad),
+                Err(PathRefusal::Malformed),
+                "{bad:?}"
+            );
         }
         let long = format!("/{}", "a".repeat(MAX_PATH_LEN));
         assert_eq!(forwardable_path(&long), Err(PathRefusal::TooLong));

@@ -64,8 +64,8 @@ use serde::Serialize;
 
 pub use cli::{run_cli, FakeWeChatArgs};
 pub use clock::{Clock, SystemClock};
-pub use push::{PopupChoice, PushEvent, PushFormat, PushMode, PushRecord, PushTarget, SentResult};
 pub use media::MediaFile;
+pub use push::{PopupChoice, PushEvent, PushFormat, PushMode, PushRecord, PushTarget, SentResult};
 pub use server::FakeWeChatServer;
 
 use state::{CredentialKind, State};
