@@ -196,7 +196,7 @@ async fn call_as_is(context: &ProxyContext, appid: &str, outgoing: &Outgoing<'_>
         return wechat_error(-1);
     }
     let query = outgoing.query.as_given();
-    let answer = call(context, outgoing, &query).await;
+    let answer = call(context, outgoing, query).await;
     guard.record(appid, answer.wechat_failed());
     answer.respond(context)
 }
