@@ -510,3 +510,108 @@ async fn hostile_input_at_the_endpoint(#[case] backend: Backend) {
     .await;
     assert_eq!(listed["errcode"], 0);
 }
+
+/// A real gateway process with the endpoint on, its log read whole: no line
+/// shows the secret, a token or a js_code, whatever the calls were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_log_line_shows_a_secret_or_a_token() {
+    const SECRET: &str = "S3cretOfTheLogTest0123";
+    const APP: &str = "wxlogtest00000001";
+    let fake = fake_wechat::FakeWeChat::new(fake_wechat::SystemClock);
+    fake.register_app(APP, SECRET);
+    let server = fake_wechat::FakeWeChatServer::start(fake.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "formid-proxy-log-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (port, proxy_port) = (free_port(), free_port());
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "database_url = \"sqlite://{dir}/ledger.db\"\n[wechat]\nbase_url = \"{base}\"\n\
+             [proxy]\nlisten = \"127.0.0.1:{proxy_port}\"\n[apps.{APP}]\nsecret = \"{SECRET}\"\n\
+             [api_keys.a]\nkey = \"0123456789abcdef0123\"\napps = [\"*\"]\nscopes = [\"admin\"]\n",
+            dir = dir.display(),
+            base = server.base_url,
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_formid-gateway"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("FORMID__LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "debug,sqlx=info,hyper=info,h2=info,rustls=info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let (out, err) = (read(Box::new(stdout)), read(Box::new(stderr)));
+    let proxy = format!("http://127.0.0.1:{proxy_port}");
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while client
+        .get(format!("http://127.0.0.1:{port}/readyz"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let token_url =
+        format!("{proxy}/cgi-bin/token?grant_type=client_credential&appid={APP}&secret={SECRET}");
+    let answer: Value = client
+        .get(&token_url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = answer["access_token"].as_str().unwrap().to_owned();
+    let calls = [
+        format!("{proxy}/wxaapi/newtmpl/gettemplate?access_token={token}"),
+        format!("{proxy}/wxaapi/newtmpl/gettemplate?access_token={token}XX"),
+        format!("{proxy}/sns/jscode2session?appid={APP}&secret={SECRET}&js_code=JsCodeOfTheLogTest&grant_type=authorization_code"),
+        format!("{proxy}/cgi-bin/../x?access_token={token}&secret={SECRET}"),
+        format!("{proxy}/cgi-bin/token?grant_type=client_credential&appid={APP}&secret={SECRET}X"),
+    ];
+    for url in calls {
+        client.get(url).send().await.unwrap();
+    }
+    client
+        .post(format!("{proxy}/cgi-bin/stable_token"))
+        .json(&json!({"grant_type": "client_credential", "appid": APP, "secret": SECRET}))
+        .send()
+        .await
+        .unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    let log = format!("{}{}", out.join().unwrap(), err.join().unwrap());
+    assert!(
+        log.contains("proxy_forward"),
+        "the calls were logged: {log}"
+    );
+    for secret in [SECRET, &token[..40], "JsCodeOfTheLogTest"] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
