@@ -615,3 +615,47 @@ async fn no_log_line_shows_a_secret_or_a_token() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The retired template send is forwarded and answers what WeChat answers;
+/// forwards stand behind the sends' breaker, which opens on WeChat's
+/// failures and lets a probe through after its cooldown (the bound does not
+/// block recovery).
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_share_the_breaker_and_recover_after_its_cooldown(#[case] backend: Backend) {
+    let app = spawn_proxy_app(backend).await;
+    let token = sdk_token(&app).await;
+    let path = format!("/cgi-bin/message/wxopen/template/send?access_token={token}");
+    let body = json!({"touser": "o-legacy", "template_id": TEMPLATE, "form_id": "made-up"});
+    app.fake.set_retired(true);
+    assert_eq!(proxy_post(&app, &path, &body).await["errcode"], 45103);
+    app.fake.set_retired(false);
+    // Five failures in a row (WeChat's front answering 502) open the circuit.
+    app.fake
+        .push_send_faults((0..5).map(|_| fake_wechat::Fault::HttpStatus(502)));
+    for _ in 0..5 {
+        let response = app
+            .client
+            .post(proxy_url(&app, &path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 502, "WeChat's status as it came");
+    }
+    let calls = app.fake.sends().len();
+    assert_eq!(proxy_post(&app, &path, &body).await["errcode"], -1);
+    assert_eq!(
+        app.fake.sends().len(),
+        calls,
+        "the open circuit made no call"
+    );
+    // After the cooldown, a probe goes out and WeChat's answer comes back.
+    app.advance(chrono::Duration::seconds(11));
+    let answer = proxy_post(&app, &path, &body).await;
+    assert_eq!(app.fake.sends().len(), calls + 1, "{answer}");
+    assert_ne!(answer["errcode"], -1, "{answer}");
+    assert_ne!(answer["errcode"], 0, "a made-up form_id: {answer}");
+}
