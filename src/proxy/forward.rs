@@ -16,7 +16,8 @@ use actix_web::http::StatusCode;
 use actix_web::web::{self, Bytes, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
 use formid_core::proxy::{
-    forwardable_path, redact_query, retry_with_new_token, CallerQuery, CallerToken, QueryRefusal,
+    forwardable_path, is_token_path, redact_query, retry_with_new_token, CallerQuery, CallerToken,
+    QueryRefusal,
 };
 
 use super::{wechat_error, ProxyContext};
@@ -47,7 +48,17 @@ pub async fn forward(
     payload: web::Payload,
     context: web::Data<ProxyContext>,
 ) -> HttpResponse {
-    let Ok(path) = forwardable_path(request.uri().path()) else {
+    let Ok(path) = forwardable_path(request.uri().path())
+        .map_err(drop)
+        .and_then(|path| {
+            // The token endpoints in another letter case: never fetched at WeChat.
+            if is_token_path(path) {
+                Err(())
+            } else {
+                Ok(path)
+            }
+        })
+    else {
         tracing::warn!("refused a path that is not plain segments");
         return HttpResponse::NotFound()
             .content_type("text/html")

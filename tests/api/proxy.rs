@@ -442,6 +442,8 @@ async fn hostile_input_at_the_endpoint(#[case] backend: Backend) {
         "/wxaapi//newtmpl/gettemplate",
         "/wxaapi/newtmpl/gettemplate/",
         "/wxaapi/newtmpl/get%74emplate",
+        "/CGI-BIN/TOKEN",
+        "/cgi-bin/Stable_Token",
     ] {
         let request = format!(
             "GET {path}?access_token={token} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"

@@ -51,6 +51,14 @@ pub fn forwardable_path(raw: &str) -> Result<&str, PathRefusal> {
     }
 }
 
+/// Whether a path names a token endpoint in any letter case: answered by
+/// the endpoint itself, never forwarded (a fetch at WeChat would invalidate
+/// the central token).
+pub fn is_token_path(path: &str) -> bool {
+    path.eq_ignore_ascii_case("/cgi-bin/token")
+        || path.eq_ignore_ascii_case("/cgi-bin/stable_token")
+}
+
 /// A caller's query string, its pairs kept as they came (undecoded).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallerQuery<'a> {
@@ -224,6 +232,8 @@ mod tests {
                 "{bad:?}"
             );
         }
+        assert!(is_token_path("/CGI-BIN/Token") && is_token_path("/cgi-bin/stable_TOKEN"));
+        assert!(!is_token_path("/cgi-bin/tokens"));
         let long = format!("/{}", "a".repeat(MAX_PATH_LEN));
         assert_eq!(forwardable_path(&long), Err(PathRefusal::TooLong));
     }
