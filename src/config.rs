@@ -73,6 +73,59 @@ pub struct Settings {
     /// Request rate limits (per instance).
     #[serde(default)]
     pub limits: LimitSettings,
+    /// The WeChat-compatible endpoint (off unless `proxy.listen` is set).
+    #[serde(default)]
+    pub proxy: ProxySettings,
+}
+
+/// The WeChat-compatible endpoint: a second listener that answers like
+/// `api.weixin.qq.com`, so an unmodified SDK takes the central token and its
+/// subscribe sends go through the ledger (`src/proxy/`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ProxySettings {
+    /// `host:port` to listen on; unset (the default), the endpoint is off.
+    pub listen: Option<String>,
+    /// Largest request body forwarded (a media upload included), in bytes.
+    #[serde(deserialize_with = "whole")]
+    pub max_body_bytes: usize,
+    /// Largest answer relayed, in bytes (a media download included).
+    #[serde(deserialize_with = "whole")]
+    pub max_response_bytes: usize,
+    /// Per app: whether `/cgi-bin/message/subscribe/send` spends a grant of
+    /// the ledger (the default) or is forwarded as it came.
+    pub apps: BTreeMap<String, ProxyAppSettings>,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            // WeChat's largest temporary media (a video) is 10 MB, plus the
+            // multipart framing.
+            max_body_bytes: 11 * 1024 * 1024,
+            max_response_bytes: 11 * 1024 * 1024,
+            apps: BTreeMap::new(),
+        }
+    }
+}
+
+impl ProxySettings {
+    /// Whether the app's subscribe sends through the endpoint go through the
+    /// ledger.
+    pub fn ledger_sends(&self, appid: &str) -> bool {
+        self.apps.get(appid).is_none_or(|app| app.ledger_sends)
+    }
+}
+
+/// One app's choices at the WeChat-compatible endpoint.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProxyAppSettings {
+    /// `true` (the default): a subscribe send spends a grant of the ledger,
+    /// and a user without one is answered 43101 without a call to WeChat.
+    /// `false`: forwarded as it came, the ledger never told.
+    #[serde(default = "defaults::yes")]
+    pub ledger_sends: bool,
 }
 
 /// Time limits on reading a request, so a client that stalls cannot hold a
@@ -543,6 +596,9 @@ mod defaults {
     pub fn database_max_connections() -> u32 {
         8
     }
+    pub fn yes() -> bool {
+        true
+    }
 }
 
 /// The field names a struct deserializes, as serde knows them (renames
@@ -597,6 +653,8 @@ fn valid_siblings(path: &[&str]) -> &'static [&'static str] {
         ["tokens", _] => fields_of::<TokenSettings>(),
         ["apps", _, _] => fields_of::<AppSettings>(),
         ["api_keys", _, _] => fields_of::<ApiKeySettings>(),
+        ["proxy", _] => fields_of::<ProxySettings>(),
+        ["proxy", "apps", _, _] => fields_of::<ProxyAppSettings>(),
         _ => &[],
     }
 }
@@ -821,7 +879,41 @@ impl Settings {
         self.validate_tokens()?;
         self.validate_apps()?;
         access::validate(&self.sessions, &self.keys, &self.limits)?;
+        self.validate_proxy()?;
         self.validate_keys()
+    }
+
+    fn validate_proxy(&self) -> anyhow::Result<()> {
+        let proxy = &self.proxy;
+        if let Some(listen) = &proxy.listen {
+            let resolved = listen
+                .to_socket_addrs()
+                .map(|mut addresses| addresses.next().is_some())
+                .unwrap_or(false);
+            if !resolved {
+                bail!("proxy.listen: {listen:?} is not an address like 127.0.0.1:8081");
+            }
+        }
+        in_range(
+            "proxy.max_body_bytes",
+            proxy.max_body_bytes as u128,
+            1_024,
+            64 * 1024 * 1024,
+            " bytes",
+        )?;
+        in_range(
+            "proxy.max_response_bytes",
+            proxy.max_response_bytes as u128,
+            1_024,
+            64 * 1024 * 1024,
+            " bytes",
+        )?;
+        for appid in proxy.apps.keys() {
+            if !self.apps.contains_key(appid) {
+                bail!("proxy.apps.{appid}: no such app in [apps]");
+            }
+        }
+        Ok(())
     }
 
     fn validate_http(&self) -> anyhow::Result<()> {

@@ -22,6 +22,7 @@ pub mod clock;
 pub mod config;
 pub mod keys;
 pub mod ledger;
+pub mod proxy;
 pub mod push;
 pub mod sending;
 pub mod sessions;

@@ -15,6 +15,7 @@ use crate::api::auth::ApiKeys;
 use crate::api::{self, request_id, ApiContext};
 use crate::clock::{ms, SharedClock};
 use crate::config::{AppSettings, Settings};
+use crate::proxy::{self, ProxyContext, Upstream};
 use crate::push::PushKeys;
 use crate::sending::{SendSettings, Sender, SenderParts};
 use crate::storage::{self, Storage};
@@ -28,6 +29,8 @@ use crate::workers::{run_every, Recovery, Sweeper, TokenRefresher, WaitingSender
 pub struct Application {
     port: u16,
     server: Server,
+    /// The WeChat-compatible endpoint, when `proxy.listen` is set.
+    proxy: Option<(u16, Server)>,
     shutdown: CancellationToken,
     storage: Arc<dyn Storage>,
     token_refresher: TokenRefresher,
@@ -84,6 +87,7 @@ impl Application {
             ledger.safety_margin,
         );
         let push = push_keys(&settings)?;
+        let proxy = proxy_server(&settings, &tokens, &sender, &apps, &clock)?;
         let context = web::Data::new(ApiContext {
             storage: storage.clone(),
             sender,
@@ -107,6 +111,7 @@ impl Application {
         Ok(Self {
             port,
             server,
+            proxy,
             shutdown: CancellationToken::new(),
             storage: storage.clone(),
             token_refresher: TokenRefresher::new(tokens),
@@ -129,6 +134,11 @@ impl Application {
     /// The port the API listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port the WeChat-compatible endpoint listens on, when it is on.
+    pub fn proxy_port(&self) -> Option<u16> {
+        self.proxy.as_ref().map(|(port, _)| *port)
     }
 
     /// Cancelling this stops the API and the workers.
@@ -169,14 +179,27 @@ impl Application {
 
     /// Serves the API without background workers (tests drive them).
     pub async fn run_api_until_stopped(self) -> anyhow::Result<()> {
-        let handle = self.server.handle();
+        let mut handles = vec![self.server.handle()];
+        let proxy = self.proxy.map(|(_, server)| {
+            handles.push(server.handle());
+            tokio::spawn(server)
+        });
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             shutdown.cancelled().await;
             // Graceful: stop accepting, let in-flight requests finish.
-            handle.stop(true).await;
+            for handle in handles {
+                handle.stop(true).await;
+            }
         });
-        self.server.await.context("running the HTTP server")
+        let served = self.server.await.context("running the HTTP server");
+        if let Some(proxy) = proxy {
+            proxy
+                .await
+                .context("joining the WeChat-compatible endpoint")?
+                .context("running the WeChat-compatible endpoint")?;
+        }
+        served
     }
 
     /// Serves the API and runs the workers until SIGTERM, Ctrl-C or the
@@ -328,6 +351,34 @@ fn push_keys(settings: &Settings) -> anyhow::Result<BTreeMap<String, PushKeys>> 
         }
     }
     Ok(push)
+}
+
+/// The WeChat-compatible endpoint on `proxy.listen`, bound, when it is set.
+fn proxy_server(
+    settings: &Settings,
+    tokens: &TokenKeeper,
+    sender: &Sender,
+    apps: &Arc<BTreeMap<String, AppSettings>>,
+    clock: &SharedClock,
+) -> anyhow::Result<Option<(u16, Server)>> {
+    let Some(listen) = &settings.proxy.listen else {
+        return Ok(None);
+    };
+    let context = ProxyContext {
+        tokens: tokens.clone(),
+        sender: sender.clone(),
+        apps: apps.clone(),
+        settings: settings.proxy.clone(),
+        clock: clock.clone(),
+        upstream: Upstream::new(
+            &settings.wechat.base_url,
+            settings.wechat.connect_timeout,
+            settings.wechat.request_timeout,
+        )?,
+        book: Arc::default(),
+        body_timeout: settings.http.body_timeout,
+    };
+    proxy::serve(listen, settings.http.head_timeout, context).map(Some)
 }
 
 /// Binds `listen` and starts the HTTP server on it (it serves once awaited);

@@ -455,3 +455,41 @@ fn invalid_push_settings_are_refused_without_showing_the_key() {
         assert!(!error.contains(&PUSH_KEY[..20]), "{error}");
     }
 }
+
+#[test]
+fn the_compatible_endpoint_is_off_unless_set_and_its_settings_are_checked() {
+    let settings = from_toml(VALID).unwrap();
+    assert!(settings.proxy.listen.is_none());
+    assert!(settings.proxy.ledger_sends("wx0123456789abcdef"));
+    let on = from_toml(&format!(
+        "{VALID}\n[proxy]\nlisten = \"127.0.0.1:0\"\n[proxy.apps.wx0123456789abcdef]\nledger_sends = false\n"
+    ))
+    .unwrap();
+    assert_eq!(on.proxy.listen.as_deref(), Some("127.0.0.1:0"));
+    assert!(!on.proxy.ledger_sends("wx0123456789abcdef"));
+    let from_env = with_env(
+        VALID,
+        &[
+            ("FORMID__PROXY__LISTEN", "127.0.0.1:0"),
+            ("FORMID__PROXY__MAX_BODY_BYTES", "65536"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(from_env.proxy.max_body_bytes, 65_536);
+    for (extra, expected) in [
+        ("[proxy]\nlisten = \"nowhere\"", "proxy.listen"),
+        ("[proxy]\nmax_body_bytes = 10", "proxy.max_body_bytes"),
+        (
+            "[proxy.apps.wxother]\nledger_sends = false",
+            "proxy.apps.wxother",
+        ),
+        ("[proxy]\nlisen = \"127.0.0.1:0\"", "proxy.listen"),
+        (
+            "[proxy.apps.wx0123456789abcdef]\nledger_send = false",
+            "ledger_sends",
+        ),
+    ] {
+        let error = error_of(from_toml(&format!("{VALID}\n{extra}\n")));
+        assert!(error.contains(expected), "{extra}: {error}");
+    }
+}

@@ -10,7 +10,7 @@ use crate::wechat::breaker::Breakers;
 
 /// The per-app call bound and breaker of one process; cheap to clone.
 #[derive(Debug, Clone)]
-pub(super) struct CallGuard {
+pub struct CallGuard {
     breakers: Arc<Breakers>,
     slots: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
     max_concurrent_calls: usize,
@@ -28,7 +28,7 @@ impl CallGuard {
     /// A place among the app's calls in flight, held by one run until it
     /// ends. Taken before the run claims anything, so that waiting for it
     /// never eats into a lease.
-    pub(super) async fn slot(&self, appid: &str) -> OwnedSemaphorePermit {
+    pub async fn slot(&self, appid: &str) -> OwnedSemaphorePermit {
         let semaphore = {
             let mut slots = self.slots.lock().expect("call slots lock");
             slots
@@ -43,14 +43,14 @@ impl CallGuard {
     }
 
     /// Whether a call may go out now; otherwise how long the circuit stays open.
-    pub(super) fn admit(&self, appid: &str) -> Result<(), i64> {
+    pub fn admit(&self, appid: &str) -> Result<(), i64> {
         self.breakers.admit(appid)
     }
 
     /// Counts a call for the app's circuit, as `decide` read its answer
     /// (`Decision::wechat_failed`): unreachable, lost and busy answers are
     /// failures, every other answer a success.
-    pub(super) fn record(&self, appid: &str, wechat_failed: bool) {
+    pub fn record(&self, appid: &str, wechat_failed: bool) {
         if wechat_failed {
             self.breakers.failure(appid);
         } else {

@@ -26,7 +26,7 @@
 //! by the rules in RELIABILITY.md.
 
 mod execute;
-mod guard;
+pub mod guard;
 pub mod quota;
 
 pub use formid_core::send::{decide, request, run};
@@ -204,6 +204,13 @@ impl Sender {
             settings,
             guard,
         }
+    }
+
+    /// The per-app call bound and breaker every call of this process to
+    /// WeChat on an app's behalf stands behind (the WeChat-compatible
+    /// endpoint's forwards share them with the sends).
+    pub fn call_guard(&self) -> &CallGuard {
+        &self.guard
     }
 
     /// Checks a request before anything is claimed: against its template

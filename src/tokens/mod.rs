@@ -211,6 +211,17 @@ impl TokenKeeper {
         Ok(current)
     }
 
+    /// The app's stored token while it is usable, without ever fetching one
+    /// (from memory when read less than `tokens.cache_ms` ago): how the
+    /// WeChat-compatible endpoint tells whose token a caller holds.
+    pub async fn stored(&self, appid: &str) -> Result<Option<CurrentToken>, TokenError> {
+        if !self.apps.contains_key(appid) {
+            return Err(TokenError::UnknownApp);
+        }
+        let state = self.app_state(appid).await?;
+        Ok(self.settled(&state, None))
+    }
+
     /// Compare-and-refresh after WeChat rejected `stale` in a call of the
     /// gateway's own: fetches a new token at once while `stale` is still the
     /// stored one (budget permitting); otherwise answers the stored token.

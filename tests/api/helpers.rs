@@ -40,6 +40,9 @@ pub fn postgres_admin_url() -> String {
 /// A running gateway and everything a test needs to drive and inspect it.
 pub struct TestApp {
     pub address: String,
+    /// `http://127.0.0.1:PORT` of the WeChat-compatible endpoint, when the
+    /// settings turn it on (`proxy.listen`).
+    pub proxy_address: Option<String>,
     pub client: reqwest::Client,
     pub fake: FakeWeChat,
     pub clock: Arc<ManualClock>,
@@ -190,6 +193,7 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Value)) -
     let parts = start_instance(settings, clock.clone()).await;
     TestApp {
         address: parts.address,
+        proxy_address: parts.proxy_address,
         client: parts.client,
         fake,
         clock: parts.clock,
@@ -266,6 +270,9 @@ async fn start_instance(settings: Value, clock: Arc<ManualClock>) -> TestAppPart
         .expect("building the gateway");
     let parts = TestAppParts {
         address: format!("http://127.0.0.1:{}", application.port()),
+        proxy_address: application
+            .proxy_port()
+            .map(|port| format!("http://127.0.0.1:{port}")),
         client: reqwest::Client::new(),
         clock,
         storage: application.storage(),
@@ -284,6 +291,7 @@ async fn start_instance(settings: Value, clock: Arc<ManualClock>) -> TestAppPart
 /// A [`TestApp`] before its fake is attached.
 struct TestAppParts {
     address: String,
+    proxy_address: Option<String>,
     client: reqwest::Client,
     clock: Arc<ManualClock>,
     storage: Arc<dyn Storage>,

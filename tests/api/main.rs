@@ -14,6 +14,8 @@ mod concurrency;
 mod crash;
 mod packaging;
 mod parsers;
+mod proxy;
+mod proxy_sdk;
 mod push;
 mod reliability;
 mod request_id;

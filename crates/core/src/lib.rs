@@ -13,6 +13,7 @@ pub mod failure;
 pub mod kinds;
 pub mod ledger;
 pub mod message;
+pub mod proxy;
 pub mod send;
 pub mod sessions;
 pub mod settle;

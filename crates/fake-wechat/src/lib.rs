@@ -17,6 +17,8 @@
 //!   `getpubtemplatetitles`, `getpubtemplatekeywords`, `addtemplate`,
 //!   `gettemplate`, `deltemplate` (docs/wechat/subscribe-messages.md,
 //!   "Template management"),
+//! * temporary media, `cgi-bin/media/upload` and `cgi-bin/media/get`
+//!   (docs/wechat/media.md),
 //! * the classic template library, `cgi-bin/wxopen/template/library/list`,
 //!   `library/get`, `add`, `list`, `del` (docs/wechat/template-messages.md,
 //!   "The classic template library"),
@@ -47,6 +49,7 @@ pub mod clock;
 mod codes;
 mod library;
 mod login;
+mod media;
 pub mod push;
 pub mod push_crypto;
 mod rules;
@@ -64,6 +67,7 @@ use serde::Serialize;
 pub use cli::{run_cli, FakeWeChatArgs};
 pub use clock::{Clock, SystemClock};
 pub use login::LoginFault;
+pub use media::MediaFile;
 pub use push::{PopupChoice, PushEvent, PushFormat, PushMode, PushRecord, PushTarget, SentResult};
 pub use server::FakeWeChatServer;
 
@@ -84,6 +88,9 @@ pub struct FakeWeChat {
     push: Arc<Mutex<push::PushState>>,
     /// Login codes and their faults (`jscode2session`).
     login: Arc<Mutex<login::LoginState>>,
+    /// Temporary media files (`cgi-bin/media/upload`), apart from the API
+    /// state: a file's bytes are copied under this lock only.
+    media: Arc<media::MediaState>,
     http: reqwest::Client,
 }
 
@@ -221,6 +228,7 @@ impl FakeWeChat {
             max_in_flight: Arc::default(),
             push: Arc::default(),
             login: Arc::default(),
+            media: Arc::default(),
             http: reqwest::Client::new(),
         }
     }

@@ -131,18 +131,26 @@ fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::delete().to(clear_push_target)),
     )
     .route("/fake/apps/{appid}/push", web::post().to(push_now))
-    .route("/fake/pushes", web::get().to(pushes));
+    .route("/fake/pushes", web::get().to(pushes))
+    .service(
+        web::resource("/cgi-bin/media/upload")
+            // WeChat's largest temporary media is 10 MB; a body past that is
+            // read and refused as WeChat refuses it, not cut off by actix.
+            .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
+            .route(web::route().to(super::media::upload)),
+    )
+    .route("/cgi-bin/media/get", web::route().to(super::media::get));
 }
 
 impl FakeWeChat {
     /// Runs `f` on the locked state with the current time; the lock is
     /// released before returning, so never across an await.
-    fn call<R>(&self, f: impl FnOnce(&mut State, i64) -> R) -> R {
+    pub(crate) fn call<R>(&self, f: impl FnOnce(&mut State, i64) -> R) -> R {
         let now = self.now_ms();
         f(&mut self.lock(), now)
     }
 
-    async fn apply_latency(&self) {
+    pub(crate) async fn apply_latency(&self) {
         let latency = self.latency();
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
