@@ -103,7 +103,7 @@ pub fn serve(
     let context = web::Data::new(context);
     let server = HttpServer::new(move || {
         App::new()
-            .wrap(crate::startup::access_log())
+            .wrap(crate::api::request_id::access_log())
             .wrap(middleware::from_fn(request_id::middleware))
             .app_data(context.clone())
             .configure(routes)
