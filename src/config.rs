@@ -314,6 +314,13 @@ pub struct AppSettings {
     /// decision only.
     #[serde(default)]
     pub subscribe_grants_from: GrantsFrom,
+    /// Per-user send caps: at most `limit` sends to one user in any
+    /// `window_secs` (of the app, or of one template).
+    #[serde(default)]
+    pub send_caps: Vec<SendCapSettings>,
+    /// A daily window of local time in which the app sends nothing.
+    #[serde(default)]
+    pub quiet_hours: Option<QuietHoursSettings>,
 }
 
 /// Which source grants an app's subscribe sends (exactly one does).
@@ -377,6 +384,8 @@ pub enum Scope {
     Send,
     /// Read and refresh access tokens (the app's other servers).
     Token,
+    /// Send with `"urgent": true`, inside the app's quiet hours.
+    Urgent,
     /// Everything.
     Admin,
 }
@@ -405,7 +414,7 @@ impl ApiKeySettings {
             .map(|scope| {
                 serde_json::from_value(serde_json::Value::String(scope.trim().to_owned()))
                     .with_context(|| {
-                        format!("unknown scope {scope:?} (collect, send, token, admin)")
+                        format!("unknown scope {scope:?} (collect, send, token, urgent, admin)")
                     })
             })
             .collect()
@@ -580,6 +589,7 @@ fn valid_siblings(path: &[&str]) -> &'static [&'static str] {
         ["ledger", _] => fields_of::<LedgerSettings>(),
         ["tokens", _] => fields_of::<TokenSettings>(),
         ["apps", _, _] => fields_of::<AppSettings>(),
+        ["apps", _, "quiet_hours", _] => fields_of::<QuietHoursSettings>(),
         ["api_keys", _, _] => fields_of::<ApiKeySettings>(),
         _ => &[],
     }
@@ -1050,6 +1060,8 @@ impl Settings {
                 bail!("apps.{appid}.secret: empty");
             }
             Self::validate_push(appid, app)?;
+            user_limits::user_limits(&app.send_caps, app.quiet_hours.as_ref())
+                .map_err(|error| anyhow::anyhow!("apps.{appid}.{error}"))?;
         }
         Ok(())
     }
@@ -1123,6 +1135,10 @@ impl Settings {
         Ok(())
     }
 }
+
+pub mod user_limits;
+
+pub use user_limits::{QuietHoursSettings, QuietMode, SendCapSettings, UserLimits};
 
 #[cfg(test)]
 mod tests;

@@ -1155,6 +1155,8 @@ impl World {
                 encoding_aes_key: None,
                 previous_encoding_aes_key: None,
                 subscribe_grants_from: Default::default(),
+                send_caps: Vec::new(),
+                quiet_hours: None,
             },
         )]));
         World {
@@ -1670,6 +1672,8 @@ fn send_request(send: &SendPlan) -> SendRequest {
         channel: None,
         miniprogram_state: None,
         lang: None,
+        urgent: false,
+        send_at: None,
     }
 }
 
