@@ -17,6 +17,7 @@ mod push;
 mod reliability;
 mod request_id;
 mod send;
+mod send_rules;
 mod settle;
 mod spans;
 mod storage;
