@@ -77,7 +77,17 @@ impl Reply {
     /// The answer to a send the user's send rules refused before anything
     /// was stored: an error body (no message id: there is no message).
     fn refused(failure: &SendFailure, now_ms: i64) -> Self {
-        let error = ApiError::from_send_failure(failure, now_ms);
+        let mut error = ApiError::from_send_failure(failure, now_ms);
+        let at = match failure {
+            SendFailure::QuietHours { opens_at_ms } => Some(("opens_at", *opens_at_ms)),
+            SendFailure::UserSendLimit { retry_at_ms } => Some(("retry_at", *retry_at_ms)),
+            _ => None,
+        };
+        if let Some((name, at)) = at {
+            if let Some(time) = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(at) {
+                error = error.with_detail(name, time.to_rfc3339());
+            }
+        }
         let mut body = ErrorBody::new(error.code(), "");
         body.error = error.public_object();
         Self {
@@ -428,7 +438,10 @@ pub async fn cancel(
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_scheduled",
-            format!("the message is {}, not scheduled: nothing was cancelled", message.status),
+            format!(
+                "the message is {}, not scheduled: nothing was cancelled",
+                message.status
+            ),
         ));
     }
     Ok(HttpResponse::Ok().json(Message::new(message, attempts)))

@@ -89,8 +89,9 @@ impl QuietHoursSettings {
             .ok_or_else(|| anyhow::anyhow!("start: a local time like \"22:00\""))?;
         let end = minute_of_day(&self.end)
             .ok_or_else(|| anyhow::anyhow!("end: a local time like \"08:00\""))?;
-        let offset = utc_offset_minutes(&self.utc_offset)
-            .ok_or_else(|| anyhow::anyhow!("utc_offset: an offset like \"+08:00\" or \"-05:00\""))?;
+        let offset = utc_offset_minutes(&self.utc_offset).ok_or_else(|| {
+            anyhow::anyhow!("utc_offset: an offset like \"+08:00\" or \"-05:00\"")
+        })?;
         QuietHours::new(start, end, offset)
             .ok_or_else(|| anyhow::anyhow!("start and end: two different times"))
     }

@@ -18,11 +18,9 @@ use crate::storage::{Lease, NewMessage, StoredMessage};
 pub(super) fn limits_of(apps: &BTreeMap<String, AppSettings>) -> BTreeMap<String, UserLimits> {
     apps.iter()
         .map(|(appid, app)| {
-            let limits = crate::config::user_limits::user_limits(
-                &app.send_caps,
-                app.quiet_hours.as_ref(),
-            )
-            .unwrap_or_default();
+            let limits =
+                crate::config::user_limits::user_limits(&app.send_caps, app.quiet_hours.as_ref())
+                    .unwrap_or_default();
             (appid.clone(), limits)
         })
         .collect()
@@ -132,11 +130,7 @@ impl Sender {
     ) -> anyhow::Result<Option<SendResult>> {
         let decision = self
             .storage
-            .create_capped_message(&CappedStart {
-                message,
-                caps,
-                now,
-            })
+            .create_capped_message(&CappedStart { message, caps, now })
             .await?;
         Ok(match decision {
             CapDecision::Allow => None,

@@ -56,7 +56,10 @@ fn the_check_constraints_allow_exactly_the_enum_names() {
     // 0011 rebuilt SQLite's messages again, for the scheduled state.
     let sqlite_0008 = read("migrations/sqlite/0008_check_constraints_without_in_lists.sql".into())
         + &read("migrations/sqlite/0011_send_rules.sql".into());
-    assert!(!sqlite_0008.contains(" IN ("), "0008 or 0011 keeps an IN list");
+    assert!(
+        !sqlite_0008.contains(" IN ("),
+        "0008 or 0011 keeps an IN list"
+    );
     for backend in ["sqlite", "postgres"] {
         let schema: String = [
             "0004_typed_states_and_fencing.sql",

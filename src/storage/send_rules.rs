@@ -65,8 +65,7 @@ pub trait SendRulesStore: Send + Sync {
     /// count against `caps`, decides by `cap_decision`, and records the
     /// message only when it is allowed. So two instances can never both
     /// count below the cap and both send.
-    async fn create_capped_message(&self, start: &CappedStart<'_>)
-        -> anyhow::Result<CapDecision>;
+    async fn create_capped_message(&self, start: &CappedStart<'_>) -> anyhow::Result<CapDecision>;
 
     /// Records a scheduled message, due at `due_at`; nothing is claimed.
     async fn schedule_message(&self, scheduled: &Scheduled<'_>) -> anyhow::Result<()>;

@@ -507,25 +507,6 @@ pub const RECORD_DELIVERY: &str = "UPDATE messages \
 pub const DELETE_OLD_PUSH_EVENTS: &str = "DELETE FROM push_events WHERE (appid, dedupe_key) IN ( \
     SELECT appid, dedupe_key FROM push_events WHERE received_at <= $1 LIMIT $2)";
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_sweep_knows_the_never_expiring_mark() {
-        let mark = crate::ledger::kinds::NEVER_EXPIRES_MS.to_string();
-        assert!(DELETE_OLD_CREDENTIALS.contains(&format!("expires_at = {mark}")));
-    }
-
-    #[test]
-    fn the_lock_slot_is_filled() {
-        assert!(
-            with_lock(CLAIM, "FOR UPDATE SKIP LOCKED").contains("LIMIT 1 FOR UPDATE SKIP LOCKED)")
-        );
-        assert!(!with_lock(CLAIM, "").contains("{lock}"));
-    }
-}
-
 /// The user's messages that may count against a send cap: those finished
 /// sent or of unknown outcome since `$3` (range of `messages_by_user_recent`),
 /// and those in flight (pending or waiting) whatever their age (from
@@ -587,3 +568,22 @@ pub const HOLD_MESSAGE: &str = "UPDATE messages \
     SET status = 'scheduled', next_attempt_at = $3, lease_until = NULL, lease_token = NULL, \
         updated_at = $4 \
     WHERE id = $1 AND lease_token = $2 AND status IS NOT DISTINCT FROM 'pending'";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_knows_the_never_expiring_mark() {
+        let mark = crate::ledger::kinds::NEVER_EXPIRES_MS.to_string();
+        assert!(DELETE_OLD_CREDENTIALS.contains(&format!("expires_at = {mark}")));
+    }
+
+    #[test]
+    fn the_lock_slot_is_filled() {
+        assert!(
+            with_lock(CLAIM, "FOR UPDATE SKIP LOCKED").contains("LIMIT 1 FOR UPDATE SKIP LOCKED)")
+        );
+        assert!(!with_lock(CLAIM, "").contains("{lock}"));
+    }
+}

@@ -68,10 +68,18 @@ async fn a_full_cap_answers_429_spends_nothing_and_frees_with_the_window(#[case]
     assert_eq!(capped.status, 429, "{:?}", capped.body);
     assert_eq!(capped.body["error"]["code"], "user_send_limit");
     // The first send leaves the window 22 hours from now.
-    let retry: i64 = capped.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: i64 = capped.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(retry, 22 * 3600, "{:?}", capped.headers);
     assert_eq!(app.fake.sends().len(), calls, "a capped send calls nothing");
-    assert_eq!(app.sends_available("o-capped").await, 2, "nor spends anything");
+    assert_eq!(
+        app.sends_available("o-capped").await,
+        2,
+        "nor spends anything"
+    );
     // Another user is not capped by this one.
     app.collect_form_id("o-other").await;
     assert_eq!(app.send(body("o-other")).await.status, 200);
@@ -158,9 +166,15 @@ async fn three_instances_never_exceed_a_users_cap() {
         let client = client.clone();
         let url = format!("{}/v1/apps/{APPID}/messages", addresses[i % 3]);
         tokio::spawn(async move {
-            call(&client, &url, reqwest::Method::POST, Some(SEND_KEY), Some(body("o-popular")))
-                .await
-                .status
+            call(
+                &client,
+                &url,
+                reqwest::Method::POST,
+                Some(SEND_KEY),
+                Some(body("o-popular")),
+            )
+            .await
+            .status
         })
     });
     let statuses: Vec<u16> = futures::future::join_all(sends)
@@ -168,8 +182,16 @@ async fn three_instances_never_exceed_a_users_cap() {
         .into_iter()
         .map(Result::unwrap)
         .collect();
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 27, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        27,
+        "{statuses:?}"
+    );
     assert_eq!(delivered_to(&app, "o-popular"), 3);
     assert_eq!(app.sends_available("o-popular").await, 27);
 }
@@ -187,8 +209,18 @@ async fn quiet_hours_refuse_with_the_opening_and_urgent_needs_its_scope(#[case] 
     let refused = app.send(body("o-night")).await;
     assert_eq!(refused.status, 429, "{:?}", refused.body);
     assert_eq!(refused.body["error"]["code"], "quiet_hours");
-    let retry: i64 = refused.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: i64 = refused.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(retry, 9 * 3600);
+    let opens: DateTime<Utc> = refused.body["error"]["details"]["opens_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(opens, next_morning());
     assert_eq!(app.fake.sends().len(), calls);
     assert_eq!(app.sends_available("o-night").await, 1);
     // `urgent` without the scope: refused, before anything.
@@ -196,7 +228,12 @@ async fn quiet_hours_refuse_with_the_opening_and_urgent_needs_its_scope(#[case] 
     urgent["urgent"] = true.into();
     let path = format!("/v1/apps/{APPID}/messages");
     let forbidden = app
-        .call(reqwest::Method::POST, &path, Some(SEND_KEY), Some(urgent.clone()))
+        .call(
+            reqwest::Method::POST,
+            &path,
+            Some(SEND_KEY),
+            Some(urgent.clone()),
+        )
         .await;
     assert_eq!(forbidden.status, 403, "{:?}", forbidden.body);
     assert_eq!(forbidden.body["error"]["code"], "urgent_not_allowed");
@@ -211,9 +248,7 @@ async fn quiet_hours_refuse_with_the_opening_and_urgent_needs_its_scope(#[case] 
 #[case::sqlite(Backend::Sqlite)]
 #[case::postgres(Backend::Postgres)]
 #[tokio::test]
-async fn quiet_hours_that_wait_send_at_the_opening_without_a_second_post(
-    #[case] backend: Backend,
-) {
+async fn quiet_hours_that_wait_send_at_the_opening_without_a_second_post(#[case] backend: Backend) {
     let quiet = json!({"start": "22:00", "end": "08:00", "utc_offset": "+08:00"});
     let app = spawn_app_with(backend, with_rules(json!([]), Some(quiet))).await;
     app.clock.set(late_evening());
@@ -231,7 +266,12 @@ async fn quiet_hours_that_wait_send_at_the_opening_without_a_second_post(
     let report = app.scheduled.run_once().await.unwrap();
     assert_eq!(report.sent, 1, "{report:?}");
     assert_eq!(app.message(&id).await.body["status"], "sent");
-    let delivery = app.fake.sends().into_iter().find(|send| send.delivered).unwrap();
+    let delivery = app
+        .fake
+        .sends()
+        .into_iter()
+        .find(|send| send.delivered)
+        .unwrap();
     assert!(delivery.at_ms >= next_morning().timestamp_millis());
 }
 
@@ -243,12 +283,19 @@ async fn a_scheduled_send_goes_at_its_time_and_can_be_cancelled_before(#[case] b
     let app = spawn_app(backend).await;
     app.collect_form_id("o-later").await;
     let at = app.now_ms() + 3_600_000;
-    let send_at = DateTime::<Utc>::from_timestamp_millis(at).unwrap().to_rfc3339();
+    let send_at = DateTime::<Utc>::from_timestamp_millis(at)
+        .unwrap()
+        .to_rfc3339();
     let mut later = body("o-later");
     later["send_at"] = send_at.clone().into();
     let path = format!("/v1/apps/{APPID}/messages");
     let scheduled = app
-        .call(reqwest::Method::POST, &path, Some(SEND_KEY), Some(later.clone()))
+        .call(
+            reqwest::Method::POST,
+            &path,
+            Some(SEND_KEY),
+            Some(later.clone()),
+        )
         .await;
     assert_eq!(scheduled.status, 202, "{:?}", scheduled.body);
     assert_eq!(scheduled.body["status"], "scheduled");
@@ -257,7 +304,12 @@ async fn a_scheduled_send_goes_at_its_time_and_can_be_cancelled_before(#[case] b
     let mut cancelled_body = later.clone();
     cancelled_body["data"] = json!({"keyword1": {"value": "cancel me"}});
     let doomed = app
-        .call(reqwest::Method::POST, &path, Some(SEND_KEY), Some(cancelled_body))
+        .call(
+            reqwest::Method::POST,
+            &path,
+            Some(SEND_KEY),
+            Some(cancelled_body),
+        )
         .await;
     let doomed_id = doomed.body["id"].as_str().unwrap().to_owned();
     let cancel_path = format!("/v1/apps/{APPID}/messages/{doomed_id}");
@@ -281,11 +333,21 @@ async fn a_scheduled_send_goes_at_its_time_and_can_be_cancelled_before(#[case] b
     assert_eq!(app.scheduled.run_once().await.unwrap().sent, 1);
     assert_eq!(app.message(&id).await.body["status"], "sent");
     assert_eq!(delivered_to(&app, "o-later"), 1);
-    let delivery = app.fake.sends().into_iter().find(|send| send.delivered).unwrap();
+    let delivery = app
+        .fake
+        .sends()
+        .into_iter()
+        .find(|send| send.delivered)
+        .unwrap();
     assert!(delivery.at_ms >= at);
     // Sent: no longer cancellable.
     let late = app
-        .call(reqwest::Method::DELETE, &format!("/v1/apps/{APPID}/messages/{id}"), Some(SEND_KEY), None)
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/apps/{APPID}/messages/{id}"),
+            Some(SEND_KEY),
+            None,
+        )
         .await;
     assert_eq!(late.status, 409);
 }
@@ -300,7 +362,10 @@ async fn a_scheduled_send_with_nothing_left_at_its_time_ends_no_credential(
     let app = spawn_app(backend).await;
     let at = app.now_ms() + 60_000;
     let mut later = body("o-empty");
-    later["send_at"] = DateTime::<Utc>::from_timestamp_millis(at).unwrap().to_rfc3339().into();
+    later["send_at"] = DateTime::<Utc>::from_timestamp_millis(at)
+        .unwrap()
+        .to_rfc3339()
+        .into();
     let key = "schedule-once";
     let post = || async {
         let mut request = app
@@ -347,7 +412,12 @@ async fn a_scheduled_send_falling_in_quiet_hours_moves_to_their_end_and_obeys_th
     later["send_at"] = late_evening().to_rfc3339().into();
     let path = format!("/v1/apps/{APPID}/messages");
     let scheduled = app
-        .call(reqwest::Method::POST, &path, Some(SEND_KEY), Some(later.clone()))
+        .call(
+            reqwest::Method::POST,
+            &path,
+            Some(SEND_KEY),
+            Some(later.clone()),
+        )
         .await;
     assert_eq!(scheduled.status, 202, "{:?}", scheduled.body);
     let second = app

@@ -18,14 +18,14 @@ use std::time::Duration;
 
 use anyhow::bail;
 use async_trait::async_trait;
-use formid_gateway::ledger::user_limits::{longest_window, CapDecision, SendCap};
-use formid_gateway::storage::send_rules::{
-    decide_counted, CappedStart, Scheduled, SendRulesStore, TakeScheduled, Taken,
-};
 use formid_gateway::ledger::kinds::CredentialKind;
 use formid_gateway::ledger::kinds::NEVER_EXPIRES_MS;
 use formid_gateway::ledger::states::{
     AttemptOutcome, Channel, CredentialState, Decision, Delivery, IdempotencyState, MessageStatus,
+};
+use formid_gateway::ledger::user_limits::{longest_window, CapDecision, SendCap};
+use formid_gateway::storage::send_rules::{
+    decide_counted, CappedStart, Scheduled, SendRulesStore, TakeScheduled, Taken,
 };
 use formid_gateway::storage::{
     AppState, AppStore, AttemptRow, Claim, ClaimRequest, ClaimedCredential, CredentialStore,
