@@ -70,11 +70,14 @@ fn the_check_constraints_allow_exactly_the_enum_names() {
         .iter()
         .map(|file| read(format!("migrations/{backend}/{file}")))
         .collect();
-        for (column, all, _) in &columns {
+        for (column, all, rebuilt) in &columns {
             let quoted: Vec<String> = all.iter().map(|name| format!("'{name}'")).collect();
             let check = format!("CHECK ({column} IN ({}))", quoted.join(", "));
+            // SQLite's rebuilt tables hold their current list in the OR
+            // spelling only (checked below); a later list has no IN form.
+            let superseded = backend == "sqlite" && *rebuilt && *column == "status";
             assert!(
-                schema.contains(&check),
+                superseded || schema.contains(&check),
                 "migrations/{backend} lacks {check}"
             );
         }
