@@ -215,7 +215,7 @@ async fn quiet_hours_refuse_with_the_opening_and_urgent_needs_its_scope(#[case] 
         .parse()
         .unwrap();
     assert_eq!(retry, 9 * 3600);
-    let opens: DateTime<Utc> = refused.body["error"]["details"]["opens_at"]
+    let opens: DateTime<Utc> = refused.body["error"]["opens_at"]
         .as_str()
         .unwrap()
         .parse()
