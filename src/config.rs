@@ -383,6 +383,13 @@ pub struct AppSettings {
     /// `/me` routes from a browser. None by default.
     #[serde(default)]
     pub cors_origins: Vec<String>,
+    /// Per-user send caps: at most `limit` sends to one user in any
+    /// `window_secs` (of the app, or of one template).
+    #[serde(default)]
+    pub send_caps: Vec<SendCapSettings>,
+    /// A daily window of local time in which the app sends nothing.
+    #[serde(default)]
+    pub quiet_hours: Option<QuietHoursSettings>,
 }
 
 /// Which source grants an app's subscribe sends (exactly one does).
@@ -446,6 +453,8 @@ pub enum Scope {
     Send,
     /// Read and refresh access tokens (the app's other servers).
     Token,
+    /// Send with `"urgent": true`, inside the app's quiet hours.
+    Urgent,
     /// Everything.
     Admin,
 }
@@ -474,7 +483,7 @@ impl ApiKeySettings {
             .map(|scope| {
                 serde_json::from_value(serde_json::Value::String(scope.trim().to_owned()))
                     .with_context(|| {
-                        format!("unknown scope {scope:?} (collect, send, token, admin)")
+                        format!("unknown scope {scope:?} (collect, send, token, urgent, admin)")
                     })
             })
             .collect()
@@ -652,6 +661,7 @@ fn valid_siblings(path: &[&str]) -> &'static [&'static str] {
         ["ledger", _] => fields_of::<LedgerSettings>(),
         ["tokens", _] => fields_of::<TokenSettings>(),
         ["apps", _, _] => fields_of::<AppSettings>(),
+        ["apps", _, "quiet_hours", _] => fields_of::<QuietHoursSettings>(),
         ["api_keys", _, _] => fields_of::<ApiKeySettings>(),
         ["proxy", _] => fields_of::<ProxySettings>(),
         ["proxy", "apps", _, _] => fields_of::<ProxyAppSettings>(),
@@ -1160,6 +1170,8 @@ impl Settings {
             }
             Self::validate_push(appid, app)?;
             access::validate_origins(appid, &app.cors_origins)?;
+            user_limits::user_limits(&app.send_caps, app.quiet_hours.as_ref())
+                .map_err(|error| anyhow::anyhow!("apps.{appid}.{error}"))?;
         }
         Ok(())
     }
@@ -1233,6 +1245,10 @@ impl Settings {
         Ok(())
     }
 }
+
+pub mod user_limits;
+
+pub use user_limits::{QuietHoursSettings, QuietMode, SendCapSettings, UserLimits};
 
 #[cfg(test)]
 mod tests;

@@ -23,7 +23,9 @@ use crate::templates::Catalogue;
 use crate::tokens::TokenKeeper;
 use crate::wechat::breaker::Breakers;
 use crate::wechat::{SharedWeChat, WeChatClient};
-use crate::workers::{run_every, Recovery, Sweeper, TokenRefresher, WaitingSender};
+use crate::workers::{
+    run_every, Recovery, ScheduledSender, Sweeper, TokenRefresher, WaitingSender,
+};
 
 /// A built, not yet running, gateway.
 pub struct Application {
@@ -36,6 +38,7 @@ pub struct Application {
     token_refresher: TokenRefresher,
     sweeper: Sweeper,
     waiting: WaitingSender,
+    scheduled: ScheduledSender,
     recovery: Recovery,
     catalogue: Catalogue,
     token_interval: Duration,
@@ -79,6 +82,8 @@ impl Application {
         let ledger = settings.ledger.clone();
         let waiting =
             WaitingSender::new(storage.clone(), sender.clone(), clock.clone(), ledger.lease);
+        let scheduled =
+            ScheduledSender::new(storage.clone(), sender.clone(), clock.clone(), ledger.lease);
         let recovery = Recovery::new(
             storage.clone(),
             sender.clone(),
@@ -122,6 +127,7 @@ impl Application {
                 ledger.message_retention,
             ),
             waiting,
+            scheduled,
             recovery,
             catalogue,
             token_interval: settings.tokens.check_interval,
@@ -164,6 +170,11 @@ impl Application {
     /// The waiting-message worker, for tests that drive its `run_once`.
     pub fn waiting_sender(&self) -> WaitingSender {
         self.waiting.clone()
+    }
+
+    /// The scheduled-message worker, for tests that drive its `run_once`.
+    pub fn scheduled_sender(&self) -> ScheduledSender {
+        self.scheduled.clone()
     }
 
     /// The recovery worker, for tests that drive its `run_once`.
@@ -211,8 +222,19 @@ impl Application {
         let refresher = self.token_refresher.clone();
         let sweeper = self.sweeper.clone();
         let waiting = self.waiting.clone();
+        let scheduled = self.scheduled.clone();
         let recovery = self.recovery.clone();
         let workers = [
+            // Scheduled messages are polled as often as waiting ones.
+            tokio::spawn(run_every(
+                "scheduled",
+                self.waiting_interval,
+                shutdown.clone(),
+                move || {
+                    let scheduled = scheduled.clone();
+                    async move { scheduled.run_once().await.map(drop) }
+                },
+            )),
             tokio::spawn(run_every(
                 "waiting",
                 self.waiting_interval,

@@ -43,7 +43,10 @@ impl Reply {
             status: result.status,
         };
         let Some(failure) = result.failure else {
-            let status = if result.status == MessageStatus::Waiting {
+            let status = if matches!(
+                result.status,
+                MessageStatus::Waiting | MessageStatus::Scheduled
+            ) {
                 StatusCode::ACCEPTED
             } else {
                 StatusCode::OK
@@ -68,6 +71,29 @@ impl Reply {
             status,
             retry_after,
             body: SendBody::Answer(sent),
+        }
+    }
+
+    /// The answer to a send the user's send rules refused before anything
+    /// was stored: an error body (no message id: there is no message).
+    fn refused(failure: &SendFailure, now_ms: i64) -> Self {
+        let mut error = ApiError::from_send_failure(failure, now_ms);
+        let at = match failure {
+            SendFailure::QuietHours { opens_at_ms } => Some(("opens_at", *opens_at_ms)),
+            SendFailure::UserSendLimit { retry_at_ms } => Some(("retry_at", *retry_at_ms)),
+            _ => None,
+        };
+        if let Some((name, at)) = at {
+            if let Some(time) = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(at) {
+                error = error.with_detail(name, time.to_rfc3339());
+            }
+        }
+        let mut body = ErrorBody::new(error.code(), "");
+        body.error = error.public_object();
+        Self {
+            status: error.status(),
+            retry_after: error.retry_after_secs(),
+            body: SendBody::Error(body),
         }
     }
 
@@ -138,7 +164,9 @@ pub async fn send(
     // `data`); the request rules then read the same bytes.
     let body = context.read_json_text(&request, payload).await?;
     // Checked before anything is claimed or an idempotency key is taken.
-    let checked = context.sender.check(appid, parse(&body)?).await?;
+    let request = parse(&body)?;
+    check_send_rules(&auth, &context, &request)?;
+    let checked = context.sender.check(appid, request).await?;
     // Time-ordered (v7): new messages land at one end of the primary key
     // index instead of all over it.
     let message_id = uuid::Uuid::now_v7().to_string();
@@ -172,6 +200,40 @@ pub async fn send(
     Ok(reply.respond())
 }
 
+/// The longest a message may be scheduled ahead: 30 days.
+const MAX_SCHEDULE_MS: i64 = 30 * 86_400_000;
+
+/// What the send rules ask of the caller: `urgent` needs a key with the
+/// `urgent` scope; `send_at` lies at most 30 days ahead.
+fn check_send_rules(
+    auth: &Authorized<SendScope>,
+    context: &ApiContext,
+    request: &SendRequest,
+) -> Result<(), ApiError> {
+    if request.urgent {
+        auth.principal()
+            .check_scopes(&[crate::config::Scope::Urgent])
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "urgent_not_allowed",
+                    "\"urgent\": true needs an API key with the urgent scope",
+                )
+            })?;
+    }
+    let ahead = request
+        .send_at
+        .map(|at| at.timestamp_millis() - context.clock.now_ms());
+    if ahead.is_some_and(|ahead| ahead > MAX_SCHEDULE_MS) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "send_at is more than 30 days ahead",
+        ));
+    }
+    Ok(())
+}
+
 /// The send a body asks for, by the rules of a send request.
 fn parse(body: &[u8]) -> Result<SendRequest, ApiError> {
     parse_send_request(body).map_err(|rejection| match rejection.code {
@@ -194,6 +256,14 @@ async fn run(
     message_id: &str,
 ) -> (Reply, bool) {
     match context.sender.send(appid, checked, message_id).await {
+        Ok(outcome) if outcome.refused => {
+            let now = context.clock.now_ms();
+            let reply = match &outcome.result.failure {
+                Some(failure) => Reply::refused(failure, now),
+                None => Reply::internal(),
+            };
+            (reply, true)
+        }
         Ok(outcome) => {
             let settled = outcome.result.status != MessageStatus::Pending;
             let mut reply = Reply::of(outcome.result, context.clock.now_ms());
@@ -332,5 +402,47 @@ pub async fn lookup(
         .message(auth.appid(), &id)
         .await?
         .ok_or_else(not_found)?;
+    Ok(HttpResponse::Ok().json(Message::new(message, attempts)))
+}
+
+/// Cancels a scheduled message: 200 with the message, now failed with
+/// `cancelled`; 409 `not_scheduled` when it is no longer scheduled (it was
+/// sent, or is being sent: nothing is cancelled then); 404 when unknown.
+pub async fn cancel(
+    auth: Authorized<SendScope>,
+    path: web::Path<MessagePath>,
+    context: web::Data<ApiContext>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner().id;
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "message_not_found",
+            "no such message",
+        )
+    };
+    if uuid::Uuid::parse_str(&id).is_err() {
+        return Err(not_found());
+    }
+    let now = context.clock.now_ms();
+    let cancelled = context
+        .storage
+        .cancel_scheduled(auth.appid(), &id, now)
+        .await?;
+    let (message, attempts) = context
+        .storage
+        .message(auth.appid(), &id)
+        .await?
+        .ok_or_else(not_found)?;
+    if !cancelled {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_scheduled",
+            format!(
+                "the message is {}, not scheduled: nothing was cancelled",
+                message.status
+            ),
+        ));
+    }
     Ok(HttpResponse::Ok().json(Message::new(message, attempts)))
 }

@@ -106,7 +106,10 @@ pub fn routes(config: &mut web::ServiceConfig) {
                     web::resource("/subscriptions").route(web::post().to(subscriptions::record)),
                 )
                 .service(get_and_head("/users/{openid}/quota", credentials::quota))
-                .service(get_and_head("/messages/{id}", messages::lookup))
+                .service(
+                    get_and_head("/messages/{id}", messages::lookup)
+                        .route(web::delete().to(messages::cancel)),
+                )
                 .service(get_and_head("/access_token", tokens::current))
                 .service(
                     web::resource("/access_token/refresh").route(web::post().to(tokens::refresh)),

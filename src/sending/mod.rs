@@ -28,6 +28,7 @@
 mod execute;
 pub mod guard;
 pub mod quota;
+mod rules;
 
 pub use formid_core::send::{decide, request, run};
 
@@ -40,7 +41,7 @@ use serde::Serialize;
 pub use request::{InvalidTemplateData, PreparedSend, SendRequest, SubscribeDefaults};
 
 use crate::clock::SharedClock;
-use crate::config::AppSettings;
+use crate::config::{AppSettings, UserLimits};
 use crate::ledger::failure::SendFailure;
 use crate::ledger::states::{AttemptOutcome, Channel, MessageStatus};
 use crate::ledger::templates::{check_send, SendParts};
@@ -107,6 +108,22 @@ pub struct SendResult {
     pub attempts: Vec<AttemptSummary>,
 }
 
+impl SendResult {
+    /// A message that ran no call: its state, and why when it failed.
+    pub fn without_attempts(
+        message_id: &str,
+        status: MessageStatus,
+        failure: Option<SendFailure>,
+    ) -> Self {
+        Self {
+            message_id: message_id.to_owned(),
+            status,
+            failure,
+            attempts: Vec::new(),
+        }
+    }
+}
+
 /// A send request checked against what the app knows of its template,
 /// shaped for its channel: ready to be sent.
 #[derive(Debug, Clone)]
@@ -139,9 +156,14 @@ pub enum SendRefusal {
     Ledger(#[from] anyhow::Error),
 }
 
-/// Where a send ended (for now), and how it went out.
+/// Where a send ended (for now), and how it went out. A send the user's
+/// send rules refused (a full cap, quiet hours that refuse) stored nothing:
+/// its `result` is `failed` with that failure and no attempts, and
+/// `refused` says so.
 #[derive(Debug, Clone)]
 pub struct SendOutcome {
+    /// Whether the send rules refused it before anything was stored.
+    pub refused: bool,
     /// The message's state and attempts.
     pub result: SendResult,
     /// The channel it went by.
@@ -182,6 +204,8 @@ pub struct Sender {
     quota: QuotaBlock,
     settings: SendSettings,
     guard: CallGuard,
+    /// Each app's send caps and quiet hours.
+    limits: Arc<BTreeMap<String, UserLimits>>,
 }
 
 impl Sender {
@@ -193,7 +217,9 @@ impl Sender {
             parts.clock.clone(),
             settings.quota_cache_ms,
         );
+        let limits = Arc::new(rules::limits_of(&parts.apps));
         Self {
+            limits,
             storage: parts.storage,
             tokens: parts.tokens,
             wechat: parts.wechat,
@@ -262,7 +288,10 @@ impl Sender {
         message_id: &str,
     ) -> anyhow::Result<SendOutcome> {
         let (channel, checked) = (send.channel(), send.checked);
-        let result = self.start(appid, send.prepared, message_id).await?;
+        let (result, refused) = match self.admit(appid, &send.prepared, message_id).await? {
+            rules::Admission::Decided { result, refused } => (result, refused),
+            rules::Admission::Now => self.start(appid, send.prepared, message_id).await?,
+        };
         if result
             .attempts
             .iter()
@@ -271,20 +300,23 @@ impl Sender {
             self.catalogue.refresh_in_background(appid);
         }
         Ok(SendOutcome {
+            refused,
             result,
             channel,
             checked,
         })
     }
 
-    /// Records a new message with the given id and runs it.
+    /// Records a new message with the given id and runs it; or, when a
+    /// send cap of the app is full, records nothing and answers
+    /// `user_send_limit` (`true`: refused).
     #[tracing::instrument(name = "send", skip_all, fields(appid = %appid, message_id = %message_id))]
     async fn start(
         &self,
         appid: &str,
         request: PreparedSend,
         message_id: &str,
-    ) -> anyhow::Result<SendResult> {
+    ) -> anyhow::Result<(SendResult, bool)> {
         // Why the slot comes first: a wait for a call slot must not eat into
         // a lease, so nothing is claimed until this send may call.
         let permit = self.guard.slot(appid).await;
@@ -317,7 +349,21 @@ impl Sender {
         };
         // 45009 earlier today: answer at once, without calling WeChat.
         let blocked_until = self.quota.blocked_until(appid).await?;
-        let start = match run::quota_block(blocked_until, now) {
+        let capped = self.caps_for(appid, &message.template_id);
+        let blocked = run::quota_block(blocked_until, now);
+        let start = match blocked {
+            // A capped app: the count and the message's row in one write
+            // transaction (see `SendRulesStore::create_capped_message`),
+            // then the first claim as for a message taken up again.
+            _ if !capped.is_empty() => {
+                if let Some(refusal) = self.create_capped(&message, capped, now).await? {
+                    return Ok((refusal, true));
+                }
+                match blocked {
+                    Some(until_ms) => Start::QuotaBlocked { until_ms },
+                    None => Start::ClaimFirst,
+                }
+            }
             Some(until_ms) => {
                 self.storage.create_message(&message, now).await?;
                 Start::QuotaBlocked { until_ms }
@@ -336,18 +382,22 @@ impl Sender {
         Run::new(self, &outgoing, lease, lease_until, permit)
             .process(start)
             .await
+            .map(|result| (result, false))
     }
 
     /// Carries on with a stored message this process has taken under
     /// `token` (a waiting message that came due, or one whose worker died).
     /// The caller (a worker) runs it inside a `resume{appid, message_id}` span.
     pub async fn resume(&self, message: &StoredMessage, token: i64) -> anyhow::Result<SendResult> {
-        let permit = self.guard.slot(&message.appid).await;
-        let outgoing = OutgoingMessage::from_stored(message)?;
         let lease = Lease {
             message_id: message.id.clone(),
             token,
         };
+        if let Some(held) = self.hold_in_quiet_hours(message, &lease).await? {
+            return Ok(held);
+        }
+        let permit = self.guard.slot(&message.appid).await;
+        let outgoing = OutgoingMessage::from_stored(message)?;
         // The lease may have aged while the slot was awaited: the first
         // claim renews it.
         let lease_until = self.clock.now_ms();

@@ -18,6 +18,7 @@ mod postgres;
 #[cfg(test)]
 mod schema_checks;
 pub mod sessions;
+pub mod send_rules;
 mod shared;
 mod sql;
 mod sqlite;
@@ -28,6 +29,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 
 pub use postgres::PostgresStorage;
+pub use send_rules::SendRulesStore;
 
 /// What the bench and the plan tests read of the storage's insides: the
 /// statements as the backends run them, and group commit's own PostgreSQL
@@ -710,6 +712,7 @@ pub trait MaintenanceStore: Send + Sync {
 pub trait Storage:
     CredentialStore
     + MessageStore
+    + SendRulesStore
     + IdempotencyStore
     + SubscriptionStore
     + TemplateStore
@@ -724,6 +727,7 @@ pub trait Storage:
 impl<T> Storage for T where
     T: CredentialStore
         + MessageStore
+        + SendRulesStore
         + IdempotencyStore
         + SubscriptionStore
         + TemplateStore

@@ -64,6 +64,13 @@ impl Backend for PostgresStorage {
     // gone.
     const CLAIM_LOCK: &'static str = "FOR UPDATE SKIP LOCKED";
 
+    /// Why an advisory lock: the cap's count reads rows that a concurrent
+    /// send is about to insert, which no row lock can cover. Held until
+    /// the transaction ends, so the next count sees this one's message.
+    /// Keys that collide only serialise two users' capped sends.
+    const USER_LOCK: Option<&'static str> =
+        Some("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))");
+
     fn writer(&self) -> &PgPool {
         &self.writer
     }

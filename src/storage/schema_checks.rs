@@ -53,22 +53,31 @@ fn the_check_constraints_allow_exactly_the_enum_names() {
         ),
         ("effect", names(PushEffect::ALL, PushEffect::as_str), false),
     ];
-    let sqlite_0008 = read("migrations/sqlite/0008_check_constraints_without_in_lists.sql".into());
-    assert!(!sqlite_0008.contains(" IN ("), "0008 keeps an IN list");
+    // 0011 rebuilt SQLite's messages again, for the scheduled state.
+    let sqlite_0008 = read("migrations/sqlite/0008_check_constraints_without_in_lists.sql".into())
+        + &read("migrations/sqlite/0011_send_rules.sql".into());
+    assert!(
+        !sqlite_0008.contains(" IN ("),
+        "0008 or 0011 keeps an IN list"
+    );
     for backend in ["sqlite", "postgres"] {
         let schema: String = [
             "0004_typed_states_and_fencing.sql",
             "0005_subscribe_messages.sql",
             "0006_message_push.sql",
+            "0011_send_rules.sql",
         ]
         .iter()
         .map(|file| read(format!("migrations/{backend}/{file}")))
         .collect();
-        for (column, all, _) in &columns {
+        for (column, all, rebuilt) in &columns {
             let quoted: Vec<String> = all.iter().map(|name| format!("'{name}'")).collect();
             let check = format!("CHECK ({column} IN ({}))", quoted.join(", "));
+            // SQLite's rebuilt tables hold their current list in the OR
+            // spelling only (checked below); a later list has no IN form.
+            let superseded = backend == "sqlite" && *rebuilt && *column == "status";
             assert!(
-                schema.contains(&check),
+                superseded || schema.contains(&check),
                 "migrations/{backend} lacks {check}"
             );
         }

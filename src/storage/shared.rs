@@ -32,6 +32,11 @@ pub(crate) trait Backend {
     /// What fills the `{lock}` slot of claim statements (`sql::with_lock`).
     const CLAIM_LOCK: &'static str;
 
+    /// The statement that serialises one user's capped sends inside a write
+    /// transaction (its key bound as `$1`), when the backend's writes are
+    /// not serialised already.
+    const USER_LOCK: Option<&'static str>;
+
     /// The pool writes go through.
     fn writer(&self) -> &sqlx::Pool<Self::Db>;
 
@@ -1209,6 +1214,155 @@ macro_rules! impl_storage {
                         .bind(outcome.wechat_errcode)
                         .bind(now)
                         .bind(lease.token)
+                }
+            }
+            #[async_trait::async_trait]
+            impl $crate::storage::send_rules::SendRulesStore for $storage {
+                async fn create_capped_message(
+                    &self,
+                    start: &$crate::storage::send_rules::CappedStart<'_>,
+                ) -> anyhow::Result<$crate::ledger::user_limits::CapDecision> {
+                    let message = start.message;
+                    let mut tx = self.begin_write().await?;
+                    let decision = Self::count_caps(&mut tx, start.caps, &message.appid, &message.touser, &message.template_id, start.now).await?;
+                    if decision == $crate::ledger::user_limits::CapDecision::Allow {
+                        bind_message!(sqlx::query(sql::CREATE_MESSAGE), message)
+                            .bind(start.now)
+                            .execute(&mut *tx)
+                            .await
+                            .context("recording the capped message")?;
+                    }
+                    // Committed either way: on PostgreSQL the commit releases the
+                    // user's lock, after the message is visible to the next count.
+                    tx.commit().await.context("committing the capped message")?;
+                    Ok(decision)
+                }
+
+                async fn schedule_message(&self, scheduled: &$crate::storage::send_rules::Scheduled<'_>) -> anyhow::Result<()> {
+                    bind_message!(sqlx::query(sql::SCHEDULE_MESSAGE), scheduled.message)
+                        .bind(scheduled.due_at)
+                        .bind(scheduled.send_at)
+                        .bind(scheduled.now)
+                        .execute(self.writer())
+                        .await
+                        .context("recording a scheduled message")?;
+                    Ok(())
+                }
+
+                async fn cancel_scheduled(&self, appid: &str, id: &str, now: i64) -> anyhow::Result<bool> {
+                    let done = sqlx::query(sql::CANCEL_SCHEDULED)
+                        .bind(appid)
+                        .bind(id)
+                        .bind(now)
+                        .execute(self.writer())
+                        .await
+                        .context("cancelling a scheduled message")?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn due_scheduled(&self, now: i64, limit: i64) -> anyhow::Result<Vec<StoredMessage>> {
+                    sqlx::query_as(sql::DUE_SCHEDULED)
+                        .bind(now)
+                        .bind(limit)
+                        .fetch_all(self.reader())
+                        .await
+                        .context("reading due scheduled messages")
+                }
+
+                async fn take_scheduled(
+                    &self,
+                    take: &$crate::storage::send_rules::TakeScheduled<'_>,
+                ) -> anyhow::Result<$crate::storage::send_rules::Taken> {
+                    use $crate::storage::send_rules::Taken;
+                    use $crate::ledger::user_limits::CapDecision;
+                    let mut tx = self.begin_write().await?;
+                    if !take.caps.is_empty() {
+                        let Some(message): Option<StoredMessage> = sqlx::query_as(sql::STORED_MESSAGE)
+                            .bind(take.id)
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .context("reading a scheduled message")?
+                        else {
+                            return Ok(Taken::Gone);
+                        };
+                        let decision = Self::count_caps(&mut tx, take.caps, &message.appid, &message.touser, &message.template_id, take.now).await?;
+                        if let CapDecision::Capped { retry_at_ms, .. } = decision {
+                            let done = sqlx::query(sql::CAP_SCHEDULED)
+                                .bind(take.id)
+                                .bind(take.now)
+                                .execute(&mut *tx)
+                                .await
+                                .context("ending a capped scheduled message")?;
+                            tx.commit().await.context("committing a capped scheduled message")?;
+                            return Ok(if done.rows_affected() == 1 { Taken::Capped { retry_at_ms } } else { Taken::Gone });
+                        }
+                    }
+                    let taken: Option<StoredMessage> = sqlx::query_as(sql::TAKE_SCHEDULED)
+                        .bind(take.id)
+                        .bind(take.lease_until)
+                        .bind(take.token)
+                        .bind(take.now)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .context("taking a scheduled message")?;
+                    tx.commit().await.context("committing a taken scheduled message")?;
+                    Ok(taken.map_or(Taken::Gone, Taken::Taken))
+                }
+
+                async fn reschedule(&self, id: &str, due_at: i64, now: i64) -> anyhow::Result<bool> {
+                    let done = sqlx::query(sql::RESCHEDULE)
+                        .bind(id)
+                        .bind(due_at)
+                        .bind(now)
+                        .execute(self.writer())
+                        .await
+                        .context("rescheduling a message")?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn hold_message(&self, lease: &Lease, due_at: i64, now: i64) -> anyhow::Result<bool> {
+                    let done = sqlx::query(sql::HOLD_MESSAGE)
+                        .bind(&lease.message_id)
+                        .bind(lease.token)
+                        .bind(due_at)
+                        .bind(now)
+                        .execute(self.writer())
+                        .await
+                        .context("holding a message until quiet hours end")?;
+                    Ok(done.rows_affected() == 1)
+                }
+            }
+
+            impl $storage {
+                /// Inside a write transaction: takes the user's lock (on
+                /// PostgreSQL; SQLite's writer is already alone), reads what
+                /// counts against the caps and decides.
+                async fn count_caps(
+                    tx: &mut sqlx::Transaction<'static, <Self as Backend>::Db>,
+                    caps: &[$crate::ledger::user_limits::SendCap],
+                    appid: &str,
+                    touser: &str,
+                    template_id: &str,
+                    now: i64,
+                ) -> anyhow::Result<$crate::ledger::user_limits::CapDecision> {
+                    let Some(window) = $crate::ledger::user_limits::longest_window(caps, template_id) else {
+                        return Ok($crate::ledger::user_limits::CapDecision::Allow);
+                    };
+                    if let Some(lock) = <Self as Backend>::USER_LOCK {
+                        sqlx::query(lock)
+                            .bind($crate::storage::send_rules::user_lock_key(appid, touser))
+                            .execute(&mut **tx)
+                            .await
+                            .context("locking the user's sends")?;
+                    }
+                    let rows: Vec<(String, String, i64)> = sqlx::query_as(sql::CAP_COUNTED)
+                        .bind(appid)
+                        .bind(touser)
+                        .bind(now - window)
+                        .fetch_all(&mut **tx)
+                        .await
+                        .context("counting the user's sends")?;
+                    Ok($crate::storage::send_rules::decide_counted(caps, template_id, &rows, now))
                 }
             }
         };

@@ -543,6 +543,67 @@ pub const REVOKE_API_KEY: &str =
 /// Last used, never moved back (instances' clocks differ).
 pub const TOUCH_API_KEY: &str = "UPDATE api_keys SET last_used_at = $2 \
     WHERE key_id = $1 AND (last_used_at IS NULL OR last_used_at < $2)";
+/// The user's messages that may count against a send cap: those finished
+/// sent or of unknown outcome since `$3` (range of `messages_by_user_recent`),
+/// and those in flight (pending or waiting) whatever their age (from
+/// `messages_in_flight_by_user`, only the older ones, so no row is read
+/// twice). A message that failed counts for nothing: it was not delivered.
+pub const CAP_COUNTED: &str = "SELECT template_id, status, updated_at FROM messages \
+    WHERE appid = $1 AND touser = $2 AND updated_at > $3 \
+      AND (status = 'sent' OR status = 'unknown' OR status = 'pending' OR status = 'waiting') \
+    UNION ALL \
+    SELECT template_id, status, updated_at FROM messages \
+    WHERE appid = $1 AND touser = $2 AND updated_at <= $3 \
+      AND (status = 'pending' OR status = 'waiting')";
+
+/// A message kept until its time (`$12`, the due time; `$13`, the time
+/// asked for), holding nothing.
+pub const SCHEDULE_MESSAGE: &str = "INSERT INTO messages \
+    (id, appid, touser, template_id, payload, status, delivery, wait_until, lease_until, \
+     lease_token, channel, created_at, updated_at, next_attempt_at, send_at) \
+    VALUES ($1, $2, $3, $4, $5, 'scheduled', $7, $8, NULL, NULL, $11, $14, $14, $12, $13)";
+
+/// Ends a scheduled message as cancelled, only while it is still
+/// scheduled (why `IS NOT DISTINCT FROM`: [`FENCE_MESSAGE`]).
+pub const CANCEL_SCHEDULED: &str = "UPDATE messages \
+    SET status = 'failed', error_code = 'cancelled', updated_at = $3, next_attempt_at = NULL \
+    WHERE id = $2 AND appid = $1 AND status IS NOT DISTINCT FROM 'scheduled'";
+
+/// The scheduled messages whose time has come, oldest first (the partial
+/// index `messages_scheduled`). A read: each is then taken on its own.
+pub const DUE_SCHEDULED: &str = "SELECT id, appid, touser, template_id, payload, status, \
+    delivery, wait_until, channel FROM messages \
+    WHERE status = 'scheduled' AND next_attempt_at <= $1 \
+    ORDER BY next_attempt_at LIMIT $2";
+
+/// A due scheduled message taken by one run under its token (`$3`): the
+/// first of concurrent takers changes its state, the others match nothing.
+/// Its wait for a credential (`wait_until`) moves by how late it is taken.
+pub const TAKE_SCHEDULED: &str = "UPDATE messages \
+    SET status = 'pending', lease_until = $2, lease_token = $3, updated_at = $4, \
+        wait_until = wait_until + ($4 - next_attempt_at), next_attempt_at = NULL \
+    WHERE id = $1 AND status IS NOT DISTINCT FROM 'scheduled' AND next_attempt_at <= $4 \
+    RETURNING id, appid, touser, template_id, payload, status, delivery, wait_until, channel";
+
+/// A due scheduled message that a full send cap refuses: it ends failed.
+pub const CAP_SCHEDULED: &str = "UPDATE messages \
+    SET status = 'failed', error_code = 'user_send_limit', updated_at = $2, \
+        next_attempt_at = NULL \
+    WHERE id = $1 AND status IS NOT DISTINCT FROM 'scheduled'";
+
+/// A scheduled message moved to `$2` (the end of quiet hours), its wait
+/// for a credential moved with it.
+pub const RESCHEDULE: &str = "UPDATE messages \
+    SET wait_until = wait_until + ($2 - next_attempt_at), next_attempt_at = $2, updated_at = $3 \
+    WHERE id = $1 AND status IS NOT DISTINCT FROM 'scheduled'";
+
+/// A message a run holds but must not send yet (quiet hours) becomes
+/// scheduled for `$3`, fenced by the run's token (`$2`). The run holds no
+/// credential when it does this.
+pub const HOLD_MESSAGE: &str = "UPDATE messages \
+    SET status = 'scheduled', next_attempt_at = $3, lease_until = NULL, lease_token = NULL, \
+        updated_at = $4 \
+    WHERE id = $1 AND lease_token = $2 AND status IS NOT DISTINCT FROM 'pending'";
 
 #[cfg(test)]
 mod tests {

@@ -108,6 +108,9 @@ impl Backend for SqliteStorage {
     // already makes it atomic.
     const CLAIM_LOCK: &'static str = "";
 
+    /// SQLite's single writer (`BEGIN IMMEDIATE`) already serialises them.
+    const USER_LOCK: Option<&'static str> = None;
+
     fn writer(&self) -> &SqlitePool {
         &self.writer
     }

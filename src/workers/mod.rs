@@ -3,6 +3,7 @@
 //! shutdown signal the API shares fires.
 
 mod recovery;
+mod scheduled;
 mod sweeper;
 mod token_refresher;
 mod waiting;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use recovery::{Recovery, RecoveryReport};
+pub use scheduled::{ScheduledReport, ScheduledSender};
 pub use sweeper::Sweeper;
 pub use token_refresher::TokenRefresher;
 pub use waiting::WaitingSender;

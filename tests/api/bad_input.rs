@@ -457,6 +457,11 @@ fn table(now_ms: i64, seeded_message: &str, seeded_prepay: &str) -> Vec<Case> {
     t.add("send: wait_seconds a fraction", M::POST, m, (send.clone(), JSON), send_body(|body| body["wait_seconds"] = json!(1.5)), (400, "invalid_json"));
     t.add("send: wait_seconds over 7 days", M::POST, m, (send.clone(), JSON), send_body(|body| body["wait_seconds"] = json!(7 * 86_400 + 1)), (422, "invalid_field"));
     t.add("send: wait_seconds u64::MAX", M::POST, m, (send.clone(), JSON), send_body(|body| body["wait_seconds"] = json!(u64::MAX)), (422, "invalid_field"));
+    t.add("send: send_at not a time", M::POST, m, (send.clone(), JSON), send_body(|body| body["send_at"] = json!("tomorrow")), (400, "invalid_json"));
+    t.add("send: send_at without an offset", M::POST, m, (send.clone(), JSON), send_body(|body| body["send_at"] = json!("2030-01-01T09:00:00")), (400, "invalid_json"));
+    t.add("send: send_at over 30 days ahead", M::POST, m, (send.clone(), JSON), send_body(|body| body["send_at"] = json!("2999-01-01T09:00:00+08:00")), (422, "invalid_field"));
+    t.add("send: urgent without the scope", M::POST, m, (send.clone(), JSON), send_body(|body| body["urgent"] = json!(true)), (403, "urgent_not_allowed"));
+    t.add("send: urgent a string", M::POST, m, (send.clone(), JSON), send_body(|body| body["urgent"] = json!("yes")), (400, "invalid_json"));
     t.add("send: an unknown delivery", M::POST, m, (send.clone(), JSON), send_body(|body| body["delivery"] = json!("exactly_once")), (422, "invalid_field"));
     t.add("send: delivery a number", M::POST, m, (send.clone(), JSON), send_body(|body| body["delivery"] = json!(1)), (400, "invalid_json"));
     t.add("send: SQL as touser", M::POST, m, (send.clone(), JSON), send_body(|body| body["touser"] = json!("' OR 1=1 --")), (422, "invalid_field"));
@@ -501,7 +506,11 @@ fn table(now_ms: i64, seeded_message: &str, seeded_prepay: &str) -> Vec<Case> {
     t.add("message: the collect key", M::GET, message(seeded_message), (collect.clone(), None), "", (403, "forbidden"));
     t.add("message: another app's key", M::GET, message(seeded_message), (bearer(OTHER_APP_KEY), None), "", (403, "forbidden"));
     t.add("message: unknown app", M::GET, format!("{unknown_app}/messages/{seeded_message}"), (bearer(ADMIN_KEY), None), "", (404, "unknown_app"));
-    t.add("message: DELETE", M::DELETE, message(seeded_message), (send.clone(), None), "", (405, "method_not_allowed"));
+    t.add("message: DELETE of a sent message", M::DELETE, message(seeded_message), (send.clone(), None), "", (409, "not_scheduled"));
+    t.add("message: DELETE of an unknown uuid", M::DELETE, message(&uuid::Uuid::new_v4().to_string()), (send.clone(), None), "", (404, "message_not_found"));
+    t.add("message: DELETE with SQL as the id", M::DELETE, message(sql), (send.clone(), None), "", (404, "message_not_found"));
+    t.add("message: DELETE through another app", M::DELETE, format!("/v1/apps/{OTHER_APPID}/messages/{seeded_message}"), (bearer(OTHER_APP_KEY), None), "", (404, "message_not_found"));
+    t.add("message: DELETE with the collect key", M::DELETE, message(seeded_message), (collect.clone(), None), "", (403, "forbidden"));
     t.add("message: POST", M::POST, message(seeded_message), (send.clone(), JSON), "{}", (405, "method_not_allowed"));
 
     // GET /v1/apps/{appid}/access_token

@@ -10,7 +10,7 @@ use formid_gateway::config::Settings;
 use formid_gateway::startup::Application;
 use formid_gateway::storage::Storage;
 use formid_gateway::templates::Catalogue;
-use formid_gateway::workers::{Recovery, Sweeper, TokenRefresher, WaitingSender};
+use formid_gateway::workers::{Recovery, ScheduledSender, Sweeper, TokenRefresher, WaitingSender};
 use serde_json::{json, Value};
 use sqlx::{Connection, Executor, PgConnection};
 use tokio_util::sync::CancellationToken;
@@ -50,6 +50,7 @@ pub struct TestApp {
     pub token_refresher: TokenRefresher,
     pub sweeper: Sweeper,
     pub waiting: WaitingSender,
+    pub scheduled: ScheduledSender,
     pub recovery: Recovery,
     pub catalogue: Catalogue,
     pub database_url: String,
@@ -201,6 +202,7 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Value)) -
         token_refresher: parts.token_refresher,
         sweeper: parts.sweeper,
         waiting: parts.waiting,
+        scheduled: parts.scheduled,
         recovery: parts.recovery,
         catalogue: parts.catalogue,
         database_url: parts.database_url,
@@ -279,6 +281,7 @@ async fn start_instance(settings: Value, clock: Arc<ManualClock>) -> TestAppPart
         token_refresher: application.token_refresher(),
         sweeper: application.sweeper(),
         waiting: application.waiting_sender(),
+        scheduled: application.scheduled_sender(),
         recovery: application.recovery(),
         catalogue: application.catalogue(),
         database_url,
@@ -298,6 +301,7 @@ struct TestAppParts {
     token_refresher: TokenRefresher,
     sweeper: Sweeper,
     waiting: WaitingSender,
+    scheduled: ScheduledSender,
     recovery: Recovery,
     catalogue: Catalogue,
     database_url: String,

@@ -22,6 +22,7 @@ mod request_id;
 mod secrets;
 mod send;
 mod sessions;
+mod send_rules;
 mod settle;
 mod spans;
 mod storage;

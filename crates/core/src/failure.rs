@@ -41,6 +41,13 @@ pub enum SendFailure {
     /// (the database failed, or another process took the message over):
     /// poll the message.
     OutcomePending,
+    /// A per-user send cap is full: one more send fits at `retry_at_ms`.
+    UserSendLimit { retry_at_ms: i64 },
+    /// Inside the app's quiet hours, which refuse sends: they open at
+    /// `opens_at_ms`.
+    QuietHours { opens_at_ms: i64 },
+    /// A scheduled message cancelled before its time.
+    Cancelled,
 }
 
 impl SendFailure {
@@ -62,6 +69,9 @@ impl SendFailure {
             SendFailure::AttemptLimit => "attempt_limit_reached",
             SendFailure::CircuitOpen { .. } => "upstream_circuit_open",
             SendFailure::OutcomePending => "outcome_pending",
+            SendFailure::UserSendLimit { .. } => "user_send_limit",
+            SendFailure::QuietHours { .. } => "quiet_hours",
+            SendFailure::Cancelled => "cancelled",
         }
     }
 
@@ -101,6 +111,13 @@ impl SendFailure {
                 retry_after_ms: 1_000,
             },
             "outcome_pending" => SendFailure::OutcomePending,
+            "user_send_limit" => SendFailure::UserSendLimit {
+                retry_at_ms: updated_at,
+            },
+            "quiet_hours" => SendFailure::QuietHours {
+                opens_at_ms: updated_at,
+            },
+            "cancelled" => SendFailure::Cancelled,
             _ => return None,
         })
     }
@@ -160,6 +177,13 @@ impl SendFailure {
             SendFailure::OutcomePending => {
                 "WeChat was called but the outcome is not settled yet; poll the message, never resend it without its Idempotency-Key".into()
             }
+            SendFailure::UserSendLimit { .. } => {
+                "the user's send cap is full; nothing was claimed or sent".into()
+            }
+            SendFailure::QuietHours { .. } => {
+                "the app's quiet hours hold sends; nothing was claimed or sent".into()
+            }
+            SendFailure::Cancelled => "the scheduled message was cancelled; nothing was sent".into(),
         }
     }
 }
@@ -202,6 +226,13 @@ mod tests {
                 retry_after_ms: 1_000,
             },
             SendFailure::OutcomePending,
+            SendFailure::UserSendLimit {
+                retry_at_ms: updated_at,
+            },
+            SendFailure::QuietHours {
+                opens_at_ms: updated_at,
+            },
+            SendFailure::Cancelled,
         ];
         for failure in failures {
             let read =

@@ -21,3 +21,4 @@ pub mod states;
 pub mod subscriptions;
 pub mod template_lint;
 pub mod templates;
+pub mod user_limits;

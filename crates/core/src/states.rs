@@ -104,6 +104,9 @@ stored_state! {
         Failed = "failed",
         /// WeChat may or may not have delivered it; it is never sent again.
         Unknown = "unknown",
+        /// Kept until its time (`send_at`, or the end of quiet hours); no
+        /// credential is held meanwhile.
+        Scheduled = "scheduled",
     }
 }
 

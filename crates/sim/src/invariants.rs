@@ -265,6 +265,19 @@ pub struct WeChatSide {
     pub told: BTreeMap<String, MessageStatus>,
     /// The app's tokens over the run.
     pub tokens: TokenFacts,
+    /// The app's per-user send cap, if it has one.
+    pub send_cap: Option<CapFacts>,
+}
+
+/// A per-user send cap, and how far the instances' clocks lie apart.
+#[derive(Debug, Clone, Copy)]
+pub struct CapFacts {
+    pub limit: u32,
+    pub window_ms: i64,
+    /// The largest difference between two instances' clocks: the window
+    /// is measured by the clocks of the instances that finish and admit
+    /// sends, so it holds as `window_ms - skew_spread_ms` in true time.
+    pub skew_spread_ms: i64,
 }
 
 /// Every invariant of the promise; an empty list when it held.
@@ -293,7 +306,56 @@ pub fn check(snapshot: &Snapshot, wechat: &WeChatSide) -> Vec<Violation> {
     }
     check_grants(snapshot, wechat, &mut violations);
     check_tokens(snapshot, wechat, &mut violations);
+    check_send_cap(snapshot, wechat, &deliveries, &mut violations);
     violations
+}
+
+/// No user received more than the cap's `limit` messages in any window,
+/// by WeChat's clock (less the instances' clock spread): a message counts
+/// once, at its first delivery (an `at_least_once` repeat is the same
+/// message).
+fn check_send_cap(
+    snapshot: &Snapshot,
+    wechat: &WeChatSide,
+    deliveries: &Deliveries<'_>,
+    violations: &mut Vec<Violation>,
+) {
+    let Some(cap) = wechat.send_cap else {
+        return;
+    };
+    let mut by_user: BTreeMap<&str, Vec<(i64, &str)>> = BTreeMap::new();
+    for message in &snapshot.messages {
+        let first = deliveries
+            .of_message(&message.id)
+            .iter()
+            .map(|d| d.at)
+            .min();
+        if let Some(at) = first {
+            by_user
+                .entry(message.touser.as_str())
+                .or_default()
+                .push((at, message.id.as_str()));
+        }
+    }
+    let window = cap.window_ms - cap.skew_spread_ms;
+    let limit = cap.limit as usize;
+    for (user, mut times) in by_user {
+        times.sort_unstable();
+        for pair in times.windows(limit + 1) {
+            let (first, last) = (pair[0], pair[limit]);
+            if last.0 - first.0 < window {
+                let ids: Vec<&str> = pair.iter().map(|(_, id)| *id).collect();
+                let text = format!(
+                    "{user} received {} messages within {} ms, over a cap of {} per {} ms",
+                    limit + 1,
+                    last.0 - first.0,
+                    cap.limit,
+                    cap.window_ms
+                );
+                violation(violations, text, &ids, &[]);
+            }
+        }
+    }
 }
 
 /// Records one violation naming its messages and credentials.

@@ -23,6 +23,10 @@ use formid_gateway::ledger::kinds::NEVER_EXPIRES_MS;
 use formid_gateway::ledger::states::{
     AttemptOutcome, Channel, CredentialState, Decision, Delivery, IdempotencyState, MessageStatus,
 };
+use formid_gateway::ledger::user_limits::{longest_window, CapDecision, SendCap};
+use formid_gateway::storage::send_rules::{
+    decide_counted, CappedStart, Scheduled, SendRulesStore, TakeScheduled, Taken,
+};
 use formid_gateway::storage::{
     AppState, AppStore, AttemptRow, Claim, ClaimRequest, ClaimedCredential, CredentialStore,
     EffectPlan, EndSend, IdempotencyBegin, IdempotencyRecord, IdempotencyRequest, IdempotencyStore,
@@ -98,6 +102,8 @@ pub struct MessageRowModel {
     pub created_at: i64,
     pub updated_at: i64,
     pub channel: Channel,
+    /// The time a scheduled send asked for.
+    pub send_at: Option<i64>,
 }
 
 impl MessageRowModel {
@@ -470,6 +476,7 @@ impl Tables {
                 created_at: now,
                 updated_at: now,
                 channel: message.channel,
+                send_at: None,
             },
         );
         Ok(())
@@ -877,6 +884,169 @@ impl CredentialStore for LedgerModel {
                 }
             }
             Ok(claimed)
+        })
+        .await
+    }
+}
+
+impl Tables {
+    /// `CAP_COUNTED` and the caps' decision (the user's lock is the model's
+    /// one writer, as SQLite's).
+    fn count_caps(
+        &self,
+        caps: &[SendCap],
+        appid: &str,
+        touser: &str,
+        template_id: &str,
+        now: i64,
+    ) -> CapDecision {
+        let Some(window) = longest_window(caps, template_id) else {
+            return CapDecision::Allow;
+        };
+        let rows: Vec<(String, String, i64)> = self
+            .messages
+            .values()
+            .filter(|m| m.appid == appid && m.touser == touser)
+            .filter(|m| match m.status {
+                MessageStatus::Pending | MessageStatus::Waiting => true,
+                MessageStatus::Sent | MessageStatus::Unknown => m.updated_at > now - window,
+                _ => false,
+            })
+            .map(|m| (m.template_id.clone(), m.status.to_string(), m.updated_at))
+            .collect();
+        decide_counted(caps, template_id, &rows, now)
+    }
+}
+
+#[async_trait]
+impl SendRulesStore for LedgerModel {
+    async fn create_capped_message(&self, start: &CappedStart<'_>) -> anyhow::Result<CapDecision> {
+        self.write(|t| {
+            let m = start.message;
+            let decision = t.count_caps(start.caps, &m.appid, &m.touser, &m.template_id, start.now);
+            if decision == CapDecision::Allow {
+                t.create_message(m, start.now)?;
+            }
+            Ok(decision)
+        })
+        .await
+    }
+
+    async fn schedule_message(&self, scheduled: &Scheduled<'_>) -> anyhow::Result<()> {
+        self.write(|t| {
+            t.create_message(scheduled.message, scheduled.now)?;
+            let row = t
+                .messages
+                .get_mut(&scheduled.message.id)
+                .expect("just inserted");
+            row.status = MessageStatus::Scheduled;
+            row.lease_until = None;
+            row.lease_token = None;
+            row.next_attempt_at = Some(scheduled.due_at);
+            row.send_at = scheduled.send_at;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn cancel_scheduled(&self, appid: &str, id: &str, now: i64) -> anyhow::Result<bool> {
+        self.write(|t| {
+            Ok(match t.messages.get_mut(id) {
+                Some(m) if m.appid == appid && m.status == MessageStatus::Scheduled => {
+                    m.status = MessageStatus::Failed;
+                    m.error_code = Some("cancelled".into());
+                    m.updated_at = now;
+                    m.next_attempt_at = None;
+                    true
+                }
+                _ => false,
+            })
+        })
+        .await
+    }
+
+    async fn due_scheduled(&self, now: i64, limit: i64) -> anyhow::Result<Vec<StoredMessage>> {
+        self.read(|t| {
+            let mut due: Vec<&MessageRowModel> = t
+                .messages
+                .values()
+                .filter(|m| {
+                    m.status == MessageStatus::Scheduled
+                        && m.next_attempt_at.is_some_and(|at| at <= now)
+                })
+                .collect();
+            due.sort_by_key(|m| m.next_attempt_at);
+            due.into_iter()
+                .take(limit as usize)
+                .map(MessageRowModel::stored)
+                .collect()
+        })
+        .await
+    }
+
+    async fn take_scheduled(&self, take: &TakeScheduled<'_>) -> anyhow::Result<Taken> {
+        self.write(|t| {
+            let Some(m) = t.messages.get(take.id) else {
+                return Ok(Taken::Gone);
+            };
+            let due = m.status == MessageStatus::Scheduled
+                && m.next_attempt_at.is_some_and(|at| at <= take.now);
+            let decision = t.count_caps(take.caps, &m.appid, &m.touser, &m.template_id, take.now);
+            let m = t.messages.get_mut(take.id).expect("read above");
+            if let CapDecision::Capped { retry_at_ms, .. } = decision {
+                if m.status != MessageStatus::Scheduled {
+                    return Ok(Taken::Gone);
+                }
+                m.status = MessageStatus::Failed;
+                m.error_code = Some("user_send_limit".into());
+                m.updated_at = take.now;
+                m.next_attempt_at = None;
+                return Ok(Taken::Capped { retry_at_ms });
+            }
+            if !due {
+                return Ok(Taken::Gone);
+            }
+            let late = take.now - m.next_attempt_at.unwrap_or(take.now);
+            m.status = MessageStatus::Pending;
+            m.lease_until = Some(take.lease_until);
+            m.lease_token = Some(take.token);
+            m.updated_at = take.now;
+            m.wait_until = m.wait_until.map(|at| at + late);
+            m.next_attempt_at = None;
+            Ok(Taken::Taken(m.stored()))
+        })
+        .await
+    }
+
+    async fn reschedule(&self, id: &str, due_at: i64, now: i64) -> anyhow::Result<bool> {
+        self.write(|t| {
+            Ok(match t.messages.get_mut(id) {
+                Some(m) if m.status == MessageStatus::Scheduled => {
+                    let moved = due_at - m.next_attempt_at.unwrap_or(due_at);
+                    m.wait_until = m.wait_until.map(|at| at + moved);
+                    m.next_attempt_at = Some(due_at);
+                    m.updated_at = now;
+                    true
+                }
+                _ => false,
+            })
+        })
+        .await
+    }
+
+    async fn hold_message(&self, lease: &Lease, due_at: i64, now: i64) -> anyhow::Result<bool> {
+        self.write(|t| {
+            Ok(match t.messages.get_mut(&lease.message_id) {
+                Some(m) if m.held_by(lease) => {
+                    m.status = MessageStatus::Scheduled;
+                    m.next_attempt_at = Some(due_at);
+                    m.lease_until = None;
+                    m.lease_token = None;
+                    m.updated_at = now;
+                    true
+                }
+                _ => false,
+            })
         })
         .await
     }

@@ -33,8 +33,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use crate::invariants::TokenFacts;
 use crate::invariants::{check, AcceptTruth, LedgerView, Snapshot, Violation, WeChatSide};
+use crate::invariants::{CapFacts, TokenFacts};
 use crate::ledger_model::LedgerModel;
 use crate::wechat_model::{
     Around, Fault, FaultRates, Invalidation, TrueCredential, WeChatModel, WeChatSetup,
@@ -212,6 +212,17 @@ pub struct Plan {
     pub token_mode: TokenMode,
     /// Another server of the app retiring its token.
     pub invalidations: Vec<InvalidationPlan>,
+    /// The app's per-user send cap (`limit`, `window_ms`), if any.
+    pub send_cap: Option<(u32, i64)>,
+}
+
+/// The per-user send cap of `seed`'s plan: on half the seeds, 1 to 3 sends
+/// in a window of 2 to 10 s. Drawn from a stream of its own, so the rest
+/// of every plan is what it was before caps joined the simulation.
+fn send_cap_plan(seed: u64) -> Option<(u32, i64)> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5e4d_ca95_0000_0011);
+    rng.gen_bool(0.5)
+        .then(|| (rng.gen_range(1..=3), rng.gen_range(2_000..=10_000)))
 }
 
 fn pick<T: Copy>(rng: &mut StdRng, choices: &[T]) -> T {
@@ -268,6 +279,7 @@ impl Plan {
             subscribe: SubscribePlan::default(),
             token_mode,
             invalidations,
+            send_cap: send_cap_plan(seed),
         }
     }
 
@@ -1157,6 +1169,17 @@ impl World {
                 previous_encoding_aes_key: None,
                 subscribe_grants_from: Default::default(),
                 cors_origins: Vec::new(),
+                send_caps: plan
+                    .send_cap
+                    .map(|(limit, window_ms)| {
+                        vec![formid_gateway::config::SendCapSettings {
+                            template_id: None,
+                            limit,
+                            window: Duration::from_millis(window_ms as u64),
+                        }]
+                    })
+                    .unwrap_or_default(),
+                quiet_hours: None,
             },
         )]));
         World {
@@ -1451,6 +1474,12 @@ fn wechat_side(world: &World, told: &Told) -> WeChatSide {
         long_term_templates: templates,
         accepts: accept_truths(plan),
         told: told.lock().expect("told").clone(),
+        send_cap: plan.send_cap.map(|(limit, window_ms)| CapFacts {
+            limit,
+            window_ms,
+            skew_spread_ms: plan.skews_ms.iter().max().unwrap_or(&0)
+                - plan.skews_ms.iter().min().unwrap_or(&0),
+        }),
         tokens: TokenFacts {
             mode: plan.token_mode,
             run_ms: world.base.now_ms() - world.base.epoch_ms,
@@ -1706,6 +1735,8 @@ fn send_request(send: &SendPlan) -> SendRequest {
         channel: None,
         miniprogram_state: None,
         lang: None,
+        urgent: false,
+        send_at: None,
     }
 }
 

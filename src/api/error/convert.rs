@@ -119,9 +119,11 @@ fn send_status(failure: &SendFailure) -> StatusCode {
         SendFailure::NoCredential
         | SendFailure::GrantsRevoked { .. }
         | SendFailure::CredentialNotReady => StatusCode::CONFLICT,
-        SendFailure::QuotaExhausted { .. } | SendFailure::RateLimited => {
-            StatusCode::TOO_MANY_REQUESTS
-        }
+        SendFailure::QuotaExhausted { .. }
+        | SendFailure::RateLimited
+        | SendFailure::UserSendLimit { .. }
+        | SendFailure::QuietHours { .. } => StatusCode::TOO_MANY_REQUESTS,
+        SendFailure::Cancelled => StatusCode::CONFLICT,
         SendFailure::RequestInvalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         SendFailure::UpstreamBusy
         | SendFailure::UpstreamUnreachable
@@ -139,7 +141,13 @@ fn send_status(failure: &SendFailure) -> StatusCode {
 /// Seconds a caller should wait before sending again, where waiting helps.
 fn send_retry_after(failure: &SendFailure, now_ms: i64) -> Option<i64> {
     match failure {
-        SendFailure::QuotaExhausted { until_ms } => Some(((until_ms - now_ms) / 1000).max(1)),
+        SendFailure::QuotaExhausted { until_ms }
+        | SendFailure::UserSendLimit {
+            retry_at_ms: until_ms,
+        }
+        | SendFailure::QuietHours {
+            opens_at_ms: until_ms,
+        } => Some(((until_ms - now_ms + 999) / 1000).max(1)),
         SendFailure::RateLimited => Some(60),
         SendFailure::CredentialNotReady => Some(10),
         SendFailure::CircuitOpen { retry_after_ms } => Some((retry_after_ms / 1000).max(1)),

@@ -34,6 +34,13 @@ pub struct SendRequest {
     pub miniprogram_state: Option<MiniprogramState>,
     /// Subscribe messages: the card's language.
     pub lang: Option<Lang>,
+    /// Send even inside the app's quiet hours (needs the `urgent` scope).
+    #[serde(default)]
+    pub urgent: bool,
+    /// Keep the message as scheduled and send it at this time (RFC 3339);
+    /// a time already past sends at once.
+    #[serde(default)]
+    pub send_at: Option<chrono::DateTime<chrono::FixedOffset>>,
 }
 
 /// A request checked for its channel, with the body WeChat will get
@@ -46,6 +53,10 @@ pub struct PreparedSend {
     pub payload: Map<String, Value>,
     pub delivery: Delivery,
     pub wait_seconds: Option<u64>,
+    /// Sent even inside quiet hours.
+    pub urgent: bool,
+    /// When to send it (Unix ms), for a scheduled send.
+    pub send_at_ms: Option<i64>,
 }
 
 /// An app's defaults for the fields of a subscribe send.
@@ -120,6 +131,8 @@ impl SendRequest {
             payload,
             delivery: self.delivery,
             wait_seconds: self.wait_seconds,
+            urgent: self.urgent,
+            send_at_ms: self.send_at.map(|at| at.timestamp_millis()),
         })
     }
 
