@@ -308,14 +308,21 @@ pub fn scope_name(scope: Scope) -> &'static str {
         Scope::Send => "send",
         Scope::Token => "token",
         Scope::Admin => "admin",
+        Scope::Urgent => "urgent",
     }
 }
 
 /// A scope by its name.
 pub fn parse_scope(name: &str) -> Option<Scope> {
-    [Scope::Collect, Scope::Send, Scope::Token, Scope::Admin]
-        .into_iter()
-        .find(|scope| scope_name(*scope) == name.trim())
+    [
+        Scope::Collect,
+        Scope::Send,
+        Scope::Token,
+        Scope::Admin,
+        Scope::Urgent,
+    ]
+    .into_iter()
+    .find(|scope| scope_name(*scope) == name.trim())
 }
 
 fn grant_of(apps: &str, scopes: &str) -> KeyGrant {

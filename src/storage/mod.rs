@@ -17,8 +17,8 @@ mod group_commit;
 mod postgres;
 #[cfg(test)]
 mod schema_checks;
-pub mod sessions;
 pub mod send_rules;
+pub mod sessions;
 mod shared;
 mod sql;
 mod sqlite;
