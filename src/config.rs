@@ -64,6 +64,9 @@ pub struct Settings {
     /// API keys by a name of your choosing.
     #[serde(default)]
     pub api_keys: BTreeMap<String, ApiKeySettings>,
+    /// How broadcasts are paced and leased.
+    #[serde(default)]
+    pub broadcasts: BroadcastSettings,
 }
 
 /// Time limits on reading a request, so a client that stalls cannot hold a
@@ -517,6 +520,9 @@ pub fn days<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::E
     scaled(deserializer, Duration::from_secs(DAY))
 }
 
+mod broadcasts;
+pub use broadcasts::BroadcastSettings;
+
 mod defaults {
     pub fn listen() -> String {
         "127.0.0.1:8080".into()
@@ -578,6 +584,7 @@ fn valid_siblings(path: &[&str]) -> &'static [&'static str] {
         ["http", _] => fields_of::<HttpSettings>(),
         ["wechat", _] => fields_of::<WeChatSettings>(),
         ["ledger", _] => fields_of::<LedgerSettings>(),
+        ["broadcasts", _] => fields_of::<BroadcastSettings>(),
         ["tokens", _] => fields_of::<TokenSettings>(),
         ["apps", _, _] => fields_of::<AppSettings>(),
         ["api_keys", _, _] => fields_of::<ApiKeySettings>(),
@@ -804,6 +811,7 @@ impl Settings {
         self.validate_ledger()?;
         self.validate_tokens()?;
         self.validate_apps()?;
+        self.broadcasts.validate()?;
         self.validate_keys()
     }
 

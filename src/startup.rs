@@ -12,6 +12,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::ApiKeys;
+use crate::broadcasts::{BroadcastParts, BroadcastWorker, Broadcasts};
 use crate::api::{self, request_id, ApiContext};
 use crate::clock::{ms, SharedClock};
 use crate::config::{AppSettings, Settings};
@@ -34,6 +35,7 @@ pub struct Application {
     sweeper: Sweeper,
     waiting: WaitingSender,
     recovery: Recovery,
+    broadcast_worker: BroadcastWorker,
     catalogue: Catalogue,
     token_interval: Duration,
     sweep_interval: Duration,
@@ -76,6 +78,14 @@ impl Application {
             ledger.lease,
             ledger.safety_margin,
         );
+        let broadcasts = Broadcasts::new(BroadcastParts {
+            storage: storage.clone(),
+            sender: sender.clone(),
+            clock: clock.clone(),
+            settings: settings.broadcasts.clone(),
+            safety_margin_ms: ms(ledger.safety_margin),
+        });
+        let broadcast_worker = broadcasts.worker();
         let push = push_keys(&settings)?;
         let context = web::Data::new(ApiContext {
             storage: storage.clone(),
@@ -88,6 +98,8 @@ impl Application {
             clock: clock.clone(),
             ledger: ledger.clone(),
             http: settings.http.clone(),
+            broadcasts,
+            broadcast_upload_bytes: settings.broadcasts.max_upload_bytes,
         });
         let (port, server) = serve(&settings, context)?;
         Ok(Self {
@@ -104,6 +116,7 @@ impl Application {
             ),
             waiting,
             recovery,
+            broadcast_worker,
             catalogue,
             token_interval: settings.tokens.check_interval,
             sweep_interval: ledger.sweep_interval,
@@ -142,6 +155,11 @@ impl Application {
         self.waiting.clone()
     }
 
+    /// The broadcast worker, for tests that drive its `run_once`.
+    pub fn broadcast_worker(&self) -> BroadcastWorker {
+        self.broadcast_worker.clone()
+    }
+
     /// The recovery worker, for tests that drive its `run_once`.
     pub fn recovery(&self) -> Recovery {
         self.recovery.clone()
@@ -175,7 +193,9 @@ impl Application {
         let sweeper = self.sweeper.clone();
         let waiting = self.waiting.clone();
         let recovery = self.recovery.clone();
+        let broadcast_worker = self.broadcast_worker.clone();
         let workers = [
+            tokio::spawn(run_broadcasts(broadcast_worker, shutdown.clone())),
             tokio::spawn(run_every(
                 "waiting",
                 self.waiting_interval,
@@ -371,4 +391,25 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
         _ = shutdown.cancelled() => {}
     }
     shutdown.cancel();
+}
+
+/// The broadcast worker's loop: a step that handled recipients is followed
+/// by the next at once (the job's pacing spaces the batches); one that found
+/// nothing rests `broadcasts.poll_ms`.
+async fn run_broadcasts(worker: BroadcastWorker, shutdown: CancellationToken) {
+    loop {
+        let rest = match worker.run_once().await {
+            Ok(0) => worker.poll(),
+            Ok(_) => Duration::ZERO,
+            Err(error) => {
+                tracing::error!(worker = "broadcasts", error = ?error, "background step failed");
+                worker.poll()
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(rest) => {}
+        }
+    }
+    tracing::info!(worker = "broadcasts", "stopped");
 }

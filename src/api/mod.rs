@@ -1,6 +1,7 @@
 //! The HTTP API: routes, the shared context, and one file per endpoint group.
 
 pub mod auth;
+pub mod broadcasts;
 pub mod authorized;
 mod credentials;
 pub mod error;
@@ -46,6 +47,10 @@ pub struct ApiContext {
     pub clock: SharedClock,
     pub ledger: LedgerSettings,
     pub http: HttpSettings,
+    /// Broadcasts: created, read and commanded here, sent by their worker.
+    pub broadcasts: crate::broadcasts::Broadcasts,
+    /// The largest NDJSON upload of a broadcast's recipients, in bytes.
+    pub broadcast_upload_bytes: usize,
 }
 
 impl ApiContext {
@@ -97,6 +102,21 @@ pub fn routes(config: &mut web::ServiceConfig) {
                     web::resource("/subscriptions").route(web::post().to(subscriptions::record)),
                 )
                 .service(get_and_head("/users/{openid}/quota", credentials::quota))
+                .service(
+                    web::resource("/broadcasts")
+                        .route(web::post().to(broadcasts::create))
+                        .route(web::get().to(broadcasts::list))
+                        .route(web::head().to(broadcasts::list)),
+                )
+                .service(get_and_head("/broadcasts/{id}", broadcasts::lookup))
+                .service(get_and_head("/broadcasts/{id}/results", broadcasts::results))
+                .service(web::resource("/broadcasts/{id}/pause").route(web::post().to(broadcasts::pause)))
+                .service(
+                    web::resource("/broadcasts/{id}/resume").route(web::post().to(broadcasts::resume)),
+                )
+                .service(
+                    web::resource("/broadcasts/{id}/cancel").route(web::post().to(broadcasts::cancel)),
+                )
                 .service(get_and_head("/messages/{id}", messages::lookup))
                 .service(get_and_head("/access_token", tokens::current))
                 .service(

@@ -4,7 +4,7 @@
 //! The contract comes in groups a part of the service can hold on its own:
 //! [`CredentialStore`], [`MessageStore`], [`IdempotencyStore`],
 //! [`SubscriptionStore`], [`TemplateStore`], [`AppStore`] and
-//! [`MaintenanceStore`]. [`Storage`] is all of them at once, implemented for
+//! [`MaintenanceStore`] and [`BroadcastStore`]. [`Storage`] is all of them at once, implemented for
 //! whatever implements every group.
 //!
 //! Both run one schema (`migrations/sqlite`, `migrations/postgres`: the same
@@ -12,6 +12,7 @@
 //! lists) and the same contract, which the integration suite checks on each.
 //! Every time is Unix milliseconds handed in by the caller's clock.
 
+pub mod broadcasts;
 mod group_commit;
 mod postgres;
 #[cfg(test)]
@@ -52,6 +53,8 @@ use crate::ledger::states::{
     PushEventKind, SubscriptionType,
 };
 use crate::ledger::templates::CatalogueTemplate;
+
+pub use broadcasts::BroadcastStore;
 
 pub use formid_core::collect::{owner_outcome, InsertOutcome};
 pub use formid_core::ledger::{
@@ -709,6 +712,7 @@ pub trait Storage:
     + TemplateStore
     + AppStore
     + MaintenanceStore
+    + BroadcastStore
     + std::fmt::Debug
 {
 }
@@ -721,6 +725,7 @@ impl<T> Storage for T where
         + TemplateStore
         + AppStore
         + MaintenanceStore
+        + BroadcastStore
         + std::fmt::Debug
         + ?Sized
 {
