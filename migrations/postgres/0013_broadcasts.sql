@@ -34,7 +34,7 @@ CREATE INDEX broadcasts_open ON broadcasts (send_at) WHERE state IN ('scheduled'
 -- One row per recipient, numbered from 1 in the order of the audience. A
 -- user is a recipient of a broadcast once (the UNIQUE constraint). A
 -- recipient is leased to one instance at a time under a fencing token; its
--- send creates the message `{broadcast_id}-{seq}-{tries}`, so an instance
+-- send creates the message `{broadcast_id}-{seq}-{sends}`, so an instance
 -- that takes it over finds that message instead of sending again.
 CREATE TABLE broadcast_recipients (
     broadcast_id   TEXT   NOT NULL REFERENCES broadcasts (id) ON DELETE CASCADE,
@@ -44,7 +44,10 @@ CREATE TABLE broadcast_recipients (
     data           TEXT,
     state          TEXT   NOT NULL
         CONSTRAINT broadcast_recipients_state_check CHECK (state IN ('queued', 'leased', 'sent', 'no_credential', 'capped', 'failed', 'unknown', 'cancelled')),
+    -- Sends that came back with nothing sent (busy, unreachable, 45011…).
     tries          BIGINT NOT NULL DEFAULT 0,
+    -- Messages created for this recipient so far: the next one's id ends in it.
+    sends          BIGINT NOT NULL DEFAULT 0,
     lease_token    BIGINT,
     lease_until    BIGINT,
     message_id     TEXT,

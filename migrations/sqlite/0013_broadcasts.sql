@@ -36,7 +36,7 @@ CREATE INDEX broadcasts_open ON broadcasts (send_at) WHERE state = 'scheduled' O
 -- One row per recipient, numbered from 1 in the order of the audience. A
 -- user is a recipient of a broadcast once (the UNIQUE constraint). A
 -- recipient is leased to one instance at a time under a fencing token; its
--- send creates the message `{broadcast_id}-{seq}-{tries}`, so an instance
+-- send creates the message `{broadcast_id}-{seq}-{sends}`, so an instance
 -- that takes it over finds that message instead of sending again.
 CREATE TABLE broadcast_recipients (
     broadcast_id   TEXT   NOT NULL REFERENCES broadcasts (id) ON DELETE CASCADE,
@@ -46,7 +46,10 @@ CREATE TABLE broadcast_recipients (
     data           TEXT,
     state          TEXT   NOT NULL
         CONSTRAINT broadcast_recipients_state_check CHECK (state = 'queued' OR state = 'leased' OR state = 'sent' OR state = 'no_credential' OR state = 'capped' OR state = 'failed' OR state = 'unknown' OR state = 'cancelled'),
+    -- Sends that came back with nothing sent (busy, unreachable, 45011…).
     tries          INTEGER NOT NULL DEFAULT 0,
+    -- Messages created for this recipient so far: the next one's id ends in it.
+    sends          INTEGER NOT NULL DEFAULT 0,
     lease_token    INTEGER,
     lease_until    INTEGER,
     message_id     TEXT,

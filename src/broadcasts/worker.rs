@@ -193,7 +193,7 @@ impl BroadcastWorker {
         spec: &BroadcastSpec,
         recipient: &LeasedRecipient,
     ) -> Sent {
-        let id = message_id(&job.id, recipient.seq, recipient.tries);
+        let id = message_id(&job.id, recipient.seq, recipient.sends);
         let span = tracing::info_span!("recipient", seq = recipient.seq, message_id = %id);
         async {
             match self.attempt(job, spec, recipient, &id).await {

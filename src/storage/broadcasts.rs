@@ -150,6 +150,8 @@ pub struct LeasedRecipient {
     pub openid: String,
     pub data: Option<String>,
     pub tries: i64,
+    /// Messages created for it so far: its send's message id ends in this.
+    pub sends: i64,
     /// `leased` when another instance held it and its lease ran out: its
     /// message may exist and is looked up before anything is sent.
     #[sqlx(try_from = "String")]

@@ -530,8 +530,9 @@ mod tests {
 
 pub const INSERT_BROADCAST: &str = "INSERT INTO broadcasts \
     (id, appid, template_id, channel, spec, state, send_at, rate, next_lease_at, recipients, \
-     created_at, updated_at) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7, 0, $9, $9)";
+     created_at, updated_at, started_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7, 0, $9, $9, \
+        CASE WHEN $6 = 'running' THEN $9 END)";
 
 /// Every user who holds, now, what pays for the broadcast's message: an
 /// available credential expiring after `$4` whose template is `$5` (NULL: a
@@ -612,7 +613,7 @@ pub const SET_BROADCAST_PACE: &str = "UPDATE broadcasts SET next_lease_at = $2 W
 /// The next recipients to send to, in order: not taken yet, or taken by an
 /// instance whose lease ran out (their message is looked up before anything
 /// is sent). `{lock}`: `FOR UPDATE SKIP LOCKED` on PostgreSQL.
-pub const FREE_RECIPIENTS: &str = "SELECT seq, openid, data, tries, state FROM broadcast_recipients \
+pub const FREE_RECIPIENTS: &str = "SELECT seq, openid, data, tries, sends, state FROM broadcast_recipients \
     WHERE broadcast_id = $1 AND (state = 'queued' OR (state = 'leased' AND lease_until <= $2)) \
     ORDER BY seq LIMIT $3 {lock}";
 
@@ -628,9 +629,11 @@ pub const RECORD_RECIPIENT: &str = "UPDATE broadcast_recipients \
         lease_token = NULL, lease_until = NULL \
     WHERE broadcast_id = $1 AND seq = $2 AND lease_token = $8";
 
-/// Nothing was sent: back in the queue for another try (a new message id).
+/// Nothing was sent: back in the queue for another send, under a new
+/// message id (`sends` + 1); `$3` adds a try when the answer counts as one.
 pub const REQUEUE_RECIPIENT: &str = "UPDATE broadcast_recipients \
-    SET state = 'queued', tries = tries + $3, error_code = $4, updated_at = $5, \
+    SET state = 'queued', tries = tries + $3, sends = sends + 1, error_code = $4, \
+        updated_at = $5, \
         lease_token = NULL, lease_until = NULL, message_id = NULL \
     WHERE broadcast_id = $1 AND seq = $2 AND lease_token = $6";
 

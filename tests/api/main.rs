@@ -6,6 +6,8 @@ mod helpers;
 mod instances;
 
 mod access;
+mod broadcast_crash;
+mod broadcasts;
 mod bad_input;
 mod cli;
 mod collect;

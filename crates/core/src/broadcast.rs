@@ -60,12 +60,38 @@ impl BroadcastSpec {
     }
 }
 
-/// The id of the message a recipient's `tries`-th send creates. The same on
-/// every instance, so a send is tied to its recipient before it starts: the
-/// ledger keeps one message per id, so a second instance that takes the
-/// recipient over finds the message instead of creating another.
-pub fn message_id(broadcast_id: &str, seq: i64, tries: i64) -> String {
-    format!("{broadcast_id}-{seq}-{tries}")
+/// The id of the message a recipient's send creates after `sends` earlier
+/// ones came back with nothing sent. The same on every instance, so a send
+/// is tied to its recipient before it starts: the ledger keeps one message
+/// per id, so a second instance that takes the recipient over finds the
+/// message instead of creating another.
+pub fn message_id(broadcast_id: &str, seq: i64, sends: i64) -> String {
+    format!("{broadcast_id}-{seq}-{sends}")
+}
+
+/// Whether `id` can name a message: a UUID (a single send's), or a
+/// broadcast recipient's `{uuid}-{seq}-{sends}`.
+pub fn is_message_id(id: &str) -> bool {
+    let is_uuid = |text: &str| {
+        text.len() == 36
+            && text.char_indices().all(|(at, c)| match at {
+                8 | 13 | 18 | 23 => c == '-',
+                _ => c.is_ascii_hexdigit(),
+            })
+    };
+    let digits = |text: &str| {
+        !text.is_empty() && text.len() <= 19 && text.bytes().all(|b| b.is_ascii_digit())
+    };
+    if id.len() <= 36 {
+        return is_uuid(id);
+    }
+    let Some((head, rest)) = id.split_at_checked(36) else {
+        return false;
+    };
+    match rest.strip_prefix('-').and_then(|rest| rest.split_once('-')) {
+        Some((seq, sends)) => is_uuid(head) && digits(seq) && digits(sends),
+        None => false,
+    }
 }
 
 /// What a caller asks of a broadcast.

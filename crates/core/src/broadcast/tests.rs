@@ -135,6 +135,11 @@ fn message_ids_are_the_same_on_every_instance() {
     table! {
         "first try": message_id("b1", 7, 0) => "b1-7-0".to_owned();
         "a retry gets a new message": message_id("b1", 7, 1) => "b1-7-1".to_owned();
+        "a single send's id": is_message_id("01a251b4-8a22-74ed-84d4-d867928b5625") => true;
+        "a recipient's": is_message_id("01a251b4-8a22-74ed-84d4-d867928b5625-12-0") => true;
+        "not a uuid": is_message_id("01a251b4-8a22-74ed-84d4-d867928b562z") => false;
+        "no sends": is_message_id("01a251b4-8a22-74ed-84d4-d867928b5625-12") => false;
+        "words": is_message_id("01a251b4-8a22-74ed-84d4-d867928b5625-x-0") => false;
     }
 }
 
