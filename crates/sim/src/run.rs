@@ -275,9 +275,9 @@ impl Plan {
     }
 
     /// The same plan with a broadcast to its users and `extra` users who
-    /// hold nothing, created mid-run; a fifth of the seeds also meet
-    /// WeChat's daily quota (45009) now and then, which pauses the job
-    /// until midnight China time. Drawn from a stream of its own.
+    /// hold nothing, created mid-run; a quarter of the seeds also meet
+    /// WeChat's daily quota (45009), which pauses the job until midnight
+    /// China time. Drawn from a stream of its own.
     pub fn with_broadcast(mut self, extra: usize) -> Self {
         let mut users: Vec<String> = self.posts.iter().flat_map(|p| p.credentials.iter().map(|c| c.openid.clone())).collect();
         users.extend(self.sends.iter().map(|s| s.touser.clone()));
@@ -285,8 +285,10 @@ impl Plan {
         users.dedup();
         let window_ms = self.sends.last().map_or(1_000, |s| s.at_ms).max(1_000);
         let plan = crate::broadcast::draw(self.seed, &users, extra, window_ms, self.instances, TEMPLATE);
-        if self.seed % 5 == 0 {
-            self.rates.send.insert(Fault::DailyQuota, 1);
+        // A quarter of the seeds meet WeChat's daily quota mid-job (per
+        // mille of sends), which pauses the job until midnight China time.
+        if self.seed % 4 == 0 {
+            self.rates.send.insert(Fault::DailyQuota, 40);
         }
         self.broadcast = Some(plan);
         self
@@ -1456,7 +1458,7 @@ impl<'w> Driver<'w> {
         world
             .trace
             .record("driver", "faults stop: quiescing".to_owned());
-        let deadline = world.base.now_ms() + knobs.horizon_ms;
+        let mut deadline = world.base.now_ms() + knobs.horizon_ms;
         let mut snapshot = Snapshot::default();
         loop {
             tokio::time::sleep(Duration::from_millis(knobs.poll_ms)).await;
@@ -1478,9 +1480,12 @@ impl<'w> Driver<'w> {
             if sends_done && snapshot.busy() == 0 {
                 return snapshot;
             }
-            // A broadcast paused by 45009 waits for midnight China time.
+            // A broadcast paused by 45009 waits for midnight China time
+            // (and then gets the horizon to finish).
             let paused_until = snapshot.broadcast.as_ref().and_then(|job| job.paused_until);
-            let deadline = paused_until.map_or(deadline, |until| deadline.max(until + knobs.horizon_ms));
+            if let Some(until) = paused_until {
+                deadline = deadline.max(until + knobs.horizon_ms);
+            }
             if world.base.now_ms() > deadline {
                 report.violations.push(format!(
                     "the run did not quiesce within {} s: {} pending/waiting/leased row(s)",
