@@ -12,8 +12,8 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::ApiKeys;
-use crate::broadcasts::{BroadcastParts, BroadcastWorker, Broadcasts};
 use crate::api::{self, request_id, ApiContext};
+use crate::broadcasts::{BroadcastParts, BroadcastWorker, Broadcasts};
 use crate::clock::{ms, SharedClock};
 use crate::config::{AppSettings, Settings};
 use crate::push::PushKeys;

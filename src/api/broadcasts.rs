@@ -308,7 +308,10 @@ pub async fn results(
                 }
                 Err(error) => {
                     tracing::error!(error = ?error, "reading a broadcast's results failed");
-                    Some((Err(actix_web::error::ErrorInternalServerError("results")), None))
+                    Some((
+                        Err(actix_web::error::ErrorInternalServerError("results")),
+                        None,
+                    ))
                 }
             }
         }

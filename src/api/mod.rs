@@ -1,8 +1,8 @@
 //! The HTTP API: routes, the shared context, and one file per endpoint group.
 
 pub mod auth;
-pub mod broadcasts;
 pub mod authorized;
+pub mod broadcasts;
 mod credentials;
 pub mod error;
 mod health;
@@ -109,13 +109,21 @@ pub fn routes(config: &mut web::ServiceConfig) {
                         .route(web::head().to(broadcasts::list)),
                 )
                 .service(get_and_head("/broadcasts/{id}", broadcasts::lookup))
-                .service(get_and_head("/broadcasts/{id}/results", broadcasts::results))
-                .service(web::resource("/broadcasts/{id}/pause").route(web::post().to(broadcasts::pause)))
+                .service(get_and_head(
+                    "/broadcasts/{id}/results",
+                    broadcasts::results,
+                ))
                 .service(
-                    web::resource("/broadcasts/{id}/resume").route(web::post().to(broadcasts::resume)),
+                    web::resource("/broadcasts/{id}/pause")
+                        .route(web::post().to(broadcasts::pause)),
                 )
                 .service(
-                    web::resource("/broadcasts/{id}/cancel").route(web::post().to(broadcasts::cancel)),
+                    web::resource("/broadcasts/{id}/resume")
+                        .route(web::post().to(broadcasts::resume)),
+                )
+                .service(
+                    web::resource("/broadcasts/{id}/cancel")
+                        .route(web::post().to(broadcasts::cancel)),
                 )
                 .service(get_and_head("/messages/{id}", messages::lookup))
                 .service(get_and_head("/access_token", tokens::current))

@@ -25,7 +25,9 @@ mod worker;
 use std::sync::Arc;
 
 pub use request::{
-    parse_broadcast_request, parse_broadcast_upload, AudienceRequest, BroadcastRequest, RecipientRequest};
+    parse_broadcast_request, parse_broadcast_upload, AudienceRequest, BroadcastRequest,
+    RecipientRequest,
+};
 pub use worker::BroadcastWorker;
 
 use crate::clock::SharedClock;
@@ -221,7 +223,12 @@ impl Broadcasts {
             .sum();
         let done = job.recipients - remaining;
         let now = self.clock.now_ms();
-        let progress = progress(done, remaining, job.started_at, job.finished_at.unwrap_or(now));
+        let progress = progress(
+            done,
+            remaining,
+            job.started_at,
+            job.finished_at.unwrap_or(now),
+        );
         Ok(Some(Report {
             job,
             counts,

@@ -115,16 +115,15 @@ pub fn parse_broadcast_request(body: &[u8]) -> Result<BroadcastRequest, Rejectio
         message: format!("the body is not a valid broadcast request: {error}"),
     })?;
     let spec = body.spec();
-    let audience = match body.audience {
-        AudienceBody::Holders => AudienceRequest::Holders,
-        AudienceBody::Openids(list) => AudienceRequest::Openids(unique_openids(list)?),
-        AudienceBody::Recipients(list) => AudienceRequest::Recipients(unique_recipients(list)?),
-        AudienceBody::Upload => {
-            return Err(invalid(
+    let audience =
+        match body.audience {
+            AudienceBody::Holders => AudienceRequest::Holders,
+            AudienceBody::Openids(list) => AudienceRequest::Openids(unique_openids(list)?),
+            AudienceBody::Recipients(list) => AudienceRequest::Recipients(unique_recipients(list)?),
+            AudienceBody::Upload => return Err(invalid(
                 "audience \"upload\" is for an NDJSON body (Content-Type: application/x-ndjson)",
-            ))
-        }
-    };
+            )),
+        };
     finish(spec, audience, body.send_at)
 }
 
@@ -142,14 +141,19 @@ pub fn parse_broadcast_upload(body: &[u8]) -> Result<BroadcastRequest, Rejection
         message: format!("line 1 is not a valid broadcast: {error}"),
     })?;
     if !matches!(job.audience, AudienceBody::Upload) {
-        return Err(invalid("an upload's first line says \"audience\": \"upload\""));
+        return Err(invalid(
+            "an upload's first line says \"audience\": \"upload\"",
+        ));
     }
     let mut recipients = Vec::new();
     for (index, line) in lines.enumerate() {
         let recipient = match serde_json::from_str::<Value>(line) {
             Ok(Value::String(openid)) => RecipientRequest { openid, data: None },
             Ok(value) => serde_json::from_value(value).map_err(|error| {
-                invalid(format!("recipient {} is not a recipient: {error}", index + 1))
+                invalid(format!(
+                    "recipient {} is not a recipient: {error}",
+                    index + 1
+                ))
             })?,
             Err(error) => {
                 return Err(Rejection {
@@ -170,7 +174,9 @@ fn finish(
     send_at: Option<String>,
 ) -> Result<BroadcastRequest, Rejection> {
     if !is_plain_identifier(&spec.template_id, 128) {
-        return Err(invalid("template_id: 1 to 128 printable characters without spaces"));
+        return Err(invalid(
+            "template_id: 1 to 128 printable characters without spaces",
+        ));
     }
     let send_at = send_at
         .map(|text| {

@@ -220,10 +220,9 @@ impl BroadcastWorker {
         // started. The message tells; an unfinished one is the ledger's.
         if recipient.state == RecipientState::Leased {
             if let Some((row, _)) = self.storage.message(&job.appid, id).await? {
-                let failure = row
-                    .error_code
-                    .as_deref()
-                    .and_then(|code| SendFailure::from_stored(code, row.wechat_errcode, row.updated_at));
+                let failure = row.error_code.as_deref().and_then(|code| {
+                    SendFailure::from_stored(code, row.wechat_errcode, row.updated_at)
+                });
                 return Ok(self.step(recipient, id, row.status, failure.as_ref()));
             }
         }
@@ -246,7 +245,10 @@ impl BroadcastWorker {
                     code: "invalid_template_data",
                     errcode: None,
                 };
-                tracing::info!(rule = invalid.rule, "a recipient's send no longer fits its template");
+                tracing::info!(
+                    rule = invalid.rule,
+                    "a recipient's send no longer fits its template"
+                );
                 return Ok(self.final_write(recipient.seq, None, &Step::Record(result)));
             }
             Err(SendRefusal::Ledger(error)) => return Err(error),
@@ -285,7 +287,13 @@ impl BroadcastWorker {
         failure: Option<&SendFailure>,
     ) -> Sent {
         let now = self.clock.now_ms();
-        let step = recipient_step(status, failure, recipient.tries, self.settings.max_tries, now);
+        let step = recipient_step(
+            status,
+            failure,
+            recipient.tries,
+            self.settings.max_tries,
+            now,
+        );
         match step {
             RecipientStep::Record(result) => {
                 self.final_write(recipient.seq, Some(id), &Step::Record(result))
@@ -319,9 +327,11 @@ impl BroadcastWorker {
         let (state, error_code, wechat_errcode) = match step {
             Step::Cancelled => (RecipientState::Cancelled, None, None),
             Step::Record(RecipientResult::Sent) => (RecipientState::Sent, None, None),
-            Step::Record(RecipientResult::Unknown) => {
-                (RecipientState::Unknown, Some("outcome_unknown".to_owned()), None)
-            }
+            Step::Record(RecipientResult::Unknown) => (
+                RecipientState::Unknown,
+                Some("outcome_unknown".to_owned()),
+                None,
+            ),
             Step::Record(RecipientResult::Capped) => (RecipientState::Capped, None, None),
             Step::Record(RecipientResult::NoCredential { errcode }) => (
                 RecipientState::NoCredential,

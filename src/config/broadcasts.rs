@@ -55,7 +55,13 @@ impl Default for BroadcastSettings {
 impl BroadcastSettings {
     /// Checks every setting against its range.
     pub fn validate(&self) -> anyhow::Result<()> {
-        super::in_range("broadcasts.rate_per_sec", self.rate_per_sec as u128, 1, 10_000, "")?;
+        super::in_range(
+            "broadcasts.rate_per_sec",
+            self.rate_per_sec as u128,
+            1,
+            10_000,
+            "",
+        )?;
         super::in_range("broadcasts.batch", self.batch as u128, 1, 1_000, "")?;
         super::in_range("broadcasts.max_tries", self.max_tries as u128, 1, 100, "")?;
         super::in_range(

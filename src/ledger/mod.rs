@@ -4,5 +4,6 @@
 //! applies them is [`crate::sending`].
 
 pub use formid_core::{
-    broadcast, collect, failure, kinds, message, settle, states, subscriptions, template_lint, templates,
+    broadcast, collect, failure, kinds, message, settle, states, subscriptions, template_lint,
+    templates,
 };

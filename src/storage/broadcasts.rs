@@ -317,18 +317,19 @@ macro_rules! impl_broadcast_store {
                         .await
                         .context("recording a broadcast")?;
                     let count = match audience {
-                        Audience::Holders { grant_of, valid_after } => {
-                            sqlx::query(sql::INSERT_HOLDERS)
-                                .bind(&job.id)
-                                .bind(job.now)
-                                .bind(&job.appid)
-                                .bind(valid_after)
-                                .bind(grant_of)
-                                .execute(&mut *tx)
-                                .await
-                                .context("recording a broadcast's holders")?
-                                .rows_affected() as i64
-                        }
+                        Audience::Holders {
+                            grant_of,
+                            valid_after,
+                        } => sqlx::query(sql::INSERT_HOLDERS)
+                            .bind(&job.id)
+                            .bind(job.now)
+                            .bind(&job.appid)
+                            .bind(valid_after)
+                            .bind(grant_of)
+                            .execute(&mut *tx)
+                            .await
+                            .context("recording a broadcast's holders")?
+                            .rows_affected() as i64,
                         Audience::List(recipients) => {
                             let mut seq = 0i64;
                             for chunk in recipients.chunks(INSERT_CHUNK) {
@@ -363,7 +364,11 @@ macro_rules! impl_broadcast_store {
                     Ok(count)
                 }
 
-                async fn broadcast(&self, appid: &str, id: &str) -> anyhow::Result<Option<Broadcast>> {
+                async fn broadcast(
+                    &self,
+                    appid: &str,
+                    id: &str,
+                ) -> anyhow::Result<Option<Broadcast>> {
                     let row: Option<BroadcastRow> = sqlx::query_as(&sql::broadcast_by_id())
                         .bind(appid)
                         .bind(id)
@@ -373,7 +378,11 @@ macro_rules! impl_broadcast_store {
                     row.map(Broadcast::try_from).transpose()
                 }
 
-                async fn broadcasts(&self, appid: &str, limit: i64) -> anyhow::Result<Vec<Broadcast>> {
+                async fn broadcasts(
+                    &self,
+                    appid: &str,
+                    limit: i64,
+                ) -> anyhow::Result<Vec<Broadcast>> {
                     let rows: Vec<BroadcastRow> = sqlx::query_as(&sql::broadcasts_of_app())
                         .bind(appid)
                         .bind(limit)
@@ -392,7 +401,10 @@ macro_rules! impl_broadcast_store {
                     rows.into_iter().map(Broadcast::try_from).collect()
                 }
 
-                async fn change_standing(&self, change: &StandingChange<'_>) -> anyhow::Result<bool> {
+                async fn change_standing(
+                    &self,
+                    change: &StandingChange<'_>,
+                ) -> anyhow::Result<bool> {
                     let mut tx = self.begin_write().await?;
                     let changed = sqlx::query(sql::SET_BROADCAST_STANDING)
                         .bind(change.id)
@@ -441,20 +453,31 @@ macro_rules! impl_broadcast_store {
                     Ok(done)
                 }
 
-                async fn lease_recipients(&self, lease: &RecipientLease<'_>) -> anyhow::Result<LeaseOutcome> {
+                async fn lease_recipients(
+                    &self,
+                    lease: &RecipientLease<'_>,
+                ) -> anyhow::Result<LeaseOutcome> {
                     let mut tx = self.begin_write().await?;
-                    let (state, rate, next_lease_at): (String, i64, i64) = sqlx::query_as(sql::BROADCAST_PACE)
-                        .bind(lease.broadcast_id)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .context("reading a broadcast's pace")?;
+                    let (state, rate, next_lease_at): (String, i64, i64) =
+                        sqlx::query_as(sql::BROADCAST_PACE)
+                            .bind(lease.broadcast_id)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .context("reading a broadcast's pace")?;
                     let state: BroadcastState = state.parse()?;
-                    let input = PaceInput { now: lease.now, next_lease_at, rate, max_batch: lease.max_batch };
+                    let input = PaceInput {
+                        now: lease.now,
+                        next_lease_at,
+                        rate,
+                        max_batch: lease.max_batch,
+                    };
                     // A cancelled job's leased recipients are resolved without pacing:
                     // nothing new is sent for them.
                     let count = match (state, pace(input)) {
                         (BroadcastState::Running, Pace::Take { count }) => count,
-                        (BroadcastState::Running, Pace::Wait { until }) => return Ok(LeaseOutcome::Wait { until }),
+                        (BroadcastState::Running, Pace::Wait { until }) => {
+                            return Ok(LeaseOutcome::Wait { until })
+                        }
                         (BroadcastState::Cancelled, _) => lease.max_batch,
                         _ => return Ok(LeaseOutcome::NoneFree { open: 1 }),
                     };
@@ -469,15 +492,20 @@ macro_rules! impl_broadcast_store {
                         .rows_affected()
                         == 1;
                     if !took {
-                        return Ok(LeaseOutcome::Wait { until: lease.now + 10 });
+                        return Ok(LeaseOutcome::Wait {
+                            until: lease.now + 10,
+                        });
                     }
-                    let free: Vec<LeasedRecipient> = sqlx::query_as(&sql::with_lock(sql::FREE_RECIPIENTS, <Self as Backend>::CLAIM_LOCK))
-                        .bind(lease.broadcast_id)
-                        .bind(lease.now)
-                        .bind(count)
-                        .fetch_all(&mut *tx)
-                        .await
-                        .context("reading a broadcast's free recipients")?;
+                    let free: Vec<LeasedRecipient> = sqlx::query_as(&sql::with_lock(
+                        sql::FREE_RECIPIENTS,
+                        <Self as Backend>::CLAIM_LOCK,
+                    ))
+                    .bind(lease.broadcast_id)
+                    .bind(lease.now)
+                    .bind(count)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .context("reading a broadcast's free recipients")?;
                     if free.is_empty() {
                         let (open,): (i64,) = sqlx::query_as(sql::OPEN_RECIPIENTS)
                             .bind(lease.broadcast_id)
@@ -491,7 +519,9 @@ macro_rules! impl_broadcast_store {
                         tx.commit().await?;
                         return Ok(LeaseOutcome::NoneFree { open });
                     }
-                    let mut builder = sqlx::QueryBuilder::<<Self as Backend>::Db>::new(sql::LEASE_RECIPIENTS_HEAD);
+                    let mut builder = sqlx::QueryBuilder::<<Self as Backend>::Db>::new(
+                        sql::LEASE_RECIPIENTS_HEAD,
+                    );
                     builder.push_bind(lease.token);
                     builder.push(", lease_until = ");
                     builder.push_bind(lease.lease_until);
@@ -505,7 +535,11 @@ macro_rules! impl_broadcast_store {
                         list.push_bind(recipient.seq);
                     }
                     builder.push(")");
-                    builder.build().execute(&mut *tx).await.context("leasing recipients")?;
+                    builder
+                        .build()
+                        .execute(&mut *tx)
+                        .await
+                        .context("leasing recipients")?;
                     if (free.len() as i64) < count {
                         sqlx::query(sql::SET_BROADCAST_PACE)
                             .bind(lease.broadcast_id)
@@ -513,7 +547,9 @@ macro_rules! impl_broadcast_store {
                             .execute(&mut *tx)
                             .await?;
                     }
-                    tx.commit().await.context("committing a lease of recipients")?;
+                    tx.commit()
+                        .await
+                        .context("committing a lease of recipients")?;
                     Ok(LeaseOutcome::Batch(free))
                 }
 
@@ -522,17 +558,20 @@ macro_rules! impl_broadcast_store {
                     let mut kept = 0;
                     for (seq, write) in record.writes {
                         let query = match write {
-                            RecipientWrite::Final { state, message_id, error_code, wechat_errcode } => {
-                                sqlx::query(sql::RECORD_RECIPIENT)
-                                    .bind(record.broadcast_id)
-                                    .bind(*seq)
-                                    .bind(state.as_str())
-                                    .bind(message_id)
-                                    .bind(error_code)
-                                    .bind(*wechat_errcode)
-                                    .bind(record.now)
-                                    .bind(record.token)
-                            }
+                            RecipientWrite::Final {
+                                state,
+                                message_id,
+                                error_code,
+                                wechat_errcode,
+                            } => sqlx::query(sql::RECORD_RECIPIENT)
+                                .bind(record.broadcast_id)
+                                .bind(*seq)
+                                .bind(state.as_str())
+                                .bind(message_id)
+                                .bind(error_code)
+                                .bind(*wechat_errcode)
+                                .bind(record.now)
+                                .bind(record.token),
                             RecipientWrite::Requeue { counts, error_code } => {
                                 sqlx::query(sql::REQUEUE_RECIPIENT)
                                     .bind(record.broadcast_id)
@@ -552,7 +591,11 @@ macro_rules! impl_broadcast_store {
                                     .bind(record.token)
                             }
                         };
-                        kept += query.execute(&mut *tx).await.context("recording a recipient")?.rows_affected();
+                        kept += query
+                            .execute(&mut *tx)
+                            .await
+                            .context("recording a recipient")?
+                            .rows_affected();
                     }
                     sqlx::query(sql::BROADCAST_AFTER_BATCH)
                         .bind(record.broadcast_id)

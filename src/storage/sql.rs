@@ -600,8 +600,7 @@ pub const FINISH_BROADCAST: &str = "UPDATE broadcasts \
     SET state = $2, finished_at = $3, updated_at = $3, pause_reason = NULL, paused_until = NULL \
     WHERE id = $1 AND finished_at IS NULL AND state = $4";
 
-pub const BROADCAST_PACE: &str =
-    "SELECT state, rate, next_lease_at FROM broadcasts WHERE id = $1";
+pub const BROADCAST_PACE: &str = "SELECT state, rate, next_lease_at FROM broadcasts WHERE id = $1";
 
 /// The pacing's compare and set: on PostgreSQL it also locks the job's row
 /// until the lease commits, so the instances leasing one job take turns.
@@ -613,7 +612,8 @@ pub const SET_BROADCAST_PACE: &str = "UPDATE broadcasts SET next_lease_at = $2 W
 /// The next recipients to send to, in order: not taken yet, or taken by an
 /// instance whose lease ran out (their message is looked up before anything
 /// is sent). `{lock}`: `FOR UPDATE SKIP LOCKED` on PostgreSQL.
-pub const FREE_RECIPIENTS: &str = "SELECT seq, openid, data, tries, sends, state FROM broadcast_recipients \
+pub const FREE_RECIPIENTS: &str =
+    "SELECT seq, openid, data, tries, sends, state FROM broadcast_recipients \
     WHERE broadcast_id = $1 AND (state = 'queued' OR (state = 'leased' AND lease_until <= $2)) \
     ORDER BY seq LIMIT $3 {lock}";
 

@@ -46,7 +46,10 @@ impl Gateway {
                     break;
                 }
             }
-            assert!(Instant::now() < deadline, "the gateway did not become ready");
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not become ready"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Self { child, address }
@@ -128,7 +131,9 @@ async fn a_broadcast_survives_a_sigkill_with_every_recipient_notified_once() {
     let fake = FakeWeChat::new(SystemClock);
     fake.register_app(APPID, "broadcast-crash-secret");
     fake.register_template(APPID, TEMPLATE);
-    let fake_server = FakeWeChatServer::start(fake.clone(), "127.0.0.1:0").await.unwrap();
+    let fake_server = FakeWeChatServer::start(fake.clone(), "127.0.0.1:0")
+        .await
+        .unwrap();
     let database_url = fresh_database(Backend::Postgres).await.0;
     let config = write_config(&dir, &database_url, &fake_server.base_url);
 
@@ -156,8 +161,10 @@ async fn a_broadcast_survives_a_sigkill_with_every_recipient_notified_once() {
     let created: Value = client
         .post(format!("{}/v1/apps/{APPID}/broadcasts", first.address))
         .bearer_auth(KEY)
-        .json(&json!({"template_id": TEMPLATE, "data": {"keyword1": {"value": "restock"}},
-            "audience": "holders"}))
+        .json(
+            &json!({"template_id": TEMPLATE, "data": {"keyword1": {"value": "restock"}},
+            "audience": "holders"}),
+        )
         .send()
         .await
         .unwrap()
@@ -195,10 +202,20 @@ async fn a_broadcast_survives_a_sigkill_with_every_recipient_notified_once() {
     }
     let twice: Vec<_> = delivered.iter().filter(|(_, count)| **count > 1).collect();
     assert!(twice.is_empty(), "notified twice: {twice:?}");
-    assert_eq!(delivered.len(), recipients, "every recipient notified: {done}");
-    assert_eq!(done["sent"], recipients, "the job's count equals the fake's: {done}");
+    assert_eq!(
+        delivered.len(),
+        recipients,
+        "every recipient notified: {done}"
+    );
+    assert_eq!(
+        done["sent"], recipients,
+        "the job's count equals the fake's: {done}"
+    );
     assert_eq!(done["remaining"], 0);
-    assert!(killed_at < recipients, "the kill fell mid-job ({killed_at} calls before it)");
+    assert!(
+        killed_at < recipients,
+        "the kill fell mid-job ({killed_at} calls before it)"
+    );
     eprintln!(
         "broadcast crash test: {recipients} recipients in {:.1} s",
         started.elapsed().as_secs_f64()

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use chrono::Duration;
 use formid_gateway::broadcasts::BroadcastWorker;
+use formid_gateway::ledger::states::{Channel, Delivery, MessageStatus};
 use formid_gateway::storage::broadcasts::RecipientLease;
 use formid_gateway::storage::{new_lease, NewMessage, StartSend};
-use formid_gateway::ledger::states::{Channel, Delivery, MessageStatus};
 use rstest::rstest;
 use serde_json::{json, Value};
 
@@ -45,8 +45,10 @@ async fn accept(app: &TestApp, openid: &str, template: &str) {
             reqwest::Method::POST,
             &format!("/v1/apps/{APPID}/subscriptions"),
             Some(COLLECT_KEY),
-            Some(json!({"openid": openid, "request_id": format!("r-{openid}"),
-                "result": {"errMsg": "requestSubscribeMessage:ok", template: "accept"}})),
+            Some(
+                json!({"openid": openid, "request_id": format!("r-{openid}"),
+                "result": {"errMsg": "requestSubscribeMessage:ok", template: "accept"}}),
+            ),
         )
         .await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
@@ -90,7 +92,10 @@ async fn command(app: &TestApp, id: &str, verb: &str) -> Answer {
 async fn drain(app: &TestApp, workers: &[&BroadcastWorker], id: &str) -> Value {
     for _ in 0..400 {
         let steps = futures::future::join_all(workers.iter().map(|worker| worker.run_once())).await;
-        let handled: usize = steps.into_iter().map(|step| step.expect("a worker step")).sum();
+        let handled: usize = steps
+            .into_iter()
+            .map(|step| step.expect("a worker step"))
+            .sum();
         let now = progress(app, id).await;
         if now["finished_at"].is_string() {
             return now;
@@ -211,14 +216,21 @@ async fn a_list_with_its_own_data_reports_who_holds_nothing(#[case] backend: Bac
     )
     .await;
     assert_eq!(answer.status, 202, "{:?}", answer.body);
-    assert_eq!(answer.body["recipients"], 3, "a repeated user is one recipient");
+    assert_eq!(
+        answer.body["recipients"], 3,
+        "a repeated user is one recipient"
+    );
     let id = answer.body["id"].as_str().unwrap().to_owned();
     let done = drain(&app, &[&app.broadcasts], &id).await;
     assert_eq!(done["sent"], 2);
     assert_eq!(done["no_credential"], 1);
     let sends = app.fake.subscribe_sends();
     let ann = sends.iter().find(|send| send.touser == "o-ann").unwrap();
-    assert!(format!("{:?}", ann.data).contains("Ann's mug"), "{:?}", ann.data);
+    assert!(
+        format!("{:?}", ann.data).contains("Ann's mug"),
+        "{:?}",
+        ann.data
+    );
     let lines = results(&app, &id).await;
     let states: Vec<&str> = lines.iter().map(|l| l["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["sent", "sent", "no_credential"]);
@@ -233,14 +245,42 @@ async fn bad_input_is_refused_before_anything_is_recorded(#[case] backend: Backe
     let template = one_time_template(&app).await;
     accept(&app, "o-ann", &template).await;
     let cases = [
-        (json!({"template_id": template, "data": {"thing1": {"value": "x"}}, "audience": "holders"}), 422, "invalid_template_data"),
-        (json!({"template_id": template, "data": data_401(), "audience": {"openids": []}}), 422, "invalid_field"),
-        (json!({"template_id": template, "data": data_401(), "audience": {"openids": ["has space"]}}), 422, "invalid_field"),
-        (json!({"template_id": template, "data": data_401(), "audience": "holders", "send_at": "tomorrow"}), 422, "invalid_field"),
-        (json!({"template_id": template, "data": data_401(), "audience": "everyone"}), 400, "invalid_json"),
-        (json!({"template_id": template, "data": data_401(), "audience": "holders", "touser": "o-ann"}), 400, "invalid_json"),
-        (json!({"template_id": template, "data": data_401(), "audience": {"recipients": [
-            {"openid": "o-ann"}, {"openid": "o-ann", "data": {"thing1": {"value": "x"}}}]}}), 422, "invalid_field"),
+        (
+            json!({"template_id": template, "data": {"thing1": {"value": "x"}}, "audience": "holders"}),
+            422,
+            "invalid_template_data",
+        ),
+        (
+            json!({"template_id": template, "data": data_401(), "audience": {"openids": []}}),
+            422,
+            "invalid_field",
+        ),
+        (
+            json!({"template_id": template, "data": data_401(), "audience": {"openids": ["has space"]}}),
+            422,
+            "invalid_field",
+        ),
+        (
+            json!({"template_id": template, "data": data_401(), "audience": "holders", "send_at": "tomorrow"}),
+            422,
+            "invalid_field",
+        ),
+        (
+            json!({"template_id": template, "data": data_401(), "audience": "everyone"}),
+            400,
+            "invalid_json",
+        ),
+        (
+            json!({"template_id": template, "data": data_401(), "audience": "holders", "touser": "o-ann"}),
+            400,
+            "invalid_json",
+        ),
+        (
+            json!({"template_id": template, "data": data_401(), "audience": {"recipients": [
+            {"openid": "o-ann"}, {"openid": "o-ann", "data": {"thing1": {"value": "x"}}}]}}),
+            422,
+            "invalid_field",
+        ),
     ];
     for (body, status, code) in cases {
         let answer = create(&app, body.clone()).await;
@@ -313,7 +353,10 @@ async fn send_at_holds_the_job_and_commands_steer_it(#[case] backend: Backend) {
     )
     .await;
     let second_id = second.body["id"].as_str().unwrap().to_owned();
-    assert_eq!(command(&app, &second_id, "cancel").await.body["state"], "cancelled");
+    assert_eq!(
+        command(&app, &second_id, "cancel").await.body["state"],
+        "cancelled"
+    );
     let ended = drain(&app, &[&app.broadcasts], &second_id).await;
     assert_eq!(ended["state"], "cancelled");
     assert_eq!(ended["cancelled"], 2);
@@ -348,7 +391,10 @@ async fn quota_45009_pauses_the_job_until_midnight_china_time(#[case] backend: B
     assert_eq!(paused["state"], "paused", "{paused}");
     assert_eq!(paused["pause_reason"], "quota");
     assert_eq!(paused["sent"], 3);
-    assert_eq!(paused["remaining"], 3, "the rest wait, not failed: {paused}");
+    assert_eq!(
+        paused["remaining"], 3,
+        "the rest wait, not failed: {paused}"
+    );
     assert_eq!(paused["failed"], json!({}));
     // Past midnight China time the quota is back and the job goes on.
     app.advance(Duration::hours(25));
@@ -450,7 +496,10 @@ async fn a_recipient_taken_over_after_a_crash_is_resolved_not_resent(#[case] bac
     let done = drain(&app, &[&app.broadcasts], &id).await;
     assert_eq!(done["sent"], 2, "{done}");
     assert_eq!(done["unknown"], 1, "{done}");
-    assert!(!deliveries(&app).contains_key("o-c1"), "never sent twice (nor once here)");
+    assert!(
+        !deliveries(&app).contains_key("o-c1"),
+        "never sent twice (nor once here)"
+    );
     let lines = results(&app, &id).await;
     assert_eq!(lines[0]["message_id"], message_id);
     assert_eq!(lines[0]["state"], "unknown");

@@ -6,9 +6,9 @@ mod helpers;
 mod instances;
 
 mod access;
+mod bad_input;
 mod broadcast_crash;
 mod broadcasts;
-mod bad_input;
 mod cli;
 mod collect;
 mod concurrency;

@@ -177,7 +177,9 @@ pub fn due(job: JobStanding, send_at: i64, paused_until: Option<i64>, now: i64) 
 pub enum RecipientResult {
     Sent,
     /// No credential of the template (`errcode` 43101 when WeChat said so).
-    NoCredential { errcode: Option<i64> },
+    NoCredential {
+        errcode: Option<i64>,
+    },
     /// Held back by the user's cap or quiet hours; the credential was kept.
     Capped,
     /// Not sent: the send path's code, and WeChat's errcode.

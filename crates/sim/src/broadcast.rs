@@ -53,7 +53,14 @@ pub struct BroadcastPlan {
 
 /// A broadcast over `users` and `extra` users who hold nothing, drawn from
 /// a stream of its own.
-pub fn draw(seed: u64, users: &[String], extra: usize, window_ms: i64, instances: usize, template_id: &str) -> BroadcastPlan {
+pub fn draw(
+    seed: u64,
+    users: &[String],
+    extra: usize,
+    window_ms: i64,
+    instances: usize,
+    template_id: &str,
+) -> BroadcastPlan {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x4252_4f41_4443_4153);
     let mut recipients: Vec<String> = users.to_vec();
     recipients.extend((0..extra).map(|n| format!("nobody{n}")));
@@ -86,7 +93,13 @@ pub fn settings(plan: &BroadcastPlan, lease_ms: i64) -> BroadcastSettings {
 
 /// Creates the job as `Broadcasts::create` does: the send checked once by
 /// the instance's send path, then the job and its recipients recorded.
-pub async fn create(plan: &BroadcastPlan, sender: &Sender, storage: &Arc<dyn Storage>, clock: SimClock, appid: &str) -> anyhow::Result<()> {
+pub async fn create(
+    plan: &BroadcastPlan,
+    sender: &Sender,
+    storage: &Arc<dyn Storage>,
+    clock: SimClock,
+    appid: &str,
+) -> anyhow::Result<()> {
     use formid_gateway::clock::Clock;
     let spec = BroadcastSpec {
         template_id: plan.template_id.clone(),
@@ -109,7 +122,9 @@ pub async fn create(plan: &BroadcastPlan, sender: &Sender, storage: &Arc<dyn Sto
         })
         .collect();
     let first = plan.recipients.first().cloned().unwrap_or_default();
-    let data = json!({"message": {"value": format!("{JOB}-1")}}).as_object().cloned();
+    let data = json!({"message": {"value": format!("{JOB}-1")}})
+        .as_object()
+        .cloned();
     let checked = sender.check(appid, spec.request_for(&first, data)).await?;
     let now = clock.now_ms();
     let job = NewBroadcast {
@@ -123,7 +138,9 @@ pub async fn create(plan: &BroadcastPlan, sender: &Sender, storage: &Arc<dyn Sto
         rate: plan.rate,
         now,
     };
-    storage.create_broadcast(&job, Audience::List(&recipients)).await?;
+    storage
+        .create_broadcast(&job, Audience::List(&recipients))
+        .await?;
     Ok(())
 }
 
@@ -177,7 +194,11 @@ pub fn recipient_key(message_id: &str) -> Option<&str> {
 
 /// The broadcast's invariants (see the module's doc); `deliveries` counts
 /// WeChat's deliveries by the name its model read (`bc1-<seq>` here).
-pub fn check(job: &JobSnap, snapshot: &Snapshot, deliveries: &BTreeMap<String, usize>) -> Vec<Violation> {
+pub fn check(
+    job: &JobSnap,
+    snapshot: &Snapshot,
+    deliveries: &BTreeMap<String, usize>,
+) -> Vec<Violation> {
     let mut violations = Vec::new();
     let mut push = |text: String, messages: Vec<String>| {
         violations.push(Violation {
@@ -187,7 +208,10 @@ pub fn check(job: &JobSnap, snapshot: &Snapshot, deliveries: &BTreeMap<String, u
         })
     };
     if !job.finished {
-        push(format!("the broadcast is still {} after quiescence", job.state), Vec::new());
+        push(
+            format!("the broadcast is still {} after quiescence", job.state),
+            Vec::new(),
+        );
     }
     let mut messages: BTreeMap<&str, Vec<&MessageSnap>> = BTreeMap::new();
     for message in &snapshot.messages {
@@ -209,30 +233,44 @@ pub fn check(job: &JobSnap, snapshot: &Snapshot, deliveries: &BTreeMap<String, u
             push(format!("{who} was notified {delivered} times"), ids.clone());
         }
         if in_hands > 1 {
-            push(format!("{who} has {in_hands} messages that reached WeChat"), ids.clone());
+            push(
+                format!("{who} has {in_hands} messages that reached WeChat"),
+                ids.clone(),
+            );
         }
         if mine.iter().any(|m| m.touser != recipient.openid) {
             push(format!("{who} has a message to another user"), ids.clone());
         }
         let wrong = match recipient.state {
-            RecipientState::Queued | RecipientState::Leased => {
-                Some(format!("{who} is still {} after quiescence", recipient.state))
-            }
-            RecipientState::Sent if delivered != 1 => {
-                Some(format!("{who} is sent but WeChat delivered {delivered} time(s)"))
-            }
+            RecipientState::Queued | RecipientState::Leased => Some(format!(
+                "{who} is still {} after quiescence",
+                recipient.state
+            )),
+            RecipientState::Sent if delivered != 1 => Some(format!(
+                "{who} is sent but WeChat delivered {delivered} time(s)"
+            )),
             RecipientState::NoCredential
             | RecipientState::Failed
             | RecipientState::Cancelled
             | RecipientState::Capped
                 if delivered > 0 =>
             {
-                Some(format!("{who} is {} but WeChat delivered it", recipient.state))
+                Some(format!(
+                    "{who} is {} but WeChat delivered it",
+                    recipient.state
+                ))
             }
             RecipientState::Sent | RecipientState::Unknown => {
                 let named = recipient.message_id.as_deref();
-                let ok = mine.iter().any(|m| Some(m.id.as_str()) == named && m.status.as_str() == recipient.state.as_str());
-                (!ok).then(|| format!("{who} is {} but its message {named:?} is not", recipient.state))
+                let ok = mine.iter().any(|m| {
+                    Some(m.id.as_str()) == named && m.status.as_str() == recipient.state.as_str()
+                });
+                (!ok).then(|| {
+                    format!(
+                        "{who} is {} but its message {named:?} is not",
+                        recipient.state
+                    )
+                })
             }
             _ => None,
         };
@@ -240,10 +278,20 @@ pub fn check(job: &JobSnap, snapshot: &Snapshot, deliveries: &BTreeMap<String, u
             push(text, ids);
         }
     }
-    let listed: std::collections::BTreeSet<String> = job.recipients.iter().map(|r| format!("{JOB}-{}", r.seq)).collect();
-    for key in deliveries.keys().filter(|key| key.starts_with(&format!("{JOB}-"))) {
+    let listed: std::collections::BTreeSet<String> = job
+        .recipients
+        .iter()
+        .map(|r| format!("{JOB}-{}", r.seq))
+        .collect();
+    for key in deliveries
+        .keys()
+        .filter(|key| key.starts_with(&format!("{JOB}-")))
+    {
         if !listed.contains(key) {
-            push(format!("{key} was delivered but is no recipient"), Vec::new());
+            push(
+                format!("{key} was delivered but is no recipient"),
+                Vec::new(),
+            );
         }
     }
     violations

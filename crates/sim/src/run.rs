@@ -279,12 +279,23 @@ impl Plan {
     /// WeChat's daily quota (45009), which pauses the job until midnight
     /// China time. Drawn from a stream of its own.
     pub fn with_broadcast(mut self, extra: usize) -> Self {
-        let mut users: Vec<String> = self.posts.iter().flat_map(|p| p.credentials.iter().map(|c| c.openid.clone())).collect();
+        let mut users: Vec<String> = self
+            .posts
+            .iter()
+            .flat_map(|p| p.credentials.iter().map(|c| c.openid.clone()))
+            .collect();
         users.extend(self.sends.iter().map(|s| s.touser.clone()));
         users.sort();
         users.dedup();
         let window_ms = self.sends.last().map_or(1_000, |s| s.at_ms).max(1_000);
-        let plan = crate::broadcast::draw(self.seed, &users, extra, window_ms, self.instances, TEMPLATE);
+        let plan = crate::broadcast::draw(
+            self.seed,
+            &users,
+            extra,
+            window_ms,
+            self.instances,
+            TEMPLATE,
+        );
         // A quarter of the seeds meet WeChat's daily quota mid-job (per
         // mille of sends), which pauses the job until midnight China time.
         if self.seed % 4 == 0 {
@@ -967,7 +978,11 @@ impl World {
                 Arc::new(clock),
                 crate::broadcast::settings(plan, knobs.lease_ms),
             );
-            tasks.push(crate::broadcast::spawn_worker(worker, self.trace.clone(), name.clone()));
+            tasks.push(crate::broadcast::spawn_worker(
+                worker,
+                self.trace.clone(),
+                name.clone(),
+            ));
         }
         Ok(Instance {
             name,
@@ -1109,7 +1124,12 @@ pub fn run_seed_with(seed: u64, sends: usize, subscribe_percent: u32) -> SeedRep
 
 /// [`run_seed_with`] with a broadcast to the plan's users and `extra`
 /// users who hold nothing (`Plan::with_broadcast`).
-pub fn run_seed_broadcast(seed: u64, sends: usize, subscribe_percent: u32, extra: usize) -> SeedReport {
+pub fn run_seed_broadcast(
+    seed: u64,
+    sends: usize,
+    subscribe_percent: u32,
+    extra: usize,
+) -> SeedReport {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -1381,9 +1401,33 @@ impl<'w> Driver<'w> {
         let slot = live_slot(&self.instances, plan.instance);
         let instance = self.instances[slot].as_ref().expect("a live instance");
         for _ in 0..20 {
-            let created = crate::broadcast::create(plan, &instance.sender, &instance.storage, instance.clock, APPID).await;
-            let exists = matches!(instance.storage.broadcast(APPID, crate::broadcast::JOB).await, Ok(Some(_)));
-            world.trace.record(&instance.name, format!("broadcast {} to {} recipient(s): {}", crate::broadcast::JOB, plan.recipients.len(), match &created { Ok(()) => "created".to_owned(), Err(error) => format!("{error:#}") }));
+            let created = crate::broadcast::create(
+                plan,
+                &instance.sender,
+                &instance.storage,
+                instance.clock,
+                APPID,
+            )
+            .await;
+            let exists = matches!(
+                instance
+                    .storage
+                    .broadcast(APPID, crate::broadcast::JOB)
+                    .await,
+                Ok(Some(_))
+            );
+            world.trace.record(
+                &instance.name,
+                format!(
+                    "broadcast {} to {} recipient(s): {}",
+                    crate::broadcast::JOB,
+                    plan.recipients.len(),
+                    match &created {
+                        Ok(()) => "created".to_owned(),
+                        Err(error) => format!("{error:#}"),
+                    }
+                ),
+            );
             if created.is_ok() || exists {
                 return;
             }

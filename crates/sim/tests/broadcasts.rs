@@ -16,21 +16,37 @@ fn broadcast_seeds_keep_every_promise() {
     for seed in 0..32 {
         let report = run_seed_broadcast(seed, 30, 20, 4);
         deliveries += report.deliveries;
-        recipients_sent += report.outcomes.get("broadcast recipients: sent").copied().unwrap_or(0);
+        recipients_sent += report
+            .outcomes
+            .get("broadcast recipients: sent")
+            .copied()
+            .unwrap_or(0);
         formid_sim::add_counts(&mut outcomes, &report.outcomes);
         formid_sim::add_counts(&mut faults, &report.faults);
         if !report.violations.is_empty() {
             failures.push(format!(
                 "seed {seed}: {:?}\n{}",
                 report.violations,
-                report.story.unwrap_or_default().lines().take(120).collect::<Vec<_>>().join("\n")
+                report
+                    .story
+                    .unwrap_or_default()
+                    .lines()
+                    .take(120)
+                    .collect::<Vec<_>>()
+                    .join("\n")
             ));
         }
     }
     eprintln!("outcomes: {outcomes:?}\nfaults: {faults:?}");
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-    assert!(deliveries > 0, "the seeds delivered nothing: the test would prove nothing");
-    assert!(recipients_sent > 0, "no broadcast recipient was sent to: the test would prove nothing");
+    assert!(
+        deliveries > 0,
+        "the seeds delivered nothing: the test would prove nothing"
+    );
+    assert!(
+        recipients_sent > 0,
+        "no broadcast recipient was sent to: the test would prove nothing"
+    );
     assert!(
         faults.contains_key("send: errcode 45009 daily quota"),
         "no seed met 45009 mid-job: the test would prove less than it says"

@@ -71,7 +71,8 @@ fn what_a_recipients_message_means() {
     use RecipientResult as Res;
     use RecipientStep::*;
     use SendFailure as F;
-    let step = |status, failure: Option<F>, tries| recipient_step(status, failure.as_ref(), tries, 5, NOW);
+    let step =
+        |status, failure: Option<F>, tries| recipient_step(status, failure.as_ref(), tries, 5, NOW);
     table! {
         "sent": step(M::Sent, None, 0) => Record(Res::Sent);
         "unknown: never again": step(M::Unknown, Some(F::OutcomeUnknown), 0) => Record(Res::Unknown);
@@ -95,7 +96,9 @@ fn what_a_recipients_message_means() {
 
 #[test]
 fn what_a_batch_does_to_its_job() {
-    let quota = Hold::Quota { until_ms: NOW + 100 };
+    let quota = Hold::Quota {
+        until_ms: NOW + 100,
+    };
     let breaker = Hold::Breaker { until_ms: NOW + 10 };
     table! {
         "nothing held": job_effect(&[], 100, 100) => JobEffect::default();

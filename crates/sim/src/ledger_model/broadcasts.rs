@@ -75,24 +75,36 @@ impl Tables {
 
 #[async_trait]
 impl BroadcastStore for LedgerModel {
-    async fn create_broadcast(&self, job: &NewBroadcast, audience: Audience<'_>) -> anyhow::Result<i64> {
+    async fn create_broadcast(
+        &self,
+        job: &NewBroadcast,
+        audience: Audience<'_>,
+    ) -> anyhow::Result<i64> {
         self.write(|t| {
             if t.broadcasts.contains_key(&job.id) {
                 anyhow::bail!("duplicate key value violates unique constraint \"broadcasts_pkey\"");
             }
             let users: Vec<(String, Option<String>)> = match audience {
-                Audience::Holders { grant_of, valid_after } => t
+                Audience::Holders {
+                    grant_of,
+                    valid_after,
+                } => t
                     .holders(&job.appid, grant_of, valid_after)
                     .into_iter()
                     .map(|openid| (openid, None))
                     .collect(),
-                Audience::List(list) => list.iter().map(|r| (r.openid.clone(), r.data.clone())).collect(),
+                Audience::List(list) => list
+                    .iter()
+                    .map(|r| (r.openid.clone(), r.data.clone()))
+                    .collect(),
             };
             let mut seen = BTreeSet::new();
             let mut seq = 0;
             for (openid, data) in users {
                 if !seen.insert(openid.clone()) {
-                    anyhow::bail!("duplicate key value violates unique constraint (broadcast_id, openid)");
+                    anyhow::bail!(
+                        "duplicate key value violates unique constraint (broadcast_id, openid)"
+                    );
                 }
                 seq += 1;
                 t.recipients.insert(
@@ -121,7 +133,10 @@ impl BroadcastStore for LedgerModel {
                         template_id: job.template_id.clone(),
                         channel: job.channel,
                         spec: job.spec.clone(),
-                        standing: JobStanding { state: job.state, pause_reason: None },
+                        standing: JobStanding {
+                            state: job.state,
+                            pause_reason: None,
+                        },
                         paused_until: None,
                         send_at: job.send_at,
                         rate: job.rate,
@@ -141,8 +156,13 @@ impl BroadcastStore for LedgerModel {
     }
 
     async fn broadcast(&self, appid: &str, id: &str) -> anyhow::Result<Option<Broadcast>> {
-        self.read(|t| t.broadcasts.get(id).filter(|b| b.job.appid == appid).map(|b| b.job.clone()))
-            .await
+        self.read(|t| {
+            t.broadcasts
+                .get(id)
+                .filter(|b| b.job.appid == appid)
+                .map(|b| b.job.clone())
+        })
+        .await
     }
 
     async fn broadcasts(&self, appid: &str, limit: i64) -> anyhow::Result<Vec<Broadcast>> {
@@ -166,7 +186,9 @@ impl BroadcastStore for LedgerModel {
                 .broadcasts
                 .values()
                 .filter(|b| match b.job.standing.state {
-                    BroadcastState::Scheduled | BroadcastState::Running | BroadcastState::Paused => true,
+                    BroadcastState::Scheduled
+                    | BroadcastState::Running
+                    | BroadcastState::Paused => true,
                     BroadcastState::Cancelled => b.job.finished_at.is_none(),
                     BroadcastState::Finished => false,
                 })
@@ -194,7 +216,8 @@ impl BroadcastStore for LedgerModel {
                 row.job.started_at = row.job.started_at.or(Some(change.now));
             }
             if change.to.state == BroadcastState::Cancelled {
-                let keys: Vec<(String, i64)> = t.recipients_of(change.id).map(|(k, _)| k.clone()).collect();
+                let keys: Vec<(String, i64)> =
+                    t.recipients_of(change.id).map(|(k, _)| k.clone()).collect();
                 for key in keys {
                     let r = t.recipients.get_mut(&key).expect("listed");
                     if r.state == RecipientState::Queued {
@@ -208,7 +231,13 @@ impl BroadcastStore for LedgerModel {
         .await
     }
 
-    async fn finish_broadcast(&self, id: &str, from: BroadcastState, state: BroadcastState, now: i64) -> anyhow::Result<bool> {
+    async fn finish_broadcast(
+        &self,
+        id: &str,
+        from: BroadcastState,
+        state: BroadcastState,
+        now: i64,
+    ) -> anyhow::Result<bool> {
         self.write(|t| {
             let Some(row) = t.broadcasts.get_mut(id) else {
                 return Ok(false);
@@ -216,7 +245,10 @@ impl BroadcastStore for LedgerModel {
             if row.job.finished_at.is_some() || row.job.standing.state != from {
                 return Ok(false);
             }
-            row.job.standing = JobStanding { state, pause_reason: None };
+            row.job.standing = JobStanding {
+                state,
+                pause_reason: None,
+            };
             row.job.paused_until = None;
             row.job.finished_at = Some(now);
             row.job.updated_at = now;
@@ -227,11 +259,21 @@ impl BroadcastStore for LedgerModel {
 
     async fn lease_recipients(&self, lease: &RecipientLease<'_>) -> anyhow::Result<LeaseOutcome> {
         self.write(|t| {
-            let row = t.broadcasts.get(lease.broadcast_id).ok_or_else(|| anyhow::anyhow!("no such broadcast"))?;
-            let input = PaceInput { now: lease.now, next_lease_at: row.next_lease_at, rate: row.job.rate, max_batch: lease.max_batch };
+            let row = t
+                .broadcasts
+                .get(lease.broadcast_id)
+                .ok_or_else(|| anyhow::anyhow!("no such broadcast"))?;
+            let input = PaceInput {
+                now: lease.now,
+                next_lease_at: row.next_lease_at,
+                rate: row.job.rate,
+                max_batch: lease.max_batch,
+            };
             let count = match (row.job.standing.state, pace(input)) {
                 (BroadcastState::Running, Pace::Take { count }) => count,
-                (BroadcastState::Running, Pace::Wait { until }) => return Ok(LeaseOutcome::Wait { until }),
+                (BroadcastState::Running, Pace::Wait { until }) => {
+                    return Ok(LeaseOutcome::Wait { until })
+                }
                 (BroadcastState::Cancelled, _) => lease.max_batch,
                 _ => return Ok(LeaseOutcome::NoneFree { open: 1 }),
             };
@@ -239,7 +281,8 @@ impl BroadcastStore for LedgerModel {
                 .recipients_of(lease.broadcast_id)
                 .filter(|(_, r)| {
                     r.state == RecipientState::Queued
-                        || (r.state == RecipientState::Leased && r.lease_until.is_some_and(|u| u <= lease.now))
+                        || (r.state == RecipientState::Leased
+                            && r.lease_until.is_some_and(|u| u <= lease.now))
                 })
                 .take(count as usize)
                 .map(|(k, _)| k.clone())
@@ -247,20 +290,32 @@ impl BroadcastStore for LedgerModel {
             if free.is_empty() {
                 let open = t
                     .recipients_of(lease.broadcast_id)
-                    .filter(|(_, r)| matches!(r.state, RecipientState::Queued | RecipientState::Leased))
+                    .filter(|(_, r)| {
+                        matches!(r.state, RecipientState::Queued | RecipientState::Leased)
+                    })
                     .count() as i64;
                 return Ok(LeaseOutcome::NoneFree { open });
             }
             let mut leased = Vec::with_capacity(free.len());
             for key in &free {
                 let r = t.recipients.get_mut(key).expect("listed");
-                leased.push(LeasedRecipient { seq: key.1, openid: r.openid.clone(), data: r.data.clone(), tries: r.tries, sends: r.sends, state: r.state });
+                leased.push(LeasedRecipient {
+                    seq: key.1,
+                    openid: r.openid.clone(),
+                    data: r.data.clone(),
+                    tries: r.tries,
+                    sends: r.sends,
+                    state: r.state,
+                });
                 r.state = RecipientState::Leased;
                 r.lease_token = Some(lease.token);
                 r.lease_until = Some(lease.lease_until);
                 r.updated_at = lease.now;
             }
-            let row = t.broadcasts.get_mut(lease.broadcast_id).expect("read above");
+            let row = t
+                .broadcasts
+                .get_mut(lease.broadcast_id)
+                .expect("read above");
             row.next_lease_at = pace_after(input, leased.len() as i64);
             Ok(LeaseOutcome::Batch(leased))
         })
@@ -271,7 +326,10 @@ impl BroadcastStore for LedgerModel {
         self.write(|t| {
             let mut kept = 0;
             for (seq, write) in record.writes {
-                let Some(r) = t.recipients.get_mut(&(record.broadcast_id.to_owned(), *seq)) else {
+                let Some(r) = t
+                    .recipients
+                    .get_mut(&(record.broadcast_id.to_owned(), *seq))
+                else {
                     continue;
                 };
                 if r.lease_token != Some(record.token) {
@@ -280,7 +338,12 @@ impl BroadcastStore for LedgerModel {
                 kept += 1;
                 r.updated_at = record.now;
                 match write {
-                    RecipientWrite::Final { state, message_id, error_code, wechat_errcode } => {
+                    RecipientWrite::Final {
+                        state,
+                        message_id,
+                        error_code,
+                        wechat_errcode,
+                    } => {
                         r.state = *state;
                         r.message_id = message_id.clone();
                         r.error_code = error_code.clone();
@@ -311,7 +374,10 @@ impl BroadcastStore for LedgerModel {
                 }
                 if let Some((reason, until)) = record.pause {
                     if row.job.standing.state == BroadcastState::Running {
-                        row.job.standing = JobStanding { state: BroadcastState::Paused, pause_reason: Some(reason) };
+                        row.job.standing = JobStanding {
+                            state: BroadcastState::Paused,
+                            pause_reason: Some(reason),
+                        };
                         row.job.paused_until = Some(until);
                     }
                 }
@@ -323,7 +389,10 @@ impl BroadcastStore for LedgerModel {
 
     async fn recipient_counts(&self, id: &str) -> anyhow::Result<Vec<RecipientCount>> {
         self.read(|t| {
-            let mut counts: std::collections::BTreeMap<(&'static str, Option<String>, Option<i64>), (RecipientState, i64)> = Default::default();
+            let mut counts: std::collections::BTreeMap<
+                (&'static str, Option<String>, Option<i64>),
+                (RecipientState, i64),
+            > = Default::default();
             for (_, r) in t.recipients_of(id) {
                 let entry = counts
                     .entry((r.state.as_str(), r.error_code.clone(), r.wechat_errcode))
@@ -332,13 +401,25 @@ impl BroadcastStore for LedgerModel {
             }
             counts
                 .into_iter()
-                .map(|((_, error_code, wechat_errcode), (state, count))| RecipientCount { state, error_code, wechat_errcode, count })
+                .map(
+                    |((_, error_code, wechat_errcode), (state, count))| RecipientCount {
+                        state,
+                        error_code,
+                        wechat_errcode,
+                        count,
+                    },
+                )
                 .collect()
         })
         .await
     }
 
-    async fn recipient_page(&self, id: &str, after_seq: i64, limit: i64) -> anyhow::Result<Vec<RecipientRow>> {
+    async fn recipient_page(
+        &self,
+        id: &str,
+        after_seq: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<RecipientRow>> {
         self.read(|t| {
             t.recipients_of(id)
                 .filter(|((_, seq), _)| *seq > after_seq)
