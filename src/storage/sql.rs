@@ -507,25 +507,6 @@ pub const RECORD_DELIVERY: &str = "UPDATE messages \
 pub const DELETE_OLD_PUSH_EVENTS: &str = "DELETE FROM push_events WHERE (appid, dedupe_key) IN ( \
     SELECT appid, dedupe_key FROM push_events WHERE received_at <= $1 LIMIT $2)";
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_sweep_knows_the_never_expiring_mark() {
-        let mark = crate::ledger::kinds::NEVER_EXPIRES_MS.to_string();
-        assert!(DELETE_OLD_CREDENTIALS.contains(&format!("expires_at = {mark}")));
-    }
-
-    #[test]
-    fn the_lock_slot_is_filled() {
-        assert!(
-            with_lock(CLAIM, "FOR UPDATE SKIP LOCKED").contains("LIMIT 1 FOR UPDATE SKIP LOCKED)")
-        );
-        assert!(!with_lock(CLAIM, "").contains("{lock}"));
-    }
-}
-
 // ---- Broadcasts (migration 0013; src/storage/broadcasts.rs) ----
 
 pub const INSERT_BROADCAST: &str = "INSERT INTO broadcasts \
@@ -660,3 +641,22 @@ pub const RECIPIENT_COUNTS: &str = "SELECT state, error_code, wechat_errcode, CO
 pub const RECIPIENT_PAGE: &str = "SELECT seq, openid, state, message_id, error_code, \
     wechat_errcode, updated_at FROM broadcast_recipients \
     WHERE broadcast_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_knows_the_never_expiring_mark() {
+        let mark = crate::ledger::kinds::NEVER_EXPIRES_MS.to_string();
+        assert!(DELETE_OLD_CREDENTIALS.contains(&format!("expires_at = {mark}")));
+    }
+
+    #[test]
+    fn the_lock_slot_is_filled() {
+        assert!(
+            with_lock(CLAIM, "FOR UPDATE SKIP LOCKED").contains("LIMIT 1 FOR UPDATE SKIP LOCKED)")
+        );
+        assert!(!with_lock(CLAIM, "").contains("{lock}"));
+    }
+}

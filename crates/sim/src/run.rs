@@ -298,7 +298,7 @@ impl Plan {
         );
         // A quarter of the seeds meet WeChat's daily quota mid-job (per
         // mille of sends), which pauses the job until midnight China time.
-        if self.seed % 4 == 0 {
+        if self.seed.is_multiple_of(4) {
             self.rates.send.insert(Fault::DailyQuota, 40);
         }
         self.broadcast = Some(plan);
