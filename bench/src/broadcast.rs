@@ -42,33 +42,7 @@ pub async fn measure_broadcasts(
         // The send runs' template: users they left a grant are recipients
         // too (counted in `recipients`).
         let template = bench.subscribe_template.clone().unwrap_or_default();
-        let prefix = format!("bc{size}u");
-        let seeding = Instant::now();
-        let users: Vec<String> = (0..size).map(|n| format!("{prefix}{n}")).collect();
-        http::grant_at_fake(
-            &bench.http,
-            &bench.fake_url(),
-            SEND_APP,
-            &template,
-            &users,
-            1,
-        )
-        .await
-        .context("granting at the fake")?;
-        drop(users);
-        crate::db::seed_grants(
-            &bench.database_url,
-            SEND_APP,
-            &template,
-            &prefix,
-            size as i64,
-            1,
-        )
-        .await?;
-        println!(
-            "    seeded {size} holders in {:.1}s",
-            seeding.elapsed().as_secs_f64()
-        );
+        seed_holders(bench, &template, size).await?;
         // A fresh process: its peak RSS is this broadcast's.
         gateway.stop();
         gateway = bench
@@ -167,4 +141,37 @@ async fn run_one(bench: &Bench, template: &str, size: u64) -> anyhow::Result<Bro
             });
         }
     }
+}
+
+/// `size` users `bc{size}u{n}` holding one grant of `template` each: at the
+/// fake and in the ledger.
+async fn seed_holders(bench: &Bench, template: &str, size: u64) -> anyhow::Result<()> {
+    let prefix = format!("bc{size}u");
+    let seeding = Instant::now();
+    let users: Vec<String> = (0..size).map(|n| format!("{prefix}{n}")).collect();
+    http::grant_at_fake(
+        &bench.http,
+        &bench.fake_url(),
+        SEND_APP,
+        template,
+        &users,
+        1,
+    )
+    .await
+    .context("granting at the fake")?;
+    drop(users);
+    crate::db::seed_grants(
+        &bench.database_url,
+        SEND_APP,
+        template,
+        &prefix,
+        size as i64,
+        1,
+    )
+    .await?;
+    println!(
+        "    seeded {size} holders in {:.1}s",
+        seeding.elapsed().as_secs_f64()
+    );
+    Ok(())
 }

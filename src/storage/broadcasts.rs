@@ -458,44 +458,10 @@ macro_rules! impl_broadcast_store {
                     lease: &RecipientLease<'_>,
                 ) -> anyhow::Result<LeaseOutcome> {
                     let mut tx = self.begin_write().await?;
-                    let (state, rate, next_lease_at): (String, i64, i64) =
-                        sqlx::query_as(sql::BROADCAST_PACE)
-                            .bind(lease.broadcast_id)
-                            .fetch_one(&mut *tx)
-                            .await
-                            .context("reading a broadcast's pace")?;
-                    let state: BroadcastState = state.parse()?;
-                    let input = PaceInput {
-                        now: lease.now,
-                        next_lease_at,
-                        rate,
-                        max_batch: lease.max_batch,
+                    let (input, count) = match Self::take_pace(&mut tx, lease).await? {
+                        Ok(taken) => taken,
+                        Err(outcome) => return Ok(outcome),
                     };
-                    // A cancelled job's leased recipients are resolved without pacing:
-                    // nothing new is sent for them.
-                    let count = match (state, pace(input)) {
-                        (BroadcastState::Running, Pace::Take { count }) => count,
-                        (BroadcastState::Running, Pace::Wait { until }) => {
-                            return Ok(LeaseOutcome::Wait { until })
-                        }
-                        (BroadcastState::Cancelled, _) => lease.max_batch,
-                        _ => return Ok(LeaseOutcome::NoneFree { open: 1 }),
-                    };
-                    // Why first: on PostgreSQL the update locks the job's row, so
-                    // the instances leasing one job take turns; a lost race waits.
-                    let took = sqlx::query(sql::TAKE_BROADCAST_PACE)
-                        .bind(lease.broadcast_id)
-                        .bind(next_lease_at)
-                        .bind(pace_after(input, count))
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected()
-                        == 1;
-                    if !took {
-                        return Ok(LeaseOutcome::Wait {
-                            until: lease.now + 10,
-                        });
-                    }
                     let free: Vec<LeasedRecipient> = sqlx::query_as(&sql::with_lock(
                         sql::FREE_RECIPIENTS,
                         <Self as Backend>::CLAIM_LOCK,
@@ -513,33 +479,13 @@ macro_rules! impl_broadcast_store {
                             .await?;
                         sqlx::query(sql::SET_BROADCAST_PACE)
                             .bind(lease.broadcast_id)
-                            .bind(next_lease_at)
+                            .bind(input.next_lease_at)
                             .execute(&mut *tx)
                             .await?;
                         tx.commit().await?;
                         return Ok(LeaseOutcome::NoneFree { open });
                     }
-                    let mut builder = sqlx::QueryBuilder::<<Self as Backend>::Db>::new(
-                        sql::LEASE_RECIPIENTS_HEAD,
-                    );
-                    builder.push_bind(lease.token);
-                    builder.push(", lease_until = ");
-                    builder.push_bind(lease.lease_until);
-                    builder.push(", updated_at = ");
-                    builder.push_bind(lease.now);
-                    builder.push(" WHERE broadcast_id = ");
-                    builder.push_bind(lease.broadcast_id);
-                    builder.push(" AND seq IN (");
-                    let mut list = builder.separated(", ");
-                    for recipient in &free {
-                        list.push_bind(recipient.seq);
-                    }
-                    builder.push(")");
-                    builder
-                        .build()
-                        .execute(&mut *tx)
-                        .await
-                        .context("leasing recipients")?;
+                    Self::mark_leased(&mut tx, lease, &free).await?;
                     if (free.len() as i64) < count {
                         sqlx::query(sql::SET_BROADCAST_PACE)
                             .bind(lease.broadcast_id)
@@ -638,6 +584,86 @@ macro_rules! impl_broadcast_store {
                         .fetch_all(self.reader())
                         .await
                         .context("reading a broadcast's results")?)
+                }
+            }
+
+            impl $storage {
+                /// The job's pacing, read and advanced (compare and set) in
+                /// the lease's transaction: how many recipients it may take,
+                /// or what the lease answers instead.
+                async fn take_pace(
+                    tx: &mut sqlx::Transaction<'static, <Self as Backend>::Db>,
+                    lease: &RecipientLease<'_>,
+                ) -> anyhow::Result<Result<(PaceInput, i64), LeaseOutcome>> {
+                    let (state, rate, next_lease_at): (String, i64, i64) =
+                        sqlx::query_as(sql::BROADCAST_PACE)
+                            .bind(lease.broadcast_id)
+                            .fetch_one(&mut **tx)
+                            .await
+                            .context("reading a broadcast's pace")?;
+                    let state: BroadcastState = state.parse()?;
+                    let input = PaceInput {
+                        now: lease.now,
+                        next_lease_at,
+                        rate,
+                        max_batch: lease.max_batch,
+                    };
+                    // A cancelled job's leased recipients are resolved without pacing:
+                    // nothing new is sent for them.
+                    let count = match (state, pace(input)) {
+                        (BroadcastState::Running, Pace::Take { count }) => count,
+                        (BroadcastState::Running, Pace::Wait { until }) => {
+                            return Ok(Err(LeaseOutcome::Wait { until }))
+                        }
+                        (BroadcastState::Cancelled, _) => lease.max_batch,
+                        _ => return Ok(Err(LeaseOutcome::NoneFree { open: 1 })),
+                    };
+                    // Why first: on PostgreSQL the update locks the job's row, so
+                    // the instances leasing one job take turns; a lost race waits.
+                    let took = sqlx::query(sql::TAKE_BROADCAST_PACE)
+                        .bind(lease.broadcast_id)
+                        .bind(next_lease_at)
+                        .bind(pace_after(input, count))
+                        .execute(&mut **tx)
+                        .await?
+                        .rows_affected()
+                        == 1;
+                    if !took {
+                        return Ok(Err(LeaseOutcome::Wait {
+                            until: lease.now + 10,
+                        }));
+                    }
+                    Ok(Ok((input, count)))
+                }
+
+                /// Leases `free` under the lease's token, in one statement.
+                async fn mark_leased(
+                    tx: &mut sqlx::Transaction<'static, <Self as Backend>::Db>,
+                    lease: &RecipientLease<'_>,
+                    free: &[LeasedRecipient],
+                ) -> anyhow::Result<()> {
+                    let mut builder = sqlx::QueryBuilder::<<Self as Backend>::Db>::new(
+                        sql::LEASE_RECIPIENTS_HEAD,
+                    );
+                    builder.push_bind(lease.token);
+                    builder.push(", lease_until = ");
+                    builder.push_bind(lease.lease_until);
+                    builder.push(", updated_at = ");
+                    builder.push_bind(lease.now);
+                    builder.push(" WHERE broadcast_id = ");
+                    builder.push_bind(lease.broadcast_id.to_owned());
+                    builder.push(" AND seq IN (");
+                    let mut list = builder.separated(", ");
+                    for recipient in free {
+                        list.push_bind(recipient.seq);
+                    }
+                    builder.push(")");
+                    builder
+                        .build()
+                        .execute(&mut **tx)
+                        .await
+                        .context("leasing recipients")?;
+                    Ok(())
                 }
             }
         };

@@ -223,59 +223,8 @@ pub fn check(
         let key = format!("{JOB}-{}", recipient.seq);
         let delivered = deliveries.get(&key).copied().unwrap_or(0);
         let mine: Vec<&MessageSnap> = messages.get(key.as_str()).cloned().unwrap_or_default();
-        let ids: Vec<String> = mine.iter().map(|m| m.id.clone()).collect();
-        let in_hands = mine
-            .iter()
-            .filter(|m| matches!(m.status, MessageStatus::Sent | MessageStatus::Unknown))
-            .count();
-        let who = format!("recipient {} ({})", recipient.seq, recipient.openid);
-        if delivered > 1 {
-            push(format!("{who} was notified {delivered} times"), ids.clone());
-        }
-        if in_hands > 1 {
-            push(
-                format!("{who} has {in_hands} messages that reached WeChat"),
-                ids.clone(),
-            );
-        }
-        if mine.iter().any(|m| m.touser != recipient.openid) {
-            push(format!("{who} has a message to another user"), ids.clone());
-        }
-        let wrong = match recipient.state {
-            RecipientState::Queued | RecipientState::Leased => Some(format!(
-                "{who} is still {} after quiescence",
-                recipient.state
-            )),
-            RecipientState::Sent if delivered != 1 => Some(format!(
-                "{who} is sent but WeChat delivered {delivered} time(s)"
-            )),
-            RecipientState::NoCredential
-            | RecipientState::Failed
-            | RecipientState::Cancelled
-            | RecipientState::Capped
-                if delivered > 0 =>
-            {
-                Some(format!(
-                    "{who} is {} but WeChat delivered it",
-                    recipient.state
-                ))
-            }
-            RecipientState::Sent | RecipientState::Unknown => {
-                let named = recipient.message_id.as_deref();
-                let ok = mine.iter().any(|m| {
-                    Some(m.id.as_str()) == named && m.status.as_str() == recipient.state.as_str()
-                });
-                (!ok).then(|| {
-                    format!(
-                        "{who} is {} but its message {named:?} is not",
-                        recipient.state
-                    )
-                })
-            }
-            _ => None,
-        };
-        if let Some(text) = wrong {
-            push(text, ids);
+        for text in check_recipient(recipient, delivered, &mine) {
+            push(text, mine.iter().map(|m| m.id.clone()).collect());
         }
     }
     let listed: std::collections::BTreeSet<String> = job
@@ -295,4 +244,62 @@ pub fn check(
         }
     }
     violations
+}
+
+/// One recipient's result against its messages and WeChat's deliveries.
+fn check_recipient(
+    recipient: &RecipientSnap,
+    delivered: usize,
+    mine: &[&MessageSnap],
+) -> Vec<String> {
+    let mut wrong = Vec::new();
+    let in_hands = mine
+        .iter()
+        .filter(|m| matches!(m.status, MessageStatus::Sent | MessageStatus::Unknown))
+        .count();
+    let who = format!("recipient {} ({})", recipient.seq, recipient.openid);
+    if delivered > 1 {
+        wrong.push(format!("{who} was notified {delivered} times"));
+    }
+    if in_hands > 1 {
+        wrong.push(format!("{who} has {in_hands} messages that reached WeChat"));
+    }
+    if mine.iter().any(|m| m.touser != recipient.openid) {
+        wrong.push(format!("{who} has a message to another user"));
+    }
+    let state = match recipient.state {
+        RecipientState::Queued | RecipientState::Leased => Some(format!(
+            "{who} is still {} after quiescence",
+            recipient.state
+        )),
+        RecipientState::Sent if delivered != 1 => Some(format!(
+            "{who} is sent but WeChat delivered {delivered} time(s)"
+        )),
+        RecipientState::NoCredential
+        | RecipientState::Failed
+        | RecipientState::Cancelled
+        | RecipientState::Capped
+            if delivered > 0 =>
+        {
+            Some(format!(
+                "{who} is {} but WeChat delivered it",
+                recipient.state
+            ))
+        }
+        RecipientState::Sent | RecipientState::Unknown => {
+            let named = recipient.message_id.as_deref();
+            let ok = mine.iter().any(|m| {
+                Some(m.id.as_str()) == named && m.status.as_str() == recipient.state.as_str()
+            });
+            (!ok).then(|| {
+                format!(
+                    "{who} is {} but its message {named:?} is not",
+                    recipient.state
+                )
+            })
+        }
+        _ => None,
+    };
+    wrong.extend(state);
+    wrong
 }
