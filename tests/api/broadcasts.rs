@@ -504,3 +504,49 @@ async fn a_recipient_taken_over_after_a_crash_is_resolved_not_resent(#[case] bac
     assert_eq!(lines[0]["message_id"], message_id);
     assert_eq!(lines[0]["state"], "unknown");
 }
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn an_ndjson_upload_lists_the_recipients(#[case] backend: Backend) {
+    let app = spawn_app(backend).await;
+    let template = one_time_template(&app).await;
+    accept(&app, "o-up1", &template).await;
+    accept(&app, "o-up2", &template).await;
+    let head = json!({"template_id": template, "data": data_401(), "audience": "upload"});
+    let body = format!(
+        "{head}\n\"o-up1\"\n\n{}\n\"o-up3\"\n",
+        json!({"openid": "o-up2", "data": {"thing1": {"value": "Yours"}, "character_string2": {"value": "SN2"}}})
+    );
+    let response = app
+        .client
+        .post(app.url(&format!("/v1/apps/{APPID}/broadcasts")))
+        .bearer_auth(SEND_KEY)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let created: Value = response.json().await.unwrap();
+    assert_eq!(created["recipients"], 3, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let done = drain(&app, &[&app.broadcasts], &id).await;
+    assert_eq!(done["sent"], 2);
+    assert_eq!(done["no_credential"], 1);
+    // A first line that is not an upload's is refused, nothing recorded.
+    let refused = app
+        .client
+        .post(app.url(&format!("/v1/apps/{APPID}/broadcasts")))
+        .bearer_auth(SEND_KEY)
+        .header("content-type", "application/x-ndjson")
+        .body(format!(
+            "{}\n\"o-up1\"\n",
+            json!({"template_id": template, "audience": "holders"})
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422);
+}
