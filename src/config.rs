@@ -76,6 +76,9 @@ pub struct Settings {
     /// The WeChat-compatible endpoint (off unless `proxy.listen` is set).
     #[serde(default)]
     pub proxy: ProxySettings,
+    /// How broadcasts are paced and leased.
+    #[serde(default)]
+    pub broadcasts: BroadcastSettings,
 }
 
 /// The WeChat-compatible endpoint: a second listener that answers like
@@ -595,6 +598,9 @@ pub fn days<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::E
     scaled(deserializer, Duration::from_secs(DAY))
 }
 
+mod broadcasts;
+pub use broadcasts::BroadcastSettings;
+
 mod defaults {
     pub fn listen() -> String {
         "127.0.0.1:8080".into()
@@ -659,6 +665,7 @@ fn valid_siblings(path: &[&str]) -> &'static [&'static str] {
         ["http", _] => fields_of::<HttpSettings>(),
         ["wechat", _] => fields_of::<WeChatSettings>(),
         ["ledger", _] => fields_of::<LedgerSettings>(),
+        ["broadcasts", _] => fields_of::<BroadcastSettings>(),
         ["tokens", _] => fields_of::<TokenSettings>(),
         ["apps", _, _] => fields_of::<AppSettings>(),
         ["apps", _, "quiet_hours", _] => fields_of::<QuietHoursSettings>(),
@@ -890,6 +897,7 @@ impl Settings {
         self.validate_apps()?;
         access::validate(&self.sessions, &self.keys, &self.limits)?;
         self.validate_proxy()?;
+        self.broadcasts.validate()?;
         self.validate_keys()
     }
 

@@ -10,6 +10,7 @@
 //! - [`wechat`]: the client for WeChat's server API; [`tokens`]: the access_token keeper;
 //!   [`templates`]: each app's template catalogue, kept from WeChat, and the
 //!   wire calls of template management.
+//! - [`broadcasts`]: one template message to many users, each through the send path.
 //! - [`workers`]: background work (token refresh, sweeping).
 //! - [`config`], [`startup`], [`clock`], [`telemetry`]: wiring.
 //!
@@ -17,6 +18,7 @@
 //! crates of their own: the production binary does not contain them.
 
 pub mod api;
+pub mod broadcasts;
 pub mod cache;
 pub mod clock;
 pub mod config;

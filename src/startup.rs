@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::ApiKeys;
 use crate::api::{self, request_id, ApiContext};
+use crate::broadcasts::{BroadcastParts, BroadcastWorker, Broadcasts};
 use crate::clock::{ms, SharedClock};
 use crate::config::{AppSettings, Settings};
 use crate::proxy::{self, ProxyContext, Upstream};
@@ -40,6 +41,7 @@ pub struct Application {
     waiting: WaitingSender,
     scheduled: ScheduledSender,
     recovery: Recovery,
+    broadcast_worker: BroadcastWorker,
     catalogue: Catalogue,
     token_interval: Duration,
     sweep_interval: Duration,
@@ -91,6 +93,14 @@ impl Application {
             ledger.lease,
             ledger.safety_margin,
         );
+        let broadcasts = Broadcasts::new(BroadcastParts {
+            storage: storage.clone(),
+            sender: sender.clone(),
+            clock: clock.clone(),
+            settings: settings.broadcasts.clone(),
+            safety_margin_ms: ms(ledger.safety_margin),
+        });
+        let broadcast_worker = broadcasts.worker();
         let push = push_keys(&settings)?;
         let proxy = proxy_server(&settings, &tokens, &sender, &apps, &clock)?;
         let context = web::Data::new(ApiContext {
@@ -111,6 +121,8 @@ impl Application {
                 ms(settings.keys.cache),
             ),
             limits: Arc::new(api::limits::Limits::new(&settings.limits, &clock)),
+            broadcasts,
+            broadcast_upload_bytes: settings.broadcasts.max_upload_bytes,
         });
         let (port, server) = serve(&settings, context)?;
         Ok(Self {
@@ -129,6 +141,7 @@ impl Application {
             waiting,
             scheduled,
             recovery,
+            broadcast_worker,
             catalogue,
             token_interval: settings.tokens.check_interval,
             sweep_interval: ledger.sweep_interval,
@@ -175,6 +188,11 @@ impl Application {
     /// The scheduled-message worker, for tests that drive its `run_once`.
     pub fn scheduled_sender(&self) -> ScheduledSender {
         self.scheduled.clone()
+    }
+
+    /// The broadcast worker, for tests that drive its `run_once`.
+    pub fn broadcast_worker(&self) -> BroadcastWorker {
+        self.broadcast_worker.clone()
     }
 
     /// The recovery worker, for tests that drive its `run_once`.
@@ -224,6 +242,7 @@ impl Application {
         let waiting = self.waiting.clone();
         let scheduled = self.scheduled.clone();
         let recovery = self.recovery.clone();
+        let broadcast_worker = self.broadcast_worker.clone();
         let workers = [
             // Scheduled messages are polled as often as waiting ones.
             tokio::spawn(run_every(
@@ -235,6 +254,7 @@ impl Application {
                     async move { scheduled.run_once().await.map(drop) }
                 },
             )),
+            tokio::spawn(run_broadcasts(broadcast_worker, shutdown.clone())),
             tokio::spawn(run_every(
                 "waiting",
                 self.waiting_interval,
@@ -451,4 +471,25 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
         _ = shutdown.cancelled() => {}
     }
     shutdown.cancel();
+}
+
+/// The broadcast worker's loop: a step that handled recipients is followed
+/// by the next at once (the job's pacing spaces the batches); one that found
+/// nothing rests `broadcasts.poll_ms`.
+async fn run_broadcasts(worker: BroadcastWorker, shutdown: CancellationToken) {
+    loop {
+        let rest = match worker.run_once().await {
+            Ok(0) => worker.poll(),
+            Ok(_) => Duration::ZERO,
+            Err(error) => {
+                tracing::error!(worker = "broadcasts", error = ?error, "background step failed");
+                worker.poll()
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(rest) => {}
+        }
+    }
+    tracing::info!(worker = "broadcasts", "stopped");
 }

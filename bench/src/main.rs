@@ -7,6 +7,7 @@
 //! the bare claim and the bare batched insert on the same database) are
 //! measured in the same run. `formid-bench report FILE` prints the tables.
 
+mod broadcast;
 mod db;
 mod http;
 mod instructions;
@@ -88,6 +89,10 @@ struct RunArgs {
     /// The gateway's `database_max_connections` (PG pool / SQLite readers).
     #[arg(long, default_value_t = 32)]
     pool: u32,
+    /// Recipients of the broadcast runs (one grant each), per backend and
+    /// latency; `--broadcast` with no sizes skips them.
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "100000")]
+    broadcast: Vec<u64>,
     #[arg(long, default_value_t = 18080)]
     gateway_port: u16,
     #[arg(long, default_value_t = 19100)]
@@ -100,7 +105,9 @@ pub struct Record {
     /// `sqlite` or `postgres`.
     pub backend: String,
     pub upstream_latency_ms: u64,
-    /// send, fake_direct, collect, bare_claim, bare_insert, growth_send, rss
+    /// send, fake_direct, collect, bare_claim, bare_insert, growth_send, rss,
+    /// broadcast (rate: sends/s; p50_ms: POST to first send; max_ms: peak
+    /// RSS in MiB; stored: recipients)
     pub measure: String,
     /// send and fake_direct: `template` or `subscribe` (empty in results
     /// files older than subscribe messages: `template`).
@@ -677,6 +684,7 @@ async fn run_latency(
     measure_gateway_sends(bench, backend, latency, channels, previous).await?;
     bench.rss(backend, latency, &gateway, "after collect and send runs")?;
     measure_fake_direct(bench, backend, latency, channels).await?;
+    gateway = broadcast::measure_broadcasts(bench, backend, latency, &label, gateway).await?;
     if latency == 0 {
         gateway = measure_growth(bench, backend, &label, gateway, previous).await?;
     }
@@ -878,6 +886,11 @@ database_max_connections = {pool}
 [wechat]
 base_url = "http://127.0.0.1:{fake_port}"
 max_concurrent_calls_per_app = 512
+
+[broadcasts]
+# As fast as the gateway goes: the runs measure it, not the pacing.
+rate_per_sec = 10000
+batch = 1000
 
 [ledger]
 # The sweeper runs at start; not again during the measurements.

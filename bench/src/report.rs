@@ -134,6 +134,7 @@ pub fn markdown(results: &Results) -> String {
     collection_section(&mut out, results);
     growth_section(&mut out, results);
     memory_section(&mut out, results);
+    broadcast_section(&mut out, results);
     limits_section(&mut out, results);
     targets_section(&mut out, results);
     out
@@ -272,6 +273,60 @@ fn memory_section(out: &mut String, results: &Results) {
             out,
             "| {} | {} ms | {} | {:.1} |",
             record.backend, record.upstream_latency_ms, record.note, record.stats.rate
+        );
+    }
+}
+
+/// The broadcast runs: one job to every holder, on a fresh gateway process.
+fn broadcast_section(out: &mut String, results: &Results) {
+    let runs: Vec<&Record> = results
+        .records
+        .iter()
+        .filter(|r| r.measure == "broadcast")
+        .collect();
+    if runs.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n### Broadcasts (one job to every holder of a grant)\n"
+    );
+    let _ = writeln!(
+        out,
+        "| backend | WeChat latency | recipients | total s | sends/s | × single sends | first send ms | VmHWM MB |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    for record in runs {
+        let single = find(results, |r| {
+            r.measure == "send"
+                && r.channel() == "subscribe"
+                && r.backend == record.backend
+                && r.upstream_latency_ms == record.upstream_latency_ms
+        })
+        .map(|_| {
+            results
+                .records
+                .iter()
+                .filter(|r| {
+                    r.measure == "send"
+                        && r.channel() == "subscribe"
+                        && r.backend == record.backend
+                        && r.upstream_latency_ms == record.upstream_latency_ms
+                })
+                .map(|r| r.stats.rate)
+                .fold(0.0, f64::max)
+        });
+        let _ = writeln!(
+            out,
+            "| {} | {} ms | {} | {:.1} | {:.0} | {} | {:.0} | {:.1} |",
+            record.backend,
+            record.upstream_latency_ms,
+            record.stored,
+            record.stats.window_s,
+            record.stats.rate,
+            ratio(record.stats.rate, single),
+            record.stats.p50_ms,
+            record.stats.max_ms,
         );
     }
 }

@@ -394,7 +394,7 @@ pub async fn lookup(
             "no such message",
         )
     };
-    if uuid::Uuid::parse_str(&id).is_err() {
+    if !crate::ledger::broadcast::is_message_id(&id) {
         return Err(not_found());
     }
     let (message, attempts) = context

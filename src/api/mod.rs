@@ -3,6 +3,7 @@
 mod admin_keys;
 pub mod auth;
 pub mod authorized;
+pub mod broadcasts;
 mod credentials;
 pub mod error;
 mod health;
@@ -55,6 +56,10 @@ pub struct ApiContext {
     pub stored_keys: crate::keys::StoredKeys,
     /// The request rate limits of this instance.
     pub limits: Arc<limits::Limits>,
+    /// Broadcasts: created, read and commanded here, sent by their worker.
+    pub broadcasts: crate::broadcasts::Broadcasts,
+    /// The largest NDJSON upload of a broadcast's recipients, in bytes.
+    pub broadcast_upload_bytes: usize,
 }
 
 impl ApiContext {
@@ -109,6 +114,29 @@ pub fn routes(config: &mut web::ServiceConfig) {
                 .service(
                     get_and_head("/messages/{id}", messages::lookup)
                         .route(web::delete().to(messages::cancel)),
+                )
+                .service(
+                    web::resource("/broadcasts")
+                        .route(web::post().to(broadcasts::create))
+                        .route(web::get().to(broadcasts::list))
+                        .route(web::head().to(broadcasts::list)),
+                )
+                .service(get_and_head("/broadcasts/{id}", broadcasts::lookup))
+                .service(get_and_head(
+                    "/broadcasts/{id}/results",
+                    broadcasts::results,
+                ))
+                .service(
+                    web::resource("/broadcasts/{id}/pause")
+                        .route(web::post().to(broadcasts::pause)),
+                )
+                .service(
+                    web::resource("/broadcasts/{id}/resume")
+                        .route(web::post().to(broadcasts::resume)),
+                )
+                .service(
+                    web::resource("/broadcasts/{id}/cancel")
+                        .route(web::post().to(broadcasts::cancel)),
                 )
                 .service(get_and_head("/access_token", tokens::current))
                 .service(

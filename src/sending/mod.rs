@@ -239,6 +239,12 @@ impl Sender {
         &self.guard
     }
 
+    /// Calls in flight to WeChat per app that this process allows (what a
+    /// caller sending many messages at once runs side by side).
+    pub fn max_concurrent_calls(&self) -> usize {
+        self.settings.max_concurrent_calls
+    }
+
     /// Checks a request before anything is claimed: against its template
     /// when the app's catalogue knows it (the catalogue's copy, see
     /// [`Catalogue::for_send`]), else by the rules of the channel alone. The

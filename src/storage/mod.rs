@@ -5,14 +5,17 @@
 //! [`CredentialStore`], [`MessageStore`], [`IdempotencyStore`],
 //! [`SubscriptionStore`], [`TemplateStore`], [`AppStore`],
 //! [`MaintenanceStore`], and the sessions' and stored keys' [`SessionStore`]
-//! and [`KeyStore`] (`sessions.rs`). [`Storage`] is all of them at once,
-//! implemented for whatever implements every group.
+//! and [`KeyStore`] (`sessions.rs`), the send rules' [`SendRulesStore`]
+//! (`send_rules.rs`), and the broadcasts' [`BroadcastStore`]
+//! (`broadcasts.rs`). [`Storage`] is all of them at once, implemented for
+//! whatever implements every group.
 //!
 //! Both run one schema (`migrations/sqlite`, `migrations/postgres`: the same
 //! versions but SQLite's 0008, which rebuilds its `CHECK`s without `IN`
 //! lists) and the same contract, which the integration suite checks on each.
 //! Every time is Unix milliseconds handed in by the caller's clock.
 
+pub mod broadcasts;
 mod group_commit;
 mod postgres;
 #[cfg(test)]
@@ -58,6 +61,7 @@ use crate::ledger::states::{
 };
 use crate::ledger::templates::CatalogueTemplate;
 
+pub use broadcasts::BroadcastStore;
 pub use formid_core::collect::{InsertOutcome, StoredCredential};
 pub use formid_core::ledger::{
     ClaimedCredential, Lease, MessageOutcome, NewAttempt, NewCredential, NewMessage,
@@ -720,6 +724,7 @@ pub trait Storage:
     + MaintenanceStore
     + SessionStore
     + KeyStore
+    + BroadcastStore
     + std::fmt::Debug
 {
 }
@@ -735,6 +740,7 @@ impl<T> Storage for T where
         + MaintenanceStore
         + SessionStore
         + KeyStore
+        + BroadcastStore
         + std::fmt::Debug
         + ?Sized
 {

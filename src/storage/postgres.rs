@@ -93,6 +93,7 @@ impl Backend for PostgresStorage {
 
 impl_storage!(PostgresStorage);
 super::sessions::impl_session_storage!(PostgresStorage);
+super::broadcasts::impl_broadcast_store!(PostgresStorage);
 
 /// Batches run at once: while one commits, the next collects the writes
 /// that arrive meanwhile. Each holds one connection while it runs.

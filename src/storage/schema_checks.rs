@@ -91,3 +91,36 @@ fn the_check_constraints_allow_exactly_the_enum_names() {
         assert!(sqlite_0008.contains(&check), "sqlite 0008 lacks {check}");
     }
 }
+
+/// The broadcasts' tables (0013): `col IN (…)` on PostgreSQL, `col = … OR
+/// col = …` on SQLite (its recipients are written by every send of a job).
+#[test]
+fn the_broadcast_checks_allow_exactly_the_enum_names() {
+    let read = |path: &str| {
+        let text = std::fs::read_to_string(path).expect(path);
+        text.split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    fn names<T: Copy>(all: &[T], name: fn(T) -> &'static str) -> Vec<&'static str> {
+        all.iter().map(|value| name(*value)).collect()
+    }
+    let columns = [
+        ("channel", names(Channel::ALL, Channel::as_str)),
+        ("state", names(BroadcastState::ALL, BroadcastState::as_str)),
+        ("pause_reason", names(PauseReason::ALL, PauseReason::as_str)),
+        ("state", names(RecipientState::ALL, RecipientState::as_str)),
+    ];
+    let postgres = read("migrations/postgres/0013_broadcasts.sql");
+    let sqlite = read("migrations/sqlite/0013_broadcasts.sql");
+    assert!(!sqlite.contains(" IN ("), "sqlite 0013 keeps an IN list");
+    for (column, all) in &columns {
+        let quoted: Vec<String> = all.iter().map(|name| format!("'{name}'")).collect();
+        let check = format!("CHECK ({column} IN ({}))", quoted.join(", "));
+        assert!(postgres.contains(&check), "postgres 0013 lacks {check}");
+        let each: Vec<String> = all
+            .iter()
+            .map(|name| format!("{column} = '{name}'"))
+            .collect();
+        let check = format!("CHECK ({})", each.join(" OR "));
+        assert!(sqlite.contains(&check), "sqlite 0013 lacks {check}");
+    }
+}

@@ -604,6 +604,140 @@ pub const HOLD_MESSAGE: &str = "UPDATE messages \
     SET status = 'scheduled', next_attempt_at = $3, lease_until = NULL, lease_token = NULL, \
         updated_at = $4 \
     WHERE id = $1 AND lease_token = $2 AND status IS NOT DISTINCT FROM 'pending'";
+// ---- Broadcasts (migration 0013; src/storage/broadcasts.rs) ----
+
+pub const INSERT_BROADCAST: &str = "INSERT INTO broadcasts \
+    (id, appid, template_id, channel, spec, state, send_at, rate, next_lease_at, recipients, \
+     created_at, updated_at, started_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $7, 0, $9, $9, \
+        CASE WHEN $6 = 'running' THEN $9 END)";
+
+/// Every user who holds, now, what pays for the broadcast's message: an
+/// available credential expiring after `$4` whose template is `$5` (NULL: a
+/// form_id or prepay_id), or a long-term subscription to `$5`. One
+/// statement, so the audience never passes through the service's memory;
+/// numbered in openid order.
+pub const INSERT_HOLDERS: &str = "INSERT INTO broadcast_recipients \
+    (broadcast_id, seq, openid, state, tries, updated_at) \
+    SELECT $1, ROW_NUMBER() OVER (ORDER BY openid), openid, 'queued', 0, $2 FROM ( \
+        SELECT openid FROM credentials \
+        WHERE appid = $3 AND state = 'available' AND expires_at > $4 \
+          AND template_id IS NOT DISTINCT FROM $5 \
+        UNION \
+        SELECT openid FROM subscriptions \
+        WHERE appid = $3 AND template_id = $5 AND long_term = TRUE) holders";
+
+pub const INSERT_RECIPIENTS_HEAD: &str =
+    "INSERT INTO broadcast_recipients (broadcast_id, seq, openid, data, state, tries, updated_at) ";
+
+pub const SET_RECIPIENT_COUNT: &str = "UPDATE broadcasts SET recipients = $2 WHERE id = $1";
+
+const BROADCAST_COLUMNS: &str = "id, appid, template_id, channel, spec, state, pause_reason, \
+    paused_until, send_at, rate, next_lease_at, recipients, created_at, started_at, \
+    first_send_at, finished_at, updated_at";
+
+pub fn broadcast_by_id() -> String {
+    format!("SELECT {BROADCAST_COLUMNS} FROM broadcasts WHERE appid = $1 AND id = $2")
+}
+
+pub fn broadcasts_of_app() -> String {
+    format!(
+        "SELECT {BROADCAST_COLUMNS} FROM broadcasts WHERE appid = $1 \
+         ORDER BY created_at DESC, id DESC LIMIT $2"
+    )
+}
+
+/// The jobs a worker may have something to do for: not over, or cancelled
+/// with recipients still leased (their sends are resolved before the job
+/// ends). Served by the partial index `broadcasts_open` and the few
+/// cancelled jobs not yet finished.
+pub fn open_broadcasts() -> String {
+    format!(
+        "SELECT {BROADCAST_COLUMNS} FROM broadcasts \
+         WHERE (state = 'scheduled' OR state = 'running' OR state = 'paused' \
+            OR (state = 'cancelled' AND finished_at IS NULL)) \
+         ORDER BY send_at, id LIMIT $1"
+    )
+}
+
+/// A job's standing changes only from the one its writer read (compare and
+/// set): a caller's command and a worker's start or pause never overwrite
+/// each other unseen.
+pub const SET_BROADCAST_STANDING: &str = "UPDATE broadcasts \
+    SET state = $4, pause_reason = $5, paused_until = $6, updated_at = $7, \
+        started_at = CASE WHEN $4 = 'running' THEN COALESCE(started_at, $7) ELSE started_at END \
+    WHERE id = $1 AND state = $2 AND pause_reason IS NOT DISTINCT FROM $3";
+
+/// Run with a cancel, in its transaction: the recipients not yet taken are
+/// cancelled; the leased ones finish (or are resolved) first.
+pub const CANCEL_QUEUED_RECIPIENTS: &str = "UPDATE broadcast_recipients \
+    SET state = 'cancelled', updated_at = $2 \
+    WHERE broadcast_id = $1 AND state = 'queued'";
+
+pub const FINISH_BROADCAST: &str = "UPDATE broadcasts \
+    SET state = $2, finished_at = $3, updated_at = $3, pause_reason = NULL, paused_until = NULL \
+    WHERE id = $1 AND finished_at IS NULL AND state = $4";
+
+pub const BROADCAST_PACE: &str = "SELECT state, rate, next_lease_at FROM broadcasts WHERE id = $1";
+
+/// The pacing's compare and set: on PostgreSQL it also locks the job's row
+/// until the lease commits, so the instances leasing one job take turns.
+pub const TAKE_BROADCAST_PACE: &str = "UPDATE broadcasts SET next_lease_at = $3 \
+    WHERE id = $1 AND next_lease_at = $2";
+
+pub const SET_BROADCAST_PACE: &str = "UPDATE broadcasts SET next_lease_at = $2 WHERE id = $1";
+
+/// The next recipients to send to, in order: not taken yet, or taken by an
+/// instance whose lease ran out (their message is looked up before anything
+/// is sent). `{lock}`: `FOR UPDATE SKIP LOCKED` on PostgreSQL.
+pub const FREE_RECIPIENTS: &str =
+    "SELECT seq, openid, data, tries, sends, state FROM broadcast_recipients \
+    WHERE broadcast_id = $1 AND (state = 'queued' OR (state = 'leased' AND lease_until <= $2)) \
+    ORDER BY seq LIMIT $3 {lock}";
+
+pub const LEASE_RECIPIENTS_HEAD: &str = "UPDATE broadcast_recipients \
+    SET state = 'leased', lease_token = ";
+
+pub const OPEN_RECIPIENTS: &str = "SELECT COUNT(*) FROM broadcast_recipients \
+    WHERE broadcast_id = $1 AND (state = 'queued' OR state = 'leased')";
+
+/// A recipient's final result, under the lease that took it.
+pub const RECORD_RECIPIENT: &str = "UPDATE broadcast_recipients \
+    SET state = $3, message_id = $4, error_code = $5, wechat_errcode = $6, updated_at = $7, \
+        lease_token = NULL, lease_until = NULL \
+    WHERE broadcast_id = $1 AND seq = $2 AND lease_token = $8";
+
+/// Nothing was sent: back in the queue for another send, under a new
+/// message id (`sends` + 1); `$3` adds a try when the answer counts as one.
+pub const REQUEUE_RECIPIENT: &str = "UPDATE broadcast_recipients \
+    SET state = 'queued', tries = tries + $3, sends = sends + 1, error_code = $4, \
+        updated_at = $5, \
+        lease_token = NULL, lease_until = NULL, message_id = NULL \
+    WHERE broadcast_id = $1 AND seq = $2 AND lease_token = $6";
+
+/// Its message is still being settled: looked at again after `$3`.
+pub const RECHECK_RECIPIENT: &str = "UPDATE broadcast_recipients \
+    SET lease_until = $3, message_id = $4, updated_at = $5 \
+    WHERE broadcast_id = $1 AND seq = $2 AND lease_token = $6";
+
+pub const BROADCAST_AFTER_BATCH: &str = "UPDATE broadcasts \
+    SET rate = $2, updated_at = $3, first_send_at = CASE WHEN $4 THEN COALESCE(first_send_at, $3) \
+        ELSE first_send_at END \
+    WHERE id = $1";
+
+/// A pause the sends asked for (45009, the breaker), only of a running job.
+pub const PAUSE_RUNNING_BROADCAST: &str = "UPDATE broadcasts \
+    SET state = 'paused', pause_reason = $2, paused_until = $3, updated_at = $4 \
+    WHERE id = $1 AND state = 'running'";
+
+pub const RECIPIENT_COUNTS: &str = "SELECT state, error_code, wechat_errcode, COUNT(*) AS count \
+    FROM broadcast_recipients WHERE broadcast_id = $1 \
+    GROUP BY state, error_code, wechat_errcode";
+
+/// One page of a job's results, after `$2` in order.
+pub const RECIPIENT_PAGE: &str = "SELECT seq, openid, state, message_id, error_code, \
+    wechat_errcode, updated_at FROM broadcast_recipients \
+    WHERE broadcast_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
 
 #[cfg(test)]
 mod tests {

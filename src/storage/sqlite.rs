@@ -130,6 +130,7 @@ impl Backend for SqliteStorage {
 
 impl_storage!(SqliteStorage);
 super::sessions::impl_session_storage!(SqliteStorage);
+super::broadcasts::impl_broadcast_store!(SqliteStorage);
 
 /// One statement of a batch script: shared SQL from `sql.rs`, and for each
 /// of its placeholders `$k` the script argument it binds (`map[k - 1]`).

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use chrono::Duration;
 use fake_wechat::{FakeWeChat, FakeWeChatServer};
+use formid_gateway::broadcasts::BroadcastWorker;
 use formid_gateway::clock::{Clock, ManualClock};
 use formid_gateway::config::Settings;
 use formid_gateway::startup::Application;
@@ -52,6 +53,7 @@ pub struct TestApp {
     pub waiting: WaitingSender,
     pub scheduled: ScheduledSender,
     pub recovery: Recovery,
+    pub broadcasts: BroadcastWorker,
     pub catalogue: Catalogue,
     pub database_url: String,
     pub wechat_base_url: String,
@@ -204,6 +206,7 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Value)) -
         waiting: parts.waiting,
         scheduled: parts.scheduled,
         recovery: parts.recovery,
+        broadcasts: parts.broadcasts,
         catalogue: parts.catalogue,
         database_url: parts.database_url,
         wechat_base_url: fake_server.base_url.clone(),
@@ -243,10 +246,12 @@ async fn start_sibling(
     let address = format!("http://127.0.0.1:{}", application.port());
     let shutdown = application.shutdown_signal();
     let token_refresher = application.token_refresher();
+    let broadcasts = application.broadcast_worker();
     tokio::spawn(application.run_api_until_stopped());
     Instance {
         address,
         token_refresher,
+        broadcasts,
         shutdown,
     }
 }
@@ -255,6 +260,7 @@ async fn start_sibling(
 pub struct Instance {
     pub address: String,
     pub token_refresher: TokenRefresher,
+    pub broadcasts: BroadcastWorker,
     shutdown: CancellationToken,
 }
 
@@ -283,6 +289,7 @@ async fn start_instance(settings: Value, clock: Arc<ManualClock>) -> TestAppPart
         waiting: application.waiting_sender(),
         scheduled: application.scheduled_sender(),
         recovery: application.recovery(),
+        broadcasts: application.broadcast_worker(),
         catalogue: application.catalogue(),
         database_url,
         shutdown: application.shutdown_signal(),
@@ -303,6 +310,7 @@ struct TestAppParts {
     waiting: WaitingSender,
     scheduled: ScheduledSender,
     recovery: Recovery,
+    broadcasts: BroadcastWorker,
     catalogue: Catalogue,
     database_url: String,
     shutdown: CancellationToken,

@@ -8,6 +8,8 @@ mod keys;
 
 mod access;
 mod bad_input;
+mod broadcast_crash;
+mod broadcasts;
 mod cli;
 mod collect;
 mod concurrency;

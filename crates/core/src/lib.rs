@@ -8,6 +8,7 @@
 //! clock: every time is handed in as Unix milliseconds. The gateway's
 //! features apply these rules; its storage records what they decide.
 
+pub mod broadcast;
 pub mod collect;
 pub mod failure;
 pub mod kinds;

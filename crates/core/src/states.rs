@@ -298,6 +298,59 @@ impl Default for Delivery {
     }
 }
 
+stored_state! {
+    /// Where a broadcast is (`broadcasts.state`).
+    BroadcastState {
+        /// Waiting for its `send_at`.
+        Scheduled = "scheduled",
+        /// Its recipients are being sent to.
+        Running = "running",
+        /// Held: by the caller, or until WeChat's quota day or the breaker allows.
+        Paused = "paused",
+        /// Every recipient has its result.
+        Finished = "finished",
+        /// Stopped by the caller: the recipients not yet sent to are `cancelled`.
+        Cancelled = "cancelled",
+    }
+}
+
+stored_state! {
+    /// Why a broadcast is paused (`broadcasts.pause_reason`).
+    PauseReason {
+        /// The caller paused it; only the caller resumes it.
+        Caller = "caller",
+        /// WeChat's daily quota (45009): it resumes when the quota day resets.
+        Quota = "quota",
+        /// The app's circuit breaker is open: it resumes after the cooldown.
+        Breaker = "breaker",
+        /// The app's quiet hours refuse sends: it resumes when they open.
+        QuietHours = "quiet_hours",
+    }
+}
+
+stored_state! {
+    /// Where one recipient of a broadcast is (`broadcast_recipients.state`).
+    RecipientState {
+        /// Not sent to yet.
+        Queued = "queued",
+        /// An instance holds it under its lease token (its send may be in flight).
+        Leased = "leased",
+        /// WeChat delivered the message.
+        Sent = "sent",
+        /// The user held no credential of the template.
+        NoCredential = "no_credential",
+        /// The user's per-user cap or quiet hours held the message back; the
+        /// credential was kept.
+        Capped = "capped",
+        /// The message was not sent (its `error_code`, and WeChat's errcode).
+        Failed = "failed",
+        /// WeChat may or may not have delivered it; it is never sent again.
+        Unknown = "unknown",
+        /// The broadcast was cancelled before this recipient was sent to.
+        Cancelled = "cancelled",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,6 +372,9 @@ mod tests {
         check(SubscriptionType::ALL);
         check(PushEventKind::ALL);
         check(PushEffect::ALL);
+        check(BroadcastState::ALL);
+        check(PauseReason::ALL);
+        check(RecipientState::ALL);
         assert!("Pending".parse::<MessageStatus>().is_err());
     }
 }

@@ -7,7 +7,8 @@
 //! `wx.requestSubscribeMessage`, the frontend posts the prompt's result with
 //! a `request_id` (twice, to show that a retry grants nothing more), the
 //! quota shows the grant, and two sends spend it: the first is sent, the
-//! second is refused with 409 `no_credential`.
+//! second is refused with 409 `no_credential`. Then three more users accept,
+//! and one broadcast notifies every holder of the template.
 
 use std::fmt::Write as _;
 
@@ -59,6 +60,7 @@ impl Flow {
         self.post_prompt_result(&http, &template, &mut out).await?;
         self.show_quota(&http, &template, &mut out).await?;
         self.send_twice(&http, &template, &mut out).await?;
+        self.broadcast(&http, &template, &mut out).await?;
         Ok(out)
     }
 
@@ -244,6 +246,75 @@ impl Flow {
                 refused.status,
                 text(&refused.body["error"]["code"]),
                 text(&refused.body["error"]["message"])
+            ),
+        );
+        Ok(())
+    }
+
+    /// Steps 8 and 9: three more users accept the template; a broadcast to
+    /// every holder of it notifies each of them once.
+    async fn broadcast(
+        &self,
+        http: &reqwest::Client,
+        template: &str,
+        out: &mut String,
+    ) -> anyhow::Result<()> {
+        for n in 1..=3 {
+            let user = format!("{}-{n}", self.openid);
+            let accept = format!(
+                "{}/fake/apps/{}/users/{user}/grants/{template}/accept",
+                self.fake, self.appid
+            );
+            self.post_empty(http, &accept).await?;
+            let prompt = format!(
+                r#"{{"openid":"{user}","request_id":"{}-{n}","result":{{"errMsg":"requestSubscribeMessage:ok","{template}":"accept"}}}}"#,
+                self.request_id
+            );
+            self.post(http, &format!("{}/subscriptions", self.app_url()), &prompt)
+                .await?;
+        }
+        let body = format!(
+            r#"{{"template_id":"{template}","page":"pages/item?id=7","data":{{"thing1":{{"value":"蓝色马克杯 到货了"}},"character_string2":{{"value":"SN20240501001"}}}},"audience":"holders"}}"#
+        );
+        let url = format!("{}/broadcasts", self.app_url());
+        let created = self.post(http, &url, &body).await?;
+        let id = created.body["id"]
+            .as_str()
+            .with_context(|| format!("the broadcast answered {} {}", created.status, created.body))?
+            .to_owned();
+        step(
+            out,
+            8,
+            "Three more users accept the template; a broadcast to every holder of it (the first user's grant is spent):",
+            &self.curl_post(&url, &body),
+            &format!(
+                "{} {}, {} recipient(s)",
+                created.status,
+                text(&created.body["state"]),
+                created.body["recipients"]
+            ),
+        );
+        let progress_url = format!("{url}/{id}");
+        let mut progress = self.get(http, &progress_url).await?;
+        for _ in 0..100 {
+            if progress.body["finished_at"].is_string() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            progress = self.get(http, &progress_url).await?;
+        }
+        step(
+            out,
+            9,
+            "Its progress (the worker of any instance sends it, each recipient once):",
+            &format!("curl -s {progress_url} {}", self.auth()),
+            &format!(
+                "{} {}, sent {}, no_credential {}, remaining {}",
+                progress.status,
+                text(&progress.body["state"]),
+                progress.body["sent"],
+                progress.body["no_credential"],
+                progress.body["remaining"]
             ),
         );
         Ok(())

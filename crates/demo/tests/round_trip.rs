@@ -139,6 +139,14 @@ async fn the_demo_runs_a_full_round_trip_and_stops_cleanly_on_sigterm() {
     assert!(answer_of(&text, 13).contains("\"accepted\":1"), "{text}");
     assert!(answer_of(&text, 14).starts_with("granted 1"), "{text}");
     assert_eq!(answer_of(&text, 16), "\"sent\" and \"sent\"", "{text}");
+    assert!(
+        answer_of(&text, 8).starts_with("202 running, 3 recipient(s)"),
+        "{text}"
+    );
+    assert!(
+        answer_of(&text, 9).starts_with("200 finished, sent 3, no_credential 0, remaining 0"),
+        "{text}"
+    );
 
     let client = reqwest::Client::new();
     let app = format!("{gateway}/v1/apps/wxdemo0000000001");

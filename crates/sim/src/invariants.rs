@@ -80,6 +80,8 @@ pub struct Snapshot {
     pub subscriptions: Vec<SubscriptionSnap>,
     /// The prompt results recorded, as (openid, request_id).
     pub prompts: BTreeSet<(String, String)>,
+    /// The broadcast of the run, if it has one (the in-memory ledger's).
+    pub broadcast: Option<crate::broadcast::JobSnap>,
 }
 
 impl Snapshot {
@@ -95,6 +97,19 @@ impl Snapshot {
                 .iter()
                 .filter(|c| c.state == CredentialState::Leased)
                 .count()
+            + self.broadcast.as_ref().map_or(0, |job| {
+                job.recipients
+                    .iter()
+                    .filter(|r| {
+                        matches!(
+                            r.state,
+                            formid_gateway::ledger::states::RecipientState::Queued
+                                | formid_gateway::ledger::states::RecipientState::Leased
+                        )
+                    })
+                    .count()
+                    + usize::from(!job.finished)
+            })
     }
 }
 
@@ -162,6 +177,24 @@ impl LedgerView for LedgerModel {
                         .unwrap_or_default(),
                 })
                 .collect(),
+            broadcast: t.broadcasts.get(crate::broadcast::JOB).map(|job| {
+                crate::broadcast::JobSnap {
+                    state: job.job.standing.state,
+                    finished: job.job.finished_at.is_some(),
+                    paused_until: job.job.paused_until,
+                    recipients: t
+                        .recipients
+                        .range((crate::broadcast::JOB.to_owned(), i64::MIN)..)
+                        .take_while(|((id, _), _)| id == crate::broadcast::JOB)
+                        .map(|((_, seq), r)| crate::broadcast::RecipientSnap {
+                            seq: *seq,
+                            openid: r.openid.clone(),
+                            state: r.state,
+                            message_id: r.message_id.clone(),
+                        })
+                        .collect(),
+                }
+            }),
         }))
     }
 }
@@ -307,6 +340,14 @@ pub fn check(snapshot: &Snapshot, wechat: &WeChatSide) -> Vec<Violation> {
     check_grants(snapshot, wechat, &mut violations);
     check_tokens(snapshot, wechat, &mut violations);
     check_send_cap(snapshot, wechat, &deliveries, &mut violations);
+    if let Some(job) = &snapshot.broadcast {
+        let by_recipient: BTreeMap<String, usize> = deliveries
+            .by_message
+            .iter()
+            .map(|(id, delivered)| ((*id).to_owned(), delivered.len()))
+            .collect();
+        violations.extend(crate::broadcast::check(job, snapshot, &by_recipient));
+    }
     violations
 }
 
@@ -415,14 +456,20 @@ fn check_messages(
         .iter()
         .map(|m| (m.id.as_str(), m))
         .collect();
+    // A broadcast's deliveries are named by recipient and its messages
+    // checked per recipient (`broadcast::check`).
+    let of_broadcast = |id: &str| snapshot.broadcast.is_some() && id.starts_with("bc1-");
     for (id, delivered) in &deliveries.by_message {
-        if !messages.contains_key(id) {
+        if !messages.contains_key(id) && !of_broadcast(id) {
             let credentials: Vec<&str> = delivered.iter().map(|d| d.credential.as_str()).collect();
             let text = format!("{id} was delivered but the ledger has no such message");
             violation(violations, text, &[id], &credentials);
         }
     }
     for message in &snapshot.messages {
+        if crate::broadcast::recipient_key(&message.id).is_some() && snapshot.broadcast.is_some() {
+            continue;
+        }
         check_message(message, deliveries.of_message(&message.id), violations);
     }
     for (id, status) in &wechat.told {

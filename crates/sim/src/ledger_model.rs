@@ -40,6 +40,8 @@ use rand::{Rng, SeedableRng};
 
 use crate::Counts;
 
+pub mod broadcasts;
+
 /// A row of `credentials`.
 #[derive(Debug, Clone)]
 pub struct CredentialRow {
@@ -198,6 +200,10 @@ pub struct Tables {
     pub templates: BTreeMap<(String, String), TemplateRow>,
     /// Makes the values of long-term tickets unique (the SQL binds a UUID).
     next_ticket: u64,
+    /// `broadcasts`, by id.
+    pub broadcasts: BTreeMap<String, broadcasts::BroadcastModelRow>,
+    /// `broadcast_recipients`, by (broadcast_id, seq).
+    pub recipients: BTreeMap<(String, i64), broadcasts::RecipientModelRow>,
 }
 
 /// Where a write fails, when it does.

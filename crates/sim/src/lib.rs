@@ -14,6 +14,7 @@
 //! checks the promise from WeChat's side: who was notified, how often, with
 //! which credential.
 
+pub mod broadcast;
 pub mod invariants;
 pub mod ledger_model;
 pub mod run;

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use formid_gateway::broadcasts::BroadcastWorker;
 use formid_gateway::clock::SharedClock;
 use formid_gateway::config::{AppSettings, TokenMode, TokenSettings};
 use formid_gateway::ledger::collect::{parse_item, CollectContext};
@@ -214,6 +215,8 @@ pub struct Plan {
     pub invalidations: Vec<InvalidationPlan>,
     /// The app's per-user send cap (`limit`, `window_ms`), if any.
     pub send_cap: Option<(u32, i64)>,
+    /// A broadcast worked by every instance (`broadcast`), if any.
+    pub broadcast: Option<crate::broadcast::BroadcastPlan>,
 }
 
 /// The per-user send cap of `seed`'s plan: on half the seeds, 1 to 3 sends
@@ -280,7 +283,39 @@ impl Plan {
             token_mode,
             invalidations,
             send_cap: send_cap_plan(seed),
+            broadcast: None,
         }
+    }
+
+    /// The same plan with a broadcast to its users and `extra` users who
+    /// hold nothing, created mid-run; a quarter of the seeds also meet
+    /// WeChat's daily quota (45009), which pauses the job until midnight
+    /// China time. Drawn from a stream of its own.
+    pub fn with_broadcast(mut self, extra: usize) -> Self {
+        let mut users: Vec<String> = self
+            .posts
+            .iter()
+            .flat_map(|p| p.credentials.iter().map(|c| c.openid.clone()))
+            .collect();
+        users.extend(self.sends.iter().map(|s| s.touser.clone()));
+        users.sort();
+        users.dedup();
+        let window_ms = self.sends.last().map_or(1_000, |s| s.at_ms).max(1_000);
+        let plan = crate::broadcast::draw(
+            self.seed,
+            &users,
+            extra,
+            window_ms,
+            self.instances,
+            TEMPLATE,
+        );
+        // A quarter of the seeds meet WeChat's daily quota mid-job (per
+        // mille of sends), which pauses the job until midnight China time.
+        if self.seed.is_multiple_of(4) {
+            self.rates.send.insert(Fault::DailyQuota, 40);
+        }
+        self.broadcast = Some(plan);
+        self
     }
 
     /// The same plan with `percent` % of its sends made subscribe messages,
@@ -948,7 +983,20 @@ impl World {
         );
         self.trace
             .record(&name, format!("started (clock skew {} ms)", clock.skew_ms));
-        let tasks = spawn_workers(knobs, recovery, waiting, refresher, sweeper);
+        let mut tasks = spawn_workers(knobs, recovery, waiting, refresher, sweeper);
+        if let Some(plan) = &self.plan.broadcast {
+            let worker = BroadcastWorker::new(
+                storage.clone(),
+                sender.clone(),
+                Arc::new(clock),
+                crate::broadcast::settings(plan, knobs.lease_ms),
+            );
+            tasks.push(crate::broadcast::spawn_worker(
+                worker,
+                self.trace.clone(),
+                name.clone(),
+            ));
+        }
         Ok(Instance {
             name,
             storage,
@@ -1087,6 +1135,28 @@ pub fn run_seed_with(seed: u64, sends: usize, subscribe_percent: u32) -> SeedRep
     })
 }
 
+/// [`run_seed_with`] with a broadcast to the plan's users and `extra`
+/// users who hold nothing (`Plan::with_broadcast`).
+pub fn run_seed_broadcast(
+    seed: u64,
+    sends: usize,
+    subscribe_percent: u32,
+    extra: usize,
+) -> SeedReport {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime");
+    runtime.block_on(async {
+        let plan = Plan::new(seed, sends, Profile::Simulated)
+            .with_subscribe(subscribe_percent)
+            .with_broadcast(extra);
+        let backend = Backend::in_memory_with(seed, plan.write_failures, &plan.subscribe.templates);
+        run_plan(plan, backend).await
+    })
+}
+
 /// What happens, when, in the driver's order.
 enum Action {
     Post(usize),
@@ -1096,6 +1166,7 @@ enum Action {
     Prompt(usize),
     Revoke(usize),
     Invalidate(usize),
+    Broadcast,
 }
 
 /// Runs a plan against a ledger, quiesces, and checks the invariants.
@@ -1214,6 +1285,9 @@ fn planned_actions(plan: &Plan) -> VecDeque<(i64, Action)> {
     }
     for (n, invalidation) in plan.invalidations.iter().enumerate() {
         actions.push((invalidation.at_ms, 5, n, Action::Invalidate(n)));
+    }
+    if let Some(broadcast) = &plan.broadcast {
+        actions.push((broadcast.at_ms, 6, 0, Action::Broadcast));
     }
     actions.sort_by_key(|(at, order, n, _)| (*at, *order, *n));
     actions
@@ -1337,8 +1411,53 @@ impl<'w> Driver<'w> {
                 }
             }
             Action::Restart(slot) => self.restart(slot).await?,
+            Action::Broadcast => self.broadcast().await,
         }
         Ok(())
+    }
+
+    /// Creates the plan's broadcast through a live instance, as its API
+    /// would; a failed write is tried again (one that committed is found).
+    async fn broadcast(&mut self) {
+        let world = self.world;
+        let Some(plan) = &world.plan.broadcast else {
+            return;
+        };
+        let slot = live_slot(&self.instances, plan.instance);
+        let instance = self.instances[slot].as_ref().expect("a live instance");
+        for _ in 0..20 {
+            let created = crate::broadcast::create(
+                plan,
+                &instance.sender,
+                &instance.storage,
+                instance.clock,
+                APPID,
+            )
+            .await;
+            let exists = matches!(
+                instance
+                    .storage
+                    .broadcast(APPID, crate::broadcast::JOB)
+                    .await,
+                Ok(Some(_))
+            );
+            world.trace.record(
+                &instance.name,
+                format!(
+                    "broadcast {} to {} recipient(s): {}",
+                    crate::broadcast::JOB,
+                    plan.recipients.len(),
+                    match &created {
+                        Ok(()) => "created".to_owned(),
+                        Err(error) => format!("{error:#}"),
+                    }
+                ),
+            );
+            if created.is_ok() || exists {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Aborts every task of the crashed instance and queues its restart;
@@ -1408,7 +1527,7 @@ impl<'w> Driver<'w> {
         world
             .trace
             .record("driver", "faults stop: quiescing".to_owned());
-        let deadline = world.base.now_ms() + knobs.horizon_ms;
+        let mut deadline = world.base.now_ms() + knobs.horizon_ms;
         let mut snapshot = Snapshot::default();
         loop {
             tokio::time::sleep(Duration::from_millis(knobs.poll_ms)).await;
@@ -1429,6 +1548,12 @@ impl<'w> Driver<'w> {
             }
             if sends_done && snapshot.busy() == 0 {
                 return snapshot;
+            }
+            // A broadcast paused by 45009 waits for midnight China time
+            // (and then gets the horizon to finish).
+            let paused_until = snapshot.broadcast.as_ref().and_then(|job| job.paused_until);
+            if let Some(until) = paused_until {
+                deadline = deadline.max(until + knobs.horizon_ms);
             }
             if world.base.now_ms() > deadline {
                 report.violations.push(format!(
@@ -1524,6 +1649,18 @@ fn fill_report(
         *report.outcomes.entry(message.status.as_str()).or_default() += 1;
         for attempt in &message.attempts {
             *report.attempts.entry(attempt.outcome.as_str()).or_default() += 1;
+        }
+    }
+    if let Some(job) = &snapshot.broadcast {
+        for recipient in &job.recipients {
+            let name = match recipient.state.as_str() {
+                "sent" => "broadcast recipients: sent",
+                "no_credential" => "broadcast recipients: no_credential",
+                "unknown" => "broadcast recipients: unknown",
+                "failed" => "broadcast recipients: failed",
+                _ => "broadcast recipients: other",
+            };
+            *report.outcomes.entry(name).or_default() += 1;
         }
     }
     add_counts(&mut report.faults, &world.wechat.counts());

@@ -1,0 +1,364 @@
+//! The broadcast worker: any instance runs it. Each step takes the open
+//! jobs, starts those whose time came, and for each app's first running job
+//! leases one batch of recipients (paced by the job's row), sends each
+//! through the send path with the app's call bound, and records the batch.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use serde_json::{Map, Value};
+use tracing::Instrument;
+
+use crate::clock::SharedClock;
+use crate::config::BroadcastSettings;
+use crate::ledger::broadcast::{
+    due, job_effect, message_id, recipient_step, BroadcastSpec, Due, Hold, JobStanding,
+    RecipientResult, RecipientStep,
+};
+use crate::ledger::failure::SendFailure;
+use crate::ledger::states::{BroadcastState, MessageStatus, RecipientState};
+use crate::sending::{SendRefusal, Sender};
+use crate::storage::broadcasts::{
+    BatchRecord, Broadcast, LeaseOutcome, LeasedRecipient, RecipientLease, RecipientWrite,
+    StandingChange,
+};
+use crate::storage::{new_lease_token, Storage};
+
+/// Open jobs read per step.
+const JOBS_PER_STEP: i64 = 64;
+
+/// Sends the recipients of broadcasts; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct BroadcastWorker {
+    storage: Arc<dyn Storage>,
+    sender: Sender,
+    clock: SharedClock,
+    settings: BroadcastSettings,
+}
+
+/// What one recipient's send came to.
+struct Sent {
+    seq: i64,
+    write: RecipientWrite,
+    hold: Option<Hold>,
+    delivered: bool,
+}
+
+impl BroadcastWorker {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        sender: Sender,
+        clock: SharedClock,
+        settings: BroadcastSettings,
+    ) -> Self {
+        Self {
+            storage,
+            sender,
+            clock,
+            settings,
+        }
+    }
+
+    /// How long the worker rests after a step that found nothing to do.
+    pub fn poll(&self) -> std::time::Duration {
+        self.settings.poll
+    }
+
+    /// One step: every open job that is due gets one batch (an app's jobs
+    /// one at a time, oldest first). Returns how many recipients it handled.
+    #[tracing::instrument(name = "broadcasts", skip_all, fields(handled = tracing::field::Empty))]
+    pub async fn run_once(&self) -> anyhow::Result<usize> {
+        let jobs = self.storage.open_broadcasts(JOBS_PER_STEP).await?;
+        let mut busy_apps = HashSet::new();
+        let mut handled = 0;
+        for job in jobs {
+            let now = self.clock.now_ms();
+            if job.standing.state == BroadcastState::Cancelled {
+                handled += self.run_batch(&job).await?;
+                continue;
+            }
+            if due(job.standing, job.send_at, job.paused_until, now) == Due::No {
+                continue;
+            }
+            if !busy_apps.insert(job.appid.clone()) {
+                continue;
+            }
+            let job = match self.start(job, now).await? {
+                Some(job) => job,
+                None => continue,
+            };
+            let span = tracing::info_span!("broadcast", appid = %job.appid, id = %job.id);
+            handled += self.run_batch(&job).instrument(span).await?;
+        }
+        tracing::Span::current().record("handled", handled);
+        Ok(handled)
+    }
+
+    /// A due job that is not running yet starts (its time came, or its
+    /// pause ran out); `None` when another writer changed it first.
+    async fn start(&self, mut job: Broadcast, now: i64) -> anyhow::Result<Option<Broadcast>> {
+        if job.standing.state == BroadcastState::Running {
+            return Ok(Some(job));
+        }
+        let running = JobStanding {
+            state: BroadcastState::Running,
+            pause_reason: None,
+        };
+        let changed = self
+            .storage
+            .change_standing(&StandingChange {
+                id: &job.id,
+                from: job.standing,
+                to: running,
+                paused_until: None,
+                now,
+            })
+            .await?;
+        job.standing = running;
+        Ok(changed.then_some(job))
+    }
+
+    /// Leases one batch of the job's recipients, sends each, records them.
+    async fn run_batch(&self, job: &Broadcast) -> anyhow::Result<usize> {
+        let now = self.clock.now_ms();
+        let token = new_lease_token();
+        let lease = RecipientLease {
+            broadcast_id: &job.id,
+            token,
+            now,
+            lease_until: now + crate::clock::ms(self.settings.lease),
+            max_batch: self.settings.batch,
+        };
+        let batch = match self.storage.lease_recipients(&lease).await? {
+            LeaseOutcome::Batch(batch) => batch,
+            LeaseOutcome::Wait { .. } => return Ok(0),
+            LeaseOutcome::NoneFree { open } => {
+                if open == 0 {
+                    self.finish(job, now).await?;
+                }
+                return Ok(0);
+            }
+        };
+        let spec: BroadcastSpec = serde_json::from_str(&job.spec)?;
+        let concurrency = self.sender.max_concurrent_calls().max(1);
+        // The futures are made first and then polled a bounded number at a
+        // time (a closure over borrowed recipients inside the stream would
+        // not be `Send` for every lifetime, which a spawned worker needs).
+        let sends: Vec<_> = batch
+            .iter()
+            .map(|recipient| self.send_one(job, &spec, recipient))
+            .collect();
+        let sent: Vec<Sent> = futures_util::stream::iter(sends)
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        let holds: Vec<Hold> = sent.iter().filter_map(|sent| sent.hold).collect();
+        let effect = job_effect(&holds, job.rate, self.settings.rate_per_sec);
+        let writes: Vec<(i64, RecipientWrite)> = sent
+            .iter()
+            .map(|sent| (sent.seq, sent.write.clone()))
+            .collect();
+        self.storage
+            .record_batch(&BatchRecord {
+                broadcast_id: &job.id,
+                token,
+                now: self.clock.now_ms(),
+                writes: &writes,
+                rate: effect.rate.unwrap_or(job.rate),
+                pause: effect.pause,
+                sent_any: sent.iter().any(|sent| sent.delivered),
+            })
+            .await?;
+        Ok(batch.len())
+    }
+
+    /// Every recipient has its result: the job ends.
+    async fn finish(&self, job: &Broadcast, now: i64) -> anyhow::Result<()> {
+        let state = match job.standing.state {
+            BroadcastState::Cancelled => BroadcastState::Cancelled,
+            _ => BroadcastState::Finished,
+        };
+        self.storage
+            .finish_broadcast(&job.id, job.standing.state, state, now)
+            .await?;
+        Ok(())
+    }
+
+    /// One recipient: its message looked up first when another instance
+    /// held it, else sent through the send path under its message id.
+    async fn send_one(
+        &self,
+        job: &Broadcast,
+        spec: &BroadcastSpec,
+        recipient: &LeasedRecipient,
+    ) -> Sent {
+        let id = message_id(&job.id, recipient.seq, recipient.sends);
+        let span = tracing::info_span!("recipient", seq = recipient.seq, message_id = %id);
+        async {
+            match self.attempt(job, spec, recipient, &id).await {
+                Ok(sent) => sent,
+                Err(error) => {
+                    // The message may exist: look again later, never resend blind.
+                    tracing::warn!(error = ?error, "a broadcast recipient's send failed");
+                    self.recheck(recipient.seq, &id)
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn attempt(
+        &self,
+        job: &Broadcast,
+        spec: &BroadcastSpec,
+        recipient: &LeasedRecipient,
+        id: &str,
+    ) -> anyhow::Result<Sent> {
+        // Taken over from an instance whose lease ran out: its send may have
+        // started. The message tells; an unfinished one is the ledger's.
+        if recipient.state == RecipientState::Leased {
+            if let Some((row, _)) = self.storage.message(&job.appid, id).await? {
+                let failure = row.error_code.as_deref().and_then(|code| {
+                    SendFailure::from_stored(code, row.wechat_errcode, row.updated_at)
+                });
+                return Ok(self.step(recipient, id, row.status, failure.as_ref()));
+            }
+        }
+        if job.standing.state == BroadcastState::Cancelled {
+            return Ok(self.final_write(recipient.seq, None, &Step::Cancelled));
+        }
+        let data = recipient
+            .data
+            .as_deref()
+            .map(serde_json::from_str::<Map<String, Value>>)
+            .transpose()?;
+        let checked = match self
+            .sender
+            .check(&job.appid, spec.request_for(&recipient.openid, data))
+            .await
+        {
+            Ok(checked) => checked,
+            Err(SendRefusal::Invalid(invalid)) => {
+                let result = RecipientResult::Failed {
+                    code: "invalid_template_data",
+                    errcode: None,
+                };
+                tracing::info!(
+                    rule = invalid.rule,
+                    "a recipient's send no longer fits its template"
+                );
+                return Ok(self.final_write(recipient.seq, None, &Step::Record(result)));
+            }
+            Err(SendRefusal::Ledger(error)) => return Err(error),
+        };
+        match self.sender.send(&job.appid, checked, id).await {
+            Ok(outcome) => {
+                let result = outcome.result;
+                Ok(self.step(recipient, id, result.status, result.failure.as_ref()))
+            }
+            Err(error) => {
+                // Nothing was called unless the message exists (a start that
+                // failed, or another instance's message of this id).
+                if self.storage.stored_message(id).await?.is_some() {
+                    return Ok(self.recheck(recipient.seq, id));
+                }
+                tracing::warn!(error = ?error, "a broadcast recipient's send did not start");
+                Ok(Sent {
+                    seq: recipient.seq,
+                    write: RecipientWrite::Requeue {
+                        counts: true,
+                        error_code: Some("internal".into()),
+                    },
+                    hold: None,
+                    delivered: false,
+                })
+            }
+        }
+    }
+
+    /// What a recipient's message means, as the write of its batch.
+    fn step(
+        &self,
+        recipient: &LeasedRecipient,
+        id: &str,
+        status: MessageStatus,
+        failure: Option<&SendFailure>,
+    ) -> Sent {
+        let now = self.clock.now_ms();
+        let step = recipient_step(
+            status,
+            failure,
+            recipient.tries,
+            self.settings.max_tries,
+            now,
+        );
+        match step {
+            RecipientStep::Record(result) => {
+                self.final_write(recipient.seq, Some(id), &Step::Record(result))
+            }
+            RecipientStep::Retry { hold, counts } => Sent {
+                seq: recipient.seq,
+                write: RecipientWrite::Requeue {
+                    counts,
+                    error_code: failure.map(|failure| failure.code().to_owned()),
+                },
+                hold,
+                delivered: false,
+            },
+            RecipientStep::Recheck => self.recheck(recipient.seq, id),
+        }
+    }
+
+    fn recheck(&self, seq: i64, id: &str) -> Sent {
+        Sent {
+            seq,
+            write: RecipientWrite::Recheck {
+                until: self.clock.now_ms() + crate::clock::ms(self.settings.recheck),
+                message_id: id.to_owned(),
+            },
+            hold: None,
+            delivered: false,
+        }
+    }
+
+    fn final_write(&self, seq: i64, id: Option<&str>, step: &Step) -> Sent {
+        let (state, error_code, wechat_errcode) = match step {
+            Step::Cancelled => (RecipientState::Cancelled, None, None),
+            Step::Record(RecipientResult::Sent) => (RecipientState::Sent, None, None),
+            Step::Record(RecipientResult::Unknown) => (
+                RecipientState::Unknown,
+                Some("outcome_unknown".to_owned()),
+                None,
+            ),
+            Step::Record(RecipientResult::Capped) => (RecipientState::Capped, None, None),
+            Step::Record(RecipientResult::NoCredential { errcode }) => (
+                RecipientState::NoCredential,
+                Some("no_credential".to_owned()),
+                *errcode,
+            ),
+            Step::Record(RecipientResult::Failed { code, errcode }) => {
+                (RecipientState::Failed, Some((*code).to_owned()), *errcode)
+            }
+        };
+        Sent {
+            seq,
+            write: RecipientWrite::Final {
+                state,
+                message_id: id.map(str::to_owned),
+                error_code,
+                wechat_errcode,
+            },
+            hold: None,
+            delivered: state == RecipientState::Sent,
+        }
+    }
+}
+
+/// A recipient's end as written.
+enum Step {
+    Record(RecipientResult),
+    /// The job was cancelled and nothing was sent.
+    Cancelled,
+}
