@@ -19,3 +19,4 @@ pub mod states;
 pub mod subscriptions;
 pub mod template_lint;
 pub mod templates;
+pub mod webhooks;
