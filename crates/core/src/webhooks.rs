@@ -326,6 +326,67 @@ fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
     }
 }
 
+/// One event to write to the outbox, in the transaction of the change it
+/// reports: one row for each enabled endpoint of the app that wants its type.
+#[derive(Debug, Clone, Default)]
+pub struct NewEvent {
+    /// The Standard Webhooks `webhook-id`: the same for every endpoint and
+    /// every retry.
+    pub event_id: String,
+    pub appid: String,
+    pub event_type: Option<EventType>,
+    pub openid: Option<String>,
+    pub message_id: Option<String>,
+    pub template_id: Option<String>,
+    pub status: Option<String>,
+    pub wechat_errcode: Option<i64>,
+    pub error_code: Option<String>,
+    pub detail: Option<String>,
+    /// When the change commits (clock ms).
+    pub at: i64,
+}
+
+impl NewEvent {
+    /// An event of `event_type` for `appid` at `at`, under `event_id`; the
+    /// other fields are set by the writer.
+    pub fn new(event_id: String, appid: &str, event_type: EventType, at: i64) -> Self {
+        NewEvent {
+            event_id,
+            appid: appid.to_owned(),
+            event_type: Some(event_type),
+            at,
+            ..NewEvent::default()
+        }
+    }
+
+    /// The bit endpoints must have set to receive it (0: none does).
+    pub fn bit(&self) -> i64 {
+        self.event_type.map_or(0, EventType::bit)
+    }
+}
+
+impl crate::ledger::MessageOutcome {
+    /// The event that reports this end of `message_id` (its user, template
+    /// and app are the message's, read where it is written).
+    pub fn event(&self, message_id: &str, at: i64) -> NewEvent {
+        NewEvent {
+            event_id: finish_event_id(message_id),
+            event_type: EventType::for_finish(self.status, self.recovered),
+            status: Some(self.status.as_str().to_owned()),
+            wechat_errcode: self.wechat_errcode,
+            error_code: self.error_code.map(str::to_owned),
+            at,
+            ..NewEvent::default()
+        }
+    }
+}
+
+/// The id of the event that reports a message's end: a message ends once,
+/// so its id is derived from the message's.
+pub fn finish_event_id(message_id: &str) -> String {
+    format!("evt_{message_id}")
+}
+
 /// One event as its endpoint receives it: the body Standard Webhooks
 /// signs. Built from the stored row, so every retry sends the same bytes.
 #[derive(Debug, Clone, Serialize)]
