@@ -64,6 +64,9 @@ pub struct Settings {
     /// API keys by a name of your choosing.
     #[serde(default)]
     pub api_keys: BTreeMap<String, ApiKeySettings>,
+    /// Delivery of events to the apps' webhook endpoints.
+    #[serde(default)]
+    pub webhooks: crate::webhooks::WebhookSettings,
 }
 
 /// Time limits on reading a request, so a client that stalls cannot hold a
@@ -804,6 +807,7 @@ impl Settings {
         self.validate_ledger()?;
         self.validate_tokens()?;
         self.validate_apps()?;
+        self.webhooks.validate()?;
         self.validate_keys()
     }
 

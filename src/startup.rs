@@ -22,6 +22,7 @@ use crate::templates::Catalogue;
 use crate::tokens::TokenKeeper;
 use crate::wechat::breaker::Breakers;
 use crate::wechat::{SharedWeChat, WeChatClient};
+use crate::webhooks::{TargetRule, WebhookDelivery, Webhooks};
 use crate::workers::{run_every, Recovery, Sweeper, TokenRefresher, WaitingSender};
 
 /// A built, not yet running, gateway.
@@ -39,6 +40,8 @@ pub struct Application {
     sweep_interval: Duration,
     waiting_interval: Duration,
     recovery_interval: Duration,
+    delivery: WebhookDelivery,
+    delivery_interval: Duration,
 }
 
 impl Application {
@@ -77,6 +80,19 @@ impl Application {
             ledger.safety_margin,
         );
         let push = push_keys(&settings)?;
+        let rule = target_rule(&settings);
+        let webhooks = Webhooks::new(
+            storage.clone(),
+            clock.clone(),
+            settings.webhooks.clone(),
+            rule,
+        );
+        let delivery = WebhookDelivery::new(
+            storage.clone(),
+            clock.clone(),
+            settings.webhooks.clone(),
+            rule,
+        );
         let context = web::Data::new(ApiContext {
             storage: storage.clone(),
             sender,
@@ -88,6 +104,7 @@ impl Application {
             clock: clock.clone(),
             ledger: ledger.clone(),
             http: settings.http.clone(),
+            webhooks,
         });
         let (port, server) = serve(&settings, context)?;
         Ok(Self {
@@ -109,6 +126,8 @@ impl Application {
             sweep_interval: ledger.sweep_interval,
             waiting_interval: ledger.waiting_poll,
             recovery_interval: ledger.recovery_interval,
+            delivery,
+            delivery_interval: settings.webhooks.poll,
         })
     }
 
@@ -147,6 +166,11 @@ impl Application {
         self.recovery.clone()
     }
 
+    /// The webhook delivery worker, for tests that drive its `run_once`.
+    pub fn webhook_delivery(&self) -> WebhookDelivery {
+        self.delivery.clone()
+    }
+
     /// The template catalogue keeper (the send path refreshes it after a
     /// 40037; tests drive it).
     pub fn catalogue(&self) -> Catalogue {
@@ -175,6 +199,8 @@ impl Application {
         let sweeper = self.sweeper.clone();
         let waiting = self.waiting.clone();
         let recovery = self.recovery.clone();
+        let delivery = self.delivery.clone();
+        let webhook_sweeper = self.delivery.clone();
         let workers = [
             tokio::spawn(run_every(
                 "waiting",
@@ -206,12 +232,25 @@ impl Application {
                 },
             )),
             tokio::spawn(run_every(
+                "webhook_delivery",
+                self.delivery_interval,
+                shutdown.clone(),
+                move || {
+                    let delivery = delivery.clone();
+                    async move { delivery.run_once().await.map(drop) }
+                },
+            )),
+            tokio::spawn(run_every(
                 "sweeper",
                 self.sweep_interval,
                 shutdown.clone(),
                 move || {
                     let sweeper = sweeper.clone();
-                    async move { sweeper.run_once().await.map(drop) }
+                    let webhooks = webhook_sweeper.clone();
+                    async move {
+                        sweeper.run_once().await?;
+                        webhooks.sweep_once().await.map(drop)
+                    }
                 },
             )),
         ];
@@ -222,6 +261,20 @@ impl Application {
         }
         tracing::info!("stopped");
         served
+    }
+}
+
+/// Where webhooks may be sent: the settings' switch, and never the
+/// gateway's own address.
+fn target_rule(settings: &Settings) -> TargetRule {
+    use std::net::ToSocketAddrs;
+    TargetRule {
+        allow_private: settings.webhooks.allow_private_targets,
+        own: settings
+            .listen
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addresses| addresses.next()),
     }
 }
 

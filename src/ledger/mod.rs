@@ -5,4 +5,5 @@
 
 pub use formid_core::{
     collect, failure, kinds, message, settle, states, subscriptions, template_lint, templates,
+    webhooks,
 };

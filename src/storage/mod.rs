@@ -72,7 +72,7 @@ pub(crate) struct UserTemplate<'a> {
 pub use formid_core::templates::{SendTemplates, TemplateForSend};
 pub use group_commit::{EndSend, StartSend};
 pub use formid_core::webhooks::NewEvent;
-use formid_core::webhooks::{DeliveryOutcome, EndpointChange, EndpointState, EventType, OutboxState};
+use formid_core::webhooks::{DeliveryOutcome, EndpointChange, EndpointState, OutboxState};
 
 /// A fresh event id (`evt_` and a random UUID): the Standard Webhooks
 /// `webhook-id` of an event that is not a message's end.
@@ -696,7 +696,7 @@ pub struct WebhookEndpoint {
     pub id: String,
     pub appid: String,
     pub url: String,
-    /// The event types it wants, one bit each ([`EventType::bit`]).
+    /// The event types it wants, one bit each (`EventType::bit`).
     pub event_mask: i64,
     /// `whsec_…`.
     pub secret: String,

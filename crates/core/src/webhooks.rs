@@ -418,9 +418,6 @@ pub struct EventData<'a> {
     /// The gateway's error code of a failed or unknown message.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_code: Option<&'a str>,
-    /// The caller's `Idempotency-Key` of the send, when it gave one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub idempotency_key: Option<&'a str>,
     /// More, by type: the quota block's end, the disabled endpoint's id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<&'a str>,
