@@ -80,7 +80,10 @@ impl Application {
             ledger.safety_margin,
         );
         let push = push_keys(&settings)?;
-        let rule = target_rule(&settings);
+        // Bound first: webhooks are never sent to the address it listens on.
+        let listener = TcpListener::bind(&settings.listen)
+            .with_context(|| format!("binding {}", settings.listen))?;
+        let rule = target_rule(&settings, listener.local_addr()?);
         let webhooks = Webhooks::new(
             storage.clone(),
             clock.clone(),
@@ -106,7 +109,7 @@ impl Application {
             http: settings.http.clone(),
             webhooks,
         });
-        let (port, server) = serve(&settings, context)?;
+        let (port, server) = serve(&settings, listener, context)?;
         Ok(Self {
             port,
             server,
@@ -266,15 +269,10 @@ impl Application {
 
 /// Where webhooks may be sent: the settings' switch, and never the
 /// gateway's own address.
-fn target_rule(settings: &Settings) -> TargetRule {
-    use std::net::ToSocketAddrs;
+fn target_rule(settings: &Settings, own: std::net::SocketAddr) -> TargetRule {
     TargetRule {
         allow_private: settings.webhooks.allow_private_targets,
-        own: settings
-            .listen
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut addresses| addresses.next()),
+        own: Some(own),
     }
 }
 
@@ -371,9 +369,11 @@ fn push_keys(settings: &Settings) -> anyhow::Result<BTreeMap<String, PushKeys>> 
 
 /// Binds `listen` and starts the HTTP server on it (it serves once awaited);
 /// returns the port bound.
-fn serve(settings: &Settings, context: web::Data<ApiContext>) -> anyhow::Result<(u16, Server)> {
-    let listener = TcpListener::bind(&settings.listen)
-        .with_context(|| format!("binding {}", settings.listen))?;
+fn serve(
+    settings: &Settings,
+    listener: TcpListener,
+    context: web::Data<ApiContext>,
+) -> anyhow::Result<(u16, Server)> {
     let port = listener.local_addr()?.port();
     let server = HttpServer::new(move || {
         App::new()

@@ -10,6 +10,7 @@ use formid_gateway::config::Settings;
 use formid_gateway::startup::Application;
 use formid_gateway::storage::Storage;
 use formid_gateway::templates::Catalogue;
+use formid_gateway::webhooks::WebhookDelivery;
 use formid_gateway::workers::{Recovery, Sweeper, TokenRefresher, WaitingSender};
 use serde_json::{json, Value};
 use sqlx::{Connection, Executor, PgConnection};
@@ -49,6 +50,7 @@ pub struct TestApp {
     pub waiting: WaitingSender,
     pub recovery: Recovery,
     pub catalogue: Catalogue,
+    pub webhook_delivery: WebhookDelivery,
     pub database_url: String,
     pub wechat_base_url: String,
     shutdown: CancellationToken,
@@ -199,6 +201,7 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Value)) -
         waiting: parts.waiting,
         recovery: parts.recovery,
         catalogue: parts.catalogue,
+        webhook_delivery: parts.webhook_delivery,
         database_url: parts.database_url,
         wechat_base_url: fake_server.base_url.clone(),
         shutdown: parts.shutdown,
@@ -274,6 +277,7 @@ async fn start_instance(settings: Value, clock: Arc<ManualClock>) -> TestAppPart
         waiting: application.waiting_sender(),
         recovery: application.recovery(),
         catalogue: application.catalogue(),
+        webhook_delivery: application.webhook_delivery(),
         database_url,
         shutdown: application.shutdown_signal(),
     };
@@ -292,6 +296,7 @@ struct TestAppParts {
     waiting: WaitingSender,
     recovery: Recovery,
     catalogue: Catalogue,
+    webhook_delivery: WebhookDelivery,
     database_url: String,
     shutdown: CancellationToken,
 }
