@@ -20,9 +20,9 @@ use crate::sending::{SendSettings, Sender, SenderParts};
 use crate::storage::{self, Storage};
 use crate::templates::Catalogue;
 use crate::tokens::TokenKeeper;
+use crate::webhooks::{TargetRule, WebhookDelivery, Webhooks};
 use crate::wechat::breaker::Breakers;
 use crate::wechat::{SharedWeChat, WeChatClient};
-use crate::webhooks::{TargetRule, WebhookDelivery, Webhooks};
 use crate::workers::{run_every, Recovery, Sweeper, TokenRefresher, WaitingSender};
 
 /// A built, not yet running, gateway.

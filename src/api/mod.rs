@@ -125,7 +125,8 @@ pub fn routes(config: &mut web::ServiceConfig) {
                 .service(get_and_head("/webhooks/{id}", webhooks::get))
                 .service(get_and_head("/webhooks/{id}/attempts", webhooks::attempts))
                 .service(
-                    web::resource("/webhooks/{id}/disable").route(web::post().to(webhooks::disable)),
+                    web::resource("/webhooks/{id}/disable")
+                        .route(web::post().to(webhooks::disable)),
                 )
                 .service(
                     web::resource("/webhooks/{id}/rotate-secret")

@@ -35,9 +35,11 @@ impl From<WebhookError> for ApiError {
             WebhookError::TooMany(_) => {
                 ApiError::new(StatusCode::CONFLICT, "too_many_webhooks", error.to_string())
             }
-            WebhookError::NotFound => {
-                ApiError::new(StatusCode::NOT_FOUND, "webhook_not_found", error.to_string())
-            }
+            WebhookError::NotFound => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "webhook_not_found",
+                error.to_string(),
+            ),
             WebhookError::Disabled => {
                 ApiError::new(StatusCode::CONFLICT, "webhook_disabled", error.to_string())
             }

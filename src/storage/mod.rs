@@ -70,9 +70,9 @@ pub(crate) struct UserTemplate<'a> {
     pub template_id: &'a str,
 }
 pub use formid_core::templates::{SendTemplates, TemplateForSend};
-pub use group_commit::{EndSend, StartSend};
 pub use formid_core::webhooks::NewEvent;
 use formid_core::webhooks::{DeliveryOutcome, EndpointChange, EndpointState, OutboxState};
+pub use group_commit::{EndSend, StartSend};
 
 /// A fresh event id (`evt_` and a random UUID): the Standard Webhooks
 /// `webhook-id` of an event that is not a message's end.

@@ -239,9 +239,14 @@ impl PostgresBatches {
             .bind(column(ends, |end| end.attempt.msgid.as_deref()))
             .bind(column(ends, |end| finish_event_id(&end.message_id)))
             .bind(column(ends, |end| {
-                end.outcome.event(&end.message_id, end.now).event_type.map(EventType::as_str)
+                end.outcome
+                    .event(&end.message_id, end.now)
+                    .event_type
+                    .map(EventType::as_str)
             }))
-            .bind(column(ends, |end| end.outcome.event(&end.message_id, end.now).bit()))
+            .bind(column(ends, |end| {
+                end.outcome.event(&end.message_id, end.now).bit()
+            }))
     }
 
     fn starts(

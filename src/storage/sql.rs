@@ -569,8 +569,10 @@ macro_rules! endpoint_columns {
     };
 }
 
-pub const ENDPOINTS_OF_APP: &str =
-    concat!(endpoint_columns!(), "WHERE appid = $1 ORDER BY created_at, id");
+pub const ENDPOINTS_OF_APP: &str = concat!(
+    endpoint_columns!(),
+    "WHERE appid = $1 ORDER BY created_at, id"
+);
 
 pub const ENDPOINT: &str = concat!(endpoint_columns!(), "WHERE appid = $1 AND id = $2");
 

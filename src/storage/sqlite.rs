@@ -17,8 +17,8 @@ use sqlx::{Sqlite, SqlitePool};
 
 use super::group_commit::{BatchDone, BatchWriter, EndSend, GroupCommit, StartSend};
 use super::shared::{bind_message, impl_storage, Backend};
-use super::webhook_store::impl_webhook_store;
 use super::sql;
+use super::webhook_store::impl_webhook_store;
 use super::ClaimedRow;
 use crate::ledger::kinds::CredentialKind;
 use formid_core::webhooks::{finish_event_id, EventType};

@@ -10,12 +10,12 @@ macro_rules! impl_webhook_store {
         const _: () = {
             use ::anyhow::Context as _;
 
+            use formid_core::webhooks::{DisableReason, EndpointChange, EventType};
             use $crate::storage::shared::Backend;
             use $crate::storage::{
                 sql, DeliveryRecord, LeasedEvent, NewEndpoint, NewEvent, WebhookAttemptRow,
                 WebhookEndpoint, WebhookStore,
             };
-            use formid_core::webhooks::{DisableReason, EndpointChange, EventType};
 
             type Tx = sqlx::Transaction<'static, <$storage as Backend>::Db>;
 
@@ -23,7 +23,10 @@ macro_rules! impl_webhook_store {
                 /// The event writer: `event` for every enabled endpoint of
                 /// its app that wants its type, in the caller's transaction
                 /// (so it commits exactly when the change it reports does).
-                pub(crate) async fn insert_event(tx: &mut Tx, event: &NewEvent) -> anyhow::Result<()> {
+                pub(crate) async fn insert_event(
+                    tx: &mut Tx,
+                    event: &NewEvent,
+                ) -> anyhow::Result<()> {
                     sqlx::query(sql::INSERT_EVENT)
                         .bind(&event.event_id)
                         .bind(&event.appid)
@@ -67,7 +70,10 @@ macro_rules! impl_webhook_store {
                     Ok(())
                 }
 
-                async fn apply_endpoint_change(tx: &mut Tx, record: &DeliveryRecord) -> anyhow::Result<()> {
+                async fn apply_endpoint_change(
+                    tx: &mut Tx,
+                    record: &DeliveryRecord,
+                ) -> anyhow::Result<()> {
                     match record.endpoint {
                         EndpointChange::Failing(None) => {
                             sqlx::query(sql::ENDPOINT_WORKS)
@@ -87,7 +93,14 @@ macro_rules! impl_webhook_store {
                                 .context("recording the endpoint's failure streak")?;
                         }
                         EndpointChange::Disable(reason) => {
-                            Self::disable_in(tx, &record.appid, &record.endpoint_id, reason, record.now).await?;
+                            Self::disable_in(
+                                tx,
+                                &record.appid,
+                                &record.endpoint_id,
+                                reason,
+                                record.now,
+                            )
+                            .await?;
                             if let Some(event) = &record.disabled_event {
                                 Self::insert_event(tx, event).await?;
                             }
@@ -149,7 +162,11 @@ macro_rules! impl_webhook_store {
                         .context("reading the app's webhook endpoints")
                 }
 
-                async fn endpoint(&self, appid: &str, id: &str) -> anyhow::Result<Option<WebhookEndpoint>> {
+                async fn endpoint(
+                    &self,
+                    appid: &str,
+                    id: &str,
+                ) -> anyhow::Result<Option<WebhookEndpoint>> {
                     sqlx::query_as(sql::ENDPOINT)
                         .bind(appid)
                         .bind(id)
@@ -158,13 +175,22 @@ macro_rules! impl_webhook_store {
                         .context("reading a webhook endpoint")
                 }
 
-                async fn disable_endpoint(&self, appid: &str, id: &str, event: &NewEvent) -> anyhow::Result<bool> {
+                async fn disable_endpoint(
+                    &self,
+                    appid: &str,
+                    id: &str,
+                    event: &NewEvent,
+                ) -> anyhow::Result<bool> {
                     let mut tx = self.begin_write().await?;
-                    let disabled = Self::disable_in(&mut tx, appid, id, DisableReason::Admin, event.at).await?;
+                    let disabled =
+                        Self::disable_in(&mut tx, appid, id, DisableReason::Admin, event.at)
+                            .await?;
                     if disabled {
                         Self::insert_event(&mut tx, event).await?;
                     }
-                    tx.commit().await.context("committing the endpoint's disabling")?;
+                    tx.commit()
+                        .await
+                        .context("committing the endpoint's disabling")?;
                     Ok(disabled)
                 }
 
@@ -188,7 +214,13 @@ macro_rules! impl_webhook_store {
                     Ok(rotated.rows_affected() == 1)
                 }
 
-                async fn enqueue_test_event(&self, appid: &str, id: &str, event_id: &str, now: i64) -> anyhow::Result<bool> {
+                async fn enqueue_test_event(
+                    &self,
+                    appid: &str,
+                    id: &str,
+                    event_id: &str,
+                    now: i64,
+                ) -> anyhow::Result<bool> {
                     let queued = sqlx::query(sql::INSERT_TEST_EVENT)
                         .bind(event_id)
                         .bind(id)
@@ -207,7 +239,12 @@ macro_rules! impl_webhook_store {
                     Ok(())
                 }
 
-                async fn replay_failed(&self, endpoint_id: &str, since: i64, now: i64) -> anyhow::Result<u64> {
+                async fn replay_failed(
+                    &self,
+                    endpoint_id: &str,
+                    since: i64,
+                    now: i64,
+                ) -> anyhow::Result<u64> {
                     let replayed = sqlx::query(sql::REPLAY_FAILED)
                         .bind(endpoint_id)
                         .bind(since)
@@ -218,7 +255,11 @@ macro_rules! impl_webhook_store {
                     Ok(replayed.rows_affected())
                 }
 
-                async fn webhook_attempts(&self, endpoint_id: &str, limit: i64) -> anyhow::Result<Vec<WebhookAttemptRow>> {
+                async fn webhook_attempts(
+                    &self,
+                    endpoint_id: &str,
+                    limit: i64,
+                ) -> anyhow::Result<Vec<WebhookAttemptRow>> {
                     sqlx::query_as(sql::WEBHOOK_ATTEMPTS)
                         .bind(endpoint_id)
                         .bind(limit)
@@ -227,15 +268,24 @@ macro_rules! impl_webhook_store {
                         .context("reading the endpoint's attempts")
                 }
 
-                async fn lease_events(&self, now: i64, lease_until: i64, token: i64, limit: i64) -> anyhow::Result<Vec<LeasedEvent>> {
-                    sqlx::query_as(&sql::with_lock(sql::LEASE_DUE_EVENTS, <Self as Backend>::CLAIM_LOCK))
-                        .bind(now)
-                        .bind(lease_until)
-                        .bind(token)
-                        .bind(limit)
-                        .fetch_all(self.writer())
-                        .await
-                        .context("leasing due events")
+                async fn lease_events(
+                    &self,
+                    now: i64,
+                    lease_until: i64,
+                    token: i64,
+                    limit: i64,
+                ) -> anyhow::Result<Vec<LeasedEvent>> {
+                    sqlx::query_as(&sql::with_lock(
+                        sql::LEASE_DUE_EVENTS,
+                        <Self as Backend>::CLAIM_LOCK,
+                    ))
+                    .bind(now)
+                    .bind(lease_until)
+                    .bind(token)
+                    .bind(limit)
+                    .fetch_all(self.writer())
+                    .await
+                    .context("leasing due events")
                 }
 
                 async fn record_delivery(&self, record: &DeliveryRecord) -> anyhow::Result<bool> {
@@ -270,7 +320,9 @@ macro_rules! impl_webhook_store {
                     if held {
                         Self::apply_endpoint_change(&mut tx, record).await?;
                     }
-                    tx.commit().await.context("committing the delivery attempt")?;
+                    tx.commit()
+                        .await
+                        .context("committing the delivery attempt")?;
                     Ok(held)
                 }
 

@@ -17,8 +17,8 @@ use reqwest::redirect::Policy;
 use tokio::sync::Semaphore;
 
 use formid_core::webhooks::{
-    after_failure, endpoint_after, rfc3339_ms, verdict, DeliveryOutcome, EndpointChange,
-    EventBody, EventData, EventType, OutboxState, Retry,
+    after_failure, endpoint_after, rfc3339_ms, verdict, DeliveryOutcome, EndpointChange, EventBody,
+    EventData, EventType, OutboxState, Retry,
 };
 
 use super::signing::signature_header;
@@ -26,8 +26,7 @@ use super::target::{TargetError, TargetRule};
 use super::WebhookSettings;
 use crate::clock::{ms, SharedClock};
 use crate::storage::{
-    new_event_id, new_lease_token, DeliveryRecord, LeasedEvent, NewEvent, Storage,
-    WebhookEndpoint,
+    new_event_id, new_lease_token, DeliveryRecord, LeasedEvent, NewEvent, Storage, WebhookEndpoint,
 };
 
 /// The most of an answer's body that is read; the rest is dropped.
@@ -190,7 +189,12 @@ impl WebhookDelivery {
             EndpointChange::Disable(reason) => Some(NewEvent {
                 status: Some(reason.as_str().to_owned()),
                 detail: Some(event.endpoint_id.clone()),
-                ..NewEvent::new(new_event_id(), &event.appid, EventType::EndpointDisabled, now)
+                ..NewEvent::new(
+                    new_event_id(),
+                    &event.appid,
+                    EventType::EndpointDisabled,
+                    now,
+                )
             }),
             EndpointChange::Failing(_) => None,
         };
@@ -329,10 +333,7 @@ async fn read_bounded(mut response: reqwest::Response) -> Option<String> {
 /// The body of a stored event: built from its row, so every retry sends the
 /// same bytes.
 pub fn event_body(event: &LeasedEvent) -> String {
-    let event_type = event
-        .event_type
-        .parse()
-        .unwrap_or(EventType::WebhookTest);
+    let event_type = event.event_type.parse().unwrap_or(EventType::WebhookTest);
     EventBody {
         event_type,
         timestamp: rfc3339_ms(event.occurred_at),

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::config::{days, hours, millis, whole};
 
@@ -39,6 +39,7 @@ pub struct WebhookSettings {
     /// Endpoints may name loopback, private and link-local addresses. Off in
     /// production (see `refused_address`); tests turn it on for their
     /// receivers on 127.0.0.1.
+    #[serde(deserialize_with = "flag")]
     pub allow_private_targets: bool,
     /// Most endpoints an app may have.
     #[serde(deserialize_with = "whole")]
@@ -69,11 +70,36 @@ impl WebhookSettings {
         let hour = Duration::from_secs(3_600);
         let checks = [
             ("webhooks.poll_ms", self.poll, ms(10), ms(60_000)),
-            ("webhooks.connect_timeout_ms", self.connect_timeout, ms(100), ms(30_000)),
-            ("webhooks.request_timeout_ms", self.request_timeout, ms(100), ms(60_000)),
-            ("webhooks.disable_after_days", self.disable_after, 24 * hour, 30 * 24 * hour),
-            ("webhooks.rotation_overlap_hours", self.rotation_overlap, hour, 7 * 24 * hour),
-            ("webhooks.retention_hours", self.retention, 24 * hour, 90 * 24 * hour),
+            (
+                "webhooks.connect_timeout_ms",
+                self.connect_timeout,
+                ms(100),
+                ms(30_000),
+            ),
+            (
+                "webhooks.request_timeout_ms",
+                self.request_timeout,
+                ms(100),
+                ms(60_000),
+            ),
+            (
+                "webhooks.disable_after_days",
+                self.disable_after,
+                24 * hour,
+                30 * 24 * hour,
+            ),
+            (
+                "webhooks.rotation_overlap_hours",
+                self.rotation_overlap,
+                hour,
+                7 * 24 * hour,
+            ),
+            (
+                "webhooks.retention_hours",
+                self.retention,
+                24 * hour,
+                90 * 24 * hour,
+            ),
         ];
         for (name, value, min, max) in checks {
             if value < min || value > max {
@@ -82,8 +108,16 @@ impl WebhookSettings {
         }
         for (name, value, max) in [
             ("webhooks.batch", self.batch, 1_000),
-            ("webhooks.max_in_flight_per_endpoint", self.max_in_flight_per_endpoint, 64),
-            ("webhooks.max_endpoints_per_app", self.max_endpoints_per_app, 100),
+            (
+                "webhooks.max_in_flight_per_endpoint",
+                self.max_in_flight_per_endpoint,
+                64,
+            ),
+            (
+                "webhooks.max_endpoints_per_app",
+                self.max_endpoints_per_app,
+                100,
+            ),
         ] {
             if value == 0 || value > max {
                 anyhow::bail!("{name}: {value} is out of range; allowed is 1 to {max}");
@@ -95,5 +129,26 @@ impl WebhookSettings {
     /// How long a worker holds a leased event: longer than a whole call.
     pub fn lease(&self) -> Duration {
         self.connect_timeout + self.request_timeout + Duration::from_secs(5)
+    }
+}
+
+/// A boolean from the file (`true`) or the environment (the text `true` or
+/// `false`, nothing else).
+fn flag<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Flag {
+        Bool(bool),
+        Text(String),
+    }
+    match Flag::deserialize(deserializer)? {
+        Flag::Bool(value) => Ok(value),
+        Flag::Text(text) => match text.as_str() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(serde::de::Error::custom(format!(
+                "{text:?} is not true or false"
+            ))),
+        },
     }
 }

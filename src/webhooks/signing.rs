@@ -71,7 +71,9 @@ mod tests {
     #[test]
     fn secrets_are_whsec_and_32_bytes() {
         let secret = generate_secret();
-        let bytes = STANDARD.decode(secret.strip_prefix(SECRET_PREFIX).unwrap()).unwrap();
+        let bytes = STANDARD
+            .decode(secret.strip_prefix(SECRET_PREFIX).unwrap())
+            .unwrap();
         assert_eq!(bytes.len(), 32);
         assert_ne!(secret, generate_secret());
     }

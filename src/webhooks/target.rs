@@ -52,7 +52,9 @@ impl TargetRule {
         }
         let url = Url::parse(text).map_err(|error| TargetError::Invalid(error.to_string()))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(TargetError::Invalid("the scheme must be http or https".into()));
+            return Err(TargetError::Invalid(
+                "the scheme must be http or https".into(),
+            ));
         }
         if !url.username().is_empty() || url.password().is_some() {
             return Err(TargetError::Invalid("credentials in the URL".into()));

@@ -260,7 +260,10 @@ async fn every_event_verifies_with_standardwebhooks_during_a_rotation_too(
     // Events of different users (the test event has none) are not ordered.
     let mut before = receiver.received();
     before.sort_by_key(|event| event.json()["type"].as_str().unwrap().to_owned());
-    let types: Vec<Value> = before.iter().map(|event| event.json()["type"].clone()).collect();
+    let types: Vec<Value> = before
+        .iter()
+        .map(|event| event.json()["type"].clone())
+        .collect();
     assert_eq!(types, ["message.sent", "webhook.test"], "{before:?}");
     let event = before[0].json();
     assert_eq!(event["data"]["appid"], APPID);
@@ -345,8 +348,10 @@ async fn a_settlement_that_rolled_back_writes_no_event_and_its_retry_writes_one(
     // transaction: the whole transaction rolls back.
     let (fail, heal): (&[&str], &[&str]) = if backend == Backend::Sqlite {
         (
-            &["CREATE TRIGGER fail_finish BEFORE UPDATE OF status ON messages \
-               WHEN NEW.status = 'sent' BEGIN SELECT RAISE(ABORT, 'injected'); END"],
+            &[
+                "CREATE TRIGGER fail_finish BEFORE UPDATE OF status ON messages \
+               WHEN NEW.status = 'sent' BEGIN SELECT RAISE(ABORT, 'injected'); END",
+            ],
             &["DROP TRIGGER fail_finish"],
         )
     } else {
@@ -401,9 +406,7 @@ async fn a_settlement_that_rolled_back_writes_no_event_and_its_retry_writes_one(
 #[case::sqlite(Backend::Sqlite)]
 #[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_endpoint_no_row_and_an_endpoint_gets_only_the_types_it_wants(
-    #[case] backend: Backend,
-) {
+async fn no_endpoint_no_row_and_an_endpoint_gets_only_the_types_it_wants(#[case] backend: Backend) {
     let app = spawn_webhook_app(backend).await;
     app.collect_form_id("o-none").await;
     assert_eq!(app.notify("o-none").await.status, 200);
@@ -431,7 +434,9 @@ async fn a_410_disables_the_endpoint_and_says_so_to_the_others(#[case] backend: 
     let app = spawn_webhook_app(backend).await;
     let gone = Receiver::start(&[410]).await;
     let watcher = Receiver::start(&[]).await;
-    let gone_id = create_endpoint(&app, &gone.url, Some(&["message.sent"])).await.body["id"]
+    let gone_id = create_endpoint(&app, &gone.url, Some(&["message.sent"]))
+        .await
+        .body["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -443,7 +448,10 @@ async fn a_410_disables_the_endpoint_and_says_so_to_the_others(#[case] backend: 
     assert_eq!(endpoint.body["state"], "disabled");
     assert_eq!(endpoint.body["disabled_reason"], "gone");
     assert_eq!(watcher.types(), ["webhook.endpoint_disabled"]);
-    assert_eq!(watcher.received()[0].json()["data"]["detail"], gone_id.as_str());
+    assert_eq!(
+        watcher.received()[0].json()["data"]["detail"],
+        gone_id.as_str()
+    );
     // A disabled endpoint gets nothing more.
     app.collect_form_id("o-gone").await;
     assert_eq!(app.notify("o-gone").await.status, 200);
@@ -560,7 +568,13 @@ async fn hostile_endpoints_and_requests_are_refused_and_nothing_is_stored(
     )
     .await;
     assert_eq!(bad_since.status, 422);
-    let bad_limit = admin(&app, reqwest::Method::GET, "/ep_nope/attempts?limit=0", None).await;
+    let bad_limit = admin(
+        &app,
+        reqwest::Method::GET,
+        "/ep_nope/attempts?limit=0",
+        None,
+    )
+    .await;
     assert_eq!(bad_limit.status, 400);
     assert_eq!(count_rows(&app, "webhook_endpoints").await, 0);
 }

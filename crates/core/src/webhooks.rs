@@ -483,7 +483,12 @@ mod tests {
             (Delivered, Some(0), 10 * day, EndpointChange::Failing(None)),
             (Gone, None, 0, EndpointChange::Disable(DisableReason::Gone)),
             (Rejected, None, 7, EndpointChange::Failing(Some(7))),
-            (Unreachable, Some(3), 5 * day, EndpointChange::Failing(Some(3))),
+            (
+                Unreachable,
+                Some(3),
+                5 * day,
+                EndpointChange::Failing(Some(3)),
+            ),
             (
                 Rejected,
                 Some(3),
