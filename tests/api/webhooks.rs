@@ -661,3 +661,86 @@ async fn execute_sql(app: &TestApp, statements: &[&str]) {
         }
     }
 }
+
+/// The user accepts `template` in a prompt, as the frontend posts it.
+async fn accept(app: &TestApp, openid: &str, template: &str, request_id: &str) {
+    app.fake.grant(APPID, openid, template);
+    let answer = app
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/apps/{APPID}/subscriptions"),
+            Some(COLLECT_KEY),
+            Some(json!({"openid": openid, "request_id": request_id,
+                "result": {"errMsg": "requestSubscribeMessage:ok", template: "accept"}})),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_grant_send_and_revocation_arrive_in_commit_order_and_verify(
+    #[case] backend: Backend,
+) {
+    let app = spawn_webhook_app(backend).await;
+    let receiver = Receiver::start(&[]).await;
+    let created = create_endpoint(&app, &receiver.url, None).await;
+    let secret = created.body["secret"].as_str().unwrap().to_owned();
+    let template = app
+        .fake
+        .add_subscribe_template(APPID, 401, &[1, 2])
+        .unwrap();
+    let data = json!({"thing1": {"value": "Blue mug"}, "character_string2": {"value": "SN1"}});
+    accept(&app, "o-sub", &template, "p1").await;
+    accept(&app, "o-sub", &template, "p2").await;
+    let sent = app
+        .send(json!({"touser": "o-sub", "template_id": template, "data": data}))
+        .await;
+    assert_eq!(sent.status, 200, "{:?}", sent.body);
+    // The user turns the template off: the next send meets 43101.
+    app.fake.revoke(APPID, "o-sub", &template);
+    let refused = app
+        .send(json!({"touser": "o-sub", "template_id": template, "data": data}))
+        .await;
+    assert_eq!(refused.status, 409, "{:?}", refused.body);
+    // One step at a time: per endpoint and user, one event in flight.
+    deliver_all(&app).await;
+    assert_eq!(
+        receiver.types(),
+        [
+            "grant.accepted",
+            "grant.accepted",
+            "message.sent",
+            "subscription.revoked",
+            "message.failed"
+        ]
+    );
+    let received = receiver.received();
+    let revoked = received[3].json();
+    assert_eq!(revoked["data"]["wechat_errcode"], 43101);
+    assert_eq!(revoked["data"]["template_id"], template.as_str());
+    assert_eq!(revoked["data"]["message_id"], refused.body["id"]);
+    verify_with_standardwebhooks(&[&secret], &received);
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_45009_reports_the_apps_quota_once(#[case] backend: Backend) {
+    let app = spawn_webhook_app(backend).await;
+    let receiver = Receiver::start(&[]).await;
+    create_endpoint(&app, &receiver.url, Some(&["app.quota_exhausted"])).await;
+    app.collect_form_id("o-quota").await;
+    app.fake
+        .push_send_faults([fake_wechat::Fault::Errcode(45009)]);
+    assert_eq!(app.notify("o-quota").await.status, 429);
+    assert_eq!(app.notify("o-quota").await.status, 429);
+    deliver_all(&app).await;
+    assert_eq!(receiver.types(), ["app.quota_exhausted"]);
+    let event = receiver.received()[0].json();
+    assert_eq!(event["data"]["wechat_errcode"], 45009);
+    assert!(event["data"]["detail"].as_str().unwrap().ends_with('Z'));
+}
