@@ -14,7 +14,7 @@ pub mod target;
 
 use std::sync::Arc;
 
-use formid_core::webhooks::{EventType, NewEvent};
+use formid_core::webhooks::{EndpointState, EventType, NewEvent};
 
 pub use delivery::{DeliveryReport, WebhookDelivery};
 pub use settings::WebhookSettings;
@@ -30,7 +30,7 @@ pub enum WebhookError {
     Url(#[from] TargetError),
     #[error("unknown event type {0:?}; known are: {1}")]
     UnknownEventType(String, String),
-    #[error("the app has {0} endpoints, the most allowed")]
+    #[error("the app has {0} enabled endpoints, the most allowed")]
     TooMany(u32),
     #[error("no such endpoint")]
     NotFound,
@@ -94,8 +94,14 @@ impl Webhooks {
         types: &[EventType],
     ) -> Result<Created, WebhookError> {
         self.rule.check_url(url)?;
-        let existing = self.storage.endpoints(appid).await?;
-        if existing.len() >= self.settings.max_endpoints_per_app as usize {
+        let enabled = self
+            .storage
+            .endpoints(appid)
+            .await?
+            .iter()
+            .filter(|endpoint| endpoint.state == EndpointState::Enabled)
+            .count();
+        if enabled >= self.settings.max_endpoints_per_app as usize {
             return Err(WebhookError::TooMany(self.settings.max_endpoints_per_app));
         }
         let endpoint = NewEndpoint {
@@ -182,7 +188,7 @@ impl Webhooks {
     #[tracing::instrument(skip(self))]
     pub async fn replay(&self, appid: &str, id: &str, since: i64) -> Result<u64, WebhookError> {
         let endpoint = self.get(appid, id).await?;
-        if endpoint.state != formid_core::webhooks::EndpointState::Enabled {
+        if endpoint.state != EndpointState::Enabled {
             return Err(WebhookError::Disabled);
         }
         Ok(self
