@@ -79,6 +79,9 @@ pub struct Settings {
     /// How broadcasts are paced and leased.
     #[serde(default)]
     pub broadcasts: BroadcastSettings,
+    /// Delivery of events to the apps' webhook endpoints.
+    #[serde(default)]
+    pub webhooks: crate::webhooks::WebhookSettings,
 }
 
 /// The WeChat-compatible endpoint: a second listener that answers like
@@ -898,6 +901,7 @@ impl Settings {
         access::validate(&self.sessions, &self.keys, &self.limits)?;
         self.validate_proxy()?;
         self.broadcasts.validate()?;
+        self.webhooks.validate()?;
         self.validate_keys()
     }
 

@@ -33,5 +33,6 @@ pub mod storage;
 pub mod telemetry;
 pub mod templates;
 pub mod tokens;
+pub mod webhooks;
 pub mod wechat;
 pub mod workers;

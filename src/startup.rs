@@ -22,6 +22,7 @@ use crate::sending::{SendSettings, Sender, SenderParts};
 use crate::storage::{self, Storage};
 use crate::templates::Catalogue;
 use crate::tokens::TokenKeeper;
+use crate::webhooks::{TargetRule, WebhookDelivery, Webhooks};
 use crate::wechat::breaker::Breakers;
 use crate::wechat::{SharedWeChat, WeChatClient};
 use crate::workers::{
@@ -47,6 +48,8 @@ pub struct Application {
     sweep_interval: Duration,
     waiting_interval: Duration,
     recovery_interval: Duration,
+    delivery: WebhookDelivery,
+    delivery_interval: Duration,
 }
 
 impl Application {
@@ -103,6 +106,22 @@ impl Application {
         let broadcast_worker = broadcasts.worker();
         let push = push_keys(&settings)?;
         let proxy = proxy_server(&settings, &tokens, &sender, &apps, &clock)?;
+        // Bound first: webhooks are never sent to the address it listens on.
+        let listener = TcpListener::bind(&settings.listen)
+            .with_context(|| format!("binding {}", settings.listen))?;
+        let rule = target_rule(&settings, listener.local_addr()?);
+        let webhooks = Webhooks::new(
+            storage.clone(),
+            clock.clone(),
+            settings.webhooks.clone(),
+            rule,
+        );
+        let delivery = WebhookDelivery::new(
+            storage.clone(),
+            clock.clone(),
+            settings.webhooks.clone(),
+            rule,
+        );
         let context = web::Data::new(ApiContext {
             storage: storage.clone(),
             sender,
@@ -123,8 +142,9 @@ impl Application {
             limits: Arc::new(api::limits::Limits::new(&settings.limits, &clock)),
             broadcasts,
             broadcast_upload_bytes: settings.broadcasts.max_upload_bytes,
+            webhooks,
         });
-        let (port, server) = serve(&settings, context)?;
+        let (port, server) = serve(&settings, listener, context)?;
         Ok(Self {
             port,
             server,
@@ -147,6 +167,8 @@ impl Application {
             sweep_interval: ledger.sweep_interval,
             waiting_interval: ledger.waiting_poll,
             recovery_interval: ledger.recovery_interval,
+            delivery,
+            delivery_interval: settings.webhooks.poll,
         })
     }
 
@@ -200,6 +222,11 @@ impl Application {
         self.recovery.clone()
     }
 
+    /// The webhook delivery worker, for tests that drive its `run_once`.
+    pub fn webhook_delivery(&self) -> WebhookDelivery {
+        self.delivery.clone()
+    }
+
     /// The template catalogue keeper (the send path refreshes it after a
     /// 40037; tests drive it).
     pub fn catalogue(&self) -> Catalogue {
@@ -243,6 +270,8 @@ impl Application {
         let scheduled = self.scheduled.clone();
         let recovery = self.recovery.clone();
         let broadcast_worker = self.broadcast_worker.clone();
+        let delivery = self.delivery.clone();
+        let webhook_sweeper = self.delivery.clone();
         let workers = [
             // Scheduled messages are polled as often as waiting ones.
             tokio::spawn(run_every(
@@ -285,12 +314,25 @@ impl Application {
                 },
             )),
             tokio::spawn(run_every(
+                "webhook_delivery",
+                self.delivery_interval,
+                shutdown.clone(),
+                move || {
+                    let delivery = delivery.clone();
+                    async move { delivery.run_once().await.map(drop) }
+                },
+            )),
+            tokio::spawn(run_every(
                 "sweeper",
                 self.sweep_interval,
                 shutdown.clone(),
                 move || {
                     let sweeper = sweeper.clone();
-                    async move { sweeper.run_once().await.map(drop) }
+                    let webhooks = webhook_sweeper.clone();
+                    async move {
+                        sweeper.run_once().await?;
+                        webhooks.sweep_once().await.map(drop)
+                    }
                 },
             )),
         ];
@@ -301,6 +343,15 @@ impl Application {
         }
         tracing::info!("stopped");
         served
+    }
+}
+
+/// Where webhooks may be sent: the settings' switch, and never the
+/// gateway's own address.
+fn target_rule(settings: &Settings, own: std::net::SocketAddr) -> TargetRule {
+    TargetRule {
+        allow_private: settings.webhooks.allow_private_targets,
+        own: Some(own),
     }
 }
 
@@ -425,9 +476,11 @@ fn proxy_server(
 
 /// Binds `listen` and starts the HTTP server on it (it serves once awaited);
 /// returns the port bound.
-fn serve(settings: &Settings, context: web::Data<ApiContext>) -> anyhow::Result<(u16, Server)> {
-    let listener = TcpListener::bind(&settings.listen)
-        .with_context(|| format!("binding {}", settings.listen))?;
+fn serve(
+    settings: &Settings,
+    listener: TcpListener,
+    context: web::Data<ApiContext>,
+) -> anyhow::Result<(u16, Server)> {
     let port = listener.local_addr()?.port();
     let server = HttpServer::new(move || {
         App::new()

@@ -18,6 +18,8 @@ pub mod sessions;
 mod subscriptions;
 mod templates;
 mod tokens;
+mod webhook_responses;
+mod webhooks;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -60,6 +62,8 @@ pub struct ApiContext {
     pub broadcasts: crate::broadcasts::Broadcasts,
     /// The largest NDJSON upload of a broadcast's recipients, in bytes.
     pub broadcast_upload_bytes: usize,
+    /// The apps' webhook endpoints.
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 impl ApiContext {
@@ -151,6 +155,26 @@ pub fn routes(config: &mut web::ServiceConfig) {
                 .service(
                     web::resource("/templates/{template_id}")
                         .route(web::delete().to(templates::delete)),
+                )
+                .service(
+                    web::resource("/webhooks")
+                        .route(web::get().to(webhooks::list))
+                        .route(web::head().to(webhooks::list))
+                        .route(web::post().to(webhooks::create)),
+                )
+                .service(get_and_head("/webhooks/{id}", webhooks::get))
+                .service(get_and_head("/webhooks/{id}/attempts", webhooks::attempts))
+                .service(
+                    web::resource("/webhooks/{id}/disable")
+                        .route(web::post().to(webhooks::disable)),
+                )
+                .service(
+                    web::resource("/webhooks/{id}/rotate-secret")
+                        .route(web::post().to(webhooks::rotate)),
+                )
+                .service(web::resource("/webhooks/{id}/test").route(web::post().to(webhooks::test)))
+                .service(
+                    web::resource("/webhooks/{id}/replay").route(web::post().to(webhooks::replay)),
                 )
                 .service(get_and_head("/template-library", templates::library))
                 .service(get_and_head(

@@ -75,6 +75,9 @@ pub(super) struct Run<'a> {
     /// Whether a call to WeChat was made: from then on a failed write is
     /// retried, and never answered as if nothing was sent.
     called: bool,
+    /// Whether this run is recovery's, on a message whose run died: its
+    /// end reports `message.settled`.
+    recovered: bool,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -95,6 +98,7 @@ impl<'a> Run<'a> {
             token: None,
             seen: Seen::default(),
             called: false,
+            recovered: false,
             _slot: slot,
         }
     }
@@ -103,6 +107,7 @@ impl<'a> Run<'a> {
     /// way; a crash leaves them to recovery, which finds them owned by no
     /// message.
     pub(super) async fn process(mut self, start: Start) -> anyhow::Result<SendResult> {
+        self.recovered = matches!(start, Start::Recovered(_));
         let result = match self.drive(start).await {
             Ok(result) => Ok(result),
             Err(error) if self.called => {
@@ -412,7 +417,7 @@ impl<'a> Run<'a> {
             sender.quota.block(appid, until_ms).await?;
         }
         let (status, failure) = (finish.fate.status(), finish.fate.failure());
-        let message = message_outcome(status, failure.as_ref());
+        let message = message_outcome(status, failure.as_ref(), self.recovered);
         let attempt = self.attempt(credential, said, finish.outcome);
         if finish.settlement == Settlement::Spent && status == MessageStatus::Sent {
             // The common end of a send shares a commit with others.
@@ -602,7 +607,7 @@ impl<'a> Run<'a> {
 
     /// Fails the message without a further call to WeChat.
     async fn fail(&mut self, failure: SendFailure) -> anyhow::Result<SendResult> {
-        let outcome = message_outcome(MessageStatus::Failed, Some(&failure));
+        let outcome = message_outcome(MessageStatus::Failed, Some(&failure), self.recovered);
         let held = self
             .sender
             .storage
@@ -652,11 +657,16 @@ impl From<anyhow::Error> for LeaseLostOr {
     }
 }
 
-fn message_outcome(status: MessageStatus, failure: Option<&SendFailure>) -> MessageOutcome {
+fn message_outcome(
+    status: MessageStatus,
+    failure: Option<&SendFailure>,
+    recovered: bool,
+) -> MessageOutcome {
     MessageOutcome {
         status,
         error_code: failure.map(SendFailure::code),
         wechat_errcode: failure.and_then(SendFailure::wechat_errcode),
+        recovered,
     }
 }
 

@@ -18,6 +18,7 @@ pub struct QuotaBlock {
     /// keep for a while because a block this process writes is written to
     /// the copy at once.
     copies: Arc<TtlCache<Option<i64>>>,
+    clock: SharedClock,
 }
 
 impl QuotaBlock {
@@ -25,7 +26,8 @@ impl QuotaBlock {
     pub fn new(storage: Arc<dyn Storage>, clock: SharedClock, ttl_ms: i64) -> Self {
         Self {
             storage,
-            copies: Arc::new(TtlCache::new(ttl_ms, clock)),
+            copies: Arc::new(TtlCache::new(ttl_ms, clock.clone())),
+            clock,
         }
     }
 
@@ -43,7 +45,9 @@ impl QuotaBlock {
     /// Blocks the app's sends until `until_ms`: in the ledger first, then in
     /// this process's copy.
     pub async fn block(&self, appid: &str, until_ms: i64) -> anyhow::Result<()> {
-        self.storage.block_sends(appid, until_ms).await?;
+        self.storage
+            .block_sends(appid, until_ms, self.clock.now_ms())
+            .await?;
         self.copies.update(appid, |copy| *copy = Some(until_ms));
         Ok(())
     }

@@ -25,6 +25,7 @@ pub mod sessions;
 mod shared;
 mod sql;
 mod sqlite;
+mod webhook_store;
 
 use std::sync::Arc;
 
@@ -76,7 +77,15 @@ pub(crate) struct UserTemplate<'a> {
     pub template_id: &'a str,
 }
 pub use formid_core::templates::{SendTemplates, TemplateForSend};
+pub use formid_core::webhooks::NewEvent;
+use formid_core::webhooks::{DeliveryOutcome, EndpointChange, EndpointState, OutboxState};
 pub use group_commit::{EndSend, StartSend};
+
+/// A fresh event id (`evt_` and a random UUID): the Standard Webhooks
+/// `webhook-id` of an event that is not a message's end.
+pub fn new_event_id() -> String {
+    format!("evt_{}", uuid::Uuid::new_v4().simple())
+}
 
 /// A random fencing token (positive, so it is never confused with a NULL
 /// turned into 0 by a careless read).
@@ -687,8 +696,208 @@ pub trait AppStore: Send + Sync {
         per_day: u32,
     ) -> anyhow::Result<bool>;
 
-    /// Stops sends of the app until `until` (errcode 45009).
-    async fn block_sends(&self, appid: &str, until: i64) -> anyhow::Result<()>;
+    /// Stops sends of the app until `until` (errcode 45009); a new block
+    /// writes its `app.quota_exhausted` event in the same transaction.
+    async fn block_sends(&self, appid: &str, until: i64, now: i64) -> anyhow::Result<()>;
+}
+
+/// A webhook endpoint as stored. Carries its secrets: never a response's
+/// body, and its `Debug` redacts them.
+#[derive(Clone, sqlx::FromRow)]
+pub struct WebhookEndpoint {
+    pub id: String,
+    pub appid: String,
+    pub url: String,
+    /// The event types it wants, one bit each (`EventType::bit`).
+    pub event_mask: i64,
+    /// `whsec_…`.
+    pub secret: String,
+    /// The secret before the last rotation, signing too until
+    /// `previous_secret_until`.
+    pub previous_secret: Option<String>,
+    pub previous_secret_until: Option<i64>,
+    #[sqlx(try_from = "String")]
+    pub state: EndpointState,
+    pub disabled_reason: Option<String>,
+    /// When its current streak of failed attempts began.
+    pub failing_since: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for WebhookEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookEndpoint")
+            .field("id", &self.id)
+            .field("appid", &self.appid)
+            .field("url", &self.url)
+            .field("event_mask", &self.event_mask)
+            .field("secret", &"<redacted>")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebhookEndpoint {
+    /// The secrets that sign at `now`: the current one, and the previous one
+    /// while its rotation overlap lasts.
+    pub fn signing_secrets(&self, now: i64) -> Vec<&str> {
+        let mut secrets = vec![self.secret.as_str()];
+        if let (Some(previous), Some(until)) = (&self.previous_secret, self.previous_secret_until) {
+            if now < until {
+                secrets.push(previous);
+            }
+        }
+        secrets
+    }
+}
+
+/// An endpoint to create.
+#[derive(Clone)]
+pub struct NewEndpoint {
+    pub id: String,
+    pub appid: String,
+    pub url: String,
+    pub event_mask: i64,
+    pub secret: String,
+    pub now: i64,
+}
+
+/// An event leased for one delivery attempt to one endpoint.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LeasedEvent {
+    pub seq: i64,
+    pub event_id: String,
+    pub endpoint_id: String,
+    pub appid: String,
+    pub event_type: String,
+    pub openid: Option<String>,
+    pub message_id: Option<String>,
+    pub template_id: Option<String>,
+    pub status: Option<String>,
+    pub wechat_errcode: Option<i64>,
+    pub error_code: Option<String>,
+    pub detail: Option<String>,
+    pub occurred_at: i64,
+    /// Attempts made before this one.
+    pub attempts: i64,
+    pub lease_token: i64,
+}
+
+/// What one delivery attempt came to, written in one transaction.
+#[derive(Debug, Clone)]
+pub struct DeliveryRecord {
+    pub seq: i64,
+    pub lease_token: i64,
+    pub endpoint_id: String,
+    pub appid: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub outcome: DeliveryOutcome,
+    pub status_code: Option<i64>,
+    pub error: Option<String>,
+    /// The start of the answer's body, bounded.
+    pub response: Option<String>,
+    pub duration_ms: i64,
+    /// Where the event goes next: `Delivered`, `Pending` at `next_attempt_at`,
+    /// or `Failed`.
+    pub state: OutboxState,
+    pub next_attempt_at: i64,
+    /// What the attempt does to its endpoint (the core's `endpoint_after`).
+    pub endpoint: EndpointChange,
+    /// The event that says the endpoint was switched off, when it was.
+    pub disabled_event: Option<NewEvent>,
+    pub now: i64,
+}
+
+/// A delivery attempt as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct WebhookAttemptRow {
+    pub event_id: String,
+    pub event_type: String,
+    pub at: i64,
+    #[sqlx(try_from = "String")]
+    pub outcome: DeliveryOutcome,
+    pub status_code: Option<i64>,
+    pub error: Option<String>,
+    pub response: Option<String>,
+    pub duration_ms: i64,
+}
+
+/// Webhooks: an app's endpoints, the outbox their events wait in, and the
+/// attempts to deliver them. The events themselves are written by the
+/// other groups, each in the transaction of the change it reports.
+#[async_trait]
+pub trait WebhookStore: Send + Sync {
+    /// Stores a new endpoint, enabled.
+    async fn create_endpoint(&self, endpoint: &NewEndpoint) -> anyhow::Result<()>;
+
+    /// The app's endpoints, oldest first.
+    async fn endpoints(&self, appid: &str) -> anyhow::Result<Vec<WebhookEndpoint>>;
+
+    /// One endpoint of the app.
+    async fn endpoint(&self, appid: &str, id: &str) -> anyhow::Result<Option<WebhookEndpoint>>;
+
+    /// Switches an enabled endpoint off in one transaction: its pending
+    /// events fail, and `event` (saying so) goes to the app's other
+    /// endpoints that want it. `false` when it was not enabled.
+    async fn disable_endpoint(
+        &self,
+        appid: &str,
+        id: &str,
+        event: &NewEvent,
+    ) -> anyhow::Result<bool>;
+
+    /// Replaces the signing secret; the old one signs too until `previous_until`.
+    async fn rotate_secret(
+        &self,
+        appid: &str,
+        id: &str,
+        secret: &str,
+        previous_until: i64,
+        now: i64,
+    ) -> anyhow::Result<bool>;
+
+    /// Queues a `webhook.test` event for one enabled endpoint; `false` when
+    /// there is none.
+    async fn enqueue_test_event(
+        &self,
+        appid: &str,
+        id: &str,
+        event_id: &str,
+        now: i64,
+    ) -> anyhow::Result<bool>;
+
+    /// Writes an event that reports no other change of the ledger, in a
+    /// transaction of its own.
+    async fn record_event(&self, event: &NewEvent) -> anyhow::Result<()>;
+
+    /// Makes the endpoint's failed events since `since` due again; how many.
+    async fn replay_failed(&self, endpoint_id: &str, since: i64, now: i64) -> anyhow::Result<u64>;
+
+    /// The endpoint's newest `limit` attempts, newest first.
+    async fn webhook_attempts(
+        &self,
+        endpoint_id: &str,
+        limit: i64,
+    ) -> anyhow::Result<Vec<WebhookAttemptRow>>;
+
+    /// Leases up to `limit` due events (see `sql::LEASE_DUE_EVENTS`) until
+    /// `lease_until` under `token`.
+    async fn lease_events(
+        &self,
+        now: i64,
+        lease_until: i64,
+        token: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<LeasedEvent>>;
+
+    /// Records an attempt, and — while the lease holds — the event's next
+    /// state and the endpoint's; `false` when the lease was lost.
+    async fn record_delivery(&self, record: &DeliveryRecord) -> anyhow::Result<bool>;
+
+    /// Deletes ended events and attempts older than `cutoff`; how many events.
+    async fn sweep_webhooks(&self, cutoff: i64) -> anyhow::Result<u64>;
 }
 
 /// The ledger's upkeep: the health check, the app rows, the sweep.
@@ -725,6 +934,7 @@ pub trait Storage:
     + SessionStore
     + KeyStore
     + BroadcastStore
+    + WebhookStore
     + std::fmt::Debug
 {
 }
@@ -741,6 +951,7 @@ impl<T> Storage for T where
         + SessionStore
         + KeyStore
         + BroadcastStore
+        + WebhookStore
         + std::fmt::Debug
         + ?Sized
 {

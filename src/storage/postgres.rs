@@ -14,8 +14,10 @@ use sqlx::{Executor, PgPool, Postgres};
 
 use super::group_commit::{BatchDone, BatchWriter, EndSend, GroupCommit, StartSend};
 use super::shared::{impl_storage, Backend};
+use super::webhook_store::impl_webhook_store;
 use super::ClaimedRow;
 use crate::ledger::kinds::CredentialKind;
+use formid_core::webhooks::{finish_event_id, EventType};
 
 /// The PostgreSQL implementation of [`Storage`](super::Storage).
 #[derive(Debug, Clone)]
@@ -94,6 +96,7 @@ impl Backend for PostgresStorage {
 impl_storage!(PostgresStorage);
 super::sessions::impl_session_storage!(PostgresStorage);
 super::broadcasts::impl_broadcast_store!(PostgresStorage);
+impl_webhook_store!(PostgresStorage);
 
 /// Batches run at once: while one commits, the next collects the writes
 /// that arrive meanwhile. Each holds one connection while it runs.
@@ -166,14 +169,21 @@ pub const START_BATCH: &str = "WITH batch AS ( \
 /// The ends of a batch as one statement: the credentials spent (only rows
 /// still leased under the run's token, as for every settlement, and found by
 /// key as [`sql::FENCE_MESSAGE`](super::sql::FENCE_MESSAGE) says), the
-/// attempts recorded, the messages finished (likewise fenced; `RETURNING`
-/// names the ones whose lease held).
+/// attempts recorded, the messages finished (likewise fenced), and each
+/// finished message's event written to the outbox for the app's endpoints
+/// that want it (`sql::INSERT_MESSAGE_EVENT`'s batch form). Why the event
+/// reads `finished`, the finish's `RETURNING`, rather than `messages`: a
+/// read of `messages` sees the statement's snapshot, where a recovery that
+/// committed a new token meanwhile is not yet visible, while the `UPDATE`
+/// checks the row as it is; an event must commit exactly with its finish.
+/// The result names the messages whose lease held.
 pub const END_BATCH: &str = "WITH batch AS ( \
         SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::int8[], $5::text[], \
             $6::text[], $7::text[], $8::text[], $9::int8[], $10::int8[], $11::int8[], \
-            $12::text[]) \
+            $12::text[], $13::text[], $14::text[], $15::int8[]) \
         AS b(credential_id, message_id, credential_kind, errcode, outcome, detail, status, \
-             error_code, wechat_errcode, at, lease_token, msgid)), \
+             error_code, wechat_errcode, at, lease_token, msgid, event_id, event_type, \
+             event_bit)), \
     spent AS ( \
         UPDATE credentials \
         SET uses_left = uses_left - 1, lease_message_id = NULL, lease_token = NULL, \
@@ -186,13 +196,26 @@ pub const END_BATCH: &str = "WITH batch AS ( \
         INSERT INTO attempts (message_id, credential_id, credential_kind, errcode, outcome, \
             detail, at, msgid) \
         SELECT message_id, credential_id, credential_kind, errcode, outcome, detail, at, msgid \
-        FROM batch) \
-    UPDATE messages \
-    SET status = batch.status, error_code = batch.error_code, \
-        wechat_errcode = batch.wechat_errcode, updated_at = batch.at, lease_until = NULL, \
-        lease_token = NULL, next_attempt_at = NULL \
-    FROM batch WHERE messages.id = batch.message_id AND messages.lease_token = batch.lease_token \
-    RETURNING messages.id";
+        FROM batch), \
+    finished AS ( \
+        UPDATE messages \
+        SET status = batch.status, error_code = batch.error_code, \
+            wechat_errcode = batch.wechat_errcode, updated_at = batch.at, lease_until = NULL, \
+            lease_token = NULL, next_attempt_at = NULL \
+        FROM batch \
+        WHERE messages.id = batch.message_id AND messages.lease_token = batch.lease_token \
+        RETURNING messages.id, messages.appid, messages.touser, messages.template_id), \
+    event AS ( \
+        INSERT INTO webhook_outbox (event_id, endpoint_id, appid, event_type, openid, \
+            message_id, template_id, status, wechat_errcode, error_code, detail, occurred_at, \
+            state, attempts, next_attempt_at, updated_at) \
+        SELECT batch.event_id, e.id, f.appid, batch.event_type, f.touser, f.id, \
+            f.template_id, batch.status, batch.wechat_errcode, batch.error_code, NULL, \
+            batch.at, 'pending', 0, batch.at, batch.at \
+        FROM finished f JOIN batch ON batch.message_id = f.id \
+        JOIN webhook_endpoints e ON e.appid = f.appid AND e.state = 'enabled' \
+            AND (e.event_mask & batch.event_bit) <> 0) \
+    SELECT id FROM finished";
 
 /// Runs a batch as at most two statements: each is atomic on its own, and
 /// when both are needed they share a transaction.
@@ -223,6 +246,16 @@ impl PostgresBatches {
             .bind(column(ends, |end| end.now))
             .bind(column(ends, |end| end.lease_token))
             .bind(column(ends, |end| end.attempt.msgid.as_deref()))
+            .bind(column(ends, |end| finish_event_id(&end.message_id)))
+            .bind(column(ends, |end| {
+                end.outcome
+                    .event(&end.message_id, end.now)
+                    .event_type
+                    .map(EventType::as_str)
+            }))
+            .bind(column(ends, |end| {
+                end.outcome.event(&end.message_id, end.now).bit()
+            }))
     }
 
     fn starts(

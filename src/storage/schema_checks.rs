@@ -122,5 +122,33 @@ fn the_broadcast_checks_allow_exactly_the_enum_names() {
             .collect();
         let check = format!("CHECK ({})", each.join(" OR "));
         assert!(sqlite.contains(&check), "sqlite 0013 lacks {check}");
+/// The webhook tables (migration 0012, the same text on both databases)
+/// allow exactly the names of their enums.
+#[test]
+fn the_webhook_checks_allow_exactly_the_enum_names() {
+    use formid_core::webhooks::{DeliveryOutcome, EndpointState, OutboxState};
+    fn check(all: Vec<&'static str>, column: &str, schema: &str) {
+        let quoted: Vec<String> = all.iter().map(|name| format!("'{name}'")).collect();
+        let check = format!("CHECK ({column} IN ({}))", quoted.join(", "));
+        assert!(schema.contains(&check), "0012 lacks {check}");
+    }
+    for backend in ["sqlite", "postgres"] {
+        let path = format!("migrations/{backend}/0012_webhooks.sql");
+        let schema = std::fs::read_to_string(&path).expect(&path);
+        check(
+            EndpointState::ALL.iter().map(|s| s.as_str()).collect(),
+            "state",
+            &schema,
+        );
+        check(
+            OutboxState::ALL.iter().map(|s| s.as_str()).collect(),
+            "state",
+            &schema,
+        );
+        check(
+            DeliveryOutcome::ALL.iter().map(|s| s.as_str()).collect(),
+            "outcome",
+            &schema,
+        );
     }
 }

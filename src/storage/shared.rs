@@ -66,11 +66,14 @@ macro_rules! impl_storage {
             use $crate::ledger::kinds::CredentialKind;
             use $crate::ledger::states::{Channel, CredentialState, Decision, PushEffect};
             use $crate::storage::shared::{bind_message, Backend, INSERT_CHUNK};
+            use formid_core::webhooks::EventType;
             use $crate::storage::{
                 sql, AppState, AppStore, AttemptRow, Claim,
                 ClaimRequest, ClaimedCredential, ClaimedRow, CredentialStore, EndSend,
                 IdempotencyBegin, IdempotencyRequest, IdempotencyStore, KindQuota,
                 Lease, MaintenanceStore, MessageOutcome, MessageRow, MessageStore, NewAttempt,
+                IdempotencyBegin, IdempotencyRequest, IdempotencyStore, InsertOutcome, KindQuota,
+                Lease, MaintenanceStore, MessageOutcome, MessageRow, MessageStore, NewAttempt, NewEvent,
                 NewCredential, NewMessage, NewPrompt, NewPushEvent, PromptEffect, PromptRecord,
                 EffectPlan, LedgerFacts, PushAction, PushItem, PushItemOutcome, SendTemplates, Settlement, StartSend,
                 StoredCredential, StoredMessage, SubscriptionStore, SweepReport, TemplateQuota, TemplateRecord,
@@ -305,6 +308,15 @@ macro_rules! impl_storage {
                                     .context("settling the credential")?;
                             }
                             if let Settlement::Revoked { errcode } = settlement {
+                                let event = NewEvent {
+                                    event_id: $crate::storage::new_event_id(),
+                                    event_type: Some(EventType::SubscriptionRevoked),
+                                    status: Some(Decision::Revoked.as_str().to_owned()),
+                                    wechat_errcode: Some(errcode),
+                                    at: now,
+                                    ..NewEvent::default()
+                                };
+                                Self::insert_message_event(&mut tx, lease, &event).await?;
                                 for statement in [sql::REVOKE_TEMPLATE_GRANTS, sql::REVOKE_SUBSCRIPTION] {
                                     sqlx::query(statement)
                                         .bind(credential_id)
@@ -317,6 +329,8 @@ macro_rules! impl_storage {
                             }
                         }
                         if let Some(outcome) = outcome {
+                            // Before the finish, which clears the token both fence on.
+                            Self::insert_message_event(&mut tx, lease, &outcome.event(&lease.message_id, now)).await?;
                             Self::finish_query(lease, outcome, now)
                                 .execute(&mut *tx)
                                 .await
@@ -333,10 +347,19 @@ macro_rules! impl_storage {
                     outcome: &MessageOutcome,
                     now: i64,
                 ) -> anyhow::Result<bool> {
+                    // One transaction: the event commits with the finish or not
+                    // at all. The fence first: on PostgreSQL it locks the row,
+                    // so no takeover slips in between the event and the finish.
+                    let mut tx = self.begin_write().await?;
+                    if !Self::fence_keeping(&mut tx, lease).await? {
+                        return Ok(false);
+                    }
+                    Self::insert_message_event(&mut tx, lease, &outcome.event(&lease.message_id, now)).await?;
                     let finished = Self::finish_query(lease, outcome, now)
-                        .execute(self.writer())
+                        .execute(&mut *tx)
                         .await
                         .context("finishing the message")?;
+                    tx.commit().await.context("committing the finish")?;
                     Ok(finished.rows_affected() == 1)
                 }
 
@@ -575,6 +598,15 @@ macro_rules! impl_storage {
                             template_id: &decision.template_id,
                         };
                         Self::apply_decision(&mut tx, &user, decision.decision, granted, now).await?;
+                        if let Some(event_type) = EventType::for_prompt(*effect) {
+                            let event = NewEvent {
+                                openid: Some(prompt.openid.clone()),
+                                template_id: Some(decision.template_id.clone()),
+                                status: Some(decision.decision.as_str().to_owned()),
+                                ..NewEvent::new($crate::storage::new_event_id(), &prompt.appid, event_type, now)
+                            };
+                            Self::insert_event(&mut tx, &event).await?;
+                        }
                     }
                     tx.commit().await.context("committing the prompt")?;
                     if effects.iter().any(|effect| *effect != PromptEffect::Recorded) {
@@ -608,6 +640,7 @@ macro_rules! impl_storage {
                             continue;
                         }
                         Self::apply_push_item(&mut tx, push, item, effect, delivery_of.as_deref(), now).await?;
+                        Self::insert_push_item_event(&mut tx, push, item, effect, delivery_of, now).await?;
                         outcomes.push(PushItemOutcome { effect, replayed: false });
                     }
                     tx.commit().await.context("committing the push")?;
@@ -835,13 +868,30 @@ macro_rules! impl_storage {
                     Ok(taken.rows_affected() == 1)
                 }
 
-                async fn block_sends(&self, appid: &str, until: i64) -> anyhow::Result<()> {
+                async fn block_sends(&self, appid: &str, until: i64, now: i64) -> anyhow::Result<()> {
+                    let mut tx = self.begin_write().await?;
+                    let blocked: Option<Option<i64>> = sqlx::query_scalar(sql::SENDS_BLOCKED_UNTIL)
+                        .bind(appid)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .context("reading the app's block")?;
                     sqlx::query(sql::BLOCK_SENDS)
                         .bind(appid)
                         .bind(until)
-                        .execute(self.writer())
+                        .execute(&mut *tx)
                         .await
                         .context("blocking the app's sends")?;
+                    // One event per block: the sends that meet the same 45009
+                    // at once write the same block.
+                    if blocked.flatten() != Some(until) {
+                        let event = NewEvent {
+                            wechat_errcode: Some(45009),
+                            detail: Some(formid_core::webhooks::rfc3339_ms(until)),
+                            ..NewEvent::new($crate::storage::new_event_id(), appid, EventType::AppQuotaExhausted, now)
+                        };
+                        Self::insert_event(&mut tx, &event).await?;
+                    }
+                    tx.commit().await.context("committing the block")?;
                     Ok(())
                 }
             }
@@ -1119,6 +1169,33 @@ macro_rules! impl_storage {
                         PushAction::Ignore => {}
                     }
                     Ok(())
+                }
+
+                /// The event a first-applied push item reports, if any, in
+                /// the push's transaction.
+                async fn insert_push_item_event(
+                    tx: &mut sqlx::Transaction<'static, <Self as Backend>::Db>,
+                    push: &NewPushEvent,
+                    item: &PushItem,
+                    effect: PushEffect,
+                    delivery_of: Option<String>,
+                    now: i64,
+                ) -> anyhow::Result<()> {
+                    let Some(event_type) = EventType::for_push(&item.action, effect) else {
+                        return Ok(());
+                    };
+                    let mut event = NewEvent {
+                        openid: Some(push.openid.clone()),
+                        template_id: Some(item.template_id.clone()),
+                        message_id: delivery_of,
+                        status: Some(effect.as_str().to_owned()),
+                        ..NewEvent::new($crate::storage::new_event_id(), &push.appid, event_type, now)
+                    };
+                    if let PushAction::Delivery { error_code, error_status, .. } = &item.action {
+                        event.wechat_errcode = Some(*error_code);
+                        event.status = Some(error_status.clone());
+                    }
+                    Self::insert_event(tx, &event).await
                 }
 
                 /// The fence of a run's write: renews the message's lease to

@@ -391,6 +391,9 @@ pub const TAKE_FORCE_REFRESH: &str = "UPDATE apps \
 
 pub const BLOCK_SENDS: &str = "UPDATE apps SET send_blocked_until = $2 WHERE appid = $1";
 
+/// The block [`BLOCK_SENDS`] is about to replace.
+pub const SENDS_BLOCKED_UNTIL: &str = "SELECT send_blocked_until FROM apps WHERE appid = $1";
+
 pub const MARK_EXPIRED: &str = "UPDATE credentials SET state = 'expired', updated_at = $1 \
     WHERE state = 'available' AND expires_at <= $1";
 
@@ -738,6 +741,141 @@ pub const RECIPIENT_COUNTS: &str = "SELECT state, error_code, wechat_errcode, CO
 pub const RECIPIENT_PAGE: &str = "SELECT seq, openid, state, message_id, error_code, \
     wechat_errcode, updated_at FROM broadcast_recipients \
     WHERE broadcast_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
+// Webhooks (migration 0012): endpoints, the outbox, the attempts.
+
+/// The outbox columns every event insert writes, in this order.
+macro_rules! outbox_columns {
+    () => {
+        "INSERT INTO webhook_outbox (event_id, endpoint_id, appid, event_type, openid, \
+            message_id, template_id, status, wechat_errcode, error_code, detail, occurred_at, \
+            state, attempts, next_attempt_at, updated_at) "
+    };
+}
+
+/// An event, one row per enabled endpoint of the app whose mask has the
+/// event's bit (`$12`); nothing when none does. Run in the transaction of
+/// the change it reports. `$1` event id, `$2` appid, `$3` type, `$4` openid,
+/// `$5` message, `$6` template, `$7` status, `$8` WeChat errcode, `$9` error
+/// code, `$10` detail, `$11` now.
+pub const INSERT_EVENT: &str = concat!(
+    outbox_columns!(),
+    "SELECT $1, id, appid, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', 0, $11, $11 \
+    FROM webhook_endpoints WHERE appid = $2 AND state = 'enabled' AND (event_mask & $12) <> 0"
+);
+
+/// An event about a message, written only while the run's lease holds:
+/// run before [`FINISH_MESSAGE`] (which clears the token) with the same
+/// fence, so the event commits exactly when the finish does. The user and
+/// template are the message's. `$1` event id, `$2` message, `$3` type, `$4`
+/// status, `$5` WeChat errcode, `$6` error code, `$7` now, `$8` token, `$9`
+/// the type's bit. Why `CROSS JOIN`: SQLite then finds the message by key
+/// first and probes the app's endpoints by index; with no endpoint that is
+/// the whole cost a send pays.
+pub const INSERT_MESSAGE_EVENT: &str = concat!(
+    outbox_columns!(),
+    "SELECT $1, e.id, m.appid, $3, m.touser, m.id, m.template_id, $4, $5, $6, NULL, $7, \
+        'pending', 0, $7, $7 \
+    FROM messages m CROSS JOIN webhook_endpoints e \
+    WHERE m.id = $2 AND m.lease_token = $8 AND e.appid = m.appid AND e.state = 'enabled' \
+      AND (e.event_mask & $9) <> 0"
+);
+
+/// A test event for one endpoint (`POST …/webhooks/{id}/test`).
+pub const INSERT_TEST_EVENT: &str = concat!(
+    outbox_columns!(),
+    "SELECT $1, id, appid, 'webhook.test', NULL, NULL, NULL, NULL, NULL, NULL, NULL, $3, \
+        'pending', 0, $3, $3 \
+    FROM webhook_endpoints WHERE id = $2 AND appid = $4 AND state = 'enabled'"
+);
+
+pub const INSERT_ENDPOINT: &str = "INSERT INTO webhook_endpoints \
+    (id, appid, url, event_mask, secret, state, created_at, updated_at) \
+    VALUES ($1, $2, $3, $4, $5, 'enabled', $6, $6)";
+
+/// The columns of a [`WebhookEndpoint`](super::WebhookEndpoint).
+macro_rules! endpoint_columns {
+    () => {
+        "SELECT id, appid, url, event_mask, secret, previous_secret, previous_secret_until, \
+            state, disabled_reason, failing_since, created_at, updated_at FROM webhook_endpoints "
+    };
+}
+
+pub const ENDPOINTS_OF_APP: &str = concat!(
+    endpoint_columns!(),
+    "WHERE appid = $1 ORDER BY created_at, id"
+);
+
+pub const ENDPOINT: &str = concat!(endpoint_columns!(), "WHERE appid = $1 AND id = $2");
+
+/// Switches an enabled endpoint off; `$3` the reason, `$4` now.
+pub const DISABLE_ENDPOINT: &str = "UPDATE webhook_endpoints \
+    SET state = 'disabled', disabled_reason = $3, updated_at = $4 \
+    WHERE appid = $1 AND id = $2 AND state = 'enabled'";
+
+/// ...and its pending events fail (a replay can send them again).
+pub const FAIL_PENDING_OF_ENDPOINT: &str = "UPDATE webhook_outbox \
+    SET state = 'failed', lease_until = NULL, lease_token = NULL, updated_at = $2 \
+    WHERE endpoint_id = $1 AND state = 'pending'";
+
+/// A new signing secret; the old one keeps signing until `$4`.
+pub const ROTATE_SECRET: &str = "UPDATE webhook_endpoints \
+    SET previous_secret = secret, previous_secret_until = $4, secret = $3, updated_at = $5 \
+    WHERE appid = $1 AND id = $2";
+
+/// A failed attempt: the streak starts now unless one is running.
+pub const ENDPOINT_FAILING: &str = "UPDATE webhook_endpoints \
+    SET failing_since = COALESCE(failing_since, $2), updated_at = $3 WHERE id = $1";
+
+/// A delivered attempt ends the streak.
+pub const ENDPOINT_WORKS: &str = "UPDATE webhook_endpoints \
+    SET failing_since = NULL, updated_at = $2 WHERE id = $1 AND failing_since IS NOT NULL";
+
+/// The failed events of an endpoint since `$2` are due again at `$3`, with
+/// their schedule restarted.
+pub const REPLAY_FAILED: &str = "UPDATE webhook_outbox \
+    SET state = 'pending', attempts = 0, next_attempt_at = $3, updated_at = $3 \
+    WHERE endpoint_id = $1 AND state = 'failed' AND occurred_at >= $2";
+
+/// Leases up to `$4` due events until `$2` under token `$3` (`$1` now). An
+/// event is due only once every earlier pending event of its endpoint and
+/// user is gone (delivered or given up): per endpoint and user, events go
+/// out in the order they were written, one at a time. Events without a
+/// user (the app's) are not ordered. `{lock}`: `FOR UPDATE SKIP LOCKED` on
+/// PostgreSQL, so two instances never lease one row.
+pub const LEASE_DUE_EVENTS: &str = "UPDATE webhook_outbox \
+    SET lease_until = $2, lease_token = $3 \
+    WHERE seq IN (SELECT o.seq FROM webhook_outbox o \
+        WHERE o.state = 'pending' AND o.next_attempt_at <= $1 \
+          AND (o.lease_until IS NULL OR o.lease_until <= $1) \
+          AND NOT EXISTS (SELECT 1 FROM webhook_outbox p \
+              WHERE p.state = 'pending' AND p.endpoint_id = o.endpoint_id \
+                AND p.openid = o.openid AND p.seq < o.seq) \
+        ORDER BY o.seq LIMIT $4 {lock}) \
+    RETURNING seq, event_id, endpoint_id, appid, event_type, openid, message_id, template_id, \
+        status, wechat_errcode, error_code, detail, occurred_at, attempts, lease_token";
+
+/// An attempt's end for its event, only under the lease that sent it:
+/// `$4` the state, `$5` when next (pending), `$3` now.
+pub const SETTLE_EVENT: &str = "UPDATE webhook_outbox \
+    SET state = $4, attempts = attempts + 1, next_attempt_at = $5, lease_until = NULL, \
+        lease_token = NULL, updated_at = $3 \
+    WHERE seq = $1 AND lease_token = $2";
+
+pub const INSERT_WEBHOOK_ATTEMPT: &str = "INSERT INTO webhook_attempts \
+    (endpoint_id, event_id, event_type, at, outcome, status_code, error, response, duration_ms) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+/// The newest attempts of an endpoint first.
+pub const WEBHOOK_ATTEMPTS: &str = "SELECT event_id, event_type, at, outcome, status_code, \
+    error, response, duration_ms FROM webhook_attempts \
+    WHERE endpoint_id = $1 ORDER BY id DESC LIMIT $2";
+
+/// Events that ended (delivered, or given up) before `$1`, `$2` at a time.
+pub const DELETE_OLD_WEBHOOK_EVENTS: &str = "DELETE FROM webhook_outbox WHERE seq IN ( \
+    SELECT seq FROM webhook_outbox WHERE state <> 'pending' AND updated_at <= $1 LIMIT $2)";
+
+pub const DELETE_OLD_WEBHOOK_ATTEMPTS: &str = "DELETE FROM webhook_attempts WHERE id IN ( \
+    SELECT id FROM webhook_attempts WHERE at <= $1 LIMIT $2)";
 
 #[cfg(test)]
 mod tests {

@@ -18,8 +18,10 @@ use sqlx::{Sqlite, SqlitePool};
 use super::group_commit::{BatchDone, BatchWriter, EndSend, GroupCommit, StartSend};
 use super::shared::{bind_message, impl_storage, Backend};
 use super::sql;
+use super::webhook_store::impl_webhook_store;
 use super::ClaimedRow;
 use crate::ledger::kinds::CredentialKind;
+use formid_core::webhooks::{finish_event_id, EventType};
 
 /// The SQLite implementation of [`Storage`](super::Storage).
 #[derive(Debug, Clone)]
@@ -131,6 +133,7 @@ impl Backend for SqliteStorage {
 impl_storage!(SqliteStorage);
 super::sessions::impl_session_storage!(SqliteStorage);
 super::broadcasts::impl_broadcast_store!(SqliteStorage);
+impl_webhook_store!(SqliteStorage);
 
 /// One statement of a batch script: shared SQL from `sql.rs`, and for each
 /// of its placeholders `$k` the script argument it binds (`map[k - 1]`).
@@ -165,12 +168,15 @@ const START_PARAMS: usize = 14;
 const FINISHED_IF_CHANGED: &str = "SELECT $1 WHERE changes() = 1";
 
 /// The end of a send: the credential spent (`sql::SETTLE_SPENT`), the
-/// attempt recorded (`sql::INSERT_ATTEMPT`), the message finished
+/// attempt recorded (`sql::INSERT_ATTEMPT`), the message's event written to
+/// the outbox under the same fence as the finish, before it clears the token
+/// (`sql::INSERT_MESSAGE_EVENT`), the message finished
 /// (`sql::FINISH_MESSAGE`), and its id when its lease held
 /// ([`FINISHED_IF_CHANGED`]). Script arguments: 1 credential id, 2 now,
 /// 3 token, 4 unproven (0), 5 message id, 6 kind, 7 errcode, 8 outcome,
-/// 9 detail, 10 status, 11 error code, 12 WeChat errcode, 13 msgid.
-const END: [Renumbered; 4] = [
+/// 9 detail, 10 status, 11 error code, 12 WeChat errcode, 13 msgid,
+/// 14 event id, 15 event type, 16 the type's bit.
+const END: [Renumbered; 5] = [
     Renumbered {
         statement: sql::SETTLE_SPENT,
         map: &[1, 2, 3, 4],
@@ -178,6 +184,11 @@ const END: [Renumbered; 4] = [
     Renumbered {
         statement: sql::INSERT_ATTEMPT,
         map: &[5, 1, 6, 7, 8, 9, 2, 13],
+    },
+    Renumbered {
+        // event id, message id, type, status, errcode, error code, now, token, bit.
+        statement: sql::INSERT_MESSAGE_EVENT,
+        map: &[14, 5, 15, 10, 12, 11, 2, 3, 16],
     },
     Renumbered {
         statement: sql::FINISH_MESSAGE,
@@ -188,7 +199,7 @@ const END: [Renumbered; 4] = [
         map: &[5],
     },
 ];
-const END_PARAMS: usize = 13;
+const END_PARAMS: usize = 16;
 
 /// `copies` copies of a write's statements as one `;`-separated script: each
 /// placeholder `$k` of a statement becomes its script argument `map[k - 1]`,
@@ -278,6 +289,7 @@ impl BatchWriter for SqliteBatches {
             let script = run_script(&END_SCRIPTS, &END, END_PARAMS, run.len());
             let mut query = sqlx::query_scalar::<_, String>(script);
             for end in run {
+                let event_type = EventType::for_finish(end.outcome.status, end.outcome.recovered);
                 query = query
                     .bind(end.credential_id)
                     .bind(end.now)
@@ -291,7 +303,10 @@ impl BatchWriter for SqliteBatches {
                     .bind(end.outcome.status.as_str())
                     .bind(end.outcome.error_code)
                     .bind(end.outcome.wechat_errcode)
-                    .bind(end.attempt.msgid.as_deref());
+                    .bind(end.attempt.msgid.as_deref())
+                    .bind(finish_event_id(&end.message_id))
+                    .bind(event_type.map(EventType::as_str))
+                    .bind(event_type.map_or(0, EventType::bit));
             }
             done.ended.extend(
                 query
@@ -342,7 +357,7 @@ mod tests {
             "INSERT $1, $2; UPDATE $10 WHERE $2; INSERT $11, $12; UPDATE $20 WHERE $12"
         );
         let script = numbered_script(&END, END_PARAMS, 32);
-        assert!(script.contains("$416") && !script.contains("$417"));
+        assert!(script.contains("$512") && !script.contains("$513"));
         assert_eq!(run_script(&END_SCRIPTS, &END, END_PARAMS, 32), script);
         assert_eq!(
             run_script(&START_SCRIPTS, &START, START_PARAMS, 4),

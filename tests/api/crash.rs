@@ -24,10 +24,16 @@ struct Gateway {
 
 impl Gateway {
     async fn start(config: &std::path::Path) -> Self {
+        Self::start_with(config, &[]).await
+    }
+
+    /// A gateway with more settings from the environment.
+    async fn start_with(config: &std::path::Path, env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let child = Command::new(BINARY)
             .args(["serve", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .env("FORMID__LISTEN", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -384,5 +390,94 @@ async fn sigterm_finishes_the_sends_in_flight_and_exits_cleanly() {
     assert!(gateway.wait_exit(Duration::from_secs(30)).success());
     assert_eq!(ledger_counts(&database_url).await, (0, 0));
     fake_server.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The webhook settings of the crash test's gateways: loopback receivers,
+/// and a first process whose delivery worker never polls before it dies.
+const NO_POLL: [(&str, &str); 2] = [
+    ("FORMID__WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true"),
+    ("FORMID__WEBHOOKS__POLL_MS", "60000"),
+];
+const POLL: [(&str, &str); 2] = [
+    ("FORMID__WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true"),
+    ("FORMID__WEBHOOKS__POLL_MS", "100"),
+];
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_committed_before_a_sigkill_is_delivered_after_the_restart_once(
+    #[case] backend: Backend,
+) {
+    use crate::webhooks::{verify_with_standardwebhooks, Receiver};
+    let Setup {
+        dir,
+        fake,
+        fake_server,
+        database_url,
+        config,
+    } = Setup::new(backend).await;
+    let receiver = Receiver::start(&[]).await;
+    let mut first = Gateway::start_with(&config, &NO_POLL).await;
+    let client = reqwest::Client::new();
+    let created = client
+        .post(format!("{}/v1/apps/{APPID}/webhooks", first.address))
+        .bearer_auth(KEY)
+        .json(&json!({"url": receiver.url, "event_types": ["message.sent"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let secret = created.json::<serde_json::Value>().await.unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let users = 3;
+    let credentials = (0..users)
+        .map(|user| {
+            let openid = format!("o-hook-{user}");
+            json!({"openid": openid, "kind": "form_id", "value": fake.mint_form_id(APPID, &openid)})
+        })
+        .collect();
+    assert_eq!(
+        first.post_credentials(&client, credentials).await.status(),
+        200
+    );
+    for send in first.spawn_sends(&client, "o-hook-", users) {
+        assert_eq!(send.await.unwrap().unwrap(), 200);
+    }
+    // The settlements committed with their events; none was delivered.
+    let outbox: Vec<(i64,)> = ledger_rows(
+        &database_url,
+        "SELECT COUNT(*) FROM webhook_outbox WHERE state = 'pending'",
+    )
+    .await;
+    assert_eq!(outbox[0].0, users as i64);
+    first.signal("KILL");
+    first.wait_exit(Duration::from_secs(5));
+    assert!(receiver.received().is_empty());
+
+    let second = Gateway::start_with(&config, &POLL).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while receiver.received().len() < users {
+        assert!(Instant::now() < deadline, "the events did not arrive");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A few more polls: nothing comes twice.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received = receiver.received();
+    let mut ids: Vec<&str> = received.iter().map(|event| event.id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), users, "{received:?}");
+    assert_eq!(received.len(), users, "{received:?}");
+    verify_with_standardwebhooks(&[&secret], &received);
+    drop(second);
+    drop(fake_server);
+    if backend == Backend::Postgres {
+        drop_postgres_database(&database_url);
+    }
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -12,6 +12,8 @@ use formid_gateway::startup::Application;
 use formid_gateway::storage::Storage;
 use formid_gateway::templates::Catalogue;
 use formid_gateway::workers::{Recovery, ScheduledSender, Sweeper, TokenRefresher, WaitingSender};
+use formid_gateway::webhooks::WebhookDelivery;
+use formid_gateway::workers::{Recovery, Sweeper, TokenRefresher, WaitingSender};
 use serde_json::{json, Value};
 use sqlx::{Connection, Executor, PgConnection};
 use tokio_util::sync::CancellationToken;
@@ -55,6 +57,7 @@ pub struct TestApp {
     pub recovery: Recovery,
     pub broadcasts: BroadcastWorker,
     pub catalogue: Catalogue,
+    pub webhook_delivery: WebhookDelivery,
     pub database_url: String,
     pub wechat_base_url: String,
     shutdown: CancellationToken,
@@ -208,6 +211,7 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Value)) -
         recovery: parts.recovery,
         broadcasts: parts.broadcasts,
         catalogue: parts.catalogue,
+        webhook_delivery: parts.webhook_delivery,
         database_url: parts.database_url,
         wechat_base_url: fake_server.base_url.clone(),
         shutdown: parts.shutdown,
@@ -291,6 +295,7 @@ async fn start_instance(settings: Value, clock: Arc<ManualClock>) -> TestAppPart
         recovery: application.recovery(),
         broadcasts: application.broadcast_worker(),
         catalogue: application.catalogue(),
+        webhook_delivery: application.webhook_delivery(),
         database_url,
         shutdown: application.shutdown_signal(),
     };
@@ -312,6 +317,7 @@ struct TestAppParts {
     recovery: Recovery,
     broadcasts: BroadcastWorker,
     catalogue: Catalogue,
+    webhook_delivery: WebhookDelivery,
     database_url: String,
     shutdown: CancellationToken,
 }

@@ -32,3 +32,4 @@ mod subscribe;
 mod templates;
 mod token_recovery;
 mod tokens;
+mod webhooks;

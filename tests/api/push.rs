@@ -890,6 +890,7 @@ async fn a_sent_event_ahead_of_its_send_is_filed_once_the_send_is_recorded(
             status: MessageStatus::Sent,
             error_code: None,
             wechat_errcode: None,
+            recovered: false,
         };
         assert!(app
             .storage

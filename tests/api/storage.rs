@@ -63,6 +63,7 @@ fn sent(message_id: String, credential_id: i64, now: i64) -> EndSend {
             status: MessageStatus::Sent,
             error_code: None,
             wechat_errcode: Some(0),
+            recovered: false,
         },
         now,
     }
@@ -468,6 +469,7 @@ async fn a_run_whose_lease_was_taken_over_can_no_longer_write(#[case] backend: B
         status: MessageStatus::Sent,
         error_code: None,
         wechat_errcode: None,
+        recovered: false,
     };
     assert!(!app
         .storage
@@ -574,6 +576,7 @@ async fn recovery_takes_the_message_with_its_credential(#[case] backend: Backend
         status: MessageStatus::Sent,
         error_code: None,
         wechat_errcode: None,
+        recovered: false,
     };
     assert!(!app
         .storage

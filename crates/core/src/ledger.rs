@@ -91,6 +91,10 @@ pub struct MessageOutcome {
     pub status: MessageStatus,
     pub error_code: Option<&'static str>,
     pub wechat_errcode: Option<i64>,
+    /// Whether recovery finishes it (the run that began it died or lost
+    /// its lease): its event is then `message.settled`, not `message.sent`
+    /// or `message.failed` (`webhooks::EventType::for_finish`).
+    pub recovered: bool,
 }
 
 /// A message as first recorded.

@@ -23,3 +23,4 @@ pub mod subscriptions;
 pub mod template_lint;
 pub mod templates;
 pub mod user_limits;
+pub mod webhooks;

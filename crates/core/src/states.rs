@@ -76,14 +76,16 @@ macro_rules! stored_state {
     };
 }
 
+pub(crate) use stored_state;
+
 /// A name no variant has: in the database, something the schema's `CHECK`
 /// constraint should have refused; in a request, a value the caller got wrong.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("not a known {of}: {text:?} (expected one of {expected})")]
 pub struct UnknownState {
-    of: &'static str,
-    text: String,
-    expected: String,
+    pub(crate) of: &'static str,
+    pub(crate) text: String,
+    pub(crate) expected: String,
 }
 
 impl UnknownState {

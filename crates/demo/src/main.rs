@@ -18,6 +18,7 @@ use tracing_subscriber::EnvFilter;
 
 mod session_flow;
 mod subscribe_flow;
+mod webhook_receiver;
 
 use fake_wechat::{FakeWeChat, FakeWeChatServer, PushFormat, PushMode, PushTarget};
 use formid_gateway::clock::SystemClock;
@@ -96,6 +97,8 @@ async fn run(args: DemoArgs, narrated: impl FnOnce() + Send + 'static) -> anyhow
             "encoding_aes_key": encoding_aes_key,
         }},
         "api_keys": {"demo": {"key": api_key, "apps": ["*"], "scopes": ["admin"]}},
+        // The demo's own receiver listens on loopback.
+        "webhooks": {"allow_private_targets": true, "poll_ms": 100},
     }))
     .context("building the demo settings")?;
     let application = Application::build(settings, Arc::new(SystemClock)).await?;
@@ -137,7 +140,10 @@ async fn run(args: DemoArgs, narrated: impl FnOnce() + Send + 'static) -> anyhow
         legacy_template: TEMPLATE_ID.to_owned(),
     };
     let legacy = legacy_instructions(&gateway, &fake_server.base_url, &api_key);
+    let receiver = webhook_receiver::Receiver::start()?;
+    let (hook_gateway, hook_key) = (gateway.clone(), api_key.clone());
     tokio::spawn(async move {
+        let secret = receiver.register(&hook_gateway, &hook_key, APPID).await;
         match flow.run().await {
             Ok(steps) => println!("{steps}"),
             Err(error) => println!("\nThe subscribe flow stopped: {error:#}"),
@@ -146,6 +152,18 @@ async fn run(args: DemoArgs, narrated: impl FnOnce() + Send + 'static) -> anyhow
             Ok(steps) => println!("{steps}"),
             Err(error) => println!("\nThe mini-program flow stopped: {error:#}"),
         }
+        match secret {
+            Ok((id, secret)) => {
+                // The delivery worker polls every 100 ms.
+                tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+                println!("{}", receiver.report(&secret));
+                receiver
+                    .unregister(&hook_gateway, &hook_key, APPID, &id)
+                    .await;
+            }
+            Err(error) => println!("\nThe webhook receiver could not be registered: {error:#}"),
+        }
+        receiver.stop().await;
         println!("{legacy}");
         narrated();
     });

@@ -95,6 +95,20 @@ async fn the_demo_runs_a_full_round_trip_and_stops_cleanly_on_sigterm() {
         .find("== The legacy formId flow")
         .expect("the legacy flow is printed");
     assert!(subscribe < legacy, "{text}");
+    // The flow's events, as the demo's own receiver got and verified them.
+    let hooks = text
+        .find("== Webhooks")
+        .expect("the webhook events are printed");
+    assert!(subscribe < hooks && hooks < legacy, "{text}");
+    let events = &text[hooks..legacy];
+    for event in ["grant.accepted", "message.sent", "message.failed"] {
+        assert!(
+            events.contains(&format!("  {event} evt_")),
+            "{event}: {events}"
+        );
+    }
+    assert!(!events.contains("SIGNATURE WRONG"), "{events}");
+    assert!(events.contains("(signature verified)"), "{events}");
     assert!(answer_of(&text, 1).starts_with("201 template "), "{text}");
     assert!(answer_of(&text, 2).contains(r#""one_time":1"#), "{text}");
     assert!(

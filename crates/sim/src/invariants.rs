@@ -16,6 +16,7 @@ use crate::wechat_model::{
     subscribe_payer, Delivery as WeChatDelivery, TokenTruth, TrueCredential, TrueSubscription,
     TOKEN_OVERLAP_MS,
 };
+use formid_gateway::ledger::webhooks::finish_event_id;
 
 /// A credential as the ledger holds it.
 #[derive(Debug, Clone)]
@@ -820,4 +821,70 @@ fn one_time_texts(
         texts.push(format!("43101 retired {x} grant(s) in the ledger, but the user revoked only {z} at WeChat (grants dropped; {figures})"));
     }
     texts
+}
+
+/// The outbox's promise, on the model (the real tables are checked by
+/// tests/api/webhooks.rs): every message that ended has exactly one event
+/// id, the one its end derives (`evt_<message id>`), of the type its end
+/// reports; no event names a message that did not end (nothing for a change
+/// that never committed); and, once the receiver is up, every event was
+/// delivered at least once.
+pub fn check_outbox(model: &LedgerModel, snapshot: &Snapshot) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    let outbox = model.with_tables(|t| t.outbox.clone());
+    let mut by_message: BTreeMap<&str, Vec<&crate::ledger_model::OutboxRowModel>> = BTreeMap::new();
+    for event in &outbox {
+        by_message
+            .entry(event.message_id.as_str())
+            .or_default()
+            .push(event);
+        if !event.delivered {
+            violation(
+                &mut violations,
+                format!("event {} was never delivered", event.event_id),
+                &[&event.message_id],
+                &[],
+            );
+        }
+    }
+    for message in &snapshot.messages {
+        let ended = matches!(
+            message.status,
+            MessageStatus::Sent | MessageStatus::Failed | MessageStatus::Unknown
+        );
+        let events = by_message.remove(message.id.as_str()).unwrap_or_default();
+        let expected = usize::from(ended);
+        if events.len() != expected {
+            violation(
+                &mut violations,
+                format!(
+                    "message {} ({}) has {} events, not {expected}",
+                    message.id,
+                    message.status,
+                    events.len()
+                ),
+                &[&message.id],
+                &[],
+            );
+        }
+        for event in events {
+            if event.event_id != finish_event_id(&message.id) {
+                violation(
+                    &mut violations,
+                    format!("message {} has the event id {}", message.id, event.event_id),
+                    &[&message.id],
+                    &[],
+                );
+            }
+        }
+    }
+    for (message, _) in by_message {
+        violation(
+            &mut violations,
+            format!("an event names {message}, which the ledger does not hold"),
+            &[message],
+            &[],
+        );
+    }
+    violations
 }

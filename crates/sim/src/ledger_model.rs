@@ -27,6 +27,7 @@ use formid_gateway::ledger::user_limits::{longest_window, CapDecision, SendCap};
 use formid_gateway::storage::send_rules::{
     decide_counted, CappedStart, Scheduled, SendRulesStore, TakeScheduled, Taken,
 };
+use formid_gateway::ledger::webhooks::{finish_event_id, EventType};
 use formid_gateway::storage::{
     AppState, AppStore, AttemptRow, Claim, ClaimRequest, ClaimedCredential, CredentialStore,
     EffectPlan, EndSend, IdempotencyBegin, IdempotencyRecord, IdempotencyRequest, IdempotencyStore,
@@ -34,6 +35,10 @@ use formid_gateway::storage::{
     NewAttempt, NewCredential, NewMessage, NewPrompt, NewPushEvent, PromptDecision, PromptEffect,
     PromptRecord, PushItemOutcome, SendTemplates, Settlement, StartSend, StoredCredential,
     StoredMessage, SubscriptionStore, SweepReport, TemplateQuota, TemplateStore,
+};
+use formid_gateway::storage::{
+    DeliveryRecord, LeasedEvent, NewEndpoint, NewEvent, WebhookAttemptRow, WebhookEndpoint,
+    WebhookStore,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -204,6 +209,18 @@ pub struct Tables {
     pub broadcasts: BTreeMap<String, broadcasts::BroadcastModelRow>,
     /// `broadcast_recipients`, by (broadcast_id, seq).
     pub recipients: BTreeMap<(String, i64), broadcasts::RecipientModelRow>,
+    /// `webhook_outbox`, as one receiver subscribed to every type sees it:
+    /// the events of message ends, in the order they were written.
+    pub outbox: Vec<OutboxRowModel>,
+}
+
+/// An event of the outbox (`sql::INSERT_MESSAGE_EVENT`, the batches' form).
+#[derive(Debug, Clone)]
+pub struct OutboxRowModel {
+    pub event_id: String,
+    pub message_id: String,
+    pub event_type: Option<EventType>,
+    pub delivered: bool,
 }
 
 /// Where a write fails, when it does.
@@ -576,7 +593,22 @@ impl Tables {
     }
 
     /// `FINISH_MESSAGE`: `WHERE id = $1 AND lease_token = $6`.
+    /// `FINISH_MESSAGE`, with the event the SQL writes under the same fence
+    /// just before it.
     fn finish(&mut self, lease: &Lease, outcome: &MessageOutcome, now: i64) -> bool {
+        let finished = self.finish_row(lease, outcome, now);
+        if finished {
+            self.outbox.push(OutboxRowModel {
+                event_id: finish_event_id(&lease.message_id),
+                message_id: lease.message_id.clone(),
+                event_type: EventType::for_finish(outcome.status, outcome.recovered),
+                delivered: false,
+            });
+        }
+        finished
+    }
+
+    fn finish_row(&mut self, lease: &Lease, outcome: &MessageOutcome, now: i64) -> bool {
         match self.messages.get_mut(&lease.message_id) {
             Some(message) if message.lease_token == Some(lease.token) => {
                 message.status = outcome.status;
@@ -1756,7 +1788,7 @@ impl AppStore for LedgerModel {
         .await
     }
 
-    async fn block_sends(&self, appid: &str, until: i64) -> anyhow::Result<()> {
+    async fn block_sends(&self, appid: &str, until: i64, _now: i64) -> anyhow::Result<()> {
         self.write(|t| {
             if let Some(app) = t.apps.get_mut(appid) {
                 app.send_blocked_until = Some(until);
@@ -1997,5 +2029,84 @@ impl formid_gateway::storage::KeyStore for LedgerModel {
             key.last_used_at = Some(now);
         }
         Ok(())
+/// The outbox as the model keeps it: events of message ends for one
+/// receiver subscribed to everything (the real tables hold endpoints; the
+/// model holds what reaches that receiver). The endpoint administration is
+/// the HTTP suite's (tests/api/webhooks.rs).
+#[async_trait]
+impl WebhookStore for LedgerModel {
+    async fn create_endpoint(&self, _endpoint: &NewEndpoint) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    async fn endpoints(&self, _appid: &str) -> anyhow::Result<Vec<WebhookEndpoint>> {
+        Ok(Vec::new())
+    }
+
+    async fn endpoint(&self, _appid: &str, _id: &str) -> anyhow::Result<Option<WebhookEndpoint>> {
+        Ok(None)
+    }
+
+    async fn disable_endpoint(&self, _: &str, _: &str, _: &NewEvent) -> anyhow::Result<bool> {
+        Ok(false)
+    }
+
+    async fn rotate_secret(
+        &self,
+        _: &str,
+        _: &str,
+        _: &str,
+        _: i64,
+        _: i64,
+    ) -> anyhow::Result<bool> {
+        Ok(false)
+    }
+
+    async fn enqueue_test_event(&self, _: &str, _: &str, _: &str, _: i64) -> anyhow::Result<bool> {
+        Ok(false)
+    }
+
+    async fn record_event(&self, _event: &NewEvent) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    async fn replay_failed(&self, _: &str, _: i64, _: i64) -> anyhow::Result<u64> {
+        Ok(0)
+    }
+
+    async fn webhook_attempts(&self, _: &str, _: i64) -> anyhow::Result<Vec<WebhookAttemptRow>> {
+        Ok(Vec::new())
+    }
+
+    async fn lease_events(
+        &self,
+        _: i64,
+        _: i64,
+        _: i64,
+        _: i64,
+    ) -> anyhow::Result<Vec<LeasedEvent>> {
+        Ok(Vec::new())
+    }
+
+    async fn record_delivery(&self, _record: &DeliveryRecord) -> anyhow::Result<bool> {
+        Ok(false)
+    }
+
+    async fn sweep_webhooks(&self, _cutoff: i64) -> anyhow::Result<u64> {
+        Ok(0)
+    }
+}
+
+impl LedgerModel {
+    /// The receiver comes up: every event of the outbox not yet delivered
+    /// is delivered (at least once: a delivered one may come again).
+    pub fn deliver_outbox(&self) -> usize {
+        let mut inner = self.lock();
+        let mut delivered = 0;
+        for event in inner.tables.outbox.iter_mut().filter(|e| !e.delivered) {
+            event.delivered = true;
+            delivered += 1;
+        }
+        delivered
     }
 }

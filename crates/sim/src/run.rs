@@ -1194,7 +1194,12 @@ pub async fn run_plan(plan: Plan, backend: Backend) -> SeedReport {
     let snapshot = driver.quiesce(&mut report).await;
     driver.stop();
     let side = wechat_side(&world, &driver.told);
-    let violations = check(&snapshot, &side);
+    let mut violations = check(&snapshot, &side);
+    if let Some(model) = &world.backend.model {
+        // The webhook receiver is up from here: every event reaches it.
+        model.deliver_outbox();
+        violations.extend(crate::invariants::check_outbox(model, &snapshot));
+    }
     fill_report(&mut report, &world, &snapshot, &side, &driver.driver_faults);
     if !violations.is_empty() || !report.violations.is_empty() {
         report.story = Some(story(

@@ -243,11 +243,13 @@ impl Schedule {
                 status: MessageStatus::Sent,
                 error_code: None,
                 wechat_errcode: None,
+                recovered: false,
             }),
             _ => Some(MessageOutcome {
                 status: MessageStatus::Failed,
                 error_code: Some("no_credential"),
                 wechat_errcode: None,
+                recovered: false,
             }),
         }
     }
@@ -451,6 +453,7 @@ async fn step(pair: &Pair, schedule: &mut Schedule) {
                     status: MessageStatus::Sent,
                     error_code: None,
                     wechat_errcode: None,
+                    recovered: false,
                 },
                 now,
             };

@@ -1,0 +1,228 @@
+//! Webhook endpoints (scope admin): `GET|POST /v1/apps/{appid}/webhooks`,
+//! `GET …/webhooks/{id}`, `POST …/webhooks/{id}/disable`,
+//! `…/rotate-secret`, `…/test`, `…/replay`, `GET …/webhooks/{id}/attempts`.
+//!
+//! Bad input is a 4xx with a machine-readable code and stores nothing; a
+//! secret is in the answer that creates or rotates it and nowhere else.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+
+use super::authorized::{AdminScope, Authorized};
+use super::error::ApiError;
+use super::webhook_responses::{
+    Attempt, AttemptList, CreatedEndpoint, Endpoint, EndpointList, Replayed, RotatedEndpoint,
+    TestQueued,
+};
+use super::ApiContext;
+use crate::ledger::webhooks::rfc3339_ms;
+use crate::webhooks::{WebhookError, Webhooks};
+
+/// Most attempts one listing returns.
+const MAX_ATTEMPTS: i64 = 200;
+
+impl From<WebhookError> for ApiError {
+    fn from(error: WebhookError) -> Self {
+        let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
+        match error {
+            WebhookError::Url(error) => {
+                ApiError::new(unprocessable, "invalid_webhook_url", error.to_string())
+            }
+            WebhookError::UnknownEventType(..) => {
+                ApiError::new(unprocessable, "unknown_event_type", error.to_string())
+            }
+            WebhookError::TooMany(_) => {
+                ApiError::new(StatusCode::CONFLICT, "too_many_webhooks", error.to_string())
+            }
+            WebhookError::NotFound => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "webhook_not_found",
+                error.to_string(),
+            ),
+            WebhookError::Disabled => {
+                ApiError::new(StatusCode::CONFLICT, "webhook_disabled", error.to_string())
+            }
+            WebhookError::Storage(error) => ApiError::internal(error),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRequest {
+    url: String,
+    #[serde(default)]
+    event_types: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayRequest {
+    /// RFC 3339: failed events that occurred at or after this.
+    since: String,
+}
+
+/// The `{id}` of an endpoint's routes.
+#[derive(Deserialize)]
+pub struct EndpointPath {
+    id: String,
+}
+
+/// A body read strictly into `T`; a wrong field is a 422 `invalid_field`.
+async fn body<T: serde::de::DeserializeOwned>(
+    context: &ApiContext,
+    request: &HttpRequest,
+    payload: web::Payload,
+) -> Result<T, ApiError> {
+    let value = context.read_json(request, payload).await?.value;
+    serde_json::from_value(value).map_err(|error| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            error.to_string(),
+        )
+    })
+}
+
+/// `POST /v1/apps/{appid}/webhooks`: `{"url", "event_types"?}` → 201 with
+/// the secret, shown this once.
+#[tracing::instrument(skip_all, fields(appid = %auth.appid()))]
+pub async fn create(
+    auth: Authorized<AdminScope>,
+    request: HttpRequest,
+    payload: web::Payload,
+    context: web::Data<ApiContext>,
+) -> Result<HttpResponse, ApiError> {
+    let create: CreateRequest = body(&context, &request, payload).await?;
+    let types = Webhooks::event_types(create.event_types.as_deref())?;
+    let created = context
+        .webhooks
+        .create(auth.appid(), &create.url, &types)
+        .await?;
+    let now = context.clock.now_ms();
+    Ok(HttpResponse::Created().json(CreatedEndpoint {
+        endpoint: Endpoint::of(&created.endpoint, now),
+        secret: created.endpoint.secret,
+    }))
+}
+
+/// `GET /v1/apps/{appid}/webhooks`.
+#[tracing::instrument(skip_all, fields(appid = %auth.appid()))]
+pub async fn list(
+    auth: Authorized<AdminScope>,
+    context: web::Data<ApiContext>,
+) -> Result<HttpResponse, ApiError> {
+    let now = context.clock.now_ms();
+    let endpoints = context.webhooks.list(auth.appid()).await?;
+    Ok(HttpResponse::Ok().json(EndpointList {
+        endpoints: endpoints.iter().map(|e| Endpoint::of(e, now)).collect(),
+    }))
+}
+
+/// `GET /v1/apps/{appid}/webhooks/{id}`.
+#[tracing::instrument(skip_all, fields(appid = %auth.appid()))]
+pub async fn get(
+    auth: Authorized<AdminScope>,
+    path: web::Path<EndpointPath>,
+    context: web::Data<ApiContext>,
+) -> Result<HttpResponse, ApiError> {
+    let endpoint = context.webhooks.get(auth.appid(), &path.id).await?;
+    Ok(HttpResponse::Ok().json(Endpoint::of(&endpoint, context.clock.now_ms())))
+}
+
+/// `POST /v1/apps/{appid}/webhooks/{id}/disable`.
+#[tracing::instrument(skip_all, fields(appid = %auth.appid()))]
+pub async fn disable(
+    auth: Authorized<AdminScope>,
+    path: web::Path<EndpointPath>,
+    context: web::Data<ApiContext>,
+) -> Result<HttpResponse, ApiError> {
+    let endpoint = context.webhooks.disable(auth.appid(), &path.id).await?;
+    Ok(HttpResponse::Ok().json(Endpoint::of(&endpoint, context.clock.now_ms())))
+}
+
+/// `POST /v1/apps/{appid}/webhooks/{id}/rotate-secret`: the new secret,
+/// shown this once.
+#[tracing::instrument(skip_all, fields(appid = %auth.appid()))]
+pub async fn rotate(
+    auth: Authorized<AdminScope>,
+    path: web::Path<EndpointPath>,
+    context: web::Data<ApiContext>,
+) -> Result<HttpResponse, ApiError> {
+    let endpoint = context.webhooks.rotate(auth.appid(), &path.id).await?;
+    let now = context.clock.now_ms();
+    Ok(HttpResponse::Ok().json(RotatedEndpoint {
+        endpoint: Endpoint::of(&endpoint, now),
+        previous_secret_expires_at: rfc3339_ms(endpoint.previous_secret_until.unwrap_or(now)),
+        secret: endpoint.secret,
+    }))
+}
+
+/// `POST /v1/apps/{appid}/webhooks/{id}/test`: 202 with the event's id.
+#[tracing::instrument(skip_all, fields(appid = %auth.appid()))]
+pub async fn test(
+    auth: Authorized<AdminScope>,
+    path: web::Path<EndpointPath>,
+    context: web::Data<ApiContext>,
+) -> Result<HttpResponse, ApiError> {
+    let event_id = context.webhooks.test(auth.appid(), &path.id).await?;
+    Ok(HttpResponse::Accepted().json(TestQueued { event_id }))
+}
+
+/// `POST /v1/apps/{appid}/webhooks/{id}/replay`: `{"since": RFC 3339}`.
+#[tracing::instrument(skip_all, fields(appid = %auth.appid()))]
+pub async fn replay(
+    auth: Authorized<AdminScope>,
+    path: web::Path<EndpointPath>,
+    request: HttpRequest,
+    payload: web::Payload,
+    context: web::Data<ApiContext>,
+) -> Result<HttpResponse, ApiError> {
+    let replay: ReplayRequest = body(&context, &request, payload).await?;
+    let since = chrono::DateTime::parse_from_rfc3339(&replay.since)
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_since",
+                "since must be an RFC 3339 time such as 2026-01-31T08:00:00Z",
+            )
+        })?
+        .timestamp_millis();
+    let replayed = context
+        .webhooks
+        .replay(auth.appid(), &path.id, since)
+        .await?;
+    Ok(HttpResponse::Ok().json(Replayed { replayed }))
+}
+
+/// `GET /v1/apps/{appid}/webhooks/{id}/attempts[?limit=N]`, newest first.
+#[tracing::instrument(skip_all, fields(appid = %auth.appid()))]
+pub async fn attempts(
+    auth: Authorized<AdminScope>,
+    path: web::Path<EndpointPath>,
+    request: HttpRequest,
+    context: web::Data<ApiContext>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = match request.query_string() {
+        "" => 50,
+        query => query
+            .strip_prefix("limit=")
+            .and_then(|n| n.parse::<i64>().ok())
+            .filter(|n| (1..=MAX_ATTEMPTS).contains(n))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    format!("the only query parameter is limit, 1 to {MAX_ATTEMPTS}"),
+                )
+            })?,
+    };
+    let attempts = context
+        .webhooks
+        .attempts(auth.appid(), &path.id, limit)
+        .await?;
+    Ok(HttpResponse::Ok().json(AttemptList {
+        attempts: attempts.into_iter().map(Attempt::from).collect(),
+    }))
+}
