@@ -122,6 +122,9 @@ fn the_broadcast_checks_allow_exactly_the_enum_names() {
             .collect();
         let check = format!("CHECK ({})", each.join(" OR "));
         assert!(sqlite.contains(&check), "sqlite 0013 lacks {check}");
+    }
+}
+
 /// The webhook tables (migration 0012, the same text on both databases)
 /// allow exactly the names of their enums.
 #[test]

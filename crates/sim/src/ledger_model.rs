@@ -24,10 +24,10 @@ use formid_gateway::ledger::states::{
     AttemptOutcome, Channel, CredentialState, Decision, Delivery, IdempotencyState, MessageStatus,
 };
 use formid_gateway::ledger::user_limits::{longest_window, CapDecision, SendCap};
+use formid_gateway::ledger::webhooks::{finish_event_id, EventType};
 use formid_gateway::storage::send_rules::{
     decide_counted, CappedStart, Scheduled, SendRulesStore, TakeScheduled, Taken,
 };
-use formid_gateway::ledger::webhooks::{finish_event_id, EventType};
 use formid_gateway::storage::{
     AppState, AppStore, AttemptRow, Claim, ClaimRequest, ClaimedCredential, CredentialStore,
     EffectPlan, EndSend, IdempotencyBegin, IdempotencyRecord, IdempotencyRequest, IdempotencyStore,
@@ -2029,6 +2029,9 @@ impl formid_gateway::storage::KeyStore for LedgerModel {
             key.last_used_at = Some(now);
         }
         Ok(())
+    }
+}
+
 /// The outbox as the model keeps it: events of message ends for one
 /// receiver subscribed to everything (the real tables hold endpoints; the
 /// model holds what reaches that receiver). The endpoint administration is
