@@ -71,8 +71,6 @@ macro_rules! impl_storage {
                 sql, AppState, AppStore, AttemptRow, Claim,
                 ClaimRequest, ClaimedCredential, ClaimedRow, CredentialStore, EndSend,
                 IdempotencyBegin, IdempotencyRequest, IdempotencyStore, KindQuota,
-                Lease, MaintenanceStore, MessageOutcome, MessageRow, MessageStore, NewAttempt,
-                IdempotencyBegin, IdempotencyRequest, IdempotencyStore, InsertOutcome, KindQuota,
                 Lease, MaintenanceStore, MessageOutcome, MessageRow, MessageStore, NewAttempt, NewEvent,
                 NewCredential, NewMessage, NewPrompt, NewPushEvent, PromptEffect, PromptRecord,
                 EffectPlan, LedgerFacts, PushAction, PushItem, PushItemOutcome, SendTemplates, Settlement, StartSend,

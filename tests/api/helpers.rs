@@ -13,7 +13,6 @@ use formid_gateway::storage::Storage;
 use formid_gateway::templates::Catalogue;
 use formid_gateway::webhooks::WebhookDelivery;
 use formid_gateway::workers::{Recovery, ScheduledSender, Sweeper, TokenRefresher, WaitingSender};
-use formid_gateway::workers::{Recovery, Sweeper, TokenRefresher, WaitingSender};
 use serde_json::{json, Value};
 use sqlx::{Connection, Executor, PgConnection};
 use tokio_util::sync::CancellationToken;

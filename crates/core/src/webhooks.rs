@@ -89,7 +89,7 @@ impl EventType {
             }
             MessageStatus::Sent => Some(EventType::MessageSent),
             MessageStatus::Failed => Some(EventType::MessageFailed),
-            MessageStatus::Pending | MessageStatus::Waiting => None,
+            MessageStatus::Pending | MessageStatus::Waiting | MessageStatus::Scheduled => None,
         }
     }
 
