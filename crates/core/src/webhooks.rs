@@ -12,7 +12,8 @@
 //! ([`refused_address`]) — are pure functions of what is handed in.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+// `core::net`: address values only; nothing here opens a socket.
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
