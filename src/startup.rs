@@ -52,20 +52,31 @@ pub struct Application {
     delivery_interval: Duration,
 }
 
-impl Application {
-    /// Connects, migrates and binds. `listen` with port 0 picks a free port
-    /// (tests); [`Application::port`] tells which.
-    pub async fn build(settings: Settings, clock: SharedClock) -> anyhow::Result<Self> {
-        settings.validate()?;
-        let storage = connect_storage(&settings).await?;
-        let wechat = wechat_client(&settings)?;
+/// What the routes and the workers share: the ledger, the WeChat client
+/// behind the token keeper, the catalogue, the send path and the sessions.
+#[derive(Clone)]
+struct Shared {
+    storage: Arc<dyn Storage>,
+    apps: Arc<BTreeMap<String, AppSettings>>,
+    tokens: TokenKeeper,
+    catalogue: Catalogue,
+    sender: Sender,
+    sessions: crate::sessions::Sessions,
+    clock: SharedClock,
+}
+
+impl Shared {
+    /// Connects and migrates the ledger and builds what stands on it.
+    async fn connect(settings: &Settings, clock: &SharedClock) -> anyhow::Result<Self> {
+        let storage = connect_storage(settings).await?;
+        let wechat = wechat_client(settings)?;
         let apps = Arc::new(settings.apps.clone());
         let tokens = TokenKeeper::new(
             storage.clone(),
             wechat.clone(),
             apps.clone(),
             clock.clone(),
-            token_holder(&settings),
+            token_holder(settings),
             settings.tokens.clone(),
         );
         let catalogue = Catalogue::new(
@@ -82,8 +93,78 @@ impl Application {
             ttl: settings.sessions.ttl,
         });
         let sender = sender(
-            &settings, &storage, &tokens, wechat, &catalogue, &apps, &clock,
+            settings, &storage, &tokens, wechat, &catalogue, &apps, clock,
         );
+        Ok(Self {
+            storage,
+            apps,
+            tokens,
+            catalogue,
+            sender,
+            sessions,
+            clock: clock.clone(),
+        })
+    }
+}
+
+/// What every handler shares.
+fn api_context(
+    settings: &Settings,
+    shared: Shared,
+    broadcasts: Broadcasts,
+    rule: TargetRule,
+) -> anyhow::Result<web::Data<ApiContext>> {
+    let Shared {
+        storage,
+        apps,
+        tokens,
+        catalogue,
+        sender,
+        sessions,
+        clock,
+    } = shared;
+    Ok(web::Data::new(ApiContext {
+        webhooks: Webhooks::new(
+            storage.clone(),
+            clock.clone(),
+            settings.webhooks.clone(),
+            rule,
+        ),
+        stored_keys: crate::keys::StoredKeys::new(
+            storage.clone(),
+            clock.clone(),
+            ms(settings.keys.cache),
+        ),
+        limits: Arc::new(api::limits::Limits::new(&settings.limits, &clock)),
+        storage,
+        sender,
+        tokens,
+        catalogue,
+        keys: ApiKeys::from_settings(&settings.api_keys)?,
+        apps,
+        push: Arc::new(push_keys(settings)?),
+        clock,
+        ledger: settings.ledger.clone(),
+        http: settings.http.clone(),
+        sessions,
+        broadcasts,
+        broadcast_upload_bytes: settings.broadcasts.max_upload_bytes,
+    }))
+}
+
+impl Application {
+    /// Connects, migrates and binds. `listen` with port 0 picks a free port
+    /// (tests); [`Application::port`] tells which.
+    pub async fn build(settings: Settings, clock: SharedClock) -> anyhow::Result<Self> {
+        settings.validate()?;
+        let shared = Shared::connect(&settings, &clock).await?;
+        let Shared {
+            storage,
+            tokens,
+            catalogue,
+            sender,
+            ..
+        } = shared.clone();
         let ledger = settings.ledger.clone();
         let waiting =
             WaitingSender::new(storage.clone(), sender.clone(), clock.clone(), ledger.lease);
@@ -104,46 +185,18 @@ impl Application {
             safety_margin_ms: ms(ledger.safety_margin),
         });
         let broadcast_worker = broadcasts.worker();
-        let push = push_keys(&settings)?;
-        let proxy = proxy_server(&settings, &tokens, &sender, &apps, &clock)?;
+        let proxy = proxy_server(&settings, &tokens, &sender, &shared.apps, &clock)?;
         // Bound first: webhooks are never sent to the address it listens on.
         let listener = TcpListener::bind(&settings.listen)
             .with_context(|| format!("binding {}", settings.listen))?;
         let rule = target_rule(&settings, listener.local_addr()?);
-        let webhooks = Webhooks::new(
-            storage.clone(),
-            clock.clone(),
-            settings.webhooks.clone(),
-            rule,
-        );
         let delivery = WebhookDelivery::new(
             storage.clone(),
             clock.clone(),
             settings.webhooks.clone(),
             rule,
         );
-        let context = web::Data::new(ApiContext {
-            storage: storage.clone(),
-            sender,
-            tokens: tokens.clone(),
-            catalogue: catalogue.clone(),
-            keys: ApiKeys::from_settings(&settings.api_keys)?,
-            apps,
-            push: Arc::new(push),
-            clock: clock.clone(),
-            ledger: ledger.clone(),
-            http: settings.http.clone(),
-            sessions,
-            stored_keys: crate::keys::StoredKeys::new(
-                storage.clone(),
-                clock.clone(),
-                ms(settings.keys.cache),
-            ),
-            limits: Arc::new(api::limits::Limits::new(&settings.limits, &clock)),
-            broadcasts,
-            broadcast_upload_bytes: settings.broadcasts.max_upload_bytes,
-            webhooks,
-        });
+        let context = api_context(&settings, shared, broadcasts, rule)?;
         let (port, server) = serve(&settings, listener, context)?;
         Ok(Self {
             port,
@@ -258,12 +311,8 @@ impl Application {
         served
     }
 
-    /// Serves the API and runs the workers until SIGTERM, Ctrl-C or the
-    /// shutdown signal; then stops taking requests, lets in-flight ones finish
-    /// and stops the workers.
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(cancel_on_signal(shutdown.clone()));
+    /// Starts every worker, each stopping when `shutdown` is cancelled.
+    fn spawn_workers(&self, shutdown: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
         let refresher = self.token_refresher.clone();
         let sweeper = self.sweeper.clone();
         let waiting = self.waiting.clone();
@@ -272,7 +321,7 @@ impl Application {
         let broadcast_worker = self.broadcast_worker.clone();
         let delivery = self.delivery.clone();
         let webhook_sweeper = self.delivery.clone();
-        let workers = [
+        vec![
             // Scheduled messages are polled as often as waiting ones.
             tokio::spawn(run_every(
                 "scheduled",
@@ -335,7 +384,16 @@ impl Application {
                     }
                 },
             )),
-        ];
+        ]
+    }
+
+    /// Serves the API and runs the workers until SIGTERM, Ctrl-C or the
+    /// shutdown signal; then stops taking requests, lets in-flight ones finish
+    /// and stops the workers.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        let workers = self.spawn_workers(&shutdown);
         let served = self.run_api_until_stopped().await;
         shutdown.cancel();
         for worker in workers {

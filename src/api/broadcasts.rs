@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::authorized::{Authorized, SendScope};
 use super::error::ApiError;
 use super::json::{read_body, BodyLimits};
-use super::ApiContext;
+use super::{get_and_head, ApiContext};
 use crate::broadcasts::{
     parse_broadcast_request, parse_broadcast_upload, CommandError, CreateRefusal, Report,
 };
@@ -339,4 +339,20 @@ fn render(rows: &[RecipientRow]) -> web::Bytes {
         }
     }
     web::Bytes::from(text)
+}
+
+/// The broadcasts' routes, inside the app's scope (`/v1/apps/{appid}`).
+pub fn routes(config: &mut web::ServiceConfig) {
+    config
+        .service(
+            web::resource("/broadcasts")
+                .route(web::post().to(create))
+                .route(web::get().to(list))
+                .route(web::head().to(list)),
+        )
+        .service(get_and_head("/broadcasts/{id}", lookup))
+        .service(get_and_head("/broadcasts/{id}/results", results))
+        .service(web::resource("/broadcasts/{id}/pause").route(web::post().to(pause)))
+        .service(web::resource("/broadcasts/{id}/resume").route(web::post().to(resume)))
+        .service(web::resource("/broadcasts/{id}/cancel").route(web::post().to(cancel)));
 }

@@ -119,29 +119,6 @@ pub fn routes(config: &mut web::ServiceConfig) {
                     get_and_head("/messages/{id}", messages::lookup)
                         .route(web::delete().to(messages::cancel)),
                 )
-                .service(
-                    web::resource("/broadcasts")
-                        .route(web::post().to(broadcasts::create))
-                        .route(web::get().to(broadcasts::list))
-                        .route(web::head().to(broadcasts::list)),
-                )
-                .service(get_and_head("/broadcasts/{id}", broadcasts::lookup))
-                .service(get_and_head(
-                    "/broadcasts/{id}/results",
-                    broadcasts::results,
-                ))
-                .service(
-                    web::resource("/broadcasts/{id}/pause")
-                        .route(web::post().to(broadcasts::pause)),
-                )
-                .service(
-                    web::resource("/broadcasts/{id}/resume")
-                        .route(web::post().to(broadcasts::resume)),
-                )
-                .service(
-                    web::resource("/broadcasts/{id}/cancel")
-                        .route(web::post().to(broadcasts::cancel)),
-                )
                 .service(get_and_head("/access_token", tokens::current))
                 .service(
                     web::resource("/access_token/refresh").route(web::post().to(tokens::refresh)),
@@ -156,26 +133,6 @@ pub fn routes(config: &mut web::ServiceConfig) {
                     web::resource("/templates/{template_id}")
                         .route(web::delete().to(templates::delete)),
                 )
-                .service(
-                    web::resource("/webhooks")
-                        .route(web::get().to(webhooks::list))
-                        .route(web::head().to(webhooks::list))
-                        .route(web::post().to(webhooks::create)),
-                )
-                .service(get_and_head("/webhooks/{id}", webhooks::get))
-                .service(get_and_head("/webhooks/{id}/attempts", webhooks::attempts))
-                .service(
-                    web::resource("/webhooks/{id}/disable")
-                        .route(web::post().to(webhooks::disable)),
-                )
-                .service(
-                    web::resource("/webhooks/{id}/rotate-secret")
-                        .route(web::post().to(webhooks::rotate)),
-                )
-                .service(web::resource("/webhooks/{id}/test").route(web::post().to(webhooks::test)))
-                .service(
-                    web::resource("/webhooks/{id}/replay").route(web::post().to(webhooks::replay)),
-                )
                 .service(get_and_head("/template-library", templates::library))
                 .service(get_and_head(
                     "/template-library/categories",
@@ -185,6 +142,8 @@ pub fn routes(config: &mut web::ServiceConfig) {
                     "/template-library/{id}",
                     templates::library_entry,
                 ))
+                .configure(broadcasts::routes)
+                .configure(webhooks::routes)
                 .configure(sessions::routes),
         )
         .configure(admin_keys::routes)

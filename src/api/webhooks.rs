@@ -15,7 +15,7 @@ use super::webhook_responses::{
     Attempt, AttemptList, CreatedEndpoint, Endpoint, EndpointList, Replayed, RotatedEndpoint,
     TestQueued,
 };
-use super::ApiContext;
+use super::{get_and_head, ApiContext};
 use crate::ledger::webhooks::rfc3339_ms;
 use crate::webhooks::{WebhookError, Webhooks};
 
@@ -225,4 +225,21 @@ pub async fn attempts(
     Ok(HttpResponse::Ok().json(AttemptList {
         attempts: attempts.into_iter().map(Attempt::from).collect(),
     }))
+}
+
+/// The webhook endpoints' routes, inside the app's scope (`/v1/apps/{appid}`).
+pub fn routes(config: &mut web::ServiceConfig) {
+    config
+        .service(
+            web::resource("/webhooks")
+                .route(web::get().to(list))
+                .route(web::head().to(list))
+                .route(web::post().to(create)),
+        )
+        .service(get_and_head("/webhooks/{id}", get))
+        .service(get_and_head("/webhooks/{id}/attempts", attempts))
+        .service(web::resource("/webhooks/{id}/disable").route(web::post().to(disable)))
+        .service(web::resource("/webhooks/{id}/rotate-secret").route(web::post().to(rotate)))
+        .service(web::resource("/webhooks/{id}/test").route(web::post().to(test)))
+        .service(web::resource("/webhooks/{id}/replay").route(web::post().to(replay)));
 }

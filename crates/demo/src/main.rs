@@ -87,37 +87,21 @@ async fn run(args: DemoArgs, narrated: impl FnOnce() + Send + 'static) -> anyhow
     let fake_server = FakeWeChatServer::start(fake.clone(), &args.fake_listen)
         .await
         .context("starting the fake WeChat")?;
-    let settings: Settings = serde_json::from_value(json!({
-        "listen": args.listen,
-        "database_url": args.database_url,
-        "wechat": {"base_url": fake_server.base_url},
-        "apps": {APPID: {
-            "secret": secret,
-            "push_token": push_token,
-            "encoding_aes_key": encoding_aes_key,
-        }},
-        "api_keys": {"demo": {"key": api_key, "apps": ["*"], "scopes": ["admin"]}},
-        // The demo's own receiver listens on loopback.
-        "webhooks": {"allow_private_targets": true, "poll_ms": 100},
-    }))
-    .context("building the demo settings")?;
+    let settings = demo_settings(
+        &args,
+        &fake_server.base_url,
+        &secret,
+        &api_key,
+        &push_token,
+        &encoding_aes_key,
+    )?;
     let application = Application::build(settings, Arc::new(SystemClock)).await?;
     let gateway = format!(
         "http://{}",
         args.listen
             .replace(":0", &format!(":{}", application.port()))
     );
-    fake.set_push_target(
-        APPID,
-        PushTarget::new(
-            format!("{gateway}/wechat/push/{APPID}"),
-            push_token,
-            encoding_aes_key,
-            PushMode::Safe,
-            PushFormat::Json,
-        ),
-    )
-    .map_err(|error| anyhow::anyhow!("setting the fake's push target: {error}"))?;
+    push_to(&fake, &gateway, &push_token, &encoding_aes_key)?;
     println!("{}", banner(&gateway, &fake_server.base_url, &api_key));
     // The server answers once `run_until_stopped` is polled (its listener is
     // already bound), so the flow runs beside it.
@@ -152,24 +136,78 @@ async fn run(args: DemoArgs, narrated: impl FnOnce() + Send + 'static) -> anyhow
             Ok(steps) => println!("{steps}"),
             Err(error) => println!("\nThe mini-program flow stopped: {error:#}"),
         }
-        match secret {
-            Ok((id, secret)) => {
-                // The delivery worker polls every 100 ms.
-                tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
-                println!("{}", receiver.report(&secret));
-                receiver
-                    .unregister(&hook_gateway, &hook_key, APPID, &id)
-                    .await;
-            }
-            Err(error) => println!("\nThe webhook receiver could not be registered: {error:#}"),
-        }
-        receiver.stop().await;
+        report_events(receiver, secret, &hook_gateway, &hook_key).await;
         println!("{legacy}");
         narrated();
     });
     let served = application.run_until_stopped().await;
     fake_server.stop().await;
     served
+}
+
+/// Prints the events the demo's receiver got, verified, and stops it.
+async fn report_events(
+    receiver: webhook_receiver::Receiver,
+    registered: anyhow::Result<(String, String)>,
+    gateway: &str,
+    key: &str,
+) {
+    match registered {
+        Ok((id, secret)) => {
+            // The delivery worker polls every 100 ms.
+            tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+            println!("{}", receiver.report(&secret));
+            receiver.unregister(gateway, key, APPID, &id).await;
+        }
+        Err(error) => println!("\nThe webhook receiver could not be registered: {error:#}"),
+    }
+    receiver.stop().await;
+}
+
+/// The gateway's settings for the demo: SQLite, the fake WeChat, one app
+/// with its push keys, one admin key, and a webhook receiver on loopback.
+fn demo_settings(
+    args: &DemoArgs,
+    fake: &str,
+    secret: &str,
+    api_key: &str,
+    push_token: &str,
+    encoding_aes_key: &str,
+) -> anyhow::Result<Settings> {
+    serde_json::from_value(json!({
+        "listen": args.listen,
+        "database_url": args.database_url,
+        "wechat": {"base_url": fake},
+        "apps": {APPID: {
+            "secret": secret,
+            "push_token": push_token,
+            "encoding_aes_key": encoding_aes_key,
+        }},
+        "api_keys": {"demo": {"key": api_key, "apps": ["*"], "scopes": ["admin"]}},
+        // The demo's own receiver listens on loopback.
+        "webhooks": {"allow_private_targets": true, "poll_ms": 100},
+    }))
+    .context("building the demo settings")
+}
+
+/// Points the fake's message push at the gateway, in safe mode.
+fn push_to(
+    fake: &FakeWeChat,
+    gateway: &str,
+    push_token: &str,
+    encoding_aes_key: &str,
+) -> anyhow::Result<()> {
+    fake.set_push_target(
+        APPID,
+        PushTarget::new(
+            format!("{gateway}/wechat/push/{APPID}"),
+            push_token.to_owned(),
+            encoding_aes_key.to_owned(),
+            PushMode::Safe,
+            PushFormat::Json,
+        ),
+    )
+    .map_err(|error| anyhow::anyhow!("setting the fake's push target: {error}"))
 }
 
 /// The addresses and the key (the round-trip test reads these lines).

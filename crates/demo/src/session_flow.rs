@@ -44,36 +44,7 @@ impl SessionFlow {
             "{}/fake/apps/{}/users/{}",
             self.fake, self.appid, self.openid
         );
-        let added = call(&http, "POST", &format!("{app}/templates"), Some(&self.key), Some(json!({"channel": "subscribe", "tid": TID, "keyword_ids": [1, 2], "scene_desc": "洗车预约"}))).await?;
-        let template = added["id"]
-            .as_str()
-            .context("adding the template")?
-            .to_owned();
-        let code = call(&http, "POST", &format!("{user}/login_code"), None, None).await?;
-        let code = code["code"]
-            .as_str()
-            .context("minting a login code")?
-            .to_owned();
-        step(
-            &mut out,
-            11,
-            "wx.login() resolves with a code (the fake mints one):",
-            &format!("curl -s -X POST {user}/login_code"),
-            &format!("{{\"code\":\"{code}\"}}"),
-        );
-        let session = call(
-            &http,
-            "POST",
-            &format!("{app}/sessions"),
-            None,
-            Some(json!({"code": code})),
-        )
-        .await?;
-        let token = session["session_token"]
-            .as_str()
-            .context("logging in")?
-            .to_owned();
-        step(&mut out, 12, "The mini-program posts it, with no API key; the gateway asks jscode2session:", &format!("curl -s -X POST {app}/sessions -H 'Content-Type: application/json' -d '{{\"code\":\"{code}\"}}'"), &session.to_string());
+        let (template, token) = self.log_in(&http, &mut out, &app, &user).await?;
         let form_id = call(&http, "POST", &format!("{user}/form_id"), None, None).await?;
         let form_id = form_id["form_id"]
             .as_str()
@@ -136,6 +107,48 @@ impl SessionFlow {
         .await?;
         step(&mut out, 16, "The business service (its own API key) sends twice: the form_id and the grant are spent:", &format!("curl -s -X POST {app}/messages -H 'Authorization: Bearer <the service key>' ..."), &format!("{} and {}", sent_legacy["status"], sent["status"]));
         Ok(out)
+    }
+
+    /// Steps 11 and 12: the template the user will accept, and a login with
+    /// a code the fake mints; the template's id and the session token.
+    async fn log_in(
+        &self,
+        http: &reqwest::Client,
+        out: &mut String,
+        app: &str,
+        user: &str,
+    ) -> anyhow::Result<(String, String)> {
+        let added = call(http, "POST", &format!("{app}/templates"), Some(&self.key), Some(json!({"channel": "subscribe", "tid": TID, "keyword_ids": [1, 2], "scene_desc": "洗车预约"}))).await?;
+        let template = added["id"]
+            .as_str()
+            .context("adding the template")?
+            .to_owned();
+        let code = call(http, "POST", &format!("{user}/login_code"), None, None).await?;
+        let code = code["code"]
+            .as_str()
+            .context("minting a login code")?
+            .to_owned();
+        step(
+            out,
+            11,
+            "wx.login() resolves with a code (the fake mints one):",
+            &format!("curl -s -X POST {user}/login_code"),
+            &format!("{{\"code\":\"{code}\"}}"),
+        );
+        let session = call(
+            http,
+            "POST",
+            &format!("{app}/sessions"),
+            None,
+            Some(json!({"code": code})),
+        )
+        .await?;
+        let token = session["session_token"]
+            .as_str()
+            .context("logging in")?
+            .to_owned();
+        step(out, 12, "The mini-program posts it, with no API key; the gateway asks jscode2session:", &format!("curl -s -X POST {app}/sessions -H 'Content-Type: application/json' -d '{{\"code\":\"{code}\"}}'"), &session.to_string());
+        Ok((template, token))
     }
 }
 

@@ -153,31 +153,7 @@ impl LedgerView for LedgerModel {
                 .keys()
                 .map(|(_, openid, request_id)| (openid.clone(), request_id.clone()))
                 .collect(),
-            messages: t
-                .messages
-                .values()
-                .map(|m| MessageSnap {
-                    id: m.id.clone(),
-                    touser: m.touser.clone(),
-                    status: m.status,
-                    delivery: m.delivery,
-                    error_code: m.error_code.clone(),
-                    attempts: t
-                        .attempts
-                        .get(&m.id)
-                        .map(|attempts| {
-                            attempts
-                                .iter()
-                                .map(|a| AttemptSnap {
-                                    credential_id: a.credential_id,
-                                    errcode: a.errcode,
-                                    outcome: a.outcome,
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                })
-                .collect(),
+            messages: t.messages.values().map(|m| message_snap(t, m)).collect(),
             broadcast: t.broadcasts.get(crate::broadcast::JOB).map(|job| {
                 crate::broadcast::JobSnap {
                     state: job.job.standing.state,
@@ -197,6 +173,34 @@ impl LedgerView for LedgerModel {
                 }
             }),
         }))
+    }
+}
+
+/// One message of the model with its attempts, as the invariants see it.
+fn message_snap(
+    t: &crate::ledger_model::Tables,
+    m: &crate::ledger_model::MessageRowModel,
+) -> MessageSnap {
+    MessageSnap {
+        id: m.id.clone(),
+        touser: m.touser.clone(),
+        status: m.status,
+        delivery: m.delivery,
+        error_code: m.error_code.clone(),
+        attempts: t
+            .attempts
+            .get(&m.id)
+            .map(|attempts| {
+                attempts
+                    .iter()
+                    .map(|a| AttemptSnap {
+                        credential_id: a.credential_id,
+                        errcode: a.errcode,
+                        outcome: a.outcome,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 

@@ -720,6 +720,29 @@ fn first<T, K: Ord>(mut rows: Vec<(K, T)>, limit: i64) -> Vec<T> {
         .collect()
 }
 
+/// The row `INSERT_CREDENTIALS_HEAD` writes for one posted credential.
+fn posted_row(id: i64, appid: &str, item: &NewCredential, now: i64) -> CredentialRow {
+    CredentialRow {
+        id,
+        appid: appid.to_owned(),
+        openid: item.openid.clone(),
+        kind: item.kind.as_str().to_owned(),
+        value: item.value.clone(),
+        template_id: None,
+        uses_left: item.uses,
+        unproven_uses: 0,
+        state: CredentialState::Available,
+        collected_at: item.collected_at,
+        expires_at: item.expires_at,
+        lease_expires_at: None,
+        lease_message_id: None,
+        lease_token: None,
+        retired_errcode: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
 #[async_trait]
 impl CredentialStore for LedgerModel {
     async fn insert_credentials(
@@ -749,28 +772,7 @@ impl CredentialStore for LedgerModel {
                             let id = t.next_credential_id;
                             t.next_credential_id += 1;
                             t.by_value.insert(key, id);
-                            t.credentials.insert(
-                                id,
-                                CredentialRow {
-                                    id,
-                                    appid: appid.to_owned(),
-                                    openid: item.openid.clone(),
-                                    kind: item.kind.as_str().to_owned(),
-                                    value: item.value.clone(),
-                                    template_id: None,
-                                    uses_left: item.uses,
-                                    unproven_uses: 0,
-                                    state: CredentialState::Available,
-                                    collected_at: item.collected_at,
-                                    expires_at: item.expires_at,
-                                    lease_expires_at: None,
-                                    lease_message_id: None,
-                                    lease_token: None,
-                                    retired_errcode: None,
-                                    created_at: now,
-                                    updated_at: now,
-                                },
-                            );
+                            t.credentials.insert(id, posted_row(id, appid, item, now));
                             StoredCredential::Inserted
                         }
                     };
