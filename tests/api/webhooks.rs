@@ -116,6 +116,13 @@ impl Receiver {
 /// The Python with `standardwebhooks` installed: a venv under the target
 /// directory, made (and the package installed from PyPI) when missing.
 pub fn standardwebhooks_python() -> std::path::PathBuf {
+    // One installer at a time: tests on both databases, and the crash test,
+    // ask for the venv at once on a fresh machine, and a second `venv` or
+    // `pip` run over a half-made one fails.
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _installing = INSTALL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("webhook-venv");
     let python = venv.join("bin/python");
     let ready = |python: &std::path::Path| {
