@@ -221,7 +221,7 @@ pub struct Plan {
 
 /// The per-user send cap of `seed`'s plan: on half the seeds, 1 to 3 sends
 /// in a window of 2 to 10 s. Drawn from a stream of its own, so the rest
-/// of every plan is what it was before caps joined the simulation.
+/// of every plan is the same whether or not it draws a cap.
 fn send_cap_plan(seed: u64) -> Option<(u32, i64)> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5e4d_ca95_0000_0011);
     rng.gen_bool(0.5)
