@@ -1325,14 +1325,21 @@ macro_rules! impl_storage {
                 }
 
                 async fn cancel_scheduled(&self, appid: &str, id: &str, now: i64) -> anyhow::Result<bool> {
+                    // One transaction: the end and its event commit together.
+                    let mut tx = self.begin_write().await?;
                     let done = sqlx::query(sql::CANCEL_SCHEDULED)
                         .bind(appid)
                         .bind(id)
                         .bind(now)
-                        .execute(self.writer())
+                        .execute(&mut *tx)
                         .await
                         .context("cancelling a scheduled message")?;
-                    Ok(done.rows_affected() == 1)
+                    let cancelled = done.rows_affected() == 1;
+                    if cancelled {
+                        Self::insert_unsent_end_event(&mut tx, id, "cancelled", now).await?;
+                    }
+                    tx.commit().await.context("committing a cancelled message")?;
+                    Ok(cancelled)
                 }
 
                 async fn due_scheduled(&self, now: i64, limit: i64) -> anyhow::Result<Vec<StoredMessage>> {
@@ -1368,6 +1375,9 @@ macro_rules! impl_storage {
                                 .execute(&mut *tx)
                                 .await
                                 .context("ending a capped scheduled message")?;
+                            if done.rows_affected() == 1 {
+                                Self::insert_unsent_end_event(&mut tx, take.id, "user_send_limit", take.now).await?;
+                            }
                             tx.commit().await.context("committing a capped scheduled message")?;
                             return Ok(if done.rows_affected() == 1 { Taken::Capped { retry_at_ms } } else { Taken::Gone });
                         }

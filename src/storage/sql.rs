@@ -547,13 +547,18 @@ pub const REVOKE_API_KEY: &str =
 pub const TOUCH_API_KEY: &str = "UPDATE api_keys SET last_used_at = $2 \
     WHERE key_id = $1 AND (last_used_at IS NULL OR last_used_at < $2)";
 /// The user's messages that may count against a send cap: those finished
-/// sent or of unknown outcome since `$3` (range of `messages_by_user_recent`),
-/// and those in flight (pending or waiting) whatever their age (from
-/// `messages_in_flight_by_user`, only the older ones, so no row is read
-/// twice). A message that failed counts for nothing: it was not delivered.
+/// since `$3` (range of `messages_by_user_recent`) that were, or may have
+/// been, delivered, and those in flight (pending or waiting) whatever their
+/// age (from `messages_in_flight_by_user`, only the older ones, so no row is
+/// read twice). A failed message counts only when one of its calls' answers
+/// was lost (an `at_least_once` message that retried and then failed may
+/// have been delivered by the lost call); the others were not delivered.
 pub const CAP_COUNTED: &str = "SELECT template_id, status, updated_at FROM messages \
     WHERE appid = $1 AND touser = $2 AND updated_at > $3 \
-      AND (status = 'sent' OR status = 'unknown' OR status = 'pending' OR status = 'waiting') \
+      AND (status = 'sent' OR status = 'unknown' OR status = 'pending' OR status = 'waiting' \
+        OR (status = 'failed' AND EXISTS (SELECT 1 FROM attempts a \
+              WHERE a.message_id = messages.id \
+                AND (a.outcome = 'ambiguous' OR a.outcome = 'recovered')))) \
     UNION ALL \
     SELECT template_id, status, updated_at FROM messages \
     WHERE appid = $1 AND touser = $2 AND updated_at <= $3 \
@@ -778,6 +783,20 @@ pub const INSERT_MESSAGE_EVENT: &str = concat!(
     FROM messages m CROSS JOIN webhook_endpoints e \
     WHERE m.id = $2 AND m.lease_token = $8 AND e.appid = m.appid AND e.state = 'enabled' \
       AND (e.event_mask & $9) <> 0"
+);
+
+/// An event about a message that ends without a run's lease (a scheduled
+/// message cancelled, or ended by a full send cap), in the transaction that
+/// ends it. The user and template are the message's. `$1` event id, `$2`
+/// message, `$3` type, `$4` status, `$5` error code, `$6` now, `$7` the
+/// type's bit.
+pub const INSERT_UNLEASED_MESSAGE_EVENT: &str = concat!(
+    outbox_columns!(),
+    "SELECT $1, e.id, m.appid, $3, m.touser, m.id, m.template_id, $4, NULL, $5, NULL, $6, \
+        'pending', 0, $6, $6 \
+    FROM messages m CROSS JOIN webhook_endpoints e \
+    WHERE m.id = $2 AND e.appid = m.appid AND e.state = 'enabled' \
+      AND (e.event_mask & $7) <> 0"
 );
 
 /// A test event for one endpoint (`POST …/webhooks/{id}/test`).

@@ -70,6 +70,31 @@ macro_rules! impl_webhook_store {
                     Ok(())
                 }
 
+                /// The `message.failed` event of a scheduled message that
+                /// ended without being sent (`error_code`: cancelled, or
+                /// user_send_limit), in the transaction that ends it.
+                pub(crate) async fn insert_unsent_end_event(
+                    tx: &mut Tx,
+                    message_id: &str,
+                    error_code: &str,
+                    now: i64,
+                ) -> anyhow::Result<()> {
+                    use $crate::ledger::states::MessageStatus;
+                    let event_type = EventType::for_finish(MessageStatus::Failed, false);
+                    sqlx::query(sql::INSERT_UNLEASED_MESSAGE_EVENT)
+                        .bind(formid_core::webhooks::finish_event_id(message_id))
+                        .bind(message_id)
+                        .bind(event_type.map(EventType::as_str))
+                        .bind(MessageStatus::Failed.as_str())
+                        .bind(error_code)
+                        .bind(now)
+                        .bind(event_type.map_or(0, EventType::bit))
+                        .execute(&mut **tx)
+                        .await
+                        .context("writing an unsent message's event to the outbox")?;
+                    Ok(())
+                }
+
                 async fn apply_endpoint_change(
                     tx: &mut Tx,
                     record: &DeliveryRecord,

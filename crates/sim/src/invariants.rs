@@ -86,12 +86,17 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Whether anything is still in flight or due: a pending or waiting
-    /// message, a leased credential.
+    /// Whether anything is still in flight or due: a pending, waiting or
+    /// scheduled message, a leased credential.
     pub fn busy(&self) -> usize {
         self.messages
             .iter()
-            .filter(|m| matches!(m.status, MessageStatus::Pending | MessageStatus::Waiting))
+            .filter(|m| {
+                matches!(
+                    m.status,
+                    MessageStatus::Pending | MessageStatus::Waiting | MessageStatus::Scheduled
+                )
+            })
             .count()
             + self
                 .credentials

@@ -608,6 +608,23 @@ impl Tables {
         finished
     }
 
+    /// `CANCEL_SCHEDULED` / `CAP_SCHEDULED` and the event the SQL writes
+    /// in the same transaction (`INSERT_UNLEASED_MESSAGE_EVENT`).
+    fn end_unsent(&mut self, id: &str, error_code: &str, now: i64) {
+        if let Some(message) = self.messages.get_mut(id) {
+            message.status = MessageStatus::Failed;
+            message.error_code = Some(error_code.to_owned());
+            message.updated_at = now;
+            message.next_attempt_at = None;
+            self.outbox.push(OutboxRowModel {
+                event_id: finish_event_id(id),
+                message_id: id.to_owned(),
+                event_type: EventType::for_finish(MessageStatus::Failed, false),
+                delivered: false,
+            });
+        }
+    }
+
     fn finish_row(&mut self, lease: &Lease, outcome: &MessageOutcome, now: i64) -> bool {
         match self.messages.get_mut(&lease.message_id) {
             Some(message) if message.lease_token == Some(lease.token) => {
@@ -950,6 +967,17 @@ impl Tables {
             .filter(|m| match m.status {
                 MessageStatus::Pending | MessageStatus::Waiting => true,
                 MessageStatus::Sent | MessageStatus::Unknown => m.updated_at > now - window,
+                MessageStatus::Failed => {
+                    m.updated_at > now - window
+                        && self.attempts.get(&m.id).is_some_and(|attempts| {
+                            attempts.iter().any(|a| {
+                                matches!(
+                                    a.outcome,
+                                    AttemptOutcome::Ambiguous | AttemptOutcome::Recovered
+                                )
+                            })
+                        })
+                }
                 _ => false,
             })
             .map(|m| (m.template_id.clone(), m.status.to_string(), m.updated_at))
@@ -993,10 +1021,7 @@ impl SendRulesStore for LedgerModel {
         self.write(|t| {
             Ok(match t.messages.get_mut(id) {
                 Some(m) if m.appid == appid && m.status == MessageStatus::Scheduled => {
-                    m.status = MessageStatus::Failed;
-                    m.error_code = Some("cancelled".into());
-                    m.updated_at = now;
-                    m.next_attempt_at = None;
+                    t.end_unsent(id, "cancelled", now);
                     true
                 }
                 _ => false,
@@ -1037,10 +1062,7 @@ impl SendRulesStore for LedgerModel {
                 if m.status != MessageStatus::Scheduled {
                     return Ok(Taken::Gone);
                 }
-                m.status = MessageStatus::Failed;
-                m.error_code = Some("user_send_limit".into());
-                m.updated_at = take.now;
-                m.next_attempt_at = None;
+                t.end_unsent(take.id, "user_send_limit", take.now);
                 return Ok(Taken::Capped { retry_at_ms });
             }
             if !due {

@@ -18,6 +18,7 @@ pub mod broadcast;
 pub mod invariants;
 pub mod ledger_model;
 pub mod run;
+pub mod timing;
 pub mod wechat_model;
 
 use std::collections::BTreeMap;

@@ -27,7 +27,7 @@ use formid_gateway::storage::{NewPrompt, PromptDecision, Storage};
 use formid_gateway::templates::Catalogue;
 use formid_gateway::tokens::TokenKeeper;
 use formid_gateway::wechat::breaker::Breakers;
-use formid_gateway::workers::{Recovery, Sweeper, TokenRefresher, WaitingSender};
+use formid_gateway::workers::{Recovery, ScheduledSender, Sweeper, TokenRefresher, WaitingSender};
 use futures_util::future::BoxFuture;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -123,6 +123,10 @@ pub struct SendPlan {
     /// A subscribe template (the subscribe workload); `None` sends the
     /// legacy template message.
     pub subscribe: Option<String>,
+    /// The time the send asks to be sent at (absolute ms), if later.
+    pub send_at: Option<i64>,
+    /// Sent even inside quiet hours.
+    pub urgent: bool,
 }
 
 /// A subscribe template of the run: its id and whether it is long-term
@@ -217,6 +221,8 @@ pub struct Plan {
     pub send_cap: Option<(u32, i64)>,
     /// A broadcast worked by every instance (`broadcast`), if any.
     pub broadcast: Option<crate::broadcast::BroadcastPlan>,
+    /// Scheduled sends and quiet hours (`timing`), if any.
+    pub timing: Option<crate::timing::TimingPlan>,
 }
 
 /// The per-user send cap of `seed`'s plan: on half the seeds, 1 to 3 sends
@@ -284,7 +290,23 @@ impl Plan {
             invalidations,
             send_cap: send_cap_plan(seed),
             broadcast: None,
+            timing: None,
         }
+    }
+
+    /// The same plan with some sends scheduled for later and some urgent,
+    /// and (on most seeds) quiet hours inside the run, held or refused
+    /// (`timing::draw`). Drawn from a stream of its own.
+    pub fn with_timing(mut self) -> Self {
+        let window_ms = self.sends.last().map_or(1_000, |s| s.at_ms).max(1_000);
+        let real = self.profile == Profile::RealTime;
+        self.timing = Some(crate::timing::draw(
+            self.seed,
+            &mut self.sends,
+            window_ms,
+            real,
+        ));
+        self
     }
 
     /// The same plan with a broadcast to its users and `extra` users who
@@ -729,6 +751,8 @@ fn draw_sends(rng: &mut StdRng, draws: &Draws, count: usize) -> Vec<SendPlan> {
                 wait_seconds,
                 at_least_once: rng.gen_bool(0.05),
                 subscribe: None,
+                send_at: None,
+                urgent: false,
             }
         })
         .collect();
@@ -984,6 +1008,17 @@ impl World {
         self.trace
             .record(&name, format!("started (clock skew {} ms)", clock.skew_ms));
         let mut tasks = spawn_workers(knobs, recovery, waiting, refresher, sweeper);
+        if self.plan.timing.is_some() {
+            let scheduled =
+                ScheduledSender::new(storage.clone(), sender.clone(), Arc::new(clock), lease);
+            tasks.push(tokio::spawn(worker(
+                Duration::from_millis(knobs.waiting_poll_ms),
+                move || {
+                    let scheduled = scheduled.clone();
+                    async move { scheduled.run_once().await.map(drop) }
+                },
+            )));
+        }
         if let Some(plan) = &self.plan.broadcast {
             let worker = BroadcastWorker::new(
                 storage.clone(),
@@ -1135,6 +1170,23 @@ pub fn run_seed_with(seed: u64, sends: usize, subscribe_percent: u32) -> SeedRep
     })
 }
 
+/// [`run_seed_with`] with scheduled sends, urgent sends and quiet hours
+/// (`Plan::with_timing`).
+pub fn run_seed_timing(seed: u64, sends: usize, subscribe_percent: u32) -> SeedReport {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime");
+    runtime.block_on(async {
+        let plan = Plan::new(seed, sends, Profile::Simulated)
+            .with_subscribe(subscribe_percent)
+            .with_timing();
+        let backend = Backend::in_memory_with(seed, plan.write_failures, &plan.subscribe.templates);
+        run_plan(plan, backend).await
+    })
+}
+
 /// [`run_seed_with`] with a broadcast to the plan's users and `extra`
 /// users who hold nothing (`Plan::with_broadcast`).
 pub fn run_seed_broadcast(
@@ -1195,6 +1247,20 @@ pub async fn run_plan(plan: Plan, backend: Backend) -> SeedReport {
     driver.stop();
     let side = wechat_side(&world, &driver.told);
     let mut violations = check(&snapshot, &side);
+    if let Some(timing) = &world.plan.timing {
+        violations.extend(crate::timing::check(
+            timing,
+            &snapshot,
+            &delivered_at(&side),
+            world
+                .plan
+                .skews_ms
+                .iter()
+                .map(|s| s.abs())
+                .max()
+                .unwrap_or(0),
+        ));
+    }
     if let Some(model) = &world.backend.model {
         // The webhook receiver is up from here: every event reaches it.
         model.deliver_outbox();
@@ -1214,6 +1280,18 @@ pub async fn run_plan(plan: Plan, backend: Backend) -> SeedReport {
             .extend(violations.into_iter().map(|v| v.text));
     }
     report
+}
+
+/// WeChat's delivery times of each message, by its id.
+fn delivered_at(side: &WeChatSide) -> BTreeMap<String, Vec<i64>> {
+    let mut times: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for delivery in &side.deliveries {
+        times
+            .entry(delivery.message_id.clone())
+            .or_default()
+            .push(delivery.at);
+    }
+    times
 }
 
 impl World {
@@ -1255,7 +1333,11 @@ impl World {
                         }]
                     })
                     .unwrap_or_default(),
-                quiet_hours: None,
+                quiet_hours: plan
+                    .timing
+                    .as_ref()
+                    .and_then(|timing| timing.quiet.as_ref())
+                    .map(|quiet| quiet.settings.clone()),
             },
         )]));
         World {
@@ -1533,6 +1615,16 @@ impl<'w> Driver<'w> {
             .trace
             .record("driver", "faults stop: quiescing".to_owned());
         let mut deadline = world.base.now_ms() + knobs.horizon_ms;
+        // Scheduled sends wait for their time and quiet hours for their
+        // end; the horizon counts from the last of them.
+        if let Some(last) = world
+            .plan
+            .timing
+            .as_ref()
+            .map(crate::timing::TimingPlan::last_due)
+        {
+            deadline = deadline.max(last + knobs.horizon_ms);
+        }
         let mut snapshot = Snapshot::default();
         loop {
             tokio::time::sleep(Duration::from_millis(knobs.poll_ms)).await;
@@ -1667,6 +1759,12 @@ fn fill_report(
             };
             *report.outcomes.entry(name).or_default() += 1;
         }
+    }
+    if let Some(timing) = &world.plan.timing {
+        add_counts(
+            &mut report.outcomes,
+            &crate::timing::figures(timing, snapshot, &side.told, &delivered_at(side)),
+        );
     }
     add_counts(&mut report.faults, &world.wechat.counts());
     if let Some(model) = &world.backend.model {
@@ -1877,9 +1975,20 @@ fn send_request(send: &SendPlan) -> SendRequest {
         channel: None,
         miniprogram_state: None,
         lang: None,
-        urgent: false,
-        send_at: None,
+        urgent: send.urgent,
+        send_at: send
+            .send_at
+            .and_then(|at| chrono::DateTime::from_timestamp_millis(at).map(|at| at.fixed_offset())),
     }
+}
+
+/// A send's `send_at` and urgency, as the trace says them.
+fn timing_note(send: &SendPlan) -> String {
+    let at = send.send_at.map_or(String::new(), |at| {
+        format!(", send_at {} ms", at - EPOCH_MS)
+    });
+    let urgent = if send.urgent { ", urgent" } else { "" };
+    format!("{at}{urgent}")
 }
 
 /// Starts a send on an instance, as its HTTP handler would: the request
@@ -1897,7 +2006,7 @@ fn spawn_send(
     trace.record(
         &name,
         format!(
-            "send {id} to {}{}{}{}",
+            "send {id} to {}{}{}{}{}",
             send.touser,
             send.subscribe
                 .as_ref()
@@ -1908,7 +2017,8 @@ fn spawn_send(
                 ", at_least_once"
             } else {
                 ""
-            }
+            },
+            timing_note(send)
         ),
     );
     tokio::spawn(async move {

@@ -19,8 +19,9 @@ use formid_sim::invariants::{AttemptSnap, CredentialSnap, LedgerView, MessageSna
 use formid_sim::run::{run_plan, Backend, Plan, Profile, SweepReport};
 use sqlx::{Connection, Executor, PgConnection, PgPool, SqlitePool};
 
-/// Seeds replayed per backend, and sends per seed.
-const SEEDS: std::ops::Range<u64> = 1..6;
+/// Seeds replayed per backend, and sends per seed; the last also with
+/// scheduled sends, urgent sends and quiet hours (`Plan::with_timing`).
+const SEEDS: std::ops::Range<u64> = 1..7;
 const SENDS: usize = 30;
 
 type CredentialRow = (i64, String, String, String, i64, i64, String, Option<i64>);
@@ -115,6 +116,16 @@ async fn backend(url: &str, view: SqlView) -> Backend {
     }
 }
 
+/// The plan of `seed`: the last seed's with timing.
+fn plan_of(seed: u64) -> Plan {
+    let plan = Plan::new(seed, SENDS, Profile::RealTime);
+    if seed + 1 == SEEDS.end {
+        plan.with_timing()
+    } else {
+        plan
+    }
+}
+
 fn check(name: &str, report: &SweepReport) {
     println!("{name}:\n{}", report.figures());
     for failure in &report.failures {
@@ -145,7 +156,7 @@ async fn a_sample_of_schedules_holds_on_sqlite() {
             .await
             .expect("opening the SQLite ledger");
         let view = SqlView::Sqlite(SqlitePool::connect(&url).await.expect("a reader"));
-        let plan = Plan::new(seed, SENDS, Profile::RealTime);
+        let plan = plan_of(seed);
         report.add(run_plan(plan, backend(&url, view).await).await);
         drop(first);
         let _ = std::fs::remove_dir_all(&dir);
@@ -181,7 +192,7 @@ async fn a_sample_of_schedules_holds_on_postgres() {
             .await
             .expect("connecting to the PostgreSQL ledger");
         let view = SqlView::Postgres(PgPool::connect(&url).await.expect("a reader"));
-        let plan = Plan::new(seed, SENDS, Profile::RealTime);
+        let plan = plan_of(seed);
         report.add(run_plan(plan, backend(&url, view).await).await);
         drop(first);
         admin
