@@ -751,3 +751,52 @@ async fn a_45009_reports_the_apps_quota_once(#[case] backend: Backend) {
     assert_eq!(event["data"]["wechat_errcode"], 45009);
     assert!(event["data"]["detail"].as_str().unwrap().ends_with('Z'));
 }
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_message_ended_unsent_reports_message_failed_once(#[case] backend: Backend) {
+    let app = spawn_webhook_app(backend).await;
+    let receiver = Receiver::start(&[]).await;
+    assert_eq!(create_endpoint(&app, &receiver.url, None).await.status, 201);
+    app.collect_form_id("o-later").await;
+    let send_at = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(app.now_ms() + 60_000)
+        .unwrap()
+        .to_rfc3339();
+    let scheduled = app
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/apps/{APPID}/messages"),
+            Some(SEND_KEY),
+            Some(json!({
+                "touser": "o-later",
+                "template_id": TEMPLATE,
+                "data": {"keyword1": {"value": "later"}},
+                "send_at": send_at,
+            })),
+        )
+        .await;
+    assert_eq!(scheduled.status, 202, "{:?}", scheduled.body);
+    let id = scheduled.body["id"].as_str().unwrap().to_owned();
+    // Scheduled: nothing to report yet.
+    assert_eq!(count_rows(&app, "webhook_outbox").await, 0);
+    let path = format!("/v1/apps/{APPID}/messages/{id}");
+    let cancel = app
+        .call(reqwest::Method::DELETE, &path, Some(SEND_KEY), None)
+        .await;
+    assert_eq!(cancel.status, 200, "{:?}", cancel.body);
+    // A second cancel changes nothing and writes nothing.
+    let again = app
+        .call(reqwest::Method::DELETE, &path, Some(SEND_KEY), None)
+        .await;
+    assert_eq!(again.status, 409, "{:?}", again.body);
+    deliver_all(&app).await;
+    let received = receiver.received();
+    assert_eq!(receiver.types(), ["message.failed"]);
+    let event = received[0].json();
+    assert_eq!(event["data"]["message_id"], id.as_str());
+    assert_eq!(event["data"]["openid"], "o-later");
+    assert_eq!(event["data"]["error_code"], "cancelled");
+    assert_eq!(received[0].id, format!("evt_{id}"));
+}
