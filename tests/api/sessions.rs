@@ -621,3 +621,42 @@ async fn an_allowed_origin_gets_its_preflight_and_its_answer(#[case] backend: Ba
         .unwrap();
     assert!(!keyed.headers().contains_key("access-control-allow-origin"));
 }
+
+/// Logs `openid` in with `X-Forwarded-For: forwarded_for`; the answer's status.
+async fn login_from(app: &TestApp, openid: &str, forwarded_for: &str) -> u16 {
+    let code = app.fake.mint_login_code(APPID, openid);
+    app.client
+        .post(app.url(&format!("/v1/apps/{APPID}/sessions")))
+        .header("x-forwarded-for", forwarded_for)
+        .json(&json!({"code": code}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+// The per-IP limit keys on the peer's address; `X-Forwarded-For` counts
+// only when the operator says a proxy in front sets it. Untrusted, a client
+// cannot escape its limit by claiming other addresses; trusted, the users
+// behind one proxy are not one bucket.
+#[rstest]
+#[case::untrusted(false)]
+#[case::trusted(true)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_ip_limit_reads_x_forwarded_for_only_when_trusted(#[case] trusted: bool) {
+    let app = spawn_app_with(Backend::Sqlite, |settings| {
+        settings["limits"] = json!({"per_ip_per_minute": 2, "trust_forwarded_for": trusted});
+    })
+    .await;
+    assert_eq!(login_from(&app, "o-a", "203.0.113.1").await, 200);
+    assert_eq!(login_from(&app, "o-b", "203.0.113.1").await, 200);
+    // The same claimed address is over its limit either way.
+    assert_eq!(login_from(&app, "o-c", "203.0.113.1").await, 429);
+    let other_address = login_from(&app, "o-d", "203.0.113.2").await;
+    if trusted {
+        assert_eq!(other_address, 200, "another client behind the proxy");
+    } else {
+        assert_eq!(other_address, 429, "a claimed address escaped the limit");
+    }
+}

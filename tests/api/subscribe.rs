@@ -732,3 +732,37 @@ async fn another_instance_sees_a_first_decision_within_a_second() {
     assert_eq!(answer.body["channel"], "subscribe", "{:?}", answer.body);
     assert_eq!(answer.body["error"]["code"], "no_credential");
 }
+
+// A failed message can still have been delivered: an at_least_once send
+// whose call's answer was lost, retried with no grant left, ends failed
+// after WeChat delivered it. It counts against the user's send cap like a
+// sent one, or the user is notified over the cap.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_send_whose_answer_was_lost_counts_against_the_cap(#[case] backend: Backend) {
+    let app = spawn_app_with(backend, |settings| {
+        settings["apps"][APPID]["send_caps"] = json!([{"limit": 1, "window_secs": 86_400}]);
+    })
+    .await;
+    let template = one_time_template(&app);
+    accept(&app, "o-cap", &template, "p1").await;
+    app.fake
+        .push_subscribe_faults([Fault::DeliverThenFail(502)]);
+    let first = app
+        .send(
+            json!({"touser": "o-cap", "template_id": template, "data": data_401(),
+                     "delivery": "at_least_once"}),
+        )
+        .await;
+    assert_eq!(first.body["status"], "failed", "{:?}", first.body);
+    assert_eq!(first.body["attempts"][0]["outcome"], "ambiguous");
+    assert_eq!(delivered(&app), 1);
+    accept(&app, "o-cap", &template, "p2").await;
+    let second = send_subscribe(&app, "o-cap", &template, data_401()).await;
+    assert_eq!(second.status, 429, "{:?}", second.body);
+    assert_eq!(second.body["error"]["code"], "user_send_limit");
+    assert_eq!(delivered(&app), 1);
+    assert_eq!(grants_left(&app, "o-cap", &template).await, 1);
+}
