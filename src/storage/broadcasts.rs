@@ -449,6 +449,19 @@ macro_rules! impl_broadcast_store {
                         .context("finishing a broadcast")?
                         .rows_affected()
                         == 1;
+                    if done {
+                        let event_type = formid_core::webhooks::EventType::BroadcastFinished;
+                        sqlx::query(sql::INSERT_BROADCAST_EVENT)
+                            .bind(formid_core::webhooks::broadcast_event_id(id))
+                            .bind(id)
+                            .bind(event_type.as_str())
+                            .bind(now)
+                            .bind(event_type.bit())
+                            .bind(state.as_str())
+                            .execute(&mut *tx)
+                            .await
+                            .context("writing a broadcast's event to the outbox")?;
+                    }
                     tx.commit().await?;
                     Ok(done)
                 }

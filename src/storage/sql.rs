@@ -799,6 +799,19 @@ pub const INSERT_UNLEASED_MESSAGE_EVENT: &str = concat!(
       AND (e.event_mask & $7) <> 0"
 );
 
+/// A broadcast's `broadcast.finished` event, in the transaction that
+/// finishes it: one row per enabled endpoint of its app that wants the type
+/// (`$5`, the bit). The template is the broadcast's, `detail` its id. `$1`
+/// event id, `$2` broadcast, `$3` type, `$4` now, `$6` status.
+pub const INSERT_BROADCAST_EVENT: &str = concat!(
+    outbox_columns!(),
+    "SELECT $1, e.id, b.appid, $3, NULL, NULL, b.template_id, $6, NULL, NULL, b.id, $4, \
+        'pending', 0, $4, $4 \
+    FROM broadcasts b CROSS JOIN webhook_endpoints e \
+    WHERE b.id = $2 AND e.appid = b.appid AND e.state = 'enabled' \
+      AND (e.event_mask & $5) <> 0"
+);
+
 /// A test event for one endpoint (`POST …/webhooks/{id}/test`).
 pub const INSERT_TEST_EVENT: &str = concat!(
     outbox_columns!(),

@@ -550,3 +550,61 @@ async fn an_ndjson_upload_lists_the_recipients(#[case] backend: Backend) {
         .unwrap();
     assert_eq!(refused.status(), 422);
 }
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_and_a_cancelled_job_each_report_broadcast_finished_once(
+    #[case] backend: Backend,
+) {
+    use crate::webhooks::{create_endpoint, deliver_all, spawn_webhook_app, Receiver};
+    let app = spawn_webhook_app(backend).await;
+    let receiver = Receiver::start(&[]).await;
+    let wanted = Some(&["broadcast.finished"][..]);
+    assert_eq!(
+        create_endpoint(&app, &receiver.url, wanted).await.status,
+        201
+    );
+    let template = one_time_template(&app).await;
+    accept(&app, "o-bf-1", &template).await;
+    let finished = create(
+        &app,
+        json!({"template_id": template, "data": data_401(), "audience": "holders"}),
+    )
+    .await;
+    let finished = finished.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(drain(&app, &[&app.broadcasts], &finished).await["sent"], 1);
+    let later = chrono::DateTime::from_timestamp_millis(app.now_ms() + 3_600_000)
+        .unwrap()
+        .to_rfc3339();
+    let cancelled = create(
+        &app,
+        json!({"template_id": template, "data": data_401(),
+            "audience": {"openids": ["o-bf-2"]}, "send_at": later}),
+    )
+    .await;
+    assert_eq!(cancelled.status, 202, "{:?}", cancelled.body);
+    let cancelled = cancelled.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(command(&app, &cancelled, "cancel").await.status, 200);
+    drain(&app, &[&app.broadcasts], &cancelled).await;
+    // More steps of the worker write nothing more.
+    app.broadcasts.run_once().await.unwrap();
+    deliver_all(&app).await;
+    let events: Vec<(String, Value)> = receiver
+        .received()
+        .iter()
+        .map(|event| (event.id.clone(), event.json()))
+        .collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    for ((event_id, body), (id, state)) in events
+        .iter()
+        .zip([(&finished, "finished"), (&cancelled, "cancelled")])
+    {
+        assert_eq!(body["type"], "broadcast.finished");
+        assert_eq!(body["data"]["detail"], id.as_str());
+        assert_eq!(body["data"]["status"], state);
+        assert_eq!(body["data"]["template_id"], template.as_str());
+        assert_eq!(event_id, &format!("evt_broadcast_{id}"));
+    }
+}

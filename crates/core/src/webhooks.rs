@@ -52,6 +52,11 @@ stored_state! {
         EndpointDisabled = "webhook.endpoint_disabled",
         /// Sent by `POST …/webhooks/{id}/test`.
         WebhookTest = "webhook.test",
+        /// A broadcast ended (`status`: finished, or cancelled) with every
+        /// recipient's result recorded; `detail` is the broadcast's id, and
+        /// its counts are at `GET …/broadcasts/{id}`. Last in the list: a
+        /// type's bit is its position, and stored masks keep their meaning.
+        BroadcastFinished = "broadcast.finished",
     }
 }
 
@@ -386,6 +391,11 @@ impl crate::ledger::MessageOutcome {
 /// so its id is derived from the message's.
 pub fn finish_event_id(message_id: &str) -> String {
     format!("evt_{message_id}")
+}
+
+/// The id of the event that reports a broadcast's end: it ends once.
+pub fn broadcast_event_id(broadcast_id: &str) -> String {
+    format!("evt_broadcast_{broadcast_id}")
 }
 
 /// One event as its endpoint receives it: the body Standard Webhooks
