@@ -956,6 +956,29 @@ pub struct SeedReport {
     pub simulated_ms: i64,
 }
 
+impl SeedReport {
+    /// The seed's violations and the first `lines` lines of its story, or
+    /// `None` when it kept every promise.
+    pub fn failure(&self, lines: usize) -> Option<String> {
+        if self.violations.is_empty() {
+            return None;
+        }
+        let story: Vec<&str> = self
+            .story
+            .as_deref()
+            .unwrap_or_default()
+            .lines()
+            .take(lines)
+            .collect();
+        Some(format!(
+            "seed {}: {:?}\n{}",
+            self.seed,
+            self.violations,
+            story.join("\n")
+        ))
+    }
+}
+
 /// One gateway process.
 struct Instance {
     name: String,
@@ -1143,47 +1166,22 @@ where
 /// Runs a seed on the in-memory ledger under paused time: a pure function
 /// of `(seed, sends)`.
 pub fn run_seed(seed: u64, sends: usize) -> SeedReport {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("a current-thread runtime");
-    runtime.block_on(async {
-        let plan = Plan::new(seed, sends, Profile::Simulated);
-        let backend = Backend::in_memory(seed, plan.write_failures);
-        run_plan(plan, backend).await
-    })
+    run_simulated(|| Plan::new(seed, sends, Profile::Simulated))
 }
 
 /// [`run_seed`] with `subscribe_percent` % of the sends subscribe messages
 /// (0: exactly [`run_seed`]).
 pub fn run_seed_with(seed: u64, sends: usize, subscribe_percent: u32) -> SeedReport {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("a current-thread runtime");
-    runtime.block_on(async {
-        let plan = Plan::new(seed, sends, Profile::Simulated).with_subscribe(subscribe_percent);
-        let backend = Backend::in_memory_with(seed, plan.write_failures, &plan.subscribe.templates);
-        run_plan(plan, backend).await
-    })
+    run_simulated(|| Plan::new(seed, sends, Profile::Simulated).with_subscribe(subscribe_percent))
 }
 
 /// [`run_seed_with`] with scheduled sends, urgent sends and quiet hours
 /// (`Plan::with_timing`).
 pub fn run_seed_timing(seed: u64, sends: usize, subscribe_percent: u32) -> SeedReport {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("a current-thread runtime");
-    runtime.block_on(async {
-        let plan = Plan::new(seed, sends, Profile::Simulated)
+    run_simulated(|| {
+        Plan::new(seed, sends, Profile::Simulated)
             .with_subscribe(subscribe_percent)
-            .with_timing();
-        let backend = Backend::in_memory_with(seed, plan.write_failures, &plan.subscribe.templates);
-        run_plan(plan, backend).await
+            .with_timing()
     })
 }
 
@@ -1195,16 +1193,26 @@ pub fn run_seed_broadcast(
     subscribe_percent: u32,
     extra: usize,
 ) -> SeedReport {
+    run_simulated(|| {
+        Plan::new(seed, sends, Profile::Simulated)
+            .with_subscribe(subscribe_percent)
+            .with_broadcast(extra)
+    })
+}
+
+/// Runs the plan `draw` makes on the in-memory ledger (its catalogue
+/// holding the plan's subscribe templates), on a current-thread runtime
+/// whose time is paused: a pure function of the plan.
+fn run_simulated(draw: impl FnOnce() -> Plan) -> SeedReport {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .expect("a current-thread runtime");
     runtime.block_on(async {
-        let plan = Plan::new(seed, sends, Profile::Simulated)
-            .with_subscribe(subscribe_percent)
-            .with_broadcast(extra);
-        let backend = Backend::in_memory_with(seed, plan.write_failures, &plan.subscribe.templates);
+        let plan = draw();
+        let backend =
+            Backend::in_memory_with(plan.seed, plan.write_failures, &plan.subscribe.templates);
         run_plan(plan, backend).await
     })
 }

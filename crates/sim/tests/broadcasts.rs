@@ -23,19 +23,7 @@ fn broadcast_seeds_keep_every_promise() {
             .unwrap_or(0);
         formid_sim::add_counts(&mut outcomes, &report.outcomes);
         formid_sim::add_counts(&mut faults, &report.faults);
-        if !report.violations.is_empty() {
-            failures.push(format!(
-                "seed {seed}: {:?}\n{}",
-                report.violations,
-                report
-                    .story
-                    .unwrap_or_default()
-                    .lines()
-                    .take(120)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            ));
-        }
+        failures.extend(report.failure(120));
     }
     eprintln!("outcomes: {outcomes:?}\nfaults: {faults:?}");
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));

@@ -21,19 +21,7 @@ fn timing_seeds_keep_every_promise() {
         let report = run_seed_timing(seed, 40, 30);
         deliveries += report.deliveries;
         formid_sim::add_counts(&mut outcomes, &report.outcomes);
-        if !report.violations.is_empty() {
-            failures.push(format!(
-                "seed {seed}: {:?}\n{}",
-                report.violations,
-                report
-                    .story
-                    .unwrap_or_default()
-                    .lines()
-                    .take(150)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            ));
-        }
+        failures.extend(report.failure(150));
     }
     eprintln!("outcomes: {outcomes:?}");
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
