@@ -7,71 +7,18 @@
 //! the size.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fake_wechat::{FakeWeChat, FakeWeChatServer, SystemClock};
 use serde_json::{json, Value};
 
-use crate::helpers::{drop_postgres_database, free_port, fresh_database, Backend};
+use crate::helpers::{drop_postgres_database, fresh_database, Backend};
+use crate::process::GatewayProcess as Gateway;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_formid-gateway");
 const APPID: &str = "wxbcrash00000001";
 const TEMPLATE: &str = "tmpl-broadcast-crash";
 const KEY: &str = "broadcast-crash-key-0123456789";
 const RECIPIENTS: usize = 3_000;
-
-struct Gateway {
-    child: Child,
-    address: String,
-}
-
-impl Gateway {
-    async fn start(config: &std::path::Path) -> Self {
-        let port = free_port();
-        let child = Command::new(BINARY)
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("FORMID__LISTEN", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting the gateway");
-        let address = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(response) = reqwest::get(format!("{address}/readyz")).await {
-                if response.status() == 200 {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the gateway did not become ready"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Self { child, address }
-    }
-
-    fn kill(&mut self) {
-        let status = Command::new("kill")
-            .arg("-KILL")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn write_config(dir: &std::path::Path, database_url: &str, wechat: &str) -> std::path::PathBuf {
     let path = dir.join("gateway.toml");

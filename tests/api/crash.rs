@@ -2,123 +2,54 @@
 //! second one that resolves what it left behind; and a clean SIGTERM.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fake_wechat::{FakeWeChat, FakeWeChatServer, Fault, SystemClock};
 use rstest::rstest;
 use serde_json::json;
 
-use crate::helpers::{drop_postgres_database, free_port, fresh_database, Backend};
+use crate::helpers::{drop_postgres_database, fresh_database, Backend};
+use crate::process::GatewayProcess as Gateway;
 use sqlx::{Connection, PgConnection};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_formid-gateway");
 const APPID: &str = "wxcrash000000001";
 const TEMPLATE: &str = "tmpl-crash";
 const KEY: &str = "crash-test-key-0123456789";
 
-struct Gateway {
-    child: Child,
-    address: String,
+/// Posts credentials, as a frontend does.
+async fn post_credentials(
+    gateway: &Gateway,
+    client: &reqwest::Client,
+    credentials: Vec<serde_json::Value>,
+) -> reqwest::Response {
+    client
+        .post(format!("{}/v1/apps/{APPID}/credentials", gateway.address))
+        .bearer_auth(KEY)
+        .json(&json!({"credentials": credentials}))
+        .send()
+        .await
+        .unwrap()
 }
 
-impl Gateway {
-    async fn start(config: &std::path::Path) -> Self {
-        Self::start_with(config, &[]).await
-    }
-
-    /// A gateway with more settings from the environment.
-    async fn start_with(config: &std::path::Path, env: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let child = Command::new(BINARY)
-            .args(["serve", "--config"])
-            .arg(config)
-            .envs(env.iter().copied())
-            .env("FORMID__LISTEN", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting the gateway");
-        let address = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(response) = reqwest::get(format!("{address}/readyz")).await {
-                if response.status() == 200 {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the gateway did not become ready"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Self { child, address }
-    }
-
-    /// Posts credentials, as a frontend does.
-    async fn post_credentials(
-        &self,
-        client: &reqwest::Client,
-        credentials: Vec<serde_json::Value>,
-    ) -> reqwest::Response {
-        client
-            .post(format!("{}/v1/apps/{APPID}/credentials", self.address))
-            .bearer_auth(KEY)
-            .json(&json!({"credentials": credentials}))
-            .send()
-            .await
-            .unwrap()
-    }
-
-    /// Starts one send to each of users `{prefix}0` … `{prefix}{users - 1}`,
-    /// each in its own task, with the user's name as its Idempotency-Key:
-    /// the status it answers, or the error if none.
-    fn spawn_sends(
-        &self,
-        client: &reqwest::Client,
-        prefix: &str,
-        users: usize,
-    ) -> Vec<tokio::task::JoinHandle<reqwest::Result<reqwest::StatusCode>>> {
-        (0..users)
-            .map(|user| {
-                let request = client
-                    .post(format!("{}/v1/apps/{APPID}/messages", self.address))
-                    .bearer_auth(KEY)
-                    .header("Idempotency-Key", format!("{prefix}{user}"))
-                    .json(&json!({"touser": format!("{prefix}{user}"), "template_id": TEMPLATE}));
-                tokio::spawn(async move { request.send().await.map(|response| response.status()) })
-            })
-            .collect()
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the gateway did not exit");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts one send to each of users `{prefix}0` … `{prefix}{users - 1}`,
+/// each in its own task, with the user's name as its Idempotency-Key:
+/// the status it answers, or the error if none.
+fn spawn_sends(
+    gateway: &Gateway,
+    client: &reqwest::Client,
+    prefix: &str,
+    users: usize,
+) -> Vec<tokio::task::JoinHandle<reqwest::Result<reqwest::StatusCode>>> {
+    (0..users)
+        .map(|user| {
+            let request = client
+                .post(format!("{}/v1/apps/{APPID}/messages", gateway.address))
+                .bearer_auth(KEY)
+                .header("Idempotency-Key", format!("{prefix}{user}"))
+                .json(&json!({"touser": format!("{prefix}{user}"), "template_id": TEMPLATE}));
+            tokio::spawn(async move { request.send().await.map(|response| response.status()) })
+        })
+        .collect()
 }
 
 fn write_config(dir: &std::path::Path, database_url: &str, wechat: &str) -> std::path::PathBuf {
@@ -243,7 +174,7 @@ async fn a_sigkill_mid_send_is_resolved_by_the_next_process(#[case] backend: Bac
         };
         credentials.push(json!({"openid": openid, "kind": kind, "value": value}));
     }
-    let collected = first.post_credentials(&client, credentials).await;
+    let collected = post_credentials(&first, &client, credentials).await;
     assert_eq!(collected.status(), 200);
     client
         .get(format!("{}/v1/apps/{APPID}/access_token", first.address))
@@ -255,7 +186,7 @@ async fn a_sigkill_mid_send_is_resolved_by_the_next_process(#[case] backend: Bac
     // before the kill); the rest wait in the fake's latency, undelivered.
     fake.push_send_faults(vec![Fault::Hang(Duration::from_secs(5)); 6]);
     fake.set_latency(Duration::from_millis(1500));
-    let sends = first.spawn_sends(&client, "o-crash-", 20);
+    let sends = spawn_sends(&first, &client, "o-crash-", 20);
     tokio::time::sleep(Duration::from_millis(700)).await;
     let mut first = first;
     first.signal("KILL");
@@ -315,7 +246,7 @@ async fn a_sigkill_mid_send_is_resolved_by_the_next_process(#[case] backend: Bac
     // stayed in flight. A retry with the same key is answered from the
     // ended message (not 409 for a day) and sends nothing.
     let deliveries = fake.sends().iter().filter(|send| send.delivered).count();
-    let retries = second.spawn_sends(&client, "o-crash-", 20);
+    let retries = spawn_sends(&second, &client, "o-crash-", 20);
     for (user, retry) in retries.into_iter().enumerate() {
         let status = retry.await.unwrap().unwrap();
         let ended = &messages
@@ -379,9 +310,9 @@ async fn sigterm_finishes_the_sends_in_flight_and_exits_cleanly() {
             json!({"openid": openid, "kind": "form_id", "value": fake.mint_form_id(APPID, &openid)})
         })
         .collect();
-    gateway.post_credentials(&client, credentials).await;
+    post_credentials(&gateway, &client, credentials).await;
     fake.set_latency(Duration::from_millis(1000));
-    let sends = gateway.spawn_sends(&client, "o-term-", 3);
+    let sends = spawn_sends(&gateway, &client, "o-term-", 3);
     tokio::time::sleep(Duration::from_millis(400)).await;
     gateway.signal("TERM");
     for send in sends {
@@ -442,10 +373,12 @@ async fn an_event_committed_before_a_sigkill_is_delivered_after_the_restart_once
         })
         .collect();
     assert_eq!(
-        first.post_credentials(&client, credentials).await.status(),
+        post_credentials(&first, &client, credentials)
+            .await
+            .status(),
         200
     );
-    for send in first.spawn_sends(&client, "o-hook-", users) {
+    for send in spawn_sends(&first, &client, "o-hook-", users) {
         assert_eq!(send.await.unwrap().unwrap(), 200);
     }
     // The settlements committed with their events; none was delivered.

@@ -484,3 +484,46 @@ pub async fn call(
         body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     }
 }
+
+/// Rows of a table, read straight from the ledger.
+pub async fn count_rows(app: &TestApp, table: &str) -> i64 {
+    use sqlx::Connection;
+    let statement = format!("SELECT COUNT(*) FROM {table}");
+    if app.database_url.starts_with("sqlite") {
+        let mut connection = sqlx::SqliteConnection::connect(&app.database_url)
+            .await
+            .unwrap();
+        sqlx::query_scalar(&statement)
+            .fetch_one(&mut connection)
+            .await
+            .unwrap()
+    } else {
+        let mut connection = sqlx::PgConnection::connect(&app.database_url)
+            .await
+            .unwrap();
+        sqlx::query_scalar(&statement)
+            .fetch_one(&mut connection)
+            .await
+            .unwrap()
+    }
+}
+
+/// Runs statements on the ledger beside the gateway.
+pub async fn execute_sql(app: &TestApp, statements: &[&str]) {
+    use sqlx::{Connection, Executor};
+    if app.database_url.starts_with("sqlite") {
+        let mut connection = sqlx::SqliteConnection::connect(&app.database_url)
+            .await
+            .unwrap();
+        for statement in statements {
+            connection.execute(*statement).await.unwrap();
+        }
+    } else {
+        let mut connection = sqlx::PgConnection::connect(&app.database_url)
+            .await
+            .unwrap();
+        for statement in statements {
+            connection.execute(*statement).await.unwrap();
+        }
+    }
+}

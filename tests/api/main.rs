@@ -16,6 +16,7 @@ mod concurrency;
 mod crash;
 mod packaging;
 mod parsers;
+mod process;
 mod proxy;
 mod proxy_sdk;
 mod push;

@@ -126,49 +126,6 @@ async fn grants(app: &TestApp, appid: &str, openid: &str, template: &str) -> i64
         .unwrap_or(0)
 }
 
-/// Rows of a table, read straight from the ledger.
-async fn count(app: &TestApp, table: &str) -> i64 {
-    use sqlx::Connection;
-    let statement = format!("SELECT COUNT(*) FROM {table}");
-    if app.database_url.starts_with("sqlite") {
-        let mut connection = sqlx::SqliteConnection::connect(&app.database_url)
-            .await
-            .unwrap();
-        sqlx::query_scalar(&statement)
-            .fetch_one(&mut connection)
-            .await
-            .unwrap()
-    } else {
-        let mut connection = sqlx::PgConnection::connect(&app.database_url)
-            .await
-            .unwrap();
-        sqlx::query_scalar(&statement)
-            .fetch_one(&mut connection)
-            .await
-            .unwrap()
-    }
-}
-
-/// Runs statements on the ledger beside the gateway.
-async fn execute(app: &TestApp, statements: &[&str]) {
-    use sqlx::{Connection, Executor};
-    if app.database_url.starts_with("sqlite") {
-        let mut connection = sqlx::SqliteConnection::connect(&app.database_url)
-            .await
-            .unwrap();
-        for statement in statements {
-            connection.execute(*statement).await.unwrap();
-        }
-    } else {
-        let mut connection = sqlx::PgConnection::connect(&app.database_url)
-            .await
-            .unwrap();
-        for statement in statements {
-            connection.execute(*statement).await.unwrap();
-        }
-    }
-}
-
 async fn post_prompt(
     app: &TestApp,
     appid: &str,
@@ -450,7 +407,7 @@ async fn one_accept_is_never_counted_twice(#[case] backend: Backend) {
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(grants(&app, APPID, "o-bob", TEMPLATE_A).await, 1);
-    assert_eq!(count(&app, "push_events").await, 3);
+    assert_eq!(count_rows(&app, "push_events").await, 3);
 }
 
 #[rstest]
@@ -599,7 +556,7 @@ async fn a_sent_event_is_recorded_on_its_message_by_msgid(#[case] backend: Backe
         },
     )
     .await;
-    assert_eq!(count(&app, "push_events").await, 5);
+    assert_eq!(count_rows(&app, "push_events").await, 5);
 }
 
 #[rstest]
@@ -713,9 +670,9 @@ async fn hostile_pushes_are_refused_and_store_nothing(#[case] backend: Backend) 
     );
 
     // Nothing stored.
-    assert_eq!(count(&app, "push_events").await, 0);
-    assert_eq!(count(&app, "subscriptions").await, 0);
-    assert_eq!(count(&app, "credentials").await, 0);
+    assert_eq!(count_rows(&app, "push_events").await, 0);
+    assert_eq!(count_rows(&app, "subscriptions").await, 0);
+    assert_eq!(count_rows(&app, "credentials").await, 0);
     // And the endpoint still works: the same popup, properly made.
     let (query, body) = safe_xml(KEY, APPID, &inner, now);
     assert_eq!(
@@ -733,7 +690,7 @@ async fn hostile_pushes_are_refused_and_store_nothing(#[case] backend: Backend) 
         post_raw(&app, APPID, &query, body).await,
         (200, "success".into())
     );
-    assert_eq!(count(&app, "push_events").await, 1);
+    assert_eq!(count_rows(&app, "push_events").await, 1);
 }
 
 #[rstest]
@@ -787,7 +744,7 @@ async fn a_push_the_ledger_fails_to_apply_is_never_answered_success_nor_half_app
             &["DROP TRIGGER fail_grant ON credentials"],
         )
     };
-    execute(&app, fail).await;
+    execute_sql(&app, fail).await;
     target(&app, APPID, KEY, PushMode::Safe, PushFormat::Xml);
     let record = app
         .fake
@@ -803,10 +760,10 @@ async fn a_push_the_ledger_fails_to_apply_is_never_answered_success_nor_half_app
         "no success before the event is durable"
     );
     // Nothing of it stayed: not the reject before it, not the push's row.
-    assert_eq!(count(&app, "push_events").await, 0);
-    assert_eq!(count(&app, "subscriptions").await, 0);
+    assert_eq!(count_rows(&app, "push_events").await, 0);
+    assert_eq!(count_rows(&app, "subscriptions").await, 0);
     // WeChat tries again once the ledger works: applied, once.
-    execute(&app, heal).await;
+    execute_sql(&app, heal).await;
     for _ in 0..2 {
         assert_eq!(
             post_raw(&app, APPID, &record.query, record.body.clone()).await,
@@ -818,7 +775,7 @@ async fn a_push_the_ledger_fails_to_apply_is_never_answered_success_nor_half_app
         standing(&app, APPID, "o-ann", TEMPLATE_B).await["decision"],
         "reject"
     );
-    assert_eq!(count(&app, "push_events").await, 2);
+    assert_eq!(count_rows(&app, "push_events").await, 2);
 }
 
 fn base64_decode(text: &str) -> Vec<u8> {

@@ -626,49 +626,6 @@ async fn a_name_resolving_to_loopback_is_refused_at_delivery_and_redirects_are_n
     assert_eq!(redirect.received().len(), 1);
 }
 
-/// Rows of a table, read straight from the ledger.
-pub async fn count_rows(app: &TestApp, table: &str) -> i64 {
-    use sqlx::Connection;
-    let statement = format!("SELECT COUNT(*) FROM {table}");
-    if app.database_url.starts_with("sqlite") {
-        let mut connection = sqlx::SqliteConnection::connect(&app.database_url)
-            .await
-            .unwrap();
-        sqlx::query_scalar(&statement)
-            .fetch_one(&mut connection)
-            .await
-            .unwrap()
-    } else {
-        let mut connection = sqlx::PgConnection::connect(&app.database_url)
-            .await
-            .unwrap();
-        sqlx::query_scalar(&statement)
-            .fetch_one(&mut connection)
-            .await
-            .unwrap()
-    }
-}
-
-/// Runs statements on the ledger beside the gateway.
-async fn execute_sql(app: &TestApp, statements: &[&str]) {
-    use sqlx::{Connection, Executor};
-    if app.database_url.starts_with("sqlite") {
-        let mut connection = sqlx::SqliteConnection::connect(&app.database_url)
-            .await
-            .unwrap();
-        for statement in statements {
-            connection.execute(*statement).await.unwrap();
-        }
-    } else {
-        let mut connection = sqlx::PgConnection::connect(&app.database_url)
-            .await
-            .unwrap();
-        for statement in statements {
-            connection.execute(*statement).await.unwrap();
-        }
-    }
-}
-
 /// The user accepts `template` in a prompt, as the frontend posts it.
 async fn accept(app: &TestApp, openid: &str, template: &str, request_id: &str) {
     app.fake.grant(APPID, openid, template);
