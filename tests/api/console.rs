@@ -360,3 +360,88 @@ async fn the_page_is_served_with_a_strict_content_security_policy() {
         .unwrap();
     assert_eq!(style.status(), 200);
 }
+
+/// The Python with Selenium installed: a venv under the target directory,
+/// made (and Selenium installed from PyPI) when missing. One installer at a
+/// time, as with the webhook tests' venv.
+fn selenium_python() -> std::path::PathBuf {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _installing = INSTALL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-venv");
+    let python = venv.join("bin/python");
+    let ready = |python: &std::path::Path| {
+        std::process::Command::new(python)
+            .args(["-c", "import selenium"])
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    if !ready(&python) {
+        let made = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 must be installed for the console's browser test");
+        assert!(made.success(), "python3 -m venv failed");
+        let installed = std::process::Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "selenium"])
+            .status()
+            .unwrap();
+        assert!(installed.success(), "pip install selenium failed");
+    }
+    python
+}
+
+/// Log in with a wrong key and see the error; with the admin key, pick the
+/// app, see a message sent through the API with its attempt, look a user
+/// up, see the failures chart, and read it all at a phone's width. Each
+/// step leaves a screenshot in `<target>/console-screenshots/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_works_in_a_real_browser() {
+    for binary in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
+        assert!(
+            std::path::Path::new(binary).exists(),
+            "{binary} is missing: the browser test needs Debian's chromium and \
+             chromium-driver (apt-get install -y chromium chromium-driver; .ci/run does)"
+        );
+    }
+    let app = spawn_app(Backend::Sqlite).await;
+    app.collect_form_id("o-browser").await;
+    // A failure for the chart.
+    assert_eq!(app.notify("o-unreachable").await.body["status"], "failed");
+    let screenshots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target directory")
+        .join("console-screenshots");
+    let config = json!({
+        "base": app.address,
+        "appid": APPID,
+        "admin_key": ADMIN_KEY,
+        "send_key": SEND_KEY,
+        "openid": "o-browser",
+        "template": TEMPLATE,
+        "screenshots": screenshots,
+    });
+    let python = selenium_python();
+    let driver = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console/console_driver.py");
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(driver)
+            .arg(config.to_string())
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("running the console driver");
+    assert!(
+        output.status.success(),
+        "the console driver failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let shots = std::fs::read_dir(&screenshots)
+        .expect("the screenshots' directory")
+        .count();
+    assert!(shots >= 7, "{shots} screenshots in {}", screenshots.display());
+}
