@@ -297,7 +297,10 @@ mod tests {
         assert_eq!(stats.credentials[1].credentials, 0);
         assert_eq!(stats.templates.len(), 2);
         assert_eq!(
-            (stats.templates[0].grants, stats.templates[0].users_reachable),
+            (
+                stats.templates[0].grants,
+                stats.templates[0].users_reachable
+            ),
             (2, 2)
         );
         assert_eq!(

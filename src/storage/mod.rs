@@ -65,13 +65,13 @@ use crate::ledger::states::{
 use crate::ledger::templates::CatalogueTemplate;
 
 pub use broadcasts::BroadcastStore;
-pub use stats::StatsStore;
 pub use formid_core::collect::{InsertOutcome, StoredCredential};
 pub use formid_core::ledger::{
     ClaimedCredential, Lease, MessageOutcome, NewAttempt, NewCredential, NewMessage,
     PromptDecision, Settlement,
 };
 pub use formid_core::subscriptions::{EffectPlan, LedgerFacts, PromptEffect, PushAction};
+pub use stats::StatsStore;
 
 /// One user and one template of an app: where a decision is recorded.
 pub(crate) struct UserTemplate<'a> {

@@ -148,30 +148,36 @@ pub(super) const TEMPLATE_REACH: &str = "SELECT template_id, COUNT(DISTINCT open
     GROUP BY template_id";
 
 /// Distinct users reachable now: the users of the live credentials (from
-/// `credentials_claimable`, whose key starts `(appid, openid)`) and the
-/// long-term subscribers, each once.
+/// `credentials_claimable`, whose key starts `(appid, openid)`, read alone)
+/// and the long-term subscribers, each once. Why `+expires_at`: it keeps
+/// SQLite from walking `credentials_by_expiry`, every app's unexpired rows
+/// with a table lookup each (ten times slower on a ledger of a million
+/// live rows); PostgreSQL reads it as the same comparison.
 pub(super) const USERS_REACHABLE: &str = "SELECT COUNT(*) FROM ( \
         SELECT openid FROM credentials \
-        WHERE appid = $1 AND state = 'available' AND expires_at > $2 \
+        WHERE appid = $1 AND state = 'available' AND +expires_at > $2 \
         UNION \
         SELECT openid FROM subscriptions WHERE appid = $1 AND long_term = TRUE \
     ) AS reachable";
 
-pub(super) const MESSAGE_COLUMNS: &str = "SELECT id, appid, touser, template_id, status, error_code, \
+pub(super) const MESSAGE_COLUMNS: &str =
+    "SELECT id, appid, touser, template_id, status, error_code, \
     wechat_errcode, created_at, updated_at, channel, delivery_error_code, \
     delivery_error_status, delivery_reported_at FROM messages WHERE appid = ";
 
 /// Failed messages by hour of the window and failure, through
 /// `messages_failed_by_app` (failed rows only). Integer division on both
 /// backends.
-pub(super) const FAILURES_SINCE: &str = "SELECT (updated_at - $2) / 3600000 AS hour, wechat_errcode, \
+pub(super) const FAILURES_SINCE: &str =
+    "SELECT (updated_at - $2) / 3600000 AS hour, wechat_errcode, \
         error_code, COUNT(*) AS messages \
     FROM messages \
     WHERE appid = $1 AND status = 'failed' AND updated_at >= $2 \
     GROUP BY 1, 2, 3 ORDER BY 1, 2, 3";
 
 /// The app row's token columns, the token itself only tested for presence.
-pub(super) const TOKEN_STANDING: &str = "SELECT access_token IS NOT NULL AS has_token, token_expires_at, \
+pub(super) const TOKEN_STANDING: &str =
+    "SELECT access_token IS NOT NULL AS has_token, token_expires_at, \
     token_fetched_at, token_checked_at, refresh_holder, refresh_lease_until \
     FROM apps WHERE appid = $1";
 

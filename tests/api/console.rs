@@ -84,7 +84,10 @@ async fn the_overview_counts_who_the_app_can_reach(#[case] backend: Backend) {
     assert_eq!(form_ids["users"], 2);
     assert_eq!(form_ids["expiring_24h"], 1);
     let prepay = kind(&overview, "prepay_id");
-    assert_eq!((&prepay["credentials"], &prepay["sends"]), (&json!(1), &json!(2)));
+    assert_eq!(
+        (&prepay["credentials"], &prepay["sends"]),
+        (&json!(1), &json!(2))
+    );
     assert_eq!(
         overview["templates"],
         json!([{"template_id": template, "grants": 2, "users_reachable": 1,
@@ -204,7 +207,9 @@ async fn messages_are_listed_newest_first_searched_and_paged(#[case] backend: Ba
         .body;
     assert_eq!(ids(&second), newest[2..]);
 
-    let user = admin_get(&app, &format!("{messages}?openid=o-a")).await.body;
+    let user = admin_get(&app, &format!("{messages}?openid=o-a"))
+        .await
+        .body;
     assert_eq!(ids(&user), vec![sent[2].clone(), sent[0].clone()]);
     let one = admin_get(&app, &format!("{messages}?message_id={}", sent[1]))
         .await
@@ -309,7 +314,11 @@ async fn the_token_status_tells_expiry_and_refresh_but_never_the_token(#[case] b
         "expires in {expires_in} s"
     );
     assert!(body["refreshed_at"].is_string(), "{body}");
-    assert_eq!(body["refresh_lease"], Value::Null, "the lease was given back");
+    assert_eq!(
+        body["refresh_lease"],
+        Value::Null,
+        "the lease was given back"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,9 +342,15 @@ async fn the_page_is_served_with_a_strict_content_security_policy() {
     assert!(html.contains(r#"<script src="/admin/console.js" defer></script>"#));
     assert_eq!(html.matches("<script").count(), 1, "no inline script");
     for handler in ["onclick", "onload", "onsubmit", "onerror", "javascript:"] {
-        assert!(!html.contains(handler), "no inline event handler: {handler}");
+        assert!(
+            !html.contains(handler),
+            "no inline event handler: {handler}"
+        );
     }
-    assert!(!html.contains("http://") && !html.contains("https://"), "no CDN");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no CDN"
+    );
 
     let script = app
         .client
@@ -424,7 +439,10 @@ async fn the_console_works_in_a_real_browser() {
         "screenshots": screenshots,
     });
     let python = selenium_python();
-    let driver = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console/console_driver.py");
+    let driver = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/console/console_driver.py"
+    );
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new(python)
             .arg(driver)
@@ -443,5 +461,9 @@ async fn the_console_works_in_a_real_browser() {
     let shots = std::fs::read_dir(&screenshots)
         .expect("the screenshots' directory")
         .count();
-    assert!(shots >= 7, "{shots} screenshots in {}", screenshots.display());
+    assert!(
+        shots >= 7,
+        "{shots} screenshots in {}",
+        screenshots.display()
+    );
 }

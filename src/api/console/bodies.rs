@@ -84,7 +84,10 @@ impl Overview {
         let figures = |kind: &KindStats| KindFigures {
             credentials: kind.credentials,
             expiring_24h: kind.expiring_24h,
-            kind: kind.kind.map_or("unknown", CredentialKind::as_str).to_owned(),
+            kind: kind
+                .kind
+                .map_or("unknown", CredentialKind::as_str)
+                .to_owned(),
             sends: kind.sends,
             users: kind.users,
         };
@@ -173,12 +176,13 @@ impl Failures {
         };
         let hours: Vec<FailureHour> = (0..hours)
             .map(|hour| {
-                let failures = by_count(rows
-                    .iter()
-                    // A message updated at the window's very end, or by an
-                    // instance whose clock runs ahead, counts in the last hour.
-                    .filter(|row| row.hour.clamp(0, hours - 1) == hour)
-                    .map(figure));
+                let failures = by_count(
+                    rows.iter()
+                        // A message updated at the window's very end, or by an
+                        // instance whose clock runs ahead, counts in the last hour.
+                        .filter(|row| row.hour.clamp(0, hours - 1) == hour)
+                        .map(figure),
+                );
                 FailureHour {
                     total: failures.iter().map(|figure| figure.messages).sum(),
                     failures,

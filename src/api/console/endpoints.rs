@@ -220,10 +220,7 @@ pub async fn failures(
     context: web::Data<ApiContext>,
 ) -> Result<HttpResponse, ApiError> {
     let since = context.clock.now_ms() - FAILURE_HOURS * 3_600_000;
-    let rows = context
-        .storage
-        .failures_since(auth.appid(), since)
-        .await?;
+    let rows = context.storage.failures_since(auth.appid(), since).await?;
     Ok(HttpResponse::Ok().json(Failures::new(&rows, since, FAILURE_HOURS)))
 }
 

@@ -90,7 +90,10 @@ pub fn routes(config: &mut web::ServiceConfig) {
             "/v1/admin/apps/{appid}/failures",
             endpoints::failures,
         ))
-        .service(get_and_head("/v1/admin/apps/{appid}/token", endpoints::token));
+        .service(get_and_head(
+            "/v1/admin/apps/{appid}/token",
+            endpoints::token,
+        ));
 }
 
 fn get_and_head<F, Args>(path: &str, handler: F) -> actix_web::Resource
