@@ -122,7 +122,7 @@ pub trait StatsStore: Send + Sync {
 /// alone (an index-only scan of the app's live rows: every column read is in
 /// the index, and `state` is its predicate). `SUM` is cast because
 /// PostgreSQL sums BIGINTs as NUMERIC.
-pub(super) const LIVE_COUNTS: &str = "SELECT kind, template_id, COUNT(*) AS credentials, \
+pub const LIVE_COUNTS: &str = "SELECT kind, template_id, COUNT(*) AS credentials, \
         CAST(COALESCE(SUM(uses_left), 0) AS BIGINT) AS uses, \
         COUNT(DISTINCT openid) AS users, \
         CAST(COALESCE(SUM(CASE WHEN expires_at <= $3 THEN 1 ELSE 0 END), 0) AS BIGINT) \
@@ -135,7 +135,7 @@ pub(super) const LIVE_COUNTS: &str = "SELECT kind, template_id, COUNT(*) AS cred
 /// `credentials_live_by_kind`, whose prefix `(appid, kind)` picks the
 /// grants) and long-term subscribers (`subscriptions_long_term`), each user
 /// once per template.
-pub(super) const TEMPLATE_REACH: &str = "SELECT template_id, COUNT(DISTINCT openid) AS users, \
+pub const TEMPLATE_REACH: &str = "SELECT template_id, COUNT(DISTINCT openid) AS users, \
         CAST(COALESCE(SUM(long_term), 0) AS BIGINT) AS long_term \
     FROM ( \
         SELECT template_id, openid, 0 AS long_term FROM credentials \
@@ -153,7 +153,7 @@ pub(super) const TEMPLATE_REACH: &str = "SELECT template_id, COUNT(DISTINCT open
 /// SQLite from walking `credentials_by_expiry`, every app's unexpired rows
 /// with a table lookup each (ten times slower on a ledger of a million
 /// live rows); PostgreSQL reads it as the same comparison.
-pub(super) const USERS_REACHABLE: &str = "SELECT COUNT(*) FROM ( \
+pub const USERS_REACHABLE: &str = "SELECT COUNT(*) FROM ( \
         SELECT openid FROM credentials \
         WHERE appid = $1 AND state = 'available' AND +expires_at > $2 \
         UNION \

@@ -467,3 +467,42 @@ async fn the_console_works_in_a_real_browser() {
         screenshots.display()
     );
 }
+
+/// The stats worker's reads stay inside indexes on SQLite (the version the
+/// gateway links): each walks one app's entries of a partial index that
+/// holds every column it reads, never the table and never another app's rows.
+#[tokio::test]
+async fn the_stats_reads_are_index_only_on_sqlite() {
+    use formid_gateway::storage::stats::{LIVE_COUNTS, TEMPLATE_REACH, USERS_REACHABLE};
+    use sqlx::Row;
+    let app = spawn_app(Backend::Sqlite).await;
+    let pool = sqlx::SqlitePool::connect(&app.database_url).await.unwrap();
+    for (name, statement, index) in [
+        ("LIVE_COUNTS", LIVE_COUNTS, "credentials_live_by_kind"),
+        ("TEMPLATE_REACH", TEMPLATE_REACH, "credentials_live_by_kind"),
+        ("USERS_REACHABLE", USERS_REACHABLE, "credentials_claimable"),
+    ] {
+        let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {statement}"))
+            .bind(APPID)
+            .bind(0_i64)
+            .bind(0_i64)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let plan: Vec<String> = rows.iter().map(|row| row.get::<String, _>(3)).collect();
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains(&format!(
+                "SEARCH credentials USING COVERING INDEX {index} (appid=?"
+            )),
+            "{name}:\n{plan}"
+        );
+        assert!(!plan.contains("SCAN credentials"), "{name}:\n{plan}");
+        if statement.contains("FROM subscriptions") {
+            assert!(
+                plan.contains("USING COVERING INDEX subscriptions_long_term (appid=?"),
+                "{name}:\n{plan}"
+            );
+        }
+    }
+}
