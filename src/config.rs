@@ -82,6 +82,9 @@ pub struct Settings {
     /// Delivery of events to the apps' webhook endpoints.
     #[serde(default)]
     pub webhooks: crate::webhooks::WebhookSettings,
+    /// How often the operators' figures are read again.
+    #[serde(default)]
+    pub stats: crate::stats::StatsSettings,
 }
 
 /// The WeChat-compatible endpoint: a second listener that answers like
@@ -902,6 +905,7 @@ impl Settings {
         self.validate_proxy()?;
         self.broadcasts.validate()?;
         self.webhooks.validate()?;
+        self.stats.validate()?;
         self.validate_keys()
     }
 

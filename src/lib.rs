@@ -11,7 +11,8 @@
 //!   [`templates`]: each app's template catalogue, kept from WeChat, and the
 //!   wire calls of template management.
 //! - [`broadcasts`]: one template message to many users, each through the send path.
-//! - [`workers`]: background work (token refresh, sweeping).
+//! - [`workers`]: background work (token refresh, sweeping); [`stats`]: the
+//!   ledger in figures for operators (the console and the gauges).
 //! - [`config`], [`startup`], [`clock`], [`telemetry`]: wiring.
 //!
 //! The fake WeChat (`crates/fake-wechat`) and the demo (`crates/demo`) are
@@ -29,6 +30,7 @@ pub mod push;
 pub mod sending;
 pub mod sessions;
 pub mod startup;
+pub mod stats;
 pub mod storage;
 pub mod telemetry;
 pub mod templates;

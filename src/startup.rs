@@ -19,6 +19,7 @@ use crate::config::{AppSettings, Settings};
 use crate::proxy::{self, ProxyContext, Upstream};
 use crate::push::PushKeys;
 use crate::sending::{SendSettings, Sender, SenderParts};
+use crate::stats::Stats;
 use crate::storage::{self, Storage};
 use crate::templates::Catalogue;
 use crate::tokens::TokenKeeper;
@@ -50,6 +51,8 @@ pub struct Application {
     recovery_interval: Duration,
     delivery: WebhookDelivery,
     delivery_interval: Duration,
+    stats: Stats,
+    stats_interval: Duration,
 }
 
 /// What the routes and the workers share: the ledger, the WeChat client
@@ -113,6 +116,7 @@ fn api_context(
     shared: Shared,
     broadcasts: Broadcasts,
     rule: TargetRule,
+    stats: Stats,
 ) -> anyhow::Result<web::Data<ApiContext>> {
     let Shared {
         storage,
@@ -149,6 +153,7 @@ fn api_context(
         sessions,
         broadcasts,
         broadcast_upload_bytes: settings.broadcasts.max_upload_bytes,
+        stats,
     }))
 }
 
@@ -196,7 +201,8 @@ impl Application {
             settings.webhooks.clone(),
             rule,
         );
-        let context = api_context(&settings, shared, broadcasts, rule)?;
+        let stats = Stats::new(storage.clone(), clock.clone(), shared.apps.clone());
+        let context = api_context(&settings, shared, broadcasts, rule, stats.clone())?;
         let (port, server) = serve(&settings, listener, context)?;
         Ok(Self {
             port,
@@ -222,6 +228,8 @@ impl Application {
             recovery_interval: ledger.recovery_interval,
             delivery,
             delivery_interval: settings.webhooks.poll,
+            stats,
+            stats_interval: settings.stats.refresh,
         })
     }
 
@@ -278,6 +286,11 @@ impl Application {
     /// The webhook delivery worker, for tests that drive its `run_once`.
     pub fn webhook_delivery(&self) -> WebhookDelivery {
         self.delivery.clone()
+    }
+
+    /// The operators' figures, for tests that drive their `run_once`.
+    pub fn stats(&self) -> Stats {
+        self.stats.clone()
     }
 
     /// The template catalogue keeper (the send path refreshes it after a
@@ -393,7 +406,17 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let shutdown = self.shutdown.clone();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
-        let workers = self.spawn_workers(&shutdown);
+        let mut workers = self.spawn_workers(&shutdown);
+        let stats = self.stats.clone();
+        workers.push(tokio::spawn(run_every(
+            "stats",
+            self.stats_interval,
+            shutdown.clone(),
+            move || {
+                let stats = stats.clone();
+                async move { stats.run_once().await }
+            },
+        )));
         let served = self.run_api_until_stopped().await;
         shutdown.cancel();
         for worker in workers {

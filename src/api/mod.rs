@@ -4,6 +4,7 @@ mod admin_keys;
 pub mod auth;
 pub mod authorized;
 pub mod broadcasts;
+pub mod console;
 mod credentials;
 pub mod error;
 mod health;
@@ -64,6 +65,8 @@ pub struct ApiContext {
     pub broadcast_upload_bytes: usize,
     /// The apps' webhook endpoints.
     pub webhooks: crate::webhooks::Webhooks,
+    /// The operators' figures of each app, kept fresh by their worker.
+    pub stats: crate::stats::Stats,
 }
 
 impl ApiContext {
@@ -147,6 +150,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
                 .configure(sessions::routes),
         )
         .configure(admin_keys::routes)
+        .configure(console::routes)
         .service(get_and_head("/healthz", health::healthz))
         .service(get_and_head("/readyz", health::readyz))
         .service(

@@ -456,11 +456,12 @@ impl From<AttemptSummary> for Attempt {
 }
 
 /// `GET …/messages/{id}`: a message and its attempts.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Message {
     /// Each attempt, in order.
     pub attempts: Vec<StoredAttempt>,
     /// `template` or `subscribe`.
+    #[schema(value_type = String)]
     pub channel: Channel,
     /// When the send was asked for.
     pub created_at: DateTime<Utc>,
@@ -473,6 +474,7 @@ pub struct Message {
     /// The message.
     pub id: String,
     /// Its status.
+    #[schema(value_type = String)]
     pub status: MessageStatus,
     /// The template.
     pub template_id: String,
@@ -483,7 +485,7 @@ pub struct Message {
 }
 
 /// An attempt as the ledger keeps it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StoredAttempt {
     /// When it was made.
     pub at: DateTime<Utc>,
@@ -495,11 +497,12 @@ pub struct StoredAttempt {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub msgid: Option<String>,
     /// How it ended.
+    #[schema(value_type = String)]
     pub outcome: AttemptOutcome,
 }
 
 /// WeChat's `subscribe_msg_sent_event` for a message.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Delivery {
     /// When the push arrived.
     pub at: DateTime<Utc>,
@@ -510,7 +513,7 @@ pub struct Delivery {
 }
 
 /// The failure a message ended with.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MessageError {
     /// The failure's code.
     pub code: String,

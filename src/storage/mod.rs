@@ -7,7 +7,8 @@
 //! [`MaintenanceStore`], and the sessions' and stored keys' [`SessionStore`]
 //! and [`KeyStore`] (`sessions.rs`), the send rules' [`SendRulesStore`]
 //! (`send_rules.rs`), and the broadcasts' [`BroadcastStore`]
-//! (`broadcasts.rs`). [`Storage`] is all of them at once, implemented for
+//! (`broadcasts.rs`), and the operators' figures' [`StatsStore`]
+//! (`stats.rs`). [`Storage`] is all of them at once, implemented for
 //! whatever implements every group.
 //!
 //! Both run one schema (`migrations/sqlite`, `migrations/postgres`: the same
@@ -25,6 +26,7 @@ pub mod sessions;
 mod shared;
 mod sql;
 mod sqlite;
+pub mod stats;
 mod webhook_store;
 
 use std::sync::Arc;
@@ -69,6 +71,7 @@ pub use formid_core::ledger::{
     PromptDecision, Settlement,
 };
 pub use formid_core::subscriptions::{EffectPlan, LedgerFacts, PromptEffect, PushAction};
+pub use stats::StatsStore;
 
 /// One user and one template of an app: where a decision is recorded.
 pub(crate) struct UserTemplate<'a> {
@@ -935,6 +938,7 @@ pub trait Storage:
     + KeyStore
     + BroadcastStore
     + WebhookStore
+    + StatsStore
     + std::fmt::Debug
 {
 }
@@ -952,6 +956,7 @@ impl<T> Storage for T where
         + KeyStore
         + BroadcastStore
         + WebhookStore
+        + StatsStore
         + std::fmt::Debug
         + ?Sized
 {

@@ -96,6 +96,7 @@ impl Backend for PostgresStorage {
 impl_storage!(PostgresStorage);
 super::sessions::impl_session_storage!(PostgresStorage);
 super::broadcasts::impl_broadcast_store!(PostgresStorage);
+super::stats::impl_stats_store!(PostgresStorage);
 impl_webhook_store!(PostgresStorage);
 
 /// Batches run at once: while one commits, the next collects the writes

@@ -133,6 +133,7 @@ impl Backend for SqliteStorage {
 impl_storage!(SqliteStorage);
 super::sessions::impl_session_storage!(SqliteStorage);
 super::broadcasts::impl_broadcast_store!(SqliteStorage);
+super::stats::impl_stats_store!(SqliteStorage);
 impl_webhook_store!(SqliteStorage);
 
 /// One statement of a batch script: shared SQL from `sql.rs`, and for each

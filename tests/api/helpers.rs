@@ -9,6 +9,7 @@ use formid_gateway::broadcasts::BroadcastWorker;
 use formid_gateway::clock::{Clock, ManualClock};
 use formid_gateway::config::Settings;
 use formid_gateway::startup::Application;
+use formid_gateway::stats::Stats;
 use formid_gateway::storage::Storage;
 use formid_gateway::templates::Catalogue;
 use formid_gateway::webhooks::WebhookDelivery;
@@ -57,6 +58,8 @@ pub struct TestApp {
     pub broadcasts: BroadcastWorker,
     pub catalogue: Catalogue,
     pub webhook_delivery: WebhookDelivery,
+    /// The operators' figures (the console's overview and the gauges).
+    pub stats: Stats,
     pub database_url: String,
     pub wechat_base_url: String,
     shutdown: CancellationToken,
@@ -211,6 +214,7 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Value)) -
         broadcasts: parts.broadcasts,
         catalogue: parts.catalogue,
         webhook_delivery: parts.webhook_delivery,
+        stats: parts.stats,
         database_url: parts.database_url,
         wechat_base_url: fake_server.base_url.clone(),
         shutdown: parts.shutdown,
@@ -295,6 +299,7 @@ async fn start_instance(settings: Value, clock: Arc<ManualClock>) -> TestAppPart
         broadcasts: application.broadcast_worker(),
         catalogue: application.catalogue(),
         webhook_delivery: application.webhook_delivery(),
+        stats: application.stats(),
         database_url,
         shutdown: application.shutdown_signal(),
     };
@@ -317,6 +322,7 @@ struct TestAppParts {
     broadcasts: BroadcastWorker,
     catalogue: Catalogue,
     webhook_delivery: WebhookDelivery,
+    stats: Stats,
     database_url: String,
     shutdown: CancellationToken,
 }

@@ -46,6 +46,7 @@ use rand::{Rng, SeedableRng};
 use crate::Counts;
 
 pub mod broadcasts;
+mod stats;
 
 /// A row of `credentials`.
 #[derive(Debug, Clone)]
