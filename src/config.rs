@@ -149,6 +149,15 @@ pub struct HttpSettings {
     /// 408 in the API's error shape.
     #[serde(rename = "body_timeout_ms", deserialize_with = "millis")]
     pub body_timeout: Duration,
+    /// How long an idle keep-alive connection stays open. Longer than the
+    /// idle timeouts of common clients' connection pools (90 s for reqwest
+    /// and Go's `net/http`, 60 s for nginx upstreams), so that the client
+    /// closes an idle connection first: a server that closes first races
+    /// with a client reusing the connection, whose request is then lost on
+    /// the wire (`IncompleteMessage`, "connection reset") with no way to
+    /// know whether it was processed.
+    #[serde(rename = "keep_alive_secs", deserialize_with = "secs")]
+    pub keep_alive: Duration,
 }
 
 impl Default for HttpSettings {
@@ -156,6 +165,7 @@ impl Default for HttpSettings {
         Self {
             head_timeout: Duration::from_secs(5),
             body_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(120),
         }
     }
 }
@@ -956,6 +966,12 @@ impl Settings {
             http.body_timeout,
             ms(100),
             ms(300_000),
+        )?;
+        duration_in_range(
+            "http.keep_alive_secs",
+            http.keep_alive,
+            Duration::from_secs(1),
+            Duration::from_secs(3_600),
         )
     }
 

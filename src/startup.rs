@@ -552,7 +552,7 @@ fn proxy_server(
         book: Arc::default(),
         body_timeout: settings.http.body_timeout,
     };
-    proxy::serve(listen, settings.http.head_timeout, context).map(Some)
+    proxy::serve(listen, &settings.http, context).map(Some)
 }
 
 /// Binds `listen` and starts the HTTP server on it (it serves once awaited);
@@ -575,6 +575,7 @@ fn serve(
     // A request's head must arrive within this; its body within
     // `http.body_timeout_ms` (read by the API's JSON reader).
     .client_request_timeout(settings.http.head_timeout)
+    .keep_alive(settings.http.keep_alive)
     // One shutdown signal for API and workers: ours, not actix's.
     .disable_signals()
     .shutdown_timeout(30)

@@ -95,7 +95,7 @@ impl Upstream {
 /// awaited); returns the port bound.
 pub fn serve(
     listen: &str,
-    head_timeout: Duration,
+    http: &crate::config::HttpSettings,
     context: ProxyContext,
 ) -> anyhow::Result<(u16, Server)> {
     let listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
@@ -108,7 +108,8 @@ pub fn serve(
             .app_data(context.clone())
             .configure(routes)
     })
-    .client_request_timeout(head_timeout)
+    .client_request_timeout(http.head_timeout)
+    .keep_alive(http.keep_alive)
     .disable_signals()
     .shutdown_timeout(30)
     .listen(listener)?

@@ -13,6 +13,7 @@ mod broadcasts;
 mod cli;
 mod collect;
 mod concurrency;
+mod connections;
 mod console;
 mod crash;
 mod packaging;
