@@ -12,6 +12,7 @@
 //!   wire calls of template management.
 //! - [`broadcasts`]: one template message to many users, each through the send path.
 //! - [`workers`]: background work (token refresh, sweeping).
+//! - [`monitoring`]: the metrics, and `/metrics` on a listener of its own.
 //! - [`config`], [`startup`], [`clock`], [`telemetry`]: wiring.
 //!
 //! The fake WeChat (`crates/fake-wechat`) and the demo (`crates/demo`) are
@@ -24,6 +25,7 @@ pub mod clock;
 pub mod config;
 pub mod keys;
 pub mod ledger;
+pub mod monitoring;
 pub mod proxy;
 pub mod push;
 pub mod sending;

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::TokenMode;
+use crate::monitoring::CallResult;
 
 /// What went wrong on the wire, sorted by what it tells about delivery.
 #[derive(Debug, thiserror::Error)]
@@ -199,7 +200,11 @@ impl WeChatApi for WeChatClient {
                     "force_refresh": force_refresh,
                 })),
         };
-        let body = send(request).await?;
+        let api = match mode {
+            TokenMode::Token => "cgi-bin/token",
+            TokenMode::StableToken => "cgi-bin/stable_token",
+        };
+        let body = send(api, request).await?;
         #[derive(Deserialize)]
         struct Answer {
             access_token: Option<String>,
@@ -237,7 +242,7 @@ impl WeChatApi for WeChatClient {
             .http
             .get(format!("{}/cgi-bin/get_api_domain_ip", self.base_url))
             .query(&[("access_token", access_token)]);
-        let body = send(request).await?;
+        let body = send("cgi-bin/get_api_domain_ip", request).await?;
         serde_json::from_value(body)
             .map_err(|_| CallError::Ambiguous("answer of an unexpected shape".into()))
     }
@@ -264,7 +269,7 @@ impl WeChatApi for WeChatClient {
                 ("js_code", code),
                 ("grant_type", "authorization_code"),
             ]);
-        Self::login_reply(send(request).await?)
+        Self::login_reply(send("sns/jscode2session", request).await?)
     }
 
     async fn manage_templates(
@@ -279,7 +284,7 @@ impl WeChatApi for WeChatClient {
             template_calls::Wire::Json(body) => self.http.post(url).query(&token).json(&body),
             template_calls::Wire::Form(form) => self.http.post(url).query(&token).form(&form),
         };
-        let answer = send(request).await?;
+        let answer = send(call.path().trim_start_matches('/'), request).await?;
         if answer.is_object() {
             Ok(answer)
         } else {
@@ -325,7 +330,7 @@ impl WeChatClient {
     /// A POST of a JSON body to a business API under the token.
     async fn business_call(
         &self,
-        path: &str,
+        path: &'static str,
         access_token: &str,
         body: &Value,
     ) -> Result<Reply, CallError> {
@@ -334,14 +339,29 @@ impl WeChatClient {
             .post(format!("{}/{path}", self.base_url))
             .query(&[("access_token", access_token)])
             .json(body);
-        let body = send(request).await?;
+        let body = send(path, request).await?;
         serde_json::from_value(body)
             .map_err(|_| CallError::Ambiguous("answer of an unexpected shape".into()))
     }
 }
 
-/// Sends and reads a JSON answer, sorting failures by what they say about delivery.
-async fn send(request: reqwest::RequestBuilder) -> Result<Value, CallError> {
+/// Sends a call to `api` (its path, the metrics' label) and reads a JSON
+/// answer, sorting failures by what they say about delivery; the call is
+/// timed by its result.
+async fn send(api: &'static str, request: reqwest::RequestBuilder) -> Result<Value, CallError> {
+    let started = std::time::Instant::now();
+    let answer = call(request).await;
+    let result = match &answer {
+        Ok(_) => CallResult::Answered,
+        Err(CallError::NotSent(_)) => CallResult::NotSent,
+        Err(CallError::Ambiguous(_)) => CallResult::Ambiguous,
+    };
+    crate::monitoring::wechat_call(api, result, started.elapsed());
+    answer
+}
+
+/// [`send`] untimed.
+async fn call(request: reqwest::RequestBuilder) -> Result<Value, CallError> {
     let response = request.send().await.map_err(|error| {
         let error = error.without_url();
         if error.is_connect() || error.is_builder() {

@@ -14,6 +14,7 @@ mod cli;
 mod collect;
 mod concurrency;
 mod crash;
+mod metrics;
 mod packaging;
 mod parsers;
 mod proxy;
