@@ -412,18 +412,22 @@ impl Application {
                 },
             )),
         ];
-        if let Some(backlog) = self.backlog() {
-            workers.push(tokio::spawn(run_every(
-                "metrics_backlog",
-                BACKLOG_INTERVAL,
-                shutdown.clone(),
-                move || {
-                    let backlog = backlog.clone();
-                    async move { backlog.run_once().await }
-                },
-            )));
-        }
+        workers.extend(self.spawn_backlog(shutdown));
         workers
+    }
+
+    /// Starts the message gauges' worker, when metrics are on.
+    fn spawn_backlog(&self, shutdown: &CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+        let backlog = self.backlog()?;
+        Some(tokio::spawn(run_every(
+            "metrics_backlog",
+            BACKLOG_INTERVAL,
+            shutdown.clone(),
+            move || {
+                let backlog = backlog.clone();
+                async move { backlog.run_once().await }
+            },
+        )))
     }
 
     /// Serves the API and runs the workers until SIGTERM, Ctrl-C or the

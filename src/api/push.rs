@@ -146,9 +146,10 @@ pub async fn receive(
         new.items.iter().map(|item| item.template_id.as_str()),
     );
     for outcome in &outcomes {
-        let effect = match outcome.replayed {
-            true => PushItemEffect::Replayed,
-            false => PushItemEffect::Applied(outcome.effect),
+        let effect = if outcome.replayed {
+            PushItemEffect::Replayed
+        } else {
+            PushItemEffect::Applied(outcome.effect)
         };
         monitoring::push_event(&appid, new.kind.as_str(), effect);
     }

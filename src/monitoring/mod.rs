@@ -103,7 +103,7 @@ fn describe() {
     );
     describe_counter!(
         "formid_token_refreshes_total",
-        "access_token fetches from WeChat by result (issued, refused)"
+        "access_token fetches from WeChat by result (issued, refused, failed)"
     );
     describe_gauge!(
         "formid_token_expires_in_seconds",
@@ -273,6 +273,17 @@ pub enum ClaimResult {
     LeaseLost,
 }
 
+impl ClaimResult {
+    /// `Claimed` when a credential was found, else `NoneLeft`.
+    pub fn found(claimed: bool) -> Self {
+        if claimed {
+            ClaimResult::Claimed
+        } else {
+            ClaimResult::NoneLeft
+        }
+    }
+}
+
 /// One claim of a credential for a message of `appid`.
 pub fn claim(appid: &str, result: ClaimResult) {
     let result = match result {
@@ -288,9 +299,24 @@ pub fn group_commit_batch(writes: usize) {
     histogram!("formid_group_commit_batch_size").record(writes as f64);
 }
 
-/// One access_token fetch from WeChat: `issued` or refused.
-pub fn token_refresh(appid: &str, issued: bool) {
-    let result = if issued { "issued" } else { "refused" };
+/// What one access_token fetch from WeChat came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenResult {
+    /// A token was issued.
+    Issued,
+    /// WeChat refused with an errcode.
+    Refused,
+    /// No usable answer (unreachable, an HTTP error, garbage).
+    Failed,
+}
+
+/// One access_token fetch from WeChat.
+pub fn token_refresh(appid: &str, result: TokenResult) {
+    let result = match result {
+        TokenResult::Issued => "issued",
+        TokenResult::Refused => "refused",
+        TokenResult::Failed => "failed",
+    };
     counter!("formid_token_refreshes_total", "app" => appid.to_owned(), "result" => result)
         .increment(1);
 }

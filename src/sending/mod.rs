@@ -385,11 +385,7 @@ impl Sender {
                         now,
                     })
                     .await?;
-                let counted = match claimed {
-                    Some(_) => ClaimResult::Claimed,
-                    None => ClaimResult::NoneLeft,
-                };
-                crate::monitoring::claim(appid, counted);
+                crate::monitoring::claim(appid, ClaimResult::found(claimed.is_some()));
                 Start::AlreadyClaimed(claimed)
             }
         };

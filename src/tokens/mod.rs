@@ -583,7 +583,6 @@ impl TokenKeeper {
                     expires_in = issued.expires_in_secs,
                     "fetched an access token"
                 );
-                crate::monitoring::token_refresh(appid, true);
                 // What is in the database now, stored by us or by a later fetch.
                 let state = self.read_state(appid).await?;
                 if stored {
@@ -603,7 +602,6 @@ impl TokenKeeper {
                     errcode = reply.errcode,
                     "WeChat refused to issue an access token"
                 );
-                crate::monitoring::token_refresh(appid, false);
                 Err(TokenError::Refused {
                     errcode: reply.errcode,
                     errmsg: reply.errmsg,

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::TokenMode;
-use crate::monitoring::CallResult;
+use crate::monitoring::{CallResult, TokenResult};
 
 /// What went wrong on the wire, sorted by what it tells about delivery.
 #[derive(Debug, thiserror::Error)]
@@ -178,58 +178,14 @@ impl WeChatApi for WeChatClient {
         mode: TokenMode,
         force_refresh: bool,
     ) -> Result<TokenReply, CallError> {
-        let request = match mode {
-            TokenMode::Token => self
-                .http
-                .get(format!("{}/cgi-bin/token", self.base_url))
-                .query(&[
-                    ("grant_type", "client_credential"),
-                    ("appid", appid),
-                    ("secret", secret.expose_secret()),
-                ]),
-            // force_refresh is limited to 20 a day, 30 s apart
-            // (docs/wechat/tokens.md, "Two ways to get a token"):
-            // only the token keeper's budgeted escalation sets it.
-            TokenMode::StableToken => self
-                .http
-                .post(format!("{}/cgi-bin/stable_token", self.base_url))
-                .json(&serde_json::json!({
-                    "grant_type": "client_credential",
-                    "appid": appid,
-                    "secret": secret.expose_secret(),
-                    "force_refresh": force_refresh,
-                })),
+        let reply = self.token_call(appid, secret, mode, force_refresh).await;
+        let result = match &reply {
+            Ok(TokenReply::Issued(_)) => TokenResult::Issued,
+            Ok(TokenReply::Refused(_)) => TokenResult::Refused,
+            Err(_) => TokenResult::Failed,
         };
-        let api = match mode {
-            TokenMode::Token => "cgi-bin/token",
-            TokenMode::StableToken => "cgi-bin/stable_token",
-        };
-        let body = send(api, request).await?;
-        #[derive(Deserialize)]
-        struct Answer {
-            access_token: Option<String>,
-            expires_in: Option<i64>,
-            #[serde(default)]
-            errcode: i64,
-            #[serde(default)]
-            errmsg: String,
-        }
-        let answer: Answer = serde_json::from_value(body)
-            .map_err(|_| CallError::Ambiguous("token answer of an unexpected shape".into()))?;
-        match (answer.errcode, answer.access_token, answer.expires_in) {
-            (0, Some(token), Some(expires_in)) if !token.is_empty() && expires_in > 0 => {
-                Ok(TokenReply::Issued(IssuedToken {
-                    token,
-                    expires_in_secs: expires_in,
-                }))
-            }
-            (0, _, _) => Err(CallError::Ambiguous("token answer without a token".into())),
-            (errcode, _, _) => Ok(TokenReply::Refused(Reply {
-                errcode,
-                errmsg: answer.errmsg,
-                msgid: None,
-            })),
-        }
+        crate::monitoring::token_refresh(appid, result);
+        reply
     }
 
     async fn send_template(&self, access_token: &str, body: &Value) -> Result<Reply, CallError> {
@@ -297,6 +253,68 @@ impl WeChatApi for WeChatClient {
 }
 
 impl WeChatClient {
+    /// One token call: the answer, or why there is none.
+    async fn token_call(
+        &self,
+        appid: &str,
+        secret: &SecretString,
+        mode: TokenMode,
+        force_refresh: bool,
+    ) -> Result<TokenReply, CallError> {
+        let request = match mode {
+            TokenMode::Token => self
+                .http
+                .get(format!("{}/cgi-bin/token", self.base_url))
+                .query(&[
+                    ("grant_type", "client_credential"),
+                    ("appid", appid),
+                    ("secret", secret.expose_secret()),
+                ]),
+            // force_refresh is limited to 20 a day, 30 s apart
+            // (docs/wechat/tokens.md, "Two ways to get a token"):
+            // only the token keeper's budgeted escalation sets it.
+            TokenMode::StableToken => self
+                .http
+                .post(format!("{}/cgi-bin/stable_token", self.base_url))
+                .json(&serde_json::json!({
+                    "grant_type": "client_credential",
+                    "appid": appid,
+                    "secret": secret.expose_secret(),
+                    "force_refresh": force_refresh,
+                })),
+        };
+        let api = match mode {
+            TokenMode::Token => "cgi-bin/token",
+            TokenMode::StableToken => "cgi-bin/stable_token",
+        };
+        let body = send(api, request).await?;
+        #[derive(Deserialize)]
+        struct Answer {
+            access_token: Option<String>,
+            expires_in: Option<i64>,
+            #[serde(default)]
+            errcode: i64,
+            #[serde(default)]
+            errmsg: String,
+        }
+        let answer: Answer = serde_json::from_value(body)
+            .map_err(|_| CallError::Ambiguous("token answer of an unexpected shape".into()))?;
+        match (answer.errcode, answer.access_token, answer.expires_in) {
+            (0, Some(token), Some(expires_in)) if !token.is_empty() && expires_in > 0 => {
+                Ok(TokenReply::Issued(IssuedToken {
+                    token,
+                    expires_in_secs: expires_in,
+                }))
+            }
+            (0, _, _) => Err(CallError::Ambiguous("token answer without a token".into())),
+            (errcode, _, _) => Ok(TokenReply::Refused(Reply {
+                errcode,
+                errmsg: answer.errmsg,
+                msgid: None,
+            })),
+        }
+    }
+
     /// The login exchange's answer: JSON served as `text/plain`, a success
     /// that may carry no `errcode` (docs/wechat/login.md, "The exchange").
     fn login_reply(body: Value) -> Result<LoginReply, CallError> {
