@@ -27,7 +27,8 @@ async fn spawn_metered(backend: Backend) -> Metered {
     let key = format!("metered-key-{}", uuid::Uuid::new_v4().simple());
     let app = spawn_app_with(backend, |settings| {
         settings["metrics"] = json!({"listen": "127.0.0.1:0"});
-        settings["apps"][&appid] = json!({"secret": "secret-of-the-metered-app"});
+        settings["apps"][&appid] =
+            json!({"secret": "secret-of-the-metered-app", "push_token": "meteredpush"});
         settings["api_keys"]["metered"] =
             json!({"key": key, "apps": [appid], "scopes": ["collect", "send", "token"]});
     })
@@ -52,9 +53,10 @@ impl Metered {
 
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Value {
         let path = format!("/v1/apps/{}{path}", self.appid);
-        let answer = self.app.call(method, &path, Some(&self.key), body).await;
-        assert!(answer.status < 500, "{:?}", answer.body);
-        answer.body
+        self.app
+            .call(method, &path, Some(&self.key), body)
+            .await
+            .body
     }
 
     /// A form_id minted for `openid` and posted.
@@ -210,6 +212,61 @@ async fn the_counters_move_with_a_send(#[case] backend: Backend) {
     // The API's listener does not serve it.
     let public = metered.app.call(Method::GET, "/metrics", None, None).await;
     assert_eq!(public.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_and_refused_pushes_show() {
+    let metered = spawn_metered(Backend::Sqlite).await;
+    let app = ("app", metered.appid.as_str());
+    let openid = "o-breaker";
+    metered.collect(openid).await;
+    metered.call(Method::GET, "/access_token", None).await;
+    // Five busy answers in a row open the circuit (reliability.rs has the
+    // breaker's own test).
+    metered
+        .app
+        .fake
+        .push_send_faults(vec![fake_wechat::Fault::Errcode(-1); 5]);
+    metered.send(openid, json!({})).await;
+    let refused = metered.send(openid, json!({})).await;
+    assert_eq!(
+        refused["error"]["code"], "upstream_circuit_open",
+        "{refused}"
+    );
+    let open = metered.scrape().await;
+    assert_eq!(sum(&open, "formid_breaker_open", &[app]), 1.0, "{open}");
+    let busy = [app, ("outcome", "busy"), ("errcode", "-1")];
+    assert!(
+        sum(&open, "formid_send_attempts_total", &busy) >= 3.0,
+        "{open}"
+    );
+    metered.app.advance(chrono::Duration::seconds(11));
+    let sent = metered.send(openid, json!({})).await;
+    assert_eq!(sent["status"], "sent", "{sent}");
+    let closed = metered.scrape().await;
+    assert_eq!(sum(&closed, "formid_breaker_open", &[app]), 0.0, "{closed}");
+
+    // A push whose signature is wrong: refused, counted by its reason.
+    let timestamp = metered.app.now_ms() / 1_000;
+    let refused = metered
+        .app
+        .client
+        .post(metered.app.url(&format!(
+            "/wechat/push/{}?signature=0000&timestamp={timestamp}&nonce=7",
+            metered.appid
+        )))
+        .body("<xml><ToUserName>gh_x</ToUserName></xml>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let after = metered.scrape().await;
+    let reason = [app, ("reason", "bad_signature")];
+    assert_eq!(
+        sum(&after, "formid_push_refused_total", &reason),
+        1.0,
+        "{after}"
+    );
 }
 
 const PARSE: &str = r#"
