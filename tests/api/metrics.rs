@@ -10,7 +10,7 @@ use reqwest::Method;
 use rstest::rstest;
 use serde_json::{json, Value};
 
-use crate::helpers::{pypi_python, spawn_app_with, Backend, TestApp, TEMPLATE};
+use crate::helpers::{pypi_python, spawn_app_with, Backend, TestApp, ADMIN_KEY, TEMPLATE};
 
 /// The pinned parser: `prometheus_client.parser.text_string_to_metric_families`.
 const PARSER_REQUIREMENT: &str = "prometheus_client==0.26.0";
@@ -27,6 +27,7 @@ async fn spawn_metered(backend: Backend) -> Metered {
     let key = format!("metered-key-{}", uuid::Uuid::new_v4().simple());
     let app = spawn_app_with(backend, |settings| {
         settings["metrics"] = json!({"listen": "127.0.0.1:0"});
+        settings["webhooks"] = json!({"allow_private_targets": true});
         settings["apps"][&appid] =
             json!({"secret": "secret-of-the-metered-app", "push_token": "meteredpush"});
         settings["api_keys"]["metered"] =
@@ -266,6 +267,34 @@ async fn the_breaker_and_refused_pushes_show() {
         sum(&after, "formid_push_refused_total", &reason),
         1.0,
         "{after}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_deliveries_are_counted_by_outcome() {
+    let metered = spawn_metered(Backend::Sqlite).await;
+    let app = ("app", metered.appid.as_str());
+    // Nobody listens on port 1: each delivery is unreachable.
+    let endpoint = metered
+        .app
+        .call(
+            Method::POST,
+            &format!("/v1/apps/{}/webhooks", metered.appid),
+            Some(ADMIN_KEY),
+            Some(json!({"url": "http://127.0.0.1:1/hooks", "event_types": ["message.sent"]})),
+        )
+        .await;
+    assert_eq!(endpoint.status, 201, "{:?}", endpoint.body);
+    metered.collect("o-hooked").await;
+    let sent = metered.send("o-hooked", json!({})).await;
+    assert_eq!(sent["status"], "sent", "{sent}");
+    metered.app.webhook_delivery.run_once().await.unwrap();
+    let page = metered.scrape().await;
+    let unreachable = [app, ("outcome", "unreachable")];
+    assert_eq!(
+        sum(&page, "formid_webhook_deliveries_total", &unreachable),
+        1.0,
+        "{page}"
     );
 }
 
