@@ -298,6 +298,43 @@ async fn webhook_deliveries_are_counted_by_outcome() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_recipients_are_counted_by_outcome() {
+    let metered = spawn_metered(Backend::Sqlite).await;
+    let app = ("app", metered.appid.as_str());
+    metered.collect("o-holds-one").await;
+    let created = metered
+        .call(
+            Method::POST,
+            "/broadcasts",
+            Some(
+                json!({"template_id": TEMPLATE, "data": {"keyword1": {"value": "Sale"}},
+                        "audience": {"recipients": [{"openid": "o-holds-one"},
+                                                    {"openid": "o-holds-none"}]}}),
+            ),
+        )
+        .await;
+    let id = created["id"].as_str().expect("a broadcast").to_owned();
+    for _ in 0..100 {
+        if metered.app.broadcasts.run_once().await.unwrap() == 0 {
+            let progress = metered
+                .call(Method::GET, &format!("/broadcasts/{id}"), None)
+                .await;
+            if progress["finished_at"].is_string() {
+                break;
+            }
+            metered.app.advance(chrono::Duration::seconds(1));
+        }
+    }
+    let page = metered.scrape().await;
+    let recipients = |outcome: &str| {
+        let labels = [app, ("outcome", outcome)];
+        sum(&page, "formid_broadcast_recipients_total", &labels)
+    };
+    assert_eq!(recipients("sent"), 1.0, "{page}");
+    assert_eq!(recipients("no_credential"), 1.0, "{page}");
+}
+
 const PARSE: &str = r#"
 import json, sys
 from prometheus_client.parser import text_string_to_metric_families
