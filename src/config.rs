@@ -85,6 +85,33 @@ pub struct Settings {
     /// How often the operators' figures are read again.
     #[serde(default)]
     pub stats: crate::stats::StatsSettings,
+    /// `/metrics` (off unless `metrics.listen` is set).
+    #[serde(default)]
+    pub metrics: MetricsSettings,
+    /// How log lines are written: `text` (the default) or `json`.
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+/// The Prometheus endpoint: `/metrics` on a listener of its own, never on
+/// the API's (`src/monitoring/`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct MetricsSettings {
+    /// `host:port` to serve `/metrics` on; unset (the default), it is off.
+    pub listen: Option<String>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One human-readable line per event, the spans' fields before it.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `fields`, `target`,
+    /// and `spans` (each span's fields, the request's `request_id` among them).
+    Json,
 }
 
 /// The WeChat-compatible endpoint: a second listener that answers like
@@ -688,8 +715,17 @@ fn valid_siblings(path: &[&str]) -> &'static [&'static str] {
         ["api_keys", _, _] => fields_of::<ApiKeySettings>(),
         ["proxy", _] => fields_of::<ProxySettings>(),
         ["proxy", "apps", _, _] => fields_of::<ProxyAppSettings>(),
+        ["metrics", _] => fields_of::<MetricsSettings>(),
         _ => &[],
     }
+}
+
+/// Whether `listen` names at least one socket address.
+fn resolves(listen: &str) -> bool {
+    listen
+        .to_socket_addrs()
+        .map(|mut addresses| addresses.next().is_some())
+        .unwrap_or(false)
 }
 
 /// "unknown setting `ledger.max_bacth` (FORMID__LEDGER__MAX_BACTH); did you
@@ -922,12 +958,16 @@ impl Settings {
     fn validate_proxy(&self) -> anyhow::Result<()> {
         let proxy = &self.proxy;
         if let Some(listen) = &proxy.listen {
-            let resolved = listen
-                .to_socket_addrs()
-                .map(|mut addresses| addresses.next().is_some())
-                .unwrap_or(false);
-            if !resolved {
+            if !resolves(listen) {
                 bail!("proxy.listen: {listen:?} is not an address like 127.0.0.1:8081");
+            }
+        }
+        if let Some(listen) = &self.metrics.listen {
+            if !resolves(listen) {
+                bail!("metrics.listen: {listen:?} is not an address like 127.0.0.1:9090");
+            }
+            if listen == &self.listen && !listen.ends_with(":0") {
+                bail!("metrics.listen: {listen:?} is the API's address; /metrics needs a listener of its own");
             }
         }
         in_range(

@@ -13,6 +13,7 @@
 //! - [`broadcasts`]: one template message to many users, each through the send path.
 //! - [`workers`]: background work (token refresh, sweeping); [`stats`]: the
 //!   ledger in figures for operators (the console and the gauges).
+//! - [`monitoring`]: the metrics, and `/metrics` on a listener of its own.
 //! - [`config`], [`startup`], [`clock`], [`telemetry`]: wiring.
 //!
 //! The fake WeChat (`crates/fake-wechat`) and the demo (`crates/demo`) are
@@ -25,6 +26,7 @@ pub mod clock;
 pub mod config;
 pub mod keys;
 pub mod ledger;
+pub mod monitoring;
 pub mod proxy;
 pub mod push;
 pub mod sending;

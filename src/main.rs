@@ -62,19 +62,24 @@ enum KeysCommand {
     },
 }
 
+/// What the process logs unless `RUST_LOG` says otherwise.
+const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn,actix_server=warn";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    formid_gateway::telemetry::init("info,sqlx=warn,actix_server=warn");
-    // At most one line a minute about clients that send garbage.
-    tokio::spawn(formid_gateway::telemetry::report_connection_errors(
-        std::time::Duration::from_secs(60),
-    ));
     match Cli::parse()
         .command
         .unwrap_or(Command::Serve { config: None })
     {
         Command::Serve { config } => {
+            // Read first: they say how to log. A configuration that cannot be
+            // read stops the process with the reason on stderr.
             let settings = Settings::load(config.as_deref())?;
+            formid_gateway::telemetry::init(DEFAULT_LOG_FILTER, settings.log_format);
+            // At most one line a minute about clients that send garbage.
+            tokio::spawn(formid_gateway::telemetry::report_connection_errors(
+                std::time::Duration::from_secs(60),
+            ));
             let application = Application::build(settings, Arc::new(SystemClock)).await?;
             tracing::info!(port = application.port(), "formid-gateway listening");
             application.run_until_stopped().await
@@ -87,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
 async fn keys(config: Option<PathBuf>, command: KeysCommand) -> anyhow::Result<()> {
     use formid_gateway::keys::{parse_scope, StoredKeys};
     let settings = Settings::load(config.as_deref())?;
+    formid_gateway::telemetry::init(DEFAULT_LOG_FILTER, settings.log_format);
     settings.validate()?;
     let storage = formid_gateway::storage::connect(&settings.database_url, 1).await?;
     let keys = StoredKeys::new(storage, Arc::new(SystemClock), 0);

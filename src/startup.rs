@@ -16,6 +16,7 @@ use crate::api::{self, request_id, ApiContext};
 use crate::broadcasts::{BroadcastParts, BroadcastWorker, Broadcasts};
 use crate::clock::{ms, SharedClock};
 use crate::config::{AppSettings, Settings};
+use crate::monitoring::{self, Backlog};
 use crate::proxy::{self, ProxyContext, Upstream};
 use crate::push::PushKeys;
 use crate::sending::{SendSettings, Sender, SenderParts};
@@ -36,6 +37,9 @@ pub struct Application {
     server: Server,
     /// The WeChat-compatible endpoint, when `proxy.listen` is set.
     proxy: Option<(u16, Server)>,
+    /// `/metrics`, when `metrics.listen` is set, and the worker of its
+    /// message gauges.
+    metrics: Option<(u16, Server, Backlog)>,
     shutdown: CancellationToken,
     storage: Arc<dyn Storage>,
     token_refresher: TokenRefresher,
@@ -191,6 +195,7 @@ impl Application {
         });
         let broadcast_worker = broadcasts.worker();
         let proxy = proxy_server(&settings, &tokens, &sender, &shared.apps, &clock)?;
+        let metrics = metrics_server(&settings, &storage)?;
         // Bound first: webhooks are never sent to the address it listens on.
         let listener = TcpListener::bind(&settings.listen)
             .with_context(|| format!("binding {}", settings.listen))?;
@@ -208,6 +213,7 @@ impl Application {
             port,
             server,
             proxy,
+            metrics,
             shutdown: CancellationToken::new(),
             storage: storage.clone(),
             token_refresher: TokenRefresher::new(tokens),
@@ -241,6 +247,17 @@ impl Application {
     /// The port the WeChat-compatible endpoint listens on, when it is on.
     pub fn proxy_port(&self) -> Option<u16> {
         self.proxy.as_ref().map(|(port, _)| *port)
+    }
+
+    /// The port `/metrics` is served on, when it is on.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics.as_ref().map(|(port, _, _)| *port)
+    }
+
+    /// The worker of the message gauges (when metrics are on), for tests
+    /// that drive its `run_once`.
+    pub fn backlog(&self) -> Option<Backlog> {
+        self.metrics.as_ref().map(|(_, _, backlog)| backlog.clone())
     }
 
     /// Cancelling this stops the API and the workers.
@@ -306,6 +323,10 @@ impl Application {
             handles.push(server.handle());
             tokio::spawn(server)
         });
+        let metrics = self.metrics.map(|(_, server, _)| {
+            handles.push(server.handle());
+            tokio::spawn(server)
+        });
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             shutdown.cancelled().await;
@@ -321,6 +342,12 @@ impl Application {
                 .context("joining the WeChat-compatible endpoint")?
                 .context("running the WeChat-compatible endpoint")?;
         }
+        if let Some(metrics) = metrics {
+            metrics
+                .await
+                .context("joining the metrics endpoint")?
+                .context("running the metrics endpoint")?;
+        }
         served
     }
 
@@ -334,7 +361,7 @@ impl Application {
         let broadcast_worker = self.broadcast_worker.clone();
         let delivery = self.delivery.clone();
         let webhook_sweeper = self.delivery.clone();
-        vec![
+        let mut workers = vec![
             // Scheduled messages are polled as often as waiting ones.
             tokio::spawn(run_every(
                 "scheduled",
@@ -397,7 +424,23 @@ impl Application {
                     }
                 },
             )),
-        ]
+        ];
+        workers.extend(self.spawn_backlog(shutdown));
+        workers
+    }
+
+    /// Starts the message gauges' worker, when metrics are on.
+    fn spawn_backlog(&self, shutdown: &CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+        let backlog = self.backlog()?;
+        Some(tokio::spawn(run_every(
+            "metrics_backlog",
+            BACKLOG_INTERVAL,
+            shutdown.clone(),
+            move || {
+                let backlog = backlog.clone();
+                async move { backlog.run_once().await }
+            },
+        )))
     }
 
     /// Serves the API and runs the workers until SIGTERM, Ctrl-C or the
@@ -425,6 +468,24 @@ impl Application {
         tracing::info!("stopped");
         served
     }
+}
+
+/// How often the message gauges are counted again: one indexed count per
+/// status, a fraction of a scrape interval's worth of work.
+const BACKLOG_INTERVAL: Duration = Duration::from_secs(15);
+
+/// `/metrics` on `metrics.listen`, bound, when it is set; with the worker
+/// of its message gauges.
+fn metrics_server(
+    settings: &Settings,
+    storage: &Arc<dyn Storage>,
+) -> anyhow::Result<Option<(u16, Server, Backlog)>> {
+    let Some(listen) = &settings.metrics.listen else {
+        return Ok(None);
+    };
+    let (port, server) = monitoring::serve(listen, settings.http.head_timeout)?;
+    let backlog = Backlog::new(storage.clone(), settings.apps.keys().cloned().collect());
+    Ok(Some((port, server, backlog)))
 }
 
 /// Where webhooks may be sent: the settings' switch, and never the
@@ -563,12 +624,18 @@ fn serve(
     context: web::Data<ApiContext>,
 ) -> anyhow::Result<(u16, Server)> {
     let port = listener.local_addr()?.port();
+    let counted = settings.metrics.listen.is_some();
     let server = HttpServer::new(move || {
         App::new()
             .wrap(crate::api::request_id::access_log())
             // Outside the access log, so that its line carries the id too.
             .wrap(middleware::from_fn(request_id::middleware))
             .wrap(middleware::from_fn(api::error::shape_errors))
+            // Outermost: it counts the status the caller gets.
+            .wrap(middleware::Condition::new(
+                counted,
+                middleware::from_fn(monitoring::track_requests),
+            ))
             .app_data(context.clone())
             .configure(api::routes)
     })

@@ -20,6 +20,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 use tracing_subscriber::Registry;
 
+pub use crate::config::LogFormat;
+
 static CONNECTION_ERRORS: AtomicU64 = AtomicU64::new(0);
 static LAST_DETAIL: Mutex<String> = Mutex::new(String::new());
 
@@ -53,11 +55,30 @@ impl<S: Subscriber> Layer<S> for ConnectionErrors {
 }
 
 /// Installs the process's subscriber: `RUST_LOG` (or `default_filter`) for
-/// everything but connection errors, which are counted instead.
-pub fn init(default_filter: &str) {
+/// everything but connection errors, which are counted instead; lines in
+/// `format`.
+pub fn init(default_filter: &str, format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    subscriber(filter, std::io::stderr).init();
+    subscriber(filter, std::io::stderr, format).init();
+}
+
+/// The line writer: text, or one JSON object per line. A JSON line carries
+/// the fields of every span it is written in (`spans`, outermost first), so
+/// each line of a request holds the `request_id` of its `request` span.
+fn lines<W>(writer: W, format: LogFormat) -> Box<dyn Layer<Registry> + Send + Sync>
+where
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
+    let layer = tracing_subscriber::fmt::layer().with_writer(writer);
+    match format {
+        LogFormat::Text => layer.boxed(),
+        LogFormat::Json => layer
+            .json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .boxed(),
+    }
 }
 
 /// The subscriber [`init`] installs, writing to `writer`.
@@ -68,20 +89,15 @@ pub fn init(default_filter: &str) {
 /// statement at DEBUG, actix's access log is an `info!` of the `log`
 /// crate) is built and handed to the filters on every call, only to be
 /// dropped there; with the hints, a disabled level costs one comparison.
-fn subscriber<W>(filter: EnvFilter, writer: W) -> impl Subscriber + Send + Sync
+fn subscriber<W>(filter: EnvFilter, writer: W, format: LogFormat) -> impl Subscriber + Send + Sync
 where
     W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
 {
     let hint = Filter::<Registry>::max_level_hint(&filter).unwrap_or(LevelFilter::TRACE);
     tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(writer)
-                .with_filter(filter)
-                .with_filter(
-                    filter_fn(|metadata| !is_connection_error(metadata)).with_max_level_hint(hint),
-                ),
-        )
+        .with(lines(writer, format).with_filter(filter).with_filter(
+            filter_fn(|metadata| !is_connection_error(metadata)).with_max_level_hint(hint),
+        ))
         .with(
             ConnectionErrors
                 .with_filter(filter_fn(is_connection_error).with_max_level_hint(LevelFilter::WARN)),
@@ -120,7 +136,11 @@ mod tests {
     fn connection_errors_are_counted_not_printed() {
         let printed = std::sync::Arc::new(Mutex::new(Vec::<u8>::new()));
         let sink = printed.clone();
-        let subscriber = subscriber(EnvFilter::new("info"), move || Writer(sink.clone()));
+        let subscriber = subscriber(
+            EnvFilter::new("info"),
+            move || Writer(sink.clone()),
+            LogFormat::Text,
+        );
         tracing::subscriber::with_default(subscriber, || {
             for _ in 0..3 {
                 tracing::error!(target: "actix_http::h1::dispatcher", "stream error: parse error");
@@ -136,6 +156,40 @@ mod tests {
         assert_eq!(take_connection_errors().0, 0);
     }
 
+    /// In JSON, every line is one object, and a line written inside a
+    /// request's span (however deep) carries the request's id.
+    #[test]
+    fn json_lines_are_objects_that_carry_the_request_id() {
+        let printed = std::sync::Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = printed.clone();
+        let subscriber = subscriber(
+            EnvFilter::new("info"),
+            move || Writer(sink.clone()),
+            LogFormat::Json,
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let request = tracing::info_span!("request", request_id = "req-77", path = "/x");
+            let _request = request.enter();
+            tracing::info!("in the request");
+            let send = tracing::info_span!("send", appid = "wx1");
+            let _send = send.enter();
+            tracing::warn!(errcode = 43101, "deeper in it");
+        });
+        let printed = String::from_utf8(printed.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = printed
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("a JSON object per line"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{printed}");
+        for line in &lines {
+            let spans = line["spans"].as_array().expect("the spans");
+            assert_eq!(spans[0]["request_id"], "req-77", "{line}");
+        }
+        assert_eq!(lines[1]["fields"]["errcode"], 43101);
+        assert_eq!(lines[1]["fields"]["message"], "deeper in it");
+        assert_eq!(lines[1]["spans"][1]["appid"], "wx1");
+    }
+
     /// Below the level asked for, nothing reaches a filter: the process's
     /// maximum level is the filter's, not TRACE.
     #[test]
@@ -146,7 +200,7 @@ mod tests {
             ("error", LevelFilter::WARN),
             ("formid_gateway=debug,warn", LevelFilter::DEBUG),
         ] {
-            let subscriber = subscriber(EnvFilter::new(directive), std::io::sink);
+            let subscriber = subscriber(EnvFilter::new(directive), std::io::sink, LogFormat::Text);
             assert_eq!(subscriber.max_level_hint(), Some(level), "{directive}");
         }
     }

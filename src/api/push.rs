@@ -30,6 +30,7 @@ use super::ApiContext;
 use crate::config::GrantsFrom;
 use crate::ledger::states::{Decision, PushEventKind};
 use crate::ledger::subscriptions::push_plan;
+use crate::monitoring::{self, PushItemEffect};
 use crate::push::{self, Limits, PushEvent, PushKeys, PushQuery, SubscribeStatus};
 use crate::storage::{NewPushEvent, PushAction, PushItem};
 
@@ -99,7 +100,9 @@ pub async fn receive(
 ) -> Result<HttpResponse, ApiError> {
     let appid = path.into_inner();
     let keys = keys_of(&context, &appid)?;
-    let query = query_of(&request)?;
+    let query = query_of(&request).inspect_err(|_| {
+        monitoring::push_refused(&appid, "bad_query");
+    })?;
     let limits = Limits::default();
     let bytes = read_body(
         payload,
@@ -112,6 +115,7 @@ pub async fn receive(
     let now_secs = context.clock.now_ms().div_euclid(1_000);
     let opened = push::open(keys, &query, &bytes, now_secs, &limits).map_err(|error| {
         tracing::warn!(code = error.code(), %error, "push refused");
+        monitoring::push_refused(&appid, error.code());
         ApiError::from(error)
     })?;
     let key = opened.key_used.map_or("none", |key| key.as_str());
@@ -128,6 +132,7 @@ pub async fn receive(
             event,
             "push received; not a subscribe event, nothing stored"
         );
+        monitoring::push_event(&appid, "other", PushItemEffect::Ignored);
         return Ok(text("success".to_owned()));
     };
     await_reported_sends(&context, &new).await?;
@@ -140,6 +145,14 @@ pub async fn receive(
         &appid,
         new.items.iter().map(|item| item.template_id.as_str()),
     );
+    for outcome in &outcomes {
+        let effect = if outcome.replayed {
+            PushItemEffect::Replayed
+        } else {
+            PushItemEffect::Applied(outcome.effect)
+        };
+        monitoring::push_event(&appid, new.kind.as_str(), effect);
+    }
     let replayed = outcomes.iter().filter(|outcome| outcome.replayed).count();
     let effects: Vec<&str> = outcomes
         .iter()

@@ -170,6 +170,14 @@ impl BroadcastWorker {
                 sent_any: sent.iter().any(|sent| sent.delivered),
             })
             .await?;
+        for (_, write) in &writes {
+            let outcome = match write {
+                RecipientWrite::Final { state, .. } => state.as_str(),
+                RecipientWrite::Requeue { .. } => "requeued",
+                RecipientWrite::Recheck { .. } => "recheck",
+            };
+            crate::monitoring::broadcast_recipient(&job.appid, outcome);
+        }
         Ok(batch.len())
     }
 

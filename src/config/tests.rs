@@ -493,3 +493,32 @@ fn the_compatible_endpoint_is_off_unless_set_and_its_settings_are_checked() {
         assert!(error.contains(expected), "{extra}: {error}");
     }
 }
+
+#[test]
+fn log_format_is_text_unless_json_is_asked_for() {
+    assert_eq!(from_toml(VALID).unwrap().log_format, LogFormat::Text);
+    let json = with_env(VALID, &[("FORMID__LOG_FORMAT", "json")]).unwrap();
+    assert_eq!(json.log_format, LogFormat::Json);
+    let refused = error_of(from_toml(&format!("log_format = \"yaml\"\n{VALID}")));
+    assert!(refused.contains("log_format"), "{refused}");
+}
+
+#[test]
+fn metrics_are_off_unless_a_listener_of_their_own_is_set() {
+    assert_eq!(from_toml(VALID).unwrap().metrics.listen, None);
+    let on = with_env(VALID, &[("FORMID__METRICS__LISTEN", "127.0.0.1:9090")]).unwrap();
+    assert_eq!(on.metrics.listen.as_deref(), Some("127.0.0.1:9090"));
+    let bad = error_of(with_env(VALID, &[("FORMID__METRICS__LISTEN", "nowhere")]));
+    assert!(bad.contains("metrics.listen"), "{bad}");
+    let shared = error_of(from_toml(&format!(
+        "listen = \"127.0.0.1:8080\"\n[metrics]\nlisten = \"127.0.0.1:8080\"\n{VALID}"
+    )));
+    assert!(shared.contains("listener of its own"), "{shared}");
+    let misspelt = error_of(from_toml(&format!(
+        "[metrics]\nlisten_on = \"127.0.0.1:9090\"\n{VALID}"
+    )));
+    assert!(
+        misspelt.contains("did you mean `metrics.listen`"),
+        "{misspelt}"
+    );
+}

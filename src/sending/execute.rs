@@ -14,6 +14,7 @@ use super::{AttemptSummary, SendResult, Sender};
 use crate::ledger::failure::SendFailure;
 use crate::ledger::kinds::CredentialKind;
 use crate::ledger::states::{AttemptOutcome, Channel, Delivery, MessageStatus};
+use crate::monitoring::ClaimResult;
 use crate::storage::{
     Claim, ClaimedCredential, EndSend, Lease, MessageOutcome, NewAttempt, Settlement, StoredMessage,
 };
@@ -195,9 +196,15 @@ impl<'a> Run<'a> {
                 now,
             })
             .await?;
-        if let Claim::Claimed(_) = claim {
-            self.lease_until = lease_until;
-        }
+        let counted = match claim {
+            Claim::Claimed(_) => {
+                self.lease_until = lease_until;
+                ClaimResult::Claimed
+            }
+            Claim::NoneLeft => ClaimResult::NoneLeft,
+            Claim::LeaseLost => ClaimResult::LeaseLost,
+        };
+        crate::monitoring::claim(&self.message.appid, counted);
         Ok(claim)
     }
 
@@ -580,6 +587,12 @@ impl<'a> Run<'a> {
     /// Adds a recorded attempt to the caller's answer; `LeaseLost` when the
     /// write that recorded it found the message held by another run.
     fn note(&mut self, attempt: &NewAttempt, held: bool) -> Result<(), LeaseLostOr> {
+        crate::monitoring::send_attempt(
+            &self.message.appid,
+            self.message.channel,
+            attempt.outcome,
+            attempt.errcode,
+        );
         self.attempts.push(AttemptSummary {
             credential_kind: attempt.credential_kind.map(CredentialKind::as_str),
             errcode: attempt.errcode,

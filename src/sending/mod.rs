@@ -45,6 +45,7 @@ use crate::config::{AppSettings, UserLimits};
 use crate::ledger::failure::SendFailure;
 use crate::ledger::states::{AttemptOutcome, Channel, MessageStatus};
 use crate::ledger::templates::{check_send, SendParts};
+use crate::monitoring::ClaimResult;
 use crate::storage::{ClaimedCredential, Lease, NewMessage, StartSend, Storage, StoredMessage};
 use crate::templates::Catalogue;
 use crate::tokens::TokenKeeper;
@@ -305,6 +306,7 @@ impl Sender {
         {
             self.catalogue.refresh_in_background(appid);
         }
+        counted(appid, channel, &result);
         Ok(SendOutcome {
             refused,
             result,
@@ -374,15 +376,18 @@ impl Sender {
                 self.storage.create_message(&message, now).await?;
                 Start::QuotaBlocked { until_ms }
             }
-            None => Start::AlreadyClaimed(
-                self.storage
+            None => {
+                let claimed = self
+                    .storage
                     .start_send(&StartSend {
                         message,
                         valid_after: now + self.settings.safety_margin_ms,
                         now,
                     })
-                    .await?,
-            ),
+                    .await?;
+                crate::monitoring::claim(appid, ClaimResult::found(claimed.is_some()));
+                Start::AlreadyClaimed(claimed)
+            }
         };
         let lease_until = now + self.settings.lease_ms;
         Run::new(self, &outgoing, lease, lease_until, permit)
@@ -412,9 +417,11 @@ impl Sender {
             Some(until_ms) => Start::QuotaBlocked { until_ms },
             None => Start::ClaimFirst,
         };
-        Run::new(self, &outgoing, lease, lease_until, permit)
+        let result = Run::new(self, &outgoing, lease, lease_until, permit)
             .process(start)
-            .await
+            .await?;
+        counted(&message.appid, message.channel, &result);
+        Ok(result)
     }
 
     /// Resolves a credential found leased after its holder died (re-leased
@@ -459,9 +466,16 @@ impl Sender {
             return Ok(None);
         }
         let outgoing = OutgoingMessage::from_stored(&message)?;
-        Run::new(self, &outgoing, lease, lease_until, permit)
+        let result = Run::new(self, &outgoing, lease, lease_until, permit)
             .process(Start::Recovered(credential))
-            .await
-            .map(Some)
+            .await?;
+        counted(&message.appid, message.channel, &result);
+        Ok(Some(result))
     }
+}
+
+/// A run of a send, counted by where it left its message.
+fn counted(appid: &str, channel: Channel, result: &SendResult) {
+    let errcode = result.attempts.last().and_then(|attempt| attempt.errcode);
+    crate::monitoring::send_ran(appid, channel, result.status, errcode);
 }

@@ -205,6 +205,7 @@ impl Batch {
     }
 
     async fn run(self, writer: &dyn BatchWriter) {
+        crate::monitoring::group_commit_batch(self.len());
         let single = self.len() == 1;
         match writer.write_batch(&self.ends, &self.starts).await {
             Ok(done) => self.answer(done),

@@ -903,7 +903,17 @@ pub trait WebhookStore: Send + Sync {
     async fn sweep_webhooks(&self, cutoff: i64) -> anyhow::Result<u64>;
 }
 
-/// The ledger's upkeep: the health check, the app rows, the sweep.
+/// One app's count of messages in one status ([`MaintenanceStore::message_backlog`]).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct BacklogCount {
+    pub appid: String,
+    #[sqlx(try_from = "String")]
+    pub status: MessageStatus,
+    pub count: i64,
+}
+
+/// The ledger's upkeep: the health check, the app rows, the sweep, the
+/// backlog's counts.
 #[async_trait]
 pub trait MaintenanceStore: Send + Sync {
     /// Checks that the database answers.
@@ -911,6 +921,10 @@ pub trait MaintenanceStore: Send + Sync {
 
     /// Makes sure the per-app row exists.
     async fn ensure_app(&self, appid: &str) -> anyhow::Result<()>;
+
+    /// How many messages of each app are waiting, pending or scheduled
+    /// (apps with none are absent).
+    async fn message_backlog(&self) -> anyhow::Result<Vec<BacklogCount>>;
 
     /// Marks expired credentials and deletes rows older than the retention.
     async fn sweep(

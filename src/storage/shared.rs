@@ -913,6 +913,13 @@ macro_rules! impl_storage {
                     Ok(())
                 }
 
+                async fn message_backlog(&self) -> anyhow::Result<Vec<crate::storage::BacklogCount>> {
+                    sqlx::query_as(sql::MESSAGE_BACKLOG)
+                        .fetch_all(self.reader())
+                        .await
+                        .context("counting waiting, pending and scheduled messages")
+                }
+
                 async fn sweep(
                     &self,
                     now: i64,

@@ -5,6 +5,16 @@
 
 pub const PING: &str = "SELECT 1";
 
+/// Why one branch per status: each is served by that status's partial
+/// index (`messages_waiting`, `messages_unfinished`, `messages_scheduled`),
+/// so the count reads only the rows in that status, never the whole table.
+pub const MESSAGE_BACKLOG: &str = "\
+    SELECT appid, status, COUNT(*) AS count FROM messages WHERE status = 'waiting' GROUP BY appid, status \
+    UNION ALL \
+    SELECT appid, status, COUNT(*) AS count FROM messages WHERE status = 'pending' GROUP BY appid, status \
+    UNION ALL \
+    SELECT appid, status, COUNT(*) AS count FROM messages WHERE status = 'scheduled' GROUP BY appid, status";
+
 pub const ENSURE_APP: &str = "INSERT INTO apps (appid) VALUES ($1) ON CONFLICT (appid) DO NOTHING";
 
 /// `ON CONFLICT DO NOTHING` makes a repeated post a no-op; the rows that were

@@ -196,7 +196,15 @@ impl TokenKeeper {
     async fn read_state(&self, appid: &str) -> anyhow::Result<AppState> {
         let state = self.storage.app_state(appid).await?;
         self.rows.put(appid, state.clone(), self.clock.now_ms());
+        self.gauge_expiry(appid, &state);
         Ok(state)
+    }
+
+    /// The seconds-to-expiry gauge of the app's stored token.
+    fn gauge_expiry(&self, appid: &str, state: &AppState) {
+        if let Some(expires_at) = state.token_expires_at {
+            crate::monitoring::token_expires_in(appid, expires_at - self.clock.now_ms());
+        }
     }
 
     /// The app's current token, fetching one when there is none usable. A
@@ -365,6 +373,7 @@ impl TokenKeeper {
         let mut refreshed = 0;
         for (appid, app) in self.apps.iter() {
             let state = self.storage.app_state(appid).await?;
+            self.gauge_expiry(appid, &state);
             let mut ahead_ms = match app.token_mode {
                 TokenMode::Token => ms(self.settings.refresh_ahead),
                 TokenMode::StableToken => STABLE_ROTATION_MS.min(ms(self.settings.refresh_ahead)),

@@ -151,6 +151,7 @@ impl WebhookDelivery {
         let now = self.clock.now_ms();
         let record = self.record(event, endpoint, called, now, started);
         let delivered = record.outcome == DeliveryOutcome::Delivered;
+        crate::monitoring::webhook_delivery(&event.appid, record.outcome.as_str());
         if !self.storage.record_delivery(&record).await? {
             tracing::warn!("the event's lease was taken over while it was sent");
         }

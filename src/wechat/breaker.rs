@@ -52,6 +52,7 @@ impl Breakers {
         match *state {
             State::Closed { .. } => Ok(()),
             State::Open { until_ms } if now >= until_ms => {
+                // Still counted open: one probe is out.
                 *state = State::HalfOpen;
                 Ok(())
             }
@@ -63,7 +64,10 @@ impl Breakers {
     /// WeChat answered sensibly.
     pub fn success(&self, appid: &str) {
         let mut states = self.states.lock().expect("breaker lock");
-        states.insert(appid.to_owned(), State::Closed { failures: 0 });
+        let was = states.insert(appid.to_owned(), State::Closed { failures: 0 });
+        if !matches!(was, Some(State::Closed { .. })) {
+            crate::monitoring::breaker(appid, false);
+        }
     }
 
     /// WeChat failed (unreachable, 5xx, garbage, busy).
@@ -84,6 +88,7 @@ impl Breakers {
                     cooldown_ms = self.cooldown_ms,
                     "WeChat keeps failing: circuit open"
                 );
+                crate::monitoring::breaker(appid, true);
                 State::Open {
                     until_ms: now + self.cooldown_ms,
                 }

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::TokenMode;
+use crate::monitoring::{CallResult, TokenResult};
 
 /// What went wrong on the wire, sorted by what it tells about delivery.
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +178,89 @@ impl WeChatApi for WeChatClient {
         mode: TokenMode,
         force_refresh: bool,
     ) -> Result<TokenReply, CallError> {
+        let reply = self.token_call(appid, secret, mode, force_refresh).await;
+        let result = match &reply {
+            Ok(TokenReply::Issued(_)) => TokenResult::Issued,
+            Ok(TokenReply::Refused(_)) => TokenResult::Refused,
+            Err(_) => TokenResult::Failed,
+        };
+        crate::monitoring::token_refresh(appid, result);
+        reply
+    }
+
+    async fn send_template(&self, access_token: &str, body: &Value) -> Result<Reply, CallError> {
+        self.business_call("cgi-bin/message/wxopen/template/send", access_token, body)
+            .await
+    }
+
+    async fn check_token(&self, access_token: &str) -> Result<Reply, CallError> {
+        let request = self
+            .http
+            .get(format!("{}/cgi-bin/get_api_domain_ip", self.base_url))
+            .query(&[("access_token", access_token)]);
+        let body = send("cgi-bin/get_api_domain_ip", request).await?;
+        serde_json::from_value(body)
+            .map_err(|_| CallError::Ambiguous("answer of an unexpected shape".into()))
+    }
+
+    async fn send_subscribe(&self, access_token: &str, body: &Value) -> Result<Reply, CallError> {
+        self.business_call("cgi-bin/message/subscribe/send", access_token, body)
+            .await
+    }
+
+    async fn code_to_session(
+        &self,
+        appid: &str,
+        secret: &SecretString,
+        code: &str,
+    ) -> Result<LoginReply, CallError> {
+        // The URL carries the secret and the code: `send` strips URLs from
+        // every error it reports.
+        let request = self
+            .http
+            .get(format!("{}/sns/jscode2session", self.base_url))
+            .query(&[
+                ("appid", appid),
+                ("secret", secret.expose_secret()),
+                ("js_code", code),
+                ("grant_type", "authorization_code"),
+            ]);
+        Self::login_reply(send("sns/jscode2session", request).await?)
+    }
+
+    async fn manage_templates(
+        &self,
+        access_token: &str,
+        call: &template_calls::TemplateCall,
+    ) -> Result<Value, CallError> {
+        let url = format!("{}{}", self.base_url, call.path());
+        let token = [("access_token", access_token)];
+        let request = match call.wire() {
+            template_calls::Wire::Get(query) => self.http.get(url).query(&token).query(&query),
+            template_calls::Wire::Json(body) => self.http.post(url).query(&token).json(&body),
+            template_calls::Wire::Form(form) => self.http.post(url).query(&token).form(&form),
+        };
+        let answer = send(call.path().trim_start_matches('/'), request).await?;
+        if answer.is_object() {
+            Ok(answer)
+        } else {
+            Err(CallError::Ambiguous(format!(
+                "{} answered JSON that is not an object",
+                call.name()
+            )))
+        }
+    }
+}
+
+impl WeChatClient {
+    /// One token call: the answer, or why there is none.
+    async fn token_call(
+        &self,
+        appid: &str,
+        secret: &SecretString,
+        mode: TokenMode,
+        force_refresh: bool,
+    ) -> Result<TokenReply, CallError> {
         let request = match mode {
             TokenMode::Token => self
                 .http
@@ -199,7 +283,11 @@ impl WeChatApi for WeChatClient {
                     "force_refresh": force_refresh,
                 })),
         };
-        let body = send(request).await?;
+        let api = match mode {
+            TokenMode::Token => "cgi-bin/token",
+            TokenMode::StableToken => "cgi-bin/stable_token",
+        };
+        let body = send(api, request).await?;
         #[derive(Deserialize)]
         struct Answer {
             access_token: Option<String>,
@@ -227,71 +315,6 @@ impl WeChatApi for WeChatClient {
         }
     }
 
-    async fn send_template(&self, access_token: &str, body: &Value) -> Result<Reply, CallError> {
-        self.business_call("cgi-bin/message/wxopen/template/send", access_token, body)
-            .await
-    }
-
-    async fn check_token(&self, access_token: &str) -> Result<Reply, CallError> {
-        let request = self
-            .http
-            .get(format!("{}/cgi-bin/get_api_domain_ip", self.base_url))
-            .query(&[("access_token", access_token)]);
-        let body = send(request).await?;
-        serde_json::from_value(body)
-            .map_err(|_| CallError::Ambiguous("answer of an unexpected shape".into()))
-    }
-
-    async fn send_subscribe(&self, access_token: &str, body: &Value) -> Result<Reply, CallError> {
-        self.business_call("cgi-bin/message/subscribe/send", access_token, body)
-            .await
-    }
-
-    async fn code_to_session(
-        &self,
-        appid: &str,
-        secret: &SecretString,
-        code: &str,
-    ) -> Result<LoginReply, CallError> {
-        // The URL carries the secret and the code: `send` strips URLs from
-        // every error it reports.
-        let request = self
-            .http
-            .get(format!("{}/sns/jscode2session", self.base_url))
-            .query(&[
-                ("appid", appid),
-                ("secret", secret.expose_secret()),
-                ("js_code", code),
-                ("grant_type", "authorization_code"),
-            ]);
-        Self::login_reply(send(request).await?)
-    }
-
-    async fn manage_templates(
-        &self,
-        access_token: &str,
-        call: &template_calls::TemplateCall,
-    ) -> Result<Value, CallError> {
-        let url = format!("{}{}", self.base_url, call.path());
-        let token = [("access_token", access_token)];
-        let request = match call.wire() {
-            template_calls::Wire::Get(query) => self.http.get(url).query(&token).query(&query),
-            template_calls::Wire::Json(body) => self.http.post(url).query(&token).json(&body),
-            template_calls::Wire::Form(form) => self.http.post(url).query(&token).form(&form),
-        };
-        let answer = send(request).await?;
-        if answer.is_object() {
-            Ok(answer)
-        } else {
-            Err(CallError::Ambiguous(format!(
-                "{} answered JSON that is not an object",
-                call.name()
-            )))
-        }
-    }
-}
-
-impl WeChatClient {
     /// The login exchange's answer: JSON served as `text/plain`, a success
     /// that may carry no `errcode` (docs/wechat/login.md, "The exchange").
     fn login_reply(body: Value) -> Result<LoginReply, CallError> {
@@ -325,7 +348,7 @@ impl WeChatClient {
     /// A POST of a JSON body to a business API under the token.
     async fn business_call(
         &self,
-        path: &str,
+        path: &'static str,
         access_token: &str,
         body: &Value,
     ) -> Result<Reply, CallError> {
@@ -334,14 +357,29 @@ impl WeChatClient {
             .post(format!("{}/{path}", self.base_url))
             .query(&[("access_token", access_token)])
             .json(body);
-        let body = send(request).await?;
+        let body = send(path, request).await?;
         serde_json::from_value(body)
             .map_err(|_| CallError::Ambiguous("answer of an unexpected shape".into()))
     }
 }
 
-/// Sends and reads a JSON answer, sorting failures by what they say about delivery.
-async fn send(request: reqwest::RequestBuilder) -> Result<Value, CallError> {
+/// Sends a call to `api` (its path, the metrics' label) and reads a JSON
+/// answer, sorting failures by what they say about delivery; the call is
+/// timed by its result.
+async fn send(api: &'static str, request: reqwest::RequestBuilder) -> Result<Value, CallError> {
+    let started = std::time::Instant::now();
+    let answer = call(request).await;
+    let result = match &answer {
+        Ok(_) => CallResult::Answered,
+        Err(CallError::NotSent(_)) => CallResult::NotSent,
+        Err(CallError::Ambiguous(_)) => CallResult::Ambiguous,
+    };
+    crate::monitoring::wechat_call(api, result, started.elapsed());
+    answer
+}
+
+/// [`send`] untimed.
+async fn call(request: reqwest::RequestBuilder) -> Result<Value, CallError> {
     let response = request.send().await.map_err(|error| {
         let error = error.without_url();
         if error.is_connect() || error.is_builder() {

@@ -148,3 +148,67 @@ fn misspelt_settings_stop_the_process_with_a_suggestion() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `--version` names the binary and the crate's version, and starts nothing.
+#[test]
+fn version_prints_the_crate_version() {
+    let output = Command::new(BINARY).arg("--version").output().unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        stdout.trim(),
+        format!("formid-gateway {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+/// `log_format = "json"`: the process's lines are JSON objects from the
+/// first one on; a misspelt format stops the process, naming the setting.
+#[tokio::test]
+async fn json_logs_from_the_first_line() {
+    let dir = std::env::temp_dir().join(format!("formid-json-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mut child, address) = start_gateway(&dir, &[("FORMID__LOG_FORMAT", "json")]);
+    let stderr = child.stderr.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let last = line.contains("formid-gateway listening");
+            lines.push(line);
+            if last {
+                break;
+            }
+        }
+        lines
+    });
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client
+        .get(format!("http://{address}/readyz"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the gateway did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines = lines.join().unwrap();
+    assert!(
+        lines.last().is_some_and(|line| line.contains("listening")),
+        "{lines:?}"
+    );
+    for line in &lines {
+        let parsed: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|error| panic!("not a JSON line ({error}): {line}"));
+        assert!(parsed["timestamp"].is_string(), "{line}");
+    }
+
+    let (child, _) = start_gateway(&dir, &[("FORMID__LOG_FORMAT", "yaml")]);
+    let refused = child.wait_with_output().unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("log_format"), "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -377,35 +377,9 @@ async fn the_page_is_served_with_a_strict_content_security_policy() {
 }
 
 /// The Python with Selenium installed: a venv under the target directory,
-/// made (and Selenium installed from PyPI) when missing. One installer at a
-/// time, as with the webhook tests' venv.
+/// made (and Selenium installed from PyPI) when missing.
 fn selenium_python() -> std::path::PathBuf {
-    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _installing = INSTALL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-venv");
-    let python = venv.join("bin/python");
-    let ready = |python: &std::path::Path| {
-        std::process::Command::new(python)
-            .args(["-c", "import selenium"])
-            .status()
-            .is_ok_and(|status| status.success())
-    };
-    if !ready(&python) {
-        let made = std::process::Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 must be installed for the console's browser test");
-        assert!(made.success(), "python3 -m venv failed");
-        let installed = std::process::Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "selenium"])
-            .status()
-            .unwrap();
-        assert!(installed.success(), "pip install selenium failed");
-    }
-    python
+    crate::helpers::pypi_python("console-venv", "selenium", "selenium")
 }
 
 /// Log in with a wrong key and see the error; with the admin key, pick the

@@ -8,6 +8,7 @@ use fake_wechat::{FakeWeChat, FakeWeChatServer};
 use formid_gateway::broadcasts::BroadcastWorker;
 use formid_gateway::clock::{Clock, ManualClock};
 use formid_gateway::config::Settings;
+use formid_gateway::monitoring::Backlog;
 use formid_gateway::startup::Application;
 use formid_gateway::stats::Stats;
 use formid_gateway::storage::Storage;
@@ -46,6 +47,11 @@ pub struct TestApp {
     /// `http://127.0.0.1:PORT` of the WeChat-compatible endpoint, when the
     /// settings turn it on (`proxy.listen`).
     pub proxy_address: Option<String>,
+    /// `http://127.0.0.1:PORT/metrics`, when the settings turn it on
+    /// (`metrics.listen`).
+    pub metrics_address: Option<String>,
+    /// The worker of the message gauges, when metrics are on.
+    pub backlog: Option<Backlog>,
     pub client: reqwest::Client,
     pub fake: FakeWeChat,
     pub clock: Arc<ManualClock>,
@@ -202,6 +208,8 @@ pub async fn spawn_app_with(backend: Backend, adjust: impl FnOnce(&mut Value)) -
     TestApp {
         address: parts.address,
         proxy_address: parts.proxy_address,
+        metrics_address: parts.metrics_address,
+        backlog: parts.backlog,
         client: parts.client,
         fake,
         clock: parts.clock,
@@ -288,6 +296,10 @@ async fn start_instance(settings: Value, clock: Arc<ManualClock>) -> TestAppPart
         proxy_address: application
             .proxy_port()
             .map(|port| format!("http://127.0.0.1:{port}")),
+        metrics_address: application
+            .metrics_port()
+            .map(|port| format!("http://127.0.0.1:{port}/metrics")),
+        backlog: application.backlog(),
         client: reqwest::Client::new(),
         clock,
         storage: application.storage(),
@@ -311,6 +323,8 @@ async fn start_instance(settings: Value, clock: Arc<ManualClock>) -> TestAppPart
 struct TestAppParts {
     address: String,
     proxy_address: Option<String>,
+    metrics_address: Option<String>,
+    backlog: Option<Backlog>,
     client: reqwest::Client,
     clock: Arc<ManualClock>,
     storage: Arc<dyn Storage>,
@@ -532,4 +546,39 @@ pub async fn execute_sql(app: &TestApp, statements: &[&str]) {
             connection.execute(*statement).await.unwrap();
         }
     }
+}
+
+/// The Python of the venv `name` under the target directory with
+/// `requirement` installed from PyPI (`module` imports when it is): made
+/// when missing. `.ci/run` prepares the same venvs beforehand.
+pub fn pypi_python(name: &str, requirement: &str, module: &str) -> std::path::PathBuf {
+    // One installer at a time: tests on both databases, and the crash test,
+    // ask for a venv at once on a fresh machine, and a second `venv` or
+    // `pip` run over a half-made one fails.
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _installing = INSTALL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let python = venv.join("bin/python");
+    let ready = |python: &std::path::Path| {
+        std::process::Command::new(python)
+            .args(["-c", &format!("import {module}")])
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    if !ready(&python) {
+        let made = std::process::Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 (with venv and pip) must be installed for these tests");
+        assert!(made.success(), "python3 -m venv failed");
+        let installed = std::process::Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", requirement])
+            .status()
+            .unwrap();
+        assert!(installed.success(), "pip install {requirement} failed");
+    }
+    python
 }

@@ -16,6 +16,7 @@ mod concurrency;
 mod connections;
 mod console;
 mod crash;
+mod metrics;
 mod packaging;
 mod parsers;
 mod process;

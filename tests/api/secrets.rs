@@ -2,7 +2,7 @@
 //! collection through `/me`, a send, a token refresh and a key creation, and
 //! some refusals; no app secret, access token, session token, session_key,
 //! API key, login code or credential value appears in its logs or in any
-//! error body.
+//! error body, in text lines or in JSON ones (`log_format = "json"`).
 
 use std::io::{BufReader, Read};
 use std::process::{Command, Stdio};
@@ -22,6 +22,29 @@ const TOKEN: &str = "token-key-3c5e7a9b1d2f40";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_a_trace_log_or_an_error_body() {
+    run_with_secrets("text").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_a_json_log_line() {
+    let logs = run_with_secrets("json").await;
+    let mut in_requests = 0;
+    for line in logs.lines().filter(|line| !line.trim().is_empty()) {
+        let line: Value = serde_json::from_str(line)
+            .unwrap_or_else(|error| panic!("not a JSON line ({error}): {line}"));
+        assert!(line["level"].is_string(), "{line}");
+        let spans = line["spans"].as_array().cloned().unwrap_or_default();
+        if spans.first().is_some_and(|span| span["name"] == "request") {
+            in_requests += 1;
+            assert!(spans[0]["request_id"].is_string(), "{line}");
+        }
+    }
+    assert!(in_requests > 0, "no line written inside a request: {logs}");
+}
+
+/// Runs the scenario in a gateway logging at TRACE in `format`; checks
+/// that no secret is in its logs or error bodies, and returns the logs.
+async fn run_with_secrets(format: &str) -> String {
     let fake = FakeWeChat::new(SystemClock);
     fake.register_app(APP, APP_SECRET);
     fake.register_template(APP, TEMPLATE);
@@ -51,6 +74,7 @@ async fn no_secret_reaches_a_trace_log_or_an_error_body() {
         .arg(&file)
         .env("FORMID__LISTEN", address.trim_start_matches("http://"))
         .env("RUST_LOG", "trace")
+        .env("FORMID__LOG_FORMAT", format)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -267,4 +291,5 @@ async fn no_secret_reaches_a_trace_log_or_an_error_body() {
     }
     assert!(leaks.is_empty(), "{leaks:?}");
     let _ = std::fs::remove_dir_all(dir);
+    logs
 }

@@ -116,35 +116,7 @@ impl Receiver {
 /// The Python with `standardwebhooks` installed: a venv under the target
 /// directory, made (and the package installed from PyPI) when missing.
 pub fn standardwebhooks_python() -> std::path::PathBuf {
-    // One installer at a time: tests on both databases, and the crash test,
-    // ask for the venv at once on a fresh machine, and a second `venv` or
-    // `pip` run over a half-made one fails.
-    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _installing = INSTALL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("webhook-venv");
-    let python = venv.join("bin/python");
-    let ready = |python: &std::path::Path| {
-        std::process::Command::new(python)
-            .args(["-c", "import standardwebhooks"])
-            .status()
-            .is_ok_and(|status| status.success())
-    };
-    if !ready(&python) {
-        let made = std::process::Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 must be installed for the webhook tests");
-        assert!(made.success(), "python3 -m venv failed");
-        let installed = std::process::Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "standardwebhooks"])
-            .status()
-            .unwrap();
-        assert!(installed.success(), "pip install standardwebhooks failed");
-    }
-    python
+    crate::helpers::pypi_python("webhook-venv", "standardwebhooks", "standardwebhooks")
 }
 
 const VERIFY: &str = r#"

@@ -35,6 +35,9 @@ pub struct DemoArgs {
     /// Address of the fake WeChat.
     #[arg(long, default_value = "127.0.0.1:9100")]
     pub fake_listen: String,
+    /// Address of the gateway's `/metrics`.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub metrics_listen: String,
     /// The SQLite ledger.
     #[arg(long, default_value = "sqlite://data/demo.db")]
     pub database_url: String,
@@ -102,7 +105,17 @@ async fn run(args: DemoArgs, narrated: impl FnOnce() + Send + 'static) -> anyhow
             .replace(":0", &format!(":{}", application.port()))
     );
     push_to(&fake, &gateway, &push_token, &encoding_aes_key)?;
-    println!("{}", banner(&gateway, &fake_server.base_url, &api_key));
+    let metrics = format!(
+        "http://{}/metrics",
+        args.metrics_listen.replace(
+            ":0",
+            &format!(":{}", application.metrics_port().unwrap_or_default())
+        )
+    );
+    println!(
+        "{}",
+        banner(&gateway, &fake_server.base_url, &api_key, &metrics)
+    );
     // The server answers once `run_until_stopped` is polled (its listener is
     // already bound), so the flow runs beside it.
     let flow = subscribe_flow::Flow {
@@ -186,6 +199,7 @@ fn demo_settings(
         "api_keys": {"demo": {"key": api_key, "apps": ["*"], "scopes": ["admin"]}},
         // The demo's own receiver listens on loopback.
         "webhooks": {"allow_private_targets": true, "poll_ms": 100},
+        "metrics": {"listen": args.metrics_listen},
     }))
     .context("building the demo settings")
 }
@@ -211,11 +225,12 @@ fn push_to(
 }
 
 /// The addresses and the key (the round-trip test reads these lines).
-fn banner(gateway: &str, fake: &str, key: &str) -> String {
+fn banner(gateway: &str, fake: &str, key: &str, metrics: &str) -> String {
     format!(
         r#"
 formid-gateway demo: the gateway on SQLite, WeChat faked beside it.
   gateway     {gateway}
+  metrics     {metrics}
   fake WeChat {fake}
   API key     {key}   (admin scope, every app)
   app         {APPID}"#

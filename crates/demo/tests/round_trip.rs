@@ -14,6 +14,7 @@ const BINARY: &str = env!("CARGO_BIN_EXE_formid-demo");
 /// fake, the key, and everything printed up to its last line.
 struct Banner {
     gateway: String,
+    metrics: String,
     fake: String,
     key: String,
     text: String,
@@ -22,6 +23,7 @@ struct Banner {
 /// Reads the demo's output until its last line ("Ctrl-C stops the demo.").
 fn read_banner(stdout: std::process::ChildStdout) -> Banner {
     let mut gateway = None;
+    let mut metrics = None;
     let mut fake = None;
     let mut key = None;
     let mut text = String::new();
@@ -33,18 +35,22 @@ fn read_banner(stdout: std::process::ChildStdout) -> Banner {
         let mut words = line.split_whitespace();
         match (words.next(), words.next(), words.next()) {
             (Some("gateway"), Some(url), None) => gateway = Some(url.to_owned()),
+            (Some("metrics"), Some(url), None) => metrics = Some(url.to_owned()),
             (Some("fake"), Some("WeChat"), Some(url)) => fake = Some(url.to_owned()),
             (Some("API"), Some("key"), Some(value)) => key = Some(value.to_owned()),
             _ => {}
         }
         if line.starts_with("Ctrl-C stops the demo") {
-            let (Some(gateway), Some(fake), Some(key)) = (gateway, fake, key) else {
+            let (Some(gateway), Some(metrics), Some(fake), Some(key)) =
+                (gateway, metrics, fake, key)
+            else {
                 panic!("the demo did not print its addresses and key:\n{text}");
             };
             // Keep reading: a closed pipe would kill the demo on its next write.
             std::thread::spawn(move || lines.for_each(drop));
             return Banner {
                 gateway,
+                metrics,
                 fake,
                 key,
                 text,
@@ -71,6 +77,7 @@ async fn the_demo_runs_a_full_round_trip_and_stops_cleanly_on_sigterm() {
     let dir = std::env::temp_dir().join(format!("formid-demo-{}", uuid::Uuid::new_v4().simple()));
     let mut child = Command::new(BINARY)
         .args(["--listen", "127.0.0.1:0", "--fake-listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
         .arg("--database-url")
         .arg(format!("sqlite://{}/demo.db", dir.display()))
         .stdout(Stdio::piped())
@@ -80,6 +87,7 @@ async fn the_demo_runs_a_full_round_trip_and_stops_cleanly_on_sigterm() {
     let stdout = child.stdout.take().unwrap();
     let Banner {
         gateway,
+        metrics,
         fake,
         key,
         text,
@@ -213,6 +221,27 @@ async fn the_demo_runs_a_full_round_trip_and_stops_cleanly_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(again.status(), 409);
+
+    // The demo's /metrics counted the sends, the requests by route, and not
+    // on the API's own listener.
+    let scraped = client.get(&metrics).send().await.unwrap();
+    assert_eq!(scraped.status(), 200);
+    let scraped = scraped.text().await.unwrap();
+    assert!(
+        scraped.contains(r#"formid_sends_total{app="wxdemo0000000001",channel="template",outcome="sent",errcode="0"}"#),
+        "{scraped}"
+    );
+    assert!(
+        scraped.contains(r#"route="/v1/apps/{appid}/messages""#),
+        "{scraped}"
+    );
+    assert!(!scraped.contains("o-demo-user-0001"), "{scraped}");
+    let public = client
+        .get(format!("{gateway}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), 404);
 
     // SIGTERM: stop taking requests, finish, exit 0.
     let status = Command::new("kill")

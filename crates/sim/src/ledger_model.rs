@@ -29,12 +29,12 @@ use formid_gateway::storage::send_rules::{
     decide_counted, CappedStart, Scheduled, SendRulesStore, TakeScheduled, Taken,
 };
 use formid_gateway::storage::{
-    AppState, AppStore, AttemptRow, Claim, ClaimRequest, ClaimedCredential, CredentialStore,
-    EffectPlan, EndSend, IdempotencyBegin, IdempotencyRecord, IdempotencyRequest, IdempotencyStore,
-    KindQuota, Lease, LedgerFacts, MaintenanceStore, MessageOutcome, MessageRow, MessageStore,
-    NewAttempt, NewCredential, NewMessage, NewPrompt, NewPushEvent, PromptDecision, PromptEffect,
-    PromptRecord, PushItemOutcome, SendTemplates, Settlement, StartSend, StoredCredential,
-    StoredMessage, SubscriptionStore, SweepReport, TemplateQuota, TemplateStore,
+    AppState, AppStore, AttemptRow, BacklogCount, Claim, ClaimRequest, ClaimedCredential,
+    CredentialStore, EffectPlan, EndSend, IdempotencyBegin, IdempotencyRecord, IdempotencyRequest,
+    IdempotencyStore, KindQuota, Lease, LedgerFacts, MaintenanceStore, MessageOutcome, MessageRow,
+    MessageStore, NewAttempt, NewCredential, NewMessage, NewPrompt, NewPushEvent, PromptDecision,
+    PromptEffect, PromptRecord, PushItemOutcome, SendTemplates, Settlement, StartSend,
+    StoredCredential, StoredMessage, SubscriptionStore, SweepReport, TemplateQuota, TemplateStore,
 };
 use formid_gateway::storage::{
     DeliveryRecord, LeasedEvent, NewEndpoint, NewEvent, WebhookAttemptRow, WebhookEndpoint,
@@ -1834,6 +1834,31 @@ impl MaintenanceStore for LedgerModel {
         self.write(|t| {
             t.apps.entry(appid.to_owned()).or_default();
             Ok(())
+        })
+        .await
+    }
+
+    /// `MESSAGE_BACKLOG`: per status (waiting, pending, scheduled, in that
+    /// order), the count of each app's messages in it.
+    async fn message_backlog(&self) -> anyhow::Result<Vec<BacklogCount>> {
+        self.read(|t| {
+            let mut counts = Vec::new();
+            for status in [
+                MessageStatus::Waiting,
+                MessageStatus::Pending,
+                MessageStatus::Scheduled,
+            ] {
+                let mut by_app: BTreeMap<&str, i64> = BTreeMap::new();
+                for message in t.messages.values().filter(|m| m.status == status) {
+                    *by_app.entry(message.appid.as_str()).or_default() += 1;
+                }
+                counts.extend(by_app.into_iter().map(|(appid, count)| BacklogCount {
+                    appid: appid.to_owned(),
+                    status,
+                    count,
+                }));
+            }
+            counts
         })
         .await
     }

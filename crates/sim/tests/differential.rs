@@ -554,6 +554,12 @@ async fn step(pair: &Pair, schedule: &mut Schedule) {
                 s.quota(APPID, user, now + 60_000).await
             })
             .await;
+            let name = "message_backlog".to_owned();
+            pair.call(schedule, name, |s| async move {
+                // One app: the rows come in the statement's status order.
+                s.message_backlog().await
+            })
+            .await;
         }
         _ => {
             let Some(started) = schedule.pick_started() else {
