@@ -311,7 +311,8 @@ async fn replay(
         ));
     }
     if record.state == IdempotencyState::InFlight {
-        if let Some((result, reference)) = ended_message(context, appid, &record.message_id).await? {
+        if let Some((result, reference)) = ended_message(context, appid, &record.message_id).await?
+        {
             let reply = Reply::of(result, context.clock.now_ms()).with_reference(reference);
             let stored = reply.stored_body()?;
             let status = reply.status.as_u16();

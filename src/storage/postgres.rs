@@ -279,7 +279,9 @@ impl PostgresBatches {
             .bind(column(starts, |start| start.message.channel.as_str()))
             .bind(column(starts, |start| start.message.grant_of()))
             .bind(column(starts, |start| start.message.reference.as_deref()))
-            .bind(column(starts, |start| start.message.idempotency_key.as_deref()))
+            .bind(column(starts, |start| {
+                start.message.idempotency_key.as_deref()
+            }))
     }
 }
 

@@ -850,7 +850,11 @@ async fn a_sends_key_and_reference_ride_on_its_events_and_its_message(#[case] ba
     assert_eq!(sent.body["reference"], "order-7 · 订单");
     let id = sent.body["id"].as_str().unwrap().to_owned();
     let message = app.message(&id).await;
-    assert_eq!(message.body["reference"], "order-7 · 订单", "{:?}", message.body);
+    assert_eq!(
+        message.body["reference"], "order-7 · 订单",
+        "{:?}",
+        message.body
+    );
     // The replayed answer says it too.
     let replayed = send_with_key(
         &app,

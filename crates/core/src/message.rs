@@ -111,8 +111,7 @@ fn check_bounds(body: &SendRequest) -> Result<(), Rejection> {
 /// [`MAX_REFERENCE_LEN`] characters, none of them a control character
 /// (it goes verbatim into event bodies and logs read by people).
 pub fn is_reference(text: &str) -> bool {
-    (1..=MAX_REFERENCE_LEN).contains(&text.chars().count())
-        && !text.chars().any(char::is_control)
+    (1..=MAX_REFERENCE_LEN).contains(&text.chars().count()) && !text.chars().any(char::is_control)
 }
 
 /// `data`: at most [`MAX_DATA_FIELDS`] fields, each `{"value": …}` with a
