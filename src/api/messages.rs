@@ -40,6 +40,7 @@ impl Reply {
             checked: None,
             error: None,
             id: result.message_id,
+            reference: None,
             status: result.status,
         };
         let Some(failure) = result.failure else {
@@ -107,6 +108,14 @@ impl Reply {
         }
     }
 
+    /// The caller's reference on the answer of a send that has a message.
+    fn with_reference(mut self, reference: Option<String>) -> Self {
+        if let SendBody::Answer(sent) = &mut self.body {
+            sent.reference = reference;
+        }
+        self
+    }
+
     /// The body as stored for an idempotency key.
     fn stored_body(&self) -> anyhow::Result<String> {
         Ok(serde_json::to_string(&self.body)?)
@@ -164,7 +173,9 @@ pub async fn send(
     // `data`); the request rules then read the same bytes.
     let body = context.read_json_text(&request, payload).await?;
     // Checked before anything is claimed or an idempotency key is taken.
-    let request = parse(&body)?;
+    let mut request = parse(&body)?;
+    request.idempotency_key.clone_from(&key);
+    let reference = request.reference.clone();
     check_send_rules(&auth, &context, &request)?;
     let checked = context.sender.check(appid, request).await?;
     // Time-ordered (v7): new messages land at one end of the primary key
@@ -190,6 +201,7 @@ pub async fn send(
         }
     }
     let (reply, settled) = run(&context, appid, checked, &message_id).await;
+    let reply = reply.with_reference(reference);
     if let Some(key) = key.as_ref().filter(|_| settled) {
         let stored = reply.stored_body()?;
         context
@@ -299,8 +311,9 @@ async fn replay(
         ));
     }
     if record.state == IdempotencyState::InFlight {
-        if let Some(result) = ended_message(context, appid, &record.message_id).await? {
-            let reply = Reply::of(result, context.clock.now_ms());
+        if let Some((result, reference)) = ended_message(context, appid, &record.message_id).await?
+        {
+            let reply = Reply::of(result, context.clock.now_ms()).with_reference(reference);
             let stored = reply.stored_body()?;
             let status = reply.status.as_u16();
             context
@@ -338,12 +351,12 @@ async fn replay(
 
 /// A message that has ended (or waits for a credential), as the send that
 /// made it would have answered; `None` while it is still pending or unknown
-/// to the ledger.
+/// to the ledger. With it, the caller's reference.
 async fn ended_message(
     context: &ApiContext,
     appid: &str,
     message_id: &str,
-) -> anyhow::Result<Option<SendResult>> {
+) -> anyhow::Result<Option<(SendResult, Option<String>)>> {
     let Some((message, attempts)) = context.storage.message(appid, message_id).await? else {
         return Ok(None);
     };
@@ -353,7 +366,7 @@ async fn ended_message(
     let failure = message.error_code.as_deref().and_then(|code| {
         SendFailure::from_stored(code, message.wechat_errcode, message.updated_at)
     });
-    Ok(Some(SendResult {
+    let result = SendResult {
         message_id: message.id,
         status: message.status,
         failure,
@@ -371,7 +384,8 @@ async fn ended_message(
                 msgid: attempt.msgid,
             })
             .collect(),
-    }))
+    };
+    Ok(Some((result, message.reference)))
 }
 
 /// The `{id}` of a message's route.

@@ -422,6 +422,9 @@ pub struct Sent {
     pub error: Option<ErrorObject>,
     /// The message.
     pub id: String,
+    /// The caller's `reference` from the send request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
     /// The message's status.
     pub status: MessageStatus,
 }
@@ -473,6 +476,9 @@ pub struct Message {
     pub error: Option<MessageError>,
     /// The message.
     pub id: String,
+    /// The caller's `reference` from the send request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
     /// Its status.
     #[schema(value_type = String)]
     pub status: MessageStatus,
@@ -544,6 +550,7 @@ impl Message {
             delivery,
             error,
             id: message.id,
+            reference: message.reference,
             status: message.status,
             template_id: message.template_id,
             touser: message.touser,
@@ -721,6 +728,7 @@ mod tests {
             checked: Some(true),
             error: Some(error.public_object()),
             id: "i".into(),
+            reference: Some("r".into()),
             status: MessageStatus::Failed,
         }));
         assert_sorted(&SendBody::Error(ErrorBody::new(
@@ -747,6 +755,7 @@ mod tests {
                 wechat_errcode: Some(1),
             }),
             id: "i".into(),
+            reference: Some("r".into()),
             status: MessageStatus::Sent,
             template_id: "t".into(),
             touser: "o".into(),

@@ -345,6 +345,8 @@ impl Sender {
             lease_until: now + self.settings.lease_ms,
             lease_token: lease.token,
             channel: request.channel,
+            reference: request.reference.clone(),
+            idempotency_key: request.idempotency_key.clone(),
         };
         let outgoing = OutgoingMessage {
             appid: appid.to_owned(),

@@ -105,6 +105,8 @@ impl Sender {
             lease_until: now,
             lease_token: 0,
             channel: request.channel,
+            reference: request.reference.clone(),
+            idempotency_key: request.idempotency_key.clone(),
         };
         self.storage
             .schedule_message(&Scheduled {

@@ -245,6 +245,8 @@ pub struct MessageRow {
     pub delivery_error_status: Option<String>,
     /// …and when the push arrived.
     pub delivery_reported_at: Option<i64>,
+    /// The caller's reference from the send request.
+    pub reference: Option<String>,
 }
 
 /// A stored attempt.
@@ -785,6 +787,10 @@ pub struct LeasedEvent {
     /// Attempts made before this one.
     pub attempts: i64,
     pub lease_token: i64,
+    /// The `Idempotency-Key` of the send of the message it is about.
+    pub idempotency_key: Option<String>,
+    /// The caller's reference of that message.
+    pub reference: Option<String>,
 }
 
 /// What one delivery attempt came to, written in one transaction.

@@ -145,14 +145,15 @@ pub async fn group_commit_pool(ledger: PgConnectOptions) -> sqlx::Result<PgPool>
 pub const START_BATCH: &str = "WITH batch AS ( \
         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
             $6::text[], $7::text[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], \
-            $12::int8[], $13::text[], $14::text[]) \
+            $12::int8[], $13::text[], $14::text[], $15::text[], $16::text[]) \
         AS b(id, appid, touser, template_id, payload, status, delivery, wait_until, lease_until, \
-             lease_token, at, valid_after, channel, grant_of)), \
+             lease_token, at, valid_after, channel, grant_of, reference, idempotency_key)), \
     message AS ( \
         INSERT INTO messages (id, appid, touser, template_id, payload, status, delivery, \
-            wait_until, lease_until, lease_token, channel, created_at, updated_at) \
+            wait_until, lease_until, lease_token, channel, reference, idempotency_key, \
+            created_at, updated_at) \
         SELECT id, appid, touser, template_id, payload, status, delivery, wait_until, \
-            lease_until, lease_token, channel, at, at FROM batch), \
+            lease_until, lease_token, channel, reference, idempotency_key, at, at FROM batch), \
     pick AS ( \
         SELECT b.id AS message_id, b.lease_until, b.lease_token, b.at, c.id FROM batch b \
         CROSS JOIN LATERAL (SELECT id FROM credentials \
@@ -205,14 +206,15 @@ pub const END_BATCH: &str = "WITH batch AS ( \
             lease_token = NULL, next_attempt_at = NULL \
         FROM batch \
         WHERE messages.id = batch.message_id AND messages.lease_token = batch.lease_token \
-        RETURNING messages.id, messages.appid, messages.touser, messages.template_id), \
+        RETURNING messages.id, messages.appid, messages.touser, messages.template_id, \
+            messages.idempotency_key, messages.reference), \
     event AS ( \
         INSERT INTO webhook_outbox (event_id, endpoint_id, appid, event_type, openid, \
             message_id, template_id, status, wechat_errcode, error_code, detail, occurred_at, \
-            state, attempts, next_attempt_at, updated_at) \
+            state, attempts, next_attempt_at, updated_at, idempotency_key, reference) \
         SELECT batch.event_id, e.id, f.appid, batch.event_type, f.touser, f.id, \
             f.template_id, batch.status, batch.wechat_errcode, batch.error_code, NULL, \
-            batch.at, 'pending', 0, batch.at, batch.at \
+            batch.at, 'pending', 0, batch.at, batch.at, f.idempotency_key, f.reference \
         FROM finished f JOIN batch ON batch.message_id = f.id \
         JOIN webhook_endpoints e ON e.appid = f.appid AND e.state = 'enabled' \
             AND (e.event_mask & batch.event_bit) <> 0) \
@@ -277,6 +279,10 @@ impl PostgresBatches {
             .bind(column(starts, |start| start.valid_after))
             .bind(column(starts, |start| start.message.channel.as_str()))
             .bind(column(starts, |start| start.message.grant_of()))
+            .bind(column(starts, |start| start.message.reference.as_deref()))
+            .bind(column(starts, |start| {
+                start.message.idempotency_key.as_deref()
+            }))
     }
 }
 

@@ -155,3 +155,30 @@ fn the_webhook_checks_allow_exactly_the_enum_names() {
         );
     }
 }
+
+/// Migration 0015 only adds nullable columns, on both databases: no table
+/// is rebuilt (on SQLite a rebuild of `messages` would copy every message
+/// and drop its indexes), and no row needs a value it cannot have.
+#[test]
+fn migration_0015_adds_nullable_columns_and_rebuilds_nothing() {
+    for backend in ["sqlite", "postgres"] {
+        let path = format!("migrations/{backend}/0015_message_reference.sql");
+        let text = std::fs::read_to_string(&path).expect(&path);
+        let statements: Vec<String> = text
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("--"))
+            .collect::<Vec<_>>()
+            .join(" ")
+            .split(';')
+            .map(|statement| statement.split_whitespace().collect::<Vec<_>>().join(" "))
+            .filter(|statement| !statement.is_empty())
+            .collect();
+        let mut expected = Vec::new();
+        for table in ["messages", "webhook_outbox"] {
+            for column in ["reference", "idempotency_key"] {
+                expected.push(format!("ALTER TABLE {table} ADD COLUMN {column} TEXT"));
+            }
+        }
+        assert_eq!(statements, expected, "{path}");
+    }
+}

@@ -1463,8 +1463,9 @@ macro_rules! impl_storage {
 
 pub(crate) use impl_storage;
 
-/// Binds a [`NewMessage`](crate::storage::NewMessage)'s columns as `$1`–`$10`
-/// of the message inserts (`sql::CREATE_MESSAGE`, SQLite's `START`).
+/// Binds a [`NewMessage`](crate::storage::NewMessage)'s columns as `$1`–`$13`
+/// of the message inserts (`sql::CREATE_MESSAGE`, `sql::SCHEDULE_MESSAGE`,
+/// SQLite's `START`).
 macro_rules! bind_message {
     ($query:expr, $message:expr) => {{
         let message = $message;
@@ -1480,6 +1481,8 @@ macro_rules! bind_message {
             .bind(message.lease_until)
             .bind(message.lease_token)
             .bind(message.channel.as_str())
+            .bind(message.reference.as_deref())
+            .bind(message.idempotency_key.as_deref())
     }};
 }
 

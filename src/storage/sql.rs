@@ -105,10 +105,12 @@ pub const FENCE_MESSAGE_KEEPING: &str = "UPDATE messages SET lease_until = lease
 pub const RENEW_CREDENTIAL_LEASES: &str = "UPDATE credentials SET lease_expires_at = $3 \
     WHERE lease_message_id = $1 AND lease_token = $2 AND state = 'leased'";
 
+/// `$1`–`$13` the message's columns as `bind_message!` binds them (`$12`
+/// the caller's reference, `$13` the send's idempotency key), `$14` now.
 pub const CREATE_MESSAGE: &str = "INSERT INTO messages \
     (id, appid, touser, template_id, payload, status, delivery, wait_until, lease_until, \
-     lease_token, channel, created_at, updated_at) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)";
+     lease_token, channel, reference, idempotency_key, created_at, updated_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)";
 
 /// Every settlement only touches a row still leased under the settling run's
 /// token (`$3`), so a late settle after lease recovery cannot resurrect or
@@ -305,7 +307,7 @@ pub const DELETE_OLD_IDEMPOTENCY_KEYS: &str =
 
 pub const MESSAGE: &str = "SELECT id, appid, touser, template_id, status, error_code, \
     wechat_errcode, created_at, updated_at, channel, delivery_error_code, delivery_error_status, \
-    delivery_reported_at FROM messages WHERE appid = $1 AND id = $2";
+    delivery_reported_at, reference FROM messages WHERE appid = $1 AND id = $2";
 
 pub const ATTEMPTS: &str = "SELECT credential_id, credential_kind, errcode, outcome, detail, at, \
     msgid FROM attempts WHERE message_id = $1 ORDER BY id";
@@ -574,12 +576,15 @@ pub const CAP_COUNTED: &str = "SELECT template_id, status, updated_at FROM messa
     WHERE appid = $1 AND touser = $2 AND updated_at <= $3 \
       AND (status = 'pending' OR status = 'waiting')";
 
-/// A message kept until its time (`$12`, the due time; `$13`, the time
-/// asked for), holding nothing.
+/// A message kept until its time (`$14`, the due time; `$15`, the time
+/// asked for), holding nothing; `$16` now. `$1`–`$13` as in
+/// [`CREATE_MESSAGE`].
 pub const SCHEDULE_MESSAGE: &str = "INSERT INTO messages \
     (id, appid, touser, template_id, payload, status, delivery, wait_until, lease_until, \
-     lease_token, channel, created_at, updated_at, next_attempt_at, send_at) \
-    VALUES ($1, $2, $3, $4, $5, 'scheduled', $7, $8, NULL, NULL, $11, $14, $14, $12, $13)";
+     lease_token, channel, reference, idempotency_key, created_at, updated_at, next_attempt_at, \
+     send_at) \
+    VALUES ($1, $2, $3, $4, $5, 'scheduled', $7, $8, NULL, NULL, $11, $12, $13, $16, $16, $14, \
+     $15)";
 
 /// Ends a scheduled message as cancelled, only while it is still
 /// scheduled (why `IS NOT DISTINCT FROM`: [`FENCE_MESSAGE`]).
@@ -758,12 +763,14 @@ pub const RECIPIENT_PAGE: &str = "SELECT seq, openid, state, message_id, error_c
     WHERE broadcast_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
 // Webhooks (migration 0012): endpoints, the outbox, the attempts.
 
-/// The outbox columns every event insert writes, in this order.
+/// The outbox columns every event insert writes, in this order. The last
+/// two, the caller's idempotency key and reference, are copied from the
+/// message the event is about (NULL for an event about none).
 macro_rules! outbox_columns {
     () => {
         "INSERT INTO webhook_outbox (event_id, endpoint_id, appid, event_type, openid, \
             message_id, template_id, status, wechat_errcode, error_code, detail, occurred_at, \
-            state, attempts, next_attempt_at, updated_at) "
+            state, attempts, next_attempt_at, updated_at, idempotency_key, reference) "
     };
 }
 
@@ -771,25 +778,30 @@ macro_rules! outbox_columns {
 /// event's bit (`$12`); nothing when none does. Run in the transaction of
 /// the change it reports. `$1` event id, `$2` appid, `$3` type, `$4` openid,
 /// `$5` message, `$6` template, `$7` status, `$8` WeChat errcode, `$9` error
-/// code, `$10` detail, `$11` now.
+/// code, `$10` detail, `$11` now. A message named by `$5` (a push's
+/// delivery of it) lends its idempotency key and reference: a `LEFT JOIN` by
+/// key, so an event about no message (or one already swept) still goes out,
+/// and no statement is added.
 pub const INSERT_EVENT: &str = concat!(
     outbox_columns!(),
-    "SELECT $1, id, appid, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', 0, $11, $11 \
-    FROM webhook_endpoints WHERE appid = $2 AND state = 'enabled' AND (event_mask & $12) <> 0"
+    "SELECT $1, e.id, e.appid, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', 0, $11, $11, \
+        m.idempotency_key, m.reference \
+    FROM webhook_endpoints e LEFT JOIN messages m ON m.id = $5 \
+    WHERE e.appid = $2 AND e.state = 'enabled' AND (e.event_mask & $12) <> 0"
 );
 
 /// An event about a message, written only while the run's lease holds:
 /// run before [`FINISH_MESSAGE`] (which clears the token) with the same
 /// fence, so the event commits exactly when the finish does. The user and
-/// template are the message's. `$1` event id, `$2` message, `$3` type, `$4`
-/// status, `$5` WeChat errcode, `$6` error code, `$7` now, `$8` token, `$9`
+/// template (and the caller's key and reference) are the message's. `$1`
+/// event id, `$2` message, `$3` type, `$4` status, `$5` WeChat errcode, `$6` error code, `$7` now, `$8` token, `$9`
 /// the type's bit. Why `CROSS JOIN`: SQLite then finds the message by key
 /// first and probes the app's endpoints by index; with no endpoint that is
 /// the whole cost a send pays.
 pub const INSERT_MESSAGE_EVENT: &str = concat!(
     outbox_columns!(),
     "SELECT $1, e.id, m.appid, $3, m.touser, m.id, m.template_id, $4, $5, $6, NULL, $7, \
-        'pending', 0, $7, $7 \
+        'pending', 0, $7, $7, m.idempotency_key, m.reference \
     FROM messages m CROSS JOIN webhook_endpoints e \
     WHERE m.id = $2 AND m.lease_token = $8 AND e.appid = m.appid AND e.state = 'enabled' \
       AND (e.event_mask & $9) <> 0"
@@ -797,13 +809,13 @@ pub const INSERT_MESSAGE_EVENT: &str = concat!(
 
 /// An event about a message that ends without a run's lease (a scheduled
 /// message cancelled, or ended by a full send cap), in the transaction that
-/// ends it. The user and template are the message's. `$1` event id, `$2`
+/// ends it. The user, template, key and reference are the message's. `$1` event id, `$2`
 /// message, `$3` type, `$4` status, `$5` error code, `$6` now, `$7` the
 /// type's bit.
 pub const INSERT_UNLEASED_MESSAGE_EVENT: &str = concat!(
     outbox_columns!(),
     "SELECT $1, e.id, m.appid, $3, m.touser, m.id, m.template_id, $4, NULL, $5, NULL, $6, \
-        'pending', 0, $6, $6 \
+        'pending', 0, $6, $6, m.idempotency_key, m.reference \
     FROM messages m CROSS JOIN webhook_endpoints e \
     WHERE m.id = $2 AND e.appid = m.appid AND e.state = 'enabled' \
       AND (e.event_mask & $7) <> 0"
@@ -826,7 +838,7 @@ pub const INSERT_BROADCAST_EVENT: &str = concat!(
 pub const INSERT_TEST_EVENT: &str = concat!(
     outbox_columns!(),
     "SELECT $1, id, appid, 'webhook.test', NULL, NULL, NULL, NULL, NULL, NULL, NULL, $3, \
-        'pending', 0, $3, $3 \
+        'pending', 0, $3, $3, NULL, NULL \
     FROM webhook_endpoints WHERE id = $2 AND appid = $4 AND state = 'enabled'"
 );
 
@@ -894,7 +906,8 @@ pub const LEASE_DUE_EVENTS: &str = "UPDATE webhook_outbox \
                 AND p.openid = o.openid AND p.seq < o.seq) \
         ORDER BY o.seq LIMIT $4 {lock}) \
     RETURNING seq, event_id, endpoint_id, appid, event_type, openid, message_id, template_id, \
-        status, wechat_errcode, error_code, detail, occurred_at, attempts, lease_token";
+        status, wechat_errcode, error_code, detail, occurred_at, attempts, lease_token, \
+        idempotency_key, reference";
 
 /// An attempt's end for its event, only under the lease that sent it:
 /// `$4` the state, `$5` when next (pending), `$3` now.

@@ -145,21 +145,21 @@ struct Renumbered {
 
 /// The start of a send: the message (`sql::CREATE_MESSAGE`), then the claim
 /// of its first credential (`sql::CLAIM`), leased until the message's own
-/// lease under its token. Script arguments: 1–11 the message's columns as
-/// [`bind_message!`] binds them, 12 now, 13 `valid_after`, 14 the template
+/// lease under its token. Script arguments: 1–13 the message's columns as
+/// [`bind_message!`] binds them, 14 now, 15 `valid_after`, 16 the template
 /// whose grants pay for it (NULL on the template channel).
 const START: [Renumbered; 2] = [
     Renumbered {
         statement: sql::CREATE_MESSAGE,
-        map: &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+        map: &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14],
     },
     Renumbered {
         // lease_until, now, appid, openid, valid_after, message id, token, grant_of.
         statement: sql::CLAIM,
-        map: &[9, 12, 2, 3, 13, 1, 10, 14],
+        map: &[9, 14, 2, 3, 15, 1, 10, 16],
     },
 ];
-const START_PARAMS: usize = 14;
+const START_PARAMS: usize = 16;
 
 /// The message's id when the statement before it changed a row: after
 /// `sql::FINISH_MESSAGE`, when the message's lease held. Why not

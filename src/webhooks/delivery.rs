@@ -347,6 +347,8 @@ pub fn event_body(event: &LeasedEvent) -> String {
             wechat_errcode: event.wechat_errcode,
             error_code: event.error_code.as_deref(),
             detail: event.detail.as_deref(),
+            idempotency_key: event.idempotency_key.as_deref(),
+            reference: event.reference.as_deref(),
         },
     }
     .to_json()

@@ -480,6 +480,8 @@ async fn a_recipient_taken_over_after_a_crash_is_resolved_not_resent(#[case] bac
                 lease_until: now + 120_000,
                 lease_token: held.token,
                 channel: Channel::Subscribe,
+                reference: None,
+                idempotency_key: None,
             },
             valid_after: now,
             now,

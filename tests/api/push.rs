@@ -833,6 +833,8 @@ async fn a_sent_event_ahead_of_its_send_is_filed_once_the_send_is_recorded(
             lease_until: now + 30_000,
             lease_token: lease.token,
             channel: Channel::Subscribe,
+            reference: None,
+            idempotency_key: None,
         };
         app.storage.create_message(&message, now).await.unwrap();
         let attempt = NewAttempt {

@@ -54,6 +54,8 @@ impl TestApp {
             lease_until: now + 120_000,
             lease_token: 1,
             channel: formid_gateway::ledger::states::Channel::Template,
+            reference: None,
+            idempotency_key: None,
         };
         self.storage.create_message(&message, now).await.unwrap();
         let lease = Lease {
@@ -402,6 +404,8 @@ async fn recovery_carries_on_a_message_that_held_no_credential(#[case] backend: 
         lease_until: now + 120_000,
         lease_token: 1,
         channel: formid_gateway::ledger::states::Channel::Template,
+        reference: None,
+        idempotency_key: None,
     };
     app.storage.create_message(&message, now).await.unwrap();
     app.advance(Duration::seconds(121));
@@ -532,6 +536,8 @@ async fn a_credential_posted_just_before_the_wait_wakes_the_message(#[case] back
         lease_until: now + 120_000,
         lease_token: 5,
         channel: formid_gateway::ledger::states::Channel::Template,
+        reference: None,
+        idempotency_key: None,
     };
     app.storage.create_message(&message, now).await.unwrap();
     // The claim found nothing; now the credential lands; then the wait.

@@ -42,6 +42,8 @@ fn message(id: &str, touser: &str, now: i64) -> NewMessage {
         lease_until: now + 60_000,
         lease_token: TOKEN,
         channel: formid_gateway::ledger::states::Channel::Template,
+        reference: None,
+        idempotency_key: None,
     }
 }
 

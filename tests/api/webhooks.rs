@@ -729,3 +729,225 @@ async fn a_scheduled_message_ended_unsent_reports_message_failed_once(#[case] ba
     assert_eq!(event["data"]["error_code"], "cancelled");
     assert_eq!(received[0].id, format!("evt_{id}"));
 }
+
+/// A send with an `Idempotency-Key` header.
+async fn send_with_key(app: &TestApp, key: &str, body: Value) -> Answer {
+    let response = app
+        .client
+        .post(app.url(&format!("/v1/apps/{APPID}/messages")))
+        .bearer_auth(SEND_KEY)
+        .header("idempotency-key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.json().await.unwrap_or(Value::Null);
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// The caller's key and reference as an event's body names them.
+fn key_and_reference(event: &Received) -> (Value, Value) {
+    let data = &event.json()["data"];
+    (data["idempotency_key"].clone(), data["reference"].clone())
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sends_key_and_reference_ride_on_its_events_and_its_message(#[case] backend: Backend) {
+    let app = spawn_webhook_app(backend).await;
+    let receiver = Receiver::start(&[]).await;
+    let created = create_endpoint(&app, &receiver.url, None).await;
+    let secret = created.body["secret"].as_str().unwrap().to_owned();
+    app.collect_form_id("o-ref").await;
+    app.collect_form_id("o-plain").await;
+    let sent = send_with_key(
+        &app,
+        "key-ref-1",
+        json!({"touser": "o-ref", "template_id": TEMPLATE,
+            "data": {"keyword1": {"value": "Order 7"}}, "reference": "order-7 · 订单"}),
+    )
+    .await;
+    assert_eq!(sent.status, 200, "{:?}", sent.body);
+    assert_eq!(sent.body["reference"], "order-7 · 订单");
+    let id = sent.body["id"].as_str().unwrap().to_owned();
+    let message = app.message(&id).await;
+    assert_eq!(
+        message.body["reference"], "order-7 · 订单",
+        "{:?}",
+        message.body
+    );
+    // The replayed answer says it too.
+    let replayed = send_with_key(
+        &app,
+        "key-ref-1",
+        json!({"touser": "o-ref", "template_id": TEMPLATE,
+            "data": {"keyword1": {"value": "Order 7"}}, "reference": "order-7 · 订单"}),
+    )
+    .await;
+    assert_eq!(replayed.body["reference"], "order-7 · 订单");
+    // A send with neither: its event and message leave both out.
+    let plain = app.notify("o-plain").await;
+    assert_eq!(plain.status, 200, "{:?}", plain.body);
+    assert!(plain.body.get("reference").is_none(), "{:?}", plain.body);
+    deliver_all(&app).await;
+    let mut received = receiver.received();
+    received.sort_by_key(|event| event.json()["data"]["openid"].as_str().unwrap().to_owned());
+    assert_eq!(receiver.types(), ["message.sent", "message.sent"]);
+    assert_eq!(
+        key_and_reference(&received[1]),
+        (json!("key-ref-1"), json!("order-7 · 订单"))
+    );
+    assert_eq!(received[1].json()["data"]["message_id"], id.as_str());
+    let plain_data = received[0].json()["data"].clone();
+    assert!(plain_data.get("idempotency_key").is_none(), "{plain_data}");
+    assert!(plain_data.get("reference").is_none(), "{plain_data}");
+    verify_with_standardwebhooks(&[&secret], &received);
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_scheduled_sends_failed_event_names_its_key_and_reference(
+    #[case] backend: Backend,
+) {
+    let app = spawn_webhook_app(backend).await;
+    let receiver = Receiver::start(&[]).await;
+    create_endpoint(&app, &receiver.url, Some(&["message.failed"])).await;
+    let send_at = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(app.now_ms() + 60_000)
+        .unwrap()
+        .to_rfc3339();
+    let scheduled = send_with_key(
+        &app,
+        "key-later",
+        json!({"touser": "o-later", "template_id": TEMPLATE, "send_at": send_at,
+            "data": {"keyword1": {"value": "later"}}, "reference": "invoice-9"}),
+    )
+    .await;
+    assert_eq!(scheduled.status, 202, "{:?}", scheduled.body);
+    assert_eq!(scheduled.body["reference"], "invoice-9");
+    let id = scheduled.body["id"].as_str().unwrap().to_owned();
+    let cancel = app
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/apps/{APPID}/messages/{id}"),
+            Some(SEND_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(cancel.status, 200, "{:?}", cancel.body);
+    assert_eq!(cancel.body["reference"], "invoice-9");
+    deliver_all(&app).await;
+    let received = receiver.received();
+    assert_eq!(receiver.types(), ["message.failed"]);
+    assert_eq!(received[0].json()["data"]["error_code"], "cancelled");
+    assert_eq!(
+        key_and_reference(&received[0]),
+        (json!("key-later"), json!("invoice-9"))
+    );
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_delivery_names_the_sends_key_and_reference(#[case] backend: Backend) {
+    const PUSH_TOKEN: &str = "pushToken123";
+    const PUSH_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+    let app = spawn_app_with(backend, |settings| {
+        settings["webhooks"] = json!({"allow_private_targets": true});
+        settings["apps"][APPID]["push_token"] = json!(PUSH_TOKEN);
+        settings["apps"][APPID]["encoding_aes_key"] = json!(PUSH_KEY);
+    })
+    .await;
+    let receiver = Receiver::start(&[]).await;
+    create_endpoint(
+        &app,
+        &receiver.url,
+        Some(&["message.sent", "message.delivered"]),
+    )
+    .await;
+    let template = app
+        .fake
+        .add_subscribe_template(APPID, 401, &[1, 2])
+        .unwrap();
+    accept(&app, "o-push", &template, "p1").await;
+    // From here on WeChat pushes each accepted send's final delivery.
+    let mut target = fake_wechat::PushTarget::new(
+        app.url(&format!("/wechat/push/{APPID}")),
+        PUSH_TOKEN,
+        PUSH_KEY,
+        fake_wechat::PushMode::Safe,
+        fake_wechat::PushFormat::Xml,
+    );
+    target.sent_event_delay = std::time::Duration::from_millis(20);
+    app.fake.set_push_target(APPID, target).unwrap();
+    let data = json!({"thing1": {"value": "Blue mug"}, "character_string2": {"value": "SN1"}});
+    let sent = send_with_key(
+        &app,
+        "key-push",
+        json!({"touser": "o-push", "template_id": template, "data": data,
+            "reference": "shipment-3"}),
+    )
+    .await;
+    assert_eq!(sent.status, 200, "{:?}", sent.body);
+    let pushes = app
+        .fake
+        .wait_for_pushes(1, std::time::Duration::from_secs(10))
+        .await;
+    assert!(
+        pushes.iter().all(fake_wechat::PushRecord::acknowledged),
+        "{pushes:?}"
+    );
+    deliver_all(&app).await;
+    assert_eq!(receiver.types(), ["message.sent", "message.delivered"]);
+    for event in receiver.received() {
+        assert_eq!(event.json()["data"]["message_id"], sent.body["id"]);
+        assert_eq!(
+            key_and_reference(&event),
+            (json!("key-push"), json!("shipment-3"))
+        );
+    }
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_reference_is_refused_and_nothing_is_stored(#[case] backend: Backend) {
+    let app = spawn_webhook_app(backend).await;
+    app.collect_form_id("o-bad").await;
+    for reference in [
+        json!("x".repeat(257)),
+        json!("line\nbreak"),
+        json!("bell\u{7}"),
+        json!(""),
+        json!(42),
+    ] {
+        let answer = send_with_key(
+            &app,
+            "key-bad",
+            json!({"touser": "o-bad", "template_id": TEMPLATE, "reference": reference}),
+        )
+        .await;
+        let expected = if reference.is_string() { 422 } else { 400 };
+        assert_eq!(answer.status, expected, "{reference}: {:?}", answer.body);
+        let code = if expected == 422 {
+            "invalid_field"
+        } else {
+            "invalid_json"
+        };
+        assert_eq!(answer.body["error"]["code"], code, "{:?}", answer.body);
+    }
+    assert_eq!(count_rows(&app, "messages").await, 0);
+    assert_eq!(count_rows(&app, "idempotency_keys").await, 0);
+    assert_eq!(app.sends_available("o-bad").await, 1);
+}

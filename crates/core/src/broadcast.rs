@@ -58,6 +58,9 @@ impl BroadcastSpec {
             lang: self.lang,
             urgent: false,
             send_at: None,
+            // A recipient's message is the broadcast's, not a caller's send.
+            reference: None,
+            idempotency_key: None,
         }
     }
 }

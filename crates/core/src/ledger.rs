@@ -112,6 +112,10 @@ pub struct NewMessage {
     /// The token of the run that creates it.
     pub lease_token: i64,
     pub channel: Channel,
+    /// The caller's reference from the send request, if any.
+    pub reference: Option<String>,
+    /// The send's `Idempotency-Key`, if any.
+    pub idempotency_key: Option<String>,
 }
 
 impl NewMessage {

@@ -13,6 +13,8 @@ const MAX_PAGE_LEN: usize = 1024;
 const MAX_DATA_FIELDS: usize = 64;
 const MAX_DATA_VALUE_LEN: usize = 1024;
 const MAX_KEYWORD_LEN: usize = 64;
+/// The longest `reference` a caller may give, in characters.
+pub const MAX_REFERENCE_LEN: usize = 256;
 /// A credential lives 7 days: waiting longer than that for one is never useful.
 pub const MAX_WAIT_SECONDS: u64 = 7 * 86_400;
 
@@ -95,7 +97,21 @@ fn check_bounds(body: &SendRequest) -> Result<(), Rejection> {
     {
         return invalid_field("wait_seconds is longer than 7 days");
     }
+    if body
+        .reference
+        .as_deref()
+        .is_some_and(|reference| !is_reference(reference))
+    {
+        return invalid_field("reference must be 1 to 256 printable characters");
+    }
     Ok(())
+}
+
+/// Whether `text` may be a caller's `reference`: 1 to
+/// [`MAX_REFERENCE_LEN`] characters, none of them a control character
+/// (it goes verbatim into event bodies and logs read by people).
+pub fn is_reference(text: &str) -> bool {
+    (1..=MAX_REFERENCE_LEN).contains(&text.chars().count()) && !text.chars().any(char::is_control)
 }
 
 /// `data`: at most [`MAX_DATA_FIELDS`] fields, each `{"value": …}` with a
@@ -127,4 +143,40 @@ fn check_data(data: &Map<String, Value>) -> Result<(), Rejection> {
 /// Whether a body is a JSON object, judged by its first significant byte.
 pub fn is_json_object(body: &[u8]) -> bool {
     body.trim_ascii_start().first() == Some(&b'{')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reference_is_1_to_256_printable_characters() {
+        assert!(is_reference("order-42"));
+        assert!(is_reference("订单 42 · ✓"));
+        assert!(is_reference(&"é".repeat(MAX_REFERENCE_LEN)));
+        assert!(!is_reference(""));
+        assert!(!is_reference(&"a".repeat(MAX_REFERENCE_LEN + 1)));
+        for control in ["a\nb", "a\tb", "a\u{0}b", "a\u{7f}b", "a\u{85}b"] {
+            assert!(!is_reference(control), "{control:?}");
+        }
+    }
+
+    #[test]
+    fn a_send_request_keeps_its_reference_and_refuses_a_bad_one() {
+        let body = br#"{"touser":"o1","template_id":"T","reference":"order-42"}"#;
+        let request = parse_send_request(body).expect("a valid request");
+        assert_eq!(request.reference.as_deref(), Some("order-42"));
+        assert_eq!(request.idempotency_key, None);
+        for reference in ["\"\"", "\"a\\u0007b\"", &format!("\"{}\"", "x".repeat(257))] {
+            let body = format!(r#"{{"touser":"o1","template_id":"T","reference":{reference}}}"#);
+            let rejection = parse_send_request(body.as_bytes()).expect_err(reference);
+            assert_eq!(rejection.code, "invalid_field");
+        }
+        // The key comes from the header, never from the body.
+        let body = br#"{"touser":"o1","template_id":"T","idempotency_key":"k"}"#;
+        assert_eq!(
+            parse_send_request(body).expect_err("unknown field").code,
+            "invalid_json"
+        );
+    }
 }

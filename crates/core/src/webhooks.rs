@@ -432,6 +432,12 @@ pub struct EventData<'a> {
     /// More, by type: the quota block's end, the disabled endpoint's id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<&'a str>,
+    /// The `Idempotency-Key` the message's send came with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<&'a str>,
+    /// The caller's `reference` from the message's send request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<&'a str>,
 }
 
 impl EventBody<'_> {
@@ -605,6 +611,25 @@ mod tests {
         }
         assert_eq!(refused("127.0.0.1", true), None);
         assert!(refused("224.0.0.1", true).is_some());
+    }
+
+    #[test]
+    fn a_message_event_names_the_callers_key_and_reference() {
+        let body = EventBody {
+            event_type: EventType::MessageDelivered,
+            timestamp: rfc3339_ms(1_700_000_000_123),
+            data: EventData {
+                appid: "wx1",
+                message_id: Some("m1"),
+                idempotency_key: Some("key-1"),
+                reference: Some("order-42"),
+                ..EventData::default()
+            },
+        };
+        assert_eq!(
+            body.to_json(),
+            r#"{"type":"message.delivered","timestamp":"2023-11-14T22:13:20.123Z","data":{"appid":"wx1","message_id":"m1","idempotency_key":"key-1","reference":"order-42"}}"#
+        );
     }
 
     #[test]

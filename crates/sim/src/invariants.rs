@@ -841,6 +841,18 @@ fn one_time_texts(
 pub fn check_outbox(model: &LedgerModel, snapshot: &Snapshot) -> Vec<Violation> {
     let mut violations = Vec::new();
     let outbox = model.with_tables(|t| t.outbox.clone());
+    // What each message's send passed through: its events must name the same.
+    let passed: BTreeMap<String, (Option<String>, Option<String>)> = model.with_tables(|t| {
+        t.messages
+            .values()
+            .map(|m| {
+                (
+                    m.id.clone(),
+                    (m.idempotency_key.clone(), m.reference.clone()),
+                )
+            })
+            .collect()
+    });
     let mut by_message: BTreeMap<&str, Vec<&crate::ledger_model::OutboxRowModel>> = BTreeMap::new();
     for event in &outbox {
         by_message
@@ -877,6 +889,18 @@ pub fn check_outbox(model: &LedgerModel, snapshot: &Snapshot) -> Vec<Violation> 
             );
         }
         for event in events {
+            let named = (event.idempotency_key.clone(), event.reference.clone());
+            if passed.get(&message.id) != Some(&named) {
+                violation(
+                    &mut violations,
+                    format!(
+                        "the event of message {} names key and reference {named:?}, not the send's",
+                        message.id
+                    ),
+                    &[&message.id],
+                    &[],
+                );
+            }
             if event.event_id != finish_event_id(&message.id) {
                 violation(
                     &mut violations,

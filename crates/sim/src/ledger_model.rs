@@ -112,6 +112,10 @@ pub struct MessageRowModel {
     pub channel: Channel,
     /// The time a scheduled send asked for.
     pub send_at: Option<i64>,
+    /// The caller's reference from the send request.
+    pub reference: Option<String>,
+    /// The send's `Idempotency-Key`.
+    pub idempotency_key: Option<String>,
 }
 
 impl MessageRowModel {
@@ -222,6 +226,10 @@ pub struct OutboxRowModel {
     pub message_id: String,
     pub event_type: Option<EventType>,
     pub delivered: bool,
+    /// Copied from the message when the event is written, as the SQL does.
+    pub idempotency_key: Option<String>,
+    /// Likewise.
+    pub reference: Option<String>,
 }
 
 /// Where a write fails, when it does.
@@ -501,6 +509,8 @@ impl Tables {
                 updated_at: now,
                 channel: message.channel,
                 send_at: None,
+                reference: message.reference.clone(),
+                idempotency_key: message.idempotency_key.clone(),
             },
         );
         Ok(())
@@ -598,12 +608,14 @@ impl Tables {
     /// just before it.
     fn finish(&mut self, lease: &Lease, outcome: &MessageOutcome, now: i64) -> bool {
         let finished = self.finish_row(lease, outcome, now);
-        if finished {
+        if let Some(message) = self.messages.get(&lease.message_id).filter(|_| finished) {
             self.outbox.push(OutboxRowModel {
                 event_id: finish_event_id(&lease.message_id),
                 message_id: lease.message_id.clone(),
                 event_type: EventType::for_finish(outcome.status, outcome.recovered),
                 delivered: false,
+                idempotency_key: message.idempotency_key.clone(),
+                reference: message.reference.clone(),
             });
         }
         finished
@@ -617,11 +629,15 @@ impl Tables {
             message.error_code = Some(error_code.to_owned());
             message.updated_at = now;
             message.next_attempt_at = None;
+            let (idempotency_key, reference) =
+                (message.idempotency_key.clone(), message.reference.clone());
             self.outbox.push(OutboxRowModel {
                 event_id: finish_event_id(id),
                 message_id: id.to_owned(),
                 event_type: EventType::for_finish(MessageStatus::Failed, false),
                 delivered: false,
+                idempotency_key,
+                reference,
             });
         }
     }
@@ -1361,6 +1377,7 @@ impl MessageStore for LedgerModel {
                 delivery_error_code: None,
                 delivery_error_status: None,
                 delivery_reported_at: None,
+                reference: m.reference.clone(),
             };
             Some((row, t.attempts.get(id).cloned().unwrap_or_default()))
         })

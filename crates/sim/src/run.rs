@@ -1987,6 +1987,8 @@ fn send_request(send: &SendPlan) -> SendRequest {
         send_at: send
             .send_at
             .and_then(|at| chrono::DateTime::from_timestamp_millis(at).map(|at| at.fixed_offset())),
+        reference: Some(format!("ref-{}", send.id)),
+        idempotency_key: None,
     }
 }
 

@@ -219,6 +219,8 @@ impl Schedule {
             lease_until: self.now + LEASE_MS,
             lease_token: lease.token,
             channel: Channel::Template,
+            reference: None,
+            idempotency_key: None,
         };
         (message, lease)
     }

@@ -41,6 +41,15 @@ pub struct SendRequest {
     /// a time already past sends at once.
     #[serde(default)]
     pub send_at: Option<chrono::DateTime<chrono::FixedOffset>>,
+    /// The caller's own name for the message (1 to 256 printable
+    /// characters, see `message::is_reference`): kept on the message and
+    /// passed through on every event about it.
+    #[serde(default)]
+    pub reference: Option<String>,
+    /// The `Idempotency-Key` the send came with: set by the HTTP layer from
+    /// the header, never read from the body. Kept like `reference`.
+    #[serde(skip)]
+    pub idempotency_key: Option<String>,
 }
 
 /// A request checked for its channel, with the body WeChat will get
@@ -57,6 +66,10 @@ pub struct PreparedSend {
     pub urgent: bool,
     /// When to send it (Unix ms), for a scheduled send.
     pub send_at_ms: Option<i64>,
+    /// The caller's reference, passed through to the message's events.
+    pub reference: Option<String>,
+    /// The send's `Idempotency-Key`, passed through likewise.
+    pub idempotency_key: Option<String>,
 }
 
 /// An app's defaults for the fields of a subscribe send.
@@ -133,6 +146,8 @@ impl SendRequest {
             wait_seconds: self.wait_seconds,
             urgent: self.urgent,
             send_at_ms: self.send_at.map(|at| at.timestamp_millis()),
+            reference: self.reference,
+            idempotency_key: self.idempotency_key,
         })
     }
 
