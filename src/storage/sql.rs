@@ -828,7 +828,7 @@ pub const INSERT_UNLEASED_MESSAGE_EVENT: &str = concat!(
 pub const INSERT_BROADCAST_EVENT: &str = concat!(
     outbox_columns!(),
     "SELECT $1, e.id, b.appid, $3, NULL, NULL, b.template_id, $6, NULL, NULL, b.id, $4, \
-        'pending', 0, $4, $4 \
+        'pending', 0, $4, $4, NULL, NULL \
     FROM broadcasts b CROSS JOIN webhook_endpoints e \
     WHERE b.id = $2 AND e.appid = b.appid AND e.state = 'enabled' \
       AND (e.event_mask & $5) <> 0"

@@ -163,7 +163,7 @@ pub const USERS_REACHABLE: &str = "SELECT COUNT(*) FROM ( \
 pub(super) const MESSAGE_COLUMNS: &str =
     "SELECT id, appid, touser, template_id, status, error_code, \
     wechat_errcode, created_at, updated_at, channel, delivery_error_code, \
-    delivery_error_status, delivery_reported_at FROM messages WHERE appid = ";
+    delivery_error_status, delivery_reported_at, reference FROM messages WHERE appid = ";
 
 /// Failed messages by hour of the window and failure, through
 /// `messages_failed_by_app` (failed rows only). Integer division on both
