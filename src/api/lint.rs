@@ -29,7 +29,7 @@ fn invalid(message: impl Into<String>) -> ApiError {
 #[serde(deny_unknown_fields)]
 struct Draft {
     title: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "formid_core::nulls::null_as_default")]
     keywords: Vec<KeywordDraft>,
     appid: Option<String>,
 }

@@ -100,8 +100,8 @@ impl ApiContext {
 }
 
 /// Registers every route of the main listener: the [`endpoints`] and the
-/// contract's viewer, Swagger UI at `/docs` (HTML and scripts, not part of
-/// the document it shows).
+/// contract's viewer, Swagger UI at `/docs/` (HTML and scripts, not part of
+/// the document it shows; `/docs` leads there).
 pub fn routes(config: &mut web::ServiceConfig) {
     let (app, top) = endpoints();
     config.service(web::scope(APP_SCOPE).configure(|scope| {
@@ -114,6 +114,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
     }
     config
         .service(openapi::swagger_ui())
+        .service(web::resource("/docs").route(web::get().to(openapi::to_swagger_ui)))
         .default_service(web::to(not_found));
 }
 

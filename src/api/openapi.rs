@@ -157,7 +157,7 @@ const SEND_FAILURES: Codes = &[
     "invalid_template_id",
     "invalid_page",
     "invalid_data",
-    "invalid_openid",
+    "invalid_openid@422",
     "content_blacklisted",
     "request_rejected",
     "api_retired",
@@ -168,6 +168,7 @@ const SEND_FAILURES: Codes = &[
     "upstream_circuit_open",
     "attempt_limit_reached",
     "outcome_unknown",
+    "outcome_pending",
     "upstream_error",
 ];
 /// One credential refused.
@@ -177,7 +178,7 @@ const COLLECT_ITEM: Codes = &[
     "invalid_item",
     "missing_field",
     "invalid_type",
-    "invalid_openid",
+    "invalid_openid@422",
     "unknown_kind",
     "mock_form_id",
     "client_failure",
@@ -196,7 +197,7 @@ const PROMPT: Codes = &[
     "invalid_body@422",
     "unknown_field",
     "missing_field",
-    "invalid_openid",
+    "invalid_openid@422",
     "invalid_request_id",
     "invalid_result",
     "invalid_status",
@@ -268,13 +269,13 @@ pub const ERRORS: &[(&str, &str, &[Codes])] = &[
     ("get", "/v1/apps/{appid}/messages/{id}", &[KEY, &["message_not_found"]]),
     ("delete", "/v1/apps/{appid}/messages/{id}", &[KEY, &["message_not_found", "not_scheduled"]]),
     ("post", "/v1/apps/{appid}/credentials", &[KEY, JSON, COLLECT_ITEM]),
-    ("get", "/v1/apps/{appid}/users/{openid}/quota", &[KEY, &["invalid_openid"]]),
+    ("get", "/v1/apps/{appid}/users/{openid}/quota", &[KEY, &["invalid_openid@400"]]),
     ("post", "/v1/apps/{appid}/subscriptions", &[KEY, JSON, PROMPT]),
     ("get", "/v1/apps/{appid}/access_token", &[KEY, TOKEN]),
     ("post", "/v1/apps/{appid}/access_token/refresh", &[KEY, JSON, TOKEN, &["invalid_stale_token"]]),
     ("get", "/v1/apps/{appid}/templates", &[KEY, CATALOGUE, &["invalid_query", "invalid_channel"]]),
     ("post", "/v1/apps/{appid}/templates", &[KEY, JSON, CATALOGUE, &[
-        "invalid_query", "invalid_channel", "invalid_field", "invalid_library_id"]]),
+        "invalid_channel", "invalid_field", "invalid_library_id"]]),
     ("delete", "/v1/apps/{appid}/templates/{template_id}", &[KEY, CATALOGUE, &["invalid_template_id"]]),
     ("get", "/v1/apps/{appid}/template-library", &[KEY, CATALOGUE, &["invalid_query", "invalid_channel"]]),
     ("get", "/v1/apps/{appid}/template-library/categories", &[KEY, CATALOGUE, &["invalid_query", "invalid_channel"]]),
@@ -344,6 +345,13 @@ pub async fn document() -> HttpResponse {
 pub fn swagger_ui() -> utoipa_swagger_ui::SwaggerUi {
     utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}")
         .config(utoipa_swagger_ui::Config::new(["/openapi.json"]))
+}
+
+/// `GET /docs`: to Swagger UI, at `/docs/`.
+pub async fn to_swagger_ui() -> HttpResponse {
+    HttpResponse::PermanentRedirect()
+        .insert_header((actix_web::http::header::LOCATION, "/docs/"))
+        .finish()
 }
 
 /// The derived document with the security schemes, the error answers of

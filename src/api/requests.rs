@@ -157,6 +157,39 @@ pub enum Collect {
     Batch(CredentialBatch),
 }
 
+/// One credential of the session's user (`POST …/me/credentials`): no openid.
+#[derive(Deserialize, ToSchema)]
+pub struct MyCredentialItem {
+    /// `form_id` or `prepay_id`.
+    pub kind: String,
+    /// The formId or prepay_id (with or without `prepay_id=`).
+    #[schema(min_length = 1, max_length = 64)]
+    pub value: String,
+    /// When it was collected: RFC 3339 or Unix milliseconds; now when unset.
+    pub collected_at: Option<CollectedAt>,
+}
+
+/// `POST …/me/credentials`: one credential of the session's user, or a batch.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum MyCollect {
+    /// One credential.
+    One(MyCredentialItem),
+    /// A batch.
+    Batch(CredentialBatch),
+}
+
+/// `POST …/me/subscriptions`: a prompt's result for the session's user.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MyPromptResult {
+    /// The caller's id of this prompt.
+    #[schema(min_length = 1, max_length = 128)]
+    pub request_id: String,
+    /// The object the prompt resolved with.
+    pub result: BTreeMap<String, String>,
+}
+
 /// `POST …/subscriptions`: the result of `wx.requestSubscribeMessage`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -181,25 +214,53 @@ pub struct Refresh {
     pub stale_token: String,
 }
 
-/// `POST …/templates`: a classic library title (`library_id`) or a
-/// subscribe title (`tid`), with its keywords.
+/// `POST …/templates` with `"channel": "template"`: a classic library
+/// title and its keywords.
 #[derive(Deserialize, ToSchema)]
-pub struct AddTemplate {
-    /// Classic: the library title's id.
-    pub library_id: Option<String>,
-    /// Subscribe: the public title's id.
-    pub tid: Option<u32>,
+#[serde(deny_unknown_fields)]
+pub struct AddClassic {
+    /// `template`.
+    #[schema(pattern = "^template$")]
+    pub channel: String,
+    /// The library title's id.
+    pub library_id: String,
     /// The keywords, in order.
     pub keyword_ids: Vec<u32>,
-    /// Subscribe: what the template is for (at most 15 characters).
+}
+
+/// `POST …/templates` with `"channel": "subscribe"`: a public subscribe
+/// title and its keywords.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddSubscribe {
+    /// `subscribe`.
+    #[schema(pattern = "^subscribe$")]
+    pub channel: String,
+    /// The public title's id.
+    pub tid: u32,
+    /// The keywords, in order.
+    pub keyword_ids: Vec<u32>,
+    /// What the template is for (at most 15 characters); none when unset.
     pub scene_desc: Option<String>,
+}
+
+/// `POST …/templates`: the body of its `channel`.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum AddTemplate {
+    /// A classic template.
+    Classic(AddClassic),
+    /// A subscribe template.
+    Subscribe(AddSubscribe),
 }
 
 /// A keyword of a template draft.
 #[derive(Deserialize, ToSchema)]
 pub struct KeywordDraft {
+    /// The keyword.
     pub name: String,
-    pub example: Option<String>,
+    /// Its example value.
+    pub example: String,
 }
 
 /// `POST /v1/template-lint`: a draft to check against WeChat's rules.

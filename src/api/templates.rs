@@ -169,7 +169,7 @@ struct AddClassic {
 struct AddSubscribe {
     tid: u32,
     keyword_ids: Vec<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "formid_core::nulls::null_as_default")]
     scene_desc: String,
 }
 
@@ -238,7 +238,7 @@ fn add_subscribe(body: Map<String, Value>) -> Result<AddSubscribe, ApiError> {
 /// answers 201 with the template as WeChat then lists it.
 #[utoipa::path(
     post, path = "/v1/apps/{appid}/templates", tag = "templates", operation_id = "add_template",
-    params(("appid" = String, Path, description = "The app's AppID"), ("channel" = Option<String>, Query, description = "template or subscribe")),
+    params(("appid" = String, Path, description = "The app's AppID")),
     request_body = crate::api::requests::AddTemplate,
     responses((status = 201, description = "The template WeChat added", body = Template)),
     security(("api_key" = [])),

@@ -13,6 +13,7 @@ mod broadcasts;
 mod cli;
 mod collect;
 mod concurrency;
+mod contract;
 mod crash;
 mod packaging;
 mod parsers;

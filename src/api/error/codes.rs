@@ -64,7 +64,7 @@ pub const CODES: &[Code] = &[
     code("invalid_template_id", &[422], "WeChat (or the gateway) knows no such template id"),
     code("invalid_page", &[422], "WeChat refused the page"),
     code("invalid_data", &[422], "WeChat refused the data"),
-    code("invalid_openid", &[422], "the openid is not one of the app's users"),
+    code("invalid_openid", &[400, 422], "the openid cannot be one (400 in a path), or WeChat does not know it as the app's user"),
     code("content_blacklisted", &[422], "WeChat refused the content"),
     code("request_rejected", &[422], "WeChat refused the request"),
     code("api_retired", &[502], "WeChat retired this API"),

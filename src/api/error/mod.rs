@@ -381,11 +381,16 @@ fn code_for_status(status: StatusCode) -> &'static str {
 /// gets it: actix answers a known route's unsupported method with a bare 405
 /// (and its `Allow` header), an unknown route or a failed extractor with
 /// plain text. Headers such as `Allow` and `WWW-Authenticate` are kept.
+/// Answers the HTTP server makes before any of this runs (a head it cannot
+/// parse, one that never finishes, headers too large) stay empty: the
+/// OpenAPI document lists them.
 pub async fn shape_errors(
     request: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
 ) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
     use actix_web::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+    // The middlewares inside (CORS) answer a refusal with a response, which
+    // is shaped here; an `Err` would pass through (the request is gone).
     let response = next.call(request).await?.map_into_boxed_body();
     let status = response.status();
     let shaped = response

@@ -136,7 +136,7 @@ fn openid_not_allowed() -> ApiError {
 #[utoipa::path(
     post, path = "/v1/apps/{appid}/me/credentials", tag = "sessions", operation_id = "me_collect_credentials",
     params(("appid" = String, Path, description = "The app's AppID")),
-    request_body = crate::api::requests::Collect,
+    request_body = crate::api::requests::MyCollect,
     responses((status = 200, description = "What became of each credential", body = crate::api::responses::Collected)),
     security(("session" = [])),
 )]
@@ -156,7 +156,7 @@ async fn me_credentials(
 #[utoipa::path(
     post, path = "/v1/apps/{appid}/me/subscriptions", tag = "sessions", operation_id = "me_record_prompt",
     params(("appid" = String, Path, description = "The app's AppID")),
-    request_body = crate::api::requests::PromptResult,
+    request_body = crate::api::requests::MyPromptResult,
     responses((status = 200, description = "The prompt's effect", body = crate::api::responses::PromptRecorded)),
     security(("session" = [])),
 )]
