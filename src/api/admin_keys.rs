@@ -109,7 +109,15 @@ async fn create(
         body.apps.iter().collect()
     };
     for appid in apps {
-        auth.for_app(&context, appid)?;
+        // An app this gateway does not serve is a wrong value in the body,
+        // not a missing resource: 422, like every other wrong field here.
+        auth.for_app(&context, appid).map_err(|refused| {
+            if refused.status() == StatusCode::NOT_FOUND {
+                invalid(format!("{appid:?} is not an app of this gateway"))
+            } else {
+                refused
+            }
+        })?;
     }
     let scopes = body
         .scopes
