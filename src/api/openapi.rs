@@ -380,13 +380,20 @@ fn build() -> Value {
     document["components"]["schemas"]["ErrorBody"] = error_schema(None);
     document["x-error-codes"] = CODES
         .iter()
-        .map(|code| (code.code.to_owned(), json!({"statuses": code.statuses, "meaning": code.meaning})))
+        .map(|code| {
+            (
+                code.code.to_owned(),
+                json!({"statuses": code.statuses, "meaning": code.meaning}),
+            )
+        })
         .collect::<Map<_, _>>()
         .into();
     add_preflights(&mut document);
     if let Some(paths) = document["paths"].as_object_mut() {
         for (path, item) in paths.iter_mut() {
-            let Some(item) = item.as_object_mut() else { continue };
+            let Some(item) = item.as_object_mut() else {
+                continue;
+            };
             for (method, operation) in item.iter_mut() {
                 add_errors(method, path, operation);
             }
@@ -419,13 +426,21 @@ pub fn errors_of(method: &str, path: &str) -> Option<BTreeMap<u16, Vec<&'static 
         .iter()
         .find(|(listed_method, listed_path, _)| *listed_method == method && *listed_path == path)?;
     let mut by_status: BTreeMap<u16, Vec<&'static str>> = BTreeMap::new();
-    for code in groups.iter().chain([&FRAMEWORK]).flat_map(|group| group.iter()) {
+    for code in groups
+        .iter()
+        .chain([&FRAMEWORK])
+        .flat_map(|group| group.iter())
+    {
         let (name, only) = match code.split_once('@') {
             Some((name, status)) => (name, status.parse::<u16>().ok()),
             None => (*code, None),
         };
         let entry = codes::find(name).unwrap_or_else(|| panic!("{name} is not in the catalogue"));
-        for status in entry.statuses.iter().filter(|status| only.is_none_or(|only| only == **status)) {
+        for status in entry
+            .statuses
+            .iter()
+            .filter(|status| only.is_none_or(|only| only == **status))
+        {
             let codes = by_status.entry(*status).or_default();
             if !codes.contains(&entry.code) {
                 codes.push(entry.code);
@@ -438,7 +453,9 @@ pub fn errors_of(method: &str, path: &str) -> Option<BTreeMap<u16, Vec<&'static 
 /// Adds the error answers of `method path` to its operation. The send
 /// route's failures after a message was made carry the message ([`responses::Sent`]).
 fn add_errors(method: &str, path: &str, operation: &mut Value) {
-    let Some(by_status) = errors_of(method, path) else { return };
+    let Some(by_status) = errors_of(method, path) else {
+        return;
+    };
     let carries_message = method == "post" && path == "/v1/apps/{appid}/messages";
     for (status, codes) in by_status {
         let key = status.to_string();

@@ -8,8 +8,8 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
 use serde::Deserialize;
+use serde_json::Value;
 use utoipa::ToSchema;
 
 /// The channel a send goes through.

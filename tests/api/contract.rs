@@ -11,9 +11,7 @@ use formid_gateway::api::{openapi, route_table};
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 
-use crate::helpers::{
-    spawn_app, Backend, TestApp, ADMIN_KEY, APPID, SEND_KEY, TEMPLATE,
-};
+use crate::helpers::{spawn_app, Backend, TestApp, ADMIN_KEY, APPID, SEND_KEY, TEMPLATE};
 
 /// The methods an OpenAPI path item can hold.
 const METHODS: [&str; 8] = [
@@ -110,7 +108,9 @@ fn codes_of(response: &Value) -> Vec<String> {
     };
     variants
         .iter()
-        .filter_map(|variant| variant["properties"]["error"]["properties"]["code"]["enum"].as_array())
+        .filter_map(|variant| {
+            variant["properties"]["error"]["properties"]["code"]["enum"].as_array()
+        })
         .flatten()
         .map(|code| code.as_str().unwrap().to_owned())
         .collect()
@@ -135,7 +135,9 @@ async fn every_operation_lists_its_error_codes_from_the_catalogue() {
                 match codes::find(&code) {
                     Some(entry) if entry.statuses.contains(&status) => {}
                     Some(_) => problems.push(format!("{method} {path}: {code} with {status}")),
-                    None => problems.push(format!("{method} {path}: {code} is not in the catalogue")),
+                    None => {
+                        problems.push(format!("{method} {path}: {code} is not in the catalogue"))
+                    }
                 }
                 documented_codes.insert(code);
             }
@@ -143,13 +145,18 @@ async fn every_operation_lists_its_error_codes_from_the_catalogue() {
     }
     for (method, path, _) in openapi::ERRORS {
         if document["paths"][path][method].is_null() {
-            problems.push(format!("openapi::ERRORS lists {method} {path}, which is no operation"));
+            problems.push(format!(
+                "openapi::ERRORS lists {method} {path}, which is no operation"
+            ));
         }
     }
     documented_codes.extend(openapi::UNROUTED.iter().map(|code| code.to_string()));
     for code in CODES {
         if !documented_codes.contains(code.code) {
-            problems.push(format!("{} is in the catalogue and no operation answers it", code.code));
+            problems.push(format!(
+                "{} is in the catalogue and no operation answers it",
+                code.code
+            ));
         }
         if document["x-error-codes"][code.code].is_null() {
             problems.push(format!("x-error-codes lacks {}", code.code));
@@ -203,9 +210,10 @@ fn produced_codes(files: &[(String, String)]) -> BTreeMap<String, String> {
         r#"StatusCode::[A-Z_]+,\s*"([a-z0-9_]+)",\s*"[A-Z]"#,
     ]
     .map(|pattern| regex::Regex::new(pattern).unwrap());
-    let code_functions =
-        regex::Regex::new(r"fn (code|request_error_code|code_for_status)\([^)]*\) -> &'static str \{")
-            .unwrap();
+    let code_functions = regex::Regex::new(
+        r"fn (code|request_error_code|code_for_status)\([^)]*\) -> &'static str \{",
+    )
+    .unwrap();
     let arm = regex::Regex::new(r#"=> "([a-z0-9_]+)""#).unwrap();
     let mut produced = BTreeMap::new();
     for (name, text) in files {
@@ -232,7 +240,10 @@ fn produced_codes(files: &[(String, String)]) -> BTreeMap<String, String> {
 fn the_catalogue_holds_the_codes_the_source_produces_and_no_other() {
     let files = sources();
     let produced = produced_codes(&files);
-    assert!(produced.len() > 50, "the scan found too little: {produced:?}");
+    assert!(
+        produced.len() > 50,
+        "the scan found too little: {produced:?}"
+    );
     let unlisted: Vec<_> = produced
         .iter()
         .filter(|(code, _)| codes::find(code).is_none())
@@ -255,7 +266,10 @@ fn the_catalogue_holds_the_codes_the_source_produces_and_no_other() {
         })
         .map(|code| code.code)
         .collect();
-    assert!(never.is_empty(), "catalogued codes nothing produces: {never:?}");
+    assert!(
+        never.is_empty(),
+        "catalogued codes nothing produces: {never:?}"
+    );
 }
 
 /// A documented path with its parameters filled in.
@@ -282,7 +296,13 @@ async fn methods_and_paths_the_router_does_not_serve_answer_in_the_error_shape()
     let documented = operations(&document);
     let paths: BTreeSet<&String> = documented.iter().map(|(_, path)| path).collect();
     for path in paths {
-        for method in [Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+        for method in [
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ] {
             let name = method.as_str().to_lowercase();
             if documented.contains(&(name, path.clone())) {
                 continue;
@@ -291,7 +311,13 @@ async fn methods_and_paths_the_router_does_not_serve_answer_in_the_error_shape()
                 .call(method.clone(), &concrete(path), Some(ADMIN_KEY), None)
                 .await;
             let what = format!("{method} {path}");
-            assert_shaped(&what, answer.status, &answer.body, 405, "method_not_allowed");
+            assert_shaped(
+                &what,
+                answer.status,
+                &answer.body,
+                405,
+                "method_not_allowed",
+            );
             assert!(answer.headers.contains_key("allow"), "{what}: no Allow");
         }
     }
@@ -359,7 +385,10 @@ fn examples(openid: &str) -> BTreeMap<&'static str, (Option<&'static str>, Value
     BTreeMap::from([
         (
             "send_message",
-            (Some(SEND_KEY), json!({"touser": openid, "template_id": TEMPLATE, "data": data})),
+            (
+                Some(SEND_KEY),
+                json!({"touser": openid, "template_id": TEMPLATE, "data": data}),
+            ),
         ),
         (
             "collect_credentials",
@@ -370,15 +399,24 @@ fn examples(openid: &str) -> BTreeMap<&'static str, (Option<&'static str>, Value
         ),
         (
             "me_collect_credentials",
-            (None, json!({"kind": "form_id", "value": "form-null-test-me"})),
+            (
+                None,
+                json!({"kind": "form_id", "value": "form-null-test-me"}),
+            ),
         ),
         (
             "add_template",
-            (Some(ADMIN_KEY), json!({"channel": "subscribe", "tid": 401, "keyword_ids": [1, 2, 3]})),
+            (
+                Some(ADMIN_KEY),
+                json!({"channel": "subscribe", "tid": 401, "keyword_ids": [1, 2, 3]}),
+            ),
         ),
         (
             "create_broadcast",
-            (Some(ADMIN_KEY), json!({"template_id": TEMPLATE, "data": data, "audience": "holders"})),
+            (
+                Some(ADMIN_KEY),
+                json!({"template_id": TEMPLATE, "data": data, "audience": "holders"}),
+            ),
         ),
         (
             "create_webhook",
@@ -421,7 +459,9 @@ async fn null_means_unset_in_every_optional_field_of_every_json_route() {
             continue;
         }
         let Some((key, example)) = examples.get(id) else {
-            problems.push(format!("{id} has optional fields {optional:?} and no example here"));
+            problems.push(format!(
+                "{id} has optional fields {optional:?} and no example here"
+            ));
             continue;
         };
         let mut nulls: Map<String, Value> = example.as_object().unwrap().clone();
@@ -431,13 +471,26 @@ async fn null_means_unset_in_every_optional_field_of_every_json_route() {
         let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         let bearer = key.unwrap_or(&session);
         let plain = app
-            .call(method.clone(), &concrete(&path), Some(bearer), Some(example.clone()))
+            .call(
+                method.clone(),
+                &concrete(&path),
+                Some(bearer),
+                Some(example.clone()),
+            )
             .await;
         let with_nulls = app
-            .call(method, &concrete(&path), Some(bearer), Some(Value::Object(nulls)))
+            .call(
+                method,
+                &concrete(&path),
+                Some(bearer),
+                Some(Value::Object(nulls)),
+            )
             .await;
         if !(200..300).contains(&plain.status) {
-            problems.push(format!("{id}: the example was refused: {} {}", plain.status, plain.body));
+            problems.push(format!(
+                "{id}: the example was refused: {} {}",
+                plain.status, plain.body
+            ));
         }
         if with_nulls.status != plain.status
             || with_nulls.body["error"]["code"] != plain.body["error"]["code"]
