@@ -531,3 +531,75 @@ async fn a_send_with_null_optional_fields_sends() {
         assert_eq!(answer.body["status"], "sent", "{field}: {}", answer.body);
     }
 }
+
+/// What the HTTP server answers to `head` sent raw: its status line's code
+/// and the body after the head.
+async fn raw_answer(app: &TestApp, head: &[u8]) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = app.address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    stream.write_all(head).await.unwrap();
+    let mut answer = Vec::new();
+    let read = stream.read_to_end(&mut answer);
+    tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .expect("the server answers and closes")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text}"));
+    let body = match text.find("\r\n\r\n") {
+        Some(end) => answer[end + 4..].to_vec(),
+        None => Vec::new(),
+    };
+    (status, body)
+}
+
+/// The answers the HTTP server makes before the gateway sees a request
+/// have no body, so they cannot have the error shape: they are the ones the
+/// document names, and no others.
+#[tokio::test]
+async fn the_answers_the_http_server_makes_itself_are_the_documented_ones() {
+    let app = crate::helpers::spawn_app_with(Backend::Sqlite, |settings| {
+        settings["http"] = json!({"head_timeout_ms": 300});
+    })
+    .await;
+    let description = document_of(&app).await["info"]["description"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let many_headers: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let cases: [(&str, Vec<u8>, u16); 3] = [
+        (
+            "bad header bytes",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad: a\x01b\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "headers too large",
+            format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n").into_bytes(),
+            431,
+        ),
+        (
+            "a head that never finishes",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n".to_vec(),
+            408,
+        ),
+    ];
+    for (what, head, status) in cases {
+        let (answered, body) = raw_answer(&app, &head).await;
+        assert_eq!(answered, status, "{what}");
+        assert!(
+            body.is_empty(),
+            "{what}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        assert!(
+            description.contains(&format!("{status} for")),
+            "{what}: the document does not name {status}"
+        );
+    }
+}
