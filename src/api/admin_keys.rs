@@ -11,23 +11,20 @@ use serde::{Deserialize, Serialize};
 
 use super::authorized::{AdminScope, AuthorizedAnyApp};
 use super::error::ApiError;
-use super::ApiContext;
+use super::{ApiContext, Route};
 use crate::clock::from_ms;
 use crate::keys::{parse_scope, scope_name, CreateError, KeyListing, KeyRequest};
 
-/// Registers the routes.
-pub fn routes(config: &mut web::ServiceConfig) {
-    config
-        .service(
-            web::resource("/v1/admin/keys")
-                .route(web::post().to(create))
-                .route(web::get().to(list)),
-        )
-        .service(web::resource("/v1/admin/keys/{name}").route(web::delete().to(revoke)));
+/// The admin routes, outside any app's scope.
+pub fn endpoints() -> Vec<Route> {
+    vec![
+        Route::new("/v1/admin/keys").post(create).get(list),
+        Route::new("/v1/admin/keys/{name}").delete(revoke),
+    ]
 }
 
 /// A key as listed.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct KeyListed {
     /// AppIDs, or `["*"]`.
     pub apps: Vec<String>,
@@ -58,7 +55,7 @@ impl From<KeyListing> for KeyListed {
 }
 
 /// `POST /v1/admin/keys`: the new key, shown this once.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct KeyCreated {
     /// The key: store it now; the gateway keeps only its hash.
     pub key: String,
@@ -67,7 +64,7 @@ pub struct KeyCreated {
 }
 
 /// `GET /v1/admin/keys`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct KeyList {
     pub keys: Vec<KeyListed>,
 }
@@ -89,6 +86,12 @@ fn invalid(message: impl Into<String>) -> ApiError {
 }
 
 /// Creates a key for apps the admin key itself is allowed.
+#[utoipa::path(
+    post, path = "/v1/admin/keys", tag = "admin", operation_id = "create_key",
+    request_body = crate::api::requests::CreateKey,
+    responses((status = 201, description = "The key (shown once)", body = KeyCreated)),
+    security(("api_key" = [])),
+)]
 #[tracing::instrument(name = "admin_keys_create", skip_all)]
 async fn create(
     auth: AuthorizedAnyApp<AdminScope>,
@@ -106,7 +109,15 @@ async fn create(
         body.apps.iter().collect()
     };
     for appid in apps {
-        auth.for_app(&context, appid)?;
+        // An app this gateway does not serve is a wrong value in the body,
+        // not a missing resource: 422, like every other wrong field here.
+        auth.for_app(&context, appid).map_err(|refused| {
+            if refused.status() == StatusCode::NOT_FOUND {
+                invalid(format!("{appid:?} is not an app of this gateway"))
+            } else {
+                refused
+            }
+        })?;
     }
     let scopes = body
         .scopes
@@ -142,6 +153,11 @@ async fn create(
 }
 
 /// Lists every key: names, apps, scopes, created and last used.
+#[utoipa::path(
+    get, path = "/v1/admin/keys", tag = "admin", operation_id = "list_keys",
+    responses((status = 200, description = "The stored keys (never a key itself)", body = KeyList)),
+    security(("api_key" = [])),
+)]
 async fn list(
     _auth: AuthorizedAnyApp<AdminScope>,
     context: web::Data<ApiContext>,
@@ -158,6 +174,12 @@ struct NamePath {
 }
 
 /// Revokes a key by name: every instance refuses it within `keys.cache_secs`.
+#[utoipa::path(
+    delete, path = "/v1/admin/keys/{name}", tag = "admin", operation_id = "revoke_key",
+    params(("name" = String, Path, description = "The key's name")),
+    responses((status = 204, description = "Revoked")),
+    security(("api_key" = [])),
+)]
 #[tracing::instrument(name = "admin_keys_revoke", skip_all, fields(name = %path.name))]
 async fn revoke(
     _auth: AuthorizedAnyApp<AdminScope>,

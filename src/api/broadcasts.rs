@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::authorized::{Authorized, SendScope};
 use super::error::ApiError;
 use super::json::{read_body, BodyLimits};
-use super::{get_and_head, ApiContext};
+use super::{ApiContext, Route};
 use crate::broadcasts::{
     parse_broadcast_request, parse_broadcast_upload, CommandError, CreateRefusal, Report,
 };
@@ -26,13 +26,16 @@ use crate::storage::broadcasts::{Broadcast, RecipientRow};
 const RESULTS_PAGE: i64 = 1_000;
 
 /// A job as listed.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BroadcastSummary {
     pub id: String,
     pub template_id: String,
+    #[schema(value_type = String)]
     pub channel: Channel,
+    #[schema(value_type = String)]
     pub state: BroadcastState,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub pause_reason: Option<PauseReason>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub paused_until: Option<String>,
@@ -50,7 +53,7 @@ pub struct BroadcastSummary {
 }
 
 /// A job with its progress.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BroadcastProgress {
     #[serde(flatten)]
     pub job: BroadcastSummary,
@@ -71,7 +74,7 @@ pub struct BroadcastProgress {
 }
 
 /// The answer to a list.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BroadcastList {
     pub broadcasts: Vec<BroadcastSummary>,
 }
@@ -172,6 +175,16 @@ fn is_ndjson(request: &HttpRequest) -> bool {
 
 /// Creates a broadcast: 202 with the job. The template and data are checked
 /// as a single send's before anything is recorded (422 when they do not fit).
+#[utoipa::path(
+    post, path = "/v1/apps/{appid}/broadcasts", tag = "broadcasts", operation_id = "create_broadcast",
+    params(("appid" = String, Path, description = "The app's AppID")),
+    request_body(content(
+        (crate::api::requests::CreateBroadcast = "application/json"),
+        (String = "application/x-ndjson"),
+    )),
+    responses((status = 202, description = "The broadcast, queued", body = BroadcastSummary)),
+    security(("api_key" = [])),
+)]
 pub async fn create(
     auth: Authorized<SendScope>,
     request: HttpRequest,
@@ -202,6 +215,12 @@ pub async fn create(
 }
 
 /// The app's newest broadcasts (100).
+#[utoipa::path(
+    get, path = "/v1/apps/{appid}/broadcasts", tag = "broadcasts", operation_id = "list_broadcasts",
+    params(("appid" = String, Path, description = "The app's AppID")),
+    responses((status = 200, description = "The app's newest broadcasts", body = BroadcastList)),
+    security(("api_key" = [])),
+)]
 pub async fn list(
     auth: Authorized<SendScope>,
     context: web::Data<ApiContext>,
@@ -217,6 +236,12 @@ fn not_found() -> ApiError {
 }
 
 /// One broadcast and its progress.
+#[utoipa::path(
+    get, path = "/v1/apps/{appid}/broadcasts/{id}", tag = "broadcasts", operation_id = "get_broadcast",
+    params(("appid" = String, Path, description = "The app's AppID"), ("id" = String, Path)),
+    responses((status = 200, description = "The broadcast and its progress", body = BroadcastProgress)),
+    security(("api_key" = [])),
+)]
 pub async fn lookup(
     auth: Authorized<SendScope>,
     path: web::Path<(String, String)>,
@@ -253,6 +278,12 @@ async fn command(
 }
 
 /// Pauses a broadcast (its batches in flight finish).
+#[utoipa::path(
+    post, path = "/v1/apps/{appid}/broadcasts/{id}/pause", tag = "broadcasts", operation_id = "pause_broadcast",
+    params(("appid" = String, Path, description = "The app's AppID"), ("id" = String, Path)),
+    responses((status = 200, description = "The broadcast", body = BroadcastSummary)),
+    security(("api_key" = [])),
+)]
 pub async fn pause(
     auth: Authorized<SendScope>,
     path: web::Path<(String, String)>,
@@ -262,6 +293,12 @@ pub async fn pause(
 }
 
 /// Resumes a paused broadcast.
+#[utoipa::path(
+    post, path = "/v1/apps/{appid}/broadcasts/{id}/resume", tag = "broadcasts", operation_id = "resume_broadcast",
+    params(("appid" = String, Path, description = "The app's AppID"), ("id" = String, Path)),
+    responses((status = 200, description = "The broadcast", body = BroadcastSummary)),
+    security(("api_key" = [])),
+)]
 pub async fn resume(
     auth: Authorized<SendScope>,
     path: web::Path<(String, String)>,
@@ -271,6 +308,12 @@ pub async fn resume(
 }
 
 /// Cancels a broadcast: its recipients not yet taken are `cancelled`.
+#[utoipa::path(
+    post, path = "/v1/apps/{appid}/broadcasts/{id}/cancel", tag = "broadcasts", operation_id = "cancel_broadcast",
+    params(("appid" = String, Path, description = "The app's AppID"), ("id" = String, Path)),
+    responses((status = 200, description = "The broadcast", body = BroadcastSummary)),
+    security(("api_key" = [])),
+)]
 pub async fn cancel(
     auth: Authorized<SendScope>,
     path: web::Path<(String, String)>,
@@ -281,6 +324,12 @@ pub async fn cancel(
 
 /// The per-recipient results as NDJSON, one recipient a line in order,
 /// streamed a page at a time (never built in memory).
+#[utoipa::path(
+    get, path = "/v1/apps/{appid}/broadcasts/{id}/results", tag = "broadcasts", operation_id = "broadcast_results",
+    params(("appid" = String, Path, description = "The app's AppID"), ("id" = String, Path)),
+    responses((status = 200, description = "One JSON object a line per recipient", content_type = "application/x-ndjson", body = String)),
+    security(("api_key" = [])),
+)]
 pub async fn results(
     auth: Authorized<SendScope>,
     path: web::Path<(String, String)>,
@@ -342,17 +391,13 @@ fn render(rows: &[RecipientRow]) -> web::Bytes {
 }
 
 /// The broadcasts' routes, inside the app's scope (`/v1/apps/{appid}`).
-pub fn routes(config: &mut web::ServiceConfig) {
-    config
-        .service(
-            web::resource("/broadcasts")
-                .route(web::post().to(create))
-                .route(web::get().to(list))
-                .route(web::head().to(list)),
-        )
-        .service(get_and_head("/broadcasts/{id}", lookup))
-        .service(get_and_head("/broadcasts/{id}/results", results))
-        .service(web::resource("/broadcasts/{id}/pause").route(web::post().to(pause)))
-        .service(web::resource("/broadcasts/{id}/resume").route(web::post().to(resume)))
-        .service(web::resource("/broadcasts/{id}/cancel").route(web::post().to(cancel)));
+pub fn endpoints() -> Vec<Route> {
+    vec![
+        Route::new("/broadcasts").post(create).get(list),
+        Route::new("/broadcasts/{id}").get(lookup),
+        Route::new("/broadcasts/{id}/results").get(results),
+        Route::new("/broadcasts/{id}/pause").post(pause),
+        Route::new("/broadcasts/{id}/resume").post(resume),
+        Route::new("/broadcasts/{id}/cancel").post(cancel),
+    ]
 }

@@ -40,6 +40,13 @@ fn items_of(body: Value) -> Result<(Vec<Value>, bool), ApiError> {
 
 /// Stores one credential or a batch. A single item that cannot be stored is
 /// a 422; a batch answers 200 with each rejected item and its reason.
+#[utoipa::path(
+    post, path = "/v1/apps/{appid}/credentials", tag = "credentials", operation_id = "collect_credentials",
+    params(("appid" = String, Path, description = "The app's AppID")),
+    request_body = crate::api::requests::Collect,
+    responses((status = 200, description = "What became of each credential", body = Collected)),
+    security(("api_key" = [])),
+)]
 pub async fn collect(
     auth: Authorized<CollectScope>,
     request: HttpRequest,
@@ -158,6 +165,12 @@ pub struct UserPath {
 /// subscription is on, and the user's latest decision.
 /// Counts what a send could claim: credentials inside the safety margin of
 /// their expiry are already left out.
+#[utoipa::path(
+    get, path = "/v1/apps/{appid}/users/{openid}/quota", tag = "credentials", operation_id = "user_quota",
+    params(("appid" = String, Path, description = "The app's AppID"), ("openid" = String, Path, description = "The openid of the user")),
+    responses((status = 200, description = "The sends the user's credentials and grants allow now", body = Quota)),
+    security(("api_key" = [])),
+)]
 pub async fn quota(
     auth: Authorized<QuotaScope>,
     path: web::Path<UserPath>,

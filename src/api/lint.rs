@@ -29,7 +29,7 @@ fn invalid(message: impl Into<String>) -> ApiError {
 #[serde(deny_unknown_fields)]
 struct Draft {
     title: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "formid_core::nulls::null_as_default")]
     keywords: Vec<KeywordDraft>,
     appid: Option<String>,
 }
@@ -66,6 +66,12 @@ fn draft_of(body: serde_json::Value) -> Result<Draft, ApiError> {
 
 /// Lints a template draft: `{"title":"…","keywords":[{"name":"…","example":"…"}],"appid"?:"…"}`
 /// → `{"findings":[{"rule":"1.3","severity":"error","keyword":null,"message":"…"}],"errors":N,"warnings":N}`.
+#[utoipa::path(
+    post, path = "/v1/template-lint", tag = "lint", operation_id = "lint_template",
+    request_body = crate::api::requests::LintDraft,
+    responses((status = 200, description = "The findings", body = crate::api::responses::Linted)),
+    security(("api_key" = [])),
+)]
 pub async fn lint(
     auth: AuthorizedAnyApp<AdminScope>,
     request: HttpRequest,

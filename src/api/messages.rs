@@ -161,6 +161,16 @@ fn request_hash(body: &[u8]) -> String {
 /// With an `Idempotency-Key`, the first answer is stored and replayed for the
 /// same key and body (also a 5xx: the send may have gone out, so it is never
 /// run twice), refused for another body, and answered 409 while in flight.
+#[utoipa::path(
+    post, path = "/v1/apps/{appid}/messages", tag = "messages", operation_id = "send_message",
+    params(("appid" = String, Path, description = "The app's AppID"), ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters: the first answer is kept and replayed for the same body")),
+    request_body = crate::api::requests::SendMessage,
+    responses(
+        (status = 200, description = "Sent (or, with a failure, not sent: see `error`)", body = Sent),
+        (status = 202, description = "Waiting for a credential, scheduled, or its outcome pending", body = Sent),
+    ),
+    security(("api_key" = [])),
+)]
 pub async fn send(
     auth: Authorized<SendScope>,
     request: HttpRequest,
@@ -395,6 +405,12 @@ pub struct MessagePath {
 }
 
 /// A message's status and attempts.
+#[utoipa::path(
+    get, path = "/v1/apps/{appid}/messages/{id}", tag = "messages", operation_id = "get_message",
+    params(("appid" = String, Path, description = "The app's AppID"), ("id" = String, Path, description = "The message id")),
+    responses((status = 200, description = "The message, its attempts and delivery", body = Message)),
+    security(("api_key" = [])),
+)]
 pub async fn lookup(
     auth: Authorized<SendScope>,
     path: web::Path<MessagePath>,
@@ -422,6 +438,12 @@ pub async fn lookup(
 /// Cancels a scheduled message: 200 with the message, now failed with
 /// `cancelled`; 409 `not_scheduled` when it is no longer scheduled (it was
 /// sent, or is being sent: nothing is cancelled then); 404 when unknown.
+#[utoipa::path(
+    delete, path = "/v1/apps/{appid}/messages/{id}", tag = "messages", operation_id = "cancel_message",
+    params(("appid" = String, Path, description = "The app's AppID"), ("id" = String, Path, description = "The message id")),
+    responses((status = 200, description = "The message, cancelled", body = Message)),
+    security(("api_key" = [])),
+)]
 pub async fn cancel(
     auth: Authorized<SendScope>,
     path: web::Path<MessagePath>,

@@ -12,8 +12,10 @@ pub mod json;
 pub mod limits;
 mod lint;
 mod messages;
+pub mod openapi;
 pub mod push;
 pub mod request_id;
+pub mod requests;
 pub mod responses;
 pub mod sessions;
 mod subscriptions;
@@ -25,7 +27,7 @@ mod webhooks;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use actix_web::http::StatusCode;
+use actix_web::http::{Method, StatusCode};
 use actix_web::web;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 
@@ -100,78 +102,172 @@ impl ApiContext {
     }
 }
 
-/// Registers every route. Each path is one resource, so that a method it
-/// does not serve answers 405 with `Allow` (shaped by [`error::shape_errors`]),
-/// and every GET route answers HEAD too.
+/// Registers every route of the main listener: the [`endpoints`], and the
+/// pages that are not part of the contract (HTML, CSS and scripts): the
+/// operator console at `/admin` and the contract's viewer, Swagger UI at
+/// `/docs/` (`/docs` leads there).
 pub fn routes(config: &mut web::ServiceConfig) {
+    let (app, top) = endpoints();
+    config.service(web::scope(APP_SCOPE).configure(|scope| {
+        for endpoint in app {
+            endpoint.register(scope);
+        }
+    }));
+    for endpoint in top {
+        endpoint.register(config);
+    }
+    console::pages(config);
+    config
+        .service(openapi::swagger_ui())
+        .service(web::resource("/docs").route(web::get().to(openapi::to_swagger_ui)))
+        .default_service(web::to(not_found));
+}
+
+/// The scope of every route of one app.
+pub const APP_SCOPE: &str = "/v1/apps/{appid}";
+
+/// The routes the router serves, as `(method, full path)` pairs with paths
+/// written as in the OpenAPI document (`/v1/apps/{appid}/messages`). Built
+/// from the same [`endpoints`] the router registers, so that the contract
+/// test compares the document with what is served, not with a list of its
+/// own. Every GET answers HEAD too: HEAD is listed.
+pub fn route_table() -> Vec<(Method, String)> {
+    let (app, top) = endpoints();
+    let app = app.into_iter().map(|endpoint| (APP_SCOPE, endpoint));
+    let top = top.into_iter().map(|endpoint| ("", endpoint));
+    app.chain(top)
+        .flat_map(|(prefix, endpoint)| {
+            let path = format!("{prefix}{}", endpoint.path);
+            endpoint
+                .methods
+                .into_iter()
+                .map(move |method| (method, path.clone()))
+        })
+        .collect()
+}
+
+/// Every endpoint: those inside [`APP_SCOPE`] (paths relative to it), and
+/// the others.
+fn endpoints() -> (Vec<Route>, Vec<Route>) {
     // Why this order: actix tries routes in order, and each path with a
     // `{segment}` is a regular expression run on the request's path (about
     // 10,000 instructions, a fiftieth of a send). The app's scope comes
     // first and, within it, the collect and send routes, the busiest; no two
     // routes match one path, so the order changes nothing else.
-    config
-        .service(
-            web::scope("/v1/apps/{appid}")
-                .service(web::resource("/messages").route(web::post().to(messages::send)))
-                .service(web::resource("/credentials").route(web::post().to(credentials::collect)))
-                .service(
-                    web::resource("/subscriptions").route(web::post().to(subscriptions::record)),
-                )
-                .service(get_and_head("/users/{openid}/quota", credentials::quota))
-                .service(
-                    get_and_head("/messages/{id}", messages::lookup)
-                        .route(web::delete().to(messages::cancel)),
-                )
-                .service(get_and_head("/access_token", tokens::current))
-                .service(
-                    web::resource("/access_token/refresh").route(web::post().to(tokens::refresh)),
-                )
-                .service(
-                    web::resource("/templates")
-                        .route(web::get().to(templates::list))
-                        .route(web::head().to(templates::list))
-                        .route(web::post().to(templates::add)),
-                )
-                .service(
-                    web::resource("/templates/{template_id}")
-                        .route(web::delete().to(templates::delete)),
-                )
-                .service(get_and_head("/template-library", templates::library))
-                .service(get_and_head(
-                    "/template-library/categories",
-                    templates::categories,
-                ))
-                .service(get_and_head(
-                    "/template-library/{id}",
-                    templates::library_entry,
-                ))
-                .configure(broadcasts::routes)
-                .configure(webhooks::routes)
-                .configure(sessions::routes),
-        )
-        .configure(admin_keys::routes)
-        .configure(console::routes)
-        .service(get_and_head("/healthz", health::healthz))
-        .service(get_and_head("/readyz", health::readyz))
-        .service(
-            web::resource("/wechat/push/{appid}")
-                .route(web::get().to(push::handshake))
-                .route(web::post().to(push::receive)),
-        )
-        .service(web::resource("/v1/template-lint").route(web::post().to(lint::lint)))
-        .default_service(web::to(not_found));
+    let mut app = vec![
+        Route::new("/messages").post(messages::send),
+        Route::new("/credentials").post(credentials::collect),
+        Route::new("/subscriptions").post(subscriptions::record),
+        Route::new("/users/{openid}/quota").get(credentials::quota),
+        Route::new("/messages/{id}")
+            .get(messages::lookup)
+            .delete(messages::cancel),
+        Route::new("/access_token").get(tokens::current),
+        Route::new("/access_token/refresh").post(tokens::refresh),
+        Route::new("/templates")
+            .get(templates::list)
+            .post(templates::add),
+        Route::new("/templates/{template_id}").delete(templates::delete),
+        Route::new("/template-library").get(templates::library),
+        Route::new("/template-library/categories").get(templates::categories),
+        Route::new("/template-library/{id}").get(templates::library_entry),
+    ];
+    app.extend(broadcasts::endpoints());
+    app.extend(webhooks::endpoints());
+    app.extend(sessions::endpoints());
+    let mut top = admin_keys::endpoints();
+    top.extend(console::endpoints());
+    top.extend([
+        Route::new("/healthz").get(health::healthz),
+        Route::new("/readyz").get(health::readyz),
+        Route::new("/wechat/push/{appid}")
+            .get(push::handshake)
+            .post(push::receive),
+        Route::new("/v1/template-lint").post(lint::lint),
+        Route::new("/openapi.json").get(openapi::document),
+    ]);
+    (app, top)
 }
 
-/// A resource that serves `handler` on GET and on HEAD (whose body actix drops).
-fn get_and_head<F, Args>(path: &str, handler: F) -> actix_web::Resource
-where
-    F: actix_web::Handler<Args> + Clone,
-    Args: actix_web::FromRequest + 'static,
-    F::Output: actix_web::Responder + 'static,
-{
-    web::resource(path)
-        .route(web::get().to(handler.clone()))
-        .route(web::head().to(handler))
+/// One path and the handlers of its methods: one actix resource, so that a
+/// method it does not serve answers 405 with `Allow` (shaped by
+/// [`error::shape_errors`]). GET comes with HEAD (whose body actix drops).
+pub struct Route {
+    path: &'static str,
+    methods: Vec<Method>,
+    resource: actix_web::Resource,
+    cors: bool,
+}
+
+impl Route {
+    /// A path that serves nothing yet.
+    pub fn new(path: &'static str) -> Self {
+        Self {
+            path,
+            methods: Vec::new(),
+            resource: web::resource(path),
+            cors: false,
+        }
+    }
+
+    /// Serves `handler` on GET and on HEAD.
+    pub fn get<F, Args>(self, handler: F) -> Self
+    where
+        F: actix_web::Handler<Args> + Clone,
+        Args: actix_web::FromRequest + 'static,
+        F::Output: actix_web::Responder + 'static,
+    {
+        self.on(Method::GET, handler.clone())
+            .on(Method::HEAD, handler)
+    }
+
+    /// Serves `handler` on POST.
+    pub fn post<F, Args>(self, handler: F) -> Self
+    where
+        F: actix_web::Handler<Args>,
+        Args: actix_web::FromRequest + 'static,
+        F::Output: actix_web::Responder + 'static,
+    {
+        self.on(Method::POST, handler)
+    }
+
+    /// Serves `handler` on DELETE.
+    pub fn delete<F, Args>(self, handler: F) -> Self
+    where
+        F: actix_web::Handler<Args>,
+        Args: actix_web::FromRequest + 'static,
+        F::Output: actix_web::Responder + 'static,
+    {
+        self.on(Method::DELETE, handler)
+    }
+
+    /// Serves `handler` on `method`.
+    pub fn on<F, Args>(mut self, method: Method, handler: F) -> Self
+    where
+        F: actix_web::Handler<Args>,
+        Args: actix_web::FromRequest + 'static,
+        F::Output: actix_web::Responder + 'static,
+    {
+        self.methods.push(method.clone());
+        self.resource = self.resource.route(web::method(method).to(handler));
+        self
+    }
+
+    /// The browser routes' CORS ([`sessions::cors`]) around every method.
+    pub fn with_cors(mut self) -> Self {
+        self.cors = true;
+        self
+    }
+
+    /// Adds the resource to `config`.
+    fn register(self, config: &mut web::ServiceConfig) {
+        if self.cors {
+            let cors = actix_web::middleware::from_fn(sessions::cors);
+            config.service(self.resource.wrap(cors));
+        } else {
+            config.service(self.resource);
+        }
+    }
 }
 
 async fn not_found() -> HttpResponse {

@@ -70,6 +70,11 @@ fn text(body: String) -> HttpResponse {
 
 /// The console's handshake: `signature == sha1(sorted(token, timestamp,
 /// nonce))` → the `echostr` verbatim; otherwise 401 and nothing of it.
+#[utoipa::path(
+    get, path = "/wechat/push/{appid}", tag = "push", operation_id = "push_handshake",
+    params(("appid" = String, Path), ("signature" = String, Query), ("timestamp" = String, Query), ("nonce" = String, Query), ("echostr" = String, Query)),
+    responses((status = 200, description = "echostr, verbatim", content_type = "text/plain", body = String)),
+)]
 #[tracing::instrument(name = "push_handshake", skip_all, fields(appid = %path.as_str()))]
 pub async fn handshake(
     request: HttpRequest,
@@ -91,6 +96,13 @@ pub async fn handshake(
 }
 
 /// A push: verified and opened, its subscribe event applied once, `success`.
+#[utoipa::path(
+    post, path = "/wechat/push/{appid}", tag = "push", operation_id = "push_receive",
+    params(("appid" = String, Path), ("signature" = String, Query), ("timestamp" = String, Query), ("nonce" = String, Query),
+        ("encrypt_type" = Option<String>, Query), ("msg_signature" = Option<String>, Query)),
+    request_body(content = String, description = "WeChat's push: XML or JSON, plain or encrypted", content_type = "text/xml"),
+    responses((status = 200, description = "`success`", content_type = "text/plain", body = String)),
+)]
 #[tracing::instrument(name = "push", skip_all, fields(appid = %path.as_str()))]
 pub async fn receive(
     request: HttpRequest,

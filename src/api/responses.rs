@@ -24,14 +24,14 @@ use crate::storage::{
 use crate::tokens::CurrentToken;
 
 /// `GET /healthz` and `GET /readyz`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Health {
     /// `ok` (the process) or `ready` (the ledger too).
     pub status: &'static str,
 }
 
 /// `POST …/credentials`: what became of a batch.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Collected {
     /// Credentials stored.
     pub accepted: usize,
@@ -42,7 +42,7 @@ pub struct Collected {
 }
 
 /// An item of a batch that was not stored.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ItemRejection {
     /// Machine-readable reason.
     pub code: &'static str,
@@ -53,7 +53,7 @@ pub struct ItemRejection {
 }
 
 /// `GET …/users/{openid}/quota`: what a user's credentials and grants allow.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Quota {
     /// Template-channel credentials by kind.
     pub by_kind: BTreeMap<&'static str, KindCount>,
@@ -68,7 +68,7 @@ pub struct Quota {
 }
 
 /// The usable credentials of one kind.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct KindCount {
     /// Credentials.
     pub credentials: i64,
@@ -77,11 +77,12 @@ pub struct KindCount {
 }
 
 /// A user's standing with one subscribe template.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Subscription {
     /// When the user last decided.
     pub decided_at: DateTime<Utc>,
     /// The user's latest decision.
+    #[schema(value_type = String)]
     pub decision: Decision,
     /// Whether a long-term subscription is on.
     pub long_term: bool,
@@ -133,11 +134,12 @@ impl From<&TemplateQuota> for Subscription {
 }
 
 /// `POST …/subscriptions`: what a prompt result did.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PromptRecorded {
     /// One-time grants this post added (0 when replayed).
     pub granted: usize,
     /// Which source grants for this app.
+    #[schema(value_type = String)]
     pub grants_from: GrantsFrom,
     /// Why nothing was granted, when the app's grants come from WeChat.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -157,18 +159,20 @@ pub struct PromptRecorded {
 }
 
 /// One template of a prompt result.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PromptTemplate {
     /// The user's answer.
+    #[schema(value_type = String)]
     pub decision: Decision,
     /// What it did in the ledger.
+    #[schema(value_type = String)]
     pub effect: PromptEffect,
     /// The template.
     pub template_id: String,
 }
 
 /// `GET …/access_token` and `POST …/access_token/refresh`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AccessToken {
     /// The token.
     pub access_token: String,
@@ -190,7 +194,7 @@ impl AccessToken {
 }
 
 /// `POST /v1/template-lint`: a draft's findings.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Linted {
     /// How many stored titles the draft was compared with.
     pub compared_with: usize,
@@ -203,15 +207,17 @@ pub struct Linted {
 }
 
 /// One rule a draft breaks.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LintFinding {
     /// The keyword's index in the draft; `null` for the title.
     pub keyword: Option<usize>,
     /// For people.
     pub message: String,
     /// The rule's number (`1.3`).
+    #[schema(value_type = String)]
     pub rule: AuditRule,
     /// `error` or `warning`.
+    #[schema(value_type = String)]
     pub severity: Severity,
 }
 
@@ -227,16 +233,17 @@ impl From<Finding> for LintFinding {
 }
 
 /// `GET …/templates`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TemplateList {
     /// The app's templates.
     pub templates: Vec<Template>,
 }
 
 /// A template of the app, its placeholders parsed from its content.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Template {
     /// `template` (classic) or `subscribe`.
+    #[schema(value_type = String)]
     pub channel: Channel,
     /// The content, with its `{{name.DATA}}` placeholders.
     pub content: String,
@@ -248,6 +255,7 @@ pub struct Template {
     /// `template_id` (classic) or `priTmplId` (subscribe).
     pub id: String,
     /// The placeholders of the content.
+    #[schema(value_type = Vec<Object>)]
     pub placeholders: Vec<Placeholder>,
     /// When it was read from WeChat.
     pub refreshed_at: DateTime<Utc>,
@@ -255,6 +263,7 @@ pub struct Template {
     pub title: String,
     /// One-time or long-term.
     #[serde(rename = "type")]
+    #[schema(value_type = String)]
     pub subscription: SubscriptionType,
 }
 
@@ -276,7 +285,7 @@ impl From<&TemplateRecord> for Template {
 }
 
 /// `DELETE …/templates/{template_id}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TemplateDeleted {
     /// Always true.
     pub deleted: bool,
@@ -285,9 +294,10 @@ pub struct TemplateDeleted {
 }
 
 /// `GET …/template-library?channel=template`: a page of classic titles.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ClassicLibraryPage {
     /// `template`.
+    #[schema(value_type = String)]
     pub channel: Channel,
     /// The titles of the page.
     pub titles: Vec<ClassicTitle>,
@@ -296,7 +306,7 @@ pub struct ClassicLibraryPage {
 }
 
 /// A classic library title.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ClassicTitle {
     /// Its id (`AT0002`).
     pub id: String,
@@ -305,9 +315,10 @@ pub struct ClassicTitle {
 }
 
 /// `GET …/template-library?channel=subscribe`: a page of public titles.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SubscribeLibraryPage {
     /// `subscribe`.
+    #[schema(value_type = String)]
     pub channel: Channel,
     /// The titles of the page.
     pub titles: Vec<SubscribeTitle>,
@@ -316,7 +327,7 @@ pub struct SubscribeLibraryPage {
 }
 
 /// A public subscribe title.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SubscribeTitle {
     /// Its category, as WeChat gives it (a string, a number in some copies).
     pub category_id: Option<Value>,
@@ -326,18 +337,19 @@ pub struct SubscribeTitle {
     pub title: String,
     /// One-time or long-term.
     #[serde(rename = "type")]
+    #[schema(value_type = String)]
     pub subscription: SubscriptionType,
 }
 
 /// `GET …/template-library/categories`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CategoryList {
     /// The account's categories.
     pub categories: Vec<Category>,
 }
 
 /// A category of the account.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Category {
     /// Its id, for `category_ids`.
     pub id: u32,
@@ -346,9 +358,10 @@ pub struct Category {
 }
 
 /// `GET …/template-library/{id}?channel=template`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ClassicLibraryEntry {
     /// `template`.
+    #[schema(value_type = String)]
     pub channel: Channel,
     /// The title's id.
     pub id: String,
@@ -359,7 +372,7 @@ pub struct ClassicLibraryEntry {
 }
 
 /// A keyword of a classic library title.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ClassicKeyword {
     /// An example value.
     pub example: String,
@@ -370,9 +383,10 @@ pub struct ClassicKeyword {
 }
 
 /// `GET …/template-library/{tid}?channel=subscribe`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SubscribeLibraryEntry {
     /// `subscribe`.
+    #[schema(value_type = String)]
     pub channel: Channel,
     /// The title's `tid`.
     pub id: u32,
@@ -381,7 +395,7 @@ pub struct SubscribeLibraryEntry {
 }
 
 /// A keyword of a public subscribe title.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SubscribeKeyword {
     /// An example value.
     pub example: String,
@@ -406,12 +420,13 @@ pub enum SendBody {
 }
 
 /// Where a send ended (for now).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Sent {
     /// Each attempt, in order.
     pub attempts: Vec<Attempt>,
     /// The channel it went by (absent when answered again from the ledger).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub channel: Option<Channel>,
     /// Whether the data was checked against a known template (absent when
     /// answered again from the ledger).
@@ -419,6 +434,7 @@ pub struct Sent {
     pub checked: Option<bool>,
     /// Why it was not sent.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub error: Option<ErrorObject>,
     /// The message.
     pub id: String,
@@ -426,11 +442,12 @@ pub struct Sent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
     /// The message's status.
+    #[schema(value_type = String)]
     pub status: MessageStatus,
 }
 
 /// One attempt of a send.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Attempt {
     /// The kind of credential spent, if any.
     pub credential_kind: Option<&'static str>,
@@ -443,6 +460,7 @@ pub struct Attempt {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub msgid: Option<String>,
     /// How it ended.
+    #[schema(value_type = String)]
     pub outcome: AttemptOutcome,
 }
 

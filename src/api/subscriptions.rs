@@ -37,6 +37,13 @@ fn prompt_hash(prompt: &Prompt) -> String {
 /// every answer is kept as the user's latest decision. The same request_id
 /// posted again (a frontend retrying) grants nothing more and answers what
 /// the first post did.
+#[utoipa::path(
+    post, path = "/v1/apps/{appid}/subscriptions", tag = "subscriptions", operation_id = "record_prompt",
+    params(("appid" = String, Path, description = "The app's AppID")),
+    request_body = crate::api::requests::PromptResult,
+    responses((status = 200, description = "The prompt's effect on each template, and the user's grants", body = PromptRecorded)),
+    security(("api_key" = [])),
+)]
 #[tracing::instrument(name = "subscriptions", skip_all, fields(appid = %auth.appid()))]
 pub async fn record(
     auth: Authorized<CollectScope>,

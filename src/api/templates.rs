@@ -119,6 +119,12 @@ fn channel(query: &Map<String, Value>, default: Option<Channel>) -> Result<Chann
 /// `GET /v1/apps/{appid}/templates[?refresh=true][&channel=…]`: the app's
 /// templates of both channels (or one) from the ledger; `refresh=true`
 /// re-reads them from WeChat first.
+#[utoipa::path(
+    get, path = "/v1/apps/{appid}/templates", tag = "templates", operation_id = "list_templates",
+    params(("appid" = String, Path, description = "The app's AppID"), ("channel" = Option<String>, Query, description = "template or subscribe; both when unset"), ("refresh" = Option<bool>, Query, description = "Re-read them from WeChat first")),
+    responses((status = 200, description = "The app's templates", body = TemplateList)),
+    security(("api_key" = [])),
+)]
 #[tracing::instrument(skip_all, fields(appid = %auth.appid()))]
 pub async fn list(
     auth: Authorized<AdminScope>,
@@ -163,7 +169,7 @@ struct AddClassic {
 struct AddSubscribe {
     tid: u32,
     keyword_ids: Vec<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "formid_core::nulls::null_as_default")]
     scene_desc: String,
 }
 
@@ -230,6 +236,13 @@ fn add_subscribe(body: Map<String, Value>) -> Result<AddSubscribe, ApiError> {
 /// `{"channel":"template","library_id":"AT0002","keyword_ids":[3,4,5]}` or
 /// `{"channel":"subscribe","tid":401,"keyword_ids":[1,2],"scene_desc":"…"}`;
 /// answers 201 with the template as WeChat then lists it.
+#[utoipa::path(
+    post, path = "/v1/apps/{appid}/templates", tag = "templates", operation_id = "add_template",
+    params(("appid" = String, Path, description = "The app's AppID")),
+    request_body = crate::api::requests::AddTemplate,
+    responses((status = 201, description = "The template WeChat added", body = Template)),
+    security(("api_key" = [])),
+)]
 #[tracing::instrument(skip_all, fields(appid = %auth.appid()))]
 pub async fn add(
     auth: Authorized<AdminScope>,
@@ -279,6 +292,12 @@ pub struct TemplatePath {
 
 /// `DELETE /v1/apps/{appid}/templates/{template_id}`: deletes it at WeChat
 /// and from the ledger.
+#[utoipa::path(
+    delete, path = "/v1/apps/{appid}/templates/{template_id}", tag = "templates", operation_id = "delete_template",
+    params(("appid" = String, Path, description = "The app's AppID"), ("template_id" = String, Path, description = "The id of the template")),
+    responses((status = 200, description = "Deleted", body = TemplateDeleted)),
+    security(("api_key" = [])),
+)]
 #[tracing::instrument(skip_all, fields(appid = %auth.appid()))]
 pub async fn delete(
     auth: Authorized<AdminScope>,
@@ -303,6 +322,17 @@ pub async fn delete(
 /// (classic titles, `count` ≤ 20) or
 /// `?channel=subscribe&category_ids=2,616&start=&limit=` (public subscribe
 /// titles, `limit` ≤ 30).
+#[utoipa::path(
+    get, path = "/v1/apps/{appid}/template-library", tag = "templates", operation_id = "template_library",
+    params(("appid" = String, Path, description = "The app's AppID"), ("channel" = Option<String>, Query, description = "template or subscribe"), ("offset" = Option<u32>, Query), ("count" = Option<u32>, Query), ("category_ids" = Option<String>, Query, description = "Comma-separated"), ("start" = Option<u32>, Query), ("limit" = Option<u32>, Query)),
+    responses(
+        (status = 200, description = "A page of WeChat's library", content(
+            (ClassicLibraryPage = "application/json"),
+            (SubscribeLibraryPage = "application/json"),
+        )),
+    ),
+    security(("api_key" = [])),
+)]
 #[tracing::instrument(skip_all, fields(appid = %auth.appid()))]
 pub async fn library(
     auth: Authorized<AdminScope>,
@@ -421,6 +451,12 @@ fn subscription_of(kind: u8) -> SubscriptionType {
 
 /// `GET /v1/apps/{appid}/template-library/categories`: the account's
 /// categories, for the subscribe library's `category_ids`.
+#[utoipa::path(
+    get, path = "/v1/apps/{appid}/template-library/categories", tag = "templates", operation_id = "template_categories",
+    params(("appid" = String, Path, description = "The app's AppID"), ("channel" = Option<String>, Query, description = "subscribe")),
+    responses((status = 200, description = "The account's categories", body = CategoryList)),
+    security(("api_key" = [])),
+)]
 #[tracing::instrument(skip_all, fields(appid = %auth.appid()))]
 pub async fn categories(
     auth: Authorized<AdminScope>,
@@ -455,6 +491,17 @@ pub struct LibraryPath {
 
 /// `GET /v1/apps/{appid}/template-library/{id}?channel=…`: a library title
 /// and its keywords (subscribe keywords with their placeholder type).
+#[utoipa::path(
+    get, path = "/v1/apps/{appid}/template-library/{id}", tag = "templates", operation_id = "template_library_entry",
+    params(("appid" = String, Path, description = "The app's AppID"), ("id" = String, Path, description = "A classic library id or a subscribe tid"), ("channel" = Option<String>, Query, description = "template or subscribe")),
+    responses(
+        (status = 200, description = "A library title and its keywords", content(
+            (ClassicLibraryEntry = "application/json"),
+            (SubscribeLibraryEntry = "application/json"),
+        )),
+    ),
+    security(("api_key" = [])),
+)]
 #[tracing::instrument(skip_all, fields(appid = %auth.appid()))]
 pub async fn library_entry(
     auth: Authorized<AdminScope>,

@@ -26,6 +26,12 @@ fn token_response(
 }
 
 /// The app's current token and its expiry.
+#[utoipa::path(
+    get, path = "/v1/apps/{appid}/access_token", tag = "tokens", operation_id = "access_token",
+    params(("appid" = String, Path, description = "The app's AppID")),
+    responses((status = 200, description = "The app's current access_token", body = AccessToken)),
+    security(("api_key" = [])),
+)]
 pub async fn current(
     auth: Authorized<TokenScope>,
     context: web::Data<ApiContext>,
@@ -43,6 +49,13 @@ struct RefreshBody {
 /// Refreshes only while `stale_token` is still current and WeChat rejects it
 /// (the gateway checks first); otherwise answers the current token, so a
 /// fleet of callers seeing 40001 causes one check and at most one fetch.
+#[utoipa::path(
+    post, path = "/v1/apps/{appid}/access_token/refresh", tag = "tokens", operation_id = "refresh_access_token",
+    params(("appid" = String, Path, description = "The app's AppID")),
+    request_body = crate::api::requests::Refresh,
+    responses((status = 200, description = "The current token (refreshed when the stale one was still current)", body = AccessToken)),
+    security(("api_key" = [])),
+)]
 pub async fn refresh(
     auth: Authorized<TokenScope>,
     request: HttpRequest,

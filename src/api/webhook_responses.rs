@@ -8,11 +8,13 @@ use crate::ledger::webhooks::{rfc3339_ms, DeliveryOutcome, EndpointState, EventT
 use crate::storage::{WebhookAttemptRow, WebhookEndpoint};
 
 /// An endpoint as the API shows it: no secret.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Endpoint {
     pub id: String,
     pub url: String,
+    #[schema(value_type = Vec<String>)]
     pub event_types: Vec<EventType>,
+    #[schema(value_type = String)]
     pub state: EndpointState,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disabled_reason: Option<String>,
@@ -41,7 +43,7 @@ impl Endpoint {
 }
 
 /// `201` to `POST …/webhooks`: the endpoint and its secret, shown this once.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct CreatedEndpoint {
     #[serde(flatten)]
     pub endpoint: Endpoint,
@@ -51,7 +53,7 @@ pub struct CreatedEndpoint {
 
 /// `200` to `POST …/webhooks/{id}/rotate-secret`: the new secret, shown
 /// this once; the old one signs too until `previous_secret_expires_at`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct RotatedEndpoint {
     #[serde(flatten)]
     pub endpoint: Endpoint,
@@ -60,31 +62,32 @@ pub struct RotatedEndpoint {
 }
 
 /// `GET …/webhooks`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EndpointList {
     pub endpoints: Vec<Endpoint>,
 }
 
 /// `202` to `POST …/webhooks/{id}/test`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TestQueued {
     /// The `webhook-id` the test event is sent under.
     pub event_id: String,
 }
 
 /// `200` to `POST …/webhooks/{id}/replay`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Replayed {
     /// Failed events made due again.
     pub replayed: u64,
 }
 
 /// One delivery attempt.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Attempt {
     pub event_id: String,
     pub event_type: String,
     pub at: String,
+    #[schema(value_type = String)]
     pub outcome: DeliveryOutcome,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status_code: Option<i64>,
@@ -112,7 +115,7 @@ impl From<WebhookAttemptRow> for Attempt {
 }
 
 /// `GET …/webhooks/{id}/attempts`, newest first.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AttemptList {
     pub attempts: Vec<Attempt>,
 }

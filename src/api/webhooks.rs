@@ -15,7 +15,7 @@ use super::webhook_responses::{
     Attempt, AttemptList, CreatedEndpoint, Endpoint, EndpointList, Replayed, RotatedEndpoint,
     TestQueued,
 };
-use super::{get_and_head, ApiContext};
+use super::{ApiContext, Route};
 use crate::ledger::webhooks::rfc3339_ms;
 use crate::webhooks::{WebhookError, Webhooks};
 
@@ -87,6 +87,13 @@ async fn body<T: serde::de::DeserializeOwned>(
 
 /// `POST /v1/apps/{appid}/webhooks`: `{"url", "event_types"?}` → 201 with
 /// the secret, shown this once.
+#[utoipa::path(
+    post, path = "/v1/apps/{appid}/webhooks", tag = "webhooks", operation_id = "create_webhook",
+    params(("appid" = String, Path, description = "The app's AppID")),
+    request_body = crate::api::requests::CreateWebhook,
+    responses((status = 201, description = "The endpoint and its signing secret (shown once)", body = CreatedEndpoint)),
+    security(("api_key" = [])),
+)]
 #[tracing::instrument(skip_all, fields(appid = %auth.appid()))]
 pub async fn create(
     auth: Authorized<AdminScope>,
@@ -108,6 +115,12 @@ pub async fn create(
 }
 
 /// `GET /v1/apps/{appid}/webhooks`.
+#[utoipa::path(
+    get, path = "/v1/apps/{appid}/webhooks", tag = "webhooks", operation_id = "list_webhooks",
+    params(("appid" = String, Path, description = "The app's AppID")),
+    responses((status = 200, description = "The app's endpoints", body = EndpointList)),
+    security(("api_key" = [])),
+)]
 #[tracing::instrument(skip_all, fields(appid = %auth.appid()))]
 pub async fn list(
     auth: Authorized<AdminScope>,
@@ -121,6 +134,12 @@ pub async fn list(
 }
 
 /// `GET /v1/apps/{appid}/webhooks/{id}`.
+#[utoipa::path(
+    get, path = "/v1/apps/{appid}/webhooks/{id}", tag = "webhooks", operation_id = "get_webhook",
+    params(("appid" = String, Path, description = "The app's AppID"), ("id" = String, Path)),
+    responses((status = 200, description = "The endpoint", body = Endpoint)),
+    security(("api_key" = [])),
+)]
 #[tracing::instrument(skip_all, fields(appid = %auth.appid()))]
 pub async fn get(
     auth: Authorized<AdminScope>,
@@ -132,6 +151,12 @@ pub async fn get(
 }
 
 /// `POST /v1/apps/{appid}/webhooks/{id}/disable`.
+#[utoipa::path(
+    post, path = "/v1/apps/{appid}/webhooks/{id}/disable", tag = "webhooks", operation_id = "disable_webhook",
+    params(("appid" = String, Path, description = "The app's AppID"), ("id" = String, Path)),
+    responses((status = 200, description = "The endpoint, disabled", body = Endpoint)),
+    security(("api_key" = [])),
+)]
 #[tracing::instrument(skip_all, fields(appid = %auth.appid()))]
 pub async fn disable(
     auth: Authorized<AdminScope>,
@@ -144,6 +169,12 @@ pub async fn disable(
 
 /// `POST /v1/apps/{appid}/webhooks/{id}/rotate-secret`: the new secret,
 /// shown this once.
+#[utoipa::path(
+    post, path = "/v1/apps/{appid}/webhooks/{id}/rotate-secret", tag = "webhooks", operation_id = "rotate_webhook_secret",
+    params(("appid" = String, Path, description = "The app's AppID"), ("id" = String, Path)),
+    responses((status = 200, description = "The endpoint and its new secret (shown once)", body = RotatedEndpoint)),
+    security(("api_key" = [])),
+)]
 #[tracing::instrument(skip_all, fields(appid = %auth.appid()))]
 pub async fn rotate(
     auth: Authorized<AdminScope>,
@@ -160,6 +191,12 @@ pub async fn rotate(
 }
 
 /// `POST /v1/apps/{appid}/webhooks/{id}/test`: 202 with the event's id.
+#[utoipa::path(
+    post, path = "/v1/apps/{appid}/webhooks/{id}/test", tag = "webhooks", operation_id = "test_webhook",
+    params(("appid" = String, Path, description = "The app's AppID"), ("id" = String, Path)),
+    responses((status = 202, description = "A test event, queued", body = TestQueued)),
+    security(("api_key" = [])),
+)]
 #[tracing::instrument(skip_all, fields(appid = %auth.appid()))]
 pub async fn test(
     auth: Authorized<AdminScope>,
@@ -171,6 +208,13 @@ pub async fn test(
 }
 
 /// `POST /v1/apps/{appid}/webhooks/{id}/replay`: `{"since": RFC 3339}`.
+#[utoipa::path(
+    post, path = "/v1/apps/{appid}/webhooks/{id}/replay", tag = "webhooks", operation_id = "replay_webhook",
+    params(("appid" = String, Path, description = "The app's AppID"), ("id" = String, Path)),
+    request_body = crate::api::requests::ReplayWebhook,
+    responses((status = 200, description = "How many failed events were queued again", body = Replayed)),
+    security(("api_key" = [])),
+)]
 #[tracing::instrument(skip_all, fields(appid = %auth.appid()))]
 pub async fn replay(
     auth: Authorized<AdminScope>,
@@ -197,6 +241,12 @@ pub async fn replay(
 }
 
 /// `GET /v1/apps/{appid}/webhooks/{id}/attempts[?limit=N]`, newest first.
+#[utoipa::path(
+    get, path = "/v1/apps/{appid}/webhooks/{id}/attempts", tag = "webhooks", operation_id = "webhook_attempts",
+    params(("appid" = String, Path, description = "The app's AppID"), ("id" = String, Path), ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "50 when unset")),
+    responses((status = 200, description = "The endpoint's attempts, newest first", body = AttemptList)),
+    security(("api_key" = [])),
+)]
 #[tracing::instrument(skip_all, fields(appid = %auth.appid()))]
 pub async fn attempts(
     auth: Authorized<AdminScope>,
@@ -228,18 +278,14 @@ pub async fn attempts(
 }
 
 /// The webhook endpoints' routes, inside the app's scope (`/v1/apps/{appid}`).
-pub fn routes(config: &mut web::ServiceConfig) {
-    config
-        .service(
-            web::resource("/webhooks")
-                .route(web::get().to(list))
-                .route(web::head().to(list))
-                .route(web::post().to(create)),
-        )
-        .service(get_and_head("/webhooks/{id}", get))
-        .service(get_and_head("/webhooks/{id}/attempts", attempts))
-        .service(web::resource("/webhooks/{id}/disable").route(web::post().to(disable)))
-        .service(web::resource("/webhooks/{id}/rotate-secret").route(web::post().to(rotate)))
-        .service(web::resource("/webhooks/{id}/test").route(web::post().to(test)))
-        .service(web::resource("/webhooks/{id}/replay").route(web::post().to(replay)));
+pub fn endpoints() -> Vec<Route> {
+    vec![
+        Route::new("/webhooks").get(list).post(create),
+        Route::new("/webhooks/{id}").get(get),
+        Route::new("/webhooks/{id}/attempts").get(attempts),
+        Route::new("/webhooks/{id}/disable").post(disable),
+        Route::new("/webhooks/{id}/rotate-secret").post(rotate),
+        Route::new("/webhooks/{id}/test").post(test),
+        Route::new("/webhooks/{id}/replay").post(replay),
+    ]
 }

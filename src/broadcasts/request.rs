@@ -72,7 +72,7 @@ struct Body {
     emphasis_keyword: Option<String>,
     #[serde(default)]
     color: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "formid_core::nulls::null_as_default")]
     delivery: Delivery,
     #[serde(default)]
     channel: Option<Channel>,

@@ -15,6 +15,7 @@ mod collect;
 mod concurrency;
 mod connections;
 mod console;
+mod contract;
 mod crash;
 mod metrics;
 mod packaging;

@@ -29,7 +29,7 @@ pub struct BroadcastSpec {
     pub emphasis_keyword: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub color: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::nulls::null_as_default")]
     pub delivery: Delivery,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<Channel>,

@@ -14,6 +14,7 @@ pub mod failure;
 pub mod kinds;
 pub mod ledger;
 pub mod message;
+pub mod nulls;
 pub mod proxy;
 pub mod send;
 pub mod sessions;

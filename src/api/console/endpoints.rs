@@ -27,10 +27,9 @@ const MAX_OPENID_LEN: usize = 128;
     get,
     path = "/v1/admin/apps",
     tag = "console",
+    operation_id = "console_apps",
     responses(
         (status = 200, description = "The apps the key is allowed", body = AppList),
-        (status = 401, description = "`missing_api_key` or `invalid_api_key`"),
-        (status = 403, description = "`forbidden`: the key lacks the admin scope"),
     ),
     security(("api_key" = []))
 )]
@@ -55,12 +54,10 @@ pub async fn apps(
     get,
     path = "/v1/admin/apps/{appid}/overview",
     tag = "console",
+    operation_id = "console_overview",
     params(("appid" = String, Path, description = "The AppID")),
     responses(
         (status = 200, description = "Users reachable, credentials and grants", body = Overview),
-        (status = 401, description = "`missing_api_key` or `invalid_api_key`"),
-        (status = 403, description = "`forbidden`"),
-        (status = 404, description = "`unknown_app`"),
     ),
     security(("api_key" = []))
 )]
@@ -93,14 +90,10 @@ pub struct MessagesQuery {
     get,
     path = "/v1/admin/apps/{appid}/messages",
     tag = "console",
+    operation_id = "console_messages",
     params(("appid" = String, Path, description = "The AppID"), MessagesQuery),
     responses(
         (status = 200, description = "A page of messages, newest first", body = MessagePage),
-        (status = 400, description = "`invalid_query`: an unknown or repeated parameter"),
-        (status = 401, description = "`missing_api_key` or `invalid_api_key`"),
-        (status = 403, description = "`forbidden`"),
-        (status = 404, description = "`unknown_app`"),
-        (status = 422, description = "`invalid_openid`, `invalid_paging` or `invalid_cursor`"),
     ),
     security(("api_key" = []))
 )]
@@ -206,12 +199,10 @@ async fn one_message(
     get,
     path = "/v1/admin/apps/{appid}/failures",
     tag = "console",
+    operation_id = "console_failures",
     params(("appid" = String, Path, description = "The AppID")),
     responses(
         (status = 200, description = "Failures of the last 24 hours", body = Failures),
-        (status = 401, description = "`missing_api_key` or `invalid_api_key`"),
-        (status = 403, description = "`forbidden`"),
-        (status = 404, description = "`unknown_app`"),
     ),
     security(("api_key" = []))
 )]
@@ -230,12 +221,10 @@ pub async fn failures(
     get,
     path = "/v1/admin/apps/{appid}/token",
     tag = "console",
+    operation_id = "console_token",
     params(("appid" = String, Path, description = "The AppID")),
     responses(
         (status = 200, description = "The token's standing", body = TokenStatus),
-        (status = 401, description = "`missing_api_key` or `invalid_api_key`"),
-        (status = 403, description = "`forbidden`"),
-        (status = 404, description = "`unknown_app`"),
     ),
     security(("api_key" = []))
 )]

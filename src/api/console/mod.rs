@@ -18,6 +18,8 @@ mod endpoints;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{web, HttpResponse};
 
+use super::Route;
+
 pub use bodies::{
     AppList, AppListed, Expiring, FailureFigure, FailureHour, Failures, KindFigures, MessagePage,
     Overview, RefreshLease, TemplateFigures, TokenStatus,
@@ -71,40 +73,36 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
     style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; \
     form-action 'none'; frame-ancestors 'none'";
 
-/// Registers the page and the endpoints.
-pub fn routes(config: &mut web::ServiceConfig) {
+/// Registers the page, its style and its script (outside the contract:
+/// they are not JSON).
+pub fn pages(config: &mut web::ServiceConfig) {
     config
-        .service(get_and_head(PAGE_PATHS[0], page))
-        .service(get_and_head(PAGE_PATHS[1], style))
-        .service(get_and_head(PAGE_PATHS[2], script))
-        .service(get_and_head("/v1/admin/apps", endpoints::apps))
-        .service(get_and_head(
-            "/v1/admin/apps/{appid}/overview",
-            endpoints::overview,
-        ))
-        .service(get_and_head(
-            "/v1/admin/apps/{appid}/messages",
-            endpoints::messages,
-        ))
-        .service(get_and_head(
-            "/v1/admin/apps/{appid}/failures",
-            endpoints::failures,
-        ))
-        .service(get_and_head(
-            "/v1/admin/apps/{appid}/token",
-            endpoints::token,
-        ));
+        .service(
+            web::resource(PAGE_PATHS[0])
+                .route(web::get().to(page))
+                .route(web::head().to(page)),
+        )
+        .service(
+            web::resource(PAGE_PATHS[1])
+                .route(web::get().to(style))
+                .route(web::head().to(style)),
+        )
+        .service(
+            web::resource(PAGE_PATHS[2])
+                .route(web::get().to(script))
+                .route(web::head().to(script)),
+        );
 }
 
-fn get_and_head<F, Args>(path: &str, handler: F) -> actix_web::Resource
-where
-    F: actix_web::Handler<Args> + Clone,
-    Args: actix_web::FromRequest + 'static,
-    F::Output: actix_web::Responder + 'static,
-{
-    web::resource(path)
-        .route(web::get().to(handler.clone()))
-        .route(web::head().to(handler))
+/// The JSON endpoints the page reads, for the route table.
+pub fn endpoints() -> Vec<Route> {
+    vec![
+        Route::new("/v1/admin/apps").get(endpoints::apps),
+        Route::new("/v1/admin/apps/{appid}/overview").get(endpoints::overview),
+        Route::new("/v1/admin/apps/{appid}/messages").get(endpoints::messages),
+        Route::new("/v1/admin/apps/{appid}/failures").get(endpoints::failures),
+        Route::new("/v1/admin/apps/{appid}/token").get(endpoints::token),
+    ]
 }
 
 /// An asset with the page's security headers.

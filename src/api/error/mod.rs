@@ -6,6 +6,7 @@
 //! features they call become one in `convert.rs`, which holds every status
 //! and code those errors answer with.
 
+pub mod codes;
 mod convert;
 
 use std::collections::BTreeMap;
@@ -55,8 +56,14 @@ pub struct ErrorBody {
 }
 
 impl ApiError {
-    /// An error with `status`, `code` and a sentence for people.
+    /// An error with `status`, `code` and a sentence for people. The code
+    /// and status are among [`codes::CODES`] (asserted in debug builds: the
+    /// document lists no others).
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        debug_assert!(
+            codes::find(code).is_some_and(|entry| entry.statuses.contains(&status.as_u16())),
+            "error code {code:?} with status {status} is not in the catalogue (src/api/error/codes.rs)"
+        );
         Self {
             status,
             object: ErrorObject::new(code, message),
@@ -300,8 +307,13 @@ impl ResponseError for ApiError {
 }
 
 impl ErrorObject {
-    /// An object of `code` and `message` alone.
+    /// An object of `code` and `message` alone. The code is one of
+    /// [`codes::CODES`] (asserted in debug builds).
     pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        debug_assert!(
+            codes::find(code).is_some(),
+            "error code {code:?} is not in the catalogue (src/api/error/codes.rs)"
+        );
         Self {
             code,
             message: message.into(),
@@ -369,11 +381,16 @@ fn code_for_status(status: StatusCode) -> &'static str {
 /// gets it: actix answers a known route's unsupported method with a bare 405
 /// (and its `Allow` header), an unknown route or a failed extractor with
 /// plain text. Headers such as `Allow` and `WWW-Authenticate` are kept.
+/// Answers the HTTP server makes before any of this runs (a head it cannot
+/// parse, one that never finishes, headers too large) stay empty: the
+/// OpenAPI document lists them.
 pub async fn shape_errors(
     request: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
 ) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
     use actix_web::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+    // The middlewares inside (CORS) answer a refusal with a response, which
+    // is shaped here; an `Err` would pass through (the request is gone).
     let response = next.call(request).await?.map_into_boxed_body();
     let status = response.status();
     let shaped = response
@@ -408,7 +425,7 @@ mod tests {
 
     #[test]
     fn an_error_object_writes_its_fields_in_the_order_of_their_names() {
-        let error = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", "bad")
+        let error = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_data", "bad")
             .with_wechat_errcode(Some(47003))
             .with_detail("rule", "page")
             .with_detail("field", "data.thing1.value")
@@ -419,7 +436,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             text,
-            r#"{"error":{"code":"invalid","field":"data.thing1.value","message":"bad","rule":"page","wechat_errcode":47003,"wechat_errmsg":"argument invalid!"}}"#
+            r#"{"error":{"code":"invalid_data","field":"data.thing1.value","message":"bad","rule":"page","wechat_errcode":47003,"wechat_errmsg":"argument invalid!"}}"#
         );
     }
 
@@ -438,7 +455,7 @@ mod tests {
 
     #[test]
     fn retry_after_is_at_least_a_second() {
-        let error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "busy")
+        let error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "upstream_busy", "busy")
             .with_retry_after(Some(0));
         assert_eq!(
             error.error_response().headers().get(RETRY_AFTER).unwrap(),

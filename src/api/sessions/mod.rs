@@ -9,10 +9,11 @@
 //! one too.
 
 mod cors;
+
+pub use cors::cors;
 pub mod responses;
 
 use actix_web::http::{Method, StatusCode};
-use actix_web::middleware::from_fn;
 use actix_web::{web, HttpRequest, HttpResponse};
 use secrecy::ExposeSecret;
 use serde_json::Value;
@@ -21,46 +22,21 @@ use super::authorized::SessionAuthorized;
 use super::credentials::{collect_body, quota_of};
 use super::error::ApiError;
 use super::subscriptions::record_body;
-use super::ApiContext;
+use super::{ApiContext, Route};
 use crate::clock::from_ms;
 use formid_core::sessions::{credit_credentials, credit_prompt, plausible_code, MAX_CODE_LEN};
 use responses::SessionIssued;
 
-/// Registers the routes inside the `/v1/apps/{appid}` scope.
-pub fn routes(config: &mut web::ServiceConfig) {
-    let options = || web::method(Method::OPTIONS).to(no_content);
-    config
-        .service(
-            web::resource("/sessions")
-                .route(web::post().to(login))
-                .route(options())
-                .wrap(from_fn(cors::cors)),
-        )
-        .service(
-            web::resource("/sessions/current")
-                .route(web::delete().to(logout))
-                .route(options())
-                .wrap(from_fn(cors::cors)),
-        )
-        .service(
-            web::resource("/me/credentials")
-                .route(web::post().to(me_credentials))
-                .route(options())
-                .wrap(from_fn(cors::cors)),
-        )
-        .service(
-            web::resource("/me/subscriptions")
-                .route(web::post().to(me_subscriptions))
-                .route(options())
-                .wrap(from_fn(cors::cors)),
-        )
-        .service(
-            web::resource("/me/quota")
-                .route(web::get().to(me_quota))
-                .route(web::head().to(me_quota))
-                .route(options())
-                .wrap(from_fn(cors::cors)),
-        );
+/// The routes, inside the `/v1/apps/{appid}` scope.
+pub fn endpoints() -> Vec<Route> {
+    let browser = |path| Route::new(path).on(Method::OPTIONS, no_content).with_cors();
+    vec![
+        browser("/sessions").post(login),
+        browser("/sessions/current").delete(logout),
+        browser("/me/credentials").post(me_credentials),
+        browser("/me/subscriptions").post(me_subscriptions),
+        browser("/me/quota").get(me_quota),
+    ]
 }
 
 /// An `OPTIONS` without `Origin` (not a browser's preflight).
@@ -102,6 +78,13 @@ fn code_of(body: &Value) -> Result<&str, ApiError> {
 
 /// Exchanges a `wx.login` code for a session of the app's user. The same
 /// code posted again within its 5 minutes answers the same session.
+#[utoipa::path(
+    post, path = "/v1/apps/{appid}/sessions", tag = "sessions", operation_id = "login",
+    params(("appid" = String, Path, description = "The app's AppID")),
+    request_body = crate::api::requests::Login,
+    responses((status = 200, description = "The user's session (its token is shown once)", body = SessionIssued)),
+    security(()),
+)]
 #[tracing::instrument(name = "session_login", skip_all, fields(appid = %path.appid))]
 async fn login(
     path: web::Path<AppPath>,
@@ -125,6 +108,12 @@ async fn login(
 }
 
 /// Ends the session the request carries.
+#[utoipa::path(
+    delete, path = "/v1/apps/{appid}/sessions/current", tag = "sessions", operation_id = "logout",
+    params(("appid" = String, Path, description = "The app's AppID")),
+    responses((status = 204, description = "The session has ended")),
+    security(("session" = [])),
+)]
 #[tracing::instrument(name = "session_logout", skip_all, fields(appid = %session.appid))]
 async fn logout(
     session: SessionAuthorized,
@@ -144,6 +133,13 @@ fn openid_not_allowed() -> ApiError {
 }
 
 /// `POST …/me/credentials`: the collect path, for the session's user.
+#[utoipa::path(
+    post, path = "/v1/apps/{appid}/me/credentials", tag = "sessions", operation_id = "me_collect_credentials",
+    params(("appid" = String, Path, description = "The app's AppID")),
+    request_body = crate::api::requests::MyCollect,
+    responses((status = 200, description = "What became of each credential", body = crate::api::responses::Collected)),
+    security(("session" = [])),
+)]
 #[tracing::instrument(name = "me_credentials", skip_all, fields(appid = %session.appid))]
 async fn me_credentials(
     session: SessionAuthorized,
@@ -157,6 +153,13 @@ async fn me_credentials(
 }
 
 /// `POST …/me/subscriptions`: the prompt-result path, for the session's user.
+#[utoipa::path(
+    post, path = "/v1/apps/{appid}/me/subscriptions", tag = "sessions", operation_id = "me_record_prompt",
+    params(("appid" = String, Path, description = "The app's AppID")),
+    request_body = crate::api::requests::MyPromptResult,
+    responses((status = 200, description = "The prompt's effect", body = crate::api::responses::PromptRecorded)),
+    security(("session" = [])),
+)]
 #[tracing::instrument(name = "me_subscriptions", skip_all, fields(appid = %session.appid))]
 async fn me_subscriptions(
     session: SessionAuthorized,
@@ -170,6 +173,12 @@ async fn me_subscriptions(
 }
 
 /// `GET …/me/quota`: the quota path, for the session's user.
+#[utoipa::path(
+    get, path = "/v1/apps/{appid}/me/quota", tag = "sessions", operation_id = "me_quota",
+    params(("appid" = String, Path, description = "The app's AppID")),
+    responses((status = 200, description = "The user's quota", body = crate::api::responses::Quota)),
+    security(("session" = [])),
+)]
 async fn me_quota(
     session: SessionAuthorized,
     context: web::Data<ApiContext>,

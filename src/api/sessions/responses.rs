@@ -5,7 +5,7 @@ use serde::Serialize;
 
 /// `POST /v1/apps/{appid}/sessions`: the session handed out. The token is in
 /// this answer only.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct SessionIssued {
     /// When the token stops working: log in again before, or on a 401.
     pub expires_at: DateTime<Utc>,

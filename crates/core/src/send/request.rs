@@ -25,7 +25,7 @@ pub struct SendRequest {
     pub wait_seconds: Option<u64>,
     /// `at_most_once` (the default): an unknown outcome is never retried with
     /// another credential. `at_least_once`: it is, at the risk of a duplicate.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::nulls::null_as_default")]
     pub delivery: Delivery,
     /// The API to send through; by default the template decides (see
     /// [`SendRequest::prepare`]).
@@ -35,7 +35,7 @@ pub struct SendRequest {
     /// Subscribe messages: the card's language.
     pub lang: Option<Lang>,
     /// Send even inside the app's quiet hours (needs the `urgent` scope).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::nulls::null_as_default")]
     pub urgent: bool,
     /// Keep the message as scheduled and send it at this time (RFC 3339);
     /// a time already past sends at once.

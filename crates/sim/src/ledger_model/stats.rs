@@ -105,6 +105,7 @@ fn message_row(m: &MessageRowModel) -> MessageRow {
         delivery_error_code: None,
         delivery_error_status: None,
         delivery_reported_at: None,
+        reference: m.reference.clone(),
     }
 }
 
