@@ -27,22 +27,6 @@ fn kind<'a>(overview: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {name} in {overview}"))
 }
 
-/// A user accepts a one-time subscribe template: WeChat counts the grant
-/// and the frontend posts the result.
-async fn accept(app: &TestApp, openid: &str, template: &str, request_id: &str) {
-    app.fake.grant(APPID, openid, template);
-    let answer = app
-        .call(
-            Method::POST,
-            &format!("/v1/apps/{APPID}/subscriptions"),
-            Some(COLLECT_KEY),
-            Some(json!({"openid": openid, "request_id": request_id,
-                "result": {"errMsg": "requestSubscribeMessage:ok", template: "accept"}})),
-        )
-        .await;
-    assert_eq!(answer.status, 200, "{:?}", answer.body);
-}
-
 #[rstest]
 #[case::sqlite(Backend::Sqlite)]
 #[case::postgres(Backend::Postgres)]
@@ -67,8 +51,8 @@ async fn the_overview_counts_who_the_app_can_reach(#[case] backend: Backend) {
         .fake
         .add_subscribe_template(APPID, 401, &[1, 2])
         .expect("the fake adds the template");
-    accept(&app, "o-fan", &template, "prompt-1").await;
-    accept(&app, "o-fan", &template, "prompt-2").await;
+    app.accept_prompt("o-fan", &template, "prompt-1").await;
+    app.accept_prompt("o-fan", &template, "prompt-2").await;
     // One of the prepay_id's three sends is spent.
     assert_eq!(app.notify("o-payer").await.status, 200);
 

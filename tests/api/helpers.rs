@@ -350,6 +350,45 @@ pub struct Answer {
 }
 
 impl TestApp {
+    /// A send with an `Idempotency-Key` header.
+    pub async fn send_with_key(&self, key: &str, body: Value) -> Answer {
+        let response = self
+            .client
+            .post(self.url(&format!("/v1/apps/{APPID}/messages")))
+            .bearer_auth(SEND_KEY)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.json().await.unwrap_or(Value::Null);
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// The user accepts `template` in a subscribe prompt: WeChat counts the
+    /// grant, and the frontend posts the result under `request_id`.
+    pub async fn accept_prompt(&self, openid: &str, template: &str, request_id: &str) {
+        self.fake.grant(APPID, openid, template);
+        let answer = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/apps/{APPID}/subscriptions"),
+                Some(COLLECT_KEY),
+                Some(
+                    serde_json::json!({"openid": openid, "request_id": request_id,
+                    "result": {"errMsg": "requestSubscribeMessage:ok", template: "accept"}}),
+                ),
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{:?}", answer.body);
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

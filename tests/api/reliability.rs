@@ -17,26 +17,6 @@ fn notification(openid: &str) -> Value {
 }
 
 impl TestApp {
-    async fn send_with_key(&self, key: &str, body: Value) -> Answer {
-        let response = self
-            .client
-            .post(self.url(&format!("/v1/apps/{APPID}/messages")))
-            .bearer_auth(SEND_KEY)
-            .header("Idempotency-Key", key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response.json().await.unwrap_or(Value::Null);
-        Answer {
-            status,
-            headers,
-            body,
-        }
-    }
-
     /// A pending message whose process "died" right after claiming a credential.
     async fn crashed_mid_send(&self, openid: &str) -> (Lease, i64) {
         let now = self.now_ms();

@@ -598,21 +598,6 @@ async fn a_name_resolving_to_loopback_is_refused_at_delivery_and_redirects_are_n
     assert_eq!(redirect.received().len(), 1);
 }
 
-/// The user accepts `template` in a prompt, as the frontend posts it.
-async fn accept(app: &TestApp, openid: &str, template: &str, request_id: &str) {
-    app.fake.grant(APPID, openid, template);
-    let answer = app
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/apps/{APPID}/subscriptions"),
-            Some(COLLECT_KEY),
-            Some(json!({"openid": openid, "request_id": request_id,
-                "result": {"errMsg": "requestSubscribeMessage:ok", template: "accept"}})),
-        )
-        .await;
-    assert_eq!(answer.status, 200, "{:?}", answer.body);
-}
-
 #[rstest]
 #[case::sqlite(Backend::Sqlite)]
 #[case::postgres(Backend::Postgres)]
@@ -629,8 +614,8 @@ async fn a_users_grant_send_and_revocation_arrive_in_commit_order_and_verify(
         .add_subscribe_template(APPID, 401, &[1, 2])
         .unwrap();
     let data = json!({"thing1": {"value": "Blue mug"}, "character_string2": {"value": "SN1"}});
-    accept(&app, "o-sub", &template, "p1").await;
-    accept(&app, "o-sub", &template, "p2").await;
+    app.accept_prompt("o-sub", &template, "p1").await;
+    app.accept_prompt("o-sub", &template, "p2").await;
     let sent = app
         .send(json!({"touser": "o-sub", "template_id": template, "data": data}))
         .await;
@@ -730,27 +715,6 @@ async fn a_scheduled_message_ended_unsent_reports_message_failed_once(#[case] ba
     assert_eq!(received[0].id, format!("evt_{id}"));
 }
 
-/// A send with an `Idempotency-Key` header.
-async fn send_with_key(app: &TestApp, key: &str, body: Value) -> Answer {
-    let response = app
-        .client
-        .post(app.url(&format!("/v1/apps/{APPID}/messages")))
-        .bearer_auth(SEND_KEY)
-        .header("idempotency-key", key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response.json().await.unwrap_or(Value::Null);
-    Answer {
-        status,
-        headers,
-        body,
-    }
-}
-
 /// The caller's key and reference as an event's body names them.
 fn key_and_reference(event: &Received) -> (Value, Value) {
     let data = &event.json()["data"];
@@ -768,13 +732,13 @@ async fn a_sends_key_and_reference_ride_on_its_events_and_its_message(#[case] ba
     let secret = created.body["secret"].as_str().unwrap().to_owned();
     app.collect_form_id("o-ref").await;
     app.collect_form_id("o-plain").await;
-    let sent = send_with_key(
-        &app,
-        "key-ref-1",
-        json!({"touser": "o-ref", "template_id": TEMPLATE,
+    let sent = app
+        .send_with_key(
+            "key-ref-1",
+            json!({"touser": "o-ref", "template_id": TEMPLATE,
             "data": {"keyword1": {"value": "Order 7"}}, "reference": "order-7 · 订单"}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(sent.status, 200, "{:?}", sent.body);
     assert_eq!(sent.body["reference"], "order-7 · 订单");
     let id = sent.body["id"].as_str().unwrap().to_owned();
@@ -785,13 +749,13 @@ async fn a_sends_key_and_reference_ride_on_its_events_and_its_message(#[case] ba
         message.body
     );
     // The replayed answer says it too.
-    let replayed = send_with_key(
-        &app,
-        "key-ref-1",
-        json!({"touser": "o-ref", "template_id": TEMPLATE,
+    let replayed = app
+        .send_with_key(
+            "key-ref-1",
+            json!({"touser": "o-ref", "template_id": TEMPLATE,
             "data": {"keyword1": {"value": "Order 7"}}, "reference": "order-7 · 订单"}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(replayed.body["reference"], "order-7 · 订单");
     // A send with neither: its event and message leave both out.
     let plain = app.notify("o-plain").await;
@@ -825,13 +789,13 @@ async fn a_cancelled_scheduled_sends_failed_event_names_its_key_and_reference(
     let send_at = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(app.now_ms() + 60_000)
         .unwrap()
         .to_rfc3339();
-    let scheduled = send_with_key(
-        &app,
-        "key-later",
-        json!({"touser": "o-later", "template_id": TEMPLATE, "send_at": send_at,
+    let scheduled = app
+        .send_with_key(
+            "key-later",
+            json!({"touser": "o-later", "template_id": TEMPLATE, "send_at": send_at,
             "data": {"keyword1": {"value": "later"}}, "reference": "invoice-9"}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(scheduled.status, 202, "{:?}", scheduled.body);
     assert_eq!(scheduled.body["reference"], "invoice-9");
     let id = scheduled.body["id"].as_str().unwrap().to_owned();
@@ -879,7 +843,7 @@ async fn a_pushed_delivery_names_the_sends_key_and_reference(#[case] backend: Ba
         .fake
         .add_subscribe_template(APPID, 401, &[1, 2])
         .unwrap();
-    accept(&app, "o-push", &template, "p1").await;
+    app.accept_prompt("o-push", &template, "p1").await;
     // From here on WeChat pushes each accepted send's final delivery.
     let mut target = fake_wechat::PushTarget::new(
         app.url(&format!("/wechat/push/{APPID}")),
@@ -891,13 +855,13 @@ async fn a_pushed_delivery_names_the_sends_key_and_reference(#[case] backend: Ba
     target.sent_event_delay = std::time::Duration::from_millis(20);
     app.fake.set_push_target(APPID, target).unwrap();
     let data = json!({"thing1": {"value": "Blue mug"}, "character_string2": {"value": "SN1"}});
-    let sent = send_with_key(
-        &app,
-        "key-push",
-        json!({"touser": "o-push", "template_id": template, "data": data,
+    let sent = app
+        .send_with_key(
+            "key-push",
+            json!({"touser": "o-push", "template_id": template, "data": data,
             "reference": "shipment-3"}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(sent.status, 200, "{:?}", sent.body);
     let pushes = app
         .fake
@@ -932,12 +896,12 @@ async fn a_bad_reference_is_refused_and_nothing_is_stored(#[case] backend: Backe
         json!(""),
         json!(42),
     ] {
-        let answer = send_with_key(
-            &app,
-            "key-bad",
-            json!({"touser": "o-bad", "template_id": TEMPLATE, "reference": reference}),
-        )
-        .await;
+        let answer = app
+            .send_with_key(
+                "key-bad",
+                json!({"touser": "o-bad", "template_id": TEMPLATE, "reference": reference}),
+            )
+            .await;
         let expected = if reference.is_string() { 422 } else { 400 };
         assert_eq!(answer.status, expected, "{reference}: {:?}", answer.body);
         let code = if expected == 422 {

@@ -1361,24 +1361,7 @@ impl MessageStore for LedgerModel {
     ) -> anyhow::Result<Option<(MessageRow, Vec<AttemptRow>)>> {
         self.read(|t| {
             let m = t.messages.get(id).filter(|m| m.appid == appid)?;
-            let row = MessageRow {
-                id: m.id.clone(),
-                appid: m.appid.clone(),
-                touser: m.touser.clone(),
-                template_id: m.template_id.clone(),
-                status: m.status,
-                error_code: m.error_code.clone(),
-                wechat_errcode: m.wechat_errcode,
-                created_at: m.created_at,
-                updated_at: m.updated_at,
-                channel: m.channel,
-                // The simulation does not model the push receiver, which
-                // alone records a final delivery.
-                delivery_error_code: None,
-                delivery_error_status: None,
-                delivery_reported_at: None,
-                reference: m.reference.clone(),
-            };
+            let row = stats::message_row(m);
             Some((row, t.attempts.get(id).cloned().unwrap_or_default()))
         })
         .await

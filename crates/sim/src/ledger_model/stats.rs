@@ -89,7 +89,8 @@ fn counts(t: &Tables, appid: &str, now: i64, soon: i64) -> LedgerCounts {
     }
 }
 
-fn message_row(m: &MessageRowModel) -> MessageRow {
+/// A message of the model as the storage returns it.
+pub(super) fn message_row(m: &MessageRowModel) -> MessageRow {
     MessageRow {
         id: m.id.clone(),
         appid: m.appid.clone(),
