@@ -99,19 +99,12 @@ async fn run(args: DemoArgs, narrated: impl FnOnce() + Send + 'static) -> anyhow
         &encoding_aes_key,
     )?;
     let application = Application::build(settings, Arc::new(SystemClock)).await?;
-    let gateway = format!(
-        "http://{}",
-        args.listen
-            .replace(":0", &format!(":{}", application.port()))
-    );
+    let gateway = served_at(&args.listen, application.port());
     push_to(&fake, &gateway, &push_token, &encoding_aes_key)?;
-    let metrics = format!(
-        "http://{}/metrics",
-        args.metrics_listen.replace(
-            ":0",
-            &format!(":{}", application.metrics_port().unwrap_or_default())
-        )
-    );
+    let metrics = served_at(
+        &args.metrics_listen,
+        application.metrics_port().unwrap_or_default(),
+    ) + "/metrics";
     println!(
         "{}",
         banner(&gateway, &fake_server.base_url, &api_key, &metrics)
@@ -156,6 +149,12 @@ async fn run(args: DemoArgs, narrated: impl FnOnce() + Send + 'static) -> anyhow
     let served = application.run_until_stopped().await;
     fake_server.stop().await;
     served
+}
+
+/// The address a listener on `listen` serves at, `port` being the one it
+/// bound (`listen` may ask for port 0).
+fn served_at(listen: &str, port: u16) -> String {
+    format!("http://{}", listen.replace(":0", &format!(":{port}")))
 }
 
 /// Prints the events the demo's receiver got, verified, and stops it.

@@ -832,6 +832,26 @@ fn one_time_texts(
     texts
 }
 
+/// One event of a message that ended: its id is the one the end derives,
+/// and it names the key and reference the send passed through.
+fn check_message_event(
+    id: &str,
+    event: &crate::ledger_model::OutboxRowModel,
+    passed: Option<&(Option<String>, Option<String>)>,
+    violations: &mut Vec<Violation>,
+) {
+    let named = (event.idempotency_key.clone(), event.reference.clone());
+    if passed != Some(&named) {
+        let text =
+            format!("the event of message {id} names key and reference {named:?}, not the send's");
+        violation(violations, text, &[id], &[]);
+    }
+    if event.event_id != finish_event_id(id) {
+        let text = format!("message {id} has the event id {}", event.event_id);
+        violation(violations, text, &[id], &[]);
+    }
+}
+
 /// The outbox's promise, on the model (the real tables are checked by
 /// tests/api/webhooks.rs): every message that ended has exactly one event
 /// id, the one its end derives (`evt_<message id>`), of the type its end
@@ -889,26 +909,7 @@ pub fn check_outbox(model: &LedgerModel, snapshot: &Snapshot) -> Vec<Violation> 
             );
         }
         for event in events {
-            let named = (event.idempotency_key.clone(), event.reference.clone());
-            if passed.get(&message.id) != Some(&named) {
-                violation(
-                    &mut violations,
-                    format!(
-                        "the event of message {} names key and reference {named:?}, not the send's",
-                        message.id
-                    ),
-                    &[&message.id],
-                    &[],
-                );
-            }
-            if event.event_id != finish_event_id(&message.id) {
-                violation(
-                    &mut violations,
-                    format!("message {} has the event id {}", message.id, event.event_id),
-                    &[&message.id],
-                    &[],
-                );
-            }
+            check_message_event(&message.id, event, passed.get(&message.id), &mut violations);
         }
     }
     for (message, _) in by_message {
