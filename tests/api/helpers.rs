@@ -621,3 +621,18 @@ pub fn pypi_python(name: &str, requirement: &str, module: &str) -> std::path::Pa
     }
     python
 }
+
+/// Runs `script` with `python` (`python -c`), `input` on its standard
+/// input; its output, standard output and error captured.
+pub fn run_python(python: &std::path::Path, script: &str, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}

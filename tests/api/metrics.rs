@@ -346,7 +346,6 @@ print(json.dumps(families))
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_page_reads_with_the_prometheus_parser() {
-    use std::io::Write;
     let metered = spawn_metered(Backend::Sqlite).await;
     let openid = "o-parsed";
     metered.collect(openid).await;
@@ -363,20 +362,7 @@ async fn the_whole_page_reads_with_the_prometheus_parser() {
     let page = metered.scrape().await;
 
     let python = pypi_python("metrics-venv", PARSER_REQUIREMENT, "prometheus_client");
-    let mut child = std::process::Command::new(python)
-        .args(["-c", PARSE])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(page.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = crate::helpers::run_python(&python, PARSE, page.as_bytes());
     assert!(
         output.status.success(),
         "the parser refused the page: {}\n{page}",

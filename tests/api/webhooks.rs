@@ -137,7 +137,6 @@ print(len(data["events"]))
 
 /// Every event verified with every secret by `standardwebhooks`.
 pub fn verify_with_standardwebhooks(secrets: &[&str], events: &[Received]) {
-    use std::io::Write;
     let input = json!({
         "secrets": secrets,
         "events": events.iter().map(|event| json!({
@@ -145,20 +144,11 @@ pub fn verify_with_standardwebhooks(secrets: &[&str], events: &[Received]) {
             "signature": event.signature, "body": event.body,
         })).collect::<Vec<_>>(),
     });
-    let mut child = std::process::Command::new(standardwebhooks_python())
-        .args(["-c", VERIFY])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.to_string().as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = crate::helpers::run_python(
+        &standardwebhooks_python(),
+        VERIFY,
+        input.to_string().as_bytes(),
+    );
     assert!(
         output.status.success(),
         "standardwebhooks refused an event: {}",
