@@ -3,11 +3,11 @@
 //! leases one batch of recipients (paced by the job's row), sends each
 //! through the send path with the app's call bound, and records the batch.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use serde_json::{Map, Value};
+use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::clock::SharedClock;
@@ -27,6 +27,14 @@ use crate::storage::{new_lease_token, Storage};
 
 /// Open jobs read per step.
 const JOBS_PER_STEP: i64 = 64;
+
+/// How long one step leases batches of one job before it lets them finish
+/// and goes on to the other jobs.
+const STEP_MS: i64 = 1_000;
+
+/// Batches of one job leased and not yet recorded: the one whose sends run
+/// and the next, leased while the last of those run.
+const MAX_OPEN_BATCHES: usize = 2;
 
 /// Sends the recipients of broadcasts; cheap to clone.
 #[derive(Debug, Clone)]
@@ -75,7 +83,7 @@ impl BroadcastWorker {
         for job in jobs {
             let now = self.clock.now_ms();
             if job.standing.state == BroadcastState::Cancelled {
-                handled += self.run_batch(&job).await?;
+                handled += self.run_job(&job).await?;
                 continue;
             }
             if due(job.standing, job.send_at, job.paused_until, now) == Due::No {
@@ -89,7 +97,7 @@ impl BroadcastWorker {
                 None => continue,
             };
             let span = tracing::info_span!("broadcast", appid = %job.appid, id = %job.id);
-            handled += self.run_batch(&job).instrument(span).await?;
+            handled += self.run_job(&job).instrument(span).await?;
         }
         tracing::Span::current().record("handled", handled);
         Ok(handled)
@@ -119,8 +127,72 @@ impl BroadcastWorker {
         Ok(changed.then_some(job))
     }
 
-    /// Leases one batch of the job's recipients, sends each, records them.
-    async fn run_batch(&self, job: &Broadcast) -> anyhow::Result<usize> {
+    /// Leases batches of the job's recipients, sends each recipient, and
+    /// records each batch when its sends are over. The next batch is leased
+    /// as soon as the last one's sends have all started, so the calls never
+    /// wait for a lease or a record; a step leases for [`STEP_MS`] at most,
+    /// then lets its sends finish. Returns how many recipients it handled.
+    async fn run_job(&self, job: &Broadcast) -> anyhow::Result<usize> {
+        let mut flight = Flight::default();
+        let handled = self.pump(job, &mut flight).await;
+        if handled.is_err() {
+            // The sends already running end on their own; their recipients
+            // stay leased, and whoever takes them next finds their messages.
+            flight.sends.detach_all();
+        }
+        handled
+    }
+
+    async fn pump(&self, job: &Broadcast, flight: &mut Flight) -> anyhow::Result<usize> {
+        let spec: Arc<BroadcastSpec> = Arc::new(serde_json::from_str(&job.spec)?);
+        let shared = Arc::new(job.clone());
+        let bound = self.sender.max_concurrent_calls().max(1);
+        let step_ends = self.clock.now_ms() + STEP_MS;
+        let mut rate = job.rate;
+        let mut leasing = true;
+        let mut handled = 0;
+        loop {
+            if leasing && flight.waiting.is_empty() && flight.batches.len() < MAX_OPEN_BATCHES {
+                match self.lease(job).await? {
+                    Some((token, batch)) => flight.open(token, batch),
+                    None => leasing = false,
+                }
+                leasing &= self.clock.now_ms() < step_ends;
+            }
+            while flight.sends.len() < bound {
+                let Some((batch, recipient)) = flight.waiting.pop_front() else {
+                    break;
+                };
+                let (worker, job, spec) = (self.clone(), shared.clone(), spec.clone());
+                let (seq, id) = (
+                    recipient.seq,
+                    message_id(&job.id, recipient.seq, recipient.sends),
+                );
+                let task = flight.sends.spawn(
+                    async move { worker.send_one(&job, &spec, &recipient).await }
+                        .instrument(tracing::Span::current()),
+                );
+                flight.tasks.insert(task.id(), (batch, seq, id));
+            }
+            if flight.sends.is_empty() {
+                // Nothing runs: every leased batch is recorded.
+                if leasing && flight.batches.is_empty() {
+                    continue;
+                }
+                break;
+            }
+            if let Some(done) = self.join_one(flight).await {
+                handled += done.sent.len();
+                rate = self.record(job, done, rate).await?;
+            }
+        }
+        Ok(handled)
+    }
+
+    /// Leases the job's next batch; `None` when there is none to take now
+    /// (the pace waits, the job is not running, or none is free), and the
+    /// job ends here when none is left open.
+    async fn lease(&self, job: &Broadcast) -> anyhow::Result<Option<(i64, Vec<LeasedRecipient>)>> {
         let now = self.clock.now_ms();
         let token = new_lease_token();
         let lease = RecipientLease {
@@ -130,44 +202,39 @@ impl BroadcastWorker {
             lease_until: now + crate::clock::ms(self.settings.lease),
             max_batch: self.settings.batch,
         };
-        let batch = match self.storage.lease_recipients(&lease).await? {
-            LeaseOutcome::Batch(batch) => batch,
-            LeaseOutcome::Wait { .. } => return Ok(0),
+        match self.storage.lease_recipients(&lease).await? {
+            LeaseOutcome::Batch(batch) if !batch.is_empty() => Ok(Some((token, batch))),
+            LeaseOutcome::Batch(_) => Ok(None),
+            LeaseOutcome::Wait { .. } => Ok(None),
             LeaseOutcome::NoneFree { open } => {
                 if open == 0 {
                     self.finish(job, now).await?;
                 }
-                return Ok(0);
+                Ok(None)
             }
-        };
-        let spec: BroadcastSpec = serde_json::from_str(&job.spec)?;
-        let concurrency = self.sender.max_concurrent_calls().max(1);
-        // The futures are made first and then polled a bounded number at a
-        // time (a closure over borrowed recipients inside the stream would
-        // not be `Send` for every lifetime, which a spawned worker needs).
-        let sends: Vec<_> = batch
-            .iter()
-            .map(|recipient| self.send_one(job, &spec, recipient))
-            .collect();
-        let sent: Vec<Sent> = futures_util::stream::iter(sends)
-            .buffer_unordered(concurrency)
-            .collect()
-            .await;
-        let holds: Vec<Hold> = sent.iter().filter_map(|sent| sent.hold).collect();
-        let effect = job_effect(&holds, job.rate, self.settings.rate_per_sec);
-        let writes: Vec<(i64, RecipientWrite)> = sent
+        }
+    }
+
+    /// Records a batch whose sends are over, with what they did to the
+    /// job's pace; returns the job's rate after it.
+    async fn record(&self, job: &Broadcast, batch: OpenBatch, rate: i64) -> anyhow::Result<i64> {
+        let holds: Vec<Hold> = batch.sent.iter().filter_map(|sent| sent.hold).collect();
+        let effect = job_effect(&holds, rate, self.settings.rate_per_sec);
+        let rate = effect.rate.unwrap_or(rate);
+        let writes: Vec<(i64, RecipientWrite)> = batch
+            .sent
             .iter()
             .map(|sent| (sent.seq, sent.write.clone()))
             .collect();
         self.storage
             .record_batch(&BatchRecord {
                 broadcast_id: &job.id,
-                token,
+                token: batch.token,
                 now: self.clock.now_ms(),
                 writes: &writes,
-                rate: effect.rate.unwrap_or(job.rate),
+                rate,
                 pause: effect.pause,
-                sent_any: sent.iter().any(|sent| sent.delivered),
+                sent_any: batch.sent.iter().any(|sent| sent.delivered),
             })
             .await?;
         for (_, write) in &writes {
@@ -178,7 +245,32 @@ impl BroadcastWorker {
             };
             crate::monitoring::broadcast_recipient(&job.appid, outcome);
         }
-        Ok(batch.len())
+        Ok(rate)
+    }
+
+    /// Waits for one send to end and keeps what it came to; returns its
+    /// batch when that was the batch's last send.
+    async fn join_one(&self, flight: &mut Flight) -> Option<OpenBatch> {
+        let joined = flight.sends.join_next_with_id().await?;
+        let (task, sent) = match joined {
+            Ok((task, sent)) => (task, sent),
+            Err(error) => {
+                // A send that panicked may have called WeChat: its message
+                // is looked at again, never sent blind.
+                tracing::error!(error = %error, "a broadcast recipient's send panicked");
+                let task = error.id();
+                let (_, seq, id) = flight.tasks.get(&task)?;
+                (task, self.recheck(*seq, id))
+            }
+        };
+        let (batch, _, _) = flight.tasks.remove(&task)?;
+        let open = flight.batches.get_mut(&batch)?;
+        open.sent.push(sent);
+        open.left -= 1;
+        if open.left > 0 {
+            return None;
+        }
+        flight.batches.remove(&batch)
     }
 
     /// Every recipient has its result: the job ends.
@@ -362,6 +454,47 @@ impl BroadcastWorker {
             delivered: state == RecipientState::Sent,
         }
     }
+}
+
+/// A job's sends in flight within one step.
+#[derive(Default)]
+struct Flight {
+    /// Leased recipients whose send has not started, with their batch.
+    waiting: VecDeque<(u64, LeasedRecipient)>,
+    /// The running sends: each a task, so that they run on every core as
+    /// single sends do. No more run than calls may be in flight, so memory
+    /// follows that bound, not the batch; they are aborted with the step (a
+    /// crash drops them at an await, as it drops the sends of a request).
+    sends: JoinSet<Sent>,
+    /// Each running send's batch, recipient and message id.
+    tasks: HashMap<tokio::task::Id, (u64, i64, String)>,
+    /// The open batches by number.
+    batches: HashMap<u64, OpenBatch>,
+    next_batch: u64,
+}
+
+impl Flight {
+    fn open(&mut self, token: i64, recipients: Vec<LeasedRecipient>) {
+        let batch = self.next_batch;
+        self.next_batch += 1;
+        self.batches.insert(
+            batch,
+            OpenBatch {
+                token,
+                left: recipients.len(),
+                sent: Vec::with_capacity(recipients.len()),
+            },
+        );
+        self.waiting
+            .extend(recipients.into_iter().map(|recipient| (batch, recipient)));
+    }
+}
+
+/// A leased batch: its lease token and its recipients' ends so far.
+struct OpenBatch {
+    token: i64,
+    left: usize,
+    sent: Vec<Sent>,
 }
 
 /// A recipient's end as written.

@@ -475,16 +475,7 @@ macro_rules! impl_broadcast_store {
                         Ok(taken) => taken,
                         Err(outcome) => return Ok(outcome),
                     };
-                    let free: Vec<LeasedRecipient> = sqlx::query_as(&sql::with_lock(
-                        sql::FREE_RECIPIENTS,
-                        <Self as Backend>::CLAIM_LOCK,
-                    ))
-                    .bind(lease.broadcast_id)
-                    .bind(lease.now)
-                    .bind(count)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .context("reading a broadcast's free recipients")?;
+                    let free = Self::take_recipients(&mut tx, lease, count).await?;
                     if free.is_empty() {
                         let (open,): (i64,) = sqlx::query_as(sql::OPEN_RECIPIENTS)
                             .bind(lease.broadcast_id)
@@ -498,7 +489,6 @@ macro_rules! impl_broadcast_store {
                         tx.commit().await?;
                         return Ok(LeaseOutcome::NoneFree { open });
                     }
-                    Self::mark_leased(&mut tx, lease, &free).await?;
                     if (free.len() as i64) < count {
                         sqlx::query(sql::SET_BROADCAST_PACE)
                             .bind(lease.broadcast_id)
@@ -647,36 +637,6 @@ macro_rules! impl_broadcast_store {
                         }));
                     }
                     Ok(Ok((input, count)))
-                }
-
-                /// Leases `free` under the lease's token, in one statement.
-                async fn mark_leased(
-                    tx: &mut sqlx::Transaction<'static, <Self as Backend>::Db>,
-                    lease: &RecipientLease<'_>,
-                    free: &[LeasedRecipient],
-                ) -> anyhow::Result<()> {
-                    let mut builder = sqlx::QueryBuilder::<<Self as Backend>::Db>::new(
-                        sql::LEASE_RECIPIENTS_HEAD,
-                    );
-                    builder.push_bind(lease.token);
-                    builder.push(", lease_until = ");
-                    builder.push_bind(lease.lease_until);
-                    builder.push(", updated_at = ");
-                    builder.push_bind(lease.now);
-                    builder.push(" WHERE broadcast_id = ");
-                    builder.push_bind(lease.broadcast_id.to_owned());
-                    builder.push(" AND seq IN (");
-                    let mut list = builder.separated(", ");
-                    for recipient in free {
-                        list.push_bind(recipient.seq);
-                    }
-                    builder.push(")");
-                    builder
-                        .build()
-                        .execute(&mut **tx)
-                        .await
-                        .context("leasing recipients")?;
-                    Ok(())
                 }
             }
         };

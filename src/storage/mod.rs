@@ -42,14 +42,15 @@ pub use send_rules::SendRulesStore;
 /// connections. Not an API: nothing of the service goes through it.
 #[doc(hidden)]
 pub mod testing {
-    pub use super::postgres::{group_commit_pool, END_BATCH, START_BATCH};
+    pub use super::postgres::{group_commit_pool, END_BATCH, KEYED_PLANNING, START_BATCH};
 
     /// The statements the bench runs bare and the plan tests explain.
     pub mod sql {
         pub use crate::storage::sql::{
             with_lock, CLAIM, FENCE_MESSAGE, FENCE_MESSAGE_KEEPING, FINISH_MESSAGE,
-            INSERT_CREDENTIALS_HEAD, INSERT_CREDENTIALS_TAIL, INSERT_GRANT, RECORD_DECISION,
-            RENEW_CREDENTIAL_LEASES, SETTLE_PARKED, SETTLE_RELEASED, SETTLE_RETIRED, SETTLE_SPENT,
+            INSERT_CREDENTIALS_HEAD, INSERT_CREDENTIALS_TAIL, INSERT_GRANT, RECHECK_RECIPIENT,
+            RECORD_DECISION, RECORD_RECIPIENT, RENEW_CREDENTIAL_LEASES, REQUEUE_RECIPIENT,
+            SETTLE_PARKED, SETTLE_RELEASED, SETTLE_RETIRED, SETTLE_SPENT, TAKE_RECIPIENTS,
             WAIT_MESSAGE,
         };
     }

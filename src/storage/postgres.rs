@@ -14,6 +14,7 @@ use sqlx::{Executor, PgPool, Postgres};
 
 use super::group_commit::{BatchDone, BatchWriter, EndSend, GroupCommit, StartSend};
 use super::shared::{impl_storage, Backend};
+use super::sql;
 use super::webhook_store::impl_webhook_store;
 use super::ClaimedRow;
 use crate::ledger::kinds::CredentialKind;
@@ -90,6 +91,33 @@ impl Backend for PostgresStorage {
             .begin()
             .await
             .context("beginning a PostgreSQL transaction")
+    }
+}
+
+/// Set in the lease's transaction before [`sql::TAKE_RECIPIENTS`]: its
+/// mark is planned as a probe per row taken. Only nested loops over index
+/// and row lookups are left, whatever the statistics say.
+pub const KEYED_PLANNING: &str = "SET LOCAL enable_seqscan = off; \
+    SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
+
+impl PostgresStorage {
+    /// Locks and leases the next `count` free recipients of the lease's job,
+    /// in one statement ([`sql::TAKE_RECIPIENTS`]).
+    async fn take_recipients(
+        tx: &mut sqlx::Transaction<'static, Postgres>,
+        lease: &super::broadcasts::RecipientLease<'_>,
+        count: i64,
+    ) -> anyhow::Result<Vec<super::broadcasts::LeasedRecipient>> {
+        (&mut **tx).execute(KEYED_PLANNING).await?;
+        sqlx::query_as(sql::TAKE_RECIPIENTS)
+            .bind(lease.broadcast_id)
+            .bind(lease.now)
+            .bind(count)
+            .bind(lease.token)
+            .bind(lease.lease_until)
+            .fetch_all(&mut **tx)
+            .await
+            .context("leasing a broadcast's free recipients")
     }
 }
 

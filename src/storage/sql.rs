@@ -718,8 +718,30 @@ pub const FREE_RECIPIENTS: &str =
     WHERE broadcast_id = $1 AND (state = 'queued' OR (state = 'leased' AND lease_until <= $2)) \
     ORDER BY seq LIMIT $3 {lock}";
 
+/// SQLite: the recipients [`FREE_RECIPIENTS`] found, marked leased by
+/// key (`seq IN` the list follows; SQLite looks each up by the primary key).
 pub const LEASE_RECIPIENTS_HEAD: &str = "UPDATE broadcast_recipients \
     SET state = 'leased', lease_token = ";
+
+/// PostgreSQL: the next free recipients (as [`FREE_RECIPIENTS`]) locked and
+/// leased in one statement, each marked by its row's address (`ctid`),
+/// which the lock keeps in place; `state` is what each was before. Why not
+/// a second statement by key, `seq IN ($5, …)`: its generic plan can find
+/// the job's rows by `broadcast_id` alone and filter them (statistics of
+/// many small jobs make any job look small), reading every recipient of a
+/// million-recipient job on every lease. Planned under
+/// `postgres::KEYED_PLANNING`, the mark is a probe per row on any
+/// statistics.
+pub const TAKE_RECIPIENTS: &str = "WITH free AS ( \
+        SELECT ctid AS place, state AS was FROM broadcast_recipients \
+        WHERE broadcast_id = $1 AND (state = 'queued' OR (state = 'leased' AND lease_until <= $2)) \
+        ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED), \
+    taken AS ( \
+        UPDATE broadcast_recipients r \
+        SET state = 'leased', lease_token = $4, lease_until = $5, updated_at = $2 \
+        FROM free WHERE r.ctid = free.place \
+        RETURNING r.seq, r.openid, r.data, r.tries, r.sends, free.was AS state) \
+    SELECT seq, openid, data, tries, sends, state FROM taken ORDER BY seq";
 
 pub const OPEN_RECIPIENTS: &str = "SELECT COUNT(*) FROM broadcast_recipients \
     WHERE broadcast_id = $1 AND (state = 'queued' OR state = 'leased')";

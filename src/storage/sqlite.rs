@@ -130,6 +130,48 @@ impl Backend for SqliteStorage {
     }
 }
 
+impl SqliteStorage {
+    /// Leases the next `count` free recipients of the lease's job: found in
+    /// order, then marked by key (the write lock keeps them free between).
+    async fn take_recipients(
+        tx: &mut sqlx::Transaction<'static, Sqlite>,
+        lease: &super::broadcasts::RecipientLease<'_>,
+        count: i64,
+    ) -> anyhow::Result<Vec<super::broadcasts::LeasedRecipient>> {
+        let free: Vec<super::broadcasts::LeasedRecipient> =
+            sqlx::query_as(&sql::with_lock(sql::FREE_RECIPIENTS, ""))
+                .bind(lease.broadcast_id)
+                .bind(lease.now)
+                .bind(count)
+                .fetch_all(&mut **tx)
+                .await
+                .context("reading a broadcast's free recipients")?;
+        if free.is_empty() {
+            return Ok(free);
+        }
+        let mut builder = sqlx::QueryBuilder::<Sqlite>::new(sql::LEASE_RECIPIENTS_HEAD);
+        builder.push_bind(lease.token);
+        builder.push(", lease_until = ");
+        builder.push_bind(lease.lease_until);
+        builder.push(", updated_at = ");
+        builder.push_bind(lease.now);
+        builder.push(" WHERE broadcast_id = ");
+        builder.push_bind(lease.broadcast_id.to_owned());
+        builder.push(" AND seq IN (");
+        let mut list = builder.separated(", ");
+        for recipient in &free {
+            list.push_bind(recipient.seq);
+        }
+        builder.push(")");
+        builder
+            .build()
+            .execute(&mut **tx)
+            .await
+            .context("leasing recipients")?;
+        Ok(free)
+    }
+}
+
 impl_storage!(SqliteStorage);
 super::sessions::impl_session_storage!(SqliteStorage);
 super::broadcasts::impl_broadcast_store!(SqliteStorage);
