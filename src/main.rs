@@ -65,8 +65,34 @@ enum KeysCommand {
 /// What the process logs unless `RUST_LOG` says otherwise.
 const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn,actix_server=warn";
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    limit_malloc_arenas();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+/// glibc's allocator gives each thread that meets contention an arena of
+/// its own (up to 8 per core) and keeps what is freed in each: a broadcast's
+/// burst of sends on every worker thread left about 25 MB of freed memory
+/// resident. Four arenas kept the send rate and most of the saving
+/// (BENCHMARKS.md, "Peak memory"). Set before the runtime starts threads.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[expect(unsafe_code, reason = "mallopt is glibc's, reached only by FFI")]
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only sets an allocator parameter; no thread but this
+    // one exists yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
+}
+
+/// Other allocators keep no per-thread arenas to limit.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
+async fn run() -> anyhow::Result<()> {
     match Cli::parse()
         .command
         .unwrap_or(Command::Serve { config: None })

@@ -136,9 +136,11 @@ impl BroadcastWorker {
         let mut flight = Flight::default();
         let handled = self.pump(job, &mut flight).await;
         if handled.is_err() {
-            // The sends already running end on their own; their recipients
-            // stay leased, and whoever takes them next finds their messages.
+            // The sends and records already running end on their own; the
+            // recipients of a batch not recorded stay leased, and whoever
+            // takes them next finds their messages.
             flight.sends.detach_all();
+            flight.records.detach_all();
         }
         handled
     }
@@ -153,6 +155,8 @@ impl BroadcastWorker {
         let mut handled = 0;
         loop {
             if leasing && flight.waiting.is_empty() && flight.batches.len() < MAX_OPEN_BATCHES {
+                // One record at most runs beside the next lease.
+                flight.collect_records(1).await?;
                 match self.lease(job).await? {
                     Some((token, batch)) => flight.open(token, batch),
                     None => leasing = false,
@@ -175,7 +179,7 @@ impl BroadcastWorker {
                 flight.tasks.insert(task.id(), (batch, seq, id));
             }
             if flight.sends.is_empty() {
-                // Nothing runs: every leased batch is recorded.
+                // Nothing runs: every leased batch is being recorded.
                 if leasing && flight.batches.is_empty() {
                     continue;
                 }
@@ -183,9 +187,10 @@ impl BroadcastWorker {
             }
             if let Some(done) = self.join_one(flight).await {
                 handled += done.sent.len();
-                rate = self.record(job, done, rate).await?;
+                rate = self.record(job, done, rate, flight);
             }
         }
+        flight.collect_records(0).await?;
         Ok(handled)
     }
 
@@ -216,8 +221,9 @@ impl BroadcastWorker {
     }
 
     /// Records a batch whose sends are over, with what they did to the
-    /// job's pace; returns the job's rate after it.
-    async fn record(&self, job: &Broadcast, batch: OpenBatch, rate: i64) -> anyhow::Result<i64> {
+    /// job's pace, in a task of its own (the sends go on meanwhile); returns
+    /// the job's rate after it.
+    fn record(&self, job: &Broadcast, batch: OpenBatch, rate: i64, flight: &mut Flight) -> i64 {
         let holds: Vec<Hold> = batch.sent.iter().filter_map(|sent| sent.hold).collect();
         let effect = job_effect(&holds, rate, self.settings.rate_per_sec);
         let rate = effect.rate.unwrap_or(rate);
@@ -226,26 +232,35 @@ impl BroadcastWorker {
             .iter()
             .map(|sent| (sent.seq, sent.write.clone()))
             .collect();
-        self.storage
-            .record_batch(&BatchRecord {
-                broadcast_id: &job.id,
-                token: batch.token,
-                now: self.clock.now_ms(),
-                writes: &writes,
-                rate,
-                pause: effect.pause,
-                sent_any: batch.sent.iter().any(|sent| sent.delivered),
-            })
-            .await?;
-        for (_, write) in &writes {
-            let outcome = match write {
-                RecipientWrite::Final { state, .. } => state.as_str(),
-                RecipientWrite::Requeue { .. } => "requeued",
-                RecipientWrite::Recheck { .. } => "recheck",
-            };
-            crate::monitoring::broadcast_recipient(&job.appid, outcome);
-        }
-        Ok(rate)
+        let sent_any = batch.sent.iter().any(|sent| sent.delivered);
+        let (storage, clock) = (self.storage.clone(), self.clock.clone());
+        let (id, appid) = (job.id.clone(), job.appid.clone());
+        let recording = async move {
+            storage
+                .record_batch(&BatchRecord {
+                    broadcast_id: &id,
+                    token: batch.token,
+                    now: clock.now_ms(),
+                    writes: &writes,
+                    rate,
+                    pause: effect.pause,
+                    sent_any,
+                })
+                .await?;
+            for (_, write) in &writes {
+                let outcome = match write {
+                    RecipientWrite::Final { state, .. } => state.as_str(),
+                    RecipientWrite::Requeue { .. } => "requeued",
+                    RecipientWrite::Recheck { .. } => "recheck",
+                };
+                crate::monitoring::broadcast_recipient(&appid, outcome);
+            }
+            Ok(())
+        };
+        flight
+            .records
+            .spawn(recording.instrument(tracing::Span::current()));
+        rate
     }
 
     /// Waits for one send to end and keeps what it came to; returns its
@@ -471,9 +486,25 @@ struct Flight {
     /// The open batches by number.
     batches: HashMap<u64, OpenBatch>,
     next_batch: u64,
+    /// The records of batches whose sends are over.
+    records: JoinSet<anyhow::Result<()>>,
 }
 
 impl Flight {
+    /// Takes the records that are over, and waits for more until no more
+    /// than `running` run; the first that failed is the step's error.
+    async fn collect_records(&mut self, running: usize) -> anyhow::Result<()> {
+        while let Some(recorded) = self.records.try_join_next() {
+            recorded??;
+        }
+        while self.records.len() > running {
+            if let Some(recorded) = self.records.join_next().await {
+                recorded??;
+            }
+        }
+        Ok(())
+    }
+
     fn open(&mut self, token: i64, recipients: Vec<LeasedRecipient>) {
         let batch = self.next_batch;
         self.next_batch += 1;
