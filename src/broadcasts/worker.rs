@@ -1,7 +1,10 @@
 //! The broadcast worker: any instance runs it. Each step takes the open
 //! jobs, starts those whose time came, and for each app's first running job
-//! leases one batch of recipients (paced by the job's row), sends each
-//! through the send path with the app's call bound, and records the batch.
+//! leases batches of recipients (paced by the job's row) for up to a
+//! second: each recipient is sent through the send path in a task of its
+//! own, within the app's call bound; the next batch is leased as soon as the
+//! last one's sends have all started, and each batch is recorded when its
+//! sends are over, beside the sends that follow.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -145,6 +148,8 @@ impl BroadcastWorker {
         handled
     }
 
+    /// [`BroadcastWorker::run_job`]'s loop: lease when nothing leased waits
+    /// to start, start sends up to the bound, take the one that ends next.
     async fn pump(&self, job: &Broadcast, flight: &mut Flight) -> anyhow::Result<usize> {
         let spec: Arc<BroadcastSpec> = Arc::new(serde_json::from_str(&job.spec)?);
         let shared = Arc::new(job.clone());
