@@ -173,15 +173,12 @@ impl BroadcastWorker {
                     break;
                 };
                 let (worker, job, spec) = (self.clone(), shared.clone(), spec.clone());
-                let (seq, id) = (
-                    recipient.seq,
-                    message_id(&job.id, recipient.seq, recipient.sends),
-                );
+                let (seq, sends) = (recipient.seq, recipient.sends);
                 let task = flight.sends.spawn(
                     async move { worker.send_one(&job, &spec, &recipient).await }
                         .instrument(tracing::Span::current()),
                 );
-                flight.tasks.insert(task.id(), (batch, seq, id));
+                flight.tasks.insert(task.id(), (batch, seq, sends));
             }
             if flight.sends.is_empty() {
                 // Nothing runs: every leased batch is being recorded.
@@ -190,7 +187,7 @@ impl BroadcastWorker {
                 }
                 break;
             }
-            if let Some(done) = self.join_one(flight).await {
+            if let Some(done) = self.join_one(&job.id, flight).await {
                 handled += done.sent.len();
                 rate = self.record(job, done, rate, flight);
             }
@@ -268,9 +265,9 @@ impl BroadcastWorker {
         rate
     }
 
-    /// Waits for one send to end and keeps what it came to; returns its
-    /// batch when that was the batch's last send.
-    async fn join_one(&self, flight: &mut Flight) -> Option<OpenBatch> {
+    /// Waits for one send of job `job_id` to end and keeps what it came to;
+    /// returns its batch when that was the batch's last send.
+    async fn join_one(&self, job_id: &str, flight: &mut Flight) -> Option<OpenBatch> {
         let joined = flight.sends.join_next_with_id().await?;
         let (task, sent) = match joined {
             Ok((task, sent)) => (task, sent),
@@ -279,8 +276,8 @@ impl BroadcastWorker {
                 // is looked at again, never sent blind.
                 tracing::error!(error = %error, "a broadcast recipient's send panicked");
                 let task = error.id();
-                let (_, seq, id) = flight.tasks.get(&task)?;
-                (task, self.recheck(*seq, id))
+                let (_, seq, sends) = flight.tasks.get(&task)?;
+                (task, self.recheck(*seq, &message_id(job_id, *seq, *sends)))
             }
         };
         let (batch, _, _) = flight.tasks.remove(&task)?;
@@ -486,8 +483,9 @@ struct Flight {
     /// follows that bound, not the batch; they are aborted with the step (a
     /// crash drops them at an await, as it drops the sends of a request).
     sends: JoinSet<Sent>,
-    /// Each running send's batch, recipient and message id.
-    tasks: HashMap<tokio::task::Id, (u64, i64, String)>,
+    /// Each running send's batch, recipient and its sends so far (what
+    /// its message id is made of).
+    tasks: HashMap<tokio::task::Id, (u64, i64, i64)>,
     /// The open batches by number.
     batches: HashMap<u64, OpenBatch>,
     next_batch: u64,

@@ -710,13 +710,13 @@ pub const TAKE_BROADCAST_PACE: &str = "UPDATE broadcasts SET next_lease_at = $3 
 
 pub const SET_BROADCAST_PACE: &str = "UPDATE broadcasts SET next_lease_at = $2 WHERE id = $1";
 
-/// The next recipients to send to, in order: not taken yet, or taken by an
-/// instance whose lease ran out (their message is looked up before anything
-/// is sent). `{lock}`: `FOR UPDATE SKIP LOCKED` on PostgreSQL.
+/// SQLite: the next recipients to send to, in order: not taken yet, or
+/// taken by an instance whose lease ran out (their message is looked up
+/// before anything is sent). PostgreSQL finds them in [`TAKE_RECIPIENTS`].
 pub const FREE_RECIPIENTS: &str =
     "SELECT seq, openid, data, tries, sends, state FROM broadcast_recipients \
     WHERE broadcast_id = $1 AND (state = 'queued' OR (state = 'leased' AND lease_until <= $2)) \
-    ORDER BY seq LIMIT $3 {lock}";
+    ORDER BY seq LIMIT $3";
 
 /// SQLite: the recipients [`FREE_RECIPIENTS`] found, marked leased by
 /// key (`seq IN` the list follows; SQLite looks each up by the primary key).

@@ -138,14 +138,13 @@ impl SqliteStorage {
         lease: &super::broadcasts::RecipientLease<'_>,
         count: i64,
     ) -> anyhow::Result<Vec<super::broadcasts::LeasedRecipient>> {
-        let free: Vec<super::broadcasts::LeasedRecipient> =
-            sqlx::query_as(&sql::with_lock(sql::FREE_RECIPIENTS, ""))
-                .bind(lease.broadcast_id)
-                .bind(lease.now)
-                .bind(count)
-                .fetch_all(&mut **tx)
-                .await
-                .context("reading a broadcast's free recipients")?;
+        let free: Vec<super::broadcasts::LeasedRecipient> = sqlx::query_as(sql::FREE_RECIPIENTS)
+            .bind(lease.broadcast_id)
+            .bind(lease.now)
+            .bind(count)
+            .fetch_all(&mut **tx)
+            .await
+            .context("reading a broadcast's free recipients")?;
         if free.is_empty() {
             return Ok(free);
         }
